@@ -1,0 +1,58 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/perchhq/perch/internal/agent"
+	"github.com/spf13/cobra"
+)
+
+func agentCmd() *cobra.Command {
+	var cfg agent.Config
+	var edgeAddr string
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run a host: machines of its region and the edge proxy",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			a, err := netip.ParseAddr(edgeAddr)
+			if err != nil {
+				return fmt.Errorf("--edge-addr %q is not an IP address", edgeAddr)
+			}
+			cfg.EdgeAddr = a
+			if cfg.Token == "" {
+				cfg.Token = os.Getenv("PERCH_API_TOKEN")
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find perch executable: %w", err)
+			}
+			cfg.ShimCommand = []string{exe, "runc-shim"}
+			cfg.Log = newLogger()
+			ag, err := agent.New(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			return ag.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Region, "region", "", "region of this host (e.g. iad)")
+	f.StringVar(&cfg.ServerURL, "server", "http://127.0.0.1:4280", "control plane URL")
+	f.StringVar(&cfg.Token, "token", "", "API token (default $PERCH_API_TOKEN)")
+	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/perch/agent", "where machines, images and the host id live")
+	f.StringVar(&cfg.Address, "address", "", "address other hosts reach this one at (default the edge address)")
+	f.StringVar(&edgeAddr, "edge-addr", "127.0.0.1", "address the edge proxy listens on")
+	f.StringVar(&cfg.EdgeDomain, "edge-domain", "perch.local", "apps answer at <app>.<domain>")
+	f.IntVar(&cfg.CPUs, "cpus", 0, "CPUs to offer (default: all)")
+	f.IntVar(&cfg.MemoryMB, "memory-mb", 0, "memory to offer in MB (default: all)")
+	f.StringVar(&cfg.RuncPath, "runc", "", "runc binary (default: runc from PATH)")
+	_ = cmd.MarkFlagRequired("region")
+	return cmd
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/perchhq/perch/internal/devcluster"
+	"github.com/spf13/cobra"
+)
+
+func defaultDevDir() string {
+	if d := os.Getenv("PERCH_DEV_DIR"); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "perch", "dev")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".local", "state", "perch", "dev")
+}
+
+func devCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "dev", Short: "Run the whole platform on this machine, one host per region"}
+	cmd.AddCommand(devUpCmd(), devDownCmd(), devStatusCmd())
+	return cmd
+}
+
+func devUpCmd() *cobra.Command {
+	var opts devcluster.Options
+	var regions, edgeBase string
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Start a control plane and one host per region; Ctrl-C stops everything",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			opts.Regions = strings.Split(regions, ",")
+			a, err := netip.ParseAddr(edgeBase)
+			if err != nil || !a.IsLoopback() {
+				return fmt.Errorf("--edge-base %q must be a loopback address such as 127.0.1.1", edgeBase)
+			}
+			opts.EdgeBase = a
+			opts.Log = newLogger()
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "starting a dev world with %s in %s\n", regions, opts.Dir)
+			w, err := devcluster.Start(ctx, opts)
+			if err != nil {
+				return err
+			}
+			i := w.Info()
+			fmt.Fprintf(out, "control plane  %s   (registry %s)\n", i.APIURL, i.Registry)
+			for _, r := range i.Regions {
+				fmt.Fprintf(out, "region %-6s  edge %s   host %s\n", r.Code, r.EdgeAddr, r.HostID)
+			}
+			fmt.Fprintf(out, "world.json     %s\nnext: perch auth login; perch launch --image IMAGE; perch deploy   (Ctrl-C stops the world)\n", devcluster.InfoPath(opts.Dir))
+			<-ctx.Done()
+			fmt.Fprintln(out, "stopping the dev world ...")
+			if err := w.Close(); err != nil {
+				return err
+			}
+			fmt.Fprintln(out, "stopped; no machine, namespace or mount left behind")
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&regions, "regions", "iad,ams,sin", "regions to run a host in (comma separated, or all)")
+	f.StringVar(&opts.Dir, "dir", defaultDevDir(), "where the world keeps its state and world.json")
+	f.StringVar(&opts.APIListen, "api", "127.0.0.1:4280", "control plane listen address")
+	f.StringVar(&edgeBase, "edge-base", "127.0.1.1", "edge address of the first region; the next regions count up")
+	f.StringVar(&opts.NATSURL, "nats", "", "use this external NATS instead of the embedded one")
+	f.StringVar(&opts.NATSToken, "nats-token", "", "auth token for the external NATS")
+	return cmd
+}
+
+func devDownCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Stop the dev world and remove its machines",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			if err := devcluster.Down(cmd.Context(), dir, exe, newLogger()); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "dev world stopped")
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", defaultDevDir(), "the world's directory")
+	return cmd
+}
+
+func devStatusCmd() *cobra.Command {
+	var dir string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the dev world's addresses",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			i, err := devcluster.ReadInfo(dir)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(i)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "control plane %s (pid %d)\n", i.APIURL, i.PID)
+			for _, r := range i.Regions {
+				fmt.Fprintf(cmd.OutOrStdout(), "%-6s edge %-12s host %s\n", r.Code, r.EdgeAddr, r.HostID)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", defaultDevDir(), "the world's directory")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print world.json")
+	return cmd
+}

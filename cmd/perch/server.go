@@ -1,0 +1,48 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os/signal"
+	"syscall"
+
+	"github.com/perchhq/perch/internal/server"
+	"github.com/spf13/cobra"
+)
+
+func serverCmd() *cobra.Command {
+	var cfg server.Config
+	var machineNet string
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the control plane: API, scheduler, registry and state store",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			pfx, err := netip.ParsePrefix(machineNet)
+			if err != nil {
+				return fmt.Errorf("--machine-net %q is not a CIDR range; write e.g. 172.30.0.0/16", machineNet)
+			}
+			cfg.MachineNet = pfx
+			cfg.Log = newLogger()
+			srv, err := server.New(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer srv.Close()
+			fmt.Fprintf(cmd.OutOrStdout(), "perch server: API and registry on %s\nadmin token written to %s\n", srv.URL(), srv.TokenPath())
+			return srv.Serve(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Listen, "listen", ":4280", "API and registry listen address")
+	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/perch/server", "where state, registry blobs and tokens live")
+	f.StringVar(&cfg.NATSURL, "nats", "", "use this external NATS (nats://host:4222) instead of the embedded one")
+	f.StringVar(&cfg.NATSToken, "nats-token", "", "auth token for the external NATS")
+	f.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4281", "where the embedded NATS listens")
+	f.StringVar(&cfg.NATSAdvertise, "nats-advertise", "", "NATS URL handed to agents (default: the server's own)")
+	f.StringVar(&machineNet, "machine-net", "172.30.0.0/16", "range that host machine subnets (/24 each) come from")
+	f.DurationVar(&cfg.HostTimeout, "host-timeout", 0, "how long a silent host stays up (default 10s)")
+	return cmd
+}

@@ -1,0 +1,21 @@
+package main
+
+import (
+	"os"
+
+	"github.com/perchhq/perch/internal/runtime/runc"
+	"github.com/spf13/cobra"
+)
+
+func shimCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:                "runc-shim",
+		Short:              "Supervise one runc machine (started by the agent)",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			os.Exit(runc.ShimMain(args))
+			return nil
+		},
+	}
+}

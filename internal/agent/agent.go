@@ -1,0 +1,259 @@
+// Package agent is `perch agent`, one per host: it registers the host with
+// the control plane, heartbeats, watches the machines placed on it and
+// converges each to its desired state through a runtime driver (pull the
+// image, unpack it, run it), ships machine output to the log stream, and runs
+// the host's edge proxy. It may be restarted at any time: machines keep
+// running and are adopted again, never duplicated.
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/edge"
+	"github.com/perchhq/perch/internal/geo"
+	"github.com/perchhq/perch/internal/hostnet"
+	"github.com/perchhq/perch/internal/image"
+	perchrt "github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/runc"
+	"github.com/perchhq/perch/internal/scheduler"
+	"github.com/perchhq/perch/internal/store"
+)
+
+// Config configures an agent.
+type Config struct {
+	Region    string
+	ServerURL string
+	Token     string
+	StateDir  string
+	// Address is how other hosts reach this one (its public or mesh address).
+	Address string
+	// EdgeAddr is the address the edge proxy listens on.
+	EdgeAddr netip.Addr
+	// EdgeDomain is the domain apps are reached under (<app>.<domain>).
+	EdgeDomain string
+	CPUs       int
+	MemoryMB   int
+	// ShimCommand runs the runc shim (the perch binary and its hidden
+	// subcommand).
+	ShimCommand []string
+	RuncPath    string
+	Heartbeat   time.Duration
+	World       *geo.World
+	Log         *slog.Logger
+}
+
+// Agent is a running host agent.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	client *api.Client
+	st     *store.Store
+	host   api.Host
+	bridge string
+	gw     netip.Prefix
+	driver perchrt.Driver
+	images *image.Store
+	pull   image.Options
+	edge   *edge.Edge
+
+	mu      sync.Mutex
+	workers map[string]*worker // by machine key
+}
+
+type hostFile struct {
+	ID string `json:"id"`
+}
+
+// New registers the host and connects to the state store.
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	if cfg.Region == "" {
+		return nil, errors.New("agent: --region is required")
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("agent: --state-dir is required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.World == nil {
+		cfg.World = geo.Default()
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = 2 * time.Second
+	}
+	if cfg.CPUs == 0 {
+		cfg.CPUs = runtime.NumCPU()
+	}
+	if cfg.MemoryMB == 0 {
+		cfg.MemoryMB = systemMemoryMB()
+	}
+	if !cfg.EdgeAddr.IsValid() {
+		cfg.EdgeAddr = netip.MustParseAddr("127.0.0.1")
+	}
+	if cfg.Address == "" {
+		cfg.Address = cfg.EdgeAddr.String()
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent: state dir: %w", err)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, client: api.NewClient(cfg.ServerURL, cfg.Token), workers: map[string]*worker{}}
+	if err := a.register(ctx); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Agent) register(ctx context.Context) error {
+	var hf hostFile
+	hostPath := filepath.Join(a.cfg.StateDir, "host.json")
+	if b, err := os.ReadFile(hostPath); err == nil {
+		_ = json.Unmarshal(b, &hf)
+	}
+	boot, err := a.client.Bootstrap(ctx)
+	if err != nil {
+		return fmt.Errorf("agent: bootstrap from %s: %w", a.cfg.ServerURL, err)
+	}
+	h, err := a.client.RegisterHost(ctx, api.Host{
+		ID: hf.ID, Region: a.cfg.Region, Address: a.cfg.Address, EdgeAddr: a.cfg.EdgeAddr.String(),
+		CPUs: a.cfg.CPUs, MemoryMB: a.cfg.MemoryMB,
+	})
+	if err != nil {
+		return fmt.Errorf("agent: register host: %w", err)
+	}
+	a.host = *h
+	b, _ := json.Marshal(hostFile{ID: h.ID})
+	if err := os.WriteFile(hostPath, b, 0o600); err != nil {
+		return fmt.Errorf("agent: save host id: %w", err)
+	}
+	st, err := store.Open(ctx, boot.NATSURL, boot.NATSToken, "perch-agent-"+h.ID)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.st = st
+	sub, err := netip.ParsePrefix(h.Subnet)
+	if err != nil {
+		return fmt.Errorf("agent: server gave subnet %q: %w", h.Subnet, err)
+	}
+	a.gw = scheduler.Gateway(sub)
+	a.bridge = BridgeName(h.ID)
+	a.pull = image.Options{Token: a.cfg.Token, Insecure: []string{boot.Registry, registryHost(a.cfg.ServerURL)}}
+	a.log = a.log.With("host", h.ID, "region", h.Region)
+	a.log.Info("host registered", "subnet", h.Subnet, "bridge", a.bridge)
+	return nil
+}
+
+// BridgeName is the host bridge of host id: stable across restarts and
+// distinct between hosts sharing one kernel (a dev world).
+func BridgeName(hostID string) string {
+	h := sha256.Sum256([]byte(hostID))
+	return "pb-" + hex.EncodeToString(h[:4])
+}
+
+func registryHost(serverURL string) string {
+	s := strings.TrimPrefix(strings.TrimPrefix(serverURL, "http://"), "https://")
+	return strings.TrimSuffix(s, "/")
+}
+
+// Host is the registered host.
+func (a *Agent) Host() api.Host { return a.host }
+
+// Run converges machines and serves the edge until ctx is done. Machines
+// keep running after it returns.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.st.Close()
+	if err := hostnet.EnsureBridge(a.bridge, a.gw); err != nil {
+		return fmt.Errorf("agent: host bridge: %w", err)
+	}
+	drv, err := runc.New(runc.Config{
+		StateDir: filepath.Join(a.cfg.StateDir, "runc"), ShimCommand: a.cfg.ShimCommand,
+		RuncPath: a.cfg.RuncPath, Log: a.log.With("component", "runc"),
+	})
+	if err != nil {
+		return fmt.Errorf("agent: runtime: %w", err)
+	}
+	a.driver = drv
+	a.images = image.New(filepath.Join(a.cfg.StateDir, "images"), a.log.With("component", "image"))
+	e, err := edge.New(edge.Config{
+		Region: a.cfg.Region, HostID: a.host.ID, Addr: a.cfg.EdgeAddr, Domain: a.cfg.EdgeDomain,
+		Store: a.st, Nearness: edge.GeoNearness(a.cfg.World, a.cfg.Region), Log: a.log,
+	})
+	if err != nil {
+		return fmt.Errorf("agent: edge: %w", err)
+	}
+	a.edge = e
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	wg.Add(3)
+	go func() { defer wg.Done(); a.heartbeat(ctx) }()
+	go func() { defer wg.Done(); errc <- e.Run(ctx) }()
+	go func() { defer wg.Done(); errc <- a.watchMachines(ctx) }()
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		cancel()
+	}
+	wg.Wait()
+	a.mu.Lock()
+	for _, w := range a.workers {
+		w.wait()
+	}
+	a.mu.Unlock()
+	if runErr != nil && ctx.Err() == nil {
+		return runErr
+	}
+	return nil
+}
+
+func (a *Agent) heartbeat(ctx context.Context) {
+	t := time.NewTicker(a.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		_, err := store.Modify(ctx, a.st.Hosts, a.host.ID, func(h *api.Host) error {
+			h.LastSeen = time.Now().UTC()
+			h.Status = "up"
+			return nil
+		})
+		if err != nil && ctx.Err() == nil {
+			a.log.Warn("heartbeat failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func systemMemoryMB() int {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 1024
+	}
+	var kb int
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "MemTotal:") {
+			fmt.Sscan(strings.TrimSpace(strings.TrimPrefix(line, "MemTotal:")), &kb)
+		}
+	}
+	if kb == 0 {
+		return 1024
+	}
+	return kb / 1024
+}

@@ -1,0 +1,95 @@
+package agent
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	perchrt "github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/store"
+)
+
+const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// runtimeSpec merges the image config, the machine config and Perch's own
+// machine environment into what the driver runs.
+func (a *Agent) runtimeSpec(spec store.MachineSpec, rootfs string, img v1.Config) (perchrt.Spec, error) {
+	args := append([]string{}, img.Entrypoint...)
+	cmd := img.Cmd
+	if len(spec.Config.Init.Entrypoint) > 0 {
+		args = append([]string{}, spec.Config.Init.Entrypoint...)
+		cmd = nil // as in Docker: a new entrypoint resets the image's cmd
+	}
+	if len(spec.Config.Init.Cmd) > 0 {
+		cmd = spec.Config.Init.Cmd
+	}
+	args = append(args, cmd...)
+	if len(args) == 0 {
+		return perchrt.Spec{}, fmt.Errorf("image %s has no entrypoint or cmd; set config.init.cmd", spec.Config.Image)
+	}
+	env := map[string]string{}
+	var order []string
+	set := func(kv string) {
+		k, v, _ := strings.Cut(kv, "=")
+		if _, ok := env[k]; !ok {
+			order = append(order, k)
+		}
+		env[k] = v
+	}
+	set(defaultPath)
+	for _, kv := range img.Env {
+		set(kv)
+	}
+	for k, v := range spec.Config.Env {
+		set(k + "=" + v)
+	}
+	for k, v := range machineEnv(spec, a.cfg.Region) {
+		set(k + "=" + v)
+	}
+	out := make([]string, 0, len(order))
+	for _, k := range order {
+		out = append(out, k+"="+env[k])
+	}
+	ip, err := netip.ParseAddr(spec.PrivateIP)
+	if err != nil {
+		return perchrt.Spec{}, fmt.Errorf("machine %s has no valid private ip %q", spec.ID, spec.PrivateIP)
+	}
+	cwd := img.WorkingDir
+	if cwd == "" {
+		cwd = "/"
+	}
+	return perchrt.Spec{
+		ID:       spec.ID,
+		Rootfs:   rootfs,
+		Process:  perchrt.Process{Args: args, Env: out, Cwd: cwd, User: img.User},
+		Hostname: spec.ID,
+		Net:      perchrt.Net{Bridge: a.bridge, Addr: netip.PrefixFrom(ip, a.gw.Bits()), Gateway: a.gw.Addr()},
+		CPUs:     spec.Config.Guest.CPUs,
+		MemoryMB: spec.Config.Guest.MemoryMB,
+	}, nil
+}
+
+// machineEnv is the environment every machine gets, under Perch's names
+// and Fly's, so apps written for Fly run unchanged.
+func machineEnv(spec store.MachineSpec, region string) map[string]string {
+	port := 8080
+	if len(spec.Config.Services) > 0 {
+		port = spec.Config.Services[0].InternalPort
+	}
+	e := map[string]string{
+		"PERCH_APP_NAME":   spec.App,
+		"PERCH_MACHINE_ID": spec.ID,
+		"PERCH_REGION":     region,
+		"PERCH_PRIVATE_IP": spec.PrivateIP,
+		"FLY_APP_NAME":     spec.App,
+		"FLY_MACHINE_ID":   spec.ID,
+		"FLY_REGION":       region,
+		"FLY_PRIVATE_IP":   spec.PrivateIP,
+	}
+	if _, ok := spec.Config.Env["PORT"]; !ok {
+		e["PORT"] = strconv.Itoa(port)
+	}
+	return e
+}

@@ -1,0 +1,432 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/hostnet"
+	"github.com/perchhq/perch/internal/image"
+	perchrt "github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/store"
+)
+
+// Restart backoff: quick first retries, capped, and a default retry limit
+// after which the machine is failed.
+const (
+	backoffBase       = 250 * time.Millisecond
+	backoffMax        = 5 * time.Second
+	defaultMaxRetries = 5
+	stableRun         = 30 * time.Second // a run this long resets the failure count
+	defaultStopWait   = 10 * time.Second
+)
+
+// worker converges one machine to its spec. All of its state is owned by
+// its goroutine; other goroutines only send to its channels.
+type worker struct {
+	a      *Agent
+	id     string
+	key    string
+	log    *slog.Logger
+	notify chan struct{}
+	exits  chan waitResult
+	done   chan struct{}
+
+	mu      sync.Mutex
+	spec    store.MachineSpec
+	removed bool
+
+	// Owned by the worker goroutine.
+	status    store.MachineStatus
+	local     localRecord
+	ship      *shipper
+	waiting   bool
+	waitSeq   int
+	heldGen   int64 // a generation the worker decided not to (re)start: exit under policy, or failed
+	failures  int
+	pending   bool // a restart is scheduled at retryAt
+	retryAt   time.Time
+	finished  bool
+	lastStart time.Time
+}
+
+type waitResult struct {
+	seq   int
+	state perchrt.State
+	err   error
+}
+
+func (a *Agent) newWorker(ctx context.Context, spec store.MachineSpec) *worker {
+	w := &worker{
+		a: a, id: spec.ID, key: spec.Key(), spec: spec,
+		log:    a.log.With("app", spec.App, "machine", spec.ID),
+		notify: make(chan struct{}, 1), exits: make(chan waitResult, 1), done: make(chan struct{}),
+	}
+	go w.run(ctx)
+	return w
+}
+
+func (w *worker) update(spec store.MachineSpec) {
+	w.mu.Lock()
+	if spec.Generation >= w.spec.Generation {
+		w.spec = spec
+	}
+	w.mu.Unlock()
+	w.poke()
+}
+
+func (w *worker) remove() {
+	w.mu.Lock()
+	w.removed = true
+	w.mu.Unlock()
+	w.poke()
+}
+
+func (w *worker) poke() {
+	select {
+	case w.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (w *worker) wait() { <-w.done }
+
+func (w *worker) current() (store.MachineSpec, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.spec, w.removed
+}
+
+func (w *worker) run(ctx context.Context) {
+	defer close(w.done)
+	spec, _ := w.current()
+	if st, _, err := store.Get[store.MachineStatus](ctx, w.a.st.Status, w.key); err == nil {
+		w.status = st
+		// A decision taken before an agent restart still holds.
+		if st.Generation == spec.Generation && (st.State == api.StateFailed || st.State == api.StateStopped) {
+			w.heldGen = st.Generation
+		}
+	}
+	w.local = loadLocal(w.a.cfg.StateDir, w.id)
+	w.ship = w.a.startShipper(spec)
+	defer func() {
+		if !w.finished {
+			w.ship.stop()
+		}
+	}()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		delay := w.converge(ctx)
+		if w.finished {
+			w.a.forget(w.key)
+			return
+		}
+		if delay > 0 {
+			timer.Reset(delay)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.notify:
+		case r := <-w.exits:
+			if r.seq != w.waitSeq {
+				continue // a waiter of an instance since replaced
+			}
+			w.waiting = false
+			if r.err == nil {
+				w.onExit(ctx, r.state)
+			}
+		case <-timer.C:
+		}
+	}
+}
+
+// converge acts once towards the spec and returns when to look again
+// (0: on the next event).
+func (w *worker) converge(ctx context.Context) time.Duration {
+	spec, removed := w.current()
+	if removed {
+		w.destroy(ctx, spec, false)
+		return 0
+	}
+	switch spec.Desired {
+	case store.DesireDestroyed:
+		w.destroy(ctx, spec, true)
+	case store.DesireStopped:
+		w.stop(ctx, spec)
+	default:
+		return w.ensureStarted(ctx, spec)
+	}
+	return 0
+}
+
+func (w *worker) ensureStarted(ctx context.Context, spec store.MachineSpec) time.Duration {
+	if w.heldGen == spec.Generation {
+		return 0
+	}
+	if w.status.Generation != spec.Generation {
+		w.failures, w.pending = 0, false // a new start request starts counting afresh
+	}
+	st, err := w.a.driver.State(ctx, w.id)
+	if w.local.ConfigGeneration != spec.ConfigGeneration || errors.Is(err, perchrt.ErrNotFound) {
+		if err := w.create(ctx, spec); err != nil {
+			w.fail(ctx, spec, nil, err.Error())
+			return 0
+		}
+		st, err = w.a.driver.State(ctx, w.id)
+	}
+	if err != nil {
+		w.log.Warn("runtime state", "err", err)
+		return time.Second
+	}
+	switch st.Status {
+	case perchrt.StatusRunning:
+		w.started(ctx, spec, st)
+		return 0
+	case perchrt.StatusExited:
+		believedRunning := w.status.Generation == spec.Generation && w.status.State == api.StateStarted
+		if believedRunning && !w.pending {
+			w.onExit(ctx, st) // exited while nobody watched (agent was down)
+			return w.untilRetry()
+		}
+		if w.pending {
+			if d := time.Until(w.retryAt); d > 0 {
+				return d
+			}
+		}
+	}
+	// Created, or exited with a restart due.
+	w.pending = false
+	w.setState(ctx, spec, api.StateStarting, "start", "")
+	w.lastStart = time.Now()
+	if err := w.a.driver.Start(ctx, w.id); err != nil {
+		w.fail(ctx, spec, nil, "start: "+err.Error())
+		return 0
+	}
+	st, err = w.a.driver.State(ctx, w.id)
+	if err != nil {
+		return time.Second
+	}
+	if st.Status == perchrt.StatusRunning {
+		w.started(ctx, spec, st)
+		return 0
+	}
+	w.onExit(ctx, st)
+	return w.untilRetry()
+}
+
+func (w *worker) untilRetry() time.Duration {
+	if !w.pending {
+		return 0
+	}
+	if d := time.Until(w.retryAt); d > 0 {
+		return d
+	}
+	return time.Millisecond
+}
+
+func (w *worker) started(ctx context.Context, spec store.MachineSpec, st perchrt.State) {
+	if w.status.State != api.StateStarted || w.status.Generation != spec.Generation {
+		w.setState(ctx, spec, api.StateStarted, "start", "", func(s *store.MachineStatus) {
+			s.StartedAt = st.StartedAt
+			s.ExitCode = nil
+			s.LastLogs = nil
+		})
+	}
+	if !w.waiting {
+		w.waiting = true
+		w.waitSeq++
+		seq := w.waitSeq
+		go func() {
+			s, err := w.a.driver.Wait(ctx, w.id)
+			select {
+			case w.exits <- waitResult{seq, s, err}:
+			case <-ctx.Done():
+			}
+		}()
+	}
+}
+
+// onExit applies the restart policy to a process that exited.
+func (w *worker) onExit(ctx context.Context, st perchrt.State) {
+	spec, _ := w.current()
+	if spec.Desired != store.DesireStarted || w.heldGen == spec.Generation || w.pending {
+		return
+	}
+	code := st.ExitCode
+	policy := spec.Config.Restart.Policy
+	w.log.Info("machine exited", "exit_code", code, "policy", policy)
+	restart := policy == api.RestartAlways || (policy != api.RestartNo && code != 0)
+	if !restart {
+		w.heldGen = spec.Generation
+		w.setState(ctx, spec, api.StateStopped, "exit", fmt.Sprintf("exited with code %d", code), func(s *store.MachineStatus) {
+			s.ExitCode = &code
+		})
+		return
+	}
+	if !w.lastStart.IsZero() && time.Since(w.lastStart) > stableRun {
+		w.failures = 0
+	}
+	w.failures++
+	max := spec.Config.Restart.MaxRetries
+	if max == 0 {
+		max = defaultMaxRetries
+	}
+	if w.failures > max {
+		w.fail(ctx, spec, &code, fmt.Sprintf("exited with code %d; restarted %d times, giving up (restart policy %s)", code, max, policy))
+		return
+	}
+	delay := backoffBase << (w.failures - 1)
+	if delay > backoffMax {
+		delay = backoffMax
+	}
+	w.pending, w.retryAt = true, time.Now().Add(delay)
+	w.setState(ctx, spec, api.StateStarting, "exit", fmt.Sprintf("exited with code %d; restarting in %s (attempt %d of %d)", code, delay, w.failures, max), func(s *store.MachineStatus) {
+		s.ExitCode = &code
+		s.Restarts++
+	})
+}
+
+func (w *worker) fail(ctx context.Context, spec store.MachineSpec, code *int, msg string) {
+	w.heldGen = spec.Generation
+	w.pending = false
+	w.log.Warn("machine failed", "reason", msg)
+	last := w.ship.lastLines()
+	w.setState(ctx, spec, api.StateFailed, "exit", msg, func(s *store.MachineStatus) {
+		if code != nil {
+			s.ExitCode = code
+		}
+		s.LastLogs = last
+	})
+}
+
+// create pulls the image and makes a fresh runtime instance of the spec.
+func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
+	w.setState(ctx, spec, api.StateStarting, "launch", "pulling "+spec.Config.Image)
+	img, err := w.a.images.Pull(ctx, spec.Config.Image, w.a.pull)
+	if err != nil {
+		switch {
+		case errors.Is(err, image.ErrImageNotFound):
+			return fmt.Errorf("image %s not found: push it first, or check its name and tag: %w", spec.Config.Image, err)
+		case errors.Is(err, image.ErrUnauthorized):
+			return fmt.Errorf("registry refused image %s: %w", spec.Config.Image, err)
+		}
+		return fmt.Errorf("pull %s: %w", spec.Config.Image, err)
+	}
+	rs, err := w.a.runtimeSpec(spec, img.Rootfs, img.Config)
+	if err != nil {
+		return err
+	}
+	if err := w.a.driver.Destroy(ctx, w.id); err != nil {
+		return fmt.Errorf("remove previous instance: %w", err)
+	}
+	if err := w.a.driver.Create(ctx, rs); err != nil {
+		return fmt.Errorf("create machine: %w", err)
+	}
+	w.waiting = false
+	w.waitSeq++ // results of waiters on the old instance are stale now
+	w.local.ConfigGeneration = spec.ConfigGeneration
+	w.local.ImageRef = img.Ref
+	w.local.InstanceID = newInstanceID()
+	if err := saveLocal(w.a.cfg.StateDir, w.id, w.local); err != nil {
+		return fmt.Errorf("save machine record: %w", err)
+	}
+	return nil
+}
+
+func (w *worker) stop(ctx context.Context, spec store.MachineSpec) {
+	w.pending = false
+	st, err := w.a.driver.State(ctx, w.id)
+	if err == nil && st.Status == perchrt.StatusRunning {
+		w.setState(ctx, spec, api.StateStopping, "stop", "")
+		timeout := spec.StopTimeout
+		if timeout == 0 {
+			timeout = defaultStopWait
+		}
+		if err := w.a.driver.Stop(ctx, w.id, parseSignal(spec.StopSignal), timeout); err != nil {
+			w.log.Warn("stop", "err", err)
+		}
+	}
+	if w.status.State != api.StateStopped || w.status.Generation != spec.Generation {
+		w.setState(ctx, spec, api.StateStopped, "stop", "")
+	}
+}
+
+func (w *worker) destroy(ctx context.Context, spec store.MachineSpec, report bool) {
+	if report {
+		w.setState(ctx, spec, api.StateDestroying, "destroy", "")
+	}
+	w.ship.stop()
+	if err := w.a.driver.Destroy(ctx, w.id); err != nil {
+		w.log.Warn("destroy", "err", err)
+		if report {
+			w.setState(ctx, spec, api.StateDestroying, "destroy", "destroy failed, retrying: "+err.Error())
+		}
+		w.ship = w.a.startShipper(spec)
+		return
+	}
+	_ = hostnet.Detach(w.id)
+	removeLocal(w.a.cfg.StateDir, w.id)
+	removeOffsets(w.a.cfg.StateDir, w.id)
+	if report {
+		w.setState(ctx, spec, api.StateDestroyed, "destroy", "")
+		_ = store.Delete(ctx, w.a.st.Machines, w.key)
+		_ = store.Delete(ctx, w.a.st.Status, w.key)
+	}
+	w.finished = true
+	w.log.Info("machine destroyed")
+}
+
+func (w *worker) setState(ctx context.Context, spec store.MachineSpec, state, evType, msg string, mut ...func(*store.MachineStatus)) {
+	s := w.status
+	s.ID, s.App, s.HostID = spec.ID, spec.App, spec.HostID
+	s.State, s.Generation = state, spec.Generation
+	s.InstanceID, s.ImageRef = w.local.InstanceID, w.local.ImageRef
+	s.UpdatedAt = time.Now().UTC()
+	s.Events = append([]api.Event(nil), s.Events...)
+	s.AddEvent(api.Event{Type: evType, Status: state, Source: "host", Timestamp: s.UpdatedAt, Message: msg})
+	for _, m := range mut {
+		m(&s)
+	}
+	if state == api.StateFailed || state == api.StateStopped {
+		s.Events[len(s.Events)-1].ExitCode = s.ExitCode
+	}
+	w.status = s
+	if _, err := store.Put(ctx, w.a.st.Status, w.key, s); err != nil && ctx.Err() == nil {
+		w.log.Warn("report state", "state", state, "err", err)
+	}
+	w.log.Debug("state", "state", state, "generation", spec.Generation, "msg", msg)
+}
+
+func newInstanceID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return strings.ToUpper(hex.EncodeToString(b))
+}
+
+func parseSignal(s string) syscall.Signal {
+	switch strings.TrimPrefix(strings.ToUpper(s), "SIG") {
+	case "INT":
+		return syscall.SIGINT
+	case "QUIT":
+		return syscall.SIGQUIT
+	case "KILL":
+		return syscall.SIGKILL
+	case "HUP":
+		return syscall.SIGHUP
+	case "USR1":
+		return syscall.SIGUSR1
+	case "USR2":
+		return syscall.SIGUSR2
+	}
+	return syscall.SIGTERM
+}

@@ -1,0 +1,226 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"syscall"
+)
+
+// Client speaks the control plane's REST API. It is thin on purpose: one
+// method per endpoint, server errors returned as *HTTPError.
+type Client struct {
+	baseURL string
+	token   string
+	// HTTP is the client requests go through. It has no overall timeout
+	// because log streams and waits are long; callers bound calls with ctx.
+	HTTP *http.Client
+}
+
+// NewClient returns a client for the API at baseURL (e.g.
+// "http://127.0.0.1:4280") that authenticates with token.
+func NewClient(baseURL, token string) *Client {
+	return &Client{
+		baseURL: strings.TrimRight(baseURL, "/"),
+		token:   token,
+		HTTP:    &http.Client{},
+	}
+}
+
+// BaseURL is the API URL the client talks to.
+func (c *Client) BaseURL() string { return c.baseURL }
+
+// HTTPError is an error response of the API.
+type HTTPError struct {
+	StatusCode int
+	// Message is the server's "error" field, or the body or status text when
+	// the response was not the API's JSON.
+	Message string
+}
+
+func (e *HTTPError) Error() string {
+	return fmt.Sprintf("%s (HTTP %d)", e.Message, e.StatusCode)
+}
+
+// IsNotFound reports whether err is a 404 from the API.
+func IsNotFound(err error) bool { return hasStatus(err, http.StatusNotFound) }
+
+// IsConflict reports whether err is a 409 from the API: a name taken, or a
+// machine that failed while being waited for.
+func IsConflict(err error) bool { return hasStatus(err, http.StatusConflict) }
+
+// IsUnauthorized reports whether err is a 401 from the API.
+func IsUnauthorized(err error) bool { return hasStatus(err, http.StatusUnauthorized) }
+
+// IsTimeout reports whether err is a 408 from the API (a wait timed out).
+func IsTimeout(err error) bool { return hasStatus(err, http.StatusRequestTimeout) }
+
+func hasStatus(err error, code int) bool {
+	var he *HTTPError
+	return errors.As(err, &he) && he.StatusCode == code
+}
+
+// unreachableError says which API could not be reached and what to check,
+// because "connection refused" alone does not tell a user what to do.
+type unreachableError struct {
+	url string
+	err error
+}
+
+func (e *unreachableError) Error() string {
+	return fmt.Sprintf("cannot reach the Perch API at %s (connection refused): check the URL with `perch auth login` and that `perch server` is running", e.url)
+}
+
+func (e *unreachableError) Unwrap() error { return e.err }
+
+// do sends a request and decodes a JSON answer into out (when non-nil).
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
+	resp, err := c.send(ctx, method, path, query, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: decoding response: %w", method, path, err)
+	}
+	return nil
+}
+
+// send sends a request and returns the response when its status is 2xx; the
+// caller closes the body.
+func (c *Client) send(ctx context.Context, method, path string, query url.Values, in any) (*http.Response, error) {
+	u := c.baseURL + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: encoding request: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, &unreachableError{url: c.baseURL, err: err}
+		}
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		return nil, readError(resp)
+	}
+	return resp, nil
+}
+
+func readError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e Error
+	msg := ""
+	if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		msg = e.Error
+	} else if s := strings.TrimSpace(string(b)); s != "" {
+		msg = s
+	} else {
+		msg = http.StatusText(resp.StatusCode)
+	}
+	return &HTTPError{StatusCode: resp.StatusCode, Message: msg}
+}
+
+func appPath(app string) string { return "/v1/apps/" + url.PathEscape(app) }
+
+func machinePath(app, id string) string {
+	return appPath(app) + "/machines/" + url.PathEscape(id)
+}
+
+// CreateApp creates an app; a taken name is a 409 (IsConflict).
+func (c *Client) CreateApp(ctx context.Context, req CreateAppRequest) (*App, error) {
+	var app App
+	if err := c.do(ctx, http.MethodPost, "/v1/apps", nil, req, &app); err != nil {
+		return nil, err
+	}
+	return &app, nil
+}
+
+// ListApps lists all apps.
+func (c *Client) ListApps(ctx context.Context) ([]App, error) {
+	var apps []App
+	err := c.do(ctx, http.MethodGet, "/v1/apps", nil, nil, &apps)
+	return apps, err
+}
+
+// GetApp returns one app.
+func (c *Client) GetApp(ctx context.Context, app string) (*App, error) {
+	var a App
+	if err := c.do(ctx, http.MethodGet, appPath(app), nil, nil, &a); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// DestroyApp destroys an app and all its machines.
+func (c *Client) DestroyApp(ctx context.Context, app string) error {
+	return c.do(ctx, http.MethodDelete, appPath(app), nil, nil, nil)
+}
+
+// ListHosts lists the hosts that registered.
+func (c *Client) ListHosts(ctx context.Context) ([]Host, error) {
+	var hosts []Host
+	err := c.do(ctx, http.MethodGet, "/v1/hosts", nil, nil, &hosts)
+	return hosts, err
+}
+
+// RegisterHost registers (or re-registers, when h.ID is set) an agent's
+// host and returns it with its ID and subnet.
+func (c *Client) RegisterHost(ctx context.Context, h Host) (*Host, error) {
+	var out Host
+	if err := c.do(ctx, http.MethodPost, "/v1/hosts", nil, h, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Bootstrap tells an agent how to reach the state store and registry.
+func (c *Client) Bootstrap(ctx context.Context) (*AgentBootstrap, error) {
+	var b AgentBootstrap
+	if err := c.do(ctx, http.MethodGet, "/v1/agent/bootstrap", nil, nil, &b); err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+// Region is one region as GET /v1/regions lists it.
+type Region struct {
+	Code  string `json:"code"`
+	Name  string `json:"name"`
+	Hosts int    `json:"hosts"`
+}
+
+// ListRegions lists the regions the control plane knows.
+func (c *Client) ListRegions(ctx context.Context) ([]Region, error) {
+	var regions []Region
+	err := c.do(ctx, http.MethodGet, "/v1/regions", nil, nil, &regions)
+	return regions, err
+}

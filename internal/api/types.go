@@ -1,0 +1,192 @@
+// Package api defines Perch's REST resources, shaped like Fly's Machines API,
+// and a Go client for them. The control plane serves these types, the store
+// keeps them, and the CLI, agents and tests speak them. It imports nothing
+// else from Perch, so any package may import it.
+package api
+
+import (
+	"time"
+)
+
+// Machine states, as in Fly's Machines API.
+const (
+	StateCreated    = "created"
+	StateStarting   = "starting"
+	StateStarted    = "started"
+	StateStopping   = "stopping"
+	StateStopped    = "stopped"
+	StateDestroying = "destroying"
+	StateDestroyed  = "destroyed"
+	StateFailed     = "failed"
+)
+
+// Host status of the host a machine is placed on.
+const (
+	HostOK          = "ok"
+	HostUnreachable = "unreachable"
+)
+
+// Restart policies.
+const (
+	RestartNo        = "no"
+	RestartAlways    = "always"
+	RestartOnFailure = "on-failure"
+)
+
+// App is a named group of machines.
+type App struct {
+	Name      string    `json:"name"`
+	Org       string    `json:"org,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	// Hostnames are extra Host names the edge routes to this app, beside
+	// <name>.<edge domain>.
+	Hostnames []string `json:"hostnames,omitempty"`
+}
+
+// CreateAppRequest is the body of POST /v1/apps.
+type CreateAppRequest struct {
+	AppName string `json:"app_name"`
+	Org     string `json:"org_slug,omitempty"`
+}
+
+// Guest is the size of a machine.
+type Guest struct {
+	CPUKind  string `json:"cpu_kind,omitempty"`
+	CPUs     int    `json:"cpus,omitempty"`
+	MemoryMB int    `json:"memory_mb,omitempty"`
+	// Runtime selects the runtime driver ("runc" by default).
+	Runtime string `json:"runtime,omitempty"`
+}
+
+// Port is one public port of a service.
+type Port struct {
+	Port       int      `json:"port"`
+	Handlers   []string `json:"handlers,omitempty"`
+	ForceHTTPS bool     `json:"force_https,omitempty"`
+}
+
+// Concurrency limits a service's load per machine.
+type Concurrency struct {
+	Type      string `json:"type,omitempty"`
+	SoftLimit int    `json:"soft_limit,omitempty"`
+	HardLimit int    `json:"hard_limit,omitempty"`
+}
+
+// Service exposes an internal port of the machine on public ports of the edge.
+type Service struct {
+	Protocol     string       `json:"protocol,omitempty"`
+	InternalPort int          `json:"internal_port"`
+	Ports        []Port       `json:"ports,omitempty"`
+	Concurrency  *Concurrency `json:"concurrency,omitempty"`
+}
+
+// Restart is the restart policy of a machine.
+type Restart struct {
+	Policy     string `json:"policy,omitempty"`
+	MaxRetries int    `json:"max_retries,omitempty"`
+}
+
+// MachineConfig is what a machine should run.
+type MachineConfig struct {
+	Image    string            `json:"image"`
+	Env      map[string]string `json:"env,omitempty"`
+	Guest    Guest             `json:"guest"`
+	Services []Service         `json:"services,omitempty"`
+	Restart  Restart           `json:"restart,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+	// Cmd and Entrypoint override the image's when set.
+	Init MachineInit `json:"init,omitempty"`
+}
+
+// MachineInit overrides the image's process.
+type MachineInit struct {
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+}
+
+// Event is one thing that happened to a machine.
+type Event struct {
+	Type      string    `json:"type"`
+	Status    string    `json:"status"`
+	Source    string    `json:"source"`
+	Timestamp time.Time `json:"timestamp"`
+	ExitCode  *int      `json:"exit_code,omitempty"`
+	Message   string    `json:"message,omitempty"`
+}
+
+// Machine is a machine as the API shows it: desired config and placement
+// merged with what its host last reported.
+type Machine struct {
+	ID         string        `json:"id"`
+	Name       string        `json:"name"`
+	AppName    string        `json:"app_name"`
+	State      string        `json:"state"`
+	Region     string        `json:"region"`
+	InstanceID string        `json:"instance_id"`
+	PrivateIP  string        `json:"private_ip"`
+	HostID     string        `json:"host_id"`
+	HostStatus string        `json:"host_status"`
+	Config     MachineConfig `json:"config"`
+	CreatedAt  time.Time     `json:"created_at"`
+	UpdatedAt  time.Time     `json:"updated_at"`
+	Events     []Event       `json:"events,omitempty"`
+	// ImageRef is the image the host resolved and runs (with digest).
+	ImageRef string `json:"image_ref,omitempty"`
+	// ExitCode is the last exit code of the machine's process, if it exited.
+	ExitCode *int `json:"exit_code,omitempty"`
+	// LastLogs holds the last lines the machine printed before it failed.
+	LastLogs []string `json:"last_logs,omitempty"`
+}
+
+// CreateMachineRequest is the body of POST /v1/apps/{app}/machines and of
+// POST /v1/apps/{app}/machines/{id} (update).
+type CreateMachineRequest struct {
+	Name   string        `json:"name,omitempty"`
+	Region string        `json:"region,omitempty"`
+	Config MachineConfig `json:"config"`
+	// SkipLaunch creates the machine stopped.
+	SkipLaunch bool `json:"skip_launch,omitempty"`
+}
+
+// StopRequest is the optional body of POST .../stop.
+type StopRequest struct {
+	Signal  string `json:"signal,omitempty"`
+	Timeout string `json:"timeout,omitempty"`
+}
+
+// Host is one server running an agent.
+type Host struct {
+	ID        string    `json:"id"`
+	Region    string    `json:"region"`
+	Address   string    `json:"address"`
+	EdgeAddr  string    `json:"edge_addr,omitempty"`
+	CPUs      int       `json:"cpus"`
+	MemoryMB  int       `json:"memory_mb"`
+	Subnet    string    `json:"subnet"`
+	Status    string    `json:"status"`
+	LastSeen  time.Time `json:"last_seen"`
+	StartedAt time.Time `json:"started_at"`
+	Version   string    `json:"version,omitempty"`
+}
+
+// LogLine is one line a machine printed.
+type LogLine struct {
+	Timestamp time.Time `json:"timestamp"`
+	App       string    `json:"app"`
+	Region    string    `json:"region"`
+	MachineID string    `json:"machine_id"`
+	Stream    string    `json:"stream"`
+	Message   string    `json:"message"`
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// AgentBootstrap tells an agent how to reach the state store.
+type AgentBootstrap struct {
+	NATSURL   string `json:"nats_url"`
+	NATSToken string `json:"nats_token"`
+	Registry  string `json:"registry"`
+}

@@ -1,0 +1,165 @@
+package cli
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/config"
+	"github.com/spf13/cobra"
+)
+
+func newLaunchCmd(g *globals) *cobra.Command {
+	var image, name, dir string
+	var regions []string
+	var port int
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "launch --image REF",
+		Short: "Create an app and write its perch.toml (then run perch deploy)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if port < 1 || port > 65535 {
+				return fmt.Errorf("--port must be 1-65535, got %d", port)
+			}
+			path := filepath.Join(dir, "perch.toml")
+			if cmd.Flags().Changed("config") {
+				path = g.configPath
+			}
+			if _, err := os.Stat(path); err == nil && !force {
+				return fmt.Errorf("%s already exists: deploy it with `perch deploy`, or pass --force to replace it", path)
+			} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("launch: %w", err)
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			regions, err := launchRegions(ctx, c, regions)
+			if err != nil {
+				return err
+			}
+			app, err := createApp(ctx, c, cmp.Or(name, g.app))
+			if err != nil {
+				return err
+			}
+			cfg := &config.Config{
+				App:           app.Name,
+				PrimaryRegion: regions[0],
+				Build:         config.Build{Image: image},
+				HTTPService:   &config.HTTPService{InternalPort: port},
+			}
+			// A single region stays implicit, so the file remains a plain
+			// fly.toml and deploy follows where the machines are.
+			if len(regions) > 1 {
+				cfg.Regions = regions
+			}
+			b, err := cfg.Marshal()
+			if err != nil {
+				return fmt.Errorf("launch: writing perch.toml: %w", err)
+			}
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				return fmt.Errorf("launch: %w", err)
+			}
+			if err := os.WriteFile(path, b, 0o644); err != nil {
+				return fmt.Errorf("launch: app %s was created but its config could not be written: %w", app.Name, err)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "Created app %s (regions %s)\n", app.Name, strings.Join(regions, ", "))
+			fmt.Fprintf(w, "Wrote %s\n", path)
+			if path == "perch.toml" {
+				fmt.Fprintln(w, "Now run: perch deploy")
+			} else {
+				fmt.Fprintf(w, "Now run: perch deploy --config %s\n", path)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&image, "image", "", "image the app runs (required)")
+	cmd.Flags().StringSliceVarP(&regions, "regions", "r", nil, "regions to run in, primary first (default: the first region with a host)")
+	cmd.Flags().StringVarP(&name, "name", "n", "", "app name (default: a generated one)")
+	cmd.Flags().IntVarP(&port, "port", "p", 8080, "port the app's HTTP server listens on")
+	cmd.Flags().StringVar(&dir, "dir", ".", "directory to write perch.toml in")
+	cmd.Flags().BoolVar(&force, "force", false, "replace an existing perch.toml")
+	_ = cmd.MarkFlagRequired("image")
+	return cmd
+}
+
+// launchRegions checks the wanted regions against the server's, or picks
+// the first region that has a host.
+func launchRegions(ctx context.Context, c *api.Client, want []string) ([]string, error) {
+	known, err := c.ListRegions(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("launch: listing regions: %w", err)
+	}
+	var codes, withHosts []string
+	for _, r := range known {
+		codes = append(codes, r.Code)
+		if r.Hosts > 0 {
+			withHosts = append(withHosts, r.Code)
+		}
+	}
+	if len(want) == 0 {
+		if len(withHosts) == 0 {
+			return nil, errors.New("launch: no region has a host yet: start an agent (`perch agent --region CODE`) or pass --regions")
+		}
+		return withHosts[:1], nil
+	}
+	var out []string
+	for _, r := range want {
+		r = strings.TrimSpace(r)
+		if !slices.Contains(codes, r) {
+			return nil, fmt.Errorf("launch: unknown region %q; regions with hosts: %s (all: `perch regions --all`)", r, strings.Join(withHosts, ", "))
+		}
+		if !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// createApp creates the app named name, or under a generated name, trying
+// a few in case one is taken.
+func createApp(ctx context.Context, c *api.Client, name string) (*api.App, error) {
+	if name != "" {
+		app, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: name})
+		if api.IsConflict(err) {
+			return nil, fmt.Errorf("app name %s is taken; pick another with --name", name)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("launch: creating app %s: %w", name, err)
+		}
+		return app, nil
+	}
+	for range 5 {
+		app, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: generateName(rand.IntN)})
+		if api.IsConflict(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("launch: creating app: %w", err)
+		}
+		return app, nil
+	}
+	return nil, errors.New("launch: every generated app name was taken; pick one with --name")
+}
+
+var (
+	nameAdjectives = []string{"quiet", "bold", "swift", "misty", "sunny", "brave", "calm", "eager", "gentle", "lively", "proud", "rapid", "silent", "steady", "wild", "young", "frosty", "golden", "hidden", "lucky"}
+	nameNouns      = []string{"perch", "heron", "robin", "falcon", "sparrow", "finch", "owl", "wren", "lark", "swift", "crane", "kite", "plover", "tern", "egret", "osprey", "raven", "thrush", "warbler", "pipit"}
+)
+
+// generateName is adjective-noun-NNNN; intn is rand.IntN, or a fixed one in
+// tests.
+func generateName(intn func(int) int) string {
+	return fmt.Sprintf("%s-%s-%04d", nameAdjectives[intn(len(nameAdjectives))], nameNouns[intn(len(nameNouns))], intn(10000))
+}

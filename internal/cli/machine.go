@@ -1,0 +1,190 @@
+package cli
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/spf13/cobra"
+)
+
+func newMachineCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "machine",
+		Aliases: []string{"machines", "m"},
+		Short:   "List, inspect, start, stop and destroy the app's machines",
+	}
+	cmd.AddCommand(
+		newMachineListCmd(g),
+		newMachineStatusCmd(g),
+		newMachineStartCmd(g),
+		newMachineStopCmd(g),
+		newMachineDestroyCmd(g),
+	)
+	return cmd
+}
+
+// machineRun resolves the app and client, then calls fn.
+func machineRun(g *globals, fn func(cmd *cobra.Command, c *api.Client, app string, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		app, err := g.appName()
+		if err != nil {
+			return err
+		}
+		c, err := g.client()
+		if err != nil {
+			return err
+		}
+		return fn(cmd, c, app, args)
+	}
+}
+
+func newMachineListCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	var region string
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List the app's machines",
+		Args:    cobra.NoArgs,
+		RunE: machineRun(g, func(cmd *cobra.Command, c *api.Client, app string, args []string) error {
+			ms, err := c.ListMachines(cmd.Context(), app, region)
+			if err != nil {
+				return fmt.Errorf("machine list: %w", err)
+			}
+			if ms == nil {
+				ms = []api.Machine{}
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), ms)
+			}
+			if len(ms) == 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s has no machines.\n", app)
+				return nil
+			}
+			renderMachines(cmd.OutOrStdout(), ms, time.Now())
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVarP(&region, "region", "r", "", "only this region's machines")
+	return cmd
+}
+
+func newMachineStatusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status ID",
+		Short: "Show one machine in detail: state, host, exit code, last logs, events",
+		Args:  cobra.ExactArgs(1),
+		RunE: machineRun(g, func(cmd *cobra.Command, c *api.Client, app string, args []string) error {
+			m, err := c.GetMachine(cmd.Context(), app, args[0])
+			if err != nil {
+				return fmt.Errorf("machine status: %w", err)
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), m)
+			}
+			renderMachine(cmd.OutOrStdout(), m, time.Now())
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// renderMachine prints one machine's details.
+func renderMachine(w io.Writer, m *api.Machine, now time.Time) {
+	field := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(w, "%-11s %s\n", k+":", v)
+		}
+	}
+	field("ID", m.ID)
+	field("App", m.AppName)
+	field("State", machineState(*m))
+	field("Region", m.Region)
+	field("Host", fmt.Sprintf("%s (%s)", cmp.Or(m.HostID, "-"), cmp.Or(m.HostStatus, "?")))
+	field("Private IP", m.PrivateIP)
+	field("Image", m.Config.Image)
+	field("Image ref", m.ImageRef)
+	field("Release", m.Config.Metadata[metaRelease])
+	field("Created", fmt.Sprintf("%s (%s ago)", m.CreatedAt.UTC().Format(time.RFC3339), formatAge(now.Sub(m.CreatedAt))))
+	if m.ExitCode != nil {
+		field("Exit code", fmt.Sprint(*m.ExitCode))
+	}
+	if len(m.LastLogs) > 0 {
+		fmt.Fprintln(w, "Last log lines:")
+		for _, l := range m.LastLogs {
+			fmt.Fprintf(w, "  | %s\n", l)
+		}
+	}
+	if len(m.Events) > 0 {
+		fmt.Fprintln(w, "Events:")
+		for _, e := range m.Events {
+			line := fmt.Sprintf("  %s  %s %s (%s)", e.Timestamp.UTC().Format(time.RFC3339), e.Type, e.Status, e.Source)
+			if e.ExitCode != nil {
+				line += fmt.Sprintf(" exit code %d", *e.ExitCode)
+			}
+			if e.Message != "" {
+				line += ": " + e.Message
+			}
+			fmt.Fprintln(w, line)
+		}
+	}
+}
+
+func newMachineStartCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "start ID",
+		Short: "Start a stopped machine",
+		Args:  cobra.ExactArgs(1),
+		RunE: machineRun(g, func(cmd *cobra.Command, c *api.Client, app string, args []string) error {
+			if err := c.StartMachine(cmd.Context(), app, args[0]); err != nil {
+				return fmt.Errorf("machine start: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Machine %s is starting\n", args[0])
+			return nil
+		}),
+	}
+}
+
+func newMachineStopCmd(g *globals) *cobra.Command {
+	var req api.StopRequest
+	cmd := &cobra.Command{
+		Use:   "stop ID",
+		Short: "Stop a machine (it keeps its config and can be started again)",
+		Args:  cobra.ExactArgs(1),
+		RunE: machineRun(g, func(cmd *cobra.Command, c *api.Client, app string, args []string) error {
+			if err := c.StopMachine(cmd.Context(), app, args[0], &req); err != nil {
+				return fmt.Errorf("machine stop: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Machine %s is stopping\n", args[0])
+			return nil
+		}),
+	}
+	cmd.Flags().StringVarP(&req.Signal, "signal", "s", "", "signal to stop with, e.g. SIGTERM (default: the server's)")
+	cmd.Flags().StringVar(&req.Timeout, "timeout", "", "how long to wait before SIGKILL, e.g. 10s")
+	return cmd
+}
+
+func newMachineDestroyCmd(g *globals) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:     "destroy ID",
+		Aliases: []string{"rm"},
+		Short:   "Destroy a machine; a started one only with --force",
+		Args:    cobra.ExactArgs(1),
+		RunE: machineRun(g, func(cmd *cobra.Command, c *api.Client, app string, args []string) error {
+			if err := c.DestroyMachine(cmd.Context(), app, args[0], force); err != nil {
+				return fmt.Errorf("machine destroy: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Destroyed machine %s\n", args[0])
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "stop a started machine first")
+	return cmd
+}

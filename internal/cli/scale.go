@@ -1,0 +1,123 @@
+package cli
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/perchhq/perch/internal/config"
+	"github.com/spf13/cobra"
+)
+
+func newScaleCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "scale",
+		Short: "Change how many machines the app runs",
+	}
+	cmd.AddCommand(newScaleCountCmd(g))
+	return cmd
+}
+
+func newScaleCountCmd(g *globals) *cobra.Command {
+	var regions []string
+	var yes bool
+	var waitTimeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "count N",
+		Short: "Run N machines in each region (given, or each region the app is in)",
+		Long: `Run N machines in each region: the regions given with --region, else each
+region the app has machines in, else its primary region. New machines copy
+the config of the app's newest machine and must start; machines to remove go
+newest first. Removing machines asks for confirmation unless --yes.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 0 {
+				return fmt.Errorf("scale count: N must be a number 0 or more, got %q", args[0])
+			}
+			if waitTimeout < time.Second || waitTimeout > 10*time.Minute {
+				return fmt.Errorf("--wait-timeout must be between 1s and 10m, got %s", waitTimeout)
+			}
+			cfg, err := optionalProject(g, cmd)
+			if err != nil {
+				return err
+			}
+			app, primary := g.app, ""
+			if cfg != nil {
+				app = cmp.Or(app, cfg.App)
+				primary = cfg.PrimaryRegion
+			}
+			if app == "" {
+				return errors.New("which app? pass --app NAME, or run where the app's perch.toml is")
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			existing, err := c.ListMachines(ctx, app, "")
+			if err != nil {
+				return fmt.Errorf("scale: %w", err)
+			}
+			steps, err := planScale(existing, regions, primary, n)
+			if err != nil {
+				return err
+			}
+			var doomed []string
+			for _, st := range steps {
+				doomed = append(doomed, st.Destroy...)
+			}
+			if len(doomed) > 0 && !yes {
+				prompt := fmt.Sprintf("This destroys %s of %s: %s.", plural(len(doomed), "machine"), app, strings.Join(doomed, ", "))
+				if err := confirm(cmd, prompt, "yes"); err != nil {
+					return err
+				}
+			}
+			d := &deployer{c: c, app: app, out: cmd.OutOrStdout(), timeout: waitTimeout}
+			for _, st := range steps {
+				if st.Create > 0 {
+					tmpl := templateMachine(existing, st.Region)
+					if tmpl == nil {
+						return fmt.Errorf("%s has no machine to copy the config from: run `perch deploy` first", app)
+					}
+					for range st.Create {
+						if _, err := d.startNew(ctx, st.Region, tmpl.Config); err != nil {
+							return fmt.Errorf("scale %s in %s: %w", app, st.Region, err)
+						}
+					}
+				}
+				for _, id := range st.Destroy {
+					if err := c.DestroyMachine(ctx, app, id, true); err != nil {
+						return fmt.Errorf("scale %s in %s: destroying machine %s: %w", app, st.Region, id, err)
+					}
+					fmt.Fprintf(d.out, "%s: destroyed machine %s\n", st.Region, id)
+				}
+				if st.Create == 0 && len(st.Destroy) == 0 {
+					fmt.Fprintf(d.out, "%s: already %s\n", st.Region, plural(n, "machine"))
+				} else {
+					fmt.Fprintf(d.out, "%s: now %s\n", st.Region, plural(n, "machine"))
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringSliceVarP(&regions, "region", "r", nil, "regions to scale (comma-separated or repeated)")
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "destroy machines without asking")
+	cmd.Flags().DurationVar(&waitTimeout, "wait-timeout", 60*time.Second, "how long each new machine may take to start")
+	return cmd
+}
+
+// optionalProject loads perch.toml when it is there; it is an error only
+// when --config named a file that is missing.
+func optionalProject(g *globals, cmd *cobra.Command) (*config.Config, error) {
+	_, err := os.Stat(g.configPath)
+	if errors.Is(err, fs.ErrNotExist) && !cmd.Flags().Changed("config") {
+		return nil, nil
+	}
+	return loadProject(g.configPath, cmd.ErrOrStderr())
+}

@@ -1,0 +1,112 @@
+package cli
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/spf13/cobra"
+)
+
+func newStatusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the app's machines by region, with state and age",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			app, err := g.appName()
+			if err != nil {
+				return err
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			a, err := c.GetApp(ctx, app)
+			if err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
+			ms, err := c.ListMachines(ctx, app, "")
+			if err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
+			if ms == nil {
+				ms = []api.Machine{}
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), struct {
+					App      *api.App      `json:"app"`
+					Machines []api.Machine `json:"machines"`
+				}{a, ms})
+			}
+			renderStatus(cmd.OutOrStdout(), a.Name, ms, time.Now())
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// renderStatus prints an app's machines grouped by region.
+func renderStatus(w io.Writer, app string, ms []api.Machine, now time.Time) {
+	fmt.Fprintf(w, "App: %s\n", app)
+	if len(ms) == 0 {
+		fmt.Fprintln(w, "No machines. Run `perch deploy` to create some.")
+		return
+	}
+	fmt.Fprintln(w)
+	renderMachines(w, ms, now)
+}
+
+// renderMachines prints machines as a table sorted by region then age,
+// with a failed machine's exit code and last log lines under its row.
+func renderMachines(w io.Writer, ms []api.Machine, now time.Time) {
+	ms = slices.Clone(ms)
+	slices.SortStableFunc(ms, func(a, b api.Machine) int {
+		return cmp.Or(cmp.Compare(a.Region, b.Region), a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
+	})
+	t := &table{header: []string{"ID", "STATE", "REGION", "IMAGE", "RELEASE", "AGE"}}
+	for _, m := range ms {
+		t.add([]string{
+			m.ID,
+			machineState(m),
+			m.Region,
+			m.Config.Image,
+			cmp.Or(m.Config.Metadata[metaRelease], "-"),
+			formatAge(now.Sub(m.CreatedAt)),
+		}, failureNotes(m)...)
+	}
+	t.write(w)
+}
+
+// machineState is the state column: the host's being unreachable matters
+// more than the state it last reported, which may be stale.
+func machineState(m api.Machine) string {
+	if m.HostStatus == api.HostUnreachable {
+		return m.State + " (host unreachable)"
+	}
+	return m.State
+}
+
+func failureNotes(m api.Machine) []string {
+	if m.State != api.StateFailed {
+		return nil
+	}
+	head := "failed"
+	if m.ExitCode != nil {
+		head = fmt.Sprintf("exit code %d", *m.ExitCode)
+	}
+	if len(m.LastLogs) == 0 {
+		return []string{head}
+	}
+	notes := []string{head + ", last log lines:"}
+	for _, l := range m.LastLogs {
+		notes = append(notes, "| "+l)
+	}
+	return notes
+}

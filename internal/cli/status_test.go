@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/perchhq/perch/internal/api"
+)
+
+func TestRenderStatus(t *testing.T) {
+	exit := 3
+	ms := []api.Machine{
+		machine("e2860f1c3d8e01", "sin", api.StateStarted, 0, "v2"),
+		machine("9a1b2c3d4e5f60", "iad", api.StateStarted, 50, "v2"),
+		machine("1f2e3d4c5b6a70", "ams", api.StateFailed, 58, "v2"),
+		machine("0aa1b2c3d4e5f6", "iad", api.StateStarted, 10, ""),
+	}
+	ms[0].HostStatus = api.HostUnreachable
+	ms[2].ExitCode = &exit
+	ms[2].LastLogs = []string{"listening on :8080", "panic: no database"}
+	for i := range ms {
+		ms[i].Config.Image = "127.0.0.1:4280/hello:1"
+	}
+	now := t0.Add(time.Hour)
+
+	var b strings.Builder
+	renderStatus(&b, "hello", ms, now)
+	got := b.String()
+	wantLines := []string{
+		"App: hello",
+		"",
+		"ID              STATE                       REGION  IMAGE                   RELEASE  AGE",
+		"1f2e3d4c5b6a70  failed                      ams     127.0.0.1:4280/hello:1  v2       2m",
+		"    exit code 3, last log lines:",
+		"    | listening on :8080",
+		"    | panic: no database",
+		"0aa1b2c3d4e5f6  started                     iad     127.0.0.1:4280/hello:1  -        50m",
+		"9a1b2c3d4e5f60  started                     iad     127.0.0.1:4280/hello:1  v2       10m",
+		"e2860f1c3d8e01  started (host unreachable)  sin     127.0.0.1:4280/hello:1  v2       1h",
+	}
+	if diff := cmp.Diff(wantLines, strings.Split(strings.TrimSuffix(got, "\n"), "\n")); diff != "" {
+		t.Errorf("status output (-want +got):\n%s", diff)
+	}
+}
+
+func TestRenderStatusEmpty(t *testing.T) {
+	var b strings.Builder
+	renderStatus(&b, "hello", nil, t0)
+	if got := b.String(); !strings.Contains(got, "No machines") || !strings.Contains(got, "perch deploy") {
+		t.Errorf("empty status = %q, want it to say there are no machines and how to make some", got)
+	}
+}
+
+func TestFormatAge(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		-time.Second:      "0s",
+		42 * time.Second:  "42s",
+		5 * time.Minute:   "5m",
+		47 * time.Hour:    "47h",
+		72 * time.Hour:    "3d",
+		59 * time.Minute:  "59m",
+		119 * time.Second: "1m",
+	} {
+		if got := formatAge(d); got != want {
+			t.Errorf("formatAge(%s) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+func TestFormatLogLine(t *testing.T) {
+	l := api.LogLine{
+		Timestamp: time.Date(2026, 11, 26, 11, 0, 0, 123, time.FixedZone("CET", 3600)),
+		App:       "hello", Region: "iad", MachineID: "9a1b2c3d4e5f60", Stream: "stderr", Message: "GET / 200",
+	}
+	want := "2026-11-26T10:00:00Z hello[9a1b2c3d4e5f60] iad [info] GET / 200"
+	if got := formatLogLine(l); got != want {
+		t.Errorf("formatLogLine = %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,163 @@
+package config
+
+import (
+	"errors"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/perchhq/perch/internal/api"
+)
+
+// DefaultProcessGroup is the group a machine runs when [processes] does not
+// name one; fly launch writes processes = ["app"] for it.
+const DefaultProcessGroup = "app"
+
+// ProcessGroup is the process group Perch runs: "app" if [processes] is
+// empty or defines it, else the first defined, by name. Perch runs one group
+// per app for now; Parse warns when the file defines more.
+func (c *Config) ProcessGroup() string {
+	if len(c.Processes) == 0 {
+		return DefaultProcessGroup
+	}
+	if _, ok := c.Processes[DefaultProcessGroup]; ok {
+		return DefaultProcessGroup
+	}
+	return slices.Sorted(maps.Keys(c.Processes))[0]
+}
+
+// Guest is the machine size of the process group Perch runs.
+func (c *Config) Guest() api.Guest { return c.vmFor(c.ProcessGroup()).Guest() }
+
+// MachineConfig is the config of a machine running image (the [build] image
+// when image is ""): env, guest size, and the services of http_service and
+// [[services]] that apply to the process group Perch runs.
+func (c *Config) MachineConfig(image string) api.MachineConfig {
+	group := c.ProcessGroup()
+	mc := api.MachineConfig{
+		Image:   image,
+		Guest:   c.Guest(),
+		Restart: c.restartFor(group),
+	}
+	if mc.Image == "" {
+		mc.Image = c.Build.Image
+	}
+	if len(c.Env) > 0 {
+		mc.Env = maps.Clone(c.Env)
+	}
+	if cmd, ok := c.Processes[group]; ok {
+		// Parse has checked that it splits.
+		mc.Init.Cmd, _ = splitCommand(cmd)
+	}
+	if h := c.HTTPService; h != nil && appliesTo(h.Processes, group) {
+		mc.Services = append(mc.Services, api.Service{
+			Protocol:     "tcp",
+			InternalPort: h.InternalPort,
+			Ports: []api.Port{
+				{Port: 80, Handlers: []string{"http"}, ForceHTTPS: h.ForceHTTPS},
+				{Port: 443, Handlers: []string{"tls", "http"}},
+			},
+			Concurrency: cloneConcurrency(h.Concurrency),
+		})
+	}
+	for _, s := range c.Services {
+		if !appliesTo(s.Processes, group) {
+			continue
+		}
+		svc := api.Service{
+			Protocol:     s.Protocol,
+			InternalPort: s.InternalPort,
+			Concurrency:  cloneConcurrency(s.Concurrency),
+		}
+		for _, p := range s.Ports {
+			p.Handlers = slices.Clone(p.Handlers)
+			svc.Ports = append(svc.Ports, p)
+		}
+		mc.Services = append(mc.Services, svc)
+	}
+	return mc
+}
+
+// DefaultRestart is the restart policy of machines when perch.toml has no
+// [[restart]]: restart a machine whose process fails, and mark it failed
+// after the agent's retries.
+var DefaultRestart = api.Restart{Policy: api.RestartOnFailure}
+
+func (c *Config) restartFor(group string) api.Restart {
+	for _, r := range c.Restarts {
+		if appliesTo(r.Processes, group) && r.Policy != "" {
+			return api.Restart{Policy: r.Policy, MaxRetries: r.MaxRetries}
+		}
+	}
+	return DefaultRestart
+}
+
+func appliesTo(processes []string, group string) bool {
+	return len(processes) == 0 || slices.Contains(processes, group)
+}
+
+func cloneConcurrency(c *api.Concurrency) *api.Concurrency {
+	if c == nil {
+		return nil
+	}
+	cc := *c
+	return &cc
+}
+
+// splitCommand splits a process command into words the way a POSIX shell
+// does for quotes and backslashes, as Fly does; nothing else (no variables,
+// no globs) is expanded.
+func splitCommand(s string) ([]string, error) {
+	var words []string
+	var cur strings.Builder
+	inWord := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		case c == '\\':
+			if i+1 == len(s) {
+				return nil, errors.New("ends with a lone backslash")
+			}
+			i++
+			cur.WriteByte(s[i])
+			inWord = true
+		case c == '\'':
+			end := strings.IndexByte(s[i+1:], '\'')
+			if end < 0 {
+				return nil, errors.New("has a ' with no closing '")
+			}
+			cur.WriteString(s[i+1 : i+1+end])
+			i += end + 1
+			inWord = true
+		case c == '"':
+			i++
+			for ; i < len(s) && s[i] != '"'; i++ {
+				// Inside double quotes a backslash escapes only these.
+				if s[i] == '\\' && i+1 < len(s) && strings.IndexByte("\"\\$`", s[i+1]) >= 0 {
+					i++
+				}
+				cur.WriteByte(s[i])
+			}
+			if i == len(s) {
+				return nil, errors.New("has a \" with no closing \"")
+			}
+			inWord = true
+		default:
+			cur.WriteByte(c)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	if len(words) == 0 {
+		return nil, errors.New("is empty; write the command line, e.g. \"bin/server --port 8080\"")
+	}
+	return words, nil
+}

@@ -1,0 +1,225 @@
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/pelletier/go-toml/v2"
+)
+
+// New is the config `perch launch` writes for a new app: its image, the
+// regions to deploy to (the first is the primary region), an HTTP service
+// on internal port 8080, and the smallest VM.
+func New(app, image string, regions []string) *Config {
+	c := &Config{
+		App:         app,
+		Regions:     slices.Clone(regions),
+		Build:       Build{Image: image},
+		HTTPService: &HTTPService{InternalPort: 8080},
+		VMs:         []VM{{MemoryMB: 256, CPUs: 1}},
+	}
+	if len(regions) > 0 {
+		c.PrimaryRegion = regions[0]
+	}
+	return c
+}
+
+const header = `# perch.toml: how Perch runs this app.
+#
+# The format is Fly.io's fly.toml (https://fly.io/docs/reference/configuration/),
+# so the same file works with fly. Perch adds "regions": where perch deploy
+# places machines. Keys Perch does not know yet are warned about and ignored.
+
+`
+
+// Marshal writes the config as perch.toml, with a comment header. Parse
+// reads back the same Config.
+func (c *Config) Marshal() ([]byte, error) {
+	var buf bytes.Buffer
+	buf.WriteString(header)
+	enc := toml.NewEncoder(&buf).SetIndentTables(true)
+	if err := enc.Encode(c.file()); err != nil {
+		return nil, fmt.Errorf("config: marshal: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// Write writes the config to path, replacing the file in one step so a
+// crash never leaves half a file.
+func (c *Config) Write(path string) error {
+	data, err := c.Marshal()
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".perch.toml-*")
+	if err != nil {
+		return fmt.Errorf("config: write: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("config: write: %w", err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("config: write: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("config: write: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("config: write: %w", err)
+	}
+	return nil
+}
+
+// The file* types are the TOML shape of Config, in the order fly launch
+// writes keys.
+type fileConfig struct {
+	App           string            `toml:"app,omitempty"`
+	PrimaryRegion string            `toml:"primary_region,omitempty"`
+	Regions       []string          `toml:"regions,omitempty"`
+	KillSignal    string            `toml:"kill_signal,omitempty"`
+	KillTimeout   string            `toml:"kill_timeout,omitempty"`
+	Build         *fileBuild        `toml:"build,omitempty"`
+	Env           map[string]string `toml:"env,omitempty"`
+	Processes     map[string]string `toml:"processes,omitempty"`
+	HTTPService   *fileHTTPService  `toml:"http_service,omitempty"`
+	Services      []fileService     `toml:"services,omitempty"`
+	VM            []fileVM          `toml:"vm,omitempty"`
+	Deploy        *fileDeploy       `toml:"deploy,omitempty"`
+	Restart       []fileRestart     `toml:"restart,omitempty"`
+}
+
+type fileBuild struct {
+	Image string `toml:"image,omitempty"`
+}
+
+type fileHTTPService struct {
+	InternalPort       int              `toml:"internal_port"`
+	ForceHTTPS         bool             `toml:"force_https"`
+	AutoStopMachines   string           `toml:"auto_stop_machines,omitempty"`
+	AutoStartMachines  *bool            `toml:"auto_start_machines,omitempty"`
+	MinMachinesRunning int              `toml:"min_machines_running,omitempty"`
+	Processes          []string         `toml:"processes,omitempty"`
+	Concurrency        *fileConcurrency `toml:"concurrency,omitempty"`
+}
+
+type fileService struct {
+	Protocol           string           `toml:"protocol"`
+	InternalPort       int              `toml:"internal_port"`
+	AutoStopMachines   string           `toml:"auto_stop_machines,omitempty"`
+	AutoStartMachines  *bool            `toml:"auto_start_machines,omitempty"`
+	MinMachinesRunning int              `toml:"min_machines_running,omitempty"`
+	Processes          []string         `toml:"processes,omitempty"`
+	Ports              []filePort       `toml:"ports,omitempty"`
+	Concurrency        *fileConcurrency `toml:"concurrency,omitempty"`
+}
+
+type filePort struct {
+	Port       int      `toml:"port"`
+	Handlers   []string `toml:"handlers,omitempty"`
+	ForceHTTPS bool     `toml:"force_https,omitempty"`
+}
+
+type fileConcurrency struct {
+	Type      string `toml:"type,omitempty"`
+	SoftLimit int    `toml:"soft_limit,omitempty"`
+	HardLimit int    `toml:"hard_limit,omitempty"`
+}
+
+type fileVM struct {
+	Size      string   `toml:"size,omitempty"`
+	Memory    string   `toml:"memory,omitempty"`
+	CPUKind   string   `toml:"cpu_kind,omitempty"`
+	CPUs      int      `toml:"cpus,omitempty"`
+	Runtime   string   `toml:"runtime,omitempty"`
+	Processes []string `toml:"processes,omitempty"`
+}
+
+type fileDeploy struct {
+	Strategy string `toml:"strategy,omitempty"`
+}
+
+type fileRestart struct {
+	Policy    string   `toml:"policy,omitempty"`
+	Retries   int      `toml:"retries,omitempty"`
+	Processes []string `toml:"processes,omitempty"`
+}
+
+func (c *Config) file() fileConfig {
+	f := fileConfig{
+		App:           c.App,
+		PrimaryRegion: c.PrimaryRegion,
+		Regions:       c.Regions,
+		KillSignal:    c.KillSignal,
+		Env:           c.Env,
+		Processes:     c.Processes,
+	}
+	if c.KillTimeout != 0 {
+		f.KillTimeout = c.KillTimeout.String()
+		if c.KillTimeout%time.Second == 0 && c.KillTimeout < time.Minute {
+			f.KillTimeout = fmt.Sprintf("%ds", c.KillTimeout/time.Second)
+		}
+	}
+	if c.Build.Image != "" {
+		f.Build = &fileBuild{Image: c.Build.Image}
+	}
+	if h := c.HTTPService; h != nil {
+		f.HTTPService = &fileHTTPService{
+			InternalPort:       h.InternalPort,
+			ForceHTTPS:         h.ForceHTTPS,
+			AutoStopMachines:   h.AutoStopMachines,
+			AutoStartMachines:  h.AutoStartMachines,
+			MinMachinesRunning: h.MinMachinesRunning,
+			Processes:          h.Processes,
+			Concurrency:        fileConc(h.Concurrency),
+		}
+	}
+	for _, s := range c.Services {
+		fs := fileService{
+			Protocol:           s.Protocol,
+			InternalPort:       s.InternalPort,
+			AutoStopMachines:   s.AutoStopMachines,
+			AutoStartMachines:  s.AutoStartMachines,
+			MinMachinesRunning: s.MinMachinesRunning,
+			Processes:          s.Processes,
+			Concurrency:        fileConc(s.Concurrency),
+		}
+		for _, p := range s.Ports {
+			fs.Ports = append(fs.Ports, filePort(p))
+		}
+		f.Services = append(f.Services, fs)
+	}
+	for _, v := range c.VMs {
+		fv := fileVM{Size: v.Size, CPUKind: v.CPUKind, CPUs: v.CPUs, Runtime: v.Runtime, Processes: v.Processes}
+		if v.MemoryMB != 0 {
+			fv.Memory = formatMemory(v.MemoryMB)
+		}
+		f.VM = append(f.VM, fv)
+	}
+	if c.Deploy.Strategy != "" {
+		f.Deploy = &fileDeploy{Strategy: c.Deploy.Strategy}
+	}
+	for _, r := range c.Restarts {
+		policy := r.Policy
+		if policy == api.RestartNo {
+			policy = "never" // Fly's word for it
+		}
+		f.Restart = append(f.Restart, fileRestart{Policy: policy, Retries: r.MaxRetries, Processes: r.Processes})
+	}
+	return f
+}
+
+func fileConc(c *api.Concurrency) *fileConcurrency {
+	if c == nil {
+		return nil
+	}
+	fc := fileConcurrency(*c)
+	return &fc
+}

@@ -1,0 +1,360 @@
+package config
+
+import (
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+)
+
+// appName is a DNS label, since the app is reached as <app>.<domain>.
+var appName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// killSignals are the signals Fly accepts for kill_signal.
+var killSignals = []string{"SIGINT", "SIGTERM", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL", "SIGSTOP"}
+
+func (d *decoder) config(doc map[string]any) *Config {
+	c := &Config{}
+	top := d.section(nil, doc)
+	if app, p, ok := top.str("app"); ok {
+		if !appName.MatchString(app) {
+			d.errorf(p, "app name %q is not valid; use lowercase letters, digits and dashes (at most 63), e.g. \"my-app\"", app)
+		}
+		c.App = app
+	}
+	if r, p, ok := top.str("primary_region"); ok && r != "" {
+		d.region(p, r)
+		c.PrimaryRegion = r
+	}
+	c.Regions = d.regions(top)
+	if sig, p, ok := top.str("kill_signal"); ok {
+		if up := strings.ToUpper(sig); slices.Contains(killSignals, up) {
+			c.KillSignal = up
+		} else {
+			d.errorf(p, "kill_signal %q is not one of %s", sig, quoteList(killSignals))
+		}
+	}
+	c.KillTimeout = d.killTimeout(top)
+	if b := top.sub("build"); b != nil {
+		c.Build.Image, _, _ = b.str("image")
+		const why = "perch does not build images yet; set image = \"...\" in [build]"
+		for _, k := range []string{"dockerfile", "builder", "buildpacks", "builtin", "ignorefile", "build-target", "args", "settings"} {
+			b.ignore(k, why)
+		}
+		b.done()
+	}
+	c.Env = d.env(top.sub("env"))
+	if s := top.sub("http_service"); s != nil {
+		c.HTTPService = d.httpService(s)
+	}
+	for _, s := range top.subs("services") {
+		c.Services = append(c.Services, d.service(s))
+	}
+	// Fly reads [[compute]] as another name for [[vm]].
+	for _, k := range []string{"vm", "compute"} {
+		for _, s := range top.subs(k) {
+			c.VMs = append(c.VMs, d.vm(s))
+		}
+	}
+	if s := top.sub("deploy"); s != nil {
+		c.Deploy.Strategy, _, _ = s.oneOf("strategy", "rolling", "immediate", "canary", "bluegreen")
+		s.ignore("release_command", "release commands are not supported yet")
+		s.accept("release_command_timeout", "max_unavailable", "wait_timeout", "release_command_vm", "release_command_compute")
+		s.done()
+	}
+	for _, s := range top.subs("restart") {
+		c.Restarts = append(c.Restarts, d.restart(s))
+	}
+	// Old fly.toml files say processes = [] for "no process groups".
+	if v, ok := top.m["processes"].([]any); ok && len(v) == 0 {
+		top.accept("processes")
+	} else {
+		c.Processes = d.processes(top.sub("processes"))
+	}
+	if len(c.Processes) > 1 {
+		d.warnf(path{"processes"}, "[processes] defines %d groups; perch runs one group per app for now, %q",
+			len(c.Processes), c.ProcessGroup())
+	}
+	top.ignore("mounts", "volumes are not supported yet, so files written there are lost when the machine is replaced")
+	top.ignore("statics", "static file serving is not supported yet")
+	top.ignore("files", "files written into machines are not supported yet")
+	top.accept("experimental", "checks", "metrics", "console_command", "swap_size_mb", "host_dedication_id")
+	top.done()
+	if c.PrimaryRegion != "" && len(c.Regions) > 0 && !slices.Contains(c.Regions, c.PrimaryRegion) {
+		d.warnf(path{"primary_region"}, "primary_region %q is not in regions; perch deploy places machines only in %s",
+			c.PrimaryRegion, strings.Join(c.Regions, ", "))
+	}
+	return c
+}
+
+func (d *decoder) region(p path, code string) {
+	if d.opts.Regions != nil && !slices.Contains(d.opts.Regions, code) {
+		valid := slices.Sorted(slices.Values(d.opts.Regions))
+		d.errorf(p, "unknown region %q; valid regions: %s", code, strings.Join(valid, ", "))
+	}
+}
+
+func (d *decoder) regions(top *section) []string {
+	list, p, ok := top.strs("regions", `["iad", "ams"]`)
+	if !ok {
+		return nil
+	}
+	if len(list) == 0 {
+		d.errorf(p, "regions is empty; list where to run, e.g. regions = [\"iad\", \"ams\"], or leave it out to use primary_region")
+		return nil
+	}
+	for i, r := range list {
+		if j := slices.Index(list[:i], r); j >= 0 {
+			d.errorf(p.index(i), "regions lists %q twice; list each region once", r)
+			continue
+		}
+		d.region(p.index(i), r)
+	}
+	return list
+}
+
+// killTimeout is seconds (kill_timeout = 5) or a duration string ("30s").
+func (d *decoder) killTimeout(top *section) time.Duration {
+	v, p, ok := top.get("kill_timeout")
+	if !ok {
+		return 0
+	}
+	var t time.Duration
+	switch v := v.(type) {
+	case int64:
+		if v > int64(24*time.Hour/time.Second) {
+			d.errorf(p, "kill_timeout %d is too long; write at most a day, e.g. kill_timeout = \"5m\"", v)
+			return 0
+		}
+		t = time.Duration(v) * time.Second
+	case string:
+		var err error
+		if t, err = time.ParseDuration(v); err != nil {
+			d.errorf(p, "kill_timeout %q is not a duration; write e.g. kill_timeout = 5 (seconds) or \"30s\"", v)
+			return 0
+		}
+	default:
+		d.errorf(p, "kill_timeout must be seconds or a duration, e.g. kill_timeout = 5 or \"30s\", got %s", describe(v))
+		return 0
+	}
+	if t < 0 {
+		d.errorf(p, "kill_timeout must not be negative, got %s", describe(v))
+		return 0
+	}
+	return t
+}
+
+// env accepts numbers and booleans too, as their text: PORT = 8080.
+func (d *decoder) env(s *section) map[string]string {
+	if s == nil {
+		return nil
+	}
+	env := make(map[string]string, len(s.m))
+	for _, k := range slices.Sorted(maps.Keys(s.m)) {
+		v, p, _ := s.get(k)
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			d.errorf(p, "env name %q must not be empty or contain \"=\"; use a name like \"LOG_LEVEL\"", k)
+			continue
+		}
+		switch v := v.(type) {
+		case string:
+			if strings.Contains(v, "\x00") {
+				d.errorf(p, "env %s must not contain a NUL character", k)
+				continue
+			}
+			env[k] = v
+		case int64:
+			env[k] = strconv.FormatInt(v, 10)
+		case float64:
+			env[k] = strconv.FormatFloat(v, 'g', -1, 64)
+		case bool:
+			env[k] = strconv.FormatBool(v)
+		default:
+			d.errorf(p, "env %s must be a string, e.g. %s = \"value\", got %s", k, k, describe(v))
+		}
+	}
+	return env
+}
+
+func (d *decoder) httpService(s *section) *HTTPService {
+	h := &HTTPService{}
+	h.InternalPort = d.internalPort(s)
+	h.ForceHTTPS, _, _ = s.boolean("force_https")
+	h.AutoStopMachines, h.AutoStartMachines, h.MinMachinesRunning = d.autoStartStop(s)
+	h.Processes, _, _ = s.strs("processes", `["app"]`)
+	if cs := s.sub("concurrency"); cs != nil {
+		h.Concurrency = d.concurrency(cs)
+	}
+	s.accept("checks", "machine_checks", "tls_options", "http_options")
+	s.done()
+	d.claimPort("tcp", 80, s.p)
+	d.claimPort("tcp", 443, s.p)
+	return h
+}
+
+func (d *decoder) internalPort(s *section) int {
+	if _, ok := s.m["internal_port"]; !ok {
+		s.get("internal_port") // so a typo of it is suggested
+		d.errorf(s.p, "%s needs internal_port, the port your app listens on, e.g. internal_port = 8080", s.p.section())
+		return 0
+	}
+	port, _, _ := s.port("internal_port")
+	return port
+}
+
+func (d *decoder) autoStartStop(s *section) (stop string, start *bool, minRunning int) {
+	if v, p, ok := s.get("auto_stop_machines"); ok {
+		switch v := v.(type) {
+		case bool:
+			stop = "off"
+			if v {
+				stop = "stop"
+			}
+		case string:
+			if slices.Contains([]string{"off", "stop", "suspend"}, v) {
+				stop = v
+			} else {
+				d.errorf(p, "auto_stop_machines %q is not one of \"off\", \"stop\", \"suspend\", true or false", v)
+			}
+		default:
+			d.errorf(p, "auto_stop_machines must be \"off\", \"stop\", \"suspend\", true or false, got %s", describe(v))
+		}
+	}
+	if b, _, ok := s.boolean("auto_start_machines"); ok {
+		start = &b
+	}
+	minRunning, _, _ = s.count("min_machines_running", 0)
+	return stop, start, minRunning
+}
+
+func (d *decoder) concurrency(s *section) *api.Concurrency {
+	c := &api.Concurrency{}
+	c.Type, _, _ = s.oneOf("type", "connections", "requests")
+	soft, _, softOK := s.count("soft_limit", 1)
+	hard, hp, hardOK := s.count("hard_limit", 1)
+	if softOK && hardOK && soft > hard {
+		d.errorf(hp, "hard_limit %d is less than soft_limit %d; make hard_limit at least soft_limit", hard, soft)
+	}
+	c.SoftLimit, c.HardLimit = soft, hard
+	s.done()
+	return c
+}
+
+func (d *decoder) service(s *section) Service {
+	var sv Service
+	if _, ok := s.m["protocol"]; ok {
+		sv.Protocol, _, _ = s.oneOf("protocol", "tcp", "udp")
+	} else {
+		s.get("protocol")
+		d.errorf(s.p, "%s needs a protocol, e.g. protocol = \"tcp\"", s.p.section())
+	}
+	sv.InternalPort = d.internalPort(s)
+	sv.Processes, _, _ = s.strs("processes", `["app"]`)
+	for _, ps := range s.subs("ports") {
+		port, ok := d.port(ps)
+		if !ok {
+			continue
+		}
+		if sv.Protocol != "" {
+			d.claimPort(sv.Protocol, port.Port, ps.p.key("port"))
+		}
+		sv.Ports = append(sv.Ports, port)
+	}
+	if cs := s.sub("concurrency"); cs != nil {
+		sv.Concurrency = d.concurrency(cs)
+	}
+	sv.AutoStopMachines, sv.AutoStartMachines, sv.MinMachinesRunning = d.autoStartStop(s)
+	s.accept("tcp_checks", "http_checks", "script_checks", "machine_checks")
+	s.done()
+	return sv
+}
+
+// handlers are the edge's connection handlers a port may list.
+var handlers = []string{"tls", "http", "proxy_proto", "pg_tls"}
+
+func (d *decoder) port(s *section) (api.Port, bool) {
+	var port api.Port
+	_, hasPort := s.m["port"]
+	_, hasRange := s.m["start_port"]
+	s.ignore("start_port", "port ranges are not supported yet; list each port in its own [[services.ports]]")
+	s.accept("end_port")
+	ok := hasPort
+	if hasPort {
+		port.Port, _, ok = s.port("port")
+	} else if !hasRange {
+		s.get("port")
+		d.errorf(s.p, "[[services.ports]] needs a port, e.g. port = 443")
+	}
+	list, p, _ := s.strs("handlers", `["tls", "http"]`)
+	for i, h := range list {
+		if !slices.Contains(handlers, h) {
+			d.errorf(p.index(i), "handler %q is not one of %s", h, quoteList(handlers))
+			ok = false
+		}
+	}
+	port.Handlers = list
+	port.ForceHTTPS, _, _ = s.boolean("force_https")
+	s.accept("tls_options", "http_options", "proxy_proto_options")
+	s.done()
+	return port, ok
+}
+
+// claimPort fails when a public port is already used by another service.
+func (d *decoder) claimPort(proto string, port int, p path) {
+	if d.ports == nil {
+		d.ports = make(map[string]path)
+	}
+	key := proto + "/" + strconv.Itoa(port)
+	prev, ok := d.ports[key]
+	if !ok {
+		d.ports[key] = p
+		return
+	}
+	where := fmt.Sprintf("on line %d", d.lines.line(prev))
+	if prev.String() == "http_service" {
+		where = "by [http_service] " + where
+	}
+	d.errorf(p, "port %d is already used %s; use each public port once", port, where)
+}
+
+func (d *decoder) restart(s *section) Restart {
+	var r Restart
+	if policy, p, ok := s.str("policy"); ok {
+		switch policy {
+		case "always", "on-failure":
+			r.Policy = policy
+		case "never", "no":
+			r.Policy = api.RestartNo
+		default:
+			d.errorf(p, "restart policy %q is not one of \"always\", \"never\" or \"on-failure\"", policy)
+		}
+	}
+	r.MaxRetries, _, _ = s.count("retries", 0)
+	r.Processes, _, _ = s.strs("processes", `["app"]`)
+	s.done()
+	return r
+}
+
+func (d *decoder) processes(s *section) map[string]string {
+	if s == nil {
+		return nil
+	}
+	out := make(map[string]string, len(s.m))
+	for _, name := range slices.Sorted(maps.Keys(s.m)) {
+		cmd, p, ok := s.str(name)
+		if !ok {
+			continue
+		}
+		if _, err := splitCommand(cmd); err != nil {
+			d.errorf(p, "process %s: command %q %v", name, cmd, err)
+			continue
+		}
+		out[name] = cmd
+	}
+	return out
+}

@@ -1,0 +1,134 @@
+package devcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// agentProc is one region's agent, run as a child process.
+type agentProc struct {
+	region  string
+	logPath string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	err     error
+}
+
+func shimCommand(bin string) []string { return []string{bin, "runc-shim"} }
+
+func (w *World) agentList() []*agentProc {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []*agentProc
+	for _, r := range w.info.Regions {
+		if a := w.agents[r.Code]; a != nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// StartAgent starts region's agent process (again).
+func (w *World) StartAgent(ctx context.Context, region string) error {
+	info := w.Info()
+	var ri *RegionInfo
+	for i := range info.Regions {
+		if info.Regions[i].Code == region {
+			ri = &info.Regions[i]
+		}
+	}
+	if ri == nil {
+		return fmt.Errorf("region %s is not part of this world", region)
+	}
+	logPath := filepath.Join(w.opts.Dir, "logs", "agent-"+region+".log")
+	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("agent log: %w", err)
+	}
+	defer lf.Close()
+	cmd := exec.Command(w.opts.PerchBin, "agent",
+		"--region", region, "--server", info.APIURL, "--token", info.Token,
+		"--state-dir", ri.StateDir, "--edge-addr", ri.EdgeAddr)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	// Own process group: a Ctrl-C in the terminal reaches `perch dev up`,
+	// which then stops agents in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start agent for %s: %w", region, err)
+	}
+	a := &agentProc{region: region, logPath: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() { a.err = cmd.Wait(); close(a.done) }()
+	w.mu.Lock()
+	w.agents[region] = a
+	for i := range w.info.Regions {
+		if w.info.Regions[i].Code == region {
+			w.info.Regions[i].PID = cmd.Process.Pid
+		}
+	}
+	w.mu.Unlock()
+	return nil
+}
+
+// StopAgent stops region's agent process; its machines keep running.
+func (w *World) StopAgent(region string) error {
+	w.mu.Lock()
+	a := w.agents[region]
+	delete(w.agents, region)
+	w.mu.Unlock()
+	if a == nil {
+		return fmt.Errorf("no agent running for %s", region)
+	}
+	return a.stop()
+}
+
+// RestartAgent stops region's agent and starts it again, waiting until its
+// host heartbeats.
+func (w *World) RestartAgent(ctx context.Context, region string) error {
+	if err := w.StopAgent(region); err != nil {
+		return err
+	}
+	if err := w.StartAgent(ctx, region); err != nil {
+		return err
+	}
+	return w.waitHosts(ctx, 30*time.Second)
+}
+
+func (a *agentProc) stop() error {
+	select {
+	case <-a.done:
+		return nil
+	default:
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+	case <-time.After(30 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.done
+		return fmt.Errorf("agent for %s did not stop in 30s; killed", a.region)
+	}
+	return nil
+}
+
+// exited reports why the agent stopped, if it did.
+func (a *agentProc) exited() error {
+	select {
+	case <-a.done:
+		if a.err == nil {
+			return errors.New("exited")
+		}
+		return a.err
+	default:
+		return nil
+	}
+}
+
+func processAlive(pid int) bool {
+	return syscall.Kill(pid, 0) == nil
+}

@@ -1,0 +1,324 @@
+// Package devcluster is `perch dev`: the whole platform on one machine. It
+// runs the control plane in-process and one agent process per region, each
+// region's edge on its own loopback address, writes world.json so scripts
+// and `perch auth login` can find the world, and on shutdown leaves no
+// process, mount, network namespace or veth behind. The end-to-end tests
+// use it as a library.
+package devcluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/perchhq/perch/internal/agent"
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/geo"
+	"github.com/perchhq/perch/internal/server"
+)
+
+// Options configures a dev world.
+type Options struct {
+	Dir     string
+	Regions []string
+	// APIListen is the control plane's address (127.0.0.1:4280 by default;
+	// port 0 picks a free one).
+	APIListen string
+	// EdgeBase is the first region's edge address; the next regions take
+	// the next addresses (127.0.1.1, 127.0.1.2, ...).
+	EdgeBase netip.Addr
+	// NATSURL and NATSToken select an external NATS instead of the
+	// embedded one.
+	NATSURL   string
+	NATSToken string
+	// PerchBin is the perch executable agents are run from (this
+	// executable by default).
+	PerchBin string
+	// HostTimeout is how long a silent host stays up (server default if 0).
+	HostTimeout time.Duration
+	World       *geo.World
+	Log         *slog.Logger
+}
+
+// RegionInfo describes one region's host in world.json.
+type RegionInfo struct {
+	Code     string `json:"code"`
+	EdgeAddr string `json:"edge_addr"`
+	HostID   string `json:"host_id"`
+	StateDir string `json:"state_dir"`
+	PID      int    `json:"pid"`
+}
+
+// Info is world.json.
+type Info struct {
+	APIURL   string       `json:"api_url"`
+	Token    string       `json:"token"`
+	Registry string       `json:"registry"`
+	Regions  []RegionInfo `json:"regions"`
+	PID      int          `json:"pid"`
+	Dir      string       `json:"dir"`
+}
+
+// World is a running dev world.
+type World struct {
+	opts    Options
+	log     *slog.Logger
+	srvCfg  server.Config
+	srv     *server.Server
+	srvStop context.CancelFunc
+	srvDone chan struct{}
+
+	mu     sync.Mutex
+	agents map[string]*agentProc
+	info   Info
+}
+
+// InfoPath is where world.json lives in dir.
+func InfoPath(dir string) string { return filepath.Join(dir, "world.json") }
+
+// Start brings a world up: the control plane, then one agent per region,
+// and returns once every host has registered and heartbeats.
+func Start(ctx context.Context, opts Options) (*World, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("perch dev needs root: machines run under runc in their own network namespaces; run it with sudo")
+	}
+	if opts.World == nil {
+		opts.World = geo.Default()
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if len(opts.Regions) == 0 {
+		opts.Regions = []string{"iad", "ams", "sin"}
+	}
+	if len(opts.Regions) == 1 && opts.Regions[0] == "all" {
+		opts.Regions = opts.World.Codes()
+	}
+	for _, r := range opts.Regions {
+		if _, ok := opts.World.Lookup(r); !ok {
+			return nil, fmt.Errorf("unknown region %q; known regions: %s", r, strings.Join(opts.World.Codes(), ", "))
+		}
+	}
+	if !opts.EdgeBase.IsValid() {
+		opts.EdgeBase = netip.MustParseAddr("127.0.1.1")
+	}
+	if opts.APIListen == "" {
+		opts.APIListen = "127.0.0.1:4280"
+	}
+	if opts.PerchBin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("find perch executable: %w", err)
+		}
+		opts.PerchBin = exe
+	}
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("dev dir: %w", err)
+	}
+	opts.Dir = dir
+	if err := checkNotRunning(dir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
+		return nil, fmt.Errorf("dev dir: %w", err)
+	}
+	w := &World{opts: opts, log: opts.Log, agents: map[string]*agentProc{}}
+	natsListen, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	w.srvCfg = server.Config{
+		Listen: opts.APIListen, DataDir: filepath.Join(dir, "server"),
+		NATSURL: opts.NATSURL, NATSToken: opts.NATSToken, NATSListen: natsListen,
+		HostTimeout: opts.HostTimeout, World: opts.World, Log: opts.Log.With("component", "server"),
+	}
+	if err := w.startServer(ctx); err != nil {
+		return nil, err
+	}
+	// Keep the same API port across server restarts.
+	w.srvCfg.Listen = w.srv.Addr().String()
+	w.info = Info{APIURL: w.srv.URL(), Token: w.srv.AdminToken(), Registry: strings.TrimPrefix(w.srv.URL(), "http://"), PID: os.Getpid(), Dir: dir}
+	addr := opts.EdgeBase
+	for _, r := range opts.Regions {
+		w.info.Regions = append(w.info.Regions, RegionInfo{Code: r, EdgeAddr: addr.String(), StateDir: filepath.Join(dir, "hosts", r)})
+		addr = addr.Next()
+	}
+	for _, r := range opts.Regions {
+		if err := w.StartAgent(ctx, r); err != nil {
+			w.Close()
+			return nil, err
+		}
+	}
+	if err := w.waitHosts(ctx, 60*time.Second); err != nil {
+		w.Close()
+		return nil, err
+	}
+	if err := w.writeInfo(); err != nil {
+		w.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// Info describes the world as world.json does.
+func (w *World) Info() Info {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	i := w.info
+	i.Regions = slices.Clone(i.Regions)
+	return i
+}
+
+// Client is an API client with the admin token.
+func (w *World) Client() *api.Client {
+	i := w.Info()
+	return api.NewClient(i.APIURL, i.Token)
+}
+
+// Server is the in-process control plane.
+func (w *World) Server() *server.Server { return w.srv }
+
+func (w *World) startServer(ctx context.Context) error {
+	srv, err := server.New(ctx, w.srvCfg)
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(sctx); err != nil {
+			w.log.Error("control plane stopped", "err", err)
+		}
+	}()
+	w.srv, w.srvStop, w.srvDone = srv, cancel, done
+	return nil
+}
+
+func (w *World) stopServer() {
+	if w.srv == nil {
+		return
+	}
+	w.srvStop()
+	<-w.srvDone
+	w.srv.Close()
+	w.srv = nil
+}
+
+// RestartServer stops the control plane and starts it again on the same
+// data, address and NATS port; agents reconnect by themselves.
+func (w *World) RestartServer(ctx context.Context) error {
+	w.stopServer()
+	return w.startServer(ctx)
+}
+
+// waitHosts waits until every region's host is registered and up.
+func (w *World) waitHosts(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c := w.Client()
+	for {
+		hosts, err := c.ListHosts(ctx)
+		if err == nil {
+			up := map[string]string{}
+			for _, h := range hosts {
+				if h.Status == "up" {
+					up[h.Region] = h.ID
+				}
+			}
+			missing := []string{}
+			w.mu.Lock()
+			for i, r := range w.info.Regions {
+				if id, ok := up[r.Code]; ok && (r.HostID == "" || r.HostID == id) {
+					w.info.Regions[i].HostID = id
+				} else {
+					missing = append(missing, r.Code)
+				}
+			}
+			w.mu.Unlock()
+			if len(missing) == 0 {
+				return nil
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("hosts of %s did not come up in %s; see %s", strings.Join(missing, ", "), timeout, filepath.Join(w.opts.Dir, "logs"))
+			}
+		} else if ctx.Err() != nil {
+			return fmt.Errorf("control plane not answering: %w", err)
+		}
+		for _, a := range w.agentList() {
+			if err := a.exited(); err != nil {
+				return fmt.Errorf("agent for %s exited: %v; its log: %s", a.region, err, a.logPath)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (w *World) writeInfo() error {
+	b, err := json.MarshalIndent(w.Info(), "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := InfoPath(w.opts.Dir) + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("write world.json: %w", err)
+	}
+	return os.Rename(tmp, InfoPath(w.opts.Dir))
+}
+
+// Close stops every agent, destroys every machine and everything made for
+// them in the kernel, stops the control plane and removes world.json.
+func (w *World) Close() error {
+	var errs []error
+	for _, a := range w.agentList() {
+		if err := a.stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, r := range w.Info().Regions {
+		if err := agent.Cleanup(ctx, r.StateDir, shimCommand(w.opts.PerchBin), w.log); err != nil {
+			errs = append(errs, fmt.Errorf("clean up %s: %w", r.Code, err))
+		}
+	}
+	w.stopServer()
+	_ = os.Remove(InfoPath(w.opts.Dir))
+	return errors.Join(errs...)
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// checkNotRunning refuses to start a second world in the same directory.
+func checkNotRunning(dir string) error {
+	b, err := os.ReadFile(InfoPath(dir))
+	if err != nil {
+		return nil
+	}
+	var i Info
+	if json.Unmarshal(b, &i) == nil && i.PID > 0 && processAlive(i.PID) {
+		return fmt.Errorf("a dev world is already running in %s (pid %d); stop it with perch dev down --dir %s", dir, i.PID, dir)
+	}
+	return nil
+}

@@ -1,0 +1,216 @@
+package devcluster_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/perchhq/perch/internal/agent"
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/devcluster"
+	"github.com/perchhq/perch/internal/testimage"
+)
+
+var worldSeq atomic.Int32
+
+// startWorld starts a dev world for the test, on its own loopback range so
+// that tests never share an edge address, and closes it at cleanup,
+// checking that nothing is left behind.
+func startWorld(t *testing.T, opts devcluster.Options) *devcluster.World {
+	t.Helper()
+	n := worldSeq.Add(1)
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	if len(opts.Regions) == 0 {
+		opts.Regions = []string{"iad", "ams", "sin"}
+	}
+	opts.APIListen = "127.0.0.1:0"
+	opts.EdgeBase = netip.AddrFrom4([4]byte{127, byte(100 + os.Getpid()%50), byte(n), 1})
+	opts.PerchBin = perchBin
+	if opts.HostTimeout == 0 {
+		opts.HostTimeout = 4 * time.Second
+	}
+	opts.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	w, err := devcluster.Start(ctx, opts)
+	if err != nil {
+		t.Fatalf("start dev world: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := w.Close(); err != nil {
+			t.Errorf("close dev world: %v", err)
+		}
+		assertNothingLeft(t, w.Info())
+	})
+	return w
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// assertNothingLeft checks that no network namespace, veth, bridge or mount
+// of the world's machines remains.
+func assertNothingLeft(t *testing.T, info devcluster.Info) {
+	t.Helper()
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, r := range info.Regions {
+		if bytes.Contains(mounts, []byte(r.StateDir)) {
+			t.Errorf("a mount under %s is left behind", r.StateDir)
+		}
+	}
+	out, _ := exec.Command("ip", "-o", "link", "show").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, r := range info.Regions {
+			if r.HostID != "" && strings.Contains(line, bridgeOf(r.HostID)+":") {
+				t.Errorf("bridge of %s left behind: %s", r.Code, line)
+			}
+		}
+	}
+}
+
+func bridgeOf(hostID string) string { return agent.BridgeName(hostID) }
+
+// pushImage builds the sample app and pushes it to the world's registry.
+func pushImage(t *testing.T, w *devcluster.World, repo string) string {
+	t.Helper()
+	img := buildSample(t)
+	info := w.Info()
+	ref := info.Registry + "/" + repo
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := &authn.Basic{Username: "x", Password: info.Token}
+	if err := remote.Write(r, img, remote.WithAuth(auth)); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	return ref
+}
+
+var sampleImage v1.Image
+
+func buildSample(t *testing.T) v1.Image {
+	t.Helper()
+	if sampleImage != nil {
+		return sampleImage
+	}
+	img, err := testimage.BuildGo(repoRoot(), "./examples/hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sampleImage = img
+	return img
+}
+
+// perch runs the CLI against the world, in dir.
+func perch(t *testing.T, w *devcluster.World, dir string, args ...string) (string, error) {
+	t.Helper()
+	return perchEnv(t, w, dir, nil, args...)
+}
+
+func mustPerch(t *testing.T, w *devcluster.World, dir string, args ...string) string {
+	t.Helper()
+	out, err := perch(t, w, dir, args...)
+	if err != nil {
+		t.Fatalf("perch %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+var httpClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// get sends a request for app to a region's edge.
+func get(edgeAddr, app, path string) (int, string, http.Header, error) {
+	req, err := http.NewRequest("GET", "http://"+edgeAddr+path, nil)
+	if err != nil {
+		return 0, "", nil, err
+	}
+	req.Host = app + ".perch.local"
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0, "", nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header, nil
+}
+
+// eventually polls cond until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s; last: %s", what, timeout, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// expectAnswer waits until the edge of region answers for app from want.
+func expectAnswer(t *testing.T, edgeAddr, app, want string) string {
+	t.Helper()
+	var body string
+	eventually(t, 30*time.Second, fmt.Sprintf("edge %s answers from %s", edgeAddr, want), func() (bool, string) {
+		code, b, _, err := get(edgeAddr, app, "/")
+		if err != nil {
+			return false, err.Error()
+		}
+		body = b
+		return code == 200 && strings.Contains(b, "hello from "+want+" "), fmt.Sprintf("%d %s", code, b)
+	})
+	return body
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func asHTTPError(err error, target **api.HTTPError) bool { return errors.As(err, target) }
+
+// perchEnv is perch with extra environment (later entries win).
+func perchEnv(t *testing.T, w *devcluster.World, dir string, env []string, args ...string) (string, error) {
+	t.Helper()
+	info := w.Info()
+	cmd := exec.Command(perchBin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "PERCH_API_URL="+info.APIURL, "PERCH_API_TOKEN="+info.Token, "HOME="+dir, "XDG_CONFIG_HOME="+dir+"/.config")
+	cmd.Env = append(cmd.Env, env...)
+	out, err := cmd.CombinedOutput()
+	t.Logf("$ perch %s\n%s", strings.Join(args, " "), out)
+	return string(out), err
+}

@@ -1,0 +1,38 @@
+package edge
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// The edge's own answers: short text a person reading curl output
+// understands, saying what was wrong and what to do.
+
+func (e *Edge) noApp(w http.ResponseWriter, host string) {
+	how := fmt.Sprintf("An app answers at <app name>.%s or at one of its custom hostnames.", e.cfg.Domain)
+	var msg string
+	switch name, ok := strings.CutSuffix(host, "."+e.cfg.Domain); {
+	case host == "":
+		msg = "perch: the request has no Host header. " + how
+	case ok:
+		msg = fmt.Sprintf("perch: no app is named %q (host %q). %s", name, host, how)
+	default:
+		msg = fmt.Sprintf("perch: no app answers to host %q. %s", host, how)
+	}
+	http.Error(w, msg, http.StatusNotFound)
+}
+
+func noService(w http.ResponseWriter, app string, port int) {
+	http.Error(w, fmt.Sprintf("perch: app %q has no HTTP service on port %d.", app, port), http.StatusNotFound)
+}
+
+func noMachine(w http.ResponseWriter, app string) {
+	http.Error(w, fmt.Sprintf("perch: app %q has no started machine; its machines may be stopped, stopping or failing. Run \"perch status\" to see them.", app),
+		http.StatusBadGateway)
+}
+
+func unreachable(w http.ResponseWriter, st *reqState) {
+	http.Error(w, fmt.Sprintf("perch: app %q has started machines but none could be reached (tried %d). The edge's log has details under request id %s.",
+		st.app, st.attempts, st.id), http.StatusBadGateway)
+}

@@ -1,0 +1,44 @@
+package edge
+
+import (
+	"context"
+	"net"
+	"time"
+)
+
+// Target says where the machine a connection goes to lives, so that a
+// Dialer can pick the path: straight to a machine on this host, through the
+// mesh to another host.
+type Target struct {
+	App       string
+	MachineID string
+	HostID    string
+	Region    string
+	// Local is true when the machine runs on this edge's own host.
+	Local bool
+}
+
+// Dialer connects the edge to machines. addr is the machine's
+// private IP and internal port.
+type Dialer interface {
+	DialContext(ctx context.Context, network, addr string, target Target) (net.Conn, error)
+}
+
+// NetDialer dials machines directly; enough while every machine is reachable
+// by its private IP from this host (one-machine worlds, tests).
+type NetDialer struct {
+	D net.Dialer
+}
+
+var _ Dialer = (*NetDialer)(nil)
+
+// NewNetDialer is a NetDialer with a connect timeout short enough that a
+// dead machine costs little before the next one is tried.
+func NewNetDialer() *NetDialer {
+	return &NetDialer{D: net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}}
+}
+
+// DialContext dials addr, ignoring target.
+func (d *NetDialer) DialContext(ctx context.Context, network, addr string, _ Target) (net.Conn, error) {
+	return d.D.DialContext(ctx, network, addr)
+}

@@ -1,0 +1,127 @@
+// Package edge is the HTTP edge proxy that runs on every host, inside the
+// agent process. It listens on the public ports of every app, finds the app by
+// the Host header and forwards the request to a started machine, preferring
+// this edge's region, else the nearest region.
+//
+// The route table lives in memory: watches on the store feed a Table, which
+// publishes an immutable Snapshot through an atomic pointer after each change.
+// The request path reads only that snapshot, never NATS (DESIGN.md
+// invariant 1). Only the agent (and tests, devcluster) import this package.
+//
+// Extension points for later issues: each public port gets a handler chain
+// (chain.go; only "http" today, then "tls", "proxy_proto", raw TCP), machines
+// on other hosts are reached through a Dialer (the WireGuard mesh), and
+// regions are ranked by a Nearness (great-circle distance today, measured
+// round-trip time later).
+package edge
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+
+	"github.com/perchhq/perch/internal/geo"
+	"github.com/perchhq/perch/internal/store"
+)
+
+// DefaultDomain is the domain under which every app has a name:
+// <app>.perch.local.
+const DefaultDomain = "perch.local"
+
+// Config configures an Edge.
+type Config struct {
+	// Region is the region of the host this edge runs on. Required.
+	Region string
+	// HostID is the id of this edge's host; it tells the Dialer which
+	// machines are local.
+	HostID string
+	// Addr is the IP address the edge listens on, on every public port.
+	Addr netip.Addr
+	// Domain is the domain of app names; DefaultDomain if empty.
+	Domain string
+	// Store feeds the route table through watches. Nil means the caller
+	// feeds the table itself (tests).
+	Store *store.Store
+	// Dialer connects to machines; a plain net.Dialer if nil.
+	Dialer Dialer
+	// Nearness ranks other regions; great-circle distance from Region if nil.
+	Nearness Nearness
+	// Log receives the access log (Info) and diagnostics; silent if nil.
+	Log *slog.Logger
+}
+
+// Edge is the proxy of one host.
+type Edge struct {
+	cfg   Config
+	log   *slog.Logger
+	table *table
+	proxy http.Handler
+	lns   *listeners
+
+	readyOnce sync.Once
+	ready     chan struct{}
+}
+
+// New checks cfg and makes an Edge; Run starts it.
+func New(cfg Config) (*Edge, error) {
+	if cfg.Region == "" {
+		return nil, errors.New("edge: config needs the region of this host")
+	}
+	if cfg.Domain == "" {
+		cfg.Domain = DefaultDomain
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = NewNetDialer()
+	}
+	if cfg.Nearness == nil {
+		cfg.Nearness = GeoNearness(geo.Default(), cfg.Region)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	log := cfg.Log.With("component", "edge", "region", cfg.Region)
+	e := &Edge{cfg: cfg, log: log, ready: make(chan struct{})}
+	e.table = newTable(cfg.Region, cfg.HostID, cfg.Domain, cfg.Nearness, log, e.committed)
+	e.proxy = e.newProxy()
+	e.lns = newListeners(e)
+	return e, nil
+}
+
+// Run feeds the route table from the store (when Config.Store is set) and
+// keeps a listener open on every public HTTP port of every app. It returns
+// when ctx is done, after closing the listeners.
+func (e *Edge) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	if e.cfg.Store != nil {
+		wg.Go(func() { e.watch(ctx) })
+	}
+	e.lns.run(ctx)
+	wg.Wait()
+	return nil
+}
+
+// Ready is closed once the route table has been built for the first time
+// (for a store-fed edge: once every bucket has been read).
+func (e *Edge) Ready() <-chan struct{} { return e.ready }
+
+// Snapshot is the route table the request path currently uses.
+func (e *Edge) Snapshot() *Snapshot { return e.table.Snapshot() }
+
+// Listening is the public ports the edge has a listener open on, sorted.
+func (e *Edge) Listening() []int { return e.lns.ports() }
+
+// Handler serves requests that arrived on public port port: what a listener
+// of that port runs, and what tests put behind httptest.
+func (e *Edge) Handler(port int) http.Handler {
+	return &portHandler{e: e, port: port, portStr: strconv.Itoa(port)}
+}
+
+// committed is called by the table after each new snapshot.
+func (e *Edge) committed() {
+	e.readyOnce.Do(func() { close(e.ready) })
+}

@@ -1,0 +1,71 @@
+package edge
+
+import (
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+)
+
+// Headers the edge adds.
+const (
+	hdrRegion    = "Perch-Region"     // to the machine: the edge's region
+	hdrClientIP  = "Perch-Client-IP"  // to the machine: the client's address
+	hdrRequestID = "Perch-Request-Id" // to the machine and on every response
+)
+
+// rewrite makes the request the machine gets. ReverseProxy has already
+// removed hop-by-hop and inbound X-Forwarded-* headers from pr.Out.
+func (e *Edge) rewrite(pr *httputil.ProxyRequest) {
+	st := pr.In.Context().Value(stateKey{}).(*reqState)
+	out := pr.Out
+	out.URL.Scheme = "http"
+	out.URL.Host = st.choice.at(0).Addr // retryTransport sets each attempt's
+	// Keep the client's chain and append to it, as a Director-based proxy would.
+	if prior := pr.In.Header["X-Forwarded-For"]; len(prior) > 0 {
+		out.Header["X-Forwarded-For"] = prior
+	}
+	pr.SetXForwarded() // X-Forwarded-For, -Host, -Proto
+	out.Header.Set("X-Forwarded-Port", st.port)
+	out.Header.Set(hdrRegion, e.cfg.Region)
+	out.Header.Set(hdrClientIP, clientIP(pr.In.RemoteAddr))
+	out.Header.Set(hdrRequestID, st.id)
+	via := viaFor(pr.In)
+	if prior := out.Header.Values("Via"); len(prior) > 0 {
+		via = strings.Join(prior, ", ") + ", " + via
+	}
+	out.Header.Set("Via", via)
+}
+
+func clientIP(remoteAddr string) string {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return remoteAddr
+	}
+	return host
+}
+
+// viaFor is this hop's Via entry (RFC 9110 section 7.6.3).
+func viaFor(r *http.Request) string {
+	switch {
+	case r.ProtoMajor == 1 && r.ProtoMinor == 0:
+		return "1.0 perch"
+	case r.ProtoMajor >= 2:
+		return "2 perch"
+	}
+	return "1.1 perch"
+}
+
+// newRequestID is 16 random hex digits. Not a secret, only unique enough to
+// find one request in the logs, so math/rand (per-thread ChaCha8, no lock).
+func newRequestID() string {
+	const digits = "0123456789abcdef"
+	v := rand.Uint64()
+	var b [16]byte
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i] = digits[v&0xf]
+		v >>= 4
+	}
+	return string(b[:])
+}

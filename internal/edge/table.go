@@ -1,0 +1,242 @@
+package edge
+
+import (
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/store"
+)
+
+// hostDown is the api.Host.Status the control plane sets on a host that
+// stopped heartbeating; its machines leave the rotation.
+const hostDown = "down"
+
+// table is the edge's copy of the store records that routing needs. It is
+// fed by watch.go (or directly by tests); commit rebuilds the Snapshot that
+// the request path reads.
+type table struct {
+	region, hostID, domain string
+	near                   Nearness
+	log                    *slog.Logger
+	onCommit               func()
+
+	mu       sync.Mutex                     // guards the maps and gen
+	apps     map[string]api.App             // key: app name
+	machines map[string]store.MachineSpec   // key: <app>.<id>
+	status   map[string]store.MachineStatus // key: <app>.<id>
+	hosts    map[string]api.Host            // key: host id
+	gen      uint64
+
+	snap atomic.Pointer[Snapshot]
+	// changed gets a token after each commit, for the listeners.
+	changed chan struct{}
+}
+
+func newTable(region, hostID, domain string, near Nearness, log *slog.Logger, onCommit func()) *table {
+	t := &table{
+		region: region, hostID: hostID, domain: domain, near: near, log: log, onCommit: onCommit,
+		apps:     map[string]api.App{},
+		machines: map[string]store.MachineSpec{},
+		status:   map[string]store.MachineStatus{},
+		hosts:    map[string]api.Host{},
+		changed:  make(chan struct{}, 1),
+	}
+	t.snap.Store(emptySnapshot())
+	return t
+}
+
+// Snapshot is the current route table.
+func (t *table) Snapshot() *Snapshot { return t.snap.Load() }
+
+func (t *table) setApp(key string, a api.App) { t.mu.Lock(); t.apps[key] = a; t.mu.Unlock() }
+func (t *table) removeApp(key string)         { t.mu.Lock(); delete(t.apps, key); t.mu.Unlock() }
+func (t *table) setMachine(key string, m store.MachineSpec) {
+	t.mu.Lock()
+	t.machines[key] = m
+	t.mu.Unlock()
+}
+func (t *table) removeMachine(key string) { t.mu.Lock(); delete(t.machines, key); t.mu.Unlock() }
+func (t *table) setStatus(key string, s store.MachineStatus) {
+	t.mu.Lock()
+	t.status[key] = s
+	t.mu.Unlock()
+}
+func (t *table) removeStatus(key string)        { t.mu.Lock(); delete(t.status, key); t.mu.Unlock() }
+func (t *table) setHost(key string, h api.Host) { t.mu.Lock(); t.hosts[key] = h; t.mu.Unlock() }
+func (t *table) removeHost(key string)          { t.mu.Lock(); delete(t.hosts, key); t.mu.Unlock() }
+
+// clear empties the map of one bucket, before a watch reloads it.
+func (t *table) clear(bucket int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch bucket {
+	case bucketApps:
+		clear(t.apps)
+	case bucketMachines:
+		clear(t.machines)
+	case bucketStatus:
+		clear(t.status)
+	case bucketHosts:
+		clear(t.hosts)
+	}
+}
+
+// commit publishes a snapshot of the table as it is now.
+func (t *table) commit() *Snapshot {
+	t.mu.Lock()
+	t.gen++
+	s := t.build()
+	t.snap.Store(s)
+	t.mu.Unlock()
+	select {
+	case t.changed <- struct{}{}:
+	default:
+	}
+	if t.onCommit != nil {
+		t.onCommit()
+	}
+	return s
+}
+
+// build makes a snapshot from the maps; t.mu is held.
+func (t *table) build() *Snapshot {
+	s := emptySnapshot()
+	s.gen = t.gen
+	routes := make(map[string]*appRoute, len(t.apps))
+	for key, a := range t.apps {
+		name := a.Name
+		if name == "" {
+			name = key
+		}
+		routes[name] = &appRoute{name: name, ports: map[int]*portRoute{}}
+	}
+	httpPorts := map[int]bool{}
+	rank := t.rankRegions()
+	// Sorted keys keep the order of equal machines stable across rebuilds.
+	for _, key := range slices.Sorted(maps.Keys(t.machines)) {
+		m := t.machines[key]
+		ar := routes[m.App]
+		if ar == nil || m.Desired == store.DesireDestroyed {
+			continue
+		}
+		up := t.inRotation(key, &m)
+		for _, svc := range m.Config.Services {
+			for _, p := range svc.Ports {
+				if !servesHTTP(p.Handlers) {
+					s.skipped[p.Port] = p.Handlers
+					continue
+				}
+				httpPorts[p.Port] = true
+				pr := ar.ports[p.Port]
+				if pr == nil {
+					pr = &portRoute{}
+					ar.ports[p.Port] = pr
+				}
+				if up && svc.InternalPort > 0 && !pr.has(m.ID) {
+					pr.backends = append(pr.backends, &Backend{
+						Addr: net.JoinHostPort(m.PrivateIP, strconv.Itoa(svc.InternalPort)),
+						Target: Target{
+							App: m.App, MachineID: m.ID, HostID: m.HostID, Region: m.Region,
+							Local: t.hostID != "" && m.HostID == t.hostID,
+						},
+					})
+				}
+			}
+		}
+	}
+	for _, ar := range routes {
+		for _, pr := range ar.ports {
+			pr.order(rank)
+		}
+	}
+	for p := range httpPorts {
+		delete(s.skipped, p)
+	}
+	s.ports = slices.Sorted(maps.Keys(httpPorts))
+	t.name(s, routes)
+	return s
+}
+
+// name fills s.names. When two apps claim one hostname, the first by app
+// name keeps it.
+func (t *table) name(s *Snapshot, routes map[string]*appRoute) {
+	for _, app := range slices.Sorted(maps.Keys(routes)) {
+		ar := routes[app]
+		s.names[app+"."+t.domain] = ar
+		for _, h := range t.apps[app].Hostnames {
+			h = normalizeHost(h)
+			if other, taken := s.names[h]; taken && other != ar {
+				t.log.Warn("hostname claimed by two apps; keeping the first", "hostname", h, "kept", other.name, "ignored", app)
+				continue
+			}
+			s.names[h] = ar
+		}
+	}
+}
+
+// inRotation says whether machine key may get requests: started, meant to
+// be started, and on a host that is up; t.mu is held.
+func (t *table) inRotation(key string, m *store.MachineSpec) bool {
+	st, ok := t.status[key]
+	if !ok || st.State != api.StateStarted || m.Desired != store.DesireStarted || m.PrivateIP == "" {
+		return false
+	}
+	if st.HostID != "" && st.HostID != m.HostID {
+		return false // the status is from a former placement
+	}
+	h, ok := t.hosts[m.HostID]
+	return ok && h.Status != hostDown
+}
+
+// rankRegions gives every region with a machine its rank from this edge:
+// 0 for its own, then the Nearness order, then regions it does not know.
+func (t *table) rankRegions() map[string]int {
+	others := map[string]bool{}
+	for _, m := range t.machines {
+		if m.Region != t.region {
+			others[m.Region] = true
+		}
+	}
+	rank := map[string]int{t.region: 0}
+	for _, r := range t.near.Rank(slices.Sorted(maps.Keys(others))) {
+		if _, seen := rank[r]; !seen && others[r] {
+			rank[r] = len(rank)
+		}
+	}
+	for _, r := range slices.Sorted(maps.Keys(others)) {
+		if _, seen := rank[r]; !seen {
+			rank[r] = len(rank)
+		}
+	}
+	return rank
+}
+
+func (r *portRoute) has(id string) bool {
+	for _, b := range r.backends {
+		if b.Target.MachineID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// order sorts the backends by region rank (stable: machine keys were
+// visited in order) and counts those in the best region.
+func (r *portRoute) order(rank map[string]int) {
+	slices.SortStableFunc(r.backends, func(a, b *Backend) int {
+		return rank[a.Target.Region] - rank[b.Target.Region]
+	})
+	r.first = 0
+	for _, b := range r.backends {
+		if b.Target.Region != r.backends[0].Target.Region {
+			break
+		}
+		r.first++
+	}
+}

@@ -1,0 +1,133 @@
+package hostnet
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+
+	"github.com/perchhq/perch/internal/runtime"
+)
+
+// Attach gives machine id its network: the namespace NetnsName(id) with lo
+// up and eth0 holding n.Addr, a default route via n.Gateway, and eth0's
+// peer VethName(id) on the host, a port of n.Bridge. It returns the
+// namespace's path for the runtime. It is idempotent, so an agent can call
+// it again for a machine that is already running.
+func Attach(id string, n runtime.Net) (netnsPath string, err error) {
+	if err := CheckID(id); err != nil {
+		return "", err
+	}
+	if err := checkLink(n.Bridge); err != nil {
+		return "", err
+	}
+	if !n.Addr.IsValid() || !n.Addr.Addr().Is4() || !n.Gateway.Is4() {
+		return "", fmt.Errorf("hostnet: attach %s: address %v and gateway %v must be IPv4", id, n.Addr, n.Gateway)
+	}
+	ns, veth := NetnsName(id), VethName(id)
+	if _, statErr := os.Stat(NetnsPath(id)); errors.Is(statErr, os.ErrNotExist) {
+		if _, err := ip("netns", "add", ns); err != nil {
+			return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
+		}
+		// A namespace this call made is not left behind when it fails.
+		defer func() {
+			if err != nil {
+				ip("netns", "del", ns)
+			}
+		}()
+	}
+	if err := ensureVeth(id, ns, veth); err != nil {
+		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
+	}
+	steps := [][]string{
+		{"link", "set", veth, "master", n.Bridge, "up"},
+		nsArgs(ns, "link", "set", "lo", "up"),
+		nsArgs(ns, "link", "set", peerName, "up"),
+	}
+	for _, args := range steps {
+		if _, err := ip(args...); err != nil {
+			return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
+		}
+	}
+	addrs, err := ipv4Addrs(ns, peerName)
+	if err != nil {
+		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
+	}
+	// Flushing first drops an address left from an earlier attachment.
+	if !slices.Equal(addrs, []netip.Prefix{n.Addr}) {
+		if _, err := ip(nsArgs(ns, "addr", "flush", "dev", peerName)...); err != nil {
+			return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
+		}
+		if _, err := ip(nsArgs(ns, "addr", "add", n.Addr.String(), "dev", peerName)...); err != nil {
+			return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
+		}
+	}
+	if _, err := ip(nsArgs(ns, "route", "replace", "default", "via", n.Gateway.String(), "dev", peerName)...); err != nil {
+		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
+	}
+	return NetnsPath(id), nil
+}
+
+// ensureVeth makes the pair veth (host) / eth0 (in ns) exist, replacing a
+// host end whose peer is not in ns. The host end's alias holds the full
+// machine id, because VethName keeps only part of it.
+func ensureVeth(id, ns, veth string) error {
+	l, err := getLink("", veth)
+	if err != nil {
+		return err
+	}
+	if l != nil {
+		if !ownVeth(l, id) {
+			return fmt.Errorf("%s exists and belongs to %q, not machine %s: machine ids must differ in their first %d characters", veth, l.Alias, id, vethIDChars)
+		}
+		peer, err := getLink(ns, peerName)
+		if err != nil {
+			return err
+		}
+		if peer != nil {
+			return nil
+		}
+		if _, err := ip("link", "del", veth); err != nil && !errors.Is(err, errNotExist) {
+			return err
+		}
+	}
+	// Creating the peer directly inside ns avoids a temporary name on the host.
+	if _, err := ip("link", "add", veth, "type", "veth", "peer", "name", peerName, "netns", ns); err != nil {
+		return err
+	}
+	_, err = ip("link", "set", veth, "alias", id)
+	return err
+}
+
+// Detach removes machine id's veth pair and network namespace. Missing
+// pieces are not an error.
+func Detach(id string) error {
+	if err := CheckID(id); err != nil {
+		return err
+	}
+	var errs []error
+	veth := VethName(id)
+	if l, err := getLink("", veth); err != nil {
+		errs = append(errs, err)
+	} else if l != nil && ownVeth(l, id) {
+		if _, err := ip("link", "del", veth); err != nil && !errors.Is(err, errNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if _, err := os.Stat(NetnsPath(id)); err == nil {
+		if _, err := ip("netns", "del", NetnsName(id)); err != nil && !errors.Is(err, errNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("hostnet: detach %s: %w", id, err)
+	}
+	return nil
+}
+
+// ownVeth reports whether l is machine id's veth. An empty alias is taken as
+// ours: an attach interrupted between creating the pair and naming it.
+func ownVeth(l *link, id string) bool {
+	return l.LinkInfo.Kind == "veth" && (l.Alias == id || l.Alias == "")
+}

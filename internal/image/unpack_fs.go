@@ -1,0 +1,159 @@
+package image
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxSymlinks bounds the symlinks followed in one path, as the kernel does.
+const maxSymlinks = 40
+
+// openDir opens the directory at rel (clean, relative to the root) and
+// returns its fd, which the caller closes. Symlinks on the way are resolved
+// as if the root were "/": an absolute target starts again at the root and
+// ".." stops at it, so the walk never leaves the tree. With create, missing
+// directories are made, as tar extractors do for entries whose parents the
+// layer does not list.
+func (a *applier) openDir(rel string, create bool) (int, error) {
+	var stack []int // fds from the root (exclusive) down to the current directory
+	closeAll := func() {
+		for _, fd := range stack {
+			unix.Close(fd)
+		}
+		stack = stack[:0]
+	}
+	cur := func() int {
+		if len(stack) == 0 {
+			return a.root
+		}
+		return stack[len(stack)-1]
+	}
+	queue := strings.Split(rel, "/")
+	links := 0
+	for len(queue) > 0 {
+		c := queue[0]
+		queue = queue[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(stack) > 0 {
+				unix.Close(stack[len(stack)-1])
+				stack = stack[:len(stack)-1]
+			}
+			continue
+		}
+		fd, err := unix.Openat(cur(), c, openDirFlags, 0)
+		if errors.Is(err, unix.ENOENT) && create {
+			if err = unix.Mkdirat(cur(), c, 0o755); err == nil || errors.Is(err, unix.EEXIST) {
+				fd, err = unix.Openat(cur(), c, openDirFlags, 0)
+			}
+		}
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+			target, lerr := readlinkAt(cur(), c)
+			if lerr == nil {
+				if links++; links > maxSymlinks {
+					closeAll()
+					return -1, fmt.Errorf("%s: too many levels of symbolic links", rel)
+				}
+				if strings.HasPrefix(target, "/") {
+					closeAll()
+				}
+				queue = append(strings.Split(target, "/"), queue...)
+				continue
+			}
+		}
+		if err != nil {
+			closeAll()
+			return -1, fmt.Errorf("%s: %w", rel, err)
+		}
+		stack = append(stack, fd)
+	}
+	if len(stack) == 0 {
+		fd, err := unix.Dup(a.root)
+		if err != nil {
+			return -1, fmt.Errorf("dup: %w", err)
+		}
+		return fd, nil
+	}
+	top := stack[len(stack)-1]
+	stack = stack[:len(stack)-1]
+	closeAll()
+	return top, nil
+}
+
+// openParent opens the directory that holds name and returns it with
+// name's last component, on which the caller acts without following it.
+func (a *applier) openParent(name string, create bool) (int, string, error) {
+	fd, err := a.openDir(path.Dir(name), create)
+	return fd, path.Base(name), err
+}
+
+// readlinkAt returns the target of the symlink name in dirfd, or an error
+// if name is not a symlink.
+func readlinkAt(dirfd int, name string) (string, error) {
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		n, err := unix.Readlinkat(dirfd, name, buf)
+		if err != nil {
+			return "", err
+		}
+		if n < size {
+			return string(buf[:n]), nil
+		}
+	}
+}
+
+// removeAt removes name in dirfd and, for a directory, everything under
+// it, never following a symlink. A missing name is not an error.
+func removeAt(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("remove %s: %w", name, err)
+	}
+	fd, oerr := unix.Openat(dirfd, name, openDirFlags, 0)
+	if oerr != nil {
+		return fmt.Errorf("remove %s: %w", name, err) // not a directory: report the unlink error
+	}
+	names, err := readDirNames(fd)
+	for _, n := range names {
+		if err != nil {
+			break
+		}
+		err = removeAt(fd, n)
+	}
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil {
+		return fmt.Errorf("remove directory %s: %w", name, err)
+	}
+	return nil
+}
+
+// readDirNames lists a directory fd freshly opened by the caller.
+func readDirNames(fd int) ([]string, error) {
+	buf := make([]byte, 16<<10)
+	var names []string
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read directory: %w", err)
+		}
+		if n <= 0 {
+			return names, nil
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
+}

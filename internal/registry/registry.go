@@ -1,0 +1,85 @@
+// Package registry is the OCI registry the control plane serves under /v2/,
+// beside the API and behind the same tokens, so that crane, skopeo and docker
+// can push images and agents can pull them. The server package mounts it.
+//
+// It is go-containerregistry's registry with blobs on disk. That registry
+// keeps manifests in memory only, so this package journals every accepted
+// manifest PUT and DELETE to disk and replays the journal into a fresh
+// handler on start: pushed images survive a restart.
+package registry
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+
+	ggcr "github.com/google/go-containerregistry/pkg/registry"
+)
+
+// Registry is an http.Handler serving the OCI distribution API under /v2/.
+type Registry struct {
+	inner http.Handler
+	auth  func(token string) bool
+	log   *slog.Logger
+
+	// mu orders manifest writes so the journal replays them in the order
+	// the handler applied them.
+	mu      sync.Mutex
+	journal *journal
+}
+
+// New opens (or creates) a registry whose blobs and manifest journal live in
+// dir. auth reports whether a Perch API token is valid; every request must
+// carry one, as a bearer token or as the password of HTTP basic auth.
+func New(dir string, auth func(token string) bool, log *slog.Logger) (*Registry, error) {
+	blobs := filepath.Join(dir, "blobs")
+	if err := os.MkdirAll(blobs, 0o700); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	removeStaleUploads(blobs, log)
+	j, err := openJournal(filepath.Join(dir, "manifests"))
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	r := &Registry{
+		inner: ggcr.New(
+			ggcr.WithBlobHandler(ggcr.NewDiskBlobHandler(blobs)),
+			// ggcr logs every request; keep that at debug level.
+			ggcr.Logger(slog.NewLogLogger(log.Handler(), slog.LevelDebug)),
+		),
+		auth:    auth,
+		log:     log,
+		journal: j,
+	}
+	if err := r.replay(); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	return r, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if !r.authorized(req) {
+		unauthorized(w, req)
+		return
+	}
+	if isManifestWrite(req) {
+		r.writeManifest(w, req)
+		return
+	}
+	r.inner.ServeHTTP(w, req)
+}
+
+// removeStaleUploads deletes the temporary files the disk blob handler
+// leaves behind when a push is cut off mid-blob.
+func removeStaleUploads(dir string, log *slog.Logger) {
+	stale, _ := filepath.Glob(filepath.Join(dir, "upload-*"))
+	for _, p := range stale {
+		if err := os.Remove(p); err != nil {
+			log.Warn("remove stale upload", "path", p, "err", err)
+		}
+	}
+}

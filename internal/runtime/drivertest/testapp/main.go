@@ -1,0 +1,85 @@
+// Command testapp is the program drivertest runs inside machines. It is
+// built static and copied into a test root filesystem as /app.
+//
+//	app serve     answer HTTP on $PORT with what the process sees (JSON);
+//	              exit 0 on SIGTERM unless IGNORE_SIGTERM=1
+//	app exit N    print a line to stdout and stderr, exit with code N
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+)
+
+// Info is the answer to GET /.
+type Info struct {
+	Message  string `json:"message"`
+	UID      int    `json:"uid"`
+	GID      int    `json:"gid"`
+	Groups   []int  `json:"groups"`
+	Cwd      string `json:"cwd"`
+	Hostname string `json:"hostname"`
+	Hosts    string `json:"hosts"`
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: app serve | app exit N")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "exit":
+		code, _ := strconv.Atoi(os.Args[2])
+		fmt.Println("hello stdout")
+		fmt.Fprintln(os.Stderr, "hello stderr")
+		os.Exit(code)
+	case "serve":
+		serve()
+	}
+	os.Exit(2)
+}
+
+func serve() {
+	sigs := make(chan os.Signal, 1)
+	if os.Getenv("IGNORE_SIGTERM") == "1" {
+		signal.Ignore(syscall.SIGTERM)
+	} else {
+		signal.Notify(sigs, syscall.SIGTERM)
+	}
+	go func() {
+		<-sigs
+		fmt.Println("got SIGTERM")
+		os.Exit(0)
+	}()
+	http.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		cwd, _ := os.Getwd()
+		host, _ := os.Hostname()
+		hosts, _ := os.ReadFile("/etc/hosts")
+		groups, _ := os.Getgroups()
+		json.NewEncoder(w).Encode(Info{
+			Message: os.Getenv("MESSAGE"), UID: os.Getuid(), GID: os.Getgid(), Groups: groups,
+			Cwd: cwd, Hostname: host, Hosts: string(hosts),
+		})
+	})
+	// PUT /files/NAME writes NAME under /tmp; GET reads it back.
+	http.HandleFunc("PUT /files/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if err := os.WriteFile(filepath.Join("/tmp", r.PathValue("name")), []byte("written"), 0o644); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
+	})
+	http.HandleFunc("GET /files/{name}", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFile(w, r, filepath.Join("/tmp", r.PathValue("name")))
+	})
+	addr := ":" + os.Getenv("PORT")
+	fmt.Println("listening on", addr)
+	if err := http.ListenAndServe(addr, nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,118 @@
+package runc
+
+import (
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/perchhq/perch/internal/runtime"
+)
+
+const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// defaultCaps are `runc spec`'s: enough to bind low ports and signal own
+// processes, nothing that reaches past the sandbox.
+var defaultCaps = []string{"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"}
+
+// ociSpec is the bundle's config.json for spec, with the root filesystem at
+// rootfs and the network namespace at netns ("" for a new, empty one).
+func ociSpec(spec runtime.Spec, rootfs, netns string, u procUser, cgroupParent string) *specs.Spec {
+	cwd := spec.Process.Cwd
+	if cwd == "" {
+		cwd = "/"
+	}
+	hostname := spec.Hostname
+	if hostname == "" {
+		hostname = spec.ID
+	}
+	return &specs.Spec{
+		Version: specs.Version,
+		Process: &specs.Process{
+			User: specs.User{UID: u.UID, GID: u.GID, AdditionalGids: u.Extra},
+			Args: spec.Process.Args,
+			Env:  processEnv(spec.Process.Env, u.Home),
+			Cwd:  cwd,
+			Capabilities: &specs.LinuxCapabilities{
+				Bounding:  defaultCaps,
+				Effective: defaultCaps,
+				Permitted: defaultCaps,
+				Ambient:   defaultCaps,
+			},
+			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 65536, Soft: 65536}},
+			NoNewPrivileges: true,
+		},
+		Root:     &specs.Root{Path: rootfs},
+		Hostname: hostname,
+		Mounts:   defaultMounts(),
+		Linux: &specs.Linux{
+			Resources:   resources(spec),
+			CgroupsPath: "/" + cgroupParent + "/" + spec.ID,
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace},
+				{Type: specs.NetworkNamespace, Path: netns},
+				{Type: specs.IPCNamespace},
+				{Type: specs.UTSNamespace},
+				{Type: specs.MountNamespace},
+			},
+			MaskedPaths: []string{
+				"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
+				"/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+				"/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+			},
+			ReadonlyPaths: []string{
+				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+			},
+		},
+	}
+}
+
+// processEnv adds PATH and HOME when the image and machine set none, as
+// Docker does; runc looks the program up in this PATH.
+func processEnv(env []string, home string) []string {
+	out := append([]string(nil), env...)
+	has := func(key string) bool {
+		for _, kv := range env {
+			if strings.HasPrefix(kv, key+"=") {
+				return true
+			}
+		}
+		return false
+	}
+	if !has("PATH") {
+		out = append(out, defaultPath)
+	}
+	if !has("HOME") {
+		out = append(out, "HOME="+home)
+	}
+	return out
+}
+
+func resources(spec runtime.Spec) *specs.LinuxResources {
+	r := &specs.LinuxResources{
+		Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+	}
+	if spec.MemoryMB > 0 {
+		limit := int64(spec.MemoryMB) << 20
+		// Swap is memory+swap: equal to the limit means no swap, so the
+		// limit is what the machine really gets.
+		r.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
+	}
+	if spec.CPUs > 0 {
+		period := uint64(100000)
+		quota := int64(spec.CPUs) * int64(period)
+		r.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
+	}
+	return r
+}
+
+func defaultMounts() []specs.Mount {
+	return []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc"},
+		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
+		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
+	}
+}

@@ -1,0 +1,83 @@
+package runc
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/perchhq/perch/internal/hostnet"
+	"github.com/perchhq/perch/internal/runtime"
+)
+
+// Create prepares the machine: writable root, network namespace on the
+// bridge, OCI bundle. An existing machine of the same id is destroyed
+// first.
+func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
+	if err := checkID(spec.ID); err != nil {
+		return err
+	}
+	if len(spec.Process.Args) == 0 {
+		return fmt.Errorf("runc: create %s: no command to run; set the image's entrypoint/cmd or the machine's init.cmd", spec.ID)
+	}
+	if fi, err := os.Stat(spec.Rootfs); err != nil || !fi.IsDir() {
+		return fmt.Errorf("runc: create %s: rootfs %q is not a directory", spec.ID, spec.Rootfs)
+	}
+	id := spec.ID
+	if err := d.Destroy(ctx, id); err != nil {
+		return fmt.Errorf("runc: create %s: remove the old machine: %w", id, err)
+	}
+	unlock := d.lock(id)
+	defer unlock()
+	if err := os.MkdirAll(d.dir(id), 0o700); err != nil {
+		return fmt.Errorf("runc: create %s: %w", id, err)
+	}
+	defer func() {
+		if err != nil {
+			if derr := d.destroy(ctx, id); derr != nil {
+				d.log.Warn("cleaning up after failed create", "id", id, "err", derr)
+			}
+		}
+	}()
+
+	u, err := resolveUser(spec.Rootfs, spec.Process.User)
+	if err != nil {
+		return fmt.Errorf("runc: create %s: %w", id, err)
+	}
+	copied, err := d.makeRootfs(d.dir(id), spec.Rootfs)
+	if err != nil {
+		return fmt.Errorf("runc: create %s: %w", id, err)
+	}
+	r := record{Spec: spec, Copy: copied}
+	// The record goes first so a failed create can still be destroyed
+	// completely, by this driver or the next.
+	if err := writeJSON(d.path(id, fileRecord), r); err != nil {
+		return fmt.Errorf("runc: create %s: %w", id, err)
+	}
+	hostname := spec.Hostname
+	if hostname == "" {
+		hostname = id
+	}
+	var addr, netns string
+	if spec.Net.Bridge != "" {
+		addr = spec.Net.Addr.Addr().String()
+		if netns, err = hostnet.Attach(id, spec.Net); err != nil {
+			return fmt.Errorf("runc: create %s: %w", id, err)
+		}
+	}
+	if err := writeHosts(d.path(id, dirRootfs), hostname, addr); err != nil {
+		return fmt.Errorf("runc: create %s: %w", id, err)
+	}
+	s := ociSpec(spec, d.path(id, dirRootfs), netns, u, d.cgroupParent)
+	if err := writeJSON(d.path(id, fileConfig), s); err != nil {
+		return fmt.Errorf("runc: create %s: %w", id, err)
+	}
+	for _, name := range []string{fileStdout, fileStderr} {
+		f, err := os.OpenFile(d.path(id, name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("runc: create %s: %w", id, err)
+		}
+		f.Close()
+	}
+	d.log.Debug("machine created", "id", id, "copy", copied)
+	return nil
+}

@@ -1,0 +1,161 @@
+package runc
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// makeRootfs gives the machine in dir a writable root over the image's
+// read-only lower: an overlay mount, or a full copy where overlayfs is not
+// available (for instance a state dir that is itself on overlayfs).
+func (d *Driver) makeRootfs(dir, lower string) (copied bool, err error) {
+	rootfs := filepath.Join(dir, dirRootfs)
+	if err := os.MkdirAll(rootfs, 0o755); err != nil {
+		return false, fmt.Errorf("runc: rootfs: %w", err)
+	}
+	if !d.noOverlay {
+		err := mountOverlay(dir, lower)
+		if err == nil {
+			return false, nil
+		}
+		d.copyOnce.Do(func() {
+			d.log.Warn("overlayfs mount failed; copying each machine's root filesystem instead (slower, uses more disk)", "err", err)
+		})
+	}
+	// cp -a keeps owners, modes, links, devices and extended attributes.
+	if out, err := exec.Command("cp", "-a", lower+"/.", rootfs).CombinedOutput(); err != nil {
+		return false, fmt.Errorf("runc: copy rootfs: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return true, nil
+}
+
+// mountOverlay mounts dir/rootfs with lower under dir's upper and work dirs.
+func mountOverlay(dir, lower string) error {
+	upper, work := filepath.Join(dir, dirUpper), filepath.Join(dir, dirWork)
+	for _, p := range []string{lower, upper, work} {
+		// The option string has no escaping for these.
+		if strings.ContainsAny(p, ",:") {
+			return fmt.Errorf("path %q has a ',' or ':'", p)
+		}
+	}
+	for _, p := range []string{upper, work} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
+	if err := unix.Mount("overlay", filepath.Join(dir, dirRootfs), "overlay", 0, opts); err != nil {
+		os.RemoveAll(upper)
+		os.RemoveAll(work)
+		return fmt.Errorf("mount overlay: %w", err)
+	}
+	return nil
+}
+
+// ensureRootfs remounts the overlay of a machine whose mount is gone, as
+// after a host reboot.
+func (d *Driver) ensureRootfs(id string, r record) error {
+	rootfs := d.path(id, dirRootfs)
+	if r.Copy {
+		return nil
+	}
+	mounted, err := isMountPoint(rootfs)
+	if err != nil || mounted {
+		return err
+	}
+	if err := mountOverlay(d.dir(id), r.Spec.Rootfs); err != nil {
+		return fmt.Errorf("runc: %s: %w", id, err)
+	}
+	return nil
+}
+
+// unmountRootfs undoes the overlay mount; a busy mount is detached so it
+// goes once its last user does.
+func unmountRootfs(rootfs string) error {
+	mounted, err := isMountPoint(rootfs)
+	if err != nil || !mounted {
+		return err
+	}
+	err = unix.Unmount(rootfs, 0)
+	if errors.Is(err, unix.EBUSY) {
+		err = unix.Unmount(rootfs, unix.MNT_DETACH)
+	}
+	if err != nil {
+		return fmt.Errorf("runc: unmount %s: %w", rootfs, err)
+	}
+	return nil
+}
+
+// isMountPoint reports whether path is a mount point in this mount
+// namespace.
+func isMountPoint(path string) (bool, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false, fmt.Errorf("runc: %w", err)
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 64<<10), 1<<20)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) > 4 && unescapeMountinfo(fields[4]) == path {
+			return true, nil
+		}
+	}
+	return false, s.Err()
+}
+
+// unescapeMountinfo decodes the octal escapes (\040 for a space) of
+// /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// writeHosts gives the machine an /etc/hosts naming itself when the image
+// has none. It writes through rootfs, so into the writable layer only.
+func writeHosts(rootfs, hostname, addr string) error {
+	root, err := os.OpenRoot(rootfs)
+	if err != nil {
+		return fmt.Errorf("runc: %w", err)
+	}
+	defer root.Close()
+	if _, err := root.Lstat("etc/hosts"); !errors.Is(err, fs.ErrNotExist) {
+		return nil // present (or a link the image chose), keep it
+	}
+	if err := root.MkdirAll("etc", 0o755); err != nil {
+		return fmt.Errorf("runc: /etc in rootfs: %w", err)
+	}
+	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+	if addr != "" {
+		hosts += addr + "\t" + hostname + "\n"
+	} else {
+		hosts += "127.0.1.1\t" + hostname + "\n"
+	}
+	if err := root.WriteFile("etc/hosts", []byte(hosts), 0o644); err != nil {
+		return fmt.Errorf("runc: write /etc/hosts: %w", err)
+	}
+	return nil
+}

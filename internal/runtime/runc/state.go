@@ -1,0 +1,187 @@
+package runc
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/perchhq/perch/internal/runtime"
+)
+
+// waitPoll is how often Wait and Stop look at the machine.
+const waitPoll = 20 * time.Millisecond
+
+// State combines the shim's records with runc's view. A machine whose shim
+// died without an exit record (a host reboot, a killed shim) is reported
+// exited with code -1.
+func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
+	if err := checkID(id); err != nil {
+		return runtime.State{}, err
+	}
+	if _, err := d.readRecord(id); err != nil {
+		return runtime.State{}, err
+	}
+	var sh shimRecord
+	started := readJSON(d.path(id, fileShim), &sh) == nil
+	if !started {
+		return runtime.State{Status: runtime.StatusCreated}, nil
+	}
+	st := runtime.State{StartedAt: sh.StartedAt}
+	if ex, ok := d.exitRecord(id); ok {
+		return exited(st, ex), nil
+	}
+	if d.shimAlive(id, sh.Pid) {
+		pid, err := readPid(d.path(id, filePid))
+		if err != nil {
+			st.Status = runtime.StatusCreated // runc has not started it yet
+			return st, nil
+		}
+		st.Status, st.Pid = runtime.StatusRunning, pid
+		return st, nil
+	}
+	// The shim may have written its record just after we looked.
+	if ex, ok := d.exitRecord(id); ok {
+		return exited(st, ex), nil
+	}
+	// No shim: runc is the only one who still knows.
+	rs, found, err := d.runcState(ctx, id)
+	if err != nil {
+		return runtime.State{}, err
+	}
+	if found && rs.Status == "running" {
+		st.Status, st.Pid = runtime.StatusRunning, rs.Pid
+		return st, nil
+	}
+	st.Status, st.ExitCode = runtime.StatusExited, -1
+	return st, nil
+}
+
+func exited(st runtime.State, ex exitRecord) runtime.State {
+	st.Status, st.ExitCode, st.ExitedAt = runtime.StatusExited, ex.ExitCode, ex.ExitedAt
+	return st
+}
+
+func (d *Driver) exitRecord(id string) (exitRecord, bool) {
+	var ex exitRecord
+	return ex, readJSON(d.path(id, fileExit), &ex) == nil
+}
+
+// Wait polls State until the process has exited or ctx is done.
+func (d *Driver) Wait(ctx context.Context, id string) (runtime.State, error) {
+	tick := time.NewTicker(waitPoll)
+	defer tick.Stop()
+	for {
+		st, err := d.State(ctx, id)
+		if err != nil || st.Status == runtime.StatusExited {
+			return st, err
+		}
+		select {
+		case <-ctx.Done():
+			return st, fmt.Errorf("runc: wait %s: %w", id, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// List returns the ids of the machines in the state dir.
+func (d *Driver) List(ctx context.Context) ([]string, error) {
+	entries, err := os.ReadDir(d.dir(""))
+	if err != nil {
+		return nil, fmt.Errorf("runc: list: %w", err)
+	}
+	var ids []string
+	for _, e := range entries {
+		if e.IsDir() && fileExists(d.path(e.Name(), fileRecord)) {
+			ids = append(ids, e.Name())
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// liveShim returns the machine's shim if it is still running.
+func (d *Driver) liveShim(id string) (shimRecord, bool) {
+	var sh shimRecord
+	if readJSON(d.path(id, fileShim), &sh) != nil {
+		return sh, false
+	}
+	return sh, d.shimAlive(id, sh.Pid)
+}
+
+// shimAlive reports whether pid is a live shim of machine id: its command
+// line names the machine's directory, so a reused pid is not mistaken for
+// it.
+func (d *Driver) shimAlive(id string, pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state letter follows the command name, which is in parentheses.
+	if i := bytes.LastIndexByte(stat, ')'); i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' || stat[i+2] == 'X' {
+		return false
+	}
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return false
+	}
+	return slices.Contains(strings.Split(string(cmdline), "\x00"), d.dir(id))
+}
+
+func readPid(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// runcStatus is the part of `runc state` the driver reads.
+type runcStatus struct {
+	Pid    int    `json:"pid"`
+	Status string `json:"status"`
+}
+
+// runcState asks runc about container id; found is false if runc does not
+// know it.
+func (d *Driver) runcState(ctx context.Context, id string) (st runcStatus, found bool, err error) {
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, d.runc, "--root", d.runcRoot, "state", id)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		if strings.Contains(stderr.String(), "does not exist") {
+			return st, false, nil
+		}
+		return st, false, fmt.Errorf("runc state %s: %w: %s", id, err, strings.TrimSpace(stderr.String()))
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &st); err != nil {
+		return st, false, fmt.Errorf("runc state %s: %w", id, err)
+	}
+	return st, true, nil
+}
+
+// runcCmd runs runc with the driver's root.
+func (d *Driver) runcCmd(ctx context.Context, args ...string) error {
+	out, err := exec.CommandContext(ctx, d.runc, append([]string{"--root", d.runcRoot}, args...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("runc %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// errNotRunning matches runc's refusals to signal a container that has
+// already stopped or gone.
+func errNotRunning(err error) bool {
+	return err != nil && (strings.Contains(err.Error(), "not running") ||
+		strings.Contains(err.Error(), "does not exist") ||
+		strings.Contains(err.Error(), "process already finished"))
+}

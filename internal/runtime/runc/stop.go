@@ -1,0 +1,142 @@
+package runc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/perchhq/perch/internal/hostnet"
+	"github.com/perchhq/perch/internal/runtime"
+)
+
+// killWait bounds how long Stop and Destroy wait for a process to go after
+// SIGKILL, which only a stuck kernel makes slow.
+const killWait = 10 * time.Second
+
+// Stop sends sig to the machine's process, and SIGKILL if it has not
+// exited after timeout. The machine can be started again afterwards.
+func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeout time.Duration) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	unlock := d.lock(id)
+	defer unlock()
+	st, err := d.State(ctx, id)
+	if err != nil {
+		return err
+	}
+	if st.Status == runtime.StatusCreated && !fileExists(d.path(id, fileShim)) {
+		return nil // never started
+	}
+	if st.Status == runtime.StatusExited {
+		return nil
+	}
+	if err := d.kill(ctx, id, sig); err != nil {
+		return fmt.Errorf("runc: stop %s: %w", id, err)
+	}
+	if d.waitExited(ctx, id, timeout) {
+		return nil
+	}
+	d.log.Debug("machine did not stop in time; killing it", "id", id, "signal", sig, "timeout", timeout)
+	if err := d.kill(ctx, id, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("runc: stop %s: %w", id, err)
+	}
+	if !d.waitExited(ctx, id, killWait) {
+		if ctx.Err() != nil {
+			return fmt.Errorf("runc: stop %s: %w", id, ctx.Err())
+		}
+		return fmt.Errorf("runc: stop %s: process still running %v after SIGKILL", id, killWait)
+	}
+	return nil
+}
+
+// kill signals the container unless it is already gone.
+func (d *Driver) kill(ctx context.Context, id string, sig syscall.Signal) error {
+	err := d.runcCmd(ctx, "kill", id, strconv.Itoa(int(sig)))
+	if errNotRunning(err) {
+		return nil
+	}
+	return err
+}
+
+// waitExited polls until the machine has exited, for at most timeout.
+func (d *Driver) waitExited(ctx context.Context, id string, timeout time.Duration) bool {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	st, err := d.Wait(ctx, id)
+	return err == nil && st.Status == runtime.StatusExited
+}
+
+// Destroy kills the machine's process and removes its container, rootfs,
+// network and directory. Destroying an unknown machine removes whatever
+// is left of it and is not an error.
+func (d *Driver) Destroy(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	unlock := d.lock(id)
+	defer unlock()
+	return d.destroy(ctx, id)
+}
+
+func (d *Driver) destroy(ctx context.Context, id string) error {
+	if err := d.killAll(ctx, id); err != nil {
+		return fmt.Errorf("runc: destroy %s: %w", id, err)
+	}
+	if _, found, err := d.runcState(ctx, id); err != nil {
+		return fmt.Errorf("runc: destroy %s: %w", id, err)
+	} else if found {
+		if err := d.runcCmd(ctx, "delete", "--force", id); err != nil {
+			return fmt.Errorf("runc: destroy %s: %w", id, err)
+		}
+	}
+	if err := unmountRootfs(d.path(id, dirRootfs)); err != nil {
+		return fmt.Errorf("runc: destroy %s: %w", id, err)
+	}
+	if err := hostnet.Detach(id); err != nil {
+		return fmt.Errorf("runc: destroy %s: %w", id, err)
+	}
+	// Never remove through a mount: that would be the image's files.
+	if mounted, err := isMountPoint(d.path(id, dirRootfs)); err != nil || mounted {
+		return fmt.Errorf("runc: destroy %s: rootfs still mounted (%v); not removing it", id, err)
+	}
+	if err := os.RemoveAll(d.dir(id)); err != nil {
+		return fmt.Errorf("runc: destroy %s: %w", id, err)
+	}
+	d.log.Debug("machine destroyed", "id", id)
+	return nil
+}
+
+// killAll kills the container and waits for its shim to be gone, so that
+// nothing writes into the machine's directory while it is removed.
+func (d *Driver) killAll(ctx context.Context, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, killWait)
+	defer cancel()
+	tick := time.NewTicker(waitPoll)
+	defer tick.Stop()
+	for {
+		if err := d.kill(ctx, id, syscall.SIGKILL); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			// A container that runc has not made yet cannot be signalled;
+			// the next round will find it.
+			d.log.Debug("kill during destroy", "id", id, "err", err)
+		}
+		sh, alive := d.liveShim(id)
+		if !alive {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			// Last resort: without its shim, runc and the container get
+			// reparented and are killed by the next round of runc kill.
+			if p, err := os.FindProcess(sh.Pid); err == nil {
+				p.Signal(syscall.SIGKILL)
+			}
+			return fmt.Errorf("shim %d still running after %v: %w", sh.Pid, killWait, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}

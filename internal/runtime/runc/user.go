@@ -1,0 +1,127 @@
+package runc
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// procUser is who the machine's process runs as.
+type procUser struct {
+	UID, GID uint32
+	Extra    []uint32 // supplementary groups from /etc/group
+	Home     string
+}
+
+// resolveUser turns an image config's user ("", "uid", "name", "uid:gid",
+// "name:group", ...) into ids, reading /etc/passwd and /etc/group inside
+// rootfs. A numeric user needs no entry; a name does, as in Docker, so a
+// typo never runs a process as root.
+func resolveUser(rootfs, user string) (procUser, error) {
+	passwd, err := readEtc(rootfs, "etc/passwd")
+	if err != nil {
+		return procUser{}, err
+	}
+	groups, err := readEtc(rootfs, "etc/group")
+	if err != nil {
+		return procUser{}, err
+	}
+	name, group, hasGroup := strings.Cut(user, ":")
+	if name == "" {
+		name = "0"
+	}
+	u := procUser{Home: "/"}
+	var entry []string // the passwd line of the user, if any
+	if uid, err := strconv.ParseUint(name, 10, 32); err == nil {
+		u.UID = uint32(uid)
+		entry = find(passwd, 2, name)
+	} else {
+		if entry = find(passwd, 0, name); entry == nil {
+			return procUser{}, fmt.Errorf("runc: user %q is not in the image's /etc/passwd; use a numeric uid or add the user to the image", name)
+		}
+		if u.UID, err = parseID(entry[2]); err != nil {
+			return procUser{}, fmt.Errorf("runc: /etc/passwd entry for %q: %w", name, err)
+		}
+	}
+	if entry != nil {
+		if u.GID, err = parseID(entry[3]); err != nil {
+			return procUser{}, fmt.Errorf("runc: /etc/passwd entry for %q: %w", name, err)
+		}
+		if entry[5] != "" {
+			u.Home = entry[5]
+		}
+		for _, g := range groups {
+			if slices.Contains(strings.Split(g[3], ","), entry[0]) {
+				if gid, err := parseID(g[2]); err == nil && gid != u.GID {
+					u.Extra = append(u.Extra, gid)
+				}
+			}
+		}
+	}
+	if hasGroup && group != "" {
+		if gid, err := strconv.ParseUint(group, 10, 32); err == nil {
+			u.GID = uint32(gid)
+		} else if g := find(groups, 0, group); g != nil {
+			if u.GID, err = parseID(g[2]); err != nil {
+				return procUser{}, fmt.Errorf("runc: /etc/group entry for %q: %w", group, err)
+			}
+		} else {
+			return procUser{}, fmt.Errorf("runc: group %q is not in the image's /etc/group; use a numeric gid or add the group to the image", group)
+		}
+	}
+	return u, nil
+}
+
+// readEtc reads a colon-separated file of rootfs, with at least 7 fields
+// a line (passwd's count; group lines are padded). A missing file is
+// empty. os.Root keeps a symlink in the image from reaching the host's
+// files.
+func readEtc(rootfs, name string) ([][]string, error) {
+	root, err := os.OpenRoot(rootfs)
+	if err != nil {
+		return nil, fmt.Errorf("runc: open rootfs: %w", err)
+	}
+	defer root.Close()
+	b, err := root.ReadFile(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("runc: read /%s of the image: %w", name, err)
+	}
+	var lines [][]string
+	for line := range strings.Lines(string(b)) {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Split(line, ":")
+		for len(f) < 7 {
+			f = append(f, "")
+		}
+		lines = append(lines, f)
+	}
+	return lines, nil
+}
+
+// find returns the first line whose field i is v.
+func find(lines [][]string, i int, v string) []string {
+	for _, l := range lines {
+		if l[i] == v {
+			return l
+		}
+	}
+	return nil
+}
+
+func parseID(s string) (uint32, error) {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("bad id %q", s)
+	}
+	return uint32(n), nil
+}

@@ -1,0 +1,91 @@
+// Package runtime defines the driver interface through which an agent runs
+// machines, whatever isolates them: a runc sandbox (runtime/runc) today, a
+// microVM later. The agent imports it; drivers implement it. A driver keeps
+// machines running when the agent process exits, so an agent restart never
+// stops or duplicates a machine.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"syscall"
+	"time"
+)
+
+// ErrNotFound is returned for a machine the driver does not know.
+var ErrNotFound = errors.New("machine not found in runtime")
+
+// Process is what runs inside the machine, already merged from the image
+// config and the machine config.
+type Process struct {
+	Args []string
+	Env  []string // KEY=value
+	Cwd  string
+	User string // as in the image config: "uid[:gid]" or a name in /etc/passwd
+}
+
+// Net is the machine's network attachment: an address on a host bridge.
+type Net struct {
+	Bridge  string       // host bridge to attach to
+	Addr    netip.Prefix // the machine's address and prefix length
+	Gateway netip.Addr   // the bridge's address
+}
+
+// Spec is a machine as a driver needs it.
+type Spec struct {
+	ID       string
+	Rootfs   string // the image's unpacked root filesystem; read-only to the driver, shared between machines
+	Process  Process
+	Hostname string
+	Net      Net
+	CPUs     int
+	MemoryMB int
+}
+
+// Status of a machine in the runtime.
+const (
+	StatusCreated = "created"
+	StatusRunning = "running"
+	StatusExited  = "exited"
+)
+
+// State is what the driver knows of a machine.
+type State struct {
+	Status    string
+	Pid       int
+	ExitCode  int
+	StartedAt time.Time
+	ExitedAt  time.Time
+}
+
+// LogFile is one output stream of a machine, as a file the driver appends to.
+type LogFile struct {
+	Stream string // "stdout" or "stderr"
+	Path   string
+}
+
+// Driver runs machines.
+type Driver interface {
+	// Name is the runtime's name as in config.guest.runtime.
+	Name() string
+	// Create prepares the machine (root filesystem copy, network, bundle)
+	// without starting it. Creating an existing machine replaces it.
+	Create(ctx context.Context, spec Spec) error
+	// Start starts the machine's process, detached from the caller.
+	Start(ctx context.Context, id string) error
+	// Stop sends sig, waits up to timeout for the process to exit, then
+	// kills it.
+	Stop(ctx context.Context, id string, sig syscall.Signal, timeout time.Duration) error
+	// State reports the machine's state; ErrNotFound if unknown.
+	State(ctx context.Context, id string) (State, error)
+	// Wait blocks until the machine's process has exited or ctx is done.
+	Wait(ctx context.Context, id string) (State, error)
+	// Destroy stops the machine if needed and removes everything the driver
+	// made for it. Destroying an unknown machine is not an error.
+	Destroy(ctx context.Context, id string) error
+	// Logs lists the files the machine's output is appended to.
+	Logs(id string) []LogFile
+	// List returns the ids of every machine the driver knows.
+	List(ctx context.Context) ([]string, error)
+}

@@ -1,0 +1,178 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/store"
+)
+
+func (s *Server) hosts(ctx context.Context) ([]api.Host, error) {
+	return store.List[api.Host](ctx, s.st.Hosts, ">")
+}
+
+func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
+	hs, err := s.hosts(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if hs == nil {
+		hs = []api.Host{}
+	}
+	slices.SortFunc(hs, func(a, b api.Host) int { return cmpStr(a.Region+a.ID, b.Region+b.ID) })
+	writeJSON(w, http.StatusOK, hs)
+}
+
+func cmpStr(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// registerHost records a host and gives it an id and a machine subnet. A
+// host that registers again with its id keeps both.
+func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	var h api.Host
+	if err := decode(r, &h); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := s.validateRegion(h.Region); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if h.CPUs < 1 || h.MemoryMB < 64 {
+		s.fail(w, r, errf(http.StatusBadRequest, "host must report cpus >= 1 and memory_mb >= 64, got %d and %d", h.CPUs, h.MemoryMB))
+		return
+	}
+	s.hostMu.Lock()
+	defer s.hostMu.Unlock()
+	all, err := s.hosts(ctx)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if h.ID != "" {
+		old, _, err := store.Get[api.Host](ctx, s.st.Hosts, h.ID)
+		if err == nil {
+			h.Subnet = old.Subnet
+		} else if !errors.Is(err, store.ErrNotFound) {
+			s.fail(w, r, err)
+			return
+		}
+	} else {
+		h.ID = h.Region + "-" + randHex(4)
+	}
+	if h.Subnet == "" {
+		sub, err := s.freeSubnet(all)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		h.Subnet = sub.String()
+	}
+	now := time.Now().UTC()
+	h.Status, h.LastSeen, h.StartedAt = "up", now, now
+	if _, err := store.Put(ctx, s.st.Hosts, h.ID, h); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("host registered", "host", h.ID, "region", h.Region, "subnet", h.Subnet)
+	writeJSON(w, http.StatusOK, h)
+}
+
+// freeSubnet returns the first /24 of MachineNet no host uses.
+func (s *Server) freeSubnet(hosts []api.Host) (netip.Prefix, error) {
+	used := map[string]bool{}
+	for _, h := range hosts {
+		used[h.Subnet] = true
+	}
+	base := s.cfg.MachineNet.Masked()
+	for p := netip.PrefixFrom(base.Addr(), 24); base.Contains(p.Addr()); {
+		if !used[p.String()] && p.Addr() != base.Addr() {
+			return p, nil
+		}
+		a := p.Addr().As4()
+		a[2]++
+		if a[2] == 0 {
+			a[1]++
+		}
+		p = netip.PrefixFrom(netip.AddrFrom4(a), 24)
+	}
+	return netip.Prefix{}, errf(http.StatusConflict, "no free /24 left in machine network %s; start the server with a larger --machine-net", s.cfg.MachineNet)
+}
+
+func (s *Server) bootstrap(w http.ResponseWriter, r *http.Request) {
+	u := s.cfg.NATSAdvertise
+	if u == "" {
+		u = s.natsURL
+	}
+	writeJSON(w, http.StatusOK, api.AgentBootstrap{NATSURL: u, NATSToken: s.natsTok, Registry: s.ln.Addr().String()})
+}
+
+func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) {
+	hs, err := s.hosts(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	type region struct {
+		Code  string `json:"code"`
+		Name  string `json:"name"`
+		Hosts int    `json:"hosts"`
+	}
+	var out []region
+	for _, c := range s.cfg.World.Codes() {
+		rg, _ := s.cfg.World.Lookup(c)
+		n := 0
+		for _, h := range hs {
+			if h.Region == c && h.Status == "up" {
+				n++
+			}
+		}
+		out = append(out, region{c, rg.City, n})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// monitorHosts marks hosts down when they stop heartbeating.
+func (s *Server) monitorHosts(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		hs, err := s.hosts(ctx)
+		if err != nil {
+			continue
+		}
+		for _, h := range hs {
+			if h.Status != "up" || time.Since(h.LastSeen) < s.cfg.HostTimeout {
+				continue
+			}
+			_, err := store.Modify(ctx, s.st.Hosts, h.ID, func(x *api.Host) error {
+				if time.Since(x.LastSeen) >= s.cfg.HostTimeout {
+					x.Status = "down"
+				}
+				return nil
+			})
+			if err == nil {
+				s.log.Warn("host down: no heartbeat", "host", h.ID, "region", h.Region, "last_seen", h.LastSeen)
+			}
+		}
+	}
+}

@@ -1,0 +1,109 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/store"
+)
+
+// logs streams an app's log lines as NDJSON: the last `lines` lines, then,
+// with follow=true, new lines as they come.
+func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	a, err := s.app(ctx, r.PathValue("app"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	q := r.URL.Query()
+	follow := q.Get("follow") == "true" || q.Get("follow") == "1"
+	lines := 100
+	if v := q.Get("lines"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 10000 {
+			s.fail(w, r, errf(http.StatusBadRequest, "lines must be 0-10000, got %q", v))
+			return
+		}
+		lines = n
+	}
+	region, machine := q.Get("region"), q.Get("machine")
+	if region == "" {
+		region = "*"
+	}
+	if machine == "" {
+		machine = "*"
+	}
+	subject := "perch.logs." + a.Name + "." + region + "." + machine
+	cons, err := s.st.JetStream().OrderedConsumer(ctx, store.StreamLogs, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subject},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	enc := json.NewEncoder(w)
+
+	// Replay history into a ring of the last `lines` lines.
+	pending := info.NumPending
+	var ring []api.LogLine
+	for pending > 0 {
+		msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			break
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			break
+		}
+		pending = md.NumPending
+		var l api.LogLine
+		if json.Unmarshal(msg.Data(), &l) == nil && lines > 0 {
+			ring = append(ring, l)
+			if len(ring) > lines {
+				ring = ring[1:]
+			}
+		}
+	}
+	for _, l := range ring {
+		_ = enc.Encode(l)
+	}
+	if flusher != nil {
+		flusher.Flush()
+	}
+	if !follow {
+		return
+	}
+	for {
+		msg, err := cons.Next(jetstream.FetchMaxWait(15 * time.Second))
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			continue // no line in a while; keep following
+		}
+		var l api.LogLine
+		if json.Unmarshal(msg.Data(), &l) != nil {
+			continue
+		}
+		if enc.Encode(l) != nil {
+			return
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+}

@@ -1,0 +1,426 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/scheduler"
+	"github.com/perchhq/perch/internal/store"
+)
+
+func newMachineID() string {
+	b := make([]byte, 7)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// validateConfig checks what a host would otherwise fail on later.
+func validateConfig(c *api.MachineConfig) error {
+	if strings.TrimSpace(c.Image) == "" {
+		return errf(http.StatusBadRequest, "config.image is required: name an image, e.g. registry.example.com/app:v1")
+	}
+	if c.Guest.CPUs < 0 || c.Guest.CPUs > 64 {
+		return errf(http.StatusBadRequest, "config.guest.cpus must be 1-64, got %d", c.Guest.CPUs)
+	}
+	if c.Guest.MemoryMB < 0 || (c.Guest.MemoryMB > 0 && c.Guest.MemoryMB < 64) {
+		return errf(http.StatusBadRequest, "config.guest.memory_mb must be at least 64, got %d", c.Guest.MemoryMB)
+	}
+	if c.Guest.Runtime != "" && c.Guest.Runtime != "runc" {
+		return errf(http.StatusBadRequest, "config.guest.runtime %q is not available; use \"runc\"", c.Guest.Runtime)
+	}
+	switch c.Restart.Policy {
+	case "", api.RestartNo, api.RestartAlways, api.RestartOnFailure:
+	default:
+		return errf(http.StatusBadRequest, "config.restart.policy %q is not valid; use no, always or on-failure", c.Restart.Policy)
+	}
+	for i, svc := range c.Services {
+		if svc.InternalPort < 1 || svc.InternalPort > 65535 {
+			return errf(http.StatusBadRequest, "config.services[%d].internal_port must be 1-65535, got %d", i, svc.InternalPort)
+		}
+		for j, p := range svc.Ports {
+			if p.Port < 1 || p.Port > 65535 {
+				return errf(http.StatusBadRequest, "config.services[%d].ports[%d].port must be 1-65535, got %d", i, j, p.Port)
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Server) validateRegion(region string) error {
+	if region == "" {
+		return errf(http.StatusBadRequest, "region is required: name one of %s", strings.Join(s.cfg.World.Codes(), ", "))
+	}
+	if _, ok := s.cfg.World.Lookup(region); !ok {
+		return errf(http.StatusBadRequest, "unknown region %q; known regions: %s", region, strings.Join(s.cfg.World.Codes(), ", "))
+	}
+	return nil
+}
+
+func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	a, err := s.app(ctx, r.PathValue("app"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var req api.CreateMachineRequest
+	if err := decode(r, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := s.validateRegion(req.Region); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := validateConfig(&req.Config); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if req.Config.Restart.Policy == "" {
+		req.Config.Restart.Policy = api.RestartOnFailure
+	}
+	now := time.Now().UTC()
+	spec := store.MachineSpec{
+		ID: newMachineID(), App: a.Name, Region: req.Region, Config: req.Config,
+		Desired: store.DesireStarted, Generation: 1, ConfigGeneration: 1,
+		CreatedAt: now, UpdatedAt: now,
+	}
+	if req.SkipLaunch {
+		spec.Desired = store.DesireStopped
+	}
+	spec.Name = req.Name
+	if spec.Name == "" {
+		spec.Name = a.Name + "-" + spec.ID[:6]
+	}
+	// Placement reads every live machine and writes one; serialise it so two
+	// machines never get the same address or overfill a host.
+	s.placeMu.Lock()
+	err = s.place(ctx, &spec, scheduler.Request{Region: req.Region, Guest: req.Config.Guest})
+	if err == nil {
+		_, err = store.Create(ctx, s.st.Machines, spec.Key(), spec)
+	}
+	s.placeMu.Unlock()
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("machine created", "app", a.Name, "machine", spec.ID, "region", spec.Region, "host", spec.HostID, "ip", spec.PrivateIP)
+	m, err := s.view(ctx, spec)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+func (s *Server) place(ctx context.Context, spec *store.MachineSpec, req scheduler.Request) error {
+	hosts, err := s.hosts(ctx)
+	if err != nil {
+		return err
+	}
+	live, err := store.List[store.MachineSpec](ctx, s.st.Machines, ">")
+	if err != nil {
+		return err
+	}
+	p, err := scheduler.Place(req, hosts, live)
+	if err != nil {
+		return err
+	}
+	spec.HostID, spec.PrivateIP = p.HostID, p.PrivateIP.String()
+	return nil
+}
+
+func (s *Server) spec(ctx context.Context, app, id string) (store.MachineSpec, error) {
+	if _, err := s.app(ctx, app); err != nil {
+		return store.MachineSpec{}, err
+	}
+	m, _, err := store.Get[store.MachineSpec](ctx, s.st.Machines, store.MachineKey(app, id))
+	if errors.Is(err, store.ErrNotFound) || strings.ContainsAny(id, ".*> ") {
+		return m, errf(http.StatusNotFound, "machine %q not found in app %q; perch machine list shows its machines", id, app)
+	}
+	return m, err
+}
+
+func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	a, err := s.app(ctx, r.PathValue("app"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	specs, err := store.List[store.MachineSpec](ctx, s.st.Machines, a.Name+".*")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	region := r.URL.Query().Get("region")
+	out := []api.Machine{}
+	for _, sp := range specs {
+		if region != "" && sp.Region != region {
+			continue
+		}
+		m, err := s.view(ctx, sp)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b api.Machine) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) {
+	sp, err := s.spec(r.Context(), r.PathValue("app"), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	m, err := s.view(r.Context(), sp)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+func (s *Server) updateMachine(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	sp, err := s.spec(ctx, r.PathValue("app"), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var req api.CreateMachineRequest
+	if err := decode(r, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if req.Region != "" && req.Region != sp.Region {
+		s.fail(w, r, errf(http.StatusBadRequest, "a machine cannot move from %s to %s; create a new machine in %s instead", sp.Region, req.Region, req.Region))
+		return
+	}
+	if err := validateConfig(&req.Config); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if req.Config.Restart.Policy == "" {
+		req.Config.Restart.Policy = api.RestartOnFailure
+	}
+	updated, err := store.Modify(ctx, s.st.Machines, sp.Key(), func(m *store.MachineSpec) error {
+		if m.Desired == store.DesireDestroyed {
+			return errf(http.StatusConflict, "machine %s is being destroyed", m.ID)
+		}
+		m.Config = req.Config
+		m.Generation++
+		m.ConfigGeneration = m.Generation
+		if req.SkipLaunch {
+			m.Desired = store.DesireStopped
+		} else {
+			m.Desired = store.DesireStarted
+		}
+		m.UpdatedAt = time.Now().UTC()
+		return nil
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	m, err := s.view(ctx, updated)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+func (s *Server) deleteMachine(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	sp, err := s.spec(ctx, r.PathValue("app"), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	st, _, _ := store.Get[store.MachineStatus](ctx, s.st.Status, sp.Key())
+	if st.State == api.StateStarted && sp.Desired == store.DesireStarted && r.URL.Query().Get("force") != "true" {
+		s.fail(w, r, errf(http.StatusPreconditionFailed, "machine %s is started; stop it first or destroy it with force", sp.ID))
+		return
+	}
+	if err := s.destroy(ctx, sp); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+// destroy asks the machine's host to destroy it. A machine whose host is
+// down is removed from the store at once; the host destroys the leftover
+// when it comes back and finds no spec for it.
+func (s *Server) destroy(ctx context.Context, sp store.MachineSpec) error {
+	h, _, err := store.Get[api.Host](ctx, s.st.Hosts, sp.HostID)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	if errors.Is(err, store.ErrNotFound) || h.Status != "up" {
+		if err := store.Delete(ctx, s.st.Machines, sp.Key()); err != nil {
+			return err
+		}
+		return store.Delete(ctx, s.st.Status, sp.Key())
+	}
+	_, err = store.Modify(ctx, s.st.Machines, sp.Key(), func(m *store.MachineSpec) error {
+		m.Desired = store.DesireDestroyed
+		m.Generation++
+		m.UpdatedAt = time.Now().UTC()
+		return nil
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) startMachine(w http.ResponseWriter, r *http.Request) {
+	s.setDesired(w, r, store.DesireStarted, nil)
+}
+
+func (s *Server) stopMachine(w http.ResponseWriter, r *http.Request) {
+	var req api.StopRequest
+	if r.ContentLength > 0 {
+		if err := decode(r, &req); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	if req.Signal != "" && !validSignal(req.Signal) {
+		s.fail(w, r, errf(http.StatusBadRequest, "signal %q is not known; use e.g. SIGTERM, SIGINT, SIGKILL", req.Signal))
+		return
+	}
+	var timeout time.Duration
+	if req.Timeout != "" {
+		d, err := time.ParseDuration(req.Timeout)
+		if err != nil || d < 0 {
+			s.fail(w, r, errf(http.StatusBadRequest, "timeout %q is not a duration; write e.g. \"10s\"", req.Timeout))
+			return
+		}
+		timeout = d
+	}
+	s.setDesired(w, r, store.DesireStopped, func(m *store.MachineSpec) {
+		m.StopSignal, m.StopTimeout = req.Signal, timeout
+	})
+}
+
+func validSignal(sig string) bool {
+	switch strings.TrimPrefix(strings.ToUpper(sig), "SIG") {
+	case "TERM", "INT", "QUIT", "KILL", "HUP", "USR1", "USR2":
+		return true
+	}
+	return false
+}
+
+func (s *Server) setDesired(w http.ResponseWriter, r *http.Request, desired string, also func(*store.MachineSpec)) {
+	ctx := r.Context()
+	sp, err := s.spec(ctx, r.PathValue("app"), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	st, _, _ := store.Get[store.MachineStatus](ctx, s.st.Status, sp.Key())
+	prev := st.State
+	if prev == "" {
+		prev = api.StateCreated
+	}
+	_, err = store.Modify(ctx, s.st.Machines, sp.Key(), func(m *store.MachineSpec) error {
+		if m.Desired == store.DesireDestroyed {
+			return errf(http.StatusConflict, "machine %s is being destroyed", m.ID)
+		}
+		m.Desired = desired
+		m.Generation++
+		m.UpdatedAt = time.Now().UTC()
+		if also != nil {
+			also(m)
+		}
+		return nil
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "previous_state": prev})
+}
+
+// view merges a spec with its host's last report into the API's shape.
+func (s *Server) view(ctx context.Context, sp store.MachineSpec) (api.Machine, error) {
+	st, _, err := store.Get[store.MachineStatus](ctx, s.st.Status, sp.Key())
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return api.Machine{}, err
+	}
+	h, _, err := store.Get[api.Host](ctx, s.st.Hosts, sp.HostID)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return api.Machine{}, err
+	}
+	return machineView(sp, st, h), nil
+}
+
+func machineView(sp store.MachineSpec, st store.MachineStatus, h api.Host) api.Machine {
+	m := api.Machine{
+		ID: sp.ID, Name: sp.Name, AppName: sp.App, Region: sp.Region, PrivateIP: sp.PrivateIP,
+		HostID: sp.HostID, Config: sp.Config, CreatedAt: sp.CreatedAt, UpdatedAt: sp.UpdatedAt,
+		State: st.State, InstanceID: st.InstanceID, ImageRef: st.ImageRef, ExitCode: st.ExitCode,
+		LastLogs: st.LastLogs, Events: st.Events, HostStatus: api.HostOK,
+	}
+	if m.State == "" || st.Generation == 0 {
+		m.State = api.StateCreated
+	}
+	if sp.Desired == store.DesireDestroyed && m.State != api.StateDestroyed {
+		m.State = api.StateDestroying
+	}
+	if st.UpdatedAt.After(m.UpdatedAt) {
+		m.UpdatedAt = st.UpdatedAt
+	}
+	if h.Status != "up" {
+		m.HostStatus = api.HostUnreachable
+	}
+	return m
+}
+
+func (s *Server) waitMachine(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	sp, err := s.spec(ctx, r.PathValue("app"), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	want := r.URL.Query().Get("state")
+	if want == "" {
+		want = api.StateStarted
+	}
+	switch want {
+	case api.StateStarted, api.StateStopped, api.StateDestroyed, api.StateFailed:
+	default:
+		s.fail(w, r, errf(http.StatusBadRequest, "cannot wait for state %q; use started, stopped, destroyed or failed", want))
+		return
+	}
+	timeout := 60 * time.Second
+	if t := r.URL.Query().Get("timeout"); t != "" {
+		var secs int
+		if _, err := fmt.Sscan(t, &secs); err != nil || secs < 1 || secs > 600 {
+			s.fail(w, r, errf(http.StatusBadRequest, "timeout must be 1-600 seconds, got %q", t))
+			return
+		}
+		timeout = time.Duration(secs) * time.Second
+	}
+	st, err := s.awaitState(ctx, sp, want, timeout)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "state": st.State})
+}

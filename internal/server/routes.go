@@ -1,0 +1,43 @@
+package server
+
+import (
+	"net/http"
+	"strings"
+)
+
+func (s *Server) routes() http.Handler {
+	v1 := http.NewServeMux()
+	v1.HandleFunc("POST /v1/apps", s.createApp)
+	v1.HandleFunc("GET /v1/apps", s.listApps)
+	v1.HandleFunc("GET /v1/apps/{app}", s.getApp)
+	v1.HandleFunc("DELETE /v1/apps/{app}", s.deleteApp)
+	v1.HandleFunc("GET /v1/apps/{app}/machines", s.listMachines)
+	v1.HandleFunc("POST /v1/apps/{app}/machines", s.createMachine)
+	v1.HandleFunc("GET /v1/apps/{app}/machines/{id}", s.getMachine)
+	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}", s.updateMachine)
+	v1.HandleFunc("DELETE /v1/apps/{app}/machines/{id}", s.deleteMachine)
+	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/start", s.startMachine)
+	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/stop", s.stopMachine)
+	v1.HandleFunc("GET /v1/apps/{app}/machines/{id}/wait", s.waitMachine)
+	v1.HandleFunc("GET /v1/apps/{app}/logs", s.logs)
+	v1.HandleFunc("GET /v1/hosts", s.listHosts)
+	v1.HandleFunc("POST /v1/hosts", s.registerHost)
+	v1.HandleFunc("GET /v1/agent/bootstrap", s.bootstrap)
+	v1.HandleFunc("GET /v1/regions", s.listRegions)
+	v1.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", s.requireToken(v1))
+	mux.Handle("/v2/", s.reg)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v2") {
+			s.reg.ServeHTTP(w, r)
+			return
+		}
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path+" (the API is under /v1/, the registry under /v2/)")
+	})
+	return mux
+}

@@ -1,0 +1,190 @@
+// Package server is the control plane behind `perch server`: the REST API
+// shaped like Fly's Machines API, bearer-token auth, the scheduler's caller,
+// the OCI registry under /v2/, and the monitor that marks silent hosts down.
+// Its state lives in NATS JetStream (package store), embedded by default.
+// Only cmd wiring, devcluster and tests import it.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/perchhq/perch/internal/geo"
+	"github.com/perchhq/perch/internal/registry"
+	"github.com/perchhq/perch/internal/store"
+)
+
+// Config configures a control plane.
+type Config struct {
+	// Listen is the API and registry address, ":4280" by default.
+	Listen string
+	// DataDir holds the embedded NATS data, registry blobs and tokens.
+	DataDir string
+	// NATSURL selects an external NATS; empty runs nats-server embedded.
+	NATSURL   string
+	NATSToken string
+	// NATSListen is where the embedded NATS listens (default 127.0.0.1:4281).
+	NATSListen string
+	// NATSAdvertise is the NATS URL handed to agents (default: the
+	// embedded server's URL or NATSURL).
+	NATSAdvertise string
+	// MachineNet is the range host subnets (/24 each) are taken from.
+	MachineNet netip.Prefix
+	// HostTimeout is how long a host may stay silent before it is down.
+	HostTimeout time.Duration
+	World       *geo.World
+	Log         *slog.Logger
+}
+
+// Server is a running control plane.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	nats     *store.Embedded
+	st       *store.Store
+	reg      http.Handler
+	ln       net.Listener
+	http     *http.Server
+	natsURL  string
+	natsTok  string
+	tokenMu  sync.Mutex
+	tokPath  string
+	adminTok string
+	hostMu   sync.Mutex // serialises subnet assignment
+	placeMu  sync.Mutex // serialises placement
+}
+
+// New starts the state store and binds the API listener; Serve serves it.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Listen == "" {
+		cfg.Listen = ":4280"
+	}
+	if cfg.NATSListen == "" {
+		cfg.NATSListen = "127.0.0.1:4281"
+	}
+	if !cfg.MachineNet.IsValid() {
+		cfg.MachineNet = netip.MustParsePrefix("172.30.0.0/16")
+	}
+	if cfg.HostTimeout == 0 {
+		cfg.HostTimeout = 10 * time.Second
+	}
+	if cfg.World == nil {
+		cfg.World = geo.Default()
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("server: a data directory is required (--data-dir)")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: data dir: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Log}
+	if err := s.openStore(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.ensureAdminToken(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	reg, err := registry.New(filepath.Join(cfg.DataDir, "registry"), s.validToken, cfg.Log.With("component", "registry"))
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: registry: %w", err)
+	}
+	s.reg = reg
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: listen on %s: %w (is another perch server running? pick another with --listen)", cfg.Listen, err)
+	}
+	s.ln = ln
+	s.http = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	return s, nil
+}
+
+func (s *Server) openStore(ctx context.Context) error {
+	if s.cfg.NATSURL != "" {
+		s.natsURL, s.natsTok = s.cfg.NATSURL, s.cfg.NATSToken
+	} else {
+		tok, err := readOrCreateSecret(filepath.Join(s.cfg.DataDir, "nats-token"))
+		if err != nil {
+			return fmt.Errorf("server: nats token: %w", err)
+		}
+		e, err := store.RunEmbedded(filepath.Join(s.cfg.DataDir, "nats"), s.cfg.NATSListen, tok, s.log.With("component", "nats"))
+		if err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+		s.nats, s.natsURL, s.natsTok = e, e.URL(), tok
+	}
+	st, err := store.Open(ctx, s.natsURL, s.natsTok, "perch-server")
+	if err != nil {
+		if s.nats != nil {
+			s.nats.Shutdown()
+		}
+		return fmt.Errorf("server: %w", err)
+	}
+	s.st = st
+	return nil
+}
+
+// Addr is the API's listen address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// URL is the API's base URL.
+func (s *Server) URL() string {
+	a := s.ln.Addr().(*net.TCPAddr)
+	host := a.IP.String()
+	if a.IP.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, fmt.Sprint(a.Port))
+}
+
+// AdminToken is the admin token created on first start.
+func (s *Server) AdminToken() string { return s.adminTok }
+
+// TokenPath is the file the admin token was written to.
+func (s *Server) TokenPath() string { return s.tokPath }
+
+// Store is the server's state store connection.
+func (s *Server) Store() *store.Store { return s.st }
+
+// Serve serves the API until ctx is done, running the host monitor beside it.
+func (s *Server) Serve(ctx context.Context) error {
+	go s.monitorHosts(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- s.http.Serve(s.ln) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.http.Shutdown(sctx)
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("server: %w", err)
+	}
+}
+
+// Close releases the store and the embedded NATS.
+func (s *Server) Close() {
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	if s.st != nil {
+		s.st.Close()
+	}
+	if s.nats != nil {
+		s.nats.Shutdown()
+	}
+}

@@ -1,0 +1,85 @@
+package store
+
+import (
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+)
+
+// Desired states a machine can be asked to be in.
+const (
+	DesireStarted   = "started"
+	DesireStopped   = "stopped"
+	DesireDestroyed = "destroyed"
+)
+
+// MachineSpec is a machine's desired state, written by the control plane
+// before any host acts on it (DESIGN.md invariant 3). Key: "<app>.<id>".
+type MachineSpec struct {
+	ID        string            `json:"id"`
+	Name      string            `json:"name"`
+	App       string            `json:"app"`
+	Region    string            `json:"region"`
+	HostID    string            `json:"host_id"`
+	PrivateIP string            `json:"private_ip"`
+	Config    api.MachineConfig `json:"config"`
+	Desired   string            `json:"desired"`
+	// Generation grows with every change of Config or Desired; the host
+	// recreates the machine's process when Config's generation changes.
+	Generation       int64 `json:"generation"`
+	ConfigGeneration int64 `json:"config_generation"`
+	// StopSignal and StopTimeout come from the last stop request.
+	StopSignal  string        `json:"stop_signal,omitempty"`
+	StopTimeout time.Duration `json:"stop_timeout,omitempty"`
+	CreatedAt   time.Time     `json:"created_at"`
+	UpdatedAt   time.Time     `json:"updated_at"`
+}
+
+// Key is the machine's key in the machines and status buckets.
+func (m *MachineSpec) Key() string { return MachineKey(m.App, m.ID) }
+
+// MachineKey is the key of machine id of app.
+func MachineKey(app, id string) string { return app + "." + id }
+
+// MachineStatus is what the machine's host last observed. Written only by
+// that host. Key: "<app>.<id>".
+type MachineStatus struct {
+	ID     string `json:"id"`
+	App    string `json:"app"`
+	HostID string `json:"host_id"`
+	State  string `json:"state"`
+	// Generation is the spec generation this status answers.
+	Generation int64       `json:"generation"`
+	InstanceID string      `json:"instance_id,omitempty"`
+	ImageRef   string      `json:"image_ref,omitempty"`
+	ExitCode   *int        `json:"exit_code,omitempty"`
+	Restarts   int         `json:"restarts"`
+	LastLogs   []string    `json:"last_logs,omitempty"`
+	Events     []api.Event `json:"events,omitempty"`
+	StartedAt  time.Time   `json:"started_at,omitempty"`
+	UpdatedAt  time.Time   `json:"updated_at"`
+}
+
+// AddEvent appends an event, keeping the most recent few.
+func (s *MachineStatus) AddEvent(e api.Event) {
+	s.Events = append(s.Events, e)
+	if n := len(s.Events); n > 20 {
+		s.Events = s.Events[n-20:]
+	}
+}
+
+// Token is a stored API token; only its hash is kept.
+type Token struct {
+	ID        string    `json:"id"`
+	Hash      string    `json:"hash"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// LogSubject is the subject a machine's log lines are published on.
+func LogSubject(app, region, machineID string) string {
+	return "perch.logs." + app + "." + region + "." + machineID
+}
+
+// LogFilter is the subject filter for all log lines of app.
+func LogFilter(app string) string { return "perch.logs." + app + ".>" }

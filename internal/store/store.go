@@ -1,0 +1,219 @@
+// Package store keeps Perch's state in NATS JetStream key-value buckets and
+// carries machine logs on a JetStream stream. It can run nats-server embedded
+// in-process (data on disk) or connect to an external NATS; both take the same
+// code path after the connection. The control plane, agents and edges import
+// it; the request path of the edge never calls it, it only consumes watches.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Bucket names.
+const (
+	BucketApps     = "perch_apps"
+	BucketMachines = "perch_machines"
+	BucketStatus   = "perch_machine_status"
+	BucketHosts    = "perch_hosts"
+	BucketTokens   = "perch_tokens"
+	StreamLogs     = "PERCH_LOGS"
+)
+
+// ErrNotFound is returned when a key does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrExists is returned when creating a key that already exists.
+var ErrExists = errors.New("already exists")
+
+// Store is a connection to the state buckets.
+type Store struct {
+	nc *nats.Conn
+	js jetstream.JetStream
+
+	Apps     jetstream.KeyValue
+	Machines jetstream.KeyValue
+	Status   jetstream.KeyValue
+	Hosts    jetstream.KeyValue
+	Tokens   jetstream.KeyValue
+}
+
+// Open connects to NATS at url (with an optional auth token) and makes sure
+// every bucket and stream exists.
+func Open(ctx context.Context, url, token, name string) (*Store, error) {
+	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(200 * time.Millisecond)}
+	if token != "" {
+		opts = append(opts, nats.Token(token))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to nats at %s: %w", url, err)
+	}
+	s, err := open(ctx, nc)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func open(ctx context.Context, nc *nats.Conn) (*Store, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	s := &Store{nc: nc, js: js}
+	for _, b := range []struct {
+		kv   *jetstream.KeyValue
+		name string
+		hist uint8
+	}{
+		{&s.Apps, BucketApps, 1},
+		{&s.Machines, BucketMachines, 1},
+		{&s.Status, BucketStatus, 1},
+		{&s.Hosts, BucketHosts, 1},
+		{&s.Tokens, BucketTokens, 1},
+	} {
+		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:  b.name,
+			History: b.hist,
+			Storage: jetstream.FileStorage,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("bucket %s: %w", b.name, err)
+		}
+		*b.kv = kv
+	}
+	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:     StreamLogs,
+		Subjects: []string{"perch.logs.>"},
+		Storage:  jetstream.FileStorage,
+		MaxAge:   7 * 24 * time.Hour,
+		MaxBytes: 256 << 20,
+		Discard:  jetstream.DiscardOld,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", StreamLogs, err)
+	}
+	return s, nil
+}
+
+// Conn is the underlying NATS connection.
+func (s *Store) Conn() *nats.Conn { return s.nc }
+
+// JetStream is the underlying JetStream context.
+func (s *Store) JetStream() jetstream.JetStream { return s.js }
+
+// Close closes the connection.
+func (s *Store) Close() { s.nc.Close() }
+
+// Get reads key from kv into v.
+func Get[T any](ctx context.Context, kv jetstream.KeyValue, key string) (T, uint64, error) {
+	var v T
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return v, 0, fmt.Errorf("%s %q: %w", kv.Bucket(), key, ErrNotFound)
+	}
+	if err != nil {
+		return v, 0, fmt.Errorf("get %s %q: %w", kv.Bucket(), key, err)
+	}
+	if err := json.Unmarshal(e.Value(), &v); err != nil {
+		return v, 0, fmt.Errorf("decode %s %q: %w", kv.Bucket(), key, err)
+	}
+	return v, e.Revision(), nil
+}
+
+// Put writes v under key.
+func Put(ctx context.Context, kv jetstream.KeyValue, key string, v any) (uint64, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0, fmt.Errorf("encode %s %q: %w", kv.Bucket(), key, err)
+	}
+	rev, err := kv.Put(ctx, key, b)
+	if err != nil {
+		return 0, fmt.Errorf("put %s %q: %w", kv.Bucket(), key, err)
+	}
+	return rev, nil
+}
+
+// Create writes v under key only if key does not exist.
+func Create(ctx context.Context, kv jetstream.KeyValue, key string, v any) (uint64, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0, fmt.Errorf("encode %s %q: %w", kv.Bucket(), key, err)
+	}
+	rev, err := kv.Create(ctx, key, b)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, fmt.Errorf("%s %q: %w", kv.Bucket(), key, ErrExists)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("create %s %q: %w", kv.Bucket(), key, err)
+	}
+	return rev, nil
+}
+
+// Modify reads key, applies fn and writes it back if nobody wrote in
+// between, retrying on conflicts.
+func Modify[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn func(*T) error) (T, error) {
+	for attempt := 0; ; attempt++ {
+		v, rev, err := Get[T](ctx, kv, key)
+		if err != nil {
+			return v, err
+		}
+		if err := fn(&v); err != nil {
+			return v, err
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return v, fmt.Errorf("encode %s %q: %w", kv.Bucket(), key, err)
+		}
+		_, err = kv.Update(ctx, key, b, rev)
+		if err == nil {
+			return v, nil
+		}
+		if attempt > 20 || !isConflict(err) {
+			return v, fmt.Errorf("update %s %q: %w", kv.Bucket(), key, err)
+		}
+	}
+}
+
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) || (errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence)
+}
+
+// Delete removes key.
+func Delete(ctx context.Context, kv jetstream.KeyValue, key string) error {
+	if err := kv.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("delete %s %q: %w", kv.Bucket(), key, err)
+	}
+	return nil
+}
+
+// List returns every value whose key matches the filter (NATS subject
+// wildcards; ">" for all).
+func List[T any](ctx context.Context, kv jetstream.KeyValue, filter string) ([]T, error) {
+	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", kv.Bucket(), err)
+	}
+	defer w.Stop()
+	var out []T
+	for e := range w.Updates() {
+		if e == nil {
+			return out, nil
+		}
+		var v T
+		if err := json.Unmarshal(e.Value(), &v); err != nil {
+			return nil, fmt.Errorf("decode %s %q: %w", kv.Bucket(), e.Key(), err)
+		}
+		out = append(out, v)
+	}
+	return out, ctx.Err()
+}
