@@ -150,7 +150,10 @@ func (a *Agent) register(ctx context.Context) error {
 	}
 	a.gw = scheduler.Gateway(sub)
 	a.bridge = BridgeName(h.ID)
-	a.pull = image.Options{Token: a.cfg.Token, Insecure: []string{boot.Registry, registryHost(a.cfg.ServerURL)}}
+	a.pull = image.Options{Tokens: map[string]string{
+		boot.Registry:                 a.cfg.Token,
+		registryHost(a.cfg.ServerURL): a.cfg.Token,
+	}}
 	a.log = a.log.With("host", h.ID, "region", h.Region)
 	a.log.Info("host registered", "subnet", h.Subnet, "bridge", a.bridge)
 	return nil
@@ -227,7 +230,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 	for {
 		_, err := store.Modify(ctx, a.st.Hosts, a.host.ID, func(h *api.Host) error {
 			h.LastSeen = time.Now().UTC()
-			h.Status = "up"
+			h.Status = api.HostUp
 			return nil
 		})
 		if err != nil && ctx.Err() == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/perchhq/perch/internal/hostnet"
@@ -14,18 +15,37 @@ import (
 // machine's worker, and after the initial state destroys leftovers the
 // runtime has but the store no longer wants.
 func (a *Agent) watchMachines(ctx context.Context) error {
+	for ctx.Err() == nil {
+		if err := a.watchOnce(ctx); err != nil {
+			a.log.Warn("machine watch ended; watching again", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	return nil
+}
+
+// watchOnce watches until ctx is done, the watch breaks, or the connection
+// to NATS was re-established (the server may have lost the watch).
+func (a *Agent) watchOnce(ctx context.Context) error {
+	reconnected := a.st.Reconnected()
 	w, err := a.st.Machines.WatchAll(ctx)
 	if err != nil {
-		return fmt.Errorf("agent: watch machines: %w", err)
+		return fmt.Errorf("watch machines: %w", err)
 	}
 	defer w.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-reconnected:
+			a.log.Info("reconnected to NATS; watching machines again")
+			return nil
 		case e, ok := <-w.Updates():
 			if !ok {
-				return fmt.Errorf("agent: machine watch closed")
+				return fmt.Errorf("machine watch closed")
 			}
 			if e == nil {
 				a.sweepOrphans(ctx)

@@ -314,11 +314,8 @@ func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
 	w.setState(ctx, spec, api.StateStarting, "launch", "pulling "+spec.Config.Image)
 	img, err := w.a.images.Pull(ctx, spec.Config.Image, w.a.pull)
 	if err != nil {
-		switch {
-		case errors.Is(err, image.ErrImageNotFound):
-			return fmt.Errorf("image %s not found: push it first, or check its name and tag: %w", spec.Config.Image, err)
-		case errors.Is(err, image.ErrUnauthorized):
-			return fmt.Errorf("registry refused image %s: %w", spec.Config.Image, err)
+		if errors.Is(err, image.ErrImageNotFound) || errors.Is(err, image.ErrUnauthorized) {
+			return err // says which image, which registry and what to do
 		}
 		return fmt.Errorf("pull %s: %w", spec.Config.Image, err)
 	}

@@ -117,6 +117,9 @@ func (c *Client) Logs(ctx context.Context, app string, opts LogOptions, fn func(
 	}
 	resp, err := c.send(ctx, http.MethodGet, appPath(app)+"/logs", q, nil)
 	if err != nil {
+		if ctx.Err() != nil && opts.Follow {
+			return nil
+		}
 		return err
 	}
 	defer resp.Body.Close()

@@ -20,10 +20,17 @@ const (
 	StateFailed     = "failed"
 )
 
-// Host status of the host a machine is placed on.
+// Host status of the host a machine is placed on, as Machine.HostStatus
+// shows it.
 const (
 	HostOK          = "ok"
 	HostUnreachable = "unreachable"
+)
+
+// Status of a host itself (Host.Status): up while it heartbeats.
+const (
+	HostUp   = "up"
+	HostDown = "down"
 )
 
 // Restart policies.

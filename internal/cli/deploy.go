@@ -3,6 +3,7 @@ package cli
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -27,8 +28,8 @@ new machine does not start, deploy removes it, leaves the old ones running
 and fails with the reason.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if waitTimeout < time.Second || waitTimeout > 10*time.Minute {
-				return fmt.Errorf("--wait-timeout must be between 1s and 10m, got %s", waitTimeout)
+			if err := checkWaitTimeout(waitTimeout); err != nil {
+				return err
 			}
 			cfg, err := loadProject(g.configPath, cmd.ErrOrStderr())
 			if err != nil {
@@ -46,8 +47,10 @@ and fails with the reason.`,
 			if err != nil {
 				return err
 			}
+			ctx, stop := interruptible(cmd)
+			defer stop()
 			d := &deployer{c: c, app: app, out: cmd.OutOrStdout(), timeout: waitTimeout}
-			return d.run(cmd.Context(), cfg.Regions, cfg.PrimaryRegion, cfg.MachineConfig(img))
+			return d.run(ctx, cfg.Regions, cfg.PrimaryRegion, cfg.MachineConfig(img))
 		},
 	}
 	cmd.Flags().StringVar(&image, "image", "", "image to deploy (default: [build] image of perch.toml)")
@@ -106,6 +109,15 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 		fmt.Fprintf(d.out, "note: %s keeps its %s on the previous release: it is not in the deploy's regions (remove with `perch scale count 0 --region %s --yes`)\n", k.Region, plural(k.Machines, "machine"), k.Region)
 	}
 	fmt.Fprintf(d.out, "Deployed %s %s to %s\n", d.app, release, strings.Join(done, ", "))
+	return nil
+}
+
+// checkWaitTimeout keeps --wait-timeout within what the server's wait
+// endpoint accepts (1-600 seconds).
+func checkWaitTimeout(d time.Duration) error {
+	if d < time.Second || d > 10*time.Minute {
+		return fmt.Errorf("--wait-timeout must be between 1s and 10m, got %s", d)
+	}
 	return nil
 }
 
@@ -179,7 +191,12 @@ func (d *deployer) startNew(ctx context.Context, region string, mc api.MachineCo
 // explain prints what became of a machine that did not start and returns
 // a short reason ("failed, exit code 1"), "" if it could not find out.
 func (d *deployer) explain(ctx context.Context, region, id string, werr error) string {
-	first, _, _ := strings.Cut(werr.Error(), "\n")
+	msg := werr.Error()
+	var he *api.HTTPError
+	if errors.As(werr, &he) {
+		msg = he.Message
+	}
+	first, _, _ := strings.Cut(msg, "\n")
 	fmt.Fprintf(d.out, "%s: machine %s did not start: %s\n", region, id, first)
 	m, err := d.c.GetMachine(ctx, d.app, id)
 	if err != nil {
@@ -190,6 +207,9 @@ func (d *deployer) explain(ctx context.Context, region, id string, werr error) s
 		reason += fmt.Sprintf(", exit code %d", *m.ExitCode)
 	}
 	fmt.Fprintf(d.out, "%s:   state %s\n", region, reason)
+	if api.IsTimeout(werr) {
+		reason = fmt.Sprintf("still %s after %s", reason, d.timeout)
+	}
 	if len(m.LastLogs) > 0 {
 		fmt.Fprintf(d.out, "%s:   last log lines:\n", region)
 		for _, l := range m.LastLogs {

@@ -52,25 +52,12 @@ func newLaunchCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg := &config.Config{
-				App:           app.Name,
-				PrimaryRegion: regions[0],
-				Build:         config.Build{Image: image},
-				HTTPService:   &config.HTTPService{InternalPort: port},
-			}
-			// A single region stays implicit, so the file remains a plain
-			// fly.toml and deploy follows where the machines are.
-			if len(regions) > 1 {
-				cfg.Regions = regions
-			}
-			b, err := cfg.Marshal()
-			if err != nil {
-				return fmt.Errorf("launch: writing perch.toml: %w", err)
-			}
+			cfg := config.New(app.Name, image, regions)
+			cfg.HTTPService.InternalPort = port
 			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 				return fmt.Errorf("launch: %w", err)
 			}
-			if err := os.WriteFile(path, b, 0o644); err != nil {
+			if err := cfg.Write(path); err != nil {
 				return fmt.Errorf("launch: app %s was created but its config could not be written: %w", app.Name, err)
 			}
 			w := cmd.OutOrStdout()

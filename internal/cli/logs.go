@@ -25,9 +25,11 @@ func newLogsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			ctx, stop := interruptible(cmd)
+			defer stop()
 			w := cmd.OutOrStdout()
 			enc := json.NewEncoder(w)
-			err = c.Logs(cmd.Context(), app, opts, func(l api.LogLine) error {
+			err = c.Logs(ctx, app, opts, func(l api.LogLine) error {
 				if asJSON {
 					return enc.Encode(l)
 				}

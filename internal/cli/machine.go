@@ -2,8 +2,10 @@ package cli
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
@@ -178,7 +180,12 @@ func newMachineDestroyCmd(g *globals) *cobra.Command {
 		Short:   "Destroy a machine; a started one only with --force",
 		Args:    cobra.ExactArgs(1),
 		RunE: machineRun(g, func(cmd *cobra.Command, c *api.Client, app string, args []string) error {
-			if err := c.DestroyMachine(cmd.Context(), app, args[0], force); err != nil {
+			err := c.DestroyMachine(cmd.Context(), app, args[0], force)
+			var he *api.HTTPError
+			if errors.As(err, &he) && he.StatusCode == http.StatusPreconditionFailed {
+				return fmt.Errorf("machine destroy: %w; pass --force to stop and destroy it", err)
+			}
+			if err != nil {
 				return fmt.Errorf("machine destroy: %w", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Destroyed machine %s\n", args[0])

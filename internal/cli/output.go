@@ -2,12 +2,15 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -76,6 +79,13 @@ func (t *table) write(w io.Writer) {
 			fmt.Fprintln(w, "    "+n)
 		}
 	}
+}
+
+// interruptible is the command's context, cancelled by Ctrl-C or SIGTERM,
+// for commands that must clean up (deploy removes a half-started machine)
+// or end quietly (logs -f).
+func interruptible(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 }
 
 // isTerminal reports whether r is an interactive terminal. A variable so

@@ -139,3 +139,22 @@ func TestGeneratedNamesAreValidAppNames(t *testing.T) {
 		}
 	}
 }
+
+func TestDeployNeedsConfigAndImage(t *testing.T) {
+	loggedOut(t)
+	dir := t.TempDir()
+	_, err := run(t, dir, "", "deploy")
+	wantErr(t, err, "perch.toml", "perch launch")
+
+	os.WriteFile(filepath.Join(dir, "perch.toml"), []byte("app = \"hello\"\nprimary_region = \"iad\"\n"), 0o644)
+	_, err = run(t, dir, "", "deploy")
+	wantErr(t, err, "no image", "--image")
+}
+
+func TestScaleCountValidates(t *testing.T) {
+	loggedOut(t)
+	_, err := run(t, t.TempDir(), "", "scale", "count", "two", "--app", "hello")
+	wantErr(t, err, "N must be a number")
+	_, err = run(t, t.TempDir(), "", "scale", "count", "2")
+	wantErr(t, err, "--app")
+}

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -40,17 +39,17 @@ newest first. Removing machines asks for confirmation unless --yes.`,
 			if err != nil || n < 0 {
 				return fmt.Errorf("scale count: N must be a number 0 or more, got %q", args[0])
 			}
-			if waitTimeout < time.Second || waitTimeout > 10*time.Minute {
-				return fmt.Errorf("--wait-timeout must be between 1s and 10m, got %s", waitTimeout)
+			if err := checkWaitTimeout(waitTimeout); err != nil {
+				return err
 			}
 			cfg, err := optionalProject(g, cmd)
 			if err != nil {
 				return err
 			}
 			app, primary := g.app, ""
-			if cfg != nil {
-				app = cmp.Or(app, cfg.App)
-				primary = cfg.PrimaryRegion
+			// perch.toml's primary region counts only for its own app.
+			if cfg != nil && (app == "" || app == cfg.App) {
+				app, primary = cfg.App, cfg.PrimaryRegion
 			}
 			if app == "" {
 				return errors.New("which app? pass --app NAME, or run where the app's perch.toml is")
@@ -59,7 +58,8 @@ newest first. Removing machines asks for confirmation unless --yes.`,
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
+			ctx, stop := interruptible(cmd)
+			defer stop()
 			existing, err := c.ListMachines(ctx, app, "")
 			if err != nil {
 				return fmt.Errorf("scale: %w", err)

@@ -14,8 +14,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/perchhq/perch/internal/api"
 	"github.com/pelletier/go-toml/v2"
+	"github.com/perchhq/perch/internal/api"
 )
 
 // Config is a parsed perch.toml. Fields left out of the file are zero.
@@ -135,7 +135,7 @@ func Load(path string, opts LoadOptions) (*Config, []Warning, error) {
 }
 
 // Parse reads and checks a config file's contents; name is the file name
-// used in messages.
+// used in messages. Warnings come back even when the error is not nil.
 func Parse(name string, data []byte, opts LoadOptions) (*Config, []Warning, error) {
 	var doc map[string]any
 	if err := toml.Unmarshal(data, &doc); err != nil {

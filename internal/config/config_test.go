@@ -81,7 +81,6 @@ func TestParseFlyFiles(t *testing.T) {
 				App:         "old-api",
 				KillSignal:  "SIGINT",
 				KillTimeout: 5 * time.Second,
-				Env:         map[string]string{},
 				Services: []Service{{
 					Protocol:     "tcp",
 					InternalPort: 8080,

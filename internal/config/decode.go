@@ -134,7 +134,7 @@ func (s *section) sub(k string) *section {
 	}
 	m, isTable := v.(map[string]any)
 	if !isTable {
-		s.d.errorf(p, "%s must be a table, e.g. [%s], got %s", k, strings.TrimPrefix(p.section(), "["), describe(v))
+		s.d.errorf(p, "%s must be a table, e.g. %s, got %s", k, p.section(), describe(v))
 		return nil
 	}
 	return s.d.section(p, m)
@@ -191,7 +191,7 @@ func (s *section) integer(k string) (int, path, bool) {
 	}
 	// Beyond this no limit Perch checks is meaningful, and int may be 32 bits.
 	if n > math.MaxInt32 || n < math.MinInt32 {
-		s.d.errorf(p, "%s is too large: %d", k, n)
+		s.d.errorf(p, "%s %d is out of range", k, n)
 		return 0, p, false
 	}
 	return int(n), p, true
@@ -241,7 +241,7 @@ func (s *section) strs(k, example string) ([]string, path, bool) {
 		s.d.errorf(p, "%s must be a list of strings, e.g. %s = %s, got %s", k, k, example, describe(v))
 		return nil, p, false
 	}
-	out := make([]string, 0, len(list))
+	var out []string // nil when empty, as when the key is left out
 	for i, el := range list {
 		str, isStr := el.(string)
 		if !isStr {

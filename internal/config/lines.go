@@ -20,17 +20,6 @@ func isIndex(part string) bool { return strings.HasPrefix(part, "\x00") }
 
 func (p path) String() string { return strings.Join(p, "\x1f") }
 
-// name is the key a value belongs to, for messages: "port" for
-// services[0].ports[1].port, "regions" for regions[2].
-func (p path) name() string {
-	for i := len(p) - 1; i >= 0; i-- {
-		if !isIndex(p[i]) {
-			return p[i]
-		}
-	}
-	return ""
-}
-
 // section names the table p is, the way the file writes it:
 // [http_service], [[services]], [[services.ports]], [services.concurrency].
 func (p path) section() string {
@@ -75,6 +64,14 @@ func (x *lineIndex) setIfAbsent(p path, line int) {
 	}
 }
 
+// setPrefixes gives tables that a header defines implicitly ([a] for
+// [a.b]) the header's line, unless they appeared earlier.
+func (x *lineIndex) setPrefixes(p path, line int) {
+	for i := 1; i < len(p); i++ {
+		x.setIfAbsent(p[:i], line)
+	}
+}
+
 func (x *lineIndex) lineAt(offset uint32) int {
 	return sort.Search(len(x.starts), func(i int) bool { return x.starts[i] > int(offset) })
 }
@@ -97,10 +94,12 @@ func indexLines(data []byte) (*lineIndex, error) {
 			parts, line := x.keyParts(e.Key())
 			if e.Kind == unstable.Table {
 				cur = resolve(parts, arrays)
+				x.setPrefixes(cur, line)
 				x.set(cur, line)
 				continue
 			}
 			base := resolve(parts[:len(parts)-1], arrays).key(parts[len(parts)-1])
+			x.setPrefixes(base, line)
 			n := arrays[base.String()]
 			arrays[base.String()] = n + 1
 			x.setIfAbsent(base, line)

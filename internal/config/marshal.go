@@ -8,8 +8,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/perchhq/perch/internal/api"
 	"github.com/pelletier/go-toml/v2"
+	"github.com/perchhq/perch/internal/api"
 )
 
 // New is the config `perch launch` writes for a new app: its image, the

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"fmt"
 	"maps"
 	"regexp"
 	"slices"
@@ -127,6 +126,10 @@ func (d *decoder) killTimeout(top *section) time.Duration {
 	var t time.Duration
 	switch v := v.(type) {
 	case int64:
+		if v < 0 {
+			d.errorf(p, "kill_timeout must not be negative, got %d", v)
+			return 0
+		}
 		if v > int64(24*time.Hour/time.Second) {
 			d.errorf(p, "kill_timeout %d is too long; write at most a day, e.g. kill_timeout = \"5m\"", v)
 			return 0
@@ -151,7 +154,7 @@ func (d *decoder) killTimeout(top *section) time.Duration {
 
 // env accepts numbers and booleans too, as their text: PORT = 8080.
 func (d *decoder) env(s *section) map[string]string {
-	if s == nil {
+	if s == nil || len(s.m) == 0 {
 		return nil
 	}
 	env := make(map[string]string, len(s.m))
@@ -181,147 +184,6 @@ func (d *decoder) env(s *section) map[string]string {
 	return env
 }
 
-func (d *decoder) httpService(s *section) *HTTPService {
-	h := &HTTPService{}
-	h.InternalPort = d.internalPort(s)
-	h.ForceHTTPS, _, _ = s.boolean("force_https")
-	h.AutoStopMachines, h.AutoStartMachines, h.MinMachinesRunning = d.autoStartStop(s)
-	h.Processes, _, _ = s.strs("processes", `["app"]`)
-	if cs := s.sub("concurrency"); cs != nil {
-		h.Concurrency = d.concurrency(cs)
-	}
-	s.accept("checks", "machine_checks", "tls_options", "http_options")
-	s.done()
-	d.claimPort("tcp", 80, s.p)
-	d.claimPort("tcp", 443, s.p)
-	return h
-}
-
-func (d *decoder) internalPort(s *section) int {
-	if _, ok := s.m["internal_port"]; !ok {
-		s.get("internal_port") // so a typo of it is suggested
-		d.errorf(s.p, "%s needs internal_port, the port your app listens on, e.g. internal_port = 8080", s.p.section())
-		return 0
-	}
-	port, _, _ := s.port("internal_port")
-	return port
-}
-
-func (d *decoder) autoStartStop(s *section) (stop string, start *bool, minRunning int) {
-	if v, p, ok := s.get("auto_stop_machines"); ok {
-		switch v := v.(type) {
-		case bool:
-			stop = "off"
-			if v {
-				stop = "stop"
-			}
-		case string:
-			if slices.Contains([]string{"off", "stop", "suspend"}, v) {
-				stop = v
-			} else {
-				d.errorf(p, "auto_stop_machines %q is not one of \"off\", \"stop\", \"suspend\", true or false", v)
-			}
-		default:
-			d.errorf(p, "auto_stop_machines must be \"off\", \"stop\", \"suspend\", true or false, got %s", describe(v))
-		}
-	}
-	if b, _, ok := s.boolean("auto_start_machines"); ok {
-		start = &b
-	}
-	minRunning, _, _ = s.count("min_machines_running", 0)
-	return stop, start, minRunning
-}
-
-func (d *decoder) concurrency(s *section) *api.Concurrency {
-	c := &api.Concurrency{}
-	c.Type, _, _ = s.oneOf("type", "connections", "requests")
-	soft, _, softOK := s.count("soft_limit", 1)
-	hard, hp, hardOK := s.count("hard_limit", 1)
-	if softOK && hardOK && soft > hard {
-		d.errorf(hp, "hard_limit %d is less than soft_limit %d; make hard_limit at least soft_limit", hard, soft)
-	}
-	c.SoftLimit, c.HardLimit = soft, hard
-	s.done()
-	return c
-}
-
-func (d *decoder) service(s *section) Service {
-	var sv Service
-	if _, ok := s.m["protocol"]; ok {
-		sv.Protocol, _, _ = s.oneOf("protocol", "tcp", "udp")
-	} else {
-		s.get("protocol")
-		d.errorf(s.p, "%s needs a protocol, e.g. protocol = \"tcp\"", s.p.section())
-	}
-	sv.InternalPort = d.internalPort(s)
-	sv.Processes, _, _ = s.strs("processes", `["app"]`)
-	for _, ps := range s.subs("ports") {
-		port, ok := d.port(ps)
-		if !ok {
-			continue
-		}
-		if sv.Protocol != "" {
-			d.claimPort(sv.Protocol, port.Port, ps.p.key("port"))
-		}
-		sv.Ports = append(sv.Ports, port)
-	}
-	if cs := s.sub("concurrency"); cs != nil {
-		sv.Concurrency = d.concurrency(cs)
-	}
-	sv.AutoStopMachines, sv.AutoStartMachines, sv.MinMachinesRunning = d.autoStartStop(s)
-	s.accept("tcp_checks", "http_checks", "script_checks", "machine_checks")
-	s.done()
-	return sv
-}
-
-// handlers are the edge's connection handlers a port may list.
-var handlers = []string{"tls", "http", "proxy_proto", "pg_tls"}
-
-func (d *decoder) port(s *section) (api.Port, bool) {
-	var port api.Port
-	_, hasPort := s.m["port"]
-	_, hasRange := s.m["start_port"]
-	s.ignore("start_port", "port ranges are not supported yet; list each port in its own [[services.ports]]")
-	s.accept("end_port")
-	ok := hasPort
-	if hasPort {
-		port.Port, _, ok = s.port("port")
-	} else if !hasRange {
-		s.get("port")
-		d.errorf(s.p, "[[services.ports]] needs a port, e.g. port = 443")
-	}
-	list, p, _ := s.strs("handlers", `["tls", "http"]`)
-	for i, h := range list {
-		if !slices.Contains(handlers, h) {
-			d.errorf(p.index(i), "handler %q is not one of %s", h, quoteList(handlers))
-			ok = false
-		}
-	}
-	port.Handlers = list
-	port.ForceHTTPS, _, _ = s.boolean("force_https")
-	s.accept("tls_options", "http_options", "proxy_proto_options")
-	s.done()
-	return port, ok
-}
-
-// claimPort fails when a public port is already used by another service.
-func (d *decoder) claimPort(proto string, port int, p path) {
-	if d.ports == nil {
-		d.ports = make(map[string]path)
-	}
-	key := proto + "/" + strconv.Itoa(port)
-	prev, ok := d.ports[key]
-	if !ok {
-		d.ports[key] = p
-		return
-	}
-	where := fmt.Sprintf("on line %d", d.lines.line(prev))
-	if prev.String() == "http_service" {
-		where = "by [http_service] " + where
-	}
-	d.errorf(p, "port %d is already used %s; use each public port once", port, where)
-}
-
 func (d *decoder) restart(s *section) Restart {
 	var r Restart
 	if policy, p, ok := s.str("policy"); ok {
@@ -341,7 +203,7 @@ func (d *decoder) restart(s *section) Restart {
 }
 
 func (d *decoder) processes(s *section) map[string]string {
-	if s == nil {
+	if s == nil || len(s.m) == 0 {
 		return nil
 	}
 	out := make(map[string]string, len(s.m))

@@ -131,21 +131,30 @@ func TestBadInput(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = c.WaitMachine(ctx, "good", m.ID, api.StateStarted, 60*time.Second)
-		wantErr(t, err, 409, "exit code 2", "cannot open database")
+		// It starts, exits with 2, is restarted twice with backoff, then
+		// fails for good.
+		if err := c.WaitMachine(ctx, "good", m.ID, api.StateFailed, 60*time.Second); err != nil {
+			t.Fatal(err)
+		}
 		got, _ := c.GetMachine(ctx, "good", m.ID)
 		if got.State != api.StateFailed || got.ExitCode == nil || *got.ExitCode != 2 {
 			t.Errorf("machine: state %s exit %v, want failed with exit code 2", got.State, got.ExitCode)
 		}
+		if len(got.LastLogs) == 0 || got.LastLogs[len(got.LastLogs)-1] != "cannot open database" {
+			t.Errorf("machine's last log lines: %q, want the app's last line", got.LastLogs)
+		}
+		// Waiting for started now says why it will not start.
+		err = c.WaitMachine(ctx, "good", m.ID, api.StateStarted, 5*time.Second)
+		wantErr(t, err, 409, "exit code 2", "cannot open database")
 		out := mustPerch(t, w, dir, "status")
 		if !strings.Contains(out, "failed") || !strings.Contains(out, "cannot open database") || !strings.Contains(out, "2") {
 			t.Errorf("perch status does not show the failure, exit code and log line:\n%s", out)
 		}
 		out = mustPerch(t, w, dir, "status", "--json")
-		var ms []api.Machine
-		_ = json.Unmarshal([]byte(jsonPart(out)), &ms)
+		var st statusJSON
+		_ = json.Unmarshal([]byte(jsonPart(out)), &st)
 		found := false
-		for _, x := range ms {
+		for _, x := range st.Machines {
 			if x.ID == m.ID && x.State == api.StateFailed {
 				found = true
 			}

@@ -44,6 +44,9 @@ type Options struct {
 	// PerchBin is the perch executable agents are run from (this
 	// executable by default).
 	PerchBin string
+	// MachineNet is the range host subnets come from; a /16 that no route
+	// of this machine uses if not set.
+	MachineNet netip.Prefix
 	// HostTimeout is how long a silent host stays up (server default if 0).
 	HostTimeout time.Duration
 	World       *geo.World
@@ -133,6 +136,11 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
 		return nil, fmt.Errorf("dev dir: %w", err)
 	}
+	if !opts.MachineNet.IsValid() {
+		if opts.MachineNet, err = freeMachineNet(); err != nil {
+			return nil, err
+		}
+	}
 	w := &World{opts: opts, log: opts.Log, agents: map[string]*agentProc{}}
 	natsListen, err := freeAddr()
 	if err != nil {
@@ -141,7 +149,7 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 	w.srvCfg = server.Config{
 		Listen: opts.APIListen, DataDir: filepath.Join(dir, "server"),
 		NATSURL: opts.NATSURL, NATSToken: opts.NATSToken, NATSListen: natsListen,
-		HostTimeout: opts.HostTimeout, World: opts.World, Log: opts.Log.With("component", "server"),
+		MachineNet: opts.MachineNet, HostTimeout: opts.HostTimeout, World: opts.World, Log: opts.Log.With("component", "server"),
 	}
 	if err := w.startServer(ctx); err != nil {
 		return nil, err
@@ -233,7 +241,7 @@ func (w *World) waitHosts(ctx context.Context, timeout time.Duration) error {
 		if err == nil {
 			up := map[string]string{}
 			for _, h := range hosts {
-				if h.Status == "up" {
+				if h.Status == api.HostUp {
 					up[h.Region] = h.ID
 				}
 			}

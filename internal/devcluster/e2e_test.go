@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,6 +38,13 @@ func TestDeployWithExternalNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	eventually(t, 10*time.Second, "nats-server listens", func() (bool, string) {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil, fmt.Sprint(err)
+	})
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	w := startWorld(t, devcluster.Options{NATSURL: url, NATSToken: "s3cret"})
 	if _, err := os.Stat(filepath.Join(w.Info().Dir, "server", "nats")); err == nil {
@@ -123,9 +131,9 @@ func deployFlow(t *testing.T, w *devcluster.World) {
 
 	// perch status and logs show what happened.
 	out := mustPerch(t, w, dir, "status", "--json")
-	var st []api.Machine
-	if err := json.Unmarshal([]byte(jsonPart(out)), &st); err != nil || len(st) != 4 {
-		t.Errorf("perch status --json: %v, %d machines", err, len(st))
+	var st statusJSON
+	if err := json.Unmarshal([]byte(jsonPart(out)), &st); err != nil || len(st.Machines) != 4 {
+		t.Errorf("perch status --json: %v, %d machines", err, len(st.Machines))
 	}
 	eventually(t, 20*time.Second, "perch logs shows the app's lines from every region", func() (bool, string) {
 		out, _ := perch(t, w, dir, "logs")
@@ -176,6 +184,11 @@ func assertMachines(t *testing.T, w *devcluster.World, n int) {
 		}
 		seen[m.ID] = true
 	}
+}
+
+type statusJSON struct {
+	App      api.App       `json:"app"`
+	Machines []api.Machine `json:"machines"`
 }
 
 // jsonPart drops any line before the JSON document (warnings).

@@ -147,9 +147,7 @@ func (w *world) commit() { w.e.table.commit() }
 
 // serve puts the edge's handler for public port behind a test server.
 func (w *world) serve(port int) *httptest.Server {
-	srv := httptest.NewServer(w.e.Handler(port))
-	w.t.Cleanup(srv.Close)
-	return srv
+	return httptestServer(w.t, w.e.Handler(port))
 }
 
 // get sends GET / with Host host through srv.
@@ -213,4 +211,11 @@ func run(t testing.TB, e *Edge) {
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-done })
+}
+
+func httptestServer(t testing.TB, h http.Handler) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
 }

@@ -79,7 +79,7 @@ func (e *Edge) newProxy() http.Handler {
 	return &httputil.ReverseProxy{
 		Rewrite:       e.rewrite,
 		Transport:     &retryTransport{base: tr, log: e.log},
-		FlushInterval: 0, // stream: every write of the machine reaches the client at once
+		FlushInterval: -1, // stream: every write of the machine reaches the client at once
 		BufferPool:    bufferPool{},
 		ErrorLog:      slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 		ErrorHandler:  e.proxyError,

@@ -92,7 +92,6 @@ func TestStreamsResponses(t *testing.T) {
 	release := make(chan struct{})
 	var once sync.Once
 	free := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(free)
 	m := startMachine(t, "s1", "ams", "127.0.0.2", func(w http.ResponseWriter, r *http.Request) {
 		// Neither text/event-stream nor chunked, which ReverseProxy would
 		// flush anyway: the edge must not buffer any response.
@@ -106,28 +105,30 @@ func TestStreamsResponses(t *testing.T) {
 		}
 		fmt.Fprint(w, "data: last\n\n")
 	})
+	defer free() // before the servers close: they wait for their handlers
 	w := newWorld(t, "ams")
 	w.app("shop")
 	w.place("shop", m, 80, api.StateStarted)
 	w.commit()
 	srv := w.serve(80)
 
-	req, _ := http.NewRequest("GET", srv.URL+"/events", nil)
-	req.Host = "shop.perch.local"
-	res, err := srv.Client().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	line := make(chan string, 1)
+	first := make(chan string, 1)
 	go func() {
+		req, _ := http.NewRequest("GET", srv.URL+"/events", nil)
+		req.Host = "shop.perch.local"
+		res, err := srv.Client().Do(req)
+		if err != nil {
+			first <- err.Error()
+			return
+		}
+		defer res.Body.Close()
 		s, _ := bufio.NewReader(res.Body).ReadString('\n')
-		line <- s
+		first <- s
 	}()
 	select {
-	case s := <-line:
+	case s := <-first:
 		if s != "data: first\n" {
-			t.Fatalf("first line %q", s)
+			t.Fatalf("first line %q, want the first event", s)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the first event did not reach the client while the machine was still writing: the edge buffers")

@@ -15,7 +15,7 @@ import (
 
 // hostDown is the api.Host.Status the control plane sets on a host that
 // stopped heartbeating; its machines leave the rotation.
-const hostDown = "down"
+const hostDown = api.HostDown
 
 // table is the edge's copy of the store records that routing needs. It is
 // fed by watch.go (or directly by tests); commit rebuilds the Snapshot that

@@ -37,8 +37,14 @@ func Attach(id string, n runtime.Net) (netnsPath string, err error) {
 			}
 		}()
 	}
-	if err := ensureVeth(id, ns, veth); err != nil {
+	created, err := ensureVeth(id, ns, veth)
+	if err != nil {
 		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
+	}
+	if created {
+		// The address may have had another MAC until now (a replaced
+		// machine); a stale neighbour entry would delay the first packets.
+		ip("neigh", "flush", "to", n.Addr.Addr().String(), "dev", n.Bridge)
 	}
 	steps := [][]string{
 		{"link", "set", veth, "master", n.Bridge, "up"},
@@ -72,32 +78,32 @@ func Attach(id string, n runtime.Net) (netnsPath string, err error) {
 // ensureVeth makes the pair veth (host) / eth0 (in ns) exist, replacing a
 // host end whose peer is not in ns. The host end's alias holds the full
 // machine id, because VethName keeps only part of it.
-func ensureVeth(id, ns, veth string) error {
+func ensureVeth(id, ns, veth string) (created bool, err error) {
 	l, err := getLink("", veth)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if l != nil {
 		if !ownVeth(l, id) {
-			return fmt.Errorf("%s exists and belongs to %q, not machine %s: machine ids must differ in their first %d characters", veth, l.Alias, id, vethIDChars)
+			return false, fmt.Errorf("%s exists and belongs to %q, not machine %s: machine ids must differ in their first %d characters", veth, l.Alias, id, vethIDChars)
 		}
 		peer, err := getLink(ns, peerName)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if peer != nil {
-			return nil
+			return false, nil
 		}
 		if _, err := ip("link", "del", veth); err != nil && !errors.Is(err, errNotExist) {
-			return err
+			return false, err
 		}
 	}
 	// Creating the peer directly inside ns avoids a temporary name on the host.
 	if _, err := ip("link", "add", veth, "type", "veth", "peer", "name", peerName, "netns", ns); err != nil {
-		return err
+		return false, err
 	}
 	_, err = ip("link", "set", veth, "alias", id)
-	return err
+	return true, err
 }
 
 // Detach removes machine id's veth pair and network namespace. Missing

@@ -89,12 +89,3 @@ func ipv4Addrs(ns, dev string) ([]netip.Prefix, error) {
 	}
 	return addrs, nil
 }
-
-func (l *link) up() bool {
-	for _, f := range l.Flags {
-		if f == "UP" {
-			return true
-		}
-	}
-	return false
-}

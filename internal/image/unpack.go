@@ -104,7 +104,7 @@ func cleanName(name string) (string, error) {
 	rel := strings.TrimLeft(name, "/")
 	for _, c := range strings.Split(rel, "/") {
 		if c == ".." {
-			return "", fmt.Errorf("path %q leads outside the root filesystem", name)
+			return "", errors.New("path leads outside the root filesystem")
 		}
 	}
 	return path.Clean("./" + rel), nil

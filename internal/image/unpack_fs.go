@@ -49,9 +49,7 @@ func (a *applier) openDir(rel string, create bool) (int, error) {
 		}
 		fd, err := unix.Openat(cur(), c, openDirFlags, 0)
 		if errors.Is(err, unix.ENOENT) && create {
-			if err = unix.Mkdirat(cur(), c, 0o755); err == nil || errors.Is(err, unix.EEXIST) {
-				fd, err = unix.Openat(cur(), c, openDirFlags, 0)
-			}
+			fd, err = mkdirOpen(cur(), c)
 		}
 		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
 			target, lerr := readlinkAt(cur(), c)
@@ -84,6 +82,22 @@ func (a *applier) openDir(rel string, create bool) (int, error) {
 	stack = stack[:len(stack)-1]
 	closeAll()
 	return top, nil
+}
+
+// mkdirOpen makes a directory the layer did not list and opens it.
+func mkdirOpen(dirfd int, name string) (int, error) {
+	if err := unix.Mkdirat(dirfd, name, 0o755); err != nil {
+		return -1, err
+	}
+	fd, err := unix.Openat(dirfd, name, openDirFlags, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Fchmod(fd, 0o755); err != nil { // whatever the umask
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }
 
 // openParent opens the directory that holds name and returns it with

@@ -40,9 +40,14 @@ func (a *applier) whiteout(dir, base string) error {
 }
 
 // opaque empties dir of what lower layers put there. It may come before or
-// after this layer's own entries in dir, so those are kept.
+// after this layer's own entries in dir, so those are kept. The marker says
+// the directory exists in this layer, so it is made if missing, as Docker
+// does.
 func (a *applier) opaque(dir string) error {
-	fd, err := a.openDir(dir, false)
+	for p := dir; p != "."; p = path.Dir(p) {
+		a.written[p] = true
+	}
+	fd, err := a.openDir(dir, true)
 	if missing(err) {
 		return nil
 	}

@@ -33,8 +33,12 @@ type Registry struct {
 
 // New opens (or creates) a registry whose blobs and manifest journal live in
 // dir. auth reports whether a Perch API token is valid; every request must
-// carry one, as a bearer token or as the password of HTTP basic auth.
+// carry one, as a bearer token or as the password of HTTP basic auth. A nil
+// log discards.
 func New(dir string, auth func(token string) bool, log *slog.Logger) (*Registry, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	blobs := filepath.Join(dir, "blobs")
 	if err := os.MkdirAll(blobs, 0o700); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)

@@ -48,7 +48,9 @@ func TestAuth(t *testing.T) {
 			if got := resp.Header.Get("WWW-Authenticate"); got != `Basic realm="perch"` {
 				t.Errorf("WWW-Authenticate = %q", got)
 			}
-			var body struct{ Errors []struct{ Code, Message string } }
+			var body struct {
+				Errors []struct{ Code, Message string }
+			}
 			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || len(body.Errors) != 1 || body.Errors[0].Code != "UNAUTHORIZED" {
 				t.Errorf("body = %+v (%v), want one UNAUTHORIZED error", body, err)
 			}

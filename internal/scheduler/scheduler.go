@@ -69,7 +69,7 @@ func Place(req Request, hosts []api.Host, machines []store.MachineSpec) (Placeme
 	var cands []cand
 	var reasons []string
 	for _, h := range inRegion {
-		if h.Status != "up" {
+		if h.Status != api.HostUp {
 			reasons = append(reasons, fmt.Sprintf("host %s is down", h.ID))
 			continue
 		}

@@ -83,7 +83,7 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 		h.Subnet = sub.String()
 	}
 	now := time.Now().UTC()
-	h.Status, h.LastSeen, h.StartedAt = "up", now, now
+	h.Status, h.LastSeen, h.StartedAt = api.HostUp, now, now
 	if _, err := store.Put(ctx, s.st.Hosts, h.ID, h); err != nil {
 		s.fail(w, r, err)
 		return
@@ -137,7 +137,7 @@ func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) {
 		rg, _ := s.cfg.World.Lookup(c)
 		n := 0
 		for _, h := range hs {
-			if h.Region == c && h.Status == "up" {
+			if h.Region == c && h.Status == api.HostUp {
 				n++
 			}
 		}
@@ -161,12 +161,12 @@ func (s *Server) monitorHosts(ctx context.Context) {
 			continue
 		}
 		for _, h := range hs {
-			if h.Status != "up" || time.Since(h.LastSeen) < s.cfg.HostTimeout {
+			if h.Status != api.HostUp || time.Since(h.LastSeen) < s.cfg.HostTimeout {
 				continue
 			}
 			_, err := store.Modify(ctx, s.st.Hosts, h.ID, func(x *api.Host) error {
 				if time.Since(x.LastSeen) >= s.cfg.HostTimeout {
-					x.Status = "down"
+					x.Status = api.HostDown
 				}
 				return nil
 			})

@@ -269,7 +269,7 @@ func (s *Server) destroy(ctx context.Context, sp store.MachineSpec) error {
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
-	if errors.Is(err, store.ErrNotFound) || h.Status != "up" {
+	if errors.Is(err, store.ErrNotFound) || h.Status != api.HostUp {
 		if err := store.Delete(ctx, s.st.Machines, sp.Key()); err != nil {
 			return err
 		}
@@ -385,7 +385,7 @@ func machineView(sp store.MachineSpec, st store.MachineStatus, h api.Host) api.M
 	if st.UpdatedAt.After(m.UpdatedAt) {
 		m.UpdatedAt = st.UpdatedAt
 	}
-	if h.Status != "up" {
+	if h.Status != api.HostUp {
 		m.HostStatus = api.HostUnreachable
 	}
 	return m

@@ -56,7 +56,6 @@ type Server struct {
 	http     *http.Server
 	natsURL  string
 	natsTok  string
-	tokenMu  sync.Mutex
 	tokPath  string
 	adminTok string
 	hostMu   sync.Mutex // serialises subnet assignment

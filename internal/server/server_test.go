@@ -49,7 +49,10 @@ func startServer(t *testing.T, dir string, mut ...func(*Config)) *testServer {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 func wantStatus(t *testing.T, err error, code int, contains string) {
 	t.Helper()

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -37,6 +38,9 @@ type Store struct {
 	nc *nats.Conn
 	js jetstream.JetStream
 
+	reMu        sync.Mutex
+	reconnected chan struct{}
+
 	Apps     jetstream.KeyValue
 	Machines jetstream.KeyValue
 	Status   jetstream.KeyValue
@@ -47,7 +51,11 @@ type Store struct {
 // Open connects to NATS at url (with an optional auth token) and makes sure
 // every bucket and stream exists.
 func Open(ctx context.Context, url, token, name string) (*Store, error) {
-	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(200 * time.Millisecond)}
+	s := &Store{reconnected: make(chan struct{})}
+	opts := []nats.Option{
+		nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(200 * time.Millisecond),
+		nats.ReconnectHandler(func(*nats.Conn) { s.signalReconnect() }),
+	}
 	if token != "" {
 		opts = append(opts, nats.Token(token))
 	}
@@ -55,20 +63,35 @@ func Open(ctx context.Context, url, token, name string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats at %s: %w", url, err)
 	}
-	s, err := open(ctx, nc)
-	if err != nil {
+	if err := s.open(ctx, nc); err != nil {
 		nc.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-func open(ctx context.Context, nc *nats.Conn) (*Store, error) {
+// Reconnected returns a channel closed at the next reconnection to NATS.
+// Watches are ephemeral consumers that a restarted server no longer has:
+// watchers re-watch when it fires instead of waiting for heartbeats to lapse.
+func (s *Store) Reconnected() <-chan struct{} {
+	s.reMu.Lock()
+	defer s.reMu.Unlock()
+	return s.reconnected
+}
+
+func (s *Store) signalReconnect() {
+	s.reMu.Lock()
+	defer s.reMu.Unlock()
+	close(s.reconnected)
+	s.reconnected = make(chan struct{})
+}
+
+func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return nil, fmt.Errorf("jetstream: %w", err)
+		return fmt.Errorf("jetstream: %w", err)
 	}
-	s := &Store{nc: nc, js: js}
+	s.nc, s.js = nc, js
 	for _, b := range []struct {
 		kv   *jetstream.KeyValue
 		name string
@@ -86,7 +109,7 @@ func open(ctx context.Context, nc *nats.Conn) (*Store, error) {
 			Storage: jetstream.FileStorage,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("bucket %s: %w", b.name, err)
+			return fmt.Errorf("bucket %s: %w", b.name, err)
 		}
 		*b.kv = kv
 	}
@@ -99,9 +122,9 @@ func open(ctx context.Context, nc *nats.Conn) (*Store, error) {
 		Discard:  jetstream.DiscardOld,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("stream %s: %w", StreamLogs, err)
+		return fmt.Errorf("stream %s: %w", StreamLogs, err)
 	}
-	return s, nil
+	return nil
 }
 
 // Conn is the underlying NATS connection.

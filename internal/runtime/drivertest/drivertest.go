@@ -5,9 +5,9 @@
 //
 // Conventions the suite checks beyond the interface's comments: a process
 // killed by a signal exits with 128+signal; a stopped or exited machine can
-// be started again and its logs are appended to; a driver made again over
-// the same state (an agent restart) sees the machines the first one left
-// running.
+// be started again and its logs are appended to; a machine's /etc/hosts
+// names it when the image has none; a driver made again over the same
+// state (an agent restart) sees the machines the first one left running.
 package drivertest
 
 import (
@@ -103,6 +103,13 @@ func (s *suite) create(t *testing.T, d runtime.Driver, spec runtime.Spec) {
 		t.Fatalf("Create: %v", err)
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			for _, l := range d.Logs(spec.ID) {
+				if b, err := os.ReadFile(l.Path); err == nil {
+					t.Logf("%s of %s:\n%s", l.Stream, spec.ID, b)
+				}
+			}
+		}
 		if err := d.Destroy(context.Background(), spec.ID); err != nil {
 			t.Errorf("Destroy %s: %v", spec.ID, err)
 		}

@@ -4,15 +4,25 @@ import (
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/perchhq/perch/internal/runtime"
 )
 
 const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// defaultCaps are `runc spec`'s: enough to bind low ports and signal own
-// processes, nothing that reaches past the sandbox.
-var defaultCaps = []string{"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"}
+// defaultCaps are Docker's default set, so images written for Docker (an
+// entrypoint that chowns its data dir and drops to a user with gosu) run
+// unchanged. Nothing in it reaches past the sandbox's namespaces.
+var defaultCaps = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+}
+
+// ambientCaps are kept by a process running as a non-root user: binding
+// ports below 1024 only, as `runc spec` grants.
+var ambientCaps = []string{"CAP_NET_BIND_SERVICE"}
 
 // ociSpec is the bundle's config.json for spec, with the root filesystem at
 // rootfs and the network namespace at netns ("" for a new, empty one).
@@ -33,13 +43,15 @@ func ociSpec(spec runtime.Spec, rootfs, netns string, u procUser, cgroupParent s
 			Env:  processEnv(spec.Process.Env, u.Home),
 			Cwd:  cwd,
 			Capabilities: &specs.LinuxCapabilities{
-				Bounding:  defaultCaps,
-				Effective: defaultCaps,
-				Permitted: defaultCaps,
-				Ambient:   defaultCaps,
+				Bounding:    defaultCaps,
+				Effective:   defaultCaps,
+				Permitted:   defaultCaps,
+				Inheritable: ambientCaps,
+				Ambient:     ambientCaps,
 			},
-			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 65536, Soft: 65536}},
-			NoNewPrivileges: true,
+			Rlimits: nofile(),
+			// As Docker: setuid binaries in the image (su, sudo) keep working.
+			NoNewPrivileges: false,
 		},
 		Root:     &specs.Root{Path: rootfs},
 		Hostname: hostname,
@@ -85,6 +97,17 @@ func processEnv(env []string, home string) []string {
 		out = append(out, "HOME="+home)
 	}
 	return out
+}
+
+// nofile lets the machine open as many files as the agent may. Raising the
+// hard limit beyond the agent's would need CAP_SYS_RESOURCE, which some
+// hosts (and sandboxes) withhold.
+func nofile() []specs.POSIXRlimit {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Max == unix.RLIM_INFINITY {
+		return nil
+	}
+	return []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: lim.Max, Soft: lim.Max}}
 }
 
 func resources(spec runtime.Spec) *specs.LinuxResources {

@@ -29,7 +29,13 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 		return err
 	}
 	if sh, ok := d.liveShim(id); ok {
-		return d.waitStarted(ctx, id, sh.Pid, nil) // already started or starting
+		if !fileExists(d.path(id, fileExit)) {
+			return d.waitStarted(ctx, id, sh.Pid, nil) // already started or starting
+		}
+		// The last run's shim has recorded its exit and is on its way out.
+		if err := d.waitShimGone(ctx, id, sh.Pid); err != nil {
+			return fmt.Errorf("runc: start %s: %w", id, err)
+		}
 	}
 	// After a host reboot the mount and namespace are gone; make them again.
 	if err := d.ensureRootfs(id, r); err != nil {
@@ -114,4 +120,20 @@ func (d *Driver) waitStarted(ctx context.Context, id string, shimPid int, exited
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
+}
+
+// waitShimGone waits for a shim that has finished its work to exit.
+func (d *Driver) waitShimGone(ctx context.Context, id string, pid int) error {
+	ctx, cancel := context.WithTimeout(ctx, killWait)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for d.shimAlive(id, pid) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("shim %d of the last run is still running: %w", pid, ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return nil
 }

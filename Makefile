@@ -1,0 +1,23 @@
+# Perch's make targets; `make help` lists them.
+.DEFAULT_GOAL := help
+GO ?= go
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+build: ## build bin/perch
+	$(GO) build -o bin/perch ./cmd/perch
+
+check: ## gofmt, go vet, staticcheck and all tests (what CI runs)
+	./scripts/test.sh
+
+test: ## the Go tests only (root runs the end-to-end ones too)
+	$(GO) test -count=1 ./...
+
+demo: ## a dev world with three regions and the sample app deployed
+	./scripts/demo.sh
+
+bench: ## deploy and machine-start benchmarks, results in bench/README.md
+	./bench/run.sh
+
+.PHONY: help build check test demo bench

@@ -1,0 +1,134 @@
+package runc
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/drivertest"
+)
+
+// TestCopyFallbackWithoutNetwork runs a machine on a copied rootfs, as on a
+// host without overlayfs, and with no bridge (a namespace with only lo).
+func TestCopyFallbackWithoutNetwork(t *testing.T) {
+	needRoot(t)
+	d := newTestDriver(t)
+	d.noOverlay = true
+	destroyAll(t, d)
+	spec := runtime.Spec{
+		ID:      "copyfb" + strconv.Itoa(os.Getpid()),
+		Rootfs:  drivertest.BuildRootfs(t),
+		Process: runtime.Process{Args: []string{"/app", "exit", "3"}},
+	}
+	ctx := context.Background()
+	if err := d.Create(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	rootfs := filepath.Join(d.dir(spec.ID), dirRootfs)
+	if mounted, _ := isMountPoint(rootfs); mounted {
+		t.Fatal("rootfs is a mount; want a copy")
+	}
+	if _, err := os.Stat(filepath.Join(rootfs, "app")); err != nil {
+		t.Fatalf("copy has no /app: %v", err)
+	}
+	if err := d.Start(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d.Wait(ctx, spec.ID); err != nil || st.ExitCode != 3 {
+		t.Fatalf("Wait = %+v, %v; want exit code 3", st, err)
+	}
+	if err := d.Destroy(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if left := leftovers(t, spec.ID); len(left) > 0 {
+		t.Errorf("Destroy left behind: %v", left)
+	}
+	if _, err := os.Stat(filepath.Join(spec.Rootfs, "app")); err != nil {
+		t.Errorf("the image lost /app: %v", err)
+	}
+}
+
+// TestCreateFailureLeavesNothing: a machine that cannot be made says why
+// and leaves no trace.
+func TestCreateFailureLeavesNothing(t *testing.T) {
+	needRoot(t)
+	d := newTestDriver(t)
+	destroyAll(t, d)
+	rootfs := drivertest.BuildRootfs(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		spec runtime.Spec
+		want string
+	}{
+		{"unknown user", runtime.Spec{ID: "badu", Rootfs: rootfs, Process: runtime.Process{Args: []string{"/app"}, User: "nobody"}}, `user "nobody"`},
+		{"no command", runtime.Spec{ID: "badc", Rootfs: rootfs}, "no command"},
+		{"missing rootfs", runtime.Spec{ID: "badr", Rootfs: filepath.Join(rootfs, "nope"), Process: runtime.Process{Args: []string{"/app"}}}, "not a directory"},
+		{"bad id", runtime.Spec{ID: "../x", Rootfs: rootfs, Process: runtime.Process{Args: []string{"/app"}}}, "machine id"},
+	} {
+		err := d.Create(ctx, tc.spec)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Create err = %v, want one with %q", tc.name, err, tc.want)
+		}
+		if tc.name != "bad id" {
+			if left := leftovers(t, tc.spec.ID); len(left) > 0 {
+				t.Errorf("%s: failed Create left %v", tc.name, left)
+			}
+		}
+	}
+	if ids, err := d.List(ctx); err != nil || len(ids) != 0 {
+		t.Errorf("List() = %v, %v; want no machines", ids, err)
+	}
+}
+
+// TestShimKilled: when a machine's shim dies (killed, OOM), runc still
+// knows the container, so the machine shows running, stops, and its
+// unknown exit code shows as -1; it then starts again.
+func TestShimKilled(t *testing.T) {
+	needRoot(t)
+	d := newTestDriver(t)
+	destroyAll(t, d)
+	spec := runtime.Spec{
+		ID:      "shimkill" + strconv.Itoa(os.Getpid()),
+		Rootfs:  drivertest.BuildRootfs(t),
+		Process: runtime.Process{Args: []string{"/app", "serve"}, Env: []string{"PORT=8080"}},
+	}
+	ctx := context.Background()
+	if err := d.Create(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	sh, ok := d.liveShim(spec.ID)
+	if !ok {
+		t.Fatal("no live shim after Start")
+	}
+	if err := syscall.Kill(sh.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.waitShimGone(ctx, spec.ID, sh.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d.State(ctx, spec.ID); err != nil || st.Status != runtime.StatusRunning || st.Pid <= 0 {
+		t.Fatalf("State with the shim gone = %+v, %v; want running", st, err)
+	}
+	if err := d.Stop(ctx, spec.ID, syscall.SIGTERM, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d.State(ctx, spec.ID); err != nil || st.Status != runtime.StatusExited || st.ExitCode != -1 {
+		t.Fatalf("State after Stop = %+v, %v; want exited with code -1 (unknown)", st, err)
+	}
+	if err := d.Start(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d.State(ctx, spec.ID); err != nil || st.Status != runtime.StatusRunning {
+		t.Fatalf("State after a new Start = %+v, %v; want running", st, err)
+	}
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The main job on one machine: installs what is missing, starts a dev world
+# with three regions, builds the sample app image, pushes it with crane,
+# deploys it with the three perch commands and shows each region's edge
+# answering from its own region. Ctrl-C stops the world (DEMO_EXIT=1 stops
+# it right after the demo). Usage: ./scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+need_root "$@"
+install_debs
+ensure_go
+install_go_tools
+
+regions=${REGIONS:-iad,ams,sin}
+dir=${PERCH_DEV_DIR:-$HOME/.local/state/perch/dev}
+work=$(mktemp -d)
+mkdir -p bin
+echo "== building perch"
+go build -o bin/perch ./cmd/perch
+perch="$PWD/bin/perch"
+
+if [ -f "$dir/world.json" ]; then "$perch" dev down --dir "$dir" || true; fi
+echo "== perch dev up --regions $regions"
+"$perch" dev up --regions "$regions" --dir "$dir" >"$work/dev.log" 2>&1 &
+devpid=$!
+stop_world() { kill -TERM "$devpid" 2>/dev/null && wait "$devpid" 2>/dev/null; rm -rf "$work"; }
+trap stop_world EXIT
+trap 'exit 130' INT TERM
+for _ in $(seq 1 600); do
+  [ -f "$dir/world.json" ] && break
+  kill -0 "$devpid" 2>/dev/null || { cat "$work/dev.log"; exit 1; }
+  sleep 0.1
+done
+[ -f "$dir/world.json" ] || { echo "the dev world did not come up; see $work/dev.log"; cat "$work/dev.log"; exit 1; }
+grep -E '^(control plane|region)' "$work/dev.log" || true
+
+"$perch" auth login --dev "$dir"
+registry=$(sed -n 's/.*"registry": "\(.*\)".*/\1/p' "$dir/world.json")
+token=$(sed -n 's/.*"token": "\(.*\)".*/\1/p' "$dir/world.json")
+
+echo "== building the sample app image (examples/hello) and pushing it with crane"
+mkdir -p "$work/rootfs"
+CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$work/rootfs/app" ./examples/hello
+tar -C "$work/rootfs" -cf "$work/layer.tar" app
+export DOCKER_CONFIG="$work/docker"
+crane auth login "$registry" -u perch -p "$token" >/dev/null
+crane append -f "$work/layer.tar" -t "$registry/hello:v1" >/dev/null
+image=$(crane mutate "$registry/hello:v1" --entrypoint /app)
+echo "pushed $image"
+
+echo "== perch launch && perch deploy"
+mkdir -p "$work/app" && cd "$work/app"
+"$perch" launch --image "$registry/hello:v1" --regions "$regions" --name hello
+"$perch" deploy
+"$perch" status
+
+echo "== each region's edge answers from its own region"
+for r in ${regions//,/ }; do
+  edge=$(grep -A1 "\"code\": \"$r\"" "$dir/world.json" | sed -n 's/.*"edge_addr": "\(.*\)".*/\1/p')
+  printf '%s edge %-10s -> ' "$r" "$edge"
+  curl -sS --max-time 5 -H "Host: hello.perch.local" "http://$edge/"
+done
+
+if [ "${DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
+echo
+echo "The world keeps running: try $perch status -a hello, or curl -H 'Host: hello.perch.local' http://127.0.1.2/"
+echo "Press Ctrl-C to stop it (nothing is left behind)."
+wait "$devpid"

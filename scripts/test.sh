@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every check and test: gofmt, go vet, staticcheck, the unit tests and
+# the end-to-end tests with real NATS, runc, the registry and agents.
+# Installs what is missing first. Usage: ./scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+need_root "$@"
+install_debs
+ensure_go
+install_go_tools
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then echo "gofmt would change: $unformatted"; exit 1; fi
+echo "== go vet"
+go vet ./...
+echo "== staticcheck"
+staticcheck ./...
+echo "== go test"
+go test -count=1 -timeout 15m ./...
+echo "== fuzz (bounded)"
+go test -run '^$' -fuzz FuzzUnpack -fuzztime 15s ./internal/image
+go test -run '^$' -fuzz FuzzParse -fuzztime 15s ./internal/config
