@@ -44,13 +44,15 @@ mkdir -p "$work/rootfs"
 CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$work/rootfs/app" ./examples/hello
 tar -C "$work/rootfs" -cf "$work/layer.tar" app
 export DOCKER_CONFIG="$work/docker"
-crane auth login "$registry" -u perch -p "$token" >/dev/null
-crane append -f "$work/layer.tar" -t "$registry/hello:v1" >/dev/null
-image=$(crane mutate "$registry/hello:v1" --entrypoint /app)
+crane auth login "$registry" -u perch -p "$token" >/dev/null 2>&1
+crane append -f "$work/layer.tar" -t "$registry/hello:v1" >/dev/null 2>&1
+image=$(crane mutate "$registry/hello:v1" --entrypoint /app 2>/dev/null)
 echo "pushed $image"
 
 echo "== perch launch && perch deploy"
 mkdir -p "$work/app" && cd "$work/app"
+# A world started before in this directory keeps its apps: start afresh.
+"$perch" apps destroy hello --yes >/dev/null 2>&1 || true
 "$perch" launch --image "$registry/hello:v1" --regions "$regions" --name hello
 "$perch" deploy
 "$perch" status

@@ -41,6 +41,7 @@ type Config struct {
 	// machines are local.
 	HostID string
 	// Addr is the IP address the edge listens on, on every public port.
+	// The zero Addr opens no listener: the caller serves Handler itself.
 	Addr netip.Addr
 	// Domain is the domain of app names; DefaultDomain if empty.
 	Domain string

@@ -106,7 +106,12 @@ type world struct {
 
 func newWorld(t *testing.T, region string) *world {
 	t.Helper()
-	e, err := New(Config{Region: region, HostID: "h-" + region, Log: testLog(t)})
+	return newWorldLog(t, region, testLog(t))
+}
+
+func newWorldLog(t *testing.T, region string, log *slog.Logger) *world {
+	t.Helper()
+	e, err := New(Config{Region: region, HostID: "h-" + region, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,8 +22,9 @@ type listeners struct {
 	mu   sync.Mutex // guards open
 	open map[int]*portServer
 
-	// skipped remembers which unserved ports were already logged.
-	skipped map[int]bool
+	// skipped and failing remember which unserved ports and which ports
+	// that could not be bound were already logged, to log them once.
+	skipped, failing map[int]bool
 }
 
 type portServer struct {
@@ -32,7 +33,7 @@ type portServer struct {
 }
 
 func newListeners(e *Edge) *listeners {
-	return &listeners{e: e, open: map[int]*portServer{}, skipped: map[int]bool{}}
+	return &listeners{e: e, open: map[int]*portServer{}, skipped: map[int]bool{}, failing: map[int]bool{}}
 }
 
 // bindRetry is how often ports that could not be bound are tried again
@@ -42,6 +43,10 @@ const bindRetry = 5 * time.Second
 // run syncs the listeners with every new snapshot until ctx is done, then
 // closes them all.
 func (l *listeners) run(ctx context.Context) {
+	if !l.e.cfg.Addr.IsValid() {
+		<-ctx.Done()
+		return
+	}
 	retry := time.NewTimer(0)
 	defer retry.Stop()
 	for {
@@ -74,11 +79,22 @@ func (l *listeners) sync(ctx context.Context, s *Snapshot) (failed bool) {
 		ps, err := l.listen(p)
 		if err != nil {
 			failed = true
-			l.e.log.Error("cannot listen on public port; will retry", "port", p, "err", err)
+			level := slog.LevelError
+			if l.failing[p] {
+				level = slog.LevelDebug
+			}
+			l.failing[p] = true
+			l.e.log.Log(ctx, level, "cannot listen on public port; will retry", "port", p, "err", err)
 			continue
 		}
+		delete(l.failing, p)
 		l.open[p] = ps
 		l.e.log.Info("listening", "addr", ps.ln.Addr().String())
+	}
+	for p := range l.failing {
+		if !want[p] {
+			delete(l.failing, p)
+		}
 	}
 	for p, ps := range l.open {
 		if !want[p] {

@@ -22,8 +22,7 @@ func freePort(t *testing.T) int {
 }
 
 func TestListenerFollowsApps(t *testing.T) {
-	w := newWorld(t, "ams")
-	w.e.cfg.Addr = netip.MustParseAddr("127.0.0.1")
+	w := newListeningWorld(t)
 	run(t, w.e)
 	port := freePort(t)
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
@@ -63,8 +62,7 @@ func TestListenerFollowsApps(t *testing.T) {
 // A port that is taken is not fatal: the edge serves its other ports and
 // takes the port once it is free.
 func TestBusyPortIsRetried(t *testing.T) {
-	w := newWorld(t, "ams")
-	w.e.cfg.Addr = netip.MustParseAddr("127.0.0.1")
+	w := newListeningWorld(t)
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -81,4 +79,13 @@ func TestBusyPortIsRetried(t *testing.T) {
 	busy.Close()
 	w.commit() // any change of the routes retries the port
 	waitFor(t, "the freed port to open", func() bool { return len(w.e.Listening()) == 2 })
+}
+
+func newListeningWorld(t *testing.T) *world {
+	t.Helper()
+	e, err := New(Config{Region: "ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &world{t: t, e: e}
 }

@@ -81,6 +81,9 @@ func TestRetriesNextMachineWhenConnectionRefused(t *testing.T) {
 	if res.StatusCode != http.StatusBadGateway || !strings.Contains(body, "none could be reached") {
 		t.Errorf("POST with a body: got %d %q, want 502 (its body is spent on the first try)", res.StatusCode, body)
 	}
+	if res.Header.Get(hdrRequestID) == "" {
+		t.Errorf("502 has no %s", hdrRequestID)
+	}
 	if alive.hits.Load() != 3 {
 		t.Errorf("the live machine got %d requests, want 3", alive.hits.Load())
 	}
@@ -138,8 +141,7 @@ func TestStreamsResponses(t *testing.T) {
 
 func TestAccessLog(t *testing.T) {
 	var buf syncBuffer
-	w := newWorld(t, "ams")
-	w.e.log = slog.New(slog.NewJSONHandler(&buf, nil)).With("component", "edge", "region", "ams")
+	w := newWorldLog(t, "ams", slog.New(slog.NewJSONHandler(&buf, nil)))
 	w.app("shop")
 	w.place("shop", startMachine(t, "s1", "fra", "127.0.0.2", nil), 80, api.StateStarted)
 	w.commit()

@@ -128,6 +128,9 @@ func (t *table) build() *Snapshot {
 		up := t.inRotation(key, &m)
 		for _, svc := range m.Config.Services {
 			for _, p := range svc.Ports {
+				if p.Port < 1 || p.Port > 65535 {
+					continue // the control plane validates; never bind nonsense
+				}
 				if !servesHTTP(p.Handlers) {
 					s.skipped[p.Port] = p.Handlers
 					continue
@@ -172,7 +175,7 @@ func (t *table) name(s *Snapshot, routes map[string]*appRoute) {
 		for _, h := range t.apps[app].Hostnames {
 			h = normalizeHost(h)
 			if other, taken := s.names[h]; taken && other != ar {
-				t.log.Warn("hostname claimed by two apps; keeping the first", "hostname", h, "kept", other.name, "ignored", app)
+				t.log.Debug("hostname claimed by two apps; keeping the first", "hostname", h, "kept", other.name, "ignored", app)
 				continue
 			}
 			s.names[h] = ar

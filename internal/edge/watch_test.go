@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -53,7 +54,11 @@ func TestStoreChangesRouting(t *testing.T) {
 		t.Fatal(err)
 	}
 	run(t, e)
-	<-e.Ready()
+	select {
+	case <-e.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the edge did not read the buckets in 10s")
+	}
 	srv := httptestServer(t, e.Handler(80))
 
 	answers := func(want string) func() bool {

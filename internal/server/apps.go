@@ -91,6 +91,28 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// The name becomes free only when its machines are gone, so that a new
+	// app of the same name never inherits one.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		left, err := store.List[store.MachineSpec](ctx, s.st.Machines, a.Name+".*")
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			s.fail(w, r, errf(http.StatusGatewayTimeout, "app %s: %d machines are still being destroyed; try again later", a.Name, len(left)))
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	if err := store.Delete(ctx, s.st.Apps, a.Name); err != nil {
 		s.fail(w, r, err)
 		return

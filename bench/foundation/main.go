@@ -1,0 +1,257 @@
+// Command foundation measures the foundation's two numbers on this machine:
+// the time from `perch deploy` until every region's edge answers from the
+// new release, and a machine's start time through the agent against `runc
+// run` of the same bundle directly. It needs root. Run it with
+// bench/run.sh, which records the output in bench/README.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/devcluster"
+	"github.com/perchhq/perch/internal/testimage"
+)
+
+func main() {
+	perch := flag.String("perch", "bin/perch", "perch binary")
+	rounds := flag.Int("n", 10, "rounds of each measurement")
+	regions := flag.String("regions", "iad,ams,sin", "regions of the world")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		log.Fatal("needs root (runc, network namespaces)")
+	}
+	bin, err := filepath.Abs(*perch)
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	dir, _ := os.MkdirTemp("", "perch-bench-")
+	defer os.RemoveAll(dir)
+	w, err := devcluster.Start(ctx, devcluster.Options{
+		Dir: filepath.Join(dir, "world"), Regions: strings.Split(*regions, ","), APIListen: "127.0.0.1:0",
+		PerchBin: bin, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer w.Close()
+	info := w.Info()
+	img, err := testimage.BuildGo(".", "./examples/hello")
+	if err != nil {
+		log.Fatal(err)
+	}
+	ref := info.Registry + "/hello:bench"
+	r, _ := name.ParseReference(ref, name.Insecure)
+	if err := remote.Write(r, img, remote.WithAuth(&authn.Basic{Username: "x", Password: info.Token})); err != nil {
+		log.Fatal(err)
+	}
+	app := filepath.Join(dir, "app")
+	os.MkdirAll(app, 0o755)
+	run(bin, app, info, "launch", "--image", ref, "--regions", *regions, "--name", "bench")
+
+	fmt.Printf("machine: %s, %d CPUs; regions %s; %d rounds\n\n", hostname(), nproc(), *regions, *rounds)
+	var deploys []time.Duration
+	for i := 0; i < *rounds; i++ {
+		deploys = append(deploys, timeDeploy(bin, app, w))
+	}
+	fmt.Printf("deploy to every machine answering (%d regions, one machine each, rolling one region at a time)\n", len(info.Regions))
+	fmt.Printf("  first (cold image cache): %s\n", round(deploys[0]))
+	fmt.Printf("  later: median %s, min %s, max %s\n\n", round(median(deploys[1:])), round(slices.Min(deploys[1:])), round(slices.Max(deploys[1:])))
+
+	agentT, runcT := startTimes(ctx, w, *rounds)
+	ma, mr := median(agentT), median(runcT)
+	fmt.Printf("machine start to first HTTP answer on its private address (same bundle)\n")
+	fmt.Printf("  through the agent (API start -> NATS -> agent -> shim -> runc): median %s (min %s, max %s)\n", round(ma), round(slices.Min(agentT)), round(slices.Max(agentT)))
+	fmt.Printf("  runc run -d directly:                                     median %s (min %s, max %s)\n", round(mr), round(slices.Min(runcT)), round(slices.Max(runcT)))
+	fmt.Printf("  ratio agent / runc: %.2f\n", float64(ma)/float64(mr))
+}
+
+func run(bin, dir string, info devcluster.Info, args ...string) string {
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "PERCH_API_URL="+info.APIURL, "PERCH_API_TOKEN="+info.Token)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		log.Fatalf("perch %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// timeDeploy runs `perch deploy` and waits until each region's edge answers
+// from a machine of the new release.
+func timeDeploy(bin, app string, w *devcluster.World) time.Duration {
+	info := w.Info()
+	before := machineIDs(w)
+	t0 := time.Now()
+	run(bin, app, info, "deploy")
+	for _, r := range info.Regions {
+		for {
+			body := getBody("http://"+r.EdgeAddr+"/", "bench.perch.local")
+			if strings.Contains(body, "hello from "+r.Code) && !containsAny(body, before) {
+				break
+			}
+			if time.Since(t0) > 2*time.Minute {
+				log.Fatalf("%s never answered from the new release: %q", r.Code, body)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return time.Since(t0)
+}
+
+func machineIDs(w *devcluster.World) []string {
+	ms, err := w.Client().ListMachines(context.Background(), "bench", "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	var ids []string
+	for _, m := range ms {
+		ids = append(ids, m.ID)
+	}
+	return ids
+}
+
+func containsAny(s string, subs []string) bool {
+	for _, x := range subs {
+		if strings.Contains(s, x) {
+			return true
+		}
+	}
+	return false
+}
+
+var client = &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+func getBody(url, host string) string {
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Host = host
+	resp, err := client.Do(req)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b := make([]byte, 512)
+	n, _ := resp.Body.Read(b)
+	if resp.StatusCode != 200 {
+		return ""
+	}
+	return string(b[:n])
+}
+
+// startTimes alternates starting one stopped machine through the API and
+// running a copy of its bundle with runc directly, timing each until the
+// app answers on the machine's address.
+func startTimes(ctx context.Context, w *devcluster.World, rounds int) (agentT, runcT []time.Duration) {
+	c := w.Client()
+	info := w.Info()
+	ms, _ := c.ListMachines(ctx, "bench", info.Regions[0].Code)
+	m := ms[0]
+	url := "http://" + m.PrivateIP + ":8080/"
+	bundle := filepath.Join(info.Regions[0].StateDir, "runc", "machines", m.ID)
+	direct := prepareDirectBundle(bundle)
+	defer os.RemoveAll(direct)
+	root := filepath.Join(direct, "runc-root")
+	stop := func() {
+		if err := c.StopMachine(ctx, "bench", m.ID, nil); err != nil {
+			log.Fatal(err)
+		}
+		if err := c.WaitMachine(ctx, "bench", m.ID, api.StateStopped, 60*time.Second); err != nil {
+			log.Fatal(err)
+		}
+	}
+	stop()
+	for i := 0; i < rounds; i++ {
+		t0 := time.Now()
+		if err := c.StartMachine(ctx, "bench", m.ID); err != nil {
+			log.Fatal(err)
+		}
+		waitAnswer(url, t0)
+		agentT = append(agentT, time.Since(t0))
+		stop()
+
+		out, _ := os.Create(filepath.Join(direct, "out.log"))
+		cmd := exec.Command("runc", "--root", root, "run", "-d", "--bundle", direct, "bench-direct")
+		cmd.Stdout, cmd.Stderr = out, out
+		t0 = time.Now()
+		if err := cmd.Run(); err != nil {
+			b, _ := os.ReadFile(filepath.Join(direct, "out.log"))
+			log.Fatalf("runc run: %v\n%s", err, b)
+		}
+		waitAnswer(url, t0)
+		runcT = append(runcT, time.Since(t0))
+		out.Close()
+		exec.Command("runc", "--root", root, "delete", "-f", "bench-direct").Run()
+	}
+	return agentT, runcT
+}
+
+// prepareDirectBundle copies the machine's config.json into a new bundle
+// that uses the same root filesystem and network namespace, in its own
+// cgroup.
+func prepareDirectBundle(bundle string) string {
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	var spec map[string]any
+	if err := json.Unmarshal(b, &spec); err != nil {
+		log.Fatal(err)
+	}
+	spec["root"].(map[string]any)["path"] = filepath.Join(bundle, "rootfs")
+	spec["linux"].(map[string]any)["cgroupsPath"] = "/perch-bench/direct"
+	dir, _ := os.MkdirTemp("", "perch-bench-bundle-")
+	b, _ = json.Marshal(spec)
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644); err != nil {
+		log.Fatal(err)
+	}
+	return dir
+}
+
+func waitAnswer(url string, t0 time.Time) {
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if time.Since(t0) > time.Minute {
+			log.Fatalf("%s never answered: %v", url, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func round(d time.Duration) time.Duration { return d.Round(100 * time.Microsecond) }
+
+func hostname() string { h, _ := os.Hostname(); return h }
+
+func nproc() int {
+	out, _ := exec.Command("nproc").Output()
+	var n int
+	fmt.Sscan(string(out), &n)
+	return n
+}
