@@ -95,8 +95,12 @@ func bridgeOf(hostID string) string { return agent.BridgeName(hostID) }
 // pushImage builds the sample app and pushes it to the world's registry.
 func pushImage(t *testing.T, w *devcluster.World, repo string) string {
 	t.Helper()
+	return pushImageTo(t, w.Info(), repo)
+}
+
+func pushImageTo(t *testing.T, info devcluster.Info, repo string) string {
+	t.Helper()
 	img := buildSample(t)
-	info := w.Info()
 	ref := info.Registry + "/" + repo
 	r, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {

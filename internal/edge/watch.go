@@ -78,6 +78,13 @@ func (e *Edge) watchBucket(ctx context.Context, bucket int, kv jetstream.KeyValu
 		}
 	}
 	for ctx.Err() == nil {
+		// After a reconnection the server may have lost this watch (a
+		// restarted NATS keeps no ephemeral consumer): watch again at once
+		// instead of waiting for missed heartbeats.
+		var reconnected <-chan struct{}
+		if e.cfg.Store != nil {
+			reconnected = e.cfg.Store.Reconnected()
+		}
 		w, err := kv.WatchAll(ctx)
 		if err != nil {
 			e.log.Warn("cannot watch bucket; retrying", "bucket", kv.Bucket(), "err", err)
@@ -90,6 +97,11 @@ func (e *Edge) watchBucket(ctx context.Context, bucket int, kv jetstream.KeyValu
 		for {
 			select {
 			case <-ctx.Done():
+				break read
+			case <-reconnected:
+				e.log.Info("reconnected to NATS; watching again", "bucket", kv.Bucket())
+				_ = w.Stop()
+				w = nil
 				break read
 			case ent, ok := <-w.Updates():
 				switch {
@@ -110,6 +122,9 @@ func (e *Edge) watchBucket(ctx context.Context, bucket int, kv jetstream.KeyValu
 					}
 				}
 			}
+		}
+		if w == nil {
+			continue // re-watch right away after a reconnection
 		}
 		_ = w.Stop()
 		if ctx.Err() == nil {
