@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/server"
@@ -18,9 +19,10 @@ func startServer(t *testing.T) (string, string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, server.Config{
-		Listen:     "127.0.0.1:0",
-		NATSListen: "127.0.0.1:0",
-		DataDir:    t.TempDir(),
+		Listen:      "127.0.0.1:0",
+		NATSListen:  "127.0.0.1:0",
+		DataDir:     t.TempDir(),
+		HostTimeout: 2 * time.Second,
 	})
 	if err != nil {
 		cancel()
@@ -47,9 +49,23 @@ func TestAgainstServer(t *testing.T) {
 	// A host that registered but runs no agent: machines get placed on it
 	// and never start.
 	c := api.NewClient(url, token)
-	if _, err := c.RegisterHost(ctx, api.Host{Region: "iad", Address: "127.0.0.1", CPUs: 2, MemoryMB: 2048}); err != nil {
+	host, err := c.RegisterHost(ctx, api.Host{Region: "iad", Address: "127.0.0.1", CPUs: 2, MemoryMB: 2048})
+	if err != nil {
 		t.Fatal(err)
 	}
+	// Keep the host up, as its agent's heartbeat would, until "apps destroy"
+	// lets it die.
+	hbCtx, stopHeartbeat := context.WithCancel(ctx)
+	defer stopHeartbeat()
+	go func() {
+		for hbCtx.Err() == nil {
+			c.RegisterHost(hbCtx, *host)
+			select {
+			case <-hbCtx.Done():
+			case <-time.After(300 * time.Millisecond):
+			}
+		}
+	}()
 
 	t.Run("login", func(t *testing.T) {
 		_, err := run(t, "", "", "auth", "login", "--api", url, "--token", "wrong")
@@ -142,6 +158,20 @@ func TestAgainstServer(t *testing.T) {
 	})
 
 	t.Run("apps destroy", func(t *testing.T) {
+		// No agent will ever destroy the machines: once the host is seen
+		// down, the control plane forgets them itself.
+		stopHeartbeat()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			hs, _ := c.ListHosts(ctx)
+			if len(hs) == 1 && hs[0].Status == api.HostDown {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("host never marked down: %+v", hs)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		for _, name := range []string{"hello", "faraway"} {
 			if _, err := run(t, "", "", "apps", "destroy", name, "--yes"); err != nil {
 				t.Fatal(err)
