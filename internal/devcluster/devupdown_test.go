@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,8 +26,8 @@ func TestDevUpAndDown(t *testing.T) {
 			n := worldSeq.Add(1)
 			edgeBase := fmt.Sprintf("127.%d.%d.1", 100+os.Getpid()%50, n)
 			up := exec.Command(perchBin, "dev", "up", "--regions", "iad,ams", "--dir", dir, "--api", "127.0.0.1:0", "--edge-base", edgeBase)
-			var out strings.Builder
-			up.Stdout, up.Stderr = &out, &out
+			out := newLockedBuffer()
+			up.Stdout, up.Stderr = out, out
 			if err := up.Start(); err != nil {
 				t.Fatal(err)
 			}
@@ -109,4 +110,24 @@ func countShims(info devcluster.Info) int {
 		}
 	}
 	return n
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func newLockedBuffer() *lockedBuffer { return &lockedBuffer{} }
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
