@@ -25,6 +25,9 @@ func main() {
 		w.Header().Set("Content-Type", "text/plain")
 		fmt.Fprintf(w, "hello from %s (machine %s); edge %s\n", region, machine, r.Header.Get("Perch-Region"))
 	})
+	http.HandleFunc("/env/{name}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, os.Getenv(r.PathValue("name")))
+	})
 	http.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
 		log.Printf("exiting on request")
 		os.Exit(3)
