@@ -65,12 +65,67 @@ type Guest struct {
 	Runtime string `json:"runtime,omitempty"`
 }
 
-// Port is one public port of a service.
+// Port is one public port of a service. Handlers, as in fly.toml: "tls"
+// terminates TLS, "http" speaks HTTP, "proxy_proto" sends a PROXY protocol
+// header; none at all is raw TCP passthrough.
 type Port struct {
-	Port       int      `json:"port"`
-	Handlers   []string `json:"handlers,omitempty"`
-	ForceHTTPS bool     `json:"force_https,omitempty"`
+	Port              int                `json:"port"`
+	Handlers          []string           `json:"handlers,omitempty"`
+	ForceHTTPS        bool               `json:"force_https,omitempty"`
+	TLSOptions        *TLSOptions        `json:"tls_options,omitempty"`
+	HTTPOptions       *HTTPOptions       `json:"http_options,omitempty"`
+	ProxyProtoOptions *ProxyProtoOptions `json:"proxy_proto_options,omitempty"`
 }
+
+// TLSOptions tune the "tls" handler.
+type TLSOptions struct {
+	ALPN     []string `json:"alpn,omitempty"`     // e.g. ["h2", "http/1.1"]
+	Versions []string `json:"versions,omitempty"` // e.g. ["TLSv1.2", "TLSv1.3"]
+}
+
+// HTTPOptions tune the "http" handler.
+type HTTPOptions struct {
+	// H2Backend speaks HTTP/2 cleartext (h2c) to the app: the gRPC path.
+	H2Backend bool `json:"h2_backend,omitempty"`
+	// IdleTimeout closes idle client connections after this many seconds.
+	IdleTimeout int `json:"idle_timeout,omitempty"`
+}
+
+// ProxyProtoOptions tune the "proxy_proto" handler.
+type ProxyProtoOptions struct {
+	Version string `json:"version,omitempty"` // "v1" (default) or "v2"
+}
+
+// Check is a health check the machine's host runs against it. Durations
+// are Go duration strings, as Fly writes them ("15s").
+type Check struct {
+	Name          string              `json:"name,omitempty"`
+	Type          string              `json:"type"` // "tcp" or "http"
+	Port          int                 `json:"port,omitempty"`
+	Interval      string              `json:"interval,omitempty"`
+	Timeout       string              `json:"timeout,omitempty"`
+	GracePeriod   string              `json:"grace_period,omitempty"`
+	Method        string              `json:"method,omitempty"`
+	Path          string              `json:"path,omitempty"`
+	Protocol      string              `json:"protocol,omitempty"` // "http" or "https"
+	TLSSkipVerify bool                `json:"tls_skip_verify,omitempty"`
+	Headers       map[string][]string `json:"headers,omitempty"`
+}
+
+// CheckStatus is the last result of one check.
+type CheckStatus struct {
+	Name      string    `json:"name"`
+	Status    string    `json:"status"` // "passing", "warning" (in grace period) or "critical"
+	Output    string    `json:"output,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Check statuses.
+const (
+	CheckPassing  = "passing"
+	CheckWarning  = "warning"
+	CheckCritical = "critical"
+)
 
 // Concurrency limits a service's load per machine.
 type Concurrency struct {
@@ -85,6 +140,7 @@ type Service struct {
 	InternalPort int          `json:"internal_port"`
 	Ports        []Port       `json:"ports,omitempty"`
 	Concurrency  *Concurrency `json:"concurrency,omitempty"`
+	Checks       []Check      `json:"checks,omitempty"`
 }
 
 // Restart is the restart policy of a machine.
@@ -143,6 +199,21 @@ type Machine struct {
 	ExitCode *int `json:"exit_code,omitempty"`
 	// LastLogs holds the last lines the machine printed before it failed.
 	LastLogs []string `json:"last_logs,omitempty"`
+	// Checks are the latest health check results from the machine's host.
+	Checks []CheckStatus `json:"checks,omitempty"`
+}
+
+// Certificate is a TLS certificate the edges serve for a hostname.
+type Certificate struct {
+	Hostname  string    `json:"hostname"`
+	App       string    `json:"app"`
+	Source    string    `json:"source"` // "acme" or "dev-ca"
+	Status    string    `json:"status"` // "pending", "issued", "failed"
+	Issuer    string    `json:"issuer,omitempty"`
+	NotBefore time.Time `json:"not_before,omitempty"`
+	NotAfter  time.Time `json:"not_after,omitempty"`
+	Error     string    `json:"error,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // CreateMachineRequest is the body of POST /v1/apps/{app}/machines and of

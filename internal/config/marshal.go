@@ -192,7 +192,7 @@ func (c *Config) file() fileConfig {
 			Concurrency:        fileConc(s.Concurrency),
 		}
 		for _, p := range s.Ports {
-			fs.Ports = append(fs.Ports, filePort(p))
+			fs.Ports = append(fs.Ports, filePort{Port: p.Port, Handlers: p.Handlers, ForceHTTPS: p.ForceHTTPS})
 		}
 		f.Services = append(f.Services, fs)
 	}

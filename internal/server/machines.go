@@ -374,7 +374,7 @@ func machineView(sp store.MachineSpec, st store.MachineStatus, h api.Host) api.M
 		ID: sp.ID, Name: sp.Name, AppName: sp.App, Region: sp.Region, PrivateIP: sp.PrivateIP,
 		HostID: sp.HostID, Config: sp.Config, CreatedAt: sp.CreatedAt, UpdatedAt: sp.UpdatedAt,
 		State: st.State, InstanceID: st.InstanceID, ImageRef: st.ImageRef, ExitCode: st.ExitCode,
-		LastLogs: st.LastLogs, Events: st.Events, HostStatus: api.HostOK,
+		LastLogs: st.LastLogs, Events: st.Events, Checks: st.Checks, HostStatus: api.HostOK,
 	}
 	if m.State == "" || st.Generation == 0 {
 		m.State = api.StateCreated

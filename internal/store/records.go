@@ -56,8 +56,10 @@ type MachineStatus struct {
 	Restarts   int         `json:"restarts"`
 	LastLogs   []string    `json:"last_logs,omitempty"`
 	Events     []api.Event `json:"events,omitempty"`
-	StartedAt  time.Time   `json:"started_at,omitempty"`
-	UpdatedAt  time.Time   `json:"updated_at"`
+	// Checks are written by the host's health checker.
+	Checks    []api.CheckStatus `json:"checks,omitempty"`
+	StartedAt time.Time         `json:"started_at,omitempty"`
+	UpdatedAt time.Time         `json:"updated_at"`
 }
 
 // AddEvent appends an event, keeping the most recent few.
