@@ -1,0 +1,247 @@
+// Command edge benchmarks Perch's edge proxy against nginx and Caddy in one
+// run: wrk drives (a) the app directly, (b) the Perch edge, (c) nginx and
+// (d) Caddy, the three proxies configured as plain reverse proxies to the
+// same backend (the sample app), for keep-alive connections and for a new
+// connection per request. Run it with bench/edge/run.sh, which records the
+// output in bench/README.md.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/edge"
+	"github.com/perchhq/perch/internal/store"
+)
+
+const host = "bench.perch.local"
+
+type target struct {
+	name string
+	url  string
+}
+
+type result struct {
+	rps      float64
+	p50, p99 time.Duration
+}
+
+func main() {
+	dur := flag.Duration("d", 10*time.Second, "wrk duration per run")
+	conns := flag.Int("c", 50, "concurrent connections")
+	threads := flag.Int("t", 2, "wrk threads")
+	app := flag.String("app", "bin/hello", "backend binary (examples/hello)")
+	caddy := flag.String("caddy", "caddy", "caddy binary")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the Perch edge's keep-alive run here")
+	flag.Parse()
+	dir, _ := os.MkdirTemp("", "perch-bench-edge-")
+	defer os.RemoveAll(dir)
+
+	backend := freeAddr("127.0.0.1")
+	stop := start(*app, nil, "PORT="+port(backend), "PERCH_REGION=bench")
+	defer stop()
+	waitListen(backend)
+
+	perch := freeAddr("127.0.0.2")
+	stopEdge := runEdge(dir, backend, perch)
+	defer stopEdge()
+	waitListen(perch)
+
+	nginx := freeAddr("127.0.0.3")
+	conf := filepath.Join(dir, "nginx.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`worker_processes auto; daemon off; pid %s/nginx.pid; error_log stderr error;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream app { server %s; keepalive 128; }
+  server { listen %s; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; } } }
+`, dir, backend, nginx)), 0o644)
+	stopNginx := start("nginx", nil, "", "-c", conf, "-p", dir)
+	defer stopNginx()
+	waitListen(nginx)
+
+	caddyAddr := freeAddr("127.0.0.4")
+	cf := filepath.Join(dir, "Caddyfile")
+	os.WriteFile(cf, []byte(fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\nhttp://%s {\n\treverse_proxy %s\n}\n", caddyAddr, backend)), 0o644)
+	stopCaddy := start(*caddy, nil, "", "run", "--config", cf, "--adapter", "caddyfile")
+	defer stopCaddy()
+	waitListen(caddyAddr)
+
+	targets := []target{
+		{"app directly", "http://" + backend + "/"},
+		{"perch edge", "http://" + perch + "/"},
+		{"nginx", "http://" + nginx + "/"},
+		{"caddy", "http://" + caddyAddr + "/"},
+	}
+	fmt.Printf("wrk -t%d -c%d -d%s --latency -H 'Host: %s' URL   (2 cores shared by wrk, proxy and backend)\n\n", *threads, *conns, *dur, host)
+	for _, mode := range []struct {
+		name  string
+		extra []string
+	}{
+		{"keep-alive", nil},
+		{"new connection per request", []string{"-H", "Connection: close"}},
+	} {
+		fmt.Printf("## %s\n\n| target | requests/s | p50 | p99 | added p50 | added p99 |\n|---|---|---|---|---|---|\n", mode.name)
+		var direct result
+		res := map[string]result{}
+		for i, t := range targets {
+			profiling := *cpuprofile != "" && t.name == "perch edge" && mode.extra == nil
+			if profiling {
+				f, err := os.Create(*cpuprofile)
+				if err != nil {
+					log.Fatal(err)
+				}
+				pprof.StartCPUProfile(f)
+			}
+			r := wrk(t.url, *threads, *conns, *dur, mode.extra)
+			if profiling {
+				pprof.StopCPUProfile()
+			}
+			res[t.name] = r
+			if i == 0 {
+				direct = r
+				fmt.Printf("| %s | %.0f | %s | %s | | |\n", t.name, r.rps, r.p50, r.p99)
+				continue
+			}
+			fmt.Printf("| %s | %.0f | %s | %s | %s | %s |\n", t.name, r.rps, r.p50, r.p99, r.p50-direct.p50, r.p99-direct.p99)
+		}
+		p, n, c := res["perch edge"], res["nginx"], res["caddy"]
+		fmt.Printf("\nperch / nginx requests/s: %.2f; perch / caddy: %.2f\n\n", p.rps/n.rps, p.rps/c.rps)
+	}
+}
+
+// runEdge runs the Perch edge in this process, fed from an embedded NATS
+// holding one app with one started machine: the backend.
+func runEdge(dir, backend, listen string) func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	nats, err := store.RunEmbedded(filepath.Join(dir, "nats"), "127.0.0.1:0", "t", slog.New(slog.DiscardHandler))
+	if err != nil {
+		log.Fatal(err)
+	}
+	st, err := store.Open(ctx, nats.URL(), "t", "bench")
+	if err != nil {
+		log.Fatal(err)
+	}
+	bport, _ := strconv.Atoi(port(backend))
+	lport, _ := strconv.Atoi(port(listen))
+	now := time.Now()
+	must(store.Put(ctx, st.Apps, "bench", api.App{Name: "bench", CreatedAt: now}))
+	must(store.Put(ctx, st.Hosts, "h1", api.Host{ID: "h1", Region: "iad", Status: api.HostUp, LastSeen: now}))
+	spec := store.MachineSpec{ID: "m1", App: "bench", Region: "iad", HostID: "h1", PrivateIP: "127.0.0.1",
+		Desired: store.DesireStarted, Generation: 1, ConfigGeneration: 1,
+		Config: api.MachineConfig{Image: "bench", Services: []api.Service{{Protocol: "tcp", InternalPort: bport,
+			Ports: []api.Port{{Port: lport, Handlers: []string{"http"}}}}}}}
+	must(store.Put(ctx, st.Machines, spec.Key(), spec))
+	must(store.Put(ctx, st.Status, spec.Key(), store.MachineStatus{ID: "m1", App: "bench", HostID: "h1", State: api.StateStarted, Generation: 1}))
+	e, err := edge.New(edge.Config{Region: "iad", HostID: "h1", Addr: netip.MustParseAddr(host4(listen)), Store: st})
+	if err != nil {
+		log.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); e.Run(ctx) }()
+	return func() { cancel(); <-done; st.Close(); nats.Shutdown() }
+}
+
+func must(_ uint64, err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+var (
+	reRPS = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reP   = regexp.MustCompile(`^\s+(50|99)%\s+([0-9.]+)(us|ms|s)`)
+)
+
+func wrk(url string, threads, conns int, d time.Duration, extra []string) result {
+	args := append([]string{"-t" + strconv.Itoa(threads), "-c" + strconv.Itoa(conns), "-d" + strconv.Itoa(int(d.Seconds())) + "s", "--latency", "-H", "Host: " + host}, extra...)
+	args = append(args, url)
+	out, err := exec.Command("wrk", args...).CombinedOutput()
+	if err != nil {
+		log.Fatalf("wrk %s: %v\n%s", url, err, out)
+	}
+	var r result
+	if m := reRPS.FindSubmatch(out); m != nil {
+		r.rps, _ = strconv.ParseFloat(string(m[1]), 64)
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		m := reP.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		v, _ := strconv.ParseFloat(m[2], 64)
+		unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[m[3]]
+		d := time.Duration(v * float64(unit)).Round(time.Microsecond)
+		if m[1] == "50" {
+			r.p50 = d
+		} else {
+			r.p99 = d
+		}
+	}
+	if strings.Contains(string(out), "Non-2xx") {
+		log.Fatalf("wrk %s got errors:\n%s", url, out)
+	}
+	return r
+}
+
+func start(bin string, _ []string, env string, args ...string) func() {
+	cmd := exec.Command(bin, args...)
+	if env != "" {
+		cmd.Env = append(os.Environ(), strings.Fields(env)...)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		log.Fatalf("start %s: %v", bin, err)
+	}
+	return func() {
+		// SIGTERM lets nginx stop its workers too.
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+func freeAddr(ip string) string {
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func port(addr string) string  { _, p, _ := net.SplitHostPort(addr); return p }
+func host4(addr string) string { h, _, _ := net.SplitHostPort(addr); return h }
+
+func waitListen(addr string) {
+	for i := 0; i < 300; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	log.Fatalf("nothing listens on %s", addr)
+}
