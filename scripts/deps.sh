@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Perch needs on a Debian machine, only what is missing:
-# runc, iproute2, nats-server, skopeo from Debian; crane and staticcheck
-# from the Go module proxy. Sourced by demo.sh and test.sh.
+# runc, iproute2, nats-server, skopeo, and for microVMs qemu and e2fsprogs
+# from Debian, with Debian's cloud kernel unpacked as the guest kernel;
+# crane and staticcheck from the Go module proxy. Sourced by demo.sh,
+# test.sh and bench/run.sh.
 set -euo pipefail
 
 need_root() {
@@ -20,11 +22,45 @@ install_debs() {
   command -v curl >/dev/null || missing+=(curl)
   command -v git >/dev/null || missing+=(git)
   command -v gcc >/dev/null || missing+=(gcc)
+  command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+  command -v qemu-img >/dev/null || missing+=(qemu-utils)
+  command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "perch: installing ${missing[*]} from Debian" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+  install_guest_kernel
+}
+
+# The microVMs' guest kernel: Debian's cloud kernel, fetched with apt-get
+# download and unpacked (not installed: the host keeps its own kernel) as
+# $PERCH_KERNEL_DIR/vmlinuz with its config and its modules under modules/, where the
+# agent looks by default (docs/microvm.md says how to use another).
+install_guest_kernel() {
+  local dir=${PERCH_KERNEL_DIR:-/usr/local/lib/perch/kernel}
+  [ -f "$dir/vmlinuz" ] && return 0
+  [ "$(dpkg --print-architecture 2>/dev/null)" = amd64 ] || { echo "perch: not an amd64 Debian host; no guest kernel for microVMs" >&2; return 0; }
+  local pkg
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+  if [ -z "$pkg" ]; then
+    apt-get update -qq
+    pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+  fi
+  echo "perch: fetching $pkg as the microVM guest kernel into $dir" >&2
+  local tmp ver=${pkg#linux-image-}
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "$pkg")
+  dpkg-deb -x "$tmp"/*.deb "$tmp/x"
+  mkdir -p "$tmp/kernel"
+  cp "$tmp/x/boot/vmlinuz-$ver" "$tmp/kernel/vmlinuz"
+  cp "$tmp/x/boot/config-$ver" "$tmp/kernel/config"
+  cp -a "$tmp/x/lib/modules/$ver" "$tmp/kernel/modules"
+  echo "$pkg" >"$tmp/kernel/VERSION"
+  mkdir -p "$(dirname "$dir")"
+  rm -rf "$dir"
+  mv "$tmp/kernel" "$dir"
+  rm -rf "$tmp"
 }
 
 ensure_go() {

@@ -22,3 +22,9 @@ go test -race -count=1 -timeout 15m ./...
 echo "== fuzz (bounded)"
 go test -run '^$' -fuzz FuzzUnpack -fuzztime 15s ./internal/image
 go test -run '^$' -fuzz FuzzParse -fuzztime 15s ./internal/config
+go test -run '^$' -fuzz '^FuzzClientHello$' -fuzztime 10s ./internal/edge
+go test -run '^$' -fuzz '^FuzzHostRouting$' -fuzztime 10s ./internal/edge
+go test -run '^$' -fuzz '^FuzzParseReplay$' -fuzztime 5s ./internal/edge
+go test -run '^$' -fuzz '^FuzzRead$' -fuzztime 10s ./internal/proxyproto
+go test -run '^$' -fuzz '^FuzzWrite$' -fuzztime 10s ./internal/proxyproto
+go test -run '^$' -fuzz FuzzCheckHostname -fuzztime 10s ./internal/certs

@@ -2,12 +2,14 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/perchhq/perch/internal/agent"
+	"github.com/perchhq/perch/internal/runtime/microvm"
 	"github.com/spf13/cobra"
 )
 
@@ -34,7 +36,11 @@ func agentCmd() *cobra.Command {
 				return fmt.Errorf("find perch executable: %w", err)
 			}
 			cfg.ShimCommand = []string{exe, "runc-shim"}
+			cfg.MicroVM.ShimCommand = []string{exe, "microvm-shim"}
 			cfg.Log = newLogger()
+			// The access log is JSON whatever the diagnostics look like:
+			// it is for machines to read.
+			cfg.AccessLog = slog.New(slog.NewJSONHandler(os.Stderr, nil))
 			ag, err := agent.New(ctx, cfg)
 			if err != nil {
 				return err
@@ -49,10 +55,14 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/perch/agent", "where machines, images and the host id live")
 	f.StringVar(&cfg.Address, "address", "", "address other hosts reach this one at (default the edge address)")
 	f.StringVar(&edgeAddr, "edge-addr", "127.0.0.1", "address the edge proxy listens on")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "address:port to serve Prometheus metrics on at /metrics (e.g. 127.0.0.1:9091; default: not served)")
 	f.StringVar(&cfg.EdgeDomain, "edge-domain", "perch.local", "apps answer at <app>.<domain>")
 	f.IntVar(&cfg.CPUs, "cpus", 0, "CPUs to offer (default: all)")
 	f.IntVar(&cfg.MemoryMB, "memory-mb", 0, "memory to offer in MB (default: all)")
 	f.StringVar(&cfg.RuncPath, "runc", "", "runc binary (default: runc from PATH)")
+	f.StringVar(&cfg.MicroVM.KernelDir, "microvm-kernel-dir", microvm.DefaultKernelDir, "guest kernel for microVMs: vmlinuz and its modules/ (see docs/microvm.md)")
+	f.StringVar(&cfg.MicroVM.Init, "microvm-init", "", "guest init for microVMs (default: this perch binary)")
+	f.StringVar(&cfg.MicroVM.QEMU, "qemu", "", "qemu-system-x86_64 binary (default: from PATH)")
 	_ = cmd.MarkFlagRequired("region")
 	return cmd
 }

@@ -34,6 +34,7 @@ func devCmd() *cobra.Command {
 func devUpCmd() *cobra.Command {
 	var opts devcluster.Options
 	var regions, edgeBase string
+	var acme acmeFlags
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Start a control plane and one host per region; Ctrl-C stops everything",
@@ -48,6 +49,9 @@ func devUpCmd() *cobra.Command {
 			}
 			opts.EdgeBase = a
 			opts.Log = newLogger()
+			if opts.Certs.ACME, err = acme.config(); err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "starting a dev world with %s in %s\n", regions, opts.Dir)
 			w, err := devcluster.Start(ctx, opts)
@@ -59,6 +63,7 @@ func devUpCmd() *cobra.Command {
 			for _, r := range i.Regions {
 				fmt.Fprintf(out, "region %-6s  edge %s   host %s\n", r.Code, r.EdgeAddr, r.HostID)
 			}
+			fmt.Fprintf(out, "dev CA         %s   (trust it for https://APP.perch.local, e.g. curl --cacert %s)\n", i.CACert, i.CACert)
 			fmt.Fprintf(out, "world.json     %s\nnext: perch auth login; perch launch --image IMAGE; perch deploy   (Ctrl-C stops the world)\n", devcluster.InfoPath(opts.Dir))
 			<-ctx.Done()
 			fmt.Fprintln(out, "stopping the dev world ...")
@@ -76,6 +81,7 @@ func devUpCmd() *cobra.Command {
 	f.StringVar(&edgeBase, "edge-base", "127.0.1.1", "edge address of the first region; the next regions count up")
 	f.StringVar(&opts.NATSURL, "nats", "", "use this external NATS instead of the embedded one")
 	f.StringVar(&opts.NATSToken, "nats-token", "", "auth token for the external NATS")
+	acme.register(f)
 	return cmd
 }
 

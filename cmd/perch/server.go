@@ -13,6 +13,7 @@ import (
 func serverCmd() *cobra.Command {
 	var cfg server.Config
 	var machineNet string
+	var acme acmeFlags
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the control plane: API, scheduler, registry and state store",
@@ -26,6 +27,9 @@ func serverCmd() *cobra.Command {
 			}
 			cfg.MachineNet = pfx
 			cfg.Log = newLogger()
+			if cfg.Certs.ACME, err = acme.config(); err != nil {
+				return err
+			}
 			srv, err := server.New(ctx, cfg)
 			if err != nil {
 				return err
@@ -44,5 +48,8 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.NATSAdvertise, "nats-advertise", "", "NATS URL handed to agents (default: the server's own)")
 	f.StringVar(&machineNet, "machine-net", "172.30.0.0/16", "range that host machine subnets (/24 each) come from")
 	f.DurationVar(&cfg.HostTimeout, "host-timeout", 0, "how long a silent host stays up (default 10s)")
+	acme.register(f)
+	f.BoolVar(&cfg.Certs.DevCA, "dev-ca", false, "give every app a certificate for <app>.<dev-domain> from a built-in CA (for test setups; clients must trust it)")
+	f.StringVar(&cfg.Certs.DevDomain, "dev-domain", "perch.local", "domain of the dev CA's certificates (the agents' --edge-domain)")
 	return cmd
 }

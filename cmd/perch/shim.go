@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 
+	"github.com/perchhq/perch/internal/runtime/microvm"
 	"github.com/perchhq/perch/internal/runtime/runc"
 	"github.com/spf13/cobra"
 )
@@ -15,6 +16,19 @@ func shimCmd() *cobra.Command {
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			os.Exit(runc.ShimMain(args))
+			return nil
+		},
+	}
+}
+
+func microvmShimCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:                "microvm-shim",
+		Short:              "Supervise one microVM's qemu (started by the agent)",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			os.Exit(microvm.ShimMain(args))
 			return nil
 		},
 	}

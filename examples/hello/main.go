@@ -7,6 +7,7 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"time"
 )
 
 func main() {
@@ -28,6 +29,20 @@ func main() {
 	http.HandleFunc("/env/{name}", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, os.Getenv(r.PathValue("name")))
 	})
+	// A slow answer, for tests of the edge's concurrency limits.
+	http.HandleFunc("/sleep/{duration}", func(w http.ResponseWriter, r *http.Request) {
+		d, err := time.ParseDuration(r.PathValue("duration"))
+		if err != nil || d > time.Minute {
+			http.Error(w, "want a duration up to 1m, like /sleep/2s", http.StatusBadRequest)
+			return
+		}
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+		}
+		fmt.Fprintf(w, "slept %s in %s (machine %s)\n", d, region, machine)
+	})
+	handleHealth(http.DefaultServeMux)
 	http.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
 		log.Printf("exiting on request")
 		os.Exit(3)

@@ -23,12 +23,13 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/certs"
 	"github.com/perchhq/perch/internal/edge"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/image"
 	perchrt "github.com/perchhq/perch/internal/runtime"
-	"github.com/perchhq/perch/internal/runtime/runc"
+	"github.com/perchhq/perch/internal/runtime/microvm"
 	"github.com/perchhq/perch/internal/scheduler"
 	"github.com/perchhq/perch/internal/store"
 )
@@ -45,8 +46,14 @@ type Config struct {
 	EdgeAddr netip.Addr
 	// EdgeDomain is the domain apps are reached under (<app>.<domain>).
 	EdgeDomain string
-	CPUs       int
-	MemoryMB   int
+	// MetricsAddr is where the host serves Prometheus metrics (GET
+	// /metrics): the edge's and the agent's. Empty: not served.
+	MetricsAddr string
+	// AccessLog receives the edge's access log (one record per request);
+	// Log if nil.
+	AccessLog *slog.Logger
+	CPUs      int
+	MemoryMB  int
 	// ShimCommand runs the runc shim (the perch binary and its hidden
 	// subcommand).
 	ShimCommand []string
@@ -54,6 +61,10 @@ type Config struct {
 	Heartbeat   time.Duration
 	World       *geo.World
 	Log         *slog.Logger
+
+	// MicroVM configures the microvm runtime (its shim, kernel, init);
+	// the agent sets its state dir and logger.
+	MicroVM microvm.Config
 }
 
 // Agent is a running host agent.
@@ -65,13 +76,14 @@ type Agent struct {
 	host   api.Host
 	bridge string
 	gw     netip.Prefix
-	driver perchrt.Driver
 	images *image.Store
 	pull   image.Options
 	edge   *edge.Edge
 
 	mu      sync.Mutex
 	workers map[string]*worker // by machine key
+
+	drivers map[string]perchrt.Driver // by runtime name
 }
 
 type hostFile struct {
@@ -181,23 +193,26 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := hostnet.EnsureBridge(a.bridge, a.gw); err != nil {
 		return fmt.Errorf("agent: host bridge: %w", err)
 	}
-	drv, err := runc.New(runc.Config{
-		StateDir: filepath.Join(a.cfg.StateDir, "runc"), ShimCommand: a.cfg.ShimCommand,
-		RuncPath: a.cfg.RuncPath, Log: a.log.With("component", "runc"),
-	})
-	if err != nil {
-		return fmt.Errorf("agent: runtime: %w", err)
+	if err := a.startDrivers(); err != nil {
+		return err
 	}
-	a.driver = drv
 	a.images = image.New(filepath.Join(a.cfg.StateDir, "images"), a.log.With("component", "image"))
+	// Certificates are issued by the control plane; the edge serves them
+	// from memory, and answers ACME challenges, through this Source.
+	certSrc := certs.NewSource(certs.SourceConfig{Store: a.st, HostID: a.host.ID, Log: a.log})
 	e, err := edge.New(edge.Config{
 		Region: a.cfg.Region, HostID: a.host.ID, Addr: a.cfg.EdgeAddr, Domain: a.cfg.EdgeDomain,
-		Store: a.st, Nearness: edge.GeoNearness(a.cfg.World, a.cfg.Region), Log: a.log,
+		Store: a.st, Nearness: edge.GeoNearness(a.cfg.World, a.cfg.Region), Log: a.log, AccessLog: a.cfg.AccessLog,
+		Certs: certSrc,
 	})
 	if err != nil {
 		return fmt.Errorf("agent: edge: %w", err)
 	}
 	a.edge = e
+	metricsLn, err := a.listenMetrics()
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -205,6 +220,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(3)
 	go func() { defer wg.Done(); a.heartbeat(ctx) }()
 	go func() { defer wg.Done(); errc <- e.Run(ctx) }()
+	wg.Go(func() { _ = certSrc.Run(ctx) })
+	if metricsLn != nil {
+		wg.Go(func() { a.serveMetrics(ctx, metricsLn, e) })
+	}
 	go func() { defer wg.Done(); errc <- a.watchMachines(ctx) }()
 	var runErr error
 	select {

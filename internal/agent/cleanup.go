@@ -10,24 +10,29 @@ import (
 	"path/filepath"
 
 	"github.com/perchhq/perch/internal/hostnet"
-	"github.com/perchhq/perch/internal/runtime/runc"
+	"github.com/perchhq/perch/internal/runtime/microvm"
 )
 
 // Cleanup destroys every machine an agent with state dir stateDir left
-// running, with their network namespaces and veths, and the host bridge.
+// running, sandboxes and microVMs, with their network namespaces, veths
+// and taps, and the host bridge.
 // `perch dev down` uses it after stopping the agents; nothing the agent made
 // in the kernel is left behind.
 func Cleanup(ctx context.Context, stateDir string, shim []string, log *slog.Logger) error {
 	var errs []error
-	drv, err := runc.New(runc.Config{StateDir: filepath.Join(stateDir, "runc"), ShimCommand: shim, Log: log})
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	drivers, err := newDrivers(stateDir, shim, "", microvm.Config{}, log)
 	if err != nil {
 		return fmt.Errorf("cleanup %s: %w", stateDir, err)
 	}
-	ids, err := drv.List(ctx)
+	a := &Agent{drivers: drivers}
+	ids, err := a.listEverywhere(ctx)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	for _, id := range ids {
+	for id, drv := range ids {
 		if err := drv.Destroy(ctx, id); err != nil {
 			errs = append(errs, fmt.Errorf("destroy machine %s: %w", id, err))
 		}

@@ -13,6 +13,7 @@ type localRecord struct {
 	ConfigGeneration int64            `json:"config_generation"`
 	ImageRef         string           `json:"image_ref"`
 	InstanceID       string           `json:"instance_id"`
+	Runtime          string           `json:"runtime,omitempty"` // the driver it was created in; "" is runc
 	Offsets          map[string]int64 `json:"offsets,omitempty"`
 }
 

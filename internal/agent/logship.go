@@ -37,7 +37,7 @@ type shipper struct {
 
 func (a *Agent) startShipper(spec store.MachineSpec) *shipper {
 	s := &shipper{
-		a: a, spec: spec, files: a.driver.Logs(spec.ID),
+		a: a, spec: spec, files: a.logFiles(spec.ID),
 		offPath: filepath.Join(a.cfg.StateDir, "machines", spec.ID+".offsets"),
 		offsets: map[string]int64{}, partial: map[string][]byte{},
 		stopc: make(chan struct{}), done: make(chan struct{}),

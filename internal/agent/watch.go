@@ -83,7 +83,7 @@ func (a *Agent) watchOnce(ctx context.Context) error {
 // sweepOrphans destroys runtime machines that have no spec on this host:
 // destroyed while the host was down, or left by a crash mid-destroy.
 func (a *Agent) sweepOrphans(ctx context.Context) {
-	ids, err := a.driver.List(ctx)
+	ids, err := a.listEverywhere(ctx)
 	if err != nil {
 		a.log.Warn("list runtime machines", "err", err)
 		return
@@ -94,12 +94,12 @@ func (a *Agent) sweepOrphans(ctx context.Context) {
 		known[w.id] = true
 	}
 	a.mu.Unlock()
-	for _, id := range ids {
+	for id, drv := range ids {
 		if known[id] {
 			continue
 		}
-		a.log.Info("destroying orphaned machine", "machine", id)
-		if err := a.driver.Destroy(ctx, id); err != nil {
+		a.log.Info("destroying orphaned machine", "machine", id, "runtime", drv.Name())
+		if err := drv.Destroy(ctx, id); err != nil {
 			a.log.Warn("destroy orphan", "machine", id, "err", err)
 		}
 		_ = hostnet.Detach(id)

@@ -56,6 +56,7 @@ type worker struct {
 	retryAt   time.Time
 	finished  bool
 	lastStart time.Time
+	checks    *checkRunner
 }
 
 type waitResult struct {
@@ -69,6 +70,7 @@ func (a *Agent) newWorker(ctx context.Context, spec store.MachineSpec) *worker {
 		a: a, id: spec.ID, key: spec.Key(), spec: spec,
 		log:    a.log.With("app", spec.App, "machine", spec.ID),
 		notify: make(chan struct{}, 1), exits: make(chan waitResult, 1), done: make(chan struct{}),
+		checks: newCheckRunner(),
 	}
 	go w.run(ctx)
 	return w
@@ -107,6 +109,7 @@ func (w *worker) current() (store.MachineSpec, bool) {
 
 func (w *worker) run(ctx context.Context) {
 	defer close(w.done)
+	defer w.stopChecks()
 	spec, _ := w.current()
 	if st, _, err := store.Get[store.MachineStatus](ctx, w.a.st.Status, w.key); err == nil {
 		w.status = st
@@ -146,6 +149,8 @@ func (w *worker) run(ctx context.Context) {
 				w.onExit(ctx, r.state)
 			}
 		case <-timer.C:
+		case <-w.checks.notify:
+			w.onChecks(ctx)
 		}
 	}
 }
@@ -176,13 +181,13 @@ func (w *worker) ensureStarted(ctx context.Context, spec store.MachineSpec) time
 	if w.status.Generation != spec.Generation {
 		w.failures, w.pending = 0, false // a new start request starts counting afresh
 	}
-	st, err := w.a.driver.State(ctx, w.id)
+	st, err := w.driver().State(ctx, w.id)
 	if w.local.ConfigGeneration != spec.ConfigGeneration || errors.Is(err, perchrt.ErrNotFound) {
 		if err := w.create(ctx, spec); err != nil {
 			w.fail(ctx, spec, nil, err.Error())
 			return 0
 		}
-		st, err = w.a.driver.State(ctx, w.id)
+		st, err = w.driver().State(ctx, w.id)
 	}
 	if err != nil {
 		w.log.Warn("runtime state", "err", err)
@@ -208,11 +213,15 @@ func (w *worker) ensureStarted(ctx context.Context, spec store.MachineSpec) time
 	w.pending = false
 	w.setState(ctx, spec, api.StateStarting, "start", "")
 	w.lastStart = time.Now()
-	if err := w.a.driver.Start(ctx, w.id); err != nil {
+	// A waiter on the last run may still hold that run's exit, already
+	// handled by a stop or a restart; it must not end this run.
+	w.waiting = false
+	w.waitSeq++
+	if err := w.driver().Start(ctx, w.id); err != nil {
 		w.fail(ctx, spec, nil, "start: "+err.Error())
 		return 0
 	}
-	st, err = w.a.driver.State(ctx, w.id)
+	st, err = w.driver().State(ctx, w.id)
 	if err != nil {
 		return time.Second
 	}
@@ -242,12 +251,13 @@ func (w *worker) started(ctx context.Context, spec store.MachineSpec, st perchrt
 			s.LastLogs = nil
 		})
 	}
+	w.startChecks(ctx, spec, st)
 	if !w.waiting {
 		w.waiting = true
 		w.waitSeq++
 		seq := w.waitSeq
 		go func() {
-			s, err := w.a.driver.Wait(ctx, w.id)
+			s, err := w.driver().Wait(ctx, w.id)
 			select {
 			case w.exits <- waitResult{seq, s, err}:
 			case <-ctx.Done():
@@ -323,12 +333,14 @@ func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
 	if err != nil {
 		return err
 	}
-	if err := w.a.driver.Destroy(ctx, w.id); err != nil {
+	if err := w.a.destroyEverywhere(ctx, w.id); err != nil {
 		return fmt.Errorf("remove previous instance: %w", err)
 	}
-	if err := w.a.driver.Create(ctx, rs); err != nil {
+	drv := w.a.driverNamed(spec.Config.Guest.Runtime)
+	if err := drv.Create(ctx, rs); err != nil {
 		return fmt.Errorf("create machine: %w", err)
 	}
+	w.local.Runtime = drv.Name()
 	w.waiting = false
 	w.waitSeq++ // results of waiters on the old instance are stale now
 	w.local.ConfigGeneration = spec.ConfigGeneration
@@ -342,14 +354,14 @@ func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
 
 func (w *worker) stop(ctx context.Context, spec store.MachineSpec) {
 	w.pending = false
-	st, err := w.a.driver.State(ctx, w.id)
+	st, err := w.driver().State(ctx, w.id)
 	if err == nil && st.Status == perchrt.StatusRunning {
 		w.setState(ctx, spec, api.StateStopping, "stop", "")
 		timeout := spec.StopTimeout
 		if timeout == 0 {
 			timeout = defaultStopWait
 		}
-		if err := w.a.driver.Stop(ctx, w.id, parseSignal(spec.StopSignal), timeout); err != nil {
+		if err := w.driver().Stop(ctx, w.id, parseSignal(spec.StopSignal), timeout); err != nil {
 			w.log.Warn("stop", "err", err)
 		}
 	}
@@ -363,7 +375,7 @@ func (w *worker) destroy(ctx context.Context, spec store.MachineSpec, report boo
 		w.setState(ctx, spec, api.StateDestroying, "destroy", "")
 	}
 	w.ship.stop()
-	if err := w.a.driver.Destroy(ctx, w.id); err != nil {
+	if err := w.a.destroyEverywhere(ctx, w.id); err != nil {
 		w.log.Warn("destroy", "err", err)
 		if report {
 			w.setState(ctx, spec, api.StateDestroying, "destroy", "destroy failed, retrying: "+err.Error())
@@ -389,6 +401,10 @@ func (w *worker) setState(ctx context.Context, spec store.MachineSpec, state, ev
 	s.State, s.Generation = state, spec.Generation
 	s.InstanceID, s.ImageRef = w.local.InstanceID, w.local.ImageRef
 	s.UpdatedAt = time.Now().UTC()
+	if state != api.StateStarted {
+		w.stopChecks() // checks are about a running process
+		s.Checks = nil
+	}
 	s.Events = append([]api.Event(nil), s.Events...)
 	s.AddEvent(api.Event{Type: evType, Status: state, Source: "host", Timestamp: s.UpdatedAt, Message: msg})
 	for _, m := range mut {
@@ -403,6 +419,9 @@ func (w *worker) setState(ctx context.Context, spec store.MachineSpec, state, ev
 	}
 	w.log.Debug("state", "state", state, "generation", spec.Generation, "msg", msg)
 }
+
+// driver is the runtime the machine's current instance was created in.
+func (w *worker) driver() perchrt.Driver { return w.a.driverNamed(w.local.Runtime) }
 
 func newInstanceID() string {
 	b := make([]byte, 8)

@@ -15,7 +15,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show the app's machines by region, with state and age",
+		Short: "Show the app's machines by region, with state, health checks and age",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			app, err := g.appName()
@@ -64,22 +64,25 @@ func renderStatus(w io.Writer, app string, ms []api.Machine, now time.Time) {
 }
 
 // renderMachines prints machines as a table sorted by region then age,
-// with a failed machine's exit code and last log lines under its row.
+// with a failed machine's exit code and last log lines, and the checks that
+// do not pass, under its row.
 func renderMachines(w io.Writer, ms []api.Machine, now time.Time) {
 	ms = slices.Clone(ms)
 	slices.SortStableFunc(ms, func(a, b api.Machine) int {
 		return cmp.Or(cmp.Compare(a.Region, b.Region), a.CreatedAt.Compare(b.CreatedAt), cmp.Compare(a.ID, b.ID))
 	})
-	t := &table{header: []string{"ID", "STATE", "REGION", "IMAGE", "RELEASE", "AGE"}}
+	t := &table{header: []string{"ID", "STATE", "CHECKS", "REGION", "RUNTIME", "IMAGE", "RELEASE", "AGE"}}
 	for _, m := range ms {
 		t.add([]string{
 			m.ID,
 			machineState(m),
+			checksSummary(m.Checks),
 			m.Region,
+			cmp.Or(m.Config.Guest.Runtime, "runc"),
 			m.Config.Image,
 			cmp.Or(m.Config.Metadata[metaRelease], "-"),
 			formatAge(now.Sub(m.CreatedAt)),
-		}, failureNotes(m)...)
+		}, append(failureNotes(m), checkNotes(m)...)...)
 	}
 	t.write(w)
 }

@@ -20,9 +20,17 @@ func TestRenderStatus(t *testing.T) {
 	ms[0].HostStatus = api.HostUnreachable
 	ms[2].ExitCode = &exit
 	ms[2].LastLogs = []string{"listening on :8080", "panic: no database"}
+	ms[1].Checks = []api.CheckStatus{
+		{Name: "servicecheck-00-tcp-8080", Status: api.CheckPassing, Output: "connected to 172.19.0.2:8080"},
+		{Name: "servicecheck-01-http-8080", Status: api.CheckCritical, Output: "GET /health: 503 Service Unavailable: db down"},
+	}
+	ms[3].Checks = []api.CheckStatus{{Name: "servicecheck-00-http-8080", Status: api.CheckWarning, Output: "GET /health: connection refused"}}
+	ms[0].Checks = []api.CheckStatus{{Name: "servicecheck-00-http-8080", Status: api.CheckPassing, Output: "GET /health: 200 OK"}}
 	for i := range ms {
 		ms[i].Config.Image = "127.0.0.1:4280/hello:1"
 	}
+	ms[1].Config.Guest.Runtime = "microvm"
+	ms[2].Config.Guest.Runtime = "runc"
 	now := t0.Add(time.Hour)
 
 	var b strings.Builder
@@ -31,14 +39,16 @@ func TestRenderStatus(t *testing.T) {
 	wantLines := []string{
 		"App: hello",
 		"",
-		"ID              STATE                       REGION  IMAGE                   RELEASE  AGE",
-		"1f2e3d4c5b6a70  failed                      ams     127.0.0.1:4280/hello:1  v2       2m",
+		"ID              STATE                       CHECKS                 REGION  RUNTIME  IMAGE                   RELEASE  AGE",
+		"1f2e3d4c5b6a70  failed                      -                      ams     runc     127.0.0.1:4280/hello:1  v2       2m",
 		"    exit code 3, last log lines:",
 		"    | listening on :8080",
 		"    | panic: no database",
-		"0aa1b2c3d4e5f6  started                     iad     127.0.0.1:4280/hello:1  -        50m",
-		"9a1b2c3d4e5f60  started                     iad     127.0.0.1:4280/hello:1  v2       10m",
-		"e2860f1c3d8e01  started (host unreachable)  sin     127.0.0.1:4280/hello:1  v2       1h",
+		"0aa1b2c3d4e5f6  started                     1 warning              iad     runc     127.0.0.1:4280/hello:1  -        50m",
+		"    check servicecheck-00-http-8080 is warning (grace period after start): GET /health: connection refused",
+		"9a1b2c3d4e5f60  started                     1 passing, 1 critical  iad     microvm  127.0.0.1:4280/hello:1  v2       10m",
+		"    check servicecheck-01-http-8080 is critical: GET /health: 503 Service Unavailable: db down",
+		"e2860f1c3d8e01  started (host unreachable)  1 passing              sin     runc     127.0.0.1:4280/hello:1  v2       1h",
 	}
 	if diff := cmp.Diff(wantLines, strings.Split(strings.TrimSuffix(got, "\n"), "\n")); diff != "" {
 		t.Errorf("status output (-want +got):\n%s", diff)

@@ -3,7 +3,7 @@
 // works unchanged, keys Perch does not know are warned about, not fatal, and
 // invalid values fail with the file, the line and what to write instead.
 // Perch adds one key, regions. The CLI imports this package; it imports only
-// api.
+// api, and health for the rules of health checks.
 package config
 
 import (
@@ -53,6 +53,11 @@ type HTTPService struct {
 	MinMachinesRunning int
 	Processes          []string
 	Concurrency        *api.Concurrency
+	// Checks are [[http_service.checks]], all of type "http".
+	Checks []api.Check
+	// TLSOptions apply to port 443, HTTPOptions to both ports.
+	TLSOptions  *api.TLSOptions
+	HTTPOptions *api.HTTPOptions
 }
 
 // Service is one [[services]] section: public ports forwarded to an
@@ -66,6 +71,8 @@ type Service struct {
 	AutoStopMachines   string
 	AutoStartMachines  *bool
 	MinMachinesRunning int
+	// Checks are [[services.tcp_checks]] then [[services.http_checks]].
+	Checks []api.Check
 }
 
 // VM is one [[vm]] section. Fields hold what the file set (zero when unset);

@@ -90,6 +90,7 @@ func TestParseFlyFiles(t *testing.T) {
 						{Port: 80, Handlers: []string{"http"}, ForceHTTPS: true},
 						{Port: 443, Handlers: []string{"tls", "http"}},
 					},
+					Checks: []api.Check{{Type: "tcp", Interval: "15s", Timeout: "2s", GracePeriod: "1s"}},
 				}},
 			},
 		},
@@ -108,6 +109,7 @@ func TestParseFlyFiles(t *testing.T) {
 					AutoStopMachines: "stop", AutoStartMachines: ptr(true), MinMachinesRunning: 1,
 					Processes:   []string{"app"},
 					Concurrency: &api.Concurrency{Type: "requests", SoftLimit: 200, HardLimit: 250},
+					Checks:      []api.Check{{Type: "http", Interval: "30s", Timeout: "5s", GracePeriod: "10s", Method: "GET", Path: "/healthz"}},
 				},
 				Services: []Service{{
 					Protocol: "tcp", InternalPort: 4001, Processes: []string{"app"},

@@ -107,7 +107,7 @@ func TestParseErrors(t *testing.T) {
 				"      'https',",
 				"    ]",
 			),
-			want: `perch.toml line 8: handler "https" is not one of "tls", "http", "proxy_proto" or "pg_tls"`,
+			want: `perch.toml line 8: handler "https" is not one of "tls", "http" or "proxy_proto" (or no handlers at all for raw TCP)`,
 		},
 		{
 			name: "bad protocol",

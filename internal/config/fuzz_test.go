@@ -31,6 +31,7 @@ func FuzzParse(f *testing.F) {
 		"[http_service]\ninternal_port = 0\n",
 		"[[vm]]\nmemory = 'lots'\n",
 		"services = [{protocol = 'tcp', internal_port = 1, ports = [{port = 80, handlers = ['tls']}]}]\n",
+		"services = [{protocol = 'tcp', internal_port = 1, ports = [{port = 443, handlers = ['tls', 'http'], tls_options = {alpn = ['h2'], versions = ['TLSv1.3']}, http_options = {h2_backend = true}}, {port = 5, handlers = ['proxy_proto'], proxy_proto_options = {version = 'v2'}}]}]\n",
 		"a.b.c = 1\n[x.y]\n[[x.z]]\n",
 		"regions = [['iad']]\nenv = {A = 1.5}\n",
 		"app = 'a\n",

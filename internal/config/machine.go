@@ -54,10 +54,11 @@ func (c *Config) MachineConfig(image string) api.MachineConfig {
 			Protocol:     "tcp",
 			InternalPort: h.InternalPort,
 			Ports: []api.Port{
-				{Port: 80, Handlers: []string{"http"}, ForceHTTPS: h.ForceHTTPS},
-				{Port: 443, Handlers: []string{"tls", "http"}},
+				{Port: 80, Handlers: []string{"http"}, ForceHTTPS: h.ForceHTTPS, HTTPOptions: cloneHTTPOptions(h.HTTPOptions)},
+				{Port: 443, Handlers: []string{"tls", "http"}, TLSOptions: cloneTLSOptions(h.TLSOptions), HTTPOptions: cloneHTTPOptions(h.HTTPOptions)},
 			},
 			Concurrency: cloneConcurrency(h.Concurrency),
+			Checks:      serviceChecks(h.Checks, h.InternalPort),
 		})
 	}
 	for _, s := range c.Services {
@@ -68,9 +69,16 @@ func (c *Config) MachineConfig(image string) api.MachineConfig {
 			Protocol:     s.Protocol,
 			InternalPort: s.InternalPort,
 			Concurrency:  cloneConcurrency(s.Concurrency),
+			Checks:       serviceChecks(s.Checks, s.InternalPort),
 		}
 		for _, p := range s.Ports {
 			p.Handlers = slices.Clone(p.Handlers)
+			p.TLSOptions = cloneTLSOptions(p.TLSOptions)
+			p.HTTPOptions = cloneHTTPOptions(p.HTTPOptions)
+			if p.ProxyProtoOptions != nil {
+				o := *p.ProxyProtoOptions
+				p.ProxyProtoOptions = &o
+			}
 			svc.Ports = append(svc.Ports, p)
 		}
 		mc.Services = append(mc.Services, svc)

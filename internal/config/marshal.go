@@ -108,6 +108,9 @@ type fileHTTPService struct {
 	MinMachinesRunning int              `toml:"min_machines_running,omitempty"`
 	Processes          []string         `toml:"processes,omitempty"`
 	Concurrency        *fileConcurrency `toml:"concurrency,omitempty"`
+	Checks             []fileCheck      `toml:"checks,omitempty"`
+	TLSOptions         *fileTLSOptions  `toml:"tls_options,omitempty"`
+	HTTPOptions        *fileHTTPOptions `toml:"http_options,omitempty"`
 }
 
 type fileService struct {
@@ -119,12 +122,30 @@ type fileService struct {
 	Processes          []string         `toml:"processes,omitempty"`
 	Ports              []filePort       `toml:"ports,omitempty"`
 	Concurrency        *fileConcurrency `toml:"concurrency,omitempty"`
+	TCPChecks          []fileCheck      `toml:"tcp_checks,omitempty"`
+	HTTPChecks         []fileCheck      `toml:"http_checks,omitempty"`
 }
 
 type filePort struct {
-	Port       int      `toml:"port"`
-	Handlers   []string `toml:"handlers,omitempty"`
-	ForceHTTPS bool     `toml:"force_https,omitempty"`
+	Port              int                    `toml:"port"`
+	Handlers          []string               `toml:"handlers,omitempty"`
+	ForceHTTPS        bool                   `toml:"force_https,omitempty"`
+	TLSOptions        *fileTLSOptions        `toml:"tls_options,omitempty"`
+	HTTPOptions       *fileHTTPOptions       `toml:"http_options,omitempty"`
+	ProxyProtoOptions *fileProxyProtoOptions `toml:"proxy_proto_options,omitempty"`
+}
+
+type fileTLSOptions struct {
+	ALPN     []string `toml:"alpn,omitempty"`
+	Versions []string `toml:"versions,omitempty"`
+}
+
+type fileHTTPOptions struct {
+	H2Backend bool `toml:"h2_backend,omitempty"`
+}
+
+type fileProxyProtoOptions struct {
+	Version string `toml:"version,omitempty"`
 }
 
 type fileConcurrency struct {
@@ -179,6 +200,9 @@ func (c *Config) file() fileConfig {
 			MinMachinesRunning: h.MinMachinesRunning,
 			Processes:          h.Processes,
 			Concurrency:        fileConc(h.Concurrency),
+			Checks:             fileChecks(h.Checks, "http"),
+			TLSOptions:         fileTLS(h.TLSOptions),
+			HTTPOptions:        fileHTTP(h.HTTPOptions),
 		}
 	}
 	for _, s := range c.Services {
@@ -190,9 +214,16 @@ func (c *Config) file() fileConfig {
 			MinMachinesRunning: s.MinMachinesRunning,
 			Processes:          s.Processes,
 			Concurrency:        fileConc(s.Concurrency),
+			TCPChecks:          fileChecks(s.Checks, "tcp"),
+			HTTPChecks:         fileChecks(s.Checks, "http"),
 		}
 		for _, p := range s.Ports {
-			fs.Ports = append(fs.Ports, filePort{Port: p.Port, Handlers: p.Handlers, ForceHTTPS: p.ForceHTTPS})
+			fp := filePort{Port: p.Port, Handlers: p.Handlers, ForceHTTPS: p.ForceHTTPS,
+				TLSOptions: fileTLS(p.TLSOptions), HTTPOptions: fileHTTP(p.HTTPOptions)}
+			if o := p.ProxyProtoOptions; o != nil {
+				fp.ProxyProtoOptions = &fileProxyProtoOptions{Version: o.Version}
+			}
+			fs.Ports = append(fs.Ports, fp)
 		}
 		f.Services = append(f.Services, fs)
 	}

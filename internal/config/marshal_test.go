@@ -80,10 +80,18 @@ func TestRoundTrip(t *testing.T) {
 		HTTPService: &HTTPService{
 			InternalPort: 80, AutoStopMachines: "suspend", AutoStartMachines: ptr(false),
 			MinMachinesRunning: 2, Concurrency: &api.Concurrency{HardLimit: 10},
+			TLSOptions:  &api.TLSOptions{ALPN: []string{"http/1.1"}, Versions: []string{"TLSv1.3"}},
+			HTTPOptions: &api.HTTPOptions{H2Backend: true},
 		},
 		Services: []Service{{
 			Protocol: "udp", InternalPort: 53, AutoStopMachines: "off",
-			Ports: []api.Port{{Port: 53}, {Port: 5353, Handlers: []string{"proxy_proto"}, ForceHTTPS: true}},
+			Ports: []api.Port{
+				{Port: 53},
+				{Port: 5353, Handlers: []string{"proxy_proto"}, ProxyProtoOptions: &api.ProxyProtoOptions{Version: "v2"}},
+				{Port: 8443, Handlers: []string{"tls", "http"}, TLSOptions: &api.TLSOptions{Versions: []string{"TLSv1.2"}},
+					HTTPOptions: &api.HTTPOptions{H2Backend: true}},
+				{Port: 8080, Handlers: []string{"http"}, ForceHTTPS: true},
+			},
 		}},
 		VMs:      []VM{{Size: "performance-1x", MemoryMB: 3000, Processes: []string{"app"}}, {CPUKind: "shared"}},
 		Deploy:   Deploy{Strategy: "canary"},

@@ -17,7 +17,14 @@ func (d *decoder) httpService(s *section) *HTTPService {
 	if cs := s.sub("concurrency"); cs != nil {
 		h.Concurrency = d.concurrency(cs)
 	}
-	s.accept("checks", "machine_checks", "tls_options", "http_options")
+	h.Checks = d.checks(s, "checks", "http")
+	if sub := s.sub("tls_options"); sub != nil {
+		h.TLSOptions = d.tlsOptions(sub) // ports.go
+	}
+	if sub := s.sub("http_options"); sub != nil {
+		h.HTTPOptions = d.httpOptions(sub)
+	}
+	s.accept("machine_checks")
 	s.done()
 	d.claimPort("tcp", 80, s.p)
 	d.claimPort("tcp", 443, s.p)
@@ -96,13 +103,11 @@ func (d *decoder) service(s *section) Service {
 		sv.Concurrency = d.concurrency(cs)
 	}
 	sv.AutoStopMachines, sv.AutoStartMachines, sv.MinMachinesRunning = d.autoStartStop(s)
-	s.accept("tcp_checks", "http_checks", "script_checks", "machine_checks")
+	sv.Checks = append(d.checks(s, "tcp_checks", "tcp"), d.checks(s, "http_checks", "http")...)
+	s.accept("script_checks", "machine_checks")
 	s.done()
 	return sv
 }
-
-// handlers are the edge's connection handlers a port may list.
-var handlers = []string{"tls", "http", "proxy_proto", "pg_tls"}
 
 func (d *decoder) port(s *section) (api.Port, bool) {
 	var port api.Port
@@ -117,18 +122,12 @@ func (d *decoder) port(s *section) (api.Port, bool) {
 		s.get("port")
 		d.errorf(s.p, "[[services.ports]] needs a port, e.g. port = 443")
 	}
-	list, p, _ := s.strs("handlers", `["tls", "http"]`)
-	for i, h := range list {
-		if !slices.Contains(handlers, h) {
-			d.errorf(p.index(i), "handler %q is not one of %s", h, quoteList(handlers))
-			ok = false
-		}
-	}
+	list, handlersOK := d.portHandlers(s) // ports.go
 	port.Handlers = list
 	port.ForceHTTPS, _, _ = s.boolean("force_https")
-	s.accept("tls_options", "http_options", "proxy_proto_options")
+	d.portOptions(s, &port)
 	s.done()
-	return port, ok
+	return port, ok && handlersOK
 }
 
 // claimPort fails when a public port is already used by another service.

@@ -4,12 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 )
+
+// MetricsPort is where each region's agent serves Prometheus metrics, on
+// the region's edge address.
+const MetricsPort = 9091
 
 // agentProc is one region's agent, run as a child process.
 type agentProc struct {
@@ -54,7 +60,8 @@ func (w *World) StartAgent(ctx context.Context, region string) error {
 	defer lf.Close()
 	cmd := exec.Command(w.opts.PerchBin, "agent",
 		"--region", region, "--server", info.APIURL, "--token", info.Token,
-		"--state-dir", ri.StateDir, "--edge-addr", ri.EdgeAddr)
+		"--state-dir", ri.StateDir, "--edge-addr", ri.EdgeAddr,
+		"--metrics-addr", net.JoinHostPort(ri.EdgeAddr, strconv.Itoa(MetricsPort)))
 	cmd.Stdout, cmd.Stderr = lf, lf
 	// Own process group: a Ctrl-C in the terminal reaches `perch dev up`,
 	// which then stops agents in order.

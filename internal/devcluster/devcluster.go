@@ -23,6 +23,7 @@ import (
 
 	"github.com/perchhq/perch/internal/agent"
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/certs"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/server"
 )
@@ -49,8 +50,11 @@ type Options struct {
 	MachineNet netip.Prefix
 	// HostTimeout is how long a silent host stays up (server default if 0).
 	HostTimeout time.Duration
-	World       *geo.World
-	Log         *slog.Logger
+	// Certs configures certificates. The dev CA is always on in a dev
+	// world; set Certs.ACME to issue custom hostnames' certificates too.
+	Certs certs.Config
+	World *geo.World
+	Log   *slog.Logger
 }
 
 // RegionInfo describes one region's host in world.json.
@@ -70,6 +74,9 @@ type Info struct {
 	Regions  []RegionInfo `json:"regions"`
 	PID      int          `json:"pid"`
 	Dir      string       `json:"dir"`
+	// CACert is the file holding the dev CA's certificate (PEM): trust it
+	// to reach https://<app>.perch.local.
+	CACert string `json:"ca_cert,omitempty"`
 }
 
 // World is a running dev world.
@@ -150,13 +157,19 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 		Listen: opts.APIListen, DataDir: filepath.Join(dir, "server"),
 		NATSURL: opts.NATSURL, NATSToken: opts.NATSToken, NATSListen: natsListen,
 		MachineNet: opts.MachineNet, HostTimeout: opts.HostTimeout, World: opts.World, Log: opts.Log.With("component", "server"),
+		Certs: opts.Certs,
 	}
+	w.srvCfg.Certs.DevCA = true
 	if err := w.startServer(ctx); err != nil {
 		return nil, err
 	}
 	// Keep the same API port across server restarts.
 	w.srvCfg.Listen = w.srv.Addr().String()
 	w.info = Info{APIURL: w.srv.URL(), Token: w.srv.AdminToken(), Registry: strings.TrimPrefix(w.srv.URL(), "http://"), PID: os.Getpid(), Dir: dir}
+	if w.info.CACert, err = writeCACert(dir, w.srv.DevCACert()); err != nil {
+		w.stopServer()
+		return nil, err
+	}
 	addr := opts.EdgeBase
 	for _, r := range opts.Regions {
 		w.info.Regions = append(w.info.Regions, RegionInfo{Code: r, EdgeAddr: addr.String(), StateDir: filepath.Join(dir, "hosts", r)})
@@ -307,6 +320,16 @@ func (w *World) Close() error {
 	w.stopServer()
 	_ = os.Remove(InfoPath(w.opts.Dir))
 	return errors.Join(errs...)
+}
+
+// writeCACert writes the dev CA's certificate to dir/ca.pem for clients
+// to trust, and returns the path.
+func writeCACert(dir string, pem []byte) (string, error) {
+	path := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(path, pem, 0o644); err != nil {
+		return "", fmt.Errorf("write the dev CA certificate: %w", err)
+	}
+	return path, nil
 }
 
 func freeAddr() (string, error) {

@@ -40,6 +40,13 @@ func TestDevUpAndDown(t *testing.T) {
 				info, err = devcluster.ReadInfo(dir)
 				return err == nil, out.String()
 			})
+			// The dev CA's certificate is in the dir, and dev up says where.
+			if _, err := os.Stat(info.CACert); err != nil || !strings.HasPrefix(info.CACert, dir) {
+				t.Errorf("world.json's ca_cert %q is not a file in the dev dir: %v", info.CACert, err)
+			}
+			eventually(t, 10*time.Second, "perch dev up prints the dev CA", func() (bool, string) {
+				return strings.Contains(out.String(), "dev CA         "+info.CACert), out.String()
+			})
 			c := api.NewClient(info.APIURL, info.Token)
 			ctx := context.Background()
 			if _, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: "app"}); err != nil {

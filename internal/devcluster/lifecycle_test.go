@@ -2,9 +2,11 @@ package devcluster_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -49,10 +51,15 @@ func TestMachineLifecycle(t *testing.T) {
 	}
 	exit := func(m api.Machine) {
 		t.Helper()
-		resp, err := httpClient.Get("http://" + m.PrivateIP + ":8080/exit")
-		if err == nil {
-			resp.Body.Close()
-		}
+		// "started" means the process runs, not that it listens yet: retry
+		// while the connection is refused. The app exits mid-answer.
+		eventually(t, 20*time.Second, fmt.Sprintf("machine %s takes /exit", m.ID), func() (bool, string) {
+			resp, err := httpClient.Get("http://" + m.PrivateIP + ":8080/exit")
+			if err == nil {
+				resp.Body.Close()
+			}
+			return err == nil || !errors.Is(err, syscall.ECONNREFUSED), fmt.Sprint(err)
+		})
 	}
 	answers := func(m api.Machine, path, want string) {
 		t.Helper()

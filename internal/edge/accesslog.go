@@ -33,21 +33,32 @@ func (w *logWriter) Write(p []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush and Hijack.
 func (w *logWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// accessLog writes one line per request.
-func (e *Edge) accessLog(w *logWriter, r *http.Request, st *reqState, start time.Time) {
-	var machine, region string
-	if st.backend != nil {
-		machine, region = st.backend.Target.MachineID, st.backend.Target.Region
+// finish ends a request: gives back its slot and its place in the app's
+// count, records its metrics and writes its access log line.
+func (e *Edge) finish(w *logWriter, r *http.Request, st *reqState, start time.Time) {
+	st.releaseSlot()
+	if st.appLoad != nil {
+		st.appLoad.active.Add(-1)
 	}
+	d := time.Since(start)
 	status := w.status
 	if status == 0 {
 		status = http.StatusOK // a handler that wrote nothing
 	}
-	e.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
+	app, machine, region := st.app, "", ""
+	if b := st.backend; b != nil {
+		app, machine, region = b.Target.App, b.Target.MachineID, b.Target.Region
+	}
+	in := st.body.bytesRead()
+	e.metrics.observe(app, region, machine, status, in, w.bytes, d)
+
+	attrs := make([]slog.Attr, 0, 20)
+	attrs = append(attrs,
 		slog.String("request_id", st.id),
 		slog.String("method", r.Method),
 		slog.String("host", r.Host),
 		slog.String("path", r.URL.Path),
+		slog.String("proto", r.Proto),
 		slog.String("client", clientIP(r.RemoteAddr)),
 		slog.String("port", st.port),
 		slog.String("app", st.app),
@@ -55,7 +66,15 @@ func (e *Edge) accessLog(w *logWriter, r *http.Request, st *reqState, start time
 		slog.String("machine_region", region),
 		slog.Int("attempts", st.attempts),
 		slog.Int("status", status),
-		slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
+		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+		slog.Int64("bytes_in", in),
 		slog.Int64("bytes", w.bytes),
 	)
+	if st.queued > 0 {
+		attrs = append(attrs, slog.Float64("queued_ms", float64(st.queued.Microseconds())/1000))
+	}
+	if st.replay != "" {
+		attrs = append(attrs, slog.String("replay", st.replay))
+	}
+	e.accessLog.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 }

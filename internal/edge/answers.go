@@ -1,8 +1,11 @@
 package edge
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 )
 
@@ -35,4 +38,30 @@ func noMachine(w http.ResponseWriter, app string) {
 func unreachable(w http.ResponseWriter, st *reqState) {
 	http.Error(w, fmt.Sprintf("perch: app %q has started machines but none could be reached (tried %d). The edge's log has details under request id %s.",
 		st.app, st.attempts, st.id), http.StatusBadGateway)
+}
+
+// answerError answers the errors of choosing and replaying that are not
+// "could not reach a machine"; it says whether it did.
+func (e *Edge) answerError(w http.ResponseWriter, st *reqState, err error) bool {
+	var re *replayError
+	switch {
+	case errors.Is(err, errBusy):
+		e.metrics.rejected.WithLabelValues("busy").Inc()
+		w.Header().Set("Retry-After", e.retryAfter())
+		http.Error(w, fmt.Sprintf("perch: every machine of app %q is at its concurrency hard limit and none freed up in %s; try again shortly. Raise hard_limit in [services.concurrency] or add machines if this persists.",
+			st.app, e.limits.QueueTimeout), http.StatusServiceUnavailable)
+	case errors.As(err, &re):
+		http.Error(w, re.msg, re.status)
+	case errors.Is(err, errNoCandidate):
+		noMachine(w, st.app)
+	default:
+		return false
+	}
+	return true
+}
+
+// retryAfter is the Retry-After of a 503 for busy machines: the queue
+// wait, in whole seconds, at least 1.
+func (e *Edge) retryAfter() string {
+	return strconv.Itoa(max(1, int(math.Ceil(e.limits.QueueTimeout.Seconds()))))
 }

@@ -41,18 +41,19 @@ func benchEdge(b *testing.B) *Edge {
 }
 
 // BenchmarkRoute is the routing decision of one request: load the snapshot,
-// find the app by Host header, pick a machine.
+// find the app by Host header, pick a machine, take and give back a slot.
 func BenchmarkRoute(b *testing.B) {
 	e := benchEdge(b)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			app := e.table.Snapshot().names[normalizeHost("app517.perch.local:80")]
-			c := app.ports[80].choose()
-			if c.at(0).Target.Region != "ams" {
-				b.Error("picked a machine outside ams")
+			m := app.ports[80].pick(nil)
+			if m == nil || !m.load.tryAcquire(m.hard) || m.Target.Region != "ams" {
+				b.Error("picked no machine or one outside ams")
 				return
 			}
+			m.load.release()
 		}
 	})
 }

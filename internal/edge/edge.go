@@ -1,24 +1,24 @@
-// Package edge is the HTTP edge proxy that runs on every host, inside the
-// agent process. It listens on the public ports of every app, finds the app by
-// the Host header and forwards the request to a started machine, preferring
-// this edge's region, else the nearest region.
+// Package edge is the edge proxy that runs on every host, inside the agent
+// process. It listens on the public ports of every app, applies each port's
+// handlers (chain.go: "tls", "http", "proxy_proto", none for raw TCP), finds
+// the app by TLS server name or Host header and forwards the connection or
+// request to a started machine, preferring this edge's region, else the
+// nearest region.
 //
 // The route table lives in memory: watches on the store feed a Table, which
 // publishes an immutable Snapshot through an atomic pointer after each change.
 // The request path reads only that snapshot, never NATS (DESIGN.md
 // invariant 1). Only the agent (and tests, devcluster) import this package.
 //
-// Extension points for later issues: each public port gets a handler chain
-// (chain.go; only "http" today, then "tls", "proxy_proto", raw TCP), machines
-// on other hosts are reached through a Dialer (the WireGuard mesh), and
-// regions are ranked by a Nearness (great-circle distance today, measured
-// round-trip time later).
+// Extension points: certificates come from a CertSource (internal/certs),
+// machines on other hosts are reached through a Dialer (the WireGuard mesh),
+// and regions are ranked by a Nearness (great-circle distance today,
+// measured round-trip time later).
 package edge
 
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -52,17 +52,32 @@ type Config struct {
 	Dialer Dialer
 	// Nearness ranks other regions; great-circle distance from Region if nil.
 	Nearness Nearness
-	// Log receives the access log (Info) and diagnostics; silent if nil.
+	// Log receives diagnostics; silent if nil.
 	Log *slog.Logger
+	// AccessLog receives one Info record per request (use a JSON handler
+	// for a JSON access log); Log if nil.
+	AccessLog *slog.Logger
+	// Limits protect the edge from slow and greedy clients; zero fields
+	// take DefaultLimits.
+	Limits Limits
+	// Certs gives the certificates of ports with the "tls" handler and
+	// answers ACME challenges. Nil: TLS handshakes fail (no certificate),
+	// everything else works.
+	Certs CertSource
 }
 
 // Edge is the proxy of one host.
 type Edge struct {
-	cfg   Config
-	log   *slog.Logger
-	table *table
-	proxy http.Handler
-	lns   *listeners
+	cfg       Config
+	log       *slog.Logger
+	accessLog *slog.Logger
+	limits    Limits
+	metrics   *metrics
+	clients   clientConns
+	table     *table
+	proxy     http.Handler
+	lns       *listeners
+	tls       *tlsConfigs
 
 	readyOnce sync.Once
 	ready     chan struct{}
@@ -83,18 +98,25 @@ func New(cfg Config) (*Edge, error) {
 		cfg.Nearness = GeoNearness(geo.Default(), cfg.Region)
 	}
 	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	log := cfg.Log.With("component", "edge", "region", cfg.Region)
-	e := &Edge{cfg: cfg, log: log, ready: make(chan struct{})}
+	e := &Edge{cfg: cfg, log: log, accessLog: log, limits: cfg.Limits.withDefaults(), ready: make(chan struct{})}
+	if cfg.AccessLog != nil {
+		e.accessLog = cfg.AccessLog.With("component", "edge", "region", cfg.Region)
+	}
+	e.clients.n = map[netip.Addr]int{}
 	e.table = newTable(cfg.Region, cfg.HostID, cfg.Domain, cfg.Nearness, log, e.committed)
+	e.metrics = newMetrics(e.table)
+	e.table.book.forget = e.metrics.forget
 	e.proxy = e.newProxy()
 	e.lns = newListeners(e)
+	e.tls = newTLSConfigs(cfg.Certs)
 	return e, nil
 }
 
 // Run feeds the route table from the store (when Config.Store is set) and
-// keeps a listener open on every public HTTP port of every app. It returns
+// keeps a listener open on every public port of every app. It returns
 // when ctx is done, after closing the listeners.
 func (e *Edge) Run(ctx context.Context) error {
 	var wg sync.WaitGroup

@@ -13,7 +13,15 @@ const (
 	hdrRegion    = "Perch-Region"     // to the machine: the edge's region
 	hdrClientIP  = "Perch-Client-IP"  // to the machine: the client's address
 	hdrRequestID = "Perch-Request-Id" // to the machine and on every response
+	// hdrForwardedPort is the public port the client connected to, to the
+	// machine (like Fly-Forwarded-Port).
+	hdrForwardedPort = "Perch-Forwarded-Port"
+	hdrReplay        = "Perch-Replay"     // from the machine: replay the request elsewhere
+	hdrReplaySrc     = "Perch-Replay-Src" // to the machine a replay reaches: where it came from
 )
+
+// serverName is the Server header of every response through the edge.
+const serverName = "perch"
 
 // rewrite makes the request the machine gets. ReverseProxy has already
 // removed hop-by-hop and inbound X-Forwarded-* headers from pr.Out.
@@ -21,13 +29,15 @@ func (e *Edge) rewrite(pr *httputil.ProxyRequest) {
 	st := pr.In.Context().Value(stateKey{}).(*reqState)
 	out := pr.Out
 	out.URL.Scheme = "http"
-	out.URL.Host = st.choice.at(0).Addr // retryTransport sets each attempt's
+	out.URL.Host = st.host // retryTransport sets each attempt's machine
 	// Keep the client's chain and append to it, as a Director-based proxy would.
 	if prior := pr.In.Header["X-Forwarded-For"]; len(prior) > 0 {
 		out.Header["X-Forwarded-For"] = prior
 	}
 	pr.SetXForwarded() // X-Forwarded-For, -Host, -Proto
 	out.Header.Set("X-Forwarded-Port", st.port)
+	out.Header.Set(hdrForwardedPort, st.port)
+	out.Header.Del(hdrReplaySrc) // only the edge says a request is a replay
 	out.Header.Set(hdrRegion, e.cfg.Region)
 	out.Header.Set(hdrClientIP, clientIP(pr.In.RemoteAddr))
 	out.Header.Set(hdrRequestID, st.id)

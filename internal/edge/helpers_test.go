@@ -67,6 +67,7 @@ func startMachine(t testing.TB, id, region, ip string, handler http.HandlerFunc)
 		handler = func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set(hdrRequestID, "spoofed-by-app")
+			w.Header().Set("Server", "gunicorn")
 			_ = json.NewEncoder(w).Encode(echo{Machine: id, Host: r.Host, Headers: r.Header})
 		}
 	}

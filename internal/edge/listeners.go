@@ -13,11 +13,11 @@ import (
 	"time"
 )
 
-// listeners keeps one listener open per public HTTP port of the current
+// listeners keeps one listener open per public port of the current
 // snapshot, on the edge's address.
 type listeners struct {
 	e  *Edge
-	wg sync.WaitGroup // serving and draining goroutines
+	wg sync.WaitGroup // accept loops, HTTP servers, connections, drains
 
 	mu   sync.Mutex // guards open
 	open map[int]*portServer
@@ -27,9 +27,18 @@ type listeners struct {
 	skipped, failing map[int]bool
 }
 
+// portServer is one public port: its listener, the HTTP server its HTTP
+// connections are handed to, and the connections the edge handles itself
+// (raw TCP, and those whose first bytes it is reading).
 type portServer struct {
-	ln  net.Listener
-	srv *http.Server
+	// ctx ends when the edge stops: connections waiting for a machine
+	// give up then.
+	ctx   context.Context
+	port  int
+	ln    net.Listener
+	srv   *http.Server
+	q     *connQueue
+	conns connSet
 }
 
 func newListeners(e *Edge) *listeners {
@@ -39,6 +48,9 @@ func newListeners(e *Edge) *listeners {
 // bindRetry is how often ports that could not be bound are tried again
 // when the routes do not change meanwhile.
 const bindRetry = 5 * time.Second
+
+// drainTimeout is how long connections of a port that went away may go on.
+const drainTimeout = 10 * time.Second
 
 // run syncs the listeners with every new snapshot until ctx is done, then
 // closes them all.
@@ -76,7 +88,7 @@ func (l *listeners) sync(ctx context.Context, s *Snapshot) (failed bool) {
 		if l.open[p] != nil {
 			continue
 		}
-		ps, err := l.listen(p)
+		ps, err := l.listen(ctx, p)
 		if err != nil {
 			failed = true
 			level := slog.LevelError
@@ -100,55 +112,99 @@ func (l *listeners) sync(ctx context.Context, s *Snapshot) (failed bool) {
 		if !want[p] {
 			delete(l.open, p)
 			l.e.log.Info("closing public port: no app serves it any more", "port", p)
-			l.wg.Go(func() { drain(ctx, ps.srv) })
+			l.wg.Go(func() { ps.drain(ctx) })
 		}
 	}
 	seen := map[int]bool{}
 	for p, h := range s.skipped {
 		seen[p] = true
 		if !l.skipped[p] {
-			l.e.log.Debug("public port not served: its handlers are not supported yet", "port", p, "handlers", h)
+			l.e.log.Warn("public port not served: its handlers are not a chain the edge serves", "port", p, "handlers", h)
 		}
 	}
 	l.skipped = seen
 	return failed
 }
 
-func (l *listeners) listen(port int) (*portServer, error) {
+func (l *listeners) listen(ctx context.Context, port int) (*portServer, error) {
 	addr := netip.AddrPortFrom(l.e.cfg.Addr, uint16(port)).String()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	srv := &http.Server{
-		Handler:           l.e.Handler(port),
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(l.e.log.Handler(), slog.LevelDebug),
-	}
+	ln = l.e.guardListener(ln) // defences.go
+	ps := &portServer{ctx: ctx, port: port, ln: ln, q: newConnQueue(ln.Addr()), srv: l.e.newHTTPServer(port)}
 	l.wg.Go(func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			l.e.log.Error("public port stopped serving", "port", port, "err", err)
+		if err := ps.srv.Serve(ps.q); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			l.e.log.Error("public port stopped serving HTTP", "port", port, "err", err)
 		}
 	})
-	return &portServer{ln: ln, srv: srv}, nil
+	l.wg.Go(func() { l.accept(ps) })
+	return ps, nil
 }
 
-// drain lets the requests in flight on a port that went away finish, unless
-// the edge stops first.
-func drain(ctx context.Context, srv *http.Server) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if srv.Shutdown(ctx) != nil {
-		srv.Close()
+// newHTTPServer is the HTTP server of a public port: HTTP/1.1, HTTP/2 over
+// TLS (ALPN h2) and HTTP/2 with prior knowledge in the clear (h2c), so that
+// gRPC clients work with and without TLS.
+func (e *Edge) newHTTPServer(port int) *http.Server {
+	var h http.Handler = e.Handler(port)
+	if e.cfg.Certs != nil {
+		h = e.cfg.Certs.HTTPChallenge(h)
 	}
+	protos := new(http.Protocols)
+	protos.SetHTTP1(true)
+	protos.SetHTTP2(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{
+		Handler:   h,
+		Protocols: protos,
+		ErrorLog:  slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
+	}
+	e.configureServer(srv) // timeouts and header limits, defences.go
+	return srv
+}
+
+// accept takes the port's connections until its listener closes.
+func (l *listeners) accept(ps *portServer) {
+	var backoff time.Duration
+	for {
+		c, err := ps.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait a little, as
+			// net/http does, instead of spinning.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.e.log.Warn("accept failed; retrying", "port", ps.port, "err", err, "in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		l.e.dispatch(&l.wg, ps, c)
+	}
+}
+
+// drain lets the connections of a port that went away finish, unless the
+// edge stops first or they take longer than drainTimeout.
+func (ps *portServer) drain(ctx context.Context) {
+	ps.ln.Close()
+	ctx, cancel := context.WithTimeout(ctx, drainTimeout)
+	defer cancel()
+	if ps.srv.Shutdown(ctx) != nil {
+		ps.srv.Close()
+	}
+	ps.conns.wait(ctx)
+	ps.conns.closeAll()
 }
 
 func (l *listeners) closeAll() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for p, ps := range l.open {
+		ps.ln.Close()
 		ps.srv.Close()
+		ps.conns.closeAll()
 		delete(l.open, p)
 	}
 }
@@ -157,4 +213,100 @@ func (l *listeners) ports() []int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Sorted(maps.Keys(l.open))
+}
+
+// connQueue is the listener of a port's HTTP server: the edge hands it the
+// connections it has decided are HTTP.
+type connQueue struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnQueue(addr net.Addr) *connQueue {
+	return &connQueue{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// push hands c to the HTTP server, or closes it if the server is gone.
+func (q *connQueue) push(c net.Conn) {
+	select {
+	case q.ch <- c:
+	case <-q.done:
+		c.Close()
+	}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return q.addr }
+
+// connSet tracks the connections the edge handles outside the HTTP server,
+// to close them when the port goes or the edge stops.
+type connSet struct {
+	mu     sync.Mutex
+	m      map[net.Conn]struct{}
+	closed bool
+}
+
+// add tracks c; it says false (and closes c) once the set is closed.
+func (s *connSet) add(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		c.Close()
+		return false
+	}
+	if s.m == nil {
+		s.m = map[net.Conn]struct{}{}
+	}
+	s.m[c] = struct{}{}
+	return true
+}
+
+func (s *connSet) remove(c net.Conn) {
+	s.mu.Lock()
+	delete(s.m, c)
+	s.mu.Unlock()
+}
+
+func (s *connSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}
+
+// wait returns when no connection is left or ctx is done.
+func (s *connSet) wait(ctx context.Context) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for s.len() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for c := range s.m {
+		c.Close()
+	}
+	clear(s.m)
 }

@@ -2,21 +2,20 @@ package edge
 
 import (
 	"context"
-	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"sync"
 	"time"
 )
 
+// flushInterval bounds how long a response of known length waits in the
+// edge's buffer before what has arrived of it goes to the client.
+const flushInterval = 20 * time.Millisecond
+
 // statusClientGone is logged for a request whose client left before the
 // machine answered (nginx's convention).
 const statusClientGone = 499
-
-// maxAttempts bounds how many machines one request tries to connect to.
-const maxAttempts = 3
 
 type (
 	stateKey   struct{}
@@ -25,12 +24,28 @@ type (
 
 // reqState follows one request through the proxy, for the access log.
 type reqState struct {
-	id       string
-	port     string
-	app      string
-	choice   choice
+	id    string
+	port  string
+	portN int
+	host  string // normalised Host: the app's key in the snapshot
+	app   string
+	h2c   bool // the port speaks h2c to machines (http_options.h2_backend)
+
+	appLoad  *appLoad // counted in while the request is in flight
 	backend  *Backend // the last machine tried
+	slot     *load    // the slot held on backend; released when the request ends
 	attempts int
+	queued   time.Duration // time spent waiting for a slot
+	replay   string        // the Perch-Replay answer the request followed
+	body     *replayBody   // the request body, if any
+}
+
+// releaseSlot gives back the slot the request holds, if any.
+func (st *reqState) releaseSlot() {
+	if st.slot != nil {
+		st.slot.release()
+		st.slot = nil
+	}
 }
 
 // portHandler serves the HTTP requests of one public port.
@@ -42,12 +57,14 @@ type portHandler struct {
 
 func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	st := &reqState{id: newRequestID(), port: h.portStr}
+	st := &reqState{id: newRequestID(), port: h.portStr, portN: h.port}
 	w.Header().Set(hdrRequestID, st.id)
+	w.Header().Set("Server", serverName)
 	lw := &logWriter{ResponseWriter: w}
-	defer h.e.accessLog(lw, r, st, start)
+	defer h.e.finish(lw, r, st, start)
 
 	host := normalizeHost(r.Host)
+	st.host = host
 	app := h.e.table.Snapshot().names[host]
 	if app == nil {
 		h.e.noApp(lw, host)
@@ -56,12 +73,14 @@ func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.app = app.name
 	pr := app.ports[h.port]
 	switch {
-	case pr == nil:
+	case pr == nil || !pr.chain.http:
 		noService(lw, app.name, h.port)
+	case h.e.redirect(lw, r, pr): // force_https; http.go
 	case len(pr.backends) == 0:
 		noMachine(lw, app.name)
+	case !h.e.admit(lw, app, st):
 	default:
-		st.choice = pr.choose()
+		st.h2c = pr.chain.h2Backend
 		h.e.proxy.ServeHTTP(lw, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
 	}
 }
@@ -71,76 +90,31 @@ func (e *Edge) newProxy() http.Handler {
 		DialContext:           e.dialMachine,
 		MaxIdleConns:          1024,
 		MaxIdleConnsPerHost:   128,
-		IdleConnTimeout:       90 * time.Second,
+		IdleConnTimeout:       e.limits.BackendIdleTimeout,
 		ExpectContinueTimeout: time.Second,
 		// Bodies pass through as the machine sent them.
 		DisableCompression: true,
 	}
 	return &httputil.ReverseProxy{
-		Rewrite:       e.rewrite,
-		Transport:     &retryTransport{base: tr, log: e.log},
-		FlushInterval: -1, // stream: every write of the machine reaches the client at once
+		Rewrite:   e.rewrite,
+		Transport: &retryTransport{e: e, base: e.backendTransport(tr), log: e.log},
+		// Streams (text/event-stream, responses of unknown length: SSE,
+		// chunked, gRPC) are flushed on every write anyway. Others are
+		// flushed within flushInterval: flushing every write (-1) costs a
+		// second syscall and a timer goroutine per response, a third of the
+		// edge's throughput.
+		FlushInterval: flushInterval,
 		BufferPool:    bufferPool{},
 		ErrorLog:      slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 		ErrorHandler:  e.proxyError,
 		ModifyResponse: func(res *http.Response) error {
-			res.Header.Del(hdrRequestID) // the edge's id is the one the client sees
+			// The edge's id and name are the ones the client sees.
+			res.Header.Del(hdrRequestID)
+			res.Header.Del("Server")
+			res.Header.Del(hdrReplay)
 			return nil
 		},
 	}
-}
-
-// dialError marks a failure to connect to a machine: nothing was sent, so
-// another machine may be tried.
-type dialError struct{ err error }
-
-func (d *dialError) Error() string { return d.err.Error() }
-func (d *dialError) Unwrap() error { return d.err }
-
-func (e *Edge) dialMachine(ctx context.Context, network, addr string) (net.Conn, error) {
-	var t Target
-	if b, ok := ctx.Value(backendKey{}).(*Backend); ok {
-		t = b.Target
-	}
-	c, err := e.cfg.Dialer.DialContext(ctx, network, addr, t)
-	if err != nil {
-		return nil, &dialError{err: err}
-	}
-	return c, nil
-}
-
-// retryTransport sends a request to the machines of its choice in turn,
-// moving on only when a connection could not be made and the request has no
-// body (a body is consumed by the first attempt).
-type retryTransport struct {
-	base http.RoundTripper
-	log  *slog.Logger
-}
-
-func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	st := req.Context().Value(stateKey{}).(*reqState)
-	n := min(st.choice.len(), maxAttempts)
-	var err error
-	for i := range n {
-		b := st.choice.at(i)
-		st.backend, st.attempts = b, i+1
-		r := req.WithContext(context.WithValue(req.Context(), backendKey{}, b))
-		u := *req.URL
-		u.Host = b.Addr
-		r.URL = &u
-		var res *http.Response
-		res, err = t.base.RoundTrip(r)
-		if err == nil {
-			return res, nil
-		}
-		var de *dialError
-		if !errors.As(err, &de) || (req.Body != nil && req.Body != http.NoBody) || req.Context().Err() != nil {
-			return nil, err
-		}
-		t.log.Debug("machine refused connection, trying the next one", "request_id", st.id,
-			"app", st.app, "machine", b.Target.MachineID, "err", err)
-	}
-	return nil, err
 }
 
 func (e *Edge) proxyError(w http.ResponseWriter, r *http.Request, err error) {
@@ -150,6 +124,9 @@ func (e *Edge) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 			lw.status = statusClientGone
 		}
 		return // nobody reads an answer
+	}
+	if e.answerError(w, st, err) {
+		return
 	}
 	e.log.Warn("could not proxy to machine", "request_id", st.id, "app", st.app, "err", err)
 	unreachable(w, st)

@@ -181,17 +181,19 @@ func TestRoundRobinAmongNearest(t *testing.T) {
 	}
 }
 
-func TestTLSPortsAreNotServedYet(t *testing.T) {
+func TestPortsWithUnservedChainsStayClosed(t *testing.T) {
 	w := newWorld(t, "ams")
 	w.app("shop")
 	m := startMachine(t, "s1", "ams", "127.0.0.2", nil)
 	w.place("shop", m, 80, api.StateStarted)
 	spec := w.e.table.machines["shop.s1"]
 	spec.Config.Services[0].Ports = append(spec.Config.Services[0].Ports,
-		api.Port{Port: 443, Handlers: []string{"tls", "http"}})
+		api.Port{Port: 443, Handlers: []string{"tls", "http"}},
+		api.Port{Port: 5432, Handlers: []string{"pg_tls"}},
+		api.Port{Port: 8080, Handlers: []string{"http", "proxy_proto"}})
 	w.e.table.setMachine("shop.s1", spec)
 	s := w.e.table.commit()
-	if got := s.Ports(); len(got) != 1 || got[0] != 80 {
-		t.Errorf("HTTP ports %v, want [80]: 443 needs TLS, which comes later", got)
+	if got := s.Ports(); len(got) != 2 || got[0] != 80 || got[1] != 443 {
+		t.Errorf("served ports %v, want [80 443]: pg_tls and http with proxy_proto are not chains the edge serves", got)
 	}
 }

@@ -3,6 +3,7 @@ package edge
 import (
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // Snapshot is one immutable version of the route table. The request path
@@ -12,27 +13,38 @@ type Snapshot struct {
 	// names maps every lower-case host name an app answers to
 	// (<app>.<domain> and its custom hostnames) to the app's routes.
 	names map[string]*appRoute
-	// ports are the public ports served as plain HTTP, sorted.
+	// ports are the public ports the edge listens on, sorted.
 	ports []int
+	// modes say how each port's listener treats a new connection.
+	modes map[int]*portMode
 	// skipped are public ports declared only with handler chains this edge
-	// does not serve yet, with the handlers of one of them.
+	// does not serve, with the handlers of one of them.
 	skipped map[int][]string
 }
 
 type appRoute struct {
 	name  string
 	ports map[int]*portRoute
+	load  *appLoad // requests in flight for the app, across rebuilds
 }
 
 // portRoute holds the machines of one app that can answer on one public
 // port, in order of preference.
 type portRoute struct {
+	// chain is what the port does with a connection (chain.go), from the
+	// most recently updated machine's config; chainAt is that update.
+	chain   *chain
+	chainAt time.Time
 	// backends are ordered by region rank (own region first), then machine id.
 	backends []*Backend
-	// first is how many backends share the best region; requests rotate
-	// among them.
-	first int
-	next  atomic.Uint32
+	// ends are where each region's run of backends ends: backends[0:ends[0]]
+	// are in the nearest region, and so on.
+	ends []int
+	// next rotates the start among equally loaded machines.
+	next atomic.Uint32
+	// q holds requests waiting for a slot when every machine is at its hard
+	// limit; it outlives rebuilds.
+	q *waitQueue
 }
 
 // Backend is a machine ready to answer on some public port.
@@ -40,16 +52,21 @@ type Backend struct {
 	// Addr is the machine's private IP and the service's internal port.
 	Addr   string
 	Target Target
+
+	// load is what the edge has in flight to the machine's service; soft
+	// and hard its [services.concurrency] limits (noLimit if unset).
+	load       *load
+	soft, hard int32
 }
 
 func emptySnapshot() *Snapshot {
-	return &Snapshot{names: map[string]*appRoute{}, skipped: map[int][]string{}}
+	return &Snapshot{names: map[string]*appRoute{}, modes: map[int]*portMode{}, skipped: map[int][]string{}}
 }
 
 // Generation counts the table's rebuilds; it grows with every change.
 func (s *Snapshot) Generation() uint64 { return s.gen }
 
-// Ports is the public ports the edge serves as HTTP, sorted.
+// Ports is the public ports the edge serves, sorted.
 func (s *Snapshot) Ports() []int { return append([]int(nil), s.ports...) }
 
 // Candidates is the machines a request for host on public port would go

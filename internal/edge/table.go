@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/health"
 	"github.com/perchhq/perch/internal/store"
 )
 
@@ -33,6 +34,9 @@ type table struct {
 	hosts    map[string]api.Host            // key: host id
 	gen      uint64
 
+	// book keeps machine loads and wait queues across rebuilds (limits.go).
+	book *loadBook
+
 	snap atomic.Pointer[Snapshot]
 	// changed gets a token after each commit, for the listeners.
 	changed chan struct{}
@@ -46,6 +50,7 @@ func newTable(region, hostID, domain string, near Nearness, log *slog.Logger, on
 		status:   map[string]store.MachineStatus{},
 		hosts:    map[string]api.Host{},
 		changed:  make(chan struct{}, 1),
+		book:     newLoadBook(),
 	}
 	t.snap.Store(emptySnapshot())
 	return t
@@ -108,13 +113,15 @@ func (t *table) commit() *Snapshot {
 func (t *table) build() *Snapshot {
 	s := emptySnapshot()
 	s.gen = t.gen
+	t.book.begin()
+	defer t.book.end()
 	routes := make(map[string]*appRoute, len(t.apps))
 	for key, a := range t.apps {
 		name := a.Name
 		if name == "" {
 			name = key
 		}
-		routes[name] = &appRoute{name: name, ports: map[int]*portRoute{}}
+		routes[name] = &appRoute{name: name, ports: map[int]*portRoute{}, load: t.book.app(name)}
 	}
 	httpPorts := map[int]bool{}
 	rank := t.rankRegions()
@@ -131,18 +138,22 @@ func (t *table) build() *Snapshot {
 				if p.Port < 1 || p.Port > 65535 {
 					continue // the control plane validates; never bind nonsense
 				}
-				if !servesHTTP(p.Handlers) {
+				ch, ok := chainOf(p)
+				if !ok {
 					s.skipped[p.Port] = p.Handlers
 					continue
 				}
 				httpPorts[p.Port] = true
 				pr := ar.ports[p.Port]
 				if pr == nil {
-					pr = &portRoute{}
+					pr = &portRoute{q: t.book.queue(m.App, p.Port)}
 					ar.ports[p.Port] = pr
 				}
+				pr.offer(ch, m.UpdatedAt) // chain.go
 				if up && svc.InternalPort > 0 && !pr.has(m.ID) {
+					soft, hard := limitsOf(svc.Concurrency)
 					pr.backends = append(pr.backends, &Backend{
+						load: t.book.machine(m.App, m.ID, m.Region, svc.InternalPort), soft: soft, hard: hard,
 						Addr: net.JoinHostPort(m.PrivateIP, strconv.Itoa(svc.InternalPort)),
 						Target: Target{
 							App: m.App, MachineID: m.ID, HostID: m.HostID, Region: m.Region,
@@ -156,13 +167,18 @@ func (t *table) build() *Snapshot {
 	for _, ar := range routes {
 		for _, pr := range ar.ports {
 			pr.order(rank)
+			for _, b := range pr.backends {
+				b.load.addQueue(pr.q)
+			}
 		}
 	}
+	t.book.publishQueues()
 	for p := range httpPorts {
 		delete(s.skipped, p)
 	}
 	s.ports = slices.Sorted(maps.Keys(httpPorts))
 	t.name(s, routes)
+	s.modes = portModes(routes, t.domain) // chain.go
 	return s
 }
 
@@ -184,10 +200,14 @@ func (t *table) name(s *Snapshot, routes map[string]*appRoute) {
 }
 
 // inRotation says whether machine key may get requests: started, meant to
-// be started, and on a host that is up; t.mu is held.
+// be started, on a host that is up, and with no critical health check (a
+// check in its grace period is a warning and does not count); t.mu is held.
 func (t *table) inRotation(key string, m *store.MachineSpec) bool {
 	st, ok := t.status[key]
 	if !ok || st.State != api.StateStarted || m.Desired != store.DesireStarted || m.PrivateIP == "" {
+		return false
+	}
+	if health.Critical(st.Checks) {
 		return false
 	}
 	if st.HostID != "" && st.HostID != m.HostID {
@@ -230,16 +250,15 @@ func (r *portRoute) has(id string) bool {
 }
 
 // order sorts the backends by region rank (stable: machine keys were
-// visited in order) and counts those in the best region.
+// visited in order) and marks where each region's run ends.
 func (r *portRoute) order(rank map[string]int) {
 	slices.SortStableFunc(r.backends, func(a, b *Backend) int {
 		return rank[a.Target.Region] - rank[b.Target.Region]
 	})
-	r.first = 0
-	for _, b := range r.backends {
-		if b.Target.Region != r.backends[0].Target.Region {
-			break
+	r.ends = r.ends[:0]
+	for i := 1; i <= len(r.backends); i++ {
+		if i == len(r.backends) || r.backends[i].Target.Region != r.backends[i-1].Target.Region {
+			r.ends = append(r.ends, i)
 		}
-		r.first++
 	}
 }

@@ -106,8 +106,8 @@ func ensureVeth(id, ns, veth string) (created bool, err error) {
 	return true, err
 }
 
-// Detach removes machine id's veth pair and network namespace. Missing
-// pieces are not an error.
+// Detach removes machine id's veth pair and network namespace, or its tap.
+// Missing pieces are not an error.
 func Detach(id string) error {
 	if err := CheckID(id); err != nil {
 		return err
@@ -120,6 +120,9 @@ func Detach(id string) error {
 		if _, err := ip("link", "del", veth); err != nil && !errors.Is(err, errNotExist) {
 			errs = append(errs, err)
 		}
+	}
+	if err := detachTap(id); err != nil {
+		errs = append(errs, err)
 	}
 	if _, err := os.Stat(NetnsPath(id)); err == nil {
 		if _, err := ip("netns", "del", NetnsName(id)); err != nil && !errors.Is(err, errNotExist) {

@@ -8,8 +8,8 @@ import (
 	"strings"
 )
 
-// List returns the ids of machines with a Perch network namespace or veth
-// on this host, whichever agent made them.
+// List returns the ids of machines with a Perch network namespace, veth or
+// tap on this host, whichever agent made them.
 func List() ([]string, error) {
 	var ids []string
 	entries, err := os.ReadDir(NetnsDir)
@@ -28,6 +28,15 @@ func List() ([]string, error) {
 	}
 	for _, l := range veths {
 		if strings.HasPrefix(l.Name, vethPrefix) && l.Alias != "" && VethName(l.Alias) == l.Name {
+			ids = append(ids, l.Alias)
+		}
+	}
+	taps, err := listLinks("tun")
+	if err != nil {
+		return nil, fmt.Errorf("hostnet: list: %w", err)
+	}
+	for _, l := range taps {
+		if strings.HasPrefix(l.Name, tapPrefix) && l.Alias != "" && TapName(l.Alias) == l.Name {
 			ids = append(ids, l.Alias)
 		}
 	}

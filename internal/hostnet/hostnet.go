@@ -1,9 +1,9 @@
 // Package hostnet gives machines their network on a host: a bridge per host
 // with the gateway address, and per machine a named network namespace joined
-// to the bridge by a veth pair. Runtime drivers and the agent import it. It
-// drives iproute2 (`ip`), and it only ever deletes namespaces and links whose
-// names it made (NetnsName, VethName), so it cannot harm the host's own
-// network.
+// to the bridge by a veth pair, or for a microVM a tap device on the bridge.
+// Runtime drivers and the agent import it. It drives iproute2 (`ip`), and it
+// only ever deletes namespaces and links whose names it made (NetnsName,
+// VethName, TapName), so it cannot harm the host's own network.
 package hostnet
 
 import (

@@ -1,6 +1,6 @@
 // Package runtime defines the driver interface through which an agent runs
-// machines, whatever isolates them: a runc sandbox (runtime/runc) today, a
-// microVM later. The agent imports it; drivers implement it. A driver keeps
+// machines, whatever isolates them: a runc sandbox (runtime/runc) or a
+// microVM (runtime/microvm). The agent imports it; drivers implement it. A driver keeps
 // machines running when the agent process exits, so an agent restart never
 // stops or duplicates a machine.
 package runtime

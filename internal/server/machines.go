@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/health"
 	"github.com/perchhq/perch/internal/scheduler"
 	"github.com/perchhq/perch/internal/store"
 )
@@ -33,8 +34,15 @@ func validateConfig(c *api.MachineConfig) error {
 	if c.Guest.MemoryMB < 0 || (c.Guest.MemoryMB > 0 && c.Guest.MemoryMB < 64) {
 		return errf(http.StatusBadRequest, "config.guest.memory_mb must be at least 64, got %d", c.Guest.MemoryMB)
 	}
-	if c.Guest.Runtime != "" && c.Guest.Runtime != "runc" {
-		return errf(http.StatusBadRequest, "config.guest.runtime %q is not available; use \"runc\"", c.Guest.Runtime)
+	switch c.Guest.Runtime {
+	case "", "runc":
+	case "microvm":
+		// The guest's kernel needs room of its own (microvm.MinMemoryMB).
+		if c.Guest.MemoryMB > 0 && c.Guest.MemoryMB < 128 {
+			return errf(http.StatusBadRequest, "config.guest.memory_mb must be at least 128 for a microvm, got %d", c.Guest.MemoryMB)
+		}
+	default:
+		return errf(http.StatusBadRequest, "config.guest.runtime %q is not a runtime; use \"runc\" or \"microvm\"", c.Guest.Runtime)
 	}
 	switch c.Restart.Policy {
 	case "", api.RestartNo, api.RestartAlways, api.RestartOnFailure:
@@ -50,8 +58,16 @@ func validateConfig(c *api.MachineConfig) error {
 				return errf(http.StatusBadRequest, "config.services[%d].ports[%d].port must be 1-65535, got %d", i, j, p.Port)
 			}
 		}
+		for j, c := range svc.Checks {
+			if c.Port == 0 {
+				c.Port = svc.InternalPort
+			}
+			if err := health.Validate(c); err != nil {
+				return errf(http.StatusBadRequest, "config.services[%d].checks[%d]: %v", i, j, err)
+			}
+		}
 	}
-	return nil
+	return validatePorts(c) // ports.go
 }
 
 func (s *Server) validateRegion(region string) error {
@@ -103,7 +119,10 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) {
 	// Placement reads every live machine and writes one; serialise it so two
 	// machines never get the same address or overfill a host.
 	s.placeMu.Lock()
-	err = s.place(ctx, &spec, scheduler.Request{Region: req.Region, Guest: req.Config.Guest})
+	err = s.checkPortSharing(ctx, a.Name, &req.Config) // ports.go
+	if err == nil {
+		err = s.place(ctx, &spec, scheduler.Request{Region: req.Region, Guest: req.Config.Guest})
+	}
 	if err == nil {
 		_, err = store.Create(ctx, s.st.Machines, spec.Key(), spec)
 	}
@@ -215,6 +234,13 @@ func (s *Server) updateMachine(w http.ResponseWriter, r *http.Request) {
 	if req.Config.Restart.Policy == "" {
 		req.Config.Restart.Policy = api.RestartOnFailure
 	}
+	// Under placeMu, as for a new machine: ports are claimed one at a time.
+	s.placeMu.Lock()
+	if err := s.checkPortSharing(ctx, sp.App, &req.Config); err != nil {
+		s.placeMu.Unlock()
+		s.fail(w, r, err)
+		return
+	}
 	updated, err := store.Modify(ctx, s.st.Machines, sp.Key(), func(m *store.MachineSpec) error {
 		if m.Desired == store.DesireDestroyed {
 			return errf(http.StatusConflict, "machine %s is being destroyed", m.ID)
@@ -230,6 +256,7 @@ func (s *Server) updateMachine(w http.ResponseWriter, r *http.Request) {
 		m.UpdatedAt = time.Now().UTC()
 		return nil
 	})
+	s.placeMu.Unlock()
 	if err != nil {
 		s.fail(w, r, err)
 		return

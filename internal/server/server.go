@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/perchhq/perch/internal/certs"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/registry"
 	"github.com/perchhq/perch/internal/store"
@@ -41,8 +42,11 @@ type Config struct {
 	MachineNet netip.Prefix
 	// HostTimeout is how long a host may stay silent before it is down.
 	HostTimeout time.Duration
-	World       *geo.World
-	Log         *slog.Logger
+	// Certs configures certificates: the ACME CA for custom hostnames and
+	// the dev CA.
+	Certs certs.Config
+	World *geo.World
+	Log   *slog.Logger
 }
 
 // Server is a running control plane.
@@ -51,6 +55,7 @@ type Server struct {
 	log      *slog.Logger
 	nats     *store.Embedded
 	st       *store.Store
+	certs    *certs.Manager
 	reg      http.Handler
 	ln       net.Listener
 	http     *http.Server
@@ -96,6 +101,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
+	cm, err := certs.NewManager(ctx, s.st, cfg.Certs, cfg.Log)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s.certs = cm
 	reg, err := registry.New(filepath.Join(cfg.DataDir, "registry"), s.validToken, cfg.Log.With("component", "registry"))
 	if err != nil {
 		s.Close()
@@ -159,9 +170,18 @@ func (s *Server) TokenPath() string { return s.tokPath }
 // Store is the server's state store connection.
 func (s *Server) Store() *store.Store { return s.st }
 
-// Serve serves the API until ctx is done, running the host monitor beside it.
+// DevCACert is the dev CA's certificate (PEM) when Config.Certs.DevCA is
+// set, for clients to trust; nil otherwise.
+func (s *Server) DevCACert() []byte { return s.certs.DevCACert() }
+
+// Serve serves the API until ctx is done, running the host monitor and
+// the certificate manager beside it.
 func (s *Server) Serve(ctx context.Context) error {
 	go s.monitorHosts(ctx)
+	cctx, cancel := context.WithCancel(ctx)
+	certsDone := make(chan struct{})
+	go func() { defer close(certsDone); _ = s.certs.Run(cctx) }()
+	defer func() { cancel(); <-certsDone }()
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
 	select {
@@ -179,6 +199,9 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) Close() {
 	if s.ln != nil {
 		s.ln.Close()
+	}
+	if s.certs != nil {
+		s.certs.Close()
 	}
 	if s.st != nil {
 		s.st.Close()

@@ -136,6 +136,7 @@ func TestMachineValidationAndPlacementErrors(t *testing.T) {
 		{api.CreateMachineRequest{Region: "iad"}, 400, "config.image is required"},
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Services: []api.Service{{InternalPort: 0}}}}, 400, "internal_port must be 1-65535, got 0"},
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Restart: api.Restart{Policy: "sometimes"}}}, 400, "restart.policy"},
+		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Services: []api.Service{{InternalPort: 80, Checks: []api.Check{{Type: "http", Path: "health"}}}}}}, 400, `config.services[0].checks[0]: path "health" must start with /`},
 		{api.CreateMachineRequest{Region: "sin", Config: api.MachineConfig{Image: "i"}}, 422, "no host in region sin"},
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Guest: api.Guest{MemoryMB: 4096}}}, 422, "4096 MB"},
 	} {

@@ -24,7 +24,14 @@ const (
 	BucketStatus   = "perch_machine_status"
 	BucketHosts    = "perch_hosts"
 	BucketTokens   = "perch_tokens"
-	StreamLogs     = "PERCH_LOGS"
+	// Certificates (package certs): the records users see, certmagic's
+	// storage (certificates, keys, ACME accounts), its locks, and the
+	// ACME challenges the edges answer.
+	BucketCerts      = "perch_certs"
+	BucketTLS        = "perch_tls"
+	BucketLocks      = "perch_locks"
+	BucketChallenges = "perch_acme_challenges"
+	StreamLogs       = "PERCH_LOGS"
 )
 
 // ErrNotFound is returned when a key does not exist.
@@ -46,6 +53,11 @@ type Store struct {
 	Status   jetstream.KeyValue
 	Hosts    jetstream.KeyValue
 	Tokens   jetstream.KeyValue
+
+	Certs      jetstream.KeyValue
+	TLS        jetstream.KeyValue
+	Locks      jetstream.KeyValue
+	Challenges jetstream.KeyValue
 }
 
 // Open connects to NATS at url (with an optional auth token) and makes sure
@@ -96,16 +108,24 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		kv   *jetstream.KeyValue
 		name string
 		hist uint8
+		ttl  time.Duration // 0: keys live until deleted
 	}{
-		{&s.Apps, BucketApps, 1},
-		{&s.Machines, BucketMachines, 1},
-		{&s.Status, BucketStatus, 1},
-		{&s.Hosts, BucketHosts, 1},
-		{&s.Tokens, BucketTokens, 1},
+		{&s.Apps, BucketApps, 1, 0},
+		{&s.Machines, BucketMachines, 1, 0},
+		{&s.Status, BucketStatus, 1, 0},
+		{&s.Hosts, BucketHosts, 1, 0},
+		{&s.Tokens, BucketTokens, 1, 0},
+		{&s.Certs, BucketCerts, 1, 0},
+		{&s.TLS, BucketTLS, 1, 0},
+		{&s.Locks, BucketLocks, 1, 0},
+		// A challenge lives minutes; the TTL sweeps those a crashed
+		// issuer never cleaned up.
+		{&s.Challenges, BucketChallenges, 1, time.Hour},
 	} {
 		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket:  b.name,
 			History: b.hist,
+			TTL:     b.ttl,
 			Storage: jetstream.FileStorage,
 		})
 		if err != nil {

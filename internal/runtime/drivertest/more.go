@@ -18,11 +18,12 @@ func (s *suite) resources(t *testing.T) {
 	}
 	d := s.newDriver(t)
 	spec := s.spec(t, []string{"serve"})
-	spec.MemoryMB = 64
+	// Not the suite's usual 128 MiB, and enough for a VM's kernel.
+	spec.MemoryMB = 192
 	s.create(t, d, spec)
 	s.start(t, d, spec.ID)
-	if got, want := s.env.MemoryLimit(t, spec.ID), int64(64<<20); got != want {
-		t.Errorf("memory limit = %d bytes, want %d (64 MiB)", got, want)
+	if got, want := s.env.MemoryLimit(t, spec.ID), int64(192<<20); got != want {
+		t.Errorf("memory limit = %d bytes, want %d (192 MiB)", got, want)
 	}
 }
 

@@ -1,4 +1,8 @@
-package runc
+// Package imageuser resolves an image config's user ("name", "uid:gid",
+// ...) against the image's own /etc/passwd and /etc/group, as Docker does.
+// Runtime drivers import it; it reads files only inside the root
+// filesystem it is given.
+package imageuser
 
 import (
 	"errors"
@@ -10,46 +14,46 @@ import (
 	"strings"
 )
 
-// procUser is who the machine's process runs as.
-type procUser struct {
+// User is who a machine's process runs as.
+type User struct {
 	UID, GID uint32
 	Extra    []uint32 // supplementary groups from /etc/group
 	Home     string
 }
 
-// resolveUser turns an image config's user ("", "uid", "name", "uid:gid",
+// Resolve turns an image config's user ("", "uid", "name", "uid:gid",
 // "name:group", ...) into ids, reading /etc/passwd and /etc/group inside
 // rootfs. A numeric user needs no entry; a name does, as in Docker, so a
 // typo never runs a process as root.
-func resolveUser(rootfs, user string) (procUser, error) {
+func Resolve(rootfs, user string) (User, error) {
 	passwd, err := readEtc(rootfs, "etc/passwd")
 	if err != nil {
-		return procUser{}, err
+		return User{}, err
 	}
 	groups, err := readEtc(rootfs, "etc/group")
 	if err != nil {
-		return procUser{}, err
+		return User{}, err
 	}
 	name, group, hasGroup := strings.Cut(user, ":")
 	if name == "" {
 		name = "0"
 	}
-	u := procUser{Home: "/"}
+	u := User{Home: "/"}
 	var entry []string // the passwd line of the user, if any
 	if uid, err := strconv.ParseUint(name, 10, 32); err == nil {
 		u.UID = uint32(uid)
 		entry = find(passwd, 2, name)
 	} else {
 		if entry = find(passwd, 0, name); entry == nil {
-			return procUser{}, fmt.Errorf("runc: user %q is not in the image's /etc/passwd; use a numeric uid or add the user to the image", name)
+			return User{}, fmt.Errorf("user %q is not in the image's /etc/passwd; use a numeric uid or add the user to the image", name)
 		}
 		if u.UID, err = parseID(entry[2]); err != nil {
-			return procUser{}, fmt.Errorf("runc: /etc/passwd entry for %q: %w", name, err)
+			return User{}, fmt.Errorf("/etc/passwd entry for %q: %w", name, err)
 		}
 	}
 	if entry != nil {
 		if u.GID, err = parseID(entry[3]); err != nil {
-			return procUser{}, fmt.Errorf("runc: /etc/passwd entry for %q: %w", name, err)
+			return User{}, fmt.Errorf("/etc/passwd entry for %q: %w", name, err)
 		}
 		if entry[5] != "" {
 			u.Home = entry[5]
@@ -67,10 +71,10 @@ func resolveUser(rootfs, user string) (procUser, error) {
 			u.GID = uint32(gid)
 		} else if g := find(groups, 0, group); g != nil {
 			if u.GID, err = parseID(g[2]); err != nil {
-				return procUser{}, fmt.Errorf("runc: /etc/group entry for %q: %w", group, err)
+				return User{}, fmt.Errorf("/etc/group entry for %q: %w", group, err)
 			}
 		} else {
-			return procUser{}, fmt.Errorf("runc: group %q is not in the image's /etc/group; use a numeric gid or add the group to the image", group)
+			return User{}, fmt.Errorf("group %q is not in the image's /etc/group; use a numeric gid or add the group to the image", group)
 		}
 	}
 	return u, nil
@@ -83,7 +87,7 @@ func resolveUser(rootfs, user string) (procUser, error) {
 func readEtc(rootfs, name string) ([][]string, error) {
 	root, err := os.OpenRoot(rootfs)
 	if err != nil {
-		return nil, fmt.Errorf("runc: open rootfs: %w", err)
+		return nil, fmt.Errorf("open rootfs: %w", err)
 	}
 	defer root.Close()
 	b, err := root.ReadFile(name)
@@ -91,7 +95,7 @@ func readEtc(rootfs, name string) ([][]string, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("runc: read /%s of the image: %w", name, err)
+		return nil, fmt.Errorf("read /%s of the image: %w", name, err)
 	}
 	var lines [][]string
 	for line := range strings.Lines(string(b)) {

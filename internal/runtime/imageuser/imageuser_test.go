@@ -1,4 +1,4 @@
-package runc
+package imageuser
 
 import (
 	"os"
@@ -19,39 +19,39 @@ func TestResolveUser(t *testing.T) {
 
 	for _, tc := range []struct {
 		user string
-		want procUser
+		want User
 	}{
-		{"", procUser{UID: 0, GID: 0, Home: "/root"}},
-		{"root", procUser{UID: 0, GID: 0, Home: "/root"}},
-		{"web", procUser{UID: 33, GID: 33, Extra: []uint32{4, 101}, Home: "/var/www"}},
-		{"web:logs", procUser{UID: 33, GID: 4, Extra: []uint32{4, 101}, Home: "/var/www"}},
-		{"33", procUser{UID: 33, GID: 33, Extra: []uint32{4, 101}, Home: "/var/www"}},
-		{"33:7", procUser{UID: 33, GID: 7, Extra: []uint32{4, 101}, Home: "/var/www"}},
-		{"1000", procUser{UID: 1000, GID: 0, Home: "/"}},
-		{"1000:1000", procUser{UID: 1000, GID: 1000, Home: "/"}},
+		{"", User{UID: 0, GID: 0, Home: "/root"}},
+		{"root", User{UID: 0, GID: 0, Home: "/root"}},
+		{"web", User{UID: 33, GID: 33, Extra: []uint32{4, 101}, Home: "/var/www"}},
+		{"web:logs", User{UID: 33, GID: 4, Extra: []uint32{4, 101}, Home: "/var/www"}},
+		{"33", User{UID: 33, GID: 33, Extra: []uint32{4, 101}, Home: "/var/www"}},
+		{"33:7", User{UID: 33, GID: 7, Extra: []uint32{4, 101}, Home: "/var/www"}},
+		{"1000", User{UID: 1000, GID: 0, Home: "/"}},
+		{"1000:1000", User{UID: 1000, GID: 1000, Home: "/"}},
 	} {
-		got, err := resolveUser(rootfs, tc.user)
+		got, err := Resolve(rootfs, tc.user)
 		if err != nil {
-			t.Errorf("resolveUser(%q): %v", tc.user, err)
+			t.Errorf("Resolve(%q): %v", tc.user, err)
 			continue
 		}
 		if diff := cmp.Diff(tc.want, got); diff != "" {
-			t.Errorf("resolveUser(%q) (-want +got):\n%s", tc.user, diff)
+			t.Errorf("Resolve(%q) (-want +got):\n%s", tc.user, diff)
 		}
 	}
 	for _, user := range []string{"nobody", "web:nogroup"} {
-		if _, err := resolveUser(rootfs, user); err == nil || !strings.Contains(err.Error(), "not in the image") {
-			t.Errorf("resolveUser(%q): err = %v, want one saying it is not in the image", user, err)
+		if _, err := Resolve(rootfs, user); err == nil || !strings.Contains(err.Error(), "not in the image") {
+			t.Errorf("Resolve(%q): err = %v, want one saying it is not in the image", user, err)
 		}
 	}
 }
 
 func TestResolveUserWithoutEtc(t *testing.T) {
-	got, err := resolveUser(t.TempDir(), "")
+	got, err := Resolve(t.TempDir(), "")
 	if err != nil || got.UID != 0 || got.GID != 0 {
-		t.Fatalf("resolveUser in an image without /etc = %+v, %v; want root", got, err)
+		t.Fatalf("Resolve in an image without /etc = %+v, %v; want root", got, err)
 	}
-	if _, err := resolveUser(t.TempDir(), "app"); err == nil {
+	if _, err := Resolve(t.TempDir(), "app"); err == nil {
 		t.Fatal("a user name resolved in an image without /etc/passwd")
 	}
 }
@@ -61,7 +61,7 @@ func TestResolveUserStaysInRootfs(t *testing.T) {
 	rootfs := t.TempDir()
 	os.MkdirAll(filepath.Join(rootfs, "etc"), 0o755)
 	os.Symlink("/etc/passwd", filepath.Join(rootfs, "etc/passwd"))
-	if u, err := resolveUser(rootfs, "root"); err == nil {
+	if u, err := Resolve(rootfs, "root"); err == nil {
 		t.Fatalf("resolved root through a symlink to the host's /etc/passwd: %+v", u)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/imageuser"
 )
 
 const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -26,7 +27,7 @@ var ambientCaps = []string{"CAP_NET_BIND_SERVICE"}
 
 // ociSpec is the bundle's config.json for spec, with the root filesystem at
 // rootfs and the network namespace at netns ("" for a new, empty one).
-func ociSpec(spec runtime.Spec, rootfs, netns string, u procUser, cgroupParent string) *specs.Spec {
+func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupParent string) *specs.Spec {
 	cwd := spec.Process.Cwd
 	if cwd == "" {
 		cwd = "/"

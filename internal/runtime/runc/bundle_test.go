@@ -9,6 +9,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/imageuser"
 )
 
 func TestOCISpec(t *testing.T) {
@@ -23,7 +24,7 @@ func TestOCISpec(t *testing.T) {
 		CPUs:     2,
 		MemoryMB: 256,
 	}
-	u := procUser{UID: 1000, GID: 1000, Extra: []uint32{27}, Home: "/home/app"}
+	u := imageuser.User{UID: 1000, GID: 1000, Extra: []uint32{27}, Home: "/home/app"}
 	s := ociSpec(spec, "/state/machines/m1/rootfs", "/run/netns/perch-m1", u, "perch")
 
 	if s.Root.Path != "/state/machines/m1/rootfs" || s.Root.Readonly {
@@ -65,7 +66,7 @@ func TestOCISpec(t *testing.T) {
 }
 
 func TestOCISpecWithoutLimits(t *testing.T) {
-	s := ociSpec(runtime.Spec{ID: "m2", Process: runtime.Process{Args: []string{"x"}}}, "/r", "", procUser{Home: "/"}, "perch")
+	s := ociSpec(runtime.Spec{ID: "m2", Process: runtime.Process{Args: []string{"x"}}}, "/r", "", imageuser.User{Home: "/"}, "perch")
 	if s.Linux.Resources.Memory != nil || s.Linux.Resources.CPU != nil {
 		t.Errorf("resources = %+v, want no memory or CPU limit when the spec asks none", s.Linux.Resources)
 	}

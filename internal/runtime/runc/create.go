@@ -7,6 +7,7 @@ import (
 
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/imageuser"
 )
 
 // Create prepares the machine: writable root, network namespace on the
@@ -39,7 +40,7 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 		}
 	}()
 
-	u, err := resolveUser(spec.Rootfs, spec.Process.User)
+	u, err := imageuser.Resolve(spec.Rootfs, spec.Process.User)
 	if err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}

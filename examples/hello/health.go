@@ -1,0 +1,32 @@
+package main
+
+import (
+	"fmt"
+	"log"
+	"net/http"
+	"sync/atomic"
+)
+
+// handleHealth serves /health for health checks, and two switches that
+// tests and demos use to make it fail and pass again: /health/fail and
+// /health/ok.
+func handleHealth(mux *http.ServeMux) {
+	var failing atomic.Bool
+	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			http.Error(w, "unhealthy (switched by /health/fail)", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/health/fail", func(w http.ResponseWriter, r *http.Request) {
+		failing.Store(true)
+		log.Printf("health: failing from now on")
+		fmt.Fprintln(w, "health checks fail from now on")
+	})
+	mux.HandleFunc("/health/ok", func(w http.ResponseWriter, r *http.Request) {
+		failing.Store(false)
+		log.Printf("health: passing from now on")
+		fmt.Fprintln(w, "health checks pass from now on")
+	})
+}

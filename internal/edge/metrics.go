@@ -1,0 +1,127 @@
+package edge
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the edge's Prometheus metrics. Series carry the app and the
+// machine (and its region) that answered; requests no machine answered
+// (unknown host, no machine, over a cap) have empty machine labels.
+type metrics struct {
+	reg         *prometheus.Registry
+	requests    *prometheus.CounterVec
+	bytesIn     *prometheus.CounterVec
+	bytesOut    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	rejected    *prometheus.CounterVec
+	clientConns prometheus.Gauge
+}
+
+var machineLabels = []string{"app", "region", "machine"}
+
+// latencyBuckets reach down to 250µs: the edge's own cost is well under a
+// millisecond and should show.
+var latencyBuckets = []float64{.00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+func newMetrics(t *table) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "perch_edge_requests_total", Help: "HTTP requests the edge answered, by app, machine and status code.",
+		}, append(machineLabels, "code")),
+		bytesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "perch_edge_request_bytes_total", Help: "Request body bytes read from clients.",
+		}, machineLabels),
+		bytesOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "perch_edge_response_bytes_total", Help: "Response body bytes sent to clients.",
+		}, machineLabels),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "perch_edge_request_duration_seconds", Help: "Time from a request's arrival to the end of its response.",
+			Buckets: latencyBuckets,
+		}, machineLabels),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "perch_edge_rejected_total",
+			Help: "Connections and requests the edge turned away: client_cap (connections per client address), app_cap (in flight per app), busy (every machine at its hard limit).",
+		}, []string{"reason"}),
+		clientConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "perch_edge_client_connections", Help: "Client connections open on the edge's public ports.",
+		}),
+	}
+	m.reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.duration, m.rejected, m.clientConns, activeCollector{t})
+	for _, r := range []string{"client_cap", "app_cap", "busy"} {
+		m.rejected.WithLabelValues(r)
+	}
+	return m
+}
+
+// observe records one finished request.
+func (m *metrics) observe(app, region, machine string, status int, in, out int64, d time.Duration) {
+	m.requests.WithLabelValues(app, region, machine, codeString(status)).Inc()
+	if in > 0 {
+		m.bytesIn.WithLabelValues(app, region, machine).Add(float64(in))
+	}
+	m.bytesOut.WithLabelValues(app, region, machine).Add(float64(out))
+	m.duration.WithLabelValues(app, region, machine).Observe(d.Seconds())
+}
+
+// statusCodes are the status codes as label values, made once.
+var statusCodes = func() (c [600]string) {
+	for i := range c {
+		c[i] = strconv.Itoa(i)
+	}
+	return c
+}()
+
+func codeString(status int) string {
+	if status >= 0 && status < len(statusCodes) {
+		return statusCodes[status]
+	}
+	return strconv.Itoa(status)
+}
+
+// forget drops the series of a machine that left the route table.
+func (m *metrics) forget(app, machine string) {
+	l := prometheus.Labels{"app": app, "machine": machine}
+	m.requests.DeletePartialMatch(l)
+	m.bytesIn.DeletePartialMatch(l)
+	m.bytesOut.DeletePartialMatch(l)
+	m.duration.DeletePartialMatch(l)
+}
+
+var activeDesc = prometheus.NewDesc("perch_edge_active_connections",
+	"What the edge has in flight to each machine now: requests on HTTP ports, connections on raw TCP ports.",
+	machineLabels, nil)
+
+// activeCollector reads the machine loads at scrape time, so the request
+// path pays nothing for the gauge.
+type activeCollector struct{ t *table }
+
+func (c activeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- activeDesc }
+
+func (c activeCollector) Collect(ch chan<- prometheus.Metric) {
+	c.t.mu.Lock()
+	active := c.t.book.active()
+	c.t.mu.Unlock()
+	for k, n := range active {
+		ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(n), k[0], k[1], k[2])
+	}
+}
+
+// Metrics is the registry of the edge's metrics. The agent registers its
+// own collectors in it and serves it with MetricsHandler.
+func (e *Edge) Metrics() *prometheus.Registry { return e.metrics.reg }
+
+// MetricsHandler serves the registry in the Prometheus text format, for
+// GET /metrics.
+func (e *Edge) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(e.metrics.reg, promhttp.HandlerOpts{ErrorLog: errorLogger{e}})
+}
+
+type errorLogger struct{ e *Edge }
+
+func (l errorLogger) Println(v ...any) { l.e.log.Warn("metrics", "err", v) }

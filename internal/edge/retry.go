@@ -1,0 +1,104 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+)
+
+// maxAttempts bounds how many machines one request tries to connect to.
+const maxAttempts = 3
+
+// dialError marks a failure to connect to a machine: nothing was sent, so
+// another machine may be tried.
+type dialError struct{ err error }
+
+func (d *dialError) Error() string { return d.err.Error() }
+func (d *dialError) Unwrap() error { return d.err }
+
+// dialMachine is the DialContext of the transports to machines: it hands
+// the Dialer the machine's Target and marks failures as dialErrors.
+func (e *Edge) dialMachine(ctx context.Context, network, addr string) (net.Conn, error) {
+	var t Target
+	if b, ok := ctx.Value(backendKey{}).(*Backend); ok {
+		t = b.Target
+	}
+	c, err := e.cfg.Dialer.DialContext(ctx, network, addr, t)
+	if err != nil {
+		return nil, &dialError{err: err}
+	}
+	return c, nil
+}
+
+// retryTransport sends a request to a machine it takes a slot on (choose.go),
+// to the next machine when a connection cannot be made (nothing was sent
+// yet, so the client never notices), and once more where a Perch-Replay
+// answer says (replay.go). A request whose body reached a machine is never
+// sent again on a failure.
+type retryTransport struct {
+	e    *Edge
+	base http.RoundTripper
+	log  *slog.Logger
+}
+
+func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	st := req.Context().Value(stateKey{}).(*reqState)
+	var body *replayBody
+	if req.Body != nil && req.Body != http.NoBody {
+		body = newReplayBody(req.Body, req.ContentLength)
+		st.body = body
+	}
+	res, err := t.send(req, st, dest{st.host, st.portN}, &filter{}, body)
+	if err != nil {
+		return nil, err
+	}
+	if spec := res.Header.Get(hdrReplay); spec != "" {
+		return t.replay(req, st, res, spec, body)
+	}
+	return res, nil
+}
+
+// send tries the machines of d's route that f allows, up to maxAttempts
+// of them, until one accepts a connection.
+func (t *retryTransport) send(req *http.Request, st *reqState, d dest, f *filter, body *replayBody) (*http.Response, error) {
+	var lastErr error
+	for range maxAttempts {
+		b, waited, err := t.e.acquire(req.Context(), d, f)
+		st.queued += waited
+		if err != nil {
+			if lastErr != nil && errors.Is(err, errNoCandidate) {
+				return nil, lastErr // every machine was tried
+			}
+			return nil, err
+		}
+		st.backend, st.slot = b, b.load
+		st.attempts++
+		r := req.WithContext(context.WithValue(req.Context(), backendKey{}, b))
+		u := *req.URL
+		u.Host = b.Addr
+		r.URL = &u
+		var a *attemptBody
+		if body != nil {
+			a = body.attempt()
+			r.Body = a
+		}
+		res, err := t.base.RoundTrip(r)
+		if err == nil {
+			b.load.connected()
+			return res, nil
+		}
+		var de *dialError
+		if !errors.As(err, &de) || a.sent() || req.Context().Err() != nil {
+			return nil, err
+		}
+		b.load.refused()
+		st.releaseSlot()
+		f.exclude = append(f.exclude, b.Target.MachineID)
+		lastErr = err
+		t.log.Debug("machine refused connection, trying the next one", "request_id", st.id,
+			"app", st.app, "machine", b.Target.MachineID, "err", err)
+	}
+	return nil, lastErr
+}

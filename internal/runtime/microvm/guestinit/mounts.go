@@ -1,0 +1,157 @@
+package guestinit
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// mount is one filesystem to mount, relative to a root.
+type mount struct {
+	target, fstype, source string
+	flags                  uintptr
+	data                   string
+}
+
+// The init's own filesystems in the initramfs.
+var early = []mount{
+	{"/dev", "devtmpfs", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+	{"/proc", "proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"/sys", "sysfs", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"/run", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+}
+
+// The app's, inside the machine's disk: what runc gives a container.
+var appMounts = []mount{
+	{"/proc", "proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"/sys", "sysfs", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"/dev", "devtmpfs", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+	{"/dev/pts", "devpts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"},
+	{"/dev/shm", "tmpfs", "shm", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "mode=1777"},
+	{"/run", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+}
+
+// devLinks are the links in /dev that programs expect, as runc makes them.
+var devLinks = map[string]string{
+	"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2",
+}
+
+func mountAll(root string, ms []mount) error {
+	for _, m := range ms {
+		target := filepath.Join(root, m.target)
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return fmt.Errorf("mount %s: %w", target, err)
+		}
+		if err := unix.Mount(m.source, target, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, target, err)
+		}
+	}
+	return nil
+}
+
+func earlyMounts() error { return mountAll("/", early) }
+
+// mountRoot waits for the machine's disk to appear (its driver probes
+// asynchronously) and mounts it on newRoot.
+func mountRoot(dev, fstype string, timeout time.Duration) error {
+	if err := waitFor(dev, timeout); err != nil {
+		return fmt.Errorf("the machine's disk: %w", err)
+	}
+	if err := os.MkdirAll(newRoot, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(dev, newRoot, fstype, unix.MS_NOATIME, ""); err != nil {
+		return fmt.Errorf("mount the machine's disk %s (%s) on %s: %w", dev, fstype, newRoot, err)
+	}
+	return nil
+}
+
+// setupRoot mounts the app's filesystems, names the machine and makes the
+// working directory.
+func setupRoot(root string, cfg Config, ip ipConfig) error {
+	if err := mountAll(root, appMounts); err != nil {
+		return err
+	}
+	for name, target := range devLinks {
+		if err := os.Symlink(target, filepath.Join(root, "dev", name)); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("/dev/%s: %w", name, err)
+		}
+	}
+	hostname := cfg.Hostname
+	if hostname == "" {
+		hostname = "perch"
+	}
+	if err := unix.Sethostname([]byte(hostname)); err != nil {
+		return fmt.Errorf("set hostname: %w", err)
+	}
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if err := writeHosts(r, hostname, ip); err != nil {
+		return err
+	}
+	if cfg.Cwd != "" && cfg.Cwd != "/" {
+		// As runc: a working directory the image lacks is made.
+		if err := r.MkdirAll(filepath.Clean(cfg.Cwd)[1:], 0o755); err != nil {
+			return fmt.Errorf("working directory %s: %w", cfg.Cwd, err)
+		}
+	}
+	return nil
+}
+
+// writeHosts gives the machine an /etc/hosts naming itself when the image
+// has none, as the runc driver does.
+func writeHosts(r *os.Root, hostname string, ip ipConfig) error {
+	if _, err := r.Lstat("etc/hosts"); !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := r.MkdirAll("etc", 0o755); err != nil {
+		return fmt.Errorf("/etc: %w", err)
+	}
+	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+	if ip.Addr.IsValid() {
+		hosts += ip.Addr.Addr().String() + "\t" + hostname + "\n"
+	} else {
+		hosts += "127.0.1.1\t" + hostname + "\n"
+	}
+	if err := r.WriteFile("etc/hosts", []byte(hosts), 0o644); err != nil {
+		return fmt.Errorf("write /etc/hosts: %w", err)
+	}
+	return nil
+}
+
+// unmountRoot undoes setupRoot and mountRoot so the disk is clean when the
+// power goes; a mount still busy is detached, the journal covers the rest.
+func unmountRoot() {
+	for i := len(appMounts) - 1; i >= 0; i-- {
+		t := filepath.Join(newRoot, appMounts[i].target)
+		if unix.Unmount(t, 0) != nil {
+			unix.Unmount(t, unix.MNT_DETACH)
+		}
+	}
+	if err := unix.Unmount(newRoot, 0); err != nil {
+		// Read-only at least, so nothing is left half written.
+		unix.Mount("", newRoot, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+	}
+}
+
+// waitFor polls until path exists.
+func waitFor(path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear within %s; is its driver in the kernel or the initramfs?", path, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,159 @@
+package guestinit
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// configureNetwork brings lo up and, when the command line gave an
+// address, the device with that address and a default route. It speaks
+// rtnetlink itself: the guest has no iproute2.
+func configureNetwork(ip ipConfig, timeout time.Duration) error {
+	nl, err := newNetlink()
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	defer nl.close()
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	if err := nl.linkUp(lo.Index); err != nil {
+		return fmt.Errorf("network: lo up: %w", err)
+	}
+	if !ip.Addr.IsValid() {
+		return nil
+	}
+	var dev *net.Interface
+	deadline := time.Now().Add(timeout)
+	for dev == nil {
+		if dev, err = net.InterfaceByName(ip.Device); err != nil {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("network: %s did not appear within %s; the kernel needs virtio_net", ip.Device, timeout)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if err := nl.addAddr(dev.Index, ip); err != nil {
+		return fmt.Errorf("network: address %s on %s: %w", ip.Addr, ip.Device, err)
+	}
+	if err := nl.linkUp(dev.Index); err != nil {
+		return fmt.Errorf("network: %s up: %w", ip.Device, err)
+	}
+	if ip.Gateway.IsValid() {
+		if err := nl.defaultRoute(dev.Index, ip); err != nil {
+			return fmt.Errorf("network: default route via %s: %w", ip.Gateway, err)
+		}
+	}
+	return nil
+}
+
+type netlink struct {
+	fd  int
+	seq uint32
+}
+
+func newNetlink() (*netlink, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("netlink bind: %w", err)
+	}
+	return &netlink{fd: fd}, nil
+}
+
+func (n *netlink) close() { unix.Close(n.fd) }
+
+func (n *netlink) linkUp(index int) error {
+	// struct ifinfomsg: family, pad, type, index, flags, change.
+	b := make([]byte, unix.SizeofIfInfomsg)
+	b[0] = unix.AF_UNSPEC
+	binary.NativeEndian.PutUint32(b[4:], uint32(index))
+	binary.NativeEndian.PutUint32(b[8:], unix.IFF_UP)
+	binary.NativeEndian.PutUint32(b[12:], unix.IFF_UP)
+	return n.request(unix.RTM_NEWLINK, 0, b)
+}
+
+func (n *netlink) addAddr(index int, ip ipConfig) error {
+	// struct ifaddrmsg: family, prefixlen, flags, scope, index.
+	b := make([]byte, unix.SizeofIfAddrmsg)
+	b[0] = unix.AF_INET
+	b[1] = byte(ip.Addr.Bits())
+	binary.NativeEndian.PutUint32(b[4:], uint32(index))
+	a := ip.Addr.Addr().As4()
+	b = attr(b, unix.IFA_LOCAL, a[:])
+	b = attr(b, unix.IFA_ADDRESS, a[:])
+	return n.request(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, b)
+}
+
+func (n *netlink) defaultRoute(index int, ip ipConfig) error {
+	// struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope,
+	// type, flags.
+	b := make([]byte, unix.SizeofRtMsg)
+	b[0] = unix.AF_INET
+	b[4] = unix.RT_TABLE_MAIN
+	b[5] = unix.RTPROT_BOOT
+	b[6] = unix.RT_SCOPE_UNIVERSE
+	b[7] = unix.RTN_UNICAST
+	gw := ip.Gateway.As4()
+	b = attr(b, unix.RTA_GATEWAY, gw[:])
+	oif := make([]byte, 4)
+	binary.NativeEndian.PutUint32(oif, uint32(index))
+	b = attr(b, unix.RTA_OIF, oif)
+	return n.request(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, b)
+}
+
+// attr appends a route attribute, padded to 4 bytes.
+func attr(b []byte, typ uint16, data []byte) []byte {
+	l := unix.SizeofRtAttr + len(data)
+	h := make([]byte, unix.SizeofRtAttr)
+	binary.NativeEndian.PutUint16(h[0:], uint16(l))
+	binary.NativeEndian.PutUint16(h[2:], typ)
+	b = append(append(b, h...), data...)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// request sends one message and waits for the kernel's acknowledgement.
+func (n *netlink) request(typ uint16, flags uint16, body []byte) error {
+	n.seq++
+	msg := make([]byte, unix.SizeofNlMsghdr, unix.SizeofNlMsghdr+len(body))
+	binary.NativeEndian.PutUint32(msg[0:], uint32(unix.SizeofNlMsghdr+len(body)))
+	binary.NativeEndian.PutUint16(msg[4:], typ)
+	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK|flags)
+	binary.NativeEndian.PutUint32(msg[8:], n.seq)
+	msg = append(msg, body...)
+	if err := unix.Sendto(n.fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return err
+	}
+	buf := make([]byte, 8192)
+	for {
+		k, _, err := unix.Recvfrom(n.fd, buf, 0)
+		if err != nil {
+			return err
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:k])
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if m.Header.Seq != n.seq || m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+				continue
+			}
+			if errno := int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+				return unix.Errno(-errno)
+			}
+			return nil
+		}
+	}
+}

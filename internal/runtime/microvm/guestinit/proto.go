@@ -1,0 +1,99 @@
+package guestinit
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// The control channel is a virtio-serial port named PortName. Both sides
+// send frames: one type byte, a big-endian uint32 payload length, the
+// payload.
+const PortName = "perch"
+
+// Frame types the guest sends.
+const (
+	FrameStdout  = 'o' // the app's standard output, raw bytes
+	FrameStderr  = 'e' // the app's standard error, raw bytes
+	FrameStarted = 's' // the app runs; payload: its pid in the guest, decimal
+	FrameExit    = 'x' // the app is gone; payload: its exit code, decimal (128+n for signal n)
+)
+
+// Frame types the host sends.
+const (
+	FrameConfig = 'C' // the first frame: Config as JSON
+	FrameSignal = 'K' // send the app a signal; payload: its number, decimal
+	FrameBye    = 'B' // the host has recorded the exit; the guest may power off
+)
+
+// maxFrame bounds a payload so a corrupt header cannot make either side
+// allocate without limit.
+const maxFrame = 1 << 20
+
+// Exit codes of a run that never reached the app, as Docker's.
+const (
+	ExitSetupFailed   = 125 // the guest could not be prepared (disk, network, config)
+	ExitNotExecutable = 126
+	ExitNotFound      = 127
+)
+
+// ProbeOK is what the init prints on the console when booted with
+// perch.probe=1: the host's check that an accelerator boots the kernel.
+const ProbeOK = "perch-init: probe ok"
+
+// Config is what the host tells the init to run. The network comes from
+// the kernel command line instead (ip=), as for any Linux guest.
+type Config struct {
+	Args     []string `json:"args"`
+	Env      []string `json:"env"` // final: PATH and HOME already defaulted
+	Cwd      string   `json:"cwd"`
+	UID      uint32   `json:"uid"`
+	GID      uint32   `json:"gid"`
+	Groups   []uint32 `json:"groups,omitempty"`
+	Hostname string   `json:"hostname"`
+}
+
+// Writer sends frames; safe for concurrent use, each frame written whole.
+type Writer struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// NewWriter returns a Writer over w.
+func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
+
+// Send writes one frame.
+func (w *Writer) Send(typ byte, payload []byte) error {
+	for len(payload) > maxFrame {
+		if err := w.Send(typ, payload[:maxFrame]); err != nil {
+			return err
+		}
+		payload = payload[maxFrame:]
+	}
+	buf := make([]byte, 5+len(payload))
+	buf[0] = typ
+	binary.BigEndian.PutUint32(buf[1:5], uint32(len(payload)))
+	copy(buf[5:], payload)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, err := w.w.Write(buf)
+	return err
+}
+
+// ReadFrame reads one frame from r.
+func ReadFrame(r io.Reader) (typ byte, payload []byte, err error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n > maxFrame {
+		return 0, nil, fmt.Errorf("guestinit: frame of %d bytes (type %q) is over the %d limit", n, hdr[0], maxFrame)
+	}
+	payload = make([]byte, n)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return 0, nil, fmt.Errorf("guestinit: short frame: %w", err)
+	}
+	return hdr[0], payload, nil
+}
