@@ -21,4 +21,4 @@ demo: ## a dev world with three regions and the sample app deployed
 bench: ## deploy, machine-start and microVM boot benchmarks, results in bench/README.md
 	./bench/run.sh
 
-.PHONY: help build check test demo bench
+.PHONY: help build check test demo bench bench-edge

@@ -9,14 +9,27 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"log/slog"
+	"math/big"
 	"net"
+	"net/http"
+	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
@@ -33,8 +46,9 @@ import (
 const host = "bench.perch.local"
 
 type target struct {
-	name string
-	url  string
+	name   string
+	url    string
+	tlsURL string // "" when the target has no TLS port
 }
 
 type result struct {
@@ -49,69 +63,119 @@ func main() {
 	app := flag.String("app", "bin/hello", "backend binary (examples/hello)")
 	caddy := flag.String("caddy", "caddy", "caddy binary")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the Perch edge's keep-alive run here")
+	role := flag.String("role", "", "internal: run as the edge (\"edge\") or the bare proxy (\"bare\") in a child process")
+	backendFlag := flag.String("backend", "", "internal: the backend address for -role")
+	listenFlag := flag.String("listen", "", "internal: the listen address for -role")
+	tlsListen := flag.String("tls-listen", "", "internal: the TLS listen address for -role edge")
+	certFlag := flag.String("cert", "", "internal: certificate file for -role edge")
+	keyFlag := flag.String("key", "", "internal: key file for -role edge")
 	flag.Parse()
+	// Each proxy runs in its own process, as nginx and Caddy do, so that
+	// none shares a Go runtime (scheduler, GC) with this driver.
+	switch *role {
+	case "edge":
+		dir, _ := os.MkdirTemp("", "perch-bench-edge-role-")
+		defer os.RemoveAll(dir)
+		stop := runEdge(dir, *backendFlag, *listenFlag, *tlsListen, *certFlag, *keyFlag, *cpuprofile)
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		<-sig
+		stop()
+		return
+	case "bare":
+		serveBare(*listenFlag, *backendFlag)
+		return
+	}
 	dir, _ := os.MkdirTemp("", "perch-bench-edge-")
 	defer os.RemoveAll(dir)
 
 	backend := freeAddr("127.0.0.1")
-	stop := start(*app, nil, "PORT="+port(backend), "PERCH_REGION=bench")
+	stop := start(*app, nil, "PORT="+port(backend)+" PERCH_REGION=bench")
 	defer stop()
 	waitListen(backend)
 
-	perch := freeAddr("127.0.0.2")
-	stopEdge := runEdge(dir, backend, perch)
+	certFile, keyFile := writeCert(dir)
+	self, _ := os.Executable()
+	perch, perchTLS := freeAddr("127.0.0.2"), freeAddr("127.0.0.2")
+	stopEdge := start(self, nil, "", "-role", "edge", "-backend", backend, "-listen", perch, "-tls-listen", perchTLS,
+		"-cert", certFile, "-key", keyFile, "-cpuprofile", *cpuprofile)
 	defer stopEdge()
 	waitListen(perch)
 
-	nginx := freeAddr("127.0.0.3")
+	nginx, nginxTLS := freeAddr("127.0.0.3"), freeAddr("127.0.0.3")
 	conf := filepath.Join(dir, "nginx.conf")
 	os.WriteFile(conf, []byte(fmt.Sprintf(`worker_processes auto; daemon off; pid %s/nginx.pid; error_log stderr error;
 events { worker_connections 4096; }
 http { access_log off;
   upstream app { server %s; keepalive 128; }
-  server { listen %s; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; } } }
-`, dir, backend, nginx)), 0o644)
+  server { listen %s; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; } }
+  server { listen %s ssl http2; ssl_certificate %s; ssl_certificate_key %s; ssl_session_cache shared:SSL:10m;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; } } }
+`, dir, backend, nginx, nginxTLS, certFile, keyFile)), 0o644)
 	stopNginx := start("nginx", nil, "", "-c", conf, "-p", dir)
 	defer stopNginx()
 	waitListen(nginx)
 
-	caddyAddr := freeAddr("127.0.0.4")
+	caddyAddr, caddyTLS := freeAddr("127.0.0.4"), freeAddr("127.0.0.4")
 	cf := filepath.Join(dir, "Caddyfile")
-	os.WriteFile(cf, []byte(fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\nhttp://%s {\n\treverse_proxy %s\n}\n", caddyAddr, backend)), 0o644)
+	// Any Host (wrk sends the app's name): a site address naming the IP
+	// would match only that Host, and Caddy answers others with an empty 200.
+	os.WriteFile(cf, []byte(fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\nhttp://:%s {\n\tbind %s\n\treverse_proxy %s\n}\nhttps://:%s {\n\tbind %s\n\ttls %s %s\n\treverse_proxy %s\n}\n",
+		port(caddyAddr), host4(caddyAddr), backend, port(caddyTLS), host4(caddyTLS), certFile, keyFile, backend)), 0o644)
 	stopCaddy := start(*caddy, nil, "", "run", "--config", cf, "--adapter", "caddyfile")
 	defer stopCaddy()
 	waitListen(caddyAddr)
+	waitListen(caddyTLS)
+	waitListen(perchTLS)
+	waitListen(nginxTLS)
+
+	// A bare httputil.ReverseProxy in this same process: what the Go
+	// standard library costs here, to tell the edge's own overhead apart.
+	bare := freeAddr("127.0.0.5")
+	stopBare := start(self, nil, "", "-role", "bare", "-backend", backend, "-listen", bare)
+	defer stopBare()
+	waitListen(bare)
 
 	targets := []target{
-		{"app directly", "http://" + backend + "/"},
-		{"perch edge", "http://" + perch + "/"},
-		{"nginx", "http://" + nginx + "/"},
-		{"caddy", "http://" + caddyAddr + "/"},
+		{"app directly", "http://" + backend + "/", ""},
+		{"perch edge", "http://" + perch + "/", "https://" + perchTLS + "/"},
+		{"bare Go ReverseProxy", "http://" + bare + "/", ""},
+		{"nginx", "http://" + nginx + "/", "https://" + nginxTLS + "/"},
+		{"caddy", "http://" + caddyAddr + "/", "https://" + caddyTLS + "/"},
+	}
+	// Every target must really reach the app, or its numbers mean nothing.
+	for _, t := range targets {
+		for _, u := range []string{t.url, t.tlsURL} {
+			if u == "" {
+				continue
+			}
+			if body := get(u); !strings.Contains(body, "hello from bench") {
+				log.Fatalf("%s (%s) does not proxy to the app: it answered %q", t.name, u, body)
+			}
+		}
 	}
 	fmt.Printf("wrk -t%d -c%d -d%s --latency -H 'Host: %s' URL   (2 cores shared by wrk, proxy and backend)\n\n", *threads, *conns, *dur, host)
 	for _, mode := range []struct {
 		name  string
+		tls   bool
 		extra []string
 	}{
-		{"keep-alive", nil},
-		{"new connection per request", []string{"-H", "Connection: close"}},
+		{"keep-alive", false, nil},
+		{"new connection per request", false, []string{"-H", "Connection: close"}},
+		{"TLS, keep-alive (added latency against the plain app)", true, nil},
+		{"TLS, new connection (and handshake) per request", true, []string{"-H", "Connection: close"}},
 	} {
 		fmt.Printf("## %s\n\n| target | requests/s | p50 | p99 | added p50 | added p99 |\n|---|---|---|---|---|---|\n", mode.name)
 		var direct result
 		res := map[string]result{}
 		for i, t := range targets {
-			profiling := *cpuprofile != "" && t.name == "perch edge" && mode.extra == nil
-			if profiling {
-				f, err := os.Create(*cpuprofile)
-				if err != nil {
-					log.Fatal(err)
+			u := t.url
+			if mode.tls && i > 0 {
+				if u = t.tlsURL; u == "" {
+					continue
 				}
-				pprof.StartCPUProfile(f)
 			}
-			r := wrk(t.url, *threads, *conns, *dur, mode.extra)
-			if profiling {
-				pprof.StopCPUProfile()
-			}
+			r := wrk(u, *threads, *conns, *dur, mode.extra)
 			res[t.name] = r
 			if i == 0 {
 				direct = r
@@ -127,7 +191,14 @@ http { access_log off;
 
 // runEdge runs the Perch edge in this process, fed from an embedded NATS
 // holding one app with one started machine: the backend.
-func runEdge(dir, backend, listen string) func() {
+func runEdge(dir, backend, listen, tlsListen, certFile, keyFile, cpuprofile string) func() {
+	if cpuprofile != "" {
+		f, err := os.Create(cpuprofile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		pprof.StartCPUProfile(f)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	nats, err := store.RunEmbedded(filepath.Join(dir, "nats"), "127.0.0.1:0", "t", slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -139,22 +210,73 @@ func runEdge(dir, backend, listen string) func() {
 	}
 	bport, _ := strconv.Atoi(port(backend))
 	lport, _ := strconv.Atoi(port(listen))
+	tport, _ := strconv.Atoi(port(tlsListen))
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		log.Fatal(err)
+	}
 	now := time.Now()
 	must(store.Put(ctx, st.Apps, "bench", api.App{Name: "bench", CreatedAt: now}))
 	must(store.Put(ctx, st.Hosts, "h1", api.Host{ID: "h1", Region: "iad", Status: api.HostUp, LastSeen: now}))
 	spec := store.MachineSpec{ID: "m1", App: "bench", Region: "iad", HostID: "h1", PrivateIP: "127.0.0.1",
 		Desired: store.DesireStarted, Generation: 1, ConfigGeneration: 1,
 		Config: api.MachineConfig{Image: "bench", Services: []api.Service{{Protocol: "tcp", InternalPort: bport,
-			Ports: []api.Port{{Port: lport, Handlers: []string{"http"}}}}}}}
+			Ports: []api.Port{{Port: lport, Handlers: []string{"http"}}, {Port: tport, Handlers: []string{"tls", "http"}}}}}}}
 	must(store.Put(ctx, st.Machines, spec.Key(), spec))
 	must(store.Put(ctx, st.Status, spec.Key(), store.MachineStatus{ID: "m1", App: "bench", HostID: "h1", State: api.StateStarted, Generation: 1}))
-	e, err := edge.New(edge.Config{Region: "iad", HostID: "h1", Addr: netip.MustParseAddr(host4(listen)), Store: st})
+	e, err := edge.New(edge.Config{Region: "iad", HostID: "h1", Addr: netip.MustParseAddr(host4(listen)), Store: st, Certs: staticCert{&cert}})
 	if err != nil {
 		log.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); e.Run(ctx) }()
-	return func() { cancel(); <-done; st.Close(); nats.Shutdown() }
+	return func() { cancel(); <-done; st.Close(); nats.Shutdown(); pprof.StopCPUProfile() }
+}
+
+var insecure = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+
+func get(u string) string {
+	req, _ := http.NewRequest("GET", u, nil)
+	req.Host = host
+	res, err := insecure.Do(req)
+	if err != nil {
+		return err.Error()
+	}
+	defer res.Body.Close()
+	b := make([]byte, 200)
+	n, _ := res.Body.Read(b)
+	return string(b[:n])
+}
+
+func serveBare(addr, backend string) {
+	u, _ := url.Parse("http://" + backend)
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.Transport = &http.Transport{MaxIdleConnsPerHost: 128}
+	rp.ErrorLog = log.New(io.Discard, "", 0) // wrk hangs up mid-request at the end of a run
+	log.Fatal(http.ListenAndServe(addr, rp))
+}
+
+// staticCert serves one certificate for every name, as nginx and Caddy are
+// configured here.
+type staticCert struct{ c *tls.Certificate }
+
+func (s staticCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.c, nil }
+func (s staticCert) HTTPChallenge(next http.Handler) http.Handler                  { return next }
+
+// writeCert writes a self-signed ECDSA certificate for the bench's host.
+func writeCert(dir string) (string, string) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return certFile, keyFile
 }
 
 func must(_ uint64, err error) {
@@ -206,6 +328,8 @@ func start(bin string, _ []string, env string, args ...string) func() {
 		cmd.Env = append(os.Environ(), strings.Fields(env)...)
 	}
 	cmd.Stderr = os.Stderr
+	// Children die with this process, even when it stops on log.Fatal.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		log.Fatalf("start %s: %v", bin, err)
 	}
