@@ -21,4 +21,7 @@ demo: ## a dev world with three regions and the sample app deployed
 bench: ## deploy, machine-start and microVM boot benchmarks, results in bench/README.md
 	./bench/run.sh
 
-.PHONY: help build check test demo bench bench-edge
+bench-edge: ## the edge against nginx and Caddy (wrk), results in bench/README.md
+	./bench/edge/run.sh
+
+.PHONY: help build check test demo bench bench-edge bench-edge
