@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"net"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -87,8 +88,12 @@ func (s *Snapshot) Candidates(host string, port int) []Backend {
 // no trailing dot, lower case. It does not allocate for the common
 // already-lower-case name.
 func normalizeHost(h string) string {
-	if i := strings.LastIndexByte(h, ':'); i >= 0 && strings.IndexByte(h[i:], ']') < 0 {
-		h = h[:i]
+	// A port is stripped only where net.SplitHostPort sees one: a Host
+	// such as "app.perch.local:[" is malformed and names no app.
+	if strings.IndexByte(h, ':') >= 0 {
+		if name, _, err := net.SplitHostPort(h); err == nil {
+			h = name
+		}
 	}
 	h = strings.TrimSuffix(h, ".")
 	return strings.ToLower(h)
