@@ -1,0 +1,86 @@
+package mesh
+
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+func hexKey(k [32]byte) string { return hex.EncodeToString(k[:]) }
+
+// SetPeers makes peers the node's whole peer set, live: peers not in it
+// are removed, new ones added, changed ones updated. Peers that stay keep
+// their WireGuard session (no new handshake), which a blunt replace_peers
+// would throw away on every control-plane update.
+func (n *Node) SetPeers(peers []Peer) error {
+	self := n.cfg.Key.Public()
+	want := map[PublicKey]Peer{}
+	for _, p := range peers {
+		if p.PublicKey == self {
+			continue // the control plane's list includes us
+		}
+		if err := p.validate(); err != nil {
+			return fmt.Errorf("mesh: set peers: %w", err)
+		}
+		want[p.PublicKey] = p
+	}
+
+	n.setMu.Lock()
+	defer n.setMu.Unlock()
+	n.mu.Lock()
+	old := n.peers
+	n.mu.Unlock()
+
+	var b strings.Builder
+	for k := range old {
+		if _, ok := want[k]; !ok {
+			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", k.hex())
+		}
+	}
+	for k, p := range want {
+		if o, ok := old[k]; ok && o == p {
+			continue
+		}
+		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", k.hex(), p.Endpoint)
+		for _, ip := range p.allowedIPs() {
+			fmt.Fprintf(&b, "allowed_ip=%s\n", ip)
+		}
+	}
+
+	// Regions first, so the first packets to a new peer are already delayed.
+	regions := map[netip.AddrPort]string{}
+	for _, p := range want {
+		regions[p.Endpoint] = p.Region
+	}
+	n.mu.Lock()
+	n.regions = regions
+	n.mu.Unlock()
+
+	if b.Len() > 0 {
+		if err := n.dev.IpcSet(b.String()); err != nil {
+			return fmt.Errorf("mesh: set peers: %w", err)
+		}
+	}
+	n.mu.Lock()
+	n.peers = want
+	n.mu.Unlock()
+	// A new peer is probed at once, to start the handshake, by the smaller
+	// key of the pair only; the other side waits a grace period (see
+	// rttProber.setPeers). When both sides initiate within one round trip
+	// each drops the other's answer, and WireGuard retries only after 5 s.
+	var kick, wait []PublicKey
+	for k := range want {
+		if _, ok := old[k]; !ok {
+			if bytes.Compare(self[:], k[:]) < 0 {
+				kick = append(kick, k)
+			} else {
+				wait = append(wait, k)
+			}
+		}
+	}
+	n.rtt.setPeers(want, kick, wait)
+	n.log.Debug("mesh peers set", "peers", len(want))
+	return nil
+}
