@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log"
 	"net/http"
+	"os"
 	"sync/atomic"
 )
 
@@ -12,6 +13,8 @@ import (
 // /health/ok.
 func handleHealth(mux *http.ServeMux) {
 	var failing atomic.Bool
+	// HELLO_UNHEALTHY=1 starts failing: a release whose checks never pass.
+	failing.Store(os.Getenv("HELLO_UNHEALTHY") == "1")
 	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) {
 		if failing.Load() {
 			http.Error(w, "unhealthy (switched by /health/fail)", http.StatusServiceUnavailable)

@@ -165,6 +165,10 @@ func (d *deployer) startNew(ctx context.Context, region string, mc api.MachineCo
 	}
 	fmt.Fprintf(d.out, "%s: machine %s created\n", region, m.ID)
 	werr := d.c.WaitMachine(ctx, d.app, m.ID, api.StateStarted, d.timeout)
+	if werr == nil && hasChecks(m.Config) {
+		fmt.Fprintf(d.out, "%s: machine %s started; waiting for its health checks\n", region, m.ID)
+		werr = d.waitHealthy(ctx, m.ID, start)
+	}
 	if werr == nil {
 		fmt.Fprintf(d.out, "%s: machine %s started (%.1fs)\n", region, m.ID, time.Since(start).Seconds())
 		return m, nil
@@ -217,4 +221,49 @@ func (d *deployer) explain(ctx context.Context, region, id string, werr error) s
 		}
 	}
 	return reason
+}
+
+func hasChecks(c api.MachineConfig) bool {
+	for _, svc := range c.Services {
+		if len(svc.Checks) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// waitHealthy waits until every health check of the new machine passes, as
+// Fly's deploy does: a machine that starts and then fails its checks (or
+// crashes) is not a successful release.
+func (d *deployer) waitHealthy(ctx context.Context, id string, start time.Time) error {
+	deadline := start.Add(d.timeout)
+	for {
+		m, err := d.c.GetMachine(ctx, d.app, id)
+		if err != nil {
+			return err
+		}
+		if m.State != api.StateStarted {
+			return fmt.Errorf("machine %s is %s while waiting for its health checks", id, m.State)
+		}
+		passing := len(m.Checks) > 0
+		for _, c := range m.Checks {
+			if c.Status == api.CheckCritical {
+				return fmt.Errorf("health check %s is critical: %s", c.Name, c.Output)
+			}
+			if c.Status != api.CheckPassing {
+				passing = false
+			}
+		}
+		if passing {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("health checks of machine %s did not pass within %s", id, d.timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
