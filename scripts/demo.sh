@@ -64,6 +64,10 @@ for r in ${regions//,/ }; do
   curl -sS --max-time 5 -H "Host: hello.perch.local" "http://$edge/"
 done
 
+echo "== and over https, with the dev world's own CA ($dir/ca.pem)"
+first=$(sed -n 's/.*"edge_addr": "\(.*\)".*/\1/p' "$dir/world.json" | head -1)
+curl -sS --max-time 5 --cacert "$dir/ca.pem" --resolve "hello.perch.local:443:$first" https://hello.perch.local/
+
 if [ "${DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
 echo
 echo "The world keeps running: try $perch status -a hello, or curl -H 'Host: hello.perch.local' http://127.0.1.2/"
