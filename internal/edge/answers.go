@@ -30,7 +30,12 @@ func noService(w http.ResponseWriter, app string, port int) {
 	http.Error(w, fmt.Sprintf("perch: app %q has no HTTP service on port %d.", app, port), http.StatusNotFound)
 }
 
-func noMachine(w http.ResponseWriter, app string) {
+func noMachine(w http.ResponseWriter, app string, unhealthy int) {
+	if unhealthy > 0 {
+		http.Error(w, fmt.Sprintf("perch: app %q has no healthy machine: %d started machine(s) fail their health checks. Run \"perch status\" to see the checks.", app, unhealthy),
+			http.StatusBadGateway)
+		return
+	}
 	http.Error(w, fmt.Sprintf("perch: app %q has no started machine; its machines may be stopped, stopping or failing. Run \"perch status\" to see them.", app),
 		http.StatusBadGateway)
 }
@@ -53,7 +58,7 @@ func (e *Edge) answerError(w http.ResponseWriter, st *reqState, err error) bool 
 	case errors.As(err, &re):
 		http.Error(w, re.msg, re.status)
 	case errors.Is(err, errNoCandidate):
-		noMachine(w, st.app)
+		noMachine(w, st.app, 0)
 	default:
 		return false
 	}

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/perchhq/perch/internal/api"
@@ -51,8 +52,8 @@ func TestCriticalCheckIsOutOfRotation(t *testing.T) {
 	// machine to answer.
 	checks(ams, api.CheckCritical)
 	checks(iad, api.CheckCritical)
-	if res, body := get(t, srv, "shop.perch.local", nil); res.StatusCode != http.StatusBadGateway {
-		t.Errorf("all machines critical: got %d %q, want 502", res.StatusCode, body)
+	if res, body := get(t, srv, "shop.perch.local", nil); res.StatusCode != http.StatusBadGateway || !strings.Contains(body, "2 started machine(s) fail their health checks") {
+		t.Errorf("all machines critical: got %d %q, want 502 saying the health checks fail", res.StatusCode, body)
 	}
 	checks(iad)
 	expect("iad without checks", "m-iad")

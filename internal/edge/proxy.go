@@ -77,7 +77,7 @@ func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		noService(lw, app.name, h.port)
 	case h.e.redirect(lw, r, pr): // force_https; http.go
 	case len(pr.backends) == 0:
-		noMachine(lw, app.name)
+		noMachine(lw, app.name, pr.unhealthy)
 	case !h.e.admit(lw, app, st):
 	default:
 		st.h2c = pr.chain.h2Backend

@@ -46,6 +46,9 @@ type portRoute struct {
 	// q holds requests waiting for a slot when every machine is at its hard
 	// limit; it outlives rebuilds.
 	q *waitQueue
+	// unhealthy counts started machines kept out for a critical health
+	// check, so that a 502 can say why there is no machine.
+	unhealthy int
 }
 
 // Backend is a machine ready to answer on some public port.

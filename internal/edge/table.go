@@ -133,6 +133,7 @@ func (t *table) build() *Snapshot {
 			continue
 		}
 		up := t.inRotation(key, &m)
+		sick := !up && t.failsChecks(key, &m)
 		for _, svc := range m.Config.Services {
 			for _, p := range svc.Ports {
 				if p.Port < 1 || p.Port > 65535 {
@@ -150,6 +151,9 @@ func (t *table) build() *Snapshot {
 					ar.ports[p.Port] = pr
 				}
 				pr.offer(ch, m.UpdatedAt) // chain.go
+				if sick {
+					pr.unhealthy++
+				}
 				if up && svc.InternalPort > 0 && !pr.has(m.ID) {
 					soft, hard := limitsOf(svc.Concurrency)
 					pr.backends = append(pr.backends, &Backend{
@@ -202,6 +206,13 @@ func (t *table) name(s *Snapshot, routes map[string]*appRoute) {
 // inRotation says whether machine key may get requests: started, meant to
 // be started, on a host that is up, and with no critical health check (a
 // check in its grace period is a warning and does not count); t.mu is held.
+// failsChecks says whether a machine that would otherwise be in rotation is
+// out only because a health check is critical.
+func (t *table) failsChecks(key string, m *store.MachineSpec) bool {
+	st, ok := t.status[key]
+	return ok && st.State == api.StateStarted && m.Desired == store.DesireStarted && health.Critical(st.Checks)
+}
+
 func (t *table) inRotation(key string, m *store.MachineSpec) bool {
 	st, ok := t.status[key]
 	if !ok || st.State != api.StateStarted || m.Desired != store.DesireStarted || m.PrivateIP == "" {
