@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 	"github.com/perchhq/perch/internal/runtime/microvm/guestinit"
 )
 
@@ -122,7 +123,7 @@ func probeCached(ctx context.Context, cacheFile, qemu string, k *kernel, initrd 
 	}
 	c := probeKVM(ctx, qemu, k, initrd)
 	known[key] = c
-	if err := writeJSON(cacheFile, known); err != nil {
+	if err := machinedir.WriteJSON(cacheFile, known); err != nil {
 		return accelChoice{}, fmt.Errorf("microvm: accelerator cache: %w", err)
 	}
 	return c, nil

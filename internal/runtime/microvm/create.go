@@ -8,6 +8,7 @@ import (
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/runtime/imageuser"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 // MinMemoryMB is the least memory a microVM gets: Debian's cloud kernel
@@ -62,7 +63,7 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	r := record{Spec: spec, User: u}
 	// The record goes first so a failed create can still be destroyed
 	// completely, by this driver or the next.
-	if err := writeJSON(d.path(id, fileRecord), r); err != nil {
+	if err := machinedir.WriteJSON(d.path(id, fileRecord), r); err != nil {
 		return fmt.Errorf("microvm: create %s: %w", id, err)
 	}
 	if r.Base, err = d.baseDisk(spec.Rootfs); err != nil {
@@ -76,15 +77,11 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 			return fmt.Errorf("microvm: create %s: %w", id, err)
 		}
 	}
-	if err := writeJSON(d.path(id, fileRecord), r); err != nil {
+	if err := machinedir.WriteJSON(d.path(id, fileRecord), r); err != nil {
 		return fmt.Errorf("microvm: create %s: %w", id, err)
 	}
-	for _, name := range []string{fileStdout, fileStderr, fileConsole} {
-		f, err := os.OpenFile(d.path(id, name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return fmt.Errorf("microvm: create %s: %w", id, err)
-		}
-		f.Close()
+	if err := machinedir.CreateFiles(d.dir(id), fileStdout, fileStderr, fileConsole); err != nil {
+		return fmt.Errorf("microvm: create %s: %w", id, err)
 	}
 	d.log.Debug("machine created", "id", id, "disk", r.Base)
 	return nil

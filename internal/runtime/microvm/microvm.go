@@ -29,6 +29,7 @@ import (
 
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 var _ runtime.Driver = (*Driver)(nil)
@@ -97,8 +98,7 @@ type Driver struct {
 	initrd  string
 	accel   *accelChoice
 
-	mu    sync.Mutex
-	locks map[string]*sync.Mutex
+	locks machinedir.Locks
 }
 
 // New returns a driver over cfg.StateDir, seeing the machines an earlier
@@ -122,7 +122,7 @@ func New(cfg Config) (*Driver, error) {
 		cfg.AccelCache = DefaultAccelCache
 	}
 	cfg.ShimCommand = slices.Clone(cfg.ShimCommand)
-	d := &Driver{cfg: cfg, stateDir: stateDir, log: cfg.Log, locks: map[string]*sync.Mutex{}}
+	d := &Driver{cfg: cfg, stateDir: stateDir, log: cfg.Log}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
@@ -179,7 +179,7 @@ func (d *Driver) initPath() (string, error) {
 			return "", fmt.Errorf("microvm: find the perch executable to use as the guest init: %w", err)
 		}
 		p = exe
-		if slim := filepath.Join(filepath.Dir(exe), "perch-init"); fileExists(slim) {
+		if slim := filepath.Join(filepath.Dir(exe), "perch-init"); machinedir.Exists(slim) {
 			p = slim
 		}
 	}
@@ -197,15 +197,7 @@ func (d *Driver) cacheDir() string { return d.cfg.CacheDir }
 
 // lock serialises the changes made to one machine.
 func (d *Driver) lock(id string) func() {
-	d.mu.Lock()
-	l, ok := d.locks[id]
-	if !ok {
-		l = &sync.Mutex{}
-		d.locks[id] = l
-	}
-	d.mu.Unlock()
-	l.Lock()
-	return l.Unlock
+	return d.locks.Lock(id)
 }
 
 // checkID rejects ids that cannot name a directory and a tap device.

@@ -14,6 +14,7 @@ import (
 	"github.com/perchhq/perch/internal/hostnet/hostnettest"
 	"github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/runtime/drivertest"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 // TestMain lets the test binary be the shim, as the perch binary is in
@@ -125,7 +126,7 @@ func TestConformance(t *testing.T) {
 // memoryLimit is the memory the machine's VM was given: qemu's -m.
 func memoryLimit(t *testing.T, id string) int64 {
 	t.Helper()
-	pid, err := readPid(filepath.Join(testStateDir(t), "machines", id, fileQEMUPid))
+	pid, err := machinedir.ReadPid(filepath.Join(testStateDir(t), "machines", id, fileQEMUPid))
 	if err != nil {
 		t.Fatal(err)
 	}

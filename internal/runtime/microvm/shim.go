@@ -15,8 +15,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 	"github.com/perchhq/perch/internal/runtime/microvm/guestinit"
 )
 
@@ -44,8 +44,7 @@ func ShimMain(args []string) int {
 	}
 	defer s.close()
 	code := s.run()
-	ex := exitRecord{ExitCode: code, ExitedAt: time.Now().UTC()}
-	if err := writeJSON(filepath.Join(*dir, fileExit), ex); err != nil {
+	if err := machinedir.WriteExit(filepath.Join(*dir, fileExit), code); err != nil {
 		fmt.Fprintf(s.stderr, "perch microvm-shim: record the exit: %v\n", err)
 		return 1
 	}
@@ -64,7 +63,7 @@ type shim struct {
 
 func openShim(dir string) (*shim, error) {
 	s := &shim{dir: dir}
-	if err := readJSON(filepath.Join(dir, fileVM), &s.vm); err != nil {
+	if err := machinedir.ReadJSON(filepath.Join(dir, fileVM), &s.vm); err != nil {
 		return nil, err
 	}
 	var err error

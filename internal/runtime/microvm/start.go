@@ -7,12 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/perchhq/perch/internal/hostnet"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 	"github.com/perchhq/perch/internal/runtime/microvm/guestinit"
 )
 
@@ -35,7 +35,7 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 		return err
 	}
 	if sh, ok := d.liveShim(id); ok {
-		if !fileExists(d.path(id, fileExit)) {
+		if !machinedir.Exists(d.path(id, fileExit)) {
 			return d.waitStarted(ctx, id, sh.Pid, nil) // already started or booting
 		}
 		// The last run's shim has recorded its exit and is on its way out.
@@ -69,7 +69,7 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 		Args:  machineArgs(r, d.dir(id), accel, k, initrd, r.Tap),
 		Guest: guestConfig(r),
 	}
-	if err := writeJSON(d.path(id, fileVM), vm); err != nil {
+	if err := machinedir.WriteJSON(d.path(id, fileVM), vm); err != nil {
 		return fmt.Errorf("microvm: start %s: %w", id, err)
 	}
 	for _, name := range []string{fileExit, fileRunning, fileQEMUPid} {
@@ -81,21 +81,9 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 		return fmt.Errorf("microvm: start %s: control fifo: %w", id, err)
 	}
 
-	args := append(d.cfg.ShimCommand[1:len(d.cfg.ShimCommand):len(d.cfg.ShimCommand)], "--dir", d.dir(id))
-	cmd := exec.Command(d.cfg.ShimCommand[0], args...)
-	// Its own session keeps the shim out of the agent's process group and
-	// terminal signals; nil stdio means it holds none of the agent's pipes.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("microvm: start %s: shim: %w", id, err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait() // reap it; after an agent restart init does
-		close(exited)
-	}()
-	sh := shimRecord{Pid: cmd.Process.Pid, StartedAt: time.Now().UTC()}
-	if err := writeJSON(d.path(id, fileShim), sh); err != nil {
+	argv := append(d.cfg.ShimCommand[0:len(d.cfg.ShimCommand):len(d.cfg.ShimCommand)], "--dir", d.dir(id))
+	sh, exited, err := machinedir.StartShim(argv, d.path(id, fileShim))
+	if err != nil {
 		return fmt.Errorf("microvm: start %s: %w", id, err)
 	}
 	d.log.Debug("machine booting", "id", id, "shim", sh.Pid, "accel", accel)
@@ -158,20 +146,11 @@ func (d *Driver) waitStarted(ctx context.Context, id string, shimPid int, exited
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if fileExists(d.path(id, fileRunning)) || fileExists(d.path(id, fileExit)) {
+		if machinedir.Exists(d.path(id, fileRunning)) || machinedir.Exists(d.path(id, fileExit)) {
 			return nil
 		}
-		alive := true
-		select {
-		case <-exited:
-			alive = false
-		default:
-			if exited == nil {
-				alive = d.shimAlive(id, shimPid)
-			}
-		}
-		if !alive {
-			if fileExists(d.path(id, fileExit)) {
+		if machinedir.Gone(exited, func() bool { return d.shimAlive(id, shimPid) }) {
+			if machinedir.Exists(d.path(id, fileExit)) {
 				return nil
 			}
 			return fmt.Errorf("microvm: start %s: the shim exited without recording an exit code; see %s", id, d.path(id, fileStderr))
@@ -186,16 +165,5 @@ func (d *Driver) waitStarted(ctx context.Context, id string, shimPid int, exited
 
 // waitShimGone waits for a shim that has finished its work to exit.
 func (d *Driver) waitShimGone(ctx context.Context, id string, pid int) error {
-	ctx, cancel := context.WithTimeout(ctx, killWait)
-	defer cancel()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for d.shimAlive(id, pid) {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("shim %d of the last run is still running: %w", pid, ctx.Err())
-		case <-tick.C:
-		}
-	}
-	return nil
+	return machinedir.WaitGone(ctx, pid, func() bool { return d.shimAlive(id, pid) }, killWait)
 }

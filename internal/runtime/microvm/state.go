@@ -1,16 +1,13 @@
 package microvm
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"os"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 // waitPoll is how often Wait and Stop look at the machine.
@@ -27,17 +24,17 @@ func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
 	if _, err := d.readRecord(id); err != nil {
 		return runtime.State{}, err
 	}
-	var sh shimRecord
-	if readJSON(d.path(id, fileShim), &sh) != nil {
+	var sh machinedir.Shim
+	if machinedir.ReadJSON(d.path(id, fileShim), &sh) != nil {
 		return runtime.State{Status: runtime.StatusCreated}, nil
 	}
 	st := runtime.State{StartedAt: sh.StartedAt}
 	if ex, ok := d.exitRecord(id); ok {
-		return exited(st, ex), nil
+		return machinedir.Exited(st, ex), nil
 	}
 	if d.shimAlive(id, sh.Pid) {
-		pid, err := readPid(d.path(id, fileQEMUPid))
-		if err != nil || !fileExists(d.path(id, fileRunning)) {
+		pid, err := machinedir.ReadPid(d.path(id, fileQEMUPid))
+		if err != nil || !machinedir.Exists(d.path(id, fileRunning)) {
 			st.Status = runtime.StatusCreated // still booting
 			return st, nil
 		}
@@ -46,20 +43,15 @@ func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
 	}
 	// The shim may have written its record just after we looked.
 	if ex, ok := d.exitRecord(id); ok {
-		return exited(st, ex), nil
+		return machinedir.Exited(st, ex), nil
 	}
 	st.Status, st.ExitCode = runtime.StatusExited, -1
 	return st, nil
 }
 
-func exited(st runtime.State, ex exitRecord) runtime.State {
-	st.Status, st.ExitCode, st.ExitedAt = runtime.StatusExited, ex.ExitCode, ex.ExitedAt
-	return st
-}
-
-func (d *Driver) exitRecord(id string) (exitRecord, bool) {
-	var ex exitRecord
-	return ex, readJSON(d.path(id, fileExit), &ex) == nil
+func (d *Driver) exitRecord(id string) (machinedir.Exit, bool) {
+	var ex machinedir.Exit
+	return ex, machinedir.ReadJSON(d.path(id, fileExit), &ex) == nil
 }
 
 // Wait polls State until the VM has exited or ctx is done.
@@ -81,24 +73,17 @@ func (d *Driver) Wait(ctx context.Context, id string) (runtime.State, error) {
 
 // List returns the ids of the machines in the state dir.
 func (d *Driver) List(ctx context.Context) ([]string, error) {
-	entries, err := os.ReadDir(d.dir(""))
+	ids, err := machinedir.List(d.dir(""), fileRecord)
 	if err != nil {
 		return nil, fmt.Errorf("microvm: list: %w", err)
 	}
-	var ids []string
-	for _, e := range entries {
-		if e.IsDir() && fileExists(d.path(e.Name(), fileRecord)) {
-			ids = append(ids, e.Name())
-		}
-	}
-	slices.Sort(ids)
 	return ids, nil
 }
 
 // liveShim returns the machine's shim if it is still running.
-func (d *Driver) liveShim(id string) (shimRecord, bool) {
-	var sh shimRecord
-	if readJSON(d.path(id, fileShim), &sh) != nil {
+func (d *Driver) liveShim(id string) (machinedir.Shim, bool) {
+	var sh machinedir.Shim
+	if machinedir.ReadJSON(d.path(id, fileShim), &sh) != nil {
 		return sh, false
 	}
 	return sh, d.shimAlive(id, sh.Pid)
@@ -111,35 +96,10 @@ func (d *Driver) shimAlive(id string, pid int) bool {
 	return procAlive(pid, d.dir(id))
 }
 
-// procAlive reports whether pid runs and has arg on its command line.
+// procAlive reports whether pid runs and has arg on its command line,
+// alone or as the directory of qemu's path= options.
 func procAlive(pid int, arg string) bool {
-	if pid <= 0 {
-		return false
-	}
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// The state letter follows the command name, which is in parentheses.
-	if i := bytes.LastIndexByte(stat, ')'); i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' || stat[i+2] == 'X' {
-		return false
-	}
-	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil {
-		return false
-	}
-	for _, a := range strings.Split(string(cmdline), "\x00") {
-		if a == arg || strings.Contains(a, "path="+arg+"/") {
-			return true
-		}
-	}
-	return false
-}
-
-func readPid(path string) (int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
+	return machinedir.ProcAlive(pid, func(a string) bool {
+		return a == arg || strings.Contains(a, "path="+arg+"/")
+	})
 }

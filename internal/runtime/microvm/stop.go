@@ -13,6 +13,7 @@ import (
 
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 // Stop's escalation after its timeout: SIGKILL to the app through the
@@ -38,7 +39,7 @@ func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeou
 	if err != nil {
 		return err
 	}
-	if st.Status == runtime.StatusExited || !fileExists(d.path(id, fileShim)) {
+	if st.Status == runtime.StatusExited || !machinedir.Exists(d.path(id, fileShim)) {
 		return nil
 	}
 	if err := d.command(id, "signal "+strconv.Itoa(int(sig))); err != nil {
@@ -118,7 +119,7 @@ func (d *Driver) killAll(ctx context.Context, id string) error {
 	defer tick.Stop()
 	for {
 		sh, shimUp := d.liveShim(id)
-		qemu, _ := readPid(d.path(id, fileQEMUPid))
+		qemu, _ := machinedir.ReadPid(d.path(id, fileQEMUPid))
 		qemuUp := procAlive(qemu, d.dir(id))
 		if !shimUp && !qemuUp {
 			return nil

@@ -8,6 +8,7 @@ import (
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/runtime/imageuser"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 // Create prepares the machine: writable root, network namespace on the
@@ -51,7 +52,7 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	r := record{Spec: spec, Copy: copied}
 	// The record goes first so a failed create can still be destroyed
 	// completely, by this driver or the next.
-	if err := writeJSON(d.path(id, fileRecord), r); err != nil {
+	if err := machinedir.WriteJSON(d.path(id, fileRecord), r); err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
 	hostname := spec.Hostname
@@ -69,15 +70,11 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
 	s := ociSpec(spec, d.path(id, dirRootfs), netns, u, d.cgroupParent)
-	if err := writeJSON(d.path(id, fileConfig), s); err != nil {
+	if err := machinedir.WriteJSON(d.path(id, fileConfig), s); err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
-	for _, name := range []string{fileStdout, fileStderr} {
-		f, err := os.OpenFile(d.path(id, name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return fmt.Errorf("runc: create %s: %w", id, err)
-		}
-		f.Close()
+	if err := machinedir.CreateFiles(d.dir(id), fileStdout, fileStderr); err != nil {
+		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
 	d.log.Debug("machine created", "id", id, "copy", copied)
 	return nil

@@ -24,6 +24,7 @@ import (
 
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 var _ runtime.Driver = (*Driver)(nil)
@@ -70,8 +71,7 @@ type Driver struct {
 	noOverlay bool // tests force the copy fallback
 	copyOnce  sync.Once
 
-	mu    sync.Mutex
-	locks map[string]*sync.Mutex
+	locks machinedir.Locks
 }
 
 // New returns a driver over cfg.StateDir, seeing the machines an earlier
@@ -104,7 +104,6 @@ func New(cfg Config) (*Driver, error) {
 		shim:         slices.Clone(cfg.ShimCommand),
 		cgroupParent: cfg.CgroupParent,
 		log:          cfg.Log,
-		locks:        map[string]*sync.Mutex{},
 	}
 	if d.cgroupParent == "" {
 		d.cgroupParent = defaultCgrp
@@ -129,15 +128,7 @@ func (d *Driver) path(id, name string) string { return filepath.Join(d.dir(id), 
 
 // lock serialises the changes made to one machine.
 func (d *Driver) lock(id string) func() {
-	d.mu.Lock()
-	l, ok := d.locks[id]
-	if !ok {
-		l = &sync.Mutex{}
-		d.locks[id] = l
-	}
-	d.mu.Unlock()
-	l.Lock()
-	return l.Unlock
+	return d.locks.Lock(id)
 }
 
 // checkID rejects ids that cannot name a directory, a runc container and a

@@ -9,7 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"syscall"
-	"time"
+
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 // ShimMain is the shim: `perch runc-shim --runc R --root ROOT --id ID
@@ -46,8 +47,7 @@ func ShimMain(args []string) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "perch runc-shim: run %s: %v\n", *id, err)
 	}
-	ex := exitRecord{ExitCode: code, ExitedAt: time.Now().UTC()}
-	if err := writeJSON(filepath.Join(*dir, fileExit), ex); err != nil {
+	if err := machinedir.WriteExit(filepath.Join(*dir, fileExit), code); err != nil {
 		fmt.Fprintf(stderr, "perch runc-shim: record exit of %s: %v\n", *id, err)
 		return 1
 	}

@@ -5,11 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"syscall"
 	"time"
 
 	"github.com/perchhq/perch/internal/hostnet"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 // startTimeout bounds how long Start waits for runc to report the process
@@ -29,7 +28,7 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 		return err
 	}
 	if sh, ok := d.liveShim(id); ok {
-		if !fileExists(d.path(id, fileExit)) {
+		if !machinedir.Exists(d.path(id, fileExit)) {
 			return d.waitStarted(ctx, id, sh.Pid, nil) // already started or starting
 		}
 		// The last run's shim has recorded its exit and is on its way out.
@@ -61,22 +60,10 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 		}
 	}
 
-	args := append(d.shim[1:len(d.shim):len(d.shim)],
+	argv := append(d.shim[0:len(d.shim):len(d.shim)],
 		"--runc", d.runc, "--root", d.runcRoot, "--id", id, "--dir", d.dir(id))
-	cmd := exec.Command(d.shim[0], args...)
-	// Its own session keeps the shim out of the agent's process group and
-	// terminal signals; nil stdio means it holds none of the agent's pipes.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("runc: start %s: shim: %w", id, err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait() // reap it; after an agent restart init does
-		close(exited)
-	}()
-	sh := shimRecord{Pid: cmd.Process.Pid, StartedAt: time.Now().UTC()}
-	if err := writeJSON(d.path(id, fileShim), sh); err != nil {
+	sh, exited, err := machinedir.StartShim(argv, d.path(id, fileShim))
+	if err != nil {
 		return fmt.Errorf("runc: start %s: %w", id, err)
 	}
 	d.log.Debug("machine starting", "id", id, "shim", sh.Pid)
@@ -91,20 +78,11 @@ func (d *Driver) waitStarted(ctx context.Context, id string, shimPid int, exited
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if fileExists(d.path(id, filePid)) || fileExists(d.path(id, fileExit)) {
+		if machinedir.Exists(d.path(id, filePid)) || machinedir.Exists(d.path(id, fileExit)) {
 			return nil
 		}
-		alive := true
-		select {
-		case <-exited:
-			alive = false
-		default:
-			if exited == nil {
-				alive = d.shimAlive(id, shimPid)
-			}
-		}
-		if !alive {
-			if fileExists(d.path(id, fileExit)) {
+		if machinedir.Gone(exited, func() bool { return d.shimAlive(id, shimPid) }) {
+			if machinedir.Exists(d.path(id, fileExit)) {
 				return nil
 			}
 			return fmt.Errorf("runc: start %s: the shim exited without recording an exit code; see %s", id, d.path(id, fileStderr))
@@ -117,23 +95,7 @@ func (d *Driver) waitStarted(ctx context.Context, id string, shimPid int, exited
 	}
 }
 
-func fileExists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
-}
-
 // waitShimGone waits for a shim that has finished its work to exit.
 func (d *Driver) waitShimGone(ctx context.Context, id string, pid int) error {
-	ctx, cancel := context.WithTimeout(ctx, killWait)
-	defer cancel()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for d.shimAlive(id, pid) {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("shim %d of the last run is still running: %w", pid, ctx.Err())
-		case <-tick.C:
-		}
-	}
-	return nil
+	return machinedir.WaitGone(ctx, pid, func() bool { return d.shimAlive(id, pid) }, killWait)
 }

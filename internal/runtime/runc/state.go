@@ -5,14 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 // waitPoll is how often Wait and Stop look at the machine.
@@ -28,17 +26,17 @@ func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
 	if _, err := d.readRecord(id); err != nil {
 		return runtime.State{}, err
 	}
-	var sh shimRecord
-	started := readJSON(d.path(id, fileShim), &sh) == nil
+	var sh machinedir.Shim
+	started := machinedir.ReadJSON(d.path(id, fileShim), &sh) == nil
 	if !started {
 		return runtime.State{Status: runtime.StatusCreated}, nil
 	}
 	st := runtime.State{StartedAt: sh.StartedAt}
 	if ex, ok := d.exitRecord(id); ok {
-		return exited(st, ex), nil
+		return machinedir.Exited(st, ex), nil
 	}
 	if d.shimAlive(id, sh.Pid) {
-		pid, err := readPid(d.path(id, filePid))
+		pid, err := machinedir.ReadPid(d.path(id, filePid))
 		if err != nil {
 			st.Status = runtime.StatusCreated // runc has not started it yet
 			return st, nil
@@ -48,7 +46,7 @@ func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
 	}
 	// The shim may have written its record just after we looked.
 	if ex, ok := d.exitRecord(id); ok {
-		return exited(st, ex), nil
+		return machinedir.Exited(st, ex), nil
 	}
 	// No shim: runc is the only one who still knows.
 	rs, found, err := d.runcState(ctx, id)
@@ -63,14 +61,9 @@ func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
 	return st, nil
 }
 
-func exited(st runtime.State, ex exitRecord) runtime.State {
-	st.Status, st.ExitCode, st.ExitedAt = runtime.StatusExited, ex.ExitCode, ex.ExitedAt
-	return st
-}
-
-func (d *Driver) exitRecord(id string) (exitRecord, bool) {
-	var ex exitRecord
-	return ex, readJSON(d.path(id, fileExit), &ex) == nil
+func (d *Driver) exitRecord(id string) (machinedir.Exit, bool) {
+	var ex machinedir.Exit
+	return ex, machinedir.ReadJSON(d.path(id, fileExit), &ex) == nil
 }
 
 // Wait polls State until the process has exited or ctx is done.
@@ -92,24 +85,17 @@ func (d *Driver) Wait(ctx context.Context, id string) (runtime.State, error) {
 
 // List returns the ids of the machines in the state dir.
 func (d *Driver) List(ctx context.Context) ([]string, error) {
-	entries, err := os.ReadDir(d.dir(""))
+	ids, err := machinedir.List(d.dir(""), fileRecord)
 	if err != nil {
 		return nil, fmt.Errorf("runc: list: %w", err)
 	}
-	var ids []string
-	for _, e := range entries {
-		if e.IsDir() && fileExists(d.path(e.Name(), fileRecord)) {
-			ids = append(ids, e.Name())
-		}
-	}
-	slices.Sort(ids)
 	return ids, nil
 }
 
 // liveShim returns the machine's shim if it is still running.
-func (d *Driver) liveShim(id string) (shimRecord, bool) {
-	var sh shimRecord
-	if readJSON(d.path(id, fileShim), &sh) != nil {
+func (d *Driver) liveShim(id string) (machinedir.Shim, bool) {
+	var sh machinedir.Shim
+	if machinedir.ReadJSON(d.path(id, fileShim), &sh) != nil {
 		return sh, false
 	}
 	return sh, d.shimAlive(id, sh.Pid)
@@ -119,30 +105,8 @@ func (d *Driver) liveShim(id string) (shimRecord, bool) {
 // line names the machine's directory, so a reused pid is not mistaken for
 // it.
 func (d *Driver) shimAlive(id string, pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// The state letter follows the command name, which is in parentheses.
-	if i := bytes.LastIndexByte(stat, ')'); i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' || stat[i+2] == 'X' {
-		return false
-	}
-	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil {
-		return false
-	}
-	return slices.Contains(strings.Split(string(cmdline), "\x00"), d.dir(id))
-}
-
-func readPid(path string) (int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
+	dir := d.dir(id)
+	return machinedir.ProcAlive(pid, func(arg string) bool { return arg == dir })
 }
 
 // runcStatus is the part of `runc state` the driver reads.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 // killWait bounds how long Stop and Destroy wait for a process to go after
@@ -29,7 +30,7 @@ func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeou
 	if err != nil {
 		return err
 	}
-	if st.Status == runtime.StatusCreated && !fileExists(d.path(id, fileShim)) {
+	if st.Status == runtime.StatusCreated && !machinedir.Exists(d.path(id, fileShim)) {
 		return nil // never started
 	}
 	if st.Status == runtime.StatusExited {
