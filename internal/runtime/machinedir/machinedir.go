@@ -8,6 +8,7 @@ package machinedir
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -170,4 +171,31 @@ func CreateFiles(dir string, names ...string) error {
 		f.Close()
 	}
 	return nil
+}
+
+// Poll is how often Wait and the drivers' stop loops look at a machine.
+const Poll = 20 * time.Millisecond
+
+// Wait polls state until the machine has exited, state fails, or ctx is
+// done; every driver's runtime.Driver.Wait.
+func Wait(ctx context.Context, state func(context.Context) (runtime.State, error)) (runtime.State, error) {
+	tick := time.NewTicker(Poll)
+	defer tick.Stop()
+	for {
+		st, err := state(ctx)
+		if err != nil || st.Status == runtime.StatusExited {
+			return st, err
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// ReadExit reads the exit record at path, if the shim wrote one.
+func ReadExit(path string) (Exit, bool) {
+	var ex Exit
+	return ex, ReadJSON(path, &ex) == nil
 }

@@ -4,14 +4,13 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
-// waitPoll is how often Wait and Stop look at the machine.
-const waitPoll = 20 * time.Millisecond
+// waitPoll is how often Stop looks at the machine.
+const waitPoll = machinedir.Poll
 
 // State reads the shim's records. A machine is running from the moment
 // the init has started the app until qemu has exited; its Pid is qemu's.
@@ -50,25 +49,16 @@ func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
 }
 
 func (d *Driver) exitRecord(id string) (machinedir.Exit, bool) {
-	var ex machinedir.Exit
-	return ex, machinedir.ReadJSON(d.path(id, fileExit), &ex) == nil
+	return machinedir.ReadExit(d.path(id, fileExit))
 }
 
 // Wait polls State until the VM has exited or ctx is done.
 func (d *Driver) Wait(ctx context.Context, id string) (runtime.State, error) {
-	tick := time.NewTicker(waitPoll)
-	defer tick.Stop()
-	for {
-		st, err := d.State(ctx, id)
-		if err != nil || st.Status == runtime.StatusExited {
-			return st, err
-		}
-		select {
-		case <-ctx.Done():
-			return st, fmt.Errorf("microvm: wait %s: %w", id, ctx.Err())
-		case <-tick.C:
-		}
+	st, err := machinedir.Wait(ctx, func(ctx context.Context) (runtime.State, error) { return d.State(ctx, id) })
+	if err != nil && ctx.Err() != nil {
+		return st, fmt.Errorf("microvm: wait %s: %w", id, err)
 	}
+	return st, err
 }
 
 // List returns the ids of the machines in the state dir.
