@@ -33,11 +33,7 @@ func newCertsAddCmd(g *globals) *cobra.Command {
 			"them first, and serve port 80 (handler http) or 443 (handler tls).",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			app, err := g.appName()
-			if err != nil {
-				return err
-			}
-			c, err := g.client()
+			app, c, err := g.appClient()
 			if err != nil {
 				return err
 			}
@@ -107,11 +103,7 @@ func newCertsListCmd(g *globals) *cobra.Command {
 		Short: "List the app's certificates",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			app, err := g.appName()
-			if err != nil {
-				return err
-			}
-			c, err := g.client()
+			app, c, err := g.appClient()
 			if err != nil {
 				return err
 			}
@@ -157,11 +149,7 @@ func newCertsShowCmd(g *globals) *cobra.Command {
 		Short: "Show one certificate: status, issuer, validity, and why it failed",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			app, err := g.appName()
-			if err != nil {
-				return err
-			}
-			c, err := g.client()
+			app, c, err := g.appClient()
 			if err != nil {
 				return err
 			}

@@ -17,11 +17,7 @@ func newLogsCmd(g *globals) *cobra.Command {
 		Short: "Show the app's log lines; -f follows new ones",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			app, err := g.appName()
-			if err != nil {
-				return err
-			}
-			c, err := g.client()
+			app, c, err := g.appClient()
 			if err != nil {
 				return err
 			}

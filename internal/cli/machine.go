@@ -31,11 +31,7 @@ func newMachineCmd(g *globals) *cobra.Command {
 // machineRun resolves the app and client, then calls fn.
 func machineRun(g *globals, fn func(cmd *cobra.Command, c *api.Client, app string, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
-		app, err := g.appName()
-		if err != nil {
-			return err
-		}
-		c, err := g.client()
+		app, c, err := g.appClient()
 		if err != nil {
 			return err
 		}

@@ -47,6 +47,17 @@ func NewRoot(version string) *cobra.Command {
 	return root
 }
 
+// appClient is the app the command is about and a client for the API:
+// what most commands start with.
+func (g *globals) appClient() (string, *api.Client, error) {
+	app, err := g.appName()
+	if err != nil {
+		return "", nil, err
+	}
+	c, err := g.client()
+	return app, c, err
+}
+
 // client builds an API client from the stored login and the environment.
 func (g *globals) client() (*api.Client, error) {
 	creds, err := currentCredentials()

@@ -18,11 +18,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 		Short: "Show the app's machines by region, with state, health checks and age",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			app, err := g.appName()
-			if err != nil {
-				return err
-			}
-			c, err := g.client()
+			app, c, err := g.appClient()
 			if err != nil {
 				return err
 			}
