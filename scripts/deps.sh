@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Perch needs on a Debian machine, only what is missing:
-# runc, iproute2, nats-server, skopeo, and for microVMs qemu and e2fsprogs
+# runc, iproute2, nats-server, skopeo, tcpdump (the mesh test captures the
+# wire), and for microVMs qemu and e2fsprogs
 # from Debian, with Debian's cloud kernel unpacked as the guest kernel;
 # crane and staticcheck from the Go module proxy. Sourced by demo.sh,
 # test.sh and bench/run.sh.
@@ -25,6 +26,7 @@ install_debs() {
   command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
   command -v qemu-img >/dev/null || missing+=(qemu-utils)
   command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+  command -v tcpdump >/dev/null || missing+=(tcpdump)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "perch: installing ${missing[*]} from Debian" >&2
     apt-get update -qq

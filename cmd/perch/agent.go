@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/perchhq/perch/internal/agent"
+	"github.com/perchhq/perch/internal/meshhost"
 	"github.com/perchhq/perch/internal/runtime/microvm"
 	"github.com/spf13/cobra"
 )
@@ -63,6 +64,10 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&cfg.MicroVM.KernelDir, "microvm-kernel-dir", microvm.DefaultKernelDir, "guest kernel for microVMs: vmlinuz and its modules/ (see docs/microvm.md)")
 	f.StringVar(&cfg.MicroVM.Init, "microvm-init", "", "guest init for microVMs (default: this perch binary)")
 	f.StringVar(&cfg.MicroVM.QEMU, "qemu", "", "qemu-system-x86_64 binary (default: from PATH)")
+	f.Uint16Var(&cfg.MeshPort, "mesh-port", meshhost.DefaultPort, "UDP port of the host's WireGuard mesh (0 picks one)")
+	f.StringVar(&cfg.MeshEndpoint, "mesh-endpoint", "", "UDP host[:port] other hosts send mesh packets to (default --address and --mesh-port; behind NAT, the public address)")
+	f.Float64Var(&cfg.MeshLatency, "simulate-latency", 0, "delay mesh packets by the fiber time between regions times this route inflation (one-machine worlds only; perch dev sets it)")
+	_ = f.MarkHidden("simulate-latency")
 	_ = cmd.MarkFlagRequired("region")
 	return cmd
 }

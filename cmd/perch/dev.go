@@ -35,6 +35,8 @@ func devUpCmd() *cobra.Command {
 	var opts devcluster.Options
 	var regions, edgeBase string
 	var acme acmeFlags
+	var latency bool
+	var inflation float64
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Start a control plane and one host per region; Ctrl-C stops everything",
@@ -48,12 +50,23 @@ func devUpCmd() *cobra.Command {
 				return fmt.Errorf("--edge-base %q must be a loopback address such as 127.0.1.1", edgeBase)
 			}
 			opts.EdgeBase = a
+			switch {
+			case !latency:
+				opts.Latency = 0
+			case inflation < 1:
+				return fmt.Errorf("--route-inflation %g is below 1: no route is shorter than the great circle; use 1.5 (typical) or --latency=false", inflation)
+			default:
+				opts.Latency = inflation
+			}
 			opts.Log = newLogger()
 			if opts.Certs.ACME, err = acme.config(); err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "starting a dev world with %s in %s\n", regions, opts.Dir)
+			if opts.Latency > 0 {
+				fmt.Fprintf(out, "simulated latency on: mesh packets take the fiber time between cities x %g (--latency=false turns it off)\n", opts.Latency)
+			}
 			w, err := devcluster.Start(ctx, opts)
 			if err != nil {
 				return err
@@ -81,6 +94,8 @@ func devUpCmd() *cobra.Command {
 	f.StringVar(&edgeBase, "edge-base", "127.0.1.1", "edge address of the first region; the next regions count up")
 	f.StringVar(&opts.NATSURL, "nats", "", "use this external NATS instead of the embedded one")
 	f.StringVar(&opts.NATSToken, "nats-token", "", "auth token for the external NATS")
+	f.BoolVar(&latency, "latency", true, "simulate fiber latency between the regions' cities on the mesh")
+	f.Float64Var(&inflation, "route-inflation", 1.5, "how much longer than the great circle the simulated routes are")
 	acme.register(f)
 	return cmd
 }

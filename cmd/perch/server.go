@@ -6,6 +6,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/perchhq/perch/internal/meshhost"
 	"github.com/perchhq/perch/internal/server"
 	"github.com/spf13/cobra"
 )
@@ -14,6 +15,8 @@ func serverCmd() *cobra.Command {
 	var cfg server.Config
 	var machineNet string
 	var acme acmeFlags
+	var mesh server.MeshConfig
+	var noMesh bool
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the control plane: API, scheduler, registry and state store",
@@ -26,6 +29,9 @@ func serverCmd() *cobra.Command {
 				return fmt.Errorf("--machine-net %q is not a CIDR range; write e.g. 172.30.0.0/16", machineNet)
 			}
 			cfg.MachineNet = pfx
+			if !noMesh {
+				cfg.Mesh = &mesh
+			}
 			cfg.Log = newLogger()
 			if cfg.Certs.ACME, err = acme.config(); err != nil {
 				return err
@@ -41,6 +47,10 @@ func serverCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", ":4280", "API and registry listen address")
+	f.Uint16Var(&mesh.Port, "mesh-port", meshhost.DefaultPort, "UDP port of the control plane's WireGuard mesh node (0 picks one)")
+	f.StringVar(&mesh.Host, "mesh-host", "", "address hosts send the control plane's mesh packets to (default: the --listen address)")
+	f.StringVar(&mesh.Region, "region", "", "region the control plane runs in (e.g. iad)")
+	f.BoolVar(&noMesh, "no-mesh", false, "do not join the WireGuard mesh")
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/perch/server", "where state, registry blobs and tokens live")
 	f.StringVar(&cfg.NATSURL, "nats", "", "use this external NATS (nats://host:4222) instead of the embedded one")
 	f.StringVar(&cfg.NATSToken, "nats-token", "", "auth token for the external NATS")

@@ -28,6 +28,7 @@ import (
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/image"
+	"github.com/perchhq/perch/internal/meshhost"
 	perchrt "github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/runtime/microvm"
 	"github.com/perchhq/perch/internal/scheduler"
@@ -62,6 +63,19 @@ type Config struct {
 	World       *geo.World
 	Log         *slog.Logger
 
+	// MeshPort is the UDP port of the host's WireGuard (0 picks one).
+	MeshPort uint16
+	// MeshEndpoint is the UDP host:port other hosts send to (behind NAT,
+	// the public one); a host alone takes the bound port; Address and the
+	// bound port if empty.
+	MeshEndpoint string
+	// MeshLatency simulates fiber latency between regions on the mesh
+	// with this route-inflation factor; 0 is off. One-machine worlds only.
+	MeshLatency float64
+	// MeshRTTInterval is how often each peer's round trip is measured
+	// (1 s if 0); a peer is lost after 3 missed probes.
+	MeshRTTInterval time.Duration
+
 	// MicroVM configures the microvm runtime (its shim, kernel, init);
 	// the agent sets its state dir and logger.
 	MicroVM microvm.Config
@@ -79,6 +93,9 @@ type Agent struct {
 	images *image.Store
 	pull   image.Options
 	edge   *edge.Edge
+	mesh   *meshhost.Member
+	dialer *meshDialer
+	sub6   netip.Prefix // the 6PN /64 of this host's machines
 
 	mu      sync.Mutex
 	workers map[string]*worker // by machine key
@@ -119,6 +136,9 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Address == "" {
 		cfg.Address = cfg.EdgeAddr.String()
 	}
+	if cfg.MeshRTTInterval == 0 {
+		cfg.MeshRTTInterval = time.Second
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: state dir: %w", err)
 	}
@@ -135,13 +155,17 @@ func (a *Agent) register(ctx context.Context) error {
 	if b, err := os.ReadFile(hostPath); err == nil {
 		_ = json.Unmarshal(b, &hf)
 	}
+	meshKey, err := meshhost.LoadKey(a.cfg.StateDir)
+	if err != nil {
+		return fmt.Errorf("agent: mesh key: %w", err)
+	}
 	boot, err := a.client.Bootstrap(ctx)
 	if err != nil {
 		return fmt.Errorf("agent: bootstrap from %s: %w", a.cfg.ServerURL, err)
 	}
 	h, err := a.client.RegisterHost(ctx, api.Host{
 		ID: hf.ID, Region: a.cfg.Region, Address: a.cfg.Address, EdgeAddr: a.cfg.EdgeAddr.String(),
-		CPUs: a.cfg.CPUs, MemoryMB: a.cfg.MemoryMB,
+		CPUs: a.cfg.CPUs, MemoryMB: a.cfg.MemoryMB, MeshKey: meshKey.String(),
 	})
 	if err != nil {
 		return fmt.Errorf("agent: register host: %w", err)
@@ -196,14 +220,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.startDrivers(); err != nil {
 		return err
 	}
+	if err := a.startMesh(); err != nil {
+		return err
+	}
+	defer a.mesh.Close()
 	a.images = image.New(filepath.Join(a.cfg.StateDir, "images"), a.log.With("component", "image"))
 	// Certificates are issued by the control plane; the edge serves them
 	// from memory, and answers ACME challenges, through this Source.
 	certSrc := certs.NewSource(certs.SourceConfig{Store: a.st, HostID: a.host.ID, Log: a.log})
 	e, err := edge.New(edge.Config{
 		Region: a.cfg.Region, HostID: a.host.ID, Addr: a.cfg.EdgeAddr, Domain: a.cfg.EdgeDomain,
-		Store: a.st, Nearness: edge.GeoNearness(a.cfg.World, a.cfg.Region), Log: a.log, AccessLog: a.cfg.AccessLog,
-		Certs: certSrc,
+		Store: a.st, Nearness: a.mesh, Reachable: a.mesh.Reachable, Dialer: a.dialer,
+		Log: a.log, AccessLog: a.cfg.AccessLog, Certs: certSrc,
 	})
 	if err != nil {
 		return fmt.Errorf("agent: edge: %w", err)
@@ -216,8 +244,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
-	wg.Add(3)
+	errc := make(chan error, 4)
+	wg.Add(4)
+	go func() { defer wg.Done(); errc <- a.runMesh(ctx, e) }()
 	go func() { defer wg.Done(); a.heartbeat(ctx) }()
 	go func() { defer wg.Done(); errc <- e.Run(ctx) }()
 	wg.Go(func() { _ = certSrc.Run(ctx) })
@@ -250,6 +279,8 @@ func (a *Agent) heartbeat(ctx context.Context) {
 		_, err := store.Modify(ctx, a.st.Hosts, a.host.ID, func(h *api.Host) error {
 			h.LastSeen = time.Now().UTC()
 			h.Status = api.HostUp
+			h.MeshEndpoint = a.meshEndpoint()
+			h.RTT = meshhost.Millis(a.mesh.RTT())
 			return nil
 		})
 		if err != nil && ctx.Err() == nil {

@@ -245,7 +245,24 @@ type Host struct {
 	LastSeen  time.Time `json:"last_seen"`
 	StartedAt time.Time `json:"started_at"`
 	Version   string    `json:"version,omitempty"`
+	// Role is "" for a host that runs machines and "control" for the
+	// control plane's own mesh record, which the scheduler never uses.
+	Role string `json:"role,omitempty"`
+
+	// The host in the WireGuard mesh (docs/mesh.md). The host publishes
+	// its public key and UDP endpoint; the control plane assigns its mesh
+	// address and its machines' private IPv6 /64 (6PN) when it registers.
+	MeshKey      string `json:"mesh_public_key,omitempty"`
+	MeshEndpoint string `json:"mesh_endpoint,omitempty"`
+	MeshAddr     string `json:"mesh_addr,omitempty"`
+	Subnet6      string `json:"subnet6,omitempty"`
+	// RTT is the round-trip time the host last measured over the mesh to
+	// each peer it can reach, in milliseconds, by host id.
+	RTT map[string]float64 `json:"rtt_ms,omitempty"`
 }
+
+// HostRoleControl marks the control plane's record in the hosts list.
+const HostRoleControl = "control"
 
 // LogLine is one line a machine printed.
 type LogLine struct {

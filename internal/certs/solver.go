@@ -86,7 +86,7 @@ func (s *kvSolver) Wait(ctx context.Context, chal acme.Challenge) error {
 	}
 	want := map[string]bool{}
 	for _, h := range hosts {
-		if h.Status == api.HostUp {
+		if h.Status == api.HostUp && h.Role != api.HostRoleControl { // the control plane runs no edge
 			want[h.ID] = true
 		}
 	}

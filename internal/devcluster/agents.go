@@ -61,7 +61,12 @@ func (w *World) StartAgent(ctx context.Context, region string) error {
 	cmd := exec.Command(w.opts.PerchBin, "agent",
 		"--region", region, "--server", info.APIURL, "--token", info.Token,
 		"--state-dir", ri.StateDir, "--edge-addr", ri.EdgeAddr,
-		"--metrics-addr", net.JoinHostPort(ri.EdgeAddr, strconv.Itoa(MetricsPort)))
+		"--metrics-addr", net.JoinHostPort(ri.EdgeAddr, strconv.Itoa(MetricsPort)),
+		// Every host of the world shares one kernel: each WireGuard takes a
+		// free port, and is reached on 127.0.0.1, the address its packets
+		// come from (so the simulated latency finds the sender's region).
+		"--mesh-port", "0", "--mesh-endpoint", "127.0.0.1",
+		"--simulate-latency", strconv.FormatFloat(w.opts.Latency, 'f', -1, 64))
 	cmd.Stdout, cmd.Stderr = lf, lf
 	// Own process group: a Ctrl-C in the terminal reaches `perch dev up`,
 	// which then stops agents in order.

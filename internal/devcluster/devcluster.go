@@ -50,6 +50,10 @@ type Options struct {
 	MachineNet netip.Prefix
 	// HostTimeout is how long a silent host stays up (server default if 0).
 	HostTimeout time.Duration
+	// Latency is the route-inflation factor of the simulated fiber latency
+	// between regions on the mesh (1.5 is typical; 0 is off). `perch dev`
+	// turns it on; tests mostly leave it off for speed.
+	Latency float64
 	// Certs configures certificates. The dev CA is always on in a dev
 	// world; set Certs.ACME to issue custom hostnames' certificates too.
 	Certs certs.Config
@@ -158,6 +162,8 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 		NATSURL: opts.NATSURL, NATSToken: opts.NATSToken, NATSListen: natsListen,
 		MachineNet: opts.MachineNet, HostTimeout: opts.HostTimeout, World: opts.World, Log: opts.Log.With("component", "server"),
 		Certs: opts.Certs,
+		// The control plane is a mesh member too; it sits in the first region.
+		Mesh: &server.MeshConfig{Host: "127.0.0.1", Region: opts.Regions[0], Latency: opts.Latency},
 	}
 	w.srvCfg.Certs.DevCA = true
 	if err := w.startServer(ctx); err != nil {
@@ -254,7 +260,7 @@ func (w *World) waitHosts(ctx context.Context, timeout time.Duration) error {
 		if err == nil {
 			up := map[string]string{}
 			for _, h := range hosts {
-				if h.Status == api.HostUp {
+				if h.Status == api.HostUp && h.Role != api.HostRoleControl {
 					up[h.Region] = h.ID
 				}
 			}

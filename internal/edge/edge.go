@@ -52,6 +52,11 @@ type Config struct {
 	Dialer Dialer
 	// Nearness ranks other regions; great-circle distance from Region if nil.
 	Nearness Nearness
+	// Reachable says whether the edge can reach host id now (the mesh's
+	// view: a host whose probes are lost is not); machines on hosts it
+	// cannot reach leave the rotation. Every host is reachable if nil.
+	// Call Refresh when its answers change.
+	Reachable func(hostID string) bool
 	// Log receives diagnostics; silent if nil.
 	Log *slog.Logger
 	// AccessLog receives one Info record per request (use a JSON handler
@@ -107,6 +112,7 @@ func New(cfg Config) (*Edge, error) {
 	}
 	e.clients.n = map[netip.Addr]int{}
 	e.table = newTable(cfg.Region, cfg.HostID, cfg.Domain, cfg.Nearness, log, e.committed)
+	e.table.reachable = cfg.Reachable
 	e.metrics = newMetrics(e.table)
 	e.table.book.forget = e.metrics.forget
 	e.proxy = e.newProxy()
@@ -142,6 +148,17 @@ func (e *Edge) Listening() []int { return e.lns.ports() }
 // of that port runs, and what tests put behind httptest.
 func (e *Edge) Handler(port int) http.Handler {
 	return &portHandler{e: e, port: port, portStr: strconv.Itoa(port)}
+}
+
+// Refresh rebuilds the route table from what it holds, for a change the
+// store does not carry: the Nearness ranks regions anew, Reachable is asked
+// again. It does nothing before the table was first built.
+func (e *Edge) Refresh() {
+	select {
+	case <-e.ready:
+		e.table.commit()
+	default:
+	}
 }
 
 // committed is called by the table after each new snapshot.

@@ -90,7 +90,14 @@ func (t *retryTransport) send(req *http.Request, st *reqState, d dest, f *filter
 			return res, nil
 		}
 		var de *dialError
-		if !errors.As(err, &de) || a.sent() || req.Context().Err() != nil {
+		switch {
+		case req.Context().Err() != nil:
+			return nil, err
+		case errors.As(err, &de) && !a.sent():
+		case t.e.lostOnTheWay(req, b, a):
+			t.log.Info("machine's host became unreachable during the request; sending it to the next machine",
+				"request_id", st.id, "app", st.app, "machine", b.Target.MachineID, "host", b.Target.HostID)
+		default:
 			return nil, err
 		}
 		b.load.refused()
@@ -101,4 +108,20 @@ func (t *retryTransport) send(req *http.Request, st *reqState, d dest, f *filter
 			"app", st.app, "machine", b.Target.MachineID, "err", err)
 	}
 	return nil, lastErr
+}
+
+// lostOnTheWay says whether a request that failed on machine b may go to
+// another machine because b's host became unreachable while it was in
+// flight (the mesh lost it: the edge closed its connections to it). Only
+// requests that are safe to repeat qualify: GET, HEAD and OPTIONS with no
+// body sent; anything else may have been acted on.
+func (e *Edge) lostOnTheWay(req *http.Request, b *Backend, a *attemptBody) bool {
+	if e.cfg.Reachable == nil || b.Target.Local || e.cfg.Reachable(b.Target.HostID) || a.sent() {
+		return false
+	}
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return true
+	}
+	return false
 }

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"net"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,8 @@ type Snapshot struct {
 	ports []int
 	// modes say how each port's listener treats a new connection.
 	modes map[int]*portMode
+	// machines is every machine the table knows, for internal DNS.
+	machines []MachineRecord
 	// skipped are public ports declared only with handler chains this edge
 	// does not serve, with the handlers of one of them.
 	skipped map[int][]string
@@ -101,3 +104,17 @@ func normalizeHost(h string) string {
 	h = strings.TrimSuffix(h, ".")
 	return strings.ToLower(h)
 }
+
+// MachineRecord is a machine as internal DNS needs it.
+type MachineRecord struct {
+	App, Org, ID, Region, HostID string
+	// IPv4 is the machine's address on its host's bridge; Addr6 its
+	// private IPv6 address (6PN), invalid if its host has no /64.
+	IPv4, Addr6 netip.Addr
+	// Started is true for a machine in rotation: started, meant to be,
+	// on a host that is up and reachable.
+	Started bool
+}
+
+// Machines is every machine the table knows that is not destroyed.
+func (s *Snapshot) Machines() []MachineRecord { return s.machines }

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/health"
+	"github.com/perchhq/perch/internal/mesh"
 	"github.com/perchhq/perch/internal/store"
 )
 
@@ -24,6 +26,7 @@ const hostDown = api.HostDown
 type table struct {
 	region, hostID, domain string
 	near                   Nearness
+	reachable              func(hostID string) bool // nil: every host
 	log                    *slog.Logger
 	onCommit               func()
 
@@ -133,6 +136,7 @@ func (t *table) build() *Snapshot {
 			continue
 		}
 		up := t.inRotation(key, &m)
+		s.machines = append(s.machines, t.record(&m, up))
 		sick := !up && t.failsChecks(key, &m)
 		for _, svc := range m.Config.Services {
 			for _, p := range svc.Ports {
@@ -225,7 +229,20 @@ func (t *table) inRotation(key string, m *store.MachineSpec) bool {
 		return false // the status is from a former placement
 	}
 	h, ok := t.hosts[m.HostID]
-	return ok && h.Status != hostDown
+	if !ok || h.Status == hostDown {
+		return false
+	}
+	return t.reachable == nil || m.HostID == t.hostID || t.reachable(m.HostID)
+}
+
+// record describes m for internal DNS; t.mu is held.
+func (t *table) record(m *store.MachineSpec, up bool) MachineRecord {
+	r := MachineRecord{App: m.App, Org: t.apps[m.App].Org, ID: m.ID, Region: m.Region, HostID: m.HostID, Started: up}
+	r.IPv4, _ = netip.ParseAddr(m.PrivateIP)
+	if sub, err := netip.ParsePrefix(t.hosts[m.HostID].Subnet6); err == nil && r.IPv4.Is4() {
+		r.Addr6 = mesh.MachineAddr(sub, r.IPv4)
+	}
+	return r
 }
 
 // rankRegions gives every region with a machine its rank from this edge:

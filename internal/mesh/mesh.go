@@ -39,7 +39,8 @@ func (p Peer) allowedIPs() []netip.Prefix {
 	return out
 }
 
-func (p Peer) validate() error {
+// Validate says what is wrong with a peer record, if anything.
+func (p Peer) Validate() error {
 	switch {
 	case p.PublicKey == PublicKey{}:
 		return fmt.Errorf("peer %s: no public key", p.Addr)

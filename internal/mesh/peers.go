@@ -21,7 +21,7 @@ func (n *Node) SetPeers(peers []Peer) error {
 		if p.PublicKey == self {
 			continue // the control plane's list includes us
 		}
-		if err := p.validate(); err != nil {
+		if err := p.Validate(); err != nil {
 			return fmt.Errorf("mesh: set peers: %w", err)
 		}
 		want[p.PublicKey] = p

@@ -204,3 +204,18 @@ func (n *Node) RTTs() map[PublicKey]time.Duration {
 	}
 	return out
 }
+
+// Lost is the peers whose last few probes were all lost: the ones to stop
+// sending traffic to. A new peer not probed yet is not lost.
+func (n *Node) Lost() map[PublicKey]bool {
+	r := n.rtt
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[PublicKey]bool{}
+	for k, f := range r.fails {
+		if _, ok := r.peers[k]; ok && f >= rttMaxFails {
+			out[k] = true
+		}
+	}
+	return out
+}

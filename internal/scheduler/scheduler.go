@@ -54,7 +54,7 @@ func Place(req Request, hosts []api.Host, machines []store.MachineSpec) (Placeme
 	}
 	var inRegion []api.Host
 	for _, h := range hosts {
-		if h.Region == req.Region {
+		if h.Region == req.Region && h.Role != api.HostRoleControl {
 			inRegion = append(inRegion, h)
 		}
 	}
@@ -128,7 +128,7 @@ func memoryOf(g api.Guest) int {
 func regionsOf(hosts []api.Host) string {
 	var rs []string
 	for _, h := range hosts {
-		if !slices.Contains(rs, h.Region) {
+		if h.Role != api.HostRoleControl && !slices.Contains(rs, h.Region) {
 			rs = append(rs, h.Region)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/mesh"
 	"github.com/perchhq/perch/internal/store"
 )
 
@@ -52,6 +53,14 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if h.MeshKey != "" {
+		var k mesh.PublicKey
+		if err := k.UnmarshalText([]byte(h.MeshKey)); err != nil {
+			s.fail(w, r, errf(http.StatusBadRequest, "mesh_public_key %q is not a WireGuard public key (base64 of 32 bytes): %v", h.MeshKey, err))
+			return
+		}
+	}
+	h.Role = "" // the control plane's own record is written only by itself
 	if h.CPUs < 1 || h.MemoryMB < 64 {
 		s.fail(w, r, errf(http.StatusBadRequest, "host must report cpus >= 1 and memory_mb >= 64, got %d and %d", h.CPUs, h.MemoryMB))
 		return
@@ -66,7 +75,7 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 	if h.ID != "" {
 		old, _, err := store.Get[api.Host](ctx, s.st.Hosts, h.ID)
 		if err == nil {
-			h.Subnet = old.Subnet
+			h.Subnet, h.MeshAddr, h.Subnet6 = old.Subnet, old.MeshAddr, old.Subnet6
 		} else if !errors.Is(err, store.ErrNotFound) {
 			s.fail(w, r, err)
 			return
@@ -82,6 +91,10 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 		}
 		h.Subnet = sub.String()
 	}
+	if err := assignMesh(all, &h); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	now := time.Now().UTC()
 	h.Status, h.LastSeen, h.StartedAt = api.HostUp, now, now
 	if _, err := store.Put(ctx, s.st.Hosts, h.ID, h); err != nil {
@@ -90,6 +103,31 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("host registered", "host", h.ID, "region", h.Region, "subnet", h.Subnet)
 	writeJSON(w, http.StatusOK, h)
+}
+
+// assignMesh gives h a mesh address and a 6PN /64 for its machines, the
+// lowest host number no other host uses, unless it has them.
+func assignMesh(hosts []api.Host, h *api.Host) error {
+	if h.MeshAddr != "" && h.Subnet6 != "" {
+		return nil
+	}
+	used := map[string]bool{}
+	for _, o := range hosts {
+		if o.ID != h.ID {
+			used[o.Subnet6] = true
+		}
+	}
+	for n := 1; n <= 0xffff; n++ {
+		addr, sub, err := mesh.HostAddrs(n)
+		if err != nil {
+			break
+		}
+		if !used[sub.String()] {
+			h.MeshAddr, h.Subnet6 = addr.String(), sub.String()
+			return nil
+		}
+	}
+	return errf(http.StatusConflict, "no free mesh address left for host %s: every /64 of %s is taken; remove hosts that are gone", h.ID, mesh.Prefix)
 }
 
 // freeSubnet returns the first /24 of MachineNet no host uses.
@@ -137,7 +175,7 @@ func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) {
 		rg, _ := s.cfg.World.Lookup(c)
 		n := 0
 		for _, h := range hs {
-			if h.Region == c && h.Status == api.HostUp {
+			if h.Region == c && h.Status == api.HostUp && h.Role != api.HostRoleControl {
 				n++
 			}
 		}

@@ -45,6 +45,9 @@ type Config struct {
 	// Certs configures certificates: the ACME CA for custom hostnames and
 	// the dev CA.
 	Certs certs.Config
+	// Mesh, if set, makes the control plane a member of the WireGuard
+	// mesh (its own record in the host list, role "control").
+	Mesh  *MeshConfig
 	World *geo.World
 	Log   *slog.Logger
 }
@@ -178,6 +181,17 @@ func (s *Server) DevCACert() []byte { return s.certs.DevCACert() }
 // the certificate manager beside it.
 func (s *Server) Serve(ctx context.Context) error {
 	go s.monitorHosts(ctx)
+	if s.cfg.Mesh != nil {
+		m, id, err := s.joinMesh(ctx)
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		mctx, mcancel := context.WithCancel(ctx)
+		meshDone := make(chan struct{})
+		go func() { defer close(meshDone); s.runMesh(mctx, m, id) }()
+		defer func() { mcancel(); <-meshDone }()
+	}
 	cctx, cancel := context.WithCancel(ctx)
 	certsDone := make(chan struct{})
 	go func() { defer close(certsDone); _ = s.certs.Run(cctx) }()

@@ -1,0 +1,217 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/perchhq/perch/internal/edge"
+	"github.com/perchhq/perch/internal/mesh"
+	"github.com/perchhq/perch/internal/meshhost"
+)
+
+// startMesh brings up the host's mesh node on the address the control
+// plane assigned.
+func (a *Agent) startMesh() error {
+	addr, err := netip.ParseAddr(a.host.MeshAddr)
+	if err != nil {
+		return fmt.Errorf("agent: the control plane gave mesh address %q: %w (is it older than this agent?)", a.host.MeshAddr, err)
+	}
+	if a.sub6, err = netip.ParsePrefix(a.host.Subnet6); err != nil {
+		return fmt.Errorf("agent: the control plane gave 6PN subnet %q: %w", a.host.Subnet6, err)
+	}
+	m, err := meshhost.Start(meshhost.Config{
+		StateDir: a.cfg.StateDir, Addr: addr, Region: a.cfg.Region, Port: a.cfg.MeshPort,
+		Latency: a.cfg.MeshLatency, World: a.cfg.World, RTTInterval: a.cfg.MeshRTTInterval, Log: a.log,
+	})
+	if err != nil {
+		return fmt.Errorf("agent: mesh: %w", err)
+	}
+	a.mesh = m
+	a.dialer = &meshDialer{m: m, local: edge.NewNetDialer(), conns: map[string]map[*meshConn]struct{}{}}
+	a.log.Info("joined the mesh", "mesh_addr", addr, "subnet6", a.sub6, "udp_port", m.Node().Port(), "simulated_latency", a.cfg.MeshLatency > 0)
+	return nil
+}
+
+// meshEndpoint is the UDP endpoint other hosts send this host's WireGuard
+// packets to.
+func (a *Agent) meshEndpoint() string {
+	switch ep := a.cfg.MeshEndpoint; {
+	case ep == "":
+		return a.mesh.Endpoint(a.cfg.Address)
+	case strings.Contains(ep, "]:") || strings.Count(ep, ":") == 1:
+		return ep // host:port, as given (a NAT's public port)
+	default:
+		return a.mesh.Endpoint(ep) // a host: with the bound port
+	}
+}
+
+// runMesh follows the host list, serves the relay to this host's machines
+// and, whenever reachability or the ranking of regions changes, cuts the
+// connections to hosts that were lost and has the edge rebuild its table.
+func (a *Agent) runMesh(ctx context.Context, e *edge.Edge) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { a.mesh.Run(ctx, a.st, a.host.ID) })
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-a.mesh.Changed():
+			}
+			a.dialer.dropUnreachable()
+			e.Refresh()
+		}
+	})
+	return a.mesh.Node().ServeRelay(ctx, a.relayTarget, a.log.With("component", "relay"))
+}
+
+// relayTarget admits a relay connection only to a machine of this host:
+// an address of its /64 whose IPv4 half is in its bridge subnet.
+func (a *Agent) relayTarget(t netip.AddrPort) (string, error) {
+	v4, ok := mesh.MachineV4(a.sub6, t.Addr())
+	if !ok || !a.gw.Contains(v4) || v4 == a.gw.Addr() {
+		return "", fmt.Errorf("%s is not a machine address of this host", t.Addr())
+	}
+	return netip.AddrPortFrom(v4, t.Port()).String(), nil
+}
+
+// meshDialer is the edge's Dialer: machines on this host are dialled
+// directly, machines on others through their host's relay over the mesh,
+// so that user traffic between hosts is only ever inside WireGuard.
+type meshDialer struct {
+	m     *meshhost.Member
+	local *edge.NetDialer
+
+	mu    sync.Mutex
+	conns map[string]map[*meshConn]struct{} // open connections by host id
+}
+
+// errHostLost is what a connection through the mesh returns once its host
+// has been found unreachable.
+var errHostLost = errors.New("mesh: the machine's host became unreachable")
+
+func (d *meshDialer) DialContext(ctx context.Context, network, addr string, t edge.Target) (net.Conn, error) {
+	if t.Local || t.HostID == "" {
+		return d.local.DialContext(ctx, network, addr, t)
+	}
+	if !d.m.Reachable(t.HostID) {
+		return nil, fmt.Errorf("dial %s on %s: %w", t.MachineID, t.HostID, errHostLost)
+	}
+	h, ok := d.m.Host(t.HostID)
+	if !ok {
+		return nil, fmt.Errorf("dial %s: host %s is not in the host list", t.MachineID, t.HostID)
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", t.MachineID, err)
+	}
+	sub, err1 := netip.ParsePrefix(h.Subnet6)
+	hostAddr, err2 := netip.ParseAddr(h.MeshAddr)
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, fmt.Errorf("dial %s: host %s has no usable mesh record: %w", t.MachineID, t.HostID, err)
+	}
+	// A connect costs two round trips (TCP, then the relay's answer): allow
+	// for that on the slowest path of the world, and no more.
+	timeout := 3 * time.Second
+	if rtt, ok := d.m.RTT()[t.HostID]; ok {
+		timeout = min(timeout, 500*time.Millisecond+4*rtt)
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := d.m.Node().DialRelay(dctx, hostAddr, netip.AddrPortFrom(mesh.MachineAddr(sub, ap.Addr()), ap.Port()))
+	if err != nil {
+		return nil, err
+	}
+	mc := &meshConn{Conn: c, d: d, host: t.HostID}
+	d.mu.Lock()
+	if d.conns[t.HostID] == nil {
+		d.conns[t.HostID] = map[*meshConn]struct{}{}
+	}
+	d.conns[t.HostID][mc] = struct{}{}
+	d.mu.Unlock()
+	return mc, nil
+}
+
+// dropUnreachable closes every connection to a host the mesh lost: a
+// request waiting on one fails now (and the edge sends it elsewhere if it
+// may) instead of waiting for TCP to give up.
+func (d *meshDialer) dropUnreachable() {
+	d.mu.Lock()
+	var drop []*meshConn
+	for id, cs := range d.conns {
+		if d.m.Reachable(id) {
+			continue
+		}
+		for c := range cs {
+			drop = append(drop, c)
+		}
+	}
+	d.mu.Unlock()
+	for _, c := range drop {
+		c.lost()
+	}
+}
+
+// meshConn is a connection through the mesh that the dialer can cut.
+type meshConn struct {
+	net.Conn
+	d    *meshDialer
+	host string
+
+	once   sync.Once
+	mu     sync.Mutex
+	isLost bool
+}
+
+func (c *meshConn) lost() {
+	c.mu.Lock()
+	c.isLost = true
+	c.mu.Unlock()
+	c.Close()
+}
+
+func (c *meshConn) wrap(err error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil && c.isLost {
+		return fmt.Errorf("%w (%w)", errHostLost, err)
+	}
+	return err
+}
+
+func (c *meshConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	return n, c.wrap(err)
+}
+
+func (c *meshConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	return n, c.wrap(err)
+}
+
+func (c *meshConn) Close() error {
+	c.once.Do(func() {
+		c.d.mu.Lock()
+		delete(c.d.conns[c.host], c)
+		if len(c.d.conns[c.host]) == 0 {
+			delete(c.d.conns, c.host)
+		}
+		c.d.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// CloseWrite passes a half-close on (raw TCP services need it).
+func (c *meshConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}

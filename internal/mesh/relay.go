@@ -1,0 +1,173 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+)
+
+// RelayPort is the TCP port on every host's mesh address where the host
+// takes connections for its machines. The netstack terminates TCP only on
+// the node's own address, so a connection to a machine on another host is
+// a connection to that host's relay that names the machine first.
+const RelayPort = 4280
+
+// The relay's handshake: the dialer sends "PERCH-RELAY1 [6pn]:port\n", the
+// relay answers "OK\n" once it is connected to the machine, or
+// "ERR <reason>\n" and closes. Waiting for the answer costs one round trip
+// on a new connection, and buys what the edge needs: a refused machine is
+// a failed connect, which it retries on another machine, never a request
+// lost half-way.
+const relayMagic = "PERCH-RELAY1 "
+
+// relayTimeout bounds the handshake on both sides.
+const relayTimeout = 10 * time.Second
+
+// ErrRelayRefused is returned by DialRelay when the far host answered but
+// could not connect to the machine.
+var ErrRelayRefused = errors.New("mesh: relay refused")
+
+// RelayTarget maps a machine address a relay was asked for to the address
+// to dial on this host; an error refuses the connection (an address that
+// is not one of this host's machines).
+type RelayTarget func(target netip.AddrPort) (string, error)
+
+// ServeRelay accepts relay connections on the node's mesh address until ctx
+// is done, dialling each one's machine through target and then copying
+// bytes both ways.
+func (n *Node) ServeRelay(ctx context.Context, target RelayTarget, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ln, err := n.Listen(RelayPort)
+	if err != nil {
+		return fmt.Errorf("mesh: relay: %w", err)
+	}
+	go func() { <-ctx.Done(); ln.Close() }()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("mesh: relay accept: %w", err)
+		}
+		wg.Go(func() { serveRelayConn(ctx, c, target, log) })
+	}
+}
+
+func serveRelayConn(ctx context.Context, c net.Conn, target RelayTarget, log *slog.Logger) {
+	defer c.Close()
+	// The relay stops with its host: open connections end too.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	_ = c.SetDeadline(time.Now().Add(relayTimeout))
+	br := bufio.NewReaderSize(c, 128)
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return
+	}
+	refuse := func(why string) { _, _ = io.WriteString(c, "ERR "+why+"\n") }
+	rest, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), relayMagic)
+	if !ok {
+		refuse("not a relay request")
+		return
+	}
+	ap, err := netip.ParseAddrPort(rest)
+	if err != nil {
+		refuse("bad target")
+		return
+	}
+	addr, err := target(ap)
+	if err != nil {
+		log.Debug("relay refused", "target", ap, "from", c.RemoteAddr(), "err", err)
+		refuse(err.Error())
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, relayTimeout)
+	var d net.Dialer
+	m, err := d.DialContext(dctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		refuse("machine refused the connection")
+		return
+	}
+	defer m.Close()
+	stopM := context.AfterFunc(ctx, func() { m.Close() })
+	defer stopM()
+	if _, err := io.WriteString(c, "OK\n"); err != nil {
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	splice(c, br, m)
+}
+
+// splice copies both ways until both directions are done, passing each
+// half-close on.
+func splice(c net.Conn, cr io.Reader, m net.Conn) {
+	done := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(m, cr)
+		closeWrite(m)
+		close(done)
+	}()
+	_, _ = io.Copy(c, m)
+	closeWrite(c)
+	<-done
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		return
+	}
+	_ = c.Close()
+}
+
+// DialRelay connects to the machine at target (its 6PN address and port)
+// through the relay of the host whose mesh address is host. It returns once
+// the far host is connected to the machine; ErrRelayRefused if it could not.
+func (n *Node) DialRelay(ctx context.Context, host netip.Addr, target netip.AddrPort) (net.Conn, error) {
+	c, err := n.DialContext(ctx, "tcp", netip.AddrPortFrom(host, RelayPort).String())
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+	defer stop()
+	if _, err := io.WriteString(c, relayMagic+target.String()+"\n"); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("mesh: relay to %s: %w", host, err)
+	}
+	// Read the answer a byte at a time: what follows it is the machine's.
+	var line []byte
+	b := make([]byte, 1)
+	for len(line) < 256 {
+		if _, err := c.Read(b); err != nil {
+			c.Close()
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("mesh: relay to %s: %w", host, ctx.Err())
+			}
+			return nil, fmt.Errorf("mesh: relay to %s: %w", host, err)
+		}
+		if b[0] == '\n' {
+			break
+		}
+		line = append(line, b[0])
+	}
+	if s := string(line); s != "OK" {
+		c.Close()
+		return nil, fmt.Errorf("%w: %s for %s: %s", ErrRelayRefused, host, target, strings.TrimPrefix(s, "ERR "))
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, nil
+}
