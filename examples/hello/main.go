@@ -1,5 +1,7 @@
 // Command hello is Perch's sample app: an HTTP server that says which
-// region and machine answered. It listens on $PORT (8080 by default).
+// region and machine answered. It listens on $PORT (8080 by default), on
+// IPv4 and IPv6. GET /dns/{name} resolves a name from inside the machine
+// (internal DNS included), as JSON.
 package main
 
 import (
@@ -43,10 +45,13 @@ func main() {
 		fmt.Fprintf(w, "slept %s in %s (machine %s)\n", d, region, machine)
 	})
 	handleHealth(http.DefaultServeMux)
+	handleDNS(http.DefaultServeMux)
 	http.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
 		log.Printf("exiting on request")
 		os.Exit(3)
 	})
 	log.Printf("hello listening on :%s in %s", port, region)
+	// With no host, Go listens on IPv6 and IPv4 alike (one socket,
+	// [::]:port, IPv4 mapped), so the machine answers on its 6PN address too.
 	log.Fatal(http.ListenAndServe(":"+port, nil))
 }

@@ -237,6 +237,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: edge: %w", err)
 	}
 	a.edge = e
+	dns, err := a.startDNS(e)
+	if err != nil {
+		return err
+	}
 	metricsLn, err := a.listenMetrics()
 	if err != nil {
 		return err
@@ -250,6 +254,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.heartbeat(ctx) }()
 	go func() { defer wg.Done(); errc <- e.Run(ctx) }()
 	wg.Go(func() { _ = certSrc.Run(ctx) })
+	wg.Go(func() { _ = dns.Run(ctx) })
 	if metricsLn != nil {
 		wg.Go(func() { a.serveMetrics(ctx, metricsLn, e) })
 	}

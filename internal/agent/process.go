@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/perchhq/perch/internal/mesh"
 	perchrt "github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/store"
 )
@@ -65,7 +66,11 @@ func (a *Agent) runtimeSpec(spec store.MachineSpec, rootfs string, img v1.Config
 		Rootfs:   rootfs,
 		Process:  perchrt.Process{Args: args, Env: out, Cwd: cwd, User: img.User},
 		Hostname: spec.ID,
-		Net:      perchrt.Net{Bridge: a.bridge, Addr: netip.PrefixFrom(ip, a.gw.Bits()), Gateway: a.gw.Addr()},
+		Net: perchrt.Net{
+			Bridge: a.bridge, Addr: netip.PrefixFrom(ip, a.gw.Bits()), Gateway: a.gw.Addr(),
+			Addr6: netip.PrefixFrom(mesh.MachineAddr(a.sub6, ip), a.sub6.Bits()),
+			DNS:   []netip.Addr{a.gw.Addr()}, // the host's internal DNS (dns.go)
+		},
 		CPUs:     spec.Config.Guest.CPUs,
 		MemoryMB: spec.Config.Guest.MemoryMB,
 	}, nil

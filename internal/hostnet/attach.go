@@ -11,10 +11,10 @@ import (
 )
 
 // Attach gives machine id its network: the namespace NetnsName(id) with lo
-// up and eth0 holding n.Addr, a default route via n.Gateway, and eth0's
-// peer VethName(id) on the host, a port of n.Bridge. It returns the
-// namespace's path for the runtime. It is idempotent, so an agent can call
-// it again for a machine that is already running.
+// up and eth0 holding n.Addr (and n.Addr6 when set), a default route via
+// n.Gateway, and eth0's peer VethName(id) on the host, a port of n.Bridge.
+// It returns the namespace's path for the runtime. It is idempotent, so an
+// agent can call it again for a machine that is already running.
 func Attach(id string, n runtime.Net) (netnsPath string, err error) {
 	if err := CheckID(id); err != nil {
 		return "", err
@@ -24,6 +24,9 @@ func Attach(id string, n runtime.Net) (netnsPath string, err error) {
 	}
 	if !n.Addr.IsValid() || !n.Addr.Addr().Is4() || !n.Gateway.Is4() {
 		return "", fmt.Errorf("hostnet: attach %s: address %v and gateway %v must be IPv4", id, n.Addr, n.Gateway)
+	}
+	if err := checkAddr6(n.Addr6); err != nil {
+		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
 	}
 	ns, veth := NetnsName(id), VethName(id)
 	if _, statErr := os.Stat(NetnsPath(id)); errors.Is(statErr, os.ErrNotExist) {
@@ -56,23 +59,61 @@ func Attach(id string, n runtime.Net) (netnsPath string, err error) {
 			return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
 		}
 	}
-	addrs, err := ipv4Addrs(ns, peerName)
-	if err != nil {
+	if err := setAddrs(ns, "-4", n.Addr); err != nil {
 		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
 	}
-	// Flushing first drops an address left from an earlier attachment.
-	if !slices.Equal(addrs, []netip.Prefix{n.Addr}) {
-		if _, err := ip(nsArgs(ns, "addr", "flush", "dev", peerName)...); err != nil {
-			return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
-		}
-		if _, err := ip(nsArgs(ns, "addr", "add", n.Addr.String(), "dev", peerName)...); err != nil {
-			return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
-		}
+	if err := setAddrs(ns, "-6", n.Addr6); err != nil {
+		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
 	}
 	if _, err := ip(nsArgs(ns, "route", "replace", "default", "via", n.Gateway.String(), "dev", peerName)...); err != nil {
 		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
 	}
 	return NetnsPath(id), nil
+}
+
+// checkAddr6 accepts no address, or an IPv6 one with its prefix length.
+func checkAddr6(p netip.Prefix) error {
+	if p == (netip.Prefix{}) {
+		return nil
+	}
+	if !p.IsValid() || !p.Addr().Is6() || p.Addr().Is4In6() || p.Addr().IsLinkLocalUnicast() {
+		return fmt.Errorf("IPv6 address %v must be a global or private IPv6 address with a prefix length, like fdaa:0:1::a00:2/64", p)
+	}
+	return nil
+}
+
+// setAddrs makes want (none when invalid) the only address of family ("-4"
+// or "-6") on eth0 in ns. Flushing first drops an address left from an
+// earlier attachment; IPv6 link-local addresses are kept, neighbour
+// discovery needs them.
+func setAddrs(ns, family string, want netip.Prefix) error {
+	have, err := addrs(ns, family, peerName)
+	if err != nil {
+		return err
+	}
+	var wantList []netip.Prefix
+	if want.IsValid() {
+		wantList = []netip.Prefix{want}
+	}
+	if slices.Equal(have, wantList) {
+		return nil
+	}
+	if len(have) > 0 {
+		if _, err := ip(nsArgs(ns, family, "addr", "flush", "dev", peerName, "scope", "global")...); err != nil {
+			return err
+		}
+	}
+	if !want.IsValid() {
+		return nil
+	}
+	args := []string{family, "addr", "add", want.String(), "dev", peerName}
+	if family == "-6" {
+		// Without duplicate address detection the address is usable at
+		// once, not a second later; the host hands out each address once.
+		args = append(args, "nodad")
+	}
+	_, err = ip(nsArgs(ns, args...)...)
+	return err
 }
 
 // ensureVeth makes the pair veth (host) / eth0 (in ns) exist, replacing a

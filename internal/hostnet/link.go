@@ -20,6 +20,7 @@ type link struct {
 		Family    string `json:"family"`
 		Local     string `json:"local"`
 		PrefixLen int    `json:"prefixlen"`
+		Scope     string `json:"scope"`
 	} `json:"addr_info"`
 }
 
@@ -65,8 +66,12 @@ func listLinks(kind string) ([]link, error) {
 }
 
 // ipv4Addrs returns the IPv4 addresses of dev in namespace ns.
-func ipv4Addrs(ns, dev string) ([]netip.Prefix, error) {
-	out, err := ip(nsArgs(ns, "-j", "-4", "addr", "show", "dev", dev)...)
+func ipv4Addrs(ns, dev string) ([]netip.Prefix, error) { return addrs(ns, "-4", dev) }
+
+// addrs returns the addresses of family ("-4" or "-6") and global scope of
+// dev in namespace ns.
+func addrs(ns, family, dev string) ([]netip.Prefix, error) {
+	out, err := ip(nsArgs(ns, "-j", family, "addr", "show", "dev", dev, "scope", "global")...)
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +82,7 @@ func ipv4Addrs(ns, dev string) ([]netip.Prefix, error) {
 	var addrs []netip.Prefix
 	for _, l := range links {
 		for _, a := range l.AddrInfo {
-			if a.Family != "inet" {
+			if a.Family != "inet" && a.Family != "inet6" {
 				continue
 			}
 			addr, err := netip.ParseAddr(a.Local)

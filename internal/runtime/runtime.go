@@ -26,10 +26,18 @@ type Process struct {
 }
 
 // Net is the machine's network attachment: an address on a host bridge.
+// The zero values of Addr6 and DNS leave the machine IPv4 only, with the
+// image's own /etc/resolv.conf.
 type Net struct {
 	Bridge  string       // host bridge to attach to
 	Addr    netip.Prefix // the machine's address and prefix length
 	Gateway netip.Addr   // the bridge's address
+	// Addr6 is the machine's private IPv6 address (6PN) with its host's
+	// prefix, on-link on the bridge: mesh.MachineAddr in the host's /64.
+	Addr6 netip.Prefix
+	// DNS are the nameservers the machine's /etc/resolv.conf lists, in
+	// order; empty keeps the image's file.
+	DNS []netip.Addr
 }
 
 // Spec is a machine as a driver needs it.

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/perchhq/perch/internal/hostnet"
+	"github.com/perchhq/perch/internal/mesh"
 	"github.com/perchhq/perch/internal/runtime"
 )
 
@@ -23,6 +24,9 @@ import (
 type Bridge struct {
 	Name    string
 	Gateway netip.Prefix // the bridge's address, with the subnet's length
+	// Subnet6 is the /64 of the machines' 6PN addresses (Net6), as a
+	// host's subnet in the mesh; private to the bridge's machines.
+	Subnet6 netip.Prefix
 
 	mu   sync.Mutex
 	next netip.Addr
@@ -63,7 +67,8 @@ func New(t testing.TB) *Bridge {
 				t.Error(err)
 			}
 		})
-		return &Bridge{Name: name, Gateway: gw, next: gw.Addr().Next()}
+		sub6 := netip.MustParsePrefix(fmt.Sprintf("fdaa:ffff:%x::/64", n))
+		return &Bridge{Name: name, Gateway: gw, Subnet6: sub6, next: gw.Addr().Next()}
 	}
 	t.Fatal("hostnettest: no free /24 in 10.213.0.0/16")
 	return nil
@@ -80,6 +85,15 @@ func (b *Bridge) Net(t testing.TB) runtime.Net {
 	}
 	b.next = addr.Next()
 	return runtime.Net{Bridge: b.Name, Addr: netip.PrefixFrom(addr, b.Gateway.Bits()), Gateway: b.Gateway.Addr()}
+}
+
+// Net6 is Net with a 6PN address too: the machine's IPv4 address in the
+// low bits of Subnet6, as mesh.MachineAddr makes it.
+func (b *Bridge) Net6(t testing.TB) runtime.Net {
+	t.Helper()
+	n := b.Net(t)
+	n.Addr6 = netip.PrefixFrom(mesh.MachineAddr(b.Subnet6, n.Addr.Addr()), 64)
+	return n
 }
 
 func usedAddrs(t testing.TB) []netip.Prefix {

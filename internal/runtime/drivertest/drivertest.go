@@ -6,8 +6,10 @@
 // Conventions the suite checks beyond the interface's comments: a process
 // killed by a signal exits with 128+signal; a stopped or exited machine can
 // be started again and its logs are appended to; a machine's /etc/hosts
-// names it when the image has none; a driver made again over the same
-// state (an agent restart) sees the machines the first one left running.
+// names it on each of its addresses, replacing the image's; its
+// /etc/resolv.conf is the image's unless Net.DNS is set; a driver made
+// again over the same state (an agent restart) sees the machines the
+// first one left running.
 package drivertest
 
 import (
@@ -33,6 +35,9 @@ type Env struct {
 	// Net returns a fresh network attachment whose address the test
 	// process can reach.
 	Net func(t *testing.T) runtime.Net
+	// Net6 is Net with a 6PN address (Addr6) on the same bridge; nil
+	// skips the IPv6 and DNS checks.
+	Net6 func(t *testing.T) runtime.Net
 	// MemoryLimit returns the memory limit in bytes that running machine
 	// id is held to, as the host enforces it. Nil skips that check.
 	MemoryLimit func(t *testing.T, id string) int64
@@ -51,6 +56,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) runtime.Driver, env Env) {
 		f    func(*testing.T)
 	}{
 		{"ServesOnItsAddress", s.servesOnItsAddress},
+		{"Addr6AndDNS", s.addr6AndDNS},
 		{"User", s.user},
 		{"ExitCodeAndLogs", s.exitCodeAndLogs},
 		{"StopGracefully", s.stopGracefully},
@@ -158,13 +164,15 @@ func get(t *testing.T, spec runtime.Spec, method, path string) (int, string) {
 
 // Info is testapp's answer to GET /.
 type Info struct {
-	Message  string `json:"message"`
-	UID      int    `json:"uid"`
-	GID      int    `json:"gid"`
-	Groups   []int  `json:"groups"`
-	Cwd      string `json:"cwd"`
-	Hostname string `json:"hostname"`
-	Hosts    string `json:"hosts"`
+	Message  string   `json:"message"`
+	UID      int      `json:"uid"`
+	GID      int      `json:"gid"`
+	Groups   []int    `json:"groups"`
+	Cwd      string   `json:"cwd"`
+	Hostname string   `json:"hostname"`
+	Hosts    string   `json:"hosts"`
+	Resolv   string   `json:"resolv"`
+	Addrs    []string `json:"addrs"`
 }
 
 func info(t *testing.T, spec runtime.Spec) Info {

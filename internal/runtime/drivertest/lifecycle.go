@@ -34,6 +34,9 @@ func (s *suite) servesOnItsAddress(t *testing.T) {
 	if !strings.Contains(in.Hosts, spec.Net.Addr.Addr().String()+"\t"+spec.Hostname) {
 		t.Errorf("/etc/hosts does not name the machine:\n%s", in.Hosts)
 	}
+	if in.Resolv != "" {
+		t.Errorf("the machine has an /etc/resolv.conf though the image has none and Net.DNS is empty:\n%s", in.Resolv)
+	}
 	waitLog(t, d, spec.ID, "stdout", "listening on :"+port)
 	if ids, err := d.List(ctx(t)); err != nil || !slices.Contains(ids, spec.ID) {
 		t.Errorf("List() = %v, %v; want it to have %s", ids, err, spec.ID)

@@ -117,6 +117,7 @@ func TestConformance(t *testing.T) {
 	env := drivertest.Env{
 		Rootfs:      drivertest.BuildRootfs(t),
 		Net:         func(t *testing.T) runtime.Net { return br.Net(t) },
+		Net6:        func(t *testing.T) runtime.Net { return br.Net6(t) },
 		MemoryLimit: memoryLimit,
 		Leftovers:   leftovers,
 	}

@@ -86,6 +86,7 @@ func machineArgs(r record, dir, accel string, k *kernel, initrd, tap string) []s
 			hostname = spec.ID
 		}
 		cmdline = append(cmdline, guestinit.IPParam(spec.Net.Addr, spec.Net.Gateway, hostname, "eth0"))
+		cmdline = append(cmdline, guestinit.NetParams(spec.Net.Addr6, spec.Net.DNS)...)
 		args = append(args,
 			"-netdev", "tap,id=net0,ifname="+tap+",script=no,downscript=no",
 			"-device", "virtio-net-device,netdev=net0,mac="+macFor(spec.Net.Addr.Addr()))

@@ -59,17 +59,18 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	if hostname == "" {
 		hostname = id
 	}
-	var addr, netns string
+	var netns string
 	if spec.Net.Bridge != "" {
-		addr = spec.Net.Addr.Addr().String()
 		if netns, err = hostnet.Attach(id, spec.Net); err != nil {
 			return fmt.Errorf("runc: create %s: %w", id, err)
 		}
 	}
-	if err := writeHosts(d.path(id, dirRootfs), hostname, addr); err != nil {
+	etc, err := d.writeEtc(id, hostname, spec.Net)
+	if err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
 	s := ociSpec(spec, d.path(id, dirRootfs), netns, u, d.cgroupParent)
+	s.Mounts = append(s.Mounts, etc...)
 	if err := machinedir.WriteJSON(d.path(id, fileConfig), s); err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}

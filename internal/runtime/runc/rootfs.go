@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -132,30 +131,4 @@ func unescapeMountinfo(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
-}
-
-// writeHosts gives the machine an /etc/hosts naming itself when the image
-// has none. It writes through rootfs, so into the writable layer only.
-func writeHosts(rootfs, hostname, addr string) error {
-	root, err := os.OpenRoot(rootfs)
-	if err != nil {
-		return fmt.Errorf("runc: %w", err)
-	}
-	defer root.Close()
-	if _, err := root.Lstat("etc/hosts"); !errors.Is(err, fs.ErrNotExist) {
-		return nil // present (or a link the image chose), keep it
-	}
-	if err := root.MkdirAll("etc", 0o755); err != nil {
-		return fmt.Errorf("runc: /etc in rootfs: %w", err)
-	}
-	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-	if addr != "" {
-		hosts += addr + "\t" + hostname + "\n"
-	} else {
-		hosts += "127.0.1.1\t" + hostname + "\n"
-	}
-	if err := root.WriteFile("etc/hosts", []byte(hosts), 0o644); err != nil {
-		return fmt.Errorf("runc: write /etc/hosts: %w", err)
-	}
-	return nil
 }

@@ -38,7 +38,9 @@ const (
 	filePid     = "pid"          // the container's pid, written by runc once it runs
 	fileStdout  = "stdout.log"
 	fileStderr  = "stderr.log"
-	dirRootfs   = "rootfs" // the bundle's root: overlay mount or a copy
+	fileHosts   = "hosts"       // the machine's /etc/hosts, bind-mounted
+	fileResolv  = "resolv.conf" // its /etc/resolv.conf when Net.DNS is set
+	dirRootfs   = "rootfs"      // the bundle's root: overlay mount or a copy
 	dirUpper    = "upper"
 	dirWork     = "work"
 	defaultCgrp = "perch"

@@ -1,7 +1,8 @@
 // Command testapp is the program drivertest runs inside machines. It is
 // built static and copied into a test root filesystem as /app.
 //
-//	app serve     answer HTTP on $PORT with what the process sees (JSON);
+//	app serve     answer HTTP on $PORT with what the process sees (JSON),
+//	              and GET /fetch?url=U with U fetched from inside;
 //	              exit 0 on SIGTERM unless IGNORE_SIGTERM=1
 //	app exit N    print a line to stdout and stderr, exit with code N
 package main
@@ -9,23 +10,28 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strconv"
 	"syscall"
+	"time"
 )
 
 // Info is the answer to GET /.
 type Info struct {
-	Message  string `json:"message"`
-	UID      int    `json:"uid"`
-	GID      int    `json:"gid"`
-	Groups   []int  `json:"groups"`
-	Cwd      string `json:"cwd"`
-	Hostname string `json:"hostname"`
-	Hosts    string `json:"hosts"`
+	Message  string   `json:"message"`
+	UID      int      `json:"uid"`
+	GID      int      `json:"gid"`
+	Groups   []int    `json:"groups"`
+	Cwd      string   `json:"cwd"`
+	Hostname string   `json:"hostname"`
+	Hosts    string   `json:"hosts"`
+	Resolv   string   `json:"resolv"` // /etc/resolv.conf, "" if none
+	Addrs    []string `json:"addrs"`  // of every interface, with prefix length
 }
 
 func main() {
@@ -61,11 +67,31 @@ func serve() {
 		cwd, _ := os.Getwd()
 		host, _ := os.Hostname()
 		hosts, _ := os.ReadFile("/etc/hosts")
+		resolv, _ := os.ReadFile("/etc/resolv.conf")
 		groups, _ := os.Getgroups()
+		var addrs []string
+		if all, err := net.InterfaceAddrs(); err == nil {
+			for _, a := range all {
+				addrs = append(addrs, a.String())
+			}
+		}
 		json.NewEncoder(w).Encode(Info{
 			Message: os.Getenv("MESSAGE"), UID: os.Getuid(), GID: os.Getgid(), Groups: groups,
-			Cwd: cwd, Hostname: host, Hosts: string(hosts),
+			Cwd: cwd, Hostname: host, Hosts: string(hosts), Resolv: string(resolv), Addrs: addrs,
 		})
+	})
+	// GET /fetch?url=U answers with U's body, fetched from inside the
+	// machine: how a test sees what the machine can reach.
+	client := &http.Client{Timeout: 5 * time.Second}
+	http.HandleFunc("GET /fetch", func(w http.ResponseWriter, r *http.Request) {
+		resp, err := client.Get(r.URL.Query().Get("url"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
 	})
 	// PUT /files/NAME writes NAME under /tmp; GET reads it back.
 	http.HandleFunc("PUT /files/{name}", func(w http.ResponseWriter, r *http.Request) {

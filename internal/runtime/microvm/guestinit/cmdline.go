@@ -13,6 +13,8 @@ type cmdline struct {
 	root     string // perch.root: the machine's disk (default /dev/vda)
 	rootType string // perch.rootfstype (default ext4)
 	ip       ipConfig
+	ip6      netip.Prefix // perch.ip6: the 6PN address on ip's device
+	dns      []netip.Addr // perch.dns: nameservers, comma-separated
 }
 
 // ipConfig is the kernel's ip= parameter, as nfsroot documents it:
@@ -42,6 +44,17 @@ func parseCmdlineString(s string) cmdline {
 			c.rootType = v
 		case "ip":
 			c.ip, _ = parseIP(v)
+		case "perch.ip6":
+			if p, err := netip.ParsePrefix(v); err == nil && p.Addr().Is6() {
+				c.ip6 = p
+			}
+		case "perch.dns":
+			c.dns = nil
+			for a := range strings.SplitSeq(v, ",") {
+				if addr, err := netip.ParseAddr(a); err == nil {
+					c.dns = append(c.dns, addr)
+				}
+			}
 		}
 	}
 	return c
@@ -93,4 +106,22 @@ func IPParam(addr netip.Prefix, gateway netip.Addr, hostname, device string) str
 		gw = gateway.String()
 	}
 	return fmt.Sprintf("ip=%s::%s:%s:%s:%s:off", addr.Addr(), gw, netip.AddrFrom4(mask), hostname, device)
+}
+
+// NetParams formats the kernel parameters for a 6PN address and
+// nameservers (none when unset), the host's side of perch.ip6 and
+// perch.dns.
+func NetParams(addr6 netip.Prefix, dns []netip.Addr) []string {
+	var ps []string
+	if addr6.IsValid() {
+		ps = append(ps, "perch.ip6="+addr6.String())
+	}
+	if len(dns) > 0 {
+		s := make([]string, len(dns))
+		for i, a := range dns {
+			s[i] = a.String()
+		}
+		ps = append(ps, "perch.dns="+strings.Join(s, ","))
+	}
+	return ps
 }

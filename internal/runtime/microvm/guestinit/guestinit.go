@@ -5,7 +5,7 @@
 // binary. The init mounts /proc, /sys, /dev and /run, loads the virtio
 // modules packed into its initramfs, reads what to run from the host over
 // a virtio-serial port, mounts the machine's disk, configures the network
-// from the kernel command line (ip=), runs the app as its child in a
+// from the kernel command line (ip=, perch.ip6=, perch.dns=), runs the app as its child in a
 // chroot of that disk, forwards the host's signals to it, reaps every
 // zombie, reports the app's output and exit code to the host, and powers
 // the VM off when the app is gone. It imports nothing of Perch but x/sys,
@@ -98,10 +98,10 @@ func (g *guest) prepare(cfg Config) error {
 	if err := mountRoot(g.cmd.root, g.cmd.rootType, 20*time.Second); err != nil {
 		return err
 	}
-	if err := setupRoot(newRoot, cfg, g.cmd.ip); err != nil {
+	if err := setupRoot(newRoot, cfg, g.cmd); err != nil {
 		return err
 	}
-	return configureNetwork(g.cmd.ip, 20*time.Second)
+	return configureNetwork(g.cmd.ip, g.cmd.ip6, 20*time.Second)
 }
 
 // readHost handles the host's frames after the config: signals for the

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -34,6 +36,51 @@ func TestIPParam(t *testing.T) {
 	}
 	if c := parseCmdlineString("ip=off perch.probe=1"); c.ip.Addr.IsValid() || !c.probe || c.root != "/dev/vda" {
 		t.Errorf("parsed ip=off perch.probe=1 as %+v", c)
+	}
+}
+
+// TestNetParams: the 6PN address and nameservers the host puts on the
+// command line come back to the init, which writes them into the
+// machine's /etc/hosts and /etc/resolv.conf.
+func TestNetParams(t *testing.T) {
+	addr6 := netip.MustParsePrefix("fdaa:0:1::ac1e:105/64")
+	dns := []netip.Addr{netip.MustParseAddr("172.30.1.1"), netip.MustParseAddr("fdaa:0:1::3")}
+	ps := NetParams(addr6, dns)
+	line := "console=ttyS0 " + IPParam(netip.MustParsePrefix("172.30.1.5/24"), netip.MustParseAddr("172.30.1.1"), "m1", "eth0") + " " + strings.Join(ps, " ")
+	c := parseCmdlineString(line)
+	if c.ip6 != addr6 || !slices.Equal(c.dns, dns) {
+		t.Fatalf("parsed %q as ip6 %v, dns %v", line, c.ip6, c.dns)
+	}
+	if got := NetParams(netip.Prefix{}, nil); len(got) != 0 {
+		t.Errorf("NetParams with nothing to say = %q", got)
+	}
+	if c := parseCmdlineString("perch.ip6=10.0.0.1/24 perch.dns=bogus"); c.ip6.IsValid() || len(c.dns) != 0 {
+		t.Errorf("bad perch.ip6 and perch.dns parsed as %v, %v", c.ip6, c.dns)
+	}
+
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	// An image's link to systemd's stub resolver is replaced, not followed.
+	os.Symlink("/run/systemd/resolve/stub-resolv.conf", filepath.Join(root, "etc/resolv.conf"))
+	r, err := os.OpenRoot(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := writeEtc(r, "hosts", hostsFile("m1", c)); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeEtc(r, "resolv.conf", resolvConf(c.dns)); err != nil {
+		t.Fatal(err)
+	}
+	hosts, _ := os.ReadFile(filepath.Join(root, "etc/hosts"))
+	want := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n172.30.1.5\tm1\nfdaa:0:1::ac1e:105\tm1\n"
+	if diff := cmp.Diff(want, string(hosts)); diff != "" {
+		t.Errorf("/etc/hosts (-want +got):\n%s", diff)
+	}
+	resolv, _ := os.ReadFile(filepath.Join(root, "etc/resolv.conf"))
+	if diff := cmp.Diff("nameserver 172.30.1.1\nnameserver fdaa:0:1::3\n", string(resolv)); diff != "" {
+		t.Errorf("/etc/resolv.conf (-want +got):\n%s", diff)
 	}
 }
 

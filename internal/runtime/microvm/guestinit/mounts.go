@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -71,9 +72,9 @@ func mountRoot(dev, fstype string, timeout time.Duration) error {
 	return nil
 }
 
-// setupRoot mounts the app's filesystems, names the machine and makes the
-// working directory.
-func setupRoot(root string, cfg Config, ip ipConfig) error {
+// setupRoot mounts the app's filesystems, names the machine, writes its
+// /etc/hosts and /etc/resolv.conf and makes the working directory.
+func setupRoot(root string, cfg Config, c cmdline) error {
 	if err := mountAll(root, appMounts); err != nil {
 		return err
 	}
@@ -94,8 +95,13 @@ func setupRoot(root string, cfg Config, ip ipConfig) error {
 		return err
 	}
 	defer r.Close()
-	if err := writeHosts(r, hostname, ip); err != nil {
+	if err := writeEtc(r, "hosts", hostsFile(hostname, c)); err != nil {
 		return err
+	}
+	if len(c.dns) > 0 {
+		if err := writeEtc(r, "resolv.conf", resolvConf(c.dns)); err != nil {
+			return err
+		}
 	}
 	if cfg.Cwd != "" && cfg.Cwd != "/" {
 		// As runc: a working directory the image lacks is made.
@@ -106,25 +112,43 @@ func setupRoot(root string, cfg Config, ip ipConfig) error {
 	return nil
 }
 
-// writeHosts gives the machine an /etc/hosts naming itself when the image
-// has none, as the runc driver does.
-func writeHosts(r *os.Root, hostname string, ip ipConfig) error {
-	if _, err := r.Lstat("etc/hosts"); !errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
+// writeEtc replaces /etc/name on the machine's own disk, as the runc
+// driver's bind mount replaces the image's file. The old entry goes first:
+// it may be a link (to systemd's stub resolver, say) that leads nowhere
+// here.
+func writeEtc(r *os.Root, name, content string) error {
 	if err := r.MkdirAll("etc", 0o755); err != nil {
 		return fmt.Errorf("/etc: %w", err)
 	}
-	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-	if ip.Addr.IsValid() {
-		hosts += ip.Addr.Addr().String() + "\t" + hostname + "\n"
-	} else {
-		hosts += "127.0.1.1\t" + hostname + "\n"
+	if err := r.Remove("etc/" + name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("replace /etc/%s: %w", name, err)
 	}
-	if err := r.WriteFile("etc/hosts", []byte(hosts), 0o644); err != nil {
-		return fmt.Errorf("write /etc/hosts: %w", err)
+	if err := r.WriteFile("etc/"+name, []byte(content), 0o644); err != nil {
+		return fmt.Errorf("write /etc/%s: %w", name, err)
 	}
 	return nil
+}
+
+// hostsFile names localhost, and the machine on each of its addresses.
+func hostsFile(hostname string, c cmdline) string {
+	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+	if !c.ip.Addr.IsValid() {
+		return hosts + "127.0.1.1\t" + hostname + "\n"
+	}
+	hosts += c.ip.Addr.Addr().String() + "\t" + hostname + "\n"
+	if c.ip6.IsValid() {
+		hosts += c.ip6.Addr().String() + "\t" + hostname + "\n"
+	}
+	return hosts
+}
+
+// resolvConf lists the nameservers and nothing else.
+func resolvConf(dns []netip.Addr) string {
+	var s string
+	for _, a := range dns {
+		s += "nameserver " + a.String() + "\n"
+	}
+	return s
 }
 
 // unmountRoot undoes setupRoot and mountRoot so the disk is clean when the

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 
@@ -11,9 +12,9 @@ import (
 )
 
 // configureNetwork brings lo up and, when the command line gave an
-// address, the device with that address and a default route. It speaks
-// rtnetlink itself: the guest has no iproute2.
-func configureNetwork(ip ipConfig, timeout time.Duration) error {
+// address, the device with that address (and addr6 if valid) and a
+// default route. It speaks rtnetlink itself: the guest has no iproute2.
+func configureNetwork(ip ipConfig, addr6 netip.Prefix, timeout time.Duration) error {
 	nl, err := newNetlink()
 	if err != nil {
 		return fmt.Errorf("network: %w", err)
@@ -39,11 +40,18 @@ func configureNetwork(ip ipConfig, timeout time.Duration) error {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	if err := nl.addAddr(dev.Index, ip); err != nil {
+	if err := nl.addAddr(dev.Index, ip.Addr, 0); err != nil {
 		return fmt.Errorf("network: address %s on %s: %w", ip.Addr, ip.Device, err)
 	}
 	if err := nl.linkUp(dev.Index); err != nil {
 		return fmt.Errorf("network: %s up: %w", ip.Device, err)
+	}
+	if addr6.IsValid() {
+		// No duplicate address detection: the host hands each address
+		// out once, and the app may dial as soon as it starts.
+		if err := nl.addAddr(dev.Index, addr6, unix.IFA_F_NODAD); err != nil {
+			return fmt.Errorf("network: IPv6 address %s on %s (the guest kernel needs CONFIG_IPV6): %w", addr6, ip.Device, err)
+		}
 	}
 	if ip.Gateway.IsValid() {
 		if err := nl.defaultRoute(dev.Index, ip); err != nil {
@@ -82,15 +90,19 @@ func (n *netlink) linkUp(index int) error {
 	return n.request(unix.RTM_NEWLINK, 0, b)
 }
 
-func (n *netlink) addAddr(index int, ip ipConfig) error {
+func (n *netlink) addAddr(index int, p netip.Prefix, flags uint8) error {
 	// struct ifaddrmsg: family, prefixlen, flags, scope, index.
 	b := make([]byte, unix.SizeofIfAddrmsg)
 	b[0] = unix.AF_INET
-	b[1] = byte(ip.Addr.Bits())
+	a := p.Addr().AsSlice()
+	if p.Addr().Is6() {
+		b[0] = unix.AF_INET6
+	}
+	b[1] = byte(p.Bits())
+	b[2] = flags
 	binary.NativeEndian.PutUint32(b[4:], uint32(index))
-	a := ip.Addr.Addr().As4()
-	b = attr(b, unix.IFA_LOCAL, a[:])
-	b = attr(b, unix.IFA_ADDRESS, a[:])
+	b = attr(b, unix.IFA_LOCAL, a)
+	b = attr(b, unix.IFA_ADDRESS, a)
 	return n.request(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, b)
 }
 

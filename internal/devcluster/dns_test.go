@@ -1,0 +1,96 @@
+package devcluster_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/perchhq/perch/internal/devcluster"
+	"github.com/perchhq/perch/internal/mesh"
+)
+
+// TestInternalDNSFromInsideAMachine: a program in a machine resolves its
+// app's machines by name with its ordinary resolver (Go's, reading the
+// machine's /etc/resolv.conf), and gets their private IPv6 addresses: all
+// of them, one region's, or one machine's.
+func TestInternalDNSFromInsideAMachine(t *testing.T) {
+	w := startWorld(t, devcluster.Options{Regions: []string{"iad", "ams"}})
+	ctx := context.Background()
+	info := w.Info()
+	iadEdge := info.Regions[0].EdgeAddr + ":80"
+	ref := pushImage(t, w, "hello:v1")
+	dir := t.TempDir()
+	mustPerch(t, w, dir, "launch", "--image", ref, "--regions", "iad,ams", "--name", "names")
+	mustPerch(t, w, dir, "deploy")
+	expectAnswer(t, iadEdge, "names", "iad")
+
+	// What the answers must be: each machine's 6PN, from its host's /64.
+	hosts, err := w.Client().ListHosts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub6 := map[string]netip.Prefix{}
+	for _, h := range hosts {
+		if p, err := netip.ParsePrefix(h.Subnet6); err == nil {
+			sub6[h.ID] = p
+		}
+	}
+	machines, err := w.Client().ListMachines(ctx, "names", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{} // region -> 6PN
+	var all []string
+	var amsID string
+	for _, m := range machines {
+		p, ok := sub6[m.HostID]
+		if !ok {
+			t.Fatalf("host %s of machine %s has no 6PN subnet", m.HostID, m.ID)
+		}
+		a := mesh.MachineAddr(p, netip.MustParseAddr(m.PrivateIP)).String()
+		want[m.Region] = a
+		all = append(all, a)
+		if m.Region == "ams" {
+			amsID = m.ID
+		}
+	}
+	slices.Sort(all)
+
+	resolve := func(name string) []string {
+		t.Helper()
+		var got []string
+		eventually(t, 15*time.Second, "the machine resolves "+name, func() (bool, string) {
+			code, body, _, err := get(iadEdge, "names", "/dns/"+name)
+			if err != nil || code != 200 {
+				return false, fmt.Sprintf("%v %d %s", err, code, body)
+			}
+			var a struct{ Addrs []string }
+			if err := json.Unmarshal([]byte(body), &a); err != nil {
+				return false, body
+			}
+			got = a.Addrs
+			slices.Sort(got)
+			return true, ""
+		})
+		return got
+	}
+	if got := resolve("names.internal"); !slices.Equal(got, all) {
+		t.Errorf("names.internal from inside a machine: got %v, want %v", got, all)
+	}
+	if got := resolve("ams.names.internal"); !slices.Equal(got, []string{want["ams"]}) {
+		t.Errorf("ams.names.internal: got %v, want %v", got, want["ams"])
+	}
+	if got := resolve(amsID + ".vm.names.internal"); !slices.Equal(got, []string{want["ams"]}) {
+		t.Errorf("%s.vm.names.internal: got %v, want %v", amsID, got, want["ams"])
+	}
+	// An app that does not exist is no such host, not a guess.
+	code, body, _, err := get(iadEdge, "names", "/dns/nope.internal")
+	if err != nil || code != 500 || !strings.Contains(body, "no such host") {
+		t.Errorf("nope.internal: %v %d %q, want 500 no such host", err, code, body)
+	}
+}

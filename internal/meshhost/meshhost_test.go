@@ -1,0 +1,88 @@
+package meshhost
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/geo"
+	"github.com/perchhq/perch/internal/mesh"
+)
+
+func member(region string, hosts map[string]api.Host, rtt map[string]time.Duration, lost map[string]bool) *Member {
+	return &Member{cfg: Config{Region: region, World: geo.Default()}, hosts: hosts, rtt: rtt, lost: lost}
+}
+
+// The edge goes where the measured round trip is shortest, even against
+// geography; equal times keep geographic order; a lost host's region is
+// ranked as if unmeasured.
+func TestRankFollowsMeasuredRTT(t *testing.T) {
+	hosts := map[string]api.Host{
+		"ams-1": {ID: "ams-1", Region: "ams"},
+		"sin-1": {ID: "sin-1", Region: "sin"},
+		"ord-1": {ID: "ord-1", Region: "ord"},
+	}
+	regions := []string{"sin", "ams", "ord", "iad"}
+
+	// Geography alone, from iad: iad, ord, ams, sin.
+	if got := member("iad", hosts, nil, nil).Rank(regions); !slices.Equal(got, []string{"iad", "ord", "ams", "sin"}) {
+		t.Fatalf("unmeasured: got %v, want geographic order", got)
+	}
+	// Measured: the path to ord is congested, sin is fast.
+	m := member("iad", hosts, map[string]time.Duration{
+		"ams-1": 80 * time.Millisecond, "sin-1": 30 * time.Millisecond, "ord-1": 200 * time.Millisecond,
+	}, nil)
+	if got := m.Rank(regions); !slices.Equal(got, []string{"iad", "sin", "ams", "ord"}) {
+		t.Fatalf("measured: got %v, want own region then by RTT", got)
+	}
+	// Within a millisecond is a tie: geography decides (no flapping on
+	// a world without simulated latency).
+	m = member("iad", hosts, map[string]time.Duration{
+		"ams-1": 300 * time.Microsecond, "sin-1": 100 * time.Microsecond, "ord-1": 500 * time.Microsecond,
+	}, nil)
+	if got := m.Rank(regions); !slices.Equal(got, []string{"iad", "ord", "ams", "sin"}) {
+		t.Fatalf("sub-millisecond noise: got %v, want geographic order", got)
+	}
+	// sin is lost: measured regions first, then the rest by geography.
+	m = member("iad", hosts, map[string]time.Duration{
+		"ams-1": 80 * time.Millisecond, "sin-1": 30 * time.Millisecond,
+	}, map[string]bool{"sin-1": true})
+	if got := m.Rank(regions); !slices.Equal(got, []string{"iad", "ams", "ord", "sin"}) {
+		t.Fatalf("sin lost: got %v", got)
+	}
+	if m.Reachable("sin-1") || !m.Reachable("ams-1") || !m.Reachable("never-measured") {
+		t.Fatal("Reachable must be false only for lost hosts")
+	}
+}
+
+func TestPeerOfExplainsBadRecords(t *testing.T) {
+	k, err := mesh.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := api.Host{ID: "h", Region: "iad", MeshKey: k.Public().String(), MeshEndpoint: "10.0.0.1:51820", MeshAddr: "fdaa:0:1::1", Subnet6: "fdaa:0:1::/64"}
+	p, err := PeerOf(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.PublicKey != k.Public() || p.Endpoint.String() != "10.0.0.1:51820" || p.Subnet.String() != "fdaa:0:1::/64" || p.Region != "iad" {
+		t.Fatalf("peer %+v", p)
+	}
+	for name, c := range map[string]struct {
+		edit func(*api.Host)
+		want string
+	}{
+		"key":      {func(h *api.Host) { h.MeshKey = "nope" }, "public key"},
+		"endpoint": {func(h *api.Host) { h.MeshEndpoint = "10.0.0.1" }, "endpoint"},
+		"addr":     {func(h *api.Host) { h.MeshAddr = "10.0.0.1" }, "not in fdaa::/16"},
+		"subnet":   {func(h *api.Host) { h.Subnet6 = "fdaa::1" }, "subnet6"},
+	} {
+		h := good
+		c.edit(&h)
+		if _, err := PeerOf(h); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want an error about %q", name, err, c.want)
+		}
+	}
+}
