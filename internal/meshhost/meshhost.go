@@ -238,6 +238,13 @@ func (m *Member) update() {
 			lost[id] = true
 		}
 	}
+	// A host the control plane marked down left the peer list and is no
+	// longer probed: it counts as lost too, whichever noticed first.
+	for id, h := range m.hosts {
+		if id != m.selfID && h.Status != api.HostUp && h.Role != api.HostRoleControl {
+			lost[id] = true
+		}
+	}
 	newlyLost, back := diffKeys(m.lost, lost)
 	m.rtt, m.lost = rtt, lost
 	rank := m.rankLocked(m.cfg.World.Codes())
@@ -275,8 +282,9 @@ func diffKeys(old, cur map[string]bool) (added, removed []string) {
 }
 
 // Reachable says whether traffic may go to host id: this host itself, or a
-// peer whose probes are not being lost. A peer not measured yet counts as
-// reachable (a connect to it fails fast if it is not).
+// peer whose probes are not being lost and that the control plane has not
+// marked down. A peer not measured yet counts as reachable (a connect to it
+// fails fast if it is not).
 func (m *Member) Reachable(id string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()

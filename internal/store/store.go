@@ -66,6 +66,10 @@ func Open(ctx context.Context, url, token, name string) (*Store, error) {
 	s := &Store{reconnected: make(chan struct{})}
 	opts := []nats.Option{
 		nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(200 * time.Millisecond),
+		// A host cut off from the network finds out within ~15 s and
+		// reconnects as soon as the link is back, instead of waiting for
+		// TCP to give up on a stalled connection (default: 2 min pings).
+		nats.PingInterval(5 * time.Second), nats.MaxPingsOutstanding(2),
 		nats.ReconnectHandler(func(*nats.Conn) { s.signalReconnect() }),
 	}
 	if token != "" {
