@@ -41,6 +41,7 @@ func NewRoot(version string) *cobra.Command {
 		newAppsCmd(g),
 		newMachineCmd(g),
 		newRegionsCmd(g),
+		newHostsCmd(g),
 		newCertsCmd(g),
 	)
 	addLoginHint(root)

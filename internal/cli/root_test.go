@@ -52,7 +52,7 @@ func wantErr(t *testing.T, err error, subs ...string) {
 func TestReadCommandsHaveJSON(t *testing.T) {
 	root := NewRoot("test")
 	for _, path := range [][]string{
-		{"status"}, {"logs"}, {"apps", "list"}, {"machine", "list"}, {"machine", "status"}, {"regions"},
+		{"status"}, {"logs"}, {"apps", "list"}, {"machine", "list"}, {"machine", "status"}, {"regions"}, {"hosts"},
 	} {
 		cmd, _, err := root.Find(path)
 		if err != nil {
