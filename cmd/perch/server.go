@@ -51,6 +51,8 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&mesh.Host, "mesh-host", "", "address hosts send the control plane's mesh packets to (default: the --listen address)")
 	f.StringVar(&mesh.Region, "region", "", "region the control plane runs in (e.g. iad)")
 	f.BoolVar(&noMesh, "no-mesh", false, "do not join the WireGuard mesh")
+	f.Float64Var(&mesh.Latency, "simulate-latency", 0, "delay mesh packets by the fiber time between regions times this route inflation (test worlds only)")
+	_ = f.MarkHidden("simulate-latency")
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/perch/server", "where state, registry blobs and tokens live")
 	f.StringVar(&cfg.NATSURL, "nats", "", "use this external NATS (nats://host:4222) instead of the embedded one")
 	f.StringVar(&cfg.NATSToken, "nats-token", "", "auth token for the external NATS")

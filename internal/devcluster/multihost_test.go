@@ -82,6 +82,7 @@ func startMultiHost(t *testing.T) *multiHost {
 		agents: map[string]*labProc{},
 		edge:   net.JoinHostPort(lab.Hosts["h1"].IP.String(), "80"),
 	}
+	const simulatedInflation = "1.5"
 	dataDir := filepath.Join(t.TempDir(), "server")
 	// --host-timeout 4s, as the other end-to-end tests: when h2 is cut
 	// off, the control plane marks it down about as soon as the mesh's
@@ -92,7 +93,7 @@ func startMultiHost(t *testing.T) *multiHost {
 		"--nats-listen", net.JoinHostPort(ctl, "4281"),
 		"--nats-advertise", "nats://" + net.JoinHostPort(ctl, "4281"),
 		"--data-dir", dataDir, "--host-timeout", "4s",
-		"--mesh-port", strconv.Itoa(meshPort), "--region", "iad"}
+		"--mesh-port", strconv.Itoa(meshPort), "--region", "iad", "--simulate-latency", simulatedInflation}
 	srv := lab.start(t, lab.Hosts["ctl"], "server", nil, srvArgs...)
 	eventually(t, 30*time.Second, "the control plane writes its admin token", func() (bool, string) {
 		if done, err := srv.exited(); done {
@@ -132,7 +133,11 @@ func startMultiHost(t *testing.T) *multiHost {
 		agArgs := []string{perchBin, "agent",
 			"--region", multiHostRegions[name], "--server", c.apiURL,
 			"--address", h.IP.String(), "--edge-addr", h.IP.String(),
-			"--state-dir", stateDir, "--mesh-port", strconv.Itoa(meshPort)}
+			"--state-dir", stateDir, "--mesh-port", strconv.Itoa(meshPort),
+			// The test's links have no latency of their own; hosts in
+			// three cities do. Without it, which of ord and ams is nearer
+			// would be measurement noise.
+			"--simulate-latency", simulatedInflation}
 		c.agents[name] = lab.start(t, h, "agent-"+name, []string{"PERCH_API_TOKEN=" + c.token}, agArgs...)
 	}
 	eventually(t, 60*time.Second, "the three agents register and heartbeat", func() (bool, string) {
