@@ -68,6 +68,15 @@ echo "== and over https, with the dev world's own CA ($dir/ca.pem)"
 first=$(sed -n 's/.*"edge_addr": "\(.*\)".*/\1/p' "$dir/world.json" | head -1)
 curl -sS --max-time 5 --cacert "$dir/ca.pem" --resolve "hello.perch.local:443:$first" https://hello.perch.local/
 
+echo "== the hosts and their round trips over the WireGuard mesh (simulated fiber latency)"
+# Wait until every host has measured every other (a few probes each).
+matrix_done() {
+  "$perch" hosts | awk '/^Round-trip/ {m=1; getline; next} m && NF {n=0; for (i=1; i<=NF; i++) if ($i == "-") n++; if (n != 1) bad=1; rows++} END {exit !(rows > 0 && !bad)}'
+}
+for _ in $(seq 40); do matrix_done && break; sleep 1; done
+sleep 5 # the median of the first probes includes the handshakes
+"$perch" hosts
+
 if [ "${DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
 echo
 echo "The world keeps running: try $perch status -a hello, or curl -H 'Host: hello.perch.local' http://127.0.1.2/"
