@@ -120,7 +120,7 @@ func (d *meshDialer) DialContext(ctx context.Context, network, addr string, t ed
 	// A connect costs two round trips (TCP, then the relay's answer): allow
 	// for that on the slowest path of the world, and no more.
 	timeout := 3 * time.Second
-	if rtt, ok := d.m.RTT()[t.HostID]; ok {
+	if rtt, ok := d.m.RTTOf(t.HostID); ok {
 		timeout = min(timeout, 500*time.Millisecond+4*rtt)
 	}
 	dctx, cancel := context.WithTimeout(ctx, timeout)

@@ -306,6 +306,14 @@ func (m *Member) RTT() map[string]time.Duration {
 	return maps.Clone(m.rtt)
 }
 
+// RTTOf is the measured round-trip time to host id, if there is one.
+func (m *Member) RTTOf(id string) (time.Duration, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	d, ok := m.rtt[id]
+	return d, ok
+}
+
 // Rank orders regions nearest first by measured round-trip time (the edge's
 // Nearness): a region's time is that of its nearest reachable measured host.
 // Times within a millisecond are equal and keep geographic order, so that
