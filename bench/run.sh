@@ -11,3 +11,4 @@ go build -o bin/perch ./cmd/perch
 CGO_ENABLED=0 go build -trimpath -o bin/perch-init ./internal/runtime/microvm/guestinit/perchinit
 go run ./bench/foundation -perch bin/perch -n "${1:-10}"
 go run ./bench/microvm -perch bin/perch -n "${1:-10}"
+go run ./bench/idle -perch bin/perch

@@ -27,6 +27,11 @@ install_debs() {
   command -v qemu-img >/dev/null || missing+=(qemu-utils)
   command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
   command -v tcpdump >/dev/null || missing+=(tcpdump)
+  # Real images for the tests are built from Debian packages, and spoken
+  # to with real clients.
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v psql >/dev/null || missing+=(postgresql-client)
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "perch: installing ${missing[*]} from Debian" >&2
     apt-get update -qq

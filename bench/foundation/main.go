@@ -11,7 +11,6 @@ import (
 	"flag"
 	"fmt"
 	"log"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,12 +19,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/perchhq/perch/bench/internal/benchworld"
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/devcluster"
-	"github.com/perchhq/perch/internal/testimage"
 )
 
 func main() {
@@ -36,45 +32,33 @@ func main() {
 	if os.Geteuid() != 0 {
 		log.Fatal("needs root (runc, network namespaces)")
 	}
-	bin, err := filepath.Abs(*perch)
-	if err != nil {
-		log.Fatal(err)
-	}
 	ctx := context.Background()
-	dir, _ := os.MkdirTemp("", "perch-bench-")
-	defer os.RemoveAll(dir)
-	w, err := devcluster.Start(ctx, devcluster.Options{
-		Dir: filepath.Join(dir, "world"), Regions: strings.Split(*regions, ","), APIListen: "127.0.0.1:0",
-		PerchBin: bin, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	w, err := benchworld.Start(ctx, *perch, strings.Split(*regions, ","))
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer w.Close()
 	info := w.Info()
-	img, err := testimage.BuildGo(".", "./examples/hello")
+	ref, err := w.PushHello("bench")
 	if err != nil {
 		log.Fatal(err)
 	}
-	ref := info.Registry + "/hello:bench"
-	r, _ := name.ParseReference(ref, name.Insecure)
-	if err := remote.Write(r, img, remote.WithAuth(&authn.Basic{Username: "x", Password: info.Token})); err != nil {
+	app, err := w.AppDir("bench")
+	if err != nil {
 		log.Fatal(err)
 	}
-	app := filepath.Join(dir, "app")
-	os.MkdirAll(app, 0o755)
-	run(bin, app, info, "launch", "--image", ref, "--regions", *regions, "--name", "bench")
+	run(w, app, "launch", "--image", ref, "--regions", *regions, "--name", "bench")
 
 	fmt.Printf("machine: %s, %d CPUs; regions %s; %d rounds\n\n", hostname(), nproc(), *regions, *rounds)
 	var deploys []time.Duration
 	for i := 0; i < *rounds; i++ {
-		deploys = append(deploys, timeDeploy(bin, app, w))
+		deploys = append(deploys, timeDeploy(w, app))
 	}
 	fmt.Printf("deploy to every machine answering (%d regions, one machine each, rolling one region at a time)\n", len(info.Regions))
 	fmt.Printf("  first (cold image cache): %s\n", round(deploys[0]))
 	fmt.Printf("  later: median %s, min %s, max %s\n\n", round(median(deploys[1:])), round(slices.Min(deploys[1:])), round(slices.Max(deploys[1:])))
 
-	agentT, runcT := startTimes(ctx, w, *rounds)
+	agentT, runcT := startTimes(ctx, w.World, *rounds)
 	ma, mr := median(agentT), median(runcT)
 	fmt.Printf("machine start to first HTTP answer on its private address (same bundle)\n")
 	fmt.Printf("  through the agent (API start -> NATS -> agent -> shim -> runc): median %s (min %s, max %s)\n", round(ma), round(slices.Min(agentT)), round(slices.Max(agentT)))
@@ -82,24 +66,21 @@ func main() {
 	fmt.Printf("  ratio agent / runc: %.2f\n", float64(ma)/float64(mr))
 }
 
-func run(bin, dir string, info devcluster.Info, args ...string) string {
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "PERCH_API_URL="+info.APIURL, "PERCH_API_TOKEN="+info.Token)
-	out, err := cmd.CombinedOutput()
+func run(w *benchworld.World, dir string, args ...string) string {
+	out, err := w.Perch(dir, args...)
 	if err != nil {
-		log.Fatalf("perch %s: %v\n%s", strings.Join(args, " "), err, out)
+		log.Fatal(err)
 	}
-	return string(out)
+	return out
 }
 
 // timeDeploy runs `perch deploy` and waits until each region's edge answers
 // from a machine of the new release.
-func timeDeploy(bin, app string, w *devcluster.World) time.Duration {
+func timeDeploy(w *benchworld.World, app string) time.Duration {
 	info := w.Info()
-	before := machineIDs(w)
+	before := machineIDs(w.World)
 	t0 := time.Now()
-	run(bin, app, info, "deploy")
+	run(w, app, "deploy")
 	for _, r := range info.Regions {
 		for {
 			body := getBody("http://"+r.EdgeAddr+"/", "bench.perch.local")
@@ -161,7 +142,12 @@ func startTimes(ctx context.Context, w *devcluster.World, rounds int) (agentT, r
 	c := w.Client()
 	info := w.Info()
 	ms, _ := c.ListMachines(ctx, "bench", info.Regions[0].Code)
-	m := ms[0]
+	// The last deploy's old machine may still be being destroyed.
+	i := slices.IndexFunc(ms, func(m api.Machine) bool { return m.State == api.StateStarted })
+	if i < 0 {
+		log.Fatalf("no started machine in %s", info.Regions[0].Code)
+	}
+	m := ms[i]
 	url := "http://" + m.PrivateIP + ":8080/"
 	bundle := filepath.Join(info.Regions[0].StateDir, "runc", "machines", m.ID)
 	direct := prepareDirectBundle(bundle)

@@ -17,6 +17,7 @@ import (
 func agentCmd() *cobra.Command {
 	var cfg agent.Config
 	var edgeAddr string
+	var imageCacheGB float64
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run a host: machines of its region and the edge proxy",
@@ -29,6 +30,10 @@ func agentCmd() *cobra.Command {
 				return fmt.Errorf("--edge-addr %q is not an IP address", edgeAddr)
 			}
 			cfg.EdgeAddr = a
+			if imageCacheGB < 0 {
+				return fmt.Errorf("--image-cache-max %g: want a size in GB, or 0 for no limit", imageCacheGB)
+			}
+			cfg.ImageCacheMax = int64(imageCacheGB * 1e9)
 			if cfg.Token == "" {
 				cfg.Token = os.Getenv("PERCH_API_TOKEN")
 			}
@@ -68,6 +73,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&cfg.MeshEndpoint, "mesh-endpoint", "", "UDP host[:port] other hosts send mesh packets to (default --address and --mesh-port; behind NAT, the public address)")
 	f.Float64Var(&cfg.MeshLatency, "simulate-latency", 0, "delay mesh packets by the fiber time between regions times this route inflation (one-machine worlds only; perch dev sets it)")
 	_ = f.MarkHidden("simulate-latency")
+	f.Float64Var(&imageCacheGB, "image-cache-max", agent.DefaultImageCacheGB, "GB of disk the image store may hold; unused images and layers beyond it are removed, least recently used first (0: no limit)")
 	_ = cmd.MarkFlagRequired("region")
 	return cmd
 }

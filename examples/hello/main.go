@@ -1,14 +1,25 @@
 // Command hello is Perch's sample app: an HTTP server that says which
 // region and machine answered. It listens on $PORT (8080 by default), on
 // IPv4 and IPv6. GET /dns/{name} resolves a name from inside the machine
-// (internal DNS included), as JSON.
+// (internal DNS included), as JSON. On SIGTERM or SIGINT it finishes the
+// requests in flight and exits, as a well-behaved server does.
+//
+// For tests of deploys, environment variables make it misbehave:
+// HELLO_CRASH (exit 2 at once, printing it), HELLO_START_DELAY (listen
+// only after this long), HELLO_EXIT_AFTER (exit 1 this long after it
+// started listening), HELLO_NO_LISTEN=1 (never listen), HELLO_LINGER=1
+// (on a stop signal, log it and keep serving, saying every second how
+// long ago the signal came, until killed).
 package main
 
 import (
+	"context"
 	"fmt"
 	"log"
 	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 )
 
@@ -50,8 +61,55 @@ func main() {
 		log.Printf("exiting on request")
 		os.Exit(3)
 	})
-	log.Printf("hello listening on :%s in %s", port, region)
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT)
+	if os.Getenv("HELLO_NO_LISTEN") == "1" {
+		log.Printf("hello: not listening (HELLO_NO_LISTEN)")
+		log.Printf("hello: got %s", <-stop)
+		return
+	}
+	if d, err := time.ParseDuration(os.Getenv("HELLO_START_DELAY")); err == nil {
+		log.Printf("hello: starting slowly, listening in %s", d)
+		time.Sleep(d)
+	}
 	// With no host, Go listens on IPv6 and IPv4 alike (one socket,
 	// [::]:port, IPv4 mapped), so the machine answers on its 6PN address too.
-	log.Fatal(http.ListenAndServe(":"+port, nil))
+	srv := &http.Server{Addr: ":" + port}
+	go func() {
+		if err := srv.ListenAndServe(); err != http.ErrServerClosed {
+			log.Fatal(err)
+		}
+	}()
+	log.Printf("hello listening on :%s in %s", port, region)
+	if d, err := time.ParseDuration(os.Getenv("HELLO_EXIT_AFTER")); err == nil {
+		go func() {
+			time.Sleep(d)
+			log.Printf("hello: exiting after %s (HELLO_EXIT_AFTER)", d)
+			os.Exit(1)
+		}()
+	}
+	sig := <-stop
+	log.Printf("hello: got signal %s", signalName(sig))
+	if os.Getenv("HELLO_LINGER") == "1" {
+		start := time.Now()
+		for range time.Tick(time.Second) {
+			log.Printf("hello: still running %ds after %s", int(time.Since(start).Seconds()), signalName(sig))
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Printf("hello: shutdown: %v", err)
+	}
+	log.Printf("hello: stopped")
+}
+
+func signalName(s os.Signal) string {
+	switch s {
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGQUIT:
+		return "SIGQUIT"
+	}
+	return "SIGTERM"
 }

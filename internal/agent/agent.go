@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
@@ -76,6 +77,11 @@ type Config struct {
 	// (1 s if 0); a peer is lost after 3 missed probes.
 	MeshRTTInterval time.Duration
 
+	// ImageCacheMax is the most bytes the image store keeps: beyond it,
+	// images no machine of the host uses, and then their layers, are
+	// removed, least recently used first. 0 is no limit.
+	ImageCacheMax int64
+
 	// MicroVM configures the microvm runtime (its shim, kernel, init);
 	// the agent sets its state dir and logger.
 	MicroVM microvm.Config
@@ -92,10 +98,14 @@ type Agent struct {
 	gw     netip.Prefix
 	images *image.Store
 	pull   image.Options
-	edge   *edge.Edge
-	mesh   *meshhost.Member
-	dialer *meshDialer
-	sub6   netip.Prefix // the 6PN /64 of this host's machines
+	// creating is held (read) while a machine is made: image GC waits.
+	creating sync.RWMutex
+	gcKick   chan struct{}
+	disk     atomic.Pointer[api.HostDisk]
+	edge     *edge.Edge
+	mesh     *meshhost.Member
+	dialer   *meshDialer
+	sub6     netip.Prefix // the 6PN /64 of this host's machines
 
 	mu      sync.Mutex
 	workers map[string]*worker // by machine key
@@ -225,6 +235,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer a.mesh.Close()
 	a.images = image.New(filepath.Join(a.cfg.StateDir, "images"), a.log.With("component", "image"))
+	a.gcKick = make(chan struct{}, 1)
 	// Certificates are issued by the control plane; the edge serves them
 	// from memory, and answers ACME challenges, through this Source.
 	certSrc := certs.NewSource(certs.SourceConfig{Store: a.st, HostID: a.host.ID, Log: a.log})
@@ -252,6 +263,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(4)
 	go func() { defer wg.Done(); errc <- a.runMesh(ctx, e) }()
 	go func() { defer wg.Done(); a.heartbeat(ctx) }()
+	wg.Go(func() { a.runImageGC(ctx) })
 	go func() { defer wg.Done(); errc <- e.Run(ctx) }()
 	wg.Go(func() { _ = certSrc.Run(ctx) })
 	wg.Go(func() { _ = dns.Run(ctx) })
@@ -266,11 +278,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		cancel()
 	}
 	wg.Wait()
+	// Not under a.mu: a worker that finishes as it stops forgets itself,
+	// which takes a.mu.
 	a.mu.Lock()
+	workers := make([]*worker, 0, len(a.workers))
 	for _, w := range a.workers {
-		w.wait()
+		workers = append(workers, w)
 	}
 	a.mu.Unlock()
+	for _, w := range workers {
+		w.wait()
+	}
 	if runErr != nil && ctx.Err() == nil {
 		return runErr
 	}
@@ -286,6 +304,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 			h.Status = api.HostUp
 			h.MeshEndpoint = a.meshEndpoint()
 			h.RTT = meshhost.Millis(a.mesh.RTT())
+			h.Disk = a.disk.Load()
 			return nil
 		})
 		if err != nil && ctx.Err() == nil {

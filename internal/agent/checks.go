@@ -82,6 +82,8 @@ func (w *worker) onChecks(ctx context.Context) {
 	}
 	s := w.status
 	s.Checks = cs
+	spec, _ := w.current()
+	s.Ready, s.NotReady = w.readiness(spec, cs)
 	s.UpdatedAt = time.Now().UTC()
 	w.status = s
 	if _, err := store.Put(ctx, w.a.st.Status, w.key, s); err != nil && ctx.Err() == nil {

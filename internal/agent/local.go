@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"github.com/perchhq/perch/internal/api"
 	"os"
 	"path/filepath"
 )
@@ -15,6 +16,9 @@ type localRecord struct {
 	InstanceID       string           `json:"instance_id"`
 	Runtime          string           `json:"runtime,omitempty"` // the driver it was created in; "" is runc
 	Offsets          map[string]int64 `json:"offsets,omitempty"`
+	// Stop is the stop_config the instance was created with: an update
+	// in place stops the old process as its own config says.
+	Stop *api.StopConfig `json:"stop,omitempty"`
 }
 
 func localPath(stateDir, id string) string {

@@ -9,15 +9,18 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/perchhq/perch/internal/api"
 	perchrt "github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 	"github.com/perchhq/perch/internal/store"
 )
 
 const lastLogLines = 10
 
 // shipper tails a machine's output files and publishes each line to the
-// log stream. Offsets are kept on disk so an agent restart neither loses nor
+// log stream, woken by inotify: an idle machine costs nothing. Offsets are kept on disk so an agent restart neither loses nor
 // repeats lines; a file that shrank (the machine was recreated) is read
 // from its start again.
 type shipper struct {
@@ -49,17 +52,92 @@ func (a *Agent) startShipper(spec store.MachineSpec) *shipper {
 	return s
 }
 
+// Shipping pace. A machine's output files are read when inotify says its
+// directory changed, at most once per logBatch (a chatty app's lines go in
+// batches, not one wake-up each), and every logRecheck regardless: a
+// safety net for an event missed, and the pace while the directory does
+// not exist yet (the machine is still being made).
+var (
+	logBatch   = 25 * time.Millisecond
+	logRecheck = 5 * time.Second
+	logNoWatch = 250 * time.Millisecond
+)
+
+// logWatchMask is what a write to an output file raises in its directory.
+const logWatchMask = unix.IN_MODIFY | unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_CLOSE_WRITE
+
 func (s *shipper) loop() {
 	defer close(s.done)
-	t := time.NewTicker(150 * time.Millisecond)
+	var changed <-chan struct{}
+	var unwatch []func()
+	defer func() {
+		for _, u := range unwatch {
+			u()
+		}
+	}()
+	watch := func() bool {
+		merged := make(chan struct{}, 1)
+		dirs := map[string]bool{}
+		for _, f := range s.files {
+			dirs[filepath.Dir(f.Path)] = true
+		}
+		var stops []func()
+		for dir := range dirs {
+			ch, stop, err := machinedir.WatchDir(dir, logWatchMask)
+			if err != nil {
+				continue // another driver's directory, or not made yet
+			}
+			stops = append(stops, stop)
+			go func() {
+				for range ch {
+					select {
+					case merged <- struct{}{}:
+					default:
+					}
+				}
+			}()
+		}
+		if len(stops) == 0 {
+			return false
+		}
+		unwatch, changed = stops, merged
+		return true
+	}
+	watching := watch()
+	t := time.NewTimer(0)
 	defer t.Stop()
+	last := time.Time{}
 	for {
 		select {
 		case <-s.stopc:
 			s.flush()
 			return
+		case <-changed:
+			if wait := logBatch - time.Since(last); wait > 0 {
+				select {
+				case <-s.stopc:
+					s.flush()
+					return
+				case <-time.After(wait):
+				}
+			}
 		case <-t.C:
-			s.flush()
+			if !watching {
+				watching = watch()
+			}
+		}
+		s.flush()
+		last = time.Now()
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+		if watching {
+			t.Reset(logRecheck)
+		} else {
+			t.Reset(logNoWatch)
 		}
 	}
 }

@@ -3,81 +3,68 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/store"
 )
 
 // watchMachines feeds every change of a machine placed on this host to that
-// machine's worker, and after the initial state destroys leftovers the
-// runtime has but the store no longer wants.
+// machine's worker until ctx is done. Each time the watch reads the whole
+// bucket (first, and again after a reconnection to NATS), workers of
+// machines no longer in it are removed and leftovers the runtime has but
+// the store no longer wants are destroyed.
 func (a *Agent) watchMachines(ctx context.Context) error {
-	for ctx.Err() == nil {
-		if err := a.watchOnce(ctx); err != nil {
-			a.log.Warn("machine watch ended; watching again", "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
+	a.st.Watch(ctx, a.st.Machines, a.log, func(c store.Change) {
+		switch {
+		case c.All != nil:
+			a.mu.Lock()
+			var gone []*worker
+			for key, wk := range a.workers {
+				if _, ok := c.All[key]; !ok {
+					gone = append(gone, wk)
+				}
 			}
+			a.mu.Unlock()
+			for _, wk := range gone {
+				wk.remove()
+			}
+			for key, v := range c.All {
+				a.machineSpec(ctx, key, v)
+			}
+			a.sweepOrphans(ctx)
+		case c.Deleted:
+			a.mu.Lock()
+			wk := a.workers[c.Key]
+			a.mu.Unlock()
+			if wk != nil {
+				wk.remove()
+			}
+		default:
+			a.machineSpec(ctx, c.Key, c.Value)
 		}
-	}
+	})
 	return nil
 }
 
-// watchOnce watches until ctx is done, the watch breaks, or the connection
-// to NATS was re-established (the server may have lost the watch).
-func (a *Agent) watchOnce(ctx context.Context) error {
-	reconnected := a.st.Reconnected()
-	w, err := a.st.Machines.WatchAll(ctx)
-	if err != nil {
-		return fmt.Errorf("watch machines: %w", err)
+// machineSpec hands a machine's spec to its worker, made if need be, when
+// the machine is placed on this host.
+func (a *Agent) machineSpec(ctx context.Context, key string, v []byte) {
+	var spec store.MachineSpec
+	if err := json.Unmarshal(v, &spec); err != nil {
+		a.log.Warn("undecodable machine spec", "key", key, "err", err)
+		return
 	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-reconnected:
-			a.log.Info("reconnected to NATS; watching machines again")
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return fmt.Errorf("machine watch closed")
-			}
-			if e == nil {
-				a.sweepOrphans(ctx)
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				a.mu.Lock()
-				wk := a.workers[e.Key()]
-				a.mu.Unlock()
-				if wk != nil {
-					wk.remove()
-				}
-				continue
-			}
-			var spec store.MachineSpec
-			if err := json.Unmarshal(e.Value(), &spec); err != nil {
-				a.log.Warn("undecodable machine spec", "key", e.Key(), "err", err)
-				continue
-			}
-			if spec.HostID != a.host.ID {
-				continue
-			}
-			a.mu.Lock()
-			wk := a.workers[e.Key()]
-			if wk == nil {
-				wk = a.newWorker(ctx, spec)
-				a.workers[e.Key()] = wk
-			}
-			a.mu.Unlock()
-			wk.update(spec)
-		}
+	if spec.HostID != a.host.ID {
+		return
 	}
+	a.mu.Lock()
+	wk := a.workers[key]
+	if wk == nil {
+		wk = a.newWorker(ctx, spec)
+		a.workers[key] = wk
+	}
+	a.mu.Unlock()
+	wk.update(spec)
 }
 
 // sweepOrphans destroys runtime machines that have no spec on this host:

@@ -26,7 +26,6 @@ const (
 	backoffMax        = 5 * time.Second
 	defaultMaxRetries = 5
 	stableRun         = 30 * time.Second // a run this long resets the failure count
-	defaultStopWait   = 10 * time.Second
 )
 
 // worker converges one machine to its spec. All of its state is owned by
@@ -57,6 +56,7 @@ type worker struct {
 	finished  bool
 	lastStart time.Time
 	checks    *checkRunner
+	probe     *portProbe
 }
 
 type waitResult struct {
@@ -70,7 +70,7 @@ func (a *Agent) newWorker(ctx context.Context, spec store.MachineSpec) *worker {
 		a: a, id: spec.ID, key: spec.Key(), spec: spec,
 		log:    a.log.With("app", spec.App, "machine", spec.ID),
 		notify: make(chan struct{}, 1), exits: make(chan waitResult, 1), done: make(chan struct{}),
-		checks: newCheckRunner(),
+		checks: newCheckRunner(), probe: newPortProbe(),
 	}
 	go w.run(ctx)
 	return w
@@ -110,6 +110,7 @@ func (w *worker) current() (store.MachineSpec, bool) {
 func (w *worker) run(ctx context.Context) {
 	defer close(w.done)
 	defer w.stopChecks()
+	defer w.stopProbe()
 	spec, _ := w.current()
 	if st, _, err := store.Get[store.MachineStatus](ctx, w.a.st.Status, w.key); err == nil {
 		w.status = st
@@ -151,6 +152,8 @@ func (w *worker) run(ctx context.Context) {
 		case <-timer.C:
 		case <-w.checks.notify:
 			w.onChecks(ctx)
+		case seq := <-w.probe.done:
+			w.onProbe(ctx, seq)
 		}
 	}
 }
@@ -244,11 +247,15 @@ func (w *worker) untilRetry() time.Duration {
 }
 
 func (w *worker) started(ctx context.Context, spec store.MachineSpec, st perchrt.State) {
+	w.startProbe(ctx, spec, st)
 	if w.status.State != api.StateStarted || w.status.Generation != spec.Generation {
 		w.setState(ctx, spec, api.StateStarted, "start", "", func(s *store.MachineStatus) {
 			s.StartedAt = st.StartedAt
 			s.ExitCode = nil
 			s.LastLogs = nil
+			// Checks restart with the process; until they report, the
+			// machine waits for them.
+			s.Ready, s.NotReady = w.readiness(spec, nil)
 		})
 	}
 	w.startChecks(ctx, spec, st)
@@ -300,9 +307,13 @@ func (w *worker) onExit(ctx context.Context, st perchrt.State) {
 		delay = backoffMax
 	}
 	w.pending, w.retryAt = true, time.Now().Add(delay)
+	last := w.ship.lastLines()
 	w.setState(ctx, spec, api.StateStarting, "exit", fmt.Sprintf("exited with code %d; restarting in %s (attempt %d of %d)", code, delay, w.failures, max), func(s *store.MachineStatus) {
 		s.ExitCode = &code
 		s.Restarts++
+		// What it printed before it exited: a deploy reports it.
+		s.LastLogs = last
+		s.NotReady = fmt.Sprintf("restarting: exited %d, attempt %d of %d", code, w.failures, max)
 	})
 }
 
@@ -321,6 +332,9 @@ func (w *worker) fail(ctx context.Context, spec store.MachineSpec, code *int, ms
 
 // create pulls the image and makes a fresh runtime instance of the spec.
 func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
+	w.a.creating.RLock()
+	defer w.a.creating.RUnlock()
+	defer w.a.kickImageGC()
 	w.setState(ctx, spec, api.StateStarting, "launch", "pulling "+spec.Config.Image)
 	img, err := w.a.images.Pull(ctx, spec.Config.Image, w.a.pull)
 	if err != nil {
@@ -333,6 +347,14 @@ func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
 	if err != nil {
 		return err
 	}
+	rs.Layers = img.Layers
+	// A process of the previous config still running (a machine updated in
+	// place) is drained and stopped as its old config says, not killed.
+	if st, err := w.driver().State(ctx, w.id); err == nil && st.Status == perchrt.StatusRunning {
+		old := spec
+		old.Config.StopConfig = w.local.Stop
+		w.retire(ctx, old, api.StateStarting, "update")
+	}
 	if err := w.a.destroyEverywhere(ctx, w.id); err != nil {
 		return fmt.Errorf("remove previous instance: %w", err)
 	}
@@ -344,6 +366,7 @@ func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
 	w.waiting = false
 	w.waitSeq++ // results of waiters on the old instance are stale now
 	w.local.ConfigGeneration = spec.ConfigGeneration
+	w.local.Stop = spec.Config.StopConfig
 	w.local.ImageRef = img.Ref
 	w.local.InstanceID = newInstanceID()
 	if err := saveLocal(w.a.cfg.StateDir, w.id, w.local); err != nil {
@@ -356,14 +379,7 @@ func (w *worker) stop(ctx context.Context, spec store.MachineSpec) {
 	w.pending = false
 	st, err := w.driver().State(ctx, w.id)
 	if err == nil && st.Status == perchrt.StatusRunning {
-		w.setState(ctx, spec, api.StateStopping, "stop", "")
-		timeout := spec.StopTimeout
-		if timeout == 0 {
-			timeout = defaultStopWait
-		}
-		if err := w.driver().Stop(ctx, w.id, parseSignal(spec.StopSignal), timeout); err != nil {
-			w.log.Warn("stop", "err", err)
-		}
+		w.retire(ctx, spec, api.StateStopping, "stop")
 	}
 	if w.status.State != api.StateStopped || w.status.Generation != spec.Generation {
 		w.setState(ctx, spec, api.StateStopped, "stop", "")
@@ -371,6 +387,11 @@ func (w *worker) stop(ctx context.Context, spec store.MachineSpec) {
 }
 
 func (w *worker) destroy(ctx context.Context, spec store.MachineSpec, report bool) {
+	if report && !spec.Force && w.status.State != api.StateDestroying {
+		if st, err := w.driver().State(ctx, w.id); err == nil && st.Status == perchrt.StatusRunning {
+			w.retire(ctx, spec, api.StateDestroying, "destroy")
+		}
+	}
 	if report {
 		w.setState(ctx, spec, api.StateDestroying, "destroy", "")
 	}
@@ -393,6 +414,7 @@ func (w *worker) destroy(ctx context.Context, spec store.MachineSpec, report boo
 	}
 	w.finished = true
 	w.log.Info("machine destroyed")
+	w.a.kickImageGC()
 }
 
 func (w *worker) setState(ctx context.Context, spec store.MachineSpec, state, evType, msg string, mut ...func(*store.MachineStatus)) {
@@ -403,7 +425,9 @@ func (w *worker) setState(ctx context.Context, spec store.MachineSpec, state, ev
 	s.UpdatedAt = time.Now().UTC()
 	if state != api.StateStarted {
 		w.stopChecks() // checks are about a running process
+		w.stopProbe()
 		s.Checks = nil
+		s.Ready, s.NotReady = false, state
 	}
 	s.Events = append([]api.Event(nil), s.Events...)
 	s.AddEvent(api.Event{Type: evType, Status: state, Source: "host", Timestamp: s.UpdatedAt, Message: msg})

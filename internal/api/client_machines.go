@@ -61,6 +61,17 @@ func (c *Client) DestroyMachine(ctx context.Context, app, id string, force bool)
 	return c.do(ctx, http.MethodDelete, machinePath(app, id), q, nil, nil)
 }
 
+// CordonMachine takes the machine out of the edges' rotation; its process
+// keeps running.
+func (c *Client) CordonMachine(ctx context.Context, app, id string) error {
+	return c.do(ctx, http.MethodPost, machinePath(app, id)+"/cordon", nil, nil, nil)
+}
+
+// UncordonMachine puts a cordoned machine back into rotation.
+func (c *Client) UncordonMachine(ctx context.Context, app, id string) error {
+	return c.do(ctx, http.MethodPost, machinePath(app, id)+"/uncordon", nil, nil, nil)
+}
+
 // StartMachine asks for a machine to be started.
 func (c *Client) StartMachine(ctx context.Context, app, id string) error {
 	return c.do(ctx, http.MethodPost, machinePath(app, id)+"/start", nil, nil, nil)

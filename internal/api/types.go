@@ -159,7 +159,26 @@ type MachineConfig struct {
 	Metadata map[string]string `json:"metadata,omitempty"`
 	// Cmd and Entrypoint override the image's when set.
 	Init MachineInit `json:"init,omitempty"`
+	// StopConfig is how the machine is stopped: on every stop, deploy,
+	// scale down and destroy its host first drains it (the edges send it
+	// nothing new and their requests in flight finish), then sends Signal
+	// and waits Timeout before SIGKILL. fly.toml's kill_signal and
+	// kill_timeout.
+	StopConfig *StopConfig `json:"stop_config,omitempty"`
 }
+
+// StopConfig is a machine's stop signal and the time it has to exit, as
+// Fly's Machines API shapes it ("timeout": "30s", "signal": "SIGINT").
+type StopConfig struct {
+	Timeout string `json:"timeout,omitempty"`
+	Signal  string `json:"signal,omitempty"`
+}
+
+// Defaults of StopConfig.
+const (
+	DefaultStopSignal  = "SIGTERM"
+	DefaultStopTimeout = 10 * time.Second
+)
 
 // MachineInit overrides the image's process.
 type MachineInit struct {
@@ -201,6 +220,63 @@ type Machine struct {
 	LastLogs []string `json:"last_logs,omitempty"`
 	// Checks are the latest health check results from the machine's host.
 	Checks []CheckStatus `json:"checks,omitempty"`
+	// Ready says the machine takes traffic: it is started and its checks
+	// pass, or (without checks) its services' internal ports accept
+	// connections. NotReady says why not ("starting: port 8080 not
+	// listening yet", "restarting: exited 1, attempt 3").
+	Ready    bool   `json:"ready"`
+	NotReady string `json:"not_ready,omitempty"`
+	// Restarts counts the times the host restarted the machine's process
+	// since its config last changed.
+	Restarts int `json:"restarts,omitempty"`
+	// Cordoned machines get no traffic (POST .../cordon, .../uncordon).
+	Cordoned bool `json:"cordoned,omitempty"`
+}
+
+// Release statuses.
+const (
+	ReleaseRunning    = "running"    // the deploy is under way
+	ReleaseComplete   = "complete"   // every machine runs it
+	ReleaseFailed     = "failed"     // the deploy failed; the app kept the release before
+	ReleaseSuperseded = "superseded" // a later release replaced it
+)
+
+// Release is one version of an app's machine config, recorded by every
+// deploy (GET /v1/apps/{app}/releases).
+type Release struct {
+	Version int    `json:"version"`
+	App     string `json:"app"`
+	Status  string `json:"status"`
+	// Image is what the deploy asked for; ImageRef the digest its machines
+	// resolved, which a rollback deploys.
+	Image    string        `json:"image"`
+	ImageRef string        `json:"image_ref,omitempty"`
+	Config   MachineConfig `json:"config"`
+	Strategy string        `json:"strategy,omitempty"`
+	Regions  []string      `json:"regions,omitempty"`
+	// User is the name of the token that deployed it.
+	User        string    `json:"user,omitempty"`
+	Description string    `json:"description,omitempty"`
+	Reason      string    `json:"reason,omitempty"` // why it failed
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
+}
+
+// CreateReleaseRequest is the body of POST /v1/apps/{app}/releases: the
+// server gives the release the next version.
+type CreateReleaseRequest struct {
+	Image       string        `json:"image"`
+	Config      MachineConfig `json:"config"`
+	Strategy    string        `json:"strategy,omitempty"`
+	Regions     []string      `json:"regions,omitempty"`
+	Description string        `json:"description,omitempty"`
+}
+
+// UpdateReleaseRequest is the body of PATCH /v1/apps/{app}/releases/{version}.
+type UpdateReleaseRequest struct {
+	Status   string `json:"status"`
+	ImageRef string `json:"image_ref,omitempty"`
+	Reason   string `json:"reason,omitempty"`
 }
 
 // Certificate is a TLS certificate the edges serve for a hostname.
@@ -224,12 +300,25 @@ type CreateMachineRequest struct {
 	Config MachineConfig `json:"config"`
 	// SkipLaunch creates the machine stopped.
 	SkipLaunch bool `json:"skip_launch,omitempty"`
+	// Cordoned creates the machine out of the edges' rotation until it is
+	// uncordoned (POST .../uncordon); a Perch extension.
+	Cordoned bool `json:"cordoned,omitempty"`
 }
 
 // StopRequest is the optional body of POST .../stop.
 type StopRequest struct {
 	Signal  string `json:"signal,omitempty"`
 	Timeout string `json:"timeout,omitempty"`
+}
+
+// HostDisk is a host's disk use, as its agent last reported it.
+type HostDisk struct {
+	ImageBytes    int64 `json:"image_bytes"`     // the image store: layers and images
+	ImageMaxBytes int64 `json:"image_max_bytes"` // its cap (--image-cache-max); 0 is none
+	Images        int   `json:"images"`
+	Layers        int   `json:"layers"`
+	FreeBytes     int64 `json:"free_bytes"` // left on the state dir's filesystem
+	TotalBytes    int64 `json:"total_bytes"`
 }
 
 // Host is one server running an agent.
@@ -256,6 +345,8 @@ type Host struct {
 	MeshEndpoint string `json:"mesh_endpoint,omitempty"`
 	MeshAddr     string `json:"mesh_addr,omitempty"`
 	Subnet6      string `json:"subnet6,omitempty"`
+	// Disk is what the host's image store holds and what its disk has left.
+	Disk *HostDisk `json:"disk,omitempty"`
 	// RTT is the round-trip time the host last measured over the mesh to
 	// each peer it can reach, in milliseconds, by host id.
 	RTT map[string]float64 `json:"rtt_ms,omitempty"`

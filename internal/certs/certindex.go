@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"strings"
+
+	"github.com/perchhq/perch/internal/store"
 )
 
 // certIndex turns the storage bucket's certificate files into the
@@ -39,11 +41,11 @@ func siteOf(kvk string) (dir string, ok bool) {
 }
 
 // apply takes one change and says whether a certificate file changed.
-func (x *certIndex) apply(c kvChange) bool {
-	if c.all != nil {
+func (x *certIndex) apply(c store.Change) bool {
+	if c.All != nil {
 		clear(x.files)
 		sites := map[string]bool{}
-		for k, v := range c.all {
+		for k, v := range c.All {
 			if dir, ok := siteOf(k); ok {
 				key, _ := keyFromKV(k)
 				x.files[key] = v
@@ -60,15 +62,15 @@ func (x *certIndex) apply(c kvChange) bool {
 		}
 		return true
 	}
-	dir, ok := siteOf(c.key)
+	dir, ok := siteOf(c.Key)
 	if !ok {
 		return false
 	}
-	key, _ := keyFromKV(c.key)
-	if c.deleted {
+	key, _ := keyFromKV(c.Key)
+	if c.Deleted {
 		delete(x.files, key)
 	} else {
-		x.files[key] = c.value
+		x.files[key] = c.Value
 	}
 	x.pair(dir)
 	return true

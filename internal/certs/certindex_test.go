@@ -11,6 +11,8 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3"
+
+	"github.com/perchhq/perch/internal/store"
 )
 
 // TestCertIndexKeepsLastGoodPair: during a renewal certmagic writes the
@@ -47,22 +49,22 @@ func TestCertIndexKeepsLastGoodPair(t *testing.T) {
 	}
 
 	crt1, key1 := leaf()
-	x.apply(kvChange{all: map[string][]byte{crtKey: crt1, keyKey: key1, "unrelated": []byte("x")}})
+	x.apply(store.Change{All: map[string][]byte{crtKey: crt1, keyKey: key1, "unrelated": []byte("x")}})
 	first := serving()
 	if first == "" {
 		t.Fatal("certificate not served after the initial load")
 	}
 	crt2, key2 := leaf()
-	x.apply(kvChange{key: keyKey, value: key2})
+	x.apply(store.Change{Key: keyKey, Value: key2})
 	if got := serving(); got != first {
 		t.Errorf("with a new key and the old certificate the index serves %q; want the old pair %q", got, first)
 	}
-	x.apply(kvChange{key: crtKey, value: crt2})
+	x.apply(store.Change{Key: crtKey, Value: crt2})
 	if got := serving(); got == first || got == "" {
 		t.Errorf("renewed certificate not served: %q", got)
 	}
-	x.apply(kvChange{key: keyKey, deleted: true})
-	x.apply(kvChange{key: crtKey, deleted: true})
+	x.apply(store.Change{Key: keyKey, Deleted: true})
+	x.apply(store.Change{Key: crtKey, Deleted: true})
 	if got := serving(); got != "" {
 		t.Errorf("deleted certificate still served: %q", got)
 	}

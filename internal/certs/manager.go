@@ -141,8 +141,8 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.ctx = ctx
 	m.mu.Unlock()
 	var wg sync.WaitGroup
-	wg.Go(func() { watchKV(ctx, m.st, m.st.Certs, m.log, m.onRecords) })
-	wg.Go(func() { watchKV(ctx, m.st, m.st.Apps, m.log, m.onApps) })
+	wg.Go(func() { m.st.Watch(ctx, m.st.Certs, m.log, m.onRecords) })
+	wg.Go(func() { m.st.Watch(ctx, m.st.Apps, m.log, m.onApps) })
 	wg.Go(func() { m.renewLoop(ctx) })
 	wg.Wait()
 	m.wg.Wait()
@@ -155,12 +155,12 @@ func (m *Manager) Run(ctx context.Context) error {
 func (m *Manager) Close() { m.stop.Do(m.cache.Stop) }
 
 // onRecords keeps m.records and starts the issuance of pending records.
-func (m *Manager) onRecords(c kvChange) {
+func (m *Manager) onRecords(c store.Change) {
 	var pending []string
 	m.mu.Lock()
-	if c.all != nil {
+	if c.All != nil {
 		clear(m.records)
-		for k, v := range c.all {
+		for k, v := range c.All {
 			var rec api.Certificate
 			if json.Unmarshal(v, &rec) == nil {
 				m.records[k] = rec
@@ -169,16 +169,16 @@ func (m *Manager) onRecords(c kvChange) {
 				}
 			}
 		}
-	} else if c.deleted {
-		delete(m.records, c.key)
+	} else if c.Deleted {
+		delete(m.records, c.Key)
 	} else {
 		var rec api.Certificate
-		if err := json.Unmarshal(c.value, &rec); err != nil {
-			m.log.Warn("ignoring certificate record that does not decode", "hostname", c.key, "err", err)
+		if err := json.Unmarshal(c.Value, &rec); err != nil {
+			m.log.Warn("ignoring certificate record that does not decode", "hostname", c.Key, "err", err)
 		} else {
-			m.records[c.key] = rec
+			m.records[c.Key] = rec
 			if rec.Status == StatusPending {
-				pending = append(pending, c.key)
+				pending = append(pending, c.Key)
 			}
 		}
 	}
@@ -190,18 +190,18 @@ func (m *Manager) onRecords(c kvChange) {
 
 // onApps gives new apps their dev certificate and removes the certificates
 // of apps that are gone.
-func (m *Manager) onApps(c kvChange) {
+func (m *Manager) onApps(c store.Change) {
 	ctx := m.runCtx()
 	switch {
-	case c.all != nil:
-		for name := range c.all {
+	case c.All != nil:
+		for name := range c.All {
 			m.ensureDevRecord(ctx, name)
 		}
-		m.removeOrphans(ctx, func(app string) bool { _, ok := c.all[app]; return !ok })
-	case c.deleted:
-		m.removeOrphans(ctx, func(app string) bool { return app == c.key })
+		m.removeOrphans(ctx, func(app string) bool { _, ok := c.All[app]; return !ok })
+	case c.Deleted:
+		m.removeOrphans(ctx, func(app string) bool { return app == c.Key })
 	default:
-		m.ensureDevRecord(ctx, c.key)
+		m.ensureDevRecord(ctx, c.Key)
 	}
 }
 

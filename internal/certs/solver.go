@@ -112,7 +112,7 @@ func (s *kvSolver) Wait(ctx context.Context, chal acme.Challenge) error {
 			}
 			return ctx.Err()
 		case e := <-w.Updates():
-			if e == nil || isDelete(e) {
+			if e == nil || store.IsDelete(e) {
 				continue
 			}
 			if host, ok := keyFromKV(strings.TrimPrefix(e.Key(), prefix)); ok {

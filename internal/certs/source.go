@@ -66,20 +66,20 @@ func (s *Source) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	certs := newCertIndex(s.log)
 	wg.Go(func() {
-		watchKV(ctx, s.cfg.Store, s.cfg.Store.TLS, s.log, func(c kvChange) {
+		s.cfg.Store.Watch(ctx, s.cfg.Store.TLS, s.log, func(c store.Change) {
 			if certs.apply(c) {
 				s.certs.Store(certs.serve())
 			}
-			if c.all != nil {
+			if c.All != nil {
 				s.markLoaded(1)
 			}
 		})
 	})
 	chals := map[string]challenge{}
 	wg.Go(func() {
-		watchKV(ctx, s.cfg.Store, s.cfg.Store.Challenges, s.log, func(c kvChange) {
+		s.cfg.Store.Watch(ctx, s.cfg.Store.Challenges, s.log, func(c store.Change) {
 			s.applyChallenges(ctx, chals, c)
-			if c.all != nil {
+			if c.All != nil {
 				s.markLoaded(2)
 			}
 		})
@@ -153,7 +153,7 @@ func hostIs(hostport, domain string) bool {
 
 // applyChallenges updates chals (owned by the watch goroutine), publishes
 // the new set and confirms the challenges that arrived.
-func (s *Source) applyChallenges(ctx context.Context, chals map[string]challenge, c kvChange) {
+func (s *Source) applyChallenges(ctx context.Context, chals map[string]challenge, c store.Change) {
 	var arrived []string
 	decode := func(key string, value []byte) {
 		id, ok := challengeIDFromKey(key)
@@ -169,22 +169,22 @@ func (s *Source) applyChallenges(ctx context.Context, chals map[string]challenge
 		arrived = append(arrived, id)
 	}
 	switch {
-	case c.all != nil:
+	case c.All != nil:
 		clear(chals)
-		for k, v := range c.all {
+		for k, v := range c.All {
 			decode(k, v)
 		}
-	case c.deleted:
-		id, ok := challengeIDFromKey(c.key)
+	case c.Deleted:
+		id, ok := challengeIDFromKey(c.Key)
 		if !ok {
 			return
 		}
 		delete(chals, id)
 	default:
-		if _, ok := challengeIDFromKey(c.key); !ok {
+		if _, ok := challengeIDFromKey(c.Key); !ok {
 			return
 		}
-		decode(c.key, c.value)
+		decode(c.Key, c.Value)
 	}
 	next := &challenges{http: map[string]challenge{}, alpn: map[string]*tls.Certificate{}}
 	old := s.chals.Load()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,22 +16,28 @@ import (
 
 func newDeployCmd(g *globals) *cobra.Command {
 	var image string
-	var waitTimeout time.Duration
+	var opts deployOptions
 	cmd := &cobra.Command{
 		Use:   "deploy",
-		Short: "Roll the app's machines to a new release, one region at a time",
+		Short: "Roll the app's machines to a new release without dropping a request",
 		Long: `Roll the app's machines to a new release described by perch.toml.
 
 Regions are perch.toml's regions, else the regions the app has machines in,
-else its primary_region; the primary region goes first. Each old machine is
-replaced by a new one that must start before the old one is destroyed. If a
-new machine does not start, deploy removes it, leaves the old ones running
-and fails with the reason.`,
+else its primary_region; the primary region goes first. New machines start
+first; each must be ready (its checks pass, or its ports listen) and then
+stay up for the smoke window before the old machines it replaces are
+drained (no new requests, those in flight finish) and stopped with their
+kill_signal. If a new machine fails, the deploy puts the old machines back,
+removes the new ones and fails with the reason; the app keeps its previous
+release. Every deploy is a release: perch releases lists them and
+perch releases rollback deploys an earlier one.
+
+Strategies ([deploy] strategy or --strategy): rolling (default, region by
+region, max_unavailable at a time), immediate (all at once), canary (one
+machine first, then rolling), bluegreen (a full new set, switched to at
+once).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkWaitTimeout(waitTimeout); err != nil {
-				return err
-			}
 			cfg, err := loadProject(g.configPath, cmd.ErrOrStderr())
 			if err != nil {
 				return err
@@ -43,73 +50,177 @@ and fails with the reason.`,
 			if img == "" {
 				return fmt.Errorf("no image to deploy: set image under [build] in %s or pass --image", g.configPath)
 			}
+			opts = projectDeployOptions(cmd, opts, cfg.Deploy.Strategy, cfg.Deploy.MaxUnavailable, cfg.Deploy.WaitTimeout)
+			if err := opts.check(); err != nil {
+				return err
+			}
 			c, err := g.client()
 			if err != nil {
 				return err
 			}
 			ctx, stop := interruptible(cmd)
 			defer stop()
-			d := &deployer{c: c, app: app, out: cmd.OutOrStdout(), timeout: waitTimeout}
-			return d.run(ctx, cfg.Regions, cfg.PrimaryRegion, cfg.MachineConfig(img))
+			d := &deployer{c: c, app: app, out: cmd.OutOrStdout(), opts: opts}
+			return d.run(ctx, cfg.Regions, cfg.PrimaryRegion, cfg.MachineConfig(img), "")
 		},
 	}
 	cmd.Flags().StringVar(&image, "image", "", "image to deploy (default: [build] image of perch.toml)")
-	cmd.Flags().DurationVar(&waitTimeout, "wait-timeout", 60*time.Second, "how long each new machine may take to start")
+	addDeployFlags(cmd, &opts)
 	return cmd
 }
 
-type deployer struct {
-	c       *api.Client
-	app     string
-	out     io.Writer
-	timeout time.Duration
+// addDeployFlags adds the flags of a rollout (deploy, releases rollback).
+func addDeployFlags(cmd *cobra.Command, opts *deployOptions) {
+	cmd.Flags().StringVar(&opts.Strategy, "strategy", "", "rolling, immediate, canary or bluegreen (default: [deploy] strategy, else rolling)")
+	cmd.Flags().Float64Var(&opts.MaxUnavailable, "max-unavailable", 0, "machines per region a rolling deploy replaces at once: a count, or a fraction below 1 (default: [deploy] max_unavailable, else 1)")
+	cmd.Flags().DurationVar(&opts.WaitTimeout, "wait-timeout", 60*time.Second, "how long each new machine may take to be ready and pass its smoke check (default: [deploy] wait_timeout, else 60s)")
+	cmd.Flags().DurationVar(&opts.Smoke, "smoke-window", 10*time.Second, "how long each new machine must stay up, without exiting, restarting or failing a check, once ready (0: no smoke check)")
 }
 
-func (d *deployer) run(ctx context.Context, regions []string, primary string, mc api.MachineConfig) error {
+// projectDeployOptions fills what the flags left unset from [deploy].
+func projectDeployOptions(cmd *cobra.Command, o deployOptions, strategy string, maxUnavailable float64, wait time.Duration) deployOptions {
+	if !cmd.Flags().Changed("strategy") && o.Strategy == "" {
+		o.Strategy = strategy
+	}
+	if !cmd.Flags().Changed("max-unavailable") {
+		o.MaxUnavailable = maxUnavailable
+	}
+	if !cmd.Flags().Changed("wait-timeout") && wait > 0 {
+		o.WaitTimeout = wait
+	}
+	return o
+}
+
+type deployer struct {
+	c    *api.Client
+	app  string
+	out  io.Writer
+	opts deployOptions
+}
+
+// run deploys mc as a new release to the plan's regions; description says
+// what the release is (a rollback) in perch releases.
+func (d *deployer) run(ctx context.Context, regions []string, primary string, mc api.MachineConfig, description string) error {
 	if _, err := d.c.GetApp(ctx, d.app); err != nil {
 		if api.IsNotFound(err) {
 			return fmt.Errorf("app %s does not exist: create it with `perch launch`", d.app)
 		}
 		return fmt.Errorf("deploy: %w", err)
 	}
-	existing, err := d.c.ListMachines(ctx, d.app, "")
+	all, err := d.c.ListMachines(ctx, d.app, "")
 	if err != nil {
 		return fmt.Errorf("deploy: listing machines: %w", err)
 	}
+	existing := live(all)
 	plan, err := planDeploy(existing, regions, primary)
 	if err != nil {
 		return err
 	}
-	release := nextRelease(existing)
+	strategy := cmp.Or(d.opts.Strategy, strategyRolling)
+	rel, err := d.c.CreateRelease(ctx, d.app, api.CreateReleaseRequest{
+		Image: mc.Image, Config: mc, Strategy: strategy, Regions: planRegions(plan), Description: description,
+	})
+	if err != nil {
+		return fmt.Errorf("deploy: recording the release: %w", err)
+	}
+	release := "v" + strconv.Itoa(rel.Version)
 	mc = withRelease(mc, release)
-	fmt.Fprintf(d.out, "Deploying %s %s (image %s) to %s\n", d.app, release, mc.Image, strings.Join(planRegions(plan), ", "))
+	fmt.Fprintf(d.out, "Deploying %s %s (image %s) to %s, strategy %s\n", d.app, release, mc.Image, strings.Join(planRegions(plan), ", "), strategy)
 
-	var done []string
-	for i, st := range plan.Steps {
-		m, err := d.startNew(ctx, st.Region, mc)
-		if err != nil {
-			msg := "the previous release keeps running"
-			if len(done) > 0 {
-				msg = fmt.Sprintf("%s already run %s; the other machines keep the previous release", strings.Join(done, ", "), release)
-			}
-			return fmt.Errorf("deploy of %s %s failed in %s: %w; %s", d.app, release, st.Region, err, msg)
+	r := &rollout{d: d, mc: mc}
+	if err := r.execute(ctx, groups(plan, existing)); err != nil {
+		reason := d.explainFailure(ctx, err)
+		r.undo(ctx)
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if _, uerr := d.c.UpdateRelease(cctx, d.app, rel.Version, api.UpdateReleaseRequest{Status: api.ReleaseFailed, Reason: reason}); uerr != nil {
+			fmt.Fprintf(d.out, "warning: could not record the release as failed: %v\n", uerr)
 		}
-		if st.Replace != "" {
-			if err := d.c.DestroyMachine(ctx, d.app, st.Replace, true); err != nil {
-				return fmt.Errorf("deploy: new machine %s started but the old machine %s could not be destroyed: %w; remove it with `perch machine destroy --force %s`", m.ID, st.Replace, err, st.Replace)
-			}
-			fmt.Fprintf(d.out, "%s: destroyed old machine %s\n", st.Region, st.Replace)
+		prev := "the app keeps the release it had"
+		if v := runningRelease(existing); v != "" {
+			prev = "the app keeps running " + v
 		}
-		if i == len(plan.Steps)-1 || plan.Steps[i+1].Region != st.Region {
-			fmt.Fprintf(d.out, "%s: %s\n", st.Region, regionSummary(plan.Steps, st.Region))
-			done = append(done, st.Region)
+		if ctx.Err() != nil {
+			return fmt.Errorf("deploy of %s %s interrupted; %s", d.app, release, prev)
 		}
+		return fmt.Errorf("deploy of %s %s failed: %s; %s. Fix the release and deploy again; `perch logs` shows the machines' output", d.app, release, reason, prev)
+	}
+	r.finish(ctx)
+	ref := ""
+	for _, m := range r.created {
+		if got, err := d.c.GetMachine(ctx, d.app, m.ID); err == nil && got.ImageRef != "" {
+			ref = got.ImageRef
+			break
+		}
+	}
+	if _, err := d.c.UpdateRelease(ctx, d.app, rel.Version, api.UpdateReleaseRequest{Status: api.ReleaseComplete, ImageRef: ref}); err != nil {
+		fmt.Fprintf(d.out, "warning: could not record the release as complete: %v\n", err)
 	}
 	for _, k := range plan.Kept {
 		fmt.Fprintf(d.out, "note: %s keeps its %s on the previous release: it is not in the deploy's regions (remove with `perch scale count 0 --region %s --yes`)\n", k.Region, plural(k.Machines, "machine"), k.Region)
 	}
-	fmt.Fprintf(d.out, "Deployed %s %s to %s\n", d.app, release, strings.Join(done, ", "))
+	fmt.Fprintf(d.out, "Deployed %s %s to %s\n", d.app, release, strings.Join(planRegions(plan), ", "))
 	return nil
+}
+
+// runningRelease is the release the app's machines run ("v3"), "" if
+// they run none or several.
+func runningRelease(ms []api.Machine) string {
+	v := ""
+	for _, m := range ms {
+		r := m.Config.Metadata[metaRelease]
+		if r == "" || (v != "" && r != v) {
+			return ""
+		}
+		v = r
+	}
+	return v
+}
+
+// explainFailure prints what became of the machine that failed the
+// deploy (its state, exit code and last log lines) and returns a one-line
+// reason.
+func (d *deployer) explainFailure(ctx context.Context, err error) string {
+	var mf *machineFailure
+	if !errors.As(err, &mf) {
+		return err.Error()
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	region, id := mf.m.Region, mf.m.ID
+	fmt.Fprintf(d.out, "%s: machine %s %s\n", region, id, mf.reason)
+	m := &mf.m
+	if got, err := d.c.GetMachine(cctx, d.app, id); err == nil {
+		m = got
+	}
+	lines := m.LastLogs
+	// A machine's last lines reach the log stream a moment after it
+	// exited; give them that moment.
+	for deadline := time.Now().Add(3 * time.Second); len(lines) == 0 && time.Now().Before(deadline); {
+		if lines = d.lastLogLines(cctx, id, 10); len(lines) == 0 {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	if len(lines) > 0 {
+		fmt.Fprintf(d.out, "%s:   last log lines:\n", region)
+		for _, l := range lines {
+			fmt.Fprintf(d.out, "%s:     | %s\n", region, l)
+		}
+	}
+	return mf.Error()
+}
+
+// lastLogLines are the last n lines a machine printed, from the log stream.
+func (d *deployer) lastLogLines(ctx context.Context, id string, n int) []string {
+	var out []string
+	_ = d.c.Logs(ctx, d.app, api.LogOptions{Machine: id, Lines: n}, func(l api.LogLine) error {
+		out = append(out, l.Message)
+		return nil
+	})
+	if len(out) > n {
+		out = out[len(out)-n:]
+	}
+	return out
 }
 
 // checkWaitTimeout keeps --wait-timeout within what the server's wait
@@ -131,139 +242,9 @@ func planRegions(p deployPlan) []string {
 	return out
 }
 
-func regionSummary(steps []deployStep, region string) string {
-	replaced, created := 0, 0
-	for _, s := range steps {
-		switch {
-		case s.Region != region:
-		case s.Replace != "":
-			replaced++
-		default:
-			created++
-		}
-	}
-	if created > 0 {
-		return "created " + plural(created, "machine")
-	}
-	return "replaced " + plural(replaced, "machine")
-}
-
 func plural(n int, word string) string {
 	if n == 1 {
 		return "1 " + word
 	}
 	return fmt.Sprintf("%d %ss", n, word)
-}
-
-// startNew creates a machine in region and waits for it to start. If it
-// does not, it shows why, destroys it and returns the reason.
-func (d *deployer) startNew(ctx context.Context, region string, mc api.MachineConfig) (*api.Machine, error) {
-	start := time.Now()
-	m, err := d.c.CreateMachine(ctx, d.app, api.CreateMachineRequest{Region: region, Config: mc})
-	if err != nil {
-		return nil, fmt.Errorf("creating a machine: %w", err)
-	}
-	fmt.Fprintf(d.out, "%s: machine %s created\n", region, m.ID)
-	werr := d.c.WaitMachine(ctx, d.app, m.ID, api.StateStarted, d.timeout)
-	if werr == nil && hasChecks(m.Config) {
-		fmt.Fprintf(d.out, "%s: machine %s started; waiting for its health checks\n", region, m.ID)
-		werr = d.waitHealthy(ctx, m.ID, start)
-	}
-	if werr == nil {
-		fmt.Fprintf(d.out, "%s: machine %s started (%.1fs)\n", region, m.ID, time.Since(start).Seconds())
-		return m, nil
-	}
-	// Clean up even when the user interrupted the wait.
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	reason := d.explain(cctx, region, m.ID, werr)
-	if err := d.c.DestroyMachine(cctx, d.app, m.ID, true); err != nil {
-		fmt.Fprintf(d.out, "%s: could not destroy the new machine %s: %v; remove it with `perch machine destroy --force %s`\n", region, m.ID, err, m.ID)
-	} else {
-		fmt.Fprintf(d.out, "%s: destroyed the new machine %s\n", region, m.ID)
-	}
-	if ctx.Err() != nil {
-		return nil, fmt.Errorf("interrupted while machine %s was starting: %w", m.ID, ctx.Err())
-	}
-	if reason == "" {
-		return nil, fmt.Errorf("machine %s did not start: %w", m.ID, werr)
-	}
-	// The lines above showed the details; the error stays one line.
-	return nil, fmt.Errorf("machine %s did not start (%s)", m.ID, reason)
-}
-
-// explain prints what became of a machine that did not start and returns
-// a short reason ("failed, exit code 1"), "" if it could not find out.
-func (d *deployer) explain(ctx context.Context, region, id string, werr error) string {
-	msg := werr.Error()
-	var he *api.HTTPError
-	if errors.As(werr, &he) {
-		msg = he.Message
-	}
-	first, _, _ := strings.Cut(msg, "\n")
-	fmt.Fprintf(d.out, "%s: machine %s did not start: %s\n", region, id, first)
-	m, err := d.c.GetMachine(ctx, d.app, id)
-	if err != nil {
-		return ""
-	}
-	reason := m.State
-	if m.ExitCode != nil {
-		reason += fmt.Sprintf(", exit code %d", *m.ExitCode)
-	}
-	fmt.Fprintf(d.out, "%s:   state %s\n", region, reason)
-	if api.IsTimeout(werr) {
-		reason = fmt.Sprintf("still %s after %s", reason, d.timeout)
-	}
-	if len(m.LastLogs) > 0 {
-		fmt.Fprintf(d.out, "%s:   last log lines:\n", region)
-		for _, l := range m.LastLogs {
-			fmt.Fprintf(d.out, "%s:     | %s\n", region, l)
-		}
-	}
-	return reason
-}
-
-func hasChecks(c api.MachineConfig) bool {
-	for _, svc := range c.Services {
-		if len(svc.Checks) > 0 {
-			return true
-		}
-	}
-	return false
-}
-
-// waitHealthy waits until every health check of the new machine passes, as
-// Fly's deploy does: a machine that starts and then fails its checks (or
-// crashes) is not a successful release.
-func (d *deployer) waitHealthy(ctx context.Context, id string, start time.Time) error {
-	deadline := start.Add(d.timeout)
-	for {
-		m, err := d.c.GetMachine(ctx, d.app, id)
-		if err != nil {
-			return err
-		}
-		if m.State != api.StateStarted {
-			return fmt.Errorf("machine %s is %s while waiting for its health checks", id, m.State)
-		}
-		passing := len(m.Checks) > 0
-		for _, c := range m.Checks {
-			if c.Status == api.CheckCritical {
-				return fmt.Errorf("health check %s is critical: %s", c.Name, c.Output)
-			}
-			if c.Status != api.CheckPassing {
-				passing = false
-			}
-		}
-		if passing {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("health checks of machine %s did not pass within %s", id, d.timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }

@@ -54,9 +54,9 @@ func renderHosts(w io.Writer, hosts []api.Host, now time.Time) {
 		// The control plane first: it is the one every other host joins.
 		return cmp.Or(-cmp.Compare(a.Role, b.Role), cmp.Compare(a.Region, b.Region), cmp.Compare(a.ID, b.ID))
 	})
-	t := &table{header: []string{"ID", "REGION", "STATUS", "ADDRESS", "MESH ADDR", "LAST SEEN"}}
+	t := &table{header: []string{"ID", "REGION", "STATUS", "ADDRESS", "MESH ADDR", "IMAGES", "DISK FREE", "LAST SEEN"}}
 	for _, h := range hosts {
-		t.add([]string{h.ID, hostRegion(h), h.Status, dash(h.Address), dash(h.MeshAddr), formatAge(now.Sub(h.LastSeen)) + " ago"})
+		t.add([]string{h.ID, hostRegion(h), h.Status, dash(h.Address), dash(h.MeshAddr), imageDisk(h.Disk), diskFree(h.Disk), formatAge(now.Sub(h.LastSeen)) + " ago"})
 	}
 	t.write(w)
 	fmt.Fprintln(w)
@@ -162,4 +162,39 @@ func writeRightAligned(w io.Writer, rows [][]string) {
 		}
 		fmt.Fprintln(w, strings.TrimRight(b.String(), " "))
 	}
+}
+
+// imageDisk is what the host's image store holds, against its cap:
+// "1.2 GB / 10 GB (3 images, 14 layers)".
+func imageDisk(d *api.HostDisk) string {
+	if d == nil {
+		return "-"
+	}
+	s := formatBytes(d.ImageBytes)
+	if d.ImageMaxBytes > 0 {
+		s += " / " + formatBytes(d.ImageMaxBytes)
+	}
+	return fmt.Sprintf("%s (%s, %s)", s, plural(d.Images, "image"), plural(d.Layers, "layer"))
+}
+
+func diskFree(d *api.HostDisk) string {
+	if d == nil || d.TotalBytes == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%s of %s", formatBytes(d.FreeBytes), formatBytes(d.TotalBytes))
+}
+
+// formatBytes writes n in decimal units, as disks are sold: 512 B, 3.4 MB,
+// 12 GB.
+func formatBytes(n int64) string {
+	units := []string{"B", "kB", "MB", "GB", "TB"}
+	f, i := float64(n), 0
+	for f >= 1000 && i < len(units)-1 {
+		f /= 1000
+		i++
+	}
+	if i == 0 || f >= 10 {
+		return fmt.Sprintf("%.0f %s", f, units[i])
+	}
+	return fmt.Sprintf("%.1f %s", f, units[i])
 }

@@ -17,7 +17,8 @@ func TestRenderHosts(t *testing.T) {
 		{ID: "sin-9f00aa01", Region: "sin", Status: api.HostUp, Address: "127.0.1.3", MeshAddr: "fdaa:0:3::1", LastSeen: now.Add(-2 * time.Second),
 			RTT: map[string]float64{"iad-1a2b3c4d": 241.37, "ams-5e6f7a8b": 157.9}},
 		{ID: "iad-1a2b3c4d", Region: "iad", Status: api.HostUp, Address: "127.0.1.1", MeshAddr: "fdaa:0:1::1", LastSeen: now.Add(-time.Second),
-			RTT: map[string]float64{"ams-5e6f7a8b": 92.04, "sin-9f00aa01": 241.2, "control-0": 0.42}},
+			Disk: &api.HostDisk{ImageBytes: 1_234_000_000, ImageMaxBytes: 10e9, Images: 3, Layers: 14, FreeBytes: 52_400_000_000, TotalBytes: 105e9},
+			RTT:  map[string]float64{"ams-5e6f7a8b": 92.04, "sin-9f00aa01": 241.2, "control-0": 0.42}},
 		// ams has not measured anyone yet: its row is all dashes.
 		{ID: "ams-5e6f7a8b", Region: "ams", Status: api.HostUp, Address: "127.0.1.2", MeshAddr: "fdaa:0:2::1", LastSeen: now.Add(-3 * time.Second)},
 		// A host that is down keeps its stale times, which are not shown.
@@ -29,12 +30,12 @@ func TestRenderHosts(t *testing.T) {
 	var b strings.Builder
 	renderHosts(&b, hosts, now)
 	want := []string{
-		"ID            REGION   STATUS  ADDRESS    MESH ADDR    LAST SEEN",
-		"control-0     control  up      127.0.0.1  fdaa:0:0::1  0s ago",
-		"ams-5e6f7a8b  ams      up      127.0.1.2  fdaa:0:2::1  3s ago",
-		"iad-1a2b3c4d  iad      up      127.0.1.1  fdaa:0:1::1  1s ago",
-		"iad-77777777  iad      down    127.0.1.9  -            10m ago",
-		"sin-9f00aa01  sin      up      127.0.1.3  fdaa:0:3::1  2s ago",
+		"ID            REGION   STATUS  ADDRESS    MESH ADDR    IMAGES                                DISK FREE        LAST SEEN",
+		"control-0     control  up      127.0.0.1  fdaa:0:0::1  -                                     -                0s ago",
+		"ams-5e6f7a8b  ams      up      127.0.1.2  fdaa:0:2::1  -                                     -                3s ago",
+		"iad-1a2b3c4d  iad      up      127.0.1.1  fdaa:0:1::1  1.2 GB / 10 GB (3 images, 14 layers)  52 GB of 105 GB  1s ago",
+		"iad-77777777  iad      down    127.0.1.9  -            -                                     -                10m ago",
+		"sin-9f00aa01  sin      up      127.0.1.3  fdaa:0:3::1  -                                     -                2s ago",
 		"",
 		"Round-trip time over the mesh in ms (from row to column; - not measured):",
 		"         control  ams  iad  sin",

@@ -35,6 +35,7 @@ func NewRoot(version string) *cobra.Command {
 		newAuthCmd(g),
 		newLaunchCmd(g),
 		newDeployCmd(g),
+		newReleasesCmd(g),
 		newStatusCmd(g),
 		newLogsCmd(g),
 		newScaleCmd(g),

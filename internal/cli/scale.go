@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/config"
 	"github.com/spf13/cobra"
 )
@@ -78,24 +79,45 @@ newest first. Removing machines asks for confirmation unless --yes.`,
 					return err
 				}
 			}
-			d := &deployer{c: c, app: app, out: cmd.OutOrStdout(), timeout: waitTimeout}
+			d := &deployer{c: c, app: app, out: cmd.OutOrStdout(), opts: deployOptions{WaitTimeout: waitTimeout}}
 			for _, st := range steps {
 				if st.Create > 0 {
 					tmpl := templateMachine(existing, st.Region)
 					if tmpl == nil {
 						return fmt.Errorf("%s has no machine to copy the config from: run `perch deploy` first", app)
 					}
-					for range st.Create {
-						if _, err := d.startNew(ctx, st.Region, tmpl.Config); err != nil {
-							return fmt.Errorf("scale %s in %s: %w", app, st.Region, err)
-						}
+					r := &rollout{d: d, mc: tmpl.Config}
+					news, err := r.launch(ctx, st.Region, st.Create, false)
+					if err == nil {
+						err = r.await(ctx, news, 0)
+					}
+					if err != nil {
+						reason := d.explainFailure(ctx, err)
+						r.undo(ctx)
+						return fmt.Errorf("scale %s in %s: %s", app, st.Region, reason)
 					}
 				}
-				for _, id := range st.Destroy {
-					if err := c.DestroyMachine(ctx, app, id, true); err != nil {
-						return fmt.Errorf("scale %s in %s: destroying machine %s: %w", app, st.Region, id, err)
+				// Scaling down drains: each machine's host takes it out of
+				// the edges' rotation and lets its requests finish before
+				// its kill_signal.
+				byID := map[string]api.Machine{}
+				for _, m := range existing {
+					byID[m.ID] = m
+				}
+				err := parallel(machinesByID(byID, st.Destroy), func(m api.Machine) error {
+					if m.State == api.StateStarted || m.State == api.StateStarting {
+						if err := stopAndWait(ctx, c, app, m); err != nil {
+							return fmt.Errorf("stopping machine %s: %w", m.ID, err)
+						}
 					}
-					fmt.Fprintf(d.out, "%s: destroyed machine %s\n", st.Region, id)
+					if err := c.DestroyMachine(ctx, app, m.ID, false); err != nil {
+						return fmt.Errorf("destroying machine %s: %w", m.ID, err)
+					}
+					fmt.Fprintf(d.out, "%s: drained and destroyed machine %s\n", st.Region, m.ID)
+					return nil
+				})
+				if err != nil {
+					return fmt.Errorf("scale %s in %s: %w", app, st.Region, err)
 				}
 				if st.Create == 0 && len(st.Destroy) == 0 {
 					fmt.Fprintf(d.out, "%s: already %s\n", st.Region, plural(n, "machine"))
@@ -120,4 +142,18 @@ func optionalProject(g *globals, cmd *cobra.Command) (*config.Config, error) {
 		return nil, nil
 	}
 	return loadProject(g.configPath, cmd.ErrOrStderr())
+}
+
+// machinesByID looks the ids up, keeping their order; an id not found
+// stands as a machine with only its id.
+func machinesByID(byID map[string]api.Machine, ids []string) []api.Machine {
+	out := make([]api.Machine, 0, len(ids))
+	for _, id := range ids {
+		m, ok := byID[id]
+		if !ok {
+			m = api.Machine{ID: id}
+		}
+		out = append(out, m)
+	}
+	return out
 }

@@ -114,10 +114,10 @@ func TestAgainstServer(t *testing.T) {
 	})
 
 	t.Run("deploy whose machine does not start", func(t *testing.T) {
-		out, err := run(t, dir, "", "deploy", "--wait-timeout", "1s")
+		out, err := run(t, dir, "", "deploy", "--wait-timeout", "1s", "--smoke-window", "0")
 		t.Logf("deploy output:\n%s\nerror: %v", out, err)
-		wantErr(t, err, "failed in iad", "did not start", "previous release keeps running")
-		for _, want := range []string{"iad: machine", "did not start", "destroyed the new machine"} {
+		wantErr(t, err, "failed", "in iad was not ready after 1s", "the app keeps the release it had")
+		for _, want := range []string{"iad: machine", "was not ready", "destroyed the new machine"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("deploy output lacks %q:\n%s", want, out)
 			}

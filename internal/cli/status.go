@@ -78,18 +78,33 @@ func renderMachines(w io.Writer, ms []api.Machine, now time.Time) {
 			m.Config.Image,
 			cmp.Or(m.Config.Metadata[metaRelease], "-"),
 			formatAge(now.Sub(m.CreatedAt)),
-		}, append(failureNotes(m), checkNotes(m)...)...)
+		}, append(append(readyNotes(m), failureNotes(m)...), checkNotes(m)...)...)
 	}
 	t.write(w)
 }
 
 // machineState is the state column: the host's being unreachable matters
-// more than the state it last reported, which may be stale.
+// more than the state it last reported, which may be stale; a started
+// machine that takes no traffic yet says so.
 func machineState(m api.Machine) string {
 	if m.HostStatus == api.HostUnreachable {
 		return m.State + " (host unreachable)"
 	}
+	if m.State == api.StateStarted && !m.Ready && m.NotReady != "" {
+		return m.State + " (not ready)"
+	}
 	return m.State
+}
+
+// readyNotes says why a machine meant to run takes no traffic.
+func readyNotes(m api.Machine) []string {
+	switch {
+	case m.Cordoned:
+		return []string{"cordoned: takes no traffic"}
+	case m.Ready || m.NotReady == "" || (m.State != api.StateStarted && m.State != api.StateStarting):
+		return nil
+	}
+	return []string{"not ready: " + m.NotReady}
 }
 
 func failureNotes(m api.Machine) []string {

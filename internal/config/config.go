@@ -89,6 +89,13 @@ type VM struct {
 // Deploy is the [deploy] section.
 type Deploy struct {
 	Strategy string // "rolling", "immediate", "canary" or "bluegreen"
+	// MaxUnavailable is how many machines a rolling deploy replaces at
+	// once: a count (>= 1) or a fraction of a region's machines (< 1);
+	// 0 when unset.
+	MaxUnavailable float64
+	// WaitTimeout bounds how long a deploy waits for each new machine to
+	// be ready and smoke-checked; 0 when unset.
+	WaitTimeout time.Duration
 }
 
 // Restart is one [[restart]] section.

@@ -45,6 +45,12 @@ func (c *Config) MachineConfig(image string) api.MachineConfig {
 	if len(c.Env) > 0 {
 		mc.Env = maps.Clone(c.Env)
 	}
+	if c.KillSignal != "" || c.KillTimeout > 0 {
+		mc.StopConfig = &api.StopConfig{Signal: c.KillSignal}
+		if c.KillTimeout > 0 {
+			mc.StopConfig.Timeout = c.KillTimeout.String()
+		}
+	}
 	if cmd, ok := c.Processes[group]; ok {
 		// Parse has checked that it splits.
 		mc.Init.Cmd, _ = splitCommand(cmd)

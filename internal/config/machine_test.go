@@ -71,7 +71,8 @@ func TestMachineConfig(t *testing.T) {
 					},
 					{Protocol: "tcp", InternalPort: 4001, Ports: []api.Port{{Port: 4001, Handlers: []string{"proxy_proto"}}}},
 				},
-				Restart: api.Restart{Policy: api.RestartAlways, MaxRetries: 3},
+				Restart:    api.Restart{Policy: api.RestartAlways, MaxRetries: 3},
+				StopConfig: &api.StopConfig{Timeout: "30s", Signal: "SIGTERM"},
 			},
 		},
 		{
@@ -104,7 +105,8 @@ func TestMachineConfig(t *testing.T) {
 					Concurrency: &api.Concurrency{Type: "connections", SoftLimit: 20, HardLimit: 25},
 					Checks:      []api.Check{{Type: "tcp", Port: 8080, Interval: "15s", Timeout: "2s", GracePeriod: "1s"}},
 				}},
-				Restart: api.Restart{Policy: api.RestartOnFailure},
+				Restart:    api.Restart{Policy: api.RestartOnFailure},
+				StopConfig: &api.StopConfig{Timeout: "5s", Signal: "SIGINT"},
 			},
 		},
 	} {

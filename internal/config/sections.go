@@ -38,7 +38,7 @@ func (d *decoder) config(doc map[string]any) *Config {
 			d.errorf(p, "kill_signal %q is not one of %s", sig, quoteList(killSignals))
 		}
 	}
-	c.KillTimeout = d.killTimeout(top)
+	c.KillTimeout = d.seconds(top, "kill_timeout")
 	if b := top.sub("build"); b != nil {
 		c.Build.Image, _, _ = b.str("image")
 		const why = "perch does not build images yet; set image = \"...\" in [build]"
@@ -62,8 +62,10 @@ func (d *decoder) config(doc map[string]any) *Config {
 	}
 	if s := top.sub("deploy"); s != nil {
 		c.Deploy.Strategy, _, _ = s.oneOf("strategy", "rolling", "immediate", "canary", "bluegreen")
+		c.Deploy.MaxUnavailable = d.maxUnavailable(s)
+		c.Deploy.WaitTimeout = d.seconds(s, "wait_timeout")
 		s.ignore("release_command", "release commands are not supported yet")
-		s.accept("release_command_timeout", "max_unavailable", "wait_timeout", "release_command_vm", "release_command_compute")
+		s.accept("release_command_timeout", "release_command_vm", "release_command_compute")
 		s.done()
 	}
 	for _, s := range top.subs("restart") {
@@ -117,9 +119,10 @@ func (d *decoder) regions(top *section) []string {
 	return list
 }
 
-// killTimeout is seconds (kill_timeout = 5) or a duration string ("30s").
-func (d *decoder) killTimeout(top *section) time.Duration {
-	v, p, ok := top.get("kill_timeout")
+// seconds reads a duration written as whole seconds (kill_timeout = 5) or
+// a duration string ("30s"), at most a day.
+func (d *decoder) seconds(s *section, k string) time.Duration {
+	v, p, ok := s.get(k)
 	if !ok {
 		return 0
 	}
@@ -127,29 +130,54 @@ func (d *decoder) killTimeout(top *section) time.Duration {
 	switch v := v.(type) {
 	case int64:
 		if v < 0 {
-			d.errorf(p, "kill_timeout must not be negative, got %d", v)
+			d.errorf(p, "%s must not be negative, got %d", k, v)
 			return 0
 		}
 		if v > int64(24*time.Hour/time.Second) {
-			d.errorf(p, "kill_timeout %d is too long; write at most a day, e.g. kill_timeout = \"5m\"", v)
+			d.errorf(p, "%s %d is too long; write at most a day, e.g. %s = \"5m\"", k, v, k)
 			return 0
 		}
 		t = time.Duration(v) * time.Second
 	case string:
 		var err error
 		if t, err = time.ParseDuration(v); err != nil {
-			d.errorf(p, "kill_timeout %q is not a duration; write e.g. kill_timeout = 5 (seconds) or \"30s\"", v)
+			d.errorf(p, "%s %q is not a duration; write e.g. %s = 5 (seconds) or \"30s\"", k, v, k)
 			return 0
 		}
 	default:
-		d.errorf(p, "kill_timeout must be seconds or a duration, e.g. kill_timeout = 5 or \"30s\", got %s", describe(v))
+		d.errorf(p, "%s must be seconds or a duration, e.g. %s = 5 or \"30s\", got %s", k, k, describe(v))
 		return 0
 	}
 	if t < 0 {
-		d.errorf(p, "kill_timeout must not be negative, got %s", describe(v))
+		d.errorf(p, "%s must not be negative, got %s", k, describe(v))
+		return 0
+	}
+	if t > 24*time.Hour {
+		d.errorf(p, "%s %s is too long; write at most a day", k, describe(v))
 		return 0
 	}
 	return t
+}
+
+// maxUnavailable is [deploy] max_unavailable: a number of machines (at
+// least 1) or a fraction of them (above 0, below 1), as Fly reads it.
+func (d *decoder) maxUnavailable(s *section) float64 {
+	v, p, ok := s.get("max_unavailable")
+	if !ok {
+		return 0
+	}
+	switch v := v.(type) {
+	case int64:
+		if v >= 1 {
+			return float64(v)
+		}
+	case float64:
+		if v > 0 && (v < 1 || v == float64(int64(v))) {
+			return v
+		}
+	}
+	d.errorf(p, "max_unavailable must be a number of machines (1 or more) or a fraction of them (e.g. 0.33), got %s", describe(v))
+	return 0
 }
 
 // env accepts numbers and booleans too, as their text: PORT = 8080.

@@ -29,7 +29,7 @@ func TestDeployWaitsForHealthChecks(t *testing.T) {
   path = '/health'
 `)
 	out := mustPerch(t, w, dir, "deploy")
-	if !strings.Contains(out, "waiting for its health checks") {
+	if !strings.Contains(out, "ready") || !strings.Contains(out, "passed its smoke check") {
 		t.Errorf("deploy did not wait for the checks:\n%s", out)
 	}
 	expectAnswer(t, edge, "healthy", "iad")
@@ -44,7 +44,7 @@ func TestDeployWaitsForHealthChecks(t *testing.T) {
 	if err == nil {
 		t.Fatalf("a release failing its health checks deployed:\n%s", out)
 	}
-	if !strings.Contains(out, "critical") || !strings.Contains(out, "previous release keeps running") {
+	if !strings.Contains(out, "critical") || !strings.Contains(out, "the app keeps running v1") {
 		t.Errorf("deploy does not say the check failed and the old release stays:\n%s", out)
 	}
 	eventually(t, 20*time.Second, "the failed release's machine is destroyed, the old one kept", func() (bool, string) {

@@ -59,6 +59,9 @@ type Options struct {
 	Certs certs.Config
 	World *geo.World
 	Log   *slog.Logger
+	// AgentArgs are added to every agent's command line (e.g.
+	// "--image-cache-max", "1").
+	AgentArgs []string
 }
 
 // RegionInfo describes one region's host in world.json.
@@ -95,6 +98,8 @@ type World struct {
 	mu     sync.Mutex
 	agents map[string]*agentProc
 	info   Info
+	// releaseNet gives up the world's claim on its machine net.
+	releaseNet func()
 }
 
 // InfoPath is where world.json lives in dir.
@@ -147,14 +152,16 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
 		return nil, fmt.Errorf("dev dir: %w", err)
 	}
+	release := func() {}
 	if !opts.MachineNet.IsValid() {
-		if opts.MachineNet, err = freeMachineNet(); err != nil {
+		if opts.MachineNet, release, err = claimMachineNet(); err != nil {
 			return nil, err
 		}
 	}
-	w := &World{opts: opts, log: opts.Log, agents: map[string]*agentProc{}}
+	w := &World{opts: opts, log: opts.Log, agents: map[string]*agentProc{}, releaseNet: release}
 	natsListen, err := freeAddr()
 	if err != nil {
+		release()
 		return nil, err
 	}
 	w.srvCfg = server.Config{
@@ -167,6 +174,7 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 	}
 	w.srvCfg.Certs.DevCA = true
 	if err := w.startServer(ctx); err != nil {
+		release()
 		return nil, err
 	}
 	// Keep the same API port across server restarts.
@@ -174,6 +182,7 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 	w.info = Info{APIURL: w.srv.URL(), Token: w.srv.AdminToken(), Registry: strings.TrimPrefix(w.srv.URL(), "http://"), PID: os.Getpid(), Dir: dir}
 	if w.info.CACert, err = writeCACert(dir, w.srv.DevCACert()); err != nil {
 		w.stopServer()
+		release()
 		return nil, err
 	}
 	addr := opts.EdgeBase
@@ -325,6 +334,9 @@ func (w *World) Close() error {
 	}
 	w.stopServer()
 	_ = os.Remove(InfoPath(w.opts.Dir))
+	if w.releaseNet != nil {
+		w.releaseNet()
+	}
 	return errors.Join(errs...)
 }
 

@@ -159,3 +159,70 @@ func writeFile(t *testing.T, path, data string) {
 		t.Fatal(err)
 	}
 }
+
+// TestRawTCPNoMachineInPerchLogs: once the raw TCP app's only machine is
+// stopped, a client's connection is closed, and the app's owner learns
+// why from `perch logs` and the edge's metrics.
+func TestRawTCPNoMachineInPerchLogs(t *testing.T) {
+	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}})
+	info := w.Info()
+	ref := pushGoImage(t, info, "./examples/tcpecho", "tcpecho:v1")
+	port := freePort(t)
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "perch.toml"), fmt.Sprintf(`
+app = "tcpecho"
+primary_region = "iad"
+
+[build]
+  image = %q
+
+[env]
+  PORT = "7000"
+
+[[services]]
+  protocol = "tcp"
+  internal_port = 7000
+  [[services.ports]]
+    port = %d
+`, ref, port))
+	ctx := context.Background()
+	if _, err := w.Client().CreateApp(ctx, api.CreateAppRequest{AppName: "tcpecho"}); err != nil {
+		t.Fatal(err)
+	}
+	mustPerch(t, w, dir, "deploy")
+	edge := info.Regions[0].EdgeAddr
+	addr := net.JoinHostPort(edge, fmt.Sprint(port))
+	eventually(t, 30*time.Second, "the edge passes raw TCP to the app", func() (bool, string) {
+		_, echoed, err := tcpEcho(addr, "ping")
+		return err == nil && echoed == "ping", fmt.Sprintf("echo %q, %v", echoed, err)
+	})
+	machines, err := w.Client().ListMachines(ctx, "tcpecho", "")
+	if err != nil || len(machines) != 1 {
+		t.Fatalf("machines of tcpecho: %v %+v", err, machines)
+	}
+	mustPerch(t, w, dir, "machine", "stop", machines[0].ID)
+
+	var client string
+	eventually(t, 30*time.Second, "the edge closes a connection with no machine to go to", func() (bool, string) {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return false, err.Error()
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		client = c.LocalAddr().(*net.TCPAddr).IP.String()
+		b, err := io.ReadAll(c)
+		return err == nil && len(b) == 0, fmt.Sprintf("read %q, %v", b, err)
+	})
+
+	want := fmt.Sprintf("tcpecho[edge] iad [edge] raw TCP connection from %s to port %d closed: no machine to go to: app tcpecho has no started machine for port %d",
+		client, port, port)
+	eventually(t, 10*time.Second, "perch logs shows why the edge closed the connection", func() (bool, string) {
+		out, err := perch(t, w, dir, "logs")
+		return err == nil && strings.Contains(out, want), out
+	})
+	metrics := "http://" + net.JoinHostPort(edge, fmt.Sprint(devcluster.MetricsPort)) + "/metrics"
+	if line := metricLine(scrapeText(metrics), "perch_edge_tcp_rejected_total", `app="tcpecho"`, `reason="no_machine"`); line == "" {
+		t.Errorf("the edge's /metrics has no perch_edge_tcp_rejected_total{app=\"tcpecho\",reason=\"no_machine\"}")
+	}
+}

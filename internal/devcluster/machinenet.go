@@ -3,14 +3,49 @@ package devcluster
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
-// freeMachineNet picks a /16 for the world's machine subnets that overlaps
-// no route of this kernel, so that two worlds on one machine (or a world and
-// a real network) never claim the same addresses.
-func freeMachineNet() (netip.Prefix, error) {
+// claimMachineNet picks a /16 for the world's machine subnets that
+// overlaps no route of this kernel and no other world's claim, so that two
+// worlds on one machine (or a world and a real network) never use the same
+// addresses, even when started at the same moment, before either has made
+// its bridges. The claim is an flock on a file named after the prefix
+// under the system's temporary directory, held until release is called
+// (or the process ends).
+func claimMachineNet() (p netip.Prefix, release func(), err error) {
+	dir := filepath.Join(os.TempDir(), "perch-machine-nets")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return netip.Prefix{}, nil, fmt.Errorf("machine net claims: %w", err)
+	}
+	tried := map[netip.Prefix]bool{}
+	for {
+		c, err := freeMachineNet(tried)
+		if err != nil {
+			return netip.Prefix{}, nil, err
+		}
+		tried[c] = true
+		name := strings.NewReplacer(".", "-", "/", "_").Replace(c.String())
+		f, err := os.OpenFile(filepath.Join(dir, name+".lock"), os.O_CREATE|os.O_RDWR, 0o666)
+		if err != nil {
+			return netip.Prefix{}, nil, fmt.Errorf("claim %s: %w", c, err)
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close() // another world has it
+			continue
+		}
+		return c, func() { f.Close() }, nil
+	}
+}
+
+// freeMachineNet picks a /16 that overlaps no route of this kernel and is
+// not in skip.
+func freeMachineNet(skip map[netip.Prefix]bool) (netip.Prefix, error) {
 	out, err := exec.Command("ip", "-4", "route", "show", "table", "all").Output()
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("read routes (is iproute2 installed?): %w", err)
@@ -44,7 +79,7 @@ func freeMachineNet() (netip.Prefix, error) {
 		cands = append(cands, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 16))
 	}
 	for _, c := range cands {
-		free := true
+		free := !skip[c]
 		for _, r := range routes {
 			if r.Overlaps(c) {
 				free = false

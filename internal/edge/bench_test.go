@@ -33,7 +33,7 @@ func benchEdge(b *testing.B) *Edge {
 				ID: id, App: app, Region: r, HostID: "h-" + r, PrivateIP: fmt.Sprintf("10.0.%d.%d", i%250, j+2), Desired: store.DesireStarted,
 				Config: api.MachineConfig{Services: []api.Service{{InternalPort: 8080, Ports: []api.Port{{Port: 80, Handlers: []string{"http"}}}}}},
 			})
-			t.setStatus(key, store.MachineStatus{ID: id, App: app, HostID: "h-" + r, State: api.StateStarted})
+			t.setStatus(key, store.MachineStatus{ID: id, App: app, HostID: "h-" + r, State: api.StateStarted, Ready: true})
 		}
 	}
 	t.commit()

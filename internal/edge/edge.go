@@ -45,8 +45,9 @@ type Config struct {
 	Addr netip.Addr
 	// Domain is the domain of app names; DefaultDomain if empty.
 	Domain string
-	// Store feeds the route table through watches. Nil means the caller
-	// feeds the table itself (tests).
+	// Store feeds the route table through watches, and carries the lines
+	// the edge writes in apps' logs (applog.go). Nil means the caller
+	// feeds the table itself (tests) and apps' logs get nothing.
 	Store *store.Store
 	// Dialer connects to machines; a plain net.Dialer if nil.
 	Dialer Dialer
@@ -78,6 +79,7 @@ type Edge struct {
 	accessLog *slog.Logger
 	limits    Limits
 	metrics   *metrics
+	appLogs   *appLogger
 	clients   clientConns
 	table     *table
 	proxy     http.Handler
@@ -115,6 +117,8 @@ func New(cfg Config) (*Edge, error) {
 	e.table.reachable = cfg.Reachable
 	e.metrics = newMetrics(e.table)
 	e.table.book.forget = e.metrics.forget
+	e.table.book.forgetApp = e.metrics.forgetApp
+	e.appLogs = newAppLogger(cfg.Region, cfg.Store, log)
 	e.proxy = e.newProxy()
 	e.lns = newListeners(e)
 	e.tls = newTLSConfigs(cfg.Certs)
@@ -128,9 +132,11 @@ func (e *Edge) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	if e.cfg.Store != nil {
 		wg.Go(func() { e.watch(ctx) })
+		wg.Go(func() { e.serveDrains(ctx, e.cfg.Store.Conn()) })
 	}
 	e.lns.run(ctx)
 	wg.Wait()
+	e.appLogs.close()
 	return nil
 }
 

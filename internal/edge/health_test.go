@@ -20,7 +20,7 @@ func TestCriticalCheckIsOutOfRotation(t *testing.T) {
 	w.place("shop", ams, 80, api.StateStarted)
 	w.place("shop", iad, 80, api.StateStarted)
 	checks := func(m *machine, statuses ...string) {
-		st := store.MachineStatus{ID: m.id, App: "shop", HostID: "h-" + m.region, State: api.StateStarted}
+		st := store.MachineStatus{ID: m.id, App: "shop", HostID: "h-" + m.region, State: api.StateStarted, Ready: true}
 		for i, s := range statuses {
 			st.Checks = append(st.Checks, api.CheckStatus{Name: "check-" + string(rune('a'+i)), Status: s})
 		}

@@ -146,7 +146,7 @@ func (w *world) place(app string, m *machine, port int, state string) {
 }
 
 func (w *world) state(app string, m *machine, state string) {
-	w.e.table.setStatus(store.MachineKey(app, m.id), store.MachineStatus{ID: m.id, App: app, HostID: "h-" + m.region, State: state})
+	w.e.table.setStatus(store.MachineKey(app, m.id), store.MachineStatus{ID: m.id, App: app, HostID: "h-" + m.region, State: state, Ready: state == api.StateStarted})
 }
 
 func (w *world) commit() { w.e.table.commit() }

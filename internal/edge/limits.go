@@ -118,8 +118,9 @@ type loadBook struct {
 	queues   map[string]*waitQueue // key: <app>/<public port>
 	seen     map[string]bool
 	// forget is called for a machine whose last load went, so its metrics
-	// series go too.
-	forget func(app, machine string)
+	// series go too; forgetApp for an app that went.
+	forget    func(app, machine string)
+	forgetApp func(app string)
 }
 
 func newLoadBook() *loadBook {
@@ -182,7 +183,9 @@ func (b *loadBook) end() {
 	gone := map[[2]string]bool{}
 	kept := map[[2]string]bool{}
 	for key, l := range b.machines {
-		if b.seen[key] {
+		// A machine out of rotation keeps its load while requests to it
+		// are in flight: a drain (drain.go) waits for them.
+		if b.seen[key] || l.n.Load() > 0 {
 			kept[[2]string{l.app, l.machine}] = true
 			continue
 		}
@@ -192,6 +195,9 @@ func (b *loadBook) end() {
 	for name := range b.apps {
 		if !b.seen["app:"+name] {
 			delete(b.apps, name)
+			if b.forgetApp != nil {
+				b.forgetApp(name)
+			}
 		}
 	}
 	for key, q := range b.queues {
@@ -207,6 +213,18 @@ func (b *loadBook) end() {
 			}
 		}
 	}
+}
+
+// inflight is what this edge has in flight to one machine, all its
+// services summed.
+func (b *loadBook) inflight(app, machine string) int32 {
+	var n int32
+	for _, l := range b.machines {
+		if l.app == app && l.machine == machine {
+			n += l.n.Load()
+		}
+	}
+	return n
 }
 
 // active sums the loads by app, region and machine, for the metrics.

@@ -19,6 +19,7 @@ type metrics struct {
 	bytesOut    *prometheus.CounterVec
 	duration    *prometheus.HistogramVec
 	rejected    *prometheus.CounterVec
+	tcpRejected *prometheus.CounterVec
 	clientConns prometheus.Gauge
 }
 
@@ -48,11 +49,15 @@ func newMetrics(t *table) *metrics {
 			Name: "perch_edge_rejected_total",
 			Help: "Connections and requests the edge turned away: client_cap (connections per client address), app_cap (in flight per app), busy (every machine at its hard limit).",
 		}, []string{"reason"}),
+		tcpRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "perch_edge_tcp_rejected_total",
+			Help: "Raw TCP connections the edge closed without taking them to a machine, by app and reason: no_machine (none in rotation), unreachable (every machine tried failed to connect), busy (every machine at its hard limit), app_cap (the app's connections at this edge at their cap).",
+		}, []string{"app", "reason"}),
 		clientConns: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "perch_edge_client_connections", Help: "Client connections open on the edge's public ports.",
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.duration, m.rejected, m.clientConns, activeCollector{t})
+	m.reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.duration, m.rejected, m.tcpRejected, m.clientConns, activeCollector{t})
 	for _, r := range []string{"client_cap", "app_cap", "busy"} {
 		m.rejected.WithLabelValues(r)
 	}
@@ -82,6 +87,11 @@ func codeString(status int) string {
 		return statusCodes[status]
 	}
 	return strconv.Itoa(status)
+}
+
+// forgetApp drops the series of an app that left the route table.
+func (m *metrics) forgetApp(app string) {
+	m.tcpRejected.DeletePartialMatch(prometheus.Labels{"app": app})
 }
 
 // forget drops the series of a machine that left the route table.

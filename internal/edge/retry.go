@@ -23,7 +23,7 @@ func (d *dialError) Unwrap() error { return d.err }
 func (e *Edge) dialMachine(ctx context.Context, network, addr string) (net.Conn, error) {
 	var t Target
 	if b, ok := ctx.Value(backendKey{}).(*Backend); ok {
-		t = b.Target
+		t, addr = b.Target, b.Addr // addr is the pool's name for the machine
 	}
 	c, err := e.cfg.Dialer.DialContext(ctx, network, addr, t)
 	if err != nil {
@@ -77,7 +77,7 @@ func (t *retryTransport) send(req *http.Request, st *reqState, d dest, f *filter
 		st.attempts++
 		r := req.WithContext(context.WithValue(req.Context(), backendKey{}, b))
 		u := *req.URL
-		u.Host = b.Addr
+		u.Host = poolHost(b)
 		r.URL = &u
 		var a *attemptBody
 		if body != nil {
@@ -124,4 +124,17 @@ func (e *Edge) lostOnTheWay(req *http.Request, b *Backend, a *attemptBody) bool 
 		return true
 	}
 	return false
+}
+
+// poolHost names machine b in the transport's URL, and so keys its pool
+// of idle connections: by machine, not by address. A machine's private
+// address is given to a later machine once it is destroyed, and an idle
+// connection to the dead one must never carry a request to the new one (a
+// POST on it fails, and is not repeated). dialMachine dials b.Addr.
+func poolHost(b *Backend) string {
+	_, port, err := net.SplitHostPort(b.Addr)
+	if b.Target.MachineID == "" || err != nil {
+		return b.Addr
+	}
+	return b.Target.MachineID + ".machine.perch.internal:" + port
 }

@@ -208,8 +208,9 @@ func (t *table) name(s *Snapshot, routes map[string]*appRoute) {
 }
 
 // inRotation says whether machine key may get requests: started, meant to
-// be started, on a host that is up, and with no critical health check (a
-// check in its grace period is a warning and does not count); t.mu is held.
+// be started, ready, on a host that is up, and with no critical health
+// check (a check in its grace period is a warning and does not count);
+// t.mu is held.
 // failsChecks says whether a machine that would otherwise be in rotation is
 // out only because a health check is critical.
 func (t *table) failsChecks(key string, m *store.MachineSpec) bool {
@@ -219,7 +220,12 @@ func (t *table) failsChecks(key string, m *store.MachineSpec) bool {
 
 func (t *table) inRotation(key string, m *store.MachineSpec) bool {
 	st, ok := t.status[key]
-	if !ok || st.State != api.StateStarted || m.Desired != store.DesireStarted || m.PrivateIP == "" {
+	if !ok || st.State != api.StateStarted || m.Desired != store.DesireStarted || m.PrivateIP == "" || m.Cordoned {
+		return false
+	}
+	// Ready: its checks pass or its ports listen (agent readiness.go); a
+	// status of another generation is about a config since replaced.
+	if !st.Ready || st.Generation != m.Generation {
 		return false
 	}
 	if health.Critical(st.Checks) {

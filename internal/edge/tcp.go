@@ -3,11 +3,13 @@ package edge
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/perchhq/perch/internal/proxyproto"
@@ -26,11 +28,13 @@ func (e *Edge) proxyTCP(ctx context.Context, client net.Conn, host string, port 
 	if ar == nil || ar.ports[port] == nil {
 		return // the app went meanwhile
 	}
-	ch := ar.ports[port].chain
+	pr := ar.ports[port]
+	ch := pr.chain
 	st := &tcpState{id: newRequestID(), port: port, host: host, app: ar.name}
 	if ar.load.active.Add(1) > int32(min(e.limits.MaxConnsPerApp, noLimit)) {
 		ar.load.active.Add(-1)
-		e.log.Debug("raw TCP connection refused: app at its cap on this edge", "app", ar.name, "cap", e.limits.MaxConnsPerApp)
+		e.metrics.rejected.WithLabelValues("app_cap").Inc()
+		e.refuseTCP(client, st, start, rejectAppCap, fmt.Sprintf("app %s has %d connections open at this edge, its cap", ar.name, e.limits.MaxConnsPerApp))
 		return
 	}
 	defer ar.load.active.Add(-1)
@@ -38,8 +42,13 @@ func (e *Edge) proxyTCP(ctx context.Context, client net.Conn, host string, port 
 	mc, err := e.connectTCP(ctx, st)
 	defer st.release()
 	if err != nil {
-		e.log.Warn("raw TCP: no machine could be reached", "app", ar.name, "port", port, "attempts", st.attempts, "err", err)
-		e.tcpLog(client, st, start, 0, 0, err)
+		if ctx.Err() != nil {
+			e.tcpLog(client, st, start, 0, 0, err) // the edge is stopping
+			return
+		}
+		reason, why := e.whyNoMachine(st, pr, err)
+		e.log.Debug("raw TCP: no machine to go to", "app", ar.name, "port", port, "attempts", st.attempts, "reason", reason, "err", err)
+		e.refuseTCP(client, st, start, reason, why)
 		return
 	}
 	defer mc.Close()
@@ -59,6 +68,7 @@ func (e *Edge) proxyTCP(ctx context.Context, client net.Conn, host string, port 
 // tcpState follows one raw TCP connection, for the access log.
 type tcpState struct {
 	id       string
+	reason   string // why the edge closed it without a machine; "" if it did not
 	port     int
 	host     string // the app's key in Snapshot.names
 	app      string
@@ -162,7 +172,7 @@ func (e *Edge) tcpLog(client net.Conn, st *tcpState, start time.Time, up, down i
 	}
 	attrs := []slog.Attr{
 		slog.String("connection_id", st.id),
-		slog.String("client", addrPort(client.RemoteAddr()).Addr().Unmap().String()),
+		slog.String("client", clientAddr(client)),
 		slog.String("port", strconv.Itoa(st.port)),
 		slog.String("app", st.app),
 		slog.String("machine", machine),
@@ -172,8 +182,71 @@ func (e *Edge) tcpLog(client net.Conn, st *tcpState, start time.Time, up, down i
 		slog.Int64("bytes_in", up),
 		slog.Int64("bytes_out", down),
 	}
+	if st.reason != "" {
+		attrs = append(attrs, slog.String("reason", st.reason))
+	}
 	if err != nil {
 		attrs = append(attrs, slog.String("err", err.Error()))
 	}
 	e.accessLog.LogAttrs(context.Background(), slog.LevelInfo, "tcp connection", attrs...)
+}
+
+func clientAddr(c net.Conn) string { return addrPort(c.RemoteAddr()).Addr().Unmap().String() }
+
+// Why a raw TCP connection was closed without a machine: the reason label
+// of perch_edge_tcp_rejected_total and of the access log.
+const (
+	rejectNoMachine   = "no_machine"  // no machine of the app is in rotation for the port
+	rejectUnreachable = "unreachable" // every machine tried failed to connect
+	rejectBusy        = "busy"        // every machine stayed at its hard limit
+	rejectAppCap      = "app_cap"     // the app's connections at this edge are at their cap
+)
+
+// refuseTCP closes (the caller's defer does) a raw TCP connection the edge
+// takes nowhere, and says why: in the access log, the metrics, and the
+// app's own log.
+func (e *Edge) refuseTCP(client net.Conn, st *tcpState, start time.Time, reason, why string) {
+	st.reason = reason
+	e.metrics.tcpRejected.WithLabelValues(st.app, reason).Inc()
+	e.tcpLog(client, st, start, 0, 0, errors.New(why))
+	e.appLogs.log(st.app, fmt.Sprintf("raw TCP connection from %s to port %d closed: %s", clientAddr(client), st.port, why))
+}
+
+// whyNoMachine explains err, connectTCP's, in words the app's owner
+// understands, and gives its reason label.
+func (e *Edge) whyNoMachine(st *tcpState, pr *portRoute, err error) (reason, why string) {
+	switch {
+	case errors.Is(err, errBusy):
+		e.metrics.rejected.WithLabelValues("busy").Inc()
+		return rejectBusy, fmt.Sprintf("no machine to go to: every machine of app %s for port %d is at its concurrency hard limit and none freed up in %s",
+			st.app, st.port, e.limits.QueueTimeout)
+	case errors.Is(err, errNoCandidate) && st.attempts == 0 && pr.unhealthy > 0:
+		return rejectNoMachine, fmt.Sprintf("no machine to go to: app %s has no healthy machine for port %d (%s failing health checks)",
+			st.app, st.port, plural(pr.unhealthy, "started machine"))
+	case errors.Is(err, errNoCandidate) && st.attempts == 0:
+		return rejectNoMachine, fmt.Sprintf("no machine to go to: app %s has no started machine for port %d", st.app, st.port)
+	}
+	return rejectUnreachable, fmt.Sprintf("no machine to go to: app %s has started machines for port %d but none could be reached: %s tried (%s)",
+		st.app, st.port, plural(st.attempts, "machine"), dialFailure(err))
+}
+
+// dialFailure is a short account of why a connection to a machine failed.
+func dialFailure(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "dial timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "no route to the machine"
+	}
+	return err.Error()
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return strconv.Itoa(n) + " " + what + "s"
 }

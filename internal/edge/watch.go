@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/perchhq/perch/internal/store"
 )
 
 // The buckets the route table is made of.
@@ -69,74 +69,12 @@ func (e *Edge) watch(ctx context.Context) {
 // watchBucket sends the changes of one bucket to ch, starting with its
 // whole content, and watches again if the watch ends before ctx does.
 func (e *Edge) watchBucket(ctx context.Context, bucket int, kv jetstream.KeyValue, ch chan<- change) {
-	send := func(c change) bool {
+	e.cfg.Store.Watch(ctx, kv, e.log, func(c store.Change) {
 		select {
-		case ch <- c:
-			return true
+		case ch <- change{bucket: bucket, key: c.Key, value: c.Value, deleted: c.Deleted, all: c.All}:
 		case <-ctx.Done():
-			return false
 		}
-	}
-	for ctx.Err() == nil {
-		// After a reconnection the server may have lost this watch (a
-		// restarted NATS keeps no ephemeral consumer): watch again at once
-		// instead of waiting for missed heartbeats.
-		var reconnected <-chan struct{}
-		if e.cfg.Store != nil {
-			reconnected = e.cfg.Store.Reconnected()
-		}
-		w, err := kv.WatchAll(ctx)
-		if err != nil {
-			e.log.Warn("cannot watch bucket; retrying", "bucket", kv.Bucket(), "err", err)
-			sleep(ctx, time.Second)
-			continue
-		}
-		all := map[string][]byte{}
-		initial := true
-	read:
-		for {
-			select {
-			case <-ctx.Done():
-				break read
-			case <-reconnected:
-				e.log.Info("reconnected to NATS; watching again", "bucket", kv.Bucket())
-				_ = w.Stop()
-				w = nil
-				break read
-			case ent, ok := <-w.Updates():
-				switch {
-				case !ok:
-					break read
-				case ent == nil: // the initial values are all in
-					initial = false
-					if !send(change{bucket: bucket, all: all}) {
-						break read
-					}
-				case initial && isDelete(ent):
-					delete(all, ent.Key())
-				case initial:
-					all[ent.Key()] = ent.Value()
-				default:
-					if !send(change{bucket: bucket, key: ent.Key(), value: ent.Value(), deleted: isDelete(ent)}) {
-						break read
-					}
-				}
-			}
-		}
-		if w == nil {
-			continue // re-watch right away after a reconnection
-		}
-		_ = w.Stop()
-		if ctx.Err() == nil {
-			e.log.Warn("bucket watch ended; watching again", "bucket", kv.Bucket())
-			sleep(ctx, time.Second)
-		}
-	}
-}
-
-func isDelete(ent jetstream.KeyValueEntry) bool {
-	op := ent.Operation()
-	return op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge
+	})
 }
 
 // apply puts one change into the table.
@@ -180,13 +118,4 @@ func applyKey[T any](e *Edge, what, key string, value []byte, deleted bool, set 
 		return
 	}
 	set(key, v)
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

@@ -37,7 +37,7 @@ func TestStoreChangesRouting(t *testing.T) {
 		}
 	}
 	status := func(m *machine, state string) {
-		put(st.Status, "shop."+m.id, store.MachineStatus{ID: m.id, App: "shop", HostID: "h-" + m.region, State: state})
+		put(st.Status, "shop."+m.id, store.MachineStatus{ID: m.id, App: "shop", HostID: "h-" + m.region, State: state, Ready: state == api.StateStarted})
 	}
 	put(st.Apps, "shop", api.App{Name: "shop"})
 	for _, m := range []*machine{ams, fra} {

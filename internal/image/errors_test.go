@@ -58,7 +58,7 @@ func TestPullFromPerchRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pull with the token: %v", err)
 	}
-	if got := tree(t, img.Rootfs)["hello"]; got != "file 0644 world" {
+	if got := imageTree(t, img)["hello"]; got != "file 0644 world" {
 		t.Errorf("hello = %q", got)
 	}
 }

@@ -8,9 +8,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ent is a tar entry for a test layer.
@@ -138,4 +141,31 @@ func applyAll(t testing.TB, root string, layers ...[]byte) error {
 		}
 	}
 	return nil
+}
+
+// imageTree describes img's root filesystem as a machine sees it: its
+// layers mounted as one read-only overlay, or its one tree.
+func imageTree(t testing.TB, img *Image) map[string]string {
+	t.Helper()
+	lowers := img.Lowers()
+	if len(lowers) == 1 {
+		dir, err := filepath.EvalSymlinks(lowers[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tree(t, dir)
+	}
+	return tree(t, mountLowers(t, lowers))
+}
+
+// mountLowers mounts lowers (topmost first) as a read-only overlay until
+// the test ends.
+func mountLowers(t testing.TB, lowers []string) string {
+	t.Helper()
+	m := t.TempDir()
+	if err := unix.Mount("overlay", m, "overlay", unix.MS_RDONLY, "lowerdir="+strings.Join(lowers, ":")); err != nil {
+		t.Fatalf("mount the layers: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(m, unix.MNT_DETACH) })
+	return m
 }

@@ -4,11 +4,16 @@
 // them in order, whiteouts applied, into a directory the runtime drivers
 // use as a machine's root. The agent imports it.
 //
-// Layout under the store's directory:
+// Where overlayfs works (as root), layers are unpacked once each and
+// shared between images (layerstore.go); elsewhere each image is unpacked
+// whole. Layout under the store's directory:
 //
-//	blobs/sha256/<hex>           compressed layers, as the registry served them
-//	images/sha256/<hex>/rootfs   an image's unpacked root filesystem (by manifest digest)
+//	blobs/sha256/<hex>           compressed layers being downloaded or not yet unpacked
+//	layers/sha256/<hex>/fs       an unpacked layer (by diff ID), overlayfs lower dir
+//	images/sha256/<hex>/layers.json  an image's layers (by manifest digest)
+//	images/sha256/<hex>/rootfs   or its whole unpacked root filesystem (no overlayfs)
 //	images/sha256/<hex>/config.json
+//	images/sha256/<hex>/used     touched on each use: garbage collection is least recently used first
 //	tmp/                         downloads and unpacks in progress
 //
 // Everything lands in its final place by rename, so a reader sees a whole
@@ -19,6 +24,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -27,9 +33,12 @@ import (
 // Store pulls and unpacks images under one directory. It is safe for
 // concurrent use; pulls of the same image wait for each other.
 type Store struct {
-	dir   string
-	log   *slog.Logger
-	locks keyedMutex
+	dir     string
+	log     *slog.Logger
+	locks   keyedMutex
+	layered bool
+	// gc excludes pulls (read) while GC removes images and layers.
+	gc sync.RWMutex
 }
 
 // Options says how to reach registries.
@@ -54,8 +63,13 @@ type Image struct {
 	Ref string
 	// Digest is that manifest's digest, "sha256:…".
 	Digest string
-	// Rootfs is the unpacked root filesystem. It is shared by every
-	// machine of the image: treat it as read-only.
+	// Layers are the image's unpacked layers, topmost first: overlayfs
+	// lower directories to stack (whiteouts are 0:0 character devices,
+	// opaque directories carry trusted.overlay.opaque). Empty when the
+	// store unpacks whole images; then Rootfs is the root filesystem.
+	// Either is shared by every machine of the image: treat it as
+	// read-only.
+	Layers []string
 	Rootfs string
 	// Config is the image's run configuration: entrypoint, cmd, env,
 	// working dir, user, exposed ports.
@@ -74,7 +88,21 @@ func New(dir string, log *slog.Logger) *Store {
 	}
 	s := &Store{dir: dir, log: log}
 	s.removeStale()
+	if err := probeOverlay(s.tmpDir()); err != nil {
+		log.Info("overlayfs unavailable: each image is unpacked whole, layers are not shared", "err", err)
+	} else {
+		s.layered = true
+	}
 	return s
+}
+
+// Lowers is the image's root filesystem as overlayfs lower directories,
+// topmost first: its layers, or its one unpacked tree.
+func (img *Image) Lowers() []string {
+	if len(img.Layers) > 0 {
+		return img.Layers
+	}
+	return []string{img.Rootfs}
 }
 
 func (s *Store) tmpDir() string { return filepath.Join(s.dir, "tmp") }

@@ -33,6 +33,8 @@ func (s *Store) Pull(ctx context.Context, ref string, opts Options) (*Image, err
 	if err != nil {
 		return nil, err
 	}
+	s.gc.RLock()
+	defer s.gc.RUnlock()
 	if d, ok := r.(name.Digest); ok {
 		if h, err := v1.NewHash(d.DigestStr()); err == nil {
 			if img, err := s.load(r.Context(), h); err == nil {
@@ -91,6 +93,9 @@ func (s *Store) unpack(ctx context.Context, img v1.Image, dg v1.Hash) error {
 	if _, err := v1.ParseConfigFile(bytes.NewReader(rawCfg)); err != nil {
 		return fmt.Errorf("image config: %w", err)
 	}
+	if s.layered {
+		return s.unpackLayered(ctx, img, dg, rawCfg)
+	}
 	layers, err := img.Layers()
 	if err != nil {
 		return err
@@ -119,6 +124,12 @@ func (s *Store) unpack(ctx context.Context, img v1.Image, dg v1.Hash) error {
 	if err := s.applyLayers(ctx, rootfs, layers); err != nil {
 		return err
 	}
+	return s.commitImage(tmp, dg, rawCfg)
+}
+
+// commitImage writes the image's config into tmp, its directory being
+// built, and renames tmp into place as image dg.
+func (s *Store) commitImage(tmp string, dg v1.Hash, rawCfg []byte) error {
 	if err := os.WriteFile(filepath.Join(tmp, "config.json"), rawCfg, 0o600); err != nil {
 		return err
 	}
@@ -169,10 +180,32 @@ func (s *Store) load(repo name.Repository, dg v1.Hash) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image %s: cached config: %w", dg, err)
 	}
-	return &Image{
+	img := &Image{
 		Ref:    repo.Digest(dg.String()).String(),
 		Digest: dg.String(),
-		Rootfs: filepath.Join(dir, "rootfs"),
 		Config: cfg.Config,
-	}, nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, "layers.json")); err == nil {
+		if img.Layers, err = s.imageLayers(dir); err != nil {
+			return nil, fmt.Errorf("image %s: %w", dg, err)
+		}
+	} else {
+		img.Rootfs = filepath.Join(dir, "rootfs")
+		if _, err := os.Stat(img.Rootfs); err != nil {
+			return nil, err
+		}
+	}
+	touch(filepath.Join(dir, "used"))
+	return img, nil
+}
+
+// touch sets path's modification time to now, making it if need be.
+func touch(path string) {
+	now := time.Now()
+	if err := os.Chtimes(path, now, now); err == nil {
+		return
+	}
+	if f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+		f.Close()
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -37,7 +38,7 @@ func TestPull(t *testing.T) {
 	if os.Geteuid() != 0 {
 		want["home/user/notes"] = "file 0640 hi"
 	}
-	if diff := cmp.Diff(want, tree(t, got.Rootfs)); diff != "" {
+	if diff := cmp.Diff(want, imageTree(t, got)); diff != "" {
 		t.Errorf("rootfs (-want +got):\n%s", diff)
 	}
 }
@@ -54,7 +55,7 @@ func TestPullUsesCache(t *testing.T) {
 		t.Errorf("first pull fetched %d blobs, want 4 (config and 3 layers)", n)
 	}
 	// Mark the tree: a second unpack would replace it and lose the mark.
-	mark := filepath.Join(first.Rootfs, "unpacked-once")
+	mark := filepath.Join(first.Lowers()[0], "unpacked-once")
 	if err := os.WriteFile(mark, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -67,8 +68,8 @@ func TestPullUsesCache(t *testing.T) {
 	if n := reg.blobGets.Load(); n != 0 {
 		t.Errorf("second pull by tag fetched %d blobs, want 0", n)
 	}
-	if second.Rootfs != first.Rootfs {
-		t.Errorf("second pull unpacked to %s, first to %s", second.Rootfs, first.Rootfs)
+	if !slices.Equal(second.Lowers(), first.Lowers()) {
+		t.Errorf("second pull unpacked to %s, first to %s", second.Lowers(), first.Lowers())
 	}
 	if _, err := os.Stat(mark); err != nil {
 		t.Errorf("second pull unpacked again: %v", err)
@@ -110,8 +111,8 @@ func TestPullConcurrent(t *testing.T) {
 		if errs[i] != nil {
 			t.Fatalf("pull %d: %v", i, errs[i])
 		}
-		if results[i].Rootfs != results[0].Rootfs {
-			t.Errorf("pull %d unpacked to %s, pull 0 to %s", i, results[i].Rootfs, results[0].Rootfs)
+		if !slices.Equal(results[i].Lowers(), results[0].Lowers()) {
+			t.Errorf("pull %d unpacked to %s, pull 0 to %s", i, results[i].Lowers(), results[0].Lowers())
 		}
 	}
 	if got := reg.blobGets.Load(); got != 4 {
@@ -121,7 +122,7 @@ func TestPullConcurrent(t *testing.T) {
 	if os.Geteuid() != 0 {
 		want["home/user/notes"] = "file 0640 hi"
 	}
-	if diff := cmp.Diff(want, tree(t, results[0].Rootfs)); diff != "" {
+	if diff := cmp.Diff(want, imageTree(t, results[0])); diff != "" {
 		t.Errorf("rootfs (-want +got):\n%s", diff)
 	}
 	if left, _ := os.ReadDir(filepath.Join(s.dir, "tmp")); len(left) != 0 {
@@ -148,7 +149,7 @@ func TestPullPicksPlatform(t *testing.T) {
 		if err != nil {
 			t.Fatalf("platform %q: %v", tt.platform, err)
 		}
-		if b, _ := os.ReadFile(filepath.Join(got.Rootfs, "arch")); string(b) != tt.want {
+		if b, _ := os.ReadFile(filepath.Join(got.Lowers()[0], "arch")); string(b) != tt.want {
 			t.Errorf("platform %q: got the %q image, want %q", tt.platform, b, tt.want)
 		}
 		wantDg, _ := map[string]v1.Image{"amd64": amd, "arm64": arm}[tt.want].Digest()

@@ -27,6 +27,33 @@ type applier struct {
 	// written holds the paths (and their parents) the current layer has
 	// created, which an opaque directory marker must not hide.
 	written map[string]bool
+	// layer: the tar is unpacked on its own as an overlayfs lower
+	// directory over lowers (fds of the layers below, topmost first).
+	layer  bool
+	lowers []int
+}
+
+// newLayerApplier unpacks one layer into the empty directory root, as an
+// overlayfs layer over lowers (their directories, topmost first).
+func newLayerApplier(root string, lowers []string, log *slog.Logger) (*applier, error) {
+	a, err := newApplier(root, log)
+	if err != nil {
+		return nil, err
+	}
+	a.layer = true
+	for _, l := range lowers {
+		fd, err := unix.Open(l, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			a.Close()
+			return nil, &os.PathError{Op: "open", Path: l, Err: err}
+		}
+		a.lowers = append(a.lowers, fd)
+	}
+	if err := a.layerRootAttrs(); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
 }
 
 func newApplier(root string, log *slog.Logger) (*applier, error) {
@@ -37,7 +64,12 @@ func newApplier(root string, log *slog.Logger) (*applier, error) {
 	return &applier{root: fd, log: log, chown: os.Geteuid() == 0}, nil
 }
 
-func (a *applier) Close() error { return unix.Close(a.root) }
+func (a *applier) Close() error {
+	for _, fd := range a.lowers {
+		unix.Close(fd)
+	}
+	return unix.Close(a.root)
+}
 
 // apply extracts one uncompressed layer tar.
 func (a *applier) apply(r io.Reader) error {

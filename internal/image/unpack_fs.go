@@ -19,12 +19,13 @@ const maxSymlinks = 40
 // directories are made, as tar extractors do for entries whose parents the
 // layer does not list.
 func (a *applier) openDir(rel string, create bool) (int, error) {
-	var stack []int // fds from the root (exclusive) down to the current directory
+	var stack []int    // fds from the root (exclusive) down to the current directory
+	var names []string // their names: the path resolved so far
 	closeAll := func() {
 		for _, fd := range stack {
 			unix.Close(fd)
 		}
-		stack = stack[:0]
+		stack, names = stack[:0], names[:0]
 	}
 	cur := func() int {
 		if len(stack) == 0 {
@@ -43,12 +44,34 @@ func (a *applier) openDir(rel string, create bool) (int, error) {
 		case "..":
 			if len(stack) > 0 {
 				unix.Close(stack[len(stack)-1])
-				stack = stack[:len(stack)-1]
+				stack, names = stack[:len(stack)-1], names[:len(names)-1]
 			}
 			continue
 		}
 		fd, err := unix.Openat(cur(), c, openDirFlags, 0)
-		if errors.Is(err, unix.ENOENT) && create {
+		if errors.Is(err, unix.ENOENT) && create && a.layer {
+			// Only the layers below may have it: go through their
+			// symlink, or copy their directory.
+			if e, ok := a.lowerLookup(path.Join(append(names, c)...)); ok && e.st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				if links++; links > maxSymlinks {
+					closeAll()
+					return -1, fmt.Errorf("%s: too many levels of symbolic links", rel)
+				}
+				if strings.HasPrefix(e.target, "/") {
+					closeAll()
+				}
+				queue = append(strings.Split(e.target, "/"), queue...)
+				continue
+			} else if ok && e.st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				if fd, err = mkdirOpen(cur(), c); err == nil {
+					if err = a.copyDirAttrs(fd, &e.st); err != nil {
+						unix.Close(fd)
+					}
+				}
+			} else {
+				fd, err = mkdirOpen(cur(), c)
+			}
+		} else if errors.Is(err, unix.ENOENT) && create {
 			fd, err = mkdirOpen(cur(), c)
 		}
 		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
@@ -69,7 +92,7 @@ func (a *applier) openDir(rel string, create bool) (int, error) {
 			closeAll()
 			return -1, fmt.Errorf("%s: %w", rel, err)
 		}
-		stack = append(stack, fd)
+		stack, names = append(stack, fd), append(names, c)
 	}
 	if len(stack) == 0 {
 		fd, err := unix.Dup(a.root)

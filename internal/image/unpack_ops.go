@@ -110,6 +110,16 @@ func (a *applier) hardlink(name string, hdr *tar.Header) error {
 		return nil
 	}
 	spfd, sbase, err := a.openParent(target, false)
+	if err == nil && a.layer {
+		var st unix.Stat_t
+		if unix.Fstatat(spfd, sbase, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+			unix.Close(spfd)
+			err = unix.ENOENT
+		}
+	}
+	if missing(err) && a.layer {
+		return a.hardlinkLower(name, target, hdr)
+	}
 	if err != nil {
 		return fmt.Errorf("hard link target %q: %w", hdr.Linkname, err)
 	}

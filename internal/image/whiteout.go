@@ -19,6 +19,9 @@ const (
 
 func (a *applier) whiteout(dir, base string) error {
 	if base == whiteoutOpaque {
+		if a.layer {
+			return a.layerOpaque(dir)
+		}
 		return a.opaque(dir)
 	}
 	target := strings.TrimPrefix(base, whiteoutPrefix)
@@ -27,6 +30,9 @@ func (a *applier) whiteout(dir, base string) error {
 	}
 	if target == "" || target == "." || target == ".." {
 		return fmt.Errorf("whiteout %q names no file", base)
+	}
+	if a.layer {
+		return a.layerWhiteout(dir, target)
 	}
 	fd, err := a.openDir(dir, false)
 	if missing(err) {

@@ -21,7 +21,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/mesh"
@@ -366,64 +365,29 @@ func (m *Member) rankLocked(regions []string) []string {
 
 // watchHosts calls set with the whole host list each time it changes.
 func watchHosts(ctx context.Context, st *store.Store, log *slog.Logger, set func(map[string]api.Host)) {
-	for ctx.Err() == nil {
-		reconnected := st.Reconnected()
-		w, err := st.Hosts.WatchAll(ctx)
-		if err != nil {
-			log.Warn("cannot watch hosts; retrying", "err", err)
-			sleep(ctx, time.Second)
-			continue
+	all := map[string]api.Host{}
+	decode := func(key string, v []byte) {
+		var h api.Host
+		if err := json.Unmarshal(v, &h); err != nil {
+			delete(all, key)
+			return
 		}
-		all := map[string]api.Host{}
-		initial := true
-		restart := false
-	read:
-		for {
-			select {
-			case <-ctx.Done():
-				break read
-			case <-reconnected:
-				restart = true
-				break read
-			case ent, ok := <-w.Updates():
-				if !ok {
-					break read
-				}
-				if ent == nil {
-					initial = false
-					set(maps.Clone(all))
-					continue
-				}
-				op := ent.Operation()
-				if op == jetstream.KeyValueDelete || op == jetstream.KeyValuePurge {
-					delete(all, ent.Key())
-				} else {
-					var h api.Host
-					if err := json.Unmarshal(ent.Value(), &h); err != nil {
-						delete(all, ent.Key())
-					} else {
-						all[ent.Key()] = h
-					}
-				}
-				if !initial {
-					set(maps.Clone(all))
-				}
+		all[key] = h
+	}
+	st.Watch(ctx, st.Hosts, log, func(c store.Change) {
+		switch {
+		case c.All != nil:
+			all = map[string]api.Host{}
+			for k, v := range c.All {
+				decode(k, v)
 			}
+		case c.Deleted:
+			delete(all, c.Key)
+		default:
+			decode(c.Key, c.Value)
 		}
-		_ = w.Stop()
-		if !restart && ctx.Err() == nil {
-			sleep(ctx, time.Second)
-		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
+		set(maps.Clone(all))
+	})
 }
 
 // Millis turns measured round trips into a host record's RTT field.

@@ -8,7 +8,9 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"os"
 	"syscall"
 	"time"
 )
@@ -42,8 +44,12 @@ type Net struct {
 
 // Spec is a machine as a driver needs it.
 type Spec struct {
-	ID       string
-	Rootfs   string // the image's unpacked root filesystem; read-only to the driver, shared between machines
+	ID     string
+	Rootfs string // the image's unpacked root filesystem; read-only to the driver, shared between machines
+	// Layers, when set, stand for Rootfs: the image's layers as overlayfs
+	// lower directories, topmost first, shared between machines and
+	// images (whiteouts as 0:0 devices, opaque directories by xattr).
+	Layers   []string
 	Process  Process
 	Hostname string
 	Net      Net
@@ -96,4 +102,23 @@ type Driver interface {
 	Logs(id string) []LogFile
 	// List returns the ids of every machine the driver knows.
 	List(ctx context.Context) ([]string, error)
+}
+
+// Lowers is the spec's root filesystem as overlayfs lower directories,
+// topmost first: its Layers, or Rootfs alone.
+func (s Spec) Lowers() []string {
+	if len(s.Layers) > 0 {
+		return s.Layers
+	}
+	return []string{s.Rootfs}
+}
+
+// CheckLowers says whether every lower directory of the spec is there.
+func (s Spec) CheckLowers() error {
+	for _, l := range s.Lowers() {
+		if fi, err := os.Stat(l); err != nil || !fi.IsDir() {
+			return fmt.Errorf("rootfs %q is not a directory", l)
+		}
+	}
+	return nil
 }

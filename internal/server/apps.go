@@ -86,7 +86,7 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, m := range specs {
-		if err := s.destroy(ctx, m); err != nil {
+		if err := s.destroy(ctx, m, true); err != nil {
 			s.fail(w, r, err)
 			return
 		}
@@ -116,6 +116,11 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 	if err := store.Delete(ctx, s.st.Apps, a.Name); err != nil {
 		s.fail(w, r, err)
 		return
+	}
+	if rs, err := store.List[api.Release](ctx, s.st.Releases, a.Name+".*"); err == nil {
+		for _, rel := range rs {
+			_ = store.Delete(ctx, s.st.Releases, store.ReleaseKey(a.Name, rel.Version))
+		}
 	}
 	s.log.Info("app destroyed", "app", a.Name, "machines", len(specs))
 	writeJSON(w, http.StatusAccepted, map[string]any{"ok": true})

@@ -50,14 +50,22 @@ func tokenKey(tok string) string {
 	return hex.EncodeToString(h[:])
 }
 
-func (s *Server) validToken(tok string) bool {
+func (s *Server) validToken(tok string) (store.Token, bool) {
 	if tok == "" {
-		return false
+		return store.Token{}, false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, _, err := store.Get[store.Token](ctx, s.st.Tokens, tokenKey(tok))
-	return err == nil
+	t, _, err := store.Get[store.Token](ctx, s.st.Tokens, tokenKey(tok))
+	return t, err == nil
+}
+
+type tokenNameKey struct{}
+
+// tokenName is the name of the token that authorised r ("admin", ...).
+func tokenName(r *http.Request) string {
+	n, _ := r.Context().Value(tokenNameKey{}).(string)
+	return n
 }
 
 // requireToken rejects requests without a valid bearer token.
@@ -69,11 +77,12 @@ func (s *Server) requireToken(next http.Handler) http.Handler {
 			writeError(w, http.StatusUnauthorized, "missing bearer token: send Authorization: Bearer <token> (perch auth login stores one)")
 			return
 		}
-		if !s.validToken(strings.TrimSpace(tok)) {
+		t, ok := s.validToken(strings.TrimSpace(tok))
+		if !ok {
 			writeError(w, http.StatusUnauthorized, "invalid token: it is not known to this server; run perch auth login with a current token")
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenNameKey{}, t.Name)))
 	})
 }
 

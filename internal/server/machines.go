@@ -44,6 +44,16 @@ func validateConfig(c *api.MachineConfig) error {
 	default:
 		return errf(http.StatusBadRequest, "config.guest.runtime %q is not a runtime; use \"runc\" or \"microvm\"", c.Guest.Runtime)
 	}
+	if sc := c.StopConfig; sc != nil {
+		if sc.Signal != "" && !validSignal(sc.Signal) {
+			return errf(http.StatusBadRequest, "config.stop_config.signal %q is not known; use e.g. SIGTERM, SIGINT, SIGQUIT", sc.Signal)
+		}
+		if sc.Timeout != "" {
+			if d, err := time.ParseDuration(sc.Timeout); err != nil || d < 0 || d > 24*time.Hour {
+				return errf(http.StatusBadRequest, "config.stop_config.timeout %q is not a duration of at most a day; write e.g. \"30s\"", sc.Timeout)
+			}
+		}
+	}
 	switch c.Restart.Policy {
 	case "", api.RestartNo, api.RestartAlways, api.RestartOnFailure:
 	default:
@@ -112,6 +122,7 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) {
 	if req.SkipLaunch {
 		spec.Desired = store.DesireStopped
 	}
+	spec.Cordoned = req.Cordoned
 	spec.Name = req.Name
 	if spec.Name == "" {
 		spec.Name = a.Name + "-" + spec.ID[:6]
@@ -277,21 +288,23 @@ func (s *Server) deleteMachine(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st, _, _ := store.Get[store.MachineStatus](ctx, s.st.Status, sp.Key())
-	if st.State == api.StateStarted && sp.Desired == store.DesireStarted && r.URL.Query().Get("force") != "true" {
+	force := r.URL.Query().Get("force") == "true"
+	if st.State == api.StateStarted && sp.Desired == store.DesireStarted && !force {
 		s.fail(w, r, errf(http.StatusPreconditionFailed, "machine %s is started; stop it first or destroy it with force", sp.ID))
 		return
 	}
-	if err := s.destroy(ctx, sp); err != nil {
+	if err := s.destroy(ctx, sp, force); err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
 }
 
-// destroy asks the machine's host to destroy it. A machine whose host is
-// down is removed from the store at once; the host destroys the leftover
-// when it comes back and finds no spec for it.
-func (s *Server) destroy(ctx context.Context, sp store.MachineSpec) error {
+// destroy asks the machine's host to destroy it; force kills it at once
+// instead of draining and stopping it first. A machine whose host is down
+// is removed from the store at once; the host destroys the leftover when
+// it comes back and finds no spec for it.
+func (s *Server) destroy(ctx context.Context, sp store.MachineSpec, force bool) error {
 	h, _, err := store.Get[api.Host](ctx, s.st.Hosts, sp.HostID)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
@@ -304,6 +317,7 @@ func (s *Server) destroy(ctx context.Context, sp store.MachineSpec) error {
 	}
 	_, err = store.Modify(ctx, s.st.Machines, sp.Key(), func(m *store.MachineSpec) error {
 		m.Desired = store.DesireDestroyed
+		m.Force = force
 		m.Generation++
 		m.UpdatedAt = time.Now().UTC()
 		return nil
@@ -342,6 +356,31 @@ func (s *Server) stopMachine(w http.ResponseWriter, r *http.Request) {
 	s.setDesired(w, r, store.DesireStopped, func(m *store.MachineSpec) {
 		m.StopSignal, m.StopTimeout = req.Signal, timeout
 	})
+}
+
+// cordonMachine and uncordonMachine take a machine out of the edges'
+// rotation and put it back, without touching its process. The spec's
+// generation stays: nothing for its host to do.
+func (s *Server) cordonMachine(w http.ResponseWriter, r *http.Request)   { s.setCordon(w, r, true) }
+func (s *Server) uncordonMachine(w http.ResponseWriter, r *http.Request) { s.setCordon(w, r, false) }
+
+func (s *Server) setCordon(w http.ResponseWriter, r *http.Request, on bool) {
+	ctx := r.Context()
+	sp, err := s.spec(ctx, r.PathValue("app"), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	_, err = store.Modify(ctx, s.st.Machines, sp.Key(), func(m *store.MachineSpec) error {
+		m.Cordoned = on
+		m.UpdatedAt = time.Now().UTC()
+		return nil
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
 }
 
 func validSignal(sig string) bool {
@@ -402,6 +441,12 @@ func machineView(sp store.MachineSpec, st store.MachineStatus, h api.Host) api.M
 		HostID: sp.HostID, Config: sp.Config, CreatedAt: sp.CreatedAt, UpdatedAt: sp.UpdatedAt,
 		State: st.State, InstanceID: st.InstanceID, ImageRef: st.ImageRef, ExitCode: st.ExitCode,
 		LastLogs: st.LastLogs, Events: st.Events, Checks: st.Checks, HostStatus: api.HostOK,
+		Restarts: st.Restarts, Cordoned: sp.Cordoned,
+	}
+	// Readiness is about the generation the host last answered; a spec
+	// changed since is not ready until its host says so.
+	if st.Generation == sp.Generation && sp.Desired == store.DesireStarted {
+		m.Ready, m.NotReady = st.Ready, st.NotReady
 	}
 	if m.State == "" || st.Generation == 0 {
 		m.State = api.StateCreated

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
@@ -31,8 +32,14 @@ type MachineSpec struct {
 	// StopSignal and StopTimeout come from the last stop request.
 	StopSignal  string        `json:"stop_signal,omitempty"`
 	StopTimeout time.Duration `json:"stop_timeout,omitempty"`
-	CreatedAt   time.Time     `json:"created_at"`
-	UpdatedAt   time.Time     `json:"updated_at"`
+	// Cordoned machines get no traffic from the edges, ready or not (Fly's
+	// cordon): a bluegreen deploy's new machines until the switch.
+	Cordoned bool `json:"cordoned,omitempty"`
+	// Force, with Desired destroyed, kills the machine at once: no drain,
+	// no stop signal (perch machine destroy --force).
+	Force     bool      `json:"force,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // Key is the machine's key in the machines and status buckets.
@@ -57,9 +64,14 @@ type MachineStatus struct {
 	LastLogs   []string    `json:"last_logs,omitempty"`
 	Events     []api.Event `json:"events,omitempty"`
 	// Checks are written by the host's health checker.
-	Checks    []api.CheckStatus `json:"checks,omitempty"`
-	StartedAt time.Time         `json:"started_at,omitempty"`
-	UpdatedAt time.Time         `json:"updated_at"`
+	Checks []api.CheckStatus `json:"checks,omitempty"`
+	// Ready: the machine takes traffic (started, checks passing or its
+	// internal ports listening). Edges route only to ready machines.
+	// NotReady says why not, for perch status.
+	Ready     bool      `json:"ready,omitempty"`
+	NotReady  string    `json:"not_ready,omitempty"`
+	StartedAt time.Time `json:"started_at,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // AddEvent appends an event, keeping the most recent few.
@@ -85,3 +97,32 @@ func LogSubject(app, region, machineID string) string {
 
 // LogFilter is the subject filter for all log lines of app.
 func LogFilter(app string) string { return "perch.logs." + app + ".>" }
+
+// ReleaseKey is the key of an app's release in the releases bucket; the
+// version is zero-padded so keys sort by version.
+func ReleaseKey(app string, version int) string {
+	return fmt.Sprintf("%s.%08d", app, version)
+}
+
+// DrainSubject is the core NATS subject on which a host asks every edge
+// to let a machine's traffic finish before it stops the machine. Each
+// edge answers once it no longer routes to the machine (it learns that
+// from the status it watches) and has nothing in flight to it, or when
+// the request's Wait is over.
+const DrainSubject = "perch.drain"
+
+// DrainRequest asks the edges to drain one machine.
+type DrainRequest struct {
+	App  string        `json:"app"`
+	ID   string        `json:"id"`
+	Wait time.Duration `json:"wait"`
+}
+
+// DrainReply is one edge's answer.
+type DrainReply struct {
+	HostID string `json:"host_id"`
+	// Routed: the edge still had the machine in rotation at the end of
+	// the wait. InFlight: requests and connections it still had open.
+	Routed   bool `json:"routed,omitempty"`
+	InFlight int  `json:"in_flight,omitempty"`
+}

@@ -24,6 +24,8 @@ const (
 	BucketStatus   = "perch_machine_status"
 	BucketHosts    = "perch_hosts"
 	BucketTokens   = "perch_tokens"
+	// BucketReleases holds every app's releases, key "<app>.<version>".
+	BucketReleases = "perch_releases"
 	// Certificates (package certs): the records users see, certmagic's
 	// storage (certificates, keys, ACME accounts), its locks, and the
 	// ACME challenges the edges answer.
@@ -53,6 +55,7 @@ type Store struct {
 	Status   jetstream.KeyValue
 	Hosts    jetstream.KeyValue
 	Tokens   jetstream.KeyValue
+	Releases jetstream.KeyValue
 
 	Certs      jetstream.KeyValue
 	TLS        jetstream.KeyValue
@@ -119,6 +122,7 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		{&s.Status, BucketStatus, 1, 0},
 		{&s.Hosts, BucketHosts, 1, 0},
 		{&s.Tokens, BucketTokens, 1, 0},
+		{&s.Releases, BucketReleases, 1, 0},
 		{&s.Certs, BucketCerts, 1, 0},
 		{&s.TLS, BucketTLS, 1, 0},
 		{&s.Locks, BucketLocks, 1, 0},

@@ -7,7 +7,9 @@
 // killed by a signal exits with 128+signal; a stopped or exited machine can
 // be started again and its logs are appended to; a machine's /etc/hosts
 // names it on each of its addresses, replacing the image's; its
-// /etc/resolv.conf is the image's unless Net.DNS is set; a driver made
+// /etc/resolv.conf is the image's unless Net.DNS is set; its /run is the
+// image's, not an empty tmpfs; a non-root process binds ports below 1024
+// (runc's CAP_NET_BIND_SERVICE); a driver made
 // again over the same state (an agent restart) sees the machines the
 // first one left running.
 package drivertest
@@ -58,6 +60,8 @@ func Run(t *testing.T, newDriver func(t *testing.T) runtime.Driver, env Env) {
 		{"ServesOnItsAddress", s.servesOnItsAddress},
 		{"Addr6AndDNS", s.addr6AndDNS},
 		{"User", s.user},
+		{"RunFromImage", s.runFromImage},
+		{"LowPortAsNonRoot", s.lowPortAsNonRoot},
 		{"ExitCodeAndLogs", s.exitCodeAndLogs},
 		{"StopGracefully", s.stopGracefully},
 		{"StopKillsAfterTimeout", s.stopKillsAfterTimeout},
@@ -93,7 +97,8 @@ func (s *suite) spec(t *testing.T, args []string, env ...string) runtime.Spec {
 		Rootfs: s.env.Rootfs,
 		Process: runtime.Process{
 			Args: append([]string{"/app"}, args...),
-			Env:  append([]string{"PORT=" + port, "MESSAGE=hello from " + id}, env...),
+			// PORT first: tests may replace it.
+			Env: append([]string{"PORT=" + port, "MESSAGE=hello from " + id}, env...),
 		},
 		Hostname: "h-" + id,
 		Net:      s.env.Net(t),
@@ -140,10 +145,17 @@ func ctx(t *testing.T) context.Context {
 // local.
 var client = &http.Client{Transport: &http.Transport{}, Timeout: 5 * time.Second}
 
-// get requests path from the machine's server, retrying while it comes up.
+// get requests path from the machine's server on its $PORT, retrying
+// while it comes up.
 func get(t *testing.T, spec runtime.Spec, method, path string) (int, string) {
 	t.Helper()
-	url := fmt.Sprintf("http://%s:%s%s", spec.Net.Addr.Addr(), port, path)
+	p := port
+	for _, kv := range spec.Process.Env {
+		if v, ok := strings.CutPrefix(kv, "PORT="); ok {
+			p = v
+		}
+	}
+	url := fmt.Sprintf("http://%s:%s%s", spec.Net.Addr.Addr(), p, path)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		req, _ := http.NewRequest(method, url, nil)

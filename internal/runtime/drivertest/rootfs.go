@@ -13,10 +13,20 @@ const (
 	group  = "root:x:0:\napp:x:1000:\nextra:x:2000:app\n"
 )
 
+// What BuildRootfs puts under /run, as images do (Debian's postgres has
+// /run/postgresql owned by postgres).
+const (
+	runMarker        = "/run/app/marker"
+	runMarkerContent = "from the image\n"
+	runAppDir        = "/run/postgresql" // owned by app, mode 2775
+)
+
 // BuildRootfs makes a root filesystem in a temporary directory holding
 // testapp, built static, as /app, with /etc/passwd and /etc/group
-// (root; app 1000:1000, also in group extra 2000), a world-writable /tmp and
-// an empty /srv. It has no /etc/hosts, so drivers can show they add one.
+// (root; app 1000:1000, also in group extra 2000), a world-writable /tmp,
+// an empty /srv, and under /run a file (runMarker) and a directory owned
+// by app (runAppDir). It has no /etc/hosts, so drivers can show they add
+// one. Run as root: it gives files to app.
 func BuildRootfs(t *testing.T) string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")
@@ -34,7 +44,7 @@ func BuildRootfs(t *testing.T) string {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build testapp: %v\n%s", err, out)
 	}
-	for _, d := range []string{"etc", "srv", "tmp", "home/app"} {
+	for _, d := range []string{"etc", "srv", "tmp", "home/app", "run/app", runAppDir[1:]} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -42,11 +52,18 @@ func BuildRootfs(t *testing.T) string {
 	if err := os.Chmod(filepath.Join(dir, "tmp"), 0o777|os.ModeSticky); err != nil {
 		t.Fatal(err)
 	}
-	files := map[string]string{"etc/passwd": passwd, "etc/group": group}
+	files := map[string]string{"etc/passwd": passwd, "etc/group": group, runMarker[1:]: runMarkerContent}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+	run := filepath.Join(dir, runAppDir)
+	if err := os.Lchown(run, 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(run, 0o775|os.ModeSetgid); err != nil {
+		t.Fatal(err)
 	}
 	return dir
 }

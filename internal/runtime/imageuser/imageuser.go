@@ -9,9 +9,13 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // User is who a machine's process runs as.
@@ -22,15 +26,16 @@ type User struct {
 }
 
 // Resolve turns an image config's user ("", "uid", "name", "uid:gid",
-// "name:group", ...) into ids, reading /etc/passwd and /etc/group inside
-// rootfs. A numeric user needs no entry; a name does, as in Docker, so a
+// "name:group", ...) into ids, reading /etc/passwd and /etc/group of the
+// image's root filesystem, given as overlayfs lower directories, topmost
+// first (one directory for an image unpacked whole). A numeric user needs no entry; a name does, as in Docker, so a
 // typo never runs a process as root.
-func Resolve(rootfs, user string) (User, error) {
-	passwd, err := readEtc(rootfs, "etc/passwd")
+func Resolve(lowers []string, user string) (User, error) {
+	passwd, err := readEtc(lowers, "etc/passwd")
 	if err != nil {
 		return User{}, err
 	}
-	groups, err := readEtc(rootfs, "etc/group")
+	groups, err := readEtc(lowers, "etc/group")
 	if err != nil {
 		return User{}, err
 	}
@@ -80,17 +85,14 @@ func Resolve(rootfs, user string) (User, error) {
 	return u, nil
 }
 
-// readEtc reads a colon-separated file of rootfs, with at least 7 fields
-// a line (passwd's count; group lines are padded). A missing file is
-// empty. os.Root keeps a symlink in the image from reaching the host's
-// files.
-func readEtc(rootfs, name string) ([][]string, error) {
-	root, err := os.OpenRoot(rootfs)
-	if err != nil {
-		return nil, fmt.Errorf("open rootfs: %w", err)
-	}
-	defer root.Close()
-	b, err := root.ReadFile(name)
+// readEtc reads a colon-separated file of the image, with at least 7
+// fields a line (passwd's count; group lines are padded). A missing file is
+// empty. The image is lowers, topmost first (overlayfs layers: a 0:0
+// character device hides a file of the layers below, an opaque directory
+// all of them). os.Root keeps a symlink in the image from reaching the
+// host's files.
+func readEtc(lowers []string, name string) ([][]string, error) {
+	b, err := readLayered(lowers, name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -128,4 +130,45 @@ func parseID(s string) (uint32, error) {
 		return 0, fmt.Errorf("bad id %q", s)
 	}
 	return uint32(n), nil
+}
+
+// readLayered reads file name (relative) from the topmost of lowers that
+// has it, unless a whiteout or an opaque directory above hides it.
+func readLayered(lowers []string, name string) ([]byte, error) {
+	for _, l := range lowers {
+		root, err := os.OpenRoot(l)
+		if err != nil {
+			return nil, fmt.Errorf("open rootfs: %w", err)
+		}
+		b, found, hidden, err := readLayer(root, name)
+		root.Close()
+		if found || err != nil {
+			return b, err
+		}
+		if hidden {
+			break
+		}
+	}
+	return nil, fs.ErrNotExist
+}
+
+func readLayer(root *os.Root, name string) (b []byte, found, hidden bool, err error) {
+	fi, err := root.Lstat(name)
+	if err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && fi.Mode()&fs.ModeCharDevice != 0 && st.Rdev == 0 {
+			return nil, false, true, nil // whited out
+		}
+		b, err = root.ReadFile(name)
+		return b, err == nil, false, err
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, false, err
+	}
+	if d, err := root.Open(path.Dir(name)); err == nil {
+		buf := make([]byte, 1)
+		n, xerr := unix.Fgetxattr(int(d.Fd()), "trusted.overlay.opaque", buf)
+		d.Close()
+		hidden = xerr == nil && n == 1 && buf[0] == 'y'
+	}
+	return nil, false, hidden, nil
 }

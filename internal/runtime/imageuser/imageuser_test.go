@@ -30,7 +30,7 @@ func TestResolveUser(t *testing.T) {
 		{"1000", User{UID: 1000, GID: 0, Home: "/"}},
 		{"1000:1000", User{UID: 1000, GID: 1000, Home: "/"}},
 	} {
-		got, err := Resolve(rootfs, tc.user)
+		got, err := Resolve([]string{rootfs}, tc.user)
 		if err != nil {
 			t.Errorf("Resolve(%q): %v", tc.user, err)
 			continue
@@ -40,18 +40,18 @@ func TestResolveUser(t *testing.T) {
 		}
 	}
 	for _, user := range []string{"nobody", "web:nogroup"} {
-		if _, err := Resolve(rootfs, user); err == nil || !strings.Contains(err.Error(), "not in the image") {
+		if _, err := Resolve([]string{rootfs}, user); err == nil || !strings.Contains(err.Error(), "not in the image") {
 			t.Errorf("Resolve(%q): err = %v, want one saying it is not in the image", user, err)
 		}
 	}
 }
 
 func TestResolveUserWithoutEtc(t *testing.T) {
-	got, err := Resolve(t.TempDir(), "")
+	got, err := Resolve([]string{t.TempDir()}, "")
 	if err != nil || got.UID != 0 || got.GID != 0 {
 		t.Fatalf("Resolve in an image without /etc = %+v, %v; want root", got, err)
 	}
-	if _, err := Resolve(t.TempDir(), "app"); err == nil {
+	if _, err := Resolve([]string{t.TempDir()}, "app"); err == nil {
 		t.Fatal("a user name resolved in an image without /etc/passwd")
 	}
 }
@@ -61,7 +61,7 @@ func TestResolveUserStaysInRootfs(t *testing.T) {
 	rootfs := t.TempDir()
 	os.MkdirAll(filepath.Join(rootfs, "etc"), 0o755)
 	os.Symlink("/etc/passwd", filepath.Join(rootfs, "etc/passwd"))
-	if u, err := Resolve(rootfs, "root"); err == nil {
+	if u, err := Resolve([]string{rootfs}, "root"); err == nil {
 		t.Fatalf("resolved root through a symlink to the host's /etc/passwd: %+v", u)
 	}
 }

@@ -2,13 +2,13 @@
 // machine's directory and its shim: the shim and exit records, written
 // atomically so a reader never sees half of one; the shim process, started
 // in its own session and recognised again by pid after an agent restart;
-// and the polling that waits for it to go. What runs under the shim (runc,
+// and the waiting for it to go: on inotify events in its directory, not by
+// polling. What runs under the shim (runc,
 // qemu) stays in the drivers.
 package machinedir
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -173,26 +173,9 @@ func CreateFiles(dir string, names ...string) error {
 	return nil
 }
 
-// Poll is how often Wait and the drivers' stop loops look at a machine.
+// Poll is how often the drivers' stop loops look at a machine that is
+// being stopped. Wait does not poll at this rate (see wait.go).
 const Poll = 20 * time.Millisecond
-
-// Wait polls state until the machine has exited, state fails, or ctx is
-// done; every driver's runtime.Driver.Wait.
-func Wait(ctx context.Context, state func(context.Context) (runtime.State, error)) (runtime.State, error) {
-	tick := time.NewTicker(Poll)
-	defer tick.Stop()
-	for {
-		st, err := state(ctx)
-		if err != nil || st.Status == runtime.StatusExited {
-			return st, err
-		}
-		select {
-		case <-ctx.Done():
-			return st, ctx.Err()
-		case <-tick.C:
-		}
-	}
-}
 
 // ReadExit reads the exit record at path, if the shim wrote one.
 func ReadExit(path string) (Exit, bool) {

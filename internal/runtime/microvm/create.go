@@ -29,8 +29,8 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	if spec.MemoryMB > 0 && spec.MemoryMB < MinMemoryMB {
 		return fmt.Errorf("microvm: create %s: memory_mb must be at least %d for a microVM (its kernel needs the room), got %d", spec.ID, MinMemoryMB, spec.MemoryMB)
 	}
-	if fi, err := os.Stat(spec.Rootfs); err != nil || !fi.IsDir() {
-		return fmt.Errorf("microvm: create %s: rootfs %q is not a directory", spec.ID, spec.Rootfs)
+	if err := spec.CheckLowers(); err != nil {
+		return fmt.Errorf("microvm: create %s: %w", spec.ID, err)
 	}
 	// What Start will need, so that a host without it fails here, saying
 	// what is missing; the kernel and initramfs are found once.
@@ -56,7 +56,7 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 			}
 		}
 	}()
-	u, err := imageuser.Resolve(spec.Rootfs, spec.Process.User)
+	u, err := imageuser.Resolve(spec.Lowers(), spec.Process.User)
 	if err != nil {
 		return fmt.Errorf("microvm: create %s: %w", id, err)
 	}
@@ -66,7 +66,7 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	if err := machinedir.WriteJSON(d.path(id, fileRecord), r); err != nil {
 		return fmt.Errorf("microvm: create %s: %w", id, err)
 	}
-	if r.Base, err = d.baseDisk(spec.Rootfs); err != nil {
+	if r.Base, err = d.baseDisk(spec.Lowers()); err != nil {
 		return fmt.Errorf("microvm: create %s: %w", id, err)
 	}
 	if err := machineDisk(r.Base, d.path(id, fileDisk)); err != nil {

@@ -23,14 +23,23 @@ const (
 	diskExtra = 256 << 20
 )
 
-// baseDisk returns the ext4 disk made from the image root filesystem at
-// rootfs, making it once per rootfs (the image store keeps one rootfs per
-// image digest, and never changes it). mkfs.ext4 -d copies the tree
-// without mounting anything.
-func (d *Driver) baseDisk(rootfs string) (string, error) {
-	key, err := diskKey(rootfs)
-	if err != nil {
-		return "", err
+// baseDisk returns the ext4 disk made from the image root filesystem in
+// lowers (its layers, topmost first, or one unpacked tree), making it once
+// per image (the image store never changes a layer or a tree). mkfs.ext4
+// -d copies a tree; an image in layers is first mounted read-only as the
+// overlay of its layers, for as long as the copy takes.
+func (d *Driver) baseDisk(lowers []string) (string, error) {
+	var key string
+	for _, l := range lowers {
+		k, err := diskKey(l)
+		if err != nil {
+			return "", err
+		}
+		key += k
+	}
+	if len(lowers) > 1 {
+		sum := sha256.Sum256([]byte(key))
+		key = hex.EncodeToString(sum[:])[:20]
 	}
 	dir := filepath.Join(d.cacheDir(), "disks")
 	out := filepath.Join(dir, key+".ext4")
@@ -50,6 +59,20 @@ func (d *Driver) baseDisk(rootfs string) (string, error) {
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
+	// A layer store names layers by short symlinks; mkfs.ext4 -d and the
+	// size walk want the directory itself.
+	rootfs, err := filepath.EvalSymlinks(lowers[0])
+	if err != nil {
+		return "", fmt.Errorf("microvm: disk: %w", err)
+	}
+	if len(lowers) > 1 {
+		merged, unmount, err := mountLayers(dir, lowers)
+		if err != nil {
+			return "", fmt.Errorf("microvm: disk: %w", err)
+		}
+		defer unmount()
+		rootfs = merged
+	}
 	used, err := treeSize(rootfs)
 	if err != nil {
 		return "", fmt.Errorf("microvm: disk from %s: %w", rootfs, err)
@@ -68,7 +91,7 @@ func (d *Driver) baseDisk(rootfs string) (string, error) {
 	if err := os.Rename(tmp, out); err != nil {
 		return "", fmt.Errorf("microvm: disk: %w", err)
 	}
-	d.log.Debug("image disk made", "rootfs", rootfs, "disk", out, "bytes", size, "used", used)
+	d.log.Debug("image disk made", "lowers", len(lowers), "disk", out, "bytes", size, "used", used)
 	return out, nil
 }
 
@@ -119,4 +142,25 @@ func machineDisk(base, path string) error {
 		return fmt.Errorf("microvm: qemu-img create: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// mountLayers mounts the overlay of lowers read-only in a new directory
+// under dir.
+func mountLayers(dir string, lowers []string) (string, func(), error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", nil, err
+	}
+	m, err := os.MkdirTemp(dir, "merged-")
+	if err != nil {
+		return "", nil, err
+	}
+	if err := unix.Mount("overlay", m, "overlay", unix.MS_RDONLY, "lowerdir="+strings.Join(lowers, ":")); err != nil {
+		os.Remove(m)
+		return "", nil, fmt.Errorf("mount the image's layers: %w", err)
+	}
+	return m, func() {
+		if err := unix.Unmount(m, unix.MNT_DETACH); err == nil {
+			os.Remove(m)
+		}
+	}, nil
 }

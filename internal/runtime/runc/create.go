@@ -21,8 +21,8 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	if len(spec.Process.Args) == 0 {
 		return fmt.Errorf("runc: create %s: no command to run; set the image's entrypoint/cmd or the machine's init.cmd", spec.ID)
 	}
-	if fi, err := os.Stat(spec.Rootfs); err != nil || !fi.IsDir() {
-		return fmt.Errorf("runc: create %s: rootfs %q is not a directory", spec.ID, spec.Rootfs)
+	if err := spec.CheckLowers(); err != nil {
+		return fmt.Errorf("runc: create %s: %w", spec.ID, err)
 	}
 	id := spec.ID
 	if err := d.Destroy(ctx, id); err != nil {
@@ -41,11 +41,11 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 		}
 	}()
 
-	u, err := imageuser.Resolve(spec.Rootfs, spec.Process.User)
+	u, err := imageuser.Resolve(spec.Lowers(), spec.Process.User)
 	if err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
-	copied, err := d.makeRootfs(d.dir(id), spec.Rootfs)
+	copied, err := d.makeRootfs(d.dir(id), spec.Lowers())
 	if err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}

@@ -14,15 +14,16 @@ import (
 )
 
 // makeRootfs gives the machine in dir a writable root over the image's
-// read-only lower: an overlay mount, or a full copy where overlayfs is not
-// available (for instance a state dir that is itself on overlayfs).
-func (d *Driver) makeRootfs(dir, lower string) (copied bool, err error) {
+// read-only lowers (topmost first): an overlay mount, or a full copy where
+// overlayfs is not available (for instance a state dir that is itself on
+// overlayfs; an image in layers is never stored there).
+func (d *Driver) makeRootfs(dir string, lowers []string) (copied bool, err error) {
 	rootfs := filepath.Join(dir, dirRootfs)
 	if err := os.MkdirAll(rootfs, 0o755); err != nil {
 		return false, fmt.Errorf("runc: rootfs: %w", err)
 	}
 	if !d.noOverlay {
-		err := mountOverlay(dir, lower)
+		err := mountOverlay(dir, lowers)
 		if err == nil {
 			return false, nil
 		}
@@ -30,17 +31,21 @@ func (d *Driver) makeRootfs(dir, lower string) (copied bool, err error) {
 			d.log.Warn("overlayfs mount failed; copying each machine's root filesystem instead (slower, uses more disk)", "err", err)
 		})
 	}
+	if len(lowers) != 1 {
+		return false, fmt.Errorf("runc: rootfs: an image in %d layers needs overlayfs", len(lowers))
+	}
 	// cp -a keeps owners, modes, links, devices and extended attributes.
-	if out, err := exec.Command("cp", "-a", lower+"/.", rootfs).CombinedOutput(); err != nil {
+	if out, err := exec.Command("cp", "-a", lowers[0]+"/.", rootfs).CombinedOutput(); err != nil {
 		return false, fmt.Errorf("runc: copy rootfs: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return true, nil
 }
 
-// mountOverlay mounts dir/rootfs with lower under dir's upper and work dirs.
-func mountOverlay(dir, lower string) error {
+// mountOverlay mounts dir/rootfs with lowers under dir's upper and work
+// dirs.
+func mountOverlay(dir string, lowers []string) error {
 	upper, work := filepath.Join(dir, dirUpper), filepath.Join(dir, dirWork)
-	for _, p := range []string{lower, upper, work} {
+	for _, p := range append([]string{upper, work}, lowers...) {
 		// The option string has no escaping for these.
 		if strings.ContainsAny(p, ",:") {
 			return fmt.Errorf("path %q has a ',' or ':'", p)
@@ -51,7 +56,7 @@ func mountOverlay(dir, lower string) error {
 			return err
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), upper, work)
 	if err := unix.Mount("overlay", filepath.Join(dir, dirRootfs), "overlay", 0, opts); err != nil {
 		os.RemoveAll(upper)
 		os.RemoveAll(work)
@@ -71,7 +76,7 @@ func (d *Driver) ensureRootfs(id string, r record) error {
 	if err != nil || mounted {
 		return err
 	}
-	if err := mountOverlay(d.dir(id), r.Spec.Rootfs); err != nil {
+	if err := mountOverlay(d.dir(id), r.Spec.Lowers()); err != nil {
 		return fmt.Errorf("runc: %s: %w", id, err)
 	}
 	return nil

@@ -64,9 +64,10 @@ func (d *Driver) exitRecord(id string) (machinedir.Exit, bool) {
 	return machinedir.ReadExit(d.path(id, fileExit))
 }
 
-// Wait polls State until the process has exited or ctx is done.
+// Wait returns when the process has exited or ctx is done, woken by
+// changes in the machine directory (machinedir.Wait).
 func (d *Driver) Wait(ctx context.Context, id string) (runtime.State, error) {
-	st, err := machinedir.Wait(ctx, func(ctx context.Context) (runtime.State, error) { return d.State(ctx, id) })
+	st, err := machinedir.Wait(ctx, d.dir(id), func(ctx context.Context) (runtime.State, error) { return d.State(ctx, id) })
 	if err != nil && ctx.Err() != nil {
 		return st, fmt.Errorf("runc: wait %s: %w", id, err)
 	}

@@ -2,7 +2,8 @@
 // built static and copied into a test root filesystem as /app.
 //
 //	app serve     answer HTTP on $PORT with what the process sees (JSON),
-//	              and GET /fetch?url=U with U fetched from inside;
+//	              GET /fetch?url=U with U fetched from inside, GET
+//	              /fs?path=P with file P and PUT /fs?path=P writing it;
 //	              exit 0 on SIGTERM unless IGNORE_SIGTERM=1
 //	app exit N    print a line to stdout and stderr, exit with code N
 package main
@@ -101,6 +102,20 @@ func serve() {
 	})
 	http.HandleFunc("GET /files/{name}", func(w http.ResponseWriter, r *http.Request) {
 		http.ServeFile(w, r, filepath.Join("/tmp", r.PathValue("name")))
+	})
+	// GET /fs?path=P answers with file P; PUT writes "written" into it.
+	http.HandleFunc("GET /fs", func(w http.ResponseWriter, r *http.Request) {
+		b, err := os.ReadFile(r.URL.Query().Get("path"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		w.Write(b)
+	})
+	http.HandleFunc("PUT /fs", func(w http.ResponseWriter, r *http.Request) {
+		if err := os.WriteFile(r.URL.Query().Get("path"), []byte("written"), 0o644); err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+		}
 	})
 	addr := ":" + os.Getenv("PORT")
 	fmt.Println("listening on", addr)

@@ -2,11 +2,12 @@
 // and the wire protocol (proto.go) the host's shim speaks to it. The perch
 // binary runs Main when the kernel starts it as /perch-init; the slim
 // build in ./perchinit does the same in a few MB instead of the whole perch
-// binary. The init mounts /proc, /sys, /dev and /run, loads the virtio
+// binary. The init mounts /proc, /sys, /dev and /run for itself, loads the virtio
 // modules packed into its initramfs, reads what to run from the host over
 // a virtio-serial port, mounts the machine's disk, configures the network
 // from the kernel command line (ip=, perch.ip6=, perch.dns=), runs the app as its child in a
-// chroot of that disk, forwards the host's signals to it, reaps every
+// chroot of that disk (with the image's own /run, and ports below 1024
+// open to any user, as under runc), forwards the host's signals to it, reaps every
 // zombie, reports the app's output and exit code to the host, and powers
 // the VM off when the app is gone. It imports nothing of Perch but x/sys,
 // so it stays small.
@@ -101,7 +102,25 @@ func (g *guest) prepare(cfg Config) error {
 	if err := setupRoot(newRoot, cfg, g.cmd); err != nil {
 		return err
 	}
+	if err := allowLowPorts(); err != nil {
+		g.logf("%v; only root binds them", err) // a kernel before 4.11
+	}
 	return configureNetwork(g.cmd.ip, g.cmd.ip6, 20*time.Second)
+}
+
+// unprivilegedPortStart is the sysctl that lets any user bind ports from
+// its value up (Linux 4.11 and later).
+const unprivilegedPortStart = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+
+// allowLowPorts lets a non-root app bind ports below 1024, as runc's
+// CAP_NET_BIND_SERVICE (and Docker's sysctl) lets it in a sandbox: images
+// run servers on port 80 as www-data. The VM is the machine's own, so the
+// setting is too.
+func allowLowPorts() error {
+	if err := os.WriteFile(unprivilegedPortStart, []byte("0"), 0); err != nil {
+		return fmt.Errorf("let the app bind ports below 1024: %w", err)
+	}
+	return nil
 }
 
 // readHost handles the host's frames after the config: signals for the

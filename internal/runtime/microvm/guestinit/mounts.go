@@ -27,14 +27,15 @@ var early = []mount{
 	{"/run", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
 }
 
-// The app's, inside the machine's disk: what runc gives a container.
+// The app's, inside the machine's disk: what runc gives a container. No
+// /run: as under runc, the app's /run is the image's own, with what the
+// image put there (Debian's postgres needs its /run/postgresql).
 var appMounts = []mount{
 	{"/proc", "proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 	{"/sys", "sysfs", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 	{"/dev", "devtmpfs", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
 	{"/dev/pts", "devpts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"},
 	{"/dev/shm", "tmpfs", "shm", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "mode=1777"},
-	{"/run", "tmpfs", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
 }
 
 // devLinks are the links in /dev that programs expect, as runc makes them.

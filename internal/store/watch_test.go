@@ -1,0 +1,104 @@
+package store
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// TestWatchStartsOverAfterARestart: a watcher gets the bucket's content,
+// then each change; when NATS restarts (the server forgets the watch), it
+// gets the whole content again, including what changed while it was gone,
+// and changes after that.
+func TestWatchStartsOverAfterARestart(t *testing.T) {
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	log := slog.New(slog.DiscardHandler)
+	srv, err := RunEmbedded(dir, addr, "tok", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Shutdown() }()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := Open(ctx, srv.URL(), "tok", "watch-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Apps.Put(ctx, "a", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	changes := make(chan Change, 16)
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { st.Watch(wctx, st.Apps, log, func(c Change) { changes <- c }); close(done) }()
+	next := func(what string) Change {
+		t.Helper()
+		select {
+		case c := <-changes:
+			return c
+		case <-ctx.Done():
+			t.Fatalf("no change: %s", what)
+			return Change{}
+		}
+	}
+	if c := next("the initial content"); c.All == nil || string(c.All["a"]) != "1" || len(c.All) != 1 {
+		t.Fatalf("first change %+v, want the whole bucket {a: 1}", c)
+	}
+	if _, err := st.Apps.Put(ctx, "b", []byte("2")); err != nil {
+		t.Fatal(err)
+	}
+	if c := next("a put"); c.All != nil || c.Key != "b" || string(c.Value) != "2" || c.Deleted {
+		t.Fatalf("after a put: %+v", c)
+	}
+	if err := st.Apps.Delete(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if c := next("a delete"); c.Key != "a" || !c.Deleted {
+		t.Fatalf("after a delete: %+v", c)
+	}
+
+	// NATS restarts; meanwhile another client changes the bucket.
+	srv.Shutdown()
+	if srv, err = RunEmbedded(dir, addr, "tok", log); err != nil {
+		t.Fatal(err)
+	}
+	other, err := Open(ctx, srv.URL(), "tok", "watch-test-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.Apps.Put(ctx, "c", []byte("3")); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		c := next("the whole content after the restart")
+		if c.All == nil {
+			continue // a change seen before the watch started over
+		}
+		if len(c.All) != 2 || string(c.All["b"]) != "2" || string(c.All["c"]) != "3" {
+			t.Fatalf("after the restart the content is %v, want {b: 2, c: 3}", c.All)
+		}
+		break
+	}
+	if _, err := other.Apps.Put(ctx, "d", []byte(strconv.Itoa(4))); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		c := next("a put after the restart")
+		if c.Key == "d" && string(c.Value) == "4" {
+			break
+		}
+	}
+	stop()
+	<-done
+}
