@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -119,7 +120,10 @@ func (g *loadGen) logged(failures []string) string {
 			ids = append(ids, m[1])
 		}
 	}
-	if len(ids) == 0 {
+	// A request the client gave up on has no answer to name its id: the
+	// edge's log of requests that took seconds shows where it waited.
+	slow := slices.ContainsFunc(failures, func(f string) bool { return strings.Contains(f, "Timeout") })
+	if len(ids) == 0 && !slow {
 		return "(no request id in the answers)"
 	}
 	files, _ := filepath.Glob(filepath.Join(g.logs, "*.log"))
@@ -130,17 +134,28 @@ func (g *loadGen) logged(failures []string) string {
 			continue
 		}
 		for _, line := range strings.Split(string(b), "\n") {
-			for _, id := range ids {
-				if strings.Contains(line, id) {
-					out = append(out, filepath.Base(f)+": "+line)
-				}
+			named := slices.ContainsFunc(ids, func(id string) bool { return strings.Contains(line, id) })
+			if named || slow && tookSeconds(line) {
+				out = append(out, filepath.Base(f)+": "+line)
 			}
 		}
 	}
 	if len(out) == 0 {
-		return "(nothing under request ids " + strings.Join(ids, ", ") + " in " + g.logs + ")"
+		return "(nothing under request ids " + strings.Join(ids, ", ") + " nor requests over 5 s in " + g.logs + ")"
 	}
 	return strings.Join(out, "\n")
+}
+
+var durationMS = regexp.MustCompile(`"duration_ms":([0-9.]+)`)
+
+// tookSeconds says whether an edge's request log line took over 5 s.
+func tookSeconds(line string) bool {
+	m := durationMS.FindStringSubmatch(line)
+	if m == nil {
+		return false
+	}
+	ms, err := strconv.ParseFloat(m[1], 64)
+	return err == nil && ms > 5000
 }
 
 // check ends nothing: it says how many failed since the last check.

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -59,8 +60,24 @@ func startWorld(t *testing.T, opts devcluster.Options) *devcluster.World {
 			t.Errorf("close dev world: %v", err)
 		}
 		assertNothingLeft(t, w.Info())
+		keepLogs(t, w.Info())
 	})
 	return w
+}
+
+// keepLogs copies a failed test's world logs to $PERCH_KEEP_LOGS/<test>,
+// when set, before the test's directory is removed.
+func keepLogs(t *testing.T, info devcluster.Info) {
+	dst := os.Getenv("PERCH_KEEP_LOGS")
+	if dst == "" || !t.Failed() {
+		return
+	}
+	dst = filepath.Join(dst, strings.ReplaceAll(t.Name(), "/", "_"))
+	if err := os.CopyFS(dst, os.DirFS(filepath.Join(info.Dir, "logs"))); err != nil {
+		t.Logf("keeping the world's logs: %v", err)
+		return
+	}
+	t.Logf("the world's logs are in %s", dst)
 }
 
 type testWriter struct{ t *testing.T }

@@ -137,6 +137,13 @@ func (e *Edge) acquire(ctx context.Context, d dest, f *filter) (b *Backend, wait
 		}
 		if b := pr.pick(f); b != nil {
 			if b.load.tryAcquire(b.hard) {
+				// A drain may have taken the machine out of rotation
+				// between the pick and the slot: the drain saw no slot
+				// then, so the request must not go there now.
+				if cur := e.route(d); cur != pr && (cur == nil || !cur.has(b.Target.MachineID)) {
+					b.load.release()
+					continue
+				}
 				if queued {
 					q.leave(w, true)
 					queued = false

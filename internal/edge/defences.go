@@ -24,7 +24,10 @@ type Limits struct {
 	// no request for this long.
 	IdleTimeout time.Duration
 	// BackendIdleTimeout closes the edge's pooled connections to machines
-	// that stayed idle this long.
+	// that stayed idle this long. It must be shorter than the apps' own
+	// keep-alive timeouts (gunicorn's is 2 s, Node's 5 s): a connection the
+	// app closes at the moment the edge sends a request on it resets that
+	// request, and a POST that may have reached the app is not sent again.
 	BackendIdleTimeout time.Duration
 	// MaxConnsPerClient caps the connections one client address holds open
 	// to the edge at once, over all ports; further ones are closed at once.
@@ -46,7 +49,7 @@ var DefaultLimits = Limits{
 	ReadHeaderTimeout:  10 * time.Second,
 	MaxHeaderBytes:     64 << 10,
 	IdleTimeout:        60 * time.Second,
-	BackendIdleTimeout: 90 * time.Second,
+	BackendIdleTimeout: time.Second,
 	MaxConnsPerClient:  256,
 	MaxConnsPerApp:     10000,
 	QueueTimeout:       5 * time.Second,
