@@ -36,6 +36,8 @@ func (w *worker) suspendable(spec store.MachineSpec) string {
 // suspended); the worker then drains and suspends it, or stops it with an
 // event saying why when the snapshot fails. It returns false with the
 // reason when the machine cannot be suspended; the caller stops it.
+//
+//lint:ignore U1000 autostop (autostop.go, from the autostop work) calls it
 func (w *worker) suspendForIdle(ctx context.Context) (suspended bool, why string) {
 	spec, removed := w.current()
 	if removed || spec.Desired != store.DesireStarted {
@@ -60,6 +62,7 @@ func (w *worker) suspendForIdle(ctx context.Context) (suspended bool, why string
 	return true, ""
 }
 
+//lint:ignore U1000 used by suspendForIdle
 var errSpecChanged = errors.New("the machine's spec changed meanwhile")
 
 // suspend converges the machine to suspended: drain, snapshot, report.
