@@ -11,14 +11,30 @@ import (
 
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/devcluster"
+	"github.com/perchhq/perch/internal/runtime/microvm"
 )
 
 // TestSuspendResume: a machine suspended with `perch machine suspend` is
 // reported suspended and stops answering; `perch machine start` resumes
 // it with its in-memory counter where it was, and the edge serves it
 // again. A stopped machine cannot be suspended (409). A new config
-// discards the snapshot: the machine boots afresh, counter at 0.
+// discards the snapshot: the machine boots afresh, counter at 0. For
+// runc machines and, where this host boots them, microVMs.
 func TestSuspendResume(t *testing.T) {
+	t.Run("runc", func(t *testing.T) { testSuspendResume(t, "runc") })
+	t.Run("microvm", func(t *testing.T) {
+		probe, err := microvm.New(microvm.Config{StateDir: t.TempDir(), Init: perchBin})
+		if err == nil {
+			err = probe.Check()
+		}
+		if err != nil {
+			t.Skipf("this host cannot boot microVMs: %v", err)
+		}
+		testSuspendResume(t, "microvm")
+	})
+}
+
+func testSuspendResume(t *testing.T, runtime string) {
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}})
 	ctx := context.Background()
 	c := w.Client()
@@ -27,20 +43,20 @@ func TestSuspendResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, err := c.CreateMachine(ctx, "susp", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{
-		Image:    ref,
+		Image: ref, Guest: api.Guest{Runtime: runtime, MemoryMB: 256},
 		Services: []api.Service{{Protocol: "tcp", InternalPort: 8080, Ports: []api.Port{{Port: 80, Handlers: []string{"http"}}}}},
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.WaitMachine(ctx, "susp", m.ID, api.StateStarted, 30*time.Second); err != nil {
+	if err := c.WaitMachine(ctx, "susp", m.ID, api.StateStarted, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	base := "http://" + m.PrivateIP + ":8080/count"
 	post := func() string {
 		t.Helper()
 		var got string
-		eventually(t, 20*time.Second, "POST /count answers", func() (bool, string) {
+		eventually(t, time.Minute, "POST /count answers", func() (bool, string) {
 			resp, err := httpClient.Post(base, "text/plain", nil)
 			if err != nil {
 				return false, err.Error()
@@ -75,7 +91,7 @@ func TestSuspendResume(t *testing.T) {
 
 	start := time.Now()
 	mustPerch(t, w, dir, "machine", "start", m.ID, "-a", "susp")
-	if err := c.WaitMachine(ctx, "susp", m.ID, api.StateStarted, 30*time.Second); err != nil {
+	if err := c.WaitMachine(ctx, "susp", m.ID, api.StateStarted, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	edge := w.Info().Regions[0].EdgeAddr + ":80"
@@ -115,7 +131,7 @@ func TestSuspendResume(t *testing.T) {
 
 	// A new config discards the snapshot.
 	mustPerch(t, w, dir, "machine", "start", m.ID, "-a", "susp")
-	if err := c.WaitMachine(ctx, "susp", m.ID, api.StateStarted, 30*time.Second); err != nil {
+	if err := c.WaitMachine(ctx, "susp", m.ID, api.StateStarted, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	post()
@@ -125,7 +141,7 @@ func TestSuspendResume(t *testing.T) {
 	if _, err := c.UpdateMachine(ctx, "susp", m.ID, api.CreateMachineRequest{Config: cfg}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the updated machine serves a fresh counter", func() (bool, string) {
+	eventually(t, 2*time.Minute, "the updated machine serves a fresh counter", func() (bool, string) {
 		resp, err := httpClient.Get(base)
 		if err != nil {
 			return false, err.Error()
