@@ -38,6 +38,62 @@ install_debs() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   install_guest_kernel
+  install_criu
+}
+
+# CRIU, for suspending runc machines (docs/suspend.md). Debian 12's criu
+# 3.17 fails `criu check` on 6.x kernels (vDSO layout), so when the
+# installed criu does not pass it, CRIU 4.x is built from Debian trixie's
+# source package (a deb-src entry in a sources file of its own), with
+# scripts/patches/criu-*.patch applied, and installed to /usr/local/sbin.
+# Suspend is optional: a failure here is reported, not fatal.
+install_criu() {
+  if command -v criu >/dev/null && criu check >/dev/null 2>&1; then
+    return 0
+  fi
+  local patches
+  patches=$(cd "$(dirname "${BASH_SOURCE[0]}")/patches" && pwd)
+  echo "perch: building CRIU from Debian trixie's source (criu check fails or criu is missing)" >&2
+  (
+    set -e
+    local src=/etc/apt/sources.list.d/perch-trixie-src.sources
+    if [ ! -f "$src" ]; then
+      cat >"$src" <<'SOURCES'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    fi
+    apt-get update -qq
+    # apt-get build-dep criu wants trixie's debhelper and python tooling;
+    # these are the libraries and tools the criu binary itself needs.
+    if ! DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -qq --no-install-recommends criu >/dev/null 2>&1; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        make gcc pkgconf libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev \
+        libnl-3-dev libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler \
+        uuid-dev python3-protobuf iptables >/dev/null
+    fi
+    local tmp
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    cd "$tmp"
+    # The orig tarball is enough: the Debian packaging is not used.
+    apt-get source -qq --download-only -o APT::Sandbox::User=root criu >/dev/null 2>&1 || true
+    ls criu_*.orig.tar.* >/dev/null 2>&1 || { echo "perch: could not fetch CRIU's source from trixie" >&2; exit 1; }
+    tar xf criu_*.orig.tar.*
+    cd criu-*/
+    for p in "$patches"/criu-*.patch; do
+      patch -p1 <"$p" >/dev/null
+    done
+    make -j"$(nproc)" criu >/dev/null
+    install -m 0755 criu/criu /usr/local/sbin/criu
+  ) || { echo "perch: could not build CRIU; machines cannot be suspended (they are stopped instead)" >&2; return 0; }
+  if command -v apt-get >/dev/null && dpkg -s criu >/dev/null 2>&1; then
+    apt-get remove -y -qq criu >/dev/null 2>&1 || true # /usr/sbin/criu would shadow nothing, but is broken here
+  fi
+  /usr/local/sbin/criu check >/dev/null 2>&1 || echo "perch: the built CRIU fails criu check on this kernel; suspend will fall back to stop" >&2
 }
 
 # The microVMs' guest kernel: Debian's cloud kernel, fetched with apt-get

@@ -1,7 +1,9 @@
 // Command hello is Perch's sample app: an HTTP server that says which
 // region and machine answered. It listens on $PORT (8080 by default), on
 // IPv4 and IPv6. GET /dns/{name} resolves a name from inside the machine
-// (internal DNS included), as JSON. On SIGTERM or SIGINT it finishes the
+// (internal DNS included), as JSON. POST /count adds one to a counter kept
+// only in memory and answers with it; GET /count reads it (a suspended
+// and resumed machine keeps it, a restarted one starts from 0). On SIGTERM or SIGINT it finishes the
 // requests in flight and exits, as a well-behaved server does.
 //
 // For tests of deploys, environment variables make it misbehave:
@@ -19,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -54,6 +57,13 @@ func main() {
 		case <-r.Context().Done():
 		}
 		fmt.Fprintf(w, "slept %s in %s (machine %s)\n", d, region, machine)
+	})
+	var count atomic.Int64
+	http.HandleFunc("POST /count", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, count.Add(1))
+	})
+	http.HandleFunc("GET /count", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, count.Load())
 	})
 	handleHealth(http.DefaultServeMux)
 	handleDNS(http.DefaultServeMux)

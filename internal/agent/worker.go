@@ -171,6 +171,8 @@ func (w *worker) converge(ctx context.Context) time.Duration {
 		w.destroy(ctx, spec, true)
 	case store.DesireStopped:
 		w.stop(ctx, spec)
+	case store.DesireSuspended:
+		w.suspend(ctx, spec)
 	default:
 		return w.ensureStarted(ctx, spec)
 	}
@@ -212,17 +214,33 @@ func (w *worker) ensureStarted(ctx context.Context, spec store.MachineSpec) time
 			}
 		}
 	}
-	// Created, or exited with a restart due.
+	// Created, suspended, or exited with a restart due.
 	w.pending = false
-	w.setState(ctx, spec, api.StateStarting, "start", "")
+	startMsg := ""
+	if st.Status == perchrt.StatusSuspended {
+		startMsg = "resuming from the snapshot"
+	}
+	w.setState(ctx, spec, api.StateStarting, "start", startMsg)
 	w.lastStart = time.Now()
 	// A waiter on the last run may still hold that run's exit, already
 	// handled by a stop or a restart; it must not end this run.
 	w.waiting = false
 	w.waitSeq++
-	if err := w.driver().Start(ctx, w.id); err != nil {
+	resuming := st.Status == perchrt.StatusSuspended
+	err = w.driver().Start(ctx, w.id)
+	if errors.Is(err, perchrt.ErrResumeFailed) {
+		// The snapshot is gone; the machine boots afresh.
+		w.log.Warn("resume failed; booting afresh", "err", err)
+		w.setState(ctx, spec, api.StateStarting, "start", "could not resume from the snapshot, booting afresh: "+err.Error())
+		resuming = false
+		err = w.driver().Start(ctx, w.id)
+	}
+	if err != nil {
 		w.fail(ctx, spec, nil, "start: "+err.Error())
 		return 0
+	}
+	if resuming {
+		w.log.Info("machine resumed from its snapshot", "took", time.Since(w.lastStart).Round(time.Millisecond))
 	}
 	st, err = w.driver().State(ctx, w.id)
 	if err != nil {
@@ -275,6 +293,9 @@ func (w *worker) started(ctx context.Context, spec store.MachineSpec, st perchrt
 
 // onExit applies the restart policy to a process that exited.
 func (w *worker) onExit(ctx context.Context, st perchrt.State) {
+	if st.Status == perchrt.StatusSuspended {
+		return // not an exit: the worker suspended it
+	}
 	spec, _ := w.current()
 	if spec.Desired != store.DesireStarted || w.heldGen == spec.Generation || w.pending {
 		return
@@ -380,6 +401,9 @@ func (w *worker) stop(ctx context.Context, spec store.MachineSpec) {
 	st, err := w.driver().State(ctx, w.id)
 	if err == nil && st.Status == perchrt.StatusRunning {
 		w.retire(ctx, spec, api.StateStopping, "stop")
+	}
+	if err == nil && st.Status == perchrt.StatusSuspended {
+		w.discardSnapshot(ctx) // stopped means the next start boots
 	}
 	if w.status.State != api.StateStopped || w.status.Generation != spec.Generation {
 		w.setState(ctx, spec, api.StateStopped, "stop", "")

@@ -86,6 +86,14 @@ func (c *Client) StopMachine(ctx context.Context, app, id string, req *StopReque
 	return c.do(ctx, http.MethodPost, machinePath(app, id)+"/stop", nil, in, nil)
 }
 
+// SuspendMachine asks for a started machine to be suspended: snapshotted
+// and stopped, to resume from the snapshot on its next start. The server
+// answers 409 (IsConflict) when the machine is not started and 400 when it
+// has more than MaxSuspendMemoryMB of memory.
+func (c *Client) SuspendMachine(ctx context.Context, app, id string) error {
+	return c.do(ctx, http.MethodPost, machinePath(app, id)+"/suspend", nil, nil, nil)
+}
+
 // WaitMachine waits until the machine is in state, for at most timeout
 // (rounded up to whole seconds). The server answers 408 (IsTimeout) when
 // the time runs out and 409 (IsConflict) when the machine fails while

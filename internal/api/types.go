@@ -18,7 +18,15 @@ const (
 	StateDestroying = "destroying"
 	StateDestroyed  = "destroyed"
 	StateFailed     = "failed"
+	// A suspended machine's memory and processes are kept in a snapshot
+	// on its host; starting it resumes from there (docs/suspend.md).
+	StateSuspending = "suspending"
+	StateSuspended  = "suspended"
 )
+
+// MaxSuspendMemoryMB is the most memory a machine may have to be
+// suspended, as on Fly: a bigger snapshot takes too long to write and read.
+const MaxSuspendMemoryMB = 2048
 
 // Host status of the host a machine is placed on, as Machine.HostStatus
 // shows it.

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,13 +17,14 @@ func newMachineCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "machine",
 		Aliases: []string{"machines", "m"},
-		Short:   "List, inspect, start, stop and destroy the app's machines",
+		Short:   "List, inspect, start, stop, suspend and destroy the app's machines",
 	}
 	cmd.AddCommand(
 		newMachineListCmd(g),
 		newMachineStatusCmd(g),
 		newMachineStartCmd(g),
 		newMachineStopCmd(g),
+		newMachineSuspendCmd(g),
 		newMachineDestroyCmd(g),
 	)
 	return cmd
@@ -137,7 +139,7 @@ func renderMachine(w io.Writer, m *api.Machine, now time.Time) {
 func newMachineStartCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "start ID",
-		Short: "Start a stopped machine",
+		Short: "Start a stopped machine, or resume a suspended one",
 		Args:  cobra.ExactArgs(1),
 		RunE: machineRun(g, func(cmd *cobra.Command, c *api.Client, app string, args []string) error {
 			if err := c.StartMachine(cmd.Context(), app, args[0]); err != nil {
@@ -146,6 +148,63 @@ func newMachineStartCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "Machine %s is starting\n", args[0])
 			return nil
 		}),
+	}
+}
+
+func newMachineSuspendCmd(g *globals) *cobra.Command {
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "suspend ID",
+		Short: "Suspend a started machine: snapshot its memory and stop it; `machine start` resumes it",
+		Args:  cobra.ExactArgs(1),
+		RunE: machineRun(g, func(cmd *cobra.Command, c *api.Client, app string, args []string) error {
+			id := args[0]
+			if err := c.SuspendMachine(cmd.Context(), app, id); err != nil {
+				return fmt.Errorf("machine suspend: %w", err)
+			}
+			if wait <= 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "Machine %s is suspending\n", id)
+				return nil
+			}
+			m, err := awaitSuspended(cmd.Context(), c, app, id, wait)
+			if err != nil {
+				return fmt.Errorf("machine suspend: %w", err)
+			}
+			if m.State == api.StateSuspended {
+				fmt.Fprintf(cmd.OutOrStdout(), "Machine %s is suspended\n", id)
+				return nil
+			}
+			why := ""
+			if n := len(m.Events); n > 0 {
+				why = ": " + m.Events[n-1].Message
+			}
+			return fmt.Errorf("machine suspend: machine %s was stopped instead of suspended%s", id, why)
+		}),
+	}
+	cmd.Flags().DurationVar(&wait, "wait-timeout", 2*time.Minute, "how long to wait for the machine to be suspended; 0 returns at once")
+	return cmd
+}
+
+// awaitSuspended polls the machine until it is suspended or stopped (a
+// suspension that failed), for at most wait.
+func awaitSuspended(ctx context.Context, c *api.Client, app, id string, wait time.Duration) (*api.Machine, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		m, err := c.GetMachine(ctx, app, id)
+		if err != nil {
+			return nil, err
+		}
+		if m.State == api.StateSuspended || m.State == api.StateStopped || m.State == api.StateFailed {
+			return m, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("machine %s is still %s after %s", id, m.State, wait)
+		case <-tick.C:
+		}
 	}
 }
 

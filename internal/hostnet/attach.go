@@ -12,7 +12,8 @@ import (
 
 // Attach gives machine id its network: the namespace NetnsName(id) with lo
 // up and eth0 holding n.Addr (and n.Addr6 when set), a default route via
-// n.Gateway, and eth0's peer VethName(id) on the host, a port of n.Bridge.
+// n.Gateway, Multipath TCP off (see disableMPTCP), and eth0's peer
+// VethName(id) on the host, a port of n.Bridge.
 // It returns the namespace's path for the runtime. It is idempotent, so an
 // agent can call it again for a machine that is already running.
 func Attach(id string, n runtime.Net) (netnsPath string, err error) {
@@ -66,6 +67,9 @@ func Attach(id string, n runtime.Net) (netnsPath string, err error) {
 		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
 	}
 	if _, err := ip(nsArgs(ns, "route", "replace", "default", "via", n.Gateway.String(), "dev", peerName)...); err != nil {
+		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
+	}
+	if err := disableMPTCP(ns); err != nil {
 		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
 	}
 	return NetnsPath(id), nil

@@ -62,6 +62,9 @@ const (
 	StatusCreated = "created"
 	StatusRunning = "running"
 	StatusExited  = "exited"
+	// StatusSuspended is a machine whose process was frozen to a snapshot
+	// by Suspender.Suspend; its next Start resumes it from there.
+	StatusSuspended = "suspended"
 )
 
 // State is what the driver knows of a machine.
@@ -102,6 +105,30 @@ type Driver interface {
 	Logs(id string) []LogFile
 	// List returns the ids of every machine the driver knows.
 	List(ctx context.Context) ([]string, error)
+}
+
+// ErrCannotSuspend is returned (wrapped, with the reason) by Suspend when
+// the machine cannot be snapshotted; the machine is left as it was, and
+// the caller stops it instead.
+var ErrCannotSuspend = errors.New("machine cannot be suspended")
+
+// ErrResumeFailed is returned (wrapped, with the reason) by Start when a
+// machine's snapshot could not be restored. The driver has discarded the
+// snapshot, so the next Start boots the machine afresh.
+var ErrResumeFailed = errors.New("machine could not be resumed from its snapshot")
+
+// Suspender is implemented by drivers that can suspend a running machine:
+// freeze its memory and process state to a snapshot in the machine's
+// directory and stop it. The next Start resumes from the snapshot
+// instead of booting, and State reports StatusSuspended until then.
+type Suspender interface {
+	// Suspend snapshots the running machine and stops it. It returns an
+	// error wrapping ErrCannotSuspend when the machine (or this host)
+	// cannot be snapshotted; the machine then keeps running.
+	Suspend(ctx context.Context, id string) error
+	// DiscardSnapshot removes the machine's snapshot, if any, so that the
+	// next Start boots it afresh; the machine stays stopped.
+	DiscardSnapshot(ctx context.Context, id string) error
 }
 
 // Lowers is the spec's root filesystem as overlayfs lower directories,

@@ -358,6 +358,33 @@ func (s *Server) stopMachine(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// suspendMachine asks the machine's host to snapshot it and stop it
+// (Fly's POST /machines/{id}/suspend); starting it resumes it. Only a
+// started machine can be suspended (409), and only one with at most
+// api.MaxSuspendMemoryMB of memory (400).
+func (s *Server) suspendMachine(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	sp, err := s.spec(ctx, r.PathValue("app"), r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if mb := sp.Config.Guest.MemoryMB; mb > api.MaxSuspendMemoryMB {
+		s.fail(w, r, errf(http.StatusBadRequest, "machine %s has %d MB of memory; only machines with at most %d MB can be suspended (stop it instead, or give it less memory)", sp.ID, mb, api.MaxSuspendMemoryMB))
+		return
+	}
+	st, _, _ := store.Get[store.MachineStatus](ctx, s.st.Status, sp.Key())
+	if sp.Desired != store.DesireStarted || st.State != api.StateStarted || st.Generation != sp.Generation {
+		state := st.State
+		if state == "" {
+			state = api.StateCreated
+		}
+		s.fail(w, r, errf(http.StatusConflict, "machine %s is %s, not started; only a started machine can be suspended", sp.ID, state))
+		return
+	}
+	s.setDesired(w, r, store.DesireSuspended, nil)
+}
+
 // cordonMachine and uncordonMachine take a machine out of the edges'
 // rotation and put it back, without touching its process. The spec's
 // generation stays: nothing for its host to do.
@@ -475,9 +502,9 @@ func (s *Server) waitMachine(w http.ResponseWriter, r *http.Request) {
 		want = api.StateStarted
 	}
 	switch want {
-	case api.StateStarted, api.StateStopped, api.StateDestroyed, api.StateFailed:
+	case api.StateStarted, api.StateStopped, api.StateDestroyed, api.StateFailed, api.StateSuspended:
 	default:
-		s.fail(w, r, errf(http.StatusBadRequest, "cannot wait for state %q; use started, stopped, destroyed or failed", want))
+		s.fail(w, r, errf(http.StatusBadRequest, "cannot wait for state %q; use started, stopped, suspended, destroyed or failed", want))
 		return
 	}
 	timeout := 60 * time.Second

@@ -18,6 +18,7 @@ func (s *Server) routes() http.Handler {
 	v1.HandleFunc("DELETE /v1/apps/{app}/machines/{id}", s.deleteMachine)
 	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/start", s.startMachine)
 	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/stop", s.stopMachine)
+	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/suspend", s.suspendMachine)
 	v1.HandleFunc("GET /v1/apps/{app}/machines/{id}/wait", s.waitMachine)
 	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/cordon", s.cordonMachine)
 	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/uncordon", s.uncordonMachine)

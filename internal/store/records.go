@@ -12,6 +12,9 @@ const (
 	DesireStarted   = "started"
 	DesireStopped   = "stopped"
 	DesireDestroyed = "destroyed"
+	// DesireSuspended: snapshot the machine and stop it; DesireStarted
+	// afterwards resumes it from the snapshot.
+	DesireSuspended = "suspended"
 )
 
 // MachineSpec is a machine's desired state, written by the control plane

@@ -70,6 +70,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) runtime.Driver, env Env) {
 		{"SurvivesDriverRestart", s.survivesDriverRestart},
 		{"CreateReplaces", s.createReplaces},
 		{"UnknownMachine", s.unknownMachine},
+		{"SuspendResume", s.suspendResume},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -30,7 +30,7 @@ const ShimRecord = "shim.json"
 const watchMask = unix.IN_MOVED_TO | unix.IN_CLOSE_WRITE | unix.IN_DELETE |
 	unix.IN_DELETE_SELF | unix.IN_MOVE_SELF
 
-// Wait returns when the machine in dir has exited, state fails, or ctx is
+// Wait returns when the machine in dir has exited (or been suspended), state fails, or ctx is
 // done; every driver's runtime.Driver.Wait. It asks state again on each
 // change to dir and every Recheck, so an idle machine costs one look a
 // second, not fifty.
@@ -56,7 +56,7 @@ func Wait(ctx context.Context, dir string, state func(context.Context) (runtime.
 	}()
 	for {
 		st, err := state(ctx)
-		if err != nil || st.Status == runtime.StatusExited {
+		if err != nil || st.Status == runtime.StatusExited || st.Status == runtime.StatusSuspended {
 			return st, err
 		}
 		// Follow the shim's process once it has one (and again if it

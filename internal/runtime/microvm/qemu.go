@@ -30,6 +30,10 @@ type vmConfig struct {
 	QEMU  string           `json:"qemu"`
 	Args  []string         `json:"args"`
 	Guest guestinit.Config `json:"guest"`
+	// Resume says qemu restores the guest from a snapshot (-incoming):
+	// the guest's init runs already, so the shim sends no config and
+	// reports the app running once qemu runs the guest again.
+	Resume bool `json:"resume,omitempty"`
 }
 
 // accelArgs selects the machine, the accelerator and a CPU model that it
@@ -76,6 +80,7 @@ func machineArgs(r record, dir, accel string, k *kernel, initrd, tap string) []s
 		"-kernel", qemuOpt(k.Image), "-initrd", qemuOpt(initrd),
 		"-drive", "id=root,if=none,format=qcow2,file="+qemuOpt(dir+"/"+fileDisk),
 		"-device", "virtio-blk-device,drive=root",
+		"-qmp", "unix:"+qemuOpt(dir+"/"+fileQMP)+",server=on,wait=off",
 		"-chardev", "stdio,id=ctl,signal=off",
 		"-device", "virtio-serial-device,max_ports=2",
 		"-device", "virtserialport,chardev=ctl,name="+guestinit.PortName,

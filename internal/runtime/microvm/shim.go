@@ -2,6 +2,7 @@ package microvm
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/perchhq/perch/internal/runtime/machinedir"
 	"github.com/perchhq/perch/internal/runtime/microvm/guestinit"
@@ -116,8 +118,14 @@ func (s *shim) run() int {
 	}
 	os.WriteFile(filepath.Join(s.dir, fileQEMUPid), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600)
 	guest := guestinit.NewWriter(toGuest)
-	cfg, _ := json.Marshal(s.vm.Guest)
-	go guest.Send(guestinit.FrameConfig, cfg)
+	if s.vm.Resume {
+		// The guest's init already has its config and runs the app: it
+		// goes on once qemu has loaded the snapshot.
+		go s.resumed()
+	} else {
+		cfg, _ := json.Marshal(s.vm.Guest)
+		go guest.Send(guestinit.FrameConfig, cfg)
+	}
 	go s.commands(ctl, cmd.Process, guest)
 	s.fromGuest(fromGuest, guest)
 	err = cmd.Wait()
@@ -130,8 +138,47 @@ func (s *shim) run() int {
 	case s.killed:
 		return 128 + int(syscall.SIGKILL)
 	}
+	if machinedir.Exists(filepath.Join(s.dir, fileSnapshot)) {
+		return -1 // suspended: qemu quit after writing the snapshot
+	}
 	fmt.Fprintf(s.stderr, "perch: the microVM stopped without reporting the app's exit code (qemu: %v); its console log says why\n", exitStatus(err))
 	return -1
+}
+
+// resumed waits (over QMP) for qemu to run the guest restored from the
+// snapshot, then records the app running as it was when suspended.
+func (s *shim) resumed() {
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if q, err := dialQMP(ctx, filepath.Join(s.dir, fileQMP)); err == nil {
+			raw, err := q.do("query-status", nil)
+			var st struct {
+				Status string `json:"status"`
+			}
+			if err == nil && json.Unmarshal(raw, &st) == nil && st.Status == "paused" {
+				// Loaded; paused as the VM was when its snapshot was taken.
+				_, err = q.do("cont", nil)
+				if err == nil {
+					st.Status = "running"
+				}
+			}
+			q.close()
+			if err == nil && st.Status == "running" {
+				running, _ := os.ReadFile(filepath.Join(s.dir, fileSnapRunning))
+				os.WriteFile(filepath.Join(s.dir, fileRunning), running, 0o600)
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(s.console, "perch microvm-shim: the resumed VM never ran: %v\n", ctx.Err())
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // fromGuest handles the guest's frames until qemu closes its side.

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/perchhq/perch/internal/hostnet"
+	"github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/runtime/machinedir"
 	"github.com/perchhq/perch/internal/runtime/microvm/guestinit"
 )
@@ -69,10 +70,14 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 		Args:  machineArgs(r, d.dir(id), accel, k, initrd, r.Tap),
 		Guest: guestConfig(r),
 	}
+	if d.hasSnapshot(id) {
+		vm.Resume = true
+		vm.Args = append(vm.Args, "-incoming", "exec:cat "+shellQuote(d.path(id, fileSnapshot)))
+	}
 	if err := machinedir.WriteJSON(d.path(id, fileVM), vm); err != nil {
 		return fmt.Errorf("microvm: start %s: %w", id, err)
 	}
-	for _, name := range []string{fileExit, fileRunning, fileQEMUPid} {
+	for _, name := range []string{fileExit, fileRunning, fileQEMUPid, fileQMP} {
 		if err := os.Remove(d.path(id, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("microvm: start %s: %w", id, err)
 		}
@@ -86,8 +91,21 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("microvm: start %s: %w", id, err)
 	}
-	d.log.Debug("machine booting", "id", id, "shim", sh.Pid, "accel", accel)
-	return d.waitStarted(ctx, id, sh.Pid, exited)
+	d.log.Debug("machine booting", "id", id, "shim", sh.Pid, "accel", accel, "resume", vm.Resume)
+	if err := d.waitStarted(ctx, id, sh.Pid, exited); err != nil || !vm.Resume {
+		return err
+	}
+	if machinedir.Exists(d.path(id, fileExit)) && !machinedir.Exists(d.path(id, fileRunning)) {
+		// qemu could not load the snapshot: it cannot be used, now or later.
+		if err := d.waitShimGone(ctx, id, sh.Pid); err != nil {
+			d.log.Warn("shim of a failed resume still running", "id", id, "err", err)
+		}
+		if err := d.removeSnapshot(id); err != nil {
+			return err
+		}
+		return fmt.Errorf("microvm: start %s: %w: qemu -incoming failed; see %s", id, runtime.ErrResumeFailed, d.path(id, fileConsole))
+	}
+	return d.removeSnapshot(id)
 }
 
 // guestConfig is what the init runs, with PATH and HOME defaulted as

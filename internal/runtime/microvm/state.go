@@ -28,6 +28,13 @@ func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
 		return runtime.State{Status: runtime.StatusCreated}, nil
 	}
 	st := runtime.State{StartedAt: sh.StartedAt}
+	if d.hasSnapshot(id) {
+		// Suspended, unless a resume is under way.
+		if !d.shimAlive(id, sh.Pid) || machinedir.Exists(d.path(id, fileExit)) {
+			st.Status = runtime.StatusSuspended
+			return st, nil
+		}
+	}
 	if ex, ok := d.exitRecord(id); ok {
 		return machinedir.Exited(st, ex), nil
 	}

@@ -39,7 +39,7 @@ func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeou
 	if err != nil {
 		return err
 	}
-	if st.Status == runtime.StatusExited || !machinedir.Exists(d.path(id, fileShim)) {
+	if st.Status == runtime.StatusExited || st.Status == runtime.StatusSuspended || !machinedir.Exists(d.path(id, fileShim)) {
 		return nil
 	}
 	if err := d.command(id, "signal "+strconv.Itoa(int(sig))); err != nil {

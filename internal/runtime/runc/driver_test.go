@@ -2,6 +2,7 @@ package runc
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -130,5 +131,34 @@ func TestShimKilled(t *testing.T) {
 	}
 	if st, err := d.State(ctx, spec.ID); err != nil || st.Status != runtime.StatusRunning {
 		t.Fatalf("State after a new Start = %+v, %v; want running", st, err)
+	}
+}
+
+// TestSuspendWithoutCRIU: on a host without criu, Suspend says so with
+// ErrCannotSuspend and the machine keeps running and serving.
+func TestSuspendWithoutCRIU(t *testing.T) {
+	needRoot(t)
+	d := newTestDriver(t)
+	destroyAll(t, d)
+	spec := runtime.Spec{
+		ID:      "nocriu" + strconv.Itoa(os.Getpid()),
+		Rootfs:  drivertest.BuildRootfs(t),
+		Process: runtime.Process{Args: []string{"/app", "serve"}, Env: []string{"PORT=8080"}},
+	}
+	ctx := context.Background()
+	if err := d.Create(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Destroy(context.Background(), spec.ID) })
+	if err := d.Start(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", t.TempDir()) // no criu (runc's own path is absolute)
+	err := d.Suspend(ctx, spec.ID)
+	if !errors.Is(err, runtime.ErrCannotSuspend) || !strings.Contains(err.Error(), "criu is not installed") {
+		t.Fatalf("Suspend without criu = %v; want ErrCannotSuspend saying criu is not installed", err)
+	}
+	if st, err := d.State(ctx, spec.ID); err != nil || st.Status != runtime.StatusRunning {
+		t.Errorf("State after a refused Suspend = %+v, %v; want running", st, err)
 	}
 }

@@ -9,15 +9,23 @@ import (
 	"os/exec"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 // ShimMain is the shim: `perch runc-shim --runc R --root ROOT --id ID
-// --dir DIR`. Start runs it in a session of its own; it runs the machine's
-// container in the foreground with the output appended to DIR's log files,
-// waits for it and records the exit in DIR/exit.json. It outlives the agent
-// that started it. It returns the shim's own exit status.
+// --dir DIR [--restore IMAGES]`. Start runs it in a session of its own; it
+// runs the machine's container in the foreground (`runc run`, or `runc
+// restore` from the snapshot IMAGES when given) with the output appended to
+// DIR's log files, waits for it and records the exit in DIR/exit.json. It
+// outlives the agent that started it. It returns the shim's own exit
+// status.
+//
+// The container's stdio are pipes to the shim, not the log files
+// themselves: CRIU can checkpoint a pipe whose other end is outside the
+// container (runc hands the new pipes to the restored process), but not a
+// file outside the container's mounts.
 func ShimMain(args []string) int {
 	fs := flag.NewFlagSet("runc-shim", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -25,8 +33,9 @@ func ShimMain(args []string) int {
 	root := fs.String("root", "", "runc state root")
 	id := fs.String("id", "", "container id")
 	dir := fs.String("dir", "", "machine directory: bundle, logs, exit record")
+	restore := fs.String("restore", "", "restore the container from this checkpoint instead of running it")
 	if err := fs.Parse(args); err != nil || *root == "" || *id == "" || *dir == "" {
-		fmt.Fprintln(os.Stderr, "usage: perch runc-shim --runc PATH --root DIR --id ID --dir DIR (started by the agent, not by hand)")
+		fmt.Fprintln(os.Stderr, "usage: perch runc-shim --runc PATH --root DIR --id ID --dir DIR [--restore IMAGES] (started by the agent, not by hand)")
 		return 2
 	}
 	stdout, err := openLog(filepath.Join(*dir, fileStdout))
@@ -39,11 +48,31 @@ func ShimMain(args []string) int {
 		return 1
 	}
 	defer stderr.Close()
+	// stdin is a pipe nobody writes to, held open for the container's life.
+	stdinR, stdinW, err := os.Pipe()
+	if err != nil {
+		fmt.Fprintf(stderr, "perch runc-shim: %v\n", err)
+		return 1
+	}
+	defer stdinW.Close()
 
-	cmd := exec.Command(*runc, "--root", *root, "run",
-		"--bundle", *dir, "--pid-file", filepath.Join(*dir, filePid), *id)
-	cmd.Stdout, cmd.Stderr = stdout, stderr
+	var cmd *exec.Cmd
+	if *restore == "" {
+		cmd = exec.Command(*runc, "--root", *root, "run",
+			"--bundle", *dir, "--pid-file", filepath.Join(*dir, filePid), *id)
+	} else {
+		cmd = exec.Command(*runc, "--root", *root, "restore", "--tcp-established",
+			"--image-path", *restore, "--work-path", filepath.Join(*dir, dirCriuWork),
+			"--bundle", *dir, "--pid-file", filepath.Join(*dir, filePid), *id)
+	}
+	// Writers that are not *os.File make exec give the container pipes and
+	// copy them to the logs; WaitDelay stops waiting for a pipe that a
+	// leftover process of the container still holds.
+	cmd.Stdin = stdinR
+	cmd.Stdout, cmd.Stderr = logWriter{stdout}, logWriter{stderr}
+	cmd.WaitDelay = 5 * time.Second
 	code, err := runExitCode(cmd)
+	stdinR.Close()
 	if err != nil {
 		fmt.Fprintf(stderr, "perch runc-shim: run %s: %v\n", *id, err)
 	}
@@ -54,11 +83,22 @@ func ShimMain(args []string) int {
 	return 0
 }
 
+// logWriter hides the *os.File from exec, which then copies through a pipe.
+type logWriter struct{ f *os.File }
+
+func (w logWriter) Write(p []byte) (int, error) { return w.f.Write(p) }
+
 // runExitCode runs cmd and returns its exit code; a process killed by a
 // signal gets 128+signal, as in a shell. runc itself already reports its
 // container's death by signal that way.
 func runExitCode(cmd *exec.Cmd) (int, error) {
 	err := cmd.Run()
+	if errors.Is(err, exec.ErrWaitDelay) {
+		err = nil // exited; a process it left behind still held its output
+		if ps := cmd.ProcessState; ps != nil && !ps.Success() {
+			err = &exec.ExitError{ProcessState: ps}
+		}
+	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/perchhq/perch/internal/hostnet"
@@ -62,12 +63,34 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 
 	argv := append(d.shim[0:len(d.shim):len(d.shim)],
 		"--runc", d.runc, "--root", d.runcRoot, "--id", id, "--dir", d.dir(id))
+	resume := d.hasSnapshot(id)
+	if resume {
+		if err := os.MkdirAll(d.path(id, dirCriuWork), 0o700); err != nil {
+			return fmt.Errorf("runc: start %s: %w", id, err)
+		}
+		argv = append(argv, "--restore", d.path(id, dirSnapshot))
+	}
 	sh, exited, err := machinedir.StartShim(argv, d.path(id, fileShim))
 	if err != nil {
 		return fmt.Errorf("runc: start %s: %w", id, err)
 	}
-	d.log.Debug("machine starting", "id", id, "shim", sh.Pid)
-	return d.waitStarted(ctx, id, sh.Pid, exited)
+	d.log.Debug("machine starting", "id", id, "shim", sh.Pid, "resume", resume)
+	if err := d.waitStarted(ctx, id, sh.Pid, exited); err != nil || !resume {
+		return err
+	}
+	if machinedir.Exists(d.path(id, fileExit)) && !machinedir.Exists(d.path(id, filePid)) {
+		// runc restore failed: the snapshot cannot be used, now or later.
+		if err := d.waitShimGone(ctx, id, sh.Pid); err != nil {
+			d.log.Warn("shim of a failed restore still running", "id", id, "err", err)
+		}
+		logTail := criuLogTail(d.path(id, filepath.Join(dirCriuWork, fileRestoreLog)))
+		if err := d.discardSnapshot(id); err != nil {
+			return err
+		}
+		return errResume(id, fmt.Errorf("runc restore failed%s", logTail))
+	}
+	// Restored: the images are no longer needed.
+	return d.removeSnapshot(id)
 }
 
 // waitStarted waits until runc has written the container's pid, or the

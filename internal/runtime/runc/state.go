@@ -31,6 +31,13 @@ func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
 		return runtime.State{Status: runtime.StatusCreated}, nil
 	}
 	st := runtime.State{StartedAt: sh.StartedAt}
+	if d.hasSnapshot(id) {
+		// Suspended, unless a restore is under way.
+		if _, alive := d.liveShim(id); !alive || machinedir.Exists(d.path(id, fileExit)) {
+			st.Status = runtime.StatusSuspended
+			return st, nil
+		}
+	}
 	if ex, ok := d.exitRecord(id); ok {
 		return machinedir.Exited(st, ex), nil
 	}

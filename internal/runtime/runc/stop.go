@@ -33,7 +33,7 @@ func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeou
 	if st.Status == runtime.StatusCreated && !machinedir.Exists(d.path(id, fileShim)) {
 		return nil // never started
 	}
-	if st.Status == runtime.StatusExited {
+	if st.Status == runtime.StatusExited || st.Status == runtime.StatusSuspended {
 		return nil
 	}
 	if err := d.kill(ctx, id, sig); err != nil {

@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -93,6 +94,16 @@ func serve() {
 		defer resp.Body.Close()
 		w.WriteHeader(resp.StatusCode)
 		io.Copy(w, resp.Body)
+	})
+	// POST /count adds one to a counter held only in memory and answers
+	// with its new value; GET /count answers with it. A machine resumed
+	// from a snapshot keeps it; a machine booted afresh starts at 0.
+	var count atomic.Int64
+	http.HandleFunc("POST /count", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, count.Add(1))
+	})
+	http.HandleFunc("GET /count", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, count.Load())
 	})
 	// PUT /files/NAME writes NAME under /tmp; GET reads it back.
 	http.HandleFunc("PUT /files/{name}", func(w http.ResponseWriter, r *http.Request) {
