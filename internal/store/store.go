@@ -36,7 +36,7 @@ const (
 	// BucketAutoscale holds each app's autoscaling settings and the
 	// autoscaler's last decisions, key "<app>".
 	BucketAutoscale = "perch_autoscale"
-	StreamLogs       = "PERCH_LOGS"
+	StreamLogs      = "PERCH_LOGS"
 )
 
 // ErrNotFound is returned when a key does not exist.
