@@ -195,7 +195,11 @@ func printAutoscale(w io.Writer, a *api.Autoscale, last int) {
 		fmt.Fprintf(w, "autoscaling of %s is off (perch autoscale set --max N turns it on)\n", a.App)
 		return
 	}
-	fmt.Fprintf(w, "%s: %s\n\n", a.App, describeSettings(a.Settings))
+	fmt.Fprintf(w, "%s: %s\n", a.App, describeSettings(a.Settings))
+	if !a.UpdatedAt.IsZero() {
+		fmt.Fprintf(w, "demand and machines as of %s (the autoscaler's last round)\n", a.UpdatedAt.Local().Format("15:04:05"))
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 2, 2, ' ', 0)
 	fmt.Fprintln(tw, "REGION\tREQ/S\tIN FLIGHT\tLATENCY\tSERVED BY\tMACHINES\tSTARTED\tDESIRED")
 	for _, r := range a.Regions {
