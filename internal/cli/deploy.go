@@ -61,7 +61,10 @@ once).`,
 			ctx, stop := interruptible(cmd)
 			defer stop()
 			d := &deployer{c: c, app: app, out: cmd.OutOrStdout(), opts: opts}
-			return d.run(ctx, cfg.Regions, cfg.PrimaryRegion, cfg.MachineConfig(img), "")
+			if err := d.run(ctx, cfg.Regions, cfg.PrimaryRegion, cfg.MachineConfig(img), ""); err != nil {
+				return err
+			}
+			return applyAutoscale(ctx, c, app, cfg.Autoscale, cmd.OutOrStdout()) // autoscale.go
 		},
 	}
 	cmd.Flags().StringVar(&image, "image", "", "image to deploy (default: [build] image of perch.toml)")

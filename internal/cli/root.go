@@ -39,6 +39,7 @@ func NewRoot(version string) *cobra.Command {
 		newStatusCmd(g),
 		newLogsCmd(g),
 		newScaleCmd(g),
+		newAutoscaleCmd(g),
 		newAppsCmd(g),
 		newMachineCmd(g),
 		newRegionsCmd(g),

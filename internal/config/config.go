@@ -34,6 +34,8 @@ type Config struct {
 	VMs         []VM
 	Deploy      Deploy
 	Restarts    []Restart
+	// Autoscale is [autoscale]; nil when the section is absent.
+	Autoscale *api.AutoscaleSettings
 	// Processes maps process group names to their command line.
 	Processes map[string]string
 }

@@ -68,6 +68,9 @@ func (d *decoder) config(doc map[string]any) *Config {
 		s.accept("release_command_timeout", "release_command_vm", "release_command_compute")
 		s.done()
 	}
+	if s := top.sub("autoscale"); s != nil {
+		c.Autoscale = d.autoscale(s) // autoscale.go
+	}
 	for _, s := range top.subs("restart") {
 		c.Restarts = append(c.Restarts, d.restart(s))
 	}
@@ -86,6 +89,10 @@ func (d *decoder) config(doc map[string]any) *Config {
 	top.ignore("files", "files written into machines are not supported yet")
 	top.accept("experimental", "checks", "metrics", "console_command", "swap_size_mb", "host_dedication_id")
 	top.done()
+	if c.Autoscale != nil && c.HTTPService != nil && c.Autoscale.MaxMachines > 0 && c.HTTPService.MinMachinesRunning > c.Autoscale.MaxMachines {
+		d.errorf(path{"http_service", "min_machines_running"}, "min_machines_running (%d) is above [autoscale] max_machines (%d): the autoscaler could never keep that many running",
+			c.HTTPService.MinMachinesRunning, c.Autoscale.MaxMachines)
+	}
 	if c.PrimaryRegion != "" && len(c.Regions) > 0 && !slices.Contains(c.Regions, c.PrimaryRegion) {
 		d.warnf(path{"primary_region"}, "primary_region %q is not in regions; perch deploy places machines only in %s",
 			c.PrimaryRegion, strings.Join(c.Regions, ", "))

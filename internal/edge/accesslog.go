@@ -49,6 +49,7 @@ func (e *Edge) finish(w *logWriter, r *http.Request, st *reqState, start time.Ti
 	if b := st.backend; b != nil {
 		app, machine, region = b.Target.App, b.Target.MachineID, b.Target.Region
 	}
+	st.demand.end(region)
 	in := st.body.bytesRead()
 	e.metrics.observe(app, region, machine, status, in, w.bytes, d)
 

@@ -85,6 +85,7 @@ type Edge struct {
 	proxy     http.Handler
 	lns       *listeners
 	tls       *tlsConfigs
+	demand    demand // demand.go
 
 	readyOnce sync.Once
 	ready     chan struct{}
@@ -133,6 +134,7 @@ func (e *Edge) Run(ctx context.Context) error {
 	if e.cfg.Store != nil {
 		wg.Go(func() { e.watch(ctx) })
 		wg.Go(func() { e.serveDrains(ctx, e.cfg.Store.Conn()) })
+		wg.Go(func() { e.publishDemand(ctx, e.cfg.Store.Conn()) })
 	}
 	e.lns.run(ctx)
 	wg.Wait()

@@ -38,6 +38,7 @@ type reqState struct {
 	queued   time.Duration // time spent waiting for a slot
 	replay   string        // the Perch-Replay answer the request followed
 	body     *replayBody   // the request body, if any
+	demand   demandStart   // counted for the autoscaler (demand.go)
 }
 
 // releaseSlot gives back the slot the request holds, if any.
@@ -71,6 +72,7 @@ func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st.app = app.name
+	st.demand = h.e.demand.begin(app.name)
 	pr := app.ports[h.port]
 	switch {
 	case pr == nil || !pr.chain.http:

@@ -102,13 +102,29 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if err := s.validateRegion(req.Region); err != nil {
+	spec, err := s.newMachine(ctx, a, req)
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	if err := validateConfig(&req.Config); err != nil {
+	s.log.Info("machine created", "app", a.Name, "machine", spec.ID, "region", spec.Region, "host", spec.HostID, "ip", spec.PrivateIP)
+	m, err := s.view(ctx, spec)
+	if err != nil {
 		s.fail(w, r, err)
 		return
+	}
+	writeJSON(w, http.StatusOK, m)
+}
+
+// newMachine validates req, places the machine and writes its spec: what
+// POST .../machines does, and what the autoscaler does for each machine
+// it adds.
+func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachineRequest) (store.MachineSpec, error) {
+	if err := s.validateRegion(req.Region); err != nil {
+		return store.MachineSpec{}, err
+	}
+	if err := validateConfig(&req.Config); err != nil {
+		return store.MachineSpec{}, err
 	}
 	if req.Config.Restart.Policy == "" {
 		req.Config.Restart.Policy = api.RestartOnFailure
@@ -130,7 +146,7 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) {
 	// Placement reads every live machine and writes one; serialise it so two
 	// machines never get the same address or overfill a host.
 	s.placeMu.Lock()
-	err = s.checkPortSharing(ctx, a.Name, &req.Config) // ports.go
+	err := s.checkPortSharing(ctx, a.Name, &req.Config) // ports.go
 	if err == nil {
 		err = s.place(ctx, &spec, scheduler.Request{Region: req.Region, Guest: req.Config.Guest})
 	}
@@ -139,16 +155,9 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) {
 	}
 	s.placeMu.Unlock()
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return store.MachineSpec{}, err
 	}
-	s.log.Info("machine created", "app", a.Name, "machine", spec.ID, "region", spec.Region, "host", spec.HostID, "ip", spec.PrivateIP)
-	m, err := s.view(ctx, spec)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, m)
+	return spec, nil
 }
 
 func (s *Server) place(ctx context.Context, spec *store.MachineSpec, req scheduler.Request) error {

@@ -31,6 +31,9 @@ func (s *Server) routes() http.Handler {
 	v1.HandleFunc("GET /v1/apps/{app}/certificates", s.listCertificates)
 	v1.HandleFunc("GET /v1/apps/{app}/certificates/{host}", s.getCertificate)
 	v1.HandleFunc("DELETE /v1/apps/{app}/certificates/{host}", s.removeCertificate)
+	v1.HandleFunc("GET /v1/apps/{app}/autoscale", s.getAutoscale) // autoscale.go
+	v1.HandleFunc("PUT /v1/apps/{app}/autoscale", s.putAutoscale)
+	v1.HandleFunc("DELETE /v1/apps/{app}/autoscale", s.deleteAutoscale)
 	v1.HandleFunc("GET /v1/hosts", s.listHosts)
 	v1.HandleFunc("POST /v1/hosts", s.registerHost)
 	v1.HandleFunc("GET /v1/agent/bootstrap", s.bootstrap)
@@ -42,6 +45,7 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", s.requireToken(v1))
 	mux.Handle("/v2/", s.reg)
+	mux.Handle("GET /metrics", s.requireToken(s.autoscaler.Metrics().Handler()))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v2") {

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/perchhq/perch/internal/autoscale"
 	"github.com/perchhq/perch/internal/certs"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/registry"
@@ -50,6 +51,11 @@ type Config struct {
 	Mesh  *MeshConfig
 	World *geo.World
 	Log   *slog.Logger
+	// Limiter is asked before the autoscaler adds a machine (the budget
+	// seam); autoscale.AllowAll if nil. AutoscaleInterval is how often it
+	// decides (autoscale.Interval if 0).
+	Limiter           autoscale.Limiter
+	AutoscaleInterval time.Duration
 }
 
 // Server is a running control plane.
@@ -68,6 +74,8 @@ type Server struct {
 	adminTok string
 	hostMu   sync.Mutex // serialises subnet assignment
 	placeMu  sync.Mutex // serialises placement
+
+	autoscaler *autoscale.Loop // autoscale.go
 }
 
 // New starts the state store and binds the API listener; Serve serves it.
@@ -122,6 +130,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: listen on %s: %w (is another perch server running? pick another with --listen)", cfg.Listen, err)
 	}
 	s.ln = ln
+	s.autoscaler = autoscale.NewLoop(autoscale.LoopConfig{Store: s.st, Cluster: cluster{s}, Limiter: cfg.Limiter,
+		Interval: cfg.AutoscaleInterval, Nearest: s.nearest, Log: cfg.Log})
 	s.http = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
@@ -181,6 +191,15 @@ func (s *Server) DevCACert() []byte { return s.certs.DevCACert() }
 // the certificate manager beside it.
 func (s *Server) Serve(ctx context.Context) error {
 	go s.monitorHosts(ctx)
+	asDone := make(chan struct{})
+	actx, acancel := context.WithCancel(ctx)
+	go func() {
+		defer close(asDone)
+		if err := s.autoscaler.Run(actx); err != nil && actx.Err() == nil {
+			s.log.Error("autoscaler stopped", "err", err)
+		}
+	}()
+	defer func() { acancel(); <-asDone }()
 	if s.cfg.Mesh != nil {
 		m, id, err := s.joinMesh(ctx)
 		if err != nil {

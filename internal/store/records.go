@@ -129,3 +129,50 @@ type DrainReply struct {
 	Routed   bool `json:"routed,omitempty"`
 	InFlight int  `json:"in_flight,omitempty"`
 }
+
+// DemandSubject is the core NATS subject on which every edge of region
+// publishes, every DemandInterval, what it saw of each app: DemandReport.
+// Nothing on the request path waits for it; a lost report is a gap.
+func DemandSubject(region string) string { return "perch.demand." + region }
+
+// DemandFilter matches every region's demand reports.
+const DemandFilter = "perch.demand.*"
+
+// DemandInterval is how often an edge publishes its demand.
+const DemandInterval = 2 * time.Second
+
+// DemandReport is one edge's demand over the last interval, by app; its
+// Region is the origin region of every request in it.
+type DemandReport struct {
+	Region   string      `json:"region"`
+	HostID   string      `json:"host_id"`
+	At       time.Time   `json:"at"`
+	Interval float64     `json:"interval_s"`
+	Apps     []AppDemand `json:"apps"`
+}
+
+// AppDemand is one app's share of a DemandReport.
+type AppDemand struct {
+	App string `json:"app"`
+	// RPS is requests that arrived per second; Concurrency the average
+	// number in flight over the interval (the sum of their times over the
+	// interval: Little's law); InFlight the number in flight at its end.
+	RPS         float64 `json:"rps"`
+	Concurrency float64 `json:"concurrency"`
+	InFlight    int64   `json:"in_flight"`
+	// LatencyMS is the average time from arrival to the end of the answer
+	// of the requests finished in the interval; ServedBy counts them by the
+	// region of the machine that answered ("" for none).
+	LatencyMS float64          `json:"latency_ms"`
+	ServedBy  map[string]int64 `json:"served_by,omitempty"`
+}
+
+// AutoscaleRecord is an app's key in perch_autoscale: its settings (written
+// by the API) and the active autoscaler's view (written by it).
+type AutoscaleRecord struct {
+	App       string                  `json:"app"`
+	Settings  api.AutoscaleSettings   `json:"settings"`
+	Regions   []api.AutoscaleRegion   `json:"regions,omitempty"`
+	Decisions []api.AutoscaleDecision `json:"decisions,omitempty"`
+	UpdatedAt time.Time               `json:"updated_at,omitzero"`
+}

@@ -33,7 +33,10 @@ const (
 	BucketTLS        = "perch_tls"
 	BucketLocks      = "perch_locks"
 	BucketChallenges = "perch_acme_challenges"
-	StreamLogs       = "PERCH_LOGS"
+	// BucketAutoscale holds each app's autoscaling settings and the
+	// autoscaler's last decisions, key "<app>".
+	BucketAutoscale = "perch_autoscale"
+	StreamLogs      = "PERCH_LOGS"
 )
 
 // ErrNotFound is returned when a key does not exist.
@@ -61,6 +64,7 @@ type Store struct {
 	TLS        jetstream.KeyValue
 	Locks      jetstream.KeyValue
 	Challenges jetstream.KeyValue
+	Autoscale  jetstream.KeyValue
 }
 
 // Open connects to NATS at url (with an optional auth token) and makes sure
@@ -126,6 +130,7 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		{&s.Certs, BucketCerts, 1, 0},
 		{&s.TLS, BucketTLS, 1, 0},
 		{&s.Locks, BucketLocks, 1, 0},
+		{&s.Autoscale, BucketAutoscale, 1, 0},
 		// A challenge lives minutes; the TTL sweeps those a crashed
 		// issuer never cleaned up.
 		{&s.Challenges, BucketChallenges, 1, time.Hour},

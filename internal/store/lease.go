@@ -1,0 +1,109 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// A lease is a key in perch_locks ("lease.<name>"), created only if absent
+// and rewritten by its holder every ttl/3. One not rewritten for ttl
+// belongs to a holder that died: a waiter takes it over with a
+// compare-and-set on its revision, so two never both win. It is the same
+// scheme as the certificate locks (package certs), for long-running
+// singletons such as the autoscaler.
+
+// RunHeld runs fn while this process holds the lease name, waiting (and
+// retrying after losing it) until ctx is done. fn's context is cancelled
+// when the lease is lost (a refresh fails) or ctx ends; RunHeld then
+// releases the lease and, unless ctx is done, waits to hold it again.
+func (s *Store) RunHeld(ctx context.Context, name string, ttl time.Duration, log *slog.Logger, fn func(ctx context.Context)) error {
+	if ttl <= 0 {
+		ttl = 15 * time.Second
+	}
+	b := make([]byte, 8)
+	rand.Read(b)
+	owner := hex.EncodeToString(b)
+	key := "lease." + name
+	for {
+		rev, err := s.acquire(ctx, key, owner, ttl)
+		if err != nil {
+			return fmt.Errorf("lease %s: %w", name, err)
+		}
+		log.Info("holding lease", "lease", name)
+		hctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); fn(hctx) }()
+		t := time.NewTicker(ttl / 3)
+	hold:
+		for {
+			select {
+			case <-done:
+				break hold
+			case <-t.C:
+				rctx, rcancel := context.WithTimeout(ctx, ttl/3)
+				rev, err = s.Locks.Update(rctx, key, []byte(owner), rev)
+				rcancel()
+				if err != nil {
+					log.Warn("lost lease; another holder may take over", "lease", name, "err", err)
+					break hold
+				}
+			}
+		}
+		t.Stop()
+		cancel()
+		<-done
+		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), ttl/3)
+		s.Locks.Delete(dctx, key, jetstream.LastRevision(rev)) // best effort; a taken-over lease is left to its holder
+		dcancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+// acquire waits until key is created by owner or taken over from a dead
+// holder, returning its revision.
+func (s *Store) acquire(ctx context.Context, key, owner string, ttl time.Duration) (uint64, error) {
+	poll := min(ttl/10, time.Second)
+	for {
+		rev, err := s.Locks.Create(ctx, key, []byte(owner))
+		if err == nil {
+			return rev, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			if ctx.Err() != nil {
+				return 0, ctx.Err()
+			}
+			return 0, err
+		}
+		e, err := s.Locks.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			continue
+		case err != nil:
+			if ctx.Err() != nil {
+				return 0, ctx.Err()
+			}
+			return 0, err
+		case time.Since(e.Created()) > ttl:
+			if rev, err := s.Locks.Update(ctx, key, []byte(owner), e.Revision()); err == nil {
+				return rev, nil
+			}
+			continue
+		}
+		t := time.NewTimer(poll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
