@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"syscall"
@@ -23,7 +24,7 @@ func (s *suite) suspendResume(t *testing.T) {
 	if !ok {
 		t.Skipf("driver %s cannot suspend machines", d.Name())
 	}
-	spec := s.spec(t, []string{"serve"})
+	spec := s.spec(t, []string{"serve"}, "UNACCEPTED_PORT=9090")
 	s.create(t, d, spec)
 	s.start(t, d, spec.ID)
 	for want := 1; want <= 3; want++ {
@@ -31,6 +32,13 @@ func (s *suite) suspendResume(t *testing.T) {
 			t.Fatalf("POST /count = %q, want %d", got, want)
 		}
 	}
+	// A connection the app has not accepted yet (a health probe's, say)
+	// does not keep the machine from being suspended.
+	inFlight, err := net.DialTimeout("tcp", net.JoinHostPort(spec.Net.Addr.Addr().String(), "9090"), 5*time.Second)
+	if err != nil {
+		t.Fatalf("connect to the port the app never accepts on: %v", err)
+	}
+	defer inFlight.Close()
 	if err := sus.Suspend(ctx(t), spec.ID); err != nil {
 		if errors.Is(err, runtime.ErrCannotSuspend) && strings.Contains(err.Error(), "not installed") {
 			t.Skip(err)

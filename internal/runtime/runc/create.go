@@ -71,6 +71,9 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	}
 	s := ociSpec(spec, d.path(id, dirRootfs), netns, u, d.cgroupParent)
 	s.Mounts = append(s.Mounts, etc...)
+	// runc hands CRIU this per-machine configuration file; it exists only
+	// while a checkpoint needs options runc has no flag for (suspend.go).
+	s.Annotations = map[string]string{"org.criu.config": d.path(id, fileCriuConf)}
 	if err := machinedir.WriteJSON(d.path(id, fileConfig), s); err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}

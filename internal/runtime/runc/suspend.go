@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/perchhq/perch/internal/hostnet"
 
@@ -24,7 +25,12 @@ const (
 	dirCriuWork    = "criu"         // CRIU's logs and work files
 	fileDumpLog    = "dump.log"     // in dirCriuWork
 	fileRestoreLog = "restore.log"  // in dirCriuWork
+	fileCriuConf   = "criu.conf"    // CRIU options for the next checkpoint, named by the bundle's org.criu.config
 )
+
+// checkpointTries bounds the checkpoints Suspend attempts while CRIU finds
+// connections in a listening socket's accept queue; the last one skips them.
+const checkpointTries = 5
 
 // Suspend checkpoints the running machine with CRIU (`runc checkpoint`)
 // into its directory, which stops it; the next Start restores it. The
@@ -55,14 +61,10 @@ func (d *Driver) Suspend(ctx context.Context, id string) error {
 			return fmt.Errorf("runc: suspend %s: %w", id, err)
 		}
 	}
-	// --tcp-established keeps connections open across the suspension (the
-	// peers are on this host: the edge and the mesh); the netns stays.
-	err = d.runcCmd(ctx, "checkpoint", "--tcp-established",
-		"--image-path", tmp, "--work-path", work, id)
-	if err != nil {
+	if err := d.checkpoint(ctx, id, tmp, work); err != nil {
 		os.RemoveAll(tmp)
 		// CRIU unfreezes the machine when a dump fails; it keeps running.
-		return fmt.Errorf("runc: suspend %s: %w: %v%s", id, runtime.ErrCannotSuspend, err, criuLogTail(filepath.Join(work, fileDumpLog)))
+		return fmt.Errorf("runc: suspend %s: %w: %w", id, runtime.ErrCannotSuspend, err)
 	}
 	if err := os.Rename(tmp, d.path(id, dirSnapshot)); err != nil {
 		return fmt.Errorf("runc: suspend %s: %w", id, err)
@@ -75,6 +77,51 @@ func (d *Driver) Suspend(ctx context.Context, id string) error {
 	}
 	d.log.Debug("machine suspended", "id", id)
 	return nil
+}
+
+// checkpoint runs `runc checkpoint` into tmp. --tcp-established keeps
+// connections open across the suspension (the peers are on this host: the
+// edge and the mesh); the netns stays. A connection that finished its
+// handshake but that the app has not accepted yet (a health probe, most
+// often: the edges were drained) makes CRIU refuse; the app accepts it
+// within moments, so the dump is tried again, and the last try tells CRIU
+// to skip such connections (their client sees a reset), through the
+// configuration file the bundle names (runc 1.1 has no flag for it).
+func (d *Driver) checkpoint(ctx context.Context, id, tmp, work string) error {
+	conf := d.path(id, fileCriuConf)
+	defer os.Remove(conf)
+	wait := 50 * time.Millisecond
+	for try := 1; ; try++ {
+		if try == checkpointTries {
+			if err := os.WriteFile(conf, []byte("skip-in-flight\n"), 0o600); err != nil {
+				return err
+			}
+		}
+		err := d.runcCmd(ctx, "checkpoint", "--tcp-established",
+			"--image-path", tmp, "--work-path", work, id)
+		if err == nil {
+			return nil
+		}
+		logTail := criuLogTail(filepath.Join(work, fileDumpLog))
+		if try == checkpointTries || !strings.Contains(logTail, "In-flight connections") {
+			return fmt.Errorf("%w%s", err, logTail)
+		}
+		d.log.Debug("checkpoint found connections not yet accepted; trying again", "id", id, "try", try)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w%s", err, logTail)
+		case <-time.After(wait):
+		}
+		wait *= 2
+		for _, p := range []string{tmp, work} {
+			if err := os.RemoveAll(p); err != nil {
+				return err
+			}
+			if err := os.Mkdir(p, 0o700); err != nil {
+				return err
+			}
+		}
+	}
 }
 
 // DiscardSnapshot removes the machine's snapshot: its next Start boots it.

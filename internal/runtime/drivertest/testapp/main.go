@@ -95,6 +95,16 @@ func serve() {
 		w.WriteHeader(resp.StatusCode)
 		io.Copy(w, resp.Body)
 	})
+	// UNACCEPTED_PORT=P listens on P and never accepts: a connection to it
+	// stays in the kernel's accept queue (what CRIU calls in flight).
+	if p := os.Getenv("UNACCEPTED_PORT"); p != "" {
+		ln, err := net.Listen("tcp", ":"+p)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer ln.Close()
+	}
 	// POST /count adds one to a counter held only in memory and answers
 	// with its new value; GET /count answers with it. A machine resumed
 	// from a snapshot keeps it; a machine booted afresh starts at 0.
