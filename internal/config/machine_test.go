@@ -23,6 +23,7 @@ var webPorts = []api.Port{
 }
 
 func TestMachineConfig(t *testing.T) {
+	yes, one := true, 1
 	for _, tc := range []struct {
 		file, image string
 		want        api.MachineConfig
@@ -48,7 +49,7 @@ func TestMachineConfig(t *testing.T) {
 				Services: []api.Service{{Protocol: "tcp", InternalPort: 8080, Ports: []api.Port{
 					{Port: 80, Handlers: []string{"http"}, ForceHTTPS: true},
 					{Port: 443, Handlers: []string{"tls", "http"}},
-				}}},
+				}, Autostop: api.AutostopStop, Autostart: &yes}},
 				Restart: api.Restart{Policy: api.RestartOnFailure},
 			},
 		},
@@ -68,6 +69,7 @@ func TestMachineConfig(t *testing.T) {
 						},
 						Concurrency: &api.Concurrency{Type: "requests", SoftLimit: 200, HardLimit: 250},
 						Checks:      []api.Check{{Type: "http", Port: 4000, Interval: "30s", Timeout: "5s", GracePeriod: "10s", Method: "GET", Path: "/healthz"}},
+						Autostop:    api.AutostopStop, Autostart: &yes, MinMachinesRunning: &one,
 					},
 					{Protocol: "tcp", InternalPort: 4001, Ports: []api.Port{{Port: 4001, Handlers: []string{"proxy_proto"}}}},
 				},
@@ -85,7 +87,7 @@ func TestMachineConfig(t *testing.T) {
 				Services: []api.Service{{Protocol: "tcp", InternalPort: 3000, Ports: []api.Port{
 					{Port: 80, Handlers: []string{"http"}, ForceHTTPS: true},
 					{Port: 443, Handlers: []string{"tls", "http"}},
-				}}},
+				}, Autostop: api.AutostopStop, Autostart: &yes}},
 				Restart: api.Restart{Policy: api.RestartOnFailure},
 				Init:    api.MachineInit{Cmd: []string{"./bin/rails", "server", "-b", "0.0.0.0"}},
 			},
