@@ -1,0 +1,198 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/store"
+)
+
+// hostStarter plays the hosts' agents for the edge's table: a start
+// writes the spec (desired started, next generation), the host reports
+// starting, and after boot it reports started and ready, each change
+// committed as the watches would. fail makes every start fail.
+type hostStarter struct {
+	w    *world
+	boot time.Duration
+	fail error
+
+	mu    sync.Mutex
+	calls []Target
+}
+
+func (s *hostStarter) StartMachine(_ context.Context, t Target) error {
+	s.mu.Lock()
+	s.calls = append(s.calls, t)
+	s.mu.Unlock()
+	if s.fail != nil {
+		return s.fail
+	}
+	key := store.MachineKey(t.App, t.MachineID)
+	tb := s.w.e.table
+	tb.mu.Lock()
+	m := tb.machines[key]
+	m.Desired, m.Generation = store.DesireStarted, m.Generation+1
+	tb.machines[key] = m
+	tb.status[key] = store.MachineStatus{ID: m.ID, App: m.App, HostID: m.HostID, State: api.StateStarting, Generation: m.Generation}
+	tb.mu.Unlock()
+	tb.commit()
+	go func() {
+		time.Sleep(s.boot) // the machine booting, not the test waiting
+		tb.setStatus(key, store.MachineStatus{ID: m.ID, App: m.App, HostID: m.HostID, State: api.StateStarted, Ready: true, Generation: m.Generation})
+		tb.commit()
+	}()
+	return nil
+}
+
+func (s *hostStarter) started() []Target {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Target(nil), s.calls...)
+}
+
+// asleep places m in app like place, but stopped (or suspended) with
+// autostop and autostart on, at generation 1.
+func (w *world) asleep(app string, m *machine, state string, ports ...api.Port) {
+	if _, ok := w.e.table.hosts["h-"+m.region]; !ok {
+		w.host(m.region, "up")
+	}
+	desired := store.DesireStopped
+	if state == api.StateSuspended {
+		desired = store.DesireSuspended
+	}
+	key := store.MachineKey(app, m.id)
+	w.e.table.setMachine(key, store.MachineSpec{
+		ID: m.id, App: app, Region: m.region, HostID: "h-" + m.region, PrivateIP: m.ip,
+		Desired: desired, Generation: 1,
+		Config: api.MachineConfig{Services: []api.Service{{
+			Protocol: "tcp", InternalPort: m.port, Ports: ports, Autostop: api.AutostopStop,
+		}}},
+	})
+	w.e.table.setStatus(key, store.MachineStatus{ID: m.id, App: app, HostID: "h-" + m.region, State: state, Generation: 1})
+}
+
+// TestAutostartHoldsAndWakesOne: two hundred concurrent requests for an
+// app whose machines are all stopped are held, exactly one machine is
+// started, the nearest (this edge's region, suspended before stopped),
+// and every request is answered by it.
+func TestAutostartHoldsAndWakesOne(t *testing.T) {
+	w := newWorld(t, "iad")
+	s := &hostStarter{w: w, boot: 150 * time.Millisecond}
+	w.e.cfg.Starter = s
+	w.app("zz")
+	http80 := api.Port{Port: 80, Handlers: []string{"http"}}
+	w.asleep("zz", startMachine(t, "a1", "iad", "127.0.0.2", nil), api.StateStopped, http80)
+	w.asleep("zz", startMachine(t, "a2", "iad", "127.0.0.3", nil), api.StateSuspended, http80)
+	w.asleep("zz", startMachine(t, "f1", "fra", "127.0.0.4", nil), api.StateSuspended, http80)
+	w.commit()
+	srv := w.serve(80)
+
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make(chan string, n)
+	by := make(chan string, n)
+	start := time.Now()
+	for range n {
+		wg.Go(func() {
+			req, _ := http.NewRequest("GET", srv.URL+"/", nil)
+			req.Host = "zz.perch.local"
+			res, err := srv.Client().Do(req)
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			body, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode != 200 {
+				errs <- res.Status + " " + string(body)
+				return
+			}
+			by <- answeredBy(t, string(body)).Machine
+		})
+	}
+	wg.Wait()
+	close(errs)
+	close(by)
+	for e := range errs {
+		t.Errorf("request failed: %s", e)
+	}
+	answered := map[string]int{}
+	for m := range by {
+		answered[m]++
+	}
+	calls := s.started()
+	t.Logf("%d requests held and answered in %v: %v; starts %v", n, time.Since(start).Round(time.Millisecond), answered, calls)
+	if len(calls) != 1 || calls[0].MachineID != "a2" || !calls[0].Local {
+		t.Fatalf("starts %+v; want exactly one, of a2 (this region, this host, suspended)", calls)
+	}
+	if answered["a2"] != n {
+		t.Errorf("answered by %v; want all %d by a2", answered, n)
+	}
+	// Now that a2 is ready, a request goes straight there.
+	if res, _ := get(t, srv, "zz.perch.local", nil); res.StatusCode != 200 || len(s.started()) != 1 {
+		t.Errorf("after the start: %s, %d starts; want 200 and still 1", res.Status, len(s.started()))
+	}
+}
+
+// TestAutostartFailureAnswers503: when no machine can be started the held
+// request gets a 503 saying why, and the next request tries again; when a
+// started machine never becomes ready, the hold ends at StartTimeout.
+func TestAutostartFailureAnswers503(t *testing.T) {
+	w := newWorld(t, "iad")
+	s := &hostStarter{w: w, fail: errors.New("host h-iad: out of memory")}
+	w.e.cfg.Starter = s
+	w.app("zz")
+	w.asleep("zz", startMachine(t, "a1", "iad", "127.0.0.2", nil), api.StateStopped, api.Port{Port: 80, Handlers: []string{"http"}})
+	w.commit()
+	srv := w.serve(80)
+	for i := 1; i <= 2; i++ {
+		res, body := get(t, srv, "zz.perch.local", nil)
+		if res.StatusCode != 503 || !strings.Contains(body, "none could be started in time") || !strings.Contains(body, "out of memory") || res.Header.Get("Retry-After") == "" {
+			t.Errorf("request %d: %s %q; want a 503 with Retry-After saying the start failed and why", i, res.Status, body)
+		}
+		if got := len(s.started()); got != i {
+			t.Errorf("after request %d: %d starts; want %d", i, got, i)
+		}
+	}
+
+	w.e.limits.StartTimeout = 300 * time.Millisecond
+	s.fail, s.boot = nil, time.Hour // started, never ready
+	from := time.Now()
+	res, body := get(t, srv, "zz.perch.local", nil)
+	if took := time.Since(from); res.StatusCode != 503 || !strings.Contains(body, "did not become ready within 300ms") || took > 5*time.Second {
+		t.Errorf("a machine that never gets ready: %s %q after %v; want a 503 after the 300ms start timeout", res.Status, body, took)
+	}
+}
+
+// TestAutostartRawTCP: a raw TCP connection is held like a request, and
+// reaches the machine once it is ready.
+func TestAutostartRawTCP(t *testing.T) {
+	w := newCertWorld(t, nil)
+	s := &hostStarter{w: w, boot: 100 * time.Millisecond}
+	w.e.cfg.Starter = s
+	port := freePort(t)
+	w.app("db")
+	w.asleep("db", startTCP(t, "d1", "ams", "127.0.0.2", echoTCP), api.StateStopped, tcpPort(port))
+	addr := w.listening(port)
+
+	c := dialEdge(t, addr)
+	if _, err := io.WriteString(c, "ping"); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "pingbye" {
+		t.Fatalf("through the held connection: %q, %v; want \"pingbye\"", got, err)
+	}
+	if calls := s.started(); len(calls) != 1 || calls[0].MachineID != "d1" {
+		t.Errorf("starts %+v; want one of d1", calls)
+	}
+}
+
