@@ -195,4 +195,3 @@ func TestAutostartRawTCP(t *testing.T) {
 		t.Errorf("starts %+v; want one of d1", calls)
 	}
 }
-
