@@ -105,6 +105,7 @@ type Agent struct {
 	edge     *edge.Edge
 	mesh     *meshhost.Member
 	dialer   *meshDialer
+	relays   relayActivity // autostop.go
 	sub6     netip.Prefix // the 6PN /64 of this host's machines
 
 	mu      sync.Mutex
@@ -242,7 +243,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	e, err := edge.New(edge.Config{
 		Region: a.cfg.Region, HostID: a.host.ID, Addr: a.cfg.EdgeAddr, Domain: a.cfg.EdgeDomain,
 		Store: a.st, Nearness: a.mesh, Reachable: a.mesh.Reachable, Dialer: a.dialer,
-		Log: a.log, AccessLog: a.cfg.AccessLog, Certs: certSrc,
+		Log: a.log, AccessLog: a.cfg.AccessLog, Certs: certSrc, Starter: starter{a},
 	})
 	if err != nil {
 		return fmt.Errorf("agent: edge: %w", err)
@@ -264,6 +265,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); errc <- a.runMesh(ctx, e) }()
 	go func() { defer wg.Done(); a.heartbeat(ctx) }()
 	wg.Go(func() { a.runImageGC(ctx) })
+	wg.Go(func() { a.runAutostop(ctx, e) })
+	wg.Go(func() { a.serveStarts(ctx) })
 	go func() { defer wg.Done(); errc <- e.Run(ctx) }()
 	wg.Go(func() { _ = certSrc.Run(ctx) })
 	wg.Go(func() { _ = dns.Run(ctx) })
