@@ -106,7 +106,7 @@ type Agent struct {
 	mesh     *meshhost.Member
 	dialer   *meshDialer
 	relays   relayActivity // autostop.go
-	sub6     netip.Prefix // the 6PN /64 of this host's machines
+	sub6     netip.Prefix  // the 6PN /64 of this host's machines
 
 	mu      sync.Mutex
 	workers map[string]*worker // by machine key

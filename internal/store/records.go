@@ -47,7 +47,7 @@ type MachineSpec struct {
 	Reason           string    `json:"reason,omitempty"`
 	ReasonGeneration int64     `json:"reason_generation,omitempty"`
 	CreatedAt        time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	UpdatedAt        time.Time `json:"updated_at"`
 }
 
 // Key is the machine's key in the machines and status buckets.
