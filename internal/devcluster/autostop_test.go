@@ -1,0 +1,238 @@
+package devcluster_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/devcluster"
+)
+
+// scaleToZeroService is the sample app's HTTP service with autostop
+// (stop or suspend) after idle, and autostart.
+func scaleToZeroService(mode api.Autostop, idle string) []api.Service {
+	return []api.Service{{
+		Protocol: "tcp", InternalPort: 8080, Autostop: mode, IdleTimeout: idle,
+		Ports: []api.Port{{Port: 80, Handlers: []string{"http"}}},
+	}}
+}
+
+// createStarted creates a machine of app in region and waits until it is
+// started.
+func createStarted(t *testing.T, w *devcluster.World, app, region string, cfg api.MachineConfig) *api.Machine {
+	t.Helper()
+	ctx := context.Background()
+	m, err := w.Client().CreateMachine(ctx, app, api.CreateMachineRequest{Region: region, Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Client().WaitMachine(ctx, app, m.ID, api.StateStarted, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// edgeDo sends a request for app to an edge and gives the status, the
+// body and the time to the first byte of the answer.
+func edgeDo(c *http.Client, method, edgeAddr, app, path string) (int, string, time.Duration, error) {
+	req, err := http.NewRequest(method, "http://"+edgeAddr+path, nil)
+	if err != nil {
+		return 0, "", 0, err
+	}
+	req.Host = app + ".perch.local"
+	start := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, "", 0, err
+	}
+	ttfb := time.Since(start)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), ttfb, nil
+}
+
+// states counts an app's machines by region and state, e.g. "iad/started".
+func states(t *testing.T, w *devcluster.World, app string) map[string]int {
+	t.Helper()
+	ms, err := w.Client().ListMachines(context.Background(), app, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, m := range ms {
+		out[m.Region+"/"+m.State]++
+	}
+	return out
+}
+
+// TestAutostartWakesOne: two hundred concurrent first requests, at iad's
+// edge, to an app whose machines (two in iad, one in ams) are all stopped
+// are held, wake exactly one machine, in iad, and all succeed. Then a
+// request at ams's edge for an app whose only machine is stopped in iad
+// starts it through iad's host (one NATS request), and succeeds.
+func TestAutostartWakesOne(t *testing.T) {
+	w := startWorld(t, devcluster.Options{Regions: []string{"iad", "ams"}})
+	ctx := context.Background()
+	c := w.Client()
+	ref := pushImage(t, w, "hello:v1")
+	edges := map[string]string{}
+	for _, r := range w.Info().Regions {
+		edges[r.Code] = r.EdgeAddr + ":80"
+	}
+	cfg := api.MachineConfig{Image: ref, Services: scaleToZeroService(api.AutostopStop, "10m")}
+	for _, app := range []string{"wake", "far"} {
+		if _, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: app}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ids []string
+	for _, where := range []struct{ app, region string }{{"wake", "iad"}, {"wake", "iad"}, {"wake", "ams"}, {"far", "iad"}} {
+		m := createStarted(t, w, where.app, where.region, cfg)
+		ids = append(ids, where.app+"/"+m.ID)
+	}
+	for _, id := range ids {
+		app, mid, _ := strings.Cut(id, "/")
+		if err := c.StopMachine(ctx, app, mid, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitMachine(ctx, app, mid, api.StateStopped, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 200
+	client := &http.Client{Timeout: 45 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: n, MaxConnsPerHost: 0}}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var fails []string
+	var ttfbs []time.Duration
+	start := time.Now()
+	for range n {
+		wg.Go(func() {
+			code, body, ttfb, err := edgeDo(client, "GET", edges["iad"], "wake", "/")
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				fails = append(fails, err.Error())
+			case code != 200 || !strings.Contains(body, "hello from iad"):
+				fails = append(fails, fmt.Sprintf("%d %s", code, body))
+			default:
+				ttfbs = append(ttfbs, ttfb)
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	for _, f := range fails {
+		t.Errorf("request failed: %s", f)
+	}
+	slices.Sort(ttfbs)
+	if len(ttfbs) > 0 {
+		t.Logf("%d concurrent first requests answered in %v; time to first byte: min %v, median %v, max %v",
+			len(ttfbs), took.Round(time.Millisecond), ttfbs[0].Round(time.Millisecond), ttfbs[len(ttfbs)/2].Round(time.Millisecond), ttfbs[len(ttfbs)-1].Round(time.Millisecond))
+	}
+	got := states(t, w, "wake")
+	if got["iad/started"] != 1 || got["iad/stopped"] != 1 || got["ams/stopped"] != 1 {
+		t.Fatalf("machines after the burst: %v; want exactly one started, in iad", got)
+	}
+	ms, _ := c.ListMachines(ctx, "wake", "")
+	for _, m := range ms {
+		if m.State == api.StateStarted && !strings.Contains(eventsText(m.Events), "started for a request at the iad edge (autostart)") {
+			t.Errorf("the woken machine's events do not say why: %s", eventsText(m.Events))
+		}
+	}
+
+	// Across hosts: ams's edge starts iad's machine through iad's host.
+	from := time.Now()
+	code, body, ttfb, err := edgeDo(client, "GET", edges["ams"], "far", "/")
+	if err != nil || code != 200 || !strings.Contains(body, "hello from iad") {
+		t.Fatalf("request at ams for an app stopped in iad: %d %q %v; want iad's answer", code, body, err)
+	}
+	t.Logf("ams edge → start of iad's machine over NATS → first byte: %v (total %v)", ttfb.Round(time.Millisecond), time.Since(from).Round(time.Millisecond))
+	if got := states(t, w, "far"); got["iad/started"] != 1 {
+		t.Errorf("far's machines: %v; want its iad machine started", got)
+	}
+}
+
+// TestAutostopIdle: machines with a 2 s idle timeout and no
+// min_machines_running are stopped (or suspended) by their host once idle,
+// with an event saying so; the next request through the edge starts
+// (resumes) them and succeeds. A suspended machine's in-memory counter
+// survives; a stopped one boots afresh.
+func TestAutostopIdle(t *testing.T) {
+	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}})
+	ctx := context.Background()
+	c := w.Client()
+	ref := pushImage(t, w, "hello:v1")
+	edge := w.Info().Regions[0].EdgeAddr + ":80"
+	ids := map[string]string{}
+	for app, mode := range map[string]api.Autostop{"sus": api.AutostopSuspend, "stp": api.AutostopStop} {
+		if _, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: app}); err != nil {
+			t.Fatal(err)
+		}
+		m := createStarted(t, w, app, "iad", api.MachineConfig{Image: ref, Guest: api.Guest{MemoryMB: 256}, Services: scaleToZeroService(mode, "2s")})
+		ids[app] = m.ID
+	}
+	client := &http.Client{Timeout: 45 * time.Second}
+	for app := range ids {
+		for want := 1; want <= 3; want++ {
+			var body string
+			eventually(t, 30*time.Second, app+": POST /count through the edge", func() (bool, string) {
+				code, b, _, err := edgeDo(client, "POST", edge, app, "/count")
+				if err != nil {
+					return false, err.Error()
+				}
+				body = strings.TrimSpace(b)
+				return code == 200, fmt.Sprintf("%d %s", code, b)
+			})
+			if body != fmt.Sprint(want) {
+				t.Fatalf("%s: POST /count = %q, want %d", app, body, want)
+			}
+		}
+	}
+	busyUntil := time.Now()
+	want := map[string]string{"sus": api.StateSuspended, "stp": api.StateStopped}
+	for app, id := range ids {
+		var m *api.Machine
+		eventually(t, 30*time.Second, app+": machine stopped by autostop after 2 s idle", func() (bool, string) {
+			var err error
+			m, err = c.GetMachine(ctx, app, id)
+			if err != nil {
+				return false, err.Error()
+			}
+			return m.State == want[app], m.State
+		})
+		t.Logf("%s: %s %v after its last request", app, m.State, time.Since(busyUntil).Round(time.Millisecond))
+		ev := eventsText(m.Events)
+		if !strings.Contains(ev, "idle for 2s (autostop)") {
+			t.Errorf("%s: events do not say the machine was idle: %s", app, ev)
+		}
+	}
+	if out := mustPerch(t, w, t.TempDir(), "status", "-a", "stp"); !strings.Contains(out, "stopped") {
+		t.Errorf("perch status does not show the machine stopped:\n%s", out)
+	}
+
+	// The next request starts them again.
+	counts := map[string]string{"sus": "3", "stp": "0"}
+	for app, id := range ids {
+		code, body, ttfb, err := edgeDo(client, "GET", edge, app, "/count")
+		if err != nil || code != 200 {
+			t.Fatalf("%s: first request after autostop: %d %q %v; want 200", app, code, body, err)
+		}
+		t.Logf("%s: first request after autostop answered in %v (time to first byte)", app, ttfb.Round(time.Millisecond))
+		if got := strings.TrimSpace(body); got != counts[app] {
+			t.Errorf("%s: GET /count after the restart = %q, want %s", app, got, counts[app])
+		}
+		m, _ := c.GetMachine(ctx, app, id)
+		if m.State != api.StateStarted || !strings.Contains(eventsText(m.Events), "(autostart)") {
+			t.Errorf("%s: after the request the machine is %s with events %s; want started by autostart", app, m.State, eventsText(m.Events))
+		}
+	}
+}
