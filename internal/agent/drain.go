@@ -51,7 +51,7 @@ func stopConfig(spec store.MachineSpec) (syscall.Signal, string, time.Duration) 
 // reporting state (stopping or destroying) while it does.
 func (w *worker) retire(ctx context.Context, spec store.MachineSpec, state, evType string) {
 	sig, name, timeout := stopConfig(spec)
-	w.setState(ctx, spec, state, evType, fmt.Sprintf("draining, then %s and up to %s to exit", name, timeout), func(s *store.MachineStatus) {
+	w.setState(ctx, spec, state, evType, because(spec, fmt.Sprintf("draining, then %s and up to %s to exit", name, timeout)), func(s *store.MachineStatus) {
 		s.NotReady = state + ": draining"
 	})
 	start := time.Now()

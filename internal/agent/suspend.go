@@ -78,7 +78,7 @@ func (w *worker) suspend(ctx context.Context, spec store.MachineSpec) {
 		return
 	}
 	_, _, timeout := stopConfig(spec)
-	w.setState(ctx, spec, api.StateSuspending, "suspend", fmt.Sprintf("draining (up to %s), then suspending", timeout), func(s *store.MachineStatus) {
+	w.setState(ctx, spec, api.StateSuspending, "suspend", because(spec, fmt.Sprintf("draining (up to %s), then suspending", timeout)), func(s *store.MachineStatus) {
 		s.NotReady = api.StateSuspending + ": draining"
 	})
 	start := time.Now()
