@@ -222,12 +222,7 @@ func (b *loadBook) end() {
 // inflight is what this edge has in flight to one machine, all its
 // services summed.
 func (b *loadBook) inflight(app, machine string) int32 {
-	var n int32
-	for _, l := range b.machines {
-		if l.app == app && l.machine == machine {
-			n += l.n.Load()
-		}
-	}
+	n, _ := b.activity(app, machine)
 	return n
 }
 
