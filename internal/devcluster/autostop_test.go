@@ -235,4 +235,40 @@ func TestAutostopIdle(t *testing.T) {
 			t.Errorf("%s: after the request the machine is %s with events %s; want started by autostart", app, m.State, eventsText(m.Events))
 		}
 	}
+
+	// Requests that keep arriving around the idle timeout, some while the
+	// machine is being stopped or suspended: none fails.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	sent, stops := 0, map[string]int{}
+	phase := time.Now()
+	for app, id := range ids {
+		wg.Go(func() {
+			seen := map[string]bool{}
+			for i := range 8 {
+				// The load's own rhythm, not a wait for a condition: gaps
+				// just under and over the 2 s idle timeout.
+				time.Sleep(1700*time.Millisecond + time.Duration(i%3)*300*time.Millisecond)
+				code, body, _, err := edgeDo(client, "GET", edge, app, "/")
+				mu.Lock()
+				sent++
+				if err != nil || code != 200 {
+					t.Errorf("%s: request %d around autostop: %d %q %v", app, i, code, body, err)
+				}
+				mu.Unlock()
+				if m, err := c.GetMachine(ctx, app, id); err == nil {
+					for _, e := range m.Events {
+						if strings.Contains(e.Message, "(autostop)") && e.Timestamp.After(phase) && !seen[e.Timestamp.String()] {
+							seen[e.Timestamp.String()] = true
+							mu.Lock()
+							stops[app]++
+							mu.Unlock()
+						}
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d requests around the idle timeout, none failed; events of autostop meanwhile (stopping/suspending and stopped/suspended) by app: %v", sent, stops)
 }
