@@ -159,6 +159,49 @@ func TestAutostartWakesOne(t *testing.T) {
 	if got := states(t, w, "far"); got["iad/started"] != 1 {
 		t.Errorf("far's machines: %v; want its iad machine started", got)
 	}
+
+	// Activity through the mesh relay counts: a 5 s request from ams's
+	// edge keeps iad's machine (idle timeout 2 s) started until it ends;
+	// then the machine stops.
+	if _, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: "relay"}); err != nil {
+		t.Fatal(err)
+	}
+	rm := createStarted(t, w, "relay", "iad", api.MachineConfig{Image: ref, Services: scaleToZeroService(api.AutostopStop, "2s")})
+	done := make(chan error, 1)
+	go func() {
+		code, body, _, err := edgeDo(client, "GET", edges["ams"], "relay", "/sleep/5s")
+		if err == nil && code != 200 {
+			err = fmt.Errorf("%d %s", code, body)
+		}
+		done <- err
+	}()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("a 5 s request through the relay: %v", err)
+			}
+			break wait
+		case <-tick.C:
+			if m, err := c.GetMachine(ctx, "relay", rm.ID); err == nil && m.State != api.StateStarted {
+				t.Fatalf("the machine went %s while a request through the relay was in flight: %s", m.State, eventsText(m.Events))
+			}
+		}
+	}
+	ended := time.Now()
+	eventually(t, 20*time.Second, "the machine stopped once the relayed request ended and 2 s passed", func() (bool, string) {
+		m, err := c.GetMachine(ctx, "relay", rm.ID)
+		if err != nil {
+			return false, err.Error()
+		}
+		return m.State == api.StateStopped, m.State
+	})
+	if d := time.Since(ended); d < 2*time.Second {
+		t.Errorf("stopped %v after the relayed request ended; want at least the 2 s idle timeout", d)
+	}
 }
 
 // TestAutostopIdle: machines with a 2 s idle timeout and no
