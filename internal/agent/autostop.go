@@ -358,16 +358,25 @@ func (a *Agent) serveStarts(ctx context.Context) {
 var errStartedAlready = errors.New("started already")
 
 // startForRequest records that a stopped or suspended machine of this
-// host is to be started for a request an edge holds; a machine meant to
-// be started already is left as it is.
+// host (or one that exited by itself) is to be started for a request an
+// edge holds; a machine meant to be started and not stopped is left as
+// it is.
 func (a *Agent) startForRequest(ctx context.Context, req store.StartRequest) error {
-	_, err := store.Modify(ctx, a.st.Machines, store.MachineKey(req.App, req.ID), func(m *store.MachineSpec) error {
+	key := store.MachineKey(req.App, req.ID)
+	// A machine that exited by itself is meant to be started still, and
+	// stays stopped for that generation: a new one starts it.
+	st, _, err := store.Get[store.MachineStatus](ctx, a.st.Status, key)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	_, err = store.Modify(ctx, a.st.Machines, key, func(m *store.MachineSpec) error {
+		exited := st.State == api.StateStopped && st.Generation == m.Generation
 		switch {
 		case m.HostID != a.host.ID:
 			return fmt.Errorf("machine %s is on host %s, not this one (%s)", m.ID, m.HostID, a.host.ID)
 		case m.Desired == store.DesireDestroyed:
 			return fmt.Errorf("machine %s is being destroyed", m.ID)
-		case m.Desired == store.DesireStarted:
+		case m.Desired == store.DesireStarted && !exited:
 			return errStartedAlready
 		case !autostarts(m.Config):
 			return fmt.Errorf("machine %s has no service with autostart", m.ID)

@@ -60,6 +60,11 @@ func (w *worker) retire(ctx context.Context, spec store.MachineSpec, state, evTy
 	if err := w.driver().Stop(ctx, w.id, sig, timeout); err != nil {
 		w.log.Warn("stop", "err", err)
 	}
+	// The exit this stop causes is not for the restart policy: a start
+	// asked for meanwhile (autostart during an autostop's drain) must not
+	// take it for an exit of the run it asks for.
+	w.waiting = false
+	w.waitSeq++
 }
 
 // drain asks every edge that is up to let the machine's traffic finish

@@ -270,12 +270,6 @@ func (r *rollout) await(ctx context.Context, ms []api.Machine, smoke time.Durati
 			if err != nil {
 				return fmt.Errorf("watching machine %s: %w", id, err)
 			}
-			if _, seen := readyAt[id]; seen && autostopped(m) {
-				// Ready, then idle for its idle_timeout: not a failure.
-				fmt.Fprintf(r.d.out, "%s: machine %s was ready, then idle; autostop stopped it\n", m.Region, id)
-				delete(left, id)
-				continue
-			}
 			if why := unstable(m, m0); why != "" {
 				return &machineFailure{m: *m, reason: why}
 			}
@@ -312,17 +306,6 @@ func (r *rollout) await(ctx context.Context, ms []api.Machine, smoke time.Durati
 		}
 	}
 	return nil
-}
-
-// autostopped says whether the machine's host is stopping or suspending it,
-// or did, because it was idle (docs/autostop.md).
-func autostopped(m *api.Machine) bool {
-	switch m.State {
-	case api.StateStopping, api.StateStopped, api.StateSuspending, api.StateSuspended:
-	default:
-		return false
-	}
-	return len(m.Events) > 0 && strings.Contains(m.Events[len(m.Events)-1].Message, "(autostop)")
 }
 
 // unstable says what went wrong with a new machine, "" if nothing yet.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -279,15 +281,44 @@ func TestAutostopIdle(t *testing.T) {
 		}
 	}
 
+	// A request that arrives while autostop is stopping the machine (here
+	// a request straight to its private address, which autostop does not
+	// count, keeps the process exiting for a while after SIGTERM) is held
+	// and served by the machine started again.
+	sm, err := c.GetMachine(ctx, "stp", ids["stp"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := make(chan error, 1)
+	go func() {
+		resp, err := (&http.Client{Timeout: 30 * time.Second}).Get("http://" + sm.PrivateIP + ":8080/sleep/5s")
+		if err == nil {
+			resp.Body.Close()
+		}
+		direct <- err
+	}()
+	eventually(t, 20*time.Second, "autostop stopping the machine while its process finishes a direct request", func() (bool, string) {
+		m, err := c.GetMachine(ctx, "stp", ids["stp"])
+		if err != nil {
+			return false, err.Error()
+		}
+		return m.State == api.StateStopping, m.State
+	})
+	code, body, ttfb, err := edgeDo(client, "GET", edge, "stp", "/")
+	if err != nil || code != 200 {
+		t.Fatalf("a request while autostop stops the machine: %d %q %v; want it held and served", code, body, err)
+	}
+	t.Logf("a request arriving during an autostop's stop was answered after %v", ttfb.Round(time.Millisecond))
+	<-direct
+
 	// Requests that keep arriving around the idle timeout, some while the
 	// machine is being stopped or suspended: none fails.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	sent, stops := 0, map[string]int{}
+	sent := 0
 	phase := time.Now()
-	for app, id := range ids {
+	for app := range ids {
 		wg.Go(func() {
-			seen := map[string]bool{}
 			for i := range 8 {
 				// The load's own rhythm, not a wait for a condition: gaps
 				// just under and over the 2 s idle timeout.
@@ -299,19 +330,47 @@ func TestAutostopIdle(t *testing.T) {
 					t.Errorf("%s: request %d around autostop: %d %q %v", app, i, code, body, err)
 				}
 				mu.Unlock()
-				if m, err := c.GetMachine(ctx, app, id); err == nil {
-					for _, e := range m.Events {
-						if strings.Contains(e.Message, "(autostop)") && e.Timestamp.After(phase) && !seen[e.Timestamp.String()] {
-							seen[e.Timestamp.String()] = true
-							mu.Lock()
-							stops[app]++
-							mu.Unlock()
-						}
-					}
-				}
 			}
 		})
 	}
 	wg.Wait()
-	t.Logf("%d requests around the idle timeout, none failed; events of autostop meanwhile (stopping/suspending and stopped/suspended) by app: %v", sent, stops)
+	stops := map[string]int{}
+	for app, id := range ids {
+		m, err := c.GetMachine(ctx, app, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range m.Events {
+			if (e.Status == api.StateStopped || e.Status == api.StateSuspended) && strings.Contains(e.Message, "(autostop)") && e.Timestamp.After(phase) {
+				stops[app]++
+			}
+		}
+	}
+	t.Logf("%d requests around the idle timeout, none failed; autostops meanwhile by app: %v", sent, stops)
+
+	// The same from a fly.toml through perch deploy (whose new machines
+	// are out of rotation, so never idle, until their smoke window passed):
+	// once the machine is idle it is stopped, and a request starts it.
+	dir := t.TempDir()
+	mustPerch(t, w, dir, "launch", "--image", ref, "--regions", "iad", "--name", "toml")
+	path := filepath.Join(dir, "perch.toml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	toml := strings.Replace(string(b), "[http_service]\n", "[http_service]\n  auto_stop_machines = 'stop'\n  auto_start_machines = true\n  min_machines_running = 0\n  idle_timeout = '2s'\n", 1)
+	if toml == string(b) {
+		t.Fatalf("perch launch wrote no [http_service]:\n%s", b)
+	}
+	if err := os.WriteFile(path, []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustPerch(t, w, dir, "deploy", "--smoke-window", "3s")
+	eventually(t, 20*time.Second, "the deployed machine stopped by autostop", func() (bool, string) {
+		got := states(t, w, "toml")
+		return got["iad/stopped"] == 1 && len(got) == 1, fmt.Sprint(got)
+	})
+	if code, body, _, err := edgeDo(client, "GET", edge, "toml", "/"); err != nil || code != 200 || !strings.Contains(body, "hello from iad") {
+		t.Errorf("first request to the deployed app after autostop: %d %q %v", code, body, err)
+	}
 }

@@ -41,8 +41,8 @@ type sleeper struct {
 }
 
 // addSleeper notes machine key in pr's sleepers if it is stopped or
-// suspended, or counts it as waking if it is meant to be started and not
-// ready yet; t.mu is held. Only machines on hosts that are up and that
+// suspended (or exited by itself), or counts it as waking if it is meant
+// to be started and not ready yet; t.mu is held. Only machines on hosts that are up and that
 // this edge reaches count.
 func (t *table) addSleeper(pr *portRoute, key string, m *store.MachineSpec) {
 	h, ok := t.hosts[m.HostID]
@@ -54,8 +54,9 @@ func (t *table) addSleeper(pr *portRoute, key string, m *store.MachineSpec) {
 		return
 	}
 	st := t.status[key]
-	switch m.Desired {
-	case store.DesireStopped, store.DesireSuspended:
+	exited := m.Desired == store.DesireStarted && st.State == api.StateStopped && st.Generation == m.Generation
+	switch {
+	case m.Desired == store.DesireStopped, m.Desired == store.DesireSuspended, exited:
 		for _, s := range pr.sleepers {
 			if s.MachineID == m.ID {
 				return
@@ -65,7 +66,7 @@ func (t *table) addSleeper(pr *portRoute, key string, m *store.MachineSpec) {
 			Target:    Target{App: m.App, MachineID: m.ID, HostID: m.HostID, Region: m.Region, Local: local},
 			suspended: st.State == api.StateSuspended,
 		})
-	case store.DesireStarted:
+	case m.Desired == store.DesireStarted:
 		switch {
 		case st.Generation != m.Generation, st.State == api.StateStarting, st.State == api.StateCreated,
 			st.State == api.StateStarted && !health.Critical(st.Checks):

@@ -195,3 +195,34 @@ func TestAutostartRawTCP(t *testing.T) {
 		t.Errorf("starts %+v; want one of d1", calls)
 	}
 }
+
+// TestAutostartExitedMachine: a machine that exited by itself (meant to be
+// started, reported stopped for that generation) is started for a
+// request like a stopped one; one that failed is not.
+func TestAutostartExitedMachine(t *testing.T) {
+	w := newWorld(t, "iad")
+	s := &hostStarter{w: w, boot: 50 * time.Millisecond}
+	w.e.cfg.Starter = s
+	w.app("zz")
+	w.app("bad")
+	http80 := api.Port{Port: 80, Handlers: []string{"http"}}
+	for app, state := range map[string]string{"zz": api.StateStopped, "bad": api.StateFailed} {
+		m := startMachine(t, "m-"+app, "iad", "127.0.0.2", nil)
+		w.asleep(app, m, state, http80)
+		key := store.MachineKey(app, m.id)
+		spec := w.e.table.machines[key]
+		spec.Desired = store.DesireStarted
+		w.e.table.setMachine(key, spec)
+	}
+	w.commit()
+	srv := w.serve(80)
+	if res, body := get(t, srv, "zz.perch.local", nil); res.StatusCode != 200 {
+		t.Errorf("exited machine: %s %q; want it started and answering", res.Status, body)
+	}
+	if res, _ := get(t, srv, "bad.perch.local", nil); res.StatusCode != 502 {
+		t.Errorf("failed machine: %s; want 502 at once (no start)", res.Status)
+	}
+	if calls := s.started(); len(calls) != 1 || calls[0].MachineID != "m-zz" {
+		t.Errorf("starts %+v; want only m-zz", calls)
+	}
+}
