@@ -206,6 +206,43 @@ wait:
 	}
 }
 
+// TestAutostopKeepsMinPerRegion: with min_machines_running = 1, idle
+// machines are stopped down to one started machine in each region (iad
+// has two, ams one), and no further.
+func TestAutostopKeepsMinPerRegion(t *testing.T) {
+	w := startWorld(t, devcluster.Options{Regions: []string{"iad", "ams"}})
+	ctx := context.Background()
+	c := w.Client()
+	ref := pushImage(t, w, "hello:v1")
+	if _, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: "keep"}); err != nil {
+		t.Fatal(err)
+	}
+	one := 1
+	svcs := scaleToZeroService(api.AutostopStop, "2s")
+	svcs[0].MinMachinesRunning = &one
+	for _, region := range []string{"iad", "iad", "ams"} {
+		createStarted(t, w, "keep", region, api.MachineConfig{Image: ref, Services: svcs})
+	}
+	want := map[string]int{"iad/started": 1, "iad/stopped": 1, "ams/started": 1}
+	eventually(t, 20*time.Second, "one idle iad machine stopped, one kept in each region", func() (bool, string) {
+		got := states(t, w, "keep")
+		return fmt.Sprint(got) == fmt.Sprint(want), fmt.Sprint(got)
+	})
+	// And it stays so for two more idle timeouts (the hosts look again
+	// every 2 s, the shorter of the idle timeout and 30 s).
+	for until := time.Now().Add(5 * time.Second); time.Now().Before(until); time.Sleep(250 * time.Millisecond) {
+		if got := states(t, w, "keep"); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("machines went %v; want %v kept for min_machines_running = 1 per region", got, want)
+		}
+	}
+	ms, _ := c.ListMachines(ctx, "keep", "")
+	for _, m := range ms {
+		if m.State == api.StateStopped && !strings.Contains(eventsText(m.Events), "idle for 2s (autostop)") {
+			t.Errorf("the stopped machine's events do not say why: %s", eventsText(m.Events))
+		}
+	}
+}
+
 // TestAutostopIdle: machines with a 2 s idle timeout and no
 // min_machines_running are stopped (or suspended) by their host once idle,
 // with an event saying so; the next request through the edge starts
