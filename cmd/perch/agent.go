@@ -11,6 +11,7 @@ import (
 	"github.com/perchhq/perch/internal/agent"
 	"github.com/perchhq/perch/internal/meshhost"
 	"github.com/perchhq/perch/internal/runtime/microvm"
+	"github.com/perchhq/perch/internal/store"
 	"github.com/spf13/cobra"
 )
 
@@ -23,6 +24,7 @@ func agentCmd() *cobra.Command {
 		Short: "Run a host: machines of its region and the edge proxy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			store.QuietNATSSampler() // the agent runs no NATS server
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			a, err := netip.ParseAddr(edgeAddr)
