@@ -118,7 +118,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.certs = cm
-	reg, err := registry.New(filepath.Join(cfg.DataDir, "registry"), func(tok string) bool { _, ok := s.validToken(tok); return ok }, cfg.Log.With("component", "registry"))
+	reg, err := registry.New(filepath.Join(cfg.DataDir, "registry"), func(tok string) bool { _, ok := s.validToken(tok); return ok }, registry.Options{}, cfg.Log.With("component", "registry"))
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: registry: %w", err)
