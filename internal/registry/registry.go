@@ -78,9 +78,11 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if repo, id, ok := uploadTarget(req.URL.Path); ok {
-		r.uploads.serve(w, req, repo, id)
+		r.uploads.serve(w, req, repo, id) // capped at Options.MaxBlobBytes
 		return
 	}
+	// Nothing else takes more than a manifest.
+	req.Body = http.MaxBytesReader(w, req.Body, maxManifestSize+1)
 	if isManifestWrite(req) {
 		r.writeManifest(w, req)
 		return
