@@ -177,6 +177,31 @@ func TestLimitsCountAcrossLayers(t *testing.T) {
 	wantLimit(t, err, "bytes", "writes more than 1 MiB", "this 600 KiB file brings it to 1.2 MiB")
 }
 
+// TestHardLinksCopiedUpCount: hard links to a lower layer's file are
+// copies in the upper layer, so a layer of a few hundred bytes linking to
+// a big file many times counts each copy.
+func TestHardLinksCopiedUpCount(t *testing.T) {
+	reg := startCountingRegistry(t)
+	dir := t.TempDir()
+	s := New(dir, testLogger(t), WithLimits(Limits{MaxBytes: 4 << 20}))
+	needLayered(t, s)
+	var links []ent
+	for i := range 100 {
+		links = append(links, hardlink(fmt.Sprintf("copy%d", i), "big"))
+	}
+	big := gzLayer(t, func(w io.Writer) error {
+		_, err := w.Write(layerTar(t, file("big", strings.Repeat("b", 1<<20), 0o644)))
+		return err
+	})
+	copies := gzLayer(t, func(w io.Writer) error { _, err := w.Write(layerTar(t, links...)); return err })
+	ref := reg.push(t, "bomb:links", imageOf(t, big, copies))
+	_, err := s.Pull(context.Background(), ref, Options{})
+	wantLimit(t, err, "bytes", "writes more than 4 MiB", "a hard link's copy of the 1 MiB file big")
+	if left, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(left) > 0 {
+		t.Errorf("the refused layer left %d entries in tmp/", len(left))
+	}
+}
+
 // wantLimit checks that err is a refusal for limit whose message says
 // each of want.
 func wantLimit(t *testing.T, err error, limit string, want ...string) {
