@@ -44,20 +44,28 @@ func TestLayerBombZeros(t *testing.T) {
 	}
 	ref := reg.push(t, "bomb:zeros", imageOf(t, layer))
 
-	dir := t.TempDir()
-	s := New(dir, testLogger(t), WithLimits(Limits{MaxBytes: 64 << 20}))
-	written := processWritten(t)
-	start := time.Now()
-	_, err := s.Pull(context.Background(), ref, Options{})
-	wantLimit(t, err, "bytes", "writes more than 64 MiB", "this 1 GiB file")
-	if w := processWritten(t) - written; w > 16<<20 {
-		t.Errorf("the refused pull wrote %s to files and sockets, want only the download", formatSize(w))
+	for _, layered := range []bool{true, false} {
+		t.Run(map[bool]string{true: "layers", false: "whole image"}[layered], func(t *testing.T) {
+			dir := t.TempDir()
+			s := New(dir, testLogger(t), WithLimits(Limits{MaxBytes: 64 << 20}))
+			if layered && !s.layered {
+				t.Skip("overlayfs layers need root")
+			}
+			s.layered = layered
+			written := processWritten(t)
+			start := time.Now()
+			_, err := s.Pull(context.Background(), ref, Options{})
+			wantLimit(t, err, "bytes", "writes more than 64 MiB", "this 1 GiB file")
+			if w := processWritten(t) - written; w > 16<<20 {
+				t.Errorf("the refused pull wrote %s to files and sockets, want only the download", formatSize(w))
+			}
+			t.Logf("refused in %v: %v", time.Since(start), err)
+			assertNothingStored(t, dir)
+		})
 	}
-	t.Logf("refused in %v: %v", time.Since(start), err)
-	assertNothingStored(t, dir)
 
 	// Under the default limit (8 GiB) it unpacks, and takes no disk.
-	s = New(t.TempDir(), testLogger(t))
+	s := New(t.TempDir(), testLogger(t))
 	img, err := s.Pull(context.Background(), ref, Options{})
 	if err != nil {
 		t.Fatal(err)
