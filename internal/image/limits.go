@@ -14,8 +14,10 @@ import (
 // unpacks within Limits, counted over all its layers, and one that would
 // pass them is refused before the file that crosses them is written.
 
-// Default limits per image. A large real image (CUDA, a full desktop) is
-// under 8 GiB and 300,000 entries; paths are rarely 30 deep.
+// Default limits per image. Most images unpack to under 2 GiB and
+// 100,000 entries, and paths are rarely 30 deep; the defaults leave room
+// for large ones (a CUDA runtime, a desktop), and a host's operator raises
+// them for more (WithLimits).
 const (
 	DefaultMaxBytes   int64 = 8 << 30
 	DefaultMaxEntries int64 = 500_000
