@@ -77,7 +77,7 @@ func (e *LimitError) Error() string {
 	default:
 		s = fmt.Sprintf("passes the limit on %s (%d > %d)", e.Limit, e.Got, e.Max)
 	}
-	return s + "; the image is refused: make it smaller, or raise the host's image unpacking limits"
+	return s + "; the image is refused: make it smaller, or raise the host's limit (perch agent --image-max-gb, --image-max-entries, --image-max-depth)"
 }
 
 func (e *LimitError) Is(target error) bool { return target == ErrLimit }
