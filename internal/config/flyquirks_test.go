@@ -116,3 +116,20 @@ func TestConcurrencyDefaults(t *testing.T) {
 		}
 	}
 }
+
+func TestKillTimeoutForms(t *testing.T) {
+	for _, v := range []string{"5", "'5'", "'5s'"} {
+		c, _, err := Parse("fly.toml", []byte("kill_signal = 'sigint'\nkill_timeout = "+v+"\n"), LoadOptions{})
+		if err != nil {
+			t.Fatalf("kill_timeout = %s: %v", v, err)
+		}
+		want := &api.StopConfig{Signal: "SIGINT", Timeout: "5s"}
+		if got := c.MachineConfig("img").StopConfig; !cmp.Equal(got, want) {
+			t.Errorf("kill_timeout = %s: stop_config %+v, want %+v", v, got, want)
+		}
+	}
+	_, _, err := Parse("fly.toml", []byte("env = 'PORT=8080'\n"), LoadOptions{})
+	if err == nil || err.Error() != `fly.toml line 1: env must be a table, e.g. [env] then PORT = "8080" on the next line, got "PORT=8080"` {
+		t.Errorf("env as a string: %v", err)
+	}
+}

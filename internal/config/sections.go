@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"maps"
 	"regexp"
 	"slices"
@@ -163,6 +164,9 @@ func (d *decoder) seconds(s *section, k string) time.Duration {
 		}
 		t = time.Duration(v) * time.Second
 	case string:
+		if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+			v = fmt.Sprintf("%ds", n) // "5" is seconds, as 5 is
+		}
 		var err error
 		if t, err = time.ParseDuration(v); err != nil {
 			d.errorf(p, "%s %q is not a duration; write e.g. %s = 5 (seconds) or \"30s\"", k, v, k)
@@ -207,6 +211,13 @@ func (d *decoder) maxUnavailable(s *section) float64 {
 // env reads [env]. Values may be numbers and booleans too, as their text
 // (PORT = 8080); a list of tables ([[env]]) is merged, as flyctl does.
 func (d *decoder) env(top *section) map[string]string {
+	switch v := top.m["env"].(type) {
+	case nil, map[string]any, []any:
+	default:
+		d.errorf(path{"env"}, "env must be a table, e.g. [env] then PORT = \"8080\" on the next line, got %s", describe(v))
+		top.accept("env")
+		return nil
+	}
 	var env map[string]string
 	for _, s := range top.subs("env") {
 		for k, v := range d.envTable(s) {
