@@ -9,20 +9,23 @@ import (
 	"syscall"
 
 	"github.com/perchhq/perch/internal/agent"
+	"github.com/perchhq/perch/internal/image"
 	"github.com/perchhq/perch/internal/meshhost"
 	"github.com/perchhq/perch/internal/runtime/microvm"
+	"github.com/perchhq/perch/internal/store"
 	"github.com/spf13/cobra"
 )
 
 func agentCmd() *cobra.Command {
 	var cfg agent.Config
 	var edgeAddr string
-	var imageCacheGB float64
+	var imageCacheGB, imageMaxGB float64
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run a host: machines of its region and the edge proxy",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			store.QuietNATSSampler() // the agent runs no NATS server
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			a, err := netip.ParseAddr(edgeAddr)
@@ -34,6 +37,10 @@ func agentCmd() *cobra.Command {
 				return fmt.Errorf("--image-cache-max %g: want a size in GB, or 0 for no limit", imageCacheGB)
 			}
 			cfg.ImageCacheMax = int64(imageCacheGB * 1e9)
+			if imageMaxGB <= 0 || cfg.ImageLimits.MaxEntries <= 0 || cfg.ImageLimits.MaxDepth <= 0 {
+				return fmt.Errorf("--image-max-gb, --image-max-entries and --image-max-depth must be above 0 (got %g, %d, %d)", imageMaxGB, cfg.ImageLimits.MaxEntries, cfg.ImageLimits.MaxDepth)
+			}
+			cfg.ImageLimits.MaxBytes = int64(imageMaxGB * (1 << 30))
 			if cfg.Token == "" {
 				cfg.Token = os.Getenv("PERCH_API_TOKEN")
 			}
@@ -74,6 +81,9 @@ func agentCmd() *cobra.Command {
 	f.Float64Var(&cfg.MeshLatency, "simulate-latency", 0, "delay mesh packets by the fiber time between regions times this route inflation (one-machine worlds only; perch dev sets it)")
 	_ = f.MarkHidden("simulate-latency")
 	f.Float64Var(&imageCacheGB, "image-cache-max", agent.DefaultImageCacheGB, "GB of disk the image store may hold; unused images and layers beyond it are removed, least recently used first (0: no limit)")
+	f.Float64Var(&imageMaxGB, "image-max-gb", float64(image.DefaultMaxBytes)/(1<<30), "GiB one image's layers may write when unpacked; a larger image is refused (docs/security.md)")
+	f.Int64Var(&cfg.ImageLimits.MaxEntries, "image-max-entries", image.DefaultMaxEntries, "files, directories and links one image's layers may hold; more is refused")
+	f.IntVar(&cfg.ImageLimits.MaxDepth, "image-max-depth", image.DefaultMaxDepth, "directories deep a path in an image may go; deeper is refused")
 	_ = cmd.MarkFlagRequired("region")
 	return cmd
 }

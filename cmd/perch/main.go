@@ -2,6 +2,11 @@
 // control plane (perch server), the host agent (perch agent), the one-machine
 // world (perch dev), the shims agents start machines through (runc, microVM),
 // and, copied into each microVM's initramfs as /perch-init, the guest's init.
+//
+// Go's sysmon re-reads the cgroup CPU limit every second to adjust
+// GOMAXPROCS; an idle shim per machine would wake for it each time.
+//
+//go:debug updatemaxprocs=0
 package main
 
 import (

@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/perchhq/perch/internal/meshhost"
+	"github.com/perchhq/perch/internal/registry"
 	"github.com/perchhq/perch/internal/server"
 	"github.com/spf13/cobra"
 )
@@ -60,6 +61,8 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.NATSAdvertise, "nats-advertise", "", "NATS URL handed to agents (default: the server's own)")
 	f.StringVar(&machineNet, "machine-net", "172.30.0.0/16", "range that host machine subnets (/24 each) come from")
 	f.DurationVar(&cfg.HostTimeout, "host-timeout", 0, "how long a silent host stays up (default 10s)")
+	f.DurationVar(&cfg.Registry.UploadTimeout, "registry-upload-timeout", registry.DefaultUploadTimeout, "how long a registry blob upload may sit idle before it is removed")
+	f.Int64Var(&cfg.Registry.MaxBlobBytes, "registry-max-blob-bytes", registry.DefaultMaxBlobBytes, "largest blob (image layer) the registry accepts, in bytes; larger uploads get 413 (-1: no cap)")
 	acme.register(f)
 	f.BoolVar(&cfg.Certs.DevCA, "dev-ca", false, "give every app a certificate for <app>.<dev-domain> from a built-in CA (for test setups; clients must trust it)")
 	f.StringVar(&cfg.Certs.DevDomain, "dev-domain", "perch.local", "domain of the dev CA's certificates (the agents' --edge-domain)")

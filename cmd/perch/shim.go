@@ -5,6 +5,7 @@ import (
 
 	"github.com/perchhq/perch/internal/runtime/microvm"
 	"github.com/perchhq/perch/internal/runtime/runc"
+	"github.com/perchhq/perch/internal/store"
 	"github.com/spf13/cobra"
 )
 
@@ -15,6 +16,7 @@ func shimCmd() *cobra.Command {
 		Hidden:             true,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			store.QuietNATSSampler()
 			os.Exit(runc.ShimMain(args))
 			return nil
 		},
@@ -28,6 +30,7 @@ func microvmShimCmd() *cobra.Command {
 		Hidden:             true,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			store.QuietNATSSampler()
 			os.Exit(microvm.ShimMain(args))
 			return nil
 		},

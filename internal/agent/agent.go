@@ -81,6 +81,9 @@ type Config struct {
 	// images no machine of the host uses, and then their layers, are
 	// removed, least recently used first. 0 is no limit.
 	ImageCacheMax int64
+	// ImageLimits bound what one image's layers may write when unpacked
+	// (bytes, entries, path depth); zero fields take image's defaults.
+	ImageLimits image.Limits
 
 	// MicroVM configures the microvm runtime (its shim, kernel, init);
 	// the agent sets its state dir and logger.
@@ -235,7 +238,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer a.mesh.Close()
-	a.images = image.New(filepath.Join(a.cfg.StateDir, "images"), a.log.With("component", "image"))
+	a.images = image.New(filepath.Join(a.cfg.StateDir, "images"), a.log.With("component", "image"), image.WithLimits(a.cfg.ImageLimits))
 	a.gcKick = make(chan struct{}, 1)
 	// Certificates are issued by the control plane; the edge serves them
 	// from memory, and answers ACME challenges, through this Source.

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 
 	"github.com/perchhq/perch/internal/api"
 	perchrt "github.com/perchhq/perch/internal/runtime"
@@ -33,22 +35,36 @@ type shipper struct {
 	offsets map[string]int64
 	partial map[string][]byte
 	last    []string
+	// limit paces the lines shipped (logRate a second, logBurst at once);
+	// dropped counts those over it since the last "lines dropped" marker.
+	limit   *rate.Limiter
+	dropped map[string]int
+	marked  time.Time // when the last "lines dropped" marker went
+	behind  bool      // a file has more than one read's worth left
 
 	stopc chan struct{}
 	done  chan struct{}
 }
 
 func (a *Agent) startShipper(spec store.MachineSpec) *shipper {
+	s := a.newShipper(spec, a.logFiles(spec.ID))
+	go s.loop()
+	return s
+}
+
+// newShipper is a shipper of files, at the offsets kept on disk, not yet
+// tailing.
+func (a *Agent) newShipper(spec store.MachineSpec, files []perchrt.LogFile) *shipper {
 	s := &shipper{
-		a: a, spec: spec, files: a.logFiles(spec.ID),
+		a: a, spec: spec, files: files,
 		offPath: filepath.Join(a.cfg.StateDir, "machines", spec.ID+".offsets"),
 		offsets: map[string]int64{}, partial: map[string][]byte{},
+		limit: rate.NewLimiter(logRate, logBurst), dropped: map[string]int{},
 		stopc: make(chan struct{}), done: make(chan struct{}),
 	}
 	if b, err := os.ReadFile(s.offPath); err == nil {
 		_ = json.Unmarshal(b, &s.offsets)
 	}
-	go s.loop()
 	return s
 }
 
@@ -62,6 +78,19 @@ var (
 	logRecheck = 5 * time.Second
 	logNoWatch = 250 * time.Millisecond
 )
+
+// A machine ships at most logRate lines a second (logBurst at once); what
+// it prints beyond that is dropped and counted, and a line saying how many
+// takes their place once it is under the rate again, so one machine's
+// flood costs neither the host, nor the control plane, nor other apps'
+// logs. The lines' files on the host keep everything.
+var (
+	logRate  rate.Limit = 1000
+	logBurst            = 2000
+)
+
+// logReadMax is the most of one file a flush reads.
+const logReadMax = 4 << 20
 
 // logWatchMask is what a write to an output file raises in its directory.
 const logWatchMask = unix.IN_MODIFY | unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_CLOSE_WRITE
@@ -134,7 +163,14 @@ func (s *shipper) loop() {
 			default:
 			}
 		}
-		if watching {
+		s.mu.Lock()
+		behind, dropped := s.behind, len(s.dropped) > 0
+		s.mu.Unlock()
+		if behind {
+			t.Reset(logBatch) // catch up without waiting for the next write
+		} else if dropped {
+			t.Reset(100 * time.Millisecond) // the marker of a flood that stopped
+		} else if watching {
 			t.Reset(logRecheck)
 		} else {
 			t.Reset(logNoWatch)
@@ -164,11 +200,13 @@ func (s *shipper) flush() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	changed := false
+	s.behind = false
 	for _, f := range s.files {
 		if s.readFile(f) {
 			changed = true
 		}
 	}
+	s.flushDropped()
 	if changed {
 		if b, err := json.Marshal(s.offsets); err == nil {
 			_ = os.MkdirAll(filepath.Dir(s.offPath), 0o700)
@@ -198,9 +236,12 @@ func (s *shipper) readFile(f perchrt.LogFile) bool {
 	if _, err := fh.Seek(off, io.SeekStart); err != nil {
 		return false
 	}
-	data, err := io.ReadAll(io.LimitReader(fh, 4<<20))
+	data, err := io.ReadAll(io.LimitReader(fh, logReadMax))
 	if err != nil {
 		return false
+	}
+	if len(data) == logReadMax {
+		s.behind = true
 	}
 	s.offsets[f.Path] = off + int64(len(data))
 	buf := append(s.partial[f.Path], data...)
@@ -220,14 +261,54 @@ func (s *shipper) readFile(f perchrt.LogFile) bool {
 	return true
 }
 
+// publish ships one line, or counts it dropped when the machine is over
+// its rate; once a second at most, a line shipped after drops is
+// preceded by a marker saying how many.
 func (s *shipper) publish(stream, msg string) {
-	l := api.LogLine{
-		Timestamp: time.Now().UTC(), App: s.spec.App, Region: s.spec.Region,
-		MachineID: s.spec.ID, Stream: stream, Message: msg,
+	if len(msg) > store.LogLineMax {
+		msg = msg[:store.LogLineMax] + " [perch: line cut at 16 KiB]"
 	}
 	s.last = append(s.last, msg)
 	if len(s.last) > lastLogLines {
 		s.last = s.last[len(s.last)-lastLogLines:]
+	}
+	if !s.limit.Allow() {
+		s.dropped[stream]++
+		return
+	}
+	if s.dropped[stream] > 0 && time.Since(s.marked) >= time.Second {
+		s.markDropped(stream)
+	}
+	s.send(stream, msg)
+}
+
+// markDropped ships the line saying how many of stream's lines were
+// dropped since the last one said so (at most one a second).
+func (s *shipper) markDropped(stream string) {
+	n := s.dropped[stream]
+	delete(s.dropped, stream)
+	s.marked = time.Now()
+	s.send(stream, fmt.Sprintf("[perch] %d lines dropped: the machine printed more than %d lines a second", n, int(logRate)))
+}
+
+// flushDropped ships the markers of drops no later line has reported yet
+// (a flood that stopped), once the rate allows.
+func (s *shipper) flushDropped() {
+	if time.Since(s.marked) < time.Second {
+		return
+	}
+	for stream := range s.dropped {
+		if !s.limit.Allow() {
+			return
+		}
+		s.markDropped(stream)
+	}
+}
+
+func (s *shipper) send(stream, msg string) {
+	l := api.LogLine{
+		Timestamp: time.Now().UTC(), App: s.spec.App, Region: s.spec.Region,
+		MachineID: s.spec.ID, Stream: stream, Message: msg,
 	}
 	b, err := json.Marshal(l)
 	if err != nil {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -30,6 +31,11 @@ func (a *Agent) runtimeSpec(spec store.MachineSpec, rootfs string, img v1.Config
 	if len(args) == 0 {
 		return perchrt.Spec{}, fmt.Errorf("image %s has no entrypoint or cmd; set config.init.cmd", spec.Config.Image)
 	}
+	ip, err := netip.ParseAddr(spec.PrivateIP)
+	if err != nil {
+		return perchrt.Spec{}, fmt.Errorf("machine %s has no valid private ip %q", spec.ID, spec.PrivateIP)
+	}
+	addr6 := mesh.MachineAddr(a.sub6, ip)
 	env := map[string]string{}
 	var order []string
 	set := func(kv string) {
@@ -46,16 +52,12 @@ func (a *Agent) runtimeSpec(spec store.MachineSpec, rootfs string, img v1.Config
 	for k, v := range spec.Config.Env {
 		set(k + "=" + v)
 	}
-	for k, v := range machineEnv(spec, a.cfg.Region) {
+	for k, v := range machineEnv(spec, a.cfg.Region, addr6) {
 		set(k + "=" + v)
 	}
 	out := make([]string, 0, len(order))
 	for _, k := range order {
 		out = append(out, k+"="+env[k])
-	}
-	ip, err := netip.ParseAddr(spec.PrivateIP)
-	if err != nil {
-		return perchrt.Spec{}, fmt.Errorf("machine %s has no valid private ip %q", spec.ID, spec.PrivateIP)
 	}
 	cwd := img.WorkingDir
 	if cwd == "" {
@@ -68,7 +70,7 @@ func (a *Agent) runtimeSpec(spec store.MachineSpec, rootfs string, img v1.Config
 		Hostname: spec.ID,
 		Net: perchrt.Net{
 			Bridge: a.bridge, Addr: netip.PrefixFrom(ip, a.gw.Bits()), Gateway: a.gw.Addr(),
-			Addr6: netip.PrefixFrom(mesh.MachineAddr(a.sub6, ip), a.sub6.Bits()),
+			Addr6: netip.PrefixFrom(addr6, a.sub6.Bits()),
 			DNS:   []netip.Addr{a.gw.Addr()}, // the host's internal DNS (dns.go)
 		},
 		CPUs:     spec.Config.Guest.CPUs,
@@ -77,8 +79,13 @@ func (a *Agent) runtimeSpec(spec store.MachineSpec, rootfs string, img v1.Config
 }
 
 // machineEnv is the environment every machine gets, under Perch's names
-// and Fly's, so apps written for Fly run unchanged.
-func machineEnv(spec store.MachineSpec, region string) map[string]string {
+// and Fly's, so apps written for Fly run unchanged. FLY_PRIVATE_IP is the
+// machine's 6PN address, as on Fly (what <id>.vm.<app>.internal answers);
+// PERCH_PRIVATE_IP its IPv4 address on the host bridge. FLY_PROCESS_GROUP
+// and PRIMARY_REGION come from the machine's config when perch deploy set
+// them there (from perch.toml), else the "app" group and the machine's own
+// region.
+func machineEnv(spec store.MachineSpec, region string, addr6 netip.Addr) map[string]string {
 	port := 8080
 	if len(spec.Config.Services) > 0 {
 		port = spec.Config.Services[0].InternalPort
@@ -90,11 +97,24 @@ func machineEnv(spec store.MachineSpec, region string) map[string]string {
 		"PERCH_PRIVATE_IP": spec.PrivateIP,
 		"FLY_APP_NAME":     spec.App,
 		"FLY_MACHINE_ID":   spec.ID,
+		"FLY_ALLOC_ID":     spec.ID,
 		"FLY_REGION":       region,
-		"FLY_PRIVATE_IP":   spec.PrivateIP,
+		"FLY_IMAGE_REF":    spec.Config.Image,
 	}
-	if _, ok := spec.Config.Env["PORT"]; !ok {
-		e["PORT"] = strconv.Itoa(port)
+	if addr6.IsValid() {
+		e["FLY_PRIVATE_IP"] = addr6.String()
+	} else {
+		e["FLY_PRIVATE_IP"] = spec.PrivateIP
+	}
+	defaults := map[string]string{
+		"PORT":              strconv.Itoa(port),
+		"FLY_PROCESS_GROUP": cmp.Or(spec.Config.Metadata["fly_process_group"], "app"),
+		"PRIMARY_REGION":    cmp.Or(spec.Region, region),
+	}
+	for k, v := range defaults {
+		if _, ok := spec.Config.Env[k]; !ok {
+			e[k] = v
+		}
 	}
 	return e
 }

@@ -360,8 +360,8 @@ func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
 	w.setState(ctx, spec, api.StateStarting, "launch", "pulling "+spec.Config.Image)
 	img, err := w.a.images.Pull(ctx, spec.Config.Image, w.a.pull)
 	if err != nil {
-		if errors.Is(err, image.ErrImageNotFound) || errors.Is(err, image.ErrUnauthorized) {
-			return err // says which image, which registry and what to do
+		if errors.Is(err, image.ErrImageNotFound) || errors.Is(err, image.ErrUnauthorized) || errors.Is(err, image.ErrLimit) {
+			return err // says which image, which registry or limit, and what to do
 		}
 		return fmt.Errorf("pull %s: %w", spec.Config.Image, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,14 +17,17 @@ import (
 
 func newDeployCmd(g *globals) *cobra.Command {
 	var image string
+	var flagRegionList []string
 	var opts deployOptions
 	cmd := &cobra.Command{
 		Use:   "deploy",
 		Short: "Roll the app's machines to a new release without dropping a request",
 		Long: `Roll the app's machines to a new release described by perch.toml.
 
-Regions are perch.toml's regions, else the regions the app has machines in,
-else its primary_region; the primary region goes first. New machines start
+Regions are --region, else perch.toml's regions, else the regions the app
+has machines in, else its primary_region; the primary region goes first. A
+fly.toml without primary_region deploys with --region, or to the regions
+the app already runs in. Every machine gets PRIMARY_REGION. New machines start
 first; each must be ready (its checks pass, or its ports listen) and then
 stay up for the smoke window before the old machines it replaces are
 drained (no new requests, those in flight finish) and stopped with their
@@ -60,14 +64,22 @@ once).`,
 			}
 			ctx, stop := interruptible(cmd)
 			defer stop()
+			if err := checkRegions(ctx, c, flagRegionList); err != nil {
+				return err
+			}
+			regions, primary := flagRegions(flagRegionList, cfg.Regions, cfg.PrimaryRegion)
+			if cfg.PrimaryRegion == "" {
+				cfg.PrimaryRegion = primary // the machines' PRIMARY_REGION
+			}
 			d := &deployer{c: c, app: app, out: cmd.OutOrStdout(), opts: opts}
-			if err := d.run(ctx, cfg.Regions, cfg.PrimaryRegion, cfg.MachineConfig(img), ""); err != nil {
+			if err := d.run(ctx, regions, primary, cfg.MachineConfig(img), ""); err != nil {
 				return err
 			}
 			return applyAutoscale(ctx, c, app, cfg.Autoscale, cmd.OutOrStdout()) // autoscale.go
 		},
 	}
 	cmd.Flags().StringVar(&image, "image", "", "image to deploy (default: [build] image of perch.toml)")
+	cmd.Flags().StringSliceVar(&flagRegionList, "region", nil, "regions to deploy to, e.g. --region iad,ams (default: perch.toml's regions, else the app's regions, else primary_region); the first is the primary region when perch.toml names none")
 	addDeployFlags(cmd, &opts)
 	return cmd
 }
@@ -119,6 +131,7 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 	if err != nil {
 		return err
 	}
+	mc = withPrimaryRegion(mc, plan)
 	strategy := cmp.Or(d.opts.Strategy, strategyRolling)
 	rel, err := d.c.CreateRelease(ctx, d.app, api.CreateReleaseRequest{
 		Image: mc.Image, Config: mc, Strategy: strategy, Regions: planRegions(plan), Description: description,
@@ -250,4 +263,26 @@ func plural(n int, word string) string {
 		return "1 " + word
 	}
 	return fmt.Sprintf("%d %ss", n, word)
+}
+
+// checkRegions fails before anything changes when --region names a region
+// the control plane does not know.
+func checkRegions(ctx context.Context, c *api.Client, regions []string) error {
+	if len(regions) == 0 {
+		return nil
+	}
+	known, err := c.ListRegions(ctx)
+	if err != nil {
+		return fmt.Errorf("deploy: listing regions: %w", err)
+	}
+	var codes []string
+	for _, r := range known {
+		codes = append(codes, r.Code)
+	}
+	for _, r := range regions {
+		if !slices.Contains(codes, r) {
+			return fmt.Errorf("--region %q is not a region; `perch regions --all` lists them: %s", r, strings.Join(codes, ", "))
+		}
+	}
+	return nil
 }

@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/config"
 )
 
 // Metadata keys perch deploy puts on machines.
@@ -93,9 +95,39 @@ func deployRegions(existing []api.Machine, cfgRegions []string, primary string) 
 		regions = []string{primary}
 	}
 	if len(regions) == 0 {
-		return nil, errors.New("no region to deploy to: set primary_region (and optionally regions) in perch.toml")
+		return nil, errors.New("no region to deploy to: pass --region (e.g. --region iad; `perch regions` lists them), or set primary_region in perch.toml")
 	}
 	return primaryFirst(regions, primary), nil
+}
+
+// flagRegions applies perch deploy --region over perch.toml: the flag's
+// regions are where to deploy, and the primary region is perch.toml's when
+// it is one of them, else the flag's first.
+func flagRegions(flag, cfgRegions []string, primary string) ([]string, string) {
+	if len(flag) == 0 {
+		return cfgRegions, primary
+	}
+	if !slices.Contains(flag, primary) {
+		primary = flag[0]
+	}
+	return slices.Clone(flag), primary
+}
+
+// withPrimaryRegion is mc with PRIMARY_REGION set to the deploy's primary
+// region when perch.toml did not set it (it has no primary_region), so every
+// machine knows it as on Fly.
+func withPrimaryRegion(mc api.MachineConfig, p deployPlan) api.MachineConfig {
+	regions := planRegions(p)
+	if _, ok := mc.Env[config.EnvPrimaryRegion]; ok || len(regions) == 0 {
+		return mc
+	}
+	env := maps.Clone(mc.Env)
+	if env == nil {
+		env = map[string]string{}
+	}
+	env[config.EnvPrimaryRegion] = regions[0]
+	mc.Env = env
+	return mc
 }
 
 // planDeploy rolls every live machine of the target regions, one region at

@@ -132,3 +132,38 @@ func TestWithRelease(t *testing.T) {
 		t.Error("a different image gave the same config hash")
 	}
 }
+
+// A fly.toml without primary_region still deploys: --region says where,
+// else the app's regions; with neither, the error says what to pass.
+func TestDeployWithoutPrimaryRegion(t *testing.T) {
+	regions, primary := flagRegions([]string{"ams", "iad"}, nil, "")
+	if diff := cmp.Diff([]string{"ams", "iad"}, regions); diff != "" || primary != "ams" {
+		t.Errorf("--region ams,iad: regions %v primary %q, want [ams iad] and ams (-want +got):\n%s", regions, primary, diff)
+	}
+	if _, primary := flagRegions([]string{"ams", "iad"}, []string{"sin"}, "iad"); primary != "iad" {
+		t.Errorf("--region ams,iad with primary_region iad: primary %q, want iad", primary)
+	}
+	if regions, primary := flagRegions(nil, []string{"sin"}, "sin"); !cmp.Equal(regions, []string{"sin"}) || primary != "sin" {
+		t.Errorf("no --region: %v %q, want perch.toml's", regions, primary)
+	}
+
+	_, err := planDeploy(nil, nil, "")
+	if err == nil || err.Error() != "no region to deploy to: pass --region (e.g. --region iad; `perch regions` lists them), or set primary_region in perch.toml" {
+		t.Errorf("no region at all: %v", err)
+	}
+
+	// The app's existing regions; the first becomes every machine's
+	// PRIMARY_REGION, unless perch.toml set one.
+	p, err := planDeploy([]api.Machine{machine("a1", "sin", api.StateStarted, 1, "v1"), machine("b1", "ams", api.StateStarted, 2, "v1")}, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc := withPrimaryRegion(api.MachineConfig{Env: map[string]string{"X": "1"}}, p)
+	if mc.Env["PRIMARY_REGION"] != "ams" || mc.Env["X"] != "1" {
+		t.Errorf("env = %v, want PRIMARY_REGION=ams beside X=1", mc.Env)
+	}
+	mc = withPrimaryRegion(api.MachineConfig{Env: map[string]string{"PRIMARY_REGION": "sin"}}, p)
+	if mc.Env["PRIMARY_REGION"] != "sin" {
+		t.Errorf("env = %v, want perch.toml's PRIMARY_REGION=sin kept", mc.Env)
+	}
+}

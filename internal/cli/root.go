@@ -45,6 +45,7 @@ func NewRoot(version string) *cobra.Command {
 		newRegionsCmd(g),
 		newHostsCmd(g),
 		newCertsCmd(g),
+		newConfigCmd(g),
 	)
 	addLoginHint(root)
 	return root

@@ -31,24 +31,24 @@ func (d *decoder) check(s *section, typ string) (api.Check, bool) {
 	c.Interval, interval, ip = d.checkDuration(s, "interval", &ok)
 	c.Timeout, timeout, tp = d.checkDuration(s, "timeout", &ok)
 	c.GracePeriod, _, _ = d.checkDuration(s, "grace_period", &ok)
+	// flyctl only warns about an interval under a second; so do we, and
+	// check every second, the most often a host checks.
 	if c.Interval != "" && interval < health.MinInterval {
-		d.errorf(ip, "interval %s is too short; check at most every %s, e.g. interval = \"15s\"", interval, health.MinInterval)
-		ok = false
-	}
-	if c.Interval == "" {
-		interval = health.DefaultInterval
+		d.warnf(ip, "interval %s is shorter than %s; checked every %s instead", interval, health.MinInterval, health.MinInterval)
+		c.Interval = health.MinInterval.String()
 	}
 	if c.Timeout != "" && timeout == 0 {
 		d.errorf(tp, "timeout must be more than 0, e.g. timeout = \"2s\"")
 		ok = false
 	}
-	if ok && c.Timeout != "" && timeout > interval {
-		d.errorf(tp, "timeout %s is longer than interval %s; a check must end before the next one starts", timeout, interval)
-		ok = false
-	}
+	// A timeout longer than the interval is fine, as on Fly: a host runs a
+	// check's probes one after another, never two at once.
 	// Fly v1 restarted a machine after restart_limit failures; Fly v2
 	// ignores it too. A critical check takes the machine out of rotation.
 	s.accept("restart_limit")
+	// Fly v1 tcp_checks could name a port; checks go to the service's
+	// internal_port on Fly v2 and here.
+	s.ignore("port", "a service's checks always go to its internal_port")
 	if typ == "http" {
 		ok = d.httpCheck(s, &c) && ok
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/health"
 )
 
 func TestChecks(t *testing.T) {
@@ -41,7 +42,7 @@ func TestChecks(t *testing.T) {
 	}
 	want := []api.Service{
 		{
-			Protocol: "tcp", InternalPort: 8080, Ports: webPorts,
+			Protocol: "tcp", InternalPort: 8080, Ports: webPorts, Concurrency: defaultConcurrency,
 			Checks: []api.Check{{
 				Type: "http", Port: 8080, Interval: "10s", Timeout: "1s", GracePeriod: "5s", Method: "HEAD", Path: "/health",
 				Protocol: "https", TLSSkipVerify: true,
@@ -49,7 +50,7 @@ func TestChecks(t *testing.T) {
 			}},
 		},
 		{
-			Protocol: "tcp", InternalPort: 5432,
+			Protocol: "tcp", InternalPort: 5432, Concurrency: defaultConcurrency,
 			// tcp_checks first, then http_checks, whatever the file's order.
 			Checks: []api.Check{
 				{Type: "tcp", Port: 5432, GracePeriod: "30s"},
@@ -72,10 +73,7 @@ func TestCheckErrors(t *testing.T) {
 		{"duration", []string{"interval = 'often'"}, `line 5: interval "often" is not a duration; write e.g. interval = "15s"`},
 		{"duration type", []string{"timeout = true"}, `line 5: timeout must be a duration, e.g. timeout = "15s", got true`},
 		{"negative", []string{"grace_period = -5"}, `line 5: grace_period -5 is out of range`},
-		{"too often", []string{"interval = '100ms'"}, `line 5: interval 100ms is too short; check at most every 1s`},
 		{"zero timeout", []string{"timeout = '0s'"}, `line 5: timeout must be more than 0`},
-		{"timeout longer than interval", []string{"interval = '5s'", "timeout = '10s'"}, `line 6: timeout 10s is longer than interval 5s`},
-		{"timeout longer than default interval", []string{"timeout = '20s'"}, `line 5: timeout 20s is longer than interval 15s`},
 		{"method", []string{"method = 'FETCH'"}, `line 5: method "FETCH" is not one of "GET", "HEAD", "POST"`},
 		{"path", []string{"path = 'health'"}, `line 5: path "health" must start with /, e.g. path = "/health"`},
 		{"protocol", []string{"protocol = 'grpc'"}, `line 5: protocol "grpc" is not one of "http" or "https"`},
@@ -107,8 +105,11 @@ func TestCheckWarnings(t *testing.T) {
 		"  [[services.http_checks]]",
 		"    tls_server_name = 'app.example'",
 		"    intervall = '5s'",
+		"  [[services.tcp_checks]]",
+		"    interval = 500", // Fly v1 milliseconds, under a second
+		"    timeout = '2s'",
 	)
-	_, warns, err := Parse("perch.toml", []byte(data), LoadOptions{})
+	c, warns, err := Parse("perch.toml", []byte(data), LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,8 +117,19 @@ func TestCheckWarnings(t *testing.T) {
 		`perch.toml line 5: unknown key "path" in [[services.tcp_checks]], ignored`,
 		`perch.toml line 7: "tls_server_name" in [[services.http_checks]] ignored: the check sends no SNI name; set tls_skip_verify = true to check an https port`,
 		`perch.toml line 8: unknown key "intervall" in [[services.http_checks]], ignored; did you mean "interval"?`,
+		`perch.toml line 10: interval 500ms is shorter than 1s; checked every 1s instead`,
 	}
 	if diff := cmp.Diff(want, warnings(warns)); diff != "" {
 		t.Errorf("warnings (-want +got):\n%s", diff)
+	}
+	// The check runs, every second, with its timeout longer than that, as
+	// on Fly; the API accepts it.
+	got := c.MachineConfig("img").Services[0].Checks
+	wantCheck := api.Check{Type: "tcp", Port: 8080, Interval: "1s", Timeout: "2s"}
+	if len(got) != 3 || !cmp.Equal(got[1], wantCheck) {
+		t.Fatalf("checks = %+v, want the second to be %+v", got, wantCheck)
+	}
+	if err := health.Validate(got[1]); err != nil {
+		t.Errorf("the API would refuse the check: %v", err)
 	}
 }

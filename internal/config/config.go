@@ -38,6 +38,16 @@ type Config struct {
 	Autoscale *api.AutoscaleSettings
 	// Processes maps process group names to their command line.
 	Processes map[string]string
+	// Init is [experimental] cmd, entrypoint and exec, which override the
+	// image's as on Fly; a [processes] command overrides Cmd.
+	Init Init
+}
+
+// Init overrides the image's process, as [experimental] in fly.toml.
+type Init struct {
+	Cmd        []string // the image's CMD
+	Entrypoint []string // the image's ENTRYPOINT (and, as in Docker, its CMD)
+	Exec       []string // the whole command line: entrypoint and cmd
 }
 
 // Build says where the app's image comes from.

@@ -70,9 +70,10 @@ func TestParseFlyFiles(t *testing.T) {
 				},
 			},
 			warns: []string{
-				`rails.fly.toml line 13: "release_command" in [deploy] ignored: release commands are not supported yet`,
+				`rails.fly.toml line 8: "console_command" ignored: perch has no console command (no fly ssh console)`,
+				`rails.fly.toml line 13: "release_command" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first`,
 				`rails.fly.toml line 15: [processes] defines 2 groups; perch runs one group per app for now, "app"`,
-				`rails.fly.toml line 37: [[statics]] ignored: static file serving is not supported yet`,
+				`rails.fly.toml line 37: [[statics]] ignored: static file serving is not supported yet; the app serves its static files itself`,
 			},
 		},
 		{

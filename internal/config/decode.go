@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -179,12 +180,14 @@ func (s *section) str(k string) (string, path, bool) {
 	return str, p, true
 }
 
+// integer reads a whole number. As flyctl does, it also takes one written
+// as a string (port = "80") or as a whole decimal (soft_limit = 20.0).
 func (s *section) integer(k string) (int, path, bool) {
 	v, p, ok := s.get(k)
 	if !ok {
 		return 0, p, false
 	}
-	n, isInt := v.(int64)
+	n, isInt := wholeNumber(v)
 	if !isInt {
 		s.d.errorf(p, "%s must be a whole number, got %s", k, describe(v))
 		return 0, p, false
@@ -195,6 +198,23 @@ func (s *section) integer(k string) (int, path, bool) {
 		return 0, p, false
 	}
 	return int(n), p, true
+}
+
+// wholeNumber is v as an integer if it is one, or a string or decimal
+// that is exactly one.
+func wholeNumber(v any) (int64, bool) {
+	switch v := v.(type) {
+	case int64:
+		return v, true
+	case float64:
+		if v == math.Trunc(v) && math.Abs(v) < 1<<53 {
+			return int64(v), true
+		}
+	case string:
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		return n, err == nil
+	}
+	return 0, false
 }
 
 // port reads a port number, which must be 1-65535.

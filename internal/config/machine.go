@@ -10,6 +10,13 @@ import (
 	"github.com/perchhq/perch/internal/api"
 )
 
+// The environment and metadata flyctl gives a machine of a process group.
+const (
+	EnvProcessGroup  = "FLY_PROCESS_GROUP"
+	EnvPrimaryRegion = "PRIMARY_REGION"
+	MetaProcessGroup = "fly_process_group"
+)
+
 // DefaultProcessGroup is the group a machine runs when [processes] does not
 // name one; fly launch writes processes = ["app"] for it.
 const DefaultProcessGroup = "app"
@@ -43,14 +50,34 @@ func (c *Config) MachineConfig(image string) api.MachineConfig {
 	if mc.Image == "" {
 		mc.Image = c.Build.Image
 	}
-	if len(c.Env) > 0 {
-		mc.Env = maps.Clone(c.Env)
+	// As flyctl does: the machine learns its process group and the app's
+	// primary region from its environment.
+	mc.Env = maps.Clone(c.Env)
+	if mc.Env == nil {
+		mc.Env = map[string]string{}
 	}
+	mc.Env[EnvProcessGroup] = group
+	if c.PrimaryRegion != "" {
+		mc.Env[EnvPrimaryRegion] = c.PrimaryRegion
+	}
+	mc.Metadata = map[string]string{MetaProcessGroup: group}
 	if c.KillSignal != "" || c.KillTimeout > 0 {
 		mc.StopConfig = &api.StopConfig{Signal: c.KillSignal}
 		if c.KillTimeout > 0 {
 			mc.StopConfig.Timeout = c.KillTimeout.String()
 		}
+	}
+	// [experimental] exec is the whole command line; entrypoint replaces
+	// the image's (and its cmd, as in Docker); cmd and then the group's
+	// [processes] command replace the image's cmd, as flyctl applies them.
+	switch {
+	case len(c.Init.Exec) > 0:
+		mc.Init.Entrypoint = slices.Clone(c.Init.Exec)
+	case len(c.Init.Entrypoint) > 0:
+		mc.Init.Entrypoint = slices.Clone(c.Init.Entrypoint)
+	}
+	if len(c.Init.Exec) == 0 {
+		mc.Init.Cmd = slices.Clone(c.Init.Cmd)
 	}
 	if cmd, ok := c.Processes[group]; ok {
 		// Parse has checked that it splits.
@@ -64,7 +91,7 @@ func (c *Config) MachineConfig(image string) api.MachineConfig {
 				{Port: 80, Handlers: []string{"http"}, ForceHTTPS: h.ForceHTTPS, HTTPOptions: cloneHTTPOptions(h.HTTPOptions)},
 				{Port: 443, Handlers: []string{"tls", "http"}, TLSOptions: cloneTLSOptions(h.TLSOptions), HTTPOptions: cloneHTTPOptions(h.HTTPOptions)},
 			},
-			Concurrency: cloneConcurrency(h.Concurrency),
+			Concurrency: withDefaults(h.Concurrency),
 			Checks:      serviceChecks(h.Checks, h.InternalPort),
 		})
 		scaleToZero(&mc.Services[len(mc.Services)-1], h.AutoStopMachines, h.AutoStartMachines, h.MinMachinesRunning, h.IdleTimeout)
@@ -76,7 +103,7 @@ func (c *Config) MachineConfig(image string) api.MachineConfig {
 		svc := api.Service{
 			Protocol:     s.Protocol,
 			InternalPort: s.InternalPort,
-			Concurrency:  cloneConcurrency(s.Concurrency),
+			Concurrency:  withDefaults(s.Concurrency),
 			Checks:       serviceChecks(s.Checks, s.InternalPort),
 		}
 		scaleToZero(&svc, s.AutoStopMachines, s.AutoStartMachines, s.MinMachinesRunning, s.IdleTimeout)
@@ -129,11 +156,28 @@ func appliesTo(processes []string, group string) bool {
 	return len(processes) == 0 || slices.Contains(processes, group)
 }
 
-func cloneConcurrency(c *api.Concurrency) *api.Concurrency {
-	if c == nil {
-		return nil
+// Fly's concurrency defaults: what a service gets for what it leaves out.
+const (
+	DefaultConcurrencyType = "connections"
+	DefaultSoftLimit       = 20
+)
+
+// withDefaults is a copy of c with Fly's defaults for what it leaves out:
+// type "connections", soft_limit 20 (at most hard_limit), no hard_limit.
+func withDefaults(c *api.Concurrency) *api.Concurrency {
+	cc := api.Concurrency{}
+	if c != nil {
+		cc = *c
 	}
-	cc := *c
+	if cc.Type == "" {
+		cc.Type = DefaultConcurrencyType
+	}
+	if cc.SoftLimit == 0 {
+		cc.SoftLimit = DefaultSoftLimit
+		if cc.HardLimit > 0 {
+			cc.SoftLimit = min(DefaultSoftLimit, cc.HardLimit)
+		}
+	}
 	return &cc
 }
 

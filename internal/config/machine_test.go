@@ -22,6 +22,13 @@ var webPorts = []api.Port{
 	{Port: 443, Handlers: []string{"tls", "http"}},
 }
 
+// Fly's defaults for a service that sets no concurrency, and the metadata of
+// the "app" group.
+var (
+	defaultConcurrency = &api.Concurrency{Type: "connections", SoftLimit: 20}
+	appGroup           = map[string]string{"fly_process_group": "app"}
+)
+
 func TestMachineConfig(t *testing.T) {
 	yes, one := true, 1
 	for _, tc := range []struct {
@@ -33,10 +40,11 @@ func TestMachineConfig(t *testing.T) {
 			image: "", // falls back to [build] image
 			want: api.MachineConfig{
 				Image:    "127.0.0.1:4280/edge-echo:latest",
-				Env:      map[string]string{"GREETING": "hello from perch"},
+				Env:      map[string]string{"GREETING": "hello from perch", "FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "iad"},
 				Guest:    api.Guest{CPUKind: "shared", CPUs: 2, MemoryMB: 512, Runtime: "microvm"},
-				Services: []api.Service{{Protocol: "tcp", InternalPort: 8080, Ports: webPorts}},
+				Services: []api.Service{{Protocol: "tcp", InternalPort: 8080, Ports: webPorts, Concurrency: defaultConcurrency}},
 				Restart:  api.Restart{Policy: api.RestartOnFailure},
+				Metadata: appGroup,
 			},
 		},
 		{
@@ -44,13 +52,14 @@ func TestMachineConfig(t *testing.T) {
 			image: "127.0.0.1:4280/hello-go@sha256:0123",
 			want: api.MachineConfig{
 				Image: "127.0.0.1:4280/hello-go@sha256:0123",
-				Env:   map[string]string{"PORT": "8080"},
+				Env:   map[string]string{"PORT": "8080", "FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "ams"},
 				Guest: api.Guest{CPUKind: "shared", CPUs: 1, MemoryMB: 1024, Runtime: "runc"},
 				Services: []api.Service{{Protocol: "tcp", InternalPort: 8080, Ports: []api.Port{
 					{Port: 80, Handlers: []string{"http"}, ForceHTTPS: true},
 					{Port: 443, Handlers: []string{"tls", "http"}},
-				}, Autostop: api.AutostopStop, Autostart: &yes}},
-				Restart: api.Restart{Policy: api.RestartOnFailure},
+				}, Concurrency: defaultConcurrency, Autostop: api.AutostopStop, Autostart: &yes}},
+				Restart:  api.Restart{Policy: api.RestartOnFailure},
+				Metadata: appGroup,
 			},
 		},
 		{
@@ -58,7 +67,7 @@ func TestMachineConfig(t *testing.T) {
 			image: "",
 			want: api.MachineConfig{
 				Image: "ghcr.io/acme/chat-ws:1.4.2",
-				Env:   map[string]string{"LOG_LEVEL": "info", "MAX_ROOMS": "500"},
+				Env:   map[string]string{"LOG_LEVEL": "info", "MAX_ROOMS": "500", "FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "sin"},
 				Guest: api.Guest{CPUKind: "performance", CPUs: 2, MemoryMB: 4096, Runtime: "runc"},
 				Services: []api.Service{
 					{
@@ -71,9 +80,10 @@ func TestMachineConfig(t *testing.T) {
 						Checks:      []api.Check{{Type: "http", Port: 4000, Interval: "30s", Timeout: "5s", GracePeriod: "10s", Method: "GET", Path: "/healthz"}},
 						Autostop:    api.AutostopStop, Autostart: &yes, MinMachinesRunning: &one,
 					},
-					{Protocol: "tcp", InternalPort: 4001, Ports: []api.Port{{Port: 4001, Handlers: []string{"proxy_proto"}}}},
+					{Protocol: "tcp", InternalPort: 4001, Ports: []api.Port{{Port: 4001, Handlers: []string{"proxy_proto"}}}, Concurrency: defaultConcurrency},
 				},
 				Restart:    api.Restart{Policy: api.RestartAlways, MaxRetries: 3},
+				Metadata:   appGroup,
 				StopConfig: &api.StopConfig{Timeout: "30s", Signal: "SIGTERM"},
 			},
 		},
@@ -83,13 +93,15 @@ func TestMachineConfig(t *testing.T) {
 			image: "registry.example/blog:v7",
 			want: api.MachineConfig{
 				Image: "registry.example/blog:v7",
+				Env:   map[string]string{"FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "iad"},
 				Guest: api.Guest{CPUKind: "shared", CPUs: 1, MemoryMB: 1024, Runtime: "runc"},
 				Services: []api.Service{{Protocol: "tcp", InternalPort: 3000, Ports: []api.Port{
 					{Port: 80, Handlers: []string{"http"}, ForceHTTPS: true},
 					{Port: 443, Handlers: []string{"tls", "http"}},
-				}, Autostop: api.AutostopStop, Autostart: &yes}},
-				Restart: api.Restart{Policy: api.RestartOnFailure},
-				Init:    api.MachineInit{Cmd: []string{"./bin/rails", "server", "-b", "0.0.0.0"}},
+				}, Concurrency: defaultConcurrency, Autostop: api.AutostopStop, Autostart: &yes}},
+				Restart:  api.Restart{Policy: api.RestartOnFailure},
+				Init:     api.MachineInit{Cmd: []string{"./bin/rails", "server", "-b", "0.0.0.0"}},
+				Metadata: appGroup,
 			},
 		},
 		{
@@ -97,6 +109,7 @@ func TestMachineConfig(t *testing.T) {
 			image: "old-api:latest",
 			want: api.MachineConfig{
 				Image: "old-api:latest",
+				Env:   map[string]string{"FLY_PROCESS_GROUP": "app"},
 				Guest: api.Guest{CPUKind: "shared", CPUs: 1, MemoryMB: 256, Runtime: "runc"},
 				Services: []api.Service{{
 					Protocol: "tcp", InternalPort: 8080,
@@ -108,6 +121,7 @@ func TestMachineConfig(t *testing.T) {
 					Checks:      []api.Check{{Type: "tcp", Port: 8080, Interval: "15s", Timeout: "2s", GracePeriod: "1s"}},
 				}},
 				Restart:    api.Restart{Policy: api.RestartOnFailure},
+				Metadata:   appGroup,
 				StopConfig: &api.StopConfig{Timeout: "5s", Signal: "SIGINT"},
 			},
 		},
@@ -157,10 +171,12 @@ func TestServicesOfOtherProcessGroupsAreLeftOut(t *testing.T) {
 	mc := c.MachineConfig("img")
 	want := api.MachineConfig{
 		Image:    "img",
+		Env:      map[string]string{"FLY_PROCESS_GROUP": "web"},
 		Guest:    api.Guest{CPUKind: "shared", CPUs: 2, MemoryMB: 512, Runtime: "runc"},
-		Services: []api.Service{{Protocol: "tcp", InternalPort: 8080, Ports: webPorts}},
+		Services: []api.Service{{Protocol: "tcp", InternalPort: 8080, Ports: webPorts, Concurrency: defaultConcurrency}},
 		Restart:  api.Restart{Policy: api.RestartOnFailure},
 		Init:     api.MachineInit{Cmd: []string{"bin/web"}},
+		Metadata: map[string]string{"fly_process_group": "web"},
 	}
 	if diff := cmp.Diff(want, mc); diff != "" {
 		t.Errorf("MachineConfig (-want +got):\n%s", diff)

@@ -86,6 +86,7 @@ type fileConfig struct {
 	Regions       []string          `toml:"regions,omitempty"`
 	KillSignal    string            `toml:"kill_signal,omitempty"`
 	KillTimeout   string            `toml:"kill_timeout,omitempty"`
+	Experimental  *fileExperimental `toml:"experimental,omitempty"`
 	Build         *fileBuild        `toml:"build,omitempty"`
 	Env           map[string]string `toml:"env,omitempty"`
 	Processes     map[string]string `toml:"processes,omitempty"`
@@ -94,6 +95,12 @@ type fileConfig struct {
 	VM            []fileVM          `toml:"vm,omitempty"`
 	Deploy        *fileDeploy       `toml:"deploy,omitempty"`
 	Restart       []fileRestart     `toml:"restart,omitempty"`
+}
+
+type fileExperimental struct {
+	Cmd        []string `toml:"cmd,omitempty"`
+	Entrypoint []string `toml:"entrypoint,omitempty"`
+	Exec       []string `toml:"exec,omitempty"`
 }
 
 type fileBuild struct {
@@ -192,6 +199,9 @@ func (c *Config) file() fileConfig {
 	}
 	if c.Build.Image != "" {
 		f.Build = &fileBuild{Image: c.Build.Image}
+	}
+	if in := c.Init; len(in.Cmd)+len(in.Entrypoint)+len(in.Exec) > 0 {
+		f.Experimental = &fileExperimental{Cmd: in.Cmd, Entrypoint: in.Entrypoint, Exec: in.Exec}
 	}
 	if h := c.HTTPService; h != nil {
 		f.HTTPService = &fileHTTPService{

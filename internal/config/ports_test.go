@@ -49,12 +49,12 @@ func TestPortOptions(t *testing.T) {
 			{Port: 80, Handlers: []string{"http"}, HTTPOptions: h2},
 			{Port: 443, Handlers: []string{"tls", "http"}, HTTPOptions: h2,
 				TLSOptions: &api.TLSOptions{ALPN: []string{"h2"}, Versions: []string{"TLSv1.3"}}},
-		}},
+		}, Concurrency: defaultConcurrency},
 		{Protocol: "tcp", InternalPort: 5432, Ports: []api.Port{
 			{Port: 5432, Handlers: []string{"proxy_proto"}, ProxyProtoOptions: &api.ProxyProtoOptions{Version: "v2"}},
 			{Port: 6432, Handlers: []string{"tls", "proxy_proto"}},
 			{Port: 7000},
-		}},
+		}, Concurrency: defaultConcurrency},
 	}
 	if diff := cmp.Diff(want, mc.Services); diff != "" {
 		t.Errorf("services (-want +got):\n%s", diff)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"maps"
 	"regexp"
 	"slices"
@@ -47,12 +48,14 @@ func (d *decoder) config(doc map[string]any) *Config {
 		}
 		b.done()
 	}
-	c.Env = d.env(top.sub("env"))
+	c.Env = d.env(top)
 	if s := top.sub("http_service"); s != nil {
 		c.HTTPService = d.httpService(s)
 	}
 	for _, s := range top.subs("services") {
-		c.Services = append(c.Services, d.service(s))
+		if sv, ok := d.service(s); ok {
+			c.Services = append(c.Services, sv)
+		}
 	}
 	// Fly reads [[compute]] as another name for [[vm]].
 	for _, k := range []string{"vm", "compute"} {
@@ -64,7 +67,7 @@ func (d *decoder) config(doc map[string]any) *Config {
 		c.Deploy.Strategy, _, _ = s.oneOf("strategy", "rolling", "immediate", "canary", "bluegreen")
 		c.Deploy.MaxUnavailable = d.maxUnavailable(s)
 		c.Deploy.WaitTimeout = d.seconds(s, "wait_timeout")
-		s.ignore("release_command", "release commands are not supported yet")
+		s.ignore("release_command", "release commands are not supported yet, so nothing runs before the new machines start; run it yourself first")
 		s.accept("release_command_timeout", "release_command_vm", "release_command_compute")
 		s.done()
 	}
@@ -74,20 +77,35 @@ func (d *decoder) config(doc map[string]any) *Config {
 	for _, s := range top.subs("restart") {
 		c.Restarts = append(c.Restarts, d.restart(s))
 	}
-	// Old fly.toml files say processes = [] for "no process groups".
-	if v, ok := top.m["processes"].([]any); ok && len(v) == 0 {
-		top.accept("processes")
+	// Old fly.toml files say processes = [] for "no process groups", and
+	// flyctl drops any list there.
+	if v, ok := top.m["processes"].([]any); ok {
+		if len(v) == 0 {
+			top.accept("processes")
+		} else {
+			top.ignore("processes", `flyctl ignores a list of process groups too; write them as a table: [processes] app = "command"`)
+		}
 	} else {
 		c.Processes = d.processes(top.sub("processes"))
+	}
+	if s := top.sub("experimental"); s != nil {
+		c.Init = d.experimental(s)
 	}
 	if len(c.Processes) > 1 {
 		d.warnf(path{"processes"}, "[processes] defines %d groups; perch runs one group per app for now, %q",
 			len(c.Processes), c.ProcessGroup())
 	}
-	top.ignore("mounts", "volumes are not supported yet, so files written there are lost when the machine is replaced")
-	top.ignore("statics", "static file serving is not supported yet")
+	// flyctl reads [mount] as [mounts].
+	for _, k := range []string{"mounts", "mount"} {
+		top.ignore(k, "volumes are not supported yet, so files written there are lost when the machine is replaced")
+	}
+	top.ignore("statics", "static file serving is not supported yet; the app serves its static files itself")
 	top.ignore("files", "files written into machines are not supported yet")
-	top.accept("experimental", "checks", "metrics", "console_command", "swap_size_mb", "host_dedication_id")
+	top.ignore("checks", "top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation")
+	top.ignore("metrics", "Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics")
+	top.ignore("console_command", "perch has no console command (no fly ssh console)")
+	top.ignore("swap_size_mb", "machines get no swap; size memory in [[vm]] instead")
+	top.ignore("host_dedication_id", "Perch has no dedicated hosts; machines go to any host of their region")
 	top.done()
 	if c.Autoscale != nil && c.HTTPService != nil && c.Autoscale.MaxMachines > 0 && c.HTTPService.MinMachinesRunning > c.Autoscale.MaxMachines {
 		d.errorf(path{"http_service", "min_machines_running"}, "min_machines_running (%d) is above [autoscale] max_machines (%d): the autoscaler could never keep that many running",
@@ -146,6 +164,9 @@ func (d *decoder) seconds(s *section, k string) time.Duration {
 		}
 		t = time.Duration(v) * time.Second
 	case string:
+		if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+			v = fmt.Sprintf("%ds", n) // "5" is seconds, as 5 is
+		}
 		var err error
 		if t, err = time.ParseDuration(v); err != nil {
 			d.errorf(p, "%s %q is not a duration; write e.g. %s = 5 (seconds) or \"30s\"", k, v, k)
@@ -187,9 +208,30 @@ func (d *decoder) maxUnavailable(s *section) float64 {
 	return 0
 }
 
-// env accepts numbers and booleans too, as their text: PORT = 8080.
-func (d *decoder) env(s *section) map[string]string {
-	if s == nil || len(s.m) == 0 {
+// env reads [env]. Values may be numbers and booleans too, as their text
+// (PORT = 8080); a list of tables ([[env]]) is merged, as flyctl does.
+func (d *decoder) env(top *section) map[string]string {
+	switch v := top.m["env"].(type) {
+	case nil, map[string]any, []any:
+	default:
+		d.errorf(path{"env"}, "env must be a table, e.g. [env] then PORT = \"8080\" on the next line, got %s", describe(v))
+		top.accept("env")
+		return nil
+	}
+	var env map[string]string
+	for _, s := range top.subs("env") {
+		for k, v := range d.envTable(s) {
+			if env == nil {
+				env = map[string]string{}
+			}
+			env[k] = v
+		}
+	}
+	return env
+}
+
+func (d *decoder) envTable(s *section) map[string]string {
+	if len(s.m) == 0 {
 		return nil
 	}
 	env := make(map[string]string, len(s.m))
@@ -254,4 +296,56 @@ func (d *decoder) processes(s *section) map[string]string {
 		out[name] = cmd
 	}
 	return out
+}
+
+// experimental reads [experimental]: cmd, entrypoint and exec override the
+// image's, as on Fly; the rest are Fly v1 switches.
+func (d *decoder) experimental(s *section) Init {
+	var in Init
+	in.Cmd = d.commandLine(s, "cmd")
+	in.Entrypoint = d.commandLine(s, "entrypoint")
+	in.Exec = d.commandLine(s, "exec")
+	// What Perch always does: machines have private networking, and a
+	// failed deploy puts the previous release back.
+	if v, ok := s.m["private_network"].(bool); ok && v {
+		s.accept("private_network")
+	} else {
+		s.ignore("private_network", "machines always have private networking (<app>.internal)")
+	}
+	if v, ok := s.m["auto_rollback"].(bool); ok && v {
+		s.accept("auto_rollback")
+	} else {
+		s.ignore("auto_rollback", "perch deploy always puts the previous release back when a new machine fails")
+	}
+	if v, ok := s.m["allowed_public_ports"].([]any); ok && len(v) == 0 {
+		s.accept("allowed_public_ports")
+	} else {
+		s.ignore("allowed_public_ports", "public ports are the [[services.ports]] of each service")
+	}
+	s.ignore("enable_consul", "Perch has no Consul; use <app>.internal DNS to find the app's machines")
+	s.ignore("enable_etcd", "Perch has no etcd for apps")
+	s.ignore("kernel_args", "machines boot Perch's own kernel command line")
+	s.ignore("attached", "Perch has no attached volumes")
+	s.ignore("lazy_load_images", "images are pulled whole before a machine starts")
+	s.done()
+	return in
+}
+
+// commandLine reads an [experimental] command: a list of words, or one
+// string split into words as a [processes] command is.
+func (d *decoder) commandLine(s *section, k string) []string {
+	v, p, ok := s.get(k)
+	if !ok {
+		return nil
+	}
+	if str, isStr := v.(string); isStr {
+		words, err := splitCommand(str)
+		if err != nil {
+			d.errorf(p, "%s %q %v", k, str, err)
+			return nil
+		}
+		return words
+	}
+	words, _, _ := s.strs(k, `["bin/server", "--port", "8080"]`)
+	return words
 }

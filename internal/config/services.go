@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
@@ -15,9 +16,7 @@ func (d *decoder) httpService(s *section) *HTTPService {
 	h.ForceHTTPS, _, _ = s.boolean("force_https")
 	h.AutoStopMachines, h.AutoStartMachines, h.MinMachinesRunning, h.IdleTimeout = d.autoStartStop(s)
 	h.Processes, _, _ = s.strs("processes", `["app"]`)
-	if cs := s.sub("concurrency"); cs != nil {
-		h.Concurrency = d.concurrency(cs)
-	}
+	h.Concurrency = d.concurrencyOf(s)
 	h.Checks = d.checks(s, "checks", "http")
 	if sub := s.sub("tls_options"); sub != nil {
 		h.TLSOptions = d.tlsOptions(sub) // ports.go
@@ -25,7 +24,7 @@ func (d *decoder) httpService(s *section) *HTTPService {
 	if sub := s.sub("http_options"); sub != nil {
 		h.HTTPOptions = d.httpOptions(sub)
 	}
-	s.accept("machine_checks")
+	d.ignoreMachineChecks(s)
 	s.done()
 	d.claimPort("tcp", 80, s.p)
 	d.claimPort("tcp", 443, s.p)
@@ -73,6 +72,36 @@ func (d *decoder) autoStartStop(s *section) (stop string, start *bool, minRunnin
 	return stop, start, minRunning, idle
 }
 
+// concurrencyOf reads a service's concurrency: a table, or the "soft,hard"
+// string of old fly.toml files, which flyctl reads as requests.
+func (d *decoder) concurrencyOf(s *section) *api.Concurrency {
+	v, p, ok := s.get("concurrency")
+	if !ok {
+		return nil
+	}
+	str, isStr := v.(string)
+	if !isStr {
+		if cs := s.sub("concurrency"); cs != nil {
+			return d.concurrency(cs)
+		}
+		return nil
+	}
+	softS, hardS, found := strings.Cut(str, ",")
+	soft, err1 := strconv.Atoi(strings.TrimSpace(softS))
+	hard, err2 := strconv.Atoi(strings.TrimSpace(hardS))
+	if !found || err1 != nil || err2 != nil || soft < 1 || hard < soft {
+		d.errorf(p, "concurrency %q is not \"soft,hard\" limits; write e.g. concurrency = \"20,25\", or a [services.concurrency] table", str)
+		return nil
+	}
+	return &api.Concurrency{Type: "requests", SoftLimit: soft, HardLimit: hard}
+}
+
+// ignoreMachineChecks warns about [[...machine_checks]]: checks that run a
+// throwaway machine of the new image during a deploy.
+func (d *decoder) ignoreMachineChecks(s *section) {
+	s.ignore("machine_checks", "perch deploy runs no test machines; the new machines' own checks and the smoke window decide instead")
+}
+
 func (d *decoder) concurrency(s *section) *api.Concurrency {
 	c := &api.Concurrency{}
 	c.Type, _, _ = s.oneOf("type", "connections", "requests")
@@ -86,13 +115,20 @@ func (d *decoder) concurrency(s *section) *api.Concurrency {
 	return c
 }
 
-func (d *decoder) service(s *section) Service {
-	var sv Service
+// service reads one [[services]]; ok is false when it serves nothing and is
+// left out (Fly v1 files have such leftovers).
+func (d *decoder) service(s *section) (sv Service, ok bool) {
+	_, hasPorts := s.m["ports"]
+	if _, hasInternal := s.m["internal_port"]; !hasInternal && !hasPorts {
+		d.warnf(s.p, "%s ignored: it has no internal_port and no ports, so nothing could reach it (Fly serves nothing for it either)", s.p.section())
+		return Service{}, false
+	}
 	if _, ok := s.m["protocol"]; ok {
 		sv.Protocol, _, _ = s.oneOf("protocol", "tcp", "udp")
 	} else {
 		s.get("protocol")
-		d.errorf(s.p, "%s needs a protocol, e.g. protocol = \"tcp\"", s.p.section())
+		sv.Protocol = "tcp"
+		d.warnf(s.p, "%s has no protocol; served as \"tcp\", as Fly v1 did (write protocol = \"tcp\" to say so)", s.p.section())
 	}
 	sv.InternalPort = d.internalPort(s)
 	sv.Processes, _, _ = s.strs("processes", `["app"]`)
@@ -106,14 +142,17 @@ func (d *decoder) service(s *section) Service {
 		}
 		sv.Ports = append(sv.Ports, port)
 	}
-	if cs := s.sub("concurrency"); cs != nil {
-		sv.Concurrency = d.concurrency(cs)
-	}
+	sv.Concurrency = d.concurrencyOf(s)
 	sv.AutoStopMachines, sv.AutoStartMachines, sv.MinMachinesRunning, sv.IdleTimeout = d.autoStartStop(s)
 	sv.Checks = append(d.checks(s, "tcp_checks", "tcp"), d.checks(s, "http_checks", "http")...)
-	s.accept("script_checks", "machine_checks")
+	if v, ok := s.m["script_checks"].([]any); ok && len(v) == 0 {
+		s.accept("script_checks") // fly config save writes script_checks = []
+	} else {
+		s.ignore("script_checks", "script checks (Fly v1) are not run; use [[services.http_checks]] or [[services.tcp_checks]]")
+	}
+	d.ignoreMachineChecks(s)
 	s.done()
-	return sv
+	return sv, true
 }
 
 func (d *decoder) port(s *section) (api.Port, bool) {

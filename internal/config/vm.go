@@ -75,7 +75,9 @@ func (d *decoder) vm(s *section) VM {
 	mb, mbPath, hasMB := s.count("memory_mb", 1)
 	switch {
 	case hasMemory && hasMB && memory != mb:
-		d.errorf(mbPath, "memory_mb = %d disagrees with memory (%d MB on line %d); set only one", mb, memory, d.lines.line(memPath))
+		// flyctl applies memory over memory_mb; so do we, and say so.
+		d.warnf(mbPath, "memory_mb = %d ignored: memory on line %d (%d MB) wins, as on Fly; set only one", mb, d.lines.line(memPath), memory)
+		v.MemoryMB = memory
 	case hasMemory:
 		v.MemoryMB = memory
 	case hasMB:
@@ -87,7 +89,9 @@ func (d *decoder) vm(s *section) VM {
 	v.Processes, _, _ = s.strs("processes", `["app"]`)
 	s.ignore("gpus", "GPUs are not supported")
 	s.ignore("gpu_kind", "GPUs are not supported")
-	s.accept("kernel_args", "host_dedication_id", "persist_rootfs")
+	s.ignore("kernel_args", "machines boot Perch's own kernel command line")
+	s.ignore("host_dedication_id", "Perch has no dedicated hosts; machines go to any host of their region")
+	s.ignore("persist_rootfs", "a machine's root filesystem is kept while it is stopped and replaced with it")
 	s.done()
 	return v
 }

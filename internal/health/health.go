@@ -76,9 +76,9 @@ func Parse(c api.Check) (*Check, error) {
 	if k.Interval <= 0 || k.Timeout <= 0 {
 		return nil, fmt.Errorf("interval and timeout must be more than 0, got %s and %s", k.Interval, k.Timeout)
 	}
-	if k.Timeout > k.Interval {
-		return nil, fmt.Errorf("timeout %s is longer than interval %s; a check must end before the next one starts", k.Timeout, k.Interval)
-	}
+	// A timeout longer than the interval is accepted, as Fly does: the
+	// monitor runs a check's probes one after another, so they never
+	// overlap; the next starts an interval after the last one ended.
 	if k.Type == "tcp" {
 		return k, nil
 	}

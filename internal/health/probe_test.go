@@ -230,7 +230,6 @@ func TestParse(t *testing.T) {
 		{api.Check{Type: "tcp", Port: 1, Timeout: "-1s"}, `timeout "-1s" is not a duration`},
 		{api.Check{Type: "tcp", Port: 1, GracePeriod: "1 minute"}, `grace_period "1 minute" is not a duration`},
 		{api.Check{Type: "tcp", Port: 1, Interval: "0s"}, "must be more than 0"},
-		{api.Check{Type: "tcp", Port: 1, Interval: "5s", Timeout: "10s"}, "timeout 10s is longer than interval 5s"},
 		{api.Check{Type: "http", Port: 1, Method: "FETCH"}, `method "FETCH" is not one of GET`},
 		{api.Check{Type: "http", Port: 1, Path: "health"}, `path "health" must start with /`},
 		{api.Check{Type: "http", Port: 1, Protocol: "h2"}, `protocol "h2" is not "http" or "https"`},
@@ -246,6 +245,11 @@ func TestParse(t *testing.T) {
 	}
 	if err := Validate(api.Check{Type: "tcp", Port: 1, Interval: "1s", Timeout: "500ms"}); err != nil {
 		t.Errorf("Validate(1s interval) = %v", err)
+	}
+	// Fly accepts a timeout longer than the interval (flyctl does not even
+	// warn); the monitor never runs two probes of a check at once.
+	if k, err := Parse(api.Check{Type: "tcp", Port: 1, Interval: "5s", Timeout: "10s"}); err != nil || k.Timeout != 10*time.Second {
+		t.Errorf("Parse(timeout 10s > interval 5s) = %+v, %v; want it accepted with its timeout", k, err)
 	}
 }
 

@@ -135,6 +135,7 @@ func applyAll(t testing.TB, root string, layers ...[]byte) error {
 		t.Fatal(err)
 	}
 	defer ap.Close()
+	ap.budget = newBudget(Limits{})
 	for i, l := range layers {
 		if err := ap.apply(bytes.NewReader(l)); err != nil {
 			return fmt.Errorf("layer %d: %w", i+1, err)

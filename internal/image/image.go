@@ -37,6 +37,7 @@ type Store struct {
 	log     *slog.Logger
 	locks   keyedMutex
 	layered bool
+	limits  Limits
 	// gc excludes pulls (read) while GC removes images and layers.
 	gc sync.RWMutex
 }
@@ -81,12 +82,24 @@ type Image struct {
 // pulling into the same directory.
 const staleAge = time.Hour
 
+// StoreOption configures a Store.
+type StoreOption func(*Store)
+
+// WithLimits bounds what unpacking one image may write (limits.go);
+// without it the default Limits apply.
+func WithLimits(l Limits) StoreOption {
+	return func(s *Store) { s.limits = l }
+}
+
 // New returns a store over dir. A nil log discards.
-func New(dir string, log *slog.Logger) *Store {
+func New(dir string, log *slog.Logger, opts ...StoreOption) *Store {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{dir: dir, log: log}
+	for _, o := range opts {
+		o(s)
+	}
 	s.removeStale()
 	if err := probeOverlay(s.tmpDir()); err != nil {
 		log.Info("overlayfs unavailable: each image is unpacked whole, layers are not shared", "err", err)

@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"strings"
@@ -135,6 +134,11 @@ func (a *applier) copyUp(rel string, pfd int, base string) error {
 	if !ok || e.st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fmt.Errorf("%s: %w", rel, unix.ENOENT)
 	}
+	// A copy counts: a million links to one big file would otherwise
+	// write a million copies.
+	if err := a.budget.addBytes(e.st.Size, "a hard link's copy of the "+formatSize(e.st.Size)+" file "+rel); err != nil {
+		return err
+	}
 	dir, name := path.Split(rel)
 	spfd, err := openBeneath(a.lowers[e.layer], strings.TrimSuffix(dir, "/"))
 	if err != nil {
@@ -153,7 +157,7 @@ func (a *applier) copyUp(rel string, pfd int, base string) error {
 	}
 	dst := os.NewFile(uintptr(dfd), base)
 	defer dst.Close()
-	if _, err := io.Copy(dst, src); err != nil {
+	if _, err := copySparse(dst, src, a.buf); err != nil {
 		return err
 	}
 	if a.chown {

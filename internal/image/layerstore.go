@@ -35,6 +35,10 @@ type LayerInfo struct {
 	Digest   string    `json:"digest"` // of the compressed blob it came from
 	Bytes    int64     `json:"bytes"`  // on disk
 	Unpacked time.Time `json:"unpacked"`
+	// What it counts against an image's Limits: file content written (a
+	// sparse file's whole size) and entries made.
+	Written int64 `json:"written,omitempty"`
+	Entries int64 `json:"entries,omitempty"`
 }
 
 func (s *Store) layerDir(diffID v1.Hash) string {
@@ -67,11 +71,12 @@ func (s *Store) unpackLayered(ctx context.Context, img v1.Image, dg v1.Hash, raw
 		return err
 	}
 	var lowers []string // topmost first
+	bud := newBudget(s.limits)
 	for i, l := range layers {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := s.ensureLayer(ctx, l, diffIDs[i], lowers); err != nil {
+		if err := s.ensureLayer(ctx, l, diffIDs[i], lowers, bud); err != nil {
 			return fmt.Errorf("unpack layer %d of %d (%s): %w", i+1, len(layers), diffIDs[i], err)
 		}
 		lowers = append([]string{s.shortLink(diffIDs[i])}, lowers...)
@@ -97,15 +102,28 @@ func (s *Store) unpackLayered(ctx context.Context, img v1.Image, dg v1.Hash, raw
 }
 
 // ensureLayer unpacks layer l (diff ID diffID) over lowers unless it is
-// unpacked already.
-func (s *Store) ensureLayer(ctx context.Context, l v1.Layer, diffID v1.Hash, lowers []string) error {
+// unpacked already, counting it against the image's budget b either way.
+func (s *Store) ensureLayer(ctx context.Context, l v1.Layer, diffID v1.Hash, lowers []string, b *budget) error {
 	unlock, err := s.locks.lock(ctx, "layer:"+diffID.String())
 	if err != nil {
 		return err
 	}
 	defer unlock()
 	dir := s.layerDir(diffID)
-	if _, err := os.Stat(filepath.Join(dir, "meta.json")); err == nil {
+	if mb, err := os.ReadFile(filepath.Join(dir, "meta.json")); err == nil {
+		var li LayerInfo
+		if err := json.Unmarshal(mb, &li); err != nil {
+			return fmt.Errorf("layer %s: meta.json: %w", diffID, err)
+		}
+		if li.Written == 0 { // unpacked before limits were counted
+			li.Written = li.Bytes
+		}
+		if err := b.addBytes(li.Written, "layer "+diffID.String()+" (unpacked already)"); err != nil {
+			return err
+		}
+		if err := b.addEntries(li.Entries); err != nil {
+			return err
+		}
 		return s.link(diffID)
 	}
 	if err := s.fetchLayer(l); err != nil { // a blob GC'd since fetchLayers
@@ -127,6 +145,9 @@ func (s *Store) ensureLayer(ctx context.Context, l v1.Layer, diffID v1.Hash, low
 	if err != nil {
 		return err
 	}
+	ap.budget = b
+	bytesBefore, entriesBefore := b.bytes, b.entries
+	dg, _ := l.Digest()
 	rc, err := s.openLayer(l)
 	if err != nil {
 		ap.Close()
@@ -136,14 +157,15 @@ func (s *Store) ensureLayer(ctx context.Context, l v1.Layer, diffID v1.Hash, low
 	rc.Close()
 	ap.Close()
 	if err != nil {
+		s.dropRefused(err, dg)
 		return err
 	}
-	dg, _ := l.Digest()
 	size, err := diskUsage(root)
 	if err != nil {
 		return err
 	}
-	meta, _ := json.Marshal(LayerInfo{DiffID: diffID.String(), Digest: dg.String(), Bytes: size, Unpacked: time.Now().UTC()})
+	meta, _ := json.Marshal(LayerInfo{DiffID: diffID.String(), Digest: dg.String(), Bytes: size, Unpacked: time.Now().UTC(),
+		Written: b.bytes - bytesBefore, Entries: b.entries - entriesBefore})
 	if err := os.WriteFile(filepath.Join(tmp, "meta.json"), meta, 0o600); err != nil {
 		return err
 	}
@@ -159,6 +181,18 @@ func (s *Store) ensureLayer(ctx context.Context, l v1.Layer, diffID v1.Hash, low
 	}
 	s.log.Info("layer unpacked", "diff_id", diffID.String(), "bytes", size)
 	return s.link(diffID)
+}
+
+// dropRefused removes the blob of a layer refused for passing the image's
+// limits (err): the half-unpacked tree is gone already, and the blob
+// would only be refused again.
+func (s *Store) dropRefused(err error, dg v1.Hash) {
+	if !errors.Is(err, ErrLimit) {
+		return
+	}
+	if err := os.Remove(s.blobPath(dg)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.log.Warn("remove refused layer's blob", "digest", dg, "err", err)
+	}
 }
 
 // link makes the layer's short symlink.

@@ -150,6 +150,7 @@ func (s *Store) applyLayers(ctx context.Context, rootfs string, layers []v1.Laye
 		return err
 	}
 	defer ap.Close()
+	ap.budget = newBudget(s.limits)
 	for i, l := range layers {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -162,6 +163,7 @@ func (s *Store) applyLayers(ctx context.Context, rootfs string, layers []v1.Laye
 		err = ap.apply(rc)
 		rc.Close()
 		if err != nil {
+			s.dropRefused(err, dg)
 			return fmt.Errorf("unpack layer %d of %d (%s): %w", i+1, len(layers), dg, err)
 		}
 	}

@@ -31,6 +31,10 @@ type applier struct {
 	// directory over lowers (fds of the layers below, topmost first).
 	layer  bool
 	lowers []int
+	// budget counts against the image's Limits (nil: none); buf is the
+	// file copy buffer.
+	budget *budget
+	buf    []byte
 }
 
 // newLayerApplier unpacks one layer into the empty directory root, as an
@@ -61,7 +65,7 @@ func newApplier(root string, log *slog.Logger) (*applier, error) {
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: root, Err: err}
 	}
-	return &applier{root: fd, log: log, chown: os.Geteuid() == 0}, nil
+	return &applier{root: fd, log: log, chown: os.Geteuid() == 0, buf: make([]byte, 256<<10)}, nil
 }
 
 func (a *applier) Close() error {
@@ -94,6 +98,12 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 	if err != nil {
 		return err
 	}
+	if err := a.budget.addEntries(1); err != nil {
+		return err
+	}
+	if err := a.budget.checkDepth(strings.Count(name, "/")+1, name); err != nil {
+		return err
+	}
 	if base := path.Base(name); strings.HasPrefix(base, whiteoutPrefix) {
 		return a.whiteout(path.Dir(name), base)
 	}
@@ -109,7 +119,10 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		return a.mkdir(name, hdr)
-	case tar.TypeReg, tar.TypeGNUSparse: // the tar reader expands sparse files
+	case tar.TypeReg, tar.TypeGNUSparse: // the tar reader expands sparse files, a.file makes holes again
+		if err := a.budget.addBytes(hdr.Size, "this "+formatSize(hdr.Size)+" file"); err != nil {
+			return err
+		}
 		return a.file(name, hdr, r)
 	case tar.TypeSymlink:
 		return a.symlink(name, hdr)

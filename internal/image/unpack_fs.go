@@ -48,6 +48,10 @@ func (a *applier) openDir(rel string, create bool) (int, error) {
 			}
 			continue
 		}
+		if err := a.budget.checkDepth(len(stack)+1, path.Join(append(names, c)...)); err != nil {
+			closeAll()
+			return -1, err
+		}
 		fd, err := unix.Openat(cur(), c, openDirFlags, 0)
 		if errors.Is(err, unix.ENOENT) && create && a.layer {
 			// Only the layers below may have it: go through their
@@ -63,16 +67,16 @@ func (a *applier) openDir(rel string, create bool) (int, error) {
 				queue = append(strings.Split(e.target, "/"), queue...)
 				continue
 			} else if ok && e.st.Mode&unix.S_IFMT == unix.S_IFDIR {
-				if fd, err = mkdirOpen(cur(), c); err == nil {
+				if fd, err = a.mkdirOpen(cur(), c); err == nil {
 					if err = a.copyDirAttrs(fd, &e.st); err != nil {
 						unix.Close(fd)
 					}
 				}
 			} else {
-				fd, err = mkdirOpen(cur(), c)
+				fd, err = a.mkdirOpen(cur(), c)
 			}
 		} else if errors.Is(err, unix.ENOENT) && create {
-			fd, err = mkdirOpen(cur(), c)
+			fd, err = a.mkdirOpen(cur(), c)
 		}
 		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
 			target, lerr := readlinkAt(cur(), c)
@@ -108,7 +112,12 @@ func (a *applier) openDir(rel string, create bool) (int, error) {
 }
 
 // mkdirOpen makes a directory the layer did not list and opens it.
-func mkdirOpen(dirfd int, name string) (int, error) {
+func (a *applier) mkdirOpen(dirfd int, name string) (int, error) {
+	// It counts as an entry: else a layer of a/1/2/…/f, b/1/2/…/f, …
+	// makes many times the inodes it has entries.
+	if err := a.budget.addEntries(1); err != nil {
+		return -1, err
+	}
 	if err := unix.Mkdirat(dirfd, name, 0o755); err != nil {
 		return -1, err
 	}

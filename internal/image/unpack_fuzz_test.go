@@ -33,6 +33,7 @@ func FuzzUnpack(f *testing.F) {
 		"h stolen ../secret",
 		"l loop loop\nf loop/x x",
 		"p fifo\nl evil $O/dir\np evil/fifo",
+		"l deep a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a\nl d2 deep/deep/deep/deep\nf d2/x x",
 	} {
 		f.Add([]byte(seed))
 	}

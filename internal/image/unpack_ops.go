@@ -63,7 +63,7 @@ func (a *applier) file(name string, hdr *tar.Header, r io.Reader) error {
 		return fmt.Errorf("create: %w", err)
 	}
 	f := os.NewFile(uintptr(fd), name)
-	_, err = io.Copy(f, r)
+	_, err = copySparse(f, r, a.buf)
 	if err == nil {
 		err = a.setAttrs(int(f.Fd()), hdr)
 	}

@@ -24,10 +24,12 @@ type testServer struct {
 
 func startRegistry(t *testing.T, dir string) *testServer {
 	t.Helper()
-	reg, err := New(dir, func(tok string) bool { return tok == testToken }, testLogger(t))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
+	return startRegistryWith(t, dir, Options{})
+}
+
+// serve serves reg until the test ends.
+func serve(t *testing.T, reg *Registry) *testServer {
+	t.Helper()
 	srv := httptest.NewServer(reg)
 	t.Cleanup(srv.Close)
 	return &testServer{Server: srv, Host: strings.TrimPrefix(srv.URL, "http://")}

@@ -29,13 +29,15 @@ type Registry struct {
 	// the handler applied them.
 	mu      sync.Mutex
 	journal *journal
+
+	uploads *uploads
 }
 
 // New opens (or creates) a registry whose blobs and manifest journal live in
 // dir. auth reports whether a Perch API token is valid; every request must
 // carry one, as a bearer token or as the password of HTTP basic auth. A nil
 // log discards.
-func New(dir string, auth func(token string) bool, log *slog.Logger) (*Registry, error) {
+func New(dir string, auth func(token string) bool, opts Options, log *slog.Logger) (*Registry, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -44,6 +46,10 @@ func New(dir string, auth func(token string) bool, log *slog.Logger) (*Registry,
 		return nil, fmt.Errorf("registry: %w", err)
 	}
 	removeStaleUploads(blobs, log)
+	ups, err := newUploads(filepath.Join(dir, "uploads"), blobs, opts, log)
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
 	j, err := openJournal(filepath.Join(dir, "manifests"))
 	if err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
@@ -57,6 +63,7 @@ func New(dir string, auth func(token string) bool, log *slog.Logger) (*Registry,
 		auth:    auth,
 		log:     log,
 		journal: j,
+		uploads: ups,
 	}
 	if err := r.replay(); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
@@ -70,6 +77,12 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		unauthorized(w, req)
 		return
 	}
+	if repo, id, ok := uploadTarget(req.URL.Path); ok {
+		r.uploads.serve(w, req, repo, id) // capped at Options.MaxBlobBytes
+		return
+	}
+	// Nothing else takes more than a manifest.
+	req.Body = http.MaxBytesReader(w, req.Body, maxManifestSize+1)
 	if isManifestWrite(req) {
 		r.writeManifest(w, req)
 		return
@@ -77,8 +90,9 @@ func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	r.inner.ServeHTTP(w, req)
 }
 
-// removeStaleUploads deletes the temporary files the disk blob handler
-// leaves behind when a push is cut off mid-blob.
+// removeStaleUploads deletes the temporary files ggcr's disk blob handler
+// left behind when a push was cut off mid-blob (before uploads.go took
+// uploads over).
 func removeStaleUploads(dir string, log *slog.Logger) {
 	stale, _ := filepath.Glob(filepath.Join(dir, "upload-*"))
 	for _, p := range stale {

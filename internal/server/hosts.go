@@ -53,6 +53,12 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if h.ID != "" {
+		if err := validID("host", h.ID); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
 	if h.MeshKey != "" {
 		var k mesh.PublicKey
 		if err := k.UnmarshalText([]byte(h.MeshKey)); err != nil {

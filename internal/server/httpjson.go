@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
+	"strings"
 
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/scheduler"
@@ -50,15 +52,62 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 }
 
+// maxBodyBytes bounds every request body but the registry's: the API
+// takes small JSON documents, and a body is read before it is checked.
+const maxBodyBytes = 1 << 20
+
+func bodyTooLarge() error {
+	return errf(http.StatusRequestEntityTooLarge, "request body is larger than %d bytes (1 MiB), the API's limit; send only the JSON object the endpoint takes", maxBodyBytes)
+}
+
+// limitBodies caps request bodies at maxBodyBytes, refusing a declared
+// larger one at once and cutting a streamed one off there (decode answers
+// 413). The registry under /v2/ has its own caps (blobs, manifests).
+func (s *Server) limitBodies(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v2/") || r.URL.Path == "/v2" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		if r.ContentLength > maxBodyBytes {
+			s.fail(w, r, bodyTooLarge())
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+		h.ServeHTTP(w, r)
+	})
+}
+
 // decode reads a JSON body into v, rejecting unknown trailing data.
 func decode(r *http.Request, v any) error {
-	body := http.MaxBytesReader(nil, r.Body, 1<<20)
+	body := http.MaxBytesReader(nil, r.Body, maxBodyBytes)
 	dec := json.NewDecoder(body)
 	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return bodyTooLarge()
+		}
 		if errors.Is(err, io.EOF) {
 			return errf(http.StatusBadRequest, "request body is empty; send a JSON object")
 		}
 		return errf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
+	}
+	return nil
+}
+
+// ids: host and machine ids become NATS keys and subjects and file names
+// on hosts, so only these characters pass.
+var idRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+const idRule = "1 to 63 lowercase letters, digits and hyphens, starting with a letter or digit"
+
+// validID checks the id of a kind ("host", "machine").
+func validID(kind, id string) error {
+	if !idRE.MatchString(id) {
+		if len(id) > 80 {
+			id = id[:80] + "…"
+		}
+		return errf(http.StatusBadRequest, "%s id %q is not valid: want %s", kind, id, idRule)
 	}
 	return nil
 }

@@ -39,10 +39,18 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		machine = "*"
 	}
 	subject := "perch.logs." + a.Name + "." + region + "." + machine
-	cons, err := s.st.JetStream().OrderedConsumer(ctx, store.StreamLogs, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subject},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
+	// Start at the last `lines` lines: a machine that printed a million
+	// lines costs a handful of round trips, not a million messages.
+	start, err := s.st.LogTailStart(ctx, subject, uint64(lines))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy}
+	if start > 0 {
+		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
+	}
+	cons, err := s.st.JetStream().OrderedConsumer(ctx, store.StreamLogs, occ)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -61,21 +69,26 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	pending := info.NumPending
 	var ring []api.LogLine
 	for pending > 0 {
-		msg, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		batch, err := cons.Fetch(int(min(pending, 1000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			break
 		}
-		md, err := msg.Metadata()
-		if err != nil {
-			break
-		}
-		pending = md.NumPending
-		var l api.LogLine
-		if json.Unmarshal(msg.Data(), &l) == nil && lines > 0 {
-			ring = append(ring, l)
-			if len(ring) > lines {
-				ring = ring[1:]
+		got := 0
+		for msg := range batch.Messages() {
+			got++
+			if md, err := msg.Metadata(); err == nil {
+				pending = md.NumPending
 			}
+			var l api.LogLine
+			if json.Unmarshal(msg.Data(), &l) == nil && lines > 0 {
+				ring = append(ring, l)
+				if len(ring) > lines {
+					ring = ring[1:]
+				}
+			}
+		}
+		if got == 0 || batch.Error() != nil {
+			break
 		}
 	}
 	for _, l := range ring {

@@ -204,11 +204,14 @@ func (s *Server) place(ctx context.Context, spec *store.MachineSpec, req schedul
 }
 
 func (s *Server) spec(ctx context.Context, app, id string) (store.MachineSpec, error) {
+	if err := validID("machine", id); err != nil {
+		return store.MachineSpec{}, err
+	}
 	if _, err := s.app(ctx, app); err != nil {
 		return store.MachineSpec{}, err
 	}
 	m, _, err := store.Get[store.MachineSpec](ctx, s.st.Machines, store.MachineKey(app, id))
-	if errors.Is(err, store.ErrNotFound) || strings.ContainsAny(id, ".*> ") {
+	if errors.Is(err, store.ErrNotFound) {
 		return m, errf(http.StatusNotFound, "machine %q not found in app %q; perch machine list shows its machines", id, app)
 	}
 	return m, err

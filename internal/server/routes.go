@@ -54,5 +54,5 @@ func (s *Server) routes() http.Handler {
 		}
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path+" (the API is under /v1/, the registry under /v2/)")
 	})
-	return mux
+	return s.limitBodies(mux)
 }

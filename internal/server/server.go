@@ -56,6 +56,9 @@ type Config struct {
 	// decides (autoscale.Interval if 0).
 	Limiter           autoscale.Limiter
 	AutoscaleInterval time.Duration
+	// Registry bounds blob uploads (idle timeout, size cap); zero fields
+	// take registry's defaults.
+	Registry registry.Options
 }
 
 // Server is a running control plane.
@@ -118,7 +121,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.certs = cm
-	reg, err := registry.New(filepath.Join(cfg.DataDir, "registry"), func(tok string) bool { _, ok := s.validToken(tok); return ok }, cfg.Log.With("component", "registry"))
+	reg, err := registry.New(filepath.Join(cfg.DataDir, "registry"), func(tok string) bool { _, ok := s.validToken(tok); return ok }, cfg.Registry, cfg.Log.With("component", "registry"))
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: registry: %w", err)

@@ -146,14 +146,7 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		}
 		*b.kv = kv
 	}
-	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:     StreamLogs,
-		Subjects: []string{"perch.logs.>"},
-		Storage:  jetstream.FileStorage,
-		MaxAge:   7 * 24 * time.Hour,
-		MaxBytes: 256 << 20,
-		Discard:  jetstream.DiscardOld,
-	})
+	_, err = js.CreateOrUpdateStream(ctx, logStreamConfig())
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", StreamLogs, err)
 	}

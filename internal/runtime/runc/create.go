@@ -18,6 +18,9 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	if err := checkID(spec.ID); err != nil {
 		return err
 	}
+	if d.escape != nil {
+		return fmt.Errorf("runc: create %s: %w", spec.ID, d.escape)
+	}
 	if len(spec.Process.Args) == 0 {
 		return fmt.Errorf("runc: create %s: no command to run; set the image's entrypoint/cmd or the machine's init.cmd", spec.ID)
 	}

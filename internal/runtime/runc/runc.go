@@ -70,6 +70,10 @@ type Driver struct {
 	cgroupParent string
 	log          *slog.Logger
 
+	// escape is why machines are refused: runc has a known escape
+	// (escapes.go); nil when it has none.
+	escape error
+
 	noOverlay bool // tests force the copy fallback
 	copyOnce  sync.Once
 
@@ -112,6 +116,12 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
+	}
+	if err := checkEscapes(runcPath); errors.Is(err, ErrVulnerableRunc) {
+		d.escape = err
+		d.log.Error("refusing to create or start machines", "err", err)
+	} else if err != nil {
+		d.log.Warn("cannot check runc against known container escapes", "err", err)
 	}
 	for _, dir := range []string{d.runcRoot, filepath.Join(stateDir, "machines")} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {

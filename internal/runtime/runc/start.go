@@ -22,6 +22,9 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
+	if d.escape != nil {
+		return fmt.Errorf("runc: start %s: %w", id, d.escape)
+	}
 	unlock := d.lock(id)
 	defer unlock()
 	r, err := d.readRecord(id)

@@ -1,0 +1,75 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestConfigValidate(t *testing.T) {
+	loggedOut(t) // it never needs the control plane
+	dir := t.TempDir()
+	fly := strings.Join([]string{
+		`app = "shop"`,
+		`kill_signal = "SIGINT"`,
+		`kill_timeout = 5`,
+		`[experimental]`,
+		`  cmd = "bin/shop serve"`,
+		`[[services]]`,
+		`  internal_port = "8080"`,
+		`  protocol = "tcp"`,
+		`  [[services.ports]]`,
+		`    port = "443"`,
+		`    handlers = ["tls", "http"]`,
+		`  [[services.tcp_checks]]`,
+		`    interval = 10000`,
+		`    timeout = 20000`,
+		`[[mounts]]`,
+		`  source = "data"`,
+		`  destination = "/data"`,
+	}, "\n") + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "fly.toml"), []byte(fly), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, dir, "", "config", "validate", "--config", "fly.toml")
+	if err != nil {
+		t.Fatalf("validate: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"fly.toml is valid, with 1 warning",
+		`command:        ["bin/shop" "serve"]`,
+		"stop:           SIGINT, then SIGKILL after 5s",
+		"service:        tcp 443 (tls+http) -> internal port 8080",
+		"concurrency:  connections, soft limit 20, no hard limit",
+		"check:        tcp every 10s, timeout 20s, grace 1s",
+		"env:            FLY_PROCESS_GROUP=app",
+		"regions:        the regions the app already runs in, else pass perch deploy --region (no primary_region)",
+		"fly.toml line 15: [[mounts]] ignored: volumes are not supported yet",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+
+	out, err = run(t, dir, "", "config", "validate", "--config", "fly.toml", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v validatedConfig
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("--json: %v\n%s", err, out)
+	}
+	if v.App != "shop" || len(v.Machine.Services) != 1 || v.Machine.Services[0].Ports[0].Port != 443 || len(v.Warnings) != 1 {
+		t.Errorf("--json = %+v", v)
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, "bad.toml"), []byte("[[services]]\ninternal_port = 70000\nports = [{ port = 80 }]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = run(t, dir, "", "config", "validate", "--config", "bad.toml")
+	wantErr(t, err, "bad.toml line 2: internal_port must be 1-65535, got 70000")
+	_, err = run(t, dir, "", "config", "validate", "--config", "missing.toml")
+	wantErr(t, err, "no missing.toml here")
+}

@@ -1,0 +1,126 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/store"
+)
+
+// TestLogsTailAfterAFlood: an app whose machines printed 200,000 lines
+// answers `perch logs -n 1` with its newest line in well under a second,
+// and the flood evicted none of another app's lines (each machine keeps
+// its own store.LogLinesPerMachine).
+func TestLogsTailAfterAFlood(t *testing.T) {
+	ts := startServer(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, app := range []string{"flood", "quiet"} {
+		if _, err := ts.c.CreateApp(ctx, api.CreateAppRequest{AppName: app}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc := ts.st.Conn()
+	publish := func(app, machine string, i int) {
+		b, _ := json.Marshal(api.LogLine{Timestamp: time.Now().UTC(), App: app, Region: "iad", MachineID: machine, Stream: "stdout", Message: fmt.Sprintf("%s line %d", machine, i)})
+		if err := nc.Publish(store.LogSubject(app, "iad", machine), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 1; i <= 3; i++ {
+		publish("quiet", "q1", i)
+	}
+	const machines, perMachine = 20, 10_000
+	for i := 1; i <= perMachine; i++ {
+		for m := 0; m < machines; m++ {
+			publish("flood", fmt.Sprintf("f%02d", m), i)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := ts.st.JetStream().Stream(ctx, store.StreamLogs)
+	for {
+		info, err := js.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs >= 3+machines*perMachine {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the stream holds %d lines, want %d", info.State.Msgs, 3+machines*perMachine)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the stream's count, a condition
+	}
+	tail := func(app string, n int) ([]string, time.Duration) {
+		start := time.Now()
+		var got []string
+		err := ts.c.Logs(ctx, app, api.LogOptions{Lines: n}, func(l api.LogLine) error {
+			got = append(got, l.Message)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got, time.Since(start)
+	}
+	got, took := tail("flood", 1)
+	want := fmt.Sprintf("f%02d line %d", machines-1, perMachine)
+	if len(got) != 1 || got[0] != want {
+		t.Fatalf("perch logs -n 1 of the flooded app = %q, want [%q]", got, want)
+	}
+	t.Logf("perch logs -n 1 after %d lines: %v", machines*perMachine, took)
+	if took > time.Second {
+		t.Errorf("perch logs -n 1 took %v after a flood; want under a second", took)
+	}
+	got, took = tail("flood", 5)
+	if len(got) != 5 || got[4] != want {
+		t.Errorf("perch logs -n 5 = %q; want 5 lines ending with %q", got, want)
+	}
+	t.Logf("perch logs -n 5: %v", took)
+	got, _ = tail("quiet", 100)
+	if len(got) != 3 || got[0] != "q1 line 1" || got[2] != "q1 line 3" {
+		t.Errorf("the other app's lines after the flood = %q; want its 3 lines", got)
+	}
+
+	// A machine printing more than it may keep loses only its own oldest.
+	for i := perMachine + 1; i <= perMachine+500; i++ {
+		publish("flood", "f00", i)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f00 := store.LogSubject("flood", "iad", "f00")
+	for {
+		last, err := js.GetLastMsgForSubject(ctx, f00)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var l api.LogLine
+		if json.Unmarshal(last.Data, &l) == nil && l.Message == fmt.Sprintf("f00 line %d", perMachine+500) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the extra lines never reached the stream")
+		}
+		time.Sleep(20 * time.Millisecond) // polling for the last line, a condition
+	}
+	info, err := js.Info(ctx, jetstream.WithSubjectFilter(f00))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.State.Subjects[f00]; n != store.LogLinesPerMachine {
+		t.Errorf("machine f00 keeps %d lines, want %d", n, store.LogLinesPerMachine)
+	}
+	got, _ = tail("quiet", 100)
+	if len(got) != 3 {
+		t.Errorf("the other app's lines after the machine overflowed = %q; want its 3 lines", got)
+	}
+}

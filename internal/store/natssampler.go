@@ -1,0 +1,24 @@
+package store
+
+import (
+	_ "unsafe" // go:linkname
+
+	_ "github.com/nats-io/nats-server/v2/server/pse" // the sampler below
+)
+
+// natsProcStatFile is the file nats-server's pse package samples for its
+// CPU figure (varz). Its init starts a sampler that reads the file and
+// re-arms itself every second, in every process that links nats-server,
+// which is every perch process, each machine's shim included: 50 idle
+// shims woken once a second cost a host about 1 % of a core (bench/idle).
+// The sampler stops re-arming once the read fails.
+//
+//go:linkname natsProcStatFile github.com/nats-io/nats-server/v2/server/pse.procStatFile
+var natsProcStatFile string
+
+// QuietNATSSampler stops nats-server's CPU sampler (at its next tick, within
+// a second) in a process that runs no NATS server: the agent and the
+// shims. Only the control plane's embedded server reports its CPU.
+func QuietNATSSampler() {
+	natsProcStatFile = ""
+}
