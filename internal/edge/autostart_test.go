@@ -226,3 +226,60 @@ func TestAutostartExitedMachine(t *testing.T) {
 		t.Errorf("starts %+v; want only m-zz", calls)
 	}
 }
+
+// TestAutostartOverSoftLimit: a request that finds every started machine
+// over its soft limit is not held: it goes to one of them (under its hard
+// limit) while the edge starts a stopped machine in the background, once.
+func TestAutostartOverSoftLimit(t *testing.T) {
+	w := newWorld(t, "iad")
+	s := &hostStarter{w: w, boot: 10 * time.Millisecond}
+	w.e.cfg.Starter = s
+	w.app("zz")
+	release := make(chan struct{})
+	busy := startMachine(t, "busy", "iad", "127.0.0.2", func(rw http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		io.WriteString(rw, "busy")
+	})
+	w.place("zz", busy, 80, api.StateStarted)
+	key := store.MachineKey("zz", "busy")
+	spec := w.e.table.machines[key]
+	spec.Config.Services[0].Concurrency = &api.Concurrency{Type: "requests", SoftLimit: 1, HardLimit: 10}
+	spec.Config.Services[0].Autostop = api.AutostopStop
+	w.e.table.setMachine(key, spec)
+	w.asleep("zz", startMachine(t, "spare", "iad", "127.0.0.3", nil), api.StateStopped, api.Port{Port: 80, Handlers: []string{"http"}})
+	w.commit()
+	srv := w.serve(80)
+
+	slow := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", srv.URL+"/slow", nil)
+		req.Host = "zz.perch.local"
+		res, err := srv.Client().Do(req)
+		if err != nil {
+			slow <- 0
+			return
+		}
+		res.Body.Close()
+		slow <- res.StatusCode
+	}()
+	waitFor(t, "the slow request in flight on busy", func() bool { return w.e.table.book.inflight("zz", "busy") == 1 })
+	if res, body := get(t, srv, "zz.perch.local", nil); res.StatusCode != 200 || body != "busy" {
+		t.Errorf("request over the soft limit: %s %q; want busy's answer at once", res.Status, body)
+	}
+	waitFor(t, "spare started in the background", func() bool { return len(s.started()) == 1 })
+	if calls := s.started(); calls[0].MachineID != "spare" {
+		t.Errorf("started %+v; want spare", calls)
+	}
+	close(release)
+	if code := <-slow; code != 200 {
+		t.Errorf("slow request: %d", code)
+	}
+	waitFor(t, "spare in rotation", func() bool {
+		return len(w.e.Snapshot().Candidates("zz.perch.local", 80)) == 2
+	})
+	if n := len(s.started()); n != 1 {
+		t.Errorf("%d starts; want 1", n)
+	}
+}
