@@ -108,7 +108,8 @@ type Agent struct {
 	edge     *edge.Edge
 	mesh     *meshhost.Member
 	dialer   *meshDialer
-	sub6     netip.Prefix // the 6PN /64 of this host's machines
+	relays   relayActivity // autostop.go
+	sub6     netip.Prefix  // the 6PN /64 of this host's machines
 
 	mu      sync.Mutex
 	workers map[string]*worker // by machine key
@@ -245,7 +246,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	e, err := edge.New(edge.Config{
 		Region: a.cfg.Region, HostID: a.host.ID, Addr: a.cfg.EdgeAddr, Domain: a.cfg.EdgeDomain,
 		Store: a.st, Nearness: a.mesh, Reachable: a.mesh.Reachable, Dialer: a.dialer,
-		Log: a.log, AccessLog: a.cfg.AccessLog, Certs: certSrc,
+		Log: a.log, AccessLog: a.cfg.AccessLog, Certs: certSrc, Starter: starter{a},
 	})
 	if err != nil {
 		return fmt.Errorf("agent: edge: %w", err)
@@ -267,6 +268,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); errc <- a.runMesh(ctx, e) }()
 	go func() { defer wg.Done(); a.heartbeat(ctx) }()
 	wg.Go(func() { a.runImageGC(ctx) })
+	wg.Go(func() { a.runAutostop(ctx, e) })
+	wg.Go(func() { a.serveStarts(ctx) })
 	go func() { defer wg.Done(); errc <- e.Run(ctx) }()
 	wg.Go(func() { _ = certSrc.Run(ctx) })
 	wg.Go(func() { _ = dns.Run(ctx) })

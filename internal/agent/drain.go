@@ -51,7 +51,7 @@ func stopConfig(spec store.MachineSpec) (syscall.Signal, string, time.Duration) 
 // reporting state (stopping or destroying) while it does.
 func (w *worker) retire(ctx context.Context, spec store.MachineSpec, state, evType string) {
 	sig, name, timeout := stopConfig(spec)
-	w.setState(ctx, spec, state, evType, fmt.Sprintf("draining, then %s and up to %s to exit", name, timeout), func(s *store.MachineStatus) {
+	w.setState(ctx, spec, state, evType, because(spec, fmt.Sprintf("draining, then %s and up to %s to exit", name, timeout)), func(s *store.MachineStatus) {
 		s.NotReady = state + ": draining"
 	})
 	start := time.Now()
@@ -60,6 +60,11 @@ func (w *worker) retire(ctx context.Context, spec store.MachineSpec, state, evTy
 	if err := w.driver().Stop(ctx, w.id, sig, timeout); err != nil {
 		w.log.Warn("stop", "err", err)
 	}
+	// The exit this stop causes is not for the restart policy: a start
+	// asked for meanwhile (autostart during an autostop's drain) must not
+	// take it for an exit of the run it asks for.
+	w.waiting = false
+	w.waitSeq++
 }
 
 // drain asks every edge that is up to let the machine's traffic finish

@@ -69,7 +69,7 @@ func (a *Agent) runMesh(ctx context.Context, e *edge.Edge) error {
 			e.Refresh()
 		}
 	})
-	return a.mesh.Node().ServeRelay(ctx, a.relayTarget, a.log.With("component", "relay"))
+	return a.mesh.Node().ServeRelayObserved(ctx, a.relayTarget, a.relays.observe, a.log.With("component", "relay"))
 }
 
 // relayTarget admits a relay connection only to a machine of this host:

@@ -31,39 +31,26 @@ func (w *worker) suspendable(spec store.MachineSpec) string {
 }
 
 // suspendForIdle is autostop's way to suspend an idle machine instead of
-// stopping it. It may run outside the worker's goroutine: it only checks
-// that the machine can be suspended and asks for it in the spec (desired
-// suspended); the worker then drains and suspends it, or stops it with an
-// event saying why when the snapshot fails. It returns false with the
-// reason when the machine cannot be suspended; the caller stops it.
-//
-//lint:ignore U1000 autostop (autostop.go, from the autostop work) calls it
-func (w *worker) suspendForIdle(ctx context.Context) (suspended bool, why string) {
+// stopping it (autostop.go). It may run outside the worker's goroutine: it
+// only checks that the machine can be suspended and asks for it in the
+// spec (desired suspended, with reason for the event); the worker then
+// drains and suspends it, or stops it with an event saying why when the
+// snapshot fails. It returns false with the reason when the machine cannot
+// be suspended (the caller stops it), and an error when the spec could not
+// be written (the caller tries again later).
+func (w *worker) suspendForIdle(ctx context.Context, reason string) (suspended bool, why string, err error) {
 	spec, removed := w.current()
 	if removed || spec.Desired != store.DesireStarted {
-		return false, "the machine is not meant to be started"
+		return false, "", errSpecChanged
 	}
 	if why := w.suspendable(spec); why != "" {
-		return false, why
+		return false, why, nil
 	}
-	gen := spec.Generation
-	_, err := store.Modify(ctx, w.a.st.Machines, spec.Key(), func(m *store.MachineSpec) error {
-		if m.Generation != gen || m.Desired != store.DesireStarted {
-			return errSpecChanged
-		}
-		m.Desired = store.DesireSuspended
-		m.Generation++
-		m.UpdatedAt = time.Now().UTC()
-		return nil
-	})
-	if err != nil {
-		return false, "recording the suspension: " + err.Error()
+	if err := w.desireIdle(ctx, store.DesireSuspended, reason); err != nil {
+		return false, "", err
 	}
-	return true, ""
+	return true, "", nil
 }
-
-//lint:ignore U1000 used by suspendForIdle
-var errSpecChanged = errors.New("the machine's spec changed meanwhile")
 
 // suspend converges the machine to suspended: drain, snapshot, report.
 func (w *worker) suspend(ctx context.Context, spec store.MachineSpec) {
@@ -91,7 +78,7 @@ func (w *worker) suspend(ctx context.Context, spec store.MachineSpec) {
 		return
 	}
 	_, _, timeout := stopConfig(spec)
-	w.setState(ctx, spec, api.StateSuspending, "suspend", fmt.Sprintf("draining (up to %s), then suspending", timeout), func(s *store.MachineStatus) {
+	w.setState(ctx, spec, api.StateSuspending, "suspend", because(spec, fmt.Sprintf("draining (up to %s), then suspending", timeout)), func(s *store.MachineStatus) {
 		s.NotReady = api.StateSuspending + ": draining"
 	})
 	start := time.Now()
@@ -104,7 +91,7 @@ func (w *worker) suspend(ctx context.Context, spec store.MachineSpec) {
 		return
 	}
 	w.log.Info("machine suspended", "drain", drained.Round(time.Millisecond), "snapshot", (time.Since(start) - drained).Round(time.Millisecond))
-	w.setState(ctx, spec, api.StateSuspended, "suspend", fmt.Sprintf("snapshot taken in %s", (time.Since(start)-drained).Round(time.Millisecond)))
+	w.setState(ctx, spec, api.StateSuspended, "suspend", because(spec, fmt.Sprintf("snapshot taken in %s", (time.Since(start)-drained).Round(time.Millisecond))))
 }
 
 // stopInstead stops a machine that was to be suspended and could not be,
@@ -113,7 +100,7 @@ func (w *worker) stopInstead(ctx context.Context, spec store.MachineSpec, why st
 	if st, err := w.driver().State(ctx, w.id); err == nil && st.Status == perchrt.StatusRunning {
 		w.retire(ctx, spec, api.StateStopping, "suspend")
 	}
-	w.setState(ctx, spec, api.StateStopped, "suspend", "could not suspend, stopped instead: "+why)
+	w.setState(ctx, spec, api.StateStopped, "suspend", because(spec, "could not suspend, stopped instead: "+why))
 }
 
 // discardSnapshot drops the machine's snapshot, if its runtime keeps one,
@@ -124,4 +111,17 @@ func (w *worker) discardSnapshot(ctx context.Context) {
 			w.log.Warn("discarding the snapshot", "err", err)
 		}
 	}
+}
+
+// because puts the reason the spec records for its generation (autostop,
+// autostart) before msg, for the machine's event.
+func because(spec store.MachineSpec, msg string) string {
+	why := spec.Why()
+	switch {
+	case why == "":
+		return msg
+	case msg == "":
+		return why
+	}
+	return why + "; " + msg
 }

@@ -220,6 +220,7 @@ func (w *worker) ensureStarted(ctx context.Context, spec store.MachineSpec) time
 	if st.Status == perchrt.StatusSuspended {
 		startMsg = "resuming from the snapshot"
 	}
+	startMsg = because(spec, startMsg) // suspend.go
 	w.setState(ctx, spec, api.StateStarting, "start", startMsg)
 	w.lastStart = time.Now()
 	// A waiter on the last run may still hold that run's exit, already
@@ -406,7 +407,7 @@ func (w *worker) stop(ctx context.Context, spec store.MachineSpec) {
 		w.discardSnapshot(ctx) // stopped means the next start boots
 	}
 	if w.status.State != api.StateStopped || w.status.Generation != spec.Generation {
-		w.setState(ctx, spec, api.StateStopped, "stop", "")
+		w.setState(ctx, spec, api.StateStopped, "stop", spec.Why())
 	}
 }
 

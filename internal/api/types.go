@@ -5,6 +5,8 @@
 package api
 
 import (
+	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -149,6 +151,65 @@ type Service struct {
 	Ports        []Port       `json:"ports,omitempty"`
 	Concurrency  *Concurrency `json:"concurrency,omitempty"`
 	Checks       []Check      `json:"checks,omitempty"`
+	// Autostop, Autostart and MinMachinesRunning are Fly's scale to zero
+	// (docs/autostop.md): a machine idle for IdleTimeout is stopped or
+	// suspended by its host, never leaving fewer than MinMachinesRunning
+	// started machines of the app in its region; an edge with a request
+	// and no started machine starts a stopped one. Autostart unset
+	// follows Autostop: on when Autostop is "stop" or "suspend".
+	Autostop           Autostop `json:"autostop,omitempty"`
+	Autostart          *bool    `json:"autostart,omitempty"`
+	MinMachinesRunning *int     `json:"min_machines_running,omitempty"`
+	// IdleTimeout is Perch's: how long a machine must have had no request
+	// or connection in flight before autostop stops it, a Go duration
+	// ("30s"); DefaultIdleTimeout if empty.
+	IdleTimeout string `json:"idle_timeout,omitempty"`
+}
+
+// Autostop is what a service's idle machines become: AutostopOff (or
+// ""), AutostopStop or AutostopSuspend. Its JSON also accepts Fly's
+// older booleans (true is "stop", false "off").
+type Autostop string
+
+// Autostop values.
+const (
+	AutostopOff     Autostop = "off"
+	AutostopStop    Autostop = "stop"
+	AutostopSuspend Autostop = "suspend"
+)
+
+// DefaultIdleTimeout is how long a machine with autostop is idle before
+// it stops, unless its service says otherwise.
+const DefaultIdleTimeout = 5 * time.Minute
+
+// On says whether autostop stops or suspends idle machines.
+func (a Autostop) On() bool { return a == AutostopStop || a == AutostopSuspend }
+
+// UnmarshalJSON takes a string or, as Fly's API once did, a boolean.
+func (a *Autostop) UnmarshalJSON(b []byte) error {
+	switch string(b) {
+	case "true":
+		*a = AutostopStop
+		return nil
+	case "false", "null":
+		*a = AutostopOff
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("autostop must be \"off\", \"stop\", \"suspend\", true or false, got %s", b)
+	}
+	*a = Autostop(s)
+	return nil
+}
+
+// AutostartOn says whether an edge may start the service's stopped
+// machines for a request: Autostart if set, else whether autostop is on.
+func (s *Service) AutostartOn() bool {
+	if s.Autostart != nil {
+		return *s.Autostart
+	}
+	return s.Autostop.On()
 }
 
 // Restart is the restart policy of a machine.

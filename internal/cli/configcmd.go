@@ -146,6 +146,9 @@ func printValidated(w io.Writer, cfg *config.Config, v validatedConfig) {
 			}
 			fmt.Fprintf(w, "  concurrency:  %s, soft limit %d, %s\n", c.Type, c.SoftLimit, hard)
 		}
+		if s.Autostop.On() || s.AutostartOn() {
+			fmt.Fprintf(w, "  scale to zero: %s\n", scaleToZero(s))
+		}
 		for _, k := range s.Checks {
 			desc := fmt.Sprintf("%s every %s, timeout %s, grace %s", k.Type, cmp.Or(k.Interval, "15s"), cmp.Or(k.Timeout, "2s"), cmp.Or(k.GracePeriod, "1s"))
 			if k.Type == "http" {
@@ -160,4 +163,21 @@ func printValidated(w io.Writer, cfg *config.Config, v validatedConfig) {
 			fmt.Fprintf(w, "  %s\n", m)
 		}
 	}
+}
+
+// scaleToZero describes a service's autostop and autostart (docs/autostop.md).
+func scaleToZero(s api.Service) string {
+	least := 0
+	if s.MinMachinesRunning != nil {
+		least = *s.MinMachinesRunning
+	}
+	stop := "no autostop"
+	if s.Autostop.On() {
+		stop = fmt.Sprintf("%s after %s idle, at least %d running per region", s.Autostop, cmp.Or(s.IdleTimeout, api.DefaultIdleTimeout.String()), least)
+	}
+	start := "autostart off"
+	if s.AutostartOn() {
+		start = "autostart on"
+	}
+	return stop + "; " + start
 }

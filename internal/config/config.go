@@ -63,8 +63,11 @@ type HTTPService struct {
 	AutoStopMachines   string // "off", "stop", "suspend"; "" when unset
 	AutoStartMachines  *bool
 	MinMachinesRunning int
-	Processes          []string
-	Concurrency        *api.Concurrency
+	// IdleTimeout is Perch's: how long a machine is idle before autostop
+	// stops it (0: api.DefaultIdleTimeout).
+	IdleTimeout time.Duration
+	Processes   []string
+	Concurrency *api.Concurrency
 	// Checks are [[http_service.checks]], all of type "http".
 	Checks []api.Check
 	// TLSOptions apply to port 443, HTTPOptions to both ports.
@@ -83,6 +86,7 @@ type Service struct {
 	AutoStopMachines   string
 	AutoStartMachines  *bool
 	MinMachinesRunning int
+	IdleTimeout        time.Duration // as in HTTPService
 	// Checks are [[services.tcp_checks]] then [[services.http_checks]].
 	Checks []api.Check
 }

@@ -153,6 +153,21 @@ func TestParseErrors(t *testing.T) {
 			want: `perch.toml line 3: force_https must be true or false, got "yes"`,
 		},
 		{
+			name: "negative min_machines_running",
+			data: lines("[http_service]", "internal_port = 8080", "auto_stop_machines = 'stop'", "min_machines_running = -1"),
+			want: "perch.toml line 4: min_machines_running must be at least 0, got -1",
+		},
+		{
+			name: "negative idle_timeout",
+			data: lines("[[services]]", "protocol = 'tcp'", "internal_port = 8080", "auto_stop_machines = 'stop'", "idle_timeout = '-30s'"),
+			want: `perch.toml line 5: idle_timeout must not be negative, got "-30s"`,
+		},
+		{
+			name: "idle_timeout not a duration",
+			data: lines("[http_service]", "internal_port = 8080", "auto_stop_machines = 'stop'", "idle_timeout = 'soon'"),
+			want: `perch.toml line 4: idle_timeout "soon" is not a duration; write e.g. idle_timeout = 5 (seconds) or "30s"`,
+		},
+		{
 			name: "auto_stop_machines",
 			data: lines("[http_service]", "internal_port = 8080", "auto_stop_machines = 'sometimes'"),
 			want: `perch.toml line 3: auto_stop_machines "sometimes" is not one of "off", "stop", "suspend", true or false`,

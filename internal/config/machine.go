@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/perchhq/perch/internal/api"
 )
@@ -93,6 +94,7 @@ func (c *Config) MachineConfig(image string) api.MachineConfig {
 			Concurrency: withDefaults(h.Concurrency),
 			Checks:      serviceChecks(h.Checks, h.InternalPort),
 		})
+		scaleToZero(&mc.Services[len(mc.Services)-1], h.AutoStopMachines, h.AutoStartMachines, h.MinMachinesRunning, h.IdleTimeout)
 	}
 	for _, s := range c.Services {
 		if !appliesTo(s.Processes, group) {
@@ -104,6 +106,7 @@ func (c *Config) MachineConfig(image string) api.MachineConfig {
 			Concurrency:  withDefaults(s.Concurrency),
 			Checks:       serviceChecks(s.Checks, s.InternalPort),
 		}
+		scaleToZero(&svc, s.AutoStopMachines, s.AutoStartMachines, s.MinMachinesRunning, s.IdleTimeout)
 		for _, p := range s.Ports {
 			p.Handlers = slices.Clone(p.Handlers)
 			p.TLSOptions = cloneTLSOptions(p.TLSOptions)
@@ -117,6 +120,22 @@ func (c *Config) MachineConfig(image string) api.MachineConfig {
 		mc.Services = append(mc.Services, svc)
 	}
 	return mc
+}
+
+// scaleToZero sets a service's autostop, autostart, min_machines_running
+// and idle timeout as the file gave them.
+func scaleToZero(svc *api.Service, stop string, start *bool, minRunning int, idle time.Duration) {
+	svc.Autostop = api.Autostop(stop)
+	if start != nil {
+		b := *start
+		svc.Autostart = &b
+	}
+	if minRunning > 0 {
+		svc.MinMachinesRunning = &minRunning
+	}
+	if idle > 0 {
+		svc.IdleTimeout = idle.String()
+	}
 }
 
 // DefaultRestart is the restart policy of machines when perch.toml has no

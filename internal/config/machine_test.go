@@ -30,6 +30,7 @@ var (
 )
 
 func TestMachineConfig(t *testing.T) {
+	yes, one := true, 1
 	for _, tc := range []struct {
 		file, image string
 		want        api.MachineConfig
@@ -56,7 +57,7 @@ func TestMachineConfig(t *testing.T) {
 				Services: []api.Service{{Protocol: "tcp", InternalPort: 8080, Ports: []api.Port{
 					{Port: 80, Handlers: []string{"http"}, ForceHTTPS: true},
 					{Port: 443, Handlers: []string{"tls", "http"}},
-				}, Concurrency: defaultConcurrency}},
+				}, Concurrency: defaultConcurrency, Autostop: api.AutostopStop, Autostart: &yes}},
 				Restart:  api.Restart{Policy: api.RestartOnFailure},
 				Metadata: appGroup,
 			},
@@ -77,6 +78,7 @@ func TestMachineConfig(t *testing.T) {
 						},
 						Concurrency: &api.Concurrency{Type: "requests", SoftLimit: 200, HardLimit: 250},
 						Checks:      []api.Check{{Type: "http", Port: 4000, Interval: "30s", Timeout: "5s", GracePeriod: "10s", Method: "GET", Path: "/healthz"}},
+						Autostop:    api.AutostopStop, Autostart: &yes, MinMachinesRunning: &one,
 					},
 					{Protocol: "tcp", InternalPort: 4001, Ports: []api.Port{{Port: 4001, Handlers: []string{"proxy_proto"}}}, Concurrency: defaultConcurrency},
 				},
@@ -96,7 +98,7 @@ func TestMachineConfig(t *testing.T) {
 				Services: []api.Service{{Protocol: "tcp", InternalPort: 3000, Ports: []api.Port{
 					{Port: 80, Handlers: []string{"http"}, ForceHTTPS: true},
 					{Port: 443, Handlers: []string{"tls", "http"}},
-				}, Concurrency: defaultConcurrency}},
+				}, Concurrency: defaultConcurrency, Autostop: api.AutostopStop, Autostart: &yes}},
 				Restart:  api.Restart{Policy: api.RestartOnFailure},
 				Init:     api.MachineInit{Cmd: []string{"./bin/rails", "server", "-b", "0.0.0.0"}},
 				Metadata: appGroup,

@@ -113,6 +113,7 @@ type fileHTTPService struct {
 	AutoStopMachines   string           `toml:"auto_stop_machines,omitempty"`
 	AutoStartMachines  *bool            `toml:"auto_start_machines,omitempty"`
 	MinMachinesRunning int              `toml:"min_machines_running,omitempty"`
+	IdleTimeout        string           `toml:"idle_timeout,omitempty"`
 	Processes          []string         `toml:"processes,omitempty"`
 	Concurrency        *fileConcurrency `toml:"concurrency,omitempty"`
 	Checks             []fileCheck      `toml:"checks,omitempty"`
@@ -126,6 +127,7 @@ type fileService struct {
 	AutoStopMachines   string           `toml:"auto_stop_machines,omitempty"`
 	AutoStartMachines  *bool            `toml:"auto_start_machines,omitempty"`
 	MinMachinesRunning int              `toml:"min_machines_running,omitempty"`
+	IdleTimeout        string           `toml:"idle_timeout,omitempty"`
 	Processes          []string         `toml:"processes,omitempty"`
 	Ports              []filePort       `toml:"ports,omitempty"`
 	Concurrency        *fileConcurrency `toml:"concurrency,omitempty"`
@@ -208,6 +210,7 @@ func (c *Config) file() fileConfig {
 			AutoStopMachines:   h.AutoStopMachines,
 			AutoStartMachines:  h.AutoStartMachines,
 			MinMachinesRunning: h.MinMachinesRunning,
+			IdleTimeout:        durationText(h.IdleTimeout),
 			Processes:          h.Processes,
 			Concurrency:        fileConc(h.Concurrency),
 			Checks:             fileChecks(h.Checks, "http"),
@@ -222,6 +225,7 @@ func (c *Config) file() fileConfig {
 			AutoStopMachines:   s.AutoStopMachines,
 			AutoStartMachines:  s.AutoStartMachines,
 			MinMachinesRunning: s.MinMachinesRunning,
+			IdleTimeout:        durationText(s.IdleTimeout),
 			Processes:          s.Processes,
 			Concurrency:        fileConc(s.Concurrency),
 			TCPChecks:          fileChecks(s.Checks, "tcp"),
@@ -263,4 +267,12 @@ func fileConc(c *api.Concurrency) *fileConcurrency {
 	}
 	fc := fileConcurrency(*c)
 	return &fc
+}
+
+// durationText writes a duration the way the file reads it back; "" for 0.
+func durationText(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	return d.String()
 }

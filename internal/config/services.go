@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/perchhq/perch/internal/api"
 )
@@ -13,7 +14,7 @@ func (d *decoder) httpService(s *section) *HTTPService {
 	h := &HTTPService{}
 	h.InternalPort = d.internalPort(s)
 	h.ForceHTTPS, _, _ = s.boolean("force_https")
-	h.AutoStopMachines, h.AutoStartMachines, h.MinMachinesRunning = d.autoStartStop(s)
+	h.AutoStopMachines, h.AutoStartMachines, h.MinMachinesRunning, h.IdleTimeout = d.autoStartStop(s)
 	h.Processes, _, _ = s.strs("processes", `["app"]`)
 	h.Concurrency = d.concurrencyOf(s)
 	h.Checks = d.checks(s, "checks", "http")
@@ -40,7 +41,9 @@ func (d *decoder) internalPort(s *section) int {
 	return port
 }
 
-func (d *decoder) autoStartStop(s *section) (stop string, start *bool, minRunning int) {
+// autoStartStop reads a service's scale to zero keys: Fly's, and Perch's
+// idle_timeout (how long a machine is idle before autostop stops it).
+func (d *decoder) autoStartStop(s *section) (stop string, start *bool, minRunning int, idle time.Duration) {
 	if v, p, ok := s.get("auto_stop_machines"); ok {
 		switch v := v.(type) {
 		case bool:
@@ -62,7 +65,11 @@ func (d *decoder) autoStartStop(s *section) (stop string, start *bool, minRunnin
 		start = &b
 	}
 	minRunning, _, _ = s.count("min_machines_running", 0)
-	return stop, start, minRunning
+	idle = d.seconds(s, "idle_timeout") // sections.go
+	if _, p, ok := s.get("idle_timeout"); ok && stop != "stop" && stop != "suspend" {
+		d.warnf(p, `idle_timeout has no effect unless auto_stop_machines is "stop" or "suspend"`)
+	}
+	return stop, start, minRunning, idle
 }
 
 // concurrencyOf reads a service's concurrency: a table, or the "soft,hard"
@@ -136,7 +143,7 @@ func (d *decoder) service(s *section) (sv Service, ok bool) {
 		sv.Ports = append(sv.Ports, port)
 	}
 	sv.Concurrency = d.concurrencyOf(s)
-	sv.AutoStopMachines, sv.AutoStartMachines, sv.MinMachinesRunning = d.autoStartStop(s)
+	sv.AutoStopMachines, sv.AutoStartMachines, sv.MinMachinesRunning, sv.IdleTimeout = d.autoStartStop(s)
 	sv.Checks = append(d.checks(s, "tcp_checks", "tcp"), d.checks(s, "http_checks", "http")...)
 	if v, ok := s.m["script_checks"].([]any); ok && len(v) == 0 {
 		s.accept("script_checks") // fly config save writes script_checks = []

@@ -49,7 +49,12 @@ func unreachable(w http.ResponseWriter, st *reqState) {
 // "could not reach a machine"; it says whether it did.
 func (e *Edge) answerError(w http.ResponseWriter, st *reqState, err error) bool {
 	var re *replayError
+	var we *wakeError
 	switch {
+	case errors.As(err, &we):
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, fmt.Sprintf("perch: app %q had no started machine and none could be started in time: %v. Try again; \"perch status\" shows its machines.", st.app, we.err),
+			http.StatusServiceUnavailable)
 	case errors.Is(err, errBusy):
 		e.metrics.rejected.WithLabelValues("busy").Inc()
 		w.Header().Set("Retry-After", e.retryAfter())

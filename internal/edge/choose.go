@@ -95,6 +95,14 @@ var (
 // wait in its queue, since any freed slot there is theirs to take.
 const narrowPoll = 20 * time.Millisecond
 
+// appOf is the name of the app d names.
+func (e *Edge) appOf(d dest) string {
+	if a := e.table.Snapshot().names[d.host]; a != nil {
+		return a.name
+	}
+	return d.host
+}
+
 // dest is where a request or connection goes: an app's name (any name
 // the snapshot knows it by) and a public port.
 type dest struct {
@@ -103,17 +111,14 @@ type dest struct {
 }
 
 // route is the current route of d, or nil.
-func (e *Edge) route(d dest) *portRoute {
-	if a := e.table.Snapshot().names[d.host]; a != nil {
-		return a.ports[d.port]
-	}
-	return nil
-}
+func (e *Edge) route(d dest) *portRoute { return routeIn(e.table.Snapshot(), d) }
 
 // acquire picks a machine of d's route that f allows and takes a slot on
 // it; the caller releases it (b.load.release). When every such machine is
 // at its hard limit, it waits up to Limits.QueueTimeout for a slot, first
-// come first served, then gives errBusy. waited is the time it waited.
+// come first served, then gives errBusy. When the route has no machine in
+// rotation and stopped ones with autostart, it is held while one starts
+// (autostart.go). waited is the time it waited.
 func (e *Edge) acquire(ctx context.Context, d dest, f *filter) (b *Backend, waited time.Duration, err error) {
 	var (
 		w        *waiter
@@ -121,6 +126,7 @@ func (e *Edge) acquire(ctx context.Context, d dest, f *filter) (b *Backend, wait
 		queued   bool
 		timeout  <-chan time.Time
 		waitFrom time.Time
+		held     time.Duration
 	)
 	defer func() {
 		if queued {
@@ -129,13 +135,29 @@ func (e *Edge) acquire(ctx context.Context, d dest, f *filter) (b *Backend, wait
 		if !waitFrom.IsZero() {
 			waited = time.Since(waitFrom)
 		}
+		waited += held
 	}()
 	for {
 		pr := e.route(d)
-		if pr == nil || !pr.any(f) {
+		if pr == nil {
 			return nil, 0, errNoCandidate
 		}
+		if !pr.any(f) {
+			if held > 0 || f.narrowed() || !e.wakeable(pr) {
+				return nil, 0, errNoCandidate
+			}
+			from := time.Now()
+			err := e.hold(ctx, d, e.appOf(d))
+			held = max(time.Since(from), time.Nanosecond)
+			if err != nil {
+				return nil, 0, err
+			}
+			continue
+		}
 		if b := pr.pick(f); b != nil {
+			if b.soft < noLimit && b.load.n.Load() >= b.soft && len(pr.sleepers) > 0 && pr.waking == 0 && e.cfg.Starter != nil {
+				e.wakeMore(d, e.appOf(d), len(pr.backends)) // every machine is over its soft limit
+			}
 			if b.load.tryAcquire(b.hard) {
 				// A drain may have taken the machine out of rotation
 				// between the pick and the slot: the drain saw no slot

@@ -42,6 +42,10 @@ type Limits struct {
 	// MaxQueued caps the requests waiting for a slot per app and port;
 	// beyond it a request gets 503 at once.
 	MaxQueued int
+	// StartTimeout is how long a request for an app whose machines are
+	// all stopped is held while the edge starts one (autostart.go),
+	// before a 503 saying why.
+	StartTimeout time.Duration
 }
 
 // DefaultLimits are the limits of an edge whose Config leaves them zero.
@@ -54,6 +58,7 @@ var DefaultLimits = Limits{
 	MaxConnsPerApp:     10000,
 	QueueTimeout:       5 * time.Second,
 	MaxQueued:          1000,
+	StartTimeout:       30 * time.Second,
 }
 
 // withDefaults fills zero fields from DefaultLimits; negative ones mean no
@@ -80,6 +85,7 @@ func (l Limits) withDefaults() Limits {
 	dur(&l.IdleTimeout, d.IdleTimeout)
 	dur(&l.BackendIdleTimeout, d.BackendIdleTimeout)
 	dur(&l.QueueTimeout, d.QueueTimeout)
+	dur(&l.StartTimeout, d.StartTimeout)
 	count(&l.MaxHeaderBytes, d.MaxHeaderBytes)
 	count(&l.MaxConnsPerClient, d.MaxConnsPerClient)
 	count(&l.MaxConnsPerApp, d.MaxConnsPerApp)

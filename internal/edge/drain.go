@@ -84,3 +84,17 @@ func (e *Edge) drainState(app, id string) (routed bool, inflight int32) {
 	e.table.mu.Unlock()
 	return routed, inflight
 }
+
+// Activity is what this edge has in flight to a machine, and when the
+// last request or connection it sent there ended (zero if none did since
+// the machine joined the table): the host's autostop reads it to decide
+// that a machine is idle.
+func (e *Edge) Activity(app, id string) (inflight int32, last time.Time) {
+	e.table.mu.Lock()
+	n, ns := e.table.book.activity(app, id)
+	e.table.mu.Unlock()
+	if ns > 0 {
+		last = time.Unix(0, ns)
+	}
+	return n, last
+}

@@ -12,8 +12,9 @@
 //
 // Extension points: certificates come from a CertSource (internal/certs),
 // machines on other hosts are reached through a Dialer (the WireGuard mesh),
-// and regions are ranked by a Nearness (great-circle distance today,
-// measured round-trip time later).
+// regions are ranked by a Nearness (great-circle distance today,
+// measured round-trip time later), and stopped machines are started for
+// held requests through a Starter (the agent).
 package edge
 
 import (
@@ -66,6 +67,10 @@ type Config struct {
 	// Limits protect the edge from slow and greedy clients; zero fields
 	// take DefaultLimits.
 	Limits Limits
+	// Starter starts a stopped machine for a request that has no started
+	// machine to go to (autostart.go). Nil: no autostart; such requests
+	// get an answer saying the app has no started machine.
+	Starter Starter
 	// Certs gives the certificates of ports with the "tls" handler and
 	// answers ACME challenges. Nil: TLS handshakes fail (no certificate),
 	// everything else works.
@@ -86,6 +91,7 @@ type Edge struct {
 	lns       *listeners
 	tls       *tlsConfigs
 	demand    demand // demand.go
+	wakes     wakes  // autostart.go
 
 	readyOnce sync.Once
 	ready     chan struct{}

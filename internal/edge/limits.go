@@ -43,6 +43,9 @@ type load struct {
 	app, machine, region string
 
 	n atomic.Int32
+	// last is when a request or connection to it last ended (unix
+	// nanoseconds), for autostop (Edge.Activity).
+	last atomic.Int64
 	// downUntil is when a machine that refused a connection may be tried
 	// first again (unix nanoseconds; 0: it did not refuse).
 	downUntil atomic.Int64
@@ -79,6 +82,7 @@ func (l *load) tryAcquire(hard int32) bool {
 // release gives a slot back and hands it to a request waiting on one of
 // the service's ports.
 func (l *load) release() {
+	l.last.Store(time.Now().UnixNano())
 	l.n.Add(-1)
 	if qs := l.queues.Load(); qs != nil {
 		for _, q := range *qs {
@@ -218,13 +222,20 @@ func (b *loadBook) end() {
 // inflight is what this edge has in flight to one machine, all its
 // services summed.
 func (b *loadBook) inflight(app, machine string) int32 {
-	var n int32
+	n, _ := b.activity(app, machine)
+	return n
+}
+
+// activity is what this edge has in flight to one machine and when its
+// last request or connection ended (0: none since it joined the table).
+func (b *loadBook) activity(app, machine string) (n int32, last int64) {
 	for _, l := range b.machines {
 		if l.app == app && l.machine == machine {
 			n += l.n.Load()
+			last = max(last, l.last.Load())
 		}
 	}
-	return n
+	return n, last
 }
 
 // active sums the loads by app, region and machine, for the metrics.

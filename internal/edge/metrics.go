@@ -20,6 +20,7 @@ type metrics struct {
 	duration    *prometheus.HistogramVec
 	rejected    *prometheus.CounterVec
 	tcpRejected *prometheus.CounterVec
+	autostarts  *prometheus.CounterVec
 	clientConns prometheus.Gauge
 }
 
@@ -51,13 +52,17 @@ func newMetrics(t *table) *metrics {
 		}, []string{"reason"}),
 		tcpRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "perch_edge_tcp_rejected_total",
-			Help: "Raw TCP connections the edge closed without taking them to a machine, by app and reason: no_machine (none in rotation), unreachable (every machine tried failed to connect), busy (every machine at its hard limit), app_cap (the app's connections at this edge at their cap).",
+			Help: "Raw TCP connections the edge closed without taking them to a machine, by app and reason: no_machine (none in rotation), unreachable (every machine tried failed to connect), busy (every machine at its hard limit), app_cap (the app's connections at this edge at their cap), not_started (no machine in rotation and none started in time).",
 		}, []string{"app", "reason"}),
+		autostarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "perch_edge_autostarts_total",
+			Help: "Machines the edge started for requests it held (autostart), by app and result: started (ready for the held requests), failed (none was ready within the start timeout).",
+		}, []string{"app", "result"}),
 		clientConns: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "perch_edge_client_connections", Help: "Client connections open on the edge's public ports.",
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.duration, m.rejected, m.tcpRejected, m.clientConns, activeCollector{t})
+	m.reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.duration, m.rejected, m.tcpRejected, m.autostarts, m.clientConns, activeCollector{t})
 	for _, r := range []string{"client_cap", "app_cap", "busy"} {
 		m.rejected.WithLabelValues(r)
 	}
@@ -92,6 +97,7 @@ func codeString(status int) string {
 // forgetApp drops the series of an app that left the route table.
 func (m *metrics) forgetApp(app string) {
 	m.tcpRejected.DeletePartialMatch(prometheus.Labels{"app": app})
+	m.autostarts.DeletePartialMatch(prometheus.Labels{"app": app})
 }
 
 // forget drops the series of a machine that left the route table.

@@ -12,6 +12,9 @@ import (
 // loads the current one through an atomic pointer and reads nothing else.
 type Snapshot struct {
 	gen uint64
+	// replaced is closed once a newer snapshot is published: a request
+	// held for a machine to start (autostart.go) waits on it.
+	replaced chan struct{}
 	// names maps every lower-case host name an app answers to
 	// (<app>.<domain> and its custom hostnames) to the app's routes.
 	names map[string]*appRoute
@@ -52,6 +55,12 @@ type portRoute struct {
 	// unhealthy counts started machines kept out for a critical health
 	// check, so that a 502 can say why there is no machine.
 	unhealthy int
+	// sleepers are the stopped and suspended machines with autostart that
+	// a request may start when no backend takes it, nearest first; waking
+	// counts machines with autostart meant to be started and not ready
+	// yet (autostart.go).
+	sleepers []sleeper
+	waking   int
 }
 
 // Backend is a machine ready to answer on some public port.
@@ -67,7 +76,7 @@ type Backend struct {
 }
 
 func emptySnapshot() *Snapshot {
-	return &Snapshot{names: map[string]*appRoute{}, modes: map[int]*portMode{}, skipped: map[int][]string{}}
+	return &Snapshot{names: map[string]*appRoute{}, modes: map[int]*portMode{}, skipped: map[int][]string{}, replaced: make(chan struct{})}
 }
 
 // Generation counts the table's rebuilds; it grows with every change.

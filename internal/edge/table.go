@@ -100,7 +100,7 @@ func (t *table) commit() *Snapshot {
 	t.mu.Lock()
 	t.gen++
 	s := t.build()
-	t.snap.Store(s)
+	close(t.snap.Swap(s).replaced)
 	t.mu.Unlock()
 	select {
 	case t.changed <- struct{}{}:
@@ -158,6 +158,9 @@ func (t *table) build() *Snapshot {
 				if sick {
 					pr.unhealthy++
 				}
+				if !up && svc.InternalPort > 0 && svc.AutostartOn() {
+					t.addSleeper(pr, key, &m) // autostart.go
+				}
 				if up && svc.InternalPort > 0 && !pr.has(m.ID) {
 					soft, hard := limitsOf(svc.Concurrency)
 					pr.backends = append(pr.backends, &Backend{
@@ -175,6 +178,7 @@ func (t *table) build() *Snapshot {
 	for _, ar := range routes {
 		for _, pr := range ar.ports {
 			pr.order(rank)
+			pr.orderSleepers(rank)
 			for _, b := range pr.backends {
 				b.load.addQueue(pr.q)
 			}

@@ -87,7 +87,11 @@ func (st *tcpState) release() {
 // connectTCP takes a slot on a machine (limits.go) and connects to it,
 // moving to the next machine when one refuses.
 func (e *Edge) connectTCP(ctx context.Context, st *tcpState) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.limits.QueueTimeout+e.handshakeTimeout())
+	wait := e.limits.QueueTimeout + e.handshakeTimeout()
+	if pr := e.route(dest{host: st.host, port: st.port}); pr != nil && e.wakeable(pr) {
+		wait += e.limits.StartTimeout // held while a machine starts (autostart.go)
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	f := &filter{}
 	var lastErr error
@@ -200,6 +204,7 @@ const (
 	rejectUnreachable = "unreachable" // every machine tried failed to connect
 	rejectBusy        = "busy"        // every machine stayed at its hard limit
 	rejectAppCap      = "app_cap"     // the app's connections at this edge are at their cap
+	rejectNotStarted  = "not_started" // no machine was in rotation and none could be started in time
 )
 
 // refuseTCP closes (the caller's defer does) a raw TCP connection the edge
@@ -215,7 +220,10 @@ func (e *Edge) refuseTCP(client net.Conn, st *tcpState, start time.Time, reason,
 // whyNoMachine explains err, connectTCP's, in words the app's owner
 // understands, and gives its reason label.
 func (e *Edge) whyNoMachine(st *tcpState, pr *portRoute, err error) (reason, why string) {
+	var we *wakeError
 	switch {
+	case errors.As(err, &we):
+		return rejectNotStarted, fmt.Sprintf("no machine to go to: app %s had no started machine for port %d and none could be started in time: %v", st.app, st.port, we.err)
 	case errors.Is(err, errBusy):
 		e.metrics.rejected.WithLabelValues("busy").Inc()
 		return rejectBusy, fmt.Sprintf("no machine to go to: every machine of app %s for port %d is at its concurrency hard limit and none freed up in %s",

@@ -44,6 +44,18 @@ type RelayTarget func(target netip.AddrPort) (string, error)
 // is done, dialling each one's machine through target and then copying
 // bytes both ways.
 func (n *Node) ServeRelay(ctx context.Context, target RelayTarget, log *slog.Logger) error {
+	return n.ServeRelayObserved(ctx, target, nil, log)
+}
+
+// RelayObserver is told of each relay connection once it is connected to
+// its machine (addr, what target gave); the relay calls done when the
+// connection ends. The host's autostop counts them as the machine's
+// activity.
+type RelayObserver func(addr string) (done func())
+
+// ServeRelayObserved is ServeRelay telling observe (if not nil) of every
+// connection it carries.
+func (n *Node) ServeRelayObserved(ctx context.Context, target RelayTarget, observe RelayObserver, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -62,11 +74,11 @@ func (n *Node) ServeRelay(ctx context.Context, target RelayTarget, log *slog.Log
 			}
 			return fmt.Errorf("mesh: relay accept: %w", err)
 		}
-		wg.Go(func() { serveRelayConn(ctx, c, target, log) })
+		wg.Go(func() { serveRelayConn(ctx, c, target, observe, log) })
 	}
 }
 
-func serveRelayConn(ctx context.Context, c net.Conn, target RelayTarget, log *slog.Logger) {
+func serveRelayConn(ctx context.Context, c net.Conn, target RelayTarget, observe RelayObserver, log *slog.Logger) {
 	defer c.Close()
 	// The relay stops with its host: open connections end too.
 	stop := context.AfterFunc(ctx, func() { c.Close() })
@@ -103,6 +115,9 @@ func serveRelayConn(ctx context.Context, c net.Conn, target RelayTarget, log *sl
 		return
 	}
 	defer m.Close()
+	if observe != nil {
+		defer observe(addr)()
+	}
 	stopM := context.AfterFunc(ctx, func() { m.Close() })
 	defer stopM()
 	if _, err := io.WriteString(c, "OK\n"); err != nil {

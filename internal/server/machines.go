@@ -68,6 +68,9 @@ func validateConfig(c *api.MachineConfig) error {
 				return errf(http.StatusBadRequest, "config.services[%d].ports[%d].port must be 1-65535, got %d", i, j, p.Port)
 			}
 		}
+		if err := validateScaleToZero(i, svc, c.Guest.MemoryMB); err != nil {
+			return err
+		}
 		for j, c := range svc.Checks {
 			if c.Port == 0 {
 				c.Port = svc.InternalPort
@@ -78,6 +81,29 @@ func validateConfig(c *api.MachineConfig) error {
 		}
 	}
 	return validatePorts(c) // ports.go
+}
+
+// validateScaleToZero checks a service's autostop settings
+// (docs/autostop.md).
+func validateScaleToZero(i int, svc api.Service, memoryMB int) error {
+	switch svc.Autostop {
+	case "", api.AutostopOff, api.AutostopStop:
+	case api.AutostopSuspend:
+		if memoryMB > api.MaxSuspendMemoryMB {
+			return errf(http.StatusBadRequest, "config.services[%d].autostop \"suspend\" needs at most %d MB of memory, the machine has %d; use \"stop\" or give it less memory", i, api.MaxSuspendMemoryMB, memoryMB)
+		}
+	default:
+		return errf(http.StatusBadRequest, "config.services[%d].autostop %q is not valid; use \"off\", \"stop\" or \"suspend\"", i, svc.Autostop)
+	}
+	if n := svc.MinMachinesRunning; n != nil && *n < 0 {
+		return errf(http.StatusBadRequest, "config.services[%d].min_machines_running must be 0 or more, got %d", i, *n)
+	}
+	if svc.IdleTimeout != "" {
+		if d, err := time.ParseDuration(svc.IdleTimeout); err != nil || d <= 0 || d > 24*time.Hour {
+			return errf(http.StatusBadRequest, "config.services[%d].idle_timeout %q must be a positive duration of at most a day; write e.g. \"5m\"", i, svc.IdleTimeout)
+		}
+	}
+	return nil
 }
 
 func (s *Server) validateRegion(region string) error {

@@ -122,6 +122,7 @@ func TestAppsAndMachinesSurviveRestart(t *testing.T) {
 }
 
 func TestMachineValidationAndPlacementErrors(t *testing.T) {
+	minusOne := -1
 	s := startServer(t, t.TempDir())
 	ctx := context.Background()
 	s.c.CreateApp(ctx, api.CreateAppRequest{AppName: "web"})
@@ -137,6 +138,10 @@ func TestMachineValidationAndPlacementErrors(t *testing.T) {
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Services: []api.Service{{InternalPort: 0}}}}, 400, "internal_port must be 1-65535, got 0"},
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Restart: api.Restart{Policy: "sometimes"}}}, 400, "restart.policy"},
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Services: []api.Service{{InternalPort: 80, Checks: []api.Check{{Type: "http", Path: "health"}}}}}}, 400, `config.services[0].checks[0]: path "health" must start with /`},
+		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Services: []api.Service{{InternalPort: 80, Autostop: "stop", MinMachinesRunning: &minusOne}}}}, 400, "config.services[0].min_machines_running must be 0 or more, got -1"},
+		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Services: []api.Service{{InternalPort: 80, Autostop: "stop", IdleTimeout: "-5s"}}}}, 400, `config.services[0].idle_timeout "-5s" must be a positive duration`},
+		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Services: []api.Service{{InternalPort: 80, Autostop: "sometimes"}}}}, 400, `config.services[0].autostop "sometimes" is not valid`},
+		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Guest: api.Guest{MemoryMB: 4096}, Services: []api.Service{{InternalPort: 80, Autostop: "suspend"}}}}, 400, `autostop "suspend" needs at most 2048 MB of memory`},
 		{api.CreateMachineRequest{Region: "sin", Config: api.MachineConfig{Image: "i"}}, 422, "no host in region sin"},
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Guest: api.Guest{MemoryMB: 4096}}}, 422, "4096 MB"},
 	} {

@@ -107,3 +107,40 @@ func (s *Store) acquire(ctx context.Context, key, owner string, ttl time.Duratio
 		}
 	}
 }
+
+// TryLock takes the short lock name in perch_locks ("lock.<name>") if
+// nobody holds it, or if its holder took it more than ttl ago (it died
+// holding it: taken over with a compare-and-set, so two never both win).
+// ok is false when another holds it; the caller tries again later. It is
+// for decisions a few store calls long that two hosts must not take at
+// once, such as autostop's count of a region's started machines; release
+// gives it back.
+func (s *Store) TryLock(ctx context.Context, name string, ttl time.Duration) (release func(), ok bool, err error) {
+	key := "lock." + name
+	b := make([]byte, 8)
+	rand.Read(b)
+	owner := []byte(hex.EncodeToString(b))
+	rev, err := s.Locks.Create(ctx, key, owner)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		e, gerr := s.Locks.Get(ctx, key)
+		switch {
+		case errors.Is(gerr, jetstream.ErrKeyNotFound):
+			return nil, false, nil // released meanwhile: the next try gets it
+		case gerr != nil:
+			return nil, false, fmt.Errorf("lock %s: %w", name, gerr)
+		case time.Since(e.Created()) <= ttl:
+			return nil, false, nil
+		}
+		rev, err = s.Locks.Update(ctx, key, owner, e.Revision())
+		if err != nil {
+			return nil, false, nil // another took it over first
+		}
+	} else if err != nil {
+		return nil, false, fmt.Errorf("lock %s: %w", name, err)
+	}
+	return func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		s.Locks.Delete(dctx, key, jetstream.LastRevision(rev))
+	}, true, nil
+}

@@ -40,13 +40,26 @@ type MachineSpec struct {
 	Cordoned bool `json:"cordoned,omitempty"`
 	// Force, with Desired destroyed, kills the machine at once: no drain,
 	// no stop signal (perch machine destroy --force).
-	Force     bool      `json:"force,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Force bool `json:"force,omitempty"`
+	// Reason says why a host changed Desired at generation
+	// ReasonGeneration (autostop, autostart), for the machine's event;
+	// at any other generation it is stale and ignored (Why).
+	Reason           string    `json:"reason,omitempty"`
+	ReasonGeneration int64     `json:"reason_generation,omitempty"`
+	CreatedAt        time.Time `json:"created_at"`
+	UpdatedAt        time.Time `json:"updated_at"`
 }
 
 // Key is the machine's key in the machines and status buckets.
 func (m *MachineSpec) Key() string { return MachineKey(m.App, m.ID) }
+
+// Why is the reason of the spec's current generation, or "".
+func (m *MachineSpec) Why() string {
+	if m.ReasonGeneration != m.Generation {
+		return ""
+	}
+	return m.Reason
+}
 
 // MachineKey is the key of machine id of app.
 func MachineKey(app, id string) string { return app + "." + id }
@@ -128,6 +141,25 @@ type DrainReply struct {
 	// the wait. InFlight: requests and connections it still had open.
 	Routed   bool `json:"routed,omitempty"`
 	InFlight int  `json:"in_flight,omitempty"`
+}
+
+// StartSubject is the core NATS subject on which an edge asks host hostID
+// to start one of its stopped machines for a request it holds
+// (autostart): StartRequest, answered by a StartReply once the machine's
+// desired state says started.
+func StartSubject(hostID string) string { return "perch.start." + hostID }
+
+// StartRequest asks a host to start machine ID of App.
+type StartRequest struct {
+	App string `json:"app"`
+	ID  string `json:"id"`
+	// Region is the region of the edge that asks, for the event.
+	Region string `json:"region"`
+}
+
+// StartReply answers a StartRequest; Error is empty on success.
+type StartReply struct {
+	Error string `json:"error,omitempty"`
 }
 
 // DemandSubject is the core NATS subject on which every edge of region
