@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -389,7 +390,7 @@ func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
 	w.local.ConfigGeneration = spec.ConfigGeneration
 	w.local.Stop = spec.Config.StopConfig
 	w.local.ImageRef = img.Ref
-	w.local.InstanceID = newInstanceID()
+	w.local.InstanceID = cmp.Or(spec.InstanceID, newInstanceID()) // the server names it; older specs have none
 	if err := saveLocal(w.a.cfg.StateDir, w.id, w.local); err != nil {
 		return fmt.Errorf("save machine record: %w", err)
 	}
@@ -454,7 +455,7 @@ func (w *worker) setState(ctx context.Context, spec store.MachineSpec, state, ev
 		s.Ready, s.NotReady = false, state
 	}
 	s.Events = append([]api.Event(nil), s.Events...)
-	s.AddEvent(api.Event{Type: evType, Status: state, Source: "host", Timestamp: s.UpdatedAt, Message: msg})
+	s.AddEvent(api.Event{Type: evType, Status: state, Source: "host", Timestamp: s.UpdatedAt.UnixMilli(), Message: msg})
 	for _, m := range mut {
 		m(&s)
 	}
