@@ -56,6 +56,14 @@ func validateConfig(c *api.MachineConfig) error {
 			}
 		}
 	}
+	if len(c.Init.Exec) > 0 {
+		if len(c.Init.Entrypoint) > 0 || len(c.Init.Cmd) > 0 {
+			return errf(http.StatusBadRequest, "config.init.exec is the whole command line and replaces entrypoint and cmd; send exec alone, or entrypoint and cmd")
+		}
+		// Stored as the entrypoint, which drops the image's cmd: the
+		// process is exactly exec, as on Fly, on hosts of any version.
+		c.Init.Entrypoint, c.Init.Exec = c.Init.Exec, nil
+	}
 	switch c.Restart.Policy {
 	case "", api.RestartNo, api.RestartAlways, api.RestartOnFailure:
 	default:
@@ -714,15 +722,24 @@ func imageRef(sp store.MachineSpec, st store.MachineStatus) api.ImageRef {
 
 func (s *Server) waitMachine(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	sp, err := s.spec(ctx, r.PathValue("app"), r.PathValue("id"))
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
 	q := r.URL.Query()
 	want := listParam(q["state"])
 	if len(want) == 0 {
 		want = []string{api.StateStarted}
+	}
+	sp, err := s.spec(ctx, r.PathValue("app"), r.PathValue("id"))
+	var he *httpError
+	if errors.As(err, &he) && he.code == http.StatusNotFound && slices.Contains(want, api.StateDestroyed) {
+		// Records of destroyed machines are not kept: a machine of a live
+		// app that is gone was destroyed, which is what the client awaits.
+		if _, aerr := s.app(ctx, r.PathValue("app")); aerr == nil {
+			writeJSON(w, http.StatusOK, map[string]any{"ok": true, "state": api.StateDestroyed})
+			return
+		}
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
 	}
 	for _, st := range want {
 		switch st {
