@@ -233,6 +233,20 @@ type Event struct {
 	Timestamp int64  `json:"timestamp"`
 	ExitCode  *int   `json:"exit_code,omitempty"`
 	Message   string `json:"message,omitempty"`
+	// Request carries the exit code where Fly's clients read it
+	// (request.exit_event.exit_code); the server fills it from ExitCode.
+	Request *EventRequest `json:"request,omitempty"`
+}
+
+// EventRequest is the part of Fly's event request Perch fills.
+type EventRequest struct {
+	ExitEvent *ExitEvent `json:"exit_event,omitempty"`
+}
+
+// ExitEvent is how a machine's process exited.
+type ExitEvent struct {
+	ExitCode int       `json:"exit_code"`
+	ExitedAt time.Time `json:"exited_at"`
 }
 
 // Machine is a machine as the API shows it: desired config and placement

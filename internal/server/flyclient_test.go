@@ -146,7 +146,11 @@ func (fh *fakeHost) act(ctx context.Context, s *testServer, sp store.MachineSpec
 	st = store.MachineStatus{ID: sp.ID, App: sp.App, HostID: sp.HostID, State: state, Generation: sp.Generation,
 		InstanceID: sp.InstanceID, ImageRef: "registry.example.com/acme/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 		Events: st.Events, UpdatedAt: now}
-	st.AddEvent(api.Event{Type: "start", Status: state, Source: "host", Timestamp: now.UnixMilli()})
+	ev := api.Event{Type: "start", Status: state, Source: "host", Timestamp: now.UnixMilli()}
+	if state == api.StateStopped {
+		ev.Type, ev.ExitCode = "exit", ptr(0)
+	}
+	st.AddEvent(ev)
 	_, _ = store.Put(ctx, s.Store().Status, key, st)
 }
 
@@ -317,6 +321,10 @@ func TestFlyClientLifecycle(t *testing.T) {
 		t.Errorf("stop reached the host as %q %s (%v); want SIGINT 30s", sp.StopSignal, sp.StopTimeout, err)
 	}
 	flyOK(t, s, "GET", mp+"/wait?state=stopped&timeout=10", nil, "", nil)
+	flyOK(t, s, "GET", mp, nil, "", &m)
+	if e := m.Events[0]; e.Type != "exit" || e.Request == nil || e.Request.ExitEvent == nil || e.Request.ExitEvent.ExitedAt.IsZero() {
+		t.Errorf("latest event after a stop: %+v; want the exit with request.exit_event", e)
+	}
 	var start flyMachineStartResponse
 	flyOK(t, s, "POST", mp+"/start", nil, "", &start)
 	if start.PreviousState != "stopped" {

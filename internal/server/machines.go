@@ -701,9 +701,15 @@ func machineView(sp store.MachineSpec, st store.MachineStatus, h api.Host) api.M
 
 // newestFirst orders events as Fly's API does, the latest first; hosts
 // append them.
+// An exit code is also given where Fly's clients look for it.
 func newestFirst(evs []api.Event) []api.Event {
 	out := slices.Clone(evs)
 	slices.Reverse(out)
+	for i, e := range out {
+		if e.ExitCode != nil && e.Request == nil {
+			out[i].Request = &api.EventRequest{ExitEvent: &api.ExitEvent{ExitCode: *e.ExitCode, ExitedAt: e.Time().UTC()}}
+		}
+	}
 	return out
 }
 
