@@ -20,6 +20,12 @@ func decodeStrict(r *http.Request, v any) error {
 	if err != nil {
 		return err
 	}
+	return refuseUnknown(body, v)
+}
+
+// refuseUnknown refuses a field of body that v's type has no field for
+// and that carries a value.
+func refuseUnknown(body []byte, v any) error {
 	var raw any
 	if err := json.Unmarshal(body, &raw); err != nil {
 		return errf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
