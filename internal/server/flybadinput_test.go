@@ -133,7 +133,7 @@ func TestFlyBadInput(t *testing.T) {
 		var lease flyMachineLease
 		flyOK(t, s, "POST", mp+"/lease?ttl=120", nil, "", &lease)
 		// Another client cannot take it, nor change the machine.
-		flyRefused(t, s, "POST", mp+"/lease", nil, "", 409, "already_exists", "already leased by admin")
+		flyRefused(t, s, "POST", mp+"/lease", nil, "", 409, "conflict", "already leased by admin")
 		flyRefused(t, s, "POST", mp+"/metadata/v", map[string]string{"value": "2"}, "", 412, "failed_precondition", "fly-machine-lease-nonce")
 		flyRefused(t, s, "POST", mp+"/stop", nil, "", 412, "failed_precondition", "leased by admin")
 		flyRefused(t, s, "DELETE", mp+"?kill=true", nil, "", 412, "failed_precondition", "leased by admin")

@@ -38,7 +38,7 @@ func errorStatus(code int) string {
 	case http.StatusRequestTimeout:
 		return "deadline_exceeded"
 	case http.StatusConflict:
-		return "already_exists"
+		return "conflict"
 	case http.StatusPreconditionFailed:
 		return "failed_precondition"
 	case http.StatusRequestEntityTooLarge:
