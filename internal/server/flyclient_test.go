@@ -267,6 +267,18 @@ func TestFlyClientLifecycle(t *testing.T) {
 		t.Errorf("restart kept instance %s; want a new one", restarted.InstanceID)
 	}
 	flyOK(t, s, "GET", mp+"/wait?state=started&instance_id="+restarted.InstanceID+"&timeout=10", nil, "", nil)
+	sp, _, err := store.Get[store.MachineSpec](ctx, s.Store().Machines, store.MachineKey("flyweb", m.ID))
+	if err != nil || sp.StopSignal != "SIGTERM" || sp.StopTimeout != 5*time.Second {
+		t.Errorf("restart reached the host as %q %s (%v); want SIGTERM 5s", sp.StopSignal, sp.StopTimeout, err)
+	}
+	// The restart's signal was for the restart: the next change stops the
+	// machine as its stop_config (the app's kill_signal) says.
+	flyOK(t, s, "POST", mp, launch, nonce, &updated)
+	sp, _, _ = store.Get[store.MachineSpec](ctx, s.Store().Machines, store.MachineKey("flyweb", m.ID))
+	if sp.StopSignal != "" || sp.StopTimeout != 0 || sp.Config.StopConfig == nil || sp.Config.StopConfig.Signal != "SIGINT" {
+		t.Errorf("after the restart an update stops with %q %s, stop_config %+v; want the stop_config's SIGINT", sp.StopSignal, sp.StopTimeout, sp.Config.StopConfig)
+	}
+	flyOK(t, s, "GET", mp+"/wait?state=started&instance_id="+updated.InstanceID+"&timeout=10", nil, "", nil)
 
 	// Signal: by name, and as fly-go's Kill sends it (a number).
 	flyOK(t, s, "POST", mp+"/signal", map[string]any{"signal": "SIGHUP"}, nonce, nil)
@@ -316,7 +328,7 @@ func TestFlyClientLifecycle(t *testing.T) {
 
 	// Stop as fly-go sends it; the host stops it with that signal.
 	flyOK(t, s, "POST", mp+"/stop", flyStopMachineInput{ID: m.ID, Signal: "SIGINT", Timeout: flyDuration{30 * time.Second}}, "", nil)
-	sp, _, err := store.Get[store.MachineSpec](ctx, s.Store().Machines, store.MachineKey("flyweb", m.ID))
+	sp, _, err = store.Get[store.MachineSpec](ctx, s.Store().Machines, store.MachineKey("flyweb", m.ID))
 	if err != nil || sp.StopSignal != "SIGINT" || sp.StopTimeout != 30*time.Second {
 		t.Errorf("stop reached the host as %q %s (%v); want SIGINT 30s", sp.StopSignal, sp.StopTimeout, err)
 	}
@@ -331,7 +343,6 @@ func TestFlyClientLifecycle(t *testing.T) {
 		t.Errorf("start: %+v; want previous_state stopped", start)
 	}
 	flyOK(t, s, "GET", mp+"/wait?state=started&timeout=10", nil, "", nil)
-
 	flyRefused(t, s, "DELETE", mp, nil, "", 412, "failed_precondition", "kill=true")
 	flyOK(t, s, "DELETE", mp+"?kill=true", nil, "", nil)
 	flyOK(t, s, "GET", mp+"/wait?state=destroyed&timeout=10", nil, "", nil)

@@ -452,6 +452,7 @@ func (s *Server) updateMachine(w http.ResponseWriter, r *http.Request) {
 		m.Generation++
 		m.ConfigGeneration = m.Generation
 		m.InstanceID = newInstanceID()
+		m.StopSignal, m.StopTimeout = "", 0
 		if req.SkipLaunch {
 			m.Desired = store.DesireStopped
 		} else {
@@ -519,6 +520,7 @@ func (s *Server) destroy(ctx context.Context, sp store.MachineSpec, force bool) 
 	_, err = store.Modify(ctx, s.st.Machines, sp.Key(), func(m *store.MachineSpec) error {
 		m.Desired = store.DesireDestroyed
 		m.Force = force
+		m.StopSignal, m.StopTimeout = "", 0
 		m.Generation++
 		m.UpdatedAt = time.Now().UTC()
 		return nil
@@ -646,6 +648,9 @@ func (s *Server) setDesired(w http.ResponseWriter, r *http.Request, desired stri
 		m.Desired = desired
 		m.Generation++
 		m.UpdatedAt = time.Now().UTC()
+		// A stop's or restart's signal is for that request only; what
+		// follows stops the machine as its stop_config says.
+		m.StopSignal, m.StopTimeout = "", 0
 		if also != nil {
 			also(m)
 		}
