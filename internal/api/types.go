@@ -200,6 +200,9 @@ type MachineConfig struct {
 	// and waits Timeout before SIGKILL. fly.toml's kill_signal and
 	// kill_timeout.
 	StopConfig *StopConfig `json:"stop_config,omitempty"`
+	// AutoDestroy destroys the machine once its process has ended and it
+	// is not restarted (stopped or failed), as Fly's auto_destroy.
+	AutoDestroy bool `json:"auto_destroy,omitempty"`
 }
 
 // StopConfig is a machine's stop signal and the time it has to exit, as

@@ -94,7 +94,6 @@ func TestFlyBadInput(t *testing.T) {
 			{`"mounts":[{"volume":"vol_123","path":"/data"}]`, "config.mounts", "no volumes"},
 			{`"files":[{"guest_path":"/etc/app.conf","raw_value":"aGVsbG8="}]`, "config.files", "does not write files"},
 			{`"files":[{"guest_path":"/etc/key","secret_name":"KEY"}]`, "config.files", "does not write files"},
-			{`"auto_destroy":true`, "config.auto_destroy", "does not destroy machines when they exit"},
 			{`"checks":{"alive":{"type":"tcp","port":8080}}`, "config.checks", "services[].checks"},
 			{`"schedule":"daily"`, "config.schedule", "schedule"},
 			{`"guest":{"cpus":1,"gpus":1}`, "config.guest.gpus", "no GPUs"},

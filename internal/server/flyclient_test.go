@@ -370,3 +370,45 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func (e flyMachineEvent) Time() time.Time {
 	return time.Unix(e.Timestamp/1000, e.Timestamp%1000*1000000)
 }
+
+// TestAutoDestroy: a machine created with Fly's auto_destroy is
+// destroyed once its process ends and it is not restarted; one without
+// it stays, stopped.
+func TestAutoDestroy(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	ctx := context.Background()
+	if _, err := s.c.RegisterHost(ctx, api.Host{Region: "iad", CPUs: 4, MemoryMB: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	startFakeHost(t, s)
+	flyOK(t, s, "POST", "/v1/apps", flyCreateAppRequest{Name: "jobs", Org: "personal"}, "", nil)
+	launch := func(autoDestroy bool) flyMachine {
+		var m flyMachine
+		flyOK(t, s, "POST", "/v1/apps/jobs/machines", flyLaunchMachineInput{Config: &flyMachineConfig{
+			Image: "registry.example.com/acme/job:v1", AutoDestroy: autoDestroy, Restart: &flyMachineRestart{Policy: "no"}}}, "", &m)
+		flyOK(t, s, "GET", "/v1/apps/jobs/machines/"+m.ID+"/wait?state=started&timeout=10", nil, "", nil)
+		return m
+	}
+	keep, once := launch(false), launch(true)
+	// Each process exits on its own: its host reports it stopped.
+	for _, m := range []flyMachine{keep, once} {
+		key := store.MachineKey("jobs", m.ID)
+		st, _, err := store.Get[store.MachineStatus](ctx, s.Store().Status, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.State, st.ExitCode = api.StateStopped, ptr(0)
+		if _, err := store.Put(ctx, s.Store().Status, key, st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flyOK(t, s, "GET", "/v1/apps/jobs/machines/"+once.ID+"/wait?state=destroyed&timeout=10", nil, "", nil)
+	waitFor(t, "the auto_destroy machine to be gone", func() bool {
+		_, err := s.c.GetMachine(ctx, "jobs", once.ID)
+		return api.IsNotFound(err)
+	})
+	got, err := s.c.GetMachine(ctx, "jobs", keep.ID)
+	if err != nil || got.State != api.StateStopped {
+		t.Errorf("the machine without auto_destroy: %+v, %v; want it kept, stopped", got, err)
+	}
+}
