@@ -240,3 +240,60 @@ func TestDeleteAppWhileCreating(t *testing.T) {
 		t.Errorf("re-create after delete: %v", err)
 	}
 }
+
+// TestCreateWithoutRegion: a machine created without a region (as Fly's
+// clients may) goes to the first region with room when the app has no
+// machine, else to the region nearest the app's oldest machine that has
+// room.
+func TestCreateWithoutRegion(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	ctx := context.Background()
+	for _, rg := range []string{"syd", "iad", "fra"} {
+		if _, err := s.c.RegisterHost(ctx, api.Host{Region: rg, CPUs: 2, MemoryMB: 1024}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startFakeHost(t, s)
+	s.c.CreateApp(ctx, api.CreateAppRequest{AppName: "roam"})
+	create := func(mem int) (string, error) {
+		m, err := s.c.CreateMachine(ctx, "roam", api.CreateMachineRequest{Config: api.MachineConfig{Image: "i", Guest: api.Guest{MemoryMB: mem}}})
+		if err != nil {
+			return "", err
+		}
+		return m.Region, nil
+	}
+	if rg, err := create(256); err != nil || rg != "fra" {
+		t.Fatalf("first machine went to %q (%v); want fra, the first region by code", rg, err)
+	}
+	// With its oldest machine in syd, the next ones go there while it has
+	// room, then to the region nearest syd with room.
+	first := mustOnly(t, s, "roam")
+	if err := s.c.DestroyMachine(ctx, "roam", first, true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first machine gone", func() bool { return machineCount(t, s, "roam") == 0 })
+	if _, err := s.c.CreateMachine(ctx, "roam", api.CreateMachineRequest{Region: "syd", Config: api.MachineConfig{Image: "i", Guest: api.Guest{MemoryMB: 256}}}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"syd", "syd", "syd"} // 3 × 256 MB more fill syd's 1024
+	for i, w := range want {
+		if rg, err := create(256); err != nil || rg != w {
+			t.Fatalf("machine %d went to %q (%v); want %s", i+2, rg, err, w)
+		}
+	}
+	if rg, err := create(256); err != nil || rg != "iad" {
+		t.Errorf("with syd full a machine went to %q (%v); want iad, nearer syd than fra", rg, err)
+	}
+	if _, err := create(4096); !strings.Contains(fmt.Sprint(err), "no region has room") {
+		t.Errorf("a machine no host fits: %v; want 422 saying no region has room", err)
+	}
+}
+
+func mustOnly(t *testing.T, s *testServer, app string) string {
+	t.Helper()
+	ms, err := s.c.ListMachines(context.Background(), app, "")
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("machines of %s: %d, %v; want 1", app, len(ms), err)
+	}
+	return ms[0].ID
+}

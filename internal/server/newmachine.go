@@ -78,6 +78,7 @@ func (s *Server) placeAnywhere(ctx context.Context, app string, spec *store.Mach
 	if err != nil {
 		return err
 	}
+	specs = slices.DeleteFunc(specs, func(m store.MachineSpec) bool { return m.Desired == store.DesireDestroyed })
 	if len(specs) > 0 {
 		oldest := slices.MinFunc(specs, func(a, b store.MachineSpec) int { return a.CreatedAt.Compare(b.CreatedAt) })
 		if ns := s.cfg.World.Nearest(oldest.Region, regions); len(ns) == len(regions) {
