@@ -141,6 +141,10 @@ func TestFlyBadInput(t *testing.T) {
 		if err != nil || got.Config.Metadata["v"] != "1" || got.State == api.StateDestroying {
 			t.Errorf("refused changes changed the machine: %+v %v", got, err)
 		}
+		code, e := rawCall(t, s, "POST", mp, `{"lease_ttl":30,"config":{"image":"i"}}`)
+		if code != 400 || !strings.Contains(e.Error, "POST .../machines/"+m.ID+"/lease?ttl=30") {
+			t.Errorf("update with lease_ttl: %d %+v; want 400 saying how to lease", code, e)
+		}
 		// The holder extends it with its nonce.
 		var ext flyMachineLease
 		flyOK(t, s, "POST", mp+"/lease?ttl=300", nil, lease.Data.Nonce, &ext)

@@ -323,6 +323,10 @@ func (s *Server) updateMachine(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if req.LeaseTTL != 0 {
+		s.fail(w, r, errf(http.StatusBadRequest, "lease_ttl is taken only when a machine is created; lease this one with POST .../machines/%s/lease?ttl=%d", sp.ID, req.LeaseTTL))
+		return
+	}
 	if req.Name != "" && req.Name != sp.Name {
 		if err := validMachineName(req.Name); err != nil {
 			s.fail(w, r, err)
