@@ -44,6 +44,10 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 	app = appView(app)
 	if _, err := store.Create(r.Context(), s.st.Apps, app.Name, app); err != nil {
 		if errors.Is(err, store.ErrExists) {
+			if old, _, gerr := store.Get[api.App](r.Context(), s.st.Apps, app.Name); gerr == nil && old.Status == api.AppDeleting {
+				s.fail(w, r, nameTaken("app %s is being deleted; create it again once the delete is done (DELETE it again to finish a delete that timed out)", app.Name))
+				return
+			}
 			s.fail(w, r, nameTaken("app name %q is already taken; choose another name", app.Name))
 			return
 		}

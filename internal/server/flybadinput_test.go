@@ -153,6 +153,24 @@ func TestFlyBadInput(t *testing.T) {
 		}
 	})
 
+	t.Run("an app being deleted", func(t *testing.T) {
+		// As a delete that is waiting for hosts leaves it.
+		s.c.CreateApp(ctx, api.CreateAppRequest{AppName: "going"})
+		if _, err := store.Modify(ctx, s.Store().Apps, "going", func(a *api.App) error { a.Status = api.AppDeleting; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		flyRefused(t, s, "POST", "/v1/apps/going/machines", map[string]any{"config": map[string]any{"image": "i"}}, "", 409, "conflict", "app going is being deleted; no machines can be created in it")
+		flyRefused(t, s, "POST", "/v1/apps", flyCreateAppRequest{Name: "going"}, "", 409, "name_taken", "app going is being deleted")
+		if n := machineCount(t, s, "going"); n != 0 {
+			t.Errorf("%d machines created in an app being deleted", n)
+		}
+		var app flyApp
+		flyOK(t, s, "GET", "/v1/apps/going", nil, "", &app)
+		if app.Status != "deleting" {
+			t.Errorf("app being deleted shows status %q", app.Status)
+		}
+	})
+
 	t.Run("create leased", func(t *testing.T) {
 		var m flyMachine
 		flyOK(t, s, "POST", "/v1/apps/web/machines", map[string]any{"lease_ttl": 60, "config": map[string]any{"image": "i"}}, "", &m)
