@@ -194,6 +194,10 @@ func (s *Server) DevCACert() []byte { return s.certs.DevCACert() }
 // the certificate manager beside it.
 func (s *Server) Serve(ctx context.Context) error {
 	go s.monitorHosts(ctx)
+	adCtx, adCancel := context.WithCancel(ctx)
+	adDone := make(chan struct{})
+	go func() { defer close(adDone); s.autoDestroy(adCtx) }() // autodestroy.go
+	defer func() { adCancel(); <-adDone }()
 	asDone := make(chan struct{})
 	actx, acancel := context.WithCancel(ctx)
 	go func() {
