@@ -143,8 +143,35 @@ func (g *loadGen) logged(failures []string) string {
 	if len(out) == 0 {
 		return "(nothing under request ids " + strings.Join(ids, ", ") + " nor requests over 5 s in " + g.logs + ")"
 	}
+	// What the hosts did with the machines those requests went to (drains,
+	// stop signals, exits), to tell a machine that hung from one that was
+	// stopped under its requests.
+	var machines []string
+	for _, l := range out {
+		if m := machineField.FindStringSubmatch(l); m != nil && !slices.Contains(machines, m[1]) {
+			machines = append(machines, m[1])
+		}
+	}
+	var life []string
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, `"msg":"request"`) || !slices.ContainsFunc(machines, func(id string) bool { return strings.Contains(line, id) }) {
+				continue
+			}
+			if len(life) < 80 {
+				life = append(life, filepath.Base(f)+": "+line)
+			}
+		}
+	}
+	if len(life) > 0 {
+		out = append(out, "what the hosts logged of machines "+strings.Join(machines, ", ")+" besides requests:")
+		out = append(out, life...)
+	}
 	return strings.Join(out, "\n")
 }
+
+var machineField = regexp.MustCompile(`"machine":"([0-9a-f]+)"`)
 
 var durationMS = regexp.MustCompile(`"duration_ms":([0-9.]+)`)
 
