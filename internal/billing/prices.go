@@ -42,7 +42,7 @@ type SizePrice struct {
 
 // RegionPrice is a region's compute multiplier and egress price.
 type RegionPrice struct {
-	Multiplier float64 `toml:"multiplier" json:"multiplier"`
+	Multiplier  float64 `toml:"multiplier" json:"multiplier"`
 	EgressPerGB float64 `toml:"egress_per_gb" json:"egress_per_gb"`
 }
 
