@@ -61,6 +61,7 @@ egress_per_gb = 0.03
 		{good, "no price for region(s) sin: add [regions.sin]"},
 		{"[regions.iad]\nmultiplier = -1\n", "multiplier must be > 0"},
 		{"bogus = 1\n", "unknown key"},
+		{"[regions.zzz]\nmultiplier = 1.0\n[regions.\"*\"]\nmultiplier = 1.0\n", `unknown region "zzz"`},
 		{"[sizes.shared-cpu-1x]\nmonthly = \"cheap\"\n", "line 2"},
 	} {
 		_, err := ParsePrices([]byte(c.file), []string{"iad", "ams", "sin"})

@@ -38,6 +38,24 @@ type Budget struct {
 	// (perch budget resume): it is not suspended again that month.
 	ResumedMonth string    `json:"resumed_month,omitempty"`
 	UpdatedAt    time.Time `json:"updated_at"`
+	// Events are the budget's last alerts, suspensions and resumptions.
+	Events []api.Event `json:"events,omitempty"`
+}
+
+// AddEvent appends e, keeping the last 20.
+func (b *Budget) AddEvent(e api.Event) {
+	b.Events = append(b.Events, e)
+	if n := len(b.Events); n > 20 {
+		b.Events = b.Events[n-20:]
+	}
+}
+
+// BudgetRequest is the body of PUT /v1/apps/{app}/budget and
+// /v1/orgs/{org}/budget.
+type BudgetRequest struct {
+	Monthly float64 `json:"monthly"`
+	Alerts  []int   `json:"alerts,omitempty"`
+	Webhook string  `json:"webhook,omitempty"`
 }
 
 // Suspended is a suspension and what to bring back at its end.

@@ -140,6 +140,9 @@ func ParsePrices(b []byte, regions []string) (Prices, error) {
 		p.Regions = f.Regions // a file that prices regions prices them all
 	}
 	for code, r := range p.Regions {
+		if code != "*" && len(f.Regions) > 0 && !slices.Contains(regions, code) {
+			return Prices{}, fmt.Errorf("unknown region %q: perch regions lists the region codes", code)
+		}
 		if r.Multiplier <= 0 || r.EgressPerGB < 0 {
 			return Prices{}, fmt.Errorf("region %q: multiplier must be > 0 and egress_per_gb >= 0, got %g and %g", code, r.Multiplier, r.EgressPerGB)
 		}
