@@ -40,6 +40,8 @@ func NewRoot(version string) *cobra.Command {
 		newLogsCmd(g),
 		newScaleCmd(g),
 		newAutoscaleCmd(g),
+		newUsageCmd(g),
+		newBudgetCmd(g),
 		newAppsCmd(g),
 		newMachineCmd(g),
 		newRegionsCmd(g),
