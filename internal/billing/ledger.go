@@ -54,11 +54,14 @@ type Ledger struct {
 	seen   map[Month]map[string]struct{}
 	apps   map[Month]map[string]*Usage
 	dups   int
+	// metered is, by app, the end of its latest machine record: spend
+	// after it is not in the ledger yet.
+	metered map[string]time.Time
 }
 
 // NewLedger makes an empty ledger pricing with p.
 func NewLedger(p Prices) *Ledger {
-	return &Ledger{prices: p, seen: map[Month]map[string]struct{}{}, apps: map[Month]map[string]*Usage{}}
+	return &Ledger{prices: p, seen: map[Month]map[string]struct{}{}, apps: map[Month]map[string]*Usage{}, metered: map[string]time.Time{}}
 }
 
 // Add counts r unless its ID was counted already; it says whether it did.
@@ -95,6 +98,9 @@ func (l *Ledger) Add(r Record) bool {
 		u.ByKind["egress"] += c
 		u.BytesOut += r.Bytes
 	case r.State == "started":
+		if r.End.After(l.metered[r.App]) {
+			l.metered[r.App] = r.End
+		}
 		u.ByKind["compute"] += c
 		u.StartedSeconds += secs
 	default:
@@ -102,6 +108,13 @@ func (l *Ledger) Add(r Record) bool {
 		u.StoppedSeconds += secs
 	}
 	return true
+}
+
+// MeteredUntil is the end of app's latest started-machine record.
+func (l *Ledger) MeteredUntil(app string) time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.metered[app]
 }
 
 // Duplicates is how many records were refused as already counted.

@@ -91,7 +91,9 @@ func (s *Server) runBilling(ctx context.Context) {
 	defer cc.Stop()
 	log := s.log.With("component", "billing")
 	_ = s.st.RunHeld(ctx, "billing", 15*time.Second, log, func(ctx context.Context) {
-		t := time.NewTicker(b.interval)
+		// Four checks an interval: with the estimate of the open
+		// interval (spendNow), an app stops close to its budget.
+		t := time.NewTicker(b.interval / 4)
 		defer t.Stop()
 		for {
 			if err := s.enforceBudgets(ctx); err != nil && ctx.Err() == nil {
@@ -150,7 +152,10 @@ func (s *Server) enforce(ctx context.Context, bud billing.Budget) error {
 	if err != nil {
 		return err
 	}
-	spent := b.ledger.Apps(month, apps, now).Cost
+	spent, err := s.spendNow(ctx, month, apps, now)
+	if err != nil {
+		return err
+	}
 	if due := bud.Due(month, spent); len(due) > 0 {
 		var alerts []billing.Alert
 		_, err := store.Modify(ctx, b.budgets, bud.Key(), func(cur *billing.Budget) error {
@@ -180,6 +185,46 @@ func (s *Server) enforce(ctx context.Context, bud billing.Budget) error {
 		return s.suspend(ctx, bud, apps, spent, now)
 	}
 	return nil
+}
+
+// spendNow is apps' spend in month up to now: the ledger's, plus the
+// started machines' cost since their latest records (the interval hosts
+// have not closed yet), so a budget is caught between records.
+func (s *Server) spendNow(ctx context.Context, month billing.Month, apps []string, now time.Time) (float64, error) {
+	b := s.billing
+	spent := b.ledger.Apps(month, apps, now).Cost
+	for _, app := range apps {
+		since := b.ledger.MeteredUntil(app)
+		if since.IsZero() || !now.After(since) {
+			continue
+		}
+		if start := month.Start(); since.Before(start) {
+			since = start
+		}
+		burn, err := s.burn(ctx, []string{app})
+		if err != nil {
+			return 0, err
+		}
+		spent += burn * now.Sub(since).Seconds()
+	}
+	return spent, nil
+}
+
+// burn is what apps' machines desired started cost a second.
+func (s *Server) burn(ctx context.Context, apps []string) (float64, error) {
+	burn := 0.0
+	for _, a := range apps {
+		specs, err := store.List[store.MachineSpec](ctx, s.st.Machines, a+".*")
+		if err != nil {
+			return 0, err
+		}
+		for _, sp := range specs {
+			if sp.Desired == store.DesireStarted {
+				burn += s.billing.prices.RunningPerSecond(sp.Config.Guest, sp.Region)
+			}
+		}
+	}
+	return burn, nil
 }
 
 // sendAlert posts a to the budget's webhook in its own goroutine: a slow
@@ -357,19 +402,14 @@ func (l budgetLimiter) Allow(ctx context.Context, app, region string, guest api.
 		if err != nil {
 			return false, "", err
 		}
-		burn := 0.0
-		for _, a := range apps {
-			specs, err := store.List[store.MachineSpec](ctx, s.st.Machines, a+".*")
-			if err != nil {
-				return false, "", err
-			}
-			for _, sp := range specs {
-				if sp.Desired == store.DesireStarted {
-					burn += s.billing.prices.RunningPerSecond(sp.Config.Guest, sp.Region)
-				}
-			}
+		burn, err := s.burn(ctx, apps)
+		if err != nil {
+			return false, "", err
 		}
-		spent := s.billing.ledger.Apps(month, apps, now).Cost
+		spent, err := s.spendNow(ctx, month, apps, now)
+		if err != nil {
+			return false, "", err
+		}
 		add := s.billing.prices.RunningPerSecond(guest, region)
 		if ok, _, why := billing.Projection(b.Monthly, spent, burn, add, now); !ok {
 			return false, fmt.Sprintf("%s (%s budget of %s)", why, b.Scope, b.Name), nil
