@@ -31,6 +31,9 @@ type billingState struct {
 	ledger   *billing.Ledger
 	budgets  jetstream.KeyValue
 	hooks    *http.Client
+	// hookCtx bounds webhook deliveries by the server's life.
+	hookCtx    context.Context
+	cancelHook context.CancelFunc
 }
 
 func (s *Server) setupBilling(ctx context.Context) error {
@@ -50,6 +53,7 @@ func (s *Server) setupBilling(ctx context.Context) error {
 		b.interval = billing.DefaultInterval
 	}
 	b.ledger = billing.NewLedger(b.prices)
+	b.hookCtx, b.cancelHook = context.WithCancel(context.Background())
 	js := s.st.JetStream()
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: billing.Stream, Subjects: []string{billing.Filter}, Storage: jetstream.FileStorage,
@@ -69,6 +73,7 @@ func (s *Server) setupBilling(ctx context.Context) error {
 // runBilling feeds the ledger and, under the lease, enforces budgets.
 func (s *Server) runBilling(ctx context.Context) {
 	b := s.billing
+	defer b.cancelHook()
 	cons, err := s.st.JetStream().OrderedConsumer(ctx, billing.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{billing.Filter}})
 	if err != nil {
 		s.log.Error("billing: cannot read the usage stream; usage and budgets are off", "err", err)
@@ -234,7 +239,7 @@ func (s *Server) sendAlert(bud billing.Budget, a billing.Alert) {
 		return
 	}
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		ctx, cancel := context.WithTimeout(s.billing.hookCtx, 2*time.Minute)
 		defer cancel()
 		if err := billing.SendWebhook(ctx, s.billing.hooks, bud.Webhook, bud.Secret, a, s.log); err != nil {
 			s.log.Error("budget webhook gave up", "scope", bud.Scope, "name", bud.Name, "err", err)
