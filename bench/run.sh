@@ -14,3 +14,4 @@ go run ./bench/microvm -perch bin/perch -n "${1:-10}"
 go run ./bench/idle -perch bin/perch
 go run ./bench/autoscale
 go run ./bench/autoscale -window 5m
+go run ./bench/metering

@@ -344,6 +344,16 @@ func (s *Server) setDesiredBy(ctx context.Context, app, id, from, to, reason str
 
 var errSkip = errors.New("skip")
 
+// refuseSuspended refuses to start a machine of an app suspended at its
+// budget.
+func refuseSuspended(a api.App, starts bool) error {
+	if a.Suspended == nil || !starts {
+		return nil
+	}
+	return errf(http.StatusConflict, "app %s is %s. Raise the budget (perch budget set), remove it (perch budget unset) or run perch budget resume to start machines now",
+		a.Name, a.Suspended.Message())
+}
+
 // budgetLimiter is the autoscaler's Limiter: it refuses a machine whose
 // cost to the month's end would take the projected spend over a budget
 // covering the app, and holds a suspended app entirely.

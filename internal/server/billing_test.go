@@ -190,6 +190,8 @@ func TestSuspendNotHeldByAHangingWebhook(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond) // poll
 	}
+	err = s.c.StartMachine(ctx, "spender", m.ID)
+	wantStatus(t, err, http.StatusConflict, "perch budget resume")
 	var u billing.Usage
 	if err := s.c.Usage(ctx, "app", "spender", "2026-12", &u); err != nil {
 		t.Fatal(err)

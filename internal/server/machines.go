@@ -128,6 +128,10 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if err := refuseSuspended(a, !req.SkipLaunch); err != nil { // billing.go
+		s.fail(w, r, err)
+		return
+	}
 	spec, err := s.newMachine(ctx, a, req)
 	if err != nil {
 		s.fail(w, r, err)
@@ -367,6 +371,12 @@ func (s *Server) destroy(ctx context.Context, sp store.MachineSpec, force bool) 
 }
 
 func (s *Server) startMachine(w http.ResponseWriter, r *http.Request) {
+	if a, err := s.app(r.Context(), r.PathValue("app")); err == nil {
+		if err := refuseSuspended(a, true); err != nil { // billing.go
+			s.fail(w, r, err)
+			return
+		}
+	}
 	s.setDesired(w, r, store.DesireStarted, nil)
 }
 
