@@ -194,6 +194,23 @@ func TestBudgetSuspendsAndResumes(t *testing.T) {
 	if u.Cost < budget || u.Cost > budget+perInterval {
 		t.Errorf("spent $%.4f, want between the budget $%.2f and one interval more ($%.4f)", u.Cost, budget, budget+perInterval)
 	}
+	usage := mustPerch(t, w, t.TempDir(), "usage", "--app", "capped", "--month", "2026-12")
+	for _, want := range []string{"app capped, 2026-12", "BY REGION", "iad", "ams", "compute"} {
+		if !strings.Contains(usage, want) {
+			t.Errorf("perch usage lacks %q:\n%s", want, usage)
+		}
+	}
+	for _, bad := range []struct{ args, want string }{
+		{"budget set --monthly abc --app capped", "--monthly must be a number of US dollars"},
+		{"budget set --monthly -3 --app capped", "--monthly must be above 0"},
+		{"budget set --monthly 5 --webhook ftp://hooks.example/x --app capped", "--webhook must be an http:// or https:// URL"},
+		{"usage --month 2026-13 --app capped", "want YYYY-MM"},
+	} {
+		out, err := perch(t, w, t.TempDir(), strings.Fields(bad.args)...)
+		if err == nil || !strings.Contains(out, bad.want) {
+			t.Errorf("perch %s: err %v, output %q; want an error saying %q", bad.args, err, out, bad.want)
+		}
+	}
 	if ok200.Load() == 0 || got503.Load() == 0 {
 		t.Errorf("load saw %d 200s and %d 503s, want both", ok200.Load(), got503.Load())
 	}
