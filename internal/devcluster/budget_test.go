@@ -194,6 +194,12 @@ func TestBudgetSuspendsAndResumes(t *testing.T) {
 	if u.Cost < budget || u.Cost > budget+perInterval {
 		t.Errorf("spent $%.4f, want between the budget $%.2f and one interval more ($%.4f)", u.Cost, budget, budget+perInterval)
 	}
+	show := mustPerch(t, w, t.TempDir(), "budget", "show", "--app", "capped")
+	for _, want := range []string{"app capped: $0.25 a month", "budget.alert", "budget.suspended", "resumes 2027-01-01 00:00 UTC"} {
+		if !strings.Contains(show, want) {
+			t.Errorf("perch budget show lacks %q:\n%s", want, show)
+		}
+	}
 	usage := mustPerch(t, w, t.TempDir(), "usage", "--app", "capped", "--month", "2026-12")
 	for _, want := range []string{"app capped, 2026-12", "BY REGION", "iad", "ams", "compute"} {
 		if !strings.Contains(usage, want) {
