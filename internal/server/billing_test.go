@@ -209,3 +209,79 @@ func TestSuspendNotHeldByAHangingWebhook(t *testing.T) {
 		t.Errorf("after perch budget unset: desired %s, suspended %+v; want started, not suspended", sp.Desired, a.Suspended)
 	}
 }
+
+// TestOrgBudgetSuspendsEveryAppOfTheOrg: an organisation's budget sums
+// its apps' usage; reached, it suspends all of them (and no other app),
+// and perch budget resume brings them back for the rest of the month.
+func TestOrgBudgetSuspendsEveryAppOfTheOrg(t *testing.T) {
+	now := time.Date(2026, 12, 19, 12, 0, 0, 0, time.UTC)
+	s := startServer(t, t.TempDir(), func(c *Config) {
+		c.Clock = fixedClock(now)
+		c.MeterInterval = 100 * time.Millisecond
+	})
+	ctx := context.Background()
+	if _, err := s.c.RegisterHost(ctx, api.Host{Region: "iad", CPUs: 8, MemoryMB: 8192}); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]string{}
+	for _, a := range []struct{ app, org string }{{"a1", "acme"}, {"a2", "acme"}, {"other", "zeta"}} {
+		if _, err := s.c.CreateApp(ctx, api.CreateAppRequest{AppName: a.app, Org: a.org}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.c.CreateMachine(ctx, a.app, api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "r/x:1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[a.app] = m.ID
+	}
+	if err := s.c.PutBudget(ctx, "org", "acme", billing.BudgetRequest{Monthly: 1.5}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var recs []billing.Record
+	for _, app := range []string{"a1", "a2", "other"} { // about $0.81 each: acme $1.62
+		start := now.AddDate(0, 0, -12)
+		recs = append(recs, billing.Record{ID: billing.MachineRecordID(ids[app], start), Kind: billing.KindMachine, App: app, Region: "iad",
+			Machine: ids[app], State: api.StateStarted, CPUs: 1, MemoryMB: 256, Start: start, End: now.Add(-time.Minute)})
+	}
+	data, _ := json.Marshal(billing.Batch{Host: "h", Records: recs})
+	if _, err := s.st.JetStream().Publish(ctx, billing.SubjectPrefix+"h", data); err != nil {
+		t.Fatal(err)
+	}
+	suspended := func(app string) bool {
+		a, err := s.c.GetApp(ctx, app)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a.Suspended != nil
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !suspended("a1") || !suspended("a2") {
+		if time.Now().After(deadline) {
+			t.Fatal("acme's apps not suspended 5 s after its spend passed the budget")
+		}
+		time.Sleep(20 * time.Millisecond) // poll
+	}
+	if suspended("other") {
+		t.Error("an app of another organisation was suspended")
+	}
+	var u billing.Usage
+	if err := s.c.Usage(ctx, "org", "acme", "", &u); err != nil {
+		t.Fatal(err)
+	}
+	if len(u.Apps) != 2 || u.Cost < 1.5 {
+		t.Errorf("acme's usage: $%.2f over %d apps, want over $1.50 over 2", u.Cost, len(u.Apps))
+	}
+	if err := s.c.ResumeBudget(ctx, "org", "acme"); err != nil {
+		t.Fatal(err)
+	}
+	for _, app := range []string{"a1", "a2"} {
+		sp, _, _ := store.Get[store.MachineSpec](ctx, s.st.Machines, store.MachineKey(app, ids[app]))
+		if suspended(app) || sp.Desired != store.DesireStarted {
+			t.Errorf("%s after resume: suspended %v, desired %s", app, suspended(app), sp.Desired)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // three checks: not suspended again this month
+	if suspended("a1") {
+		t.Error("suspended again after perch budget resume in the same month")
+	}
+}
