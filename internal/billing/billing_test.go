@@ -132,10 +132,11 @@ func TestSplitAtMonthBoundary(t *testing.T) {
 func TestProjection(t *testing.T) {
 	now := time.Date(2026, 12, 31, 0, 0, 0, 0, time.UTC) // one day left
 	perDay := 1.0 / 86400
-	if ok, _, _ := Projection(10, 5, 2*perDay, perDay, now); !ok {
+	end := MonthOf(now).End()
+	if ok, _, _ := Projection(10, 5, 2*perDay, perDay, now, end); !ok {
 		t.Error("5 + 3 a day for a day = 8 refused under 10")
 	}
-	ok, p, why := Projection(10, 5, 4*perDay, 2*perDay, now)
+	ok, p, why := Projection(10, 5, 4*perDay, 2*perDay, now, end)
 	if ok || !near(p, 11) || !strings.Contains(why, "$11.00") || !strings.Contains(why, "$10") {
 		t.Errorf("5 + 6 = 11 over 10: ok %v, projected %v, %q", ok, p, why)
 	}
@@ -173,5 +174,35 @@ func TestWebhookSignedAndRetried(t *testing.T) {
 	err := SendWebhook(context.Background(), srv.Client(), srv.URL, "s3cret", Alert{Type: "budget.alert", Percent: 50}, slog.New(slog.DiscardHandler))
 	if err != nil || calls.Load() != 3 || !sigOK.Load() {
 		t.Fatalf("err %v, calls %d, signature ok %v; want success on the third call with a valid signature", err, calls.Load(), sigOK.Load())
+	}
+}
+
+func TestPeriodsAndDays(t *testing.T) {
+	at := time.Date(2026, 12, 10, 5, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		anchor     int
+		start, key string
+	}{
+		{0, "2026-12-01", "2026-12"}, {1, "2026-12-01", "2026-12"},
+		{10, "2026-12-10", "2026-12-10"}, {15, "2026-11-15", "2026-11-15"},
+	} {
+		p := PeriodOf(at, c.anchor)
+		if p.Start.Format("2006-01-02") != c.start || p.Key != c.key || !p.End.Equal(p.Start.AddDate(0, 1, 0)) {
+			t.Errorf("PeriodOf(%s, %d) = %+v, want start %s key %s", at, c.anchor, p, c.start, c.key)
+		}
+	}
+	l := NewLedger(DefaultPrices())
+	start := time.Date(2026, 12, 14, 12, 0, 0, 0, time.UTC)
+	r := Record{ID: "m.x.1", Kind: KindMachine, App: "a", Region: "iad", State: "started", CPUs: 1, MemoryMB: 256, Start: start, End: start.Add(48 * time.Hour)}
+	for _, piece := range Split(r) {
+		l.Add(piece)
+	}
+	day := DefaultPrices().RunningPerSecond(api.Guest{CPUs: 1, MemoryMB: 256}, "iad") * 86400
+	p := PeriodOf(start.Add(48*time.Hour), 15)
+	if got := l.Between([]string{"a"}, p.Start, start.Add(48*time.Hour)); !near(got, 1.5*day) {
+		t.Errorf("cost since the 15th = %v, want a day and a half's %v", got, 1.5*day)
+	}
+	if got := l.App("2026-12", "a", start).Cost; !near(got, 2*day) {
+		t.Errorf("December = %v, want two days' %v", got, 2*day)
 	}
 }

@@ -27,7 +27,10 @@ type Budget struct {
 	Name    string  `json:"name"`
 	Monthly float64 `json:"monthly"`
 	Alerts  []int   `json:"alerts"`
-	Webhook string  `json:"webhook,omitempty"`
+	// AnchorDay is the day of the month (1-28, UTC) its billing period
+	// starts; 0 is the 1st.
+	AnchorDay int    `json:"anchor_day,omitempty"`
+	Webhook   string `json:"webhook,omitempty"`
 	// Secret signs webhook bodies (HMAC-SHA256 in SignatureHeader).
 	Secret string `json:"webhook_secret,omitempty"`
 	// Alerted holds the percentages already alerted, by month.
@@ -56,6 +59,8 @@ type BudgetRequest struct {
 	Monthly float64 `json:"monthly"`
 	Alerts  []int   `json:"alerts,omitempty"`
 	Webhook string  `json:"webhook,omitempty"`
+	// AnchorDay starts the billing period on this day of the month (1-28).
+	AnchorDay int `json:"anchor_day,omitempty"`
 }
 
 // Suspended is a suspension and what to bring back at its end.
@@ -87,6 +92,9 @@ func (b *Budget) Validate() error {
 	case b.Scope != "app" && b.Scope != "org":
 		return fmt.Errorf("budget: scope must be app or org, got %q", b.Scope)
 	}
+	if b.AnchorDay < 0 || b.AnchorDay > 28 {
+		return fmt.Errorf("budget: --anchor-day is the day of the month the billing period starts, 1 to 28, got %d", b.AnchorDay)
+	}
 	if len(b.Alerts) == 0 {
 		b.Alerts = slices.Clone(DefaultAlerts)
 	}
@@ -112,12 +120,15 @@ func ValidateWebhook(s string) error {
 	return nil
 }
 
-// Due are the alert percentages spend has reached in month and not yet
-// alerted, lowest first.
-func (b *Budget) Due(month Month, spend float64) []int {
+// Period is the budget's billing period holding t.
+func (b *Budget) Period(t time.Time) Period { return PeriodOf(t, b.AnchorDay) }
+
+// Due are the alert percentages spend has reached in the period (its Key)
+// and not yet alerted, lowest first.
+func (b *Budget) Due(period string, spend float64) []int {
 	var due []int
 	for _, a := range b.Alerts {
-		if spend >= b.Monthly*float64(a)/100 && !slices.Contains(b.Alerted[string(month)], a) {
+		if spend >= b.Monthly*float64(a)/100 && !slices.Contains(b.Alerted[period], a) {
 			due = append(due, a)
 		}
 	}
@@ -125,15 +136,14 @@ func (b *Budget) Due(month Month, spend float64) []int {
 }
 
 // Projection says whether adding a machine costing add per second to an
-// app spending burn per second now (cost so far: spent) keeps the month's
-// projected spend within the budget, and if not why.
-func Projection(budget, spent, burn, add float64, now time.Time) (ok bool, projected float64, reason string) {
-	m := MonthOf(now)
-	left := m.End().Sub(now).Seconds()
+// app spending burn per second now (cost so far: spent) keeps the
+// period's projected spend (to end) within the budget, and if not why.
+func Projection(budget, spent, burn, add float64, now, end time.Time) (ok bool, projected float64, reason string) {
+	left := end.Sub(now).Seconds()
 	projected = spent + (burn+add)*left
 	if projected > budget {
 		return false, projected, fmt.Sprintf("budget: one more machine would bring the projected spend to $%.2f by %s, over the monthly budget of $%s",
-			projected, m.End().Format("2006-01-02"), dollars(budget))
+			projected, end.Format("2006-01-02"), dollars(budget))
 	}
 	return true, projected, ""
 }

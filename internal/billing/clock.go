@@ -119,3 +119,26 @@ func (m Month) End() time.Time { return m.Start().AddDate(0, 1, 0) }
 
 // Next is the following month.
 func (m Month) Next() Month { return MonthOf(m.End()) }
+
+// Period is a budget's billing period: from 00:00 UTC on the anchor day
+// of a month to the same day of the next. Key names it: "2026-12" when
+// the anchor is the 1st, else its first day, "2026-12-15".
+type Period struct {
+	Start, End time.Time
+	Key        string
+}
+
+// PeriodOf is the period holding t for anchor day anchor (1-28; 0 is 1).
+func PeriodOf(t time.Time, anchor int) Period {
+	anchor = max(1, anchor)
+	t = t.UTC()
+	start := time.Date(t.Year(), t.Month(), anchor, 0, 0, 0, 0, time.UTC)
+	if t.Before(start) {
+		start = start.AddDate(0, -1, 0)
+	}
+	p := Period{Start: start, End: start.AddDate(0, 1, 0), Key: start.Format("2006-01")}
+	if anchor != 1 {
+		p.Key = start.Format("2006-01-02")
+	}
+	return p
+}

@@ -57,11 +57,14 @@ type Ledger struct {
 	// metered is, by app, the end of its latest machine record: spend
 	// after it is not in the ledger yet.
 	metered map[string]time.Time
+	// days is each app's cost by day (unix day number), for billing
+	// periods that do not start on the 1st.
+	days map[string]map[int64]float64
 }
 
 // NewLedger makes an empty ledger pricing with p.
 func NewLedger(p Prices) *Ledger {
-	return &Ledger{prices: p, seen: map[Month]map[string]struct{}{}, apps: map[Month]map[string]*Usage{}, metered: map[string]time.Time{}}
+	return &Ledger{prices: p, seen: map[Month]map[string]struct{}{}, apps: map[Month]map[string]*Usage{}, metered: map[string]time.Time{}, days: map[string]map[int64]float64{}}
 }
 
 // Add counts r unless its ID was counted already; it says whether it did.
@@ -90,6 +93,14 @@ func (l *Ledger) Add(r Record) bool {
 		l.apps[m][r.App] = u
 	}
 	c := l.prices.Cost(r)
+	day := r.Start.Unix() / 86400
+	if r.Kind == KindEgress {
+		day = r.End.Add(-time.Nanosecond).Unix() / 86400
+	}
+	if l.days[r.App] == nil {
+		l.days[r.App] = map[int64]float64{}
+	}
+	l.days[r.App][day] += c
 	u.Cost += c
 	u.ByRegion[r.Region] += c
 	secs := r.End.Sub(r.Start).Seconds()
@@ -108,6 +119,23 @@ func (l *Ledger) Add(r Record) bool {
 		u.StoppedSeconds += secs
 	}
 	return true
+}
+
+// Between is apps' cost in the days from from up to to (both at 00:00
+// UTC, or to now: the current day so far).
+func (l *Ledger) Between(apps []string, from, to time.Time) float64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	first, last := from.Unix()/86400, to.Add(-time.Nanosecond).Unix()/86400
+	total := 0.0
+	for _, a := range apps {
+		for d, c := range l.days[a] {
+			if d >= first && d <= last {
+				total += c
+			}
+		}
+	}
+	return total
 }
 
 // MeteredUntil is the end of app's latest started-machine record.
@@ -178,6 +206,13 @@ func (l *Ledger) Forget(keep Month) {
 		if m < keep {
 			delete(l.seen, m)
 			delete(l.apps, m)
+			for _, days := range l.days {
+				for d := range days {
+					if MonthOf(time.Unix(d*86400, 0)) < keep {
+						delete(days, d)
+					}
+				}
+			}
 		}
 	}
 }

@@ -61,14 +61,15 @@ func EgressRecordID(host, app string, end time.Time) string {
 	return fmt.Sprintf("e.%s.%s.%d", host, app, end.UnixNano())
 }
 
-// Split cuts a record at month boundaries, so each piece belongs to one
-// month; the piece after the n-th boundary gets the ID "<id>.<n>". Egress
-// bytes stay with the last piece.
+// Split cuts a record at day boundaries (00:00 UTC), so each piece
+// belongs to one day, and so to one month and one billing period whatever
+// its anchor day; the piece after the n-th boundary gets the ID
+// "<id>.<n>". Egress bytes stay with the last piece.
 func Split(r Record) []Record {
 	var out []Record
 	id := r.ID
 	for i := 1; ; i++ {
-		end := MonthOf(r.Start).End()
+		end := r.Start.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
 		if !r.End.After(end) {
 			return append(out, r)
 		}

@@ -130,6 +130,7 @@ func newBudgetSetCmd(g *globals) *cobra.Command {
 	f.StringVar(&monthly, "monthly", "", "most to spend in a billing month, in US dollars (required)")
 	f.IntSliceVar(&req.Alerts, "alerts", nil, "percentages of the budget that raise an alert (default 50,80,100)")
 	f.StringVar(&req.Webhook, "webhook", "", "http(s) URL to POST each alert to, as signed JSON")
+	f.IntVar(&req.AnchorDay, "anchor-day", 0, "day of the month (1-28, UTC) the billing period starts (default 1)")
 	addOrgFlag(cmd, &org)
 	return cmd
 }
@@ -176,6 +177,9 @@ func newBudgetShowCmd(g *globals) *cobra.Command {
 				scope, name, b.Monthly, u.Cost, u.Month, 100*u.Cost/b.Monthly, u.Projected, joinInts(b.Alerts))
 			if b.Webhook != "" {
 				fmt.Fprintf(out, "webhook: %s\n", b.Webhook)
+			}
+			if b.AnchorDay > 1 {
+				fmt.Fprintf(out, "billing period from day %d of each month (spend above is the calendar month's)\n", b.AnchorDay)
 			}
 			if b.Suspended != nil {
 				fmt.Fprintln(out, b.Suspended.Message())

@@ -149,15 +149,16 @@ func (s *Server) enforceBudgets(ctx context.Context) error {
 func (s *Server) enforce(ctx context.Context, bud billing.Budget) error {
 	b := s.billing
 	now := b.clock.Now()
-	month := billing.MonthOf(now)
-	if bud.Suspended != nil && bud.Suspended.Month != string(month) {
-		return s.resume(ctx, bud.Scope, bud.Name, "the billing month "+string(month)+" began")
+	period := bud.Period(now)
+	month := period.Key
+	if bud.Suspended != nil && bud.Suspended.Month != month {
+		return s.resume(ctx, bud.Scope, bud.Name, "the billing period "+month+" began")
 	}
 	apps, err := s.budgetApps(ctx, bud)
 	if err != nil {
 		return err
 	}
-	spent, err := s.spendNow(ctx, month, apps, now)
+	spent, err := s.spendNow(ctx, period, apps, now)
 	if err != nil {
 		return err
 	}
@@ -169,8 +170,8 @@ func (s *Server) enforce(ctx context.Context, bud billing.Budget) error {
 				cur.Alerted = map[string][]int{}
 			}
 			for _, pct := range cur.Due(month, spent) {
-				cur.Alerted[string(month)] = append(cur.Alerted[string(month)], pct)
-				a := billing.Alert{Type: "budget.alert", Scope: cur.Scope, Name: cur.Name, Month: string(month), Percent: pct,
+				cur.Alerted[month] = append(cur.Alerted[month], pct)
+				a := billing.Alert{Type: "budget.alert", Scope: cur.Scope, Name: cur.Name, Month: month, Percent: pct,
 					Spent: spent, Budget: cur.Monthly, At: now}
 				alerts = append(alerts, a)
 				cur.AddEvent(api.Event{Type: "budget.alert", Status: fmt.Sprintf("%d%%", pct), Source: "billing", Timestamp: now,
@@ -186,24 +187,25 @@ func (s *Server) enforce(ctx context.Context, bud billing.Budget) error {
 			s.sendAlert(bud, a)
 		}
 	}
-	if spent >= bud.Monthly && bud.Suspended == nil && bud.ResumedMonth != string(month) {
+	if spent >= bud.Monthly && bud.Suspended == nil && bud.ResumedMonth != month {
 		return s.suspend(ctx, bud, apps, spent, now)
 	}
 	return nil
 }
 
-// spendNow is apps' spend in month up to now: the ledger's, plus the
-// started machines' cost since their latest records (the interval hosts
-// have not closed yet), so a budget is caught between records.
-func (s *Server) spendNow(ctx context.Context, month billing.Month, apps []string, now time.Time) (float64, error) {
+// spendNow is apps' spend in the billing period up to now: the ledger's,
+// plus the started machines' cost since their latest records (the
+// interval hosts have not closed yet), so a budget is caught between
+// records.
+func (s *Server) spendNow(ctx context.Context, period billing.Period, apps []string, now time.Time) (float64, error) {
 	b := s.billing
-	spent := b.ledger.Apps(month, apps, now).Cost
+	spent := b.ledger.Between(apps, period.Start, now)
 	for _, app := range apps {
 		since := b.ledger.MeteredUntil(app)
 		if since.IsZero() || !now.After(since) {
 			continue
 		}
-		if start := month.Start(); since.Before(start) {
+		if start := period.Start; since.Before(start) {
 			since = start
 		}
 		burn, err := s.burn(ctx, []string{app})
@@ -251,8 +253,9 @@ func (s *Server) sendAlert(bud billing.Budget, a billing.Alert) {
 // path, after recording which they were and marking the apps suspended
 // (the edges answer 503 from then on).
 func (s *Server) suspend(ctx context.Context, bud billing.Budget, apps []string, spent float64, now time.Time) error {
-	month := billing.MonthOf(now)
-	sus := api.Suspension{Reason: "monthly budget reached", Budget: bud.Monthly, Scope: bud.Scope, ReachedAt: now, ResumesAt: month.End()}
+	period := bud.Period(now)
+	month := period.Key
+	sus := api.Suspension{Reason: "monthly budget reached", Budget: bud.Monthly, Scope: bud.Scope, ReachedAt: now, ResumesAt: period.End}
 	var machines []billing.SuspendedMachine
 	for _, app := range apps {
 		specs, err := store.List[store.MachineSpec](ctx, s.st.Machines, app+".*")
@@ -266,7 +269,7 @@ func (s *Server) suspend(ctx context.Context, bud billing.Budget, apps []string,
 		}
 	}
 	if _, err := store.Modify(ctx, s.billing.budgets, bud.Key(), func(cur *billing.Budget) error {
-		cur.Suspended = &billing.Suspended{Suspension: sus, Month: string(month), Machines: machines}
+		cur.Suspended = &billing.Suspended{Suspension: sus, Month: month, Machines: machines}
 		cur.AddEvent(api.Event{Type: "budget.suspended", Status: "suspended", Source: "billing", Timestamp: now,
 			Message: fmt.Sprintf("%s; %d machine(s) stopped", sus.Message(), len(machines))})
 		return nil
@@ -284,7 +287,7 @@ func (s *Server) suspend(ctx context.Context, bud billing.Budget, apps []string,
 	}
 	s.log.Warn("budget reached: app(s) suspended", "scope", bud.Scope, "name", bud.Name, "spent", spent, "budget", bud.Monthly,
 		"machines", len(machines), "resumes", sus.ResumesAt)
-	s.sendAlert(bud, billing.Alert{Type: "budget.suspended", Scope: bud.Scope, Name: bud.Name, Month: string(month), Percent: 100,
+	s.sendAlert(bud, billing.Alert{Type: "budget.suspended", Scope: bud.Scope, Name: bud.Name, Month: month, Percent: 100,
 		Spent: spent, Budget: bud.Monthly, At: now, ResumesAt: sus.ResumesAt})
 	return errors.Join(errs...)
 }
@@ -408,8 +411,8 @@ func (l budgetLimiter) Allow(ctx context.Context, app, region string, guest api.
 		return false, "", err
 	}
 	now := s.billing.clock.Now()
-	month := billing.MonthOf(now)
 	for _, b := range bs {
+		period := b.Period(now)
 		if b.Suspended != nil {
 			return false, b.Suspended.Message(), nil
 		}
@@ -421,12 +424,12 @@ func (l budgetLimiter) Allow(ctx context.Context, app, region string, guest api.
 		if err != nil {
 			return false, "", err
 		}
-		spent, err := s.spendNow(ctx, month, apps, now)
+		spent, err := s.spendNow(ctx, period, apps, now)
 		if err != nil {
 			return false, "", err
 		}
 		add := s.billing.prices.RunningPerSecond(guest, region)
-		if ok, _, why := billing.Projection(b.Monthly, spent, burn, add, now); !ok {
+		if ok, _, why := billing.Projection(b.Monthly, spent, burn, add, now, period.End); !ok {
 			return false, fmt.Sprintf("%s (%s budget of %s)", why, b.Scope, b.Name), nil
 		}
 	}
@@ -515,7 +518,7 @@ func (s *Server) putBudget(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	nb := billing.Budget{Scope: scope, Name: name, Monthly: req.Monthly, Alerts: req.Alerts, Webhook: req.Webhook}
+	nb := billing.Budget{Scope: scope, Name: name, Monthly: req.Monthly, Alerts: req.Alerts, Webhook: req.Webhook, AnchorDay: req.AnchorDay}
 	if err := nb.Validate(); err != nil {
 		s.fail(w, r, errf(http.StatusBadRequest, "%s", err))
 		return
@@ -525,7 +528,7 @@ func (s *Server) putBudget(w http.ResponseWriter, r *http.Request) {
 		if cur.Monthly != nb.Monthly {
 			cur.Alerted = nil // a new amount alerts afresh
 		}
-		cur.Scope, cur.Name, cur.Monthly, cur.Alerts = scope, name, nb.Monthly, nb.Alerts
+		cur.Scope, cur.Name, cur.Monthly, cur.Alerts, cur.AnchorDay = scope, name, nb.Monthly, nb.Alerts, nb.AnchorDay
 		if cur.Webhook != nb.Webhook || cur.Secret == "" {
 			cur.Secret = randHex(32)
 		}
@@ -547,7 +550,7 @@ func (s *Server) putBudget(w http.ResponseWriter, r *http.Request) {
 	s.log.Info("budget set", "scope", scope, "name", name, "monthly", b.Monthly, "alerts", b.Alerts, "webhook", b.Webhook != "")
 	if b.Suspended != nil {
 		apps, _ := s.budgetApps(ctx, b)
-		if s.billing.ledger.Apps(billing.MonthOf(now), apps, now).Cost < b.Monthly {
+		if spent, err := s.spendNow(ctx, b.Period(now), apps, now); err == nil && spent < b.Monthly {
 			if err := s.resume(ctx, scope, name, fmt.Sprintf("the budget was raised to $%g", b.Monthly)); err != nil {
 				s.fail(w, r, err)
 				return
@@ -583,9 +586,9 @@ func (s *Server) resumeBudget(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	month := string(billing.MonthOf(s.billing.clock.Now()))
+	now := s.billing.clock.Now()
 	_, err = store.Modify(ctx, s.billing.budgets, billing.BudgetKey(scope, name), func(cur *billing.Budget) error {
-		cur.ResumedMonth = month
+		cur.ResumedMonth = cur.Period(now).Key
 		return nil
 	})
 	if errors.Is(err, store.ErrNotFound) {

@@ -150,6 +150,7 @@ func TestSuspendNotHeldByAHangingWebhook(t *testing.T) {
 		{billing.BudgetRequest{Monthly: -5}, "positive number"},
 		{billing.BudgetRequest{Monthly: 5, Webhook: "ftp://example.com/x"}, "http:// or https://"},
 		{billing.BudgetRequest{Monthly: 5, Alerts: []int{150}}, "1 to 100"},
+		{billing.BudgetRequest{Monthly: 5, AnchorDay: 31}, "1 to 28"},
 	} {
 		err := s.c.PutBudget(ctx, "app", "spender", c.req, nil)
 		wantStatus(t, err, http.StatusBadRequest, c.want)
@@ -234,14 +235,16 @@ func TestOrgBudgetSuspendsEveryAppOfTheOrg(t *testing.T) {
 		}
 		ids[a.app] = m.ID
 	}
-	if err := s.c.PutBudget(ctx, "org", "acme", billing.BudgetRequest{Monthly: 1.5}, nil); err != nil {
+	// Acme's billing period starts on the 15th: 4.5 days of two machines
+	// (about $0.58) count, not the calendar month's 12 days.
+	if err := s.c.PutBudget(ctx, "org", "acme", billing.BudgetRequest{Monthly: 0.5, AnchorDay: 15}, nil); err != nil {
 		t.Fatal(err)
 	}
 	var recs []billing.Record
-	for _, app := range []string{"a1", "a2", "other"} { // about $0.81 each: acme $1.62
+	for _, app := range []string{"a1", "a2", "other"} { // 12 days, about $0.78 each
 		start := now.AddDate(0, 0, -12)
-		recs = append(recs, billing.Record{ID: billing.MachineRecordID(ids[app], start), Kind: billing.KindMachine, App: app, Region: "iad",
-			Machine: ids[app], State: api.StateStarted, CPUs: 1, MemoryMB: 256, Start: start, End: now.Add(-time.Minute)})
+		recs = append(recs, billing.Split(billing.Record{ID: billing.MachineRecordID(ids[app], start), Kind: billing.KindMachine, App: app, Region: "iad",
+			Machine: ids[app], State: api.StateStarted, CPUs: 1, MemoryMB: 256, Start: start, End: now.Add(-time.Minute)})...) // by day, as hosts send them
 	}
 	data, _ := json.Marshal(billing.Batch{Host: "h", Records: recs})
 	if _, err := s.st.JetStream().Publish(ctx, billing.SubjectPrefix+"h", data); err != nil {
@@ -261,6 +264,9 @@ func TestOrgBudgetSuspendsEveryAppOfTheOrg(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond) // poll
 	}
+	if a, _ := s.c.GetApp(ctx, "a1"); a.Suspended != nil && !strings.Contains(a.Suspended.Message(), "resumes 2027-01-15 00:00 UTC") {
+		t.Errorf("suspension says %q, want it to end on the 15th", a.Suspended.Message())
+	}
 	if suspended("other") {
 		t.Error("an app of another organisation was suspended")
 	}
@@ -269,7 +275,7 @@ func TestOrgBudgetSuspendsEveryAppOfTheOrg(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(u.Apps) != 2 || u.Cost < 1.5 {
-		t.Errorf("acme's usage: $%.2f over %d apps, want over $1.50 over 2", u.Cost, len(u.Apps))
+		t.Errorf("acme's December usage: $%.2f over %d apps, want over $1.50 over 2", u.Cost, len(u.Apps))
 	}
 	if err := s.c.ResumeBudget(ctx, "org", "acme"); err != nil {
 		t.Fatal(err)
