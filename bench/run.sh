@@ -12,6 +12,9 @@ CGO_ENABLED=0 go build -trimpath -o bin/perch-init ./internal/runtime/microvm/gu
 go run ./bench/foundation -perch bin/perch -n "${1:-10}"
 go run ./bench/microvm -perch bin/perch -n "${1:-10}"
 go run ./bench/idle -perch bin/perch
+go run ./bench/suspend -perch bin/perch -n 7
+go run ./bench/suspend -perch bin/perch -n 5 -runtime microvm
+go run ./bench/autostart -perch bin/perch -n 7
 go run ./bench/autoscale
 go run ./bench/autoscale -window 5m
 go run ./bench/metering

@@ -7,7 +7,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -150,9 +149,11 @@ func startTimes(ctx context.Context, w *devcluster.World, rounds int) (agentT, r
 	m := ms[i]
 	url := "http://" + m.PrivateIP + ":8080/"
 	bundle := filepath.Join(info.Regions[0].StateDir, "runc", "machines", m.ID)
-	direct := prepareDirectBundle(bundle)
-	defer os.RemoveAll(direct)
-	root := filepath.Join(direct, "runc-root")
+	direct, err := benchworld.NewDirectRunc(bundle)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer direct.Close()
 	stop := func() {
 		if err := c.StopMachine(ctx, "bench", m.ID, nil); err != nil {
 			log.Fatal(err)
@@ -167,62 +168,20 @@ func startTimes(ctx context.Context, w *devcluster.World, rounds int) (agentT, r
 		if err := c.StartMachine(ctx, "bench", m.ID); err != nil {
 			log.Fatal(err)
 		}
-		waitAnswer(url, t0)
+		if err := benchworld.WaitHTTP(url, "", t0); err != nil {
+			log.Fatal(err)
+		}
 		agentT = append(agentT, time.Since(t0))
 		stop()
 
-		out, _ := os.Create(filepath.Join(direct, "out.log"))
-		cmd := exec.Command("runc", "--root", root, "run", "-d", "--bundle", direct, "bench-direct")
-		cmd.Stdout, cmd.Stderr = out, out
-		t0 = time.Now()
-		if err := cmd.Run(); err != nil {
-			b, _ := os.ReadFile(filepath.Join(direct, "out.log"))
-			log.Fatalf("runc run: %v\n%s", err, b)
+		d, err := direct.Run(url)
+		if err != nil {
+			log.Fatal(err)
 		}
-		waitAnswer(url, t0)
-		runcT = append(runcT, time.Since(t0))
-		out.Close()
-		exec.Command("runc", "--root", root, "delete", "-f", "bench-direct").Run()
+		runcT = append(runcT, d)
+		direct.Delete()
 	}
 	return agentT, runcT
-}
-
-// prepareDirectBundle copies the machine's config.json into a new bundle
-// that uses the same root filesystem and network namespace, in its own
-// cgroup.
-func prepareDirectBundle(bundle string) string {
-	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
-	if err != nil {
-		log.Fatal(err)
-	}
-	var spec map[string]any
-	if err := json.Unmarshal(b, &spec); err != nil {
-		log.Fatal(err)
-	}
-	spec["root"].(map[string]any)["path"] = filepath.Join(bundle, "rootfs")
-	spec["linux"].(map[string]any)["cgroupsPath"] = "/perch-bench/direct"
-	dir, _ := os.MkdirTemp("", "perch-bench-bundle-")
-	b, _ = json.Marshal(spec)
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644); err != nil {
-		log.Fatal(err)
-	}
-	return dir
-}
-
-func waitAnswer(url string, t0 time.Time) {
-	for {
-		resp, err := client.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		if time.Since(t0) > time.Minute {
-			log.Fatalf("%s never answered: %v", url, err)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 func median(d []time.Duration) time.Duration {

@@ -5,6 +5,8 @@
 // only in memory and answers with it; GET /count reads it (a suspended
 // and resumed machine keeps it, a restarted one starts from 0). On SIGTERM or SIGINT it finishes the
 // requests in flight and exits, as a well-behaved server does.
+// HELLO_UDP_ECHO_PORT=P echoes UDP datagrams on P; HELLO_DNS_PORT=P
+// answers DNS on P over UDP and TCP (udp.go), for tests of UDP services.
 //
 // For tests of deploys, environment variables make it misbehave:
 // HELLO_CRASH (exit 2 at once, printing it), HELLO_START_DELAY (listen
@@ -67,6 +69,7 @@ func main() {
 	})
 	handleHealth(http.DefaultServeMux)
 	handleDNS(http.DefaultServeMux)
+	serveUDP(region, machine)
 	http.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
 		log.Printf("exiting on request")
 		os.Exit(3)

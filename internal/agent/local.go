@@ -19,6 +19,8 @@ type localRecord struct {
 	// Stop is the stop_config the instance was created with: an update
 	// in place stops the old process as its own config says.
 	Stop *api.StopConfig `json:"stop,omitempty"`
+	// SignalSeq is the spec's SignalSeq last acted on (POST .../signal).
+	SignalSeq int64 `json:"signal_seq,omitempty"`
 }
 
 func localPath(stateDir, id string) string {

@@ -22,10 +22,13 @@ import (
 // answer (Ready) and, until then, why not (NotReady); edges route only to
 // ready machines.
 
-// Port probe pacing: quick at first (most apps listen within a second of
-// starting), then slower, for as long as the process runs unready.
+// Port probe pacing: every probeFirst for the first probeQuick (most apps
+// listen within a second of starting, and a request may be waiting for
+// this one: autostart), then slower, for as long as the process runs
+// unready. A refused connect costs microseconds.
 const (
-	probeFirst = 20 * time.Millisecond
+	probeFirst = 5 * time.Millisecond
+	probeQuick = time.Second
 	probeMax   = time.Second
 	probeDial  = time.Second
 )
@@ -158,7 +161,7 @@ func (w *worker) reportReady(ctx context.Context) {
 // says whether they all did before ctx ended.
 func probePorts(ctx context.Context, ip string, ports []int) bool {
 	d := net.Dialer{Timeout: probeDial}
-	wait := probeFirst
+	wait, start := probeFirst, time.Now()
 	left := slices.Clone(ports)
 	for {
 		var still []int
@@ -180,7 +183,9 @@ func probePorts(ctx context.Context, ip string, ports []int) bool {
 			return false
 		case <-t.C:
 		}
-		wait = min(wait*2, probeMax)
+		if time.Since(start) > probeQuick {
+			wait = min(wait*2, probeMax)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -167,6 +168,7 @@ func (w *worker) converge(ctx context.Context) time.Duration {
 		w.destroy(ctx, spec, false)
 		return 0
 	}
+	w.signalIfAsked(ctx, spec)
 	switch spec.Desired {
 	case store.DesireDestroyed:
 		w.destroy(ctx, spec, true)
@@ -254,6 +256,30 @@ func (w *worker) ensureStarted(ctx context.Context, spec store.MachineSpec) time
 	}
 	w.onExit(ctx, st)
 	return w.untilRetry()
+}
+
+// signalIfAsked sends the running process the signal the spec asks for,
+// once per SignalSeq (POST .../signal), and reports it as an event.
+func (w *worker) signalIfAsked(ctx context.Context, spec store.MachineSpec) {
+	if spec.SignalSeq <= w.local.SignalSeq {
+		return
+	}
+	w.local.SignalSeq = spec.SignalSeq
+	if err := saveLocal(w.a.cfg.StateDir, w.id, w.local); err != nil {
+		w.log.Warn("save machine record", "err", err)
+	}
+	sd, ok := w.driver().(perchrt.Signaler)
+	st, err := w.driver().State(ctx, w.id)
+	if !ok || err != nil || st.Status != perchrt.StatusRunning || w.status.State != api.StateStarted || w.status.Generation != spec.Generation {
+		w.log.Info("signal not sent: the machine is not running", "signal", spec.Signal)
+		return
+	}
+	sig := parseSignal(spec.Signal)
+	if err := sd.Signal(ctx, w.id, sig); err != nil {
+		w.log.Warn("signal", "signal", spec.Signal, "err", err)
+		return
+	}
+	w.setState(ctx, spec, api.StateStarted, "signal", "sent "+signalName(sig))
 }
 
 func (w *worker) untilRetry() time.Duration {
@@ -391,7 +417,7 @@ func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
 	w.local.ConfigGeneration = spec.ConfigGeneration
 	w.local.Stop = spec.Config.StopConfig
 	w.local.ImageRef = img.Ref
-	w.local.InstanceID = newInstanceID()
+	w.local.InstanceID = cmp.Or(spec.InstanceID, newInstanceID()) // the server names it; older specs have none
 	if err := saveLocal(w.a.cfg.StateDir, w.id, w.local); err != nil {
 		return fmt.Errorf("save machine record: %w", err)
 	}
@@ -456,7 +482,7 @@ func (w *worker) setState(ctx context.Context, spec store.MachineSpec, state, ev
 		s.Ready, s.NotReady = false, state
 	}
 	s.Events = append([]api.Event(nil), s.Events...)
-	s.AddEvent(api.Event{Type: evType, Status: state, Source: "host", Timestamp: s.UpdatedAt, Message: msg})
+	s.AddEvent(api.Event{Type: evType, Status: state, Source: "host", Timestamp: s.UpdatedAt.UnixMilli(), Message: msg})
 	for _, m := range mut {
 		m(&s)
 	}

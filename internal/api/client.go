@@ -166,9 +166,9 @@ func (c *Client) CreateApp(ctx context.Context, req CreateAppRequest) (*App, err
 
 // ListApps lists all apps.
 func (c *Client) ListApps(ctx context.Context) ([]App, error) {
-	var apps []App
-	err := c.do(ctx, http.MethodGet, "/v1/apps", nil, nil, &apps)
-	return apps, err
+	var list AppList
+	err := c.do(ctx, http.MethodGet, "/v1/apps", nil, nil, &list)
+	return list.Apps, err
 }
 
 // GetApp returns one app.

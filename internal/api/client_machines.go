@@ -94,6 +94,25 @@ func (c *Client) SuspendMachine(ctx context.Context, app, id string) error {
 	return c.do(ctx, http.MethodPost, machinePath(app, id)+"/suspend", nil, nil, nil)
 }
 
+// RestartMachine stops the machine's process (with signal and timeout
+// when set, else its stop_config) and starts it afresh as a new instance.
+func (c *Client) RestartMachine(ctx context.Context, app, id, signal string, timeout time.Duration) error {
+	q := url.Values{}
+	if signal != "" {
+		q.Set("signal", signal)
+	}
+	if timeout > 0 {
+		q.Set("timeout", timeout.String())
+	}
+	return c.do(ctx, http.MethodPost, machinePath(app, id)+"/restart", q, nil, nil)
+}
+
+// SignalMachine has the machine's host send its running process signal
+// ("SIGHUP", ...); the server answers 412 when it is not started.
+func (c *Client) SignalMachine(ctx context.Context, app, id, signal string) error {
+	return c.do(ctx, http.MethodPost, machinePath(app, id)+"/signal", nil, map[string]string{"signal": signal}, nil)
+}
+
 // WaitMachine waits until the machine is in state, for at most timeout
 // (rounded up to whole seconds). The server answers 408 (IsTimeout) when
 // the time runs out and 409 (IsConflict) when the machine fails while

@@ -51,11 +51,16 @@ const (
 	RestartOnFailure = "on-failure"
 )
 
-// App is a named group of machines.
+// App is a named group of machines. ID and Organization are as Fly's
+// Machines API shows them (the ID is the name; Organization carries the
+// org slug); Status is "deployed", or "deleting" once a delete began.
 type App struct {
-	Name      string    `json:"name"`
-	Org       string    `json:"org,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
+	ID           string          `json:"id"`
+	Name         string          `json:"name"`
+	Org          string          `json:"org,omitempty"`
+	Organization AppOrganization `json:"organization"`
+	Status       string          `json:"status,omitempty"`
+	CreatedAt    time.Time       `json:"created_at"`
 	// Hostnames are extra Host names the edge routes to this app, beside
 	// <name>.<edge domain>.
 	Hostnames []string `json:"hostnames,omitempty"`
@@ -63,10 +68,32 @@ type App struct {
 	Suspended *Suspension `json:"suspended,omitempty"`
 }
 
-// CreateAppRequest is the body of POST /v1/apps.
+// App statuses.
+const (
+	AppDeployed = "deployed"
+	AppDeleting = "deleting"
+)
+
+// AppOrganization is the organization an app belongs to.
+type AppOrganization struct {
+	Name string `json:"name"`
+	Slug string `json:"slug"`
+}
+
+// AppList is the body of GET /v1/apps, shaped as Fly's.
+type AppList struct {
+	TotalApps int   `json:"total_apps"`
+	Apps      []App `json:"apps"`
+}
+
+// CreateAppRequest is the body of POST /v1/apps. Name is Fly's spelling
+// of AppName; either may be given.
 type CreateAppRequest struct {
-	AppName string `json:"app_name"`
+	AppName string `json:"app_name,omitempty"`
+	Name    string `json:"name,omitempty"`
 	Org     string `json:"org_slug,omitempty"`
+	// Network is Fly's custom private network; only "" is supported.
+	Network string `json:"network,omitempty"`
 }
 
 // Guest is the size of a machine.
@@ -112,17 +139,17 @@ type ProxyProtoOptions struct {
 // Check is a health check the machine's host runs against it. Durations
 // are Go duration strings, as Fly writes them ("15s").
 type Check struct {
-	Name          string              `json:"name,omitempty"`
-	Type          string              `json:"type"` // "tcp" or "http"
-	Port          int                 `json:"port,omitempty"`
-	Interval      string              `json:"interval,omitempty"`
-	Timeout       string              `json:"timeout,omitempty"`
-	GracePeriod   string              `json:"grace_period,omitempty"`
-	Method        string              `json:"method,omitempty"`
-	Path          string              `json:"path,omitempty"`
-	Protocol      string              `json:"protocol,omitempty"` // "http" or "https"
-	TLSSkipVerify bool                `json:"tls_skip_verify,omitempty"`
-	Headers       map[string][]string `json:"headers,omitempty"`
+	Name          string       `json:"name,omitempty"`
+	Type          string       `json:"type"` // "tcp" or "http"
+	Port          int          `json:"port,omitempty"`
+	Interval      string       `json:"interval,omitempty"`
+	Timeout       string       `json:"timeout,omitempty"`
+	GracePeriod   string       `json:"grace_period,omitempty"`
+	Method        string       `json:"method,omitempty"`
+	Path          string       `json:"path,omitempty"`
+	Protocol      string       `json:"protocol,omitempty"` // "http" or "https"
+	TLSSkipVerify bool         `json:"tls_skip_verify,omitempty"`
+	Headers       CheckHeaders `json:"headers,omitempty"`
 }
 
 // CheckStatus is the last result of one check.
@@ -237,6 +264,9 @@ type MachineConfig struct {
 	// and waits Timeout before SIGKILL. fly.toml's kill_signal and
 	// kill_timeout.
 	StopConfig *StopConfig `json:"stop_config,omitempty"`
+	// AutoDestroy destroys the machine once its process has ended and it
+	// is not restarted (stopped or failed), as Fly's auto_destroy.
+	AutoDestroy bool `json:"auto_destroy,omitempty"`
 }
 
 // StopConfig is a machine's stop signal and the time it has to exit, as
@@ -252,20 +282,38 @@ const (
 	DefaultStopTimeout = 10 * time.Second
 )
 
-// MachineInit overrides the image's process.
+// MachineInit overrides the image's process. Exec, Fly's, is the whole
+// command line; the server stores it as Entrypoint (which drops the
+// image's cmd).
 type MachineInit struct {
+	Exec       []string `json:"exec,omitempty"`
 	Entrypoint []string `json:"entrypoint,omitempty"`
 	Cmd        []string `json:"cmd,omitempty"`
 }
 
-// Event is one thing that happened to a machine.
+// Event is one thing that happened to a machine. Timestamp is in Unix
+// milliseconds, as Fly's Machines API writes it (Time converts it).
 type Event struct {
-	Type      string    `json:"type"`
-	Status    string    `json:"status"`
-	Source    string    `json:"source"`
-	Timestamp time.Time `json:"timestamp"`
-	ExitCode  *int      `json:"exit_code,omitempty"`
-	Message   string    `json:"message,omitempty"`
+	Type      string `json:"type"`
+	Status    string `json:"status"`
+	Source    string `json:"source"`
+	Timestamp int64  `json:"timestamp"`
+	ExitCode  *int   `json:"exit_code,omitempty"`
+	Message   string `json:"message,omitempty"`
+	// Request carries the exit code where Fly's clients read it
+	// (request.exit_event.exit_code); the server fills it from ExitCode.
+	Request *EventRequest `json:"request,omitempty"`
+}
+
+// EventRequest is the part of Fly's event request Perch fills.
+type EventRequest struct {
+	ExitEvent *ExitEvent `json:"exit_event,omitempty"`
+}
+
+// ExitEvent is how a machine's process exited.
+type ExitEvent struct {
+	ExitCode int       `json:"exit_code"`
+	ExitedAt time.Time `json:"exited_at"`
 }
 
 // Machine is a machine as the API shows it: desired config and placement
@@ -284,8 +332,9 @@ type Machine struct {
 	CreatedAt  time.Time     `json:"created_at"`
 	UpdatedAt  time.Time     `json:"updated_at"`
 	Events     []Event       `json:"events,omitempty"`
-	// ImageRef is the image the host resolved and runs (with digest).
-	ImageRef string `json:"image_ref,omitempty"`
+	// ImageRef is the image the host resolved and runs (with digest),
+	// split as Fly's Machines API shows it; empty until the host pulled it.
+	ImageRef ImageRef `json:"image_ref"`
 	// ExitCode is the last exit code of the machine's process, if it exited.
 	ExitCode *int `json:"exit_code,omitempty"`
 	// LastLogs holds the last lines the machine printed before it failed.
@@ -302,7 +351,9 @@ type Machine struct {
 	// since its config last changed.
 	Restarts int `json:"restarts,omitempty"`
 	// Cordoned machines get no traffic (POST .../cordon, .../uncordon).
-	Cordoned bool `json:"cordoned,omitempty"`
+	Cordoned bool `json:"cordoned"`
+	// Nonce is the lease's, when the machine was created with lease_ttl.
+	Nonce string `json:"nonce,omitempty"`
 }
 
 // Release statuses.
@@ -375,10 +426,20 @@ type CreateMachineRequest struct {
 	// Cordoned creates the machine out of the edges' rotation until it is
 	// uncordoned (POST .../uncordon); a Perch extension.
 	Cordoned bool `json:"cordoned,omitempty"`
+	// SkipServiceRegistration is Fly's way to the same: the machine gets
+	// no traffic until it is uncordoned.
+	SkipServiceRegistration bool `json:"skip_service_registration,omitempty"`
+	// LeaseTTL, in seconds, creates the machine leased to the caller; the
+	// answer's nonce is the lease's.
+	LeaseTTL int `json:"lease_ttl,omitempty"`
+	// SkipSecrets is Fly's; Perch has no app secrets, so it changes nothing.
+	SkipSecrets bool `json:"skip_secrets,omitempty"`
 }
 
-// StopRequest is the optional body of POST .../stop.
+// StopRequest is the optional body of POST .../stop. ID is Fly's, the
+// machine's (the path names it already).
 type StopRequest struct {
+	ID      string `json:"id,omitempty"`
 	Signal  string `json:"signal,omitempty"`
 	Timeout string `json:"timeout,omitempty"`
 }
@@ -437,9 +498,13 @@ type LogLine struct {
 	Message   string    `json:"message"`
 }
 
-// Error is the body of every error response.
+// Error is the body of every error response: the message for a person,
+// and Status, a short code for programs as Fly's Machines API has it
+// ("not_found", "invalid_argument", "name_taken", "insufficient_capacity",
+// "failed_precondition", ...).
 type Error struct {
-	Error string `json:"error"`
+	Error  string `json:"error"`
+	Status string `json:"status,omitempty"`
 }
 
 // AgentBootstrap tells an agent how to reach the state store.

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/perchhq/perch/internal/billing"
 	"github.com/spf13/cobra"
@@ -185,7 +186,7 @@ func newBudgetShowCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(out, b.Suspended.Message())
 			}
 			for _, e := range b.Events {
-				fmt.Fprintf(out, "  %s  %-16s %s\n", e.Timestamp.UTC().Format("2006-01-02 15:04"), e.Type, e.Message)
+				fmt.Fprintf(out, "  %s  %-16s %s\n", time.UnixMilli(e.Timestamp).UTC().Format("2006-01-02 15:04"), e.Type, e.Message)
 			}
 			return nil
 		},

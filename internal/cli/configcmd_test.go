@@ -73,3 +73,24 @@ func TestConfigValidate(t *testing.T) {
 	_, err = run(t, dir, "", "config", "validate", "--config", "missing.toml")
 	wantErr(t, err, "no missing.toml here")
 }
+
+// In a directory moved over from Fly (a fly.toml, no perch.toml) commands
+// read fly.toml without --config; a perch.toml beside it wins.
+func TestFlyTomlReadWithoutConfigFlag(t *testing.T) {
+	loggedOut(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "fly.toml"), []byte("app = \"from-fly\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, dir, "", "config", "validate")
+	if err != nil || !strings.Contains(out, "fly.toml is valid") {
+		t.Fatalf("validate with only fly.toml: %v\n%s", err, out)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "perch.toml"), []byte("app = \"from-perch\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run(t, dir, "", "config", "validate")
+	if err != nil || !strings.Contains(out, "perch.toml is valid") {
+		t.Fatalf("validate with both: %v\n%s", err, out)
+	}
+}

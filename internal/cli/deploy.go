@@ -164,8 +164,8 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 	r.finish(ctx)
 	ref := ""
 	for _, m := range r.created {
-		if got, err := d.c.GetMachine(ctx, d.app, m.ID); err == nil && got.ImageRef != "" {
-			ref = got.ImageRef
+		if got, err := d.c.GetMachine(ctx, d.app, m.ID); err == nil && got.ImageRef.Digest != "" {
+			ref = got.ImageRef.Ref()
 			break
 		}
 	}

@@ -109,7 +109,7 @@ func renderMachine(w io.Writer, m *api.Machine, now time.Time) {
 	field("Host", fmt.Sprintf("%s (%s)", cmp.Or(m.HostID, "-"), cmp.Or(m.HostStatus, "?")))
 	field("Private IP", m.PrivateIP)
 	field("Image", m.Config.Image)
-	field("Image ref", m.ImageRef)
+	field("Image ref", m.ImageRef.Ref())
 	field("Release", m.Config.Metadata[metaRelease])
 	field("Created", fmt.Sprintf("%s (%s ago)", m.CreatedAt.UTC().Format(time.RFC3339), formatAge(now.Sub(m.CreatedAt))))
 	if m.ExitCode != nil {
@@ -124,7 +124,7 @@ func renderMachine(w io.Writer, m *api.Machine, now time.Time) {
 	if len(m.Events) > 0 {
 		fmt.Fprintln(w, "Events:")
 		for _, e := range m.Events {
-			line := fmt.Sprintf("  %s  %s %s (%s)", e.Timestamp.UTC().Format(time.RFC3339), e.Type, e.Status, e.Source)
+			line := fmt.Sprintf("  %s  %s %s (%s)", e.Time().UTC().Format(time.RFC3339), e.Type, e.Status, e.Source)
 			if e.ExitCode != nil {
 				line += fmt.Sprintf(" exit code %d", *e.ExitCode)
 			}
@@ -175,8 +175,8 @@ func newMachineSuspendCmd(g *globals) *cobra.Command {
 				return nil
 			}
 			why := ""
-			if n := len(m.Events); n > 0 {
-				why = ": " + m.Events[n-1].Message
+			if len(m.Events) > 0 { // the latest first
+				why = ": " + m.Events[0].Message
 			}
 			return fmt.Errorf("machine suspend: machine %s was stopped instead of suspended%s", id, why)
 		}),

@@ -334,8 +334,8 @@ func unstable(m *api.Machine, created api.Machine) string {
 // failedBecause is what the host said when it gave the machine up (an
 // image it could not pull, a restart limit), as ": reason".
 func failedBecause(m *api.Machine) string {
-	for i := len(m.Events) - 1; i >= 0; i-- {
-		if e := m.Events[i]; e.Status == api.StateFailed && e.Message != "" {
+	for _, e := range m.Events { // the latest first, as Fly orders them
+		if e.Status == api.StateFailed && e.Message != "" {
 			return ": " + e.Message
 		}
 	}

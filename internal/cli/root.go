@@ -6,7 +6,10 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 
 	"github.com/perchhq/perch/internal/api"
 	"github.com/spf13/cobra"
@@ -30,7 +33,19 @@ func NewRoot(version string) *cobra.Command {
 		SilenceUsage:  true,
 	}
 	root.PersistentFlags().StringVarP(&g.app, "app", "a", "", "app name (default: app in perch.toml)")
-	root.PersistentFlags().StringVarP(&g.configPath, "config", "c", "perch.toml", "path of the app's perch.toml")
+	root.PersistentFlags().StringVarP(&g.configPath, "config", "c", "perch.toml", "path of the app's perch.toml (default perch.toml, else fly.toml when only that is here)")
+	// A directory moved over from Fly has a fly.toml and no perch.toml:
+	// commands read it as flyctl would, without --config.
+	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) {
+		if cmd.Flags().Changed("config") {
+			return
+		}
+		if _, err := os.Stat("perch.toml"); errors.Is(err, fs.ErrNotExist) {
+			if _, err := os.Stat("fly.toml"); err == nil {
+				g.configPath = "fly.toml"
+			}
+		}
+	}
 	root.AddCommand(
 		newAuthCmd(g),
 		newLaunchCmd(g),

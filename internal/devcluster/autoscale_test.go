@@ -1,6 +1,7 @@
 package devcluster_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -149,6 +150,11 @@ func TestAutoscaleByOrigin(t *testing.T) {
 		t.Fatal(err)
 	}
 	b = append(b, []byte("\n[autoscale]\n  max_machines = 6\n  scale_down_window = \"20s\"\n")...)
+	// Scale to zero too: idle machines stop, a request starts one.
+	if !bytes.Contains(b, []byte("[http_service]\n")) {
+		t.Fatalf("perch launch wrote no [http_service]:\n%s", b)
+	}
+	b = bytes.Replace(b, []byte("[http_service]\n"), []byte("[http_service]\n  auto_stop_machines = \"stop\"\n  min_machines_running = 0\n  idle_timeout = \"10s\"\n"), 1)
 	if err := os.WriteFile(toml, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +273,28 @@ func TestAutoscaleByOrigin(t *testing.T) {
 	if gone < 20*time.Second {
 		t.Errorf("machines were removed %v after the load stopped, before the 20s window", gone)
 	}
-	expectAnswer(t, edges["syd"], "near", "iad")
+	// Then the last machine stops once idle, and the next request starts it.
+	eventually(t, time.Minute, "iad's machine stopped when idle", func() (bool, string) {
+		ms, err := c.ListMachines(ctx, "near", "iad")
+		if err != nil || len(ms) != 1 {
+			return false, fmt.Sprintf("%v %v", ms, err)
+		}
+		return ms[0].State == api.StateStopped, ms[0].State
+	})
+	t.Logf("the last machine stopped when idle %v after the load stopped", time.Since(quiet).Round(time.Millisecond))
+	woke := time.Now()
+	req, _ := http.NewRequest("GET", "http://"+edges["syd"]+"/", nil)
+	req.Host = "near.perch.local"
+	resp, err := (&http.Client{Timeout: 40 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("the first request after the last machine stopped: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from iad ") {
+		t.Fatalf("the first request after the last machine stopped: %d %s; want iad's machine started and answering", resp.StatusCode, body)
+	}
+	t.Logf("a request at the syd edge started iad's stopped machine and was answered in %v", time.Since(woke).Round(time.Millisecond))
 	t.Logf("requests: %d sent, %d failed", sent, failed)
 	for _, city := range cities {
 		for _, f := range loads[city].failures {

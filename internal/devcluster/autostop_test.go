@@ -378,7 +378,7 @@ func TestAutostopIdle(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, e := range m.Events {
-			if (e.Status == api.StateStopped || e.Status == api.StateSuspended) && strings.Contains(e.Message, "(autostop)") && e.Timestamp.After(phase) {
+			if (e.Status == api.StateStopped || e.Status == api.StateSuspended) && strings.Contains(e.Message, "(autostop)") && e.Time().After(phase) {
 				stops[app]++
 			}
 		}

@@ -181,8 +181,8 @@ func answerWithin(t *testing.T, edgeAddr, app, region string) time.Duration {
 func startedAt(m *api.Machine) time.Time {
 	var at time.Time
 	for _, e := range m.Events {
-		if e.Status == api.StateStarted {
-			at = e.Timestamp
+		if e.Status == api.StateStarted && e.Time().After(at) {
+			at = e.Time()
 		}
 	}
 	return at

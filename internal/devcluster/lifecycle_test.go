@@ -95,6 +95,39 @@ func TestMachineLifecycle(t *testing.T) {
 		answers(m, "/", "hello from iad")
 	})
 
+	t.Run("restart and signal reach the process", func(t *testing.T) {
+		m := create(api.RestartNo, nil)
+		answers(m, "/", "hello from iad")
+		if err := c.RestartMachine(ctx, "life", m.ID, "SIGTERM", 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitMachine(ctx, "life", m.ID, api.StateStarted, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := c.GetMachine(ctx, "life", m.ID)
+		if got.InstanceID == m.InstanceID {
+			t.Errorf("restart kept instance %s; want a new one", m.InstanceID)
+		}
+		answers(m, "/", "hello from iad")
+		// hello exits on SIGTERM (as PID 1 it ignores signals it does not
+		// handle); with restart policy no, it then stays stopped.
+		if err := c.SignalMachine(ctx, "life", m.ID, "SIGTERM"); err != nil {
+			t.Fatal(err)
+		}
+		err := c.WaitMachine(ctx, "life", m.ID, api.StateStopped, 20*time.Second)
+		got, _ = c.GetMachine(ctx, "life", m.ID)
+		if err != nil {
+			t.Fatalf("%v; events: %+v", err, got.Events)
+		}
+		sent := false
+		for _, e := range got.Events {
+			sent = sent || (e.Type == "signal" && e.Message == "sent SIGTERM")
+		}
+		if !sent {
+			t.Errorf("events do not show the signal sent: %+v", got.Events)
+		}
+	})
+
 	t.Run("policy always: an exit restarts the machine", func(t *testing.T) {
 		m := create(api.RestartAlways, nil)
 		exit(m)

@@ -155,6 +155,9 @@ func portModes(routes map[string]*appRoute, domain string) map[int]*portMode {
 	byPort := map[int]map[string]*portRoute{}
 	for name, ar := range routes {
 		for p, pr := range ar.ports {
+			if isUDPKey(p) {
+				continue // UDP has no handlers (udp.go)
+			}
 			if byPort[p] == nil {
 				byPort[p] = map[string]*portRoute{}
 			}

@@ -159,6 +159,9 @@ func (e *Edge) Snapshot() *Snapshot { return e.table.Snapshot() }
 // Listening is the public ports the edge has a listener open on, sorted.
 func (e *Edge) Listening() []int { return e.lns.ports() }
 
+// ListeningUDP is the public UDP ports the edge has open.
+func (e *Edge) ListeningUDP() []int { return e.lns.udpPorts() }
+
 // Handler serves requests that arrived on public port port: what a listener
 // of that port runs, and what tests put behind httptest.
 func (e *Edge) Handler(port int) http.Handler {

@@ -20,6 +20,18 @@ const (
 	hdrReplaySrc     = "Perch-Replay-Src" // to the machine a replay reaches: where it came from
 )
 
+// Fly's names for the same headers, so libraries written for Fly work
+// unchanged (fly.io/docs/networking/request-headers). The edge always sets
+// them itself: a client cannot choose them.
+const (
+	hdrFlyClientIP       = "Fly-Client-IP"
+	hdrFlyRegion         = "Fly-Region"
+	hdrFlyForwardedPort  = "Fly-Forwarded-Port"
+	hdrFlyForwardedProto = "Fly-Forwarded-Proto"
+	hdrFlyForwardedSSL   = "Fly-Forwarded-Ssl"
+	hdrFlyRequestID      = "Fly-Request-Id"
+)
+
 // serverName is the Server header of every response through the edge.
 const serverName = "perch"
 
@@ -41,6 +53,16 @@ func (e *Edge) rewrite(pr *httputil.ProxyRequest) {
 	out.Header.Set(hdrRegion, e.cfg.Region)
 	out.Header.Set(hdrClientIP, clientIP(pr.In.RemoteAddr))
 	out.Header.Set(hdrRequestID, st.id)
+	proto, ssl := "http", "off"
+	if pr.In.TLS != nil {
+		proto, ssl = "https", "on"
+	}
+	out.Header.Set(hdrFlyClientIP, clientIP(pr.In.RemoteAddr))
+	out.Header.Set(hdrFlyRegion, e.cfg.Region)
+	out.Header.Set(hdrFlyForwardedPort, st.port)
+	out.Header.Set(hdrFlyForwardedProto, proto)
+	out.Header.Set(hdrFlyForwardedSSL, ssl)
+	out.Header.Set(hdrFlyRequestID, st.id)
 	via := viaFor(pr.In)
 	if prior := out.Header.Values("Via"); len(prior) > 0 {
 		via = strings.Join(prior, ", ") + ", " + via

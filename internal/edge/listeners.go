@@ -19,8 +19,9 @@ type listeners struct {
 	e  *Edge
 	wg sync.WaitGroup // accept loops, HTTP servers, connections, drains
 
-	mu   sync.Mutex // guards open
+	mu   sync.Mutex // guards open and udp
 	open map[int]*portServer
+	udp  map[int]*udpServer // public UDP ports (udp.go)
 
 	// skipped and failing remember which unserved ports and which ports
 	// that could not be bound were already logged, to log them once.
@@ -42,7 +43,7 @@ type portServer struct {
 }
 
 func newListeners(e *Edge) *listeners {
-	return &listeners{e: e, open: map[int]*portServer{}, skipped: map[int]bool{}, failing: map[int]bool{}}
+	return &listeners{e: e, open: map[int]*portServer{}, udp: map[int]*udpServer{}, skipped: map[int]bool{}, failing: map[int]bool{}}
 }
 
 // bindRetry is how often ports that could not be bound are tried again
@@ -107,6 +108,9 @@ func (l *listeners) sync(ctx context.Context, s *Snapshot) (failed bool) {
 		if !want[p] {
 			delete(l.failing, p)
 		}
+	}
+	if l.syncUDP(ctx, s) {
+		failed = true
 	}
 	for p, ps := range l.open {
 		if !want[p] {
@@ -201,12 +205,49 @@ func (ps *portServer) drain(ctx context.Context) {
 func (l *listeners) closeAll() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	for p, u := range l.udp {
+		u.close()
+		delete(l.udp, p)
+	}
 	for p, ps := range l.open {
 		ps.ln.Close()
 		ps.srv.Close()
 		ps.conns.closeAll()
 		delete(l.open, p)
 	}
+}
+
+// syncUDP opens the UDP ports s serves and closes those it no longer has
+// (their flows end); l.mu is held. It says whether a port failed to bind.
+func (l *listeners) syncUDP(ctx context.Context, s *Snapshot) (failed bool) {
+	for p := range s.udp {
+		if l.udp[p] != nil {
+			continue
+		}
+		u, err := l.listenUDP(ctx, p)
+		if err != nil {
+			failed = true
+			l.e.log.Error("cannot listen on public UDP port; will retry", "port", p, "err", err)
+			continue
+		}
+		l.udp[p] = u
+		l.e.log.Info("listening", "addr", u.pc.LocalAddr().String()+"/udp")
+	}
+	for p, u := range l.udp {
+		if _, ok := s.udp[p]; !ok {
+			delete(l.udp, p)
+			l.e.log.Info("closing public UDP port: no app serves it any more", "port", p)
+			l.wg.Go(u.close)
+		}
+	}
+	return failed
+}
+
+// udpPorts is the public UDP ports open now.
+func (l *listeners) udpPorts() []int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Sorted(maps.Keys(l.udp))
 }
 
 func (l *listeners) ports() []int {

@@ -21,6 +21,8 @@ type metrics struct {
 	rejected    *prometheus.CounterVec
 	tcpRejected *prometheus.CounterVec
 	autostarts  *prometheus.CounterVec
+	udpFlows    *prometheus.CounterVec
+	udpDropped  *prometheus.CounterVec
 	clientConns prometheus.Gauge
 }
 
@@ -54,6 +56,14 @@ func newMetrics(t *table) *metrics {
 			Name: "perch_edge_tcp_rejected_total",
 			Help: "Raw TCP connections the edge closed without taking them to a machine, by app and reason: no_machine (none in rotation), unreachable (every machine tried failed to connect), busy (every machine at its hard limit), app_cap (the app's connections at this edge at their cap), not_started (no machine in rotation and none started in time).",
 		}, []string{"app", "reason"}),
+		udpFlows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "perch_edge_udp_flows_total",
+			Help: "UDP flows (a client address's datagrams to a public UDP port) the edge ended, by app and outcome: done (idle or the edge stopped after it carried them to a machine), and, without a machine, the reasons of perch_edge_tcp_rejected_total.",
+		}, []string{"app", "outcome"}),
+		udpDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "perch_edge_udp_dropped_total",
+			Help: "Datagrams from clients the edge dropped, by app and reason: queue (a flow's queue was full while it connected), no_machine (the flow found no machine).",
+		}, []string{"app", "reason"}),
 		autostarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "perch_edge_autostarts_total",
 			Help: "Machines the edge started for requests it held (autostart), by app and result: started (ready for the held requests), failed (none was ready within the start timeout).",
@@ -62,7 +72,7 @@ func newMetrics(t *table) *metrics {
 			Name: "perch_edge_client_connections", Help: "Client connections open on the edge's public ports.",
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.duration, m.rejected, m.tcpRejected, m.autostarts, m.clientConns, activeCollector{t})
+	m.reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.duration, m.rejected, m.tcpRejected, m.udpFlows, m.udpDropped, m.autostarts, m.clientConns, activeCollector{t})
 	for _, r := range []string{"client_cap", "app_cap", "busy"} {
 		m.rejected.WithLabelValues(r)
 	}

@@ -28,6 +28,8 @@ func TestHeadersToMachineAndClient(t *testing.T) {
 		"Via":             {"1.0 corp-proxy"},
 		"Perch-Region":    {"spoofed"},
 		"Perch-Client-Ip": {"192.0.2.1"},
+		"Fly-Client-Ip":   {"192.0.2.1"},
+		"Fly-Region":      {"spoofed"},
 	})
 	if res.StatusCode != http.StatusOK {
 		t.Fatalf("status %d %q", res.StatusCode, body)
@@ -44,6 +46,13 @@ func TestHeadersToMachineAndClient(t *testing.T) {
 		"Perch-Forwarded-Port": "80",
 		"X-Forwarded-Host":     "shop.perch.local",
 		"Perch-Request-Id":     id,
+		// Fly's names, for libraries written for Fly.
+		"Fly-Client-Ip":       "127.0.0.1",
+		"Fly-Region":          "ams",
+		"Fly-Forwarded-Port":  "80",
+		"Fly-Forwarded-Proto": "http",
+		"Fly-Forwarded-Ssl":   "off",
+		"Fly-Request-Id":      id,
 	} {
 		if v := strings.Join(got[name], ", "); v != want {
 			t.Errorf("machine got %s: %q, want %q", name, v, want)

@@ -27,6 +27,9 @@ type Snapshot struct {
 	// skipped are public ports declared only with handler chains this edge
 	// does not serve, with the handlers of one of them.
 	skipped map[int][]string
+	// udp maps each public UDP port to the key in names of the app that
+	// owns it (udp.go).
+	udp map[int]string
 }
 
 type appRoute struct {
@@ -78,7 +81,7 @@ type Backend struct {
 }
 
 func emptySnapshot() *Snapshot {
-	return &Snapshot{names: map[string]*appRoute{}, modes: map[int]*portMode{}, skipped: map[int][]string{}, replaced: make(chan struct{})}
+	return &Snapshot{names: map[string]*appRoute{}, modes: map[int]*portMode{}, skipped: map[int][]string{}, udp: map[int]string{}, replaced: make(chan struct{})}
 }
 
 // Generation counts the table's rebuilds; it grows with every change.

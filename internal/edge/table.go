@@ -139,9 +139,21 @@ func (t *table) build() *Snapshot {
 		s.machines = append(s.machines, t.record(&m, up))
 		sick := !up && t.failsChecks(key, &m)
 		for _, svc := range m.Config.Services {
+			udp := svc.Protocol == "udp"
 			for _, p := range svc.Ports {
 				if p.Port < 1 || p.Port > 65535 {
 					continue // the control plane validates; never bind nonsense
+				}
+				if udp {
+					// UDP routes live beside TCP's under udpKey (udp.go):
+					// never served as TCP, chosen by acquire like any.
+					pr := ar.ports[udpKey(p.Port)]
+					if pr == nil {
+						pr = &portRoute{q: t.book.queue(m.App, udpKey(p.Port))}
+						ar.ports[udpKey(p.Port)] = pr
+					}
+					t.addBackend(pr, key, &m, svc, up)
+					continue
 				}
 				ch, ok := chainOf(p)
 				if !ok {
@@ -158,20 +170,7 @@ func (t *table) build() *Snapshot {
 				if sick {
 					pr.unhealthy++
 				}
-				if !up && svc.InternalPort > 0 && svc.AutostartOn() {
-					t.addSleeper(pr, key, &m) // autostart.go
-				}
-				if up && svc.InternalPort > 0 && !pr.has(m.ID) {
-					soft, hard := limitsOf(svc.Concurrency)
-					pr.backends = append(pr.backends, &Backend{
-						load: t.book.machine(m.App, m.ID, m.Region, svc.InternalPort), soft: soft, hard: hard,
-						Addr: net.JoinHostPort(m.PrivateIP, strconv.Itoa(svc.InternalPort)),
-						Target: Target{
-							App: m.App, MachineID: m.ID, HostID: m.HostID, Region: m.Region,
-							Local: t.hostID != "" && m.HostID == t.hostID,
-						},
-					})
-				}
+				t.addBackend(pr, key, &m, svc, up)
 			}
 		}
 	}
@@ -190,8 +189,28 @@ func (t *table) build() *Snapshot {
 	}
 	s.ports = slices.Sorted(maps.Keys(httpPorts))
 	t.name(s, routes)
+	s.udp = udpOwners(routes, t.domain)   // udp.go
 	s.modes = portModes(routes, t.domain) // chain.go
 	return s
+}
+
+// addBackend adds machine m (key) to pr for service svc: as a backend when
+// it is in rotation, as one autostart may wake when it is not.
+func (t *table) addBackend(pr *portRoute, key string, m *store.MachineSpec, svc api.Service, up bool) {
+	if !up && svc.InternalPort > 0 && svc.AutostartOn() {
+		t.addSleeper(pr, key, m) // autostart.go
+	}
+	if up && svc.InternalPort > 0 && !pr.has(m.ID) {
+		soft, hard := limitsOf(svc.Concurrency)
+		pr.backends = append(pr.backends, &Backend{
+			load: t.book.machine(m.App, m.ID, m.Region, svc.InternalPort), soft: soft, hard: hard,
+			Addr: net.JoinHostPort(m.PrivateIP, strconv.Itoa(svc.InternalPort)),
+			Target: Target{
+				App: m.App, MachineID: m.ID, HostID: m.HostID, Region: m.Region,
+				Local: t.hostID != "" && m.HostID == t.hostID,
+			},
+		})
+	}
 }
 
 // name fills s.names. When two apps claim one hostname, the first by app

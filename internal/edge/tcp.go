@@ -92,16 +92,24 @@ func (st *tcpState) release() {
 // connectTCP takes a slot on a machine (limits.go) and connects to it,
 // moving to the next machine when one refuses.
 func (e *Edge) connectTCP(ctx context.Context, st *tcpState) (net.Conn, error) {
+	return e.connect(ctx, "tcp", dest{host: st.host, port: st.port}, st)
+}
+
+// connect takes a slot on a machine of d (limits.go), held while one
+// starts when none is in rotation (autostart.go), and dials it over
+// network, moving to the next machine when one refuses: raw TCP's
+// connections and UDP's flows.
+func (e *Edge) connect(ctx context.Context, network string, d dest, st *tcpState) (net.Conn, error) {
 	wait := e.limits.QueueTimeout + e.handshakeTimeout()
-	if pr := e.route(dest{host: st.host, port: st.port}); pr != nil && e.wakeable(pr) {
-		wait += e.limits.StartTimeout // held while a machine starts (autostart.go)
+	if pr := e.route(d); pr != nil && e.wakeable(pr) {
+		wait += e.limits.StartTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	f := &filter{}
 	var lastErr error
 	for range maxAttempts {
-		b, _, err := e.acquire(ctx, dest{host: st.host, port: st.port}, f)
+		b, _, err := e.acquire(ctx, d, f)
 		if err != nil {
 			if lastErr != nil && errors.Is(err, errNoCandidate) {
 				return nil, lastErr
@@ -110,7 +118,7 @@ func (e *Edge) connectTCP(ctx context.Context, st *tcpState) (net.Conn, error) {
 		}
 		st.backend, st.slot = b, b.load
 		st.attempts++
-		c, err := e.cfg.Dialer.DialContext(ctx, "tcp", b.Addr, b.Target)
+		c, err := e.cfg.Dialer.DialContext(ctx, network, b.Addr, b.Target)
 		if err == nil {
 			b.load.connected()
 			return c, nil
@@ -119,7 +127,7 @@ func (e *Edge) connectTCP(ctx context.Context, st *tcpState) (net.Conn, error) {
 		st.release()
 		f.exclude = append(f.exclude, b.Target.MachineID)
 		lastErr = err
-		e.log.Debug("machine refused connection, trying the next one", "app", st.app, "machine", b.Target.MachineID, "err", err)
+		e.log.Debug("machine refused connection, trying the next one", "app", st.app, "machine", b.Target.MachineID, "network", network, "err", err)
 	}
 	return nil, lastErr
 }

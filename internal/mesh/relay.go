@@ -26,7 +26,15 @@ const RelayPort = 4280
 // on a new connection, and buys what the edge needs: a refused machine is
 // a failed connect, which it retries on another machine, never a request
 // lost half-way.
+//
+// "PERCH-RELAY1 udp [6pn]:port\n" asks for a UDP flow instead: after the
+// "OK\n", each datagram travels both ways as a frame, a 2-byte big-endian
+// length and the datagram (DialRelayUDP). The connection's end ends the
+// flow.
 const relayMagic = "PERCH-RELAY1 "
+
+// relayUDP marks a UDP flow's request.
+const relayUDP = "udp "
 
 // relayTimeout bounds the handshake on both sides.
 const relayTimeout = 10 * time.Second
@@ -95,6 +103,10 @@ func serveRelayConn(ctx context.Context, c net.Conn, target RelayTarget, observe
 		refuse("not a relay request")
 		return
 	}
+	network := "tcp"
+	if r, udp := strings.CutPrefix(rest, relayUDP); udp {
+		network, rest = "udp", r
+	}
 	ap, err := netip.ParseAddrPort(rest)
 	if err != nil {
 		refuse("bad target")
@@ -108,7 +120,7 @@ func serveRelayConn(ctx context.Context, c net.Conn, target RelayTarget, observe
 	}
 	dctx, cancel := context.WithTimeout(ctx, relayTimeout)
 	var d net.Dialer
-	m, err := d.DialContext(dctx, "tcp", addr)
+	m, err := d.DialContext(dctx, network, addr)
 	cancel()
 	if err != nil {
 		refuse("machine refused the connection")
@@ -124,6 +136,10 @@ func serveRelayConn(ctx context.Context, c net.Conn, target RelayTarget, observe
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
+	if network == "udp" {
+		spliceFrames(c, br, m)
+		return
+	}
 	splice(c, br, m)
 }
 
@@ -149,17 +165,35 @@ func closeWrite(c net.Conn) {
 	_ = c.Close()
 }
 
+// DialRelayUDP opens a UDP flow to the machine at target through the relay
+// of the host whose mesh address is host. The connection it returns keeps
+// datagrams apart: each Write sends one, each Read returns one (cut to the
+// buffer, as a UDP socket does).
+func (n *Node) DialRelayUDP(ctx context.Context, host netip.Addr, target netip.AddrPort) (net.Conn, error) {
+	c, err := n.dialRelay(ctx, host, relayUDP+target.String(), target)
+	if err != nil {
+		return nil, err
+	}
+	return newFrameConn(c), nil
+}
+
 // DialRelay connects to the machine at target (its 6PN address and port)
 // through the relay of the host whose mesh address is host. It returns once
 // the far host is connected to the machine; ErrRelayRefused if it could not.
 func (n *Node) DialRelay(ctx context.Context, host netip.Addr, target netip.AddrPort) (net.Conn, error) {
+	return n.dialRelay(ctx, host, target.String(), target)
+}
+
+// dialRelay sends the relay request for what (a target, or "udp " and a
+// target) and waits for the answer.
+func (n *Node) dialRelay(ctx context.Context, host netip.Addr, what string, target netip.AddrPort) (net.Conn, error) {
 	c, err := n.DialContext(ctx, "tcp", netip.AddrPortFrom(host, RelayPort).String())
 	if err != nil {
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
 	defer stop()
-	if _, err := io.WriteString(c, relayMagic+target.String()+"\n"); err != nil {
+	if _, err := io.WriteString(c, relayMagic+what+"\n"); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("mesh: relay to %s: %w", host, err)
 	}

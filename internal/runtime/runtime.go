@@ -131,6 +131,12 @@ type Suspender interface {
 	DiscardSnapshot(ctx context.Context, id string) error
 }
 
+// Signaler is implemented by drivers that can send a running machine's
+// process a signal without stopping it (Fly's POST .../signal).
+type Signaler interface {
+	Signal(ctx context.Context, id string, sig syscall.Signal) error
+}
+
 // Lowers is the spec's root filesystem as overlayfs lower directories,
 // topmost first: its Layers, or Rootfs alone.
 func (s Spec) Lowers() []string {

@@ -1,8 +1,10 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"regexp"
 	"time"
@@ -15,21 +17,38 @@ var appNameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
 
 func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 	var req api.CreateAppRequest
-	if err := decode(r, &req); err != nil {
+	if err := decodeStrict(r, &req); err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	if !appNameRE.MatchString(req.AppName) {
-		s.fail(w, r, errf(http.StatusBadRequest, "app name %q is not valid: use 1-63 lowercase letters, digits and dashes, starting with a letter", req.AppName))
+	name := req.AppName
+	if req.Name != "" {
+		if name != "" && name != req.Name {
+			s.fail(w, r, errf(http.StatusBadRequest, "name %q and app_name %q differ; send one of them", req.Name, req.AppName))
+			return
+		}
+		name = req.Name
+	}
+	if req.Network != "" {
+		s.fail(w, r, errf(http.StatusBadRequest, "network %q: Perch has no custom private networks; every app of an organization shares one. Leave network out", req.Network))
 		return
 	}
-	app := api.App{Name: req.AppName, Org: req.Org, CreatedAt: time.Now().UTC()}
+	if !appNameRE.MatchString(name) {
+		s.fail(w, r, errf(http.StatusBadRequest, "app name %q is not valid: use 1-63 lowercase letters, digits and dashes, starting with a letter", name))
+		return
+	}
+	app := api.App{Name: name, Org: req.Org, Status: api.AppDeployed, CreatedAt: time.Now().UTC()}
 	if app.Org == "" {
 		app.Org = "personal"
 	}
+	app = appView(app)
 	if _, err := store.Create(r.Context(), s.st.Apps, app.Name, app); err != nil {
 		if errors.Is(err, store.ErrExists) {
-			s.fail(w, r, errf(http.StatusConflict, "app name %q is already taken; choose another name", app.Name))
+			if old, _, gerr := store.Get[api.App](r.Context(), s.st.Apps, app.Name); gerr == nil && old.Status == api.AppDeleting {
+				s.fail(w, r, nameTaken("app %s is being deleted; create it again once the delete is done (DELETE it again to finish a delete that timed out)", app.Name))
+				return
+			}
+			s.fail(w, r, nameTaken("app name %q is already taken; choose another name", app.Name))
 			return
 		}
 		s.fail(w, r, err)
@@ -39,16 +58,32 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, app)
 }
 
+// appView fills what records written before these fields existed lack.
+func appView(a api.App) api.App {
+	a.ID = cmp.Or(a.ID, a.Name)
+	a.Organization = api.AppOrganization{Name: a.Org, Slug: a.Org}
+	a.Status = cmp.Or(a.Status, api.AppDeployed)
+	return a
+}
+
+// listApps answers as Fly does, {total_apps, apps}, only org_slug's apps
+// when it is given.
 func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 	apps, err := store.List[api.App](r.Context(), s.st.Apps, ">")
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	if apps == nil {
-		apps = []api.App{}
+	org := r.URL.Query().Get("org_slug")
+	out := api.AppList{Apps: []api.App{}}
+	for _, a := range apps {
+		a = appView(a)
+		if org == "" || a.Org == org {
+			out.Apps = append(out.Apps, a)
+		}
 	}
-	writeJSON(w, http.StatusOK, apps)
+	out.TotalApps = len(out.Apps)
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) app(ctx context.Context, name string) (api.App, error) {
@@ -59,7 +94,7 @@ func (s *Server) app(ctx context.Context, name string) (api.App, error) {
 	if errors.Is(err, store.ErrNotFound) {
 		return a, errf(http.StatusNotFound, "app %q not found; perch apps list shows your apps", name)
 	}
-	return a, err
+	return appView(a), err
 }
 
 func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
@@ -71,8 +106,11 @@ func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a)
 }
 
-// deleteApp asks every machine of the app to be destroyed, then removes the
-// app. Hosts tear the machines down as they see the change.
+// deleteApp marks the app deleting (so that no machine is created in it
+// any more: newMachine checks under placeMu), asks every machine of it
+// to be destroyed, waits for them to be gone, then removes the app. A
+// delete that timed out leaves the app deleting; deleting it again
+// carries on.
 func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	a, err := s.app(ctx, r.PathValue("app"))
@@ -80,20 +118,20 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	specs, err := store.List[store.MachineSpec](ctx, s.st.Machines, a.Name+".*")
+	s.placeMu.Lock()
+	_, err = store.Modify(ctx, s.st.Apps, a.Name, func(app *api.App) error {
+		app.Status = api.AppDeleting
+		return nil
+	})
+	s.placeMu.Unlock()
 	if err != nil {
-		s.fail(w, r, err)
+		s.fail(w, r, fmt.Errorf("mark app %s deleting: %w", a.Name, err))
 		return
-	}
-	for _, m := range specs {
-		if err := s.destroy(ctx, m, true); err != nil {
-			s.fail(w, r, err)
-			return
-		}
 	}
 	// The name becomes free only when its machines are gone, so that a new
 	// app of the same name never inherits one.
 	deadline := time.Now().Add(60 * time.Second)
+	destroyed := 0
 	for {
 		left, err := store.List[store.MachineSpec](ctx, s.st.Machines, a.Name+".*")
 		if err != nil {
@@ -103,8 +141,15 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 		if len(left) == 0 {
 			break
 		}
+		for _, m := range left {
+			if err := s.destroy(ctx, m, true); err != nil {
+				s.fail(w, r, err)
+				return
+			}
+		}
+		destroyed = max(destroyed, len(left))
 		if time.Now().After(deadline) {
-			s.fail(w, r, errf(http.StatusGatewayTimeout, "app %s: %d machines are still being destroyed; try again later", a.Name, len(left)))
+			s.fail(w, r, errf(http.StatusGatewayTimeout, "app %s: %d machines are still being destroyed; the app stays deleting (no new machines): delete it again later to finish", a.Name, len(left)))
 			return
 		}
 		select {
@@ -122,6 +167,6 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 			_ = store.Delete(ctx, s.st.Releases, store.ReleaseKey(a.Name, rel.Version))
 		}
 	}
-	s.log.Info("app destroyed", "app", a.Name, "machines", len(specs))
+	s.log.Info("app destroyed", "app", a.Name, "machines", destroyed)
 	writeJSON(w, http.StatusAccepted, map[string]any{"ok": true})
 }

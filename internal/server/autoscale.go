@@ -57,7 +57,7 @@ func (c cluster) CreateMachine(ctx context.Context, app, region string, cfg api.
 	if err != nil {
 		return api.Machine{}, err
 	}
-	sp, err := c.s.newMachine(ctx, a, api.CreateMachineRequest{Region: region, Config: cfg})
+	sp, err := c.s.newMachine(ctx, a, api.CreateMachineRequest{Region: region, Config: cfg}, "autoscaler")
 	if err != nil {
 		return api.Machine{}, err
 	}

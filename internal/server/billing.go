@@ -174,7 +174,7 @@ func (s *Server) enforce(ctx context.Context, bud billing.Budget) error {
 				a := billing.Alert{Type: "budget.alert", Scope: cur.Scope, Name: cur.Name, Month: month, Percent: pct,
 					Spent: spent, Budget: cur.Monthly, At: now}
 				alerts = append(alerts, a)
-				cur.AddEvent(api.Event{Type: "budget.alert", Status: fmt.Sprintf("%d%%", pct), Source: "billing", Timestamp: now,
+				cur.AddEvent(api.Event{Type: "budget.alert", Status: fmt.Sprintf("%d%%", pct), Source: "billing", Timestamp: now.UnixMilli(),
 					Message: fmt.Sprintf("%s %s spent $%.4f of its monthly budget of $%g (%d%%) in %s", cur.Scope, cur.Name, spent, cur.Monthly, pct, month)})
 			}
 			return nil
@@ -270,7 +270,7 @@ func (s *Server) suspend(ctx context.Context, bud billing.Budget, apps []string,
 	}
 	if _, err := store.Modify(ctx, s.billing.budgets, bud.Key(), func(cur *billing.Budget) error {
 		cur.Suspended = &billing.Suspended{Suspension: sus, Month: month, Machines: machines}
-		cur.AddEvent(api.Event{Type: "budget.suspended", Status: "suspended", Source: "billing", Timestamp: now,
+		cur.AddEvent(api.Event{Type: "budget.suspended", Status: "suspended", Source: "billing", Timestamp: now.UnixMilli(),
 			Message: fmt.Sprintf("%s; %d machine(s) stopped", sus.Message(), len(machines))})
 		return nil
 	}); err != nil {
@@ -302,7 +302,7 @@ func (s *Server) resume(ctx context.Context, scope, name, why string) error {
 			return nil
 		}
 		cur.Suspended = nil
-		cur.AddEvent(api.Event{Type: "budget.resumed", Status: "resumed", Source: "billing", Timestamp: now, Message: "resumed: " + why})
+		cur.AddEvent(api.Event{Type: "budget.resumed", Status: "resumed", Source: "billing", Timestamp: now.UnixMilli(), Message: "resumed: " + why})
 		return nil
 	})
 	if err != nil || sus == nil {

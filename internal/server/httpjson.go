@@ -1,6 +1,8 @@
 package server
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,19 +23,54 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, api.Error{Error: msg})
+	writeJSON(w, code, api.Error{Error: msg, Status: errorStatus(code)})
 }
 
-// httpError carries a status code with a message for the user.
+// errorStatus is the short code of Fly's error bodies for an HTTP status.
+func errorStatus(code int) string {
+	switch code {
+	case http.StatusBadRequest:
+		return "invalid_argument"
+	case http.StatusUnauthorized:
+		return "unauthenticated"
+	case http.StatusNotFound:
+		return "not_found"
+	case http.StatusRequestTimeout:
+		return "deadline_exceeded"
+	case http.StatusConflict:
+		return "conflict"
+	case http.StatusPreconditionFailed:
+		return "failed_precondition"
+	case http.StatusRequestEntityTooLarge:
+		return "too_large"
+	case http.StatusUnprocessableEntity:
+		return "insufficient_capacity"
+	case http.StatusNotImplemented:
+		return "unimplemented"
+	}
+	if code >= 500 {
+		return "internal"
+	}
+	return "unknown"
+}
+
+// httpError carries a status code with a message for the user, and the
+// Fly status code when it is not the one errorStatus gives.
 type httpError struct {
-	code int
-	msg  string
+	code   int
+	msg    string
+	status string
 }
 
 func (e *httpError) Error() string { return e.msg }
 
 func errf(code int, format string, args ...any) error {
-	return &httpError{code, fmt.Sprintf(format, args...)}
+	return &httpError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// nameTaken is the 409 for a name in use, with Fly's "name_taken" code.
+func nameTaken(format string, args ...any) error {
+	return &httpError{code: http.StatusConflict, msg: fmt.Sprintf(format, args...), status: "name_taken"}
 }
 
 // fail writes err with the status it maps to.
@@ -41,7 +78,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var he *httpError
 	switch {
 	case errors.As(err, &he):
-		writeError(w, he.code, he.msg)
+		writeJSON(w, he.code, api.Error{Error: he.msg, Status: cmp.Or(he.status, errorStatus(he.code))})
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, scheduler.ErrUnplaceable):
@@ -78,21 +115,36 @@ func (s *Server) limitBodies(h http.Handler) http.Handler {
 	})
 }
 
-// decode reads a JSON body into v, rejecting unknown trailing data.
+// decode reads a JSON body into v. The body must be exactly one JSON
+// value: anything after it but white space is refused (400), so that a
+// client's mistake (two objects, a stray brace) is not half-read.
 func decode(r *http.Request, v any) error {
-	body := http.MaxBytesReader(nil, r.Body, maxBodyBytes)
-	dec := json.NewDecoder(body)
-	if err := dec.Decode(v); err != nil {
+	_, err := decodeBody(r, v)
+	return err
+}
+
+// decodeBody is decode that also returns the body read.
+func decodeBody(r *http.Request, v any) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBodyBytes))
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return bodyTooLarge()
+			return nil, bodyTooLarge()
 		}
-		if errors.Is(err, io.EOF) {
-			return errf(http.StatusBadRequest, "request body is empty; send a JSON object")
-		}
-		return errf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
+		return nil, errf(http.StatusBadRequest, "reading the request body: %v", err)
 	}
-	return nil
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errf(http.StatusBadRequest, "request body is empty; send a JSON object")
+		}
+		return nil, errf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
+	}
+	end := dec.InputOffset()
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errf(http.StatusBadRequest, "request body has data after its JSON value (from byte %d); send exactly one JSON object", end)
+	}
+	return body, nil
 }
 
 // ids: host and machine ids become NATS keys and subjects and file names

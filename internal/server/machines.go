@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -53,6 +54,14 @@ func validateConfig(c *api.MachineConfig) error {
 				return errf(http.StatusBadRequest, "config.stop_config.timeout %q is not a duration of at most a day; write e.g. \"30s\"", sc.Timeout)
 			}
 		}
+	}
+	if len(c.Init.Exec) > 0 {
+		if len(c.Init.Entrypoint) > 0 || len(c.Init.Cmd) > 0 {
+			return errf(http.StatusBadRequest, "config.init.exec is the whole command line and replaces entrypoint and cmd; send exec alone, or entrypoint and cmd")
+		}
+		// Stored as the entrypoint, which drops the image's cmd: the
+		// process is exactly exec, as on Fly, on hosts of any version.
+		c.Init.Entrypoint, c.Init.Exec = c.Init.Exec, nil
 	}
 	switch c.Restart.Policy {
 	case "", api.RestartNo, api.RestartAlways, api.RestartOnFailure:
@@ -124,15 +133,19 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req api.CreateMachineRequest
-	if err := decode(r, &req); err != nil {
+	if err := decodeStrict(r, &req); err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	if req.LeaseTTL < 0 || req.LeaseTTL > maxLeaseTTL {
+		s.fail(w, r, errf(http.StatusBadRequest, "lease_ttl must be 0-%d seconds, got %d", maxLeaseTTL, req.LeaseTTL))
 		return
 	}
 	if err := refuseSuspended(a, !req.SkipLaunch); err != nil { // billing.go
 		s.fail(w, r, err)
 		return
 	}
-	spec, err := s.newMachine(ctx, a, req)
+	spec, err := s.newMachine(ctx, a, req, tokenName(r))
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -143,15 +156,25 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if spec.Lease != nil {
+		m.Nonce = spec.Lease.Nonce
+	}
 	writeJSON(w, http.StatusOK, m)
 }
 
 // newMachine validates req, places the machine and writes its spec: what
 // POST .../machines does, and what the autoscaler does for each machine
 // it adds.
-func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachineRequest) (store.MachineSpec, error) {
-	if err := s.validateRegion(req.Region); err != nil {
-		return store.MachineSpec{}, err
+func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachineRequest, owner string) (store.MachineSpec, error) {
+	if req.Region != "" {
+		if err := s.validateRegion(req.Region); err != nil {
+			return store.MachineSpec{}, err
+		}
+	}
+	if req.Name != "" {
+		if err := validMachineName(req.Name); err != nil {
+			return store.MachineSpec{}, err
+		}
 	}
 	if err := validateConfig(&req.Config); err != nil {
 		return store.MachineSpec{}, err
@@ -168,16 +191,30 @@ func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachin
 	if req.SkipLaunch {
 		spec.Desired = store.DesireStopped
 	}
-	spec.Cordoned = req.Cordoned
+	spec.Cordoned = req.Cordoned || req.SkipServiceRegistration
+	spec.InstanceID = newInstanceID()
 	spec.Name = req.Name
 	if spec.Name == "" {
 		spec.Name = a.Name + "-" + spec.ID[:6]
 	}
+	if req.LeaseTTL > 0 {
+		spec.Lease = newLease(owner, req.LeaseTTL, now)
+	}
 	// Placement reads every live machine and writes one; serialise it so two
-	// machines never get the same address or overfill a host.
+	// machines never get the same address or overfill a host. Deleting an
+	// app marks it under placeMu too, so no machine is written into an
+	// app whose delete has begun.
 	s.placeMu.Lock()
-	err := s.checkPortSharing(ctx, a.Name, &req.Config) // ports.go
+	err := s.appOpen(ctx, a.Name)
 	if err == nil {
+		err = s.nameTakenIn(ctx, a.Name, spec.Name, "")
+	}
+	if err == nil {
+		err = s.checkPortSharing(ctx, a.Name, &req.Config) // ports.go
+	}
+	if err == nil && req.Region == "" {
+		err = s.placeAnywhere(ctx, a.Name, &spec, req.Config.Guest)
+	} else if err == nil {
 		err = s.place(ctx, &spec, scheduler.Request{Region: req.Region, Guest: req.Config.Guest})
 	}
 	if err == nil {
@@ -233,10 +270,24 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	region := r.URL.Query().Get("region")
+	q := r.URL.Query()
+	region := q.Get("region")
+	states := listParam(q["state"])
+	meta := map[string]string{} // ?metadata.KEY=VALUE, as Fly filters
+	for k, v := range q {
+		if key, ok := strings.CutPrefix(k, "metadata."); ok && len(v) > 0 {
+			meta[key] = v[0]
+		}
+	}
+	// Destroyed machines are not kept (their records go when their host
+	// has destroyed them), so include_deleted adds none; machines being
+	// destroyed are always listed.
 	out := []api.Machine{}
 	for _, sp := range specs {
 		if region != "" && sp.Region != region {
+			continue
+		}
+		if !metadataMatches(sp.Config.Metadata, meta) {
 			continue
 		}
 		m, err := s.view(ctx, sp)
@@ -244,10 +295,36 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, r, err)
 			return
 		}
+		if len(states) > 0 && !slices.Contains(states, m.State) {
+			continue
+		}
 		out = append(out, m)
 	}
 	slices.SortFunc(out, func(a, b api.Machine) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	writeJSON(w, http.StatusOK, out)
+}
+
+func metadataMatches(have, want map[string]string) bool {
+	for k, v := range want {
+		if got, ok := have[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// listParam reads a query parameter given several times or as a
+// comma-separated list (Fly's clients do both).
+func listParam(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		for _, x := range strings.Split(v, ",") {
+			if x = strings.TrimSpace(x); x != "" {
+				out = append(out, x)
+			}
+		}
+	}
+	return out
 }
 
 func (s *Server) getMachine(w http.ResponseWriter, r *http.Request) {
@@ -272,9 +349,19 @@ func (s *Server) updateMachine(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req api.CreateMachineRequest
-	if err := decode(r, &req); err != nil {
+	if err := decodeStrict(r, &req); err != nil {
 		s.fail(w, r, err)
 		return
+	}
+	if req.LeaseTTL != 0 {
+		s.fail(w, r, errf(http.StatusBadRequest, "lease_ttl is taken only when a machine is created; lease this one with POST .../machines/%s/lease?ttl=%d", sp.ID, req.LeaseTTL))
+		return
+	}
+	if req.Name != "" && req.Name != sp.Name {
+		if err := validMachineName(req.Name); err != nil {
+			s.fail(w, r, err)
+			return
+		}
 	}
 	if req.Region != "" && req.Region != sp.Region {
 		s.fail(w, r, errf(http.StatusBadRequest, "a machine cannot move from %s to %s; create a new machine in %s instead", sp.Region, req.Region, req.Region))
@@ -289,18 +376,34 @@ func (s *Server) updateMachine(w http.ResponseWriter, r *http.Request) {
 	}
 	// Under placeMu, as for a new machine: ports are claimed one at a time.
 	s.placeMu.Lock()
-	if err := s.checkPortSharing(ctx, sp.App, &req.Config); err != nil {
+	err = s.checkPortSharing(ctx, sp.App, &req.Config)
+	if err == nil && req.Name != "" && req.Name != sp.Name {
+		err = s.nameTakenIn(ctx, sp.App, req.Name, sp.ID)
+	}
+	if err != nil {
 		s.placeMu.Unlock()
 		s.fail(w, r, err)
 		return
 	}
+	nonce := r.Header.Get(leaseNonceHeader)
 	updated, err := store.Modify(ctx, s.st.Machines, sp.Key(), func(m *store.MachineSpec) error {
 		if m.Desired == store.DesireDestroyed {
 			return errf(http.StatusConflict, "machine %s is being destroyed", m.ID)
 		}
+		if err := leaseAllows(m, nonce); err != nil {
+			return err
+		}
+		if req.Name != "" {
+			m.Name = req.Name
+		}
+		if req.SkipServiceRegistration {
+			m.Cordoned = true
+		}
 		m.Config = req.Config
 		m.Generation++
 		m.ConfigGeneration = m.Generation
+		m.InstanceID = newInstanceID()
+		m.StopSignal, m.StopTimeout = "", 0
 		if req.SkipLaunch {
 			m.Desired = store.DesireStopped
 		} else {
@@ -329,10 +432,15 @@ func (s *Server) deleteMachine(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if err := leaseAllows(&sp, r.Header.Get(leaseNonceHeader)); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	st, _, _ := store.Get[store.MachineStatus](ctx, s.st.Status, sp.Key())
-	force := r.URL.Query().Get("force") == "true"
+	q := r.URL.Query()
+	force := q.Get("force") == "true" || q.Get("kill") == "true" // kill is Fly's spelling
 	if st.State == api.StateStarted && sp.Desired == store.DesireStarted && !force {
-		s.fail(w, r, errf(http.StatusPreconditionFailed, "machine %s is started; stop it first or destroy it with force", sp.ID))
+		s.fail(w, r, errf(http.StatusPreconditionFailed, "machine %s is started; stop it first or destroy it with force=true (or Fly's kill=true)", sp.ID))
 		return
 	}
 	if err := s.destroy(ctx, sp, force); err != nil {
@@ -357,9 +465,13 @@ func (s *Server) destroy(ctx context.Context, sp store.MachineSpec, force bool) 
 		}
 		return store.Delete(ctx, s.st.Status, sp.Key())
 	}
+	if sp.Desired == store.DesireDestroyed && (sp.Force || !force) {
+		return nil // already asked, as hard
+	}
 	_, err = store.Modify(ctx, s.st.Machines, sp.Key(), func(m *store.MachineSpec) error {
 		m.Desired = store.DesireDestroyed
 		m.Force = force
+		m.StopSignal, m.StopTimeout = "", 0
 		m.Generation++
 		m.UpdatedAt = time.Now().UTC()
 		return nil
@@ -383,7 +495,7 @@ func (s *Server) startMachine(w http.ResponseWriter, r *http.Request) {
 func (s *Server) stopMachine(w http.ResponseWriter, r *http.Request) {
 	var req api.StopRequest
 	if r.ContentLength > 0 {
-		if err := decode(r, &req); err != nil {
+		if err := decodeStrict(r, &req); err != nil {
 			s.fail(w, r, err)
 			return
 		}
@@ -446,7 +558,11 @@ func (s *Server) setCordon(w http.ResponseWriter, r *http.Request, on bool) {
 		s.fail(w, r, err)
 		return
 	}
+	nonce := r.Header.Get(leaseNonceHeader)
 	_, err = store.Modify(ctx, s.st.Machines, sp.Key(), func(m *store.MachineSpec) error {
+		if err := leaseAllows(m, nonce); err != nil {
+			return err
+		}
 		m.Cordoned = on
 		m.UpdatedAt = time.Now().UTC()
 		return nil
@@ -478,13 +594,20 @@ func (s *Server) setDesired(w http.ResponseWriter, r *http.Request, desired stri
 	if prev == "" {
 		prev = api.StateCreated
 	}
+	nonce := r.Header.Get(leaseNonceHeader)
 	_, err = store.Modify(ctx, s.st.Machines, sp.Key(), func(m *store.MachineSpec) error {
 		if m.Desired == store.DesireDestroyed {
 			return errf(http.StatusConflict, "machine %s is being destroyed", m.ID)
 		}
+		if err := leaseAllows(m, nonce); err != nil {
+			return err
+		}
 		m.Desired = desired
 		m.Generation++
 		m.UpdatedAt = time.Now().UTC()
+		// A stop's or restart's signal is for that request only; what
+		// follows stops the machine as its stop_config says.
+		m.StopSignal, m.StopTimeout = "", 0
 		if also != nil {
 			also(m)
 		}
@@ -514,8 +637,8 @@ func machineView(sp store.MachineSpec, st store.MachineStatus, h api.Host) api.M
 	m := api.Machine{
 		ID: sp.ID, Name: sp.Name, AppName: sp.App, Region: sp.Region, PrivateIP: sp.PrivateIP,
 		HostID: sp.HostID, Config: sp.Config, CreatedAt: sp.CreatedAt, UpdatedAt: sp.UpdatedAt,
-		State: st.State, InstanceID: st.InstanceID, ImageRef: st.ImageRef, ExitCode: st.ExitCode,
-		LastLogs: st.LastLogs, Events: st.Events, Checks: st.Checks, HostStatus: api.HostOK,
+		State: st.State, InstanceID: cmp.Or(sp.InstanceID, st.InstanceID), ImageRef: imageRef(sp, st), ExitCode: st.ExitCode,
+		LastLogs: st.LastLogs, Events: newestFirst(st.Events), Checks: st.Checks, HostStatus: api.HostOK,
 		Restarts: st.Restarts, Cordoned: sp.Cordoned,
 	}
 	// Readiness is about the generation the host last answered; a spec
@@ -538,31 +661,75 @@ func machineView(sp store.MachineSpec, st store.MachineStatus, h api.Host) api.M
 	return m
 }
 
+// newestFirst orders events as Fly's API does, the latest first; hosts
+// append them.
+// An exit code is also given where Fly's clients look for it.
+func newestFirst(evs []api.Event) []api.Event {
+	out := slices.Clone(evs)
+	slices.Reverse(out)
+	for i, e := range out {
+		if e.ExitCode != nil && e.Request == nil {
+			out[i].Request = &api.EventRequest{ExitEvent: &api.ExitEvent{ExitCode: *e.ExitCode, ExitedAt: e.Time().UTC()}}
+		}
+	}
+	return out
+}
+
+// imageRef is the image the host runs, by digest, with the tag the
+// config asked for.
+func imageRef(sp store.MachineSpec, st store.MachineStatus) api.ImageRef {
+	if st.ImageRef == "" {
+		return api.ImageRef{}
+	}
+	r := api.ParseImageRef(st.ImageRef)
+	if r.Tag == "" {
+		r.Tag = api.ParseImageRef(sp.Config.Image).Tag
+	}
+	return r
+}
+
 func (s *Server) waitMachine(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	q := r.URL.Query()
+	want := listParam(q["state"])
+	if len(want) == 0 {
+		want = []string{api.StateStarted}
+	}
 	sp, err := s.spec(ctx, r.PathValue("app"), r.PathValue("id"))
+	var he *httpError
+	if errors.As(err, &he) && he.code == http.StatusNotFound && slices.Contains(want, api.StateDestroyed) {
+		// Records of destroyed machines are not kept: a machine of a live
+		// app that is gone was destroyed, which is what the client awaits.
+		if _, aerr := s.app(ctx, r.PathValue("app")); aerr == nil {
+			writeJSON(w, http.StatusOK, map[string]any{"ok": true, "state": api.StateDestroyed})
+			return
+		}
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	want := r.URL.Query().Get("state")
-	if want == "" {
-		want = api.StateStarted
-	}
-	switch want {
-	case api.StateStarted, api.StateStopped, api.StateDestroyed, api.StateFailed, api.StateSuspended:
-	default:
-		s.fail(w, r, errf(http.StatusBadRequest, "cannot wait for state %q; use started, stopped, suspended, destroyed or failed", want))
-		return
+	for _, st := range want {
+		switch st {
+		case api.StateStarted, api.StateStopped, api.StateDestroyed, api.StateFailed, api.StateSuspended:
+		default:
+			s.fail(w, r, errf(http.StatusBadRequest, "cannot wait for state %q; use started, stopped, suspended, destroyed or failed (several: state=a&state=b or state=a,b)", st))
+			return
+		}
 	}
 	timeout := 60 * time.Second
-	if t := r.URL.Query().Get("timeout"); t != "" {
+	if t := q.Get("timeout"); t != "" {
 		var secs int
 		if _, err := fmt.Sscan(t, &secs); err != nil || secs < 1 || secs > 600 {
 			s.fail(w, r, errf(http.StatusBadRequest, "timeout must be 1-600 seconds, got %q", t))
 			return
 		}
 		timeout = time.Duration(secs) * time.Second
+	}
+	instance := q.Get("instance_id")
+	if instance != "" && sp.InstanceID != "" && instance != sp.InstanceID {
+		s.fail(w, r, errf(http.StatusBadRequest, "instance_id %s is not machine %s's current version (%s); wait without instance_id, or with the one the last update answered", instance, sp.ID, sp.InstanceID))
+		return
 	}
 	st, err := s.awaitState(ctx, sp, want, timeout)
 	if err != nil {

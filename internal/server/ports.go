@@ -26,7 +26,14 @@ const (
 	kindTLS  portKind = iota // "tls" first: by SNI
 	kindHTTP                 // "http" in the clear: by Host
 	kindRaw                  // raw TCP (with or without proxy_proto): not at all
+	kindUDP                  // UDP: not at all, and apart from TCP's port numbers
 )
+
+// portKey is a public port and its protocol: TCP 53 and UDP 53 are two.
+type portKey struct {
+	udp  bool
+	port int
+}
 
 func kindOf(p api.Port) portKind {
 	switch {
@@ -41,20 +48,38 @@ func kindOf(p api.Port) portKind {
 // validatePorts checks the handlers and options of every public port of
 // c: what the edge can serve (400 otherwise).
 func validatePorts(c *api.MachineConfig) error {
-	seen := map[int]string{}
+	seen := map[portKey]string{}
 	for i, svc := range c.Services {
+		udp := svc.Protocol == "udp"
+		if svc.Protocol != "" && svc.Protocol != "tcp" && !udp {
+			return errf(http.StatusBadRequest, "config.services[%d].protocol %q is not one the edge serves; use \"tcp\" or \"udp\"", i, svc.Protocol)
+		}
 		for j, p := range svc.Ports {
 			where := fmt.Sprintf("config.services[%d].ports[%d]", i, j)
-			if prev, dup := seen[p.Port]; dup {
-				return errf(http.StatusBadRequest, "%s: port %d is already used by %s; use each public port once", where, p.Port, prev)
+			k := portKey{udp: udp, port: p.Port}
+			if prev, dup := seen[k]; dup {
+				return errf(http.StatusBadRequest, "%s: %s port %d is already used by %s; use each public port once per protocol", where, protoName(udp), p.Port, prev)
 			}
-			seen[p.Port] = where
+			seen[k] = where
+			if udp {
+				if len(p.Handlers) > 0 || p.ForceHTTPS || p.TLSOptions != nil || p.ProxyProtoOptions != nil {
+					return errf(http.StatusBadRequest, "%s (port %d): a UDP service takes no handlers or TLS/PROXY options: the edge carries its datagrams as they are", where, p.Port)
+				}
+				continue
+			}
 			if err := validatePort(p); err != nil {
 				return errf(http.StatusBadRequest, "%s (port %d): %v", where, p.Port, err)
 			}
 		}
 	}
 	return nil
+}
+
+func protoName(udp bool) string {
+	if udp {
+		return "UDP"
+	}
+	return "TCP"
 }
 
 func validatePort(p api.Port) error {
@@ -103,12 +128,12 @@ func (s *Server) checkPortSharing(ctx context.Context, app string, c *api.Machin
 		if m.App == app || m.Desired == store.DesireDestroyed {
 			continue
 		}
-		for port, theirs := range publicPorts(&m.Config) {
-			ours, ok := mine[port]
+		for k, theirs := range publicPorts(&m.Config) {
+			ours, ok := mine[k]
 			if !ok {
 				continue
 			}
-			if err := conflict(port, app, ours, m.App, theirs); err != nil {
+			if err := conflict(k.port, app, ours, m.App, theirs); err != nil {
 				return err
 			}
 		}
@@ -117,11 +142,15 @@ func (s *Server) checkPortSharing(ctx context.Context, app string, c *api.Machin
 }
 
 // publicPorts maps each public port of c to how the edge tells it apart.
-func publicPorts(c *api.MachineConfig) map[int]portKind {
-	out := map[int]portKind{}
+func publicPorts(c *api.MachineConfig) map[portKey]portKind {
+	out := map[portKey]portKind{}
 	for _, svc := range c.Services {
 		for _, p := range svc.Ports {
-			out[p.Port] = kindOf(p)
+			if svc.Protocol == "udp" {
+				out[portKey{udp: true, port: p.Port}] = kindUDP
+				continue
+			}
+			out[portKey{port: p.Port}] = kindOf(p)
 		}
 	}
 	return out
@@ -131,6 +160,8 @@ func publicPorts(c *api.MachineConfig) map[int]portKind {
 // it with kind theirs, or nil.
 func conflict(port int, app string, ours portKind, other string, theirs portKind) error {
 	switch {
+	case ours == kindUDP:
+		return errf(http.StatusConflict, "UDP port %d: app %q already uses UDP port %d on the shared edge address, and a datagram names no app, so each UDP port belongs to one app. Choose another port", port, other, port)
 	case ours == kindTLS || theirs == kindTLS:
 		return nil // TLS clients name their app
 	case ours == kindHTTP && theirs == kindHTTP:

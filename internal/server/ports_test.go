@@ -75,3 +75,37 @@ func TestPortValidation(t *testing.T) {
 		wantStatus(t, err, 400, tc.contains)
 	}
 }
+
+// UDP ports are apart from TCP's: one app may have TCP 53 and UDP 53 (DNS),
+// another app may use TCP 53 next to it only as it could without UDP, a
+// UDP port belongs to one app, and a UDP service takes no handlers.
+func TestUDPPorts(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	ctx := context.Background()
+	for _, a := range []string{"dns", "other"} {
+		s.c.CreateApp(ctx, api.CreateAppRequest{AppName: a})
+	}
+	s.c.RegisterHost(ctx, api.Host{Region: "iad", CPUs: 8, MemoryMB: 8192})
+	create := func(app string, svcs ...api.Service) error {
+		_, err := s.c.CreateMachine(ctx, app, api.CreateMachineRequest{Region: "iad",
+			Config: api.MachineConfig{Image: "i", Guest: api.Guest{MemoryMB: 64}, Services: svcs}})
+		return err
+	}
+	udp := func(p int, handlers ...string) api.Service {
+		return api.Service{Protocol: "udp", InternalPort: 5353, Ports: []api.Port{port(p, handlers...)}}
+	}
+	tcp := func(p int, handlers ...string) api.Service {
+		return api.Service{Protocol: "tcp", InternalPort: 5353, Ports: []api.Port{port(p, handlers...)}}
+	}
+	if err := create("dns", udp(53), tcp(53)); err != nil {
+		t.Fatalf("TCP and UDP 53 in one app: %v", err)
+	}
+	wantStatus(t, create("other", udp(53)), 409, `UDP port 53: app "dns" already uses UDP port 53`)
+	wantStatus(t, create("other", tcp(53)), 409, `app "dns" already uses port 53`)
+	if err := create("other", udp(5353)); err != nil {
+		t.Errorf("another UDP port for another app: %v", err)
+	}
+	wantStatus(t, create("dns", udp(54, "tls")), 400, "a UDP service takes no handlers")
+	wantStatus(t, create("dns", udp(55), udp(55)), 400, "UDP port 55 is already used")
+	wantStatus(t, create("dns", api.Service{Protocol: "sctp", InternalPort: 1, Ports: []api.Port{port(56)}}), 400, `protocol "sctp" is not one the edge serves`)
+}

@@ -22,6 +22,15 @@ func (s *Server) routes() http.Handler {
 	v1.HandleFunc("GET /v1/apps/{app}/machines/{id}/wait", s.waitMachine)
 	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/cordon", s.cordonMachine)
 	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/uncordon", s.uncordonMachine)
+	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/restart", s.restartMachine) // flyapi.go
+	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/signal", s.signalMachine)
+	v1.HandleFunc("GET /v1/apps/{app}/machines/{id}/events", s.listEvents)
+	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/lease", s.acquireLease)
+	v1.HandleFunc("GET /v1/apps/{app}/machines/{id}/lease", s.getLease)
+	v1.HandleFunc("DELETE /v1/apps/{app}/machines/{id}/lease", s.releaseLease)
+	v1.HandleFunc("GET /v1/apps/{app}/machines/{id}/metadata", s.getMetadata)
+	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/metadata/{key}", s.setMetadata)
+	v1.HandleFunc("DELETE /v1/apps/{app}/machines/{id}/metadata/{key}", s.deleteMetadata)
 	v1.HandleFunc("GET /v1/apps/{app}/logs", s.logs)
 	v1.HandleFunc("GET /v1/apps/{app}/releases", s.listReleases)
 	v1.HandleFunc("POST /v1/apps/{app}/releases", s.createRelease)
@@ -48,6 +57,7 @@ func (s *Server) routes() http.Handler {
 	v1.HandleFunc("POST /v1/hosts", s.registerHost)
 	v1.HandleFunc("GET /v1/agent/bootstrap", s.bootstrap)
 	v1.HandleFunc("GET /v1/regions", s.listRegions)
+	v1.HandleFunc("GET /v1/platform/regions", s.listRegions) // Fly's path
 	v1.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})

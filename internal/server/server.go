@@ -214,6 +214,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	billDone := make(chan struct{})
 	go func() { defer close(billDone); s.runBilling(bctx) }()
 	defer func() { bcancel(); <-billDone }()
+	adCtx, adCancel := context.WithCancel(ctx)
+	adDone := make(chan struct{})
+	go func() { defer close(adDone); s.autoDestroy(adCtx) }() // autodestroy.go
+	defer func() { adCancel(); <-adDone }()
 	asDone := make(chan struct{})
 	actx, acancel := context.WithCancel(ctx)
 	go func() {

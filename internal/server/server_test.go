@@ -133,7 +133,6 @@ func TestMachineValidationAndPlacementErrors(t *testing.T) {
 		contains string
 	}{
 		{api.CreateMachineRequest{Region: "xyz", Config: api.MachineConfig{Image: "i"}}, 400, `unknown region "xyz"`},
-		{api.CreateMachineRequest{Config: api.MachineConfig{Image: "i"}}, 400, "region is required"},
 		{api.CreateMachineRequest{Region: "iad"}, 400, "config.image is required"},
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Services: []api.Service{{InternalPort: 0}}}}, 400, "internal_port must be 1-65535, got 0"},
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Restart: api.Restart{Policy: "sometimes"}}}, 400, "restart.policy"},

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,9 +15,12 @@ import (
 	"github.com/perchhq/perch/internal/store"
 )
 
-// awaitState watches the machine's status until its host reports want for
-// the spec's current generation, the machine fails, or timeout passes.
-func (s *Server) awaitState(ctx context.Context, sp store.MachineSpec, want string, timeout time.Duration) (store.MachineStatus, error) {
+// awaitState watches the machine's status until its host reports one of
+// want for the spec's current generation, the machine fails, or timeout
+// passes.
+func (s *Server) awaitState(ctx context.Context, sp store.MachineSpec, want []string, timeout time.Duration) (store.MachineStatus, error) {
+	wants := func(state string) bool { return slices.Contains(want, state) }
+	wantText := strings.Join(want, " or ")
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	w, err := s.st.Status.Watch(ctx, sp.Key())
@@ -33,7 +37,7 @@ func (s *Server) awaitState(ctx context.Context, sp store.MachineSpec, want stri
 				if state == "" {
 					state = api.StateCreated
 				}
-				return last, errf(http.StatusRequestTimeout, "machine %s did not reach state %s within %s (it is %s)", sp.ID, want, timeout, state)
+				return last, errf(http.StatusRequestTimeout, "machine %s did not reach state %s within %s (it is %s)", sp.ID, wantText, timeout, state)
 			}
 			return last, ctx.Err()
 		case e := <-w.Updates():
@@ -41,7 +45,7 @@ func (s *Server) awaitState(ctx context.Context, sp store.MachineSpec, want stri
 				continue // end of the initial values
 			}
 			if e.Operation() != jetstream.KeyValuePut {
-				if want == api.StateDestroyed {
+				if wants(api.StateDestroyed) {
 					return store.MachineStatus{State: api.StateDestroyed}, nil
 				}
 				continue
@@ -54,13 +58,13 @@ func (s *Server) awaitState(ctx context.Context, sp store.MachineSpec, want stri
 			if st.Generation < sp.Generation {
 				continue
 			}
-			if st.State == want {
+			if wants(st.State) {
 				return st, nil
 			}
-			if st.State == api.StateFailed && want != api.StateFailed {
+			if st.State == api.StateFailed {
 				return st, errf(http.StatusConflict, "%s", failureMessage(sp.ID, st))
 			}
-			if st.State == api.StateDestroyed && want != api.StateDestroyed {
+			if st.State == api.StateDestroyed {
 				return st, errf(http.StatusConflict, "machine %s was destroyed", sp.ID)
 			}
 		}

@@ -44,11 +44,34 @@ type MachineSpec struct {
 	// Reason says why a host changed Desired at generation
 	// ReasonGeneration (autostop, autostart), for the machine's event;
 	// at any other generation it is stale and ignored (Why).
-	Reason           string    `json:"reason,omitempty"`
-	ReasonGeneration int64     `json:"reason_generation,omitempty"`
-	CreatedAt        time.Time `json:"created_at"`
-	UpdatedAt        time.Time `json:"updated_at"`
+	Reason           string `json:"reason,omitempty"`
+	ReasonGeneration int64  `json:"reason_generation,omitempty"`
+	// InstanceID names the version of the machine this spec asks for:
+	// new on create, on every config change and on a restart. The host
+	// gives the instance it creates this id (Fly's instance_id).
+	InstanceID string `json:"instance_id,omitempty"`
+	// Signal is a signal to send the machine's running process once, when
+	// SignalSeq grows past the last one its host sent (POST .../signal).
+	// Neither changes the generation: the machine keeps running.
+	Signal    string `json:"signal,omitempty"`
+	SignalSeq int64  `json:"signal_seq,omitempty"`
+	// Lease is Fly's machine lease: while it lasts, changes to the machine
+	// need its nonce. Hosts ignore it.
+	Lease     *MachineLease `json:"lease,omitempty"`
+	CreatedAt time.Time     `json:"created_at"`
+	UpdatedAt time.Time     `json:"updated_at"`
 }
+
+// MachineLease is a lease on a machine (POST .../lease).
+type MachineLease struct {
+	Nonce     string    `json:"nonce"`
+	Owner     string    `json:"owner"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Version   string    `json:"version"`
+}
+
+// Live reports whether the lease exists and has not expired at now.
+func (l *MachineLease) Live(now time.Time) bool { return l != nil && now.Before(l.ExpiresAt) }
 
 // Key is the machine's key in the machines and status buckets.
 func (m *MachineSpec) Key() string { return MachineKey(m.App, m.ID) }

@@ -141,6 +141,28 @@ func (s *suite) stopGracefully(t *testing.T) {
 	}
 }
 
+// signal: a Signaler's signal reaches the running process, which keeps
+// running and serving.
+func (s *suite) signal(t *testing.T) {
+	d := s.newDriver(t)
+	sd, ok := d.(runtime.Signaler)
+	if !ok {
+		t.Skipf("driver %s cannot signal a machine", d.Name())
+	}
+	spec := s.spec(t, []string{"serve"})
+	s.create(t, d, spec)
+	s.start(t, d, spec.ID)
+	info(t, spec)
+	if err := sd.Signal(ctx(t), spec.ID, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, d, spec.ID, "stdout", "got SIGHUP")
+	if st, err := d.State(ctx(t), spec.ID); err != nil || st.Status != runtime.StatusRunning {
+		t.Fatalf("State after SIGHUP = %+v, %v; want running", st, err)
+	}
+	info(t, spec)
+}
+
 func (s *suite) stopKillsAfterTimeout(t *testing.T) {
 	d := s.newDriver(t)
 	spec := s.spec(t, []string{"serve"}, "IGNORE_SIGTERM=1")

@@ -64,6 +64,16 @@ func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeou
 	return nil
 }
 
+var _ runtime.Signaler = (*Driver)(nil)
+
+// Signal has the guest's init send the app sig.
+func (d *Driver) Signal(ctx context.Context, id string, sig syscall.Signal) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	return d.command(id, "signal "+strconv.Itoa(int(sig)))
+}
+
 // command writes one line to the shim's control fifo; it fails at once
 // when no shim reads it.
 func (d *Driver) command(id, line string) error {

@@ -55,6 +55,17 @@ func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeou
 	return nil
 }
 
+var _ runtime.Signaler = (*Driver)(nil)
+
+// Signal sends the machine's process sig; a machine not running is left
+// as it is.
+func (d *Driver) Signal(ctx context.Context, id string, sig syscall.Signal) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	return d.kill(ctx, id, sig)
+}
+
 // kill signals the container unless it is already gone.
 func (d *Driver) kill(ctx context.Context, id string, sig syscall.Signal) error {
 	err := d.runcCmd(ctx, "kill", id, strconv.Itoa(int(sig)))

@@ -65,6 +65,15 @@ func serve() {
 		fmt.Println("got SIGTERM")
 		os.Exit(0)
 	}()
+	// SIGHUP is only reported: the Signal case checks it arrives and the
+	// process keeps running.
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	go func() {
+		for range hups {
+			fmt.Println("got SIGHUP")
+		}
+	}()
 	http.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		cwd, _ := os.Getwd()
 		host, _ := os.Hostname()
