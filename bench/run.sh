@@ -17,3 +17,4 @@ go run ./bench/suspend -perch bin/perch -n 5 -runtime microvm
 go run ./bench/autostart -perch bin/perch -n 7
 go run ./bench/autoscale
 go run ./bench/autoscale -window 5m
+go run ./bench/metering

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"github.com/perchhq/perch/internal/billing"
+	"github.com/perchhq/perch/internal/geo"
 	"net/netip"
 	"os/signal"
 	"syscall"
@@ -18,6 +20,7 @@ func serverCmd() *cobra.Command {
 	var acme acmeFlags
 	var mesh server.MeshConfig
 	var noMesh bool
+	var pricesFile string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the control plane: API, scheduler, registry and state store",
@@ -36,6 +39,13 @@ func serverCmd() *cobra.Command {
 			cfg.Log = newLogger()
 			if cfg.Certs.ACME, err = acme.config(); err != nil {
 				return err
+			}
+			if pricesFile != "" {
+				p, err := billing.LoadPrices(pricesFile, geo.Default().Codes())
+				if err != nil {
+					return fmt.Errorf("--prices: %w", err)
+				}
+				cfg.Prices = &p
 			}
 			srv, err := server.New(ctx, cfg)
 			if err != nil {
@@ -64,6 +74,8 @@ func serverCmd() *cobra.Command {
 	f.DurationVar(&cfg.Registry.UploadTimeout, "registry-upload-timeout", registry.DefaultUploadTimeout, "how long a registry blob upload may sit idle before it is removed")
 	f.Int64Var(&cfg.Registry.MaxBlobBytes, "registry-max-blob-bytes", registry.DefaultMaxBlobBytes, "largest blob (image layer) the registry accepts, in bytes; larger uploads get 413 (-1: no cap)")
 	acme.register(f)
+	f.StringVar(&pricesFile, "prices", "", "TOML price table for usage and budgets (default: Fly.io's published prices; see docs/budgets.md)")
+	f.DurationVar(&cfg.MeterInterval, "meter-interval", 0, "how often budgets are checked (default 10s)")
 	f.BoolVar(&cfg.Certs.DevCA, "dev-ca", false, "give every app a certificate for <app>.<dev-domain> from a built-in CA (for test setups; clients must trust it)")
 	f.StringVar(&cfg.Certs.DevDomain, "dev-domain", "perch.local", "domain of the dev CA's certificates (the agents' --edge-domain)")
 	return cmd

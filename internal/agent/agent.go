@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/billing"
 	"github.com/perchhq/perch/internal/certs"
 	"github.com/perchhq/perch/internal/edge"
 	"github.com/perchhq/perch/internal/geo"
@@ -77,6 +78,12 @@ type Config struct {
 	// (1 s if 0); a peer is lost after 3 missed probes.
 	MeshRTTInterval time.Duration
 
+	// MeterInterval is how often machines' time is closed into metering
+	// records (billing.DefaultInterval if 0); Clock is their time
+	// ($PERCH_CLOCK or the wall clock if nil). metering.go.
+	MeterInterval time.Duration
+	Clock         billing.Clock
+
 	// ImageCacheMax is the most bytes the image store keeps: beyond it,
 	// images no machine of the host uses, and then their layers, are
 	// removed, least recently used first. 0 is no limit.
@@ -108,8 +115,9 @@ type Agent struct {
 	edge     *edge.Edge
 	mesh     *meshhost.Member
 	dialer   *meshDialer
-	relays   relayActivity // autostop.go
-	sub6     netip.Prefix  // the 6PN /64 of this host's machines
+	relays   relayActivity  // autostop.go
+	meter    *billing.Meter // metering.go
+	sub6     netip.Prefix   // the 6PN /64 of this host's machines
 
 	mu      sync.Mutex
 	workers map[string]*worker // by machine key
@@ -206,6 +214,9 @@ func (a *Agent) register(ctx context.Context) error {
 	}}
 	a.log = a.log.With("host", h.ID, "region", h.Region)
 	a.log.Info("host registered", "subnet", h.Subnet, "bridge", a.bridge)
+	if err := a.startMeter(); err != nil { // metering.go
+		return err
+	}
 	return nil
 }
 
@@ -268,6 +279,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); errc <- a.runMesh(ctx, e) }()
 	go func() { defer wg.Done(); a.heartbeat(ctx) }()
 	wg.Go(func() { a.runImageGC(ctx) })
+	wg.Go(func() { a.runMeter(ctx) })
 	wg.Go(func() { a.runAutostop(ctx, e) })
 	wg.Go(func() { a.serveStarts(ctx) })
 	go func() { defer wg.Done(); errc <- e.Run(ctx) }()

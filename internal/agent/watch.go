@@ -98,4 +98,7 @@ func (a *Agent) forget(key string) {
 	a.mu.Lock()
 	delete(a.workers, key)
 	a.mu.Unlock()
+	if a.meter != nil {
+		a.meter.Forget(key) // metering.go
+	}
 }

@@ -115,6 +115,7 @@ func (w *worker) run(ctx context.Context) {
 	spec, _ := w.current()
 	if st, _, err := store.Get[store.MachineStatus](ctx, w.a.st.Status, w.key); err == nil {
 		w.status = st
+		w.meterObserve(spec, st.State) // metering.go
 		// A decision taken before an agent restart still holds.
 		if st.Generation == spec.Generation && (st.State == api.StateFailed || st.State == api.StateStopped) {
 			w.heldGen = st.Generation
@@ -489,6 +490,7 @@ func (w *worker) setState(ctx context.Context, spec store.MachineSpec, state, ev
 		s.Events[len(s.Events)-1].ExitCode = s.ExitCode
 	}
 	w.status = s
+	w.meterObserve(spec, state) // metering.go
 	if _, err := store.Put(ctx, w.a.st.Status, w.key, s); err != nil && ctx.Err() == nil {
 		w.log.Warn("report state", "state", state, "err", err)
 	}

@@ -7,6 +7,7 @@ package api
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -63,6 +64,8 @@ type App struct {
 	// Hostnames are extra Host names the edge routes to this app, beside
 	// <name>.<edge domain>.
 	Hostnames []string `json:"hostnames,omitempty"`
+	// Suspended is set while the app is suspended at its monthly budget.
+	Suspended *Suspension `json:"suspended,omitempty"`
 }
 
 // App statuses.
@@ -509,4 +512,20 @@ type AgentBootstrap struct {
 	NATSURL   string `json:"nats_url"`
 	NATSToken string `json:"nats_token"`
 	Registry  string `json:"registry"`
+}
+
+// Suspension says why and until when an app is suspended: its monthly
+// budget was reached. Edges answer its requests with 503 until ResumesAt.
+type Suspension struct {
+	Reason    string    `json:"reason"`
+	Budget    float64   `json:"budget"`
+	Scope     string    `json:"scope"` // "app" or "org"
+	ReachedAt time.Time `json:"reached_at"`
+	ResumesAt time.Time `json:"resumes_at"`
+}
+
+// Message is the sentence perch status shows.
+func (s *Suspension) Message() string {
+	return fmt.Sprintf("suspended: monthly budget of $%s reached on %s; resumes %s",
+		strconv.FormatFloat(s.Budget, 'f', -1, 64), s.ReachedAt.UTC().Format("2006-01-02"), s.ResumesAt.UTC().Format("2006-01-02 15:04 MST"))
 }

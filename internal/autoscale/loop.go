@@ -46,6 +46,12 @@ func (AllowAll) Allow(context.Context, string, string, api.Guest) (bool, string,
 
 var _ Limiter = AllowAll{}
 
+// Holder is a Limiter that can hold an app entirely (an app suspended at
+// its budget): while held, the loop neither adds nor removes its machines.
+type Holder interface {
+	Held(ctx context.Context, app string) (held bool, why string)
+}
+
 // Defaults of the loop.
 const (
 	Interval = 5 * time.Second
@@ -219,6 +225,12 @@ func (l *Loop) Tick(ctx context.Context) error {
 
 func (l *Loop) tickApp(ctx context.Context, rec store.AutoscaleRecord, withHosts []string) error {
 	app := rec.App
+	if h, ok := l.cfg.Limiter.(Holder); ok {
+		if held, why := h.Held(ctx, app); held {
+			l.log.Debug("app held; left alone", "app", app, "why", why)
+			return nil
+		}
+	}
 	ms, err := l.cfg.Cluster.Machines(ctx, app)
 	if err != nil {
 		return err

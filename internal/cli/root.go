@@ -55,6 +55,8 @@ func NewRoot(version string) *cobra.Command {
 		newLogsCmd(g),
 		newScaleCmd(g),
 		newAutoscaleCmd(g),
+		newUsageCmd(g),
+		newBudgetCmd(g),
 		newAppsCmd(g),
 		newMachineCmd(g),
 		newRegionsCmd(g),

@@ -40,6 +40,9 @@ func newStatusCmd(g *globals) *cobra.Command {
 					Machines []api.Machine `json:"machines"`
 				}{a, ms})
 			}
+			if a.Suspended != nil {
+				fmt.Fprintln(cmd.OutOrStdout(), a.Suspended.Message())
+			}
 			renderStatus(cmd.OutOrStdout(), a.Name, ms, time.Now())
 			return nil
 		},

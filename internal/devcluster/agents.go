@@ -67,6 +67,9 @@ func (w *World) StartAgent(ctx context.Context, region string) error {
 		// come from (so the simulated latency finds the sender's region).
 		"--mesh-port", "0", "--mesh-endpoint", "127.0.0.1",
 		"--simulate-latency", strconv.FormatFloat(w.opts.Latency, 'f', -1, 64))
+	if w.opts.MeterInterval > 0 {
+		cmd.Args = append(cmd.Args, "--meter-interval", w.opts.MeterInterval.String())
+	}
 	cmd.Args = append(cmd.Args, w.opts.AgentArgs...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	// Own process group: a Ctrl-C in the terminal reaches `perch dev up`,

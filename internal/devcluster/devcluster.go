@@ -50,6 +50,9 @@ type Options struct {
 	MachineNet netip.Prefix
 	// HostTimeout is how long a silent host stays up (server default if 0).
 	HostTimeout time.Duration
+	// MeterInterval is how often agents meter and the control plane
+	// checks budgets (billing.DefaultInterval if 0).
+	MeterInterval time.Duration
 	// Latency is the route-inflation factor of the simulated fiber latency
 	// between regions on the mesh (1.5 is typical; 0 is off). `perch dev`
 	// turns it on; tests mostly leave it off for speed.
@@ -168,7 +171,7 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 		Listen: opts.APIListen, DataDir: filepath.Join(dir, "server"),
 		NATSURL: opts.NATSURL, NATSToken: opts.NATSToken, NATSListen: natsListen,
 		MachineNet: opts.MachineNet, HostTimeout: opts.HostTimeout, World: opts.World, Log: opts.Log.With("component", "server"),
-		Certs: opts.Certs,
+		Certs: opts.Certs, MeterInterval: opts.MeterInterval,
 		// The control plane is a mesh member too; it sits in the first region.
 		Mesh: &server.MeshConfig{Host: "127.0.0.1", Region: opts.Regions[0], Latency: opts.Latency},
 	}

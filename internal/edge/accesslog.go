@@ -52,6 +52,9 @@ func (e *Edge) finish(w *logWriter, r *http.Request, st *reqState, start time.Ti
 	st.demand.end(region)
 	in := st.body.bytesRead()
 	e.metrics.observe(app, region, machine, status, in, w.bytes, d)
+	if st.backend != nil {
+		e.egress.add(app, w.bytes) // budget.go
+	}
 
 	attrs := make([]slog.Attr, 0, 20)
 	attrs = append(attrs,

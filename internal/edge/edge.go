@@ -90,8 +90,9 @@ type Edge struct {
 	proxy     http.Handler
 	lns       *listeners
 	tls       *tlsConfigs
-	demand    demand // demand.go
-	wakes     wakes  // autostart.go
+	demand    demand        // demand.go
+	wakes     wakes         // autostart.go
+	egress    egressCounter // budget.go
 
 	readyOnce sync.Once
 	ready     chan struct{}

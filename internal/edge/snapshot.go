@@ -36,6 +36,8 @@ type appRoute struct {
 	name  string
 	ports map[int]*portRoute
 	load  *appLoad // requests in flight for the app, across rebuilds
+	// suspended is set while the app is suspended at its budget (budget.go).
+	suspended *suspension
 }
 
 // portRoute holds the machines of one app that can answer on one public

@@ -124,7 +124,7 @@ func (t *table) build() *Snapshot {
 		if name == "" {
 			name = key
 		}
-		routes[name] = &appRoute{name: name, ports: map[int]*portRoute{}, load: t.book.app(name)}
+		routes[name] = &appRoute{name: name, ports: map[int]*portRoute{}, load: t.book.app(name), suspended: a.Suspended}
 	}
 	httpPorts := map[int]bool{}
 	rank := t.rankRegions()

@@ -31,6 +31,10 @@ func (e *Edge) proxyTCP(ctx context.Context, client net.Conn, host string, port 
 	pr := ar.ports[port]
 	ch := pr.chain
 	st := &tcpState{id: newRequestID(), port: port, host: host, app: ar.name}
+	if ar.suspended != nil { // budget.go
+		e.refuseTCP(client, st, start, rejectSuspended, fmt.Sprintf("app %s is %s", ar.name, ar.suspended.Message()))
+		return
+	}
 	if ar.load.active.Add(1) > int32(min(e.limits.MaxConnsPerApp, noLimit)) {
 		ar.load.active.Add(-1)
 		e.metrics.rejected.WithLabelValues("app_cap").Inc()
@@ -62,6 +66,7 @@ func (e *Edge) proxyTCP(ctx context.Context, client net.Conn, host string, port 
 		_ = mc.SetWriteDeadline(time.Time{})
 	}
 	up, down := splice(client, mc)
+	e.egress.add(st.app, down) // budget.go
 	e.tcpLog(client, st, start, up, down, nil)
 }
 

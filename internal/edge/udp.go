@@ -205,6 +205,7 @@ flow:
 	mc.Close()
 	<-answers
 	u.e.metrics.udpFlows.WithLabelValues(st.app, "done").Inc()
+	u.e.egress.add(st.app, f.down.Load()) // budget.go: metered when the flow ends
 	u.log(f, st, start, nil)
 }
 

@@ -141,6 +141,10 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errf(http.StatusBadRequest, "lease_ttl must be 0-%d seconds, got %d", maxLeaseTTL, req.LeaseTTL))
 		return
 	}
+	if err := refuseSuspended(a, !req.SkipLaunch); err != nil { // billing.go
+		s.fail(w, r, err)
+		return
+	}
 	spec, err := s.newMachine(ctx, a, req, tokenName(r))
 	if err != nil {
 		s.fail(w, r, err)
@@ -479,6 +483,12 @@ func (s *Server) destroy(ctx context.Context, sp store.MachineSpec, force bool) 
 }
 
 func (s *Server) startMachine(w http.ResponseWriter, r *http.Request) {
+	if a, err := s.app(r.Context(), r.PathValue("app")); err == nil {
+		if err := refuseSuspended(a, true); err != nil { // billing.go
+			s.fail(w, r, err)
+			return
+		}
+	}
 	s.setDesired(w, r, store.DesireStarted, nil)
 }
 

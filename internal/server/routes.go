@@ -43,6 +43,16 @@ func (s *Server) routes() http.Handler {
 	v1.HandleFunc("GET /v1/apps/{app}/autoscale", s.getAutoscale) // autoscale.go
 	v1.HandleFunc("PUT /v1/apps/{app}/autoscale", s.putAutoscale)
 	v1.HandleFunc("DELETE /v1/apps/{app}/autoscale", s.deleteAutoscale)
+	v1.HandleFunc("GET /v1/apps/{app}/usage", s.appUsage) // billing.go
+	v1.HandleFunc("GET /v1/orgs/{org}/usage", s.orgUsage)
+	v1.HandleFunc("GET /v1/apps/{app}/budget", s.getBudget)
+	v1.HandleFunc("PUT /v1/apps/{app}/budget", s.putBudget)
+	v1.HandleFunc("DELETE /v1/apps/{app}/budget", s.deleteBudget)
+	v1.HandleFunc("POST /v1/apps/{app}/budget/resume", s.resumeBudget)
+	v1.HandleFunc("GET /v1/orgs/{org}/budget", s.getBudget)
+	v1.HandleFunc("PUT /v1/orgs/{org}/budget", s.putBudget)
+	v1.HandleFunc("DELETE /v1/orgs/{org}/budget", s.deleteBudget)
+	v1.HandleFunc("POST /v1/orgs/{org}/budget/resume", s.resumeBudget)
 	v1.HandleFunc("GET /v1/hosts", s.listHosts)
 	v1.HandleFunc("POST /v1/hosts", s.registerHost)
 	v1.HandleFunc("GET /v1/agent/bootstrap", s.bootstrap)

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/autoscale"
+	"github.com/perchhq/perch/internal/billing"
 	"github.com/perchhq/perch/internal/certs"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/registry"
@@ -56,6 +57,13 @@ type Config struct {
 	// decides (autoscale.Interval if 0).
 	Limiter           autoscale.Limiter
 	AutoscaleInterval time.Duration
+	// Prices price usage (billing.DefaultPrices if nil: perch server
+	// --prices FILE); Clock tells billing's time ($PERCH_CLOCK or the wall
+	// clock if nil); MeterInterval is how often budgets are checked
+	// (billing.DefaultInterval if 0). billing.go.
+	Prices        *billing.Prices
+	Clock         billing.Clock
+	MeterInterval time.Duration
 	// Registry bounds blob uploads (idle timeout, size cap); zero fields
 	// take registry's defaults.
 	Registry registry.Options
@@ -79,6 +87,7 @@ type Server struct {
 	placeMu  sync.Mutex // serialises placement
 
 	autoscaler *autoscale.Loop // autoscale.go
+	billing    *billingState   // billing.go
 }
 
 // New starts the state store and binds the API listener; Serve serves it.
@@ -133,6 +142,13 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: listen on %s: %w (is another perch server running? pick another with --listen)", cfg.Listen, err)
 	}
 	s.ln = ln
+	if err := s.setupBilling(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if cfg.Limiter == nil {
+		cfg.Limiter = budgetLimiter{s}
+	}
 	s.autoscaler = autoscale.NewLoop(autoscale.LoopConfig{Store: s.st, Cluster: cluster{s}, Limiter: cfg.Limiter,
 		Interval: cfg.AutoscaleInterval, Nearest: s.nearest, Log: cfg.Log})
 	s.http = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
@@ -194,6 +210,10 @@ func (s *Server) DevCACert() []byte { return s.certs.DevCACert() }
 // the certificate manager beside it.
 func (s *Server) Serve(ctx context.Context) error {
 	go s.monitorHosts(ctx)
+	bctx, bcancel := context.WithCancel(ctx)
+	billDone := make(chan struct{})
+	go func() { defer close(billDone); s.runBilling(bctx) }()
+	defer func() { bcancel(); <-billDone }()
 	adCtx, adCancel := context.WithCancel(ctx)
 	adDone := make(chan struct{})
 	go func() { defer close(adDone); s.autoDestroy(adCtx) }() // autodestroy.go

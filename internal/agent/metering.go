@@ -1,0 +1,67 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/perchhq/perch/internal/billing"
+	"github.com/perchhq/perch/internal/store"
+)
+
+// Metering (package billing): every machine's time by state and the
+// edge's bytes out by app, closed every MeterInterval into records that
+// are written to meter.json in the state dir before they go to the
+// PERCH_USAGE stream, so a cut from NATS or a SIGKILL loses nothing and a
+// resend counts once.
+
+// startMeter loads the spool; runMeter runs it.
+func (a *Agent) startMeter() error {
+	clock := a.cfg.Clock
+	if clock == nil {
+		c, err := billing.ClockFromEnv()
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		clock = c
+	}
+	m, err := billing.NewMeter(billing.MeterConfig{
+		Host: a.host.ID, Region: a.cfg.Region, Path: filepath.Join(a.cfg.StateDir, "meter.json"),
+		Clock: clock, Publish: a.publishUsage, Log: a.log.With("component", "meter"),
+	})
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.meter = m
+	return nil
+}
+
+func (a *Agent) runMeter(ctx context.Context) {
+	every := a.cfg.MeterInterval
+	if every == 0 {
+		every = billing.DefaultInterval
+	}
+	a.meter.Run(ctx, every, a.edge.TakeEgress)
+}
+
+// publishUsage sends one batch; the message id lets JetStream drop a
+// resend inside its window, the ledger's record ids after it.
+func (a *Agent) publishUsage(ctx context.Context, b billing.Batch) error {
+	data, err := json.Marshal(b)
+	if err != nil {
+		return err
+	}
+	id := fmt.Sprintf("%s.%s.%d", b.Host, b.Records[0].ID, len(b.Records))
+	_, err = a.st.JetStream().Publish(ctx, billing.SubjectPrefix+a.host.ID, data, jetstream.WithMsgID(id))
+	return err
+}
+
+// meterObserve tells the meter a machine's state; the worker calls it on
+// every state it reports, before the store write (which may fail).
+func (w *worker) meterObserve(spec store.MachineSpec, state string) {
+	if m := w.a.meter; m != nil {
+		m.Observe(w.key, spec.App, spec.ID, spec.Region, spec.Config.Guest, state)
+	}
+}

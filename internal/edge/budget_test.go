@@ -1,0 +1,49 @@
+package edge
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/perchhq/perch/internal/api"
+)
+
+// TestSuspendedAppGets503AndItsBytesAreCounted: an app's bytes out are
+// counted for metering (and taken once); once the app is suspended at its
+// budget, its requests get 503, a Retry-After until the suspension ends
+// and a page saying why, and no machine sees them.
+func TestSuspendedAppGets503AndItsBytesAreCounted(t *testing.T) {
+	w := newWorld(t, "ams")
+	w.app("capped")
+	w.place("capped", startMachine(t, "c1", "ams", "127.0.0.2", nil), 80, api.StateStarted)
+	w.commit()
+	srv := w.serve(80)
+	res, body := get(t, srv, "capped.perch.local", nil)
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("before: %d %s", res.StatusCode, body)
+	}
+	if got := w.e.TakeEgress()["capped"]; got != int64(len(body)) {
+		t.Errorf("egress %d bytes, want the body's %d", got, len(body))
+	}
+	if got := w.e.TakeEgress()["capped"]; got != 0 {
+		t.Errorf("egress taken twice: %d", got)
+	}
+
+	resumes := time.Now().Add(time.Hour).Truncate(time.Second)
+	w.e.table.setApp("capped", api.App{Name: "capped", Suspended: &api.Suspension{Budget: 50, Scope: "app",
+		ReachedAt: time.Date(2026, 12, 19, 8, 0, 0, 0, time.UTC), ResumesAt: resumes}})
+	w.commit()
+	res, body = get(t, srv, "capped.perch.local", nil)
+	ra, _ := strconv.Atoi(res.Header.Get("Retry-After"))
+	if res.StatusCode != http.StatusServiceUnavailable || ra < 3500 || ra > 3600 {
+		t.Errorf("suspended: status %d, Retry-After %q; want 503 and about 3600", res.StatusCode, res.Header.Get("Retry-After"))
+	}
+	if !strings.Contains(body, "suspended: monthly budget of $50 reached on 2026-12-19") {
+		t.Errorf("page does not say why: %s", body)
+	}
+	if got := w.e.TakeEgress()["capped"]; got != 0 {
+		t.Errorf("the edge's own 503 counted as the app's egress: %d bytes", got)
+	}
+}
