@@ -264,6 +264,9 @@ type MachineConfig struct {
 	// AutoDestroy destroys the machine once its process has ended and it
 	// is not restarted (stopped or failed), as Fly's auto_destroy.
 	AutoDestroy bool `json:"auto_destroy,omitempty"`
+	// Files are written into the machine's root filesystem before it
+	// starts (Fly's files): secrets.go.
+	Files []File `json:"files,omitempty"`
 }
 
 // StopConfig is a machine's stop signal and the time it has to exit, as

@@ -22,6 +22,7 @@ import (
 	"github.com/perchhq/perch/internal/certs"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/registry"
+	"github.com/perchhq/perch/internal/secrets"
 	"github.com/perchhq/perch/internal/store"
 )
 
@@ -56,6 +57,9 @@ type Config struct {
 	// decides (autoscale.Interval if 0).
 	Limiter           autoscale.Limiter
 	AutoscaleInterval time.Duration
+	// RotateSecretsKey replaces the secrets master key at start
+	// (perch server --rotate-secrets-key; docs/secrets.md).
+	RotateSecretsKey bool
 	// Registry bounds blob uploads (idle timeout, size cap); zero fields
 	// take registry's defaults.
 	Registry registry.Options
@@ -78,7 +82,8 @@ type Server struct {
 	hostMu   sync.Mutex // serialises subnet assignment
 	placeMu  sync.Mutex // serialises placement
 
-	autoscaler *autoscale.Loop // autoscale.go
+	autoscaler *autoscale.Loop  // autoscale.go
+	keys       *secrets.Keyring // secrets.go
 }
 
 // New starts the state store and binds the API listener; Serve serves it.
@@ -112,6 +117,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if err := s.ensureAdminToken(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.openSecrets(ctx, cfg.RotateSecretsKey); err != nil {
 		s.Close()
 		return nil, err
 	}
