@@ -47,6 +47,17 @@ func main() {
 	http.HandleFunc("/env/{name}", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, os.Getenv(r.PathValue("name")))
 	})
+	// A file's mode and content, for tests of config.files.
+	http.HandleFunc("/file/{path...}", func(w http.ResponseWriter, r *http.Request) {
+		p := "/" + r.PathValue("path")
+		fi, err := os.Stat(p)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		b, _ := os.ReadFile(p)
+		fmt.Fprintf(w, "%04o %s", fi.Mode().Perm(), b)
+	})
 	// A slow answer, for tests of the edge's concurrency limits.
 	http.HandleFunc("/sleep/{duration}", func(w http.ResponseWriter, r *http.Request) {
 		d, err := time.ParseDuration(r.PathValue("duration"))
