@@ -432,7 +432,8 @@ type CreateMachineRequest struct {
 	// LeaseTTL, in seconds, creates the machine leased to the caller; the
 	// answer's nonce is the lease's.
 	LeaseTTL int `json:"lease_ttl,omitempty"`
-	// SkipSecrets is Fly's; Perch has no app secrets, so it changes nothing.
+	// SkipSecrets, Fly's, makes the machine without the app's secrets (no
+	// secret env; a file naming a secret is refused).
 	SkipSecrets bool `json:"skip_secrets,omitempty"`
 }
 

@@ -48,10 +48,11 @@ func newSecretsSetCmd(g *globals) *cobra.Command {
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			values := map[string]*string{}
-			for _, a := range args {
+			for i, a := range args {
 				k, v, ok := strings.Cut(a, "=")
 				if !ok || k == "" {
-					return fmt.Errorf("secrets set: %q is not NAME=VALUE; write e.g. DATABASE_URL=postgres://...", firstField(a))
+					// Not echoed: it may be a value without its name.
+					return fmt.Errorf("secrets set: argument %d is not NAME=VALUE; write e.g. DATABASE_URL=postgres://... (quoted for the shell)", i+1)
 				}
 				values[k] = &v
 			}
@@ -60,15 +61,6 @@ func newSecretsSetCmd(g *globals) *cobra.Command {
 	}
 	f.register(cmd)
 	return cmd
-}
-
-// firstField never echoes a value: what comes before any "=" only.
-func firstField(s string) string {
-	k, _, _ := strings.Cut(s, "=")
-	if len(k) > 40 {
-		k = k[:40] + "..."
-	}
-	return k
 }
 
 func newSecretsImportCmd(g *globals) *cobra.Command {
@@ -236,7 +228,7 @@ func parseDotenv(r io.Reader) (map[string]*string, error) {
 		k, v, ok := strings.Cut(line, "=")
 		k = strings.TrimSpace(k)
 		if !ok || k == "" {
-			return nil, fmt.Errorf("line %d (%s) is not NAME=VALUE", n, firstField(line))
+			return nil, fmt.Errorf("line %d is not NAME=VALUE (nor blank, nor a # comment)", n)
 		}
 		v = strings.TrimSpace(v)
 		switch {

@@ -217,7 +217,7 @@ func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachin
 		err = s.place(ctx, &spec, scheduler.Request{Region: req.Region, Guest: req.Config.Guest})
 	}
 	if err == nil {
-		err = s.sealSecrets(ctx, &spec) // secrets.go
+		err = s.sealSecrets(ctx, &spec, req.SkipSecrets) // secrets.go
 	}
 	if err == nil {
 		_, err = store.Create(ctx, s.st.Machines, spec.Key(), spec)
@@ -388,7 +388,7 @@ func (s *Server) updateMachine(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sealed := store.MachineSpec{App: sp.App, ID: sp.ID, HostID: sp.HostID, Config: req.Config}
-	if err := s.sealSecrets(ctx, &sealed); err != nil { // secrets.go
+	if err := s.sealSecrets(ctx, &sealed, req.SkipSecrets); err != nil { // secrets.go
 		s.placeMu.Unlock()
 		s.fail(w, r, err)
 		return

@@ -196,15 +196,18 @@ func (s *Server) appSecretValues(ctx context.Context, app string) (map[string]st
 // them to the mesh key of its host: only that host can read them, though
 // every agent can read perch_machines. A file naming a secret the app
 // does not have is refused here.
-func (s *Server) sealSecrets(ctx context.Context, spec *store.MachineSpec) error {
+func (s *Server) sealSecrets(ctx context.Context, spec *store.MachineSpec, skip bool) error {
 	vals, version, err := s.appSecretValues(ctx, spec.App)
 	if err != nil {
 		return err
 	}
+	if skip { // skip_secrets
+		vals = nil
+	}
 	for i, f := range spec.Config.Files {
 		if f.SecretName != nil {
 			if _, ok := vals[*f.SecretName]; !ok {
-				return errf(http.StatusBadRequest, "config.files[%d].secret_name %q is not a secret of app %s; set it first (perch secrets set %s=...)", i, *f.SecretName, spec.App, *f.SecretName)
+				return errf(http.StatusBadRequest, "config.files[%d].secret_name %q is not a secret of app %s (or skip_secrets was sent); set it first (perch secrets set %s=...)", i, *f.SecretName, spec.App, *f.SecretName)
 			}
 		}
 	}

@@ -19,7 +19,6 @@ import (
 
 const secretValue = "s3cr3t-value-7f9c2d"
 
-
 // rawKVHolds reports which bucket's raw entry, if any, holds b: every
 // bucket read directly through JetStream, not through Perch's records.
 func rawKVHolds(t *testing.T, st *store.Store, b []byte) string {
@@ -110,6 +109,15 @@ func TestSecretsEncryptedListedAndSealedToTheHost(t *testing.T) {
 	}
 	if where := rawKVHolds(t, s.st, []byte(secretValue)); where != "" {
 		t.Fatalf("the value is in the store in the clear after a machine was made: %s", where)
+	}
+
+	// skip_secrets: a machine without them.
+	m2, err := s.c.CreateMachine(ctx, "shop", api.CreateMachineRequest{Region: "iad", SkipSecrets: true, Config: api.MachineConfig{Image: "x/y:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec, _, _ := store.Get[store.MachineSpec](ctx, s.st.Machines, store.MachineKey("shop", m2.ID)); len(spec.Secrets) != 0 {
+		t.Error("skip_secrets: the machine got the secrets")
 	}
 
 	// Unset removes it; a file naming a missing secret is refused.
