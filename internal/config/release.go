@@ -11,10 +11,10 @@ func (d *decoder) releaseCommand(s *section, dep *Deploy) {
 	if cmd, p, ok := s.str("release_command"); ok {
 		args, err := splitCommand(cmd)
 		switch {
+		case strings.TrimSpace(cmd) == "" || (err == nil && len(args) == 0):
+			d.errorf(p, "release_command is empty; name the command to run before each deploy, e.g. release_command = \"bin/rails db:migrate\", or remove it")
 		case err != nil:
 			d.errorf(p, "release_command %q %v; quote it as a shell would", cmd, err)
-		case len(args) == 0:
-			d.errorf(p, "release_command is empty; name the command to run before each deploy, e.g. release_command = \"bin/rails db:migrate\", or remove it")
 		default:
 			dep.ReleaseCommand = args
 		}
