@@ -159,6 +159,9 @@ func TestSecretsBadInput(t *testing.T) {
 		_, err := s.c.CreateMachine(ctx, "shop", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "x/y:1", Files: []api.File{f}}})
 		wantStatus(t, err, 400, "config.files[0]")
 	}
+	_, err = s.c.CreateMachine(ctx, "shop", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "x/y:1",
+		Guest: api.Guest{Runtime: "microvm"}, Files: []api.File{{GuestPath: "/etc/x", RawValue: ptr("aGk=")}}}})
+	wantStatus(t, err, 400, "use the runc runtime")
 }
 
 func TestSecretsSurviveMasterKeyRotation(t *testing.T) {
