@@ -232,7 +232,15 @@ func (d *deployer) explainFailure(ctx context.Context, err error) string {
 	if got, err := d.c.GetMachine(cctx, d.app, id); err == nil {
 		m = got
 	}
-	lines := m.LastLogs
+	d.printLastLines(cctx, region, id, m.LastLogs, "last log lines")
+	return mf.Error()
+}
+
+// printLastLines prints a machine's last log lines under label: lines,
+// else from the log stream.
+func (d *deployer) printLastLines(ctx context.Context, region, id string, lines []string, label string) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	// A machine's last lines reach the log stream a moment after it
 	// exited; give them that moment.
 	for deadline := time.Now().Add(3 * time.Second); len(lines) == 0 && time.Now().Before(deadline); {
@@ -241,12 +249,11 @@ func (d *deployer) explainFailure(ctx context.Context, err error) string {
 		}
 	}
 	if len(lines) > 0 {
-		fmt.Fprintf(d.out, "%s:   last log lines:\n", region)
+		fmt.Fprintf(d.out, "%s:   %s:\n", region, label)
 		for _, l := range lines {
 			fmt.Fprintf(d.out, "%s:     | %s\n", region, l)
 		}
 	}
-	return mf.Error()
 }
 
 // lastLogLines are the last n lines a machine printed, from the log stream.

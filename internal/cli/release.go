@@ -59,7 +59,7 @@ func (d *deployer) runRelease(ctx context.Context, rc *releaseCommand, region st
 	for {
 		left := time.Until(deadline)
 		if left <= 0 {
-			d.printLastLines(ctx, region, m.ID, nil)
+			d.printLastLines(ctx, region, m.ID, nil, "last log lines of the release command")
 			return fmt.Errorf("release command %q did not finish within %s (release_command_timeout); it was killed. Make it finish sooner or raise release_command_timeout in [deploy]", cmdline, rc.Timeout)
 		}
 		err := d.c.WaitMachine(ctx, d.app, m.ID, api.StateStopped+","+api.StateFailed, min(left, time.Minute))
@@ -79,27 +79,9 @@ func (d *deployer) runRelease(ctx context.Context, rc *releaseCommand, region st
 		if got.ExitCode != nil {
 			code = fmt.Sprintf("exit code %d", *got.ExitCode)
 		}
-		d.printLastLines(ctx, region, m.ID, got.LastLogs)
+		d.printLastLines(ctx, region, m.ID, got.LastLogs, "last log lines of the release command")
 		return fmt.Errorf("release command %q failed (%s); fix it and deploy again", cmdline, code)
 	}
 	fmt.Fprintf(d.out, "Release command finished in %s\n", time.Since(start).Round(100*time.Millisecond))
 	return nil
-}
-
-// printLastLines prints a machine's last log lines (lines, else from the
-// log stream, which gets them a moment after the process ended).
-func (d *deployer) printLastLines(ctx context.Context, region, id string, lines []string) {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	for deadline := time.Now().Add(3 * time.Second); len(lines) == 0 && time.Now().Before(deadline); {
-		if lines = d.lastLogLines(cctx, id, 10); len(lines) == 0 {
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-	if len(lines) > 0 {
-		fmt.Fprintf(d.out, "%s:   last log lines of the release command:\n", region)
-		for _, l := range lines {
-			fmt.Fprintf(d.out, "%s:     | %s\n", region, l)
-		}
-	}
 }

@@ -1,41 +1,20 @@
 package devcluster_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
-	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/devcluster"
+	"github.com/perchhq/perch/internal/store/storetest"
 )
-
-// syncBuffer collects the control plane's log lines (at debug).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestSecretsReachMachinesAndNothingElse: a secret set with the CLI
 // restarts the app's machines with it in their environment (over
@@ -45,9 +24,9 @@ func (s *syncBuffer) String() string {
 func TestSecretsReachMachinesAndNothingElse(t *testing.T) {
 	t.Setenv("PERCH_LOG", "debug") // the agents' log level
 	const value = "pw-1b7e0c55-do-not-leak"
-	var serverLog syncBuffer
+	serverLog := newLockedBuffer()
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad"},
-		Log: slog.New(slog.NewTextHandler(&serverLog, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+		Log: slog.New(slog.NewTextHandler(serverLog, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	ctx := context.Background()
 	c := w.Client()
 	edge := w.Info().Regions[0].EdgeAddr + ":80"
@@ -158,28 +137,8 @@ func TestSecretsReachMachinesAndNothingElse(t *testing.T) {
 			t.Errorf("the secret's value is in %s", where)
 		}
 	}
-	st := w.Server().Store()
-	for name := range st.JetStream().KeyValueStoreNames(ctx).Name() {
-		kv, err := st.JetStream().KeyValue(ctx, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys, err := kv.ListKeys(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k := range keys.Keys() {
-			e, err := kv.Get(ctx, k)
-			if errors.Is(err, jetstream.ErrKeyNotFound) {
-				continue
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if bytes.Contains(e.Value(), []byte(value)) {
-				t.Errorf("the secret's value is in the clear in %s/%s", name, k)
-			}
-		}
+	if where := storetest.Holds(t, w.Server().Store(), []byte(value)); where != "" {
+		t.Errorf("the secret's value is in the clear in the store: %s", where)
 	}
 }
 

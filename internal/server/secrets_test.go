@@ -4,51 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/mesh"
 	"github.com/perchhq/perch/internal/secrets"
 	"github.com/perchhq/perch/internal/store"
+	"github.com/perchhq/perch/internal/store/storetest"
 )
 
 const secretValue = "s3cr3t-value-7f9c2d"
-
-// rawKVHolds reports which bucket's raw entry, if any, holds b: every
-// bucket read directly through JetStream, not through Perch's records.
-func rawKVHolds(t *testing.T, st *store.Store, b []byte) string {
-	t.Helper()
-	ctx := context.Background()
-	names := st.JetStream().KeyValueStoreNames(ctx)
-	for name := range names.Name() {
-		kv, err := st.JetStream().KeyValue(ctx, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys, err := kv.ListKeys(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k := range keys.Keys() {
-			e, err := kv.Get(ctx, k)
-			if errors.Is(err, jetstream.ErrKeyNotFound) {
-				continue
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if bytes.Contains(e.Value(), b) || strings.Contains(k, string(b)) {
-				return name + "/" + k
-			}
-		}
-	}
-	return ""
-}
 
 func TestSecretsEncryptedListedAndSealedToTheHost(t *testing.T) {
 	s := startServer(t, t.TempDir())
@@ -77,7 +45,7 @@ func TestSecretsEncryptedListedAndSealedToTheHost(t *testing.T) {
 	if b, _ := json.Marshal(list); bytes.Contains(b, []byte(secretValue)) {
 		t.Fatalf("list shows the value: %s", b)
 	}
-	if where := rawKVHolds(t, s.st, []byte(secretValue)); where != "" {
+	if where := storetest.Holds(t, s.st, []byte(secretValue)); where != "" {
 		t.Fatalf("the value is in the store in the clear: %s", where)
 	}
 	if fi, err := os.Stat(filepath.Join(s.cfg.DataDir, secrets.KeyFile)); err != nil || fi.Mode().Perm() != 0o600 {
@@ -107,7 +75,7 @@ func TestSecretsEncryptedListedAndSealedToTheHost(t *testing.T) {
 	if _, err := other.Open(spec.Secrets); err == nil {
 		t.Fatal("another host's key opens the machine's secrets")
 	}
-	if where := rawKVHolds(t, s.st, []byte(secretValue)); where != "" {
+	if where := storetest.Holds(t, s.st, []byte(secretValue)); where != "" {
 		t.Fatalf("the value is in the store in the clear after a machine was made: %s", where)
 	}
 
