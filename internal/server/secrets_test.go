@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,6 +96,21 @@ func TestSecretsEncryptedListedAndSealedToTheHost(t *testing.T) {
 	_, err = s.c.CreateMachine(ctx, "shop", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "x/y:1",
 		Files: []api.File{{GuestPath: "/etc/db", SecretName: ptr("DATABASE_URL")}}}})
 	wantStatus(t, err, 400, `secret_name "DATABASE_URL" is not a secret of app shop`)
+
+	// A deleted app takes its secrets along: a new app of the name has none.
+	// (An app without machines: this test has no agent to destroy them.)
+	if _, err := s.c.CreateApp(ctx, api.CreateAppRequest{AppName: "blog"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.c.UpdateSecrets(ctx, "blog", map[string]*string{"K": ptr("v")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.c.DestroyApp(ctx, "blog"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := store.Get[store.AppSecrets](ctx, s.st.Secrets, "blog"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the deleted app's secrets are still stored: %v", err)
+	}
 }
 
 func TestSecretsBadInput(t *testing.T) {
