@@ -73,6 +73,7 @@ func serverCmd() *cobra.Command {
 	f.DurationVar(&cfg.HostTimeout, "host-timeout", 0, "how long a silent host stays up (default 10s)")
 	f.DurationVar(&cfg.Registry.UploadTimeout, "registry-upload-timeout", registry.DefaultUploadTimeout, "how long a registry blob upload may sit idle before it is removed")
 	f.Int64Var(&cfg.Registry.MaxBlobBytes, "registry-max-blob-bytes", registry.DefaultMaxBlobBytes, "largest blob (image layer) the registry accepts, in bytes; larger uploads get 413 (-1: no cap)")
+	f.BoolVar(&cfg.RotateSecretsKey, "rotate-secrets-key", false, "replace the secrets master key in --data-dir at start: every app's data key is re-wrapped with a new one (docs/secrets.md)")
 	acme.register(f)
 	f.StringVar(&pricesFile, "prices", "", "TOML price table for usage and budgets (default: Fly.io's published prices; see docs/budgets.md)")
 	f.DurationVar(&cfg.MeterInterval, "meter-interval", 0, "how often budgets are checked (default 10s)")

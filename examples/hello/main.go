@@ -14,6 +14,10 @@
 // started listening), HELLO_NO_LISTEN=1 (never listen), HELLO_LINGER=1
 // (on a stop signal, log it and keep serving, saying every second how
 // long ago the signal came, until killed).
+//
+// As a release command (`hello release ok|fail|hang`, release.go) it
+// says which release it runs for and whether DATABASE_URL is set, then
+// exits 0, exits 3, or never exits.
 package main
 
 import (
@@ -29,6 +33,10 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "release" {
+		release(os.Args[2:])
+		return
+	}
 	port := os.Getenv("PORT")
 	if port == "" {
 		port = "8080"
@@ -46,6 +54,17 @@ func main() {
 	})
 	http.HandleFunc("/env/{name}", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, os.Getenv(r.PathValue("name")))
+	})
+	// A file's mode and content, for tests of config.files.
+	http.HandleFunc("/file/{path...}", func(w http.ResponseWriter, r *http.Request) {
+		p := "/" + r.PathValue("path")
+		fi, err := os.Stat(p)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		b, _ := os.ReadFile(p)
+		fmt.Fprintf(w, "%04o %s", fi.Mode().Perm(), b)
 	})
 	// A slow answer, for tests of the edge's concurrency limits.
 	http.HandleFunc("/sleep/{duration}", func(w http.ResponseWriter, r *http.Request) {

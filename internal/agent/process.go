@@ -55,6 +55,19 @@ func (a *Agent) runtimeSpec(spec store.MachineSpec, rootfs string, img v1.Config
 	for k, v := range machineEnv(spec, a.cfg.Region, addr6) {
 		set(k + "=" + v)
 	}
+	// Secrets override [env] and the defaults (PORT, ...), as on Fly;
+	// their names cannot be Perch's or Fly's own (FLY_*, PERCH_*).
+	secrets, err := a.machineSecrets(spec) // secrets.go
+	if err != nil {
+		return perchrt.Spec{}, err
+	}
+	for k, v := range secrets {
+		set(k + "=" + v)
+	}
+	files, err := machineFiles(spec, secrets)
+	if err != nil {
+		return perchrt.Spec{}, err
+	}
 	out := make([]string, 0, len(order))
 	for _, k := range order {
 		out = append(out, k+"="+env[k])
@@ -75,6 +88,7 @@ func (a *Agent) runtimeSpec(spec store.MachineSpec, rootfs string, img v1.Config
 		},
 		CPUs:     spec.Config.Guest.CPUs,
 		MemoryMB: spec.Config.Guest.MemoryMB,
+		Files:    files,
 	}, nil
 }
 

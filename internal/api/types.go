@@ -267,6 +267,9 @@ type MachineConfig struct {
 	// AutoDestroy destroys the machine once its process has ended and it
 	// is not restarted (stopped or failed), as Fly's auto_destroy.
 	AutoDestroy bool `json:"auto_destroy,omitempty"`
+	// Files are written into the machine's root filesystem before it
+	// starts (Fly's files): secrets.go.
+	Files []File `json:"files,omitempty"`
 }
 
 // StopConfig is a machine's stop signal and the time it has to exit, as
@@ -432,7 +435,8 @@ type CreateMachineRequest struct {
 	// LeaseTTL, in seconds, creates the machine leased to the caller; the
 	// answer's nonce is the lease's.
 	LeaseTTL int `json:"lease_ttl,omitempty"`
-	// SkipSecrets is Fly's; Perch has no app secrets, so it changes nothing.
+	// SkipSecrets, Fly's, makes the machine without the app's secrets (no
+	// secret env; a file naming a secret is refused).
 	SkipSecrets bool `json:"skip_secrets,omitempty"`
 }
 

@@ -72,6 +72,9 @@ once).`,
 				cfg.PrimaryRegion = primary // the machines' PRIMARY_REGION
 			}
 			d := &deployer{c: c, app: app, out: cmd.OutOrStdout(), opts: opts}
+			if len(cfg.Deploy.ReleaseCommand) > 0 {
+				d.release = &releaseCommand{Args: cfg.Deploy.ReleaseCommand, Timeout: cfg.Deploy.ReleaseTimeout()}
+			}
 			if err := d.run(ctx, regions, primary, cfg.MachineConfig(img), ""); err != nil {
 				return err
 			}
@@ -111,6 +114,8 @@ type deployer struct {
 	app  string
 	out  io.Writer
 	opts deployOptions
+	// release, if set, runs before any machine is replaced (release.go).
+	release *releaseCommand
 }
 
 // run deploys mc as a new release to the plan's regions; description says
@@ -143,6 +148,24 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 	mc = withRelease(mc, release)
 	fmt.Fprintf(d.out, "Deploying %s %s (image %s) to %s, strategy %s\n", d.app, release, mc.Image, strings.Join(planRegions(plan), ", "), strategy)
 
+	if d.release != nil {
+		region := primary
+		if rs := planRegions(plan); len(rs) > 0 {
+			region = rs[0]
+		}
+		if err := d.runRelease(ctx, d.release, region, mc); err != nil {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if _, uerr := d.c.UpdateRelease(cctx, d.app, rel.Version, api.UpdateReleaseRequest{Status: api.ReleaseFailed, Reason: err.Error()}); uerr != nil {
+				fmt.Fprintf(d.out, "warning: could not record the release as failed: %v\n", uerr)
+			}
+			prev := "the app keeps the release it had"
+			if v := runningRelease(existing); v != "" {
+				prev = "the app keeps running " + v
+			}
+			return fmt.Errorf("deploy of %s %s stopped before any machine was replaced: %w; %s", d.app, release, err, prev)
+		}
+	}
 	r := &rollout{d: d, mc: mc}
 	if err := r.execute(ctx, groups(plan, existing)); err != nil {
 		reason := d.explainFailure(ctx, err)
@@ -209,7 +232,15 @@ func (d *deployer) explainFailure(ctx context.Context, err error) string {
 	if got, err := d.c.GetMachine(cctx, d.app, id); err == nil {
 		m = got
 	}
-	lines := m.LastLogs
+	d.printLastLines(cctx, region, id, m.LastLogs, "last log lines")
+	return mf.Error()
+}
+
+// printLastLines prints a machine's last log lines under label: lines,
+// else from the log stream.
+func (d *deployer) printLastLines(ctx context.Context, region, id string, lines []string, label string) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	// A machine's last lines reach the log stream a moment after it
 	// exited; give them that moment.
 	for deadline := time.Now().Add(3 * time.Second); len(lines) == 0 && time.Now().Before(deadline); {
@@ -218,12 +249,11 @@ func (d *deployer) explainFailure(ctx context.Context, err error) string {
 		}
 	}
 	if len(lines) > 0 {
-		fmt.Fprintf(d.out, "%s:   last log lines:\n", region)
+		fmt.Fprintf(d.out, "%s:   %s:\n", region, label)
 		for _, l := range lines {
 			fmt.Fprintf(d.out, "%s:     | %s\n", region, l)
 		}
 	}
-	return mf.Error()
 }
 
 // lastLogLines are the last n lines a machine printed, from the log stream.

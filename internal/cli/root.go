@@ -62,6 +62,7 @@ func NewRoot(version string) *cobra.Command {
 		newRegionsCmd(g),
 		newHostsCmd(g),
 		newCertsCmd(g),
+		newSecretsCmd(g),
 		newConfigCmd(g),
 	)
 	addLoginHint(root)

@@ -112,7 +112,16 @@ type Deploy struct {
 	// WaitTimeout bounds how long a deploy waits for each new machine to
 	// be ready and smoke-checked; 0 when unset.
 	WaitTimeout time.Duration
+	// ReleaseCommand is run once per deploy, in a temporary machine of the
+	// new release, before any machine is replaced (release_command, split
+	// as a shell splits words); ReleaseCommandTimeout bounds it
+	// (0 when unset: ReleaseTimeout).
+	ReleaseCommand        []string
+	ReleaseCommandTimeout time.Duration
 }
+
+// DefaultReleaseCommandTimeout is Fly's release_command_timeout default.
+const DefaultReleaseCommandTimeout = 5 * time.Minute
 
 // Restart is one [[restart]] section.
 type Restart struct {

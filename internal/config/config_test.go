@@ -54,6 +54,7 @@ func TestParseFlyFiles(t *testing.T) {
 			file: "rails.fly.toml",
 			want: &Config{
 				App:           "blog-rails",
+				Deploy:        Deploy{ReleaseCommand: []string{"./bin/rails", "db:prepare"}},
 				PrimaryRegion: "iad",
 				Processes: map[string]string{
 					"app":    "./bin/rails server -b '0.0.0.0'",
@@ -71,7 +72,6 @@ func TestParseFlyFiles(t *testing.T) {
 			},
 			warns: []string{
 				`rails.fly.toml line 8: "console_command" ignored: perch has no console command (no fly ssh console)`,
-				`rails.fly.toml line 13: "release_command" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first`,
 				`rails.fly.toml line 15: [processes] defines 2 groups; perch runs one group per app for now, "app"`,
 				`rails.fly.toml line 37: [[statics]] ignored: static file serving is not supported yet; the app serves its static files itself`,
 			},

@@ -53,7 +53,7 @@ type corpusWant struct {
 var corpus = map[string]corpusWant{
 	"actioncable-tester.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]", "\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first", "[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself"},
+		warns:   []string{"[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]", "[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself"},
 	},
 	"amardns.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]; tcp 8053: 853[tls]", Conc: "connections 20/0; connections 20/0", Checks: "tcp 15s/4s; http 15s/4s GET /health; tcp 15s/4s", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=sin"},
@@ -109,7 +109,7 @@ var corpus = map[string]corpusWant{
 	},
 	"global-rails.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=scl"},
-		warns:   []string{"\"builder\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]", "[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]", "\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first"},
+		warns:   []string{"\"builder\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]", "[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]"},
 	},
 	"go-example.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=lhr"},
@@ -121,7 +121,7 @@ var corpus = map[string]corpusWant{
 	},
 	"hello_elixir.toml": {
 		summary: summary{Services: "tcp 4000: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGTERM 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first"},
+		warns:   nil,
 	},
 	"keydb.toml": {
 		summary: summary{Services: "tcp 6379: 10000[]", Conc: "connections 20/0", Checks: "tcp 10s/2s", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -133,11 +133,11 @@ var corpus = map[string]corpusWant{
 	},
 	"live_beats.toml": {
 		summary: summary{Services: "tcp 4000: 80[http] 443[tls,http]", Conc: "connections 2000/2500", Checks: "tcp 15s/2s", Stop: "SIGTERM 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=iad"},
-		warns:   []string{"\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first"},
+		warns:   nil,
 	},
 	"metagram.toml": {
 		summary: summary{Services: "tcp 8000: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s; http 10s/2s GET /.well-known/health-check", Stop: "SIGTERM 1m0s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=sjc"},
-		warns:   []string{"unknown key \"app_name\", ignored", "\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first"},
+		warns:   []string{"unknown key \"app_name\", ignored"},
 	},
 	"nats-cluster.toml": {
 		summary: summary{Services: "", Conc: "", Checks: "", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -153,11 +153,11 @@ var corpus = map[string]corpusWant{
 	},
 	"notesclub.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGTERM 5s", Guest: "shared 1x512 runc", Cmd: "", Env: "group=app primary=fra"},
-		warns:   []string{"\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first"},
+		warns:   nil,
 	},
 	"oban_example.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 1000/1000", Checks: "", Stop: "SIGTERM", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=yyz"},
-		warns:   []string{"\"swap_size_mb\" ignored: machines get no swap; size memory in [[vm]] instead", "\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first"},
+		warns:   []string{"\"swap_size_mb\" ignored: machines get no swap; size memory in [[vm]] instead"},
 	},
 	"ollama-open-webui.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/0", Checks: "", Stop: "", Guest: "performance 8x16384 runc", Cmd: "", Env: "group=app primary=ord"},
@@ -173,7 +173,7 @@ var corpus = map[string]corpusWant{
 	},
 	"piquetdestream-webapp.toml": {
 		summary: summary{Services: "tcp 3000: 80[http] 443[tls,http]", Conc: "connections 90/100", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"\"build-target\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]", "\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first"},
+		warns:   []string{"\"build-target\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]"},
 	},
 	"postgres-flex.toml": {
 		summary: summary{Services: "", Conc: "", Checks: "", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=ord"},
@@ -189,15 +189,15 @@ var corpus = map[string]corpusWant{
 	},
 	"rails-machine-workers.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]", "\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first", "[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself"},
+		warns:   []string{"[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]", "[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself"},
 	},
 	"rails-on-fly.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=atl"},
-		warns:   []string{"\"builder\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]", "\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first"},
+		warns:   []string{"\"builder\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]"},
 	},
 	"ration-django.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first", "[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself"},
+		warns:   []string{"[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself"},
 	},
 	"redis-geo-cache.toml": {
 		summary: summary{Services: "tcp 7379: 10000[]", Conc: "connections 20/25", Checks: "tcp 10s/2s", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -209,7 +209,7 @@ var corpus = map[string]corpusWant{
 	},
 	"roqr.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "| bundle exec rails server", Env: "group=web"},
-		warns:   []string{"[processes] defines 2 groups; perch runs one group per app for now, \"web\"", "[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]", "\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first", "[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself"},
+		warns:   []string{"[processes] defines 2 groups; perch runs one group per app for now, \"web\"", "[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]", "[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself"},
 	},
 	"sentrypeer.toml": {
 		summary: summary{Services: "udp 5060: 5060[]", Conc: "connections 20/25", Checks: "", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=den"},
@@ -237,7 +237,7 @@ var corpus = map[string]corpusWant{
 	},
 	"thumbnail_generator.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 1000/1000", Checks: "", Stop: "SIGTERM", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=iad"},
-		warns:   []string{"\"swap_size_mb\" ignored: machines get no swap; size memory in [[vm]] instead", "\"release_command\" in [deploy] ignored: release commands are not supported yet, so nothing runs before the new machines start; run it yourself first"},
+		warns:   []string{"\"swap_size_mb\" ignored: machines get no swap; size memory in [[vm]] instead"},
 	},
 	"tictac.toml": {
 		summary: summary{Services: "tcp 4000: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGTERM 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},

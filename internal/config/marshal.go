@@ -173,7 +173,9 @@ type fileVM struct {
 }
 
 type fileDeploy struct {
-	Strategy string `toml:"strategy,omitempty"`
+	Strategy              string `toml:"strategy,omitempty"`
+	ReleaseCommand        string `toml:"release_command,omitempty"`
+	ReleaseCommandTimeout string `toml:"release_command_timeout,omitempty"`
 }
 
 type fileRestart struct {
@@ -248,8 +250,11 @@ func (c *Config) file() fileConfig {
 		}
 		f.VM = append(f.VM, fv)
 	}
-	if c.Deploy.Strategy != "" {
-		f.Deploy = &fileDeploy{Strategy: c.Deploy.Strategy}
+	if c.Deploy.Strategy != "" || len(c.Deploy.ReleaseCommand) > 0 {
+		f.Deploy = &fileDeploy{Strategy: c.Deploy.Strategy, ReleaseCommand: shellJoin(c.Deploy.ReleaseCommand)}
+		if t := c.Deploy.ReleaseCommandTimeout; t > 0 {
+			f.Deploy.ReleaseCommandTimeout = t.String()
+		}
 	}
 	for _, r := range c.Restarts {
 		policy := r.Policy

@@ -67,8 +67,9 @@ func (d *decoder) config(doc map[string]any) *Config {
 		c.Deploy.Strategy, _, _ = s.oneOf("strategy", "rolling", "immediate", "canary", "bluegreen")
 		c.Deploy.MaxUnavailable = d.maxUnavailable(s)
 		c.Deploy.WaitTimeout = d.seconds(s, "wait_timeout")
-		s.ignore("release_command", "release commands are not supported yet, so nothing runs before the new machines start; run it yourself first")
-		s.accept("release_command_timeout", "release_command_vm", "release_command_compute")
+		d.releaseCommand(s, &c.Deploy) // release.go
+		s.ignore("release_command_vm", "the release command's machine has the app's [[vm]] size")
+		s.ignore("release_command_compute", "the release command's machine has the app's [[vm]] size")
 		s.done()
 	}
 	if s := top.sub("autoscale"); s != nil {

@@ -48,7 +48,9 @@ func startWorld(t *testing.T, opts devcluster.Options) *devcluster.World {
 	if opts.HostTimeout == 0 {
 		opts.HostTimeout = 4 * time.Second
 	}
-	opts.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	w, err := devcluster.Start(ctx, opts)

@@ -55,6 +55,17 @@ type Spec struct {
 	Net      Net
 	CPUs     int
 	MemoryMB int
+	// Files are written into the machine's root filesystem before it
+	// starts (Fly's config.files), owned by root.
+	Files []File
+}
+
+// File is one file of Spec.Files: Path is absolute inside the machine,
+// Mode its permission bits.
+type File struct {
+	Path string
+	Data []byte
+	Mode os.FileMode
 }
 
 // Status of a machine in the runtime.

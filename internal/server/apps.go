@@ -162,6 +162,10 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if err := s.deleteSecrets(ctx, a.Name); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	if rs, err := store.List[api.Release](ctx, s.st.Releases, a.Name+".*"); err == nil {
 		for _, rel := range rs {
 			_ = store.Delete(ctx, s.st.Releases, store.ReleaseKey(a.Name, rel.Version))

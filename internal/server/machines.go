@@ -89,6 +89,12 @@ func validateConfig(c *api.MachineConfig) error {
 			}
 		}
 	}
+	if err := validateFiles(c.Files); err != nil { // files.go
+		return err
+	}
+	if len(c.Files) > 0 && c.Guest.Runtime == "microvm" {
+		return errf(http.StatusBadRequest, "config.files are not written into a microVM's disk yet; use the runc runtime for this machine, or bake the files into the image")
+	}
 	return validatePorts(c) // ports.go
 }
 
@@ -216,6 +222,9 @@ func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachin
 		err = s.placeAnywhere(ctx, a.Name, &spec, req.Config.Guest)
 	} else if err == nil {
 		err = s.place(ctx, &spec, scheduler.Request{Region: req.Region, Guest: req.Config.Guest})
+	}
+	if err == nil {
+		err = s.sealSecrets(ctx, &spec, req.SkipSecrets) // secrets.go
 	}
 	if err == nil {
 		_, err = store.Create(ctx, s.st.Machines, spec.Key(), spec)
@@ -385,6 +394,12 @@ func (s *Server) updateMachine(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	sealed := store.MachineSpec{App: sp.App, ID: sp.ID, HostID: sp.HostID, Config: req.Config}
+	if err := s.sealSecrets(ctx, &sealed, req.SkipSecrets); err != nil { // secrets.go
+		s.placeMu.Unlock()
+		s.fail(w, r, err)
+		return
+	}
 	nonce := r.Header.Get(leaseNonceHeader)
 	updated, err := store.Modify(ctx, s.st.Machines, sp.Key(), func(m *store.MachineSpec) error {
 		if m.Desired == store.DesireDestroyed {
@@ -400,6 +415,7 @@ func (s *Server) updateMachine(w http.ResponseWriter, r *http.Request) {
 			m.Cordoned = true
 		}
 		m.Config = req.Config
+		m.Secrets, m.SecretsVersion = sealed.Secrets, sealed.SecretsVersion
 		m.Generation++
 		m.ConfigGeneration = m.Generation
 		m.InstanceID = newInstanceID()

@@ -147,7 +147,6 @@ var indexRE = regexp.MustCompile(`\[[^\]]*\]`)
 // Perch does instead; keyed by path without list indexes or map keys.
 var unsupportedWhy = map[string]string{
 	"config.mounts":                    "Perch has no volumes yet; a machine's disk lasts until it is destroyed",
-	"config.files":                     "Perch does not write files into a machine's root filesystem yet; bake them into the image or pass them in config.env",
 	"config.checks":                    "Perch runs checks per service: put them under config.services[].checks",
 	"config.schedule":                  "Perch does not run machines on a schedule",
 	"config.processes":                 "Perch runs one process per machine: set config.init.cmd",

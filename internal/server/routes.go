@@ -53,6 +53,10 @@ func (s *Server) routes() http.Handler {
 	v1.HandleFunc("PUT /v1/orgs/{org}/budget", s.putBudget)
 	v1.HandleFunc("DELETE /v1/orgs/{org}/budget", s.deleteBudget)
 	v1.HandleFunc("POST /v1/orgs/{org}/budget/resume", s.resumeBudget)
+	v1.HandleFunc("GET /v1/apps/{app}/secrets", s.listSecrets) // secrets.go
+	v1.HandleFunc("POST /v1/apps/{app}/secrets", s.updateSecrets)
+	v1.HandleFunc("POST /v1/apps/{app}/secrets/{name}", s.setSecret)
+	v1.HandleFunc("DELETE /v1/apps/{app}/secrets/{name}", s.unsetSecret)
 	v1.HandleFunc("GET /v1/hosts", s.listHosts)
 	v1.HandleFunc("POST /v1/hosts", s.registerHost)
 	v1.HandleFunc("GET /v1/agent/bootstrap", s.bootstrap)

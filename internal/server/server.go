@@ -23,6 +23,7 @@ import (
 	"github.com/perchhq/perch/internal/certs"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/registry"
+	"github.com/perchhq/perch/internal/secrets"
 	"github.com/perchhq/perch/internal/store"
 )
 
@@ -64,6 +65,9 @@ type Config struct {
 	Prices        *billing.Prices
 	Clock         billing.Clock
 	MeterInterval time.Duration
+	// RotateSecretsKey replaces the secrets master key at start
+	// (perch server --rotate-secrets-key; docs/secrets.md).
+	RotateSecretsKey bool
 	// Registry bounds blob uploads (idle timeout, size cap); zero fields
 	// take registry's defaults.
 	Registry registry.Options
@@ -86,8 +90,9 @@ type Server struct {
 	hostMu   sync.Mutex // serialises subnet assignment
 	placeMu  sync.Mutex // serialises placement
 
-	autoscaler *autoscale.Loop // autoscale.go
-	billing    *billingState   // billing.go
+	autoscaler *autoscale.Loop  // autoscale.go
+	billing    *billingState    // billing.go
+	keys       *secrets.Keyring // secrets.go
 }
 
 // New starts the state store and binds the API listener; Serve serves it.
@@ -121,6 +126,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if err := s.ensureAdminToken(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.openSecrets(ctx, cfg.RotateSecretsKey); err != nil {
 		s.Close()
 		return nil, err
 	}

@@ -57,9 +57,15 @@ type MachineSpec struct {
 	SignalSeq int64  `json:"signal_seq,omitempty"`
 	// Lease is Fly's machine lease: while it lasts, changes to the machine
 	// need its nonce. Hosts ignore it.
-	Lease     *MachineLease `json:"lease,omitempty"`
-	CreatedAt time.Time     `json:"created_at"`
-	UpdatedAt time.Time     `json:"updated_at"`
+	Lease *MachineLease `json:"lease,omitempty"`
+	// Secrets are the app's secrets as the control plane resolved them at
+	// the last create or update, sealed to the mesh key of HostID (NaCl
+	// sealed box of a SealedSecrets): only that host opens them.
+	// SecretsVersion is the app's secrets version they hold.
+	Secrets        []byte    `json:"secrets,omitempty"`
+	SecretsVersion int64     `json:"secrets_version,omitempty"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
 }
 
 // MachineLease is a lease on a machine (POST .../lease).

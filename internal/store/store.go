@@ -36,7 +36,10 @@ const (
 	// BucketAutoscale holds each app's autoscaling settings and the
 	// autoscaler's last decisions, key "<app>".
 	BucketAutoscale = "perch_autoscale"
-	StreamLogs      = "PERCH_LOGS"
+	// BucketSecrets holds each app's secrets, encrypted (AppSecrets), key
+	// "<app>".
+	BucketSecrets = "perch_secrets"
+	StreamLogs    = "PERCH_LOGS"
 )
 
 // ErrNotFound is returned when a key does not exist.
@@ -65,6 +68,7 @@ type Store struct {
 	Locks      jetstream.KeyValue
 	Challenges jetstream.KeyValue
 	Autoscale  jetstream.KeyValue
+	Secrets    jetstream.KeyValue
 }
 
 // Open connects to NATS at url (with an optional auth token) and makes sure
@@ -131,6 +135,7 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		{&s.TLS, BucketTLS, 1, 0},
 		{&s.Locks, BucketLocks, 1, 0},
 		{&s.Autoscale, BucketAutoscale, 1, 0},
+		{&s.Secrets, BucketSecrets, 1, 0},
 		// A challenge lives minutes; the TTL sweeps those a crashed
 		// issuer never cleaned up.
 		{&s.Challenges, BucketChallenges, 1, time.Hour},

@@ -26,6 +26,9 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	if len(spec.Process.Args) == 0 {
 		return fmt.Errorf("microvm: create %s: no command to run; set the image's entrypoint/cmd or the machine's init.cmd", spec.ID)
 	}
+	if len(spec.Files) > 0 {
+		return fmt.Errorf("microvm: create %s: config.files are not written into a microVM's disk yet; use the runc runtime for this machine, or bake the files into the image", spec.ID)
+	}
 	if spec.MemoryMB > 0 && spec.MemoryMB < MinMemoryMB {
 		return fmt.Errorf("microvm: create %s: memory_mb must be at least %d for a microVM (its kernel needs the room), got %d", spec.ID, MinMemoryMB, spec.MemoryMB)
 	}

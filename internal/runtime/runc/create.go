@@ -52,6 +52,9 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	if err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
+	if err := writeFiles(d.path(id, dirRootfs), spec.Files); err != nil { // files.go
+		return fmt.Errorf("runc: create %s: %w", id, err)
+	}
 	r := record{Spec: spec, Copy: copied}
 	// The record goes first so a failed create can still be destroyed
 	// completely, by this driver or the next.

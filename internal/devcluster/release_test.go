@@ -1,0 +1,91 @@
+package devcluster_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/perchhq/perch/internal/devcluster"
+)
+
+// TestReleaseCommand: [deploy] release_command runs once per deploy with
+// the new release's env and the app's secrets, before any machine is
+// replaced; one that fails, or hangs past release_command_timeout, stops
+// the deploy with its last log lines and leaves the app as it was, with
+// no machine of it left behind.
+func TestReleaseCommand(t *testing.T) {
+	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}})
+	ctx := context.Background()
+	ref := pushImage(t, w, "hello:v1")
+	dir := t.TempDir()
+	mustPerch(t, w, dir, "launch", "--image", ref, "--regions", "iad", "--name", "rel")
+	base, err := os.ReadFile(filepath.Join(dir, "perch.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := func(deploy string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, "perch.toml"), append(append([]byte{}, base...), "\n[deploy]\n"+deploy+"\n"...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustPerch(t, w, dir, "secrets", "set", "DATABASE_URL=postgres://secret", "--stage")
+
+	release(`release_command = "release ok"`)
+	out := mustPerch(t, w, dir, "deploy", "--smoke-window", "1s")
+	if !strings.Contains(out, "Running release command in iad: release ok") || !strings.Contains(out, "Release command finished") {
+		t.Errorf("deploy did not run the release command:\n%s", out)
+	}
+	eventually(t, 10*time.Second, "the release command's output in perch logs", func() (bool, string) {
+		logs, _ := perch(t, w, dir, "logs")
+		return strings.Contains(logs, "release: migrating (RELEASE_COMMAND=1, DATABASE_URL set)") && strings.Contains(logs, "release: done"), logs
+	})
+	good, err := liveMachines(ctx, w, "rel")
+	if err != nil || len(good) != 1 || good[0].Config.Metadata["perch_release"] != "v1" {
+		t.Fatalf("after the first deploy: %v %v; want one machine of v1 (the release command's destroyed)", ids(good), err)
+	}
+
+	unchanged := func(what string) {
+		t.Helper()
+		eventually(t, 15*time.Second, what+": the app as it was", func() (bool, string) {
+			ms, err := liveMachines(ctx, w, "rel")
+			return err == nil && len(ms) == 1 && ms[0].ID == good[0].ID && ms[0].InstanceID == good[0].InstanceID, strings.Join(ids(ms), " ")
+		})
+		expectAnswer(t, w.Info().Regions[0].EdgeAddr+":80", "rel", "iad")
+	}
+
+	release(`release_command = "release fail"`)
+	out, err = perch(t, w, dir, "deploy", "--smoke-window", "1s")
+	if err == nil {
+		t.Fatal("a deploy whose release command failed succeeded")
+	}
+	for _, want := range []string{"migration 0042 failed: column already exists", "exit code 3", "stopped before any machine was replaced", "keeps running v1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("failed release command: output lacks %q:\n%s", want, out)
+		}
+	}
+	unchanged("after a failed release command")
+
+	release("release_command = \"release hang\"\nrelease_command_timeout = \"3s\"")
+	start := time.Now()
+	out, err = perch(t, w, dir, "deploy", "--smoke-window", "1s")
+	if err == nil {
+		t.Fatal("a deploy whose release command hung succeeded")
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("the hung release command held the deploy %s; timeout 3s", took)
+	}
+	for _, want := range []string{"did not finish within 3s", "waiting for a lock that never comes", "keeps running v1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("hung release command: output lacks %q:\n%s", want, out)
+		}
+	}
+	unchanged("after a release command that hung")
+	rs := mustPerch(t, w, dir, "releases")
+	if strings.Count(rs, "failed") < 2 {
+		t.Errorf("perch releases does not show the two failed releases:\n%s", rs)
+	}
+}
