@@ -64,7 +64,7 @@ func FuzzWrite(f *testing.F) {
 		}
 		b, err := h.Append(nil)
 		if err != nil {
-			if len(authority) > 0xffff-40 {
+			if len(authority) > MaxAuthority {
 				return
 			}
 			t.Fatalf("Append(%+v): %v", h, err)

@@ -42,6 +42,11 @@ const (
 	v1Max = 107
 	// v2HeadLen is the fixed part of a version 2 header.
 	v2HeadLen = 16
+	// MaxAuthority is the longest authority a header carries: a host name
+	// (a TLS server name, at most 255 bytes as DNS has them). Receivers cap
+	// the whole header too (4,096 bytes in the common Go library), which
+	// a longer one could pass.
+	MaxAuthority = 255
 	// tlvAuthority is PP2_TYPE_AUTHORITY.
 	tlvAuthority = 0x02
 )

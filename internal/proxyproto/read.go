@@ -162,8 +162,8 @@ func parseV2(verCmd, fam byte, body []byte) (*Header, error) {
 		if len(tlvs) < 3+n {
 			return nil, errors.New("proxyproto: v2 TLV runs past the header")
 		}
-		if typ == tlvAuthority && h.Authority == "" {
-			h.Authority = string(tlvs[3 : 3+n])
+		if typ == tlvAuthority && h.Authority == "" && n <= MaxAuthority {
+			h.Authority = string(tlvs[3 : 3+n]) // a longer one is no host name: ignored
 		}
 		tlvs = tlvs[3+n:]
 	}

@@ -80,12 +80,12 @@ func (h *Header) appendV2(b []byte, src, dst netip.AddrPort) ([]byte, error) {
 		addrs = binary.BigEndian.AppendUint16(addrs, src.Port())
 		addrs = binary.BigEndian.AppendUint16(addrs, dst.Port())
 	}
+	if len(h.Authority) > MaxAuthority {
+		return b, fmt.Errorf("proxyproto: authority of %d bytes is not a host name (at most %d)", len(h.Authority), MaxAuthority)
+	}
 	n := len(addrs)
 	if h.Authority != "" {
 		n += 3 + len(h.Authority)
-	}
-	if n > 0xffff {
-		return b, fmt.Errorf("proxyproto: authority of %d bytes does not fit a header", len(h.Authority))
 	}
 	b = append(b, v2Sig[:]...)
 	b = append(b, cmd, fam)
