@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 )
 
 const ipForward = "/proc/sys/net/ipv4/ip_forward"
@@ -44,10 +46,40 @@ func EnsureBridge(name string, gw netip.Prefix) error {
 			return fmt.Errorf("hostnet: bridge address: %w", err)
 		}
 	}
+	if err := pinBridgeMAC(name); err != nil {
+		return err
+	}
 	if _, err := ip("link", "set", name, "up"); err != nil {
 		return fmt.Errorf("hostnet: bridge up: %w", err)
 	}
 	return enableForwarding()
+}
+
+// pinBridgeMAC sets the bridge's MAC address explicitly, to the one it has.
+// A Linux bridge whose address was never set takes the lowest MAC of its
+// ports and changes it as ports come and go: when the veth that lent it
+// is deleted (a machine destroyed), every other machine's neighbour entry
+// for the gateway names a MAC nobody has, and their packets to the host
+// (answers to the edge) are lost until the entry expires, seconds later.
+// An address set by hand stays (kernel addr_assign_type NET_ADDR_SET).
+func pinBridgeMAC(name string) error {
+	const netAddrSet = "3"
+	dir := filepath.Join("/sys/class/net", name)
+	kind, err := os.ReadFile(filepath.Join(dir, "addr_assign_type"))
+	if err != nil {
+		return fmt.Errorf("hostnet: bridge %s: %w", name, err)
+	}
+	if strings.TrimSpace(string(kind)) == netAddrSet {
+		return nil
+	}
+	mac, err := os.ReadFile(filepath.Join(dir, "address"))
+	if err != nil {
+		return fmt.Errorf("hostnet: bridge %s: %w", name, err)
+	}
+	if _, err := ip("link", "set", "dev", name, "address", strings.TrimSpace(string(mac))); err != nil {
+		return fmt.Errorf("hostnet: bridge %s: pin its MAC address: %w", name, err)
+	}
+	return nil
 }
 
 func enableForwarding() error {

@@ -243,3 +243,76 @@ func inNetns(t *testing.T, path string, f func() error) {
 		t.Fatal(err)
 	}
 }
+
+// The bridge keeps its MAC address while machines come and go: a Linux
+// bridge left alone takes its lowest port's MAC and changes it when that
+// veth goes, and the other machines' packets to the gateway (answers to
+// the edge) then go to an address nobody has until their neighbour entry
+// expires. After every machine but one is detached, the last one still
+// reaches the gateway at once, with its old neighbour entry.
+func TestBridgeKeepsItsMAC(t *testing.T) {
+	b := hostnettest.New(t)
+	mac := func() string {
+		m, err := os.ReadFile("/sys/class/net/" + b.Name + "/address")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(m))
+	}
+	before := mac()
+	var ids []string
+	var nets []runtime.Net
+	for range 6 {
+		id := newID(t, "mac")
+		n := b.Net(t)
+		if _, err := hostnet.Attach(id, n); err != nil {
+			t.Fatal(err)
+		}
+		ids, nets = append(ids, id), append(nets, n)
+	}
+	last := ids[len(ids)-1]
+	t.Cleanup(func() { hostnet.Detach(last) })
+	if got := mac(); got != before {
+		t.Fatalf("bridge MAC %s became %s as machines were attached", before, got)
+	}
+	hostLn, err := net.Listen("tcp4", netip.AddrPortFrom(nets[0].Gateway, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostLn.Close()
+	go func() {
+		for {
+			c, err := hostLn.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	path := "/run/netns/" + hostnet.NetnsName(last)
+	dialGateway := func() error {
+		var err error
+		inNetns(t, path, func() error {
+			var c net.Conn
+			if c, err = net.DialTimeout("tcp4", hostLn.Addr().String(), 500*time.Millisecond); err == nil {
+				c.Close()
+			}
+			return nil
+		})
+		return err
+	}
+	if err := dialGateway(); err != nil { // the machine learns the gateway's MAC
+		t.Fatal(err)
+	}
+	for _, id := range ids[:len(ids)-1] {
+		if err := hostnet.Detach(id); err != nil {
+			t.Fatal(err)
+		}
+		if got := mac(); got != before {
+			t.Fatalf("bridge MAC %s became %s when machine %s went", before, got, id)
+		}
+		if err := dialGateway(); err != nil {
+			t.Fatalf("after machine %s went, the last machine cannot reach the gateway within 500ms: %v", id, err)
+		}
+	}
+}
