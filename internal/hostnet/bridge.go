@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 )
 
 const ipForward = "/proc/sys/net/ipv4/ip_forward"
@@ -61,22 +59,19 @@ func EnsureBridge(name string, gw netip.Prefix) error {
 // is deleted (a machine destroyed), every other machine's neighbour entry
 // for the gateway names a MAC nobody has, and their packets to the host
 // (answers to the edge) are lost until the entry expires, seconds later.
-// An address set by hand stays (kernel addr_assign_type NET_ADDR_SET).
+// An address set by hand stays.
 func pinBridgeMAC(name string) error {
-	const netAddrSet = "3"
-	dir := filepath.Join("/sys/class/net", name)
-	kind, err := os.ReadFile(filepath.Join(dir, "addr_assign_type"))
+	// Setting the address it has marks it set by hand (the kernel's
+	// addr_assign_type NET_ADDR_SET); ip reads it in the agent's own network
+	// namespace, where /sys may show another one's links.
+	l, err := getLink("", name)
 	if err != nil {
-		return fmt.Errorf("hostnet: bridge %s: %w", name, err)
+		return fmt.Errorf("hostnet: bridge %s: read its MAC address: %w", name, err)
 	}
-	if strings.TrimSpace(string(kind)) == netAddrSet {
-		return nil
+	if l == nil || l.Address == "" {
+		return fmt.Errorf("hostnet: bridge %s: ip link shows no MAC address for it", name)
 	}
-	mac, err := os.ReadFile(filepath.Join(dir, "address"))
-	if err != nil {
-		return fmt.Errorf("hostnet: bridge %s: %w", name, err)
-	}
-	if _, err := ip("link", "set", "dev", name, "address", strings.TrimSpace(string(mac))); err != nil {
+	if _, err := ip("link", "set", "dev", name, "address", l.Address); err != nil {
 		return fmt.Errorf("hostnet: bridge %s: pin its MAC address: %w", name, err)
 	}
 	return nil

@@ -13,6 +13,7 @@ type link struct {
 	Flags    []string `json:"flags"`
 	Master   string   `json:"master"`
 	Alias    string   `json:"ifalias"`
+	Address  string   `json:"address"` // MAC
 	LinkInfo struct {
 		Kind string `json:"info_kind"`
 	} `json:"linkinfo"`
