@@ -51,13 +51,14 @@ func (e *Edge) rewrite(pr *httputil.ProxyRequest) {
 	out.Header.Set(hdrForwardedPort, st.port)
 	out.Header.Del(hdrReplaySrc) // only the edge says a request is a replay
 	out.Header.Set(hdrRegion, e.cfg.Region)
-	out.Header.Set(hdrClientIP, clientIP(pr.In.RemoteAddr))
+	client := clientIP(pr.In.RemoteAddr)
+	out.Header.Set(hdrClientIP, client)
 	out.Header.Set(hdrRequestID, st.id)
 	proto, ssl := "http", "off"
 	if pr.In.TLS != nil {
 		proto, ssl = "https", "on"
 	}
-	out.Header.Set(hdrFlyClientIP, clientIP(pr.In.RemoteAddr))
+	out.Header.Set(hdrFlyClientIP, client)
 	out.Header.Set(hdrFlyRegion, e.cfg.Region)
 	out.Header.Set(hdrFlyForwardedPort, st.port)
 	out.Header.Set(hdrFlyForwardedProto, proto)
