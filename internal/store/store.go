@@ -39,6 +39,9 @@ const (
 	// BucketSecrets holds each app's secrets, encrypted (AppSecrets), key
 	// "<app>".
 	BucketSecrets = "perch_secrets"
+	// BucketOrgs holds organisations ("org.<slug>": members) and the
+	// registry's repository owners ("repo.<hex of the name>").
+	BucketOrgs = "perch_orgs"
 	StreamLogs    = "PERCH_LOGS"
 )
 
@@ -69,6 +72,7 @@ type Store struct {
 	Challenges jetstream.KeyValue
 	Autoscale  jetstream.KeyValue
 	Secrets    jetstream.KeyValue
+	Orgs       jetstream.KeyValue
 }
 
 // Open connects to NATS at url (with an optional auth token) and makes sure
@@ -136,6 +140,7 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		{&s.Locks, BucketLocks, 1, 0},
 		{&s.Autoscale, BucketAutoscale, 1, 0},
 		{&s.Secrets, BucketSecrets, 1, 0},
+		{&s.Orgs, BucketOrgs, 1, 0},
 		// A challenge lives minutes; the TTL sweeps those a crashed
 		// issuer never cleaned up.
 		{&s.Challenges, BucketChallenges, 1, time.Hour},
