@@ -14,6 +14,9 @@ type Access struct {
 	Repo    string
 	Push    bool
 	Catalog bool
+	// Blob: the request is under /v2/<name>/blobs/ (blobs are stored by
+	// digest, shared by every repository).
+	Blob bool
 }
 
 // Authorizer decides whether a token may make an access. An error wrapping
@@ -65,7 +68,7 @@ func accessOf(req *http.Request) Access {
 		return Access{Catalog: true}
 	}
 	if m := repoPathRE.FindStringSubmatch(p); m != nil {
-		return Access{Repo: m[1], Push: push}
+		return Access{Repo: m[1], Push: push, Blob: m[2] == "blobs"}
 	}
 	return Access{Push: push}
 }

@@ -69,13 +69,19 @@ func (s *Server) validToken(tok string) (store.Token, bool) {
 // with: DataDir/token-key, mode 0600. It never goes to the store, so a
 // reader of the store cannot mint a token.
 func (s *Server) openTokens() error {
-	sec, err := readOrCreateSecret(filepath.Join(s.cfg.DataDir, "token-key"))
+	path := filepath.Join(s.cfg.DataDir, "token-key")
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		if err := writeFileAtomic(path, []byte(randHex(32)+"\n"), 0o600); err != nil {
+			return fmt.Errorf("server: token signing key: %w", err)
+		}
+	}
+	sec, err := readOrCreateSecret(path)
 	if err != nil {
 		return fmt.Errorf("server: token signing key: %w", err)
 	}
 	key, err := hex.DecodeString(sec)
 	if err != nil {
-		return fmt.Errorf("server: token signing key %s is damaged (%w); restore it from a backup (every organisation token depends on it)", filepath.Join(s.cfg.DataDir, "token-key"), err)
+		return fmt.Errorf("server: token signing key %s is damaged (%w); restore it from a backup (every organisation token depends on it)", path, err)
 	}
 	s.tokens, err = auth.NewAuthority(key)
 	if err != nil {

@@ -78,6 +78,10 @@ func (a registryAuth) Authorize(req *http.Request, tok string, acc registry.Acce
 		} else {
 			a.s.log.Info("registry repository claimed", "repo", acc.Repo, "org", p.Org)
 		}
+	case errors.Is(err, store.ErrNotFound) && acc.Blob:
+		// A push begins by asking which blobs the registry has; a repository
+		// nobody owns has no manifest to read.
+		return nil
 	case errors.Is(err, store.ErrNotFound):
 		return fmt.Errorf("%w: repository %s does not exist or is not your organisation's (%s)", registry.ErrDenied, acc.Repo, p.Org)
 	case err != nil:
