@@ -88,13 +88,14 @@ type Server struct {
 	natsTok  string
 	tokPath  string
 	adminTok string
-	tokens   *auth.Authority // organisations' tokens (auth.go)
 	hostMu   sync.Mutex // serialises subnet assignment
 	placeMu  sync.Mutex // serialises placement
 
 	autoscaler *autoscale.Loop  // autoscale.go
 	billing    *billingState    // billing.go
 	keys       *secrets.Keyring // secrets.go
+
+	tokens *auth.Authority // organisations' tokens (auth.go)
 }
 
 // New starts the state store and binds the API listener; Serve serves it.

@@ -39,11 +39,12 @@ const (
 	// BucketSecrets holds each app's secrets, encrypted (AppSecrets), key
 	// "<app>".
 	BucketSecrets = "perch_secrets"
-	// BucketOrgs holds organisations ("org.<slug>": members) and the
-	// registry's repository owners ("repo.<hex of the name>").
-	BucketOrgs = "perch_orgs"
 	StreamLogs    = "PERCH_LOGS"
 )
+
+// BucketOrgs holds organisations ("org.<slug>": members) and the
+// registry's repository owners ("repo.<hex of the name>").
+const BucketOrgs = "perch_orgs"
 
 // ErrNotFound is returned when a key does not exist.
 var ErrNotFound = errors.New("not found")
