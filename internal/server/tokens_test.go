@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -418,4 +419,51 @@ func mustRef(t *testing.T, s string) name.Reference {
 func scopeOf(c class) scope {
 	return map[class]scope{forAdmin: scopeAdmin, forAgent: scopeAgent, forAnyone: scopeAny, forApps: scopeApps,
 		forApp: scopeApp, forOrg: scopeOrg, forOrgAdmin: scopeOrgAdmin, forOrgList: scopeOrgList}[c]
+}
+
+// TestRegionCaveat: a token narrowed to one region reads the app, creates
+// and acts on machines of that region only, and makes no other write.
+func TestRegionCaveat(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	ctx := context.Background()
+	for _, r := range []string{"iad", "ams"} {
+		if _, err := s.c.RegisterHost(ctx, api.Host{Region: r, CPUs: 4, MemoryMB: 4096}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.c.CreateApp(ctx, api.CreateAppRequest{AppName: "web", Org: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	machines := map[string]string{}
+	for _, r := range []string{"iad", "ams"} {
+		m, err := s.c.CreateMachine(ctx, "web", api.CreateMachineRequest{Region: r, Config: api.MachineConfig{Image: "i"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		machines[r] = m.ID
+	}
+	root := mustToken(t, s.c, "acme", api.CreateTokenRequest{Kind: "org"}).Secret
+	ams := api.NewClient(s.URL(), mustNarrow(t, root, auth.RegionCaveat("ams")))
+
+	if _, err := ams.ListMachines(ctx, "web", ""); err != nil {
+		t.Errorf("region-narrowed token cannot list machines: %v", err)
+	}
+	if err := ams.StopMachine(ctx, "web", machines["ams"], nil); hasStatus(err, 401, 403) {
+		t.Errorf("stopping the ams machine: %v; want it allowed", err)
+	}
+	err := ams.StopMachine(ctx, "web", machines["iad"], nil)
+	wantStatus(t, err, 403, "narrowed to region ams")
+	_, err = ams.CreateMachine(ctx, "web", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i"}})
+	wantStatus(t, err, 403, "narrowed to region ams")
+	if _, err := ams.CreateMachine(ctx, "web", api.CreateMachineRequest{Region: "ams", Config: api.MachineConfig{Image: "i"}}); err != nil {
+		t.Errorf("creating a machine in ams: %v", err)
+	}
+	one := "1"
+	_, err = ams.UpdateSecrets(ctx, "web", map[string]*string{"A": &one})
+	wantStatus(t, err, 403, "narrowed to region ams")
+}
+
+func hasStatus(err error, codes ...int) bool {
+	var he *api.HTTPError
+	return errors.As(err, &he) && slices.Contains(codes, he.StatusCode)
 }
