@@ -56,9 +56,9 @@ func token(req *http.Request) string {
 	return ""
 }
 
-// repoPathRE splits /v2/<name>/(manifests|blobs|tags)/...: the name is the
+// repoPathRE splits /v2/<name>/(manifests|blobs|tags|referrers)/...: the name is the
 // longest prefix (names may hold slashes).
-var repoPathRE = regexp.MustCompile(`^/v2/(.+)/(manifests|blobs|tags)/`)
+var repoPathRE = regexp.MustCompile(`^/v2/(.+)/(manifests|blobs|tags|referrers)/`)
 
 // accessOf is what req does.
 func accessOf(req *http.Request) Access {
