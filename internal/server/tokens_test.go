@@ -467,3 +467,21 @@ func hasStatus(err error, codes ...int) bool {
 	var he *api.HTTPError
 	return errors.As(err, &he) && slices.Contains(codes, he.StatusCode)
 }
+
+// TestOrgTokenSurvivesRestart: a token keeps working across a restart of
+// the control plane (the signing key is in the data dir, the record in the
+// store), and one from another server's key is refused.
+func TestOrgTokenSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, dir)
+	tok := mustToken(t, s.c, DefaultOrg, api.CreateTokenRequest{Kind: "org", Name: "keep"}).Secret
+	s.stop()
+	s = startServer(t, dir)
+	w, err := api.NewClient(s.URL(), tok).Whoami(context.Background())
+	if err != nil || w.Org != DefaultOrg || w.Name != "keep" {
+		t.Fatalf("after a restart: %+v, %v; want the token of %s named keep", w, err, DefaultOrg)
+	}
+	other := startServer(t, t.TempDir())
+	_, err = api.NewClient(other.URL(), tok).Whoami(context.Background())
+	wantStatus(t, err, 401, "signature")
+}
