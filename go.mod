@@ -27,6 +27,7 @@ require (
 	golang.org/x/time v0.16.0
 	golang.zx2c4.com/wireguard v0.0.0-20260522210424-ecfc5a8d5446
 	google.golang.org/grpc v1.85.0
+	gopkg.in/macaroon.v2 v2.1.0
 )
 
 require (

@@ -38,6 +38,8 @@ grep -E '^(control plane|region)' "$work/dev.log" || true
 "$perch" auth login --dev "$dir"
 registry=$(sed -n 's/.*"registry": "\(.*\)".*/\1/p' "$dir/world.json")
 token=$(sed -n 's/.*"token": "\(.*\)".*/\1/p' "$dir/world.json")
+# world.json's token is the world organisation's; hosts are the operator's.
+admin=$(cat "$dir/server/admin-token")
 
 echo "== building the sample app image (examples/hello) and pushing it with crane"
 mkdir -p "$work/rootfs"
@@ -71,11 +73,11 @@ curl -sS --max-time 5 --cacert "$dir/ca.pem" --resolve "hello.perch.local:443:$f
 echo "== the hosts and their round trips over the WireGuard mesh (simulated fiber latency)"
 # Wait until every host has measured every other (a few probes each).
 matrix_done() {
-  "$perch" hosts | awk '/^Round-trip/ {m=1; getline; next} m && NF {n=0; for (i=1; i<=NF; i++) if ($i == "-") n++; if (n != 1) bad=1; rows++} END {exit !(rows > 0 && !bad)}'
+  PERCH_API_TOKEN="$admin" "$perch" hosts | awk '/^Round-trip/ {m=1; getline; next} m && NF {n=0; for (i=1; i<=NF; i++) if ($i == "-") n++; if (n != 1) bad=1; rows++} END {exit !(rows > 0 && !bad)}'
 }
 for _ in $(seq 40); do matrix_done && break; sleep 1; done
 sleep 5 # the median of the first probes includes the handshakes
-"$perch" hosts
+PERCH_API_TOKEN="$admin" "$perch" hosts
 
 if [ "${DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
 echo

@@ -104,7 +104,7 @@ t0=$(date +%s.%N)
 "$latency" wait -world "$dir" -from own
 scaled=$(awk "BEGIN {print $(date +%s.%N) - $t0}")
 "$latency" measure -world "$dir" -phase after -n "$n" -access "$access" -out "$work/after.json"
-"$perch" hosts >"$work/hosts.txt"
+PERCH_API_TOKEN="$(cat "$dir/server/admin-token")" "$perch" hosts >"$work/hosts.txt"
 cd - >/dev/null
 
 {

@@ -106,7 +106,12 @@ func cmdSettle(args []string) error {
 	if err != nil {
 		return err
 	}
-	c := api.NewClient(info.APIURL, info.Token)
+	// Hosts are the operator's: the admin token, not world.json's.
+	admin, err := os.ReadFile(filepath.Join(info.Dir, "server", "admin-token"))
+	if err != nil {
+		return fmt.Errorf("read the world's admin token: %w", err)
+	}
+	c := api.NewClient(info.APIURL, strings.TrimSpace(string(admin)))
 	t0 := time.Now()
 	for {
 		hosts, err := c.ListHosts(context.Background())

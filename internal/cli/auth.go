@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/perchhq/perch/internal/api"
 	"github.com/spf13/cobra"
@@ -105,7 +106,19 @@ func newWhoamiCmd() *cobra.Command {
 			if err := verifyLogin(cmd.Context(), c); err != nil {
 				return err
 			}
-			fmt.Fprintln(w, "Token: valid")
+			who, err := api.NewClient(c.APIURL, c.Token).Whoami(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("checking the login: %w", err)
+			}
+			switch {
+			case who.Org != "":
+				fmt.Fprintf(w, "Token: valid, %s of organisation %s (token %s)\n", who.Name, who.Org, who.TokenID)
+			default:
+				fmt.Fprintf(w, "Token: valid, %s\n", who.Kind)
+			}
+			if len(who.Caveats) > 0 {
+				fmt.Fprintf(w, "Narrowed to: %s\n", strings.Join(who.Caveats, ", "))
+			}
 			return nil
 		},
 	}

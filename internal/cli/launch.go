@@ -18,7 +18,7 @@ import (
 )
 
 func newLaunchCmd(g *globals) *cobra.Command {
-	var image, name, dir string
+	var image, name, dir, org string
 	var regions []string
 	var port int
 	var force bool
@@ -48,7 +48,7 @@ func newLaunchCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			app, err := createApp(ctx, c, cmp.Or(name, g.app))
+			app, err := createApp(ctx, c, cmp.Or(name, g.app), org)
 			if err != nil {
 				return err
 			}
@@ -61,7 +61,7 @@ func newLaunchCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("launch: app %s was created but its config could not be written: %w", app.Name, err)
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "Created app %s (regions %s)\n", app.Name, strings.Join(regions, ", "))
+			fmt.Fprintf(w, "Created app %s in organisation %s (regions %s)\n", app.Name, app.Org, strings.Join(regions, ", "))
 			fmt.Fprintf(w, "Wrote %s\n", path)
 			if path == "perch.toml" {
 				fmt.Fprintln(w, "Now run: perch deploy")
@@ -76,6 +76,7 @@ func newLaunchCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVarP(&name, "name", "n", "", "app name (default: a generated one)")
 	cmd.Flags().IntVarP(&port, "port", "p", 8080, "port the app's HTTP server listens on")
 	cmd.Flags().StringVar(&dir, "dir", ".", "directory to write perch.toml in")
+	cmd.Flags().StringVar(&org, "org", "", "organisation the app lives in (default: your token's)")
 	cmd.Flags().BoolVar(&force, "force", false, "replace an existing perch.toml")
 	_ = cmd.MarkFlagRequired("image")
 	return cmd
@@ -115,10 +116,10 @@ func launchRegions(ctx context.Context, c *api.Client, want []string) ([]string,
 }
 
 // createApp creates the app named name, or under a generated name, trying
-// a few in case one is taken.
-func createApp(ctx context.Context, c *api.Client, name string) (*api.App, error) {
+// a few in case one is taken, in organisation org ("": the token's own).
+func createApp(ctx context.Context, c *api.Client, name, org string) (*api.App, error) {
 	if name != "" {
-		app, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: name})
+		app, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: name, Org: org})
 		if api.IsConflict(err) {
 			return nil, fmt.Errorf("app name %s is taken; pick another with --name", name)
 		}
@@ -128,7 +129,7 @@ func createApp(ctx context.Context, c *api.Client, name string) (*api.App, error
 		return app, nil
 	}
 	for range 5 {
-		app, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: generateName(rand.IntN)})
+		app, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: generateName(rand.IntN), Org: org})
 		if api.IsConflict(err) {
 			continue
 		}

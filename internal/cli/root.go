@@ -64,6 +64,8 @@ func NewRoot(version string) *cobra.Command {
 		newCertsCmd(g),
 		newSecretsCmd(g),
 		newConfigCmd(g),
+		newOrgsCmd(g),
+		newTokensCmd(g),
 	)
 	addLoginHint(root)
 	return root

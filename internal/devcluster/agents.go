@@ -59,7 +59,7 @@ func (w *World) StartAgent(ctx context.Context, region string) error {
 	}
 	defer lf.Close()
 	cmd := exec.Command(w.opts.PerchBin, "agent",
-		"--region", region, "--server", info.APIURL, "--token", info.Token,
+		"--region", region, "--server", info.APIURL, "--token", w.adminTok,
 		"--state-dir", ri.StateDir, "--edge-addr", ri.EdgeAddr,
 		"--metrics-addr", net.JoinHostPort(ri.EdgeAddr, strconv.Itoa(MetricsPort)),
 		// Every host of the world shares one kernel: each WireGuard takes a

@@ -86,7 +86,7 @@ func TestBadInput(t *testing.T) {
 	})
 
 	t.Run("registry that refuses", func(t *testing.T) {
-		reg, err := registry.New(t.TempDir(), func(string) bool { return false }, registry.Options{}, nil)
+		reg, err := registry.New(t.TempDir(), registry.TokenFunc(func(string) bool { return false }), registry.Options{}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

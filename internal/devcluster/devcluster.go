@@ -78,8 +78,12 @@ type RegionInfo struct {
 
 // Info is world.json.
 type Info struct {
-	APIURL   string       `json:"api_url"`
+	APIURL string `json:"api_url"`
+	// Token is a token of the world's organisation Org: all a user does
+	// (launch, deploy, secrets, logs, certs, registry push). The admin
+	// token stays in the server's data dir (server/admin-token).
 	Token    string       `json:"token"`
+	Org      string       `json:"org"`
 	Registry string       `json:"registry"`
 	Regions  []RegionInfo `json:"regions"`
 	PID      int          `json:"pid"`
@@ -97,6 +101,9 @@ type World struct {
 	srv     *server.Server
 	srvStop context.CancelFunc
 	srvDone chan struct{}
+
+	// adminTok is the operator's token (agents register with it).
+	adminTok string
 
 	mu     sync.Mutex
 	agents map[string]*agentProc
@@ -182,7 +189,14 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 	}
 	// Keep the same API port across server restarts.
 	w.srvCfg.Listen = w.srv.Addr().String()
-	w.info = Info{APIURL: w.srv.URL(), Token: w.srv.AdminToken(), Registry: strings.TrimPrefix(w.srv.URL(), "http://"), PID: os.Getpid(), Dir: dir}
+	w.adminTok = w.srv.AdminToken()
+	orgTok, err := w.srv.MintOrgToken(ctx, server.DefaultOrg, "dev world")
+	if err != nil {
+		w.stopServer()
+		release()
+		return nil, fmt.Errorf("dev world: %w", err)
+	}
+	w.info = Info{APIURL: w.srv.URL(), Token: orgTok, Org: server.DefaultOrg, Registry: strings.TrimPrefix(w.srv.URL(), "http://"), PID: os.Getpid(), Dir: dir}
 	if w.info.CACert, err = writeCACert(dir, w.srv.DevCACert()); err != nil {
 		w.stopServer()
 		release()
@@ -221,9 +235,12 @@ func (w *World) Info() Info {
 
 // Client is an API client with the admin token.
 func (w *World) Client() *api.Client {
-	i := w.Info()
-	return api.NewClient(i.APIURL, i.Token)
+	return api.NewClient(w.Info().APIURL, w.adminTok)
 }
+
+// AdminToken is the operator's token (Info's Token is the world
+// organisation's).
+func (w *World) AdminToken() string { return w.adminTok }
 
 // Server is the in-process control plane.
 func (w *World) Server() *server.Server { return w.srv }

@@ -33,7 +33,7 @@ func TestPullNotFound(t *testing.T) {
 // which takes the Perch token and refuses anything else.
 func TestPullFromPerchRegistry(t *testing.T) {
 	const token = "perch_tok"
-	r, err := registry.New(t.TempDir(), func(tok string) bool { return tok == token }, registry.Options{}, testLogger(t))
+	r, err := registry.New(t.TempDir(), registry.TokenFunc(func(tok string) bool { return tok == token }), registry.Options{}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ import (
 // Registry is an http.Handler serving the OCI distribution API under /v2/.
 type Registry struct {
 	inner http.Handler
-	auth  func(token string) bool
+	auth  Authorizer
 	log   *slog.Logger
 
 	// mu orders manifest writes so the journal replays them in the order
@@ -34,10 +34,10 @@ type Registry struct {
 }
 
 // New opens (or creates) a registry whose blobs and manifest journal live in
-// dir. auth reports whether a Perch API token is valid; every request must
+// dir. auth decides what a Perch API token may do; every request must
 // carry one, as a bearer token or as the password of HTTP basic auth. A nil
 // log discards.
-func New(dir string, auth func(token string) bool, opts Options, log *slog.Logger) (*Registry, error) {
+func New(dir string, auth Authorizer, opts Options, log *slog.Logger) (*Registry, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -73,8 +73,7 @@ func New(dir string, auth func(token string) bool, opts Options, log *slog.Logge
 
 // ServeHTTP implements http.Handler.
 func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	if !r.authorized(req) {
-		unauthorized(w, req)
+	if !r.authorize(w, req) {
 		return
 	}
 	if repo, id, ok := uploadTarget(req.URL.Path); ok {

@@ -105,7 +105,7 @@ func TestUploadsCappedAndChecked(t *testing.T) {
 
 func startRegistryWith(t *testing.T, dir string, opts Options) *testServer {
 	t.Helper()
-	reg, err := New(dir, func(tok string) bool { return tok == testToken }, opts, testLogger(t))
+	reg, err := New(dir, TokenFunc(func(tok string) bool { return tok == testToken }), opts, testLogger(t))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

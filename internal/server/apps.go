@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/auth"
 	"github.com/perchhq/perch/internal/store"
 )
 
@@ -38,8 +40,9 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	app := api.App{Name: name, Org: req.Org, Status: api.AppDeployed, CreatedAt: time.Now().UTC()}
-	if app.Org == "" {
-		app.Org = "personal"
+	if err := s.appOrg(r, &app); err != nil {
+		s.fail(w, r, err)
+		return
 	}
 	app = appView(app)
 	if _, err := store.Create(r.Context(), s.st.Apps, app.Name, app); err != nil {
@@ -56,6 +59,32 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("app created", "app", app.Name)
 	writeJSON(w, http.StatusCreated, app)
+}
+
+// appOrg settles the organisation a new app goes to: the one asked for, or
+// the token's own (the admin's default: DefaultOrg). An organisation's
+// token creates apps only in its organisation, and an app-narrowed one
+// only that app.
+func (s *Server) appOrg(r *http.Request, app *api.App) error {
+	p := principalOf(r)
+	if p.Kind != auth.KindAdmin {
+		if app.Org == "" {
+			app.Org = p.Org
+		}
+		if app.Org != p.Org {
+			return errf(http.StatusForbidden, "cannot create app %s in organisation %q: your token is of organisation %q; use one of %q, or leave the organisation out", app.Name, app.Org, p.Org, app.Org)
+		}
+		if !p.AllowsApp(app.Name) {
+			return errf(http.StatusForbidden, "cannot create app %s: this token is narrowed to app %s", app.Name, strings.Join(p.Apps, ","))
+		}
+		return nil
+	}
+	app.Org = cmp.Or(app.Org, DefaultOrg)
+	if !appNameRE.MatchString(app.Org) {
+		return errf(http.StatusBadRequest, "organisation %q is not valid: use 1-63 lowercase letters, digits and dashes, starting with a letter", app.Org)
+	}
+	// The operator may place an app in an organisation not made yet.
+	return s.ensureOrg(r.Context(), app.Org)
 }
 
 // appView fills what records written before these fields existed lack.
@@ -75,9 +104,13 @@ func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	org := r.URL.Query().Get("org_slug")
+	p := principalOf(r)
 	out := api.AppList{Apps: []api.App{}}
 	for _, a := range apps {
 		a = appView(a)
+		if p.Kind != auth.KindAdmin && (a.Org != p.Org || !p.AllowsApp(a.Name)) {
+			continue // an organisation's token sees its own apps only
+		}
 		if org == "" || a.Org == org {
 			out.Apps = append(out.Apps, a)
 		}

@@ -33,6 +33,8 @@ func errorStatus(code int) string {
 		return "invalid_argument"
 	case http.StatusUnauthorized:
 		return "unauthenticated"
+	case http.StatusForbidden:
+		return "permission_denied"
 	case http.StatusNotFound:
 		return "not_found"
 	case http.StatusRequestTimeout:

@@ -5,71 +5,128 @@ import (
 	"strings"
 )
 
-func (s *Server) routes() http.Handler {
-	v1 := http.NewServeMux()
-	v1.HandleFunc("POST /v1/apps", s.createApp)
-	v1.HandleFunc("GET /v1/apps", s.listApps)
-	v1.HandleFunc("GET /v1/apps/{app}", s.getApp)
-	v1.HandleFunc("DELETE /v1/apps/{app}", s.deleteApp)
-	v1.HandleFunc("GET /v1/apps/{app}/machines", s.listMachines)
-	v1.HandleFunc("POST /v1/apps/{app}/machines", s.createMachine)
-	v1.HandleFunc("GET /v1/apps/{app}/machines/{id}", s.getMachine)
-	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}", s.updateMachine)
-	v1.HandleFunc("DELETE /v1/apps/{app}/machines/{id}", s.deleteMachine)
-	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/start", s.startMachine)
-	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/stop", s.stopMachine)
-	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/suspend", s.suspendMachine)
-	v1.HandleFunc("GET /v1/apps/{app}/machines/{id}/wait", s.waitMachine)
-	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/cordon", s.cordonMachine)
-	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/uncordon", s.uncordonMachine)
-	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/restart", s.restartMachine) // flyapi.go
-	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/signal", s.signalMachine)
-	v1.HandleFunc("GET /v1/apps/{app}/machines/{id}/events", s.listEvents)
-	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/lease", s.acquireLease)
-	v1.HandleFunc("GET /v1/apps/{app}/machines/{id}/lease", s.getLease)
-	v1.HandleFunc("DELETE /v1/apps/{app}/machines/{id}/lease", s.releaseLease)
-	v1.HandleFunc("GET /v1/apps/{app}/machines/{id}/metadata", s.getMetadata)
-	v1.HandleFunc("POST /v1/apps/{app}/machines/{id}/metadata/{key}", s.setMetadata)
-	v1.HandleFunc("DELETE /v1/apps/{app}/machines/{id}/metadata/{key}", s.deleteMetadata)
-	v1.HandleFunc("GET /v1/apps/{app}/logs", s.logs)
-	v1.HandleFunc("GET /v1/apps/{app}/releases", s.listReleases)
-	v1.HandleFunc("POST /v1/apps/{app}/releases", s.createRelease)
-	v1.HandleFunc("GET /v1/apps/{app}/releases/{version}", s.getRelease)
-	v1.HandleFunc("PATCH /v1/apps/{app}/releases/{version}", s.updateRelease)
-	v1.HandleFunc("POST /v1/apps/{app}/certificates", s.addCertificate)
-	v1.HandleFunc("GET /v1/apps/{app}/certificates", s.listCertificates)
-	v1.HandleFunc("GET /v1/apps/{app}/certificates/{host}", s.getCertificate)
-	v1.HandleFunc("DELETE /v1/apps/{app}/certificates/{host}", s.removeCertificate)
-	v1.HandleFunc("GET /v1/apps/{app}/autoscale", s.getAutoscale) // autoscale.go
-	v1.HandleFunc("PUT /v1/apps/{app}/autoscale", s.putAutoscale)
-	v1.HandleFunc("DELETE /v1/apps/{app}/autoscale", s.deleteAutoscale)
-	v1.HandleFunc("GET /v1/apps/{app}/usage", s.appUsage) // billing.go
-	v1.HandleFunc("GET /v1/orgs/{org}/usage", s.orgUsage)
-	v1.HandleFunc("GET /v1/apps/{app}/budget", s.getBudget)
-	v1.HandleFunc("PUT /v1/apps/{app}/budget", s.putBudget)
-	v1.HandleFunc("DELETE /v1/apps/{app}/budget", s.deleteBudget)
-	v1.HandleFunc("POST /v1/apps/{app}/budget/resume", s.resumeBudget)
-	v1.HandleFunc("GET /v1/orgs/{org}/budget", s.getBudget)
-	v1.HandleFunc("PUT /v1/orgs/{org}/budget", s.putBudget)
-	v1.HandleFunc("DELETE /v1/orgs/{org}/budget", s.deleteBudget)
-	v1.HandleFunc("POST /v1/orgs/{org}/budget/resume", s.resumeBudget)
-	v1.HandleFunc("GET /v1/apps/{app}/secrets", s.listSecrets) // secrets.go
-	v1.HandleFunc("POST /v1/apps/{app}/secrets", s.updateSecrets)
-	v1.HandleFunc("POST /v1/apps/{app}/secrets/{name}", s.setSecret)
-	v1.HandleFunc("DELETE /v1/apps/{app}/secrets/{name}", s.unsetSecret)
-	v1.HandleFunc("GET /v1/hosts", s.listHosts)
-	v1.HandleFunc("POST /v1/hosts", s.registerHost)
-	v1.HandleFunc("GET /v1/agent/bootstrap", s.bootstrap)
-	v1.HandleFunc("GET /v1/regions", s.listRegions)
-	v1.HandleFunc("GET /v1/platform/regions", s.listRegions) // Fly's path
-	v1.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
-	})
+// scope is who may call a route (auth.go's authorize).
+type scope int
 
+const (
+	// scopeAdmin: the operator's admin token only.
+	scopeAdmin scope = iota
+	// scopeAgent: the admin token or a host's credential (the agent).
+	scopeAgent
+	// scopeAny: any valid token (regions, whoami).
+	scopeAny
+	// scopeApps: the app collection; the handler keeps an organisation
+	// token to its own organisation's apps.
+	scopeApps
+	// scopeApp: routes of {app}: the app must be in the token's
+	// organisation and allowed by its app caveats; machine writes by its
+	// region caveats.
+	scopeApp
+	// scopeOrg: routes of {org}: the token's own organisation, with no app
+	// caveat.
+	scopeOrg
+	// scopeOrgAdmin: managing {org}'s members and tokens: its token with
+	// no app, region or readonly caveat.
+	scopeOrgAdmin
+	// scopeOrgList: the organisation collection; the handler shows a
+	// token its own organisation.
+	scopeOrgList
+)
+
+// route is one API route. routes() registers every entry of apiRoutes and
+// nothing else under /v1/, so the token test reads the router's routes
+// from this table.
+type route struct {
+	pattern string
+	scope   scope
+	handler func(*Server) http.HandlerFunc
+}
+
+func h(f func(*Server, http.ResponseWriter, *http.Request)) func(*Server) http.HandlerFunc {
+	return func(s *Server) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) { f(s, w, r) }
+	}
+}
+
+var apiRoutes = []route{
+	{"POST /v1/apps", scopeApps, h((*Server).createApp)},
+	{"GET /v1/apps", scopeApps, h((*Server).listApps)},
+	{"GET /v1/apps/{app}", scopeApp, h((*Server).getApp)},
+	{"DELETE /v1/apps/{app}", scopeApp, h((*Server).deleteApp)},
+	{"GET /v1/apps/{app}/machines", scopeApp, h((*Server).listMachines)},
+	{"POST /v1/apps/{app}/machines", scopeApp, h((*Server).createMachine)},
+	{"GET /v1/apps/{app}/machines/{id}", scopeApp, h((*Server).getMachine)},
+	{"POST /v1/apps/{app}/machines/{id}", scopeApp, h((*Server).updateMachine)},
+	{"DELETE /v1/apps/{app}/machines/{id}", scopeApp, h((*Server).deleteMachine)},
+	{"POST /v1/apps/{app}/machines/{id}/start", scopeApp, h((*Server).startMachine)},
+	{"POST /v1/apps/{app}/machines/{id}/stop", scopeApp, h((*Server).stopMachine)},
+	{"POST /v1/apps/{app}/machines/{id}/suspend", scopeApp, h((*Server).suspendMachine)},
+	{"GET /v1/apps/{app}/machines/{id}/wait", scopeApp, h((*Server).waitMachine)},
+	{"POST /v1/apps/{app}/machines/{id}/cordon", scopeApp, h((*Server).cordonMachine)},
+	{"POST /v1/apps/{app}/machines/{id}/uncordon", scopeApp, h((*Server).uncordonMachine)},
+	{"POST /v1/apps/{app}/machines/{id}/restart", scopeApp, h((*Server).restartMachine)}, // flyapi.go
+	{"POST /v1/apps/{app}/machines/{id}/signal", scopeApp, h((*Server).signalMachine)},
+	{"GET /v1/apps/{app}/machines/{id}/events", scopeApp, h((*Server).listEvents)},
+	{"POST /v1/apps/{app}/machines/{id}/lease", scopeApp, h((*Server).acquireLease)},
+	{"GET /v1/apps/{app}/machines/{id}/lease", scopeApp, h((*Server).getLease)},
+	{"DELETE /v1/apps/{app}/machines/{id}/lease", scopeApp, h((*Server).releaseLease)},
+	{"GET /v1/apps/{app}/machines/{id}/metadata", scopeApp, h((*Server).getMetadata)},
+	{"POST /v1/apps/{app}/machines/{id}/metadata/{key}", scopeApp, h((*Server).setMetadata)},
+	{"DELETE /v1/apps/{app}/machines/{id}/metadata/{key}", scopeApp, h((*Server).deleteMetadata)},
+	{"GET /v1/apps/{app}/logs", scopeApp, h((*Server).logs)},
+	{"GET /v1/apps/{app}/releases", scopeApp, h((*Server).listReleases)},
+	{"POST /v1/apps/{app}/releases", scopeApp, h((*Server).createRelease)},
+	{"GET /v1/apps/{app}/releases/{version}", scopeApp, h((*Server).getRelease)},
+	{"PATCH /v1/apps/{app}/releases/{version}", scopeApp, h((*Server).updateRelease)},
+	{"POST /v1/apps/{app}/certificates", scopeApp, h((*Server).addCertificate)},
+	{"GET /v1/apps/{app}/certificates", scopeApp, h((*Server).listCertificates)},
+	{"GET /v1/apps/{app}/certificates/{host}", scopeApp, h((*Server).getCertificate)},
+	{"DELETE /v1/apps/{app}/certificates/{host}", scopeApp, h((*Server).removeCertificate)},
+	{"GET /v1/apps/{app}/autoscale", scopeApp, h((*Server).getAutoscale)}, // autoscale.go
+	{"PUT /v1/apps/{app}/autoscale", scopeApp, h((*Server).putAutoscale)},
+	{"DELETE /v1/apps/{app}/autoscale", scopeApp, h((*Server).deleteAutoscale)},
+	{"GET /v1/apps/{app}/usage", scopeApp, h((*Server).appUsage)}, // billing.go
+	{"GET /v1/orgs/{org}/usage", scopeOrg, h((*Server).orgUsage)},
+	{"GET /v1/apps/{app}/budget", scopeApp, h((*Server).getBudget)},
+	{"PUT /v1/apps/{app}/budget", scopeApp, h((*Server).putBudget)},
+	{"DELETE /v1/apps/{app}/budget", scopeApp, h((*Server).deleteBudget)},
+	{"POST /v1/apps/{app}/budget/resume", scopeApp, h((*Server).resumeBudget)},
+	{"GET /v1/orgs/{org}/budget", scopeOrg, h((*Server).getBudget)},
+	{"PUT /v1/orgs/{org}/budget", scopeOrg, h((*Server).putBudget)},
+	{"DELETE /v1/orgs/{org}/budget", scopeOrg, h((*Server).deleteBudget)},
+	{"POST /v1/orgs/{org}/budget/resume", scopeOrg, h((*Server).resumeBudget)},
+	{"GET /v1/apps/{app}/secrets", scopeApp, h((*Server).listSecrets)}, // secrets.go
+	{"POST /v1/apps/{app}/secrets", scopeApp, h((*Server).updateSecrets)},
+	{"POST /v1/apps/{app}/secrets/{name}", scopeApp, h((*Server).setSecret)},
+	{"DELETE /v1/apps/{app}/secrets/{name}", scopeApp, h((*Server).unsetSecret)},
+	{"GET /v1/orgs", scopeOrgList, h((*Server).listOrgs)}, // orgs.go
+	{"POST /v1/orgs", scopeAdmin, h((*Server).createOrg)},
+	{"GET /v1/orgs/{org}", scopeOrg, h((*Server).getOrg)},
+	{"POST /v1/orgs/{org}/members", scopeOrgAdmin, h((*Server).inviteMember)},
+	{"DELETE /v1/orgs/{org}/members/{member}", scopeOrgAdmin, h((*Server).removeMember)},
+	{"GET /v1/orgs/{org}/tokens", scopeOrg, h((*Server).listTokens)},
+	{"POST /v1/orgs/{org}/tokens", scopeOrgAdmin, h((*Server).createToken)},
+	{"DELETE /v1/orgs/{org}/tokens/{id}", scopeOrgAdmin, h((*Server).revokeToken)},
+	{"GET /v1/whoami", scopeAny, h((*Server).whoami)},
+	{"GET /v1/hosts", scopeAdmin, h((*Server).listHosts)},
+	{"POST /v1/hosts", scopeAgent, h((*Server).registerHost)},
+	{"GET /v1/agent/bootstrap", scopeAgent, h((*Server).bootstrap)},
+	{"GET /v1/regions", scopeAny, h((*Server).listRegions)},
+	{"GET /v1/platform/regions", scopeAny, h((*Server).listRegions)}, // Fly's path
+}
+
+func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", s.requireToken(v1))
+	for _, rt := range apiRoutes {
+		mux.Handle(rt.pattern, s.guard(rt.scope, rt.handler(s)))
+	}
+	// Unknown /v1/ paths: a valid token learns the path does not exist;
+	// no token learns nothing.
+	mux.Handle("/v1/", s.guard(scopeAny, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})))
 	mux.Handle("/v2/", s.reg)
-	mux.Handle("GET /metrics", s.requireToken(s.autoscaler.Metrics().Handler()))
+	mux.Handle("GET /metrics", s.guard(scopeAdmin, s.autoscaler.Metrics().Handler()))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/v2") {

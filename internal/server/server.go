@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/perchhq/perch/internal/auth"
 	"github.com/perchhq/perch/internal/autoscale"
 	"github.com/perchhq/perch/internal/billing"
 	"github.com/perchhq/perch/internal/certs"
@@ -93,6 +94,8 @@ type Server struct {
 	autoscaler *autoscale.Loop  // autoscale.go
 	billing    *billingState    // billing.go
 	keys       *secrets.Keyring // secrets.go
+
+	tokens *auth.Authority // organisations' tokens (auth.go)
 }
 
 // New starts the state store and binds the API listener; Serve serves it.
@@ -129,6 +132,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
+	if err := s.openTokens(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	if err := s.ensureOrg(ctx, DefaultOrg); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	if err := s.openSecrets(ctx, cfg.RotateSecretsKey); err != nil {
 		s.Close()
 		return nil, err
@@ -139,7 +150,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.certs = cm
-	reg, err := registry.New(filepath.Join(cfg.DataDir, "registry"), func(tok string) bool { _, ok := s.validToken(tok); return ok }, cfg.Registry, cfg.Log.With("component", "registry"))
+	reg, err := registry.New(filepath.Join(cfg.DataDir, "registry"), registryAuth{s}, cfg.Registry, cfg.Log.With("component", "registry"))
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: registry: %w", err)

@@ -42,6 +42,10 @@ const (
 	StreamLogs    = "PERCH_LOGS"
 )
 
+// BucketOrgs holds organisations ("org.<slug>": members) and the
+// registry's repository owners ("repo.<hex of the name>").
+const BucketOrgs = "perch_orgs"
+
 // ErrNotFound is returned when a key does not exist.
 var ErrNotFound = errors.New("not found")
 
@@ -69,6 +73,7 @@ type Store struct {
 	Challenges jetstream.KeyValue
 	Autoscale  jetstream.KeyValue
 	Secrets    jetstream.KeyValue
+	Orgs       jetstream.KeyValue
 }
 
 // Open connects to NATS at url (with an optional auth token) and makes sure
@@ -136,6 +141,7 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		{&s.Locks, BucketLocks, 1, 0},
 		{&s.Autoscale, BucketAutoscale, 1, 0},
 		{&s.Secrets, BucketSecrets, 1, 0},
+		{&s.Orgs, BucketOrgs, 1, 0},
 		// A challenge lives minutes; the TTL sweeps those a crashed
 		// issuer never cleaned up.
 		{&s.Challenges, BucketChallenges, 1, time.Hour},

@@ -21,7 +21,7 @@ import (
 func Unpack(t testing.TB, img v1.Image, repoTag string) *image.Image {
 	t.Helper()
 	const token = "testimage-token"
-	reg, err := registry.New(t.TempDir(), func(tok string) bool { return tok == token }, registry.Options{}, nil)
+	reg, err := registry.New(t.TempDir(), registry.TokenFunc(func(tok string) bool { return tok == token }), registry.Options{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
