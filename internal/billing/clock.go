@@ -120,6 +120,9 @@ func (m Month) End() time.Time { return m.Start().AddDate(0, 1, 0) }
 // Next is the following month.
 func (m Month) Next() Month { return MonthOf(m.End()) }
 
+// Prev is the month before.
+func (m Month) Prev() Month { return MonthOf(m.Start().AddDate(0, -1, 0)) }
+
 // Period is a budget's billing period: from 00:00 UTC on the anchor day
 // of a month to the same day of the next. Key names it: "2026-12" when
 // the anchor is the 1st, else its first day, "2026-12-15".
