@@ -27,6 +27,7 @@ func (a *Agent) startMeter() error {
 		}
 		clock = c
 	}
+	a.clock = clock
 	m, err := billing.NewMeter(billing.MeterConfig{
 		Host: a.host.ID, Region: a.cfg.Region, Path: filepath.Join(a.cfg.StateDir, "meter.json"),
 		Clock: clock, Publish: a.publishUsage, Log: a.log.With("component", "meter"),
