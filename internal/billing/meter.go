@@ -63,13 +63,13 @@ type spoolFile struct {
 }
 
 type meterEntry struct {
-	App      string    `json:"app"`
-	Machine  string    `json:"machine"`
-	Region   string    `json:"region"`
-	State    string    `json:"state"`
-	CPUKind  string    `json:"cpu_kind,omitempty"`
-	CPUs     int       `json:"cpus"`
-	MemoryMB int       `json:"memory_mb"`
+	App      string `json:"app"`
+	Machine  string `json:"machine"`
+	Region   string `json:"region"`
+	State    string `json:"state"`
+	CPUKind  string `json:"cpu_kind,omitempty"`
+	CPUs     int    `json:"cpus"`
+	MemoryMB int    `json:"memory_mb"`
 	Storage
 	Since time.Time `json:"since"` // start of the open interval
 }
