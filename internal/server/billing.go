@@ -134,8 +134,12 @@ func (s *Server) runBilling(ctx context.Context) {
 		// Months before the previous one are closed: their records
 		// are refused and the ledger forgets what it kept for them.
 		b.ledger.Forget(billing.MonthOf(b.clock.Now()).Prev())
+		late := b.ledger.Late()
 		for _, r := range batch.Records {
 			b.ledger.Add(r)
+		}
+		if n := b.ledger.Late() - late; n > 0 {
+			log.Warn("usage records of a closed month refused (a host sent them more than a month late)", "host", batch.Host, "records", n)
 		}
 		if meta, err := m.Metadata(); err == nil && (meta.Sequence.Stream >= last || meta.NumPending == 0) {
 			caughtUp()
