@@ -293,13 +293,13 @@ func TestOrgBudgetSuspendsEveryAppOfTheOrg(t *testing.T) {
 	}
 }
 
-// TestBudgetDecisionsWaitForTheLedgerRebuild: 50,000 records (16 days of
+// TestBudgetDecisionsWaitForTheLedgerRebuild: 10,000 records (16 days of
 // a machine, $1.03) take an app past its $1 budget and it is suspended;
 // the control plane restarts and rebuilds its ledger from the stream. A
 // budget put (which resumes the app if spend is now under the budget) and
 // the usage API, sent the moment the new server answers, wait for the
 // rebuild: the app stays suspended, the usage is whole, and no alert is
-// sent twice.
+// sent twice. Raising the budget above the spend then resumes it at once.
 func TestBudgetDecisionsWaitForTheLedgerRebuild(t *testing.T) {
 	now := time.Date(2026, 12, 19, 12, 0, 0, 0, time.UTC)
 	dir := t.TempDir()
@@ -331,7 +331,7 @@ func TestBudgetDecisionsWaitForTheLedgerRebuild(t *testing.T) {
 	if err := s.c.PutBudget(ctx, "app", "spender", budget, nil); err != nil {
 		t.Fatal(err)
 	}
-	const batches, perBatch = 100, 500
+	const batches, perBatch = 20, 500
 	step := 16 * 24 * time.Hour / (batches * perBatch)
 	at := now.AddDate(0, 0, -16)
 	for range batches {
@@ -395,5 +395,15 @@ func TestBudgetDecisionsWaitForTheLedgerRebuild(t *testing.T) {
 	case a := <-hooks:
 		t.Errorf("an alert was sent again after the restart: %+v", a)
 	default:
+	}
+	// Raising the budget above the spend resumes at once.
+	budget.Monthly = 2
+	var raised billing.Budget
+	if err := s.c.PutBudget(ctx, "app", "spender", budget, &raised); err != nil {
+		t.Fatal(err)
+	}
+	sp, _, _ := store.Get[store.MachineSpec](ctx, s.st.Machines, store.MachineKey("spender", m.ID))
+	if raised.Suspended != nil || suspended(s.c) || sp.Desired != store.DesireStarted {
+		t.Errorf("after raising the budget to $2 (spent $1.03): suspended %v, machine desired %s; want resumed at once", suspended(s.c), sp.Desired)
 	}
 }
