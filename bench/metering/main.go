@@ -87,7 +87,7 @@ func main() {
 	g := api.Guest{CPUKind: "shared", CPUs: 1, MemoryMB: 256}
 	for i := range *machines {
 		app := fmt.Sprintf("app%03d", i%*apps)
-		m.Observe(fmt.Sprintf("%s.m%05d", app, i), app, fmt.Sprintf("m%05d", i), "iad", g, api.StateStarted)
+		m.Observe(fmt.Sprintf("%s.m%05d", app, i), app, fmt.Sprintf("m%05d", i), "iad", g, api.StateStarted, billing.Storage{})
 	}
 	egress := func() map[string]int64 {
 		e := map[string]int64{}

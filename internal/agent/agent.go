@@ -117,6 +117,7 @@ type Agent struct {
 	dialer   *meshDialer
 	relays   relayActivity  // autostop.go
 	meter    *billing.Meter // metering.go
+	clock    billing.Clock  // billing's (metering.go), also the edge's
 	sub6     netip.Prefix   // the 6PN /64 of this host's machines
 
 	mu      sync.Mutex
@@ -258,6 +259,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Region: a.cfg.Region, HostID: a.host.ID, Addr: a.cfg.EdgeAddr, Domain: a.cfg.EdgeDomain,
 		Store: a.st, Nearness: a.mesh, Reachable: a.mesh.Reachable, Dialer: a.dialer,
 		Log: a.log, AccessLog: a.cfg.AccessLog, Certs: certSrc, Starter: starter{a},
+		Clock: a.clock,
 	})
 	if err != nil {
 		return fmt.Errorf("agent: edge: %w", err)

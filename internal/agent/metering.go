@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/perchhq/perch/internal/billing"
+	perchrt "github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/store"
 )
 
@@ -27,6 +29,7 @@ func (a *Agent) startMeter() error {
 		}
 		clock = c
 	}
+	a.clock = clock
 	m, err := billing.NewMeter(billing.MeterConfig{
 		Host: a.host.ID, Region: a.cfg.Region, Path: filepath.Join(a.cfg.StateDir, "meter.json"),
 		Clock: clock, Publish: a.publishUsage, Log: a.log.With("component", "meter"),
@@ -59,9 +62,26 @@ func (a *Agent) publishUsage(ctx context.Context, b billing.Batch) error {
 }
 
 // meterObserve tells the meter a machine's state; the worker calls it on
-// every state it reports, before the store write (which may fail).
+// every state it reports, before the store write (which may fail). A
+// stopped or suspended machine's disk (its writable layer or qcow2
+// overlay, and snapshot) is measured then: it does not change until the
+// machine starts again.
 func (w *worker) meterObserve(spec store.MachineSpec, state string) {
-	if m := w.a.meter; m != nil {
-		m.Observe(w.key, spec.App, spec.ID, spec.Region, spec.Config.Guest, state)
+	m := w.a.meter
+	if m == nil {
+		return
 	}
+	var disk billing.Storage
+	if billing.StorageOnly(state) {
+		if du, ok := w.driver().(perchrt.DiskUser); ok {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			n, err := du.DiskUsage(ctx, w.id)
+			cancel()
+			if err != nil {
+				w.log.Warn("metering: cannot measure the machine's disk; its storage is not billed", "err", err)
+			}
+			disk.RootfsGB = float64(n) / 1e9
+		}
+	}
+	m.Observe(w.key, spec.App, spec.ID, spec.Region, spec.Config.Guest, state, disk)
 }

@@ -113,6 +113,7 @@ func (w *worker) run(ctx context.Context) {
 	defer w.stopChecks()
 	defer w.stopProbe()
 	spec, _ := w.current()
+	w.local = loadLocal(w.a.cfg.StateDir, w.id) // before meterObserve, which asks its driver
 	if st, _, err := store.Get[store.MachineStatus](ctx, w.a.st.Status, w.key); err == nil {
 		w.status = st
 		w.meterObserve(spec, st.State) // metering.go
@@ -121,7 +122,6 @@ func (w *worker) run(ctx context.Context) {
 			w.heldGen = st.Generation
 		}
 	}
-	w.local = loadLocal(w.a.cfg.StateDir, w.id)
 	w.ship = w.a.startShipper(spec)
 	defer func() {
 		if !w.finished {

@@ -206,3 +206,69 @@ func TestPeriodsAndDays(t *testing.T) {
 		t.Errorf("December = %v, want two days' %v", got, 2*day)
 	}
 }
+
+// TestLedgerMemoryIsBoundedAndCountsOnce: 3 machines' records over two
+// months (a record every 10 s, 17,000 in all), each batch sent twice and
+// some records again much later, count once, and a ledger rebuilt from the
+// same sequence (a restart) agrees; the ledger remembers one cursor per
+// machine, not one ID per record; once the month before the previous is
+// closed, its records are refused as late and the silent machine's cursor
+// goes.
+func TestLedgerMemoryIsBoundedAndCountsOnce(t *testing.T) {
+	start := time.Date(2026, 11, 30, 23, 0, 0, 0, time.UTC)
+	var stream []Record // what the stream holds, resends included
+	var want float64
+	p := DefaultPrices()
+	for _, mach := range []string{"m1", "m2", "m3"} {
+		var batch []Record
+		at := start
+		n := 5700
+		if mach == "m3" {
+			n = 100 // silent after November
+		}
+		for range n {
+			r := Record{Kind: KindMachine, App: "a", Region: "iad", Machine: mach, State: "started", CPUs: 1, MemoryMB: 256,
+				Start: at, End: at.Add(10 * time.Second)}
+			r.ID = MachineRecordID(mach, r.Start)
+			for _, piece := range Split(r) {
+				batch = append(batch, piece)
+				want += p.Cost(piece)
+			}
+			at = r.End
+			if len(batch) == 50 {
+				stream = append(stream, batch...)
+				stream = append(stream, batch...) // a resend after a lost ack
+				batch = nil
+			}
+		}
+		stream = append(stream, batch...)
+	}
+	stream = append(stream, stream[:200]...) // a spool replayed much later
+	count := func() (*Ledger, float64) {
+		l := NewLedger(p)
+		for _, r := range stream {
+			l.Add(r)
+		}
+		return l, l.App("2026-11", "a", start).Cost + l.App("2026-12", "a", start).Cost
+	}
+	l, got := count()
+	if !near(got, want) {
+		t.Errorf("counted $%.6f, want $%.6f (each record once)", got, want)
+	}
+	if _, again := count(); again != got {
+		t.Errorf("a rebuilt ledger counted $%.6f, the first $%.6f", again, got)
+	}
+	if l.Cursors() != 3 {
+		t.Errorf("the ledger remembers %d cursors for 3 machines' %d records", l.Cursors(), len(stream))
+	}
+	l.Forget(Month("2027-01").Prev()) // January: November is closed
+	if l.Cursors() != 2 {
+		t.Errorf("%d cursors after closing November, want 2 (m3 forgotten)", l.Cursors())
+	}
+	nov := l.App("2026-11", "a", start).Cost
+	late := Record{ID: "m.m3.late", Kind: KindMachine, App: "a", Region: "iad", Machine: "m3", State: "started", CPUs: 1, MemoryMB: 256,
+		Start: start.Add(time.Minute), End: start.Add(2 * time.Minute)}
+	if l.Add(late) || l.Late() != 1 || l.App("2026-11", "a", start).Cost != nov {
+		t.Errorf("a record of a closed month was counted (late %d)", l.Late())
+	}
+}

@@ -94,6 +94,19 @@ func (c FastClock) RealDuration(d time.Duration) time.Duration {
 	return time.Duration(float64(d) / c.Rate)
 }
 
+// RealUntil is how long on the wall clock until c reads t: for a
+// FastClock, the clock's time to t divided by its rate. What a client
+// told to come back at t (Retry-After) must wait.
+func RealUntil(c Clock, t time.Time) time.Duration {
+	d := t.Sub(c.Now())
+	if f, ok := c.(interface {
+		RealDuration(time.Duration) time.Duration
+	}); ok {
+		return f.RealDuration(d)
+	}
+	return d
+}
+
 // Month is a billing month, "2026-12".
 type Month string
 
@@ -119,6 +132,9 @@ func (m Month) End() time.Time { return m.Start().AddDate(0, 1, 0) }
 
 // Next is the following month.
 func (m Month) Next() Month { return MonthOf(m.End()) }
+
+// Prev is the month before.
+func (m Month) Prev() Month { return MonthOf(m.Start().AddDate(0, -1, 0)) }
 
 // Period is a budget's billing period: from 00:00 UTC on the anchor day
 // of a month to the same day of the next. Key names it: "2026-12" when

@@ -46,14 +46,28 @@ func (u *Usage) add(o Usage) {
 }
 
 // Ledger sums records into usage per month and app, counting each record
-// ID once. It is the control plane's in-memory view, rebuilt from the
-// stream on start.
+// once. It is the control plane's in-memory view, rebuilt from the stream
+// on start.
+//
+// Counting once without keeping every record ID: a machine's records come
+// from one host's spool in order and follow each other (the next starts
+// where the last ended), and so do a host's egress records for one app.
+// So the ledger keeps, per machine and per (host, app), the end of the
+// last record it counted (its cursor); a record starting before it is a
+// resend and is refused. Cursors of machines silent since before the
+// previous month are dropped by Forget, and records of months before the
+// previous one are refused as late: the ledger's memory is one time per
+// machine and per (host, app) of the last two months, whatever the
+// number of records.
 type Ledger struct {
 	prices Prices
 	mu     sync.Mutex
-	seen   map[Month]map[string]struct{}
-	apps   map[Month]map[string]*Usage
-	dups   int
+	cursor map[string]time.Time
+	// keep is the first month still open to records (Forget).
+	keep Month
+	apps map[Month]map[string]*Usage
+	dups int
+	late int
 	// metered is, by app, the end of its latest machine record: spend
 	// after it is not in the ledger yet.
 	metered map[string]time.Time
@@ -64,10 +78,21 @@ type Ledger struct {
 
 // NewLedger makes an empty ledger pricing with p.
 func NewLedger(p Prices) *Ledger {
-	return &Ledger{prices: p, seen: map[Month]map[string]struct{}{}, apps: map[Month]map[string]*Usage{}, metered: map[string]time.Time{}, days: map[string]map[int64]float64{}}
+	return &Ledger{prices: p, cursor: map[string]time.Time{}, apps: map[Month]map[string]*Usage{}, metered: map[string]time.Time{}, days: map[string]map[int64]float64{}}
 }
 
-// Add counts r unless its ID was counted already; it says whether it did.
+// cursorKey names the sequence r belongs to: its machine's, or its host's
+// egress for its app.
+func cursorKey(r Record) string {
+	if r.Kind == KindEgress {
+		return "e." + r.Host + "." + r.App
+	}
+	return "m." + r.Machine
+}
+
+// Add counts r unless it was counted already (it starts before the end of
+// the last record of its machine, or of its host and app) or its month is
+// closed; it says whether it did.
 func (l *Ledger) Add(r Record) bool {
 	m := MonthOf(r.Start)
 	if r.Kind == KindEgress {
@@ -75,17 +100,19 @@ func (l *Ledger) Add(r Record) bool {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	seen := l.seen[m]
-	if seen == nil {
-		seen = map[string]struct{}{}
-		l.seen[m] = seen
-		l.apps[m] = map[string]*Usage{}
+	if m < l.keep {
+		l.late++
+		return false
 	}
-	if _, ok := seen[r.ID]; ok {
+	key := cursorKey(r)
+	if c, ok := l.cursor[key]; ok && r.Start.Before(c) {
 		l.dups++
 		return false
 	}
-	seen[r.ID] = struct{}{}
+	l.cursor[key] = r.End
+	if l.apps[m] == nil {
+		l.apps[m] = map[string]*Usage{}
+	}
 	u := l.apps[m][r.App]
 	if u == nil {
 		nu := newUsage(m)
@@ -198,20 +225,42 @@ func (u *Usage) project(m Month, now time.Time) {
 	}
 }
 
-// Forget drops months before keep (their IDs and sums).
+// Late is how many records were refused because their month was closed.
+func (l *Ledger) Late() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.late
+}
+
+// Cursors is how many sequences (machines, hosts' egress by app) the
+// ledger remembers: its memory for counting once.
+func (l *Ledger) Cursors() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.cursor)
+}
+
+// Forget closes the months before keep: their records are refused from
+// then on, and the cursors that ended before keep and the days before it
+// are dropped (the months' sums stay).
 func (l *Ledger) Forget(keep Month) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for m := range l.seen {
-		if m < keep {
-			delete(l.seen, m)
-			delete(l.apps, m)
-			for _, days := range l.days {
-				for d := range days {
-					if MonthOf(time.Unix(d*86400, 0)) < keep {
-						delete(days, d)
-					}
-				}
+	if keep <= l.keep {
+		return
+	}
+	l.keep = keep
+	start := keep.Start()
+	for k, end := range l.cursor {
+		if end.Before(start) {
+			delete(l.cursor, k)
+		}
+	}
+	first := start.Unix() / 86400
+	for _, days := range l.days {
+		for d := range days {
+			if d < first {
+				delete(days, d)
 			}
 		}
 	}

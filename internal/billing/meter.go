@@ -63,14 +63,24 @@ type spoolFile struct {
 }
 
 type meterEntry struct {
-	App      string    `json:"app"`
-	Machine  string    `json:"machine"`
-	Region   string    `json:"region"`
-	State    string    `json:"state"`
-	CPUKind  string    `json:"cpu_kind,omitempty"`
-	CPUs     int       `json:"cpus"`
-	MemoryMB int       `json:"memory_mb"`
-	Since    time.Time `json:"since"` // start of the open interval
+	App      string `json:"app"`
+	Machine  string `json:"machine"`
+	Region   string `json:"region"`
+	State    string `json:"state"`
+	CPUKind  string `json:"cpu_kind,omitempty"`
+	CPUs     int    `json:"cpus"`
+	MemoryMB int    `json:"memory_mb"`
+	Storage
+	Since time.Time `json:"since"` // start of the open interval
+}
+
+// Storage is what a machine keeps on the host's disk, in GB (10^9 bytes):
+// its root filesystem's own part (writable layer, qcow2 overlay, a
+// suspended machine's snapshot), priced while it is stopped or
+// suspended, and its volumes (none yet), priced always.
+type Storage struct {
+	RootfsGB float64 `json:"rootfs_gb,omitempty"`
+	VolumeGB float64 `json:"volume_gb,omitempty"`
 }
 
 // NewMeter loads the spool at cfg.Path (empty if there is none).
@@ -115,13 +125,24 @@ func meterState(s string) string {
 	return api.StateStopped
 }
 
-// Observe records machine key's current state; a change closes the open
-// interval at the old state.
-func (m *Meter) Observe(key, app, machine, region string, g api.Guest, state string) {
+// StorageOnly reports whether state is billed as storage only (stopped or
+// suspended), so the caller knows to measure the machine's disk.
+func StorageOnly(state string) bool {
+	st := meterState(state)
+	return st == api.StateStopped || st == api.StateSuspended
+}
+
+// Observe records machine key's current state and what it keeps on disk
+// (its rootfs counts only while stopped or suspended); a change closes
+// the open interval at the old state.
+func (m *Meter) Observe(key, app, machine, region string, g api.Guest, state string, disk Storage) {
 	st := meterState(state)
 	if st == "" {
 		m.Forget(key)
 		return
+	}
+	if st == api.StateStarted {
+		disk.RootfsGB = 0
 	}
 	now := m.cfg.Clock.Now()
 	m.mu.Lock()
@@ -130,12 +151,12 @@ func (m *Meter) Observe(key, app, machine, region string, g api.Guest, state str
 	e := m.spool.Machines[key]
 	if e == nil {
 		m.spool.Machines[key] = &meterEntry{App: app, Machine: machine, Region: region, State: st,
-			CPUKind: g.CPUKind, CPUs: g.CPUs, MemoryMB: g.MemoryMB, Since: now}
+			CPUKind: g.CPUKind, CPUs: g.CPUs, MemoryMB: g.MemoryMB, Storage: disk, Since: now}
 		return
 	}
-	if e.State != st || e.CPUs != g.CPUs || e.MemoryMB != g.MemoryMB || e.CPUKind != g.CPUKind {
+	if e.State != st || e.CPUs != g.CPUs || e.MemoryMB != g.MemoryMB || e.CPUKind != g.CPUKind || e.Storage != disk {
 		m.close(e, now)
-		e.State, e.CPUKind, e.CPUs, e.MemoryMB = st, g.CPUKind, g.CPUs, g.MemoryMB
+		e.State, e.CPUKind, e.CPUs, e.MemoryMB, e.Storage = st, g.CPUKind, g.CPUs, g.MemoryMB, disk
 	}
 }
 
@@ -157,7 +178,8 @@ func (m *Meter) close(e *meterEntry, now time.Time) {
 		return
 	}
 	r := Record{ID: MachineRecordID(e.Machine, e.Since), Kind: KindMachine, App: e.App, Region: e.Region, Host: m.cfg.Host,
-		Machine: e.Machine, Start: e.Since, End: now, State: e.State, CPUKind: e.CPUKind, CPUs: e.CPUs, MemoryMB: e.MemoryMB}
+		Machine: e.Machine, Start: e.Since, End: now, State: e.State, CPUKind: e.CPUKind, CPUs: e.CPUs, MemoryMB: e.MemoryMB,
+		RootfsGB: e.RootfsGB, VolumeGB: e.VolumeGB}
 	m.spool.Pending = append(m.spool.Pending, Split(r)...)
 	e.Since = now
 }

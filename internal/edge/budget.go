@@ -3,13 +3,14 @@ package edge
 import (
 	"fmt"
 	"maps"
+	"math"
 	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/billing"
 )
 
 // What the edge does for budgets (package billing): it counts the bytes
@@ -49,8 +50,10 @@ const rejectSuspended = "suspended" // the app is suspended at its budget
 
 // suspended answers a request for an app suspended at its budget: 503,
 // Retry-After until the suspension ends, and a short page saying why.
-func suspended(w http.ResponseWriter, app string, s *api.Suspension) {
-	secs := max(1, int(time.Until(s.ResumesAt).Seconds()))
+// The end is in billing's clock; Retry-After is the real seconds until
+// that clock reaches it (with a FastClock, fewer than its own).
+func suspended(w http.ResponseWriter, app string, s *api.Suspension, clock billing.Clock) {
+	secs := max(1, int(math.Ceil(billing.RealUntil(clock, s.ResumesAt).Seconds())))
 	w.Header().Set("Retry-After", strconv.Itoa(secs))
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(http.StatusServiceUnavailable)

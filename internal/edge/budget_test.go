@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/billing"
 )
 
 // TestSuspendedAppGets503AndItsBytesAreCounted: an app's bytes out are
@@ -45,5 +46,27 @@ func TestSuspendedAppGets503AndItsBytesAreCounted(t *testing.T) {
 	}
 	if got := w.e.TakeEgress()["capped"]; got != 0 {
 		t.Errorf("the edge's own 503 counted as the app's egress: %d bytes", got)
+	}
+}
+
+// TestSuspendedRetryAfterFollowsTheBillingClock: with a clock running 60
+// times faster than the wall (a test's month in seconds) an hour before
+// the suspension ends, Retry-After is the real minute until that clock
+// reaches it, not the wall clock's time to that date.
+func TestSuspendedRetryAfterFollowsTheBillingClock(t *testing.T) {
+	w := newWorld(t, "ams")
+	resumes := time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	w.e.cfg.Clock = billing.FastClock{Epoch: time.Now(), Start: resumes.Add(-time.Hour), Rate: 60}
+	w.app("capped")
+	w.place("capped", startMachine(t, "c1", "ams", "127.0.0.2", nil), 80, api.StateStarted)
+	w.e.table.setApp("capped", api.App{Name: "capped", Suspended: &api.Suspension{Budget: 50, Scope: "app",
+		ReachedAt: resumes.AddDate(0, 0, -3), ResumesAt: resumes}})
+	w.commit()
+	srv := w.serve(80)
+	res, _ := get(t, srv, "capped.perch.local", nil)
+	ra, err := strconv.Atoi(res.Header.Get("Retry-After"))
+	if res.StatusCode != http.StatusServiceUnavailable || err != nil || ra < 55 || ra > 60 {
+		t.Errorf("status %d, Retry-After %q; want 503 and the real minute (60 s) until the clock reaches %s",
+			res.StatusCode, res.Header.Get("Retry-After"), resumes)
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/perchhq/perch/internal/billing"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/store"
 )
@@ -75,6 +76,10 @@ type Config struct {
 	// answers ACME challenges. Nil: TLS handshakes fail (no certificate),
 	// everything else works.
 	Certs CertSource
+	// Clock is billing's clock (package billing: $PERCH_CLOCK's FastClock
+	// in tests), which says when a suspended app resumes; the wall clock
+	// if nil.
+	Clock billing.Clock
 }
 
 // Edge is the proxy of one host.
@@ -114,6 +119,9 @@ func New(cfg Config) (*Edge, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = billing.SystemClock{}
 	}
 	log := cfg.Log.With("component", "edge", "region", cfg.Region)
 	e := &Edge{cfg: cfg, log: log, accessLog: log, limits: cfg.Limits.withDefaults(), ready: make(chan struct{})}

@@ -76,7 +76,7 @@ func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	pr := app.ports[h.port]
 	switch {
 	case app.suspended != nil && pr != nil && pr.chain.http:
-		suspended(lw, app.name, app.suspended) // budget.go
+		suspended(lw, app.name, app.suspended, h.e.cfg.Clock) // budget.go
 	case pr == nil || !pr.chain.http:
 		noService(lw, app.name, h.port)
 	case h.e.redirect(lw, r, pr): // force_https; http.go

@@ -142,6 +142,16 @@ type Suspender interface {
 	DiscardSnapshot(ctx context.Context, id string) error
 }
 
+// DiskUser is implemented by drivers that can tell how much of the host's
+// disk a machine holds of its own: its writable root filesystem (runc's
+// overlay upper layer or copy, a microVM's qcow2 overlay) and its
+// snapshot if suspended, in bytes allocated; the image's shared layers
+// and cached disks are not counted. Metering prices it while the machine
+// is stopped or suspended.
+type DiskUser interface {
+	DiskUsage(ctx context.Context, id string) (int64, error)
+}
+
 // Signaler is implemented by drivers that can send a running machine's
 // process a signal without stopping it (Fly's POST .../signal).
 type Signaler interface {

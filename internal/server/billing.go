@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -34,11 +35,37 @@ type billingState struct {
 	// hookCtx bounds webhook deliveries by the server's life.
 	hookCtx    context.Context
 	cancelHook context.CancelFunc
+	// rebuilt is closed once the ledger has read the stream up to where
+	// it ended when this control plane started: until then spend reads
+	// too low, so budget decisions wait for it (waitLedger).
+	rebuilt     chan struct{}
+	rebuiltOnce sync.Once
+}
+
+// ledgerWait bounds how long a request waits for the ledger's rebuild.
+const ledgerWait = time.Minute
+
+// waitLedger returns once the ledger has caught up with the stream as it
+// was at start, or ctx's error.
+func (b *billingState) waitLedger(ctx context.Context) error {
+	select {
+	case <-b.rebuilt:
+		return nil
+	default:
+	}
+	ctx, cancel := context.WithTimeout(ctx, ledgerWait)
+	defer cancel()
+	select {
+	case <-b.rebuilt:
+		return nil
+	case <-ctx.Done():
+		return errf(http.StatusServiceUnavailable, "usage is still being read from the %s stream after a restart; try again shortly", billing.Stream)
+	}
 }
 
 func (s *Server) setupBilling(ctx context.Context) error {
 	b := &billingState{prices: billing.DefaultPrices(), clock: s.cfg.Clock, interval: s.cfg.MeterInterval,
-		hooks: &http.Client{}}
+		hooks: &http.Client{}, rebuilt: make(chan struct{})}
 	if s.cfg.Prices != nil {
 		b.prices = *s.cfg.Prices
 	}
@@ -74,27 +101,63 @@ func (s *Server) setupBilling(ctx context.Context) error {
 func (s *Server) runBilling(ctx context.Context) {
 	b := s.billing
 	defer b.cancelHook()
-	cons, err := s.st.JetStream().OrderedConsumer(ctx, billing.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{billing.Filter}})
+	log := s.log.With("component", "billing")
+	js := s.st.JetStream()
+	// The rebuild is done at the stream's last message as of now.
+	var last uint64
+	if st, err := js.Stream(ctx, billing.Stream); err == nil {
+		last = st.CachedInfo().State.LastSeq
+	} else {
+		log.Error("cannot read the usage stream; usage and budgets are off", "err", err)
+		return
+	}
+	started := time.Now()
+	caughtUp := func() {
+		b.rebuiltOnce.Do(func() {
+			close(b.rebuilt)
+			log.Info("usage ledger rebuilt from the stream", "messages", last, "took", time.Since(started).Round(time.Millisecond))
+		})
+	}
+	if last == 0 {
+		caughtUp()
+	}
+	cons, err := js.OrderedConsumer(ctx, billing.Stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{billing.Filter}})
 	if err != nil {
-		s.log.Error("billing: cannot read the usage stream; usage and budgets are off", "err", err)
+		log.Error("cannot read the usage stream; usage and budgets are off", "err", err)
 		return
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		var batch billing.Batch
 		if err := json.Unmarshal(m.Data(), &batch); err != nil {
-			s.log.Warn("billing: bad usage message", "subject", m.Subject(), "err", err)
-			return
+			log.Warn("bad usage message", "subject", m.Subject(), "err", err)
 		}
+		// Months before the previous one are closed: their records
+		// are refused and the ledger forgets what it kept for them.
+		b.ledger.Forget(billing.MonthOf(b.clock.Now()).Prev())
+		late := b.ledger.Late()
 		for _, r := range batch.Records {
 			b.ledger.Add(r)
 		}
+		if n := b.ledger.Late() - late; n > 0 {
+			log.Warn("usage records of a closed month refused (a host sent them more than a month late)", "host", batch.Host, "records", n)
+		}
+		if meta, err := m.Metadata(); err == nil && (meta.Sequence.Stream >= last || meta.NumPending == 0) {
+			caughtUp()
+		}
 	})
 	if err != nil {
-		s.log.Error("billing: cannot read the usage stream; usage and budgets are off", "err", err)
+		log.Error("cannot read the usage stream; usage and budgets are off", "err", err)
 		return
 	}
 	defer cc.Stop()
-	log := s.log.With("component", "billing")
+	if err := b.waitLedger(ctx); err != nil && ctx.Err() == nil {
+		log.Warn("the usage ledger is still being rebuilt; budgets are checked once it is", "err", err)
+	}
+	select {
+	case <-b.rebuilt:
+	case <-ctx.Done():
+		return
+	}
 	_ = s.st.RunHeld(ctx, "billing", 15*time.Second, log, func(ctx context.Context) {
 		// Four checks an interval: with the estimate of the open
 		// interval (spendNow), an app stops close to its budget.
@@ -410,6 +473,13 @@ func (l budgetLimiter) Allow(ctx context.Context, app, region string, guest api.
 	if err != nil {
 		return false, "", err
 	}
+	if len(bs) > 0 {
+		select {
+		case <-s.billing.rebuilt:
+		default:
+			return false, "usage is still being read from the stream after a restart", nil
+		}
+	}
 	now := s.billing.clock.Now()
 	for _, b := range bs {
 		period := b.Period(now)
@@ -436,8 +506,12 @@ func (l budgetLimiter) Allow(ctx context.Context, app, region string, guest api.
 	return true, "", nil
 }
 
-// usageMonth reads ?month=, the clock's month by default.
+// usageMonth reads ?month=, the clock's month by default, once the
+// ledger has caught up with the stream.
 func (s *Server) usageMonth(r *http.Request) (billing.Month, time.Time, error) {
+	if err := s.billing.waitLedger(r.Context()); err != nil {
+		return "", time.Time{}, err
+	}
 	now := s.billing.clock.Now()
 	m := billing.MonthOf(now)
 	if q := r.URL.Query().Get("month"); q != "" {
@@ -549,6 +623,10 @@ func (s *Server) putBudget(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("budget set", "scope", scope, "name", name, "monthly", b.Monthly, "alerts", b.Alerts, "webhook", b.Webhook != "")
 	if b.Suspended != nil {
+		if err := s.billing.waitLedger(ctx); err != nil {
+			s.fail(w, r, err)
+			return
+		}
 		apps, _ := s.budgetApps(ctx, b)
 		if spent, err := s.spendNow(ctx, b.Period(now), apps, now); err == nil && spent < b.Monthly {
 			if err := s.resume(ctx, scope, name, fmt.Sprintf("the budget was raised to $%g", b.Monthly)); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -289,5 +290,120 @@ func TestOrgBudgetSuspendsEveryAppOfTheOrg(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // three checks: not suspended again this month
 	if suspended("a1") {
 		t.Error("suspended again after perch budget resume in the same month")
+	}
+}
+
+// TestBudgetDecisionsWaitForTheLedgerRebuild: 10,000 records (16 days of
+// a machine, $1.03) take an app past its $1 budget and it is suspended;
+// the control plane restarts and rebuilds its ledger from the stream. A
+// budget put (which resumes the app if spend is now under the budget) and
+// the usage API, sent the moment the new server answers, wait for the
+// rebuild: the app stays suspended, the usage is whole, and no alert is
+// sent twice. Raising the budget above the spend then resumes it at once.
+func TestBudgetDecisionsWaitForTheLedgerRebuild(t *testing.T) {
+	now := time.Date(2026, 12, 19, 12, 0, 0, 0, time.UTC)
+	dir := t.TempDir()
+	cfg := func(c *Config) {
+		c.Clock = fixedClock(now)
+		c.MeterInterval = 100 * time.Millisecond
+	}
+	s := startServer(t, dir, cfg)
+	ctx := context.Background()
+	hooks := make(chan billing.Alert, 100)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var a billing.Alert
+		if err := json.NewDecoder(r.Body).Decode(&a); err == nil {
+			hooks <- a
+		}
+	}))
+	defer hook.Close()
+	if _, err := s.c.RegisterHost(ctx, api.Host{Region: "iad", CPUs: 8, MemoryMB: 8192}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.c.CreateApp(ctx, api.CreateAppRequest{AppName: "spender"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.c.CreateMachine(ctx, "spender", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "r/s:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	budget := billing.BudgetRequest{Monthly: 1, Webhook: hook.URL}
+	if err := s.c.PutBudget(ctx, "app", "spender", budget, nil); err != nil {
+		t.Fatal(err)
+	}
+	const batches, perBatch = 20, 500
+	step := 16 * 24 * time.Hour / (batches * perBatch)
+	at := now.AddDate(0, 0, -16)
+	for range batches {
+		var recs []billing.Record
+		for range perBatch {
+			recs = append(recs, billing.Record{ID: billing.MachineRecordID(m.ID, at), Kind: billing.KindMachine, App: "spender", Region: "iad",
+				Host: "h", Machine: m.ID, State: api.StateStarted, CPUKind: "shared", CPUs: 1, MemoryMB: 256, Start: at, End: at.Add(step)})
+			at = at.Add(step)
+		}
+		data, _ := json.Marshal(billing.Batch{Host: "h", Records: recs})
+		if _, err := s.st.JetStream().Publish(ctx, billing.SubjectPrefix+"h", data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	suspended := func(c *api.Client) bool {
+		a, err := c.GetApp(ctx, "spender")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a.Suspended != nil
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !suspended(s.c) {
+		if time.Now().After(deadline) {
+			t.Fatal("not suspended 30 s after the records")
+		}
+		time.Sleep(20 * time.Millisecond) // poll
+	}
+	var before []int
+	for len(before) < 4 { // 50, 80, 100 % and the suspension
+		select {
+		case a := <-hooks:
+			before = append(before, a.Percent)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("webhook calls before the restart: %v, want 4", before)
+		}
+	}
+
+	s.stop()
+	restarted := time.Now()
+	s = startServer(t, dir, cfg)
+	// At once: the same budget put again resumes the app if spend reads
+	// under it; it must wait for the rebuild.
+	var b billing.Budget
+	if err := s.c.PutBudget(ctx, "app", "spender", budget, &b); err != nil {
+		t.Fatal(err)
+	}
+	var u billing.Usage
+	if err := s.c.Usage(ctx, "app", "spender", "2026-12", &u); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after the restart, the budget put and usage answered in %s", time.Since(restarted).Round(time.Millisecond))
+	if b.Suspended == nil || !suspended(s.c) {
+		t.Error("the app was resumed after the restart: the budget was decided on a ledger still being rebuilt")
+	}
+	if want := 16 * 86400.0; math.Abs(u.StartedSeconds-want) > 1 {
+		t.Errorf("usage right after the restart: %.0f started seconds, want %.0f", u.StartedSeconds, want)
+	}
+	time.Sleep(500 * time.Millisecond) // five budget rounds
+	select {
+	case a := <-hooks:
+		t.Errorf("an alert was sent again after the restart: %+v", a)
+	default:
+	}
+	// Raising the budget above the spend resumes at once.
+	budget.Monthly = 2
+	var raised billing.Budget
+	if err := s.c.PutBudget(ctx, "app", "spender", budget, &raised); err != nil {
+		t.Fatal(err)
+	}
+	sp, _, _ := store.Get[store.MachineSpec](ctx, s.st.Machines, store.MachineKey("spender", m.ID))
+	if raised.Suspended != nil || suspended(s.c) || sp.Desired != store.DesireStarted {
+		t.Errorf("after raising the budget to $2 (spent $1.03): suspended %v, machine desired %s; want resumed at once", suspended(s.c), sp.Desired)
 	}
 }

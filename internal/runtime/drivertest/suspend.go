@@ -39,11 +39,26 @@ func (s *suite) suspendResume(t *testing.T) {
 		t.Fatalf("connect to the port the app never accepts on: %v", err)
 	}
 	defer inFlight.Close()
+	du, _ := d.(runtime.DiskUser)
+	var running int64
+	if du != nil {
+		if running, err = du.DiskUsage(ctx(t), spec.ID); err != nil {
+			t.Fatalf("DiskUsage of the running machine: %v", err)
+		}
+	}
 	if err := sus.Suspend(ctx(t), spec.ID); err != nil {
 		if errors.Is(err, runtime.ErrCannotSuspend) && strings.Contains(err.Error(), "not installed") {
 			t.Skip(err)
 		}
 		t.Fatalf("Suspend: %v", err)
+	}
+	// Metering bills a suspended machine's own disk: the snapshot counts.
+	if du != nil {
+		suspended, err := du.DiskUsage(ctx(t), spec.ID)
+		t.Logf("the machine's own disk: %d KiB running, %d KiB suspended", running>>10, suspended>>10)
+		if err != nil || suspended-running < 256<<10 {
+			t.Errorf("DiskUsage once suspended = %d, %v; want at least 256 KiB (the snapshot) over the %d while running", suspended, err, running)
+		}
 	}
 	if st, err := d.State(ctx(t), spec.ID); err != nil || st.Status != runtime.StatusSuspended {
 		t.Fatalf("State after Suspend = %+v, %v; want %s", st, err, runtime.StatusSuspended)

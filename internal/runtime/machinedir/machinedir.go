@@ -10,7 +10,9 @@ package machinedir
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,6 +22,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/runtime"
+	"golang.org/x/sys/unix"
 )
 
 // Shim is the record of the shim of a machine's current (or last) run.
@@ -181,4 +184,39 @@ const Poll = 20 * time.Millisecond
 func ReadExit(path string) (Exit, bool) {
 	var ex Exit
 	return ex, ReadJSON(path, &ex) == nil
+}
+
+// DiskUsage is the disk allocated to the files and directories under each
+// path (a file or a tree; one missing counts 0), each inode once: what
+// du(1) reports.
+func DiskUsage(paths ...string) (int64, error) {
+	seen := map[[2]uint64]bool{}
+	var total int64
+	for _, p := range paths {
+		err := filepath.WalkDir(p, func(path string, _ fs.DirEntry, err error) error {
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
+				return err
+			}
+			var st unix.Stat_t
+			if err := unix.Lstat(path, &st); err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
+				return err
+			}
+			k := [2]uint64{uint64(st.Dev), st.Ino}
+			if !seen[k] {
+				seen[k] = true
+				total += st.Blocks * 512
+			}
+			return nil
+		})
+		if err != nil {
+			return total, fmt.Errorf("disk usage of %s: %w", p, err)
+		}
+	}
+	return total, nil
 }

@@ -1,6 +1,7 @@
 package machinedir
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -105,4 +106,32 @@ func TestLocks(t *testing.T) {
 	}
 	unlock()
 	<-got
+}
+
+// TestDiskUsage counts allocated blocks as du does: a sparse file's hole
+// costs nothing, a hard link counts once, a missing path is 0.
+func TestDiskUsage(t *testing.T) {
+	dir := t.TempDir()
+	data := bytes.Repeat([]byte("x"), 1<<20)
+	if err := os.WriteFile(filepath.Join(dir, "full"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(dir, "full"), filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(dir, "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(1 << 30); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	n, err := DiskUsage(dir, filepath.Join(dir, "missing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 1<<20 || n > 1<<20+64<<10 {
+		t.Errorf("disk usage %d bytes, want about 1 MiB (the file once, the hole free)", n)
+	}
 }

@@ -133,3 +133,15 @@ func (d *Driver) hasSnapshot(id string) bool { return machinedir.Exists(d.path(i
 
 // shellQuote quotes s for sh.
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+var _ runtime.DiskUser = (*Driver)(nil)
+
+// DiskUsage is what the VM holds of its own on disk: its qcow2 overlay
+// (the image's cached disk under it is shared, not counted) and a
+// suspended VM's migration stream.
+func (d *Driver) DiskUsage(ctx context.Context, id string) (int64, error) {
+	if err := checkID(id); err != nil {
+		return 0, err
+	}
+	return machinedir.DiskUsage(d.path(id, fileDisk), d.path(id, fileSnapshot))
+}
