@@ -116,7 +116,6 @@ func copyFile(src, dst string, fi fs.FileInfo) error {
 	return os.Chtimes(dst, fi.ModTime(), fi.ModTime())
 }
 
-
 // resolveInImage resolves p inside the image at root as the machine would,
 // returning it relative to root with every symlink followed: an absolute
 // symlink starts again at the image's root; a relative one that climbs
