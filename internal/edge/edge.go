@@ -75,6 +75,9 @@ type Config struct {
 	// answers ACME challenges. Nil: TLS handshakes fail (no certificate),
 	// everything else works.
 	Certs CertSource
+	// Statics gives the files of apps' [[statics]] (statics.go). Nil: a
+	// request under a url_prefix goes to the app.
+	Statics StaticFiles
 }
 
 // Edge is the proxy of one host.

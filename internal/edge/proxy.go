@@ -80,6 +80,7 @@ func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case pr == nil || !pr.chain.http:
 		noService(lw, app.name, h.port)
 	case h.e.redirect(lw, r, pr): // force_https; http.go
+	case app.statics != nil && h.e.serveStatic(lw, r, app.statics): // statics.go
 	case len(pr.backends) == 0 && !h.e.wakeable(pr): // else held (autostart.go)
 		noMachine(lw, app.name, pr.unhealthy)
 	case !h.e.admit(lw, app, st):
