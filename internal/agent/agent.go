@@ -118,6 +118,7 @@ type Agent struct {
 	relays   relayActivity  // autostop.go
 	meter    *billing.Meter // metering.go
 	sub6     netip.Prefix   // the 6PN /64 of this host's machines
+	statics  *staticCopies  // statics.go
 
 	mu      sync.Mutex
 	workers map[string]*worker // by machine key
@@ -251,6 +252,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.mesh.Close()
 	a.images = image.New(filepath.Join(a.cfg.StateDir, "images"), a.log.With("component", "image"), image.WithLimits(a.cfg.ImageLimits))
 	a.gcKick = make(chan struct{}, 1)
+	a.statics = newStaticCopies(filepath.Join(a.cfg.StateDir, "statics"), func() *image.Store { return a.images }, a.pull)
 	// Certificates are issued by the control plane; the edge serves them
 	// from memory, and answers ACME challenges, through this Source.
 	certSrc := certs.NewSource(certs.SourceConfig{Store: a.st, HostID: a.host.ID, Log: a.log})
@@ -258,6 +260,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Region: a.cfg.Region, HostID: a.host.ID, Addr: a.cfg.EdgeAddr, Domain: a.cfg.EdgeDomain,
 		Store: a.st, Nearness: a.mesh, Reachable: a.mesh.Reachable, Dialer: a.dialer,
 		Log: a.log, AccessLog: a.cfg.AccessLog, Certs: certSrc, Starter: starter{a},
+		Statics: a.statics,
 	})
 	if err != nil {
 		return fmt.Errorf("agent: edge: %w", err)

@@ -296,7 +296,7 @@ func (r *rollout) await(ctx context.Context, ms []api.Machine, smoke time.Durati
 			switch at, seen := readyAt[id]; {
 			case m.Ready && !seen:
 				readyAt[id] = time.Now()
-				msg := fmt.Sprintf("%s: machine %s ready (%.1fs)", m.Region, id, time.Since(start).Seconds())
+				msg := fmt.Sprintf("%s: machine %s ready (%.1fs)", groupLabel(m.Region, processGroup(*m)), id, time.Since(start).Seconds())
 				if smoke > 0 {
 					msg += fmt.Sprintf("; watching it for %s", smoke)
 				}
@@ -305,7 +305,7 @@ func (r *rollout) await(ctx context.Context, ms []api.Machine, smoke time.Durati
 					delete(left, id)
 				}
 			case m.Ready && time.Since(at) >= smoke:
-				fmt.Fprintf(r.d.out, "%s: machine %s passed its smoke check\n", m.Region, id)
+				fmt.Fprintf(r.d.out, "%s: machine %s passed its smoke check\n", groupLabel(m.Region, processGroup(*m)), id)
 				delete(left, id)
 			case !m.Ready && seen:
 				return &machineFailure{m: *m, reason: "stopped being ready: " + notReady(m)}

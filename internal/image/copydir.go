@@ -25,6 +25,8 @@ var ErrOutsideImage = errors.New("outside the image")
 // image's root, a missing dir or a file is an error that says so. It is
 // what the edges serve as [[statics]].
 func (s *Store) CopyDir(img *Image, dir, dst string) error {
+	s.gc.RLock() // GC removes no layer while it is read
+	defer s.gc.RUnlock()
 	root := img.Rootfs
 	switch {
 	case len(img.Layers) == 1:
