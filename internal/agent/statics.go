@@ -53,14 +53,45 @@ func newStaticCopies(dir string, images func() *image.Store, pull image.Options)
 	}
 }
 
-// staticKey names the copy of dir of the image ref by digest.
+// staticKey names the copy of dir of the image ref: <digest>/<dir's hash>,
+// so that collect removes an image's copies together.
 func staticKey(ref, dir string) (string, error) {
 	_, digest, ok := strings.Cut(ref, "@")
 	if !ok {
 		return "", fmt.Errorf("image %s is not named by digest", ref)
 	}
-	sum := sha256.Sum256([]byte(digest + "\x00" + filepath.Clean(dir)))
-	return hex.EncodeToString(sum[:12]), nil
+	algo, hexDigest, ok := strings.Cut(digest, ":")
+	if !ok || algo != "sha256" || len(hexDigest) != 64 || strings.ContainsAny(hexDigest, "./") {
+		return "", fmt.Errorf("image %s has no sha256 digest", ref)
+	}
+	sum := sha256.Sum256([]byte(filepath.Clean(dir)))
+	return filepath.Join(hexDigest, hex.EncodeToString(sum[:12])), nil
+}
+
+// collect removes the copies of images not in keep (by digest,
+// "sha256:…") made more than minAge ago (a younger one may be for a
+// machine being made), as the image GC runs.
+func (s *staticCopies) collect(keep map[string]bool, minAge time.Duration) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil || keep["sha256:"+e.Name()] || time.Since(fi.ModTime()) < minAge {
+			continue
+		}
+		s.mu.Lock()
+		for k := range s.done {
+			if strings.HasPrefix(k, e.Name()+string(filepath.Separator)) {
+				delete(s.done, k)
+			}
+		}
+		s.mu.Unlock()
+		if err := os.RemoveAll(filepath.Join(s.dir, e.Name())); err != nil {
+			continue
+		}
+	}
 }
 
 // StaticDir is dir of the image ref on this host's disk, copied on first
@@ -135,7 +166,7 @@ func (s *staticCopies) copy(key, ref, dir string, img *image.Image) (string, err
 	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
 		return dst, nil
 	}
-	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return "", fmt.Errorf("statics: %w", err)
 	}
 	store := s.images()

@@ -63,6 +63,19 @@ func TestStaticCopiesOnFirstRequest(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(d2, "app.css")); err != nil || string(b) != "two" || d2 == dirs[0] {
 		t.Errorf("v2's statics: %q in %s (v1 in %s), %v", b, d2, dirs[0], err)
 	}
+	// The image GC drops the copies of images neither a machine here nor
+	// the edge uses any more.
+	_, v1Digest, _ := strings.Cut(v1Ref, "@")
+	s.collect(map[string]bool{v1Digest: true}, 0)
+	if _, err := os.Stat(d2); !os.IsNotExist(err) {
+		t.Errorf("v2's copy %s is still there after a collection that kept only v1: %v", d2, err)
+	}
+	if _, err := os.Stat(filepath.Join(dirs[0], "app.css")); err != nil {
+		t.Errorf("v1's copy went: %v", err)
+	}
+	if d, err := s.StaticDir(ctx, v2Ref, "/srv/public"); err != nil || d != d2 {
+		t.Errorf("v2's statics after the collection: %s, %v; want a new copy at %s", d, err, d2)
+	}
 	_, err = s.StaticDir(ctx, v1Ref, "/srv/missing")
 	if err == nil || !strings.Contains(err.Error(), "/srv/missing does not exist in the image") {
 		t.Errorf("missing guest_path: %v", err)

@@ -96,6 +96,18 @@ func trimSlash(p string) string {
 	return p
 }
 
+// StaticImages are the images the edge serves statics from now.
+func (s *Snapshot) StaticImages() []string {
+	var out []string
+	for _, ar := range s.names {
+		if ar.statics != nil && !slices.Contains(out, ar.statics.ref) {
+			out = append(out, ar.statics.ref)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // match is the static whose url_prefix p is under, with the rest of p.
 func (s *staticSet) match(p string) (api.Static, string, bool) {
 	for _, st := range s.statics {
