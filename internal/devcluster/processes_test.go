@@ -30,6 +30,8 @@ import (
 // It runs in an existing world (TestReleaseCommand's): a world costs ~30 s.
 func checkProcessGroupsAndStatics(t *testing.T, w *devcluster.World, dir, app string) {
 	t.Helper()
+	start := time.Now()
+	defer func() { t.Logf("process groups and statics: %s", time.Since(start).Round(time.Millisecond)) }()
 	ctx := context.Background()
 	info := w.Info()
 	ref := pushWithStatics(t, info, "statics:v1", "srv/public/hello.txt", "hello, static world\n")
