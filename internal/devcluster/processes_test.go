@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,22 @@ primary_region = "iad"
 	if res.StatusCode != http.StatusPartialContent || string(body) != "static" || res.Header.Get("ETag") == "" {
 		t.Errorf("GET /static/hello.txt with Range: %d %q (ETag %q), want 206 \"static\"", res.StatusCode, body, res.Header.Get("ETag"))
 	}
+	// A guest_path behind a symlink leading out of the image fails the
+	// deploy with the reason, and the app keeps its release.
+	before, _ := liveMachines(ctx, w, app)
+	bad := strings.Replace(toml, `guest_path = "/srv/public"`, `guest_path = "/srv/escape/etc"`, 1)
+	if err := os.WriteFile(filepath.Join(dir, "perch.toml"), []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = perch(t, w, dir, "deploy", "--smoke-window", "1s")
+	if err == nil || !strings.Contains(out+err.Error(), "[[statics]] guest_path /srv/escape/etc: symlink /srv/escape -> ../.. points outside the image") {
+		t.Errorf("deploy with a guest_path outside the image: %v\n%s", err, out)
+	}
+	eventually(t, 15*time.Second, "the app as it was after the refused statics", func() (bool, string) {
+		ms, err := liveMachines(ctx, w, app)
+		return err == nil && slices.Equal(slices.Sorted(slices.Values(ids(ms))), slices.Sorted(slices.Values(ids(before)))), strings.Join(ids(ms), " ")
+	})
+
 	// The old release's machine is gone once its host destroyed it.
 	eventually(t, 15*time.Second, "perch status grouped by process group", func() (bool, string) {
 		status, _ := perch(t, w, dir, "status")
@@ -100,7 +117,7 @@ primary_region = "iad"
 }
 
 // pushWithStatics pushes the sample image with one more layer holding a
-// file at path.
+// file at path, and /srv/escape, a symlink out of the image.
 func pushWithStatics(t *testing.T, info devcluster.Info, repo, path, content string) string {
 	t.Helper()
 	var buf bytes.Buffer
@@ -109,6 +126,7 @@ func pushWithStatics(t *testing.T, info devcluster.Info, repo, path, content str
 	for _, d := range []string{"srv/", "srv/public/"} {
 		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755, ModTime: mtime})
 	}
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "srv/escape", Linkname: "../..", ModTime: mtime})
 	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: path, Mode: 0o644, Size: int64(len(content)), ModTime: mtime})
 	tw.Write([]byte(content))
 	tw.Close()

@@ -135,7 +135,7 @@ func resolveInImage(root, p string) (string, error) {
 			continue
 		case "..":
 			if cur == "" {
-				return "", fmt.Errorf("%s: \"..\" climbs above the image's root: %w", p, ErrOutsideImage)
+				return "", fmt.Errorf("\"..\" in %s climbs above the image's root: %w", p, ErrOutsideImage)
 			}
 			cur = path.Dir(cur)
 			if cur == "." {
@@ -147,7 +147,10 @@ func resolveInImage(root, p string) (string, error) {
 		fi, err := os.Lstat(filepath.Join(root, next))
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
-				return "", fmt.Errorf("%s does not exist in the image (/%s is missing)", p, next)
+				if "/"+next == path.Clean("/"+p) {
+					return "", fmt.Errorf("%s does not exist in the image", p)
+				}
+				return "", fmt.Errorf("%s does not exist in the image (no /%s)", p, next)
 			}
 			return "", err
 		}
@@ -156,7 +159,7 @@ func resolveInImage(root, p string) (string, error) {
 			continue
 		}
 		if hops++; hops > 40 { // as Linux (ELOOP)
-			return "", fmt.Errorf("%s: too many symlinks", p)
+			return "", fmt.Errorf("%s: too many levels of symlinks", p)
 		}
 		target, err := os.Readlink(filepath.Join(root, next))
 		if err != nil {
@@ -165,7 +168,7 @@ func resolveInImage(root, p string) (string, error) {
 		if strings.HasPrefix(target, "/") {
 			cur = ""
 		} else if climbsOut(cur, target) {
-			return "", fmt.Errorf("%s: symlink /%s -> %s points %w", p, next, target, ErrOutsideImage)
+			return "", fmt.Errorf("symlink /%s -> %s points %w", next, target, ErrOutsideImage)
 		}
 		parts = append(strings.Split(target, "/"), parts...)
 	}
