@@ -124,7 +124,7 @@ func (s *staticSet) match(p string) (api.Static, string, bool) {
 
 // serveStatic answers r from the app's statics and says whether it did;
 // false sends the request on to the app.
-func (e *Edge) serveStatic(w http.ResponseWriter, r *http.Request, set *staticSet) bool {
+func (e *Edge) serveStatic(w http.ResponseWriter, r *http.Request, set *staticSet, rs *reqState) bool {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return false
 	}
@@ -168,6 +168,7 @@ func (e *Edge) serveStatic(w http.ResponseWriter, r *http.Request, set *staticSe
 		return false
 	}
 	defer f.Close()
+	rs.static = true // its bytes out are the app's egress (budget.go)
 	serveFile(w, r, root, name, f, fi)
 	return true
 }

@@ -93,6 +93,9 @@ func TestStatics(t *testing.T) {
 	if res.StatusCode != 200 || body != css || etag == "" || res.Header.Get("Last-Modified") != "Fri, 02 Jan 2026 03:04:05 GMT" || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/css") {
 		t.Fatalf("GET app.css: %d %q, headers %v", res.StatusCode, body[:min(len(body), 40)], res.Header)
 	}
+	if got := w.e.TakeEgress()["web"]; got != int64(len(css)) {
+		t.Errorf("egress of the static answer: %d bytes, want its body's %d (metered as the app's)", got, len(css))
+	}
 	t.Run("ETag gives 304", func(t *testing.T) {
 		res, body := staticGet(t, srv, srv.URL, "/static/app.css", map[string]string{"If-None-Match": etag})
 		if res.StatusCode != http.StatusNotModified || body != "" {
