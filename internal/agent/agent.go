@@ -119,6 +119,7 @@ type Agent struct {
 	meter    *billing.Meter // metering.go
 	clock    billing.Clock  // billing's (metering.go), also the edge's
 	sub6     netip.Prefix   // the 6PN /64 of this host's machines
+	statics  *staticCopies  // statics.go
 
 	mu      sync.Mutex
 	workers map[string]*worker // by machine key
@@ -252,6 +253,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.mesh.Close()
 	a.images = image.New(filepath.Join(a.cfg.StateDir, "images"), a.log.With("component", "image"), image.WithLimits(a.cfg.ImageLimits))
 	a.gcKick = make(chan struct{}, 1)
+	a.statics = newStaticCopies(filepath.Join(a.cfg.StateDir, "statics"), func() *image.Store { return a.images }, a.pull)
 	// Certificates are issued by the control plane; the edge serves them
 	// from memory, and answers ACME challenges, through this Source.
 	certSrc := certs.NewSource(certs.SourceConfig{Store: a.st, HostID: a.host.ID, Log: a.log})
@@ -260,6 +262,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Store: a.st, Nearness: a.mesh, Reachable: a.mesh.Reachable, Dialer: a.dialer,
 		Log: a.log, AccessLog: a.cfg.AccessLog, Certs: certSrc, Starter: starter{a},
 		Clock: a.clock,
+		Statics: a.statics,
 	})
 	if err != nil {
 		return fmt.Errorf("agent: edge: %w", err)

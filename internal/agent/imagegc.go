@@ -24,6 +24,7 @@ const DefaultImageCacheGB = 10
 // being made, whose image is pulled but not yet recorded: it waits
 // imageGCRetry and tries again.
 var (
+	staticsKeep  = time.Hour
 	imageGCEvery = 5 * time.Minute
 	imageGCRetry = 2 * time.Second
 )
@@ -72,6 +73,17 @@ func (a *Agent) collectImages() bool {
 			a.log.Warn("image gc", "err", err)
 		}
 	}
+	// Statics copies: kept for the images machines here run and those the
+	// edge serves statics from; others an hour after their last copy.
+	keep := a.imagesInUse()
+	if a.edge != nil {
+		for _, ref := range a.edge.Snapshot().StaticImages() {
+			if _, dg, ok := strings.Cut(ref, "@"); ok {
+				keep[dg] = true
+			}
+		}
+	}
+	a.statics.collect(keep, staticsKeep)
 	d := &api.HostDisk{ImageMaxBytes: a.cfg.ImageCacheMax}
 	if u, err := a.images.Usage(); err == nil {
 		d.ImageBytes, d.Images, d.Layers = u.Bytes, u.Images, u.Layers

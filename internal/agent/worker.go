@@ -392,6 +392,11 @@ func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
 		}
 		return fmt.Errorf("pull %s: %w", spec.Config.Image, err)
 	}
+	if len(spec.Config.Statics) > 0 {
+		if err := w.a.statics.prepare(img, spec.Config.Statics); err != nil { // statics.go
+			return err
+		}
+	}
 	rs, err := w.a.runtimeSpec(spec, img.Rootfs, img.Config)
 	if err != nil {
 		return err

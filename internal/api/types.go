@@ -270,6 +270,9 @@ type MachineConfig struct {
 	// Files are written into the machine's root filesystem before it
 	// starts (Fly's files): secrets.go.
 	Files []File `json:"files,omitempty"`
+	// Statics are directories of the image the edges serve themselves
+	// under a URL prefix (Fly's statics; static.go).
+	Statics []Static `json:"statics,omitempty"`
 }
 
 // StopConfig is a machine's stop signal and the time it has to exit, as
@@ -378,8 +381,11 @@ type Release struct {
 	Image    string        `json:"image"`
 	ImageRef string        `json:"image_ref,omitempty"`
 	Config   MachineConfig `json:"config"`
-	Strategy string        `json:"strategy,omitempty"`
-	Regions  []string      `json:"regions,omitempty"`
+	// Processes is the config of each process group when the release has
+	// several ([processes] in fly.toml); Config is then the first group's.
+	Processes map[string]MachineConfig `json:"processes,omitempty"`
+	Strategy  string                   `json:"strategy,omitempty"`
+	Regions   []string                 `json:"regions,omitempty"`
 	// User is the name of the token that deployed it.
 	User        string    `json:"user,omitempty"`
 	Description string    `json:"description,omitempty"`
@@ -391,11 +397,12 @@ type Release struct {
 // CreateReleaseRequest is the body of POST /v1/apps/{app}/releases: the
 // server gives the release the next version.
 type CreateReleaseRequest struct {
-	Image       string        `json:"image"`
-	Config      MachineConfig `json:"config"`
-	Strategy    string        `json:"strategy,omitempty"`
-	Regions     []string      `json:"regions,omitempty"`
-	Description string        `json:"description,omitempty"`
+	Image       string                   `json:"image"`
+	Config      MachineConfig            `json:"config"`
+	Processes   map[string]MachineConfig `json:"processes,omitempty"`
+	Strategy    string                   `json:"strategy,omitempty"`
+	Regions     []string                 `json:"regions,omitempty"`
+	Description string                   `json:"description,omitempty"`
 }
 
 // UpdateReleaseRequest is the body of PATCH /v1/apps/{app}/releases/{version}.

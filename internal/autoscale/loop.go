@@ -235,6 +235,7 @@ func (l *Loop) tickApp(ctx context.Context, rec store.AutoscaleRecord, withHosts
 	if err != nil {
 		return err
 	}
+	ms = serving(ms)
 	tmpl := template(ms)
 	soft := 0
 	if tmpl != nil {
@@ -384,6 +385,23 @@ func (l *Loop) remove(ctx context.Context, app string, ch Change, ms []api.Machi
 }
 
 func owned(m api.Machine) bool { return m.Config.Metadata[api.MetadataAutoscaled] == "true" }
+
+// serving is the machines that take the demand the autoscaler scales
+// for: those with a service. A process group with none (a worker) is
+// neither counted nor copied. An app none of whose machines has a service
+// keeps them all, as before process groups.
+func serving(ms []api.Machine) []api.Machine {
+	var out []api.Machine
+	for _, m := range ms {
+		if len(m.Config.Services) > 0 {
+			out = append(out, m)
+		}
+	}
+	if len(out) == 0 {
+		return ms
+	}
+	return out
+}
 
 // template is the machine whose config new machines copy: the newest the
 // user made (so a deploy's release), else the newest.

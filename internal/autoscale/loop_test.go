@@ -94,7 +94,14 @@ func TestLoopAddsWhereDemandEntersAndAsksTheLimiter(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	h := &harness{machines: []api.Machine{{ID: "user1", Region: "iad", State: api.StateStarted, Config: api.MachineConfig{Image: "hello:v1"}}}}
+	// A web machine, and a newer worker (a process group with no
+	// service): the autoscaler copies and counts only the web one.
+	web := api.MachineConfig{Image: "hello:v1", Services: []api.Service{{Protocol: "tcp", InternalPort: 8080}}}
+	worker := api.MachineConfig{Image: "hello:v1", Metadata: map[string]string{"fly_process_group": "worker"}}
+	h := &harness{machines: []api.Machine{
+		{ID: "user1", Region: "iad", State: api.StateStarted, Config: web, CreatedAt: time.Now().Add(-time.Minute)},
+		{ID: "worker1", Region: "iad", State: api.StateStarted, Config: worker, CreatedAt: time.Now()},
+	}}
 	if _, err := store.Put(ctx, st.Autoscale, "web", store.AutoscaleRecord{App: "web", Settings: api.AutoscaleSettings{MaxMachines: 6, ScaleDownWindow: "1s"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -119,8 +126,8 @@ func TestLoopAddsWhereDemandEntersAndAsksTheLimiter(t *testing.T) {
 	}
 	ms, _ := h.Machines(ctx, "web")
 	for _, m := range ms {
-		if m.Region == "syd" && (m.Config.Image != "hello:v1" || m.Config.Metadata[api.MetadataAutoscaled] != "true") {
-			t.Errorf("syd machine %+v: want a copy of the user's config marked %s", m.Config, api.MetadataAutoscaled)
+		if m.Region == "syd" && (m.Config.Image != "hello:v1" || len(m.Config.Services) != 1 || m.Config.Metadata[api.MetadataAutoscaled] != "true") {
+			t.Errorf("syd machine %+v: want a copy of the user's web config marked %s", m.Config, api.MetadataAutoscaled)
 		}
 	}
 	if h.count("fra") != 0 {
@@ -158,7 +165,7 @@ func TestLoopAddsWhereDemandEntersAndAsksTheLimiter(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if h.count("iad") != 1 {
-		t.Errorf("iad has %d machines, want the user's one kept", h.count("iad"))
+	if h.count("iad") != 2 {
+		t.Errorf("iad has %d machines, want the user's two kept", h.count("iad"))
 	}
 }

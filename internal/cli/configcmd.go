@@ -33,7 +33,9 @@ type validatedConfig struct {
 	Regions       []string          `json:"regions,omitempty"`
 	ProcessGroup  string            `json:"process_group"`
 	Machine       api.MachineConfig `json:"machine"`
-	Warnings      []string          `json:"warnings"`
+	// Processes is every group's machine when there are several.
+	Processes map[string]api.MachineConfig `json:"processes,omitempty"`
+	Warnings  []string                     `json:"warnings"`
 }
 
 func newConfigValidateCmd(g *globals) *cobra.Command {
@@ -69,6 +71,9 @@ non-zero when the file has an error.`,
 				File: path, App: cmp.Or(g.app, cfg.App), PrimaryRegion: cfg.PrimaryRegion, Regions: cfg.Regions,
 				ProcessGroup: cfg.ProcessGroup(), Machine: cfg.MachineConfig(""), Warnings: msgs,
 			}
+			if len(cfg.ProcessGroups()) > 1 {
+				v.Processes = cfg.MachineConfigs("")
+			}
 			if asJSON {
 				return printJSON(out, v)
 			}
@@ -95,13 +100,30 @@ func printValidated(w io.Writer, cfg *config.Config, v validatedConfig) {
 	default:
 		fmt.Fprintln(w, "regions:        the regions the app already runs in, else pass perch deploy --region (no primary_region)")
 	}
-	groups := slices.Sorted(maps.Keys(cfg.Processes))
-	if len(groups) > 1 {
-		fmt.Fprintf(w, "process group:  %s (of %s; perch runs one)\n", v.ProcessGroup, strings.Join(groups, ", "))
-	} else {
-		fmt.Fprintf(w, "process group:  %s\n", v.ProcessGroup)
+	machines := v.Processes
+	if len(machines) == 0 {
+		machines = map[string]api.MachineConfig{v.ProcessGroup: v.Machine}
 	}
-	mc := v.Machine
+	for i, group := range slices.Sorted(maps.Keys(machines)) {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "process group:  %s\n", group)
+		printMachine(w, machines[group])
+	}
+	for _, st := range cfg.Statics {
+		fmt.Fprintf(w, "static:         %s -> %s of the image (served by the edges)\n", st.URLPrefix, st.GuestPath)
+	}
+	if len(v.Warnings) > 0 {
+		fmt.Fprintln(w, "\nwarnings (what Perch does instead):")
+		for _, m := range v.Warnings {
+			fmt.Fprintf(w, "  %s\n", m)
+		}
+	}
+}
+
+// printMachine describes the machine config of one process group.
+func printMachine(w io.Writer, mc api.MachineConfig) {
 	fmt.Fprintf(w, "image:          %s\n", cmp.Or(mc.Image, "(none: set [build] image or pass --image to perch deploy)"))
 	g := mc.Guest
 	fmt.Fprintf(w, "size:           %s, %d CPU, %d MB, runtime %s\n", g.CPUKind, g.CPUs, g.MemoryMB, g.Runtime)
@@ -155,12 +177,6 @@ func printValidated(w io.Writer, cfg *config.Config, v validatedConfig) {
 				desc += fmt.Sprintf(", %s %s", cmp.Or(k.Method, "GET"), cmp.Or(k.Path, "/"))
 			}
 			fmt.Fprintf(w, "  check:        %s\n", desc)
-		}
-	}
-	if len(v.Warnings) > 0 {
-		fmt.Fprintln(w, "\nwarnings (what Perch does instead):")
-		for _, m := range v.Warnings {
-			fmt.Fprintf(w, "  %s\n", m)
 		}
 	}
 }

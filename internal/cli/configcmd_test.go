@@ -94,3 +94,28 @@ func TestFlyTomlReadWithoutConfigFlag(t *testing.T) {
 		t.Fatalf("validate with both: %v\n%s", err, out)
 	}
 }
+
+// A fly.toml with two process groups and statics (roqr.toml of the
+// config corpus): each group's machine is described, the worker with no
+// service.
+func TestConfigValidateProcessGroups(t *testing.T) {
+	loggedOut(t)
+	out, err := run(t, "", "", "config", "validate", "--config", "../config/testdata/flytoml/roqr.toml")
+	if err != nil {
+		t.Fatalf("validate: %v\n%s", err, out)
+	}
+	web, worker, ok := strings.Cut(out, "process group:  worker")
+	if !ok || !strings.Contains(web, "process group:  web") || !strings.Contains(web, "service:        tcp 80 (http)") {
+		t.Fatalf("no web then worker group:\n%s", out)
+	}
+	for _, want := range []string{`command:        ["rake" "jobs:work"]`, "services:       none (no public ports)", "static:         / -> /app/public of the image"} {
+		if !strings.Contains(worker, want) {
+			t.Errorf("output lacks %q after the worker group:\n%s", want, out)
+		}
+	}
+	js, err := run(t, "", "", "config", "validate", "--config", "../config/testdata/flytoml/roqr.toml", "--json")
+	var v validatedConfig
+	if err != nil || json.Unmarshal([]byte(js), &v) != nil || len(v.Processes) != 2 || len(v.Processes["worker"].Services) != 0 {
+		t.Errorf("--json: %d processes, err %v\n%s", len(v.Processes), err, js)
+	}
+}

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/config"
 	"github.com/spf13/cobra"
 )
 
@@ -75,7 +77,7 @@ once).`,
 			if len(cfg.Deploy.ReleaseCommand) > 0 {
 				d.release = &releaseCommand{Args: cfg.Deploy.ReleaseCommand, Timeout: cfg.Deploy.ReleaseTimeout()}
 			}
-			if err := d.run(ctx, regions, primary, cfg.MachineConfig(img), ""); err != nil {
+			if err := d.run(ctx, regions, primary, cfg.MachineConfigs(img), ""); err != nil {
 				return err
 			}
 			return applyAutoscale(ctx, c, app, cfg.Autoscale, cmd.OutOrStdout()) // autoscale.go
@@ -118,9 +120,15 @@ type deployer struct {
 	release *releaseCommand
 }
 
-// run deploys mc as a new release to the plan's regions; description says
-// what the release is (a rollback) in perch releases.
-func (d *deployer) run(ctx context.Context, regions []string, primary string, mc api.MachineConfig, description string) error {
+// run deploys a new release to the plan's regions: mcs is the machine
+// config of each process group. description says what the release is (a
+// rollback) in perch releases.
+func (d *deployer) run(ctx context.Context, regions []string, primary string, mcs map[string]api.MachineConfig, description string) error {
+	if len(mcs) == 0 {
+		return errors.New("deploy: no process group to deploy")
+	}
+	groupNames := slices.Sorted(maps.Keys(mcs))
+	main := mainGroup(groupNames)
 	if _, err := d.c.GetApp(ctx, d.app); err != nil {
 		if api.IsNotFound(err) {
 			return fmt.Errorf("app %s does not exist: create it with `perch launch`", d.app)
@@ -132,21 +140,36 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 		return fmt.Errorf("deploy: listing machines: %w", err)
 	}
 	existing := live(all)
-	plan, err := planDeploy(existing, regions, primary)
+	plan, err := planDeploy(existing, regions, primary, groupNames)
 	if err != nil {
 		return err
 	}
-	mc = withPrimaryRegion(mc, plan)
-	strategy := cmp.Or(d.opts.Strategy, strategyRolling)
-	rel, err := d.c.CreateRelease(ctx, d.app, api.CreateReleaseRequest{
-		Image: mc.Image, Config: mc, Strategy: strategy, Regions: planRegions(plan), Description: description,
-	})
+	mcs = maps.Clone(mcs)
+	for g, c := range mcs {
+		mcs[g] = withPrimaryRegion(c, plan)
+	}
+	mc := mcs[main]
+	req := api.CreateReleaseRequest{
+		Image: mc.Image, Config: mc, Strategy: cmp.Or(d.opts.Strategy, strategyRolling), Regions: planRegions(plan), Description: description,
+	}
+	if len(mcs) > 1 || main != config.DefaultProcessGroup {
+		req.Processes = mcs
+	}
+	rel, err := d.c.CreateRelease(ctx, d.app, req)
 	if err != nil {
 		return fmt.Errorf("deploy: recording the release: %w", err)
 	}
+	strategy := req.Strategy
 	release := "v" + strconv.Itoa(rel.Version)
-	mc = withRelease(mc, release)
+	for g, c := range mcs {
+		mcs[g] = withRelease(c, release)
+	}
+	mc = mcs[main]
 	fmt.Fprintf(d.out, "Deploying %s %s (image %s) to %s, strategy %s\n", d.app, release, mc.Image, strings.Join(planRegions(plan), ", "), strategy)
+	if len(mcs) > 1 {
+		fmt.Fprintf(d.out, "Process groups: %s\n", strings.Join(groupNames, ", "))
+	}
+	removedGroups := announceRemoved(d.out, plan.Removed)
 
 	if d.release != nil {
 		region := primary
@@ -166,7 +189,7 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 			return fmt.Errorf("deploy of %s %s stopped before any machine was replaced: %w; %s", d.app, release, err, prev)
 		}
 	}
-	r := &rollout{d: d, mc: mc}
+	r := &rollout{d: d, mc: mc, mcs: mcs}
 	if err := r.execute(ctx, groups(plan, existing)); err != nil {
 		reason := d.explainFailure(ctx, err)
 		r.undo(ctx)
@@ -185,6 +208,7 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 		return fmt.Errorf("deploy of %s %s failed: %s; %s. Fix the release and deploy again; `perch logs` shows the machines' output", d.app, release, reason, prev)
 	}
 	r.finish(ctx)
+	d.removeGroups(ctx, plan.Removed, removedGroups)
 	ref := ""
 	for _, m := range r.created {
 		if got, err := d.c.GetMachine(ctx, d.app, m.ID); err == nil && got.ImageRef.Digest != "" {
@@ -200,6 +224,72 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 	}
 	fmt.Fprintf(d.out, "Deployed %s %s to %s\n", d.app, release, strings.Join(planRegions(plan), ", "))
 	return nil
+}
+
+// mainGroup is the group a release records as its config and runs the
+// release command in: the default group if present, else the first.
+func mainGroup(sorted []string) string {
+	if slices.Contains(sorted, config.DefaultProcessGroup) {
+		return config.DefaultProcessGroup
+	}
+	return sorted[0]
+}
+
+// announceRemoved says, before anything changes, which process groups the
+// deploy removes (their machines are destroyed once it succeeded), and
+// returns their names.
+func announceRemoved(out io.Writer, removed []api.Machine) []string {
+	count := map[string]int{}
+	var names []string
+	for _, m := range removed {
+		g := processGroup(m)
+		if count[g] == 0 {
+			names = append(names, g)
+		}
+		count[g]++
+	}
+	for _, g := range names {
+		fmt.Fprintf(out, "Process group %s is no longer in [processes]: its %s will be destroyed once the deploy succeeds\n", g, plural(count[g], "machine"))
+	}
+	return names
+}
+
+// removeGroups drains and destroys the machines of process groups the
+// release no longer has.
+func (d *deployer) removeGroups(ctx context.Context, removed []api.Machine, names []string) {
+	_ = parallel(removed, func(m api.Machine) error {
+		if m.State == api.StateStarted || m.State == api.StateStarting {
+			if err := stopAndWait(ctx, d.c, d.app, m); err != nil {
+				fmt.Fprintf(d.out, "%s: could not stop machine %s of the removed group %s: %v; remove it with `perch machine destroy --force %s`\n", m.Region, m.ID, processGroup(m), err, m.ID)
+				return nil
+			}
+		}
+		if err := d.c.DestroyMachine(ctx, d.app, m.ID, false); err != nil {
+			fmt.Fprintf(d.out, "%s: could not destroy machine %s of the removed group %s: %v; remove it with `perch machine destroy --force %s`\n", m.Region, m.ID, processGroup(m), err, m.ID)
+			return nil
+		}
+		fmt.Fprintf(d.out, "%s: destroyed machine %s of the removed group %s\n", m.Region, m.ID, processGroup(m))
+		return nil
+	})
+	if len(names) > 0 {
+		fmt.Fprintf(d.out, "Removed process groups: %s\n", strings.Join(names, ", "))
+	}
+}
+
+// releaseConfigs is the machine config of each process group of a
+// release, pinned to the digest it ran.
+func releaseConfigs(r api.Release) map[string]api.MachineConfig {
+	mcs := maps.Clone(r.Processes)
+	if len(mcs) == 0 {
+		mcs = map[string]api.MachineConfig{cmp.Or(r.Config.Metadata[config.MetaProcessGroup], config.DefaultProcessGroup): r.Config}
+	}
+	for g, mc := range mcs {
+		if r.ImageRef != "" {
+			mc.Image = r.ImageRef
+		}
+		mcs[g] = mc
+	}
+	return mcs
 }
 
 // runningRelease is the release the app's machines run ("v3"), "" if

@@ -25,6 +25,7 @@ const (
 // deployStep is one machine perch deploy rolls: Replace is the ID of the
 // machine the new one replaces, or "" when the region gets a new machine.
 type deployStep struct {
+	Group   string // the process group
 	Region  string
 	Replace string
 }
@@ -35,6 +36,9 @@ type deployPlan struct {
 	// Kept are regions that have machines but are no longer deploy targets;
 	// their machines are left alone.
 	Kept []regionCount
+	// Removed are the machines of process groups the config no longer
+	// has; they are destroyed once the deploy succeeded, as flyctl does.
+	Removed []api.Machine
 }
 
 type regionCount struct {
@@ -131,31 +135,61 @@ func withPrimaryRegion(mc api.MachineConfig, p deployPlan) api.MachineConfig {
 }
 
 // planDeploy rolls every live machine of the target regions, one region at
-// a time, primary first, and gives a region without machines one.
-func planDeploy(existing []api.Machine, cfgRegions []string, primary string) (deployPlan, error) {
+// a time, primary first, group by group within a region, and gives a region
+// without machines of a group one. Machines of a group not in groups (nil:
+// the default group only) are to be removed.
+func planDeploy(existing []api.Machine, cfgRegions []string, primary string, groups []string) (deployPlan, error) {
+	if len(groups) == 0 {
+		groups = []string{config.DefaultProcessGroup}
+	}
 	existing = live(existing)
-	regions, err := deployRegions(existing, cfgRegions, primary)
+	var p deployPlan
+	var kept []api.Machine
+	for _, m := range existing {
+		if slices.Contains(groups, processGroup(m)) {
+			kept = append(kept, m)
+		} else {
+			p.Removed = append(p.Removed, m)
+		}
+	}
+	regions, err := deployRegions(kept, cfgRegions, primary)
 	if err != nil {
 		return deployPlan{}, err
 	}
-	groups := byRegion(existing)
-	var p deployPlan
+	byRegionGroup := byRegion(kept)
 	for _, r := range regions {
-		if len(groups[r]) == 0 {
-			p.Steps = append(p.Steps, deployStep{Region: r})
-			continue
-		}
-		for _, m := range groups[r] {
-			p.Steps = append(p.Steps, deployStep{Region: r, Replace: m.ID})
+		for _, g := range groups {
+			var ms []api.Machine
+			for _, m := range byRegionGroup[r] {
+				if processGroup(m) == g {
+					ms = append(ms, m)
+				}
+			}
+			if len(ms) == 0 {
+				p.Steps = append(p.Steps, deployStep{Group: g, Region: r})
+				continue
+			}
+			for _, m := range ms {
+				p.Steps = append(p.Steps, deployStep{Group: g, Region: r, Replace: m.ID})
+			}
 		}
 	}
-	for r, ms := range groups {
+	for r, ms := range byRegionGroup {
 		if !slices.Contains(regions, r) {
 			p.Kept = append(p.Kept, regionCount{r, len(ms)})
 		}
 	}
 	slices.SortFunc(p.Kept, func(a, b regionCount) int { return cmp.Compare(a.Region, b.Region) })
+	slices.SortFunc(p.Removed, func(a, b api.Machine) int {
+		return cmp.Or(cmp.Compare(processGroup(a), processGroup(b)), cmp.Compare(a.Region, b.Region), cmp.Compare(a.ID, b.ID))
+	})
 	return p, nil
+}
+
+// processGroup is a machine's process group, from its metadata as on Fly;
+// a machine without one is of the default group.
+func processGroup(m api.Machine) string {
+	return cmp.Or(m.Config.Metadata[config.MetaProcessGroup], config.DefaultProcessGroup)
 }
 
 // nextRelease is "v<N+1>" where vN is the highest release among machines.

@@ -32,12 +32,12 @@ func TestPlanDeploy(t *testing.T) {
 			name:       "first deploy creates one machine per region, primary first",
 			cfgRegions: []string{"ams", "iad", "sin"},
 			primary:    "iad",
-			want:       deployPlan{Steps: []deployStep{{Region: "iad"}, {Region: "ams"}, {Region: "sin"}}},
+			want:       deployPlan{Steps: []deployStep{{Group: "app", Region: "iad"}, {Group: "app", Region: "ams"}, {Group: "app", Region: "sin"}}},
 		},
 		{
 			name:    "no regions in config and no machines: primary region",
 			primary: "ams",
-			want:    deployPlan{Steps: []deployStep{{Region: "ams"}}},
+			want:    deployPlan{Steps: []deployStep{{Group: "app", Region: "ams"}}},
 		},
 		{
 			name: "no regions in config: the regions machines are in, oldest machine first",
@@ -48,7 +48,7 @@ func TestPlanDeploy(t *testing.T) {
 			},
 			primary: "iad",
 			want: deployPlan{Steps: []deployStep{
-				{Region: "iad", Replace: "a1"}, {Region: "iad", Replace: "a2"}, {Region: "sin", Replace: "b2"},
+				{Group: "app", Region: "iad", Replace: "a1"}, {Group: "app", Region: "iad", Replace: "a2"}, {Group: "app", Region: "sin", Replace: "b2"},
 			}},
 		},
 		{
@@ -61,7 +61,7 @@ func TestPlanDeploy(t *testing.T) {
 			cfgRegions: []string{"iad", "ams"},
 			primary:    "iad",
 			want: deployPlan{
-				Steps: []deployStep{{Region: "iad", Replace: "a1"}, {Region: "ams"}},
+				Steps: []deployStep{{Group: "app", Region: "iad", Replace: "a1"}, {Group: "app", Region: "ams"}},
 				Kept:  []regionCount{{"fra", 2}},
 			},
 		},
@@ -73,7 +73,7 @@ func TestPlanDeploy(t *testing.T) {
 				machine("a3", "iad", api.StateFailed, 2, "v1"),
 			},
 			primary: "iad",
-			want:    deployPlan{Steps: []deployStep{{Region: "iad", Replace: "a3"}}},
+			want:    deployPlan{Steps: []deployStep{{Group: "app", Region: "iad", Replace: "a3"}}},
 		},
 		{
 			name:    "nowhere to deploy",
@@ -82,7 +82,7 @@ func TestPlanDeploy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := planDeploy(tt.existing, tt.cfgRegions, tt.primary)
+			got, err := planDeploy(tt.existing, tt.cfgRegions, tt.primary, nil)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v, want error: %v", err, tt.wantErr)
 			}
@@ -147,14 +147,14 @@ func TestDeployWithoutPrimaryRegion(t *testing.T) {
 		t.Errorf("no --region: %v %q, want perch.toml's", regions, primary)
 	}
 
-	_, err := planDeploy(nil, nil, "")
+	_, err := planDeploy(nil, nil, "", nil)
 	if err == nil || err.Error() != "no region to deploy to: pass --region (e.g. --region iad; `perch regions` lists them), or set primary_region in perch.toml" {
 		t.Errorf("no region at all: %v", err)
 	}
 
 	// The app's existing regions; the first becomes every machine's
 	// PRIMARY_REGION, unless perch.toml set one.
-	p, err := planDeploy([]api.Machine{machine("a1", "sin", api.StateStarted, 1, "v1"), machine("b1", "ams", api.StateStarted, 2, "v1")}, nil, "")
+	p, err := planDeploy([]api.Machine{machine("a1", "sin", api.StateStarted, 1, "v1"), machine("b1", "ams", api.StateStarted, 2, "v1")}, nil, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -152,18 +152,15 @@ func rollbackTarget(rs []api.Release, want int) (api.Release, error) {
 
 // rollbackTo deploys release r again, pinned to the digest it ran.
 func rollbackTo(ctx context.Context, c *api.Client, app string, r api.Release, opts deployOptions, out io.Writer) error {
-	mc := r.Config
-	if r.ImageRef != "" {
-		mc.Image = r.ImageRef
-	}
+	mcs := releaseConfigs(r) // deploy.go
 	if opts.Strategy == "" {
 		opts.Strategy = r.Strategy
 	}
-	fmt.Fprintf(out, "Rolling %s back to v%d (%s)\n", app, r.Version, mc.Image)
+	fmt.Fprintf(out, "Rolling %s back to v%d (%s)\n", app, r.Version, cmp.Or(r.ImageRef, r.Config.Image))
 	d := &deployer{c: c, app: app, out: out, opts: opts}
 	primary := ""
 	if len(r.Regions) > 0 {
 		primary = r.Regions[0]
 	}
-	return d.run(ctx, r.Regions, primary, mc, fmt.Sprintf("rollback to v%d", r.Version))
+	return d.run(ctx, r.Regions, primary, mcs, fmt.Sprintf("rollback to v%d", r.Version))
 }

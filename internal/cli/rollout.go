@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/config"
 )
 
 // A rollout replaces an app's machines with machines of a new release
@@ -93,17 +94,32 @@ const awaitPoll = 250 * time.Millisecond
 type rollout struct {
 	d  *deployer
 	mc api.MachineConfig
+	// mcs is the config of each process group; a group not in it (or a
+	// nil mcs) gets mc.
+	mcs map[string]api.MachineConfig
 
 	mu      sync.Mutex
 	created []api.Machine // new machines
 	retired []api.Machine // old machines stopped (or not running) on the way out
 }
 
-// regionOld is a region's machines to replace, oldest first; none for a
-// region that gets its first machine.
+// regionOld is a region's machines of one process group to replace,
+// oldest first; none for a region that gets the group's first machine.
 type regionOld struct {
 	Region string
+	Group  string
 	Old    []api.Machine
+}
+
+// label names a region and, for any group but the default, the group:
+// "iad", "iad worker".
+func (g regionOld) label() string { return groupLabel(g.Region, g.Group) }
+
+func groupLabel(region, group string) string {
+	if group == "" || group == config.DefaultProcessGroup {
+		return region
+	}
+	return region + " " + group
 }
 
 // groups turns the plan's steps into regions with the machines they replace.
@@ -114,8 +130,8 @@ func groups(plan deployPlan, existing []api.Machine) []regionOld {
 	}
 	var out []regionOld
 	for _, st := range plan.Steps {
-		if len(out) == 0 || out[len(out)-1].Region != st.Region {
-			out = append(out, regionOld{Region: st.Region})
+		if len(out) == 0 || out[len(out)-1].Region != st.Region || out[len(out)-1].Group != st.Group {
+			out = append(out, regionOld{Region: st.Region, Group: st.Group})
 		}
 		if st.Replace != "" {
 			g := &out[len(out)-1]
@@ -153,9 +169,9 @@ func (r *rollout) rolling(ctx context.Context, gs []regionOld, canary bool) erro
 			hold := r.d.opts.Smoke > 0
 			if canary {
 				k, canary, hold = 1, false, false
-				fmt.Fprintf(r.d.out, "%s: canary: one new machine first, taking live traffic while it is watched\n", g.Region)
+				fmt.Fprintf(r.d.out, "%s: canary: one new machine first, taking live traffic while it is watched\n", g.label())
 			}
-			news, err := r.launch(ctx, g.Region, k, hold)
+			news, err := r.launch(ctx, g.Region, g.Group, k, hold)
 			if err != nil {
 				return err
 			}
@@ -174,7 +190,7 @@ func (r *rollout) rolling(ctx context.Context, gs []regionOld, canary bool) erro
 			}
 			i += k
 		}
-		fmt.Fprintf(r.d.out, "%s: %s\n", g.Region, summary(len(g.Old), n))
+		fmt.Fprintf(r.d.out, "%s: %s\n", g.label(), summary(len(g.Old), n))
 	}
 	return nil
 }
@@ -185,7 +201,7 @@ func (r *rollout) rolling(ctx context.Context, gs []regionOld, canary bool) erro
 func (r *rollout) all(ctx context.Context, gs []regionOld, blueGreen bool) error {
 	var news []api.Machine
 	for _, g := range gs {
-		ms, err := r.launch(ctx, g.Region, max(len(g.Old), 1), blueGreen)
+		ms, err := r.launch(ctx, g.Region, g.Group, max(len(g.Old), 1), blueGreen)
 		if err != nil {
 			return err
 		}
@@ -212,7 +228,7 @@ func (r *rollout) all(ctx context.Context, gs []regionOld, blueGreen bool) error
 		return err
 	}
 	for _, g := range gs {
-		fmt.Fprintf(r.d.out, "%s: %s\n", g.Region, summary(len(g.Old), max(len(g.Old), 1)))
+		fmt.Fprintf(r.d.out, "%s: %s\n", g.label(), summary(len(g.Old), max(len(g.Old), 1)))
 	}
 	return nil
 }
@@ -224,18 +240,22 @@ func summary(old, n int) string {
 	return "replaced " + plural(old, "machine")
 }
 
-// launch creates k machines of the release in region.
-func (r *rollout) launch(ctx context.Context, region string, k int, cordoned bool) ([]api.Machine, error) {
+// launch creates k machines of the release's process group in region.
+func (r *rollout) launch(ctx context.Context, region, group string, k int, cordoned bool) ([]api.Machine, error) {
+	mc, ok := r.mcs[group]
+	if !ok {
+		mc = r.mc
+	}
 	var out []api.Machine
 	for range k {
-		m, err := r.d.c.CreateMachine(ctx, r.d.app, api.CreateMachineRequest{Region: region, Config: r.mc, Cordoned: cordoned})
+		m, err := r.d.c.CreateMachine(ctx, r.d.app, api.CreateMachineRequest{Region: region, Config: mc, Cordoned: cordoned})
 		if err != nil {
-			return out, fmt.Errorf("creating a machine in %s: %w", region, err)
+			return out, fmt.Errorf("creating a machine in %s: %w", groupLabel(region, group), err)
 		}
 		r.mu.Lock()
 		r.created = append(r.created, *m)
 		r.mu.Unlock()
-		fmt.Fprintf(r.d.out, "%s: machine %s created\n", region, m.ID)
+		fmt.Fprintf(r.d.out, "%s: machine %s created\n", groupLabel(region, group), m.ID)
 		out = append(out, *m)
 	}
 	return out, nil
@@ -276,7 +296,7 @@ func (r *rollout) await(ctx context.Context, ms []api.Machine, smoke time.Durati
 			switch at, seen := readyAt[id]; {
 			case m.Ready && !seen:
 				readyAt[id] = time.Now()
-				msg := fmt.Sprintf("%s: machine %s ready (%.1fs)", m.Region, id, time.Since(start).Seconds())
+				msg := fmt.Sprintf("%s: machine %s ready (%.1fs)", groupLabel(m.Region, processGroup(*m)), id, time.Since(start).Seconds())
 				if smoke > 0 {
 					msg += fmt.Sprintf("; watching it for %s", smoke)
 				}
@@ -285,7 +305,7 @@ func (r *rollout) await(ctx context.Context, ms []api.Machine, smoke time.Durati
 					delete(left, id)
 				}
 			case m.Ready && time.Since(at) >= smoke:
-				fmt.Fprintf(r.d.out, "%s: machine %s passed its smoke check\n", m.Region, id)
+				fmt.Fprintf(r.d.out, "%s: machine %s passed its smoke check\n", groupLabel(m.Region, processGroup(*m)), id)
 				delete(left, id)
 			case !m.Ready && seen:
 				return &machineFailure{m: *m, reason: "stopped being ready: " + notReady(m)}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -18,13 +19,31 @@ func run(t *testing.T, dir, stdin string, args ...string) (string, error) {
 		t.Chdir(dir)
 	}
 	root := NewRoot("test")
-	var out bytes.Buffer
+	// Rollouts print from a goroutine per machine, as os.Stdout allows.
+	var out lockedBuffer
 	root.SetOut(&out)
 	root.SetErr(&out)
 	root.SetIn(strings.NewReader(stdin))
 	root.SetArgs(args)
 	err := root.Execute()
 	return out.String(), err
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // loggedOut makes sure no login from the developer's machine is used.
@@ -154,7 +173,11 @@ func TestDeployNeedsConfigAndImage(t *testing.T) {
 func TestScaleCountValidates(t *testing.T) {
 	loggedOut(t)
 	_, err := run(t, t.TempDir(), "", "scale", "count", "two", "--app", "hello")
-	wantErr(t, err, "N must be a number")
+	wantErr(t, err, `"two" is not a count`, "GROUP=N")
+	_, err = run(t, t.TempDir(), "", "scale", "count", "web=2", "3", "--app", "hello")
+	wantErr(t, err, "give one N, or a GROUP=N per process group")
+	_, err = run(t, t.TempDir(), "", "scale", "count", "web=1", "web=2", "--app", "hello")
+	wantErr(t, err, "process group web is given twice")
 	_, err = run(t, t.TempDir(), "", "scale", "count", "2")
 	wantErr(t, err, "--app")
 }

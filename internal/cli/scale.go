@@ -1,11 +1,11 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -28,17 +28,23 @@ func newScaleCountCmd(g *globals) *cobra.Command {
 	var yes bool
 	var waitTimeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "count N",
-		Short: "Run N machines in each region (given, or each region the app is in)",
+		Use:   "count N | GROUP=N ...",
+		Short: "Run N machines in each region (given, or each region the app is in), per process group",
 		Long: `Run N machines in each region: the regions given with --region, else each
-region the app has machines in, else its primary region. New machines copy
-the config of the app's newest machine and must start; machines to remove go
-newest first. Removing machines asks for confirmation unless --yes.`,
-		Args: cobra.ExactArgs(1),
+region the app (or the group) has machines in, else its primary region.
+An app with several process groups ([processes]) is scaled per group, as
+on Fly: perch scale count web=2 worker=1. A plain N needs an app with one
+group. New machines copy the config of the group's newest machine (else
+that of the last release) and must start; machines to remove go newest
+first. Removing machines asks for confirmation unless --yes. A deploy keeps
+each group's count in each region.`,
+		Example: `  perch scale count 3
+  perch scale count web=2 worker=1 --region iad`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, err := strconv.Atoi(args[0])
-			if err != nil || n < 0 {
-				return fmt.Errorf("scale count: N must be a number 0 or more, got %q", args[0])
+			counts, err := parseCounts(args)
+			if err != nil {
+				return err
 			}
 			if err := checkWaitTimeout(waitTimeout); err != nil {
 				return err
@@ -65,13 +71,19 @@ newest first. Removing machines asks for confirmation unless --yes.`,
 			if err != nil {
 				return fmt.Errorf("scale: %w", err)
 			}
-			steps, err := planScale(existing, regions, primary, n)
+			rel, err := lastRelease(ctx, c, app)
+			if err != nil {
+				return fmt.Errorf("scale: %w", err)
+			}
+			plans, err := planGroupScale(existing, rel, regions, primary, counts)
 			if err != nil {
 				return err
 			}
 			var doomed []string
-			for _, st := range steps {
-				doomed = append(doomed, st.Destroy...)
+			for _, gp := range plans {
+				for _, st := range gp.steps {
+					doomed = append(doomed, st.Destroy...)
+				}
 			}
 			if len(doomed) > 0 && !yes {
 				prompt := fmt.Sprintf("This destroys %s of %s: %s.", plural(len(doomed), "machine"), app, strings.Join(doomed, ", "))
@@ -80,49 +92,11 @@ newest first. Removing machines asks for confirmation unless --yes.`,
 				}
 			}
 			d := &deployer{c: c, app: app, out: cmd.OutOrStdout(), opts: deployOptions{WaitTimeout: waitTimeout}}
-			for _, st := range steps {
-				if st.Create > 0 {
-					tmpl := templateMachine(existing, st.Region)
-					if tmpl == nil {
-						return fmt.Errorf("%s has no machine to copy the config from: run `perch deploy` first", app)
+			for _, gp := range plans {
+				for _, st := range gp.steps {
+					if err := d.scaleRegion(ctx, existing, gp, st); err != nil {
+						return err
 					}
-					r := &rollout{d: d, mc: tmpl.Config}
-					news, err := r.launch(ctx, st.Region, st.Create, false)
-					if err == nil {
-						err = r.await(ctx, news, 0)
-					}
-					if err != nil {
-						reason := d.explainFailure(ctx, err)
-						r.undo(ctx)
-						return fmt.Errorf("scale %s in %s: %s", app, st.Region, reason)
-					}
-				}
-				// Scaling down drains: each machine's host takes it out of
-				// the edges' rotation and lets its requests finish before
-				// its kill_signal.
-				byID := map[string]api.Machine{}
-				for _, m := range existing {
-					byID[m.ID] = m
-				}
-				err := parallel(machinesByID(byID, st.Destroy), func(m api.Machine) error {
-					if m.State == api.StateStarted || m.State == api.StateStarting {
-						if err := stopAndWait(ctx, c, app, m); err != nil {
-							return fmt.Errorf("stopping machine %s: %w", m.ID, err)
-						}
-					}
-					if err := c.DestroyMachine(ctx, app, m.ID, false); err != nil {
-						return fmt.Errorf("destroying machine %s: %w", m.ID, err)
-					}
-					fmt.Fprintf(d.out, "%s: drained and destroyed machine %s\n", st.Region, m.ID)
-					return nil
-				})
-				if err != nil {
-					return fmt.Errorf("scale %s in %s: %w", app, st.Region, err)
-				}
-				if st.Create == 0 && len(st.Destroy) == 0 {
-					fmt.Fprintf(d.out, "%s: already %s\n", st.Region, plural(n, "machine"))
-				} else {
-					fmt.Fprintf(d.out, "%s: now %s\n", st.Region, plural(n, "machine"))
 				}
 			}
 			return nil
@@ -132,6 +106,73 @@ newest first. Removing machines asks for confirmation unless --yes.`,
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "destroy machines without asking")
 	cmd.Flags().DurationVar(&waitTimeout, "wait-timeout", 60*time.Second, "how long each new machine may take to start")
 	return cmd
+}
+
+// scaleRegion brings one group of one region to its count: new machines
+// copy the template's config and must start; removed ones are drained.
+func (d *deployer) scaleRegion(ctx context.Context, existing []api.Machine, gp groupScale, st scaleStep) error {
+	label := groupLabel(st.Region, gp.group)
+	if st.Create > 0 {
+		tmpl := gp.template(existing, st.Region)
+		if tmpl == nil {
+			return fmt.Errorf("%s has no machine to copy the config from (process group %s): run `perch deploy` first", d.app, gp.group)
+		}
+		r := &rollout{d: d, mc: *tmpl}
+		news, err := r.launch(ctx, st.Region, gp.group, st.Create, false)
+		if err == nil {
+			err = r.await(ctx, news, 0)
+		}
+		if err != nil {
+			reason := d.explainFailure(ctx, err)
+			r.undo(ctx)
+			return fmt.Errorf("scale %s in %s: %s", d.app, label, reason)
+		}
+	}
+	// Scaling down drains: each machine's host takes it out of the edges'
+	// rotation and lets its requests finish before its kill_signal.
+	byID := map[string]api.Machine{}
+	for _, m := range existing {
+		byID[m.ID] = m
+	}
+	err := parallel(machinesByID(byID, st.Destroy), func(m api.Machine) error {
+		if m.State == api.StateStarted || m.State == api.StateStarting {
+			if err := stopAndWait(ctx, d.c, d.app, m); err != nil {
+				return fmt.Errorf("stopping machine %s: %w", m.ID, err)
+			}
+		}
+		if err := d.c.DestroyMachine(ctx, d.app, m.ID, false); err != nil {
+			return fmt.Errorf("destroying machine %s: %w", m.ID, err)
+		}
+		fmt.Fprintf(d.out, "%s: drained and destroyed machine %s\n", label, m.ID)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("scale %s in %s: %w", d.app, label, err)
+	}
+	if st.Create == 0 && len(st.Destroy) == 0 {
+		fmt.Fprintf(d.out, "%s: already %s\n", label, plural(gp.n, "machine"))
+	} else {
+		fmt.Fprintf(d.out, "%s: now %s\n", label, plural(gp.n, "machine"))
+	}
+	return nil
+}
+
+// lastRelease is the app's newest release that completed, nil if none.
+func lastRelease(ctx context.Context, c *api.Client, app string) (*api.Release, error) {
+	rs, err := c.ListReleases(ctx, app)
+	if err != nil {
+		return nil, fmt.Errorf("listing releases: %w", err)
+	}
+	var best *api.Release
+	for i := range rs {
+		if rs[i].Status != api.ReleaseComplete && rs[i].Status != api.ReleaseSuperseded {
+			continue
+		}
+		if best == nil || rs[i].Version > best.Version {
+			best = &rs[i]
+		}
+	}
+	return best, nil
 }
 
 // optionalProject loads perch.toml when it is there; it is an error only

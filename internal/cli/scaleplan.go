@@ -3,9 +3,14 @@ package cli
 import (
 	"cmp"
 	"errors"
+	"fmt"
+	"maps"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/config"
 )
 
 // scaleStep brings one region to the wanted count: Create new machines, or
@@ -77,4 +82,116 @@ func templateMachine(existing []api.Machine, region string) *api.Machine {
 		}
 	}
 	return best
+}
+
+// groupCount is one count of perch scale count: GROUP=N, or N alone
+// (Group "") for an app with one process group.
+type groupCount struct {
+	Group string
+	N     int
+}
+
+// parseCounts reads perch scale count's arguments: one N, or GROUP=N
+// pairs, as fly scale count takes them.
+func parseCounts(args []string) ([]groupCount, error) {
+	var out []groupCount
+	for _, a := range args {
+		group, num, pair := strings.Cut(a, "=")
+		if !pair {
+			num, group = a, ""
+		}
+		n, err := strconv.Atoi(num)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("scale count: %q is not a count; write N (a number 0 or more) or GROUP=N, e.g. perch scale count web=2 worker=1", a)
+		}
+		if pair && group == "" {
+			return nil, fmt.Errorf("scale count: %q names no process group; write GROUP=N, e.g. web=2", a)
+		}
+		if !pair && len(args) > 1 {
+			return nil, fmt.Errorf("scale count: %q: give one N, or a GROUP=N per process group, e.g. perch scale count web=2 worker=1", a)
+		}
+		if slices.ContainsFunc(out, func(c groupCount) bool { return c.Group == group }) {
+			return nil, fmt.Errorf("scale count: process group %s is given twice", group)
+		}
+		out = append(out, groupCount{Group: group, N: n})
+	}
+	return out, nil
+}
+
+// groupScale is what perch scale count does to one process group.
+type groupScale struct {
+	group    string
+	n        int
+	machines []api.Machine // the group's live machines
+	// release is the group's config in the last release, for a region
+	// (or a group) with no machine to copy; nil if none.
+	release *api.MachineConfig
+	steps   []scaleStep
+}
+
+// template is the config new machines of the group in region copy: the
+// group's newest machine there, else its newest anywhere, else the last
+// release's.
+func (gp groupScale) template(existing []api.Machine, region string) *api.MachineConfig {
+	if m := templateMachine(gp.machines, region); m != nil {
+		return &m.Config
+	}
+	return gp.release
+}
+
+// planGroupScale plans each count: the group's machines brought to N in
+// each region given, else each region the group (else the app) is in,
+// else the primary region.
+func planGroupScale(existing []api.Machine, rel *api.Release, regions []string, primary string, counts []groupCount) ([]groupScale, error) {
+	existing = live(existing)
+	known := map[string]*api.MachineConfig{}
+	for _, m := range existing {
+		known[processGroup(m)] = nil
+	}
+	if rel != nil {
+		for g, mc := range releaseConfigs(*rel) {
+			mc = withRelease(mc, "v"+strconv.Itoa(rel.Version))
+			known[g] = &mc
+		}
+	}
+	names := slices.Sorted(maps.Keys(known))
+	var out []groupScale
+	for _, c := range counts {
+		g := c.Group
+		if g == "" {
+			if len(names) > 1 {
+				return nil, fmt.Errorf("scale count: the app has process groups %s; give a count per group, e.g. perch scale count %s=%d", strings.Join(names, ", "), names[0], c.N)
+			}
+			g = config.DefaultProcessGroup
+			if len(names) == 1 {
+				g = names[0]
+			}
+		} else if _, ok := known[g]; !ok {
+			if len(names) == 0 {
+				return nil, fmt.Errorf("scale count: the app has no machines and no release yet: run `perch deploy` first")
+			}
+			return nil, fmt.Errorf("scale count: the app has no process group %q; its groups are %s", g, strings.Join(names, ", "))
+		}
+		gp := groupScale{group: g, n: c.N, release: known[g]}
+		for _, m := range existing {
+			if processGroup(m) == g {
+				gp.machines = append(gp.machines, m)
+			}
+		}
+		regs := regions
+		if len(regs) == 0 && len(gp.machines) == 0 {
+			for r := range byRegion(existing) {
+				regs = append(regs, r)
+			}
+			slices.Sort(regs)
+			regs = primaryFirst(regs, primary)
+		}
+		steps, err := planScale(gp.machines, regs, primary, c.N)
+		if err != nil {
+			return nil, err
+		}
+		gp.steps = steps
+		out = append(out, gp)
+	}
+	return out, nil
 }

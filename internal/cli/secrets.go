@@ -197,10 +197,7 @@ func redeployCurrent(ctx context.Context, c *api.Client, app string, opts deploy
 		return nil
 	}
 	cur := slices.MaxFunc(rs, func(a, b api.Release) int { return a.Version - b.Version })
-	mc := cur.Config
-	if cur.ImageRef != "" {
-		mc.Image = cur.ImageRef
-	}
+	mcs := releaseConfigs(cur) // deploy.go
 	if opts.Strategy == "" {
 		opts.Strategy = cur.Strategy
 	}
@@ -210,7 +207,7 @@ func redeployCurrent(ctx context.Context, c *api.Client, app string, opts deploy
 	if len(cur.Regions) > 0 {
 		primary = cur.Regions[0]
 	}
-	return d.run(ctx, cur.Regions, primary, mc, description)
+	return d.run(ctx, cur.Regions, primary, mcs, description)
 }
 
 // parseDotenv reads NAME=VALUE lines. Its errors name the line, never a

@@ -17,6 +17,13 @@ import (
 // loopback ports and returns its URL and admin token.
 func startServer(t *testing.T) (string, string) {
 	t.Helper()
+	srv := startServerWith(t)
+	return srv.URL(), srv.AdminToken()
+}
+
+// startServerWith is startServer, giving the server itself.
+func startServerWith(t *testing.T) *server.Server {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, server.Config{
 		Listen:      "127.0.0.1:0",
@@ -35,7 +42,7 @@ func startServer(t *testing.T) (string, string) {
 		<-done
 		srv.Close()
 	})
-	return srv.URL(), srv.AdminToken()
+	return srv
 }
 
 // TestAgainstServer drives the commands that need no agent against a real

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"time"
 
@@ -58,8 +59,20 @@ func renderStatus(w io.Writer, app string, ms []api.Machine, now time.Time) {
 		fmt.Fprintln(w, "No machines. Run `perch deploy` to create some.")
 		return
 	}
-	fmt.Fprintln(w)
-	renderMachines(w, ms, now)
+	byGroup := map[string][]api.Machine{}
+	for _, m := range ms {
+		byGroup[processGroup(m)] = append(byGroup[processGroup(m)], m)
+	}
+	if len(byGroup) == 1 {
+		fmt.Fprintln(w)
+		renderMachines(w, ms, now)
+		return
+	}
+	// Several process groups: a table each, as fly status shows them.
+	for _, g := range slices.Sorted(maps.Keys(byGroup)) {
+		fmt.Fprintf(w, "\nProcess group %s (%s)\n", g, plural(len(byGroup[g]), "machine"))
+		renderMachines(w, byGroup[g], now)
+	}
 }
 
 // renderMachines prints machines as a table sorted by region then age,

@@ -38,6 +38,8 @@ type Config struct {
 	Autoscale *api.AutoscaleSettings
 	// Processes maps process group names to their command line.
 	Processes map[string]string
+	// Statics are [[statics]]: image directories the edges serve.
+	Statics []api.Static
 	// Init is [experimental] cmd, entrypoint and exec, which override the
 	// image's as on Fly; a [processes] command overrides Cmd.
 	Init Init

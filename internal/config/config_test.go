@@ -69,11 +69,10 @@ func TestParseFlyFiles(t *testing.T) {
 					{CPUKind: "shared", CPUs: 1, MemoryMB: 1024, Processes: []string{"app"}},
 					{Size: "shared-cpu-2x", Processes: []string{"worker"}},
 				},
+				Statics: []api.Static{{GuestPath: "/rails/public", URLPrefix: "/"}},
 			},
 			warns: []string{
 				`rails.fly.toml line 8: "console_command" ignored: perch has no console command (no fly ssh console)`,
-				`rails.fly.toml line 15: [processes] defines 2 groups; perch runs one group per app for now, "app"`,
-				`rails.fly.toml line 37: [[statics]] ignored: static file serving is not supported yet; the app serves its static files itself`,
 			},
 		},
 		{

@@ -53,7 +53,7 @@ type corpusWant struct {
 var corpus = map[string]corpusWant{
 	"actioncable-tester.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]", "[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself"},
+		warns:   []string{"[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]"},
 	},
 	"amardns.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]; tcp 8053: 853[tls]", Conc: "connections 20/0; connections 20/0", Checks: "tcp 15s/4s; http 15s/4s GET /health; tcp 15s/4s", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=sin"},
@@ -169,7 +169,7 @@ var corpus = map[string]corpusWant{
 	},
 	"openstreetmap-calendar.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "http 10s/2s GET /", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself", "[metrics] ignored: Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics"},
+		warns:   []string{"[metrics] ignored: Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics"},
 	},
 	"piquetdestream-webapp.toml": {
 		summary: summary{Services: "tcp 3000: 80[http] 443[tls,http]", Conc: "connections 90/100", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -189,7 +189,7 @@ var corpus = map[string]corpusWant{
 	},
 	"rails-machine-workers.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]", "[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself"},
+		warns:   []string{"[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]"},
 	},
 	"rails-on-fly.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=atl"},
@@ -197,7 +197,7 @@ var corpus = map[string]corpusWant{
 	},
 	"ration-django.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself"},
+		warns:   []string(nil),
 	},
 	"redis-geo-cache.toml": {
 		summary: summary{Services: "tcp 7379: 10000[]", Conc: "connections 20/25", Checks: "tcp 10s/2s", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -209,7 +209,7 @@ var corpus = map[string]corpusWant{
 	},
 	"roqr.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "| bundle exec rails server", Env: "group=web"},
-		warns:   []string{"[processes] defines 2 groups; perch runs one group per app for now, \"web\"", "[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]", "[[statics]] ignored: static file serving is not supported yet; the app serves its static files itself"},
+		warns:   []string{"[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]"},
 	},
 	"sentrypeer.toml": {
 		summary: summary{Services: "udp 5060: 5060[]", Conc: "connections 20/25", Checks: "", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=den"},

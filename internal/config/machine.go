@@ -21,9 +21,10 @@ const (
 // name one; fly launch writes processes = ["app"] for it.
 const DefaultProcessGroup = "app"
 
-// ProcessGroup is the process group Perch runs: "app" if [processes] is
-// empty or defines it, else the first defined, by name. Perch runs one group
-// per app for now; Parse warns when the file defines more.
+// ProcessGroup is the app's main process group: "app" if [processes] is
+// empty or defines it, else the first defined, by name. The release
+// command's machine and config validate show it; a deploy runs every group
+// (ProcessGroups).
 func (c *Config) ProcessGroup() string {
 	if len(c.Processes) == 0 {
 		return DefaultProcessGroup
@@ -34,17 +35,23 @@ func (c *Config) ProcessGroup() string {
 	return slices.Sorted(maps.Keys(c.Processes))[0]
 }
 
-// Guest is the machine size of the process group Perch runs.
+// Guest is the machine size of the main process group.
 func (c *Config) Guest() api.Guest { return c.vmFor(c.ProcessGroup()).Guest() }
 
-// MachineConfig is the config of a machine running image (the [build] image
-// when image is ""): env, guest size, and the services of http_service and
-// [[services]] that apply to the process group Perch runs.
+// MachineConfig is the config of a machine of the main process group
+// (MachineConfigFor).
 func (c *Config) MachineConfig(image string) api.MachineConfig {
-	group := c.ProcessGroup()
+	return c.MachineConfigFor(c.ProcessGroup(), image)
+}
+
+// MachineConfigFor is the config of a machine of process group running
+// image (the [build] image when image is ""): env, the group's guest size
+// and command, the services of http_service and [[services]] that apply to
+// the group, and [[statics]] when one of them serves HTTP.
+func (c *Config) MachineConfigFor(group, image string) api.MachineConfig {
 	mc := api.MachineConfig{
 		Image:   image,
-		Guest:   c.Guest(),
+		Guest:   c.vmFor(group).Guest(),
 		Restart: c.restartFor(group),
 	}
 	if mc.Image == "" {
@@ -119,6 +126,7 @@ func (c *Config) MachineConfig(image string) api.MachineConfig {
 		}
 		mc.Services = append(mc.Services, svc)
 	}
+	mc.Statics = c.staticsFor(mc) // statics.go
 	return mc
 }
 

@@ -102,6 +102,7 @@ func TestMachineConfig(t *testing.T) {
 				Restart:  api.Restart{Policy: api.RestartOnFailure},
 				Init:     api.MachineInit{Cmd: []string{"./bin/rails", "server", "-b", "0.0.0.0"}},
 				Metadata: appGroup,
+				Statics:  []api.Static{{GuestPath: "/rails/public", URLPrefix: "/"}},
 			},
 		},
 		{

@@ -95,6 +95,13 @@ type fileConfig struct {
 	VM            []fileVM          `toml:"vm,omitempty"`
 	Deploy        *fileDeploy       `toml:"deploy,omitempty"`
 	Restart       []fileRestart     `toml:"restart,omitempty"`
+	Statics       []fileStatic      `toml:"statics,omitempty"`
+}
+
+type fileStatic struct {
+	GuestPath     string `toml:"guest_path"`
+	URLPrefix     string `toml:"url_prefix"`
+	IndexDocument string `toml:"index_document,omitempty"`
 }
 
 type fileExperimental struct {
@@ -262,6 +269,9 @@ func (c *Config) file() fileConfig {
 			policy = "never" // Fly's word for it
 		}
 		f.Restart = append(f.Restart, fileRestart{Policy: policy, Retries: r.MaxRetries, Processes: r.Processes})
+	}
+	for _, st := range c.Statics {
+		f.Statics = append(f.Statics, fileStatic{GuestPath: st.GuestPath, URLPrefix: st.URLPrefix, IndexDocument: st.IndexDocument})
 	}
 	return f
 }

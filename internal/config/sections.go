@@ -92,15 +92,12 @@ func (d *decoder) config(doc map[string]any) *Config {
 	if s := top.sub("experimental"); s != nil {
 		c.Init = d.experimental(s)
 	}
-	if len(c.Processes) > 1 {
-		d.warnf(path{"processes"}, "[processes] defines %d groups; perch runs one group per app for now, %q",
-			len(c.Processes), c.ProcessGroup())
-	}
+	d.checkProcessNames(c, doc) // processes.go
 	// flyctl reads [mount] as [mounts].
 	for _, k := range []string{"mounts", "mount"} {
 		top.ignore(k, "volumes are not supported yet, so files written there are lost when the machine is replaced")
 	}
-	top.ignore("statics", "static file serving is not supported yet; the app serves its static files itself")
+	c.Statics = d.statics(top) // statics.go
 	top.ignore("files", "files written into machines are not supported yet")
 	top.ignore("checks", "top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation")
 	top.ignore("metrics", "Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics")

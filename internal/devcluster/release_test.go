@@ -88,4 +88,5 @@ func TestReleaseCommand(t *testing.T) {
 	if strings.Count(rs, "failed") < 2 {
 		t.Errorf("perch releases does not show the two failed releases:\n%s", rs)
 	}
+	checkProcessGroupsAndStatics(t, w, dir, "rel") // processes_test.go
 }

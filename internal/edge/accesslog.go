@@ -52,7 +52,7 @@ func (e *Edge) finish(w *logWriter, r *http.Request, st *reqState, start time.Ti
 	st.demand.end(region)
 	in := st.body.bytesRead()
 	e.metrics.observe(app, region, machine, status, in, w.bytes, d)
-	if st.backend != nil {
+	if st.backend != nil || st.static {
 		e.egress.add(app, w.bytes) // budget.go
 	}
 

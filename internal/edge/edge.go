@@ -80,6 +80,9 @@ type Config struct {
 	// in tests), which says when a suspended app resumes; the wall clock
 	// if nil.
 	Clock billing.Clock
+	// Statics gives the files of apps' [[statics]] (statics.go). Nil: a
+	// request under a url_prefix goes to the app.
+	Statics StaticFiles
 }
 
 // Edge is the proxy of one host.

@@ -39,6 +39,7 @@ type reqState struct {
 	replay   string        // the Perch-Replay answer the request followed
 	body     *replayBody   // the request body, if any
 	demand   demandStart   // counted for the autoscaler (demand.go)
+	static   bool          // answered from the app's statics (statics.go)
 }
 
 // releaseSlot gives back the slot the request holds, if any.
@@ -80,6 +81,7 @@ func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case pr == nil || !pr.chain.http:
 		noService(lw, app.name, h.port)
 	case h.e.redirect(lw, r, pr): // force_https; http.go
+	case app.statics != nil && h.e.serveStatic(lw, r, app.statics, st): // statics.go
 	case len(pr.backends) == 0 && !h.e.wakeable(pr): // else held (autostart.go)
 		noMachine(lw, app.name, pr.unhealthy)
 	case !h.e.admit(lw, app, st):

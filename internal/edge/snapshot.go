@@ -38,6 +38,8 @@ type appRoute struct {
 	load  *appLoad // requests in flight for the app, across rebuilds
 	// suspended is set while the app is suspended at its budget (budget.go).
 	suspended *suspension
+	// statics are served by the edge itself (statics.go); nil if none.
+	statics *staticSet
 }
 
 // portRoute holds the machines of one app that can answer on one public

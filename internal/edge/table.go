@@ -127,6 +127,7 @@ func (t *table) build() *Snapshot {
 		routes[name] = &appRoute{name: name, ports: map[int]*portRoute{}, load: t.book.app(name), suspended: a.Suspended}
 	}
 	httpPorts := map[int]bool{}
+	statics := map[string]*staticPick{}
 	rank := t.rankRegions()
 	// Sorted keys keep the order of equal machines stable across rebuilds.
 	for _, key := range slices.Sorted(maps.Keys(t.machines)) {
@@ -137,6 +138,7 @@ func (t *table) build() *Snapshot {
 		}
 		up := t.inRotation(key, &m)
 		s.machines = append(s.machines, t.record(&m, up))
+		t.offerStatics(statics, key, &m, up) // statics.go
 		sick := !up && t.failsChecks(key, &m)
 		for _, svc := range m.Config.Services {
 			udp := svc.Protocol == "udp"
@@ -173,6 +175,9 @@ func (t *table) build() *Snapshot {
 				t.addBackend(pr, key, &m, svc, up)
 			}
 		}
+	}
+	for app, p := range statics {
+		routes[app].statics = p.set()
 	}
 	for _, ar := range routes {
 		for _, pr := range ar.ports {

@@ -55,6 +55,13 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	for g, mc := range req.Processes {
+		if err := validateConfig(&mc); err != nil {
+			s.fail(w, r, errf(http.StatusBadRequest, "processes[%q]: %v", g, err))
+			return
+		}
+		req.Processes[g] = mc
+	}
 	if !validStrategy(req.Strategy) {
 		s.fail(w, r, errf(http.StatusBadRequest, "strategy %q is not known; use rolling, immediate, canary or bluegreen", req.Strategy))
 		return
@@ -86,7 +93,7 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request) {
 	}
 	now := time.Now().UTC()
 	rel := api.Release{
-		Version: next, App: a.Name, Status: api.ReleaseRunning, Image: req.Image, Config: req.Config,
+		Version: next, App: a.Name, Status: api.ReleaseRunning, Image: req.Image, Config: req.Config, Processes: req.Processes,
 		Strategy: req.Strategy, Regions: req.Regions, User: tokenName(r), Description: req.Description,
 		CreatedAt: now, UpdatedAt: now,
 	}

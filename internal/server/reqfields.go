@@ -154,7 +154,6 @@ var unsupportedWhy = map[string]string{
 	"config.standbys":                  "Perch has no standby machines",
 	"config.dns":                       "Perch's internal DNS is not configurable per machine",
 	"config.metrics":                   "Perch does not scrape machine metrics",
-	"config.statics":                   "Perch's edge does not serve static files",
 	"config.rootfs":                    "a machine's root filesystem is its image plus a writable layer, kept until it is destroyed",
 	"config.guest.gpus":                "Perch has no GPUs",
 	"config.guest.gpu_kind":            "Perch has no GPUs",

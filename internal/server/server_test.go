@@ -141,6 +141,9 @@ func TestMachineValidationAndPlacementErrors(t *testing.T) {
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Services: []api.Service{{InternalPort: 80, Autostop: "stop", IdleTimeout: "-5s"}}}}, 400, `config.services[0].idle_timeout "-5s" must be a positive duration`},
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Services: []api.Service{{InternalPort: 80, Autostop: "sometimes"}}}}, 400, `config.services[0].autostop "sometimes" is not valid`},
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Guest: api.Guest{MemoryMB: 4096}, Services: []api.Service{{InternalPort: 80, Autostop: "suspend"}}}}, 400, `autostop "suspend" needs at most 2048 MB of memory`},
+		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Statics: []api.Static{{GuestPath: "/app/public", URLPrefix: "/", TigrisBucket: "assets"}}}}, 400, `config.statics[0]: tigris_bucket "assets": statics from a bucket are not supported`},
+		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Statics: []api.Static{{GuestPath: "/app/../../etc", URLPrefix: "/"}}}}, 400, `config.statics[0]: guest_path "/app/../../etc" must be an absolute directory inside the image`},
+		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Statics: []api.Static{{GuestPath: "/a", URLPrefix: "/s"}, {GuestPath: "/b", URLPrefix: "/s"}}}}, 400, `config.statics[1]: url_prefix "/s" is used twice`},
 		{api.CreateMachineRequest{Region: "sin", Config: api.MachineConfig{Image: "i"}}, 422, "no host in region sin"},
 		{api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Guest: api.Guest{MemoryMB: 4096}}}, 422, "4096 MB"},
 	} {
