@@ -261,7 +261,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Region: a.cfg.Region, HostID: a.host.ID, Addr: a.cfg.EdgeAddr, Domain: a.cfg.EdgeDomain,
 		Store: a.st, Nearness: a.mesh, Reachable: a.mesh.Reachable, Dialer: a.dialer,
 		Log: a.log, AccessLog: a.cfg.AccessLog, Certs: certSrc, Starter: starter{a},
-		Clock: a.clock,
+		Clock:   a.clock,
 		Statics: a.statics,
 	})
 	if err != nil {

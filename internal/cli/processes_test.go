@@ -201,7 +201,7 @@ func TestProcessGroupsDeployAndScale(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"Process group web (2 machines)", "Process group worker (1 machine)"} {
+		for _, want := range []string{"Process group web (2 machines", "Process group worker (1 machine"} {
 			if !strings.Contains(status, want) {
 				t.Errorf("status lacks %q:\n%s", want, status)
 			}

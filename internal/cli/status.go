@@ -70,7 +70,19 @@ func renderStatus(w io.Writer, app string, ms []api.Machine, now time.Time) {
 	}
 	// Several process groups: a table each, as fly status shows them.
 	for _, g := range slices.Sorted(maps.Keys(byGroup)) {
-		fmt.Fprintf(w, "\nProcess group %s (%s)\n", g, plural(len(byGroup[g]), "machine"))
+		// The heading counts the machines the group keeps: a deploy's
+		// replaced machines may still be on their way out.
+		going := 0
+		for _, m := range byGroup[g] {
+			if st := machineState(m); st == "destroying" || st == "destroyed" {
+				going++
+			}
+		}
+		head := plural(len(byGroup[g])-going, "machine")
+		if going > 0 {
+			head += fmt.Sprintf(", %d being destroyed", going)
+		}
+		fmt.Fprintf(w, "\nProcess group %s (%s)\n", g, head)
 		renderMachines(w, byGroup[g], now)
 	}
 }
