@@ -38,6 +38,7 @@ type reqState struct {
 	queued   time.Duration // time spent waiting for a slot
 	replay   string        // the Perch-Replay answer the request followed
 	body     *replayBody   // the request body, if any
+	in       *bodyReader   // a streaming body under the body rules (body.go)
 	demand   demandStart   // counted for the autoscaler (demand.go)
 }
 
@@ -82,6 +83,7 @@ func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case h.e.redirect(lw, r, pr): // force_https; http.go
 	case len(pr.backends) == 0 && !h.e.wakeable(pr): // else held (autostart.go)
 		noMachine(lw, app.name, pr.unhealthy)
+	case !h.e.takeBody(lw, r, pr, st): // body.go
 	case !h.e.admit(lw, app, st):
 	default:
 		st.h2c = pr.chain.h2Backend
@@ -123,6 +125,12 @@ func (e *Edge) newProxy() http.Handler {
 
 func (e *Edge) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st := r.Context().Value(stateKey{}).(*reqState)
+	if st.in != nil && st.in.slow.Load() {
+		// Before the check below: the timed-out read cancelled the
+		// request's context, but the client is there to read the 408.
+		e.bodyTooSlow(w, st, err)
+		return
+	}
 	if r.Context().Err() != nil {
 		if lw, ok := w.(*logWriter); ok {
 			lw.status = statusClientGone

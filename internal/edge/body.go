@@ -1,0 +1,208 @@
+package edge
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Request bodies. A client that sends its body slowly must not hold what
+// other clients need: a machine's slot under its hard limit above all.
+//
+//   - A body of known length up to Limits.BodyBufferBytes is read whole by
+//     the edge before the request takes a machine slot (nginx's request
+//     buffering): a slow small body holds only its own connection.
+//   - Any body is read within Apache mod_reqtimeout's rule: it may pause
+//     at most BodyTimeout, and after a grace of BodyTimeout it must keep an
+//     average of BodyMinRate bytes per second (only the time the edge waits
+//     on the client counts, not the time the machine takes to read). A body
+//     that falls behind is cut and the request gets 408.
+//   - A larger body (or one of unknown length) streams to the machine as it
+//     arrives, and while it does the request counts against its client
+//     address's MaxUploadsPerClient; past it, 429. One address cannot take
+//     every slot of an app with uploads that never end.
+//
+// Ports whose service speaks h2c to the app (http_options.h2_backend, the
+// gRPC path) are exempt: a gRPC stream's body is a conversation that may
+// stay quiet for as long as the app likes.
+
+// errBodyTooSlow is the error a request body's reader gives once the
+// client fell behind the body rules.
+var errBodyTooSlow = errors.New("edge: the client sent the request body too slowly")
+
+// bodyReader reads a request body within the body rules, and gives back
+// the client's upload slot (if it holds one) once the body has ended.
+type bodyReader struct {
+	rc      io.ReadCloser
+	ctl     *http.ResponseController
+	timeout time.Duration
+	minRate int
+
+	read   int64
+	waited time.Duration // time spent blocked on the client
+	slow   atomic.Bool   // the body was cut for falling behind
+	end    func()        // gives back the upload slot; at most once
+	once   sync.Once
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	deadline := b.timeout > 0
+	if deadline {
+		allowed := b.allowed()
+		if allowed <= 0 {
+			return 0, b.tooSlow()
+		}
+		// An error here (a protocol without read deadlines) leaves the
+		// read unbounded; the header timeout and caps still hold.
+		_ = b.ctl.SetReadDeadline(time.Now().Add(allowed))
+	}
+	start := time.Now()
+	n, err := b.rc.Read(p)
+	b.waited += time.Since(start)
+	b.read += int64(n)
+	if err == nil {
+		return n, nil
+	}
+	if deadline {
+		// Past the body, the connection is the server's again: a deadline
+		// left on it would cut its background read and cancel the request.
+		_ = b.ctl.SetReadDeadline(time.Time{})
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		err = b.tooSlow()
+	}
+	b.done()
+	return n, err
+}
+
+// allowed is how long the next read may wait for the client: what is
+// left of the grace and of the bytes' earned time, at most BodyTimeout.
+func (b *bodyReader) allowed() time.Duration {
+	earned := b.timeout - b.waited
+	if b.minRate > 0 {
+		earned += time.Duration(min(float64(b.read)/float64(b.minRate)*float64(time.Second), math.MaxInt64/2))
+	} else {
+		earned = b.timeout // no rate: only the pause is bounded
+	}
+	return min(earned, b.timeout)
+}
+
+func (b *bodyReader) tooSlow() error {
+	b.slow.Store(true)
+	b.done()
+	return fmt.Errorf("%w: %d bytes in %s, below %d bytes/s or a pause over %s",
+		errBodyTooSlow, b.read, b.waited.Round(time.Millisecond), b.minRate, b.timeout)
+}
+
+func (b *bodyReader) done() {
+	b.once.Do(func() {
+		if b.end != nil {
+			b.end()
+		}
+	})
+}
+
+func (b *bodyReader) Close() error {
+	b.done()
+	return b.rc.Close()
+}
+
+// uploads counts per client address the requests whose body is streaming
+// to a machine.
+type uploads struct {
+	mu sync.Mutex
+	n  map[netip.Addr]int
+}
+
+// take counts one more upload for ip, unless ip is at max.
+func (u *uploads) take(ip netip.Addr, max int) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.n[ip] >= max {
+		return false
+	}
+	if u.n == nil {
+		u.n = map[netip.Addr]int{}
+	}
+	u.n[ip]++
+	return true
+}
+
+func (u *uploads) give(ip netip.Addr) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.n[ip]--; u.n[ip] <= 0 {
+		delete(u.n, ip)
+	}
+}
+
+// takeBody applies the body rules to r before it takes a machine slot: it
+// reads a small body whole, or counts a streaming one against its
+// client's uploads, and bounds the reading of either. It answers 408 or
+// 429 itself and says whether the request may go on.
+func (e *Edge) takeBody(w http.ResponseWriter, r *http.Request, pr *portRoute, st *reqState) bool {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 || pr.chain.h2Backend {
+		return true
+	}
+	b := &bodyReader{rc: r.Body, ctl: http.NewResponseController(w), timeout: e.limits.BodyTimeout, minRate: e.limits.BodyMinRate}
+	if r.ContentLength > 0 && r.ContentLength <= int64(e.limits.BodyBufferBytes) {
+		buf, err := io.ReadAll(b)
+		if err != nil {
+			e.badBody(w, r, st, b, err)
+			return false
+		}
+		r.Body = io.NopCloser(bytes.NewReader(buf))
+		// The client got its 100 Continue from the edge; the machine has
+		// the whole body at once.
+		r.Header.Del("Expect")
+		return true
+	}
+	ip, err := netip.ParseAddr(clientIP(r.RemoteAddr))
+	if err == nil {
+		ip = ip.Unmap()
+	}
+	if !e.uploads.take(ip, e.limits.MaxUploadsPerClient) {
+		e.metrics.rejected.WithLabelValues("upload_cap").Inc()
+		w.Header().Set("Retry-After", "1")
+		w.Header().Set("Connection", "close")
+		http.Error(w, fmt.Sprintf("perch: your address already has %d request bodies uploading through this edge, its cap; finish one before starting another.",
+			e.limits.MaxUploadsPerClient), http.StatusTooManyRequests)
+		return false
+	}
+	b.end = func() { e.uploads.give(ip) }
+	st.in = b
+	r.Body = b
+	return true
+}
+
+// badBody answers a request whose small body could not be read whole.
+func (e *Edge) badBody(w http.ResponseWriter, r *http.Request, st *reqState, b *bodyReader, err error) {
+	if b.slow.Load() {
+		e.bodyTooSlow(w, st, err)
+		return
+	}
+	if lw, ok := w.(*logWriter); ok && r.Context().Err() != nil {
+		lw.status = statusClientGone
+		return
+	}
+	w.Header().Set("Connection", "close")
+	http.Error(w, fmt.Sprintf("perch: the request body ended before its Content-Length of %d bytes: %v", r.ContentLength, err), http.StatusBadRequest)
+}
+
+// bodyTooSlow answers 408 to a request whose body fell behind.
+func (e *Edge) bodyTooSlow(w http.ResponseWriter, st *reqState, err error) {
+	e.metrics.rejected.WithLabelValues("body_timeout").Inc()
+	e.log.Debug("request body too slow", "request_id", st.id, "app", st.app, "err", err)
+	w.Header().Set("Connection", "close")
+	http.Error(w, fmt.Sprintf("perch: the request body arrived too slowly (%v); the edge wants at least %d bytes/s after %s and no pause over %s.",
+		err, e.limits.BodyMinRate, e.limits.BodyTimeout, e.limits.BodyTimeout), http.StatusRequestTimeout)
+}
