@@ -107,32 +107,51 @@ func TestLayerBombSparse(t *testing.T) {
 	assertNothingStored(t, dir)
 }
 
-// TestLayerBombManyFiles: a layer of a million tiny files is refused at
-// the entry limit (low here, so the test stays fast).
+// TestLayerBombManyFiles: a layer of a million tiny files (a tar of 512
+// MiB written on the fly through gzip, a few MiB compressed) is refused at
+// the entry limit: a low one, and the default (which writes 500,000 empty
+// files first, so it takes seconds), and either way nothing is left on
+// disk.
 func TestLayerBombManyFiles(t *testing.T) {
 	reg := startCountingRegistry(t)
 	const files = 1_000_000
+	start := time.Now()
 	layer := gzLayer(t, func(w io.Writer) error {
 		tw := tar.NewWriter(w)
+		h := tar.Header{Typeflag: tar.TypeReg, Mode: 0o644, ModTime: epoch, Format: tar.FormatUSTAR}
 		for i := range files {
-			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("d%04d/f%07d", i/1000, i), Size: 1, Mode: 0o644, ModTime: epoch}); err != nil {
-				return err
-			}
-			if _, err := tw.Write([]byte{'x'}); err != nil {
+			h.Name = fmt.Sprintf("d%04d/f%07d", i/1000, i)
+			if err := tw.WriteHeader(&h); err != nil {
 				return err
 			}
 		}
 		return tw.Close()
 	})
+	sz, _ := layer.Size()
+	t.Logf("a layer of %d empty files: %s compressed, built in %v", files, formatSize(sz), time.Since(start).Round(time.Millisecond))
 	ref := reg.push(t, "bomb:files", imageOf(t, layer))
 
-	dir := t.TempDir()
-	s := New(dir, testLogger(t), WithLimits(Limits{MaxEntries: 5000}))
-	start := time.Now()
-	_, err := s.Pull(context.Background(), ref, Options{})
-	wantLimit(t, err, "entries", "more than 5000 files, directories and links")
-	t.Logf("refused in %v: %v", time.Since(start), err)
-	assertNothingStored(t, dir)
+	for _, tc := range []struct {
+		name string
+		max  int64
+		want string
+	}{
+		{"limit 5000", 5000, "more than 5000 files, directories and links"},
+		{"default limit", 0, fmt.Sprintf("more than %d files, directories and links", DefaultMaxEntries)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.max == 0 && testing.Short() {
+				t.Skip("writes 500,000 files before refusing them: not in -short")
+			}
+			dir := t.TempDir()
+			s := New(dir, testLogger(t), WithLimits(Limits{MaxEntries: tc.max}))
+			start := time.Now()
+			_, err := s.Pull(context.Background(), ref, Options{})
+			wantLimit(t, err, "entries", tc.want)
+			t.Logf("refused in %v: %v", time.Since(start).Round(time.Millisecond), err)
+			assertNothingStored(t, dir)
+		})
+	}
 }
 
 // TestLayerBombDeepPath: a path 10,000 directories deep is refused by the
