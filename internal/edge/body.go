@@ -47,9 +47,9 @@ type bodyReader struct {
 	minRate int
 
 	read   int64
-	waited time.Duration // time spent blocked on the client
-	slow   atomic.Bool   // the body was cut for falling behind
-	end    func()        // gives back the upload slot; at most once
+	waited time.Duration         // time spent blocked on the client
+	slow   atomic.Pointer[error] // why the body was cut for falling behind
+	end    func()                // gives back the upload slot; at most once
 	once   sync.Once
 }
 
@@ -68,13 +68,15 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.waited += time.Since(start)
 	b.read += int64(n)
+	if deadline {
+		// Between reads the machine has the time: an HTTP/2 stream's
+		// deadline would fire while the app is slow to read, and past
+		// the body one left on an HTTP/1.1 connection would cut the
+		// server's background read and cancel the request.
+		_ = b.ctl.SetReadDeadline(time.Time{})
+	}
 	if err == nil {
 		return n, nil
-	}
-	if deadline {
-		// Past the body, the connection is the server's again: a deadline
-		// left on it would cut its background read and cancel the request.
-		_ = b.ctl.SetReadDeadline(time.Time{})
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
@@ -97,10 +99,22 @@ func (b *bodyReader) allowed() time.Duration {
 }
 
 func (b *bodyReader) tooSlow() error {
-	b.slow.Store(true)
+	err := fmt.Errorf("%w: %d bytes in %s", errBodyTooSlow, b.read, b.waited.Round(time.Millisecond))
+	b.slow.CompareAndSwap(nil, &err)
 	b.done()
-	return fmt.Errorf("%w: %d bytes in %s, below %d bytes/s or a pause over %s",
-		errBodyTooSlow, b.read, b.waited.Round(time.Millisecond), b.minRate, b.timeout)
+	return err
+}
+
+// cut is why the body was cut for falling behind, or nil (also for a
+// nil b: a request with no body under the rules).
+func (b *bodyReader) cut() error {
+	if b == nil {
+		return nil
+	}
+	if p := b.slow.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (b *bodyReader) done() {
@@ -173,7 +187,7 @@ func (e *Edge) takeBody(w http.ResponseWriter, r *http.Request, pr *portRoute, s
 	if !e.uploads.take(ip, e.limits.MaxUploadsPerClient) {
 		e.metrics.rejected.WithLabelValues("upload_cap").Inc()
 		w.Header().Set("Retry-After", "1")
-		w.Header().Set("Connection", "close")
+		closeHTTP1(w, r)
 		http.Error(w, fmt.Sprintf("perch: your address already has %d request bodies uploading through this edge, its cap; finish one before starting another.",
 			e.limits.MaxUploadsPerClient), http.StatusTooManyRequests)
 		return false
@@ -186,23 +200,33 @@ func (e *Edge) takeBody(w http.ResponseWriter, r *http.Request, pr *portRoute, s
 
 // badBody answers a request whose small body could not be read whole.
 func (e *Edge) badBody(w http.ResponseWriter, r *http.Request, st *reqState, b *bodyReader, err error) {
-	if b.slow.Load() {
-		e.bodyTooSlow(w, st, err)
+	if cut := b.cut(); cut != nil {
+		e.bodyTooSlow(w, r, st, cut)
 		return
 	}
 	if lw, ok := w.(*logWriter); ok && r.Context().Err() != nil {
 		lw.status = statusClientGone
 		return
 	}
-	w.Header().Set("Connection", "close")
+	closeHTTP1(w, r)
 	http.Error(w, fmt.Sprintf("perch: the request body ended before its Content-Length of %d bytes: %v", r.ContentLength, err), http.StatusBadRequest)
 }
 
-// bodyTooSlow answers 408 to a request whose body fell behind.
-func (e *Edge) bodyTooSlow(w http.ResponseWriter, st *reqState, err error) {
+// closeHTTP1 says an HTTP/1.x connection ends with this answer: the rest
+// of the request's body is not read. (An HTTP/2 stream is reset alone; a
+// "Connection: close" there would end the client's other streams.)
+func closeHTTP1(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 1 {
+		w.Header().Set("Connection", "close")
+	}
+}
+
+// bodyTooSlow answers 408 to a request whose body fell behind (cut says
+// how far it came).
+func (e *Edge) bodyTooSlow(w http.ResponseWriter, r *http.Request, st *reqState, cut error) {
 	e.metrics.rejected.WithLabelValues("body_timeout").Inc()
-	e.log.Debug("request body too slow", "request_id", st.id, "app", st.app, "err", err)
-	w.Header().Set("Connection", "close")
+	e.log.Debug("request body too slow", "request_id", st.id, "app", st.app, "err", cut)
+	closeHTTP1(w, r)
 	http.Error(w, fmt.Sprintf("perch: the request body arrived too slowly (%v); the edge wants at least %d bytes/s after %s and no pause over %s.",
-		err, e.limits.BodyMinRate, e.limits.BodyTimeout, e.limits.BodyTimeout), http.StatusRequestTimeout)
+		cut, e.limits.BodyMinRate, e.limits.BodyTimeout, e.limits.BodyTimeout), http.StatusRequestTimeout)
 }

@@ -19,7 +19,7 @@ import (
 
 // bodyEdge runs an edge with limits on 127.0.0.1 serving app "shop": one
 // machine with hard_limit 25 that reads each request's body whole before
-// answering. peak is the most requests the machine had in flight at once.
+// answering (a second late on /slow). peak is the most requests the machine had in flight at once.
 func bodyEdge(t *testing.T, limits Limits) (addr string, peak *atomic.Int32) {
 	t.Helper()
 	var now atomic.Int32
@@ -28,6 +28,9 @@ func bodyEdge(t *testing.T, limits Limits) (addr string, peak *atomic.Int32) {
 		n := now.Add(1)
 		defer now.Add(-1)
 		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		if r.URL.Path == "/slow" {
+			time.Sleep(time.Second) // an app slow to read: not the client's fault
 		}
 		got, err := io.Copy(io.Discard, r.Body)
 		if err != nil {
@@ -251,6 +254,89 @@ func TestBodyRate(t *testing.T) {
 		code, body := send(length, []int{2 << 10}, time.Second)
 		if code != http.StatusRequestTimeout || !strings.Contains(body, "too slowly") {
 			t.Errorf("a %d-byte body that paused: %d %q, want 408", length, code, body)
+		}
+	}
+}
+
+// Over HTTP/2 one connection carries many bodies at once: the upload cap
+// counts streams, not connections, and a stream whose body pauses is cut
+// with 408 like an HTTP/1.1 request's.
+func TestBodyRulesOverHTTP2(t *testing.T) {
+	const streams, bodyTime = 12, 500 * time.Millisecond
+	addr, _ := bodyEdge(t, Limits{BodyTimeout: bodyTime})
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true) // h2c, prior knowledge: one connection
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+
+	type answer struct {
+		code  int
+		proto string
+		after time.Duration
+	}
+	out := make(chan answer, streams)
+	var writers []*io.PipeWriter
+	defer func() {
+		for _, w := range writers {
+			w.Close()
+		}
+	}()
+	for range streams {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		req, _ := http.NewRequest("POST", "http://"+addr+"/upload", pr) // no length: streams
+		req.Host = "shop.perch.local"
+		go func() {
+			start := time.Now()
+			res, err := c.Do(req)
+			if err != nil {
+				t.Logf("client: %v", err)
+				out <- answer{after: time.Since(start)}
+				return
+			}
+			res.Body.Close()
+			out <- answer{res.StatusCode, res.Proto, time.Since(start)}
+		}()
+		go pw.Write([]byte("x")) // one byte, then silence
+	}
+	got := map[int]int{}
+	for range streams {
+		select {
+		case a := <-out:
+			got[a.code]++
+			if a.code != 0 && a.proto != "HTTP/2.0" {
+				t.Errorf("answered over %s, want HTTP/2.0", a.proto)
+			}
+			if a.after > bodyTime+3*time.Second {
+				t.Errorf("a paused body was answered %d after %s", a.code, a.after)
+			}
+		case <-time.After(bodyTime + 5*time.Second):
+			t.Fatalf("a paused body is still unanswered; so far %v", got)
+		}
+	}
+	up := DefaultLimits.MaxUploadsPerClient
+	t.Logf("%d bodies on one HTTP/2 connection: %v", streams, got)
+	if got[http.StatusRequestTimeout] != up || got[http.StatusTooManyRequests] != streams-up {
+		t.Errorf("answers %v, want %d with 408 and %d with 429", got, up, streams-up)
+	}
+}
+
+// An app slow to read a body is not a slow client: a body the client sent
+// at once passes, though the app reads it only after BodyTimeout, over
+// HTTP/1.1 and HTTP/2.
+func TestSlowAppIsNotASlowClient(t *testing.T) {
+	addr, _ := bodyEdge(t, Limits{BodyTimeout: 200 * time.Millisecond})
+	h2 := &http.Transport{Protocols: new(http.Protocols)}
+	h2.Protocols.SetUnencryptedHTTP2(true)
+	defer h2.CloseIdleConnections()
+	for name, c := range map[string]*http.Client{"HTTP/1.1": from("127.0.0.1"), "HTTP/2.0": {Transport: h2, Timeout: 10 * time.Second}} {
+		for _, size := range []int{4 << 10, 32 << 20} { // read whole first; streamed, past the sockets' buffers
+			req, _ := http.NewRequest("POST", "http://"+addr+"/slow", strings.NewReader(strings.Repeat("z", size)))
+			req.Host = "shop.perch.local"
+			res, body := do(t, c, req)
+			if want := fmt.Sprintf("read %d bytes", size); res.StatusCode != http.StatusOK || body != want || res.Proto != name {
+				t.Errorf("%s, %d bytes to an app that reads a second late: %s %d %q, want 200 %q", name, size, res.Proto, res.StatusCode, body, want)
+			}
 		}
 	}
 }

@@ -125,10 +125,10 @@ func (e *Edge) newProxy() http.Handler {
 
 func (e *Edge) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st := r.Context().Value(stateKey{}).(*reqState)
-	if st.in != nil && st.in.slow.Load() {
+	if cut := st.in.cut(); cut != nil {
 		// Before the check below: the timed-out read cancelled the
 		// request's context, but the client is there to read the 408.
-		e.bodyTooSlow(w, st, err)
+		e.bodyTooSlow(w, r, st, cut)
 		return
 	}
 	if r.Context().Err() != nil {
