@@ -40,6 +40,9 @@ func (e *Edge) finish(w *logWriter, r *http.Request, st *reqState, start time.Ti
 	if st.in != nil {
 		st.in.done() // the upload ended with the request
 	}
+	if st.buffered != nil {
+		st.buffered()
+	}
 	if st.appLoad != nil {
 		st.appLoad.active.Add(-1)
 	}

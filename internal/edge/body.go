@@ -19,7 +19,8 @@ import (
 //
 //   - A body of known length up to Limits.BodyBufferBytes is read whole by
 //     the edge before the request takes a machine slot (nginx's request
-//     buffering): a slow small body holds only its own connection.
+//     buffering): a slow small body holds only its own connection. The
+//     buffers are bounded per client address and in all (bufferPerClient).
 //   - Any body is read within Apache mod_reqtimeout's rule: it may pause
 //     at most BodyTimeout, and after a grace of BodyTimeout it must keep an
 //     average of BodyMinRate bytes per second (only the time the edge waits
@@ -130,11 +131,23 @@ func (b *bodyReader) Close() error {
 	return b.rc.Close()
 }
 
+// Buffered bodies are bounded in memory: a client address may have at
+// most bufferPerClient of BodyBufferBytes bodies buffered at once, and the
+// edge bufferTotal of them (1 MiB and 64 MiB at the defaults); a body
+// beyond either streams instead, as an upload. An HTTP/2 client can open
+// hundreds of streams per connection, so a bound per request is not one.
+const (
+	bufferPerClient = 16
+	bufferTotal     = 1024
+)
+
 // uploads counts per client address the requests whose body is streaming
-// to a machine.
+// to a machine, and the bytes of bodies being buffered.
 type uploads struct {
-	mu sync.Mutex
-	n  map[netip.Addr]int
+	mu       sync.Mutex
+	n        map[netip.Addr]int
+	buffered map[netip.Addr]int64
+	total    int64 // buffered, all clients
 }
 
 // take counts one more upload for ip, unless ip is at max.
@@ -159,6 +172,31 @@ func (u *uploads) give(ip netip.Addr) {
 	}
 }
 
+// buffer reserves n bytes of buffer for ip, unless that would pass
+// perClient for it or total for the edge.
+func (u *uploads) buffer(ip netip.Addr, n, perClient, total int64) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.buffered[ip]+n > perClient || u.total+n > total {
+		return false
+	}
+	if u.buffered == nil {
+		u.buffered = map[netip.Addr]int64{}
+	}
+	u.buffered[ip] += n
+	u.total += n
+	return true
+}
+
+func (u *uploads) unbuffer(ip netip.Addr, n int64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.total -= n
+	if u.buffered[ip] -= n; u.buffered[ip] <= 0 {
+		delete(u.buffered, ip)
+	}
+}
+
 // takeBody applies the body rules to r before it takes a machine slot: it
 // reads a small body whole, or counts a streaming one against its
 // client's uploads, and bounds the reading of either. It answers 408 or
@@ -167,8 +205,14 @@ func (e *Edge) takeBody(w http.ResponseWriter, r *http.Request, pr *portRoute, s
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 || pr.chain.h2Backend {
 		return true
 	}
+	ip, err := netip.ParseAddr(clientIP(r.RemoteAddr))
+	if err == nil {
+		ip = ip.Unmap()
+	}
 	b := &bodyReader{rc: r.Body, ctl: http.NewResponseController(w), timeout: e.limits.BodyTimeout, minRate: e.limits.BodyMinRate}
-	if r.ContentLength > 0 && r.ContentLength <= int64(e.limits.BodyBufferBytes) {
+	if n, max := r.ContentLength, int64(e.limits.BodyBufferBytes); n > 0 && n <= max &&
+		e.uploads.buffer(ip, n, bufferPerClient*max, bufferTotal*max) {
+		st.buffered = func() { e.uploads.unbuffer(ip, n) }
 		buf, err := io.ReadAll(b)
 		if err != nil {
 			e.badBody(w, r, st, b, err)
@@ -179,10 +223,6 @@ func (e *Edge) takeBody(w http.ResponseWriter, r *http.Request, pr *portRoute, s
 		// the whole body at once.
 		r.Header.Del("Expect")
 		return true
-	}
-	ip, err := netip.ParseAddr(clientIP(r.RemoteAddr))
-	if err == nil {
-		ip = ip.Unmap()
 	}
 	if !e.uploads.take(ip, e.limits.MaxUploadsPerClient) {
 		e.metrics.rejected.WithLabelValues("upload_cap").Inc()

@@ -340,3 +340,60 @@ func TestSlowAppIsNotASlowClient(t *testing.T) {
 		}
 	}
 }
+
+// Buffers are bounded per client address, not per request: 40 bodies of
+// 64 KiB, declared and then stalled, on one HTTP/2 connection. The first
+// 16 (1 MiB) are buffered, the next 8 stream as uploads (taking machine
+// slots), the rest get 429.
+func TestBufferedBodiesBoundedPerClient(t *testing.T) {
+	const streams, size, bodyTime = 40, 64 << 10, 500 * time.Millisecond
+	addr, peak := bodyEdge(t, Limits{BodyTimeout: bodyTime})
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+
+	out := make(chan int, streams)
+	var writers []*io.PipeWriter
+	defer func() {
+		for _, w := range writers {
+			w.Close()
+		}
+	}()
+	for range streams {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		req, _ := http.NewRequest("POST", "http://"+addr+"/upload", pr)
+		req.ContentLength = size
+		req.Host = "shop.perch.local"
+		go func() {
+			res, err := c.Do(req)
+			if err != nil {
+				t.Logf("client: %v", err)
+				out <- 0
+				return
+			}
+			res.Body.Close()
+			out <- res.StatusCode
+		}()
+		go pw.Write([]byte("x"))
+	}
+	got := map[int]int{}
+	for range streams {
+		select {
+		case code := <-out:
+			got[code]++
+		case <-time.After(bodyTime + 5*time.Second):
+			t.Fatalf("a stalled body is still unanswered; so far %v", got)
+		}
+	}
+	t.Logf("%d stalled 64 KiB bodies from one address: %v; the machine's peak in flight: %d", streams, got, peak.Load())
+	up := DefaultLimits.MaxUploadsPerClient
+	if got[http.StatusRequestTimeout] != bufferPerClient+up || got[http.StatusTooManyRequests] != streams-bufferPerClient-up {
+		t.Errorf("answers %v, want %d with 408 (%d buffered, %d streamed) and %d with 429",
+			got, bufferPerClient+up, bufferPerClient, up, streams-bufferPerClient-up)
+	}
+	if p := peak.Load(); p != int32(up) {
+		t.Errorf("the machine had %d requests in flight at most, want the %d streamed", p, up)
+	}
+}

@@ -39,6 +39,7 @@ type reqState struct {
 	replay   string        // the Perch-Replay answer the request followed
 	body     *replayBody   // the request body, if any
 	in       *bodyReader   // a streaming body under the body rules (body.go)
+	buffered func()        // gives back a buffered body's reservation (body.go)
 	demand   demandStart   // counted for the autoscaler (demand.go)
 }
 
