@@ -112,7 +112,7 @@ func TestLayerBombSparse(t *testing.T) {
 // TestLayerBombManyFiles: a layer of a million empty files (a tar of 512
 // MiB, made as the registry serves it) is refused at the entry limit: a
 // low one, and, with PERCH_SLOW_TESTS=1, the default (which writes 500,000
-// files first: minutes under -race on a busy machine); either way nothing
+// files first: one to several minutes on a busy host); either way nothing
 // is left on disk.
 func TestLayerBombManyFiles(t *testing.T) {
 	const files = 1_000_000
