@@ -28,8 +28,9 @@ import (
 //     that falls behind is cut and the request gets 408.
 //   - A larger body (or one of unknown length) streams to the machine as it
 //     arrives, and while it does the request counts against its client
-//     address's MaxUploadsPerClient; past it, 429. One address cannot take
-//     every slot of an app with uploads that never end.
+//     address's MaxUploadsPerClient, and against half the app's slots on
+//     the port (its machines' hard limits summed); past either, 429. One
+//     address cannot take every slot of an app with uploads that never end.
 //
 // Ports whose service speaks h2c to the app (http_options.h2_backend, the
 // gRPC path) are exempt: a gRPC stream's body is a conversation that may
@@ -142,34 +143,68 @@ const (
 )
 
 // uploads counts per client address the requests whose body is streaming
-// to a machine, and the bytes of bodies being buffered.
+// to a machine (in all, and per app), and the bytes of bodies being
+// buffered.
 type uploads struct {
 	mu       sync.Mutex
 	n        map[netip.Addr]int
+	perApp   map[clientApp]int
 	buffered map[netip.Addr]int64
 	total    int64 // buffered, all clients
 }
 
-// take counts one more upload for ip, unless ip is at max.
-func (u *uploads) take(ip netip.Addr, max int) bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.n[ip] >= max {
-		return false
-	}
-	if u.n == nil {
-		u.n = map[netip.Addr]int{}
-	}
-	u.n[ip]++
-	return true
+type clientApp struct {
+	ip  netip.Addr
+	app string
 }
 
-func (u *uploads) give(ip netip.Addr) {
+// take counts one more upload for ip to app, unless ip is at max in all
+// or at appMax for app; it says which cap it met, or "".
+func (u *uploads) take(ip netip.Addr, app string, max, appMax int) (full string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	ca := clientApp{ip, app}
+	switch {
+	case u.n[ip] >= max:
+		return "edge"
+	case u.perApp[ca] >= appMax:
+		return "app"
+	}
+	if u.n == nil {
+		u.n, u.perApp = map[netip.Addr]int{}, map[clientApp]int{}
+	}
+	u.n[ip]++
+	u.perApp[ca]++
+	return ""
+}
+
+func (u *uploads) give(ip netip.Addr, app string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.n[ip]--; u.n[ip] <= 0 {
 		delete(u.n, ip)
 	}
+	ca := clientApp{ip, app}
+	if u.perApp[ca]--; u.perApp[ca] <= 0 {
+		delete(u.perApp, ca)
+	}
+}
+
+// uploadsPerApp is how many uploads one client address may stream to the
+// machines of port route pr at once: half their slots (hard limits summed),
+// at least one, so that one address never holds them all.
+func uploadsPerApp(pr *portRoute) int {
+	slots := 0
+	for _, b := range pr.backends {
+		if b.hard >= noLimit {
+			return noLimit
+		}
+		slots += int(b.hard)
+	}
+	if slots == 0 {
+		return noLimit // none in rotation yet (autostart): the edge's cap alone
+	}
+	return max(1, slots/2)
 }
 
 // buffer reserves n bytes of buffer for ip, unless that would pass
@@ -224,15 +259,23 @@ func (e *Edge) takeBody(w http.ResponseWriter, r *http.Request, pr *portRoute, s
 		r.Header.Del("Expect")
 		return true
 	}
-	if !e.uploads.take(ip, e.limits.MaxUploadsPerClient) {
+	appMax := noLimit // MaxUploadsPerClient off turns both caps off
+	if e.limits.MaxUploadsPerClient < noLimit {
+		appMax = uploadsPerApp(pr)
+	}
+	if full := e.uploads.take(ip, st.app, e.limits.MaxUploadsPerClient, appMax); full != "" {
 		e.metrics.rejected.WithLabelValues("upload_cap").Inc()
 		w.Header().Set("Retry-After", "1")
 		closeHTTP1(w, r)
-		http.Error(w, fmt.Sprintf("perch: your address already has %d request bodies uploading through this edge, its cap; finish one before starting another.",
-			e.limits.MaxUploadsPerClient), http.StatusTooManyRequests)
+		msg := fmt.Sprintf("perch: your address already has %d request bodies uploading through this edge, its cap; finish one before starting another.", e.limits.MaxUploadsPerClient)
+		if full == "app" {
+			msg = fmt.Sprintf("perch: your address already has %d request bodies uploading to app %q, half of what its machines take at once; finish one before starting another.", appMax, st.app)
+		}
+		http.Error(w, msg, http.StatusTooManyRequests)
 		return false
 	}
-	b.end = func() { e.uploads.give(ip) }
+	app := st.app
+	b.end = func() { e.uploads.give(ip, app) }
 	st.in = b
 	r.Body = b
 	return true

@@ -22,6 +22,12 @@ import (
 // answering (a second late on /slow). peak is the most requests the machine had in flight at once.
 func bodyEdge(t *testing.T, limits Limits) (addr string, peak *atomic.Int32) {
 	t.Helper()
+	return bodyEdgeHard(t, limits, 25)
+}
+
+// bodyEdgeHard is bodyEdge with the machine's hard limit.
+func bodyEdgeHard(t *testing.T, limits Limits, hard int) (addr string, peak *atomic.Int32) {
+	t.Helper()
 	var now atomic.Int32
 	peak = new(atomic.Int32)
 	m := startMachine(t, "m1", "ams", "127.0.0.2", func(w http.ResponseWriter, r *http.Request) {
@@ -45,7 +51,7 @@ func bodyEdge(t *testing.T, limits Limits) (addr string, peak *atomic.Int32) {
 	w := &world{t: t, e: e}
 	port := freePort(t)
 	w.app("shop")
-	w.limited("shop", m, port, &api.Concurrency{Type: "requests", SoftLimit: 20, HardLimit: 25})
+	w.limited("shop", m, port, &api.Concurrency{Type: "requests", SoftLimit: hard, HardLimit: hard})
 	w.commit()
 	run(t, e)
 	waitFor(t, "the edge to listen", func() bool { return len(e.Listening()) == 1 })
@@ -395,5 +401,36 @@ func TestBufferedBodiesBoundedPerClient(t *testing.T) {
 	}
 	if p := peak.Load(); p != int32(up) {
 		t.Errorf("the machine had %d requests in flight at most, want the %d streamed", p, up)
+	}
+}
+
+// An app with few slots: one address may stream uploads into at most half
+// of them (hard_limit 5: 2), whatever the edge's own cap, and another
+// client is served meanwhile.
+func TestUploadsTakeAtMostHalfAnApp(t *testing.T) {
+	const conns, bodyTime = 6, time.Second
+	addr, peak := bodyEdgeHard(t, Limits{BodyTimeout: bodyTime}, 5)
+	stop := make(chan struct{})
+	defer close(stop)
+	var slow []<-chan slowBody
+	for range conns {
+		slow = append(slow, trickleBody(t, addr, 10<<20, 200*time.Millisecond, stop))
+	}
+	waitFor(t, "two uploads to reach the machine", func() bool { return peak.Load() >= 2 })
+	if failed, _ := others(t, addr, 20); len(failed) > 0 {
+		t.Errorf("%d of another client's 20 requests failed, e.g. %s", len(failed), failed[0])
+	}
+	got := map[int]int{}
+	for _, ch := range slow {
+		select {
+		case r := <-ch:
+			got[r.status]++
+		case <-time.After(bodyTime + 5*time.Second):
+			t.Fatal("a slow body is still unanswered well past the body timeout")
+		}
+	}
+	t.Logf("%d slow uploads from one address to a machine with hard_limit 5: %v", conns, got)
+	if got[http.StatusRequestTimeout] != 2 || got[http.StatusTooManyRequests] != conns-2 {
+		t.Errorf("answers %v, want 2 with 408 and %d with 429", got, conns-2)
 	}
 }

@@ -54,7 +54,8 @@ type Limits struct {
 	BodyBufferBytes int
 	// MaxUploadsPerClient caps the requests of one client address whose
 	// bodies are streaming to machines at once; beyond it a request gets
-	// 429.
+	// 429. So does a request past half an app's slots (body.go); a
+	// negative value turns both caps off.
 	MaxUploadsPerClient int
 	// StartTimeout is how long a request for an app whose machines are
 	// all stopped is held while the edge starts one (autostart.go),
