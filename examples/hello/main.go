@@ -21,12 +21,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"log"
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -48,6 +51,9 @@ func main() {
 		os.Exit(2)
 	}
 	machine := os.Getenv("PERCH_MACHINE_ID")
+	if mib, err := strconv.Atoi(os.Getenv("HELLO_FLOOD_MIB")); err == nil && mib > 0 {
+		go flood(mib)
+	}
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		fmt.Fprintf(w, "hello from %s (machine %s); edge %s\n", region, machine, r.Header.Get("Perch-Region"))
@@ -144,4 +150,18 @@ func signalName(s os.Signal) string {
 		return "SIGQUIT"
 	}
 	return "SIGTERM"
+}
+
+// flood prints mib MiB of stdout as fast as it can, for tests of the log
+// rate limit, then (once the host's rate allows a line again) says so.
+func flood(mib int) {
+	w := bufio.NewWriterSize(os.Stdout, 1<<20)
+	line := []byte("hello: flood line 0000000000 " + strings.Repeat("x", 98) + "\n") // 128 bytes
+	for i := range mib << 13 {
+		copy(line[18:28], fmt.Sprintf("%010d", i))
+		w.Write(line)
+	}
+	w.Flush()
+	time.Sleep(2 * time.Second)
+	fmt.Printf("hello: flooded %d MiB\n", mib)
 }

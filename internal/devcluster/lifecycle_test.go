@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/devcluster"
+	"github.com/perchhq/perch/internal/store"
 )
 
 // TestMachineLifecycle: restart policies, config updates, stop and start,
@@ -167,5 +169,99 @@ func TestMachineLifecycle(t *testing.T) {
 			out := logs.String()
 			return strings.Count(out, "exiting on request") >= 2 && strings.Contains(out, "iad"), out
 		})
+	})
+
+	// Issue 11: a machine printing 300 MiB of stdout is held to its log
+	// rate (the rest counted in "lines dropped" lines), leaves another
+	// app's recent lines in place, and `perch logs -n 1` of either app
+	// answers in under a second.
+	t.Run("a 300 MiB log flood in another app", func(t *testing.T) {
+		var before []string
+		if err := c.Logs(ctx, "life", api.LogOptions{Lines: 50}, func(l api.LogLine) error {
+			before = append(before, l.Message)
+			return nil
+		}); err != nil || len(before) == 0 {
+			t.Fatalf("life's lines before the flood: %q, %v", before, err)
+		}
+		if _, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: "flood"}); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		m, err := c.CreateMachine(ctx, "flood", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{
+			Image: ref, Env: map[string]string{"HELLO_FLOOD_MIB": "300"},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 90*time.Second, "the flood's last line in its logs", func() (bool, string) {
+			var last []string
+			err := c.Logs(ctx, "flood", api.LogOptions{Lines: 5}, func(l api.LogLine) error {
+				last = append(last, l.Message)
+				return nil
+			})
+			return slices.Contains(last, "hello: flooded 300 MiB"), fmt.Sprintf("%q %v", last, err)
+		})
+		took := time.Since(start)
+		// Every line printed is either in the logs or counted in a
+		// "[perch] N lines dropped" line (the last may follow the flood's
+		// last line by a second). Unless the flood outlasted the lines kept
+		// per machine (store.LogLinesPerMachine at 1,000 a second), the
+		// first line is still there and the count must be exact.
+		const printed = 300<<13 + 1 // and "hello: flooded 300 MiB"
+		var shipped, dropped int
+		var first string
+		eventually(t, 30*time.Second, "every line of the flood shipped or counted dropped", func() (bool, string) {
+			shipped, dropped, first = 0, 0, ""
+			err := c.Logs(ctx, "flood", api.LogOptions{Lines: store.LogLinesPerMachine}, func(l api.LogLine) error {
+				if l.Stream != "stdout" { // hello's own log, and its markers
+					return nil
+				}
+				var n int
+				if _, err := fmt.Sscanf(l.Message, "[perch] %d lines dropped", &n); err == nil {
+					dropped += n
+				} else {
+					if first == "" {
+						first = l.Message
+					}
+					shipped++
+				}
+				return nil
+			})
+			aged := first != "" && !strings.HasPrefix(first, "hello: flood line 0000000000 ")
+			return shipped+dropped == printed || aged, fmt.Sprintf("%d shipped + %d dropped of %d, first %.30q, %v", shipped, dropped, printed, first, err)
+		})
+		t.Logf("machine %s printed 300 MiB (%d lines); its last line was in its logs after %s; %d lines shipped, %d reported dropped",
+			m.ID, printed, took.Round(time.Millisecond), shipped, dropped)
+		if shipped+dropped != printed {
+			t.Logf("the flood's first lines aged out (first kept: %.40q): the count is not checked", first)
+		}
+		if dropped == 0 {
+			t.Errorf("no \"[perch] N lines dropped\" line in the flooded app's logs")
+		}
+		for _, app := range []string{"life", "flood"} {
+			from := time.Now()
+			out := mustPerch(t, w, dir, "logs", "-a", app, "-n", "1")
+			took := time.Since(from)
+			t.Logf("perch logs -a %s -n 1: %s", app, took.Round(time.Millisecond))
+			if took > time.Second {
+				t.Errorf("perch logs -a %s -n 1 took %s after the flood; want under a second", app, took)
+			}
+			if n := strings.Count(strings.TrimSpace(out), "\n"); n != 0 || out == "" {
+				t.Errorf("perch logs -a %s -n 1 printed %q; want one line", app, out)
+			}
+		}
+		var after []string
+		if err := c.Logs(ctx, "life", api.LogOptions{Lines: 1000}, func(l api.LogLine) error {
+			after = append(after, l.Message)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		kept := strings.Join(after, "\n")
+		for _, l := range before {
+			if !strings.Contains(kept, l) {
+				t.Errorf("life's line %q went in the flood", l)
+			}
+		}
 	})
 }

@@ -37,6 +37,12 @@ func (w *logWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // count, records its metrics and writes its access log line.
 func (e *Edge) finish(w *logWriter, r *http.Request, st *reqState, start time.Time) {
 	st.releaseSlot()
+	if st.in != nil {
+		st.in.done() // the upload ended with the request
+	}
+	if st.buffered != nil {
+		st.buffered()
+	}
 	if st.appLoad != nil {
 		st.appLoad.active.Add(-1)
 	}

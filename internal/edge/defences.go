@@ -42,6 +42,21 @@ type Limits struct {
 	// MaxQueued caps the requests waiting for a slot per app and port;
 	// beyond it a request gets 503 at once.
 	MaxQueued int
+	// BodyTimeout bounds a pause in a request body, and is the grace
+	// before BodyMinRate applies; a body that breaks either gets 408
+	// (body.go).
+	BodyTimeout time.Duration
+	// BodyMinRate is the average rate, in bytes per second, a request
+	// body must keep after BodyTimeout.
+	BodyMinRate int
+	// BodyBufferBytes is the largest body (of known length) the edge reads
+	// whole before the request takes a machine slot.
+	BodyBufferBytes int
+	// MaxUploadsPerClient caps the requests of one client address whose
+	// bodies are streaming to machines at once; beyond it a request gets
+	// 429. So does a request past half an app's slots (body.go); a
+	// negative value turns both caps off.
+	MaxUploadsPerClient int
 	// StartTimeout is how long a request for an app whose machines are
 	// all stopped is held while the edge starts one (autostart.go),
 	// before a 503 saying why.
@@ -59,6 +74,11 @@ var DefaultLimits = Limits{
 	QueueTimeout:       5 * time.Second,
 	MaxQueued:          1000,
 	StartTimeout:       30 * time.Second,
+	// Apache mod_reqtimeout's default (body=20,MinRate=500).
+	BodyTimeout:         20 * time.Second,
+	BodyMinRate:         500,
+	BodyBufferBytes:     64 << 10,
+	MaxUploadsPerClient: 8,
 }
 
 // withDefaults fills zero fields from DefaultLimits; negative ones mean no
@@ -86,10 +106,22 @@ func (l Limits) withDefaults() Limits {
 	dur(&l.BackendIdleTimeout, d.BackendIdleTimeout)
 	dur(&l.QueueTimeout, d.QueueTimeout)
 	dur(&l.StartTimeout, d.StartTimeout)
+	dur(&l.BodyTimeout, d.BodyTimeout)
 	count(&l.MaxHeaderBytes, d.MaxHeaderBytes)
 	count(&l.MaxConnsPerClient, d.MaxConnsPerClient)
 	count(&l.MaxConnsPerApp, d.MaxConnsPerApp)
 	count(&l.MaxQueued, d.MaxQueued)
+	count(&l.BodyMinRate, d.BodyMinRate)
+	count(&l.MaxUploadsPerClient, d.MaxUploadsPerClient)
+	switch { // a negative buffer means none: every body streams
+	case l.BodyBufferBytes == 0:
+		l.BodyBufferBytes = d.BodyBufferBytes
+	case l.BodyBufferBytes < 0:
+		l.BodyBufferBytes = 0
+	}
+	if l.BodyMinRate == noLimit {
+		l.BodyMinRate = 0 // no rate
+	}
 	return l
 }
 

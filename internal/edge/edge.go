@@ -94,6 +94,7 @@ type Edge struct {
 	metrics   *metrics
 	appLogs   *appLogger
 	clients   clientConns
+	uploads   uploads // body.go
 	table     *table
 	proxy     http.Handler
 	lns       *listeners

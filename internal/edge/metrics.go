@@ -50,7 +50,7 @@ func newMetrics(t *table) *metrics {
 		}, machineLabels),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "perch_edge_rejected_total",
-			Help: "Connections and requests the edge turned away: client_cap (connections per client address), app_cap (in flight per app), busy (every machine at its hard limit).",
+			Help: "Connections and requests the edge turned away: client_cap (connections per client address), app_cap (in flight per app), busy (every machine at its hard limit), body_timeout (a request body below the minimum rate or paused too long: 408), upload_cap (bodies streaming per client address: 429).",
 		}, []string{"reason"}),
 		tcpRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "perch_edge_tcp_rejected_total",
@@ -73,7 +73,7 @@ func newMetrics(t *table) *metrics {
 		}),
 	}
 	m.reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.duration, m.rejected, m.tcpRejected, m.udpFlows, m.udpDropped, m.autostarts, m.clientConns, activeCollector{t})
-	for _, r := range []string{"client_cap", "app_cap", "busy"} {
+	for _, r := range []string{"client_cap", "app_cap", "busy", "body_timeout", "upload_cap"} {
 		m.rejected.WithLabelValues(r)
 	}
 	return m

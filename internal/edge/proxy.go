@@ -38,6 +38,8 @@ type reqState struct {
 	queued   time.Duration // time spent waiting for a slot
 	replay   string        // the Perch-Replay answer the request followed
 	body     *replayBody   // the request body, if any
+	in       *bodyReader   // a streaming body under the body rules (body.go)
+	buffered func()        // gives back a buffered body's reservation (body.go)
 	demand   demandStart   // counted for the autoscaler (demand.go)
 	static   bool          // answered from the app's statics (statics.go)
 }
@@ -84,6 +86,7 @@ func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case app.statics != nil && h.e.serveStatic(lw, r, app.statics, st): // statics.go
 	case len(pr.backends) == 0 && !h.e.wakeable(pr): // else held (autostart.go)
 		noMachine(lw, app.name, pr.unhealthy)
+	case !h.e.takeBody(lw, r, pr, st): // body.go
 	case !h.e.admit(lw, app, st):
 	default:
 		st.h2c = pr.chain.h2Backend
@@ -125,6 +128,12 @@ func (e *Edge) newProxy() http.Handler {
 
 func (e *Edge) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	st := r.Context().Value(stateKey{}).(*reqState)
+	if cut := st.in.cut(); cut != nil {
+		// Before the check below: the timed-out read cancelled the
+		// request's context, but the client is there to read the 408.
+		e.bodyTooSlow(w, r, st, cut)
+		return
+	}
 	if r.Context().Err() != nil {
 		if lw, ok := w.(*logWriter); ok {
 			lw.status = statusClientGone
