@@ -10,6 +10,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/perchhq/perch/internal/mesh"
 	perchrt "github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/scheduler"
 	"github.com/perchhq/perch/internal/store"
 )
 
@@ -86,8 +87,9 @@ func (a *Agent) runtimeSpec(spec store.MachineSpec, rootfs string, img v1.Config
 			Addr6: netip.PrefixFrom(addr6, a.sub6.Bits()),
 			DNS:   []netip.Addr{a.gw.Addr()}, // the host's internal DNS (dns.go)
 		},
-		CPUs:     spec.Config.Guest.CPUs,
-		MemoryMB: spec.Config.Guest.MemoryMB,
+		CPUs: spec.Config.Guest.CPUs,
+		// No memory_mb is the smallest preset's, never unlimited.
+		MemoryMB: cmp.Or(spec.Config.Guest.MemoryMB, scheduler.DefaultMemoryMB),
 		Files:    files,
 	}, nil
 }

@@ -80,9 +80,12 @@ const (
 
 // State is what the driver knows of a machine.
 type State struct {
-	Status    string
-	Pid       int
-	ExitCode  int
+	Status   string
+	Pid      int
+	ExitCode int
+	// OOMKilled says the kernel killed the process for going over the
+	// machine's memory (ExitCode is then 137, SIGKILL's).
+	OOMKilled bool
 	StartedAt time.Time
 	ExitedAt  time.Time
 }

@@ -51,8 +51,9 @@ func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupPa
 				Ambient:     ambientCaps,
 			},
 			Rlimits: nofile(),
-			// As Docker: setuid binaries in the image (su, sudo) keep working.
-			NoNewPrivileges: false,
+			// No process gains privileges by exec (setuid binaries, file
+			// capabilities): what the machine starts with is its most.
+			NoNewPrivileges: true,
 		},
 		Root:     &specs.Root{Path: rootfs},
 		Hostname: hostname,
@@ -60,6 +61,7 @@ func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupPa
 		Linux: &specs.Linux{
 			Resources:   resources(spec),
 			CgroupsPath: "/" + cgroupParent + "/" + spec.ID,
+			Seccomp:     seccompProfile(defaultCaps), // seccomp.go
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace},
 				{Type: specs.NetworkNamespace, Path: netns},
@@ -111,16 +113,29 @@ func nofile() []specs.POSIXRlimit {
 	return []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: lim.Max, Soft: lim.Max}}
 }
 
+// DefaultMemoryMB is the memory of a machine whose spec names none: the
+// smallest size preset's (shared-cpu-1x, scheduler.DefaultMemoryMB). A
+// machine is never without a limit.
+const DefaultMemoryMB = 256
+
+// PidsLimit is how many processes and threads a machine may have at once:
+// a fork bomb stops there, not at the host's limit.
+const PidsLimit = 1024
+
 func resources(spec runtime.Spec) *specs.LinuxResources {
+	pids := int64(PidsLimit)
 	r := &specs.LinuxResources{
 		Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+		Pids:    &specs.LinuxPids{Limit: &pids},
 	}
-	if spec.MemoryMB > 0 {
-		limit := int64(spec.MemoryMB) << 20
-		// Swap is memory+swap: equal to the limit means no swap, so the
-		// limit is what the machine really gets.
-		r.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
+	mb := spec.MemoryMB
+	if mb <= 0 {
+		mb = DefaultMemoryMB
 	}
+	limit := int64(mb) << 20
+	// Swap is memory+swap: equal to the limit means no swap, so the
+	// limit is what the machine really gets.
+	r.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
 	if spec.CPUs > 0 {
 		period := uint64(100000)
 		quota := int64(spec.CPUs) * int64(period)

@@ -1,0 +1,144 @@
+package runc
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/drivertest"
+)
+
+// TestSandbox runs the test app's probes inside a machine, as an attacker
+// would: syscalls outside the seccomp profile are refused, root inside is
+// an unprivileged user on the host, a fork bomb stops at the pids limit
+// while the host stays responsive, a machine over its memory is
+// OOM-killed and reported so, and the writable layer is bounded.
+func TestSandbox(t *testing.T) {
+	needRoot(t)
+	d := newTestDriver(t)
+	destroyAll(t, d)
+	rootfs := drivertest.BuildRootfs(t)
+	pid := strconv.Itoa(os.Getpid())
+	run := func(t *testing.T, name string, mut func(*runtime.Spec), args ...string) string {
+		t.Helper()
+		spec := runtime.Spec{ID: name + pid, Rootfs: rootfs, Process: runtime.Process{Args: append([]string{"/app"}, args...)}}
+		if mut != nil {
+			mut(&spec)
+		}
+		if err := d.Create(ctx(t), spec); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Destroy(context.Background(), spec.ID) })
+		if err := d.Start(ctx(t), spec.ID); err != nil {
+			t.Fatal(err)
+		}
+		return spec.ID
+	}
+
+	t.Run("Syscalls", func(t *testing.T) {
+		id := run(t, "sbxsys", nil, "sandbox")
+		st, err := d.Wait(ctx(t), id)
+		if err != nil || st.ExitCode != 0 {
+			t.Fatalf("Wait = %+v, %v; want exit 0", st, err)
+		}
+		out := stdout(t, d, id)
+		t.Logf("probes:\n%s", out)
+		for _, want := range []string{
+			"uid 0", "gid 0",
+			"keyctl EPERM", "add_key EPERM", "mount EPERM", "umount2 EPERM",
+			"unshare-user EPERM", "unshare-net EPERM",
+			"bind80 allowed", "app-owner 0:0", "run-postgresql-owner 1000:1000",
+			"NoNewPrivs: 1", "Seccomp: 2",
+		} {
+			if !strings.Contains(out, want+"\n") {
+				t.Errorf("probe %q missing from the machine's output", want)
+			}
+		}
+	})
+
+	t.Run("ForkBomb", func(t *testing.T) {
+		id := run(t, "sbxfork", nil, "forkbomb", "3")
+		// While the bomb holds every pid it could get, the host still
+		// starts processes promptly.
+		var slowest time.Duration
+		re := regexp.MustCompile(`forked (\d+) failed (.*)`)
+		var m []string
+		waitFor(t, 30*time.Second, func() bool {
+			start := time.Now()
+			if err := exec.Command("true").Run(); err != nil {
+				t.Fatalf("the host cannot start a process during the fork bomb: %v", err)
+			}
+			slowest = max(slowest, time.Since(start))
+			m = re.FindStringSubmatch(stdout(t, d, id))
+			return m != nil
+		})
+		n, _ := strconv.Atoi(m[1])
+		t.Logf("fork bomb: %d processes, then %q; slowest host process start %v", n, m[2], slowest)
+		if n >= PidsLimit || n < PidsLimit/2 {
+			t.Errorf("the fork bomb made %d processes; want fewer than the pids limit %d", n, PidsLimit)
+		}
+		if !strings.Contains(m[2], "resource temporarily unavailable") {
+			t.Errorf("fork failed with %q; want EAGAIN (the pids limit)", m[2])
+		}
+		if slowest > 2*time.Second {
+			t.Errorf("a host process took %v to run during the fork bomb", slowest)
+		}
+		if st, err := d.Wait(ctx(t), id); err != nil || st.ExitCode != 0 {
+			t.Errorf("Wait = %+v, %v; want exit 0 once the bomb is over", st, err)
+		}
+	})
+
+	t.Run("OutOfMemory", func(t *testing.T) {
+		id := run(t, "sbxoom", func(s *runtime.Spec) { s.MemoryMB = 64 }, "alloc", "256")
+		st, err := d.Wait(ctx(t), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.OOMKilled || st.ExitCode != 137 {
+			b, _ := os.ReadFile(d.Logs(id)[1].Path)
+			t.Fatalf("State = %+v; want OOM-killed with exit code 137\n%s\n%s", st, stdout(t, d, id), b)
+		}
+		// A machine killed otherwise is not reported as out of memory.
+		id = run(t, "sbxkill", nil, "sleep")
+		if err := d.Stop(ctx(t), id, 9, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := d.State(ctx(t), id); err != nil || st.OOMKilled || st.ExitCode != 137 {
+			t.Fatalf("State of a killed machine = %+v, %v; want exit 137, not OOM", st, err)
+		}
+	})
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
+
+// stdout is what machine id has printed so far.
+func stdout(t *testing.T, d *Driver, id string) string {
+	t.Helper()
+	b, err := os.ReadFile(d.Logs(id)[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
