@@ -27,7 +27,10 @@ var ambientCaps = []string{"CAP_NET_BIND_SERVICE"}
 
 // ociSpec is the bundle's config.json for spec, with the root filesystem at
 // rootfs and the network namespace at netns ("" for a new, empty one).
-func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupParent string) *specs.Spec {
+//
+// With base (not 0), the machine has a user namespace of its own mapping
+// its ids 0..65535 to host ids base..., pinned at userns (userns.go).
+func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupParent string, base uint32, userns string) *specs.Spec {
 	cwd := spec.Process.Cwd
 	if cwd == "" {
 		cwd = "/"
@@ -36,7 +39,7 @@ func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupPa
 	if hostname == "" {
 		hostname = spec.ID
 	}
-	return &specs.Spec{
+	s := &specs.Spec{
 		Version: specs.Version,
 		Process: &specs.Process{
 			User: specs.User{UID: u.UID, GID: u.GID, AdditionalGids: u.Extra},
@@ -79,6 +82,11 @@ func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupPa
 			},
 		},
 	}
+	if base != 0 {
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: userns})
+		s.Linux.UIDMappings, s.Linux.GIDMappings = idMappings(base), idMappings(base)
+	}
+	return s
 }
 
 // processEnv adds PATH and HOME when the image and machine set none, as

@@ -141,9 +141,10 @@ func TestSuspendWithoutCRIU(t *testing.T) {
 	d := newTestDriver(t)
 	destroyAll(t, d)
 	spec := runtime.Spec{
-		ID:      "nocriu" + strconv.Itoa(os.Getpid()),
-		Rootfs:  drivertest.BuildRootfs(t),
-		Process: runtime.Process{Args: []string{"/app", "serve"}, Env: []string{"PORT=8080"}},
+		ID:          "nocriu" + strconv.Itoa(os.Getpid()),
+		Rootfs:      drivertest.BuildRootfs(t),
+		Process:     runtime.Process{Args: []string{"/app", "serve"}, Env: []string{"PORT=8080"}},
+		Suspendable: true,
 	}
 	ctx := context.Background()
 	if err := d.Create(ctx, spec); err != nil {

@@ -43,6 +43,7 @@ const (
 	dirRootfs   = "rootfs"      // the bundle's root: overlay mount or a copy
 	dirUpper    = "upper"
 	dirWork     = "work"
+	dirLowers   = "lowers" // the image's layers mounted idmapped, while the overlay is made
 	defaultCgrp = "perch"
 )
 

@@ -126,6 +126,16 @@ func leftovers(t *testing.T, id string) []string {
 	}
 	cgroups, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", defaultCgrp, id))
 	left = append(left, cgroups...)
+	// The user namespace's pins and root binds, and the id range.
+	pins, _ := filepath.Glob(filepath.Join(usernsDir, id+"-*"))
+	binds, _ := filepath.Glob(filepath.Join(rootsDir, id+"-*"))
+	left = append(append(left, pins...), binds...)
+	claims, _ := filepath.Glob(filepath.Join(idRangeDir, "[0-9]*"))
+	for _, c := range claims {
+		if owner, err := os.ReadFile(c); err == nil && string(owner) == dir {
+			left = append(left, "id range "+c)
+		}
+	}
 	return left
 }
 

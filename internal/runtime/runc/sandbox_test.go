@@ -2,6 +2,7 @@ package runc
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"regexp"
@@ -59,6 +60,48 @@ func TestSandbox(t *testing.T) {
 			if !strings.Contains(out, want+"\n") {
 				t.Errorf("probe %q missing from the machine's output", want)
 			}
+		}
+	})
+
+	t.Run("UnprivilegedOnHost", func(t *testing.T) {
+		// Two machines: each one's root is its own unprivileged host uid.
+		uids := map[int]bool{}
+		for _, name := range []string{"sbxuid", "sbxuidb"} {
+			id := run(t, name, nil, "sleep")
+			st, err := d.State(ctx(t), id)
+			if err != nil || st.Pid <= 0 {
+				t.Fatalf("State = %+v, %v; want running", st, err)
+			}
+			b, err := os.ReadFile("/proc/" + strconv.Itoa(st.Pid) + "/status")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var uid, gid int
+			for _, l := range strings.Split(string(b), "\n") {
+				if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
+					uid, _ = strconv.Atoi(f[1])
+				} else if len(f) > 1 && f[0] == "Gid:" {
+					gid, _ = strconv.Atoi(f[1])
+				}
+			}
+			t.Logf("%s: root inside is uid %d gid %d on the host", id, uid, gid)
+			if uid < idRangeFirst || gid < idRangeFirst {
+				t.Errorf("the machine's root is host uid %d gid %d; want an unprivileged id >= %d", uid, gid, idRangeFirst)
+			}
+			if uids[uid] {
+				t.Errorf("two machines share host uid %d", uid)
+			}
+			uids[uid] = true
+		}
+	})
+
+	t.Run("NoSuspendInUserns", func(t *testing.T) {
+		id := run(t, "sbxnosus", nil, "sleep")
+		if err := d.Suspend(ctx(t), id); !errors.Is(err, runtime.ErrCannotSuspend) {
+			t.Fatalf("Suspend of a machine in a user namespace = %v; want ErrCannotSuspend", err)
+		}
+		if st, err := d.State(ctx(t), id); err != nil || st.Status != runtime.StatusRunning {
+			t.Fatalf("State after a refused Suspend = %+v, %v; want running", st, err)
 		}
 	})
 
