@@ -71,7 +71,7 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 			return fmt.Errorf("runc: create %s: %w", id, err)
 		}
 	}
-	r := record{Spec: spec, Copy: copied, UIDBase: base}
+	r := record{Spec: spec, Copy: copied, UIDBase: base, Disk: !copied}
 	// The record goes first so a failed create can still be destroyed
 	// completely, by this driver or the next.
 	if err := machinedir.WriteJSON(d.path(id, fileRecord), r); err != nil {

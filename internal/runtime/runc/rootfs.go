@@ -17,16 +17,26 @@ import (
 // read-only lowers (topmost first): an overlay mount, or a full copy where
 // overlayfs is not available (for instance a state dir that is itself on
 // overlayfs; an image in layers is never stored there).
+//
+// The overlay's writable layer is on the machine's own disk (disk.go) of
+// the driver's size; a copy has none.
 func (d *Driver) makeRootfs(dir string, lowers []string, base uint32) (copied bool, err error) {
 	rootfs := filepath.Join(dir, dirRootfs)
 	if err := os.MkdirAll(rootfs, 0o755); err != nil {
 		return false, fmt.Errorf("runc: rootfs: %w", err)
 	}
 	if !d.noOverlay {
-		err := mountOverlay(dir, lowers, base)
+		if err := makeDisk(dir, d.diskMB, hostID(base, 0)); err != nil {
+			return false, fmt.Errorf("runc: rootfs: %w", err)
+		}
+		err := mountOverlay(dir, filepath.Join(dir, dirDisk), lowers, base)
 		if err == nil {
 			return false, nil
 		}
+		if uerr := unmountDisk(dir); uerr != nil {
+			return false, fmt.Errorf("runc: rootfs: %w", uerr)
+		}
+		os.Remove(filepath.Join(dir, fileDisk))
 		d.copyOnce.Do(func() {
 			d.log.Warn("overlayfs mount failed; copying each machine's root filesystem instead (slower, uses more disk)", "err", err)
 		})
@@ -46,11 +56,12 @@ func (d *Driver) makeRootfs(dir string, lowers []string, base uint32) (copied bo
 	return true, nil
 }
 
-// mountOverlay mounts dir/rootfs with lowers under dir's upper and work
-// dirs; with a user namespace at base (not 0), the lowers are idmapped
-// and the upper layer's root is the machine's root.
-func mountOverlay(dir string, lowers []string, base uint32) error {
-	upper, work := filepath.Join(dir, dirUpper), filepath.Join(dir, dirWork)
+// mountOverlay mounts dir/rootfs with lowers under the upper and work
+// dirs in layer (the machine's disk, or dir itself for a machine made
+// before machines had one); with a user namespace at base (not 0), the
+// lowers are idmapped and the upper layer's root is the machine's root.
+func mountOverlay(dir, layer string, lowers []string, base uint32) error {
+	upper, work := filepath.Join(layer, dirUpper), filepath.Join(layer, dirWork)
 	for _, p := range append([]string{upper, work}, lowers...) {
 		// The option string has no escaping for these.
 		if strings.ContainsAny(p, ",:") {
@@ -94,7 +105,14 @@ func (d *Driver) ensureRootfs(id string, r record) error {
 		return err
 	}
 	if !mounted && !r.Copy {
-		if err := mountOverlay(d.dir(id), r.Spec.Lowers(), r.UIDBase); err != nil {
+		layer := d.dir(id)
+		if r.Disk {
+			if err := mountDisk(layer); err != nil {
+				return fmt.Errorf("runc: %s: %w", id, err)
+			}
+			layer = filepath.Join(layer, dirDisk)
+		}
+		if err := mountOverlay(d.dir(id), layer, r.Spec.Lowers(), r.UIDBase); err != nil {
 			return fmt.Errorf("runc: %s: %w", id, err)
 		}
 	}

@@ -13,6 +13,7 @@
 package runc
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -58,6 +59,9 @@ type Config struct {
 	RuncPath string
 	// CgroupParent is the cgroup every machine is placed under; "" is "perch".
 	CgroupParent string
+	// DiskMB is the size of each machine's writable layer (its own disk);
+	// 0 is DefaultDiskMB.
+	DiskMB int
 	// Log receives the driver's messages; nil discards them.
 	Log *slog.Logger
 }
@@ -69,6 +73,7 @@ type Driver struct {
 	runc         string
 	shim         []string
 	cgroupParent string
+	diskMB       int
 	log          *slog.Logger
 
 	// escape is why machines are refused: runc has a known escape
@@ -110,6 +115,7 @@ func New(cfg Config) (*Driver, error) {
 		runc:         runcPath,
 		shim:         slices.Clone(cfg.ShimCommand),
 		cgroupParent: cfg.CgroupParent,
+		diskMB:       cmp.Or(cfg.DiskMB, DefaultDiskMB),
 		log:          cfg.Log,
 	}
 	if d.cgroupParent == "" {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 func TestSandbox(t *testing.T) {
 	needRoot(t)
 	d := newTestDriver(t)
+	d.diskMB = 64 // small enough to fill quickly
 	destroyAll(t, d)
 	rootfs := drivertest.BuildRootfs(t)
 	pid := strconv.Itoa(os.Getpid())
@@ -156,6 +159,49 @@ func TestSandbox(t *testing.T) {
 			t.Fatalf("State of a killed machine = %+v, %v; want exit 137, not OOM", st, err)
 		}
 	})
+}
+
+// TestSandboxDisk: a machine writing without end fills its own disk
+// (writes fail with ENOSPC inside) and takes no more of the host's.
+func TestSandboxDisk(t *testing.T) {
+	needRoot(t)
+	d := newTestDriver(t)
+	d.diskMB = 64
+	destroyAll(t, d)
+	spec := runtime.Spec{ID: "sbxdisk" + strconv.Itoa(os.Getpid()), Rootfs: drivertest.BuildRootfs(t),
+		Process: runtime.Process{Args: []string{"/app", "fill", "/big"}}}
+	if err := d.Create(ctx(t), spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx(t), spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d.Wait(ctx(t), spec.ID); err != nil || st.ExitCode != 0 {
+		t.Fatalf("Wait = %+v, %v; want exit 0", st, err)
+	}
+	out := stdout(t, d, spec.ID)
+	m := regexp.MustCompile(`wrote (\d+) MiB: (.*)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("the machine printed %q; want how much it wrote", out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	t.Logf("the machine wrote %d MiB, then: %s", n, m[2])
+	if !strings.Contains(m[2], "no space left on device") || n > 64 || n < 32 {
+		t.Errorf("wrote %d MiB then %q; want ENOSPC before 64 MiB", n, m[2])
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(d.dir(spec.ID), fileDisk), &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Blocks * 512; used > 70<<20 {
+		t.Errorf("the machine's disk takes %d MiB of the host's; want at most its 64 MiB", used>>20)
+	}
+	if err := d.Destroy(ctx(t), spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if left := leftovers(t, spec.ID); len(left) > 0 {
+		t.Errorf("Destroy left behind: %v", left)
+	}
 }
 
 func ctx(t *testing.T) context.Context {

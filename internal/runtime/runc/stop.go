@@ -113,6 +113,9 @@ func (d *Driver) destroy(ctx context.Context, id string) error {
 	if err := unmountRootfs(d.path(id, dirRootfs)); err != nil {
 		return fmt.Errorf("runc: destroy %s: %w", id, err)
 	}
+	if err := unmountDisk(d.dir(id)); err != nil { // disk.go
+		return fmt.Errorf("runc: destroy %s: %w", id, err)
+	}
 	// Idmapped layers left by a create that died half way.
 	lowers, _ := filepath.Glob(filepath.Join(d.path(id, dirLowers), "*"))
 	for _, l := range lowers {
@@ -127,7 +130,7 @@ func (d *Driver) destroy(ctx context.Context, id string) error {
 		return fmt.Errorf("runc: destroy %s: %w", id, err)
 	}
 	// Never remove through a mount: that would be the image's files.
-	for _, p := range append(lowers, d.path(id, dirRootfs)) {
+	for _, p := range append(lowers, d.path(id, dirRootfs), d.path(id, dirDisk)) {
 		if mounted, err := isMountPoint(p); err != nil || mounted {
 			return fmt.Errorf("runc: destroy %s: %s still mounted (%v); not removing it", id, p, err)
 		}
