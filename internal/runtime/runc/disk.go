@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-
 )
 
 // DefaultDiskMB is the size of a machine's writable layer when the
@@ -82,4 +81,3 @@ func unmountDisk(dir string) error {
 	}
 	return nil
 }
-
