@@ -15,7 +15,9 @@ import (
 // as soon as the container is gone, so the shim registers for the
 // cgroup's OOM notifications (cgroup v1 memory.oom_control through
 // cgroup.event_control; on cgroup v2, memory.events through inotify) while
-// the container runs and looks at the counters when woken.
+// the container runs. On v1 a notification while the cgroup's files still
+// read is the OOM killer's (it comes before the kill, when the counters
+// may not show it yet); the one at the cgroup's removal finds them gone.
 type oomWatch struct {
 	killed atomic.Bool
 	done   chan struct{}
