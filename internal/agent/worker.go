@@ -336,7 +336,7 @@ func (w *worker) onExit(ctx context.Context, st perchrt.State) {
 	restart := policy == api.RestartAlways || (policy != api.RestartNo && code != 0)
 	exited := fmt.Sprintf("exited with code %d", code)
 	if st.OOMKilled {
-		exited = fmt.Sprintf("out of memory: killed at its limit of %d MB (exit code %d)", cmp.Or(spec.Config.Guest.MemoryMB, scheduler.DefaultMemoryMB), code)
+		exited = fmt.Sprintf("out of memory: killed at its limit of %d MB", cmp.Or(spec.Config.Guest.MemoryMB, scheduler.DefaultMemoryMB))
 	}
 	oom := func(s *store.MachineStatus) {
 		s.OOMKilled = st.OOMKilled
