@@ -2,6 +2,7 @@ package runc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -60,6 +61,15 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 		}
 	}()
 	copied, err := d.makeRootfs(d.dir(id), spec.Lowers(), base)
+	if errors.Is(err, errNoIDMap) {
+		// Better a machine without a user namespace than none: say so once.
+		d.idmapOnce.Do(func() {
+			d.log.Warn("machines run without a user namespace of their own: their image layers cannot be mounted idmapped", "err", err)
+		})
+		releaseIDRange(base, d.dir(id))
+		base = 0
+		copied, err = d.makeRootfs(d.dir(id), spec.Lowers(), base)
+	}
 	if err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}

@@ -37,6 +37,9 @@ func (d *Driver) makeRootfs(dir string, lowers []string, base uint32) (copied bo
 			return false, fmt.Errorf("runc: rootfs: %w", uerr)
 		}
 		os.Remove(filepath.Join(dir, fileDisk))
+		if errors.Is(err, errNoIDMap) {
+			return false, fmt.Errorf("runc: rootfs: %w", err) // Create goes on without a user namespace
+		}
 		d.copyOnce.Do(func() {
 			d.log.Warn("overlayfs mount failed; copying each machine's root filesystem instead (slower, uses more disk)", "err", err)
 		})

@@ -82,6 +82,7 @@ type Driver struct {
 
 	noOverlay bool // tests force the copy fallback
 	copyOnce  sync.Once
+	idmapOnce sync.Once // userns.go
 
 	locks machinedir.Locks
 }

@@ -34,6 +34,10 @@ const (
 	idRangeDir   = "/run/perch/idranges"
 )
 
+// errNoIDMap is returned (wrapped) when the image's layers are on a
+// filesystem that cannot be mounted idmapped.
+var errNoIDMap = errors.New("the image store's filesystem does not support idmapped mounts (ext4, xfs, btrfs and tmpfs do)")
+
 // allocIDRange claims a free range of host ids for the machine in dir,
 // host-wide (every driver on the host, whatever its state dir, draws from
 // idRangeDir), and returns its first id. A claim whose machine directory
@@ -149,7 +153,7 @@ func idmapMount(src, dst string, userns int) error {
 	defer unix.Close(tree)
 	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NODEV, Userns_fd: uint64(userns)}
 	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
-		return fmt.Errorf("idmap %s (the filesystem must support idmapped mounts: ext4, xfs, btrfs, tmpfs): %w", src, err)
+		return fmt.Errorf("%w: idmap %s: %w", errNoIDMap, src, err)
 	}
 	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return fmt.Errorf("move_mount %s: %w", dst, err)
