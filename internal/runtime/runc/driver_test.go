@@ -208,3 +208,38 @@ func TestNoIDMapFallback(t *testing.T) {
 		t.Errorf("Destroy left behind: %v", left)
 	}
 }
+
+// TestIDRangeReclaimedAfterReboot: a reboot empties /run and with it the
+// host-wide record of which machine holds which host id range; the next
+// driver records its machines' ranges again before any new machine could
+// take one.
+func TestIDRangeReclaimedAfterReboot(t *testing.T) {
+	needRoot(t)
+	d := newTestDriver(t)
+	destroyAll(t, d)
+	spec := runtime.Spec{ID: "reclaim" + strconv.Itoa(os.Getpid()), Rootfs: drivertest.BuildRootfs(t),
+		Process: runtime.Process{Args: []string{"/app", "exit", "0"}}}
+	ctx := context.Background()
+	if err := d.Create(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.readRecord(spec.ID)
+	if err != nil || r.UIDBase < idRangeFirst {
+		t.Fatalf("record = %+v, %v; want a host id range", r, err)
+	}
+	claim := filepath.Join(idRangeDir, strconv.Itoa(int(r.UIDBase-idRangeFirst)/idRangeSize))
+	if err := os.Remove(claim); err != nil {
+		t.Fatal(err)
+	}
+	newTestDriver(t) // the agent after the reboot
+	if owner, err := os.ReadFile(claim); err != nil || string(owner) != d.dir(spec.ID) {
+		t.Fatalf("claim %s = %q, %v; want the machine's directory again", claim, owner, err)
+	}
+	other := runtime.Spec{ID: "reclaimb" + strconv.Itoa(os.Getpid()), Rootfs: spec.Rootfs, Process: spec.Process}
+	if err := d.Create(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := d.readRecord(other.ID); err != nil || o.UIDBase == r.UIDBase {
+		t.Errorf("a new machine got range %d, %v; want another than %d", o.UIDBase, err, r.UIDBase)
+	}
+}

@@ -136,6 +136,7 @@ func New(cfg Config) (*Driver, error) {
 			return nil, fmt.Errorf("runc: state dir: %w", err)
 		}
 	}
+	d.reclaimIDRanges() // userns.go
 	return d, nil
 }
 

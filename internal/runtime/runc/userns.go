@@ -17,6 +17,7 @@ import (
 
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/machinedir"
 )
 
 // Every machine runs in a user namespace of its own: its uids and gids
@@ -375,4 +376,21 @@ func netnsPath(id string, n runtime.Net) string {
 		return ""
 	}
 	return hostnet.NetnsPath(id)
+}
+
+// reclaimIDRanges records again the id ranges of the machines in the
+// state dir, which a host reboot took from /run, before any new machine
+// can claim one of them.
+func (d *Driver) reclaimIDRanges() {
+	ids, err := machinedir.List(d.dir(""), fileRecord)
+	if err != nil {
+		return
+	}
+	for _, id := range ids {
+		if r, err := d.readRecord(id); err == nil && r.UIDBase != 0 {
+			if err := reclaimIDRange(r.UIDBase, d.dir(id)); err != nil {
+				d.log.Warn("reclaim the machine's host id range", "id", id, "err", err)
+			}
+		}
+	}
 }
