@@ -35,6 +35,9 @@ import (
 	"time"
 )
 
+// allocated holds what HELLO_ALLOC_MB asked for.
+var allocated [][]byte
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "release" {
 		release(os.Args[2:])
@@ -49,6 +52,16 @@ func main() {
 		// For tests of the restart policy: fail at once.
 		fmt.Fprintln(os.Stderr, msg)
 		os.Exit(2)
+	}
+	if mb, _ := strconv.Atoi(os.Getenv("HELLO_ALLOC_MB")); mb > 0 {
+		// For tests of the memory limit: use mb MiB, then serve.
+		allocated = make([][]byte, mb)
+		for i := range allocated {
+			allocated[i] = make([]byte, 1<<20)
+			for j := 0; j < 1<<20; j += 4096 {
+				allocated[i][j] = 1
+			}
+		}
 	}
 	machine := os.Getenv("PERCH_MACHINE_ID")
 	if mib, err := strconv.Atoi(os.Getenv("HELLO_FLOOD_MIB")); err == nil && mib > 0 {

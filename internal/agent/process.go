@@ -8,8 +8,10 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/mesh"
 	perchrt "github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/scheduler"
 	"github.com/perchhq/perch/internal/store"
 )
 
@@ -86,9 +88,11 @@ func (a *Agent) runtimeSpec(spec store.MachineSpec, rootfs string, img v1.Config
 			Addr6: netip.PrefixFrom(addr6, a.sub6.Bits()),
 			DNS:   []netip.Addr{a.gw.Addr()}, // the host's internal DNS (dns.go)
 		},
-		CPUs:     spec.Config.Guest.CPUs,
-		MemoryMB: spec.Config.Guest.MemoryMB,
-		Files:    files,
+		CPUs: spec.Config.Guest.CPUs,
+		// No memory_mb is the smallest preset's, never unlimited.
+		MemoryMB:    cmp.Or(spec.Config.Guest.MemoryMB, scheduler.DefaultMemoryMB),
+		Files:       files,
+		Suspendable: autostopsBySuspend(spec.Config),
 	}, nil
 }
 
@@ -131,4 +135,15 @@ func machineEnv(spec store.MachineSpec, region string, addr6 netip.Addr) map[str
 		}
 	}
 	return e
+}
+
+// autostopsBySuspend says whether a service of the machine autostops by
+// suspending it: the runtime must then make a machine it can snapshot.
+func autostopsBySuspend(c api.MachineConfig) bool {
+	for _, svc := range c.Services {
+		if svc.Autostop == api.AutostopSuspend {
+			return true
+		}
+	}
+	return false
 }

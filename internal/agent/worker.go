@@ -17,6 +17,7 @@ import (
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/image"
 	perchrt "github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/scheduler"
 	"github.com/perchhq/perch/internal/store"
 )
 
@@ -298,6 +299,7 @@ func (w *worker) started(ctx context.Context, spec store.MachineSpec, st perchrt
 		w.setState(ctx, spec, api.StateStarted, "start", "", func(s *store.MachineStatus) {
 			s.StartedAt = st.StartedAt
 			s.ExitCode = nil
+			s.OOMKilled = false
 			s.LastLogs = nil
 			// Checks restart with the process; until they report, the
 			// machine waits for them.
@@ -330,13 +332,21 @@ func (w *worker) onExit(ctx context.Context, st perchrt.State) {
 	}
 	code := st.ExitCode
 	policy := spec.Config.Restart.Policy
-	w.log.Info("machine exited", "exit_code", code, "policy", policy)
+	w.log.Info("machine exited", "exit_code", code, "oom_killed", st.OOMKilled, "policy", policy)
 	restart := policy == api.RestartAlways || (policy != api.RestartNo && code != 0)
+	exited := fmt.Sprintf("exited with code %d", code)
+	if st.OOMKilled {
+		exited = fmt.Sprintf("out of memory: killed at its limit of %d MB", cmp.Or(spec.Config.Guest.MemoryMB, scheduler.DefaultMemoryMB))
+	}
+	oom := func(s *store.MachineStatus) {
+		s.OOMKilled = st.OOMKilled
+		s.Events[len(s.Events)-1].OOMKilled = st.OOMKilled
+	}
 	if !restart {
 		w.heldGen = spec.Generation
-		w.setState(ctx, spec, api.StateStopped, "exit", fmt.Sprintf("exited with code %d", code), func(s *store.MachineStatus) {
+		w.setState(ctx, spec, api.StateStopped, "exit", exited, func(s *store.MachineStatus) {
 			s.ExitCode = &code
-		})
+		}, oom)
 		return
 	}
 	if !w.lastStart.IsZero() && time.Since(w.lastStart) > stableRun {
@@ -348,7 +358,7 @@ func (w *worker) onExit(ctx context.Context, st perchrt.State) {
 		max = defaultMaxRetries
 	}
 	if w.failures > max {
-		w.fail(ctx, spec, &code, fmt.Sprintf("exited with code %d; restarted %d times, giving up (restart policy %s)", code, max, policy))
+		w.fail(ctx, spec, &code, fmt.Sprintf("%s; restarted %d times, giving up (restart policy %s)", exited, max, policy), oom)
 		return
 	}
 	delay := backoffBase << (w.failures - 1)
@@ -357,7 +367,7 @@ func (w *worker) onExit(ctx context.Context, st perchrt.State) {
 	}
 	w.pending, w.retryAt = true, time.Now().Add(delay)
 	last := w.ship.lastLines()
-	w.setState(ctx, spec, api.StateStarting, "exit", fmt.Sprintf("exited with code %d; restarting in %s (attempt %d of %d)", code, delay, w.failures, max), func(s *store.MachineStatus) {
+	w.setState(ctx, spec, api.StateStarting, "exit", fmt.Sprintf("%s; restarting in %s (attempt %d of %d)", exited, delay, w.failures, max), oom, func(s *store.MachineStatus) {
 		s.ExitCode = &code
 		s.Restarts++
 		// What it printed before it exited: a deploy reports it.
@@ -366,7 +376,7 @@ func (w *worker) onExit(ctx context.Context, st perchrt.State) {
 	})
 }
 
-func (w *worker) fail(ctx context.Context, spec store.MachineSpec, code *int, msg string) {
+func (w *worker) fail(ctx context.Context, spec store.MachineSpec, code *int, msg string, mut ...func(*store.MachineStatus)) {
 	w.heldGen = spec.Generation
 	w.pending = false
 	w.log.Warn("machine failed", "reason", msg)
@@ -376,6 +386,9 @@ func (w *worker) fail(ctx context.Context, spec store.MachineSpec, code *int, ms
 			s.ExitCode = code
 		}
 		s.LastLogs = last
+		for _, m := range mut {
+			m(s)
+		}
 	})
 }
 

@@ -305,6 +305,8 @@ type Event struct {
 	Source    string `json:"source"`
 	Timestamp int64  `json:"timestamp"`
 	ExitCode  *int   `json:"exit_code,omitempty"`
+	// OOMKilled marks an exit by the OOM killer (out of memory).
+	OOMKilled bool   `json:"oom_killed,omitempty"`
 	Message   string `json:"message,omitempty"`
 	// Request carries the exit code where Fly's clients read it
 	// (request.exit_event.exit_code); the server fills it from ExitCode.
@@ -318,8 +320,9 @@ type EventRequest struct {
 
 // ExitEvent is how a machine's process exited.
 type ExitEvent struct {
-	ExitCode int       `json:"exit_code"`
-	ExitedAt time.Time `json:"exited_at"`
+	ExitCode  int       `json:"exit_code"`
+	OOMKilled bool      `json:"oom_killed"`
+	ExitedAt  time.Time `json:"exited_at"`
 }
 
 // Machine is a machine as the API shows it: desired config and placement
@@ -343,6 +346,9 @@ type Machine struct {
 	ImageRef ImageRef `json:"image_ref"`
 	// ExitCode is the last exit code of the machine's process, if it exited.
 	ExitCode *int `json:"exit_code,omitempty"`
+	// OOMKilled says that exit was the OOM killer's: the machine went over
+	// its memory (config.guest.memory_mb).
+	OOMKilled bool `json:"oom_killed,omitempty"`
 	// LastLogs holds the last lines the machine printed before it failed.
 	LastLogs []string `json:"last_logs,omitempty"`
 	// Checks are the latest health check results from the machine's host.

@@ -113,7 +113,11 @@ func renderMachine(w io.Writer, m *api.Machine, now time.Time) {
 	field("Release", m.Config.Metadata[metaRelease])
 	field("Created", fmt.Sprintf("%s (%s ago)", m.CreatedAt.UTC().Format(time.RFC3339), formatAge(now.Sub(m.CreatedAt))))
 	if m.ExitCode != nil {
-		field("Exit code", fmt.Sprint(*m.ExitCode))
+		code := fmt.Sprint(*m.ExitCode)
+		if m.OOMKilled {
+			code += " (out of memory)"
+		}
+		field("Exit code", code)
 	}
 	if len(m.LastLogs) > 0 {
 		fmt.Fprintln(w, "Last log lines:")

@@ -136,12 +136,19 @@ func readyNotes(m api.Machine) []string {
 }
 
 func failureNotes(m api.Machine) []string {
+	oom := "out of memory: killed at its memory limit; give it more (memory_mb in [[vm]])"
 	if m.State != api.StateFailed {
+		if m.OOMKilled {
+			return []string{"last exit: " + oom}
+		}
 		return nil
 	}
 	head := "failed"
 	if m.ExitCode != nil {
 		head = fmt.Sprintf("exit code %d", *m.ExitCode)
+	}
+	if m.OOMKilled {
+		head = fmt.Sprintf("%s, %s", head, oom)
 	}
 	if len(m.LastLogs) == 0 {
 		return []string{head}

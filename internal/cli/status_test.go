@@ -55,6 +55,29 @@ func TestRenderStatus(t *testing.T) {
 	}
 }
 
+// TestRenderStatusOutOfMemory: a machine the OOM killer ended says so,
+// stopped or failed.
+func TestRenderStatusOutOfMemory(t *testing.T) {
+	exit := 137
+	ms := []api.Machine{
+		machine("1f2e3d4c5b6a70", "ams", api.StateFailed, 58, "v2"),
+		machine("0aa1b2c3d4e5f6", "iad", api.StateStopped, 10, "v2"),
+	}
+	for i := range ms {
+		ms[i].ExitCode, ms[i].OOMKilled = &exit, true
+	}
+	var b strings.Builder
+	renderStatus(&b, "hello", ms, t0.Add(time.Hour))
+	for _, want := range []string{
+		"    exit code 137, out of memory: killed at its memory limit; give it more (memory_mb in [[vm]])",
+		"    last exit: out of memory: killed at its memory limit; give it more (memory_mb in [[vm]])",
+	} {
+		if !strings.Contains(b.String(), want+"\n") {
+			t.Errorf("perch status lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
 func TestRenderStatusEmpty(t *testing.T) {
 	var b strings.Builder
 	renderStatus(&b, "hello", nil, t0)

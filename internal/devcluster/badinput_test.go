@@ -123,6 +123,33 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 
+	t.Run("machine over its memory", func(t *testing.T) {
+		m, err := c.CreateMachine(ctx, "good", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{
+			Image: ref, Env: map[string]string{"HELLO_ALLOC_MB": "256"},
+			Guest:   api.Guest{MemoryMB: 64},
+			Restart: api.Restart{Policy: api.RestartNo},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitMachine(ctx, "good", m.ID, api.StateStopped, 60*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := c.GetMachine(ctx, "good", m.ID)
+		if !got.OOMKilled || got.ExitCode == nil || *got.ExitCode != 137 {
+			t.Errorf("machine: state %s exit %v oom %v; want stopped by the OOM killer, exit code 137", got.State, got.ExitCode, got.OOMKilled)
+		}
+		if out := mustPerch(t, w, dir, "status"); !strings.Contains(out, "out of memory") {
+			t.Errorf("perch status does not say the machine ran out of memory:\n%s", out)
+		}
+		if out := mustPerch(t, w, dir, "machine", "status", m.ID, "-a", "good"); !strings.Contains(out, "137 (out of memory)") {
+			t.Errorf("perch machine status does not say out of memory:\n%s", out)
+		}
+		if err := c.DestroyMachine(ctx, "good", m.ID, true); err != nil {
+			t.Error(err)
+		}
+	})
+
 	t.Run("missing or wrong token", func(t *testing.T) {
 		for _, tok := range []string{"", "perch_wrong"} {
 			_, err := api.NewClient(w.Info().APIURL, tok).ListApps(ctx)

@@ -99,6 +99,24 @@ func assertNothingLeft(t *testing.T, info devcluster.Info) {
 			t.Errorf("a mount under %s is left behind", r.StateDir)
 		}
 	}
+	// Loop devices of machines' disks, and their claims on host id ranges
+	// (their user namespaces' pins go with them).
+	var owners []string
+	for _, pat := range []string{"/sys/block/loop*/loop/backing_file", "/run/perch/idranges/[0-9]*"} {
+		files, _ := filepath.Glob(pat)
+		for _, f := range files {
+			if b, err := os.ReadFile(f); err == nil {
+				owners = append(owners, f+": "+strings.TrimSpace(string(b)))
+			}
+		}
+	}
+	for _, o := range owners {
+		for _, r := range info.Regions {
+			if strings.Contains(o, r.StateDir+"/") {
+				t.Errorf("left behind: %s", o)
+			}
+		}
+	}
 	out, _ := exec.Command("ip", "-o", "link", "show").Output()
 	for _, line := range strings.Split(string(out), "\n") {
 		for _, r := range info.Regions {

@@ -39,12 +39,17 @@ func testSuspendResume(t *testing.T, runtime string) {
 	ctx := context.Background()
 	c := w.Client()
 	ref := pushImage(t, w, "hello:v1")
+	one := 1
 	if _, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: "susp"}); err != nil {
 		t.Fatal(err)
 	}
 	m, err := c.CreateMachine(ctx, "susp", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{
 		Image: ref, Guest: api.Guest{Runtime: runtime, MemoryMB: 256},
-		Services: []api.Service{{Protocol: "tcp", InternalPort: 8080, Ports: []api.Port{{Port: 80, Handlers: []string{"http"}}}}},
+		// A service that autostops by suspend (not within the test: one
+		// machine stays running) asks for a machine runc can snapshot:
+		// one without a user namespace (docs/security.md).
+		Services: []api.Service{{Protocol: "tcp", InternalPort: 8080, Ports: []api.Port{{Port: 80, Handlers: []string{"http"}}},
+			Autostop: api.AutostopSuspend, MinMachinesRunning: &one, IdleTimeout: "10m"}},
 	}})
 	if err != nil {
 		t.Fatal(err)

@@ -55,6 +55,11 @@ type Spec struct {
 	Net      Net
 	CPUs     int
 	MemoryMB int
+	// Suspendable asks for a machine that can be suspended (a service
+	// autostops by "suspend"). runc then runs it without a user namespace
+	// of its own: CRIU cannot checkpoint a machine in one whose network
+	// namespace the host made (docs/security.md).
+	Suspendable bool
 	// Files are written into the machine's root filesystem before it
 	// starts (Fly's config.files), owned by root.
 	Files []File
@@ -80,9 +85,12 @@ const (
 
 // State is what the driver knows of a machine.
 type State struct {
-	Status    string
-	Pid       int
-	ExitCode  int
+	Status   string
+	Pid      int
+	ExitCode int
+	// OOMKilled says the kernel killed the process for going over the
+	// machine's memory (ExitCode is then 137, SIGKILL's).
+	OOMKilled bool
 	StartedAt time.Time
 	ExitedAt  time.Time
 }

@@ -657,7 +657,7 @@ func machineView(sp store.MachineSpec, st store.MachineStatus, h api.Host) api.M
 		ID: sp.ID, Name: sp.Name, AppName: sp.App, Region: sp.Region, PrivateIP: sp.PrivateIP,
 		HostID: sp.HostID, Config: sp.Config, CreatedAt: sp.CreatedAt, UpdatedAt: sp.UpdatedAt,
 		State: st.State, InstanceID: cmp.Or(sp.InstanceID, st.InstanceID), ImageRef: imageRef(sp, st), ExitCode: st.ExitCode,
-		LastLogs: st.LastLogs, Events: newestFirst(st.Events), Checks: st.Checks, HostStatus: api.HostOK,
+		OOMKilled: st.OOMKilled, LastLogs: st.LastLogs, Events: newestFirst(st.Events), Checks: st.Checks, HostStatus: api.HostOK,
 		Restarts: st.Restarts, Cordoned: sp.Cordoned,
 	}
 	// Readiness is about the generation the host last answered; a spec
@@ -688,7 +688,7 @@ func newestFirst(evs []api.Event) []api.Event {
 	slices.Reverse(out)
 	for i, e := range out {
 		if e.ExitCode != nil && e.Request == nil {
-			out[i].Request = &api.EventRequest{ExitEvent: &api.ExitEvent{ExitCode: *e.ExitCode, ExitedAt: e.Time().UTC()}}
+			out[i].Request = &api.EventRequest{ExitEvent: &api.ExitEvent{ExitCode: *e.ExitCode, OOMKilled: e.OOMKilled, ExitedAt: e.Time().UTC()}}
 		}
 	}
 	return out

@@ -101,13 +101,16 @@ type MachineStatus struct {
 	HostID string `json:"host_id"`
 	State  string `json:"state"`
 	// Generation is the spec generation this status answers.
-	Generation int64       `json:"generation"`
-	InstanceID string      `json:"instance_id,omitempty"`
-	ImageRef   string      `json:"image_ref,omitempty"`
-	ExitCode   *int        `json:"exit_code,omitempty"`
-	Restarts   int         `json:"restarts"`
-	LastLogs   []string    `json:"last_logs,omitempty"`
-	Events     []api.Event `json:"events,omitempty"`
+	Generation int64  `json:"generation"`
+	InstanceID string `json:"instance_id,omitempty"`
+	ImageRef   string `json:"image_ref,omitempty"`
+	ExitCode   *int   `json:"exit_code,omitempty"`
+	// OOMKilled says the last exit was the kernel's OOM killer's: the
+	// machine went over its memory.
+	OOMKilled bool        `json:"oom_killed,omitempty"`
+	Restarts  int         `json:"restarts"`
+	LastLogs  []string    `json:"last_logs,omitempty"`
+	Events    []api.Event `json:"events,omitempty"`
 	// Checks are written by the host's health checker.
 	Checks []api.CheckStatus `json:"checks,omitempty"`
 	// Ready: the machine takes traffic (started, checks passing or its

@@ -208,7 +208,7 @@ func processUsers(t *testing.T, pid int) string {
 		}
 		for _, line := range strings.Split(string(status), "\n") {
 			if uid, ok := strings.CutPrefix(line, "Uid:"); ok {
-				u := names[strings.Fields(uid)[0]]
+				u := names[insideUID(t, p, strings.Fields(uid)[0])]
 				if !seen[u] {
 					seen[u] = true
 					users = append(users, u)
@@ -223,4 +223,22 @@ func processUsers(t *testing.T, pid int) string {
 		}
 	}
 	return strings.Join(users, ",")
+}
+
+// insideUID is host uid of process pid as the process's user namespace
+// sees it (a machine's root is an unprivileged host uid).
+func insideUID(t *testing.T, pid int, hostUID string) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/uid_map", pid))
+	if err != nil {
+		return hostUID
+	}
+	var h int
+	fmt.Sscan(hostUID, &h)
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var inside, outside, n int
+		if _, err := fmt.Sscan(l, &inside, &outside, &n); err == nil && h >= outside && h < outside+n {
+			return fmt.Sprint(inside + h - outside)
+		}
+	}
+	return hostUID
 }

@@ -25,6 +25,7 @@ func (s *suite) suspendResume(t *testing.T) {
 		t.Skipf("driver %s cannot suspend machines", d.Name())
 	}
 	spec := s.spec(t, []string{"serve"}, "UNACCEPTED_PORT=9090")
+	spec.Suspendable = true // as for a service that autostops by suspend
 	s.create(t, d, spec)
 	s.start(t, d, spec.ID)
 	for want := 1; want <= 3; want++ {

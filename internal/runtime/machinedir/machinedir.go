@@ -35,11 +35,15 @@ type Shim struct {
 type Exit struct {
 	ExitCode int       `json:"exit_code"`
 	ExitedAt time.Time `json:"exited_at"`
+	// OOMKilled says the kernel's OOM killer ended the process: the
+	// machine went over its memory.
+	OOMKilled bool `json:"oom_killed,omitempty"`
 }
 
 // Exited is st as of the run that ex ended.
 func Exited(st runtime.State, ex Exit) runtime.State {
 	st.Status, st.ExitCode, st.ExitedAt = runtime.StatusExited, ex.ExitCode, ex.ExitedAt
+	st.OOMKilled = ex.OOMKilled
 	return st
 }
 
@@ -138,6 +142,11 @@ func ProcAlive(pid int, match func(arg string) bool) bool {
 // has just exited with code.
 func WriteExit(path string, code int) error {
 	return WriteJSON(path, Exit{ExitCode: code, ExitedAt: time.Now().UTC()})
+}
+
+// WriteExitOOM is WriteExit for a process the OOM killer may have ended.
+func WriteExitOOM(path string, code int, oomKilled bool) error {
+	return WriteJSON(path, Exit{ExitCode: code, ExitedAt: time.Now().UTC(), OOMKilled: oomKilled})
 }
 
 // Locks serialises the changes made to each machine; the zero value is

@@ -152,3 +152,26 @@ func TestAcceleratorRemembered(t *testing.T) {
 		t.Errorf("the second answer was probed again (at %v, first at %v)", second.ProbedAt, first.ProbedAt)
 	}
 }
+
+// TestGuestOutOfMemory: an app the guest kernel's OOM killer ends is
+// reported out of memory, as runc's are.
+func TestGuestOutOfMemory(t *testing.T) {
+	needVM(t)
+	t.Parallel()
+	d := newTestDriver(t)
+	spec := runtime.Spec{ID: "guestoom", Rootfs: drivertest.BuildRootfs(t), MemoryMB: MinMemoryMB,
+		Process: runtime.Process{Args: []string{"/app", "alloc", "256"}}}
+	ctx := context.Background()
+	if err := d.Create(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Destroy(context.Background(), spec.ID) })
+	if err := d.Start(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	st, err := d.Wait(ctx, spec.ID)
+	if err != nil || st.Status != runtime.StatusExited || st.ExitCode != 137 || !st.OOMKilled {
+		b, _ := os.ReadFile(d.path(spec.ID, fileStdout))
+		t.Fatalf("Wait = %+v, %v; want exited with 137, OOM-killed\n%s", st, err, b)
+	}
+}

@@ -46,7 +46,10 @@ func ShimMain(args []string) int {
 	}
 	defer s.close()
 	code := s.run()
-	if err := machinedir.WriteExit(filepath.Join(*dir, fileExit), code); err != nil {
+	s.mu.Lock()
+	oom := s.oomKilled && s.reported != nil && *s.reported == code
+	s.mu.Unlock()
+	if err := machinedir.WriteExitOOM(filepath.Join(*dir, fileExit), code, oom); err != nil {
 		fmt.Fprintf(s.stderr, "perch microvm-shim: record the exit: %v\n", err)
 		return 1
 	}
@@ -58,9 +61,10 @@ type shim struct {
 	vm                      vmConfig
 	stdout, stderr, console *os.File
 
-	mu       sync.Mutex
-	reported *int // the exit code the init reported
-	killed   bool // the VM was killed on request
+	mu        sync.Mutex
+	reported  *int // the exit code the init reported
+	oomKilled bool // and that the guest's OOM killer ended the app
+	killed    bool // the VM was killed on request
 }
 
 func openShim(dir string) (*shim, error) {
@@ -200,12 +204,12 @@ func (s *shim) fromGuest(r io.Reader, guest *guestinit.Writer) {
 		case guestinit.FrameStarted:
 			os.WriteFile(filepath.Join(s.dir, fileRunning), payload, 0o600)
 		case guestinit.FrameExit:
-			code, err := strconv.Atoi(string(payload))
+			code, oom, err := guestinit.ParseExit(payload)
 			if err != nil {
 				code = -1
 			}
 			s.mu.Lock()
-			s.reported = &code
+			s.reported, s.oomKilled = &code, oom
 			s.mu.Unlock()
 			guest.Send(guestinit.FrameBye, nil)
 		}

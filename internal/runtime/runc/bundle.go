@@ -27,7 +27,10 @@ var ambientCaps = []string{"CAP_NET_BIND_SERVICE"}
 
 // ociSpec is the bundle's config.json for spec, with the root filesystem at
 // rootfs and the network namespace at netns ("" for a new, empty one).
-func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupParent string) *specs.Spec {
+//
+// With base (not 0), the machine has a user namespace of its own mapping
+// its ids 0..65535 to host ids base..., pinned at userns (userns.go).
+func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupParent string, base uint32, userns string) *specs.Spec {
 	cwd := spec.Process.Cwd
 	if cwd == "" {
 		cwd = "/"
@@ -36,7 +39,7 @@ func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupPa
 	if hostname == "" {
 		hostname = spec.ID
 	}
-	return &specs.Spec{
+	s := &specs.Spec{
 		Version: specs.Version,
 		Process: &specs.Process{
 			User: specs.User{UID: u.UID, GID: u.GID, AdditionalGids: u.Extra},
@@ -51,8 +54,9 @@ func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupPa
 				Ambient:     ambientCaps,
 			},
 			Rlimits: nofile(),
-			// As Docker: setuid binaries in the image (su, sudo) keep working.
-			NoNewPrivileges: false,
+			// No process gains privileges by exec (setuid binaries, file
+			// capabilities): what the machine starts with is its most.
+			NoNewPrivileges: true,
 		},
 		Root:     &specs.Root{Path: rootfs},
 		Hostname: hostname,
@@ -60,6 +64,7 @@ func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupPa
 		Linux: &specs.Linux{
 			Resources:   resources(spec),
 			CgroupsPath: "/" + cgroupParent + "/" + spec.ID,
+			Seccomp:     seccompProfile(defaultCaps), // seccomp.go
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace},
 				{Type: specs.NetworkNamespace, Path: netns},
@@ -77,6 +82,11 @@ func ociSpec(spec runtime.Spec, rootfs, netns string, u imageuser.User, cgroupPa
 			},
 		},
 	}
+	if base != 0 {
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: userns})
+		s.Linux.UIDMappings, s.Linux.GIDMappings = idMappings(base), idMappings(base)
+	}
+	return s
 }
 
 // processEnv adds PATH and HOME when the image and machine set none, as
@@ -111,16 +121,29 @@ func nofile() []specs.POSIXRlimit {
 	return []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: lim.Max, Soft: lim.Max}}
 }
 
+// DefaultMemoryMB is the memory of a machine whose spec names none: the
+// smallest size preset's (shared-cpu-1x, scheduler.DefaultMemoryMB). A
+// machine is never without a limit.
+const DefaultMemoryMB = 256
+
+// PidsLimit is how many processes and threads a machine may have at once:
+// a fork bomb stops there, not at the host's limit.
+const PidsLimit = 1024
+
 func resources(spec runtime.Spec) *specs.LinuxResources {
+	pids := int64(PidsLimit)
 	r := &specs.LinuxResources{
 		Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+		Pids:    &specs.LinuxPids{Limit: &pids},
 	}
-	if spec.MemoryMB > 0 {
-		limit := int64(spec.MemoryMB) << 20
-		// Swap is memory+swap: equal to the limit means no swap, so the
-		// limit is what the machine really gets.
-		r.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
+	mb := spec.MemoryMB
+	if mb <= 0 {
+		mb = DefaultMemoryMB
 	}
+	limit := int64(mb) << 20
+	// Swap is memory+swap: equal to the limit means no swap, so the
+	// limit is what the machine really gets.
+	r.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &limit}
 	if spec.CPUs > 0 {
 		period := uint64(100000)
 		quota := int64(spec.CPUs) * int64(period)

@@ -25,7 +25,7 @@ func TestOCISpec(t *testing.T) {
 		MemoryMB: 256,
 	}
 	u := imageuser.User{UID: 1000, GID: 1000, Extra: []uint32{27}, Home: "/home/app"}
-	s := ociSpec(spec, "/state/machines/m1/rootfs", "/run/netns/perch-m1", u, "perch")
+	s := ociSpec(spec, "/state/machines/m1/rootfs", "/run/netns/perch-m1", u, "perch", 1<<30, "/run/perch/userns/m1")
 
 	if s.Root.Path != "/state/machines/m1/rootfs" || s.Root.Readonly {
 		t.Errorf("root = %+v, want the writable machine rootfs", s.Root)
@@ -59,16 +59,30 @@ func TestOCISpec(t *testing.T) {
 		{Type: specs.IPCNamespace},
 		{Type: specs.UTSNamespace},
 		{Type: specs.MountNamespace},
+		{Type: specs.UserNamespace, Path: "/run/perch/userns/m1"},
 	}
 	if diff := cmp.Diff(want, s.Linux.Namespaces); diff != "" {
 		t.Errorf("namespaces (-want +got):\n%s", diff)
 	}
+	wantIDs := []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1 << 30, Size: 65536}}
+	if !slices.Equal(s.Linux.UIDMappings, wantIDs) || !slices.Equal(s.Linux.GIDMappings, wantIDs) {
+		t.Errorf("id mappings = %v, %v; want root at host id 1<<30", s.Linux.UIDMappings, s.Linux.GIDMappings)
+	}
+	if !p.NoNewPrivileges || s.Linux.Seccomp == nil || s.Linux.Seccomp.DefaultAction != specs.ActErrno {
+		t.Errorf("no new privileges %v, seccomp %v; want both", p.NoNewPrivileges, s.Linux.Seccomp != nil)
+	}
 }
 
-func TestOCISpecWithoutLimits(t *testing.T) {
-	s := ociSpec(runtime.Spec{ID: "m2", Process: runtime.Process{Args: []string{"x"}}}, "/r", "", imageuser.User{Home: "/"}, "perch")
-	if s.Linux.Resources.Memory != nil || s.Linux.Resources.CPU != nil {
-		t.Errorf("resources = %+v, want no memory or CPU limit when the spec asks none", s.Linux.Resources)
+// TestOCISpecDefaultLimits: a spec asking no limits still gets the
+// smallest preset's memory and the pids limit, never unlimited.
+func TestOCISpecDefaultLimits(t *testing.T) {
+	s := ociSpec(runtime.Spec{ID: "m2", Process: runtime.Process{Args: []string{"x"}}}, "/r", "", imageuser.User{Home: "/"}, "perch", 0, "")
+	r := s.Linux.Resources
+	if r.Memory == nil || *r.Memory.Limit != DefaultMemoryMB<<20 || r.CPU != nil {
+		t.Errorf("resources = %+v, want %d MiB of memory and no CPU limit when the spec asks none", r, DefaultMemoryMB)
+	}
+	if r.Pids == nil || *r.Pids.Limit != PidsLimit {
+		t.Errorf("pids = %+v, want a limit of %d", r.Pids, PidsLimit)
 	}
 	if !slices.Contains(s.Process.Env, "HOME=/") {
 		t.Errorf("env %v has no HOME", s.Process.Env)

@@ -2,6 +2,7 @@ package runc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -48,14 +49,39 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	if err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
-	copied, err := d.makeRootfs(d.dir(id), spec.Lowers())
+	var base uint32 // no user namespace
+	if !spec.Suspendable {
+		if base, err = allocIDRange(d.dir(id)); err != nil { // userns.go
+			return fmt.Errorf("runc: create %s: %w", id, err)
+		}
+	}
+	defer func() {
+		if err != nil {
+			releaseIDRange(base, d.dir(id))
+		}
+	}()
+	copied, err := d.makeRootfs(d.dir(id), spec.Lowers(), base)
+	if errors.Is(err, errNoIDMap) {
+		// Better a machine without a user namespace than none: say so once.
+		d.idmapOnce.Do(func() {
+			d.log.Warn("machines run without a user namespace of their own: their image layers cannot be mounted idmapped", "err", err)
+		})
+		releaseIDRange(base, d.dir(id))
+		base = 0
+		copied, err = d.makeRootfs(d.dir(id), spec.Lowers(), base)
+	}
 	if err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
-	if err := writeFiles(d.path(id, dirRootfs), spec.Files); err != nil { // files.go
+	if err := writeFiles(d.path(id, dirRootfs), spec.Files, hostID(base, 0)); err != nil { // files.go
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
-	r := record{Spec: spec, Copy: copied}
+	if base != 0 {
+		if err := d.bindRoot(id); err != nil {
+			return fmt.Errorf("runc: create %s: %w", id, err)
+		}
+	}
+	r := record{Spec: spec, Copy: copied, UIDBase: base, Disk: !copied}
 	// The record goes first so a failed create can still be destroyed
 	// completely, by this driver or the next.
 	if err := machinedir.WriteJSON(d.path(id, fileRecord), r); err != nil {
@@ -66,16 +92,21 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 		hostname = id
 	}
 	var netns string
+	if base != 0 {
+		if err := d.pinNamespaces(id, base, netnsPath(id, spec.Net)); err != nil {
+			return fmt.Errorf("runc: create %s: %w", id, err)
+		}
+	}
 	if spec.Net.Bridge != "" {
 		if netns, err = hostnet.Attach(id, spec.Net); err != nil {
 			return fmt.Errorf("runc: create %s: %w", id, err)
 		}
 	}
-	etc, err := d.writeEtc(id, hostname, spec.Net)
+	etc, err := d.writeEtc(id, hostname, spec.Net, hostID(base, 0))
 	if err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
-	s := ociSpec(spec, d.path(id, dirRootfs), netns, u, d.cgroupParent)
+	s := ociSpec(spec, d.bundleRoot(id, base), netns, u, d.cgroupParent, base, d.usernsPath(id))
 	s.Mounts = append(s.Mounts, etc...)
 	// runc hands CRIU this per-machine configuration file; it exists only
 	// while a checkpoint needs options runc has no flag for (suspend.go).

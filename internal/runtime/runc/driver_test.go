@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -141,9 +142,10 @@ func TestSuspendWithoutCRIU(t *testing.T) {
 	d := newTestDriver(t)
 	destroyAll(t, d)
 	spec := runtime.Spec{
-		ID:      "nocriu" + strconv.Itoa(os.Getpid()),
-		Rootfs:  drivertest.BuildRootfs(t),
-		Process: runtime.Process{Args: []string{"/app", "serve"}, Env: []string{"PORT=8080"}},
+		ID:          "nocriu" + strconv.Itoa(os.Getpid()),
+		Rootfs:      drivertest.BuildRootfs(t),
+		Process:     runtime.Process{Args: []string{"/app", "serve"}, Env: []string{"PORT=8080"}},
+		Suspendable: true,
 	}
 	ctx := context.Background()
 	if err := d.Create(ctx, spec); err != nil {
@@ -160,5 +162,84 @@ func TestSuspendWithoutCRIU(t *testing.T) {
 	}
 	if st, err := d.State(ctx, spec.ID); err != nil || st.Status != runtime.StatusRunning {
 		t.Errorf("State after a refused Suspend = %+v, %v; want running", st, err)
+	}
+}
+
+// TestNoIDMapFallback: an image whose layers are on a filesystem that
+// cannot be mounted idmapped (ramfs) still runs, without a user namespace
+// of its own.
+func TestNoIDMapFallback(t *testing.T) {
+	needRoot(t)
+	d := newTestDriver(t)
+	destroyAll(t, d)
+	ram := t.TempDir()
+	if err := syscall.Mount("ramfs", ram, "ramfs", 0, "mode=0755"); err != nil {
+		t.Skipf("no ramfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(ram, syscall.MNT_DETACH) })
+	if out, err := exec.Command("cp", "-a", drivertest.BuildRootfs(t)+"/.", ram).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	spec := runtime.Spec{
+		ID:      "noidmap" + strconv.Itoa(os.Getpid()),
+		Layers:  []string{ram},
+		Process: runtime.Process{Args: []string{"/app", "sandbox"}},
+	}
+	ctx := context.Background()
+	if err := d.Create(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := d.readRecord(spec.ID); err != nil || r.UIDBase != 0 || r.Copy {
+		t.Fatalf("record = %+v, %v; want an overlay without a user namespace", r, err)
+	}
+	if err := d.Start(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d.Wait(ctx, spec.ID); err != nil || st.ExitCode != 0 {
+		t.Fatalf("Wait = %+v, %v; want exit 0", st, err)
+	}
+	if out := stdout(t, d, spec.ID); !strings.Contains(out, "uid 0\n") || !strings.Contains(out, "keyctl EPERM\n") {
+		t.Errorf("the machine printed %q; want root, and seccomp still on", out)
+	}
+	if err := d.Destroy(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if left := leftovers(t, spec.ID); len(left) > 0 {
+		t.Errorf("Destroy left behind: %v", left)
+	}
+}
+
+// TestIDRangeReclaimedAfterReboot: a reboot empties /run and with it the
+// host-wide record of which machine holds which host id range; the next
+// driver records its machines' ranges again before any new machine could
+// take one.
+func TestIDRangeReclaimedAfterReboot(t *testing.T) {
+	needRoot(t)
+	d := newTestDriver(t)
+	destroyAll(t, d)
+	spec := runtime.Spec{ID: "reclaim" + strconv.Itoa(os.Getpid()), Rootfs: drivertest.BuildRootfs(t),
+		Process: runtime.Process{Args: []string{"/app", "exit", "0"}}}
+	ctx := context.Background()
+	if err := d.Create(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.readRecord(spec.ID)
+	if err != nil || r.UIDBase < idRangeFirst {
+		t.Fatalf("record = %+v, %v; want a host id range", r, err)
+	}
+	claim := filepath.Join(idRangeDir, strconv.Itoa(int(r.UIDBase-idRangeFirst)/idRangeSize))
+	if err := os.Remove(claim); err != nil {
+		t.Fatal(err)
+	}
+	newTestDriver(t) // the agent after the reboot
+	if owner, err := os.ReadFile(claim); err != nil || string(owner) != d.dir(spec.ID) {
+		t.Fatalf("claim %s = %q, %v; want the machine's directory again", claim, owner, err)
+	}
+	other := runtime.Spec{ID: "reclaimb" + strconv.Itoa(os.Getpid()), Rootfs: spec.Rootfs, Process: spec.Process}
+	if err := d.Create(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := d.readRecord(other.ID); err != nil || o.UIDBase == r.UIDBase {
+		t.Errorf("a new machine got range %d, %v; want another than %d", o.UIDBase, err, r.UIDBase)
 	}
 }

@@ -22,9 +22,10 @@ type etcFile struct {
 // its /etc/resolv.conf into the machine's directory, and returns the bind
 // mounts that put them in place. As Docker does, they replace the image's
 // files without touching the image's root filesystem (shared and
-// read-only) or the machine's writable layer. /etc/hosts stays writable
+// read-only) or the machine's writable layer. They belong to the
+// machine's root, host uid root. /etc/hosts stays writable
 // for the entrypoints that append to it; resolv.conf is the host's to say.
-func (d *Driver) writeEtc(id, hostname string, n runtime.Net) ([]specs.Mount, error) {
+func (d *Driver) writeEtc(id, hostname string, n runtime.Net, root int) ([]specs.Mount, error) {
 	files := []etcFile{{fileHosts, "/etc/hosts", hostsFile(hostname, n), false}}
 	if len(n.DNS) > 0 {
 		files = append(files, etcFile{fileResolv, "/etc/resolv.conf", resolvConf(n.DNS), true})
@@ -33,6 +34,10 @@ func (d *Driver) writeEtc(id, hostname string, n runtime.Net) ([]specs.Mount, er
 	for _, f := range files {
 		path := d.path(id, f.name)
 		if err := os.WriteFile(path, []byte(f.content), 0o644); err != nil {
+			return nil, fmt.Errorf("runc: write %s: %w", f.dest, err)
+		}
+		// The machine's root owns it (host uid root: its user namespace's root).
+		if err := os.Chown(path, root, root); err != nil {
 			return nil, fmt.Errorf("runc: write %s: %w", f.dest, err)
 		}
 		opts := []string{"rbind", "rprivate", "nosuid", "nodev", "noexec"}

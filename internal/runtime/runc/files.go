@@ -18,22 +18,25 @@ import (
 // resolve as inside the machine: the image's symlinks are followed with
 // the root as "/" (/etc/ssl -> /usr/lib/ssl stays in the root), so no
 // symlink can send a write to the host.
-func writeFiles(rootfs string, files []runtime.File) error {
+//
+// Files and the directories made for them belong to the machine's root,
+// host uid root (its user namespace's root).
+func writeFiles(rootfs string, files []runtime.File, root int) error {
 	for _, f := range files {
-		if err := writeFile(rootfs, f); err != nil {
+		if err := writeFile(rootfs, f, root); err != nil {
 			return fmt.Errorf("write file %s: %w", f.Path, err)
 		}
 	}
 	return nil
 }
 
-func writeFile(rootfs string, f runtime.File) error {
+func writeFile(rootfs string, f runtime.File, root int) error {
 	clean := path.Clean("/" + f.Path)
 	dir, name := path.Split(clean)
 	if name == "" {
 		return errors.New("not a file path")
 	}
-	hostDir, err := mkdirInRoot(rootfs, dir)
+	hostDir, err := mkdirInRoot(rootfs, dir, root)
 	if err != nil {
 		return err
 	}
@@ -59,7 +62,7 @@ func writeFile(rootfs string, f runtime.File) error {
 		fd.Close()
 		return err
 	}
-	if err := fd.Chown(0, 0); err != nil {
+	if err := fd.Chown(root, root); err != nil {
 		fd.Close()
 		return err
 	}
@@ -69,7 +72,7 @@ func writeFile(rootfs string, f runtime.File) error {
 // mkdirInRoot resolves guest directory dir inside rootfs as the machine
 // would see it, creating what is missing (0755), and returns its host
 // path.
-func mkdirInRoot(rootfs, dir string) (string, error) {
+func mkdirInRoot(rootfs, dir string, root int) (string, error) {
 	todo := strings.Split(strings.Trim(dir, "/"), "/")
 	var cur []string // resolved components below the root
 	hops := 0
@@ -90,6 +93,9 @@ func mkdirInRoot(rootfs, dir string) (string, error) {
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			if err := os.Mkdir(host, 0o755); err != nil {
+				return "", err
+			}
+			if err := os.Lchown(host, root, root); err != nil {
 				return "", err
 			}
 			cur = append(cur, c)

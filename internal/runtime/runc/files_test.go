@@ -34,7 +34,7 @@ func TestWriteFilesStayInRoot(t *testing.T) {
 		{Path: "/etc/link", Data: []byte("z")},
 		{Path: "/new/dir/conf", Data: []byte("c")},
 	}
-	must(writeFiles(root, files))
+	must(writeFiles(root, files, 0))
 	for p, want := range map[string]string{
 		"usr/lib/ssl/cert.pem":          "cert",
 		filepath.Join(outside[1:], "x"): "x",

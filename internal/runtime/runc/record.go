@@ -15,6 +15,12 @@ type record struct {
 	Spec runtime.Spec `json:"spec"`
 	// Copy says the rootfs is a full copy instead of an overlay mount.
 	Copy bool `json:"copy"`
+	// UIDBase is the first host id of the machine's user namespace
+	// (userns.go); 0 for a machine made before machines had one.
+	UIDBase uint32 `json:"uid_base,omitempty"`
+	// Disk says the writable layer is on the machine's own disk image
+	// (disk.go); false for a copy, or a machine made before disks.
+	Disk bool `json:"disk,omitempty"`
 }
 
 func (d *Driver) readRecord(id string) (record, error) {

@@ -17,15 +17,28 @@ import (
 // read-only lowers (topmost first): an overlay mount, or a full copy where
 // overlayfs is not available (for instance a state dir that is itself on
 // overlayfs; an image in layers is never stored there).
-func (d *Driver) makeRootfs(dir string, lowers []string) (copied bool, err error) {
+//
+// The overlay's writable layer is on the machine's own disk (disk.go) of
+// the driver's size; a copy has none.
+func (d *Driver) makeRootfs(dir string, lowers []string, base uint32) (copied bool, err error) {
 	rootfs := filepath.Join(dir, dirRootfs)
 	if err := os.MkdirAll(rootfs, 0o755); err != nil {
 		return false, fmt.Errorf("runc: rootfs: %w", err)
 	}
 	if !d.noOverlay {
-		err := mountOverlay(dir, lowers)
+		if err := makeDisk(dir, d.diskMB, hostID(base, 0)); err != nil {
+			return false, fmt.Errorf("runc: rootfs: %w", err)
+		}
+		err := mountOverlay(dir, filepath.Join(dir, dirDisk), lowers, base)
 		if err == nil {
 			return false, nil
+		}
+		if uerr := unmountDisk(dir); uerr != nil {
+			return false, fmt.Errorf("runc: rootfs: %w", uerr)
+		}
+		os.Remove(filepath.Join(dir, fileDisk))
+		if errors.Is(err, errNoIDMap) {
+			return false, fmt.Errorf("runc: rootfs: %w", err) // Create goes on without a user namespace
 		}
 		d.copyOnce.Do(func() {
 			d.log.Warn("overlayfs mount failed; copying each machine's root filesystem instead (slower, uses more disk)", "err", err)
@@ -38,13 +51,20 @@ func (d *Driver) makeRootfs(dir string, lowers []string) (copied bool, err error
 	if out, err := exec.Command("cp", "-a", lowers[0]+"/.", rootfs).CombinedOutput(); err != nil {
 		return false, fmt.Errorf("runc: copy rootfs: %w: %s", err, strings.TrimSpace(string(out)))
 	}
+	if base != 0 {
+		if err := shiftOwners(rootfs, base); err != nil {
+			return false, fmt.Errorf("runc: copy rootfs: give it the machine's ids: %w", err)
+		}
+	}
 	return true, nil
 }
 
-// mountOverlay mounts dir/rootfs with lowers under dir's upper and work
-// dirs.
-func mountOverlay(dir string, lowers []string) error {
-	upper, work := filepath.Join(dir, dirUpper), filepath.Join(dir, dirWork)
+// mountOverlay mounts dir/rootfs with lowers under the upper and work
+// dirs in layer (the machine's disk, or dir itself for a machine made
+// before machines had one); with a user namespace at base (not 0), the
+// lowers are idmapped and the upper layer's root is the machine's root.
+func mountOverlay(dir, layer string, lowers []string, base uint32) error {
+	upper, work := filepath.Join(layer, dirUpper), filepath.Join(layer, dirWork)
 	for _, p := range append([]string{upper, work}, lowers...) {
 		// The option string has no escaping for these.
 		if strings.ContainsAny(p, ",:") {
@@ -55,6 +75,17 @@ func mountOverlay(dir string, lowers []string) error {
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			return err
 		}
+		if err := os.Chown(p, hostID(base, 0), hostID(base, 0)); err != nil {
+			return err
+		}
+	}
+	if base != 0 {
+		mapped, detach, err := idmapLowers(dir, lowers, base)
+		if err != nil {
+			return err
+		}
+		defer detach() // the overlay keeps its own references to them
+		lowers = mapped
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowers, ":"), upper, work)
 	if err := unix.Mount("overlay", filepath.Join(dir, dirRootfs), "overlay", 0, opts); err != nil {
@@ -69,15 +100,29 @@ func mountOverlay(dir string, lowers []string) error {
 // after a host reboot.
 func (d *Driver) ensureRootfs(id string, r record) error {
 	rootfs := d.path(id, dirRootfs)
-	if r.Copy {
-		return nil
+	if err := reclaimIDRange(r.UIDBase, d.dir(id)); err != nil {
+		return fmt.Errorf("runc: %s: %w", id, err)
 	}
 	mounted, err := isMountPoint(rootfs)
-	if err != nil || mounted {
+	if err != nil {
 		return err
 	}
-	if err := mountOverlay(d.dir(id), r.Spec.Lowers()); err != nil {
-		return fmt.Errorf("runc: %s: %w", id, err)
+	if !mounted && !r.Copy {
+		layer := d.dir(id)
+		if r.Disk {
+			if err := mountDisk(layer); err != nil {
+				return fmt.Errorf("runc: %s: %w", id, err)
+			}
+			layer = filepath.Join(layer, dirDisk)
+		}
+		if err := mountOverlay(d.dir(id), layer, r.Spec.Lowers(), r.UIDBase); err != nil {
+			return fmt.Errorf("runc: %s: %w", id, err)
+		}
+	}
+	if r.UIDBase != 0 {
+		if err := d.bindRoot(id); err != nil {
+			return fmt.Errorf("runc: %s: %w", id, err)
+		}
 	}
 	return nil
 }

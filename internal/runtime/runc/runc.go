@@ -13,6 +13,7 @@
 package runc
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,6 +44,7 @@ const (
 	dirRootfs   = "rootfs"      // the bundle's root: overlay mount or a copy
 	dirUpper    = "upper"
 	dirWork     = "work"
+	dirLowers   = "lowers" // the image's layers mounted idmapped, while the overlay is made
 	defaultCgrp = "perch"
 )
 
@@ -57,6 +59,9 @@ type Config struct {
 	RuncPath string
 	// CgroupParent is the cgroup every machine is placed under; "" is "perch".
 	CgroupParent string
+	// DiskMB is the size of each machine's writable layer (its own disk);
+	// 0 is DefaultDiskMB.
+	DiskMB int
 	// Log receives the driver's messages; nil discards them.
 	Log *slog.Logger
 }
@@ -68,6 +73,7 @@ type Driver struct {
 	runc         string
 	shim         []string
 	cgroupParent string
+	diskMB       int
 	log          *slog.Logger
 
 	// escape is why machines are refused: runc has a known escape
@@ -76,6 +82,7 @@ type Driver struct {
 
 	noOverlay bool // tests force the copy fallback
 	copyOnce  sync.Once
+	idmapOnce sync.Once // userns.go
 
 	locks machinedir.Locks
 }
@@ -109,6 +116,7 @@ func New(cfg Config) (*Driver, error) {
 		runc:         runcPath,
 		shim:         slices.Clone(cfg.ShimCommand),
 		cgroupParent: cfg.CgroupParent,
+		diskMB:       cmp.Or(cfg.DiskMB, DefaultDiskMB),
 		log:          cfg.Log,
 	}
 	if d.cgroupParent == "" {
@@ -128,6 +136,7 @@ func New(cfg Config) (*Driver, error) {
 			return nil, fmt.Errorf("runc: state dir: %w", err)
 		}
 	}
+	d.reclaimIDRanges() // userns.go
 	return d, nil
 }
 

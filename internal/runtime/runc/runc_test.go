@@ -126,6 +126,23 @@ func leftovers(t *testing.T, id string) []string {
 	}
 	cgroups, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", defaultCgrp, id))
 	left = append(left, cgroups...)
+	// Loop devices of the machine's disk.
+	backing, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, b := range backing {
+		if f, err := os.ReadFile(b); err == nil && strings.HasPrefix(string(f), dir+"/") {
+			left = append(left, "loop device "+b)
+		}
+	}
+	// The user namespace's pins and root binds, and the id range.
+	pins, _ := filepath.Glob(filepath.Join(usernsDir, id+"-*"))
+	binds, _ := filepath.Glob(filepath.Join(rootsDir, id+"-*"))
+	left = append(append(left, pins...), binds...)
+	claims, _ := filepath.Glob(filepath.Join(idRangeDir, "[0-9]*"))
+	for _, c := range claims {
+		if owner, err := os.ReadFile(c); err == nil && string(owner) == dir {
+			left = append(left, "id range "+c)
+		}
+	}
 	return left
 }
 

@@ -71,12 +71,21 @@ func ShimMain(args []string) int {
 	cmd.Stdin = stdinR
 	cmd.Stdout, cmd.Stderr = logWriter{stdout}, logWriter{stderr}
 	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(stderr, "perch runc-shim: run %s: %v\n", *id, err)
+		return 1
+	}
+	oom := watchMachineOOM(*dir, cmd, stderr)
 	code, err := runExitCode(cmd)
 	stdinR.Close()
 	if err != nil {
 		fmt.Fprintf(stderr, "perch runc-shim: run %s: %v\n", *id, err)
 	}
-	if err := machinedir.WriteExit(filepath.Join(*dir, fileExit), code); err != nil {
+	oomKilled := code == 128+int(syscall.SIGKILL) && oom.wait().Killed()
+	if oomKilled {
+		fmt.Fprintf(stderr, "perch runc-shim: %s was killed: out of memory\n", *id)
+	}
+	if err := machinedir.WriteExitOOM(filepath.Join(*dir, fileExit), code, oomKilled); err != nil {
 		fmt.Fprintf(stderr, "perch runc-shim: record exit of %s: %v\n", *id, err)
 		return 1
 	}
@@ -88,11 +97,11 @@ type logWriter struct{ f *os.File }
 
 func (w logWriter) Write(p []byte) (int, error) { return w.f.Write(p) }
 
-// runExitCode runs cmd and returns its exit code; a process killed by a
-// signal gets 128+signal, as in a shell. runc itself already reports its
-// container's death by signal that way.
+// runExitCode waits for the started cmd and returns its exit code; a
+// process killed by a signal gets 128+signal, as in a shell. runc itself
+// already reports its container's death by signal that way.
 func runExitCode(cmd *exec.Cmd) (int, error) {
-	err := cmd.Run()
+	err := cmd.Wait()
 	if errors.Is(err, exec.ErrWaitDelay) {
 		err = nil // exited; a process it left behind still held its output
 		if ps := cmd.ProcessState; ps != nil && !ps.Success() {
@@ -114,4 +123,57 @@ func runExitCode(cmd *exec.Cmd) (int, error) {
 
 func openLog(path string) (*os.File, error) {
 	return os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+}
+
+// oomResult is the OOM watch of a run, once it has one.
+type oomResult struct {
+	ch chan *oomWatch
+}
+
+func (r oomResult) wait() *oomWatch {
+	w := <-r.ch
+	if w != nil {
+		select {
+		case <-w.done: // the cgroup is gone: the last notification is read
+		case <-time.After(time.Second):
+		}
+	}
+	return w
+}
+
+// watchMachineOOM watches the memory cgroup of the container cmd (runc)
+// runs, from the moment runc has written its pid file (the cgroup exists
+// then) until runc exits.
+func watchMachineOOM(dir string, cmd *exec.Cmd, log io.Writer) oomResult {
+	r := oomResult{ch: make(chan *oomWatch, 1)}
+	var spec struct {
+		Linux struct {
+			CgroupsPath string `json:"cgroupsPath"`
+		} `json:"linux"`
+	}
+	if err := machinedir.ReadJSON(filepath.Join(dir, fileConfig), &spec); err != nil || spec.Linux.CgroupsPath == "" {
+		r.ch <- nil
+		return r
+	}
+	cg, v2 := memoryCgroupDir(spec.Linux.CgroupsPath)
+	go func() {
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for range tick.C {
+			if !machinedir.Exists(filepath.Join(dir, filePid)) {
+				if cmd.Process.Signal(syscall.Signal(0)) != nil {
+					r.ch <- nil // runc is done without running it
+					return
+				}
+				continue
+			}
+			w, err := watchOOM(cg, v2)
+			if err != nil {
+				fmt.Fprintf(log, "perch runc-shim: cannot watch for OOM kills: %v\n", err)
+			}
+			r.ch <- w
+			return
+		}
+	}()
+	return r
 }

@@ -44,6 +44,11 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	if err := d.ensureRootfs(id, r); err != nil {
 		return err
 	}
+	if r.UIDBase != 0 {
+		if err := d.pinNamespaces(id, r.UIDBase, netnsPath(id, r.Spec.Net)); err != nil {
+			return fmt.Errorf("runc: start %s: %w", id, err)
+		}
+	}
 	if r.Spec.Net.Bridge != "" {
 		if _, err := hostnet.Attach(id, r.Spec.Net); err != nil {
 			return fmt.Errorf("runc: start %s: %w", id, err)

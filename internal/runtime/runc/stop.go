@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -106,15 +107,36 @@ func (d *Driver) destroy(ctx context.Context, id string) error {
 			return fmt.Errorf("runc: destroy %s: %w", id, err)
 		}
 	}
+	if err := d.unbindRoot(id); err != nil {
+		return fmt.Errorf("runc: destroy %s: %w", id, err)
+	}
 	if err := unmountRootfs(d.path(id, dirRootfs)); err != nil {
 		return fmt.Errorf("runc: destroy %s: %w", id, err)
+	}
+	if err := unmountDisk(d.dir(id)); err != nil { // disk.go
+		return fmt.Errorf("runc: destroy %s: %w", id, err)
+	}
+	// Idmapped layers left by a create that died half way.
+	lowers, _ := filepath.Glob(filepath.Join(d.path(id, dirLowers), "*"))
+	for _, l := range lowers {
+		if err := unmountRootfs(l); err != nil {
+			return fmt.Errorf("runc: destroy %s: %w", id, err)
+		}
 	}
 	if err := hostnet.Detach(id); err != nil {
 		return fmt.Errorf("runc: destroy %s: %w", id, err)
 	}
+	if err := d.unpinNamespaces(id, ""); err != nil {
+		return fmt.Errorf("runc: destroy %s: %w", id, err)
+	}
 	// Never remove through a mount: that would be the image's files.
-	if mounted, err := isMountPoint(d.path(id, dirRootfs)); err != nil || mounted {
-		return fmt.Errorf("runc: destroy %s: rootfs still mounted (%v); not removing it", id, err)
+	for _, p := range append(lowers, d.path(id, dirRootfs), d.path(id, dirDisk)) {
+		if mounted, err := isMountPoint(p); err != nil || mounted {
+			return fmt.Errorf("runc: destroy %s: %s still mounted (%v); not removing it", id, p, err)
+		}
+	}
+	if r, err := d.readRecord(id); err == nil {
+		releaseIDRange(r.UIDBase, d.dir(id))
 	}
 	if err := os.RemoveAll(d.dir(id)); err != nil {
 		return fmt.Errorf("runc: destroy %s: %w", id, err)

@@ -49,6 +49,9 @@ func (d *Driver) Suspend(ctx context.Context, id string) error {
 	if st.Status != runtime.StatusRunning {
 		return fmt.Errorf("runc: suspend %s: the machine is %s, not running", id, st.Status)
 	}
+	if r, err := d.readRecord(id); err == nil && r.UIDBase != 0 {
+		return fmt.Errorf("runc: suspend %s: %w: it runs in a user namespace, which CRIU cannot checkpoint with the host's network; a machine whose services autostop by \"suspend\" runs without one and can be suspended", id, runtime.ErrCannotSuspend)
+	}
 	if _, err := exec.LookPath("criu"); err != nil {
 		return fmt.Errorf("runc: suspend %s: %w: criu is not installed on this host (scripts/deps.sh builds it)", id, runtime.ErrCannotSuspend)
 	}

@@ -6,6 +6,12 @@
 //	              /fs?path=P with file P and PUT /fs?path=P writing it;
 //	              exit 0 on SIGTERM unless IGNORE_SIGTERM=1
 //	app exit N    print a line to stdout and stderr, exit with code N
+//	app sandbox   print one line per probe of the sandbox ("uid 0",
+//	              "keyctl EPERM", ...) and exit 0
+//	app forkbomb N  start processes until fork fails, print "forked N
+//	              failed ERR", keep them N seconds, exit 0
+//	app alloc MB  touch MB MiB of memory, print "allocated", sleep
+//	app fill PATH write PATH until a write fails, print "wrote N MiB: ERR"
 package main
 
 import (
@@ -49,6 +55,21 @@ func main() {
 		os.Exit(code)
 	case "serve":
 		serve()
+	case "sandbox":
+		sandbox()
+		os.Exit(0)
+	case "forkbomb":
+		secs, _ := strconv.Atoi(os.Args[2])
+		forkbomb(time.Duration(secs) * time.Second)
+		os.Exit(0)
+	case "alloc":
+		mb, _ := strconv.Atoi(os.Args[2])
+		alloc(mb)
+	case "fill":
+		fill(os.Args[2])
+		os.Exit(0)
+	case "sleep":
+		time.Sleep(time.Hour)
 	}
 	os.Exit(2)
 }

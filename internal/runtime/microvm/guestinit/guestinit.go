@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -82,8 +83,10 @@ func (g *guest) run() {
 		g.fail(ExitSetupFailed, "%v", err)
 	} else {
 		g.logf("kernel booted in %s, the guest ready in %s; starting %s", kernelBootTime(), uptime(), strings.Join(cfg.Args, " "))
+		ooms := oomKills()
 		code := g.app.run(cfg, newRoot)
-		g.report(code)
+		// Killed (137) while the guest's OOM killer acted: out of memory.
+		g.reportExit(code, code == 128+9 && oomKills() > ooms)
 	}
 	// Wait for the host to have recorded everything before the power goes.
 	select {
@@ -154,10 +157,42 @@ func (g *guest) fail(code int, format string, args ...any) {
 	}
 }
 
-func (g *guest) report(code int) {
-	if err := g.host.Send(FrameExit, []byte(fmt.Sprint(code))); err != nil {
+func (g *guest) report(code int) { g.reportExit(code, false) }
+
+func (g *guest) reportExit(code int, oomKilled bool) {
+	if err := g.host.Send(FrameExit, []byte(ExitPayload(code, oomKilled))); err != nil {
 		g.logf("report exit code %d: %v", code, err)
 	}
+}
+
+// ExitPayload is FrameExit's payload; ParseExit reads it.
+func ExitPayload(code int, oomKilled bool) string {
+	if oomKilled {
+		return fmt.Sprintf("%d oom", code)
+	}
+	return fmt.Sprint(code)
+}
+
+// ParseExit reads FrameExit's payload.
+func ParseExit(p []byte) (code int, oomKilled bool, err error) {
+	c, rest, _ := strings.Cut(string(p), " ")
+	code, err = strconv.Atoi(c)
+	return code, rest == "oom", err
+}
+
+// oomKills is how many processes the guest kernel's OOM killer has ended.
+func oomKills() int {
+	b, err := os.ReadFile("/proc/vmstat")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "oom_kill "); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
 }
 
 // logf writes to the console, which the host keeps as the machine's

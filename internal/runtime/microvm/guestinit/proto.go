@@ -17,7 +17,7 @@ const (
 	FrameStdout  = 'o' // the app's standard output, raw bytes
 	FrameStderr  = 'e' // the app's standard error, raw bytes
 	FrameStarted = 's' // the app runs; payload: its pid in the guest, decimal
-	FrameExit    = 'x' // the app is gone; payload: its exit code, decimal (128+n for signal n)
+	FrameExit    = 'x' // the app is gone; payload: its exit code, decimal (128+n for signal n), then " oom" if the guest's OOM killer ended it
 )
 
 // Frame types the host sends.

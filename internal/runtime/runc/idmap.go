@@ -1,0 +1,189 @@
+package runc
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// A machine in a user namespace (userns.go) sees the image's shared
+// layers through idmapped mounts, and its root filesystem where its root
+// can reach it.
+
+// errNoIDMap is returned (wrapped) when the image's layers are on a
+// filesystem that cannot be mounted idmapped.
+var errNoIDMap = errors.New("the image store's filesystem does not support idmapped mounts (ext4, xfs, btrfs and tmpfs do)")
+
+// withUserns opens a user namespace mapping ids 0..idRangeSize-1 to
+// base..., for idmapped mounts, and calls f with its descriptor. The
+// namespace is made by a child process stopped at its exec (ptrace), so
+// nothing runs in it.
+func withUserns(base uint32, f func(fd int) error) error {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "/proc/self/exe"
+	}
+	cmd := exec.Command(exe)
+	m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(base), Size: idRangeSize}}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: m, GidMappings: m,
+		GidMappingsEnableSetgroups: true,
+		Ptrace:                     true,
+		Pdeathsig:                  syscall.SIGKILL,
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("user namespace: %w", err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/user", cmd.Process.Pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("user namespace: %w", err)
+	}
+	defer unix.Close(fd)
+	return f(fd)
+}
+
+// idmapMount binds src read-only at dst with the ids of user namespace
+// userns: a file of uid u in src is uid base+u at dst.
+func idmapMount(src, dst string, userns int) error {
+	tree, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("open_tree %s: %w", src, err)
+	}
+	defer unix.Close(tree)
+	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NODEV, Userns_fd: uint64(userns)}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+		return fmt.Errorf("%w: idmap %s: %w", errNoIDMap, src, err)
+	}
+	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount %s: %w", dst, err)
+	}
+	return nil
+}
+
+// idmapLowers mounts each of lowers idmapped for base under dir/lowers
+// and returns their paths, and a function that detaches them: once the
+// overlay is mounted over them it holds them itself.
+func idmapLowers(dir string, lowers []string, base uint32) ([]string, func(), error) {
+	root := filepath.Join(dir, dirLowers)
+	var mounted []string
+	detach := func() {
+		for _, m := range mounted {
+			unix.Unmount(m, unix.MNT_DETACH)
+		}
+		os.RemoveAll(root) // only empty directories once detached
+	}
+	err := withUserns(base, func(userns int) error {
+		for i, l := range lowers {
+			dst := filepath.Join(root, strconv.Itoa(i))
+			if err := os.MkdirAll(dst, 0o700); err != nil {
+				return err
+			}
+			if err := idmapMount(l, dst, userns); err != nil {
+				return err
+			}
+			mounted = append(mounted, dst)
+		}
+		return nil
+	})
+	if err != nil {
+		detach()
+		return nil, nil, err
+	}
+	return mounted, detach, nil
+}
+
+// shiftOwners gives every file under root the ids of the machine's range
+// (uid u becomes base+u), for a root filesystem copied rather than
+// mounted.
+func shiftOwners(root string, base uint32) error {
+	return filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := e.Info()
+		if err != nil {
+			return err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || st.Uid >= idRangeSize || st.Gid >= idRangeSize {
+			return nil
+		}
+		mode := fi.Mode()
+		if err := os.Lchown(p, int(base+st.Uid), int(base+st.Gid)); err != nil {
+			return err
+		}
+		// chown clears setuid and setgid bits; put them back.
+		if mode&(fs.ModeSetuid|fs.ModeSetgid) != 0 && mode&fs.ModeSymlink == 0 {
+			return os.Chmod(p, mode)
+		}
+		return nil
+	})
+}
+
+// rootsDir holds a bind mount of the root filesystem of every machine
+// with a user namespace, the bundle's root: runc mounts it from inside
+// the namespace, as the machine's root, which must be able to reach it.
+// The state dir's own ancestors may be closed to other users (0700), so
+// the bind lives in a directory any user may pass (0711) but not list.
+const rootsDir = "/run/perch/roots"
+
+// bundleRoot is the root filesystem's path as runc is given it.
+func (d *Driver) bundleRoot(id string, base uint32) string {
+	if base == 0 {
+		return d.path(id, dirRootfs)
+	}
+	return d.rootBind(id)
+}
+
+// rootBind is where machine id's root filesystem is bound for runc.
+func (d *Driver) rootBind(id string) string {
+	sum := sha256.Sum256([]byte(d.dir(id)))
+	return filepath.Join(rootsDir, id+"-"+hex.EncodeToString(sum[:6]))
+}
+
+// bindRoot binds machine id's root filesystem at rootBind, if it is not
+// there already.
+func (d *Driver) bindRoot(id string) error {
+	dst := d.rootBind(id)
+	for _, p := range []string{filepath.Dir(rootsDir), rootsDir, dst} {
+		if err := os.MkdirAll(p, 0o711); err != nil {
+			return fmt.Errorf("bind root: %w", err)
+		}
+		if err := os.Chmod(p, 0o711); err != nil {
+			return fmt.Errorf("bind root: %w", err)
+		}
+	}
+	if mounted, err := isMountPoint(dst); err != nil || mounted {
+		return err
+	}
+	if err := unix.Mount(d.path(id, dirRootfs), dst, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind root at %s: %w", dst, err)
+	}
+	return nil
+}
+
+// unbindRoot undoes bindRoot.
+func (d *Driver) unbindRoot(id string) error {
+	dst := d.rootBind(id)
+	if err := unmountRootfs(dst); err != nil {
+		return err
+	}
+	if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("runc: %w", err)
+	}
+	return nil
+}
