@@ -29,7 +29,7 @@ func TestInternalDNSFromInsideAMachine(t *testing.T) {
 	mustPerch(t, w, dir, "deploy")
 	expectAnswer(t, iadEdge, "names", "iad")
 
-	// What the answers must be: each machine's 6PN, from its host's /64.
+	// What the answers must be: each machine's 6PN, from its org's prefix and its host.
 	hosts, err := w.Client().ListHosts(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -39,6 +39,10 @@ func TestInternalDNSFromInsideAMachine(t *testing.T) {
 		if p, err := netip.ParsePrefix(h.Subnet6); err == nil {
 			sub6[h.ID] = p
 		}
+	}
+	app, err := w.Client().GetApp(ctx, "names")
+	if err != nil {
+		t.Fatal(err)
 	}
 	machines, err := w.Client().ListMachines(ctx, "names", "")
 	if err != nil {
@@ -52,7 +56,7 @@ func TestInternalDNSFromInsideAMachine(t *testing.T) {
 		if !ok {
 			t.Fatalf("host %s of machine %s has no 6PN subnet", m.HostID, m.ID)
 		}
-		a := mesh.MachineAddr(p, netip.MustParseAddr(m.PrivateIP)).String()
+		a := mesh.MachineAddr(app.Org, p, netip.MustParseAddr(m.PrivateIP)).String()
 		want[m.Region] = a
 		all = append(all, a)
 		if m.Region == "ams" {
