@@ -67,6 +67,10 @@ type Config struct {
 
 	// MeshPort is the UDP port of the host's WireGuard (0 picks one).
 	MeshPort uint16
+	// MachineEgress lets machines reach the outside world (not private
+	// ranges) through NAT on this host; off, they reach only their
+	// organisation's machines and the host's DNS (docs/security.md).
+	MachineEgress bool
 	// MeshEndpoint is the UDP host:port other hosts send to (behind NAT,
 	// the public one); a host alone takes the bound port; Address and the
 	// bound port if empty.
@@ -117,7 +121,10 @@ type Agent struct {
 	dialer   *meshDialer
 	relays   relayActivity  // autostop.go
 	meter    *billing.Meter // metering.go
-	sub6     netip.Prefix   // the 6PN /64 of this host's machines
+	sub6     netip.Prefix   // the 6PN subnet of this host (its number: mesh.MachineAddr)
+
+	policyMu sync.Mutex                       // guards policy; held across an nft run
+	policy   map[string]hostnet.PolicyMachine // netpolicy.go: by machine key; nil until the bridge exists
 
 	mu      sync.Mutex
 	workers map[string]*worker // by machine key
@@ -242,6 +249,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := hostnet.EnsureBridge(a.bridge, a.gw); err != nil {
 		return fmt.Errorf("agent: host bridge: %w", err)
 	}
+	if err := checkNFT(); err != nil { // netpolicy.go
+		return err
+	}
+	a.policy = map[string]hostnet.PolicyMachine{}
 	if err := a.startDrivers(); err != nil {
 		return err
 	}
@@ -273,6 +284,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	sixpn, err := StartSixPN(ctx, a.mesh.Node(), SixPNName(a.host.ID), a.sub6, a.log.With("component", "6pn")) // sixpn.go
+	if err != nil {
+		return err
+	}
+	defer func() { cancel(); <-sixpn }()
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	wg.Add(4)

@@ -69,6 +69,13 @@ func Attach(id string, n runtime.Net) (netnsPath string, err error) {
 	if _, err := ip(nsArgs(ns, "route", "replace", "default", "via", n.Gateway.String(), "dev", peerName)...); err != nil {
 		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
 	}
+	if n.Addr6.IsValid() {
+		// Other organisations' and other hosts' 6PN goes to the host, whose
+		// rules (ApplyPolicy) decide.
+		if _, err := ip(nsArgs(ns, "-6", "route", "replace", Range6.String(), "via", gateway6.Addr().String(), "dev", peerName)...); err != nil {
+			return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
+		}
+	}
 	if err := disableMPTCP(ns); err != nil {
 		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
 	}
