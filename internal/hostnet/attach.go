@@ -51,7 +51,7 @@ func Attach(id string, n runtime.Net) (netnsPath string, err error) {
 		ip("neigh", "flush", "to", n.Addr.Addr().String(), "dev", n.Bridge)
 	}
 	steps := [][]string{
-		{"link", "set", veth, "master", n.Bridge, "up"},
+		{"link", "set", veth, "master", n.Bridge, "group", fmt.Sprint(PortGroup(n.Bridge)), "up"},
 		nsArgs(ns, "link", "set", "lo", "up"),
 		nsArgs(ns, "link", "set", peerName, "up"),
 	}

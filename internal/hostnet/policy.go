@@ -2,6 +2,8 @@ package hostnet
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -153,6 +155,15 @@ func nft(script string) error {
 	return nil
 }
 
+// PortGroup is the interface group of bridge's machine ports (veths and
+// taps): how its rules tell frames of its ports from other bridges' in a
+// kernel several hosts share, since kernels without nft_meta_bridge
+// cannot match on the bridge's name.
+func PortGroup(bridge string) uint32 {
+	h := sha256.Sum256([]byte(bridge))
+	return 0x50000000 | binary.BigEndian.Uint32(h[:4])&0x0fffffff
+}
+
 // ports are the names machine id's link on the bridge may have: its veth
 // (runc) or its tap (microVM).
 func ports(id string) string { return fmt.Sprintf("{ %q, %q }", VethName(id), TapName(id)) }
@@ -173,10 +184,20 @@ func orgGroups(p Policy) (orgs []netip.Prefix, by map[netip.Prefix][]PolicyMachi
 	return orgs, by
 }
 
+// v4Set is the machines' IPv4 addresses as an nftables set.
+func v4Set(ms []PolicyMachine) string {
+	v4 := make([]string, len(ms))
+	for i, m := range ms {
+		v4[i] = m.IPv4.String()
+	}
+	return "{ " + strings.Join(v4, ", ") + " }"
+}
+
 // policyRules is p as an nftables script that replaces the bridge's tables.
 func policyRules(p Policy) string {
 	t := PolicyTable(p.Bridge)
 	br := fmt.Sprintf("%q", p.Bridge)
+	group := PortGroup(p.Bridge)
 	orgs, by := orgGroups(p)
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
@@ -188,7 +209,7 @@ func policyRules(p Policy) string {
 	w("table bridge %s {", t)
 	w("  chain prerouting {")
 	w("    type filter hook prerouting priority -200; policy accept;")
-	w("    meta ibrname != %s accept", br)
+	w("    meta iifgroup != %d accept", group)
 	for _, m := range p.Machines {
 		// A machine sends only from its own addresses: the rules below
 		// may trust a source address.
@@ -205,16 +226,11 @@ func policyRules(p Policy) string {
 	w("  }")
 	w("  chain forward {")
 	w("    type filter hook forward priority -200; policy accept;")
-	w("    meta ibrname != %s accept", br)
+	w("    meta iifgroup != %d meta oifgroup != %d accept", group, group)
 	w("    ether type arp accept")
 	w("    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept")
 	for _, org := range orgs {
-		var v4 []string
-		for _, m := range by[org] {
-			v4 = append(v4, m.IPv4.String())
-		}
-		set := "{ " + strings.Join(v4, ", ") + " }"
-		w("    ip saddr %s ip daddr %s accept", set, set)
+		w("    ip saddr %s ip daddr %s accept", v4Set(by[org]), v4Set(by[org]))
 		w("    ip6 saddr %s ip6 daddr %s accept", org, org)
 	}
 	w("    drop")
@@ -240,7 +256,11 @@ func policyRules(p Policy) string {
 	w("  chain forward {")
 	w("    type filter hook forward priority filter; policy accept;")
 	w("    iifname != %s oifname != %s accept", br, br)
+	// Where br_netfilter hands bridged frames to this hook too, traffic
+	// between two machines of the bridge is here as well.
+	w("    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } iifname %s oifname %s accept", br, br)
 	for _, org := range orgs {
+		w("    ip saddr %s ip daddr %s accept", v4Set(by[org]), v4Set(by[org]))
 		w("    ip6 saddr %s ip6 daddr %s accept", org, org)
 	}
 	w("    oifname %s ct state established,related accept", br)
