@@ -68,3 +68,26 @@ func TestPolicyTablesComeAndGo(t *testing.T) {
 		}
 	}
 }
+
+// The egress rules are never applied in tests (machines must not reach
+// out of the box); nft checks them without applying (nft -c).
+func TestEgressRulesAreValid(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("nft is not installed (scripts/deps.sh installs nftables)")
+	}
+	p := hostnet.Policy{Bridge: "pb-check", Gateway: netip.MustParsePrefix("10.213.250.1/24"), DNSPort: 53, Egress: true,
+		Machines: []hostnet.PolicyMachine{{ID: "m1", IPv4: netip.MustParseAddr("10.213.250.2")}}}
+	script := hostnet.PolicyRules(p)
+	if !strings.Contains(script, "masquerade") {
+		t.Fatalf("egress rules have no masquerade:\n%s", script)
+	}
+	cmd := exec.Command("nft", "-c", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft refuses the egress rules: %v: %s\n%s", err, out, script)
+	}
+	p.Egress = false
+	if strings.Contains(hostnet.PolicyRules(p), "masquerade") {
+		t.Error("rules without egress masquerade")
+	}
+}
