@@ -239,6 +239,12 @@ func TestIsolationMatrix(t *testing.T) {
 			}
 			t.Cleanup(func() { ln.Close() })
 			go serve(ln, m.name)
+			bulk, err := net.Listen("tcp", fmt.Sprintf(":%d", bulkPort))
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { bulk.Close() })
+			go serve(bulk, strings.Repeat("x", bulkSize))
 			return nil
 		})
 		if err != nil {
@@ -312,7 +318,35 @@ func TestIsolationMatrix(t *testing.T) {
 		}
 	}
 	t.Logf("isolation matrix: %d/%d forbidden refused, %d/%d allowed succeeded", refused, forbidden, allowedOK, allowed)
+
+	// Full-size packets cross too: the machines' 6PN route MTU keeps
+	// their TCP segments within what the mesh carries.
+	from, to := machines[0], machines[3] // a1 on A, a3 on B
+	err := inNetns(hostnet.NetnsPath(from.id), func() error {
+		start := time.Now()
+		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(to.v6, bulkPort).String(), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(15 * time.Second))
+		n, err := io.Copy(io.Discard, c)
+		if err != nil || n != bulkSize+1 {
+			return fmt.Errorf("read %d bytes of %d: %v", n, bulkSize+1, err)
+		}
+		t.Logf("%s → %s over 6PN through the mesh: %d KiB in %v", from.name, to.name, n>>10, time.Since(start).Round(time.Millisecond))
+		return nil
+	})
+	if err != nil {
+		t.Errorf("bulk transfer %s → %s over 6PN: %v", from.name, to.name, err)
+	}
 }
+
+// bulkPort serves bulkSize bytes (and a newline) from every machine.
+const (
+	bulkPort = 8081
+	bulkSize = 4 << 20
+)
 
 // probe is one connection attempt of the matrix.
 type probe struct {
@@ -416,4 +450,11 @@ func runProbes(ps []probe) []error {
 	}
 	wg.Wait()
 	return out
+}
+
+// Machines' route for other hosts' 6PN must fit what the mesh carries.
+func TestRoute6MTUFitsTheMesh(t *testing.T) {
+	if hostnet.Route6MTU != mesh.SixPNMTU {
+		t.Fatalf("hostnet.Route6MTU %d, mesh.SixPNMTU %d: machines would send 6PN packets the mesh drops", hostnet.Route6MTU, mesh.SixPNMTU)
+	}
 }

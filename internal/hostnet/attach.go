@@ -72,7 +72,7 @@ func Attach(id string, n runtime.Net) (netnsPath string, err error) {
 	if n.Addr6.IsValid() {
 		// Other organisations' and other hosts' 6PN goes to the host, whose
 		// rules (ApplyPolicy) decide.
-		if _, err := ip(nsArgs(ns, "-6", "route", "replace", Range6.String(), "via", gateway6.Addr().String(), "dev", peerName)...); err != nil {
+		if _, err := ip(nsArgs(ns, "-6", "route", "replace", Range6.String(), "via", gateway6.Addr().String(), "dev", peerName, "mtu", fmt.Sprint(Route6MTU))...); err != nil {
 			return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
 		}
 	}

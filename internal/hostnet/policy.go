@@ -53,6 +53,11 @@ var Range6 = netip.MustParsePrefix("fdaa::/16")
 // gateway6 is the bridge's link-local address machines route Range6 to.
 var gateway6 = netip.MustParsePrefix("fe80::1/64")
 
+// Route6MTU is the MTU of machines' route for Range6: what the mesh
+// carries whole between hosts (mesh.SixPNMTU), so that their TCP picks
+// segments that fit.
+const Route6MTU = 1372
+
 // privateRanges are never reached through Egress: the host's and other
 // hosts' own networks, link-local (cloud metadata at 169.254.169.254) and
 // the shared CGNAT range.
