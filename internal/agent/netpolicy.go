@@ -32,8 +32,8 @@ func policyMachine(spec store.MachineSpec, org string, sub6 netip.Prefix) (hostn
 }
 
 // HostPolicy is the network policy of a host whose bridge is bridge, with
-// gateway gw and 6PN host subnet sub6, for its machines (the policy
-// entries of their specs, by machine key).
+// gateway gw, for its machines (the policy entries of their specs, by
+// machine key).
 func HostPolicy(bridge string, gw netip.Prefix, machines map[string]hostnet.PolicyMachine, egress bool) hostnet.Policy {
 	p := hostnet.Policy{Bridge: bridge, Gateway: gw, DNSPort: DNSPort, Egress: egress}
 	for _, m := range machines {
