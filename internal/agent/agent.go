@@ -284,7 +284,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sixpn, err := StartSixPN(ctx, a.mesh.Node(), SixPNName(a.host.ID), a.sub6, a.log.With("component", "6pn")) // sixpn.go
+	sixpn, err := StartSixPN(ctx, a.mesh.Node(), SixPNName(a.host.ID), a.bridge, a.sub6, a.log.With("component", "6pn")) // sixpn.go
 	if err != nil {
 		return err
 	}

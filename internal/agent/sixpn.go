@@ -21,17 +21,20 @@ func SixPNName(hostID string) string {
 	return "p6-" + hex.EncodeToString(h[:4])
 }
 
-// StartSixPN makes the TUN device name, routes other hosts' 6PN into it
-// and carries its packets over node's mesh, until ctx is done; the device
-// goes with the process (or when ctx ends). host is this host's subnet
+// StartSixPN makes the TUN device name, routes other hosts' 6PN from
+// bridge into it and carries its packets over node's mesh, until ctx is
+// done; the device goes with the process (or when ctx ends), its routing
+// rule with Cleanup (hostnet.RemoveSixPN). host is this host's subnet
 // (mesh.HostAddrs).
-func StartSixPN(ctx context.Context, node *mesh.Node, name string, host netip.Prefix, log *slog.Logger) (done <-chan error, err error) {
+func StartSixPN(ctx context.Context, node *mesh.Node, name, bridge string, host netip.Prefix, log *slog.Logger) (done <-chan error, err error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	dev, err := tun.CreateTUN(name, mesh.SixPNMTU)
 	if err != nil {
 		return nil, fmt.Errorf("agent: 6PN: create TUN device %s: %w", name, err)
 	}
-	n := host.Addr().As16()
-	if err := hostnet.SetupSixPN(name, mesh.SixPNMTU, 1024+(int(n[4])<<8|int(n[5]))); err != nil {
+	if err := hostnet.SetupSixPN(name, bridge, mesh.SixPNMTU); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("agent: 6PN: %w", err)
 	}

@@ -111,6 +111,12 @@ func assertNothingLeft(t *testing.T, info devcluster.Info) {
 			}
 		}
 	}
+	rules, _ := exec.Command("ip", "-6", "rule", "show").Output()
+	for _, r := range info.Regions {
+		if r.HostID != "" && strings.Contains(string(rules), "iif "+bridgeOf(r.HostID)+" ") {
+			t.Errorf("6PN routing rule of %s left behind: %s", r.Code, rules)
+		}
+	}
 	tables, err := hostnet.PolicyTables()
 	if err != nil {
 		t.Errorf("list nftables tables: %v", err)

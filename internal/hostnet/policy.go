@@ -359,26 +359,67 @@ func EnableForwarding6(dev string) error {
 	return fmt.Errorf("enable IPv6 forwarding: the kernel has no IPv6 forwarding switch (is IPv6 off?)")
 }
 
-// SetupSixPN readies dev, a TUN device the caller made, as the way to
-// other hosts' 6PN: up with MTU mtu, Range6 routed to it at metric (the
-// more specific on-link routes of this host's machines win; hosts sharing
-// a kernel each give theirs another metric), and IPv6 it hands in
-// forwarded to the bridges.
-func SetupSixPN(dev string, mtu, metric int) error {
+// SetupSixPN readies dev, a TUN device the caller made, as bridge's way
+// to other hosts' 6PN: up with MTU mtu, and IPv6 routed from the bridge
+// to Range6 through it, in a routing table of the bridge's own (a rule
+// for packets arriving on the bridge) so that hosts sharing a kernel (a
+// dev world) each use their own device. Packets it hands in are routed
+// to the bridges by the main table's on-link routes (ApplyPolicy).
+func SetupSixPN(dev, bridge string, mtu int) error {
 	if err := checkLink(dev); err != nil {
 		return err
 	}
-	steps := [][]string{
-		{"link", "set", "dev", dev, "mtu", fmt.Sprint(mtu), "up"},
-		{"-6", "route", "replace", Range6.String(), "dev", dev, "metric", fmt.Sprint(metric)},
+	if err := checkLink(bridge); err != nil {
+		return err
 	}
-	for _, args := range steps {
-		if _, err := ip(args...); err != nil {
-			return fmt.Errorf("hostnet: 6PN device %s: %w", dev, err)
-		}
+	table := fmt.Sprint(PortGroup(bridge))
+	if _, err := ip("link", "set", "dev", dev, "mtu", fmt.Sprint(mtu), "up"); err != nil {
+		return fmt.Errorf("hostnet: 6PN device %s: %w", dev, err)
+	}
+	if _, err := ip("-6", "route", "replace", Range6.String(), "dev", dev, "table", table); err != nil {
+		return fmt.Errorf("hostnet: 6PN device %s: %w", dev, err)
+	}
+	if err := deleteSixPNRules(bridge); err != nil {
+		return fmt.Errorf("hostnet: 6PN device %s: %w", dev, err)
+	}
+	if _, err := ip("-6", "rule", "add", "iif", bridge, "lookup", table, "priority", sixpnRulePriority); err != nil {
+		return fmt.Errorf("hostnet: 6PN device %s: %w", dev, err)
 	}
 	if err := EnableForwarding6(dev); err != nil {
 		return fmt.Errorf("hostnet: 6PN device %s: %w", dev, err)
 	}
 	return nil
+}
+
+// sixpnRulePriority puts the bridges' 6PN rules before the main table.
+const sixpnRulePriority = "1000"
+
+// RemoveSixPN removes what SetupSixPN made for bridge that outlives the
+// TUN device: its routing rule. Missing, it is no error.
+func RemoveSixPN(bridge string) error {
+	if err := checkLink(bridge); err != nil {
+		return err
+	}
+	if err := deleteSixPNRules(bridge); err != nil {
+		return fmt.Errorf("hostnet: remove 6PN rule of %s: %w", bridge, err)
+	}
+	return nil
+}
+
+// deleteSixPNRules deletes every rule SetupSixPN made for bridge.
+func deleteSixPNRules(bridge string) error {
+	table := fmt.Sprint(PortGroup(bridge))
+	for range 100 {
+		out, err := ip("-6", "rule", "show", "iif", bridge, "lookup", table)
+		if err != nil {
+			return err
+		}
+		if len(bytes.TrimSpace(out)) == 0 {
+			return nil
+		}
+		if _, err := ip("-6", "rule", "del", "iif", bridge, "lookup", table); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("rules for %s keep coming back", bridge)
 }
