@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -92,6 +93,13 @@ func TestInternalDNSFromInsideAMachine(t *testing.T) {
 	if got := resolve(amsID + ".vm.names.internal"); !slices.Equal(got, []string{want["ams"]}) {
 		t.Errorf("%s.vm.names.internal: got %v, want %v", amsID, got, want["ams"])
 	}
+	// The iad machine reaches the ams machine, on another host, at its
+	// 6PN address: through the hosts' TUN devices and the mesh.
+	eventually(t, 15*time.Second, "the iad machine reaches the ams machine over 6PN", func() (bool, string) {
+		url := "http://" + net.JoinHostPort(want["ams"], "8080") + "/"
+		code, body, _, err := get(iadEdge, "names", "/fetch?url="+url)
+		return err == nil && code == 200 && strings.Contains(body, "hello from ams"), fmt.Sprintf("%v %d %q", err, code, body)
+	})
 	// An app that does not exist is no such host, not a guess.
 	code, body, _, err := get(iadEdge, "names", "/dns/nope.internal")
 	if err != nil || code != 500 || !strings.Contains(body, "no such host") {
