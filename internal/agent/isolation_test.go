@@ -418,7 +418,9 @@ func matrix(hosts []*isoHost, machines []*isoMachine) []probe {
 				port := uint16(hostPorts[name])
 				addrs := []netip.Addr{h.uplink}
 				if h == m.host {
-					addrs = append(addrs, h.gw.Addr(), netip.MustParseAddr("169.254.169.254"))
+					// The gateway, a metadata-style address, and the
+					// bridge's link-local address that machines route 6PN via.
+					addrs = append(addrs, h.gw.Addr(), netip.MustParseAddr("169.254.169.254"), netip.MustParseAddr("fe80::1").WithZone("eth0"))
 				}
 				for _, addr := range addrs {
 					ps = append(ps, probe{from: from, fromN: m.name, to: netip.AddrPortFrom(addr, port),
