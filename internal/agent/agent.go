@@ -284,11 +284,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sixpn, err := StartSixPN(ctx, a.mesh.Node(), SixPNName(a.host.ID), a.bridge, a.sub6, a.log.With("component", "6pn")) // sixpn.go
-	if err != nil {
-		return err
+	if sixpn, err := StartSixPN(ctx, a.mesh.Node(), SixPNName(a.host.ID), a.bridge, a.sub6, a.log.With("component", "6pn")); err != nil { // sixpn.go
+		// Everything else works without it (the edge uses the relay).
+		a.log.Error("machines will not reach other hosts' machines over 6PN", "err", err)
+	} else {
+		defer func() { cancel(); <-sixpn }()
 	}
-	defer func() { cancel(); <-sixpn }()
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	wg.Add(4)
