@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Perch needs on a Debian machine, only what is missing:
-# runc, iproute2, nats-server, skopeo, tcpdump (the mesh test captures the
+# runc, iproute2, nftables, nats-server, skopeo, tcpdump (the mesh test captures the
 # wire), and for microVMs qemu and e2fsprogs
 # from Debian, with Debian's cloud kernel unpacked as the guest kernel;
 # crane and staticcheck from the Go module proxy. Sourced by demo.sh,
@@ -27,6 +27,8 @@ install_debs() {
   command -v qemu-img >/dev/null || missing+=(qemu-utils)
   command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
   command -v tcpdump >/dev/null || missing+=(tcpdump)
+  # Network isolation: each host's rules for its machines (hostnet/policy.go).
+  command -v nft >/dev/null || missing+=(nftables)
   # Real images for the tests are built from Debian packages, and spoken
   # to with real clients.
   command -v debootstrap >/dev/null || missing+=(debootstrap)

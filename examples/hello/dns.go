@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -44,5 +45,22 @@ func handleDNS(mux *http.ServeMux) {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(a)
+	})
+}
+
+// handleFetch serves GET /fetch?url=U: U fetched from inside the machine
+// (another machine over 6PN, for tests of private networking), its body
+// as the answer; 502 with the error when it cannot be fetched.
+func handleFetch(mux *http.ServeMux) {
+	client := &http.Client{Timeout: 5 * time.Second}
+	mux.HandleFunc("GET /fetch", func(w http.ResponseWriter, r *http.Request) {
+		resp, err := client.Get(r.URL.Query().Get("url"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
 	})
 }

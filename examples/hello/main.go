@@ -1,7 +1,8 @@
 // Command hello is Perch's sample app: an HTTP server that says which
 // region and machine answered. It listens on $PORT (8080 by default), on
 // IPv4 and IPv6. GET /dns/{name} resolves a name from inside the machine
-// (internal DNS included), as JSON. POST /count adds one to a counter kept
+// (internal DNS included), as JSON; GET /fetch?url=U fetches U from inside
+// it (another machine over 6PN). POST /count adds one to a counter kept
 // only in memory and answers with it; GET /count reads it (a suspended
 // and resumed machine keeps it, a restarted one starts from 0). On SIGTERM or SIGINT it finishes the
 // requests in flight and exits, as a well-behaved server does.
@@ -107,6 +108,7 @@ func main() {
 	})
 	handleHealth(http.DefaultServeMux)
 	handleDNS(http.DefaultServeMux)
+	handleFetch(http.DefaultServeMux)
 	serveUDP(region, machine)
 	http.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
 		log.Printf("exiting on request")

@@ -67,6 +67,10 @@ type Config struct {
 
 	// MeshPort is the UDP port of the host's WireGuard (0 picks one).
 	MeshPort uint16
+	// MachineEgress lets machines reach the outside world (not private
+	// ranges) through NAT on this host; off, they reach only their
+	// organisation's machines and the host's DNS (docs/security.md).
+	MachineEgress bool
 	// MeshEndpoint is the UDP host:port other hosts send to (behind NAT,
 	// the public one); a host alone takes the bound port; Address and the
 	// bound port if empty.
@@ -118,8 +122,11 @@ type Agent struct {
 	relays   relayActivity  // autostop.go
 	meter    *billing.Meter // metering.go
 	clock    billing.Clock  // billing's (metering.go), also the edge's
-	sub6     netip.Prefix   // the 6PN /64 of this host's machines
+	sub6     netip.Prefix   // the 6PN subnet of this host (its number: mesh.MachineAddr)
 	statics  *staticCopies  // statics.go
+
+	policyMu sync.Mutex                       // guards policy; held across an nft run
+	policy   map[string]hostnet.PolicyMachine // netpolicy.go: by machine key; nil until the bridge exists
 
 	mu      sync.Mutex
 	workers map[string]*worker // by machine key
@@ -244,6 +251,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := hostnet.EnsureBridge(a.bridge, a.gw); err != nil {
 		return fmt.Errorf("agent: host bridge: %w", err)
 	}
+	if err := checkNFT(); err != nil { // netpolicy.go
+		return err
+	}
+	a.policy = map[string]hostnet.PolicyMachine{}
 	if err := a.startDrivers(); err != nil {
 		return err
 	}
@@ -278,6 +289,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if sixpn, err := StartSixPN(ctx, a.mesh.Node(), SixPNName(a.host.ID), a.bridge, a.sub6, a.log.With("component", "6pn")); err != nil { // sixpn.go
+		// Everything else works without it (the edge uses the relay).
+		a.log.Error("machines will not reach other hosts' machines over 6PN", "err", err)
+	} else {
+		defer func() { cancel(); <-sixpn }()
+	}
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	wg.Add(4)

@@ -45,6 +45,12 @@ func Cleanup(ctx context.Context, stateDir string, shim []string, log *slog.Logg
 		if err := hostnet.DeleteBridge(BridgeName(hf.ID)); err != nil {
 			errs = append(errs, fmt.Errorf("delete bridge: %w", err))
 		}
+		if err := hostnet.RemovePolicy(BridgeName(hf.ID)); err != nil {
+			errs = append(errs, fmt.Errorf("remove network policy: %w", err))
+		}
+		if err := hostnet.RemoveSixPN(BridgeName(hf.ID)); err != nil {
+			errs = append(errs, fmt.Errorf("remove 6PN routing rule: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -125,7 +125,7 @@ func (d *meshDialer) DialContext(ctx context.Context, network, addr string, t ed
 	}
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	target := netip.AddrPortFrom(mesh.MachineAddr(sub, ap.Addr()), ap.Port())
+	target := netip.AddrPortFrom(mesh.MachineAddr(t.Org, sub, ap.Addr()), ap.Port())
 	var c net.Conn
 	if network == "udp" {
 		c, err = d.m.Node().DialRelayUDP(dctx, hostAddr, target) // datagrams as frames

@@ -37,7 +37,7 @@ func (a *Agent) runtimeSpec(spec store.MachineSpec, rootfs string, img v1.Config
 	if err != nil {
 		return perchrt.Spec{}, fmt.Errorf("machine %s has no valid private ip %q", spec.ID, spec.PrivateIP)
 	}
-	addr6 := mesh.MachineAddr(a.sub6, ip)
+	addr6 := mesh.MachineAddr(a.orgOf(spec), a.sub6, ip)
 	env := map[string]string{}
 	var order []string
 	set := func(kv string) {
@@ -146,4 +146,14 @@ func autostopsBySuspend(c api.MachineConfig) bool {
 		}
 	}
 	return false
+}
+
+// orgOf is spec's organisation: the spec's own, or for a spec written
+// before specs carried it, its app's as the edge's table knows it (its
+// 6PN address must be the one the edges and internal DNS compute).
+func (a *Agent) orgOf(spec store.MachineSpec) string {
+	if spec.Org != "" || a.edge == nil {
+		return spec.Org
+	}
+	return a.edge.AppOrg(spec.App)
 }

@@ -46,7 +46,7 @@ func TestMachineEnvHasFlyNames(t *testing.T) {
 			},
 			want: map[string]string{
 				"FLY_APP_NAME": "shop", "FLY_MACHINE_ID": "3d8d9e1a2b", "FLY_ALLOC_ID": "3d8d9e1a2b",
-				"FLY_REGION": "ams", "FLY_PRIVATE_IP": "fdaa:0:7:a7b::a14:7", "FLY_IMAGE_REF": "registry.example/shop:v3",
+				"FLY_REGION": "ams", "FLY_PRIVATE_IP": "fdaa:1bdd:823b:7::a14:7", "FLY_IMAGE_REF": "registry.example/shop:v3",
 				"FLY_PROCESS_GROUP": "web", "PRIMARY_REGION": "iad", "PORT": "3000",
 				"PERCH_APP_NAME": "shop", "PERCH_MACHINE_ID": "3d8d9e1a2b", "PERCH_REGION": "ams", "PERCH_PRIVATE_IP": "10.20.0.7",
 				"LANG": "C.UTF-8",
@@ -57,7 +57,7 @@ func TestMachineEnvHasFlyNames(t *testing.T) {
 			cfg:  api.MachineConfig{Image: "registry.example/shop:v3", Guest: api.Guest{Runtime: "runc"}},
 			want: map[string]string{
 				"FLY_APP_NAME": "shop", "FLY_MACHINE_ID": "3d8d9e1a2b", "FLY_ALLOC_ID": "3d8d9e1a2b",
-				"FLY_REGION": "ams", "FLY_PRIVATE_IP": "fdaa:0:7:a7b::a14:7", "FLY_IMAGE_REF": "registry.example/shop:v3",
+				"FLY_REGION": "ams", "FLY_PRIVATE_IP": "fdaa:1bdd:823b:7::a14:7", "FLY_IMAGE_REF": "registry.example/shop:v3",
 				"FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "ams", "PORT": "8080",
 				"PERCH_APP_NAME": "shop", "PERCH_MACHINE_ID": "3d8d9e1a2b", "PERCH_REGION": "ams", "PERCH_PRIVATE_IP": "10.20.0.7",
 				"LANG": "C.UTF-8",
@@ -65,7 +65,7 @@ func TestMachineEnvHasFlyNames(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			spec := store.MachineSpec{ID: "3d8d9e1a2b", App: "shop", Region: "ams", PrivateIP: "10.20.0.7", Config: tc.cfg}
+			spec := store.MachineSpec{ID: "3d8d9e1a2b", App: "shop", Org: "acme", Region: "ams", PrivateIP: "10.20.0.7", Config: tc.cfg}
 			rs, err := a.runtimeSpec(spec, "/rootfs", img)
 			if err != nil {
 				t.Fatal(err)

@@ -28,8 +28,17 @@ func (a *Agent) watchMachines(ctx context.Context) error {
 			for _, wk := range gone {
 				wk.remove()
 			}
+			// Every machine in the rules first, then to its worker.
+			specs := map[string]store.MachineSpec{}
 			for key, v := range c.All {
-				a.machineSpec(ctx, key, v)
+				if spec, ok := a.decodeSpec(key, v); ok {
+					specs[key] = spec
+					a.policySet(key, spec, false) // netpolicy.go
+				}
+			}
+			a.applyPolicy()
+			for key, spec := range specs {
+				a.handSpec(ctx, key, spec)
 			}
 			a.sweepOrphans(ctx)
 		case c.Deleted:
@@ -40,23 +49,28 @@ func (a *Agent) watchMachines(ctx context.Context) error {
 				wk.remove()
 			}
 		default:
-			a.machineSpec(ctx, c.Key, c.Value)
+			if spec, ok := a.decodeSpec(c.Key, c.Value); ok {
+				a.policySet(c.Key, spec, true)
+				a.handSpec(ctx, c.Key, spec)
+			}
 		}
 	})
 	return nil
 }
 
-// machineSpec hands a machine's spec to its worker, made if need be, when
-// the machine is placed on this host.
-func (a *Agent) machineSpec(ctx context.Context, key string, v []byte) {
+// decodeSpec decodes a machine's spec, if the machine is placed on this
+// host.
+func (a *Agent) decodeSpec(key string, v []byte) (store.MachineSpec, bool) {
 	var spec store.MachineSpec
 	if err := json.Unmarshal(v, &spec); err != nil {
 		a.log.Warn("undecodable machine spec", "key", key, "err", err)
-		return
+		return spec, false
 	}
-	if spec.HostID != a.host.ID {
-		return
-	}
+	return spec, spec.HostID == a.host.ID
+}
+
+// handSpec hands a machine's spec to its worker, made if need be.
+func (a *Agent) handSpec(ctx context.Context, key string, spec store.MachineSpec) {
 	a.mu.Lock()
 	wk := a.workers[key]
 	if wk == nil {
@@ -98,6 +112,7 @@ func (a *Agent) forget(key string) {
 	a.mu.Lock()
 	delete(a.workers, key)
 	a.mu.Unlock()
+	a.policyForget(key) // netpolicy.go
 	if a.meter != nil {
 		a.meter.Forget(key) // metering.go
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -29,7 +30,7 @@ func TestInternalDNSFromInsideAMachine(t *testing.T) {
 	mustPerch(t, w, dir, "deploy")
 	expectAnswer(t, iadEdge, "names", "iad")
 
-	// What the answers must be: each machine's 6PN, from its host's /64.
+	// What the answers must be: each machine's 6PN, from its org's prefix and its host.
 	hosts, err := w.Client().ListHosts(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -39,6 +40,10 @@ func TestInternalDNSFromInsideAMachine(t *testing.T) {
 		if p, err := netip.ParsePrefix(h.Subnet6); err == nil {
 			sub6[h.ID] = p
 		}
+	}
+	app, err := w.Client().GetApp(ctx, "names")
+	if err != nil {
+		t.Fatal(err)
 	}
 	machines, err := w.Client().ListMachines(ctx, "names", "")
 	if err != nil {
@@ -52,7 +57,7 @@ func TestInternalDNSFromInsideAMachine(t *testing.T) {
 		if !ok {
 			t.Fatalf("host %s of machine %s has no 6PN subnet", m.HostID, m.ID)
 		}
-		a := mesh.MachineAddr(p, netip.MustParseAddr(m.PrivateIP)).String()
+		a := mesh.MachineAddr(app.Org, p, netip.MustParseAddr(m.PrivateIP)).String()
 		want[m.Region] = a
 		all = append(all, a)
 		if m.Region == "ams" {
@@ -88,6 +93,13 @@ func TestInternalDNSFromInsideAMachine(t *testing.T) {
 	if got := resolve(amsID + ".vm.names.internal"); !slices.Equal(got, []string{want["ams"]}) {
 		t.Errorf("%s.vm.names.internal: got %v, want %v", amsID, got, want["ams"])
 	}
+	// The iad machine reaches the ams machine, on another host, at its
+	// 6PN address: through the hosts' TUN devices and the mesh.
+	eventually(t, 15*time.Second, "the iad machine reaches the ams machine over 6PN", func() (bool, string) {
+		url := "http://" + net.JoinHostPort(want["ams"], "8080") + "/"
+		code, body, _, err := get(iadEdge, "names", "/fetch?url="+url)
+		return err == nil && code == 200 && strings.Contains(body, "hello from ams"), fmt.Sprintf("%v %d %q", err, code, body)
+	})
 	// An app that does not exist is no such host, not a guess.
 	code, body, _, err := get(iadEdge, "names", "/dns/nope.internal")
 	if err != nil || code != 500 || !strings.Contains(body, "no such host") {

@@ -25,6 +25,7 @@ import (
 	"github.com/perchhq/perch/internal/agent"
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/devcluster"
+	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/testimage"
 )
 
@@ -89,8 +90,8 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// assertNothingLeft checks that no network namespace, veth, bridge or mount
-// of the world's machines remains.
+// assertNothingLeft checks that no network namespace, veth, bridge, 6PN
+// TUN device, nftables table or mount of the world's machines remains.
 func assertNothingLeft(t *testing.T, info devcluster.Info) {
 	t.Helper()
 	mounts, _ := os.ReadFile("/proc/self/mountinfo")
@@ -122,6 +123,26 @@ func assertNothingLeft(t *testing.T, info devcluster.Info) {
 		for _, r := range info.Regions {
 			if r.HostID != "" && strings.Contains(line, bridgeOf(r.HostID)+":") {
 				t.Errorf("bridge of %s left behind: %s", r.Code, line)
+			}
+			if r.HostID != "" && strings.Contains(line, agent.SixPNName(r.HostID)+":") {
+				t.Errorf("6PN TUN device of %s left behind: %s", r.Code, line)
+			}
+		}
+	}
+	rules, _ := exec.Command("ip", "-6", "rule", "show").Output()
+	for _, r := range info.Regions {
+		if r.HostID != "" && strings.Contains(string(rules), "iif "+bridgeOf(r.HostID)+" ") {
+			t.Errorf("6PN routing rule of %s left behind: %s", r.Code, rules)
+		}
+	}
+	tables, err := hostnet.PolicyTables()
+	if err != nil {
+		t.Errorf("list nftables tables: %v", err)
+	}
+	for _, r := range info.Regions {
+		for _, tb := range tables {
+			if r.HostID != "" && strings.HasSuffix(tb, " "+hostnet.PolicyTable(bridgeOf(r.HostID))) {
+				t.Errorf("nftables table of %s left behind: %s", r.Code, tb)
 			}
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"github.com/perchhq/perch/internal/devcluster"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/hostnet"
+	"github.com/perchhq/perch/internal/mesh"
 )
 
 // The hosts of the multi-host test and their regions. Seen from iad (h1),
@@ -68,6 +70,7 @@ func TestMultiHost(t *testing.T) {
 	}
 	c := startMultiHost(t)
 	t.Run("encryption on the wire", func(t *testing.T) { testWireEncryption(t, c) })
+	t.Run("6PN between hosts", func(t *testing.T) { test6PN(t, c) })
 	t.Run("failover", func(t *testing.T) { testFailover(t, c) })
 }
 
@@ -245,6 +248,41 @@ func (c *multiHost) waitRegion(t *testing.T, region string, timeout time.Duratio
 	eventually(t, timeout, "h1's edge (iad) answers from "+region, func() (bool, string) {
 		a := c.ask("GET", "/", nil, nil)
 		return a.err == nil && a.status == 200 && a.region == region, fmt.Sprintf("%d %q %v", a.status, a.body, a.err)
+	})
+}
+
+// test6PN has the machine on h2 (ord) fetch a page from the machine on h3
+// (ams) at its 6PN address: hosts with kernels of their own, so through
+// both hosts' TUN devices and the mesh.
+func test6PN(t *testing.T, c *multiHost) {
+	c.waitRegion(t, "ord", 30*time.Second)
+	client := api.NewClient(c.apiURL, c.token)
+	ctx := context.Background()
+	app, err := client.GetApp(ctx, c.app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts, err := client.ListHosts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := client.ListMachines(ctx, c.app, "ams")
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("machines in ams: %v %v", ms, err)
+	}
+	var addr netip.Addr
+	for _, h := range hosts {
+		if sub, err := netip.ParsePrefix(h.Subnet6); err == nil && h.ID == ms[0].HostID {
+			addr = mesh.MachineAddr(app.Org, sub, netip.MustParseAddr(ms[0].PrivateIP))
+		}
+	}
+	if !addr.IsValid() {
+		t.Fatalf("host %s of the ams machine has no 6PN subnet", ms[0].HostID)
+	}
+	target := "http://" + net.JoinHostPort(addr.String(), "8080") + "/"
+	eventually(t, 15*time.Second, "the ord machine fetches "+target, func() (bool, string) {
+		a := c.ask("GET", "/fetch?url="+url.QueryEscape(target), nil, nil)
+		return a.err == nil && a.status == 200 && strings.Contains(a.body, "hello from ams"), fmt.Sprintf("%d %q %v", a.status, a.body, a.err)
 	})
 }
 

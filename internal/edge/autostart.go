@@ -63,7 +63,7 @@ func (t *table) addSleeper(pr *portRoute, key string, m *store.MachineSpec) {
 			}
 		}
 		pr.sleepers = append(pr.sleepers, sleeper{
-			Target:    Target{App: m.App, MachineID: m.ID, HostID: m.HostID, Region: m.Region, Local: local},
+			Target:    Target{App: m.App, Org: t.orgOf(m), MachineID: m.ID, HostID: m.HostID, Region: m.Region, Local: local},
 			suspended: st.State == api.StateSuspended,
 		})
 	case m.Desired == store.DesireStarted:

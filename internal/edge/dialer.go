@@ -10,7 +10,10 @@ import (
 // Dialer can pick the path: straight to a machine on this host, through the
 // mesh to another host.
 type Target struct {
-	App       string
+	App string
+	// Org is the app's organisation, whose 6PN prefix the machine's
+	// private IPv6 address is in (mesh.MachineAddr).
+	Org       string
 	MachineID string
 	HostID    string
 	Region    string

@@ -195,3 +195,11 @@ func (e *Edge) Refresh() {
 func (e *Edge) committed() {
 	e.readyOnce.Do(func() { close(e.ready) })
 }
+
+// AppOrg is app's organisation as the route table knows it ("" if it does
+// not know the app).
+func (e *Edge) AppOrg(app string) string {
+	e.table.mu.Lock()
+	defer e.table.mu.Unlock()
+	return e.table.apps[app].Org
+}

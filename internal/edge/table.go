@@ -211,7 +211,7 @@ func (t *table) addBackend(pr *portRoute, key string, m *store.MachineSpec, svc 
 			load: t.book.machine(m.App, m.ID, m.Region, svc.InternalPort), soft: soft, hard: hard,
 			Addr: net.JoinHostPort(m.PrivateIP, strconv.Itoa(svc.InternalPort)),
 			Target: Target{
-				App: m.App, MachineID: m.ID, HostID: m.HostID, Region: m.Region,
+				App: m.App, Org: t.orgOf(m), MachineID: m.ID, HostID: m.HostID, Region: m.Region,
 				Local: t.hostID != "" && m.HostID == t.hostID,
 			},
 		})
@@ -271,12 +271,21 @@ func (t *table) inRotation(key string, m *store.MachineSpec) bool {
 
 // record describes m for internal DNS; t.mu is held.
 func (t *table) record(m *store.MachineSpec, up bool) MachineRecord {
-	r := MachineRecord{App: m.App, Org: t.apps[m.App].Org, ID: m.ID, Region: m.Region, HostID: m.HostID, Started: up}
+	r := MachineRecord{App: m.App, Org: t.orgOf(m), ID: m.ID, Region: m.Region, HostID: m.HostID, Started: up}
 	r.IPv4, _ = netip.ParseAddr(m.PrivateIP)
 	if sub, err := netip.ParsePrefix(t.hosts[m.HostID].Subnet6); err == nil && r.IPv4.Is4() {
-		r.Addr6 = mesh.MachineAddr(sub, r.IPv4)
+		r.Addr6 = mesh.MachineAddr(r.Org, sub, r.IPv4)
 	}
 	return r
+}
+
+// orgOf is m's organisation: its spec's, or for a spec written before
+// specs carried it, its app's. t.mu is held.
+func (t *table) orgOf(m *store.MachineSpec) string {
+	if m.Org != "" {
+		return m.Org
+	}
+	return t.apps[m.App].Org
 }
 
 // rankRegions gives every region with a machine its rank from this edge:

@@ -51,7 +51,7 @@ func Attach(id string, n runtime.Net) (netnsPath string, err error) {
 		ip("neigh", "flush", "to", n.Addr.Addr().String(), "dev", n.Bridge)
 	}
 	steps := [][]string{
-		{"link", "set", veth, "master", n.Bridge, "up"},
+		{"link", "set", veth, "master", n.Bridge, "group", fmt.Sprint(PortGroup(n.Bridge)), "up"},
 		nsArgs(ns, "link", "set", "lo", "up"),
 		nsArgs(ns, "link", "set", peerName, "up"),
 	}
@@ -68,6 +68,13 @@ func Attach(id string, n runtime.Net) (netnsPath string, err error) {
 	}
 	if _, err := ip(nsArgs(ns, "route", "replace", "default", "via", n.Gateway.String(), "dev", peerName)...); err != nil {
 		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
+	}
+	if n.Addr6.IsValid() {
+		// Other organisations' and other hosts' 6PN goes to the host, whose
+		// rules (ApplyPolicy) decide.
+		if _, err := ip(nsArgs(ns, "-6", "route", "replace", Range6.String(), "via", gateway6.Addr().String(), "dev", peerName, "mtu", fmt.Sprint(Route6MTU))...); err != nil {
+			return "", fmt.Errorf("hostnet: attach %s: %w", id, err)
+		}
 	}
 	if err := disableMPTCP(ns); err != nil {
 		return "", fmt.Errorf("hostnet: attach %s: %w", id, err)

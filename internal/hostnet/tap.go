@@ -54,7 +54,7 @@ func AttachTap(id string, n runtime.Net) (tap string, err error) {
 			ip("neigh", "flush", "to", n.Addr.Addr().String(), "dev", n.Bridge)
 		}
 	}
-	if _, err := ip("link", "set", tap, "master", n.Bridge, "up"); err != nil {
+	if _, err := ip("link", "set", tap, "master", n.Bridge, "group", fmt.Sprint(PortGroup(n.Bridge)), "up"); err != nil {
 		return "", fmt.Errorf("hostnet: attach tap %s: %w", id, err)
 	}
 	return tap, nil

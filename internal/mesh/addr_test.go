@@ -17,9 +17,19 @@ func TestHostAndMachineAddrs(t *testing.T) {
 		t.Fatalf("%s must be in %s and %s", addr, Prefix, sub)
 	}
 	v4 := netip.MustParseAddr("172.30.5.7")
-	m := MachineAddr(sub, v4)
-	if m.String() != "fdaa:0:1234::ac1e:507" {
-		t.Fatalf("machine addr %s", m)
+	m := MachineAddr("acme", sub, v4)
+	org := OrgPrefix("acme")
+	if !org.Contains(m) || HostPrefix.Contains(m) || !MachinePrefix("acme", sub).Contains(m) {
+		t.Fatalf("machine addr %s must be in its org's %s and out of the hosts' %s", m, org, HostPrefix)
+	}
+	if a := m.As16(); a[6] != 0x12 || a[7] != 0x34 || netip.AddrFrom4([4]byte(a[12:])) != v4 {
+		t.Fatalf("machine addr %s must carry host 0x1234 and %s", m, v4)
+	}
+	if other := MachineAddr("globex", sub, v4); other == m || org.Contains(other) {
+		t.Fatalf("two organisations' machines share a prefix: %s and %s", m, other)
+	}
+	if MachineAddr("acme", sub, v4) != m {
+		t.Fatal("MachineAddr is not deterministic")
 	}
 	back, ok := MachineV4(sub, m)
 	if !ok || back != v4 {

@@ -195,7 +195,7 @@ func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachin
 	spec := store.MachineSpec{
 		ID: newMachineID(), App: a.Name, Region: req.Region, Config: req.Config,
 		Desired: store.DesireStarted, Generation: 1, ConfigGeneration: 1,
-		CreatedAt: now, UpdatedAt: now,
+		CreatedAt: now, UpdatedAt: now, Org: a.Org,
 	}
 	if req.SkipLaunch {
 		spec.Desired = store.DesireStopped

@@ -66,6 +66,11 @@ type MachineSpec struct {
 	SecretsVersion int64     `json:"secrets_version,omitempty"`
 	CreatedAt      time.Time `json:"created_at"`
 	UpdatedAt      time.Time `json:"updated_at"`
+
+	// Org is the app's organisation when the spec was written: the
+	// machine's 6PN prefix (mesh.OrgPrefix) and its host's network policy
+	// follow it.
+	Org string `json:"org,omitempty"`
 }
 
 // MachineLease is a lease on a machine (POST .../lease).

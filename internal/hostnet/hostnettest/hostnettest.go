@@ -87,12 +87,12 @@ func (b *Bridge) Net(t testing.TB) runtime.Net {
 	return runtime.Net{Bridge: b.Name, Addr: netip.PrefixFrom(addr, b.Gateway.Bits()), Gateway: b.Gateway.Addr()}
 }
 
-// Net6 is Net with a 6PN address too: the machine's IPv4 address in the
-// low bits of Subnet6, as mesh.MachineAddr makes it.
+// Net6 is Net with a 6PN address too, as mesh.MachineAddr makes it for a
+// machine of organisation "test" on the host whose subnet is Subnet6.
 func (b *Bridge) Net6(t testing.TB) runtime.Net {
 	t.Helper()
 	n := b.Net(t)
-	n.Addr6 = netip.PrefixFrom(mesh.MachineAddr(b.Subnet6, n.Addr.Addr()), 64)
+	n.Addr6 = netip.PrefixFrom(mesh.MachineAddr("test", b.Subnet6, n.Addr.Addr()), 64)
 	return n
 }
 

@@ -58,7 +58,40 @@ func configureNetwork(ip ipConfig, addr6 netip.Prefix, timeout time.Duration) er
 			return fmt.Errorf("network: default route via %s: %w", ip.Gateway, err)
 		}
 	}
+	if addr6.IsValid() {
+		if err := nl.route6(dev.Index); err != nil {
+			return fmt.Errorf("network: route for %s via %s: %w", range6, gateway6, err)
+		}
+	}
 	return nil
+}
+
+// range6 is routed via the host bridge's gateway6 with MTU route6MTU, as
+// hostnet.Attach routes it for a runc machine: other organisations' and
+// hosts' 6PN, which the host's rules and mesh decide about.
+var (
+	range6    = netip.MustParsePrefix("fdaa::/16")
+	gateway6  = netip.MustParseAddr("fe80::1")
+	route6MTU = uint32(1372)
+)
+
+func (n *netlink) route6(index int) error {
+	b := make([]byte, unix.SizeofRtMsg)
+	b[0] = unix.AF_INET6
+	b[1] = byte(range6.Bits())
+	b[4] = unix.RT_TABLE_MAIN
+	b[5] = unix.RTPROT_BOOT
+	b[6] = unix.RT_SCOPE_UNIVERSE
+	b[7] = unix.RTN_UNICAST
+	b = attr(b, unix.RTA_DST, range6.Addr().AsSlice())
+	b = attr(b, unix.RTA_GATEWAY, gateway6.AsSlice())
+	oif := make([]byte, 4)
+	binary.NativeEndian.PutUint32(oif, uint32(index))
+	b = attr(b, unix.RTA_OIF, oif)
+	mtu := make([]byte, 4)
+	binary.NativeEndian.PutUint32(mtu, route6MTU)
+	b = attr(b, unix.RTA_METRICS, attr(nil, unix.RTAX_MTU, mtu))
+	return n.request(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, b)
 }
 
 type netlink struct {
