@@ -282,6 +282,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.runMeter(ctx) })
 	wg.Go(func() { a.runAutostop(ctx, e) })
 	wg.Go(func() { a.serveStarts(ctx) })
+	wg.Go(func() { a.serveVolumes(ctx) }) // volumes.go
 	go func() { defer wg.Done(); errc <- e.Run(ctx) }()
 	wg.Go(func() { _ = certSrc.Run(ctx) })
 	wg.Go(func() { _ = dns.Run(ctx) })

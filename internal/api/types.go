@@ -270,6 +270,9 @@ type MachineConfig struct {
 	// Files are written into the machine's root filesystem before it
 	// starts (Fly's files): secrets.go.
 	Files []File `json:"files,omitempty"`
+	// Mounts attach volumes of the app (volumes.go); the machine is
+	// placed on their host.
+	Mounts []Mount `json:"mounts,omitempty"`
 }
 
 // StopConfig is a machine's stop signal and the time it has to exit, as

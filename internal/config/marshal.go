@@ -95,6 +95,15 @@ type fileConfig struct {
 	VM            []fileVM          `toml:"vm,omitempty"`
 	Deploy        *fileDeploy       `toml:"deploy,omitempty"`
 	Restart       []fileRestart     `toml:"restart,omitempty"`
+	Mounts        []fileMount       `toml:"mounts,omitempty"`
+}
+
+type fileMount struct {
+	Source             string `toml:"source"`
+	Destination        string `toml:"destination"`
+	InitialSize        string `toml:"initial_size,omitempty"`
+	SnapshotRetention  int    `toml:"snapshot_retention,omitempty"`
+	ScheduledSnapshots *bool  `toml:"scheduled_snapshots,omitempty"`
 }
 
 type fileExperimental struct {
@@ -262,6 +271,13 @@ func (c *Config) file() fileConfig {
 			policy = "never" // Fly's word for it
 		}
 		f.Restart = append(f.Restart, fileRestart{Policy: policy, Retries: r.MaxRetries, Processes: r.Processes})
+	}
+	for _, m := range c.Mounts {
+		fm := fileMount{Source: m.Source, Destination: m.Destination, SnapshotRetention: m.SnapshotRetention, ScheduledSnapshots: m.ScheduledSnapshots}
+		if m.InitialSizeGB > 0 {
+			fm.InitialSize = fmt.Sprintf("%dgb", m.InitialSizeGB)
+		}
+		f.Mounts = append(f.Mounts, fm)
 	}
 	return f
 }

@@ -69,6 +69,7 @@ type Store struct {
 	Challenges jetstream.KeyValue
 	Autoscale  jetstream.KeyValue
 	Secrets    jetstream.KeyValue
+	Volumes    jetstream.KeyValue
 }
 
 // Open connects to NATS at url (with an optional auth token) and makes sure
@@ -136,6 +137,7 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		{&s.Locks, BucketLocks, 1, 0},
 		{&s.Autoscale, BucketAutoscale, 1, 0},
 		{&s.Secrets, BucketSecrets, 1, 0},
+		{&s.Volumes, BucketVolumes, 1, 0},
 		// A challenge lives minutes; the TTL sweeps those a crashed
 		// issuer never cleaned up.
 		{&s.Challenges, BucketChallenges, 1, time.Hour},
