@@ -186,7 +186,7 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 	}
 	r.finish(ctx)
 	ref := ""
-	for _, m := range r.created {
+	for _, m := range append(r.created, r.updated...) {
 		if got, err := d.c.GetMachine(ctx, d.app, m.ID); err == nil && got.ImageRef.Digest != "" {
 			ref = got.ImageRef.Ref()
 			break

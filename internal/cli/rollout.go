@@ -97,6 +97,8 @@ type rollout struct {
 	mu      sync.Mutex
 	created []api.Machine // new machines
 	retired []api.Machine // old machines stopped (or not running) on the way out
+	updated []api.Machine // machines with a volume replaced in place, as they were (volumes.go)
+	claimed map[string]bool
 }
 
 // regionOld is a region's machines to replace, oldest first; none for a
@@ -127,6 +129,9 @@ func groups(plan deployPlan, existing []api.Machine) []regionOld {
 
 // execute runs the strategy. On error the caller undoes the rollout.
 func (r *rollout) execute(ctx context.Context, gs []regionOld) error {
+	if len(r.mc.Mounts) > 0 {
+		return r.inPlace(ctx, gs) // volumes.go
+	}
 	switch r.d.opts.Strategy {
 	case strategyImmediate:
 		return r.all(ctx, gs, false)
@@ -441,6 +446,7 @@ func (r *rollout) finish(ctx context.Context) {
 func (r *rollout) undo(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
 	defer cancel()
+	r.undoInPlace(ctx) // volumes.go
 	var restart []api.Machine
 	for _, m := range r.retired {
 		if m.State == api.StateStarted || m.State == api.StateStarting {

@@ -128,7 +128,9 @@ func sizeGB(v any) (int, error) {
 func (c *Config) apiMounts() []api.Mount {
 	var out []api.Mount
 	for _, m := range c.Mounts {
-		out = append(out, api.Mount{Name: m.Source, Path: m.Destination})
+		// SizeGB carries initial_size to perch deploy, which makes the
+		// volume; the server sets it to the volume's own size.
+		out = append(out, api.Mount{Name: m.Source, Path: m.Destination, SizeGB: m.InitialSizeGB})
 	}
 	return out
 }
