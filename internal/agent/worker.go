@@ -412,6 +412,9 @@ func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
 	if err := w.a.destroyEverywhere(ctx, w.id); err != nil {
 		return fmt.Errorf("remove previous instance: %w", err)
 	}
+	// Mounted afresh: an extend that could not grow the filesystem
+	// online (Extend's online false) takes effect now.
+	w.releaseVolumes(ctx)
 	if rs.Mounts, err = w.mountVolumes(ctx, spec); err != nil { // volumes.go
 		return err
 	}

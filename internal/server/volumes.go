@@ -422,7 +422,7 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	sn, err := s.snapshot(ctx, v, false)
+	sn, err := s.snapshot(ctx, v, false, time.Now().UTC())
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -432,14 +432,14 @@ func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
 
 // snapshot has the volume's host copy its image (frozen while it copies)
 // and records the copy.
-func (s *Server) snapshot(ctx context.Context, v store.VolumeRecord, scheduled bool) (store.SnapshotRecord, error) {
+func (s *Server) snapshot(ctx context.Context, v store.VolumeRecord, scheduled bool, at time.Time) (store.SnapshotRecord, error) {
 	if v.State != api.VolumeCreated {
 		return store.SnapshotRecord{}, errf(http.StatusConflict, "volume %s is %s", v.ID, v.State)
 	}
 	sn := store.SnapshotRecord{
 		VolumeSnapshot: api.VolumeSnapshot{
 			ID: newSnapshotID(), VolumeID: v.ID, Status: api.VolumeCreated, VolumeSize: v.SizeBytes,
-			RetentionDays: v.SnapshotRetention, CreatedAt: time.Now().UTC(), Scheduled: scheduled,
+			RetentionDays: v.SnapshotRetention, CreatedAt: at, Scheduled: scheduled,
 		},
 		App: v.App, HostID: v.HostID, Region: v.Region,
 	}
@@ -524,7 +524,7 @@ func (s *Server) volumeSnapshotRound(ctx context.Context, now time.Time) error {
 		if now.Sub(since) < snapshotInterval {
 			continue
 		}
-		if _, err := s.snapshot(ctx, v, true); err != nil {
+		if _, err := s.snapshot(ctx, v, true, now); err != nil {
 			errs = append(errs, fmt.Errorf("snapshot %s: %w", v.ID, err))
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -171,6 +172,30 @@ func TestVolumesBadInput(t *testing.T) {
 	wantStatus(t, err, 400, "snapshot "+snap.ID+" is in region iad")
 	_, err = s.c.CreateVolume(ctx, "db", api.CreateVolumeRequest{Name: "pg", Region: "iad", SnapshotID: snap.ID, SizeGB: 1})
 	wantStatus(t, err, 400, "smaller than the 3 GB")
+
+	// Daily snapshots: one a day after the last, those past the
+	// retention (5 days) expired, from their host too.
+	now := time.Now().UTC()
+	if err := s.volumeSnapshotRound(ctx, now.Add(25*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.volumeSnapshotRound(ctx, now.Add(26*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	ss, _ := s.c.ListVolumeSnapshots(ctx, "db", v.ID)
+	if len(ss) != 2 || !ss[1].Scheduled {
+		t.Fatalf("after a day: %+v; want the manual snapshot and one daily", ss)
+	}
+	if err := s.volumeSnapshotRound(ctx, now.Add(5*24*time.Hour+2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	ss, _ = s.c.ListVolumeSnapshots(ctx, "db", v.ID)
+	if len(ss) != 2 || ss[0].ID == snap.ID || !ss[0].Scheduled || !ss[1].Scheduled {
+		t.Fatalf("after 5 days: %+v; want the manual one expired and two daily", ss)
+	}
+	if _, err := os.Stat(filepath.Join(iadDir, "volume-snapshots", snap.ID+".ext4")); !os.IsNotExist(err) {
+		t.Errorf("expired snapshot's file: %v", err)
+	}
 
 	// Destroyed, it is gone from the host too; unknown ids are 404.
 	if _, err := s.c.DestroyVolume(ctx, "db", v.ID); err != nil {
