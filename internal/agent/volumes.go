@@ -172,6 +172,11 @@ func (w *worker) mountVolumes(ctx context.Context, spec store.MachineSpec) ([]pe
 				return nil, fmt.Errorf("volume %s: %w", m.Volume, err)
 			}
 		}
+		if spec.Config.Guest.Runtime == "microvm" {
+			// The image is the VM's disk: never mounted on the host too.
+			out = append(out, perchrt.Mount{Image: volume.Image(dir), Destination: m.Path})
+			continue
+		}
 		mnt := VolumeMountPoint(w.a.cfg.StateDir, m.Volume)
 		volumeMu.Lock()
 		err := volume.Mount(dir, mnt)

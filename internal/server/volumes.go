@@ -554,9 +554,6 @@ func (s *Server) resolveMounts(ctx context.Context, app, machineID, region strin
 	if m.Path == "" || !path.IsAbs(m.Path) || path.Clean(m.Path) == "/" || path.Clean(m.Path) != m.Path {
 		return "", "", errf(http.StatusBadRequest, "config.mounts[0].path %q must be a clean absolute path other than /, e.g. /data", m.Path)
 	}
-	if c.Guest.Runtime == "microvm" {
-		return "", "", errf(http.StatusBadRequest, "config.mounts: volumes are not attached to microVMs yet; use the runc runtime for a machine with a volume")
-	}
 	if !volumeIDRE.MatchString(m.Volume) {
 		return "", "", errf(http.StatusBadRequest, "config.mounts[0].volume %q is not a volume id (vol_...); perch volumes list shows the app's volumes, perch volumes create makes one", m.Volume)
 	}

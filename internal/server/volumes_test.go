@@ -103,7 +103,6 @@ func TestVolumesBadInput(t *testing.T) {
 		{"iad", mc(v.ID, "/"), 400, "clean absolute path other than /"},
 		{"iad", mc(v.ID, "data"), 400, "clean absolute path"},
 		{"iad", api.MachineConfig{Image: "i", Mounts: []api.Mount{{Volume: v.ID, Path: "/a"}, {Volume: v.ID, Path: "/b"}}}, 400, "mounts at most one"},
-		{"iad", api.MachineConfig{Image: "i", Guest: api.Guest{Runtime: "microvm"}, Mounts: []api.Mount{{Volume: v.ID, Path: "/data"}}}, 400, "not attached to microVMs yet"},
 	} {
 		_, err := s.c.CreateMachine(ctx, "db", api.CreateMachineRequest{Region: tc.region, Config: tc.config})
 		wantStatus(t, err, tc.code, tc.mentioned)
