@@ -232,6 +232,9 @@ func (s *Server) newVolume(ctx context.Context, app string, req api.CreateVolume
 		if src.Region != req.Region {
 			return none, errf(http.StatusBadRequest, "volume %s is in region %s; fork it there (--region %s)", src.ID, src.Region, src.Region)
 		}
+		if err := s.copyable(ctx, src); err != nil {
+			return none, err
+		}
 		pinned, v.FromVolume = src.HostID, src.ID
 		minGB = src.SizeGB
 	}
@@ -436,6 +439,9 @@ func (s *Server) snapshot(ctx context.Context, v store.VolumeRecord, scheduled b
 	if v.State != api.VolumeCreated {
 		return store.SnapshotRecord{}, errf(http.StatusConflict, "volume %s is %s", v.ID, v.State)
 	}
+	if err := s.copyable(ctx, v); err != nil {
+		return store.SnapshotRecord{}, err
+	}
 	sn := store.SnapshotRecord{
 		VolumeSnapshot: api.VolumeSnapshot{
 			ID: newSnapshotID(), VolumeID: v.ID, Status: api.VolumeCreated, VolumeSize: v.SizeBytes,
@@ -453,6 +459,24 @@ func (s *Server) snapshot(ctx context.Context, v store.VolumeRecord, scheduled b
 	}
 	s.log.Info("volume snapshot taken", "app", v.App, "volume", v.ID, "snapshot", sn.ID, "bytes", sn.Size, "scheduled", scheduled)
 	return sn, nil
+}
+
+// copyable refuses to copy a volume a running microVM has as its disk:
+// the host cannot freeze the guest's filesystem, so the copy would not be
+// consistent. A runc machine's volume is frozen for the copy (fsfreeze).
+func (s *Server) copyable(ctx context.Context, v store.VolumeRecord) error {
+	specs, err := store.List[store.MachineSpec](ctx, s.st.Machines, v.App+".*")
+	if err != nil {
+		return err
+	}
+	for _, m := range specs {
+		for _, mt := range m.Config.Mounts {
+			if mt.Volume == v.ID && m.Config.Guest.Runtime == "microvm" && m.Desired != store.DesireStopped {
+				return errf(http.StatusConflict, "volume %s is the disk of microVM %s, which runs; stop it first (perch machine stop %s), then snapshot or fork the volume", v.ID, m.ID, m.ID)
+			}
+		}
+	}
+	return nil
 }
 
 // snapshotInterval is how often a volume with auto_backup_enabled is

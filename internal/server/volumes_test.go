@@ -196,6 +196,18 @@ func TestVolumesBadInput(t *testing.T) {
 		t.Errorf("expired snapshot's file: %v", err)
 	}
 
+	// A running microVM's volume is its disk: not copied (the host cannot
+	// freeze it).
+	vm, err := s.c.CreateMachine(ctx, "db", api.CreateMachineRequest{Config: api.MachineConfig{Image: "i", Guest: api.Guest{Runtime: "microvm"}, Mounts: []api.Mount{{Volume: v.ID, Path: "/data"}}}})
+	if err != nil {
+		t.Fatalf("a microVM with the volume: %v", err)
+	}
+	_, err = s.c.CreateVolumeSnapshot(ctx, "db", v.ID)
+	wantStatus(t, err, 409, "stop it first")
+	_, err = s.c.CreateVolume(ctx, "db", api.CreateVolumeRequest{Name: "copy", Region: "iad", SourceVolumeID: v.ID})
+	wantStatus(t, err, 409, "disk of microVM "+vm.ID)
+	_ = store.Delete(ctx, s.Store().Machines, store.MachineKey("db", vm.ID))
+
 	// Destroyed, it is gone from the host too; unknown ids are 404.
 	if _, err := s.c.DestroyVolume(ctx, "db", v.ID); err != nil {
 		t.Fatal(err)
