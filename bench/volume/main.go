@@ -2,9 +2,11 @@
 // runc machine against the same writes on the host's disk directly: the
 // cost of the volume's ext4 image on a loop device (package volume),
 // bind-mounted into the machine. Also the machine's own writable layer
-// (overlayfs upper dir) for comparison. Each round writes -mb MiB in
-// 1 MiB writes and fsyncs, by the same static program (drivertest's
-// testapp "fill"), on the same filesystem. Needs root.
+// (overlayfs upper dir) for comparison, and a volume attached to a
+// microVM as its virtio disk (-vm-rounds boots; its throughput is timed
+// inside the guest, so the boot is not counted). Each round writes -mb
+// MiB in 1 MiB writes and fsyncs, by the same static program
+// (drivertest's testapp "fill"), on the same filesystem. Needs root.
 package main
 
 import (
@@ -21,6 +23,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/microvm"
 	"github.com/perchhq/perch/internal/runtime/runc"
 	"github.com/perchhq/perch/internal/volume"
 )
@@ -30,6 +33,8 @@ func main() {
 	rounds := flag.Int("n", 5, "rounds per place")
 	mb := flag.Int("mb", 256, "MiB written per round (the volume is twice that)")
 	base := flag.String("dir", "/var/tmp", "directory on the disk to measure (state dir, volume image, host file)")
+	vmRounds := flag.Int("vm-rounds", 3, "microVM boots (0: none)")
+	initBin := flag.String("init", "", "microVM guest init (default: perch-init beside -perch, else -perch)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		log.Fatal("needs root (runc, mount, loop devices)")
@@ -88,6 +93,69 @@ func main() {
 	fmt.Printf("  volume in a runc machine (ext4 image): median %6.1f MiB/s  (min %.1f, max %.1f)\n", median(onVolume), slices.Min(onVolume), slices.Max(onVolume))
 	fmt.Printf("  machine's writable layer (overlayfs):  median %6.1f MiB/s  (min %.1f, max %.1f)\n", median(onLayer), slices.Min(onLayer), slices.Max(onLayer))
 	fmt.Printf("  ratio volume / host: %.2f\n", median(onVolume)/median(onHost))
+	if *vmRounds > 0 {
+		inVM := microVMRounds(dir, bin, *initBin, rootfs, *mb, *vmRounds, logger)
+		if len(inVM) > 0 {
+			fmt.Printf("  volume in a microVM (virtio disk):     median %6.1f MiB/s  (min %.1f, max %.1f; %d boots, %s)\n", median(inVM), slices.Min(inVM), slices.Max(inVM), len(inVM), accel)
+			fmt.Printf("  ratio microVM volume / host: %.2f\n", median(inVM)/median(onHost))
+		}
+	}
+}
+
+var accel = "?"
+
+// microVMRounds fills a volume attached to a fresh microVM rounds times.
+func microVMRounds(dir, bin, initBin, rootfs string, mb, rounds int, logger *slog.Logger) []float64 {
+	if initBin == "" {
+		initBin = bin
+		if slim := filepath.Join(filepath.Dir(bin), "perch-init"); fileExists(slim) {
+			initBin = slim
+		}
+	}
+	vm, err := microvm.New(microvm.Config{StateDir: filepath.Join(dir, "microvm"), ShimCommand: []string{bin, "microvm-shim"}, Init: initBin, Log: logger})
+	if err == nil {
+		err = vm.Check()
+	}
+	if err != nil {
+		fmt.Printf("  volume in a microVM: skipped: %v\n", err)
+		return nil
+	}
+	vdir := filepath.Join(dir, "volumes", "vol_vm")
+	if err := volume.Create(vdir, int64(2*mb)<<20); err != nil {
+		log.Fatal(err)
+	}
+	var out []float64
+	for i := 0; i < rounds; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		id := fmt.Sprintf("bench-vm-%d", i)
+		spec := runtime.Spec{ID: id, Rootfs: rootfs, MemoryMB: 256, Process: runtime.Process{Args: []string{"/app", "fill", "/data/f", fmt.Sprint(mb)}},
+			Mounts: []runtime.Mount{{Image: volume.Image(vdir), Destination: "/data"}}}
+		if err := vm.Create(ctx, spec); err != nil {
+			log.Fatal(err)
+		}
+		if err := vm.Start(ctx, id); err != nil {
+			log.Fatal(err)
+		}
+		if st, err := vm.Wait(ctx, id); err != nil || st.ExitCode != 0 {
+			log.Fatalf("microVM %s: %v, exit %d", id, err, st.ExitCode)
+		}
+		for _, l := range vm.Logs(id) {
+			if l.Stream == "stdout" {
+				b, _ := os.ReadFile(l.Path)
+				lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+				out = append(out, rate(lines[len(lines)-1]))
+			}
+		}
+		_ = vm.Destroy(context.Background(), id)
+		cancel()
+	}
+	accel, _ = vm.Accelerator()
+	return out
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // inMachine runs fill in a fresh runc machine with the volume at /data

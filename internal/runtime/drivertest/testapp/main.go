@@ -103,7 +103,7 @@ func fill(path string, mb int) {
 	if err != nil {
 		msg = err.Error()
 	}
-	fmt.Printf("filled %d %.3f %s\n", n, time.Since(start).Seconds(), msg)
+	fmt.Printf("filled %d %.6f %s\n", n, time.Since(start).Seconds(), msg)
 }
 
 func serve() {
