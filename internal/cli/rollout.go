@@ -233,7 +233,14 @@ func summary(old, n int) string {
 func (r *rollout) launch(ctx context.Context, region string, k int, cordoned bool) ([]api.Machine, error) {
 	var out []api.Machine
 	for range k {
-		m, err := r.d.c.CreateMachine(ctx, r.d.app, api.CreateMachineRequest{Region: region, Config: r.mc, Cordoned: cordoned})
+		mc := r.mc
+		if len(mc.Mounts) > 0 { // its own volume (volumes.go)
+			var err error
+			if mc, err = r.withVolume(ctx, region, nil); err != nil {
+				return out, err
+			}
+		}
+		m, err := r.d.c.CreateMachine(ctx, r.d.app, api.CreateMachineRequest{Region: region, Config: mc, Cordoned: cordoned})
 		if err != nil {
 			return out, fmt.Errorf("creating a machine in %s: %w", region, err)
 		}

@@ -86,7 +86,12 @@ newest first. Removing machines asks for confirmation unless --yes.`,
 					if tmpl == nil {
 						return fmt.Errorf("%s has no machine to copy the config from: run `perch deploy` first", app)
 					}
-					r := &rollout{d: d, mc: tmpl.Config}
+					mc := tmpl.Config
+					mc.Mounts = append([]api.Mount(nil), mc.Mounts...)
+					for i := range mc.Mounts {
+						mc.Mounts[i].Volume = "" // each new machine its own volume of that name (volumes.go)
+					}
+					r := &rollout{d: d, mc: mc}
 					news, err := r.launch(ctx, st.Region, st.Create, false)
 					if err == nil {
 						err = r.await(ctx, news, 0)

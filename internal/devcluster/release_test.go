@@ -96,6 +96,8 @@ func TestReleaseCommand(t *testing.T) {
 	// deploy create the volume and replace the machine in place on it;
 	// what the app writes there survives deploys, an agent killed with
 	// SIGKILL, and the machine's destroy.
+	volStart := time.Now()
+	defer func() { t.Logf("the volume part took %s", time.Since(volStart).Round(time.Second)) }()
 	edge := w.Info().Regions[0].EdgeAddr + ":80"
 	release("[[mounts]]\nsource = \"rel_data\"\ndestination = \"/data\"")
 	out = mustPerch(t, w, dir, "deploy", "--smoke-window", "1s")
