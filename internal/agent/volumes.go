@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sync"
 	"syscall"
@@ -26,6 +27,11 @@ import (
 // destroy` removes a volume: a machine's destroy, the orphan sweep and a
 // dev world's teardown only unmount.
 
+var (
+	volumeIDRE   = regexp.MustCompile(`^vol_[a-z0-9]{1,40}$`)
+	snapshotIDRE = regexp.MustCompile(`^vs_[a-z0-9]{1,40}$`)
+)
+
 // volumeMu serialises what is done to volumes on this host (an image
 // made, mounted, copied or removed), one thing at a time.
 var volumeMu sync.Mutex
@@ -44,10 +50,16 @@ func snapshotFile(stateDir, id string) string {
 // VolumeOp does on the host's disk in stateDir what req asks: what an
 // agent answers on perch.volume.<host>.
 func VolumeOp(stateDir string, req store.VolumeRequest) store.VolumeReply {
-	volumeMu.Lock()
-	defer volumeMu.Unlock()
 	var rep store.VolumeReply
 	v := req.Volume
+	// The names become paths: only the control plane's own shapes.
+	if !volumeIDRE.MatchString(v.ID) || (req.SnapshotID != "" && !snapshotIDRE.MatchString(req.SnapshotID)) ||
+		(v.FromVolume != "" && !volumeIDRE.MatchString(v.FromVolume)) || (v.FromSnapshot != "" && !snapshotIDRE.MatchString(v.FromSnapshot)) {
+		rep.Error = fmt.Sprintf("volume %q or snapshot %q is not a valid id", v.ID, req.SnapshotID)
+		return rep
+	}
+	volumeMu.Lock()
+	defer volumeMu.Unlock()
 	dir, mnt := volumeDir(stateDir, v.ID), VolumeMountPoint(stateDir, v.ID)
 	var err error
 	switch req.Op {
@@ -159,6 +171,9 @@ func (a *Agent) serveVolumes(ctx context.Context) {
 func (w *worker) mountVolumes(ctx context.Context, spec store.MachineSpec) ([]perchrt.Mount, error) {
 	var out []perchrt.Mount
 	for _, m := range spec.Config.Mounts {
+		if !volumeIDRE.MatchString(m.Volume) {
+			return nil, fmt.Errorf("mount of %q: %q is not a volume id", m.Path, m.Volume)
+		}
 		dir := volumeDir(w.a.cfg.StateDir, m.Volume)
 		if _, err := os.Stat(volume.Image(dir)); err != nil {
 			v, _, err := store.Get[store.VolumeRecord](ctx, w.a.st.Volumes, store.VolumeKey(spec.App, m.Volume))
