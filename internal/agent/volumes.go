@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"compress/gzip"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,11 +16,13 @@ import (
 	"syscall"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/perchhq/perch/internal/api"
 	perchrt "github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/store"
 	"github.com/perchhq/perch/internal/volume"
+	"golang.org/x/sys/unix"
 )
 
 // Volumes on this host (docs/volumes.md): each in
@@ -48,8 +53,9 @@ func snapshotFile(stateDir, id string) string {
 }
 
 // VolumeOp does on the host's disk in stateDir what req asks: what an
-// agent answers on perch.volume.<host>.
-func VolumeOp(stateDir string, req store.VolumeRequest) store.VolumeReply {
+// agent answers on perch.volume.<host>. moves carries snapshots between
+// hosts (store.ObjectVolumeMoves).
+func VolumeOp(ctx context.Context, moves jetstream.ObjectStore, stateDir string, req store.VolumeRequest) store.VolumeReply {
 	var rep store.VolumeReply
 	v := req.Volume
 	// The names become paths: only the control plane's own shapes.
@@ -64,13 +70,13 @@ func VolumeOp(stateDir string, req store.VolumeRequest) store.VolumeReply {
 	var err error
 	switch req.Op {
 	case store.VolumeOpCreate:
-		err = ensureVolume(stateDir, v)
+		err = ensureVolume(ctx, moves, stateDir, v)
 	case store.VolumeOpExtend:
-		if err = ensureVolume(stateDir, v); err == nil {
+		if err = ensureVolume(ctx, moves, stateDir, v); err == nil {
 			rep.Online, err = volume.Extend(dir, v.SizeBytes)
 		}
 	case store.VolumeOpSnapshot:
-		if err = ensureVolume(stateDir, v); err == nil {
+		if err = ensureVolume(ctx, moves, stateDir, v); err == nil {
 			dst := snapshotFile(stateDir, req.SnapshotID)
 			if err = volume.Snapshot(dir, mnt, dst); err == nil {
 				rep.Bytes = allocated(dst)
@@ -78,6 +84,8 @@ func VolumeOp(stateDir string, req store.VolumeRequest) store.VolumeReply {
 		}
 	case store.VolumeOpDestroy:
 		err = volume.Destroy(dir, mnt)
+	case store.VolumeOpExport:
+		err = exportSnapshot(ctx, moves, snapshotFile(stateDir, req.SnapshotID), req.SnapshotID)
 	case store.VolumeOpDestroySnapshot:
 		if err = os.Remove(snapshotFile(stateDir, req.SnapshotID)); errors.Is(err, os.ErrNotExist) {
 			err = nil
@@ -93,14 +101,23 @@ func VolumeOp(stateDir string, req store.VolumeRequest) store.VolumeReply {
 
 // ensureVolume makes volume v's image if this host has none yet: empty,
 // or a copy of the snapshot or volume it comes from, at v's size.
-func ensureVolume(stateDir string, v store.VolumeRecord) error {
+func ensureVolume(ctx context.Context, moves jetstream.ObjectStore, stateDir string, v store.VolumeRecord) error {
 	dir := volumeDir(stateDir, v.ID)
 	if _, err := os.Stat(volume.Image(dir)); err == nil {
 		return nil
 	}
 	switch {
 	case v.FromSnapshot != "":
-		if err := volume.Restore(snapshotFile(stateDir, v.FromSnapshot), dir); err != nil {
+		src := snapshotFile(stateDir, v.FromSnapshot)
+		if _, err := os.Stat(src); err != nil {
+			// Taken on another host of the region: it came through
+			// the move store (exportSnapshot).
+			if err := importSnapshot(ctx, moves, v.FromSnapshot, volume.Image(dir)); err != nil {
+				return fmt.Errorf("restore snapshot %s from another host: %w", v.FromSnapshot, err)
+			}
+			break
+		}
+		if err := volume.Restore(src, dir); err != nil {
 			return fmt.Errorf("restore snapshot %s: %w", v.FromSnapshot, err)
 		}
 	case v.FromVolume != "":
@@ -136,7 +153,7 @@ func (a *Agent) serveVolumes(ctx context.Context) {
 			return
 		}
 		go func() {
-			rep := VolumeOp(a.cfg.StateDir, req)
+			rep := VolumeOp(ctx, a.st.VolumeMoves, a.cfg.StateDir, req)
 			if rep.Error != "" {
 				a.log.Warn("volume operation failed", "op", req.Op, "volume", req.Volume.ID, "err", rep.Error)
 			} else {
@@ -155,7 +172,7 @@ func (a *Agent) serveVolumes(ctx context.Context) {
 	if err == nil {
 		for _, v := range vols {
 			if v.HostID == a.host.ID && v.State == api.VolumeDestroying {
-				if rep := VolumeOp(a.cfg.StateDir, store.VolumeRequest{Op: store.VolumeOpDestroy, Volume: v}); rep.Error == "" {
+				if rep := VolumeOp(ctx, a.st.VolumeMoves, a.cfg.StateDir, store.VolumeRequest{Op: store.VolumeOpDestroy, Volume: v}); rep.Error == "" {
 					_ = store.Delete(ctx, a.st.Volumes, v.Key())
 					a.log.Info("volume destroyed (asked while the host was down)", "volume", v.ID)
 				}
@@ -181,7 +198,7 @@ func (w *worker) mountVolumes(ctx context.Context, spec store.MachineSpec) ([]pe
 				return nil, fmt.Errorf("volume %s: %w", m.Volume, err)
 			}
 			volumeMu.Lock()
-			err = ensureVolume(w.a.cfg.StateDir, v)
+			err = ensureVolume(ctx, w.a.st.VolumeMoves, w.a.cfg.StateDir, v)
 			volumeMu.Unlock()
 			if err != nil {
 				return nil, fmt.Errorf("volume %s: %w", m.Volume, err)
@@ -279,4 +296,130 @@ func unmountAllVolumes(stateDir string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// exportSnapshot puts the snapshot file into the move store under id:
+// only its data (a sparse image is mostly holes), as extents
+// (sparseStream), gzip-compressed.
+func exportSnapshot(ctx context.Context, moves jetstream.ObjectStore, path, id string) error {
+	if moves == nil {
+		return errors.New("no store to move snapshots through")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("export snapshot: %w", err)
+	}
+	defer f.Close()
+	pr, pw := io.Pipe()
+	go func() {
+		zw, _ := gzip.NewWriterLevel(pw, gzip.BestSpeed)
+		err := sparseStream(zw, f)
+		if cerr := zw.Close(); err == nil {
+			err = cerr
+		}
+		pw.CloseWithError(err)
+	}()
+	if _, err := moves.Put(ctx, jetstream.ObjectMeta{Name: id}, pr); err != nil {
+		pr.CloseWithError(err)
+		return fmt.Errorf("export snapshot %s: %w", id, err)
+	}
+	return nil
+}
+
+// sparseStream writes f as its size, then each data extent (offset,
+// length, bytes), found with SEEK_DATA and SEEK_HOLE, then a zero length.
+func sparseStream(w io.Writer, f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	size := fi.Size()
+	if err := binary.Write(w, binary.BigEndian, uint64(size)); err != nil {
+		return err
+	}
+	fd := int(f.Fd())
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // only a hole is left
+		}
+		if err != nil {
+			return fmt.Errorf("seek data: %w", err)
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("seek hole: %w", err)
+		}
+		if err := binary.Write(w, binary.BigEndian, [2]uint64{uint64(data), uint64(hole - data)}); err != nil {
+			return err
+		}
+		if _, err := io.Copy(w, io.NewSectionReader(f, data, hole-data)); err != nil {
+			return err
+		}
+		off = hole
+	}
+	return binary.Write(w, binary.BigEndian, [2]uint64{0, 0})
+}
+
+// importSnapshot writes the snapshot id from the move store into the
+// image file dst, sparse as it was.
+func importSnapshot(ctx context.Context, moves jetstream.ObjectStore, id, dst string) error {
+	if moves == nil {
+		return errors.New("no store to move snapshots through")
+	}
+	obj, err := moves.Get(ctx, id)
+	if err != nil {
+		return fmt.Errorf("get %s: %w", id, err)
+	}
+	defer obj.Close()
+	zr, err := gzip.NewReader(obj)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", id, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return err
+	}
+	tmp := dst + ".new"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	err = readSparse(f, zr)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", dst, err)
+	}
+	return nil
+}
+
+// readSparse writes what sparseStream wrote into f.
+func readSparse(f *os.File, r io.Reader) error {
+	var size uint64
+	if err := binary.Read(r, binary.BigEndian, &size); err != nil {
+		return err
+	}
+	if err := f.Truncate(int64(size)); err != nil {
+		return err
+	}
+	for {
+		var ext [2]uint64
+		if err := binary.Read(r, binary.BigEndian, &ext); err != nil {
+			return err
+		}
+		if ext[1] == 0 {
+			return nil
+		}
+		if ext[0]+ext[1] > size {
+			return fmt.Errorf("extent %d+%d past the image's %d bytes", ext[0], ext[1], size)
+		}
+		if _, err := io.Copy(io.NewOffsetWriter(f, int64(ext[0])), io.LimitReader(r, int64(ext[1]))); err != nil {
+			return err
+		}
+	}
 }

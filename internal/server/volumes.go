@@ -210,17 +210,21 @@ func (s *Server) newVolume(ctx context.Context, app string, req api.CreateVolume
 	if req.AutoBackupEnabled != nil {
 		v.AutoBackupEnabled = *req.AutoBackupEnabled
 	}
-	// A copy lives on the host of what it copies, and is at least as big.
+	// A copy lives on the host of what it copies, and is at least as big;
+	// a snapshot is restored on its own host if that has room, else it
+	// moves to another host of the region.
 	var pinned string
+	var snap store.SnapshotRecord
 	minGB := 1
 	switch {
 	case req.SnapshotID != "":
-		snap, err := s.snapshotByID(ctx, app, req.SnapshotID)
+		var err error
+		snap, err = s.snapshotByID(ctx, app, req.SnapshotID)
 		if err != nil {
 			return none, err
 		}
 		if snap.Region != req.Region {
-			return none, errf(http.StatusBadRequest, "snapshot %s is in region %s; restore it there (--region %s): snapshots do not move between regions", snap.ID, snap.Region, snap.Region)
+			return none, errf(http.StatusBadRequest, "snapshot %s is in region %s; restore it there (--region %s): snapshots move between hosts of a region, not between regions", snap.ID, snap.Region, snap.Region)
 		}
 		pinned, v.FromSnapshot = snap.HostID, snap.ID
 		minGB = int((snap.VolumeSize + gib - 1) / gib)
@@ -256,7 +260,15 @@ func (s *Server) newVolume(ctx context.Context, app string, req api.CreateVolume
 	if err == nil {
 		vols, err = store.List[store.VolumeRecord](ctx, s.st.Volumes, "*.*")
 	}
-	if err == nil && pinned == "" {
+	if err == nil && snap.ID != "" {
+		// Its own host if it is up with room, else any with room.
+		i := slices.IndexFunc(hosts, func(h api.Host) bool { return h.ID == pinned })
+		if i >= 0 && hosts[i].Status == api.HostUp && scheduler.HasRoom(hosts[i], v.SizeBytes, vols) == nil {
+			v.HostID = pinned
+		} else {
+			v.HostID, err = scheduler.PlaceVolume(scheduler.VolumeRequest{Region: v.Region, Name: v.Name, Bytes: v.SizeBytes}, hosts, vols)
+		}
+	} else if err == nil && pinned == "" {
 		v.HostID, err = scheduler.PlaceVolume(scheduler.VolumeRequest{Region: v.Region, Name: v.Name, Bytes: v.SizeBytes}, hosts, vols)
 	} else if err == nil {
 		v.HostID = pinned
@@ -273,6 +285,17 @@ func (s *Server) newVolume(ctx context.Context, app string, req api.CreateVolume
 	s.placeMu.Unlock()
 	if err != nil {
 		return none, err
+	}
+	if snap.ID != "" && v.HostID != snap.HostID {
+		// The snapshot moves: its host puts it into the move store, the
+		// new volume's host restores from there.
+		exp := store.VolumeRequest{Op: store.VolumeOpExport, Volume: store.VolumeRecord{ID: snap.VolumeID, App: app, HostID: snap.HostID}, SnapshotID: snap.ID}
+		if _, err := s.volumeOp(ctx, exp); err != nil {
+			_ = store.Delete(context.WithoutCancel(ctx), s.st.Volumes, v.Key())
+			return none, fmt.Errorf("move snapshot %s from host %s to %s: %w", snap.ID, snap.HostID, v.HostID, err)
+		}
+		defer s.st.VolumeMoves.Delete(context.WithoutCancel(ctx), snap.ID) //nolint:errcheck // the bucket's TTL sweeps it
+		s.log.Info("snapshot moved", "snapshot", snap.ID, "from", snap.HostID, "to", v.HostID)
 	}
 	if _, err := s.volumeOp(ctx, store.VolumeRequest{Op: store.VolumeOpCreate, Volume: v}); err != nil {
 		_ = store.Delete(context.WithoutCancel(ctx), s.st.Volumes, v.Key())

@@ -2,7 +2,10 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +18,7 @@ import (
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/store"
 	"github.com/perchhq/perch/internal/volume"
+	"golang.org/x/sys/unix"
 )
 
 // volumeHost registers a host of region with free disk and answers its
@@ -30,7 +34,7 @@ func volumeHost(t *testing.T, s *testServer, region string, free int64) (api.Hos
 	sub, err := s.Store().Conn().Subscribe(store.VolumeSubject(h.ID), func(m *nats.Msg) {
 		var req store.VolumeRequest
 		_ = json.Unmarshal(m.Data, &req)
-		b, _ := json.Marshal(agent.VolumeOp(dir, req))
+		b, _ := json.Marshal(agent.VolumeOp(context.Background(), s.Store().VolumeMoves, dir, req))
 		_ = m.Respond(b)
 	})
 	if err != nil {
@@ -172,6 +176,21 @@ func TestVolumesBadInput(t *testing.T) {
 	_, err = s.c.CreateVolume(ctx, "db", api.CreateVolumeRequest{Name: "pg", Region: "iad", SnapshotID: snap.ID, SizeGB: 1})
 	wantStatus(t, err, 400, "smaller than the 3 GB")
 
+	// Its host has no room left (the 3 GB volume): restored, the snapshot
+	// moves to another host of the region, through the store, whole.
+	iad2, iad2Dir := volumeHost(t, s, "iad", 10<<30)
+	moved, err := s.c.CreateVolume(ctx, "db", api.CreateVolumeRequest{Name: "pg", Region: "iad", SnapshotID: snap.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved.Zone != iad2.ID || moved.SizeGB != 3 {
+		t.Errorf("restored volume: %+v; want 3 GB on %s", moved, iad2.ID)
+	}
+	sameFile(t, filepath.Join(iadDir, "volume-snapshots", snap.ID+".ext4"), volume.Image(filepath.Join(iad2Dir, "volumes", moved.ID)))
+	if _, err := s.Store().VolumeMoves.GetInfo(ctx, snap.ID); err == nil {
+		t.Errorf("the moved snapshot is still in the move store")
+	}
+
 	// Daily snapshots: one a day after the last, those past the
 	// retention (5 days) expired, from their host too.
 	now := time.Now().UTC()
@@ -222,4 +241,46 @@ func TestVolumesBadInput(t *testing.T) {
 	if !strings.HasPrefix(snap.ID, "vs_") {
 		t.Errorf("snapshot id %q", snap.ID)
 	}
+}
+
+// sameFile fails unless a and b have the same size, the same data
+// extents and the same bytes in them (holes read as zeros in both; b as
+// sparse as a).
+func sameFile(t *testing.T, a, b string) {
+	t.Helper()
+	da, sa := extentsDigest(t, a)
+	db, sb := extentsDigest(t, b)
+	if sa != sb || da != db {
+		t.Fatalf("%s (%d bytes, extents %x) and %s (%d bytes, extents %x) differ", a, sa, da[:8], b, sb, db[:8])
+	}
+}
+
+func extentsDigest(t *testing.T, path string) ([32]byte, int64) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	h := sha256.New()
+	fd := int(f.Fd())
+	for off := int64(0); off < fi.Size(); {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if err != nil {
+			break // ENXIO: only a hole is left
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(h, "%d+%d:", data, hole-data)
+		if _, err := io.Copy(h, io.NewSectionReader(f, data, hole-data)); err != nil {
+			t.Fatal(err)
+		}
+		off = hole
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum, fi.Size()
 }

@@ -70,6 +70,8 @@ type Store struct {
 	Autoscale  jetstream.KeyValue
 	Secrets    jetstream.KeyValue
 	Volumes    jetstream.KeyValue
+	// VolumeMoves carries snapshots between hosts (ObjectVolumeMoves).
+	VolumeMoves jetstream.ObjectStore
 }
 
 // Open connects to NATS at url (with an optional auth token) and makes sure
@@ -152,6 +154,12 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 			return fmt.Errorf("bucket %s: %w", b.name, err)
 		}
 		*b.kv = kv
+	}
+	s.VolumeMoves, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket: ObjectVolumeMoves, Storage: jetstream.FileStorage, TTL: time.Hour,
+	})
+	if err != nil {
+		return fmt.Errorf("object store %s: %w", ObjectVolumeMoves, err)
 	}
 	_, err = js.CreateOrUpdateStream(ctx, logStreamConfig())
 	if err != nil {

@@ -6,6 +6,11 @@ import (
 	"github.com/perchhq/perch/internal/api"
 )
 
+// ObjectVolumeMoves is the object store a snapshot crosses from its host
+// to another host of its region (compressed, deleted once restored; a
+// TTL sweeps what a failed move left).
+const ObjectVolumeMoves = "perch_volume_moves"
+
 // BucketVolumes holds volumes, key "<app>.<id>", and their snapshots,
 // key "<app>.<volume id>.<snapshot id>" (docs/volumes.md).
 const BucketVolumes = "perch_volumes"
@@ -59,6 +64,9 @@ const (
 	VolumeOpSnapshot        = "snapshot"
 	VolumeOpDestroy         = "destroy"
 	VolumeOpDestroySnapshot = "destroy_snapshot"
+	// VolumeOpExport puts snapshot SnapshotID into ObjectVolumeMoves,
+	// for a volume restored from it on another host.
+	VolumeOpExport = "export"
 )
 
 // VolumeRequest asks a host to do Op on Volume; SnapshotID names the
