@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/config"
 	"github.com/spf13/cobra"
 )
 
@@ -75,6 +76,9 @@ once).`,
 			if len(cfg.Deploy.ReleaseCommand) > 0 {
 				d.release = &releaseCommand{Args: cfg.Deploy.ReleaseCommand, Timeout: cfg.Deploy.ReleaseTimeout()}
 			}
+			if len(cfg.Mounts) > 0 { // volumes.go: the snapshot settings of the volumes it makes
+				d.mount = &cfg.Mounts[0]
+			}
 			if err := d.run(ctx, regions, primary, cfg.MachineConfig(img), ""); err != nil {
 				return err
 			}
@@ -116,6 +120,9 @@ type deployer struct {
 	opts deployOptions
 	// release, if set, runs before any machine is replaced (release.go).
 	release *releaseCommand
+	// mount is perch.toml's [[mounts]], if any: the volumes a deploy
+	// makes get its snapshot settings (volumes.go).
+	mount *config.Mount
 }
 
 // run deploys mc as a new release to the plan's regions; description says

@@ -387,8 +387,14 @@ func (r *rollout) withVolume(ctx context.Context, region string, old *api.Machin
 			return mc, nil
 		}
 	}
-	size := max(m.SizeGB, 1)
-	v, err := r.d.c.CreateVolume(ctx, r.d.app, api.CreateVolumeRequest{Name: m.Name, Region: region, SizeGB: size})
+	req := api.CreateVolumeRequest{Name: m.Name, Region: region, SizeGB: max(m.SizeGB, 1)}
+	if cm := r.d.mount; cm != nil {
+		if cm.SnapshotRetention > 0 {
+			req.SnapshotRetention = &cm.SnapshotRetention
+		}
+		req.AutoBackupEnabled = cm.ScheduledSnapshots
+	}
+	v, err := r.d.c.CreateVolume(ctx, r.d.app, req)
 	if err != nil {
 		return mc, fmt.Errorf("creating volume %s in %s: %w", m.Name, region, err)
 	}
