@@ -145,4 +145,26 @@ func TestReleaseCommand(t *testing.T) {
 	}
 	mustPerch(t, w, dir, "deploy", "--smoke-window", "1s") // a new machine, on the free volume
 	reads("on a new machine")
+
+	// A snapshot restored into a new volume (the old one destroyed) holds
+	// the row for the next machine.
+	vid := vols[0].ID
+	out = mustPerch(t, w, dir, "volumes", "snapshots", "create", vid)
+	snap := strings.Fields(strings.TrimPrefix(out, "Snapshot "))[0]
+	if !strings.HasPrefix(snap, "vs_") {
+		t.Fatalf("snapshots create said %q", out)
+	}
+	ms, _ = liveMachines(ctx, w, "rel")
+	mustPerch(t, w, dir, "machine", "destroy", "--force", ms[0].ID)
+	eventually(t, 30*time.Second, "the volume free again", func() (bool, string) {
+		v, err := w.Client().GetVolume(ctx, "rel", vid)
+		return err == nil && v.AttachedMachineID == nil, fmt.Sprint(v, err)
+	})
+	mustPerch(t, w, dir, "volumes", "destroy", vid, "--yes")
+	mustPerch(t, w, dir, "volumes", "create", "rel_data", "--region", "iad", "--snapshot-id", snap)
+	if out := mustPerch(t, w, dir, "volumes", "list"); strings.Contains(out, vid) || !strings.Contains(out, "rel_data") {
+		t.Errorf("volumes list after the restore:\n%s", out)
+	}
+	mustPerch(t, w, dir, "deploy", "--smoke-window", "1s")
+	reads("on a volume restored from a snapshot")
 }
