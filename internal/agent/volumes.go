@@ -41,6 +41,10 @@ var (
 // made, mounted, copied or removed), one thing at a time.
 var volumeMu sync.Mutex
 
+// guestWritten, in a volume's directory, marks an image a microVM had as
+// its disk: e2fsck checks it before the host mounts it.
+const guestWritten = "guest-written"
+
 func volumeDir(stateDir, id string) string { return filepath.Join(stateDir, "volumes", id) }
 
 // VolumeMountPoint is where volume id is mounted on the host.
@@ -128,6 +132,11 @@ func ensureVolume(ctx context.Context, moves jetstream.ObjectStore, stateDir str
 	default:
 		return volume.Create(dir, v.SizeBytes)
 	}
+	// A copy of what a microVM may have written: checked before the host
+	// mounts it (mountVolumes).
+	if err := os.WriteFile(filepath.Join(dir, guestWritten), nil, 0o600); err != nil {
+		return err
+	}
 	_, err := volume.Extend(dir, v.SizeBytes) // unmounted: grows at once
 	return err
 }
@@ -204,14 +213,30 @@ func (w *worker) mountVolumes(ctx context.Context, spec store.MachineSpec) ([]pe
 				return nil, fmt.Errorf("volume %s: %w", m.Volume, err)
 			}
 		}
+		guestMark := filepath.Join(dir, guestWritten)
 		if spec.Config.Guest.Runtime == "microvm" {
 			// The image is the VM's disk: never mounted on the host too.
+			// Marked: the guest's kernel wrote it, so the host's checks it
+			// before it ever mounts it (below).
+			if err := os.WriteFile(guestMark, nil, 0o600); err != nil {
+				return nil, fmt.Errorf("volume %s: %w", m.Volume, err)
+			}
 			out = append(out, perchrt.Mount{Image: volume.Image(dir), Destination: m.Path})
 			continue
 		}
 		mnt := VolumeMountPoint(w.a.cfg.StateDir, m.Volume)
 		volumeMu.Lock()
-		err := volume.Mount(dir, mnt)
+		var err error
+		if _, serr := os.Stat(guestMark); serr == nil {
+			if err = volume.Check(dir); err == nil {
+				err = os.Remove(guestMark)
+			} else {
+				err = fmt.Errorf("a microVM wrote it and e2fsck finds damage it cannot repair, so the host does not mount it: %w", err)
+			}
+		}
+		if err == nil {
+			err = volume.Mount(dir, mnt)
+		}
 		volumeMu.Unlock()
 		if err != nil {
 			return nil, fmt.Errorf("volume %s: %w", m.Volume, err)

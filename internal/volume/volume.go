@@ -164,6 +164,17 @@ func fsBytes(img string) (int64, error) {
 	return int64(blocks * blockSize), nil
 }
 
+// Check checks the unmounted filesystem of the volume in dir with
+// e2fsck (in user space), repairing what it safely can, and fails if it
+// finds damage it cannot repair: before the host's kernel mounts an image
+// a guest wrote (a microVM had it as its disk).
+func Check(dir string) error {
+	if dev := loopOf(Image(dir)); dev != "" {
+		return nil // mounted: checked before it was
+	}
+	return fsck(Image(dir))
+}
+
 // fsck checks an unmounted image, repairing what it can (resize2fs
 // wants a checked filesystem). Exit codes 1 and 2 mean errors fixed.
 func fsck(img string) error {
