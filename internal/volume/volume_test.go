@@ -138,3 +138,31 @@ func TestCreateTooSmall(t *testing.T) {
 		t.Fatal("a 1 MiB volume was created")
 	}
 }
+
+// TestCheckRefusesDamage: an image with garbage over its group
+// descriptors (what a hostile guest could leave) fails Check, which
+// stands between it and the host's kernel; a sound one passes.
+func TestCheckRefusesDamage(t *testing.T) {
+	dir := t.TempDir()
+	if err := Create(dir, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(dir); err != nil {
+		t.Fatalf("a new volume fails Check: %v", err)
+	}
+	f, err := os.OpenFile(Image(dir), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := make([]byte, 64*4096)
+	for i := range junk {
+		junk[i] = byte(i*131 + 7)
+	}
+	if _, err := f.WriteAt(junk, 4096); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := Check(dir); err == nil {
+		t.Fatal("Check passed an image with garbage over its group descriptors")
+	}
+}
