@@ -76,7 +76,9 @@ func VolumeOp(ctx context.Context, moves jetstream.ObjectStore, stateDir string,
 	case store.VolumeOpCreate:
 		err = ensureVolume(ctx, moves, stateDir, v)
 	case store.VolumeOpExtend:
-		if err = ensureVolume(ctx, moves, stateDir, v); err == nil {
+		if err = ensureVolume(ctx, moves, stateDir, v); err == nil && req.GuestDisk {
+			err = volume.ExtendImage(dir, v.SizeBytes) // the guest's filesystem is not the host's to touch
+		} else if err == nil {
 			rep.Online, err = volume.Extend(dir, v.SizeBytes)
 		}
 	case store.VolumeOpSnapshot:
@@ -219,6 +221,14 @@ func (w *worker) mountVolumes(ctx context.Context, spec store.MachineSpec) ([]pe
 			// Marked: the guest's kernel wrote it, so the host's checks it
 			// before it ever mounts it (below).
 			if err := os.WriteFile(guestMark, nil, 0o600); err != nil {
+				return nil, fmt.Errorf("volume %s: %w", m.Volume, err)
+			}
+			// The VM is not running yet: an extend's filesystem growth
+			// is done now (e2fsck checks it first).
+			volumeMu.Lock()
+			err := volume.Grow(dir)
+			volumeMu.Unlock()
+			if err != nil {
 				return nil, fmt.Errorf("volume %s: %w", m.Volume, err)
 			}
 			out = append(out, perchrt.Mount{Image: volume.Image(dir), Destination: m.Path})

@@ -382,7 +382,8 @@ func (s *Server) extendVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	rep, err := s.volumeOp(ctx, store.VolumeRequest{Op: store.VolumeOpExtend, Volume: v})
+	guest := s.copyable(ctx, v) != nil // a running microVM's disk: only the image grows now
+	rep, err := s.volumeOp(ctx, store.VolumeRequest{Op: store.VolumeOpExtend, Volume: v, GuestDisk: guest})
 	if err != nil {
 		s.fail(w, r, err)
 		return

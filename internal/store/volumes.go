@@ -75,6 +75,10 @@ type VolumeRequest struct {
 	Op         string       `json:"op"`
 	Volume     VolumeRecord `json:"volume"`
 	SnapshotID string       `json:"snapshot_id,omitempty"`
+	// GuestDisk (extend): a microVM that may be running has the image as
+	// its disk; only the image grows, its filesystem before the VM's next
+	// start.
+	GuestDisk bool `json:"guest_disk,omitempty"`
 }
 
 // VolumeReply answers it; Error is empty on success. Online (extend):

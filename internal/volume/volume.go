@@ -112,16 +112,8 @@ func Extend(dir string, size int64) (online bool, err error) {
 	if size <= cur {
 		return true, nil
 	}
-	f, err := os.OpenFile(img, os.O_WRONLY, 0)
-	if err != nil {
-		return false, fmt.Errorf("extend volume: %w", err)
-	}
-	err = f.Truncate(size)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return false, fmt.Errorf("extend volume image: %w", err)
+	if err := ExtendImage(dir, size); err != nil {
+		return false, err
 	}
 	if dev := loopOf(img); dev != "" {
 		// Mounted: the loop device learns the new size, then ext4 grows
@@ -132,6 +124,51 @@ func Extend(dir string, size int64) (online bool, err error) {
 		return run("resize2fs", dev) == nil, nil
 	}
 	return true, grow(img)
+}
+
+// ExtendImage grows only the image file to size bytes (never shrinks
+// it); its filesystem grows at the next Mount or Grow. For an image
+// another system has open as a disk (a running microVM), whose
+// filesystem the host must not touch.
+func ExtendImage(dir string, size int64) error {
+	cur, err := Size(dir)
+	if err != nil || size <= cur {
+		return err
+	}
+	f, err := os.OpenFile(Image(dir), os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("extend volume: %w", err)
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("extend volume image: %w", err)
+	}
+	return nil
+}
+
+// Grow makes the filesystem of the unmounted volume in dir fill its
+// image, if an extend left it smaller (Mount does it too). Call it only
+// while nothing has the image open.
+func Grow(dir string) error {
+	img := Image(dir)
+	fs, err := fsBytes(img)
+	if err != nil {
+		return err
+	}
+	sz, err := Size(dir)
+	if err != nil {
+		return err
+	}
+	if sz-fs < 1<<20 || loopOf(img) != "" {
+		return nil
+	}
+	if err := grow(img); err != nil {
+		return fmt.Errorf("grow volume to %d bytes: %w", sz, err)
+	}
+	return nil
 }
 
 // grow makes the unmounted filesystem in img fill the image.
@@ -205,12 +242,8 @@ func Mount(dir, target string) error {
 	}
 	// An image extended while mounted (online resize not allowed) or
 	// restored from a smaller snapshot: the filesystem grows now.
-	if fs, err := fsBytes(img); err != nil {
+	if err := Grow(dir); err != nil {
 		return fmt.Errorf("mount volume: %w", err)
-	} else if sz, _ := Size(dir); sz-fs >= 1<<20 {
-		if err := grow(img); err != nil {
-			return fmt.Errorf("mount volume: grow to %d bytes: %w", sz, err)
-		}
 	}
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return fmt.Errorf("mount volume: %w", err)

@@ -166,3 +166,26 @@ func TestCheckRefusesDamage(t *testing.T) {
 		t.Fatal("Check passed an image with garbage over its group descriptors")
 	}
 }
+
+// TestExtendImageThenGrow: the image of a volume a VM has open grows
+// alone; its filesystem grows at Grow, once nothing has it open.
+func TestExtendImageThenGrow(t *testing.T) {
+	dir := t.TempDir()
+	if err := Create(dir, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := ExtendImage(dir, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	sz, _ := Size(dir)
+	fs, err := fsBytes(Image(dir))
+	if err != nil || sz != 64<<20 || fs > 32<<20 {
+		t.Fatalf("after ExtendImage: image %d, filesystem %d (%v); want 64 MiB and the filesystem untouched", sz, fs, err)
+	}
+	if err := Grow(dir); err != nil {
+		t.Fatal(err)
+	}
+	if fs, _ := fsBytes(Image(dir)); fs < 63<<20 {
+		t.Fatalf("after Grow the filesystem is %d bytes", fs)
+	}
+}
