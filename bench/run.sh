@@ -18,3 +18,4 @@ go run ./bench/autostart -perch bin/perch -n 7
 go run ./bench/autoscale
 go run ./bench/autoscale -window 5m
 go run ./bench/metering
+go run ./bench/volume -perch bin/perch -n 9 -vm-rounds 3

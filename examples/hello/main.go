@@ -25,6 +25,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"log"
 	"net/http"
 	"os"
@@ -74,6 +75,15 @@ func main() {
 	})
 	http.HandleFunc("/env/{name}", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, os.Getenv(r.PathValue("name")))
+	})
+	// PUT writes the body into a file, for tests of volumes.
+	http.HandleFunc("PUT /file/{path...}", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err := os.WriteFile("/"+r.PathValue("path"), b, 0o644); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "written")
 	})
 	// A file's mode and content, for tests of config.files.
 	http.HandleFunc("/file/{path...}", func(w http.ResponseWriter, r *http.Request) {

@@ -35,6 +35,7 @@ import (
 	"github.com/perchhq/perch/internal/runtime/microvm"
 	"github.com/perchhq/perch/internal/scheduler"
 	"github.com/perchhq/perch/internal/store"
+	"golang.org/x/sys/unix"
 )
 
 // Config configures an agent.
@@ -304,6 +305,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.runMeter(ctx) })
 	wg.Go(func() { a.runAutostop(ctx, e) })
 	wg.Go(func() { a.serveStarts(ctx) })
+	wg.Go(func() { a.serveVolumes(ctx) }) // volumes.go
 	go func() { defer wg.Done(); errc <- e.Run(ctx) }()
 	wg.Go(func() { _ = certSrc.Run(ctx) })
 	wg.Go(func() { _ = dns.Run(ctx) })
@@ -345,6 +347,12 @@ func (a *Agent) heartbeat(ctx context.Context) {
 			h.MeshEndpoint = a.meshEndpoint()
 			h.RTT = meshhost.Millis(a.mesh.RTT())
 			h.Disk = a.disk.Load()
+			if h.Disk == nil { // before the first image collection: the volumes' scheduler needs free space
+				var fs unix.Statfs_t
+				if unix.Statfs(a.cfg.StateDir, &fs) == nil {
+					h.Disk = &api.HostDisk{FreeBytes: int64(fs.Bavail) * fs.Bsize, TotalBytes: int64(fs.Blocks) * fs.Bsize}
+				}
+			}
 			return nil
 		})
 		if err != nil && ctx.Err() == nil {

@@ -15,7 +15,7 @@ import (
 
 // Cleanup destroys every machine an agent with state dir stateDir left
 // running, sandboxes and microVMs, with their network namespaces, veths
-// and taps, and the host bridge.
+// and taps, the host bridge, and the volumes' mounts (not the volumes).
 // `perch dev down` uses it after stopping the agents; nothing the agent made
 // in the kernel is left behind.
 func Cleanup(ctx context.Context, stateDir string, shim []string, log *slog.Logger) error {
@@ -39,6 +39,9 @@ func Cleanup(ctx context.Context, stateDir string, shim []string, log *slog.Logg
 		if err := hostnet.Detach(id); err != nil {
 			errs = append(errs, fmt.Errorf("detach machine %s: %w", id, err))
 		}
+	}
+	if err := unmountAllVolumes(stateDir); err != nil { // volumes.go: the data stays
+		errs = append(errs, fmt.Errorf("unmount volumes: %w", err))
 	}
 	var hf hostFile
 	if b, err := os.ReadFile(filepath.Join(stateDir, "host.json")); err == nil && json.Unmarshal(b, &hf) == nil && hf.ID != "" {

@@ -21,6 +21,9 @@ type localRecord struct {
 	Stop *api.StopConfig `json:"stop,omitempty"`
 	// SignalSeq is the spec's SignalSeq last acted on (POST .../signal).
 	SignalSeq int64 `json:"signal_seq,omitempty"`
+	// Volumes are the volumes mounted on the host for the machine
+	// (volumes.go), unmounted when it stops or goes.
+	Volumes []string `json:"volumes,omitempty"`
 }
 
 func localPath(stateDir, id string) string {

@@ -106,6 +106,7 @@ func (a *Agent) sweepOrphans(ctx context.Context) {
 		_ = hostnet.Detach(id)
 		removeLocal(a.cfg.StateDir, id)
 	}
+	a.sweepVolumeMounts() // volumes.go: unmounted, kept
 }
 
 func (a *Agent) forget(key string) {

@@ -232,6 +232,11 @@ func (w *worker) ensureStarted(ctx context.Context, spec store.MachineSpec) time
 	w.waiting = false
 	w.waitSeq++
 	resuming := st.Status == perchrt.StatusSuspended
+	// The volumes are mounted again after a stop or a host's reboot.
+	if _, err := w.mountVolumes(ctx, spec); err != nil { // volumes.go
+		w.fail(ctx, spec, nil, "start: "+err.Error())
+		return 0
+	}
 	err = w.driver().Start(ctx, w.id)
 	if errors.Is(err, perchrt.ErrResumeFailed) {
 		// The snapshot is gone; the machine boots afresh.
@@ -425,6 +430,12 @@ func (w *worker) create(ctx context.Context, spec store.MachineSpec) error {
 	if err := w.a.destroyEverywhere(ctx, w.id); err != nil {
 		return fmt.Errorf("remove previous instance: %w", err)
 	}
+	// Mounted afresh: an extend that could not grow the filesystem
+	// online (Extend's online false) takes effect now.
+	w.releaseVolumes(ctx)
+	if rs.Mounts, err = w.mountVolumes(ctx, spec); err != nil { // volumes.go
+		return err
+	}
 	drv := w.a.driverNamed(spec.Config.Guest.Runtime)
 	if err := drv.Create(ctx, rs); err != nil {
 		return fmt.Errorf("create machine: %w", err)
@@ -451,6 +462,9 @@ func (w *worker) stop(ctx context.Context, spec store.MachineSpec) {
 	if err == nil && st.Status == perchrt.StatusSuspended {
 		w.discardSnapshot(ctx) // stopped means the next start boots
 	}
+	if err == nil && st.Status != perchrt.StatusSuspended {
+		w.releaseVolumes(ctx) // volumes.go; a suspended machine resumes on its mounts
+	}
 	if w.status.State != api.StateStopped || w.status.Generation != spec.Generation {
 		w.setState(ctx, spec, api.StateStopped, "stop", spec.Why())
 	}
@@ -475,6 +489,7 @@ func (w *worker) destroy(ctx context.Context, spec store.MachineSpec, report boo
 		return
 	}
 	_ = hostnet.Detach(w.id)
+	w.releaseVolumes(ctx) // volumes.go: unmounted, never destroyed
 	removeLocal(w.a.cfg.StateDir, w.id)
 	removeOffsets(w.a.cfg.StateDir, w.id)
 	if report {

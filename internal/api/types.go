@@ -273,6 +273,9 @@ type MachineConfig struct {
 	// Statics are directories of the image the edges serve themselves
 	// under a URL prefix (Fly's statics; static.go).
 	Statics []Static `json:"statics,omitempty"`
+	// Mounts attach volumes of the app (volumes.go); the machine is
+	// placed on their host.
+	Mounts []Mount `json:"mounts,omitempty"`
 }
 
 // StopConfig is a machine's stop signal and the time it has to exit, as

@@ -142,6 +142,9 @@ func printMachine(w io.Writer, mc api.MachineConfig) {
 	}
 	fmt.Fprintf(w, "stop:           %s, then SIGKILL after %s\n", stop.Signal, stop.Timeout)
 	fmt.Fprintf(w, "restart:        %s\n", cmp.Or(mc.Restart.Policy, api.RestartOnFailure))
+	for _, m := range mc.Mounts {
+		fmt.Fprintf(w, "volume:         %s at %s (one per machine, made by perch deploy if missing)\n", m.Name, m.Path)
+	}
 	for _, k := range slices.Sorted(maps.Keys(mc.Env)) {
 		fmt.Fprintf(w, "env:            %s=%s\n", k, mc.Env[k])
 	}

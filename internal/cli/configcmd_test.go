@@ -29,6 +29,7 @@ func TestConfigValidate(t *testing.T) {
 		`[[mounts]]`,
 		`  source = "data"`,
 		`  destination = "/data"`,
+		`  auto_extend_size_threshold = 80`,
 	}, "\n") + "\n"
 	if err := os.WriteFile(filepath.Join(dir, "fly.toml"), []byte(fly), 0o644); err != nil {
 		t.Fatal(err)
@@ -46,7 +47,8 @@ func TestConfigValidate(t *testing.T) {
 		"check:        tcp every 10s, timeout 20s, grace 1s",
 		"env:            FLY_PROCESS_GROUP=app",
 		"regions:        the regions the app already runs in, else pass perch deploy --region (no primary_region)",
-		"fly.toml line 15: [[mounts]] ignored: volumes are not supported yet",
+		`fly.toml line 18: "auto_extend_size_threshold" in [[mounts]] ignored: volumes are not extended automatically yet`,
+		"volume:         data at /data",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)

@@ -77,6 +77,9 @@ once).`,
 			if len(cfg.Deploy.ReleaseCommand) > 0 {
 				d.release = &releaseCommand{Args: cfg.Deploy.ReleaseCommand, Timeout: cfg.Deploy.ReleaseTimeout()}
 			}
+			if len(cfg.Mounts) > 0 { // volumes.go: the snapshot settings of the volumes it makes
+				d.mount = &cfg.Mounts[0]
+			}
 			if err := d.run(ctx, regions, primary, cfg.MachineConfigs(img), ""); err != nil {
 				return err
 			}
@@ -118,6 +121,9 @@ type deployer struct {
 	opts deployOptions
 	// release, if set, runs before any machine is replaced (release.go).
 	release *releaseCommand
+	// mount is perch.toml's [[mounts]], if any: the volumes a deploy
+	// makes get its snapshot settings (volumes.go).
+	mount *config.Mount
 }
 
 // run deploys a new release to the plan's regions: mcs is the machine
@@ -210,7 +216,7 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 	r.finish(ctx)
 	d.removeGroups(ctx, plan.Removed, removedGroups)
 	ref := ""
-	for _, m := range r.created {
+	for _, m := range append(r.created, r.updated...) {
 		if got, err := d.c.GetMachine(ctx, d.app, m.ID); err == nil && got.ImageRef.Digest != "" {
 			ref = got.ImageRef.Ref()
 			break

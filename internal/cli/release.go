@@ -28,6 +28,7 @@ const releaseGroup = "fly_app_release_command"
 func (d *deployer) runRelease(ctx context.Context, rc *releaseCommand, region string, mc api.MachineConfig) error {
 	cfg := mc
 	cfg.Services = nil
+	cfg.Mounts = nil        // as on Fly: the release machine mounts no volume (each is one machine's)
 	cfg.AutoDestroy = false // destroyed here, once its logs are read
 	cfg.Restart = api.Restart{Policy: api.RestartNo}
 	cfg.Init.Cmd = append([]string{}, rc.Args...)

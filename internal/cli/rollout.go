@@ -101,6 +101,8 @@ type rollout struct {
 	mu      sync.Mutex
 	created []api.Machine // new machines
 	retired []api.Machine // old machines stopped (or not running) on the way out
+	updated []api.Machine // machines with a volume replaced in place, as they were (volumes.go)
+	claimed map[string]bool
 }
 
 // regionOld is a region's machines of one process group to replace,
@@ -143,6 +145,9 @@ func groups(plan deployPlan, existing []api.Machine) []regionOld {
 
 // execute runs the strategy. On error the caller undoes the rollout.
 func (r *rollout) execute(ctx context.Context, gs []regionOld) error {
+	if r.mountsVolumes() {
+		return r.inPlace(ctx, gs) // volumes.go
+	}
 	switch r.d.opts.Strategy {
 	case strategyImmediate:
 		return r.all(ctx, gs, false)
@@ -240,14 +245,26 @@ func summary(old, n int) string {
 	return "replaced " + plural(old, "machine")
 }
 
+// configFor is the release's machine config of a process group.
+func (r *rollout) configFor(group string) api.MachineConfig {
+	if mc, ok := r.mcs[group]; ok {
+		return mc
+	}
+	return r.mc
+}
+
 // launch creates k machines of the release's process group in region.
 func (r *rollout) launch(ctx context.Context, region, group string, k int, cordoned bool) ([]api.Machine, error) {
-	mc, ok := r.mcs[group]
-	if !ok {
-		mc = r.mc
-	}
+	mc := r.configFor(group)
 	var out []api.Machine
 	for range k {
+		mc := mc
+		if len(mc.Mounts) > 0 { // its own volume (volumes.go)
+			var err error
+			if mc, err = r.withVolume(ctx, region, mc, nil); err != nil {
+				return out, err
+			}
+		}
 		m, err := r.d.c.CreateMachine(ctx, r.d.app, api.CreateMachineRequest{Region: region, Config: mc, Cordoned: cordoned})
 		if err != nil {
 			return out, fmt.Errorf("creating a machine in %s: %w", groupLabel(region, group), err)
@@ -461,6 +478,7 @@ func (r *rollout) finish(ctx context.Context) {
 func (r *rollout) undo(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
 	defer cancel()
+	r.undoInPlace(ctx) // volumes.go
 	var restart []api.Machine
 	for _, m := range r.retired {
 		if m.State == api.StateStarted || m.State == api.StateStarting {

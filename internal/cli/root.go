@@ -63,6 +63,7 @@ func NewRoot(version string) *cobra.Command {
 		newHostsCmd(g),
 		newCertsCmd(g),
 		newSecretsCmd(g),
+		newVolumesCmd(g),
 		newConfigCmd(g),
 		newOrgsCmd(g),
 		newTokensCmd(g),

@@ -117,7 +117,12 @@ func (d *deployer) scaleRegion(ctx context.Context, existing []api.Machine, gp g
 		if tmpl == nil {
 			return fmt.Errorf("%s has no machine to copy the config from (process group %s): run `perch deploy` first", d.app, gp.group)
 		}
-		r := &rollout{d: d, mc: *tmpl}
+		mc := *tmpl
+		mc.Mounts = append([]api.Mount(nil), mc.Mounts...)
+		for i := range mc.Mounts {
+			mc.Mounts[i].Volume = "" // each new machine its own volume of that name (volumes.go)
+		}
+		r := &rollout{d: d, mc: mc}
 		news, err := r.launch(ctx, st.Region, gp.group, st.Create, false)
 		if err == nil {
 			err = r.await(ctx, news, 0)

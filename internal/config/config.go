@@ -43,6 +43,8 @@ type Config struct {
 	// Init is [experimental] cmd, entrypoint and exec, which override the
 	// image's as on Fly; a [processes] command overrides Cmd.
 	Init Init
+	// Mounts is [[mounts]] (mounts.go): at most one.
+	Mounts []Mount
 }
 
 // Init overrides the image's process, as [experimental] in fly.toml.

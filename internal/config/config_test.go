@@ -117,9 +117,7 @@ func TestParseFlyFiles(t *testing.T) {
 				}},
 				Restarts: []Restart{{Policy: "always", MaxRetries: 3}},
 				VMs:      []VM{{Size: "performance-2x"}},
-			},
-			warns: []string{
-				`chat.fly.toml line 21: [[mounts]] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced`,
+				Mounts:   []Mount{{Source: "chat_data", Destination: "/data"}},
 			},
 		},
 		{

@@ -390,6 +390,8 @@ func TestFlyKeysPerchDoesNotRunAreNamed(t *testing.T) {
 		"  kernel_args = 'quiet'",           // 24
 		"[mount]",                           // 25
 		"  source = 'data'",                 // 26
+		"  destination = '/data'",           // 27
+		"  auto_extend_size_threshold = 80", // 28
 	)
 	_, warns, err := Parse("fly.toml", []byte(data), LoadOptions{})
 	if err != nil {
@@ -404,7 +406,7 @@ func TestFlyKeysPerchDoesNotRunAreNamed(t *testing.T) {
 		`fly.toml line 14: [[http_service.machine_checks]] ignored: perch deploy runs no test machines; the new machines' own checks and the smoke window decide instead`,
 		`fly.toml line 22: "port" in [[services.tcp_checks]] ignored: a service's checks always go to its internal_port`,
 		`fly.toml line 24: "kernel_args" in [[vm]] ignored: machines boot Perch's own kernel command line`,
-		`fly.toml line 25: [mount] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced`,
+		`fly.toml line 28: "auto_extend_size_threshold" in [mount] ignored: volumes are not extended automatically yet; extend with perch volumes extend`,
 	}
 	if diff := cmp.Diff(want, warnings(warns)); diff != "" {
 		t.Errorf("warnings (-want +got):\n%s", diff)

@@ -57,7 +57,6 @@ var corpus = map[string]corpusWant{
 	},
 	"amardns.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]; tcp 8053: 853[tls]", Conc: "connections 20/0; connections 20/0", Checks: "tcp 15s/4s; http 15s/4s GET /health; tcp 15s/4s", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=sin"},
-		warns:   []string{"[[mounts]] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
 	},
 	"bun.toml": {
 		summary: summary{Services: "tcp 3000: 80[http] 443[tls,http]", Conc: "requests 100/250", Checks: "tcp /", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -69,7 +68,7 @@ var corpus = map[string]corpusWant{
 	},
 	"cockroachdb.toml": {
 		summary: summary{Services: "tcp 26257: 10000[]", Conc: "connections 200/1000", Checks: "tcp 10s/5s", Stop: "SIGINT 5m0s", Guest: "shared 1x256 runc", Cmd: "| shell start_fly.sh", Env: "group=app"},
-		warns:   []string{"[checks] ignored: top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation", "\"auto_rollback\" in [experimental] ignored: perch deploy always puts the previous release back when a new machine fails", "[metrics] ignored: Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics", "[[mounts]] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
+		warns:   []string{"[checks] ignored: top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation", "\"auto_rollback\" in [experimental] ignored: perch deploy always puts the previous release back when a new machine fails", "[metrics] ignored: Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics"},
 	},
 	"coredns.toml": {
 		summary: summary{Services: "udp 53: 53[]", Conc: "connections 20/0", Checks: "", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -77,7 +76,6 @@ var corpus = map[string]corpusWant{
 	},
 	"cron-manager.toml": {
 		summary: summary{Services: "", Conc: "", Checks: "", Stop: "", Guest: "shared 1x1024 runc", Cmd: "", Env: "group=app primary=ord"},
-		warns:   []string{"[[mounts]] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
 	},
 	"dns-flyapp.toml": {
 		summary: summary{Services: "udp 53: 53[]", Conc: "connections 500/550", Checks: "", Stop: "SIGTERM 2m0s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -85,7 +83,6 @@ var corpus = map[string]corpusWant{
 	},
 	"docker-daemon.toml": {
 		summary: summary{Services: "", Conc: "", Checks: "", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[[mounts]] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
 	},
 	"fastapi-book-project.toml": {
 		summary: summary{Services: "tcp 8000: 80[http] 443[tls,http]", Conc: "connections 20/0", Checks: "", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -93,7 +90,7 @@ var corpus = map[string]corpusWant{
 	},
 	"fly-etcd.toml": {
 		summary: summary{Services: "tcp 2379: 10000[]", Conc: "connections 20/0", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[checks] ignored: top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation", "\"auto_rollback\" in [experimental] ignored: perch deploy always puts the previous release back when a new machine fails", "[[mounts]] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced", "[[services]] has no protocol; served as \"tcp\", as Fly v1 did (write protocol = \"tcp\" to say so)"},
+		warns:   []string{"[checks] ignored: top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation", "\"auto_rollback\" in [experimental] ignored: perch deploy always puts the previous release back when a new machine fails", "[[services]] has no protocol; served as \"tcp\", as Fly v1 did (write protocol = \"tcp\" to say so)"},
 	},
 	"fly-log-shipper.toml": {
 		summary: summary{Services: "", Conc: "", Checks: "", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -104,8 +101,7 @@ var corpus = map[string]corpusWant{
 		warns:   []string(nil),
 	},
 	"fusion.toml": {
-		err:   "fusion.toml line 6: app name \"{APP_NAME}\" is not valid; use lowercase letters, digits and dashes (at most 63), e.g. \"my-app\"",
-		warns: []string{"[mounts] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
+		err: "fusion.toml line 6: app name \"{APP_NAME}\" is not valid; use lowercase letters, digits and dashes (at most 63), e.g. \"my-app\"",
 	},
 	"global-rails.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=scl"},
@@ -125,11 +121,9 @@ var corpus = map[string]corpusWant{
 	},
 	"keydb.toml": {
 		summary: summary{Services: "tcp 6379: 10000[]", Conc: "connections 20/0", Checks: "tcp 10s/2s", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[mount] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
 	},
 	"litefs.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 1s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[mounts] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
 	},
 	"live_beats.toml": {
 		summary: summary{Services: "tcp 4000: 80[http] 443[tls,http]", Conc: "connections 2000/2500", Checks: "tcp 15s/2s", Stop: "SIGTERM 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=iad"},
@@ -149,7 +143,6 @@ var corpus = map[string]corpusWant{
 	},
 	"nginx-cluster.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "requests 30/100", Checks: "http 3s/1s GET /healthz", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[mount] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
 	},
 	"notesclub.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGTERM 5s", Guest: "shared 1x512 runc", Cmd: "", Env: "group=app primary=fra"},
@@ -161,7 +154,7 @@ var corpus = map[string]corpusWant{
 	},
 	"ollama-open-webui.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/0", Checks: "", Stop: "", Guest: "performance 8x16384 runc", Cmd: "", Env: "group=app primary=ord"},
-		warns:   []string{"[[mounts]] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced", "\"gpu_kind\" in [[vm]] ignored: GPUs are not supported"},
+		warns:   []string{"\"gpu_kind\" in [[vm]] ignored: GPUs are not supported"},
 	},
 	"openresty-basic.toml": {
 		summary: summary{Services: "tcp 80: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 10s/2s", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -177,15 +170,15 @@ var corpus = map[string]corpusWant{
 	},
 	"postgres-flex.toml": {
 		summary: summary{Services: "", Conc: "", Checks: "", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=ord"},
-		warns:   []string{"[checks] ignored: top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation", "[[mounts]] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced", "[metrics] ignored: Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics"},
+		warns:   []string{"[checks] ignored: top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation", "[metrics] ignored: Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics"},
 	},
 	"postgres-ha.toml": {
 		summary: summary{Services: "", Conc: "", Checks: "", Stop: "SIGTERM 5m0s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=ord"},
-		warns:   []string{"[checks] ignored: top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation", "\"auto_rollback\" in [experimental] ignored: perch deploy always puts the previous release back when a new machine fails", "\"enable_etcd\" in [experimental] ignored: Perch has no etcd for apps", "[metrics] ignored: Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics", "[[mounts]] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
+		warns:   []string{"[checks] ignored: top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation", "\"auto_rollback\" in [experimental] ignored: perch deploy always puts the previous release back when a new machine fails", "\"enable_etcd\" in [experimental] ignored: Perch has no etcd for apps", "[metrics] ignored: Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics", "\"encrypted\" in [[mounts]] ignored: Perch does not encrypt volumes at rest; use the host's disk encryption"},
 	},
 	"postgres-migrator.toml": {
 		summary: summary{Services: "", Conc: "", Checks: "", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"\"auto_rollback\" in [experimental] ignored: perch deploy always puts the previous release back when a new machine fails", "[[services]] ignored: it has no internal_port and no ports, so nothing could reach it (Fly serves nothing for it either)", "[[mounts]] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
+		warns:   []string{"\"auto_rollback\" in [experimental] ignored: perch deploy always puts the previous release back when a new machine fails", "[[services]] ignored: it has no internal_port and no ports, so nothing could reach it (Fly serves nothing for it either)"},
 	},
 	"rails-machine-workers.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -201,11 +194,10 @@ var corpus = map[string]corpusWant{
 	},
 	"redis-geo-cache.toml": {
 		summary: summary{Services: "tcp 7379: 10000[]", Conc: "connections 20/25", Checks: "tcp 10s/2s", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[mount] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
 	},
 	"redis.toml": {
 		summary: summary{Services: "", Conc: "", Checks: "", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[[mounts]] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced", "[metrics] ignored: Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics"},
+		warns:   []string{"[metrics] ignored: Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics"},
 	},
 	"roqr.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "| bundle exec rails server", Env: "group=web"},
@@ -221,7 +213,6 @@ var corpus = map[string]corpusWant{
 	},
 	"tailscale-exit.toml": {
 		summary: summary{Services: "", Conc: "", Checks: "", Stop: "SIGTERM", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=eze"},
-		warns:   []string{"[mounts] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
 	},
 	"tarkov-prime-bot.toml": {
 		summary: summary{Services: "tcp 8080:", Conc: "connections 20/25", Checks: "", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "| npm run prod", Env: "group=app"},
@@ -229,7 +220,6 @@ var corpus = map[string]corpusWant{
 	},
 	"tasklite.toml": {
 		summary: summary{Services: "tcp 8081: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "| tasklite-server", Env: "group=app"},
-		warns:   []string{"[mounts] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
 	},
 	"tele_churn.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 1000/1000", Checks: "http 30s/5s GET /", Stop: "SIGTERM 5s", Guest: "shared 1x2048 runc", Cmd: "", Env: "group=app primary=ams"},
@@ -245,7 +235,6 @@ var corpus = map[string]corpusWant{
 	},
 	"vscode-remote.toml": {
 		summary: summary{Services: "tcp 22: 10022[]", Conc: "connections 20/0", Checks: "", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[[mounts]] ignored: volumes are not supported yet, so files written there are lost when the machine is replaced"},
 	},
 	"wps.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 1000/1000", Checks: "", Stop: "SIGTERM", Guest: "shared 1x1024 runc", Cmd: "", Env: "group=app primary=iad"},

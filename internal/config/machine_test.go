@@ -66,9 +66,10 @@ func TestMachineConfig(t *testing.T) {
 			file:  "chat.fly.toml",
 			image: "",
 			want: api.MachineConfig{
-				Image: "ghcr.io/acme/chat-ws:1.4.2",
-				Env:   map[string]string{"LOG_LEVEL": "info", "MAX_ROOMS": "500", "FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "sin"},
-				Guest: api.Guest{CPUKind: "performance", CPUs: 2, MemoryMB: 4096, Runtime: "runc"},
+				Image:  "ghcr.io/acme/chat-ws:1.4.2",
+				Mounts: []api.Mount{{Name: "chat_data", Path: "/data"}},
+				Env:    map[string]string{"LOG_LEVEL": "info", "MAX_ROOMS": "500", "FLY_PROCESS_GROUP": "app", "PRIMARY_REGION": "sin"},
+				Guest:  api.Guest{CPUKind: "performance", CPUs: 2, MemoryMB: 4096, Runtime: "runc"},
 				Services: []api.Service{
 					{
 						Protocol: "tcp", InternalPort: 4000,

@@ -96,12 +96,21 @@ type fileConfig struct {
 	Deploy        *fileDeploy       `toml:"deploy,omitempty"`
 	Restart       []fileRestart     `toml:"restart,omitempty"`
 	Statics       []fileStatic      `toml:"statics,omitempty"`
+	Mounts        []fileMount       `toml:"mounts,omitempty"`
 }
 
 type fileStatic struct {
 	GuestPath     string `toml:"guest_path"`
 	URLPrefix     string `toml:"url_prefix"`
 	IndexDocument string `toml:"index_document,omitempty"`
+}
+
+type fileMount struct {
+	Source             string `toml:"source"`
+	Destination        string `toml:"destination"`
+	InitialSize        string `toml:"initial_size,omitempty"`
+	SnapshotRetention  int    `toml:"snapshot_retention,omitempty"`
+	ScheduledSnapshots *bool  `toml:"scheduled_snapshots,omitempty"`
 }
 
 type fileExperimental struct {
@@ -272,6 +281,13 @@ func (c *Config) file() fileConfig {
 	}
 	for _, st := range c.Statics {
 		f.Statics = append(f.Statics, fileStatic{GuestPath: st.GuestPath, URLPrefix: st.URLPrefix, IndexDocument: st.IndexDocument})
+	}
+	for _, m := range c.Mounts {
+		fm := fileMount{Source: m.Source, Destination: m.Destination, SnapshotRetention: m.SnapshotRetention, ScheduledSnapshots: m.ScheduledSnapshots}
+		if m.InitialSizeGB > 0 {
+			fm.InitialSize = fmt.Sprintf("%dgb", m.InitialSizeGB)
+		}
+		f.Mounts = append(f.Mounts, fm)
 	}
 	return f
 }

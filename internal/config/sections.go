@@ -94,9 +94,7 @@ func (d *decoder) config(doc map[string]any) *Config {
 	}
 	d.checkProcessNames(c, doc) // processes.go
 	// flyctl reads [mount] as [mounts].
-	for _, k := range []string{"mounts", "mount"} {
-		top.ignore(k, "volumes are not supported yet, so files written there are lost when the machine is replaced")
-	}
+	c.Mounts = d.mounts(top)   // mounts.go
 	c.Statics = d.statics(top) // statics.go
 	top.ignore("files", "files written into machines are not supported yet")
 	top.ignore("checks", "top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation")

@@ -27,6 +27,7 @@ import (
 	"github.com/perchhq/perch/internal/devcluster"
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/testimage"
+	"github.com/perchhq/perch/internal/volume"
 )
 
 var worldSeq atomic.Int32
@@ -98,6 +99,9 @@ func assertNothingLeft(t *testing.T, info devcluster.Info) {
 	for _, r := range info.Regions {
 		if bytes.Contains(mounts, []byte(r.StateDir)) {
 			t.Errorf("a mount under %s is left behind", r.StateDir)
+		}
+		if l := volume.Loops(r.StateDir); len(l) > 0 {
+			t.Errorf("loop devices of volumes under %s are left behind: %v", r.StateDir, l)
 		}
 	}
 	// Loop devices of machines' disks, and their claims on host id ranges

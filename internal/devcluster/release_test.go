@@ -2,6 +2,8 @@ package devcluster_test
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/devcluster"
+	"github.com/perchhq/perch/internal/volume"
 )
 
 // TestReleaseCommand: [deploy] release_command runs once per deploy with
@@ -88,5 +91,86 @@ func TestReleaseCommand(t *testing.T) {
 	if strings.Count(rs, "failed") < 2 {
 		t.Errorf("perch releases does not show the two failed releases:\n%s", rs)
 	}
-	checkProcessGroupsAndStatics(t, w, dir, "rel") // processes_test.go
+
+	// Volumes, in the same world (docs/volumes.md): [[mounts]] makes the
+	// deploy create the volume and replace the machine in place on it;
+	// what the app writes there survives deploys, an agent killed with
+	// SIGKILL, and the machine's destroy.
+	volStart := time.Now()
+	defer func() { t.Logf("the volume part took %s", time.Since(volStart).Round(time.Second)) }()
+	edge := w.Info().Regions[0].EdgeAddr + ":80"
+	release("[[mounts]]\nsource = \"rel_data\"\ndestination = \"/data\"")
+	out = mustPerch(t, w, dir, "deploy", "--smoke-window", "1s")
+	for _, want := range []string{"volume", "rel_data", "updating in place"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("deploy with [[mounts]]: output lacks %q:\n%s", want, out)
+		}
+	}
+	vols, err := w.Client().ListVolumes(ctx, "rel")
+	if err != nil || len(vols) != 1 || vols[0].AttachedMachineID == nil || *vols[0].AttachedMachineID != good[0].ID {
+		t.Fatalf("volumes after the deploy: %+v %v; want rel_data attached to %s (replaced in place)", vols, err, good[0].ID)
+	}
+	req, _ := http.NewRequest("PUT", "http://"+edge+"/file/data/row", strings.NewReader("row 1"))
+	req.Host = "rel.perch.local"
+	if resp, err := httpClient.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("writing to the volume: %v %v", resp, err)
+	}
+	reads := func(what string) {
+		t.Helper()
+		eventually(t, 30*time.Second, what+": the row is on the volume", func() (bool, string) {
+			code, b, _, err := get(edge, "rel", "/file/data/row")
+			return err == nil && code == 200 && strings.HasSuffix(b, "row 1"), fmt.Sprint(code, b, err)
+		})
+	}
+	mustPerch(t, w, dir, "deploy", "--smoke-window", "1s") // a new release, in place again
+	reads("after a second deploy")
+	if err := w.KillAgent("iad"); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.StartAgent(ctx, "iad"); err != nil {
+		t.Fatal(err)
+	}
+	reads("after the agent was killed and restarted")
+	ms, _ := liveMachines(ctx, w, "rel")
+	if len(ms) != 1 {
+		t.Fatalf("machines: %v", ids(ms))
+	}
+	mustPerch(t, w, dir, "machine", "destroy", "--force", ms[0].ID)
+	eventually(t, 30*time.Second, "the machine gone, its volume kept and free", func() (bool, string) {
+		vols, err := w.Client().ListVolumes(ctx, "rel")
+		return err == nil && len(vols) == 1 && vols[0].AttachedMachineID == nil, fmt.Sprint(vols, err)
+	})
+	if l := volume.Loops(w.Info().Regions[0].StateDir); len(l) != 0 {
+		t.Errorf("loop devices of a destroyed machine's volume: %v", l)
+	}
+	mustPerch(t, w, dir, "deploy", "--smoke-window", "1s") // a new machine, on the free volume
+	reads("on a new machine")
+
+	// A snapshot restored into a new volume (the old one destroyed) holds
+	// the row for the next machine.
+	vid := vols[0].ID
+	out = mustPerch(t, w, dir, "volumes", "snapshots", "create", vid)
+	snap := strings.Fields(strings.TrimPrefix(out, "Snapshot "))[0]
+	if !strings.HasPrefix(snap, "vs_") {
+		t.Fatalf("snapshots create said %q", out)
+	}
+	ms, _ = liveMachines(ctx, w, "rel")
+	mustPerch(t, w, dir, "machine", "destroy", "--force", ms[0].ID)
+	eventually(t, 30*time.Second, "the volume free again", func() (bool, string) {
+		v, err := w.Client().GetVolume(ctx, "rel", vid)
+		return err == nil && v.AttachedMachineID == nil, fmt.Sprint(v, err)
+	})
+	mustPerch(t, w, dir, "volumes", "destroy", vid, "--yes")
+	mustPerch(t, w, dir, "volumes", "create", "rel_data", "--region", "iad", "--snapshot-id", snap)
+	if out := mustPerch(t, w, dir, "volumes", "list"); strings.Contains(out, vid) || !strings.Contains(out, "rel_data") {
+		t.Errorf("volumes list after the restore:\n%s", out)
+	}
+	mustPerch(t, w, dir, "deploy", "--smoke-window", "1s")
+	reads("on a volume restored from a snapshot")
+
+	// Process groups and statics, in the same world, on an app of their
+	// own (the volume part above leaves "rel" on its volume).
+	pdir := t.TempDir()
+	mustPerch(t, w, pdir, "launch", "--image", ref, "--regions", "iad", "--name", "procs")
+	checkProcessGroupsAndStatics(t, w, pdir, "procs") // processes_test.go
 }

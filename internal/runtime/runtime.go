@@ -63,6 +63,18 @@ type Spec struct {
 	// Files are written into the machine's root filesystem before it
 	// starts (Fly's config.files), owned by root.
 	Files []File
+	// Mounts are volumes (package volume): runc bind-mounts each Source
+	// (a directory on the host, the volume mounted there by the agent) at
+	// Destination; a microVM gets each Image as a virtio disk its init
+	// mounts at Destination.
+	Mounts []Mount
+}
+
+// Mount is one volume of Spec.Mounts.
+type Mount struct {
+	Source      string // host directory (runc)
+	Image       string // ext4 image file (microvm)
+	Destination string // absolute path inside the machine
 }
 
 // File is one file of Spec.Files: Path is absolute inside the machine,

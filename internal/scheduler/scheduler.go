@@ -33,6 +33,9 @@ type Request struct {
 	// Exclude is a machine id whose current resources are not counted
 	// (the machine being updated in place).
 	Exclude string
+	// Host, when set, is the only host the machine may go to: the host of
+	// the volume it mounts.
+	Host string
 }
 
 // Placement is the scheduler's decision.
@@ -60,6 +63,12 @@ func Place(req Request, hosts []api.Host, machines []store.MachineSpec) (Placeme
 	}
 	if len(inRegion) == 0 {
 		return Placement{}, fmt.Errorf("%w: no host in region %s; regions with hosts: %s", ErrUnplaceable, req.Region, regionsOf(hosts))
+	}
+	if req.Host != "" {
+		inRegion = slices.DeleteFunc(inRegion, func(h api.Host) bool { return h.ID != req.Host })
+		if len(inRegion) == 0 {
+			return Placement{}, fmt.Errorf("%w: the machine's volume is on host %s, which is not a host of region %s", ErrUnplaceable, req.Host, req.Region)
+		}
 	}
 	type cand struct {
 		h       api.Host

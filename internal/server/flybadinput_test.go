@@ -91,7 +91,6 @@ func TestFlyBadInput(t *testing.T) {
 	t.Run("fields Perch does not implement", func(t *testing.T) {
 		before := machineCount(t, s, "web")
 		for _, tc := range []struct{ config, field, why string }{
-			{`"mounts":[{"volume":"vol_123","path":"/data"}]`, "config.mounts", "no volumes"},
 			{`"files":[{"guest_path":"/etc/app.conf","raw_value":"aGVsbG8=","raw_file":"x"}]`, "config.files[0].raw_file", "not supported"},
 			{`"checks":{"alive":{"type":"tcp","port":8080}}`, "config.checks", "services[].checks"},
 			{`"schedule":"daily"`, "config.schedule", "schedule"},

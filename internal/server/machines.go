@@ -221,10 +221,18 @@ func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachin
 	if err == nil {
 		err = s.checkPortSharing(ctx, a.Name, &req.Config) // ports.go
 	}
+	var volHost string
+	if err == nil {
+		var volRegion string
+		volHost, volRegion, err = s.resolveMounts(ctx, a.Name, "", req.Region, &spec.Config) // volumes.go
+		if volHost != "" {
+			req.Region, spec.Region = volRegion, volRegion
+		}
+	}
 	if err == nil && req.Region == "" {
 		err = s.placeAnywhere(ctx, a.Name, &spec, req.Config.Guest)
 	} else if err == nil {
-		err = s.place(ctx, &spec, scheduler.Request{Region: req.Region, Guest: req.Config.Guest})
+		err = s.place(ctx, &spec, scheduler.Request{Region: req.Region, Guest: req.Config.Guest, Host: volHost})
 	}
 	if err == nil {
 		err = s.sealSecrets(ctx, &spec, req.SkipSecrets) // secrets.go
@@ -389,6 +397,13 @@ func (s *Server) updateMachine(w http.ResponseWriter, r *http.Request) {
 	// Under placeMu, as for a new machine: ports are claimed one at a time.
 	s.placeMu.Lock()
 	err = s.checkPortSharing(ctx, sp.App, &req.Config)
+	if err == nil {
+		var volHost string
+		volHost, _, err = s.resolveMounts(ctx, sp.App, sp.ID, sp.Region, &req.Config) // volumes.go
+		if err == nil && volHost != "" && volHost != sp.HostID {
+			err = errf(http.StatusBadRequest, "config.mounts[0].volume %s is on host %s, machine %s on host %s; a machine does not move between hosts: create a new machine with this mount", req.Config.Mounts[0].Volume, volHost, sp.ID, sp.HostID)
+		}
+	}
 	if err == nil && req.Name != "" && req.Name != sp.Name {
 		err = s.nameTakenIn(ctx, sp.App, req.Name, sp.ID)
 	}

@@ -146,7 +146,6 @@ var indexRE = regexp.MustCompile(`\[[^\]]*\]`)
 // unsupportedWhy says, for the fields Fly clients commonly send, what
 // Perch does instead; keyed by path without list indexes or map keys.
 var unsupportedWhy = map[string]string{
-	"config.mounts":                    "Perch has no volumes yet; a machine's disk lasts until it is destroyed",
 	"config.checks":                    "Perch runs checks per service: put them under config.services[].checks",
 	"config.schedule":                  "Perch does not run machines on a schedule",
 	"config.processes":                 "Perch runs one process per machine: set config.init.cmd",

@@ -99,6 +99,13 @@ var apiRoutes = []route{
 	{"POST /v1/apps/{app}/secrets", scopeApp, h((*Server).updateSecrets)},
 	{"POST /v1/apps/{app}/secrets/{name}", scopeApp, h((*Server).setSecret)},
 	{"DELETE /v1/apps/{app}/secrets/{name}", scopeApp, h((*Server).unsetSecret)},
+	{"GET /v1/apps/{app}/volumes", scopeApp, h((*Server).listVolumes)}, // volumes.go
+	{"POST /v1/apps/{app}/volumes", scopeApp, h((*Server).createVolume)},
+	{"GET /v1/apps/{app}/volumes/{id}", scopeApp, h((*Server).getVolume)},
+	{"DELETE /v1/apps/{app}/volumes/{id}", scopeApp, h((*Server).deleteVolume)},
+	{"PUT /v1/apps/{app}/volumes/{id}/extend", scopeApp, h((*Server).extendVolume)},
+	{"GET /v1/apps/{app}/volumes/{id}/snapshots", scopeApp, h((*Server).listSnapshots)},
+	{"POST /v1/apps/{app}/volumes/{id}/snapshots", scopeApp, h((*Server).createSnapshot)},
 	{"GET /v1/orgs", scopeOrgList, h((*Server).listOrgs)}, // orgs.go
 	{"POST /v1/orgs", scopeAdmin, h((*Server).createOrg)},
 	{"GET /v1/orgs/{org}", scopeOrg, h((*Server).getOrg)},

@@ -238,6 +238,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	adDone := make(chan struct{})
 	go func() { defer close(adDone); s.autoDestroy(adCtx) }() // autodestroy.go
 	defer func() { adCancel(); <-adDone }()
+	vsCtx, vsCancel := context.WithCancel(ctx)
+	vsDone := make(chan struct{})
+	go func() { defer close(vsDone); s.runVolumeSnapshots(vsCtx) }() // volumes.go
+	defer func() { vsCancel(); <-vsDone }()
 	asDone := make(chan struct{})
 	actx, acancel := context.WithCancel(ctx)
 	go func() {

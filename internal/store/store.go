@@ -74,6 +74,9 @@ type Store struct {
 	Autoscale  jetstream.KeyValue
 	Secrets    jetstream.KeyValue
 	Orgs       jetstream.KeyValue
+	Volumes    jetstream.KeyValue
+	// VolumeMoves carries snapshots between hosts (ObjectVolumeMoves).
+	VolumeMoves jetstream.ObjectStore
 }
 
 // Open connects to NATS at url (with an optional auth token) and makes sure
@@ -142,6 +145,7 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		{&s.Autoscale, BucketAutoscale, 1, 0},
 		{&s.Secrets, BucketSecrets, 1, 0},
 		{&s.Orgs, BucketOrgs, 1, 0},
+		{&s.Volumes, BucketVolumes, 1, 0},
 		// A challenge lives minutes; the TTL sweeps those a crashed
 		// issuer never cleaned up.
 		{&s.Challenges, BucketChallenges, 1, time.Hour},
@@ -156,6 +160,12 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 			return fmt.Errorf("bucket %s: %w", b.name, err)
 		}
 		*b.kv = kv
+	}
+	s.VolumeMoves, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket: ObjectVolumeMoves, Storage: jetstream.FileStorage, TTL: time.Hour,
+	})
+	if err != nil {
+		return fmt.Errorf("object store %s: %w", ObjectVolumeMoves, err)
 	}
 	_, err = js.CreateOrUpdateStream(ctx, logStreamConfig())
 	if err != nil {

@@ -29,6 +29,14 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	if len(spec.Files) > 0 {
 		return fmt.Errorf("microvm: create %s: config.files are not written into a microVM's disk yet; use the runc runtime for this machine, or bake the files into the image", spec.ID)
 	}
+	for _, m := range spec.Mounts {
+		if m.Image == "" {
+			return fmt.Errorf("microvm: create %s: the volume for %s has no image file", spec.ID, m.Destination)
+		}
+		if _, err := os.Stat(m.Image); err != nil {
+			return fmt.Errorf("microvm: create %s: volume for %s: %w", spec.ID, m.Destination, err)
+		}
+	}
 	if spec.MemoryMB > 0 && spec.MemoryMB < MinMemoryMB {
 		return fmt.Errorf("microvm: create %s: memory_mb must be at least %d for a microVM (its kernel needs the room), got %d", spec.ID, MinMemoryMB, spec.MemoryMB)
 	}

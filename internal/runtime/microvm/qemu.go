@@ -85,6 +85,15 @@ func machineArgs(r record, dir, accel string, k *kernel, initrd, tap string) []s
 		"-device", "virtio-serial-device,max_ports=2",
 		"-device", "virtserialport,chardev=ctl,name="+guestinit.PortName,
 	)
+	// Volumes: each ext4 image a raw virtio disk, found by the guest's
+	// init by its serial. (Not cache=none: the state dir may be on tmpfs,
+	// which has no O_DIRECT; the guest's flushes reach the disk anyway.)
+	for i, m := range spec.Mounts {
+		id := "vol" + strconv.Itoa(i)
+		args = append(args,
+			"-drive", "id="+id+",if=none,format=raw,file="+qemuOpt(m.Image),
+			"-device", "virtio-blk-device,drive="+id+",serial="+guestinit.VolumeSerial(i))
+	}
 	if tap != "" {
 		hostname := spec.Hostname
 		if hostname == "" {

@@ -130,10 +130,14 @@ func guestConfig(r record) guestinit.Config {
 	if hostname == "" {
 		hostname = r.Spec.ID
 	}
-	return guestinit.Config{
+	cfg := guestinit.Config{
 		Args: r.Spec.Process.Args, Env: env, Cwd: r.Spec.Process.Cwd,
 		UID: r.User.UID, GID: r.User.GID, Groups: r.User.Extra, Hostname: hostname,
 	}
+	for i, m := range r.Spec.Mounts { // qemu.go attaches them in this order
+		cfg.Volumes = append(cfg.Volumes, guestinit.Volume{Serial: guestinit.VolumeSerial(i), Path: m.Destination})
+	}
+	return cfg
 }
 
 // dedupEnv keeps one entry per key, the last one given, where the first

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/runtime/imageuser"
@@ -108,6 +110,12 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	}
 	s := ociSpec(spec, d.bundleRoot(id, base), netns, u, d.cgroupParent, base, d.usernsPath(id))
 	s.Mounts = append(s.Mounts, etc...)
+	for _, m := range spec.Mounts { // volumes, mounted on the host by the agent
+		if m.Source == "" {
+			return fmt.Errorf("runc: create %s: volume for %s has no host directory", id, m.Destination)
+		}
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.Destination, Type: "bind", Source: m.Source, Options: []string{"rbind", "rw", "nosuid", "nodev"}})
+	}
 	// runc hands CRIU this per-machine configuration file; it exists only
 	// while a checkpoint needs options runc has no flag for (suspend.go).
 	s.Annotations = map[string]string{"org.criu.config": d.path(id, fileCriuConf)}

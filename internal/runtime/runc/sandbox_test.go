@@ -169,7 +169,7 @@ func TestSandboxDisk(t *testing.T) {
 	d.diskMB = 64
 	destroyAll(t, d)
 	spec := runtime.Spec{ID: "sbxdisk" + strconv.Itoa(os.Getpid()), Rootfs: drivertest.BuildRootfs(t),
-		Process: runtime.Process{Args: []string{"/app", "fill", "/big"}}}
+		Process: runtime.Process{Args: []string{"/app", "fillup", "/big"}}}
 	if err := d.Create(ctx(t), spec); err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,11 @@
 //	app forkbomb N  start processes until fork fails, print "forked N
 //	              failed ERR", keep them N seconds, exit 0
 //	app alloc MB  touch MB MiB of memory, print "allocated", sleep
-//	app fill PATH write PATH until a write fails, print "wrote N MiB: ERR"
+//	app fillup PATH write PATH until a write fails, print "wrote N MiB: ERR"
+//	app write P T write T into file P, print "wrote", exit 0
+//	app read P    print file P, exit 0 (1 if it cannot be read)
+//	app fill P MB write MB MiB of data into file P in 1 MiB writes, fsync,
+//	              print "filled BYTES SECONDS ERR" (ERR "-" if none)
 package main
 
 import (
@@ -65,13 +69,62 @@ func main() {
 	case "alloc":
 		mb, _ := strconv.Atoi(os.Args[2])
 		alloc(mb)
-	case "fill":
-		fill(os.Args[2])
+	case "fillup":
+		fillUp(os.Args[2])
 		os.Exit(0)
 	case "sleep":
 		time.Sleep(time.Hour)
+	case "write":
+		if err := os.WriteFile(os.Args[2], []byte(os.Args[3]), 0o644); err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		fmt.Println("wrote")
+		os.Exit(0)
+	case "read":
+		b, err := os.ReadFile(os.Args[2])
+		if err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		fmt.Printf("read %s\n", b)
+		os.Exit(0)
+	case "fill":
+		mb, _ := strconv.Atoi(os.Args[3])
+		fill(os.Args[2], mb)
+		os.Exit(0)
 	}
 	os.Exit(2)
+}
+
+// fill writes mb MiB into path and reports bytes, seconds and the error
+// that stopped it (ENOSPC on a full volume).
+func fill(path string, mb int) {
+	start := time.Now()
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Printf("filled 0 0 %v\n", err)
+		return
+	}
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i*7 + 1) // not zeros: nothing may skip them
+	}
+	var n int64
+	for i := 0; i < mb && err == nil; i++ {
+		var w int
+		w, err = f.Write(buf)
+		n += int64(w)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	f.Close()
+	msg := "-"
+	if err != nil {
+		msg = err.Error()
+	}
+	fmt.Printf("filled %d %.6f %s\n", n, time.Since(start).Seconds(), msg)
 }
 
 func serve() {

@@ -128,8 +128,8 @@ func alloc(mb int) {
 	_ = keep
 }
 
-// fill writes MiB blocks to path until a write fails.
-func fill(path string) {
+// fillUp writes MiB blocks to path until a write fails.
+func fillUp(path string) {
 	f, err := os.Create(path)
 	if err != nil {
 		fmt.Printf("wrote 0 MiB: %v\n", err)

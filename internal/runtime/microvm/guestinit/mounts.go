@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -77,6 +78,9 @@ func mountRoot(dev, fstype string, timeout time.Duration) error {
 // /etc/hosts and /etc/resolv.conf and makes the working directory.
 func setupRoot(root string, cfg Config, c cmdline) error {
 	if err := mountAll(root, appMounts); err != nil {
+		return err
+	}
+	if err := mountVolumes(root, cfg.Volumes, 20*time.Second); err != nil {
 		return err
 	}
 	for name, target := range devLinks {
@@ -155,6 +159,12 @@ func resolvConf(dns []netip.Addr) string {
 // unmountRoot undoes setupRoot and mountRoot so the disk is clean when the
 // power goes; a mount still busy is detached, the journal covers the rest.
 func unmountRoot() {
+	for i := len(volumeTargets) - 1; i >= 0; i-- {
+		if unix.Unmount(volumeTargets[i], 0) != nil {
+			// Read-only at least: the volume outlives the machine.
+			unix.Mount("", volumeTargets[i], "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+		}
+	}
 	for i := len(appMounts) - 1; i >= 0; i-- {
 		t := filepath.Join(newRoot, appMounts[i].target)
 		if unix.Unmount(t, 0) != nil {
@@ -164,6 +174,52 @@ func unmountRoot() {
 	if err := unix.Unmount(newRoot, 0); err != nil {
 		// Read-only at least, so nothing is left half written.
 		unix.Mount("", newRoot, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+	}
+}
+
+// volumeTargets are where the volumes are mounted, unmounted first at
+// power off.
+var volumeTargets []string
+
+// mountVolumes mounts each volume disk, found by its serial (the order in
+// which virtio-mmio disks appear is not the order they were given), at
+// its path under root.
+func mountVolumes(root string, vols []Volume, timeout time.Duration) error {
+	for _, v := range vols {
+		dev, err := diskBySerial(v.Serial, timeout)
+		if err != nil {
+			return fmt.Errorf("volume for %s: %w", v.Path, err)
+		}
+		target := filepath.Join(root, v.Path)
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return fmt.Errorf("volume for %s: %w", v.Path, err)
+		}
+		if err := unix.Mount(dev, target, "ext4", unix.MS_NOATIME|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+			return fmt.Errorf("mount volume %s (ext4) on %s: %w", dev, v.Path, err)
+		}
+		volumeTargets = append(volumeTargets, target)
+	}
+	return nil
+}
+
+// diskBySerial is the /dev path of the virtio disk with serial.
+func diskBySerial(serial string, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		paths, _ := filepath.Glob("/sys/block/vd*/serial")
+		for _, p := range paths {
+			if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == serial {
+				dev := "/dev/" + filepath.Base(filepath.Dir(p))
+				if err := waitFor(dev, timeout); err != nil {
+					return "", err
+				}
+				return dev, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("no disk with serial %s appeared within %s", serial, timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -52,7 +52,20 @@ type Config struct {
 	GID      uint32   `json:"gid"`
 	Groups   []uint32 `json:"groups,omitempty"`
 	Hostname string   `json:"hostname"`
+	// Volumes are disks the host attached for the app (its volumes),
+	// each found by its virtio serial and mounted (ext4) at its path.
+	Volumes []Volume `json:"volumes,omitempty"`
 }
+
+// Volume is one volume disk: Serial is its virtio-blk serial, Path where
+// the app sees it.
+type Volume struct {
+	Serial string `json:"serial"`
+	Path   string `json:"path"`
+}
+
+// VolumeSerial is the serial of the i-th volume disk.
+func VolumeSerial(i int) string { return fmt.Sprintf("perch-vol%d", i) }
 
 // Writer sends frames; safe for concurrent use, each frame written whole.
 type Writer struct {

@@ -1,0 +1,116 @@
+package runc
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/drivertest"
+	"github.com/perchhq/perch/internal/volume"
+)
+
+// TestVolumeOutlivesMachines: a volume bind-mounted into machines, as the
+// agent mounts it (package volume: an ext4 image through a loop device).
+// What one machine writes, a new machine reads after the first was
+// destroyed; a machine filling it gets ENOSPC at its size; extended, the
+// next machine has the room; nothing is left mounted.
+func TestVolumeOutlivesMachines(t *testing.T) {
+	needRoot(t)
+	d := newTestDriver(t)
+	destroyAll(t, d)
+	rootfs := drivertest.BuildRootfs(t)
+	vdir := filepath.Join(testStateDir(t), "volumes", "vol_test")
+	mnt := filepath.Join(vdir, "mnt")
+	if err := volume.Create(vdir, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = volume.Destroy(vdir, mnt) })
+	ctx := context.Background()
+	n := 0
+	// run runs one machine on the volume to its end and returns its
+	// output; the machine is destroyed and the volume unmounted after.
+	run := func(args ...string) string {
+		t.Helper()
+		if err := volume.Mount(vdir, mnt); err != nil {
+			t.Fatal(err)
+		}
+		n++
+		spec := runtime.Spec{
+			ID: fmt.Sprintf("vol%d-%d", os.Getpid(), n), Rootfs: rootfs,
+			Process: runtime.Process{Args: append([]string{"/app"}, args...)},
+			Mounts:  []runtime.Mount{{Source: mnt, Destination: "/var/lib/data"}},
+		}
+		if err := d.Create(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Start(ctx, spec.ID); err != nil {
+			t.Fatal(err)
+		}
+		st, err := d.Wait(ctx, spec.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out string
+		for _, l := range d.Logs(spec.ID) {
+			if l.Stream == "stdout" {
+				b, _ := os.ReadFile(l.Path)
+				out = strings.TrimSpace(string(b))
+			}
+		}
+		if st.ExitCode != 0 {
+			t.Fatalf("%v exited %d: %s", args, st.ExitCode, out)
+		}
+		if err := d.Destroy(ctx, spec.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := volume.Unmount(mnt); err != nil {
+			t.Fatal(err)
+		}
+		if left := leftovers(t, spec.ID); len(left) > 0 {
+			t.Fatalf("machine left %v", left)
+		}
+		return out
+	}
+	filled := func(out string) (int64, string) {
+		t.Helper()
+		var bytes int64
+		var secs float64
+		var msg string
+		if _, err := fmt.Sscanf(out, "filled %d %f", &bytes, &secs); err != nil {
+			t.Fatalf("fill said %q", out)
+		}
+		fields := strings.SplitN(out, " ", 4)
+		if len(fields) == 4 {
+			msg = fields[3]
+		}
+		return bytes, msg
+	}
+
+	if out := run("write", "/var/lib/data/row", "kept across machines"); out != "wrote" {
+		t.Fatalf("write: %q", out)
+	}
+	if out := run("read", "/var/lib/data/row"); out != "read kept across machines" {
+		t.Fatalf("a new machine reads %q", out)
+	}
+	b, msg := filled(run("fill", "/var/lib/data/big", "64"))
+	if !strings.Contains(msg, "no space left on device") || b > 32<<20 || b < 16<<20 {
+		t.Fatalf("filling a 32 MiB volume with 64 MiB: wrote %d bytes, %q; want ENOSPC after less than 32 MiB", b, msg)
+	}
+	if online, err := volume.Extend(vdir, 96<<20); err != nil || !online {
+		t.Fatalf("extend: %v %v", online, err)
+	}
+	b, msg = filled(run("fill", "/var/lib/data/big", "64"))
+	if msg != "-" || b != 64<<20 {
+		t.Fatalf("after extending to 96 MiB: wrote %d bytes, %q; want all 64 MiB", b, msg)
+	}
+	if out := run("read", "/var/lib/data/row"); out != "read kept across machines" {
+		t.Fatalf("after extend the row reads %q", out)
+	}
+	if l := volume.Loops(testStateDir(t)); len(l) > 0 {
+		t.Errorf("loop devices left: %v", l)
+	}
+}
