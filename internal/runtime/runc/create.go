@@ -110,11 +110,15 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	}
 	s := ociSpec(spec, d.bundleRoot(id, base), netns, u, d.cgroupParent, base, d.usernsPath(id))
 	s.Mounts = append(s.Mounts, etc...)
-	for _, m := range spec.Mounts { // volumes, mounted on the host by the agent
+	for i, m := range spec.Mounts { // volumes, mounted on the host by the agent
 		if m.Source == "" {
 			return fmt.Errorf("runc: create %s: volume for %s has no host directory", id, m.Destination)
 		}
-		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.Destination, Type: "bind", Source: m.Source, Options: []string{"rbind", "rw", "nosuid", "nodev"}})
+		src := m.Source
+		if base != 0 {
+			src = d.volumeBind(id, i) // idmap.go: mounted at start
+		}
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.Destination, Type: "bind", Source: src, Options: []string{"rbind", "rw", "nosuid", "nodev"}})
 	}
 	// runc hands CRIU this per-machine configuration file; it exists only
 	// while a checkpoint needs options runc has no flag for (suspend.go).

@@ -59,13 +59,19 @@ func withUserns(base uint32, f func(fd int) error) error {
 // idmapMount binds src read-only at dst with the ids of user namespace
 // userns: a file of uid u in src is uid base+u at dst.
 func idmapMount(src, dst string, userns int) error {
+	return idmapBind(src, dst, userns, unix.MOUNT_ATTR_RDONLY)
+}
+
+// idmapBind is idmapMount with the mount attributes attr (read-only or
+// not) besides the idmap and nodev.
+func idmapBind(src, dst string, userns int, attr uint64) error {
 	tree, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("open_tree %s: %w", src, err)
 	}
 	defer unix.Close(tree)
-	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NODEV, Userns_fd: uint64(userns)}
-	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+	ma := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_NODEV | attr, Userns_fd: uint64(userns)}
+	if err := unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &ma); err != nil {
 		return fmt.Errorf("%w: idmap %s: %w", errNoIDMap, src, err)
 	}
 	if err := unix.MoveMount(tree, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
@@ -186,4 +192,50 @@ func (d *Driver) unbindRoot(id string) error {
 		return fmt.Errorf("runc: %w", err)
 	}
 	return nil
+}
+
+// dirVolumes holds, for a machine in a user namespace, each volume's
+// directory mounted idmapped (volume i at volumes/i): a file of uid u on
+// the volume is the machine's uid u, whichever machine mounts it next and
+// whatever its range. They live while the machine runs: the shim detaches
+// them when the container ends, so the agent's unmount of the volume
+// then frees its loop device.
+const dirVolumes = "volumes"
+
+// volumeBind is where the bundle binds volume i of a machine from.
+func (d *Driver) volumeBind(id string, i int) string {
+	return filepath.Join(d.path(id, dirVolumes), strconv.Itoa(i))
+}
+
+// mapVolumes mounts each of the machine's volumes idmapped for its range
+// (at start: the agent mounts the volumes before it).
+func (d *Driver) mapVolumes(id string, r record) error {
+	if r.UIDBase == 0 || len(r.Spec.Mounts) == 0 {
+		return nil
+	}
+	return withUserns(r.UIDBase, func(userns int) error {
+		for i, m := range r.Spec.Mounts {
+			dst := d.volumeBind(id, i)
+			if err := os.MkdirAll(dst, 0o700); err != nil {
+				return fmt.Errorf("volume %s: %w", m.Destination, err)
+			}
+			if mounted, err := isMountPoint(dst); err != nil || mounted {
+				continue
+			}
+			if err := idmapBind(m.Source, dst, userns, unix.MOUNT_ATTR_NOSUID); err != nil {
+				return fmt.Errorf("volume %s: %w", m.Destination, err)
+			}
+		}
+		return nil
+	})
+}
+
+// unmapVolumes detaches what mapVolumes mounted in the machine directory
+// dir.
+func unmapVolumes(dir string) {
+	vols, _ := filepath.Glob(filepath.Join(dir, dirVolumes, "*"))
+	for _, v := range vols {
+		unix.Unmount(v, unix.MNT_DETACH)
+		os.Remove(v)
+	}
 }

@@ -85,6 +85,7 @@ func ShimMain(args []string) int {
 	if oomKilled {
 		fmt.Fprintf(stderr, "perch runc-shim: %s was killed: out of memory\n", *id)
 	}
+	unmapVolumes(*dir) // idmap.go: before the exit record, after which the agent unmounts the volumes
 	if err := machinedir.WriteExitOOM(filepath.Join(*dir, fileExit), code, oomKilled); err != nil {
 		fmt.Fprintf(stderr, "perch runc-shim: record exit of %s: %v\n", *id, err)
 		return 1

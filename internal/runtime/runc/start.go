@@ -49,6 +49,9 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 			return fmt.Errorf("runc: start %s: %w", id, err)
 		}
 	}
+	if err := d.mapVolumes(id, r); err != nil { // idmap.go
+		return fmt.Errorf("runc: start %s: %w", id, err)
+	}
 	if r.Spec.Net.Bridge != "" {
 		if _, err := hostnet.Attach(id, r.Spec.Net); err != nil {
 			return fmt.Errorf("runc: start %s: %w", id, err)

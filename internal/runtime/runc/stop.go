@@ -107,6 +107,7 @@ func (d *Driver) destroy(ctx context.Context, id string) error {
 			return fmt.Errorf("runc: destroy %s: %w", id, err)
 		}
 	}
+	unmapVolumes(d.dir(id)) // idmap.go: a shim killed before it could
 	if err := d.unbindRoot(id); err != nil {
 		return fmt.Errorf("runc: destroy %s: %w", id, err)
 	}
