@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -169,7 +170,10 @@ func watchMachineOOM(dir string, cmd *exec.Cmd, log io.Writer) oomResult {
 				continue
 			}
 			w, err := watchOOM(cg, v2)
-			if err != nil {
+			// A cgroup already gone is a machine already ended (a process
+			// that exits at once): nothing to watch, and nothing for the
+			// app's log, whose last lines the user reads for its own.
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				fmt.Fprintf(log, "perch runc-shim: cannot watch for OOM kills: %v\n", err)
 			}
 			r.ch <- w
