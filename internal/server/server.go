@@ -96,7 +96,7 @@ type Server struct {
 	keys       *secrets.Keyring // secrets.go
 
 	tokens *auth.Authority // organisations' tokens (auth.go)
-	grants *machineGrants // hostauth.go
+	grants *machineGrants  // hostauth.go
 }
 
 // New starts the state store and binds the API listener; Serve serves it.
