@@ -8,14 +8,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
 	"time"
-
-	"log/slog"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/perchhq/perch/internal/api"
@@ -33,8 +32,8 @@ const (
 	defaultJoinExpiry = time.Hour
 	maxJoinExpiry     = 30 * 24 * time.Hour
 	// The secret is 192 random bits: bcrypt's work factor, which slows
-	// guessing a person's password, adds nothing to it, and nats-server
-	// compares every host's hash again at each reload of its users.
+	// guessing a person's password, adds nothing to it and would only
+	// slow every connection of a host to NATS.
 	hostCredentialCost = bcrypt.MinCost
 )
 
@@ -48,24 +47,24 @@ type hostCredRecord struct {
 	HostID string `json:"host_id"`
 	Region string `json:"region"`
 	// Hash is the SHA-256 of the secret (the API's check, per request);
-	// NATSBcrypt its bcrypt hash, which nats-server compares itself.
+	// NATSBcrypt its bcrypt hash, which the embedded NATS compares.
 	Hash       string    `json:"hash"`
 	NATSBcrypt string    `json:"nats_bcrypt"`
 	CreatedAt  time.Time `json:"created_at"`
 }
 
-// hostPrincipal is the host a request authenticated as.
-type hostPrincipal struct{ ID, Region string }
+// hostIdentity is the host a request authenticated as.
+type hostIdentity struct{ ID, Region string }
 
 // hostOf is the host that authorised r, if a host credential did: the
 // principal of kind host (auth.go's guard keeps it to scopeAgent routes;
 // registryauth.go to pulls), narrowed to its region.
-func hostOf(r *http.Request) (hostPrincipal, bool) {
+func hostOf(r *http.Request) (hostIdentity, bool) {
 	p := principalOf(r)
 	if p.Kind != auth.KindHost || len(p.Regions) != 1 {
-		return hostPrincipal{}, false
+		return hostIdentity{}, false
 	}
-	return hostPrincipal{ID: p.Host, Region: p.Regions[0]}, true
+	return hostIdentity{ID: p.Host, Region: p.Regions[0]}, true
 }
 
 // createJoinToken is POST /v1/hosts/join-tokens (operator tokens only).
@@ -230,7 +229,7 @@ func (s *Server) hostPrincipal(ctx context.Context, tok string) (auth.Principal,
 }
 
 // hostBootstrap tells host h how to reach NATS as its own user.
-func (s *Server) hostBootstrap(h hostPrincipal, b *api.AgentBootstrap) {
+func (s *Server) hostBootstrap(h hostIdentity, b *api.AgentBootstrap) {
 	if s.nats == nil {
 		// External NATS: the operator's users (docs/security.md); until
 		// then the control plane's token.

@@ -19,8 +19,9 @@ const ServerUser = "perch"
 // Embedded is a nats-server with JetStream running inside this process.
 // It authenticates clients itself (server.Authentication): the control
 // plane as ServerUser, each host as its own user with HostPermissions.
-// Users and permissions change without a configuration reload, which
-// would restart nothing but races in nats-server with direct gets.
+// Users and permissions change without a configuration reload: nats-server
+// 2.15's reload writes its options while direct gets read them unlocked (a
+// data race the race detector reports).
 type Embedded struct {
 	srv      *server.Server
 	url      string
