@@ -215,6 +215,9 @@ func (a *Agent) register(ctx context.Context) error {
 	if boot.NATSUser != "" {
 		auth = store.Auth{User: boot.NATSUser, Password: cred.Secret, InboxPrefix: boot.NATSInboxPrefix}
 	}
+	// A subject this host's NATS user may not use fails only by timing
+	// out; the server's reason goes to the log.
+	auth.OnError = func(err error) { a.log.Warn("nats", "err", err) }
 	st, err := store.OpenHost(ctx, boot.NATSURL, auth, "perch-agent-"+h.ID)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)

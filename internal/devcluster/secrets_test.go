@@ -134,8 +134,13 @@ func TestSecretsReachMachinesAndNothingElse(t *testing.T) {
 		b, _ := os.ReadFile(p)
 		leaks[p] = string(b)
 	}
-	if !strings.Contains(leaks[filepath.Join(w.Info().Dir, "logs", "agent-iad.log")], "level=DEBUG") {
+	agentLog := leaks[filepath.Join(w.Info().Dir, "logs", "agent-iad.log")]
+	if !strings.Contains(agentLog, "level=DEBUG") {
 		t.Errorf("the agent's log is not at debug: %v", logs)
+	}
+	// The host's NATS user allowed everything its agent and edge did.
+	if i := strings.Index(strings.ToLower(agentLog), "permissions violation"); i >= 0 {
+		t.Errorf("NATS refused the agent a subject: %.300s", agentLog[i:])
 	}
 	for where, text := range leaks {
 		if strings.Contains(text, value) {

@@ -94,6 +94,9 @@ type Store struct {
 type Auth struct {
 	Token, User, Password string
 	InboxPrefix           string
+	// OnError, if set, hears the connection's asynchronous errors, such
+	// as the server refusing a subject the user may not use.
+	OnError func(error)
 }
 
 // Open connects to NATS at url (with an optional auth token, which is also
@@ -177,6 +180,9 @@ func (s *Store) connect(url string, auth Auth, name string) (*nats.Conn, error) 
 	}
 	if auth.InboxPrefix != "" {
 		opts = append(opts, nats.CustomInboxPrefix(auth.InboxPrefix))
+	}
+	if auth.OnError != nil {
+		opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { auth.OnError(err) }))
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
