@@ -84,8 +84,8 @@ type Store struct {
 	Volumes    jetstream.KeyValue
 	// VolumeMoves carries snapshots between hosts (ObjectVolumeMoves).
 	VolumeMoves jetstream.ObjectStore
-	HostAuth   jetstream.KeyValue
-	EdgeTLS    jetstream.KeyValue
+	HostAuth    jetstream.KeyValue
+	EdgeTLS     jetstream.KeyValue
 }
 
 // Auth is how a connection to NATS authenticates: a token, or a user and
