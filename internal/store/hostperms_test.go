@@ -220,7 +220,7 @@ func TestHostCredential(t *testing.T) {
 	denied("publish a log line of host B's machine as if from its own region", "perch.logs.app1.iad.m1", pub(LogSubject("app1", "iad", "m1")))
 	denied("publish host B's usage", "perch.usage.ams-bbbb", pub("perch.usage.ams-bbbb"))
 	denied("publish another region's demand", "perch.demand.ams", pub(DemandSubject("ams")))
-	for _, subj := range []string{"_INBOX.>", HostInboxPrefix("ams-bbbb") + ".>", StartSubject("ams-bbbb"), "perch.logs.>", "$KV.>", ">"} {
+	for _, subj := range []string{"_INBOX.>", HostInboxPrefix("ams-bbbb") + ".>", StartSubject("ams-bbbb"), VolumeSubject("ams-bbbb"), "perch.logs.>", "$KV.>", ">"} {
 		denied("subscribe to "+subj, subj, func(c context.Context) error {
 			if _, err := a.Conn().SubscribeSync(subj); err != nil {
 				return err
