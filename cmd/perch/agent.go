@@ -41,9 +41,16 @@ func agentCmd() *cobra.Command {
 				return fmt.Errorf("--image-max-gb, --image-max-entries and --image-max-depth must be above 0 (got %g, %d, %d)", imageMaxGB, cfg.ImageLimits.MaxEntries, cfg.ImageLimits.MaxDepth)
 			}
 			cfg.ImageLimits.MaxBytes = int64(imageMaxGB * (1 << 30))
+			if cfg.JoinToken == "" {
+				cfg.JoinToken = os.Getenv("PERCH_JOIN_TOKEN")
+			}
 			if cfg.Token == "" {
 				cfg.Token = os.Getenv("PERCH_API_TOKEN")
 			}
+			// The shims and machines this agent starts inherit its
+			// environment: no token goes on to them.
+			os.Unsetenv("PERCH_JOIN_TOKEN")
+			os.Unsetenv("PERCH_API_TOKEN")
 			exe, err := os.Executable()
 			if err != nil {
 				return fmt.Errorf("find perch executable: %w", err)
@@ -64,7 +71,9 @@ func agentCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&cfg.Region, "region", "", "region of this host (e.g. iad)")
 	f.StringVar(&cfg.ServerURL, "server", "http://127.0.0.1:4280", "control plane URL")
-	f.StringVar(&cfg.Token, "token", "", "API token (default $PERCH_API_TOKEN)")
+	f.StringVar(&cfg.JoinToken, "join-token", "", "join token for the first start (default $PERCH_JOIN_TOKEN; perch hosts join-token create): exchanged for the host credential kept in the state dir")
+	f.StringVar(&cfg.Token, "token", "", "deprecated: an operator API token, used only to make this host's join token (default $PERCH_API_TOKEN)")
+	_ = f.MarkDeprecated("token", "use --join-token (perch hosts join-token create)")
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/perch/agent", "where machines, images and the host id live")
 	f.StringVar(&cfg.Address, "address", "", "address other hosts reach this one at (default the edge address)")
 	f.StringVar(&edgeAddr, "edge-addr", "127.0.0.1", "address the edge proxy listens on")

@@ -42,6 +42,9 @@ import (
 type Config struct {
 	Region    string
 	ServerURL string
+	// JoinToken joins the host at its first start (credential.go); Token,
+	// an operator token, only makes one (deprecated).
+	JoinToken string
 	Token     string
 	StateDir  string
 	// Address is how other hosts reach this one (its public or mesh address).
@@ -174,7 +177,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: state dir: %w", err)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, client: api.NewClient(cfg.ServerURL, cfg.Token), workers: map[string]*worker{}}
+	a := &Agent{cfg: cfg, log: cfg.Log, workers: map[string]*worker{}}
 	if err := a.register(ctx); err != nil {
 		return nil, err
 	}
@@ -182,21 +185,22 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 }
 
 func (a *Agent) register(ctx context.Context) error {
-	var hf hostFile
 	hostPath := filepath.Join(a.cfg.StateDir, "host.json")
-	if b, err := os.ReadFile(hostPath); err == nil {
-		_ = json.Unmarshal(b, &hf)
-	}
 	meshKey, err := meshhost.LoadKey(a.cfg.StateDir)
 	if err != nil {
 		return fmt.Errorf("agent: mesh key: %w", err)
 	}
+	cred, err := a.credential(ctx) // credential.go
+	if err != nil {
+		return err
+	}
+	a.client = api.NewClient(a.cfg.ServerURL, cred.Bearer())
 	boot, err := a.client.Bootstrap(ctx)
 	if err != nil {
 		return fmt.Errorf("agent: bootstrap from %s: %w", a.cfg.ServerURL, err)
 	}
 	h, err := a.client.RegisterHost(ctx, api.Host{
-		ID: hf.ID, Region: a.cfg.Region, Address: a.cfg.Address, EdgeAddr: a.cfg.EdgeAddr.String(),
+		ID: cred.HostID, Region: a.cfg.Region, Address: a.cfg.Address, EdgeAddr: a.cfg.EdgeAddr.String(),
 		CPUs: a.cfg.CPUs, MemoryMB: a.cfg.MemoryMB, MeshKey: meshKey.String(),
 	})
 	if err != nil {
@@ -207,7 +211,14 @@ func (a *Agent) register(ctx context.Context) error {
 	if err := os.WriteFile(hostPath, b, 0o600); err != nil {
 		return fmt.Errorf("agent: save host id: %w", err)
 	}
-	st, err := store.Open(ctx, boot.NATSURL, boot.NATSToken, "perch-agent-"+h.ID)
+	auth := store.Auth{Token: boot.NATSToken}
+	if boot.NATSUser != "" {
+		auth = store.Auth{User: boot.NATSUser, Password: cred.Secret, InboxPrefix: boot.NATSInboxPrefix}
+	}
+	// A subject this host's NATS user may not use fails only by timing
+	// out; the server's reason goes to the log.
+	auth.OnError = func(err error) { a.log.Warn("nats", "err", err) }
+	st, err := store.OpenHost(ctx, boot.NATSURL, auth, "perch-agent-"+h.ID)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
@@ -219,8 +230,8 @@ func (a *Agent) register(ctx context.Context) error {
 	a.gw = scheduler.Gateway(sub)
 	a.bridge = BridgeName(h.ID)
 	a.pull = image.Options{Tokens: map[string]string{
-		boot.Registry:                 a.cfg.Token,
-		registryHost(a.cfg.ServerURL): a.cfg.Token,
+		boot.Registry:                 cred.Bearer(),
+		registryHost(a.cfg.ServerURL): cred.Bearer(),
 	}}
 	a.log = a.log.With("host", h.ID, "region", h.Region)
 	a.log.Info("host registered", "subnet", h.Subnet, "bridge", a.bridge)

@@ -86,7 +86,7 @@ func (a *Agent) drain(ctx context.Context, app, id string, wait time.Duration) {
 		return
 	}
 	nc := a.st.Conn()
-	inbox := nats.NewInbox()
+	inbox := nc.NewInbox() // under the host's own inbox prefix: the only inboxes its NATS user may subscribe to
 	replies := make(chan *nats.Msg, len(want)+4)
 	sub, err := nc.ChanSubscribe(inbox, replies)
 	if err != nil {

@@ -202,6 +202,24 @@ func (c *Client) RegisterHost(ctx context.Context, h Host) (*Host, error) {
 	return &out, nil
 }
 
+// CreateJoinToken makes a single-use join token for one host of a region.
+func (c *Client) CreateJoinToken(ctx context.Context, req JoinTokenRequest) (*JoinToken, error) {
+	var out JoinToken
+	if err := c.do(ctx, http.MethodPost, "/v1/hosts/join-tokens", nil, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// JoinHost spends the client's token, a join token, for a host credential.
+func (c *Client) JoinHost(ctx context.Context) (*HostCredential, error) {
+	var out HostCredential
+	if err := c.do(ctx, http.MethodPost, "/v1/hosts/join", nil, struct{}{}, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Bootstrap tells an agent how to reach the state store and registry.
 func (c *Client) Bootstrap(ctx context.Context) (*AgentBootstrap, error) {
 	var b AgentBootstrap

@@ -527,12 +527,49 @@ type Error struct {
 	Status string `json:"status,omitempty"`
 }
 
-// AgentBootstrap tells an agent how to reach the state store.
+// AgentBootstrap tells an agent how to reach the state store. With the
+// embedded NATS the host connects as its own user NATSUser (password: its
+// credential's secret) with inboxes under NATSInboxPrefix; NATSToken is
+// set only for an external NATS the control plane cannot add users to.
 type AgentBootstrap struct {
-	NATSURL   string `json:"nats_url"`
-	NATSToken string `json:"nats_token"`
-	Registry  string `json:"registry"`
+	NATSURL         string `json:"nats_url"`
+	NATSToken       string `json:"nats_token,omitempty"`
+	NATSUser        string `json:"nats_user,omitempty"`
+	NATSInboxPrefix string `json:"nats_inbox_prefix,omitempty"`
+	Registry        string `json:"registry"`
 }
+
+// JoinTokenRequest asks for a join token (POST /v1/hosts/join-tokens):
+// one host of Region may join with it, once, within Expiry (Go duration,
+// default 1h).
+type JoinTokenRequest struct {
+	Region string `json:"region"`
+	Expiry string `json:"expiry,omitempty"`
+}
+
+// JoinToken is a created join token; Token is shown only here.
+type JoinToken struct {
+	Token     string    `json:"token"`
+	Region    string    `json:"region"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// HostCredential is what a host gets for its join token (POST
+// /v1/hosts/join) and keeps in its state dir: its id, its region and the
+// secret it authenticates with to the API (Bearer) and to NATS (user
+// HostID).
+type HostCredential struct {
+	HostID string `json:"host_id"`
+	Region string `json:"region"`
+	Secret string `json:"secret"`
+}
+
+// HostCredentialPrefix starts every host credential's bearer form.
+const HostCredentialPrefix = "perch_host_"
+
+// Bearer is the credential as an API bearer token:
+// "perch_host_<host id>_<secret>".
+func (c HostCredential) Bearer() string { return HostCredentialPrefix + c.HostID + "_" + c.Secret }
 
 // Suspension says why and until when an app is suspended: its monthly
 // budget was reached. Edges answer its requests with 503 until ResumesAt.

@@ -67,6 +67,9 @@ func NewManager(ctx context.Context, st *store.Store, cfg Config, log *slog.Logg
 		records: map[string]api.Certificate{}, busy: map[string]bool{},
 		retryAt: map[string]time.Time{}, fails: map[string]int{},
 	}
+	if err := m.storage.SyncEdge(ctx); err != nil { // edgetls.go
+		return nil, err
+	}
 	// Manager renews by itself (renew.go) and never puts certificates in
 	// this cache, so its maintenance loop stays idle; certmagic reads the
 	// check interval from it when deciding whether a renewal is due.

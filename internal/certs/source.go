@@ -66,7 +66,7 @@ func (s *Source) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	certs := newCertIndex(s.log)
 	wg.Go(func() {
-		s.cfg.Store.Watch(ctx, s.cfg.Store.TLS, s.log, func(c store.Change) {
+		s.cfg.Store.Watch(ctx, s.cfg.Store.EdgeTLS, s.log, func(c store.Change) { // edgetls.go
 			if certs.apply(c) {
 				s.certs.Store(certs.serve())
 			}

@@ -22,6 +22,7 @@ import (
 // its certificates, ACME accounts and locks.
 type Storage struct {
 	kv    jetstream.KeyValue
+	edge  jetstream.KeyValue // perch_edge_tls: the certificate files, edgetls.go
 	locks jetstream.KeyValue
 	log   *slog.Logger
 	// owner identifies this Storage's locks.
@@ -48,7 +49,7 @@ func NewStorage(st *store.Store, log *slog.Logger) *Storage {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return &Storage{
-		kv: st.TLS, locks: st.Locks, log: log,
+		kv: st.TLS, edge: st.EdgeTLS, locks: st.Locks, log: log,
 		owner: hex.EncodeToString(b), lockTTL: 30 * time.Second,
 		held: map[string]*heldLock{},
 	}
@@ -59,7 +60,7 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if _, err := s.kv.Put(ctx, kvKey(key), value); err != nil {
 		return fmt.Errorf("certs: store %s: %w", key, err)
 	}
-	return nil
+	return s.copyToEdge(ctx, kvKey(key), value)
 }
 
 // Load returns the value at key, or an error matching fs.ErrNotExist.
@@ -84,6 +85,9 @@ func (s *Storage) Delete(ctx context.Context, key string) error {
 		if k == key || strings.HasPrefix(k, key+"/") {
 			if err := s.kv.Delete(ctx, kvKey(k)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 				return fmt.Errorf("certs: delete %s: %w", k, err)
+			}
+			if err := s.copyToEdge(ctx, kvKey(k), nil); err != nil {
+				return err
 			}
 		}
 	}

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/perchhq/perch/internal/agent"
 )
 
 // MetricsPort is where each region's agent serves Prometheus metrics, on
@@ -59,7 +61,7 @@ func (w *World) StartAgent(ctx context.Context, region string) error {
 	}
 	defer lf.Close()
 	cmd := exec.Command(w.opts.PerchBin, "agent",
-		"--region", region, "--server", info.APIURL, "--token", w.adminTok,
+		"--region", region, "--server", info.APIURL,
 		"--state-dir", ri.StateDir, "--edge-addr", ri.EdgeAddr,
 		"--metrics-addr", net.JoinHostPort(ri.EdgeAddr, strconv.Itoa(MetricsPort)),
 		// Every host of the world shares one kernel: each WireGuard takes a
@@ -72,6 +74,21 @@ func (w *World) StartAgent(ctx context.Context, region string) error {
 	}
 	cmd.Args = append(cmd.Args, w.opts.AgentArgs...)
 	cmd.Stdout, cmd.Stderr = lf, lf
+	// A host joins once with a single-use join token, left in its state
+	// dir (neither command line nor environment: every local user reads
+	// those); later starts use its credential file.
+	if _, err := os.Stat(filepath.Join(ri.StateDir, agent.CredentialFile)); errors.Is(err, os.ErrNotExist) {
+		jt, err := w.srv.CreateJoinToken(ctx, region, time.Hour)
+		if err != nil {
+			return fmt.Errorf("join token for %s: %w", region, err)
+		}
+		if err := os.MkdirAll(ri.StateDir, 0o700); err != nil {
+			return fmt.Errorf("state dir of %s: %w", region, err)
+		}
+		if err := os.WriteFile(filepath.Join(ri.StateDir, agent.JoinTokenFile), []byte(jt+"\n"), 0o600); err != nil {
+			return fmt.Errorf("join token for %s: %w", region, err)
+		}
+	}
 	// Own process group: a Ctrl-C in the terminal reaches `perch dev up`,
 	// which then stops agents in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}

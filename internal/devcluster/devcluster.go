@@ -102,7 +102,7 @@ type World struct {
 	srvStop context.CancelFunc
 	srvDone chan struct{}
 
-	// adminTok is the operator's token (agents register with it).
+	// adminTok is the operator's token (World.Client's; agents join with join tokens).
 	adminTok string
 
 	mu     sync.Mutex

@@ -141,7 +141,11 @@ func startMultiHost(t *testing.T) *multiHost {
 			// three cities do. Without it, which of ord and ams is nearer
 			// would be measurement noise.
 			"--simulate-latency", simulatedInflation}
-		c.agents[name] = lab.start(t, h, "agent-"+name, []string{"PERCH_API_TOKEN=" + c.token}, agArgs...)
+		jt, err := client.CreateJoinToken(ctx, api.JoinTokenRequest{Region: multiHostRegions[name]})
+		if err != nil {
+			t.Fatalf("join token for %s: %v", name, err)
+		}
+		c.agents[name] = lab.start(t, h, "agent-"+name, []string{"PERCH_JOIN_TOKEN=" + jt.Token}, agArgs...)
 	}
 	eventually(t, 60*time.Second, "the three agents register and heartbeat", func() (bool, string) {
 		for name, p := range c.agents {

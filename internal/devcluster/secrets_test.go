@@ -1,16 +1,21 @@
 package devcluster_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/perchhq/perch/internal/agent"
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/devcluster"
 	"github.com/perchhq/perch/internal/store/storetest"
@@ -129,8 +134,13 @@ func TestSecretsReachMachinesAndNothingElse(t *testing.T) {
 		b, _ := os.ReadFile(p)
 		leaks[p] = string(b)
 	}
-	if !strings.Contains(leaks[filepath.Join(w.Info().Dir, "logs", "agent-iad.log")], "level=DEBUG") {
+	agentLog := leaks[filepath.Join(w.Info().Dir, "logs", "agent-iad.log")]
+	if !strings.Contains(agentLog, "level=DEBUG") {
 		t.Errorf("the agent's log is not at debug: %v", logs)
+	}
+	// The host's NATS user allowed everything its agent and edge did.
+	if i := strings.Index(strings.ToLower(agentLog), "permissions violation"); i >= 0 {
+		t.Errorf("NATS refused the agent a subject: %.300s", agentLog[i:])
 	}
 	for where, text := range leaks {
 		if strings.Contains(text, value) {
@@ -140,6 +150,91 @@ func TestSecretsReachMachinesAndNothingElse(t *testing.T) {
 	if where := storetest.Holds(t, w.Server().Store(), []byte(value)); where != "" {
 		t.Errorf("the secret's value is in the clear in the store: %s", where)
 	}
+	noCredentialsInProcs(t, w)
+}
+
+// noCredentialsInProcs reads the command line and environment (what ps
+// -eo args and /proc show any local user, and root) of the world's
+// agents, shims and everything they started: none holds the admin token,
+// a join token, a host credential or the NATS server's password.
+func noCredentialsInProcs(t *testing.T, w *devcluster.World) {
+	t.Helper()
+	info := w.Info()
+	secrets := map[string]string{"the admin token": w.AdminToken(), "the world's token": info.Token, "a join token": "perch_join_", "a host credential": api.HostCredentialPrefix}
+	for _, r := range info.Regions {
+		p := filepath.Join(r.StateDir, agent.CredentialFile)
+		var c api.HostCredential
+		if b, err := os.ReadFile(p); err != nil || json.Unmarshal(b, &c) != nil || c.Secret == "" {
+			t.Fatalf("host credential %s: %v", p, err)
+		}
+		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("host credential %s has mode %v, want 0600", p, fi.Mode().Perm())
+		}
+		secrets["the host credential of "+c.HostID] = c.Secret
+	}
+	if b, err := os.ReadFile(filepath.Join(info.Dir, "server", "nats-token")); err == nil {
+		secrets["the NATS server password"] = strings.TrimSpace(string(b))
+	}
+	// The agents, and every process whose parent is one of ours or whose
+	// command line names the world's directory (shims, runc, machines).
+	ours := map[int]bool{}
+	for _, r := range info.Regions {
+		ours[r.PID] = true
+	}
+	type proc struct {
+		pid, ppid int
+		args      string
+	}
+	var procs []proc
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		cmdline, err2 := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil || err2 != nil {
+			continue
+		}
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		ppid, _ := strconv.Atoi(f[1])
+		procs = append(procs, proc{pid, ppid, strings.ReplaceAll(string(cmdline), "\x00", " ")})
+	}
+	for changed := true; changed; {
+		changed = false
+		for _, p := range procs {
+			if !ours[p.pid] && (ours[p.ppid] || strings.Contains(p.args, info.Dir)) {
+				ours[p.pid], changed = true, true
+			}
+		}
+	}
+	checked := 0
+	for _, p := range procs {
+		if !ours[p.pid] {
+			continue
+		}
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", p.pid))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		checked++
+		for what, s := range secrets {
+			if s == "" {
+				continue
+			}
+			if strings.Contains(p.args, s) {
+				t.Errorf("%s is on the command line of pid %d: %.80s", what, p.pid, p.args)
+			}
+			if bytes.Contains(env, []byte(s)) {
+				t.Errorf("%s is in the environment of pid %d (%.80s)", what, p.pid, p.args)
+			}
+		}
+	}
+	if checked < len(info.Regions)+1 {
+		t.Errorf("checked %d processes: want at least the agents and a shim", checked)
+	}
+	t.Logf("no credential in the command line or environment of %d processes (agents, shims, runc, machines)", checked)
 }
 
 func ids(ms []api.Machine) []string {

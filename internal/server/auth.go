@@ -131,6 +131,9 @@ func (s *Server) principalFor(ctx context.Context, tok string) (auth.Principal, 
 	if auth.IsMacaroon(tok) {
 		return s.orgPrincipal(ctx, tok)
 	}
+	if isHostCredential(tok) {
+		return s.hostPrincipal(ctx, tok)
+	}
 	if t, ok := s.validToken(tok); ok {
 		return auth.Principal{Kind: auth.KindAdmin, Name: t.Name}, nil
 	}

@@ -66,6 +66,13 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if hp, ok := hostOf(r); ok { // hostauth.go: a host registers only itself
+		if (h.ID != "" && h.ID != hp.ID) || h.Region != hp.Region {
+			s.fail(w, r, errf(http.StatusForbidden, "host %s of region %s may register only itself, not host %q of region %q", hp.ID, hp.Region, h.ID, h.Region))
+			return
+		}
+		h.ID = hp.ID
+	}
 	h.Role = "" // the control plane's own record is written only by itself
 	if h.CPUs < 1 || h.MemoryMB < 64 {
 		s.fail(w, r, errf(http.StatusBadRequest, "host must report cpus >= 1 and memory_mb >= 64, got %d and %d", h.CPUs, h.MemoryMB))
@@ -162,7 +169,14 @@ func (s *Server) bootstrap(w http.ResponseWriter, r *http.Request) {
 	if u == "" {
 		u = s.natsURL
 	}
-	writeJSON(w, http.StatusOK, api.AgentBootstrap{NATSURL: u, NATSToken: s.natsTok, Registry: s.ln.Addr().String()})
+	b := api.AgentBootstrap{NATSURL: u, Registry: s.ln.Addr().String()}
+	h, ok := hostOf(r)
+	if !ok {
+		writeError(w, http.StatusBadRequest, "bootstrap is for hosts, with their host credential: start perch agent with --join-token (perch hosts join-token create --region R)")
+		return
+	}
+	s.hostBootstrap(h, &b) // hostauth.go
+	writeJSON(w, http.StatusOK, b)
 }
 
 func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) {

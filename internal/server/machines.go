@@ -238,6 +238,9 @@ func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachin
 		err = s.sealSecrets(ctx, &spec, req.SkipSecrets) // secrets.go
 	}
 	if err == nil {
+		err = s.grantMachine(spec) // hostauth.go: before the host sees it
+	}
+	if err == nil {
 		_, err = store.Create(ctx, s.st.Machines, spec.Key(), spec)
 	}
 	s.placeMu.Unlock()

@@ -117,6 +117,7 @@ var apiRoutes = []route{
 	{"GET /v1/whoami", scopeAny, h((*Server).whoami)},
 	{"GET /v1/hosts", scopeAdmin, h((*Server).listHosts)},
 	{"POST /v1/hosts", scopeAgent, h((*Server).registerHost)},
+	{"POST /v1/hosts/join-tokens", scopeAdmin, h((*Server).createJoinToken)}, // hostauth.go
 	{"GET /v1/agent/bootstrap", scopeAgent, h((*Server).bootstrap)},
 	{"GET /v1/regions", scopeAny, h((*Server).listRegions)},
 	{"GET /v1/platform/regions", scopeAny, h((*Server).listRegions)}, // Fly's path
@@ -127,6 +128,8 @@ func (s *Server) routes() http.Handler {
 	for _, rt := range apiRoutes {
 		mux.Handle(rt.pattern, s.guard(rt.scope, rt.handler(s)))
 	}
+	// Authenticated by the join token it spends alone (hostauth.go).
+	mux.HandleFunc("POST /v1/hosts/join", s.joinHost)
 	// Unknown /v1/ paths: a valid token learns the path does not exist;
 	// no token learns nothing.
 	mux.Handle("/v1/", s.guard(scopeAny, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -96,6 +96,7 @@ type Server struct {
 	keys       *secrets.Keyring // secrets.go
 
 	tokens *auth.Authority // organisations' tokens (auth.go)
+	grants *machineGrants  // hostauth.go
 }
 
 // New starts the state store and binds the API listener; Serve serves it.
@@ -139,6 +140,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.ensureOrg(ctx, DefaultOrg); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: %w", err)
+	}
+	if err := s.loadHostUsers(ctx); err != nil { // hostauth.go
+		s.Close()
+		return nil, err
 	}
 	if err := s.openSecrets(ctx, cfg.RotateSecretsKey); err != nil {
 		s.Close()
@@ -189,7 +194,11 @@ func (s *Server) openStore(ctx context.Context) error {
 		}
 		s.nats, s.natsURL, s.natsTok = e, e.URL(), tok
 	}
-	st, err := store.Open(ctx, s.natsURL, s.natsTok, "perch-server")
+	auth := store.Auth{Token: s.natsTok}
+	if s.nats != nil {
+		auth = store.Auth{User: store.ServerUser, Password: s.natsTok}
+	}
+	st, err := store.OpenAs(ctx, s.natsURL, auth, "perch-server")
 	if err != nil {
 		if s.nats != nil {
 			s.nats.Shutdown()
@@ -230,6 +239,10 @@ func (s *Server) DevCACert() []byte { return s.certs.DevCACert() }
 // the certificate manager beside it.
 func (s *Server) Serve(ctx context.Context) error {
 	go s.monitorHosts(ctx)
+	gctx, gcancel := context.WithCancel(ctx)
+	grantsDone := make(chan struct{})
+	go func() { defer close(grantsDone); s.runGrants(gctx) }() // hostauth.go
+	defer func() { gcancel(); <-grantsDone }()
 	bctx, bcancel := context.WithCancel(ctx)
 	billDone := make(chan struct{})
 	go func() { defer close(billDone); s.runBilling(bctx) }()

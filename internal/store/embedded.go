@@ -1,24 +1,56 @@
 package store
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"golang.org/x/crypto/bcrypt"
 )
 
+// ServerUser is the control plane's own NATS user, with every permission.
+const ServerUser = "perch"
+
 // Embedded is a nats-server with JetStream running inside this process.
+// It authenticates clients itself (server.Authentication): the control
+// plane as ServerUser, each host as its own user with HostPermissions.
+// Users and permissions change without a configuration reload: nats-server
+// 2.15's reload writes its options while direct gets read them unlocked (a
+// data race the race detector reports).
 type Embedded struct {
-	srv *server.Server
-	url string
+	srv      *server.Server
+	url      string
+	password string
+
+	mu    sync.Mutex // guards hosts and conns; held across RegisterUser
+	hosts map[string]HostUser
+	conns map[string]map[uint64]server.ClientAuthentication // by host, by client id
 }
 
+// HostUser is one host's NATS user: its name is the host id, its password
+// a bcrypt hash of its credential's secret, its permissions
+// HostPermissions of its region and machines.
+type HostUser struct {
+	HostID     string
+	Region     string
+	PassBcrypt string
+	// Machines are the keys ("<app>.<id>") of the machines placed on
+	// the host: the only specs, statuses and log subjects it may write.
+	Machines []string
+}
+
+var _ server.Authentication = (*Embedded)(nil)
+
 // RunEmbedded starts nats-server with JetStream, its data under dir,
-// listening on addr ("host:port"; port 0 picks one) and requiring token.
-func RunEmbedded(dir, addr, token string, log *slog.Logger) (*Embedded, error) {
+// listening on addr ("host:port"; port 0 picks one). The control plane
+// connects as ServerUser with password; hosts get their own users
+// (SetHostUsers).
+func RunEmbedded(dir, addr, password string, log *slog.Logger) (*Embedded, error) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("nats listen address %q: %w", addr, err)
@@ -30,16 +62,17 @@ func RunEmbedded(dir, addr, token string, log *slog.Logger) (*Embedded, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
+	e := &Embedded{password: password, hosts: map[string]HostUser{}, conns: map[string]map[uint64]server.ClientAuthentication{}}
 	opts := &server.Options{
-		ServerName:    "perch",
-		Host:          host,
-		Port:          port,
-		JetStream:     true,
-		StoreDir:      dir,
-		Authorization: token,
-		NoSigs:        true,
-		NoLog:         true,
-		MaxPayload:    8 << 20,
+		ServerName:                 "perch",
+		Host:                       host,
+		Port:                       port,
+		JetStream:                  true,
+		StoreDir:                   dir,
+		CustomClientAuthentication: e,
+		NoSigs:                     true,
+		NoLog:                      true,
+		MaxPayload:                 8 << 20,
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
@@ -50,9 +83,84 @@ func RunEmbedded(dir, addr, token string, log *slog.Logger) (*Embedded, error) {
 		srv.Shutdown()
 		return nil, fmt.Errorf("nats server on %s did not become ready in 10s", addr)
 	}
-	e := &Embedded{srv: srv, url: srv.ClientURL()}
+	e.srv, e.url = srv, srv.ClientURL()
 	log.Info("embedded nats started", "url", e.url, "dir", dir)
 	return e, nil
+}
+
+// Check authenticates a client (server.Authentication).
+func (e *Embedded) Check(c server.ClientAuthentication) bool {
+	o := c.GetOpts()
+	if o.Username == ServerUser {
+		if subtle.ConstantTimeCompare([]byte(o.Password), []byte(e.password)) != 1 {
+			return false
+		}
+		c.RegisterUser(&server.User{Username: ServerUser})
+		return true
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	u, ok := e.hosts[o.Username]
+	if !ok || bcrypt.CompareHashAndPassword([]byte(u.PassBcrypt), []byte(o.Password)) != nil {
+		return false
+	}
+	c.RegisterUser(hostUser(u))
+	if e.conns[u.HostID] == nil {
+		e.conns[u.HostID] = map[uint64]server.ClientAuthentication{}
+	}
+	e.conns[u.HostID][c.GetID()] = c
+	return true
+}
+
+func hostUser(u HostUser) *server.User {
+	return &server.User{Username: u.HostID, Permissions: HostPermissions(u.HostID, u.Region, u.Machines)}
+}
+
+// SetHostUsers adds or replaces host users: a host that joined, or every
+// known host at start.
+func (e *Embedded) SetHostUsers(users ...HostUser) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, u := range users {
+		e.hosts[u.HostID] = u
+	}
+	return nil
+}
+
+// SetHostMachines replaces the machines of the hosts in byHost (by host
+// id; hosts without a user are skipped). The new permissions apply at
+// once to the hosts' connections, which stay up.
+func (e *Embedded) SetHostMachines(byHost map[string][]string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for id, ms := range byHost {
+		u, ok := e.hosts[id]
+		if !ok {
+			continue
+		}
+		u.Machines = ms
+		e.hosts[id] = u
+		if len(e.conns[id]) == 0 {
+			continue
+		}
+		// Only the host's live connections: a closed one is forgotten.
+		cz, err := e.srv.Connz(&server.ConnzOptions{User: id, Limit: 1 << 16})
+		if err != nil {
+			return fmt.Errorf("nats: connections of %s: %w", id, err)
+		}
+		live := map[uint64]bool{}
+		for _, ci := range cz.Conns {
+			live[ci.Cid] = true
+		}
+		for cid, c := range e.conns[id] {
+			if !live[cid] {
+				delete(e.conns[id], cid)
+				continue
+			}
+			c.RegisterUser(hostUser(u))
+		}
+	}
+	return nil
 }
 
 // URL is the client URL of the server.

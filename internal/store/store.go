@@ -39,6 +39,13 @@ const (
 	// BucketSecrets holds each app's secrets, encrypted (AppSecrets), key
 	// "<app>".
 	BucketSecrets = "perch_secrets"
+	// BucketHostAuth holds join tokens ("join.<sha256>") and host
+	// credentials ("host.<id>"), hashes only; the control plane's alone.
+	BucketHostAuth = "perch_host_auth"
+	// BucketEdgeTLS is the edges' copy of the certificates and their keys
+	// (package certs writes it beside perch_tls): what hosts may read,
+	// without the dev CA's or the ACME accounts' keys.
+	BucketEdgeTLS = "perch_edge_tls"
 	StreamLogs    = "PERCH_LOGS"
 )
 
@@ -77,12 +84,81 @@ type Store struct {
 	Volumes    jetstream.KeyValue
 	// VolumeMoves carries snapshots between hosts (ObjectVolumeMoves).
 	VolumeMoves jetstream.ObjectStore
+	HostAuth    jetstream.KeyValue
+	EdgeTLS     jetstream.KeyValue
 }
 
-// Open connects to NATS at url (with an optional auth token) and makes sure
-// every bucket and stream exists.
+// Auth is how a connection to NATS authenticates: a token, or a user and
+// password. InboxPrefix, if set, replaces "_INBOX" (a host may subscribe
+// only to its own inboxes: HostInboxPrefix).
+type Auth struct {
+	Token, User, Password string
+	InboxPrefix           string
+	// OnError, if set, hears the connection's asynchronous errors, such
+	// as the server refusing a subject the user may not use.
+	OnError func(error)
+}
+
+// Open connects to NATS at url (with an optional auth token, which is also
+// the password of an embedded server's ServerUser) and makes sure every
+// bucket and stream exists.
 func Open(ctx context.Context, url, token, name string) (*Store, error) {
+	return OpenAs(ctx, url, Auth{Token: token}, name)
+}
+
+// OpenAs is Open with any Auth: the control plane's connection, which
+// creates every bucket and stream.
+func OpenAs(ctx context.Context, url string, auth Auth, name string) (*Store, error) {
 	s := &Store{reconnected: make(chan struct{})}
+	nc, err := s.connect(url, auth, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.open(ctx, nc); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// OpenHost connects as a host: it creates nothing and binds only
+// HostBuckets and perch_locks (the buckets its NATS user may use); the
+// other fields stay nil.
+func OpenHost(ctx context.Context, url string, auth Auth, name string) (*Store, error) {
+	s := &Store{reconnected: make(chan struct{})}
+	nc, err := s.connect(url, auth, name)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	s.nc, s.js = nc, js
+	for _, b := range []struct {
+		kv   *jetstream.KeyValue
+		name string
+	}{
+		{&s.Apps, BucketApps}, {&s.Machines, BucketMachines}, {&s.Status, BucketStatus},
+		{&s.Hosts, BucketHosts}, {&s.EdgeTLS, BucketEdgeTLS}, {&s.Challenges, BucketChallenges},
+		{&s.Locks, BucketLocks}, {&s.Volumes, BucketVolumes},
+	} {
+		kv, err := js.KeyValue(ctx, b.name)
+		if err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("bucket %s: %w", b.name, err)
+		}
+		*b.kv = kv
+	}
+	if s.VolumeMoves, err = js.ObjectStore(ctx, ObjectVolumeMoves); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("object store %s: %w", ObjectVolumeMoves, err)
+	}
+	return s, nil
+}
+
+func (s *Store) connect(url string, auth Auth, name string) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(200 * time.Millisecond),
 		// A host cut off from the network finds out within ~15 s and
@@ -91,18 +167,28 @@ func Open(ctx context.Context, url, token, name string) (*Store, error) {
 		nats.PingInterval(5 * time.Second), nats.MaxPingsOutstanding(2),
 		nats.ReconnectHandler(func(*nats.Conn) { s.signalReconnect() }),
 	}
-	if token != "" {
-		opts = append(opts, nats.Token(token))
+	if auth.Token != "" {
+		opts = append(opts, nats.Token(auth.Token))
+		if auth.User == "" {
+			// One secret for either server: an external NATS's token, or
+			// the password of the embedded server's own user.
+			auth.User, auth.Password = ServerUser, auth.Token
+		}
+	}
+	if auth.User != "" {
+		opts = append(opts, nats.UserInfo(auth.User, auth.Password))
+	}
+	if auth.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(auth.InboxPrefix))
+	}
+	if auth.OnError != nil {
+		opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { auth.OnError(err) }))
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats at %s: %w", url, err)
 	}
-	if err := s.open(ctx, nc); err != nil {
-		nc.Close()
-		return nil, err
-	}
-	return s, nil
+	return nc, nil
 }
 
 // Reconnected returns a channel closed at the next reconnection to NATS.
@@ -146,6 +232,8 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		{&s.Secrets, BucketSecrets, 1, 0},
 		{&s.Orgs, BucketOrgs, 1, 0},
 		{&s.Volumes, BucketVolumes, 1, 0},
+		{&s.HostAuth, BucketHostAuth, 1, 0},
+		{&s.EdgeTLS, BucketEdgeTLS, 1, 0},
 		// A challenge lives minutes; the TTL sweeps those a crashed
 		// issuer never cleaned up.
 		{&s.Challenges, BucketChallenges, 1, time.Hour},

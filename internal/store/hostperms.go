@@ -1,0 +1,88 @@
+package store
+
+import (
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// HostBuckets are the buckets a host reads: its edge routes by apps,
+// every machine's spec and status and the hosts; it serves certificates
+// from the edge copy (never perch_tls, which holds the dev CA's and the
+// ACME accounts' keys), answers ACME challenges, and takes autostop's
+// short locks (perch_locks: only those keys). Nothing else (tokens, secrets, budgets, releases, TLS
+// storage) is readable with a host's NATS user.
+var HostBuckets = []string{BucketApps, BucketMachines, BucketStatus, BucketHosts, BucketEdgeTLS, BucketChallenges, BucketVolumes}
+
+// HostInboxPrefix is the inbox prefix of host id's connection: a host may
+// subscribe only to its own inboxes, so it never sees replies meant for
+// the control plane or another host.
+func HostInboxPrefix(hostID string) string { return "_INBOX_" + hostID }
+
+// HostPermissions are the NATS permissions of host id in region with the
+// machines placed on it (keys "<app>.<id>"): exactly the subjects its
+// agent and edge use (docs/security.md, "Hosts and their credentials").
+// Specs, statuses and log subjects are keyed by app and machine, not
+// host, so each machine is granted by name; the control plane grants it
+// before it writes the spec.
+func HostPermissions(hostID, region string, machines []string) *server.Permissions {
+	var pub []string
+	for _, b := range HostBuckets {
+		s := "KV_" + b
+		pub = append(pub,
+			"$JS.API.STREAM.INFO."+s,
+			"$JS.API.CONSUMER.CREATE."+s, "$JS.API.CONSUMER.CREATE."+s+".>",
+			"$JS.API.CONSUMER.DELETE."+s+".>", "$JS.API.CONSUMER.INFO."+s+".>",
+			"$JS.FC."+s+".>",
+			"$JS.API.DIRECT.GET."+s+".$KV."+b+".>",
+		)
+	}
+	// Snapshots crossing between hosts (agent/volumes.go): the object
+	// store's stream, its chunks and metadata.
+	moves := "OBJ_" + ObjectVolumeMoves
+	pub = append(pub,
+		"$JS.API.STREAM.INFO."+moves, "$JS.API.STREAM.MSG.GET."+moves, "$JS.API.STREAM.PURGE."+moves,
+		"$JS.API.DIRECT.GET."+moves, "$JS.API.DIRECT.GET."+moves+".>",
+		"$JS.API.CONSUMER.CREATE."+moves, "$JS.API.CONSUMER.CREATE."+moves+".>",
+		"$JS.API.CONSUMER.DELETE."+moves+".>", "$JS.API.CONSUMER.INFO."+moves+".>",
+		"$JS.FC."+moves+".>", "$O."+ObjectVolumeMoves+".>",
+		// A volume destroyed while its host was down: the host removes
+		// its record (keys "<app>.<id>"; any volume's, see security.md).
+		"$KV."+BucketVolumes+".*.*",
+	)
+	autostopLocks := "$KV." + BucketLocks + ".lock.autostop.*." + region
+	pub = append(pub,
+		"$JS.API.INFO",
+		"$JS.API.STREAM.INFO.KV_"+BucketLocks, // bound, never watched
+		"$JS.API.DIRECT.GET.KV_"+BucketLocks+"."+autostopLocks,
+		autostopLocks,
+		"$KV."+BucketHosts+"."+hostID, // heartbeat
+		"$KV."+BucketChallenges+".ack.*."+hostID,
+		// The edge's own lines in an app's log (edge.EdgeLogMachine).
+		LogSubject("*", region, "edge"),
+		"perch.usage."+hostID,
+		DemandSubject(region),
+		DrainSubject,
+		"perch.start.*",
+	)
+	for _, key := range machines {
+		app, id, ok := strings.Cut(key, ".")
+		if !ok {
+			continue
+		}
+		pub = append(pub, "$KV."+BucketStatus+"."+key, "$KV."+BucketMachines+"."+key, LogSubject(app, region, id))
+	}
+	return &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: pub},
+		Subscribe: &server.SubjectPermission{Allow: []string{
+			HostInboxPrefix(hostID) + ".>",
+			DrainSubject,
+			StartSubject(hostID),
+			VolumeSubject(hostID),
+		}},
+		// Replies to requests it received (drain, start) and to
+		// JetStream's flow control, nothing else.
+		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
+	}
+}
