@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/perchhq/perch/internal/billing"
 	perchrt "github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/store"
+	"github.com/perchhq/perch/internal/volume"
 )
 
 // Metering (package billing): every machine's time by state and the
@@ -83,5 +85,23 @@ func (w *worker) meterObserve(spec store.MachineSpec, state string) {
 			disk.RootfsGB = float64(n) / 1e9
 		}
 	}
+	disk.VolumeGB = w.volumeGB(spec)
 	m.Observe(w.key, spec.App, spec.ID, spec.Region, spec.Config.Guest, state, disk)
+}
+
+// volumeGB is the provisioned size, in GB, of the volumes the machine
+// mounts (their image files' sizes: what the volume may hold, as Fly
+// bills it), priced in every state. A volume no machine mounts is not
+// metered (docs/budgets.md).
+func (w *worker) volumeGB(spec store.MachineSpec) float64 {
+	var gb float64
+	for _, m := range spec.Config.Mounts {
+		if !volumeIDRE.MatchString(m.Volume) {
+			continue
+		}
+		if fi, err := os.Stat(volume.Image(volumeDir(w.a.cfg.StateDir, m.Volume))); err == nil {
+			gb += float64(fi.Size()) / 1e9
+		}
+	}
+	return gb
 }

@@ -77,7 +77,7 @@ type meterEntry struct {
 // Storage is what a machine keeps on the host's disk, in GB (10^9 bytes):
 // its root filesystem's own part (writable layer, qcow2 overlay, a
 // suspended machine's snapshot), priced while it is stopped or
-// suspended, and its volumes (none yet), priced always.
+// suspended, and the provisioned size of the volumes it mounts, priced always.
 type Storage struct {
 	RootfsGB float64 `json:"rootfs_gb,omitempty"`
 	VolumeGB float64 `json:"volume_gb,omitempty"`
