@@ -178,12 +178,13 @@ func Build(ctx context.Context, opts Options) (Result, error) {
 	return Result{Ref: opts.Ref, Digest: resp.ExporterResponse["containerimage.digest"]}, nil
 }
 
-// cleanError drops BuildKit's long wrapping of a failed process down to
-// its last line ("process ... did not complete successfully: exit code: 1").
+// cleanError cuts BuildKit's long wrapping of a failed process ("process
+// ... did not complete successfully: exit code: 1") to "exit code: 1".
 func cleanError(err error) error {
 	msg := err.Error()
-	if i := strings.LastIndex(msg, "did not complete successfully"); i >= 0 {
-		return errors.New(strings.TrimSpace(msg[i:]))
+	const done = "did not complete successfully: "
+	if i := strings.LastIndex(msg, done); i >= 0 {
+		return errors.New(strings.TrimSpace(msg[i+len(done):])) // "exit code: 3"
 	}
 	return err
 }

@@ -211,6 +211,18 @@ func TestBuildDockerfile(t *testing.T) {
 	}
 	t.Logf("cold %v, warm %v", cold.Round(time.Millisecond), warm.Round(time.Millisecond))
 
+	// A base image the registry does not have: the error names it.
+	var missing bytes.Buffer
+	_, err = Build(ctx, Options{
+		Addr: d.Addr, Dir: dir, Ref: host + "/app:deployment-x", Insecure: true,
+		Args:     map[string]string{"BASE": host + "/base/nope:1"},
+		Username: "x", Password: testToken, Progress: &missing,
+	})
+	if err == nil || !strings.Contains(err.Error(), host+"/base/nope:1") || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("missing base image: err = %v, want it named, and not found", err)
+	}
+	t.Logf("missing base image: %v", err)
+
 	out, _, err = build("Dockerfile.fail", host+"/app:deployment-3")
 	var se *StepError
 	if !errors.As(err, &se) {
