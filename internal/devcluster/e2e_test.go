@@ -31,6 +31,8 @@ func TestDeployAcrossRegions(t *testing.T) {
 // world's registry and deploys it to every region; a one-file change
 // re-runs only the steps after it and the new content is served.
 func buildDeployFlow(t *testing.T, w *devcluster.World) {
+	t0 := time.Now()
+	defer func() { t.Logf("build, deploy, rebuild and redeploy took %v", time.Since(t0).Round(time.Millisecond)) }()
 	bkDir := filepath.Join(t.TempDir(), "bk")
 	// Started here (the CLI reuses it) so the test stops it at the end.
 	d, err := build.Start(context.Background(), bkDir, nil)
