@@ -72,6 +72,13 @@ func buildAndPush(ctx context.Context, out io.Writer, cfg *config.Config, config
 		return "", fmt.Errorf("the API URL %q is not a URL; log in again with `perch auth login`", creds.APIURL)
 	}
 	ref := fmt.Sprintf("%s/%s:deployment-%s", u.Host, app, deploymentID())
+	// Refused before the builder starts; build.Build checks again.
+	ctxDir, max := filepath.Dir(configPath), f.ContextMax<<20
+	if size, err := build.ContextSize(ctxDir, max); err != nil {
+		return "", err
+	} else if size > max {
+		return "", &build.ContextTooLargeError{Size: size, Max: max, Dir: ctxDir}
+	}
 	dir, err := build.StateDir()
 	if err != nil {
 		return "", err
@@ -83,13 +90,12 @@ func buildAndPush(ctx context.Context, out io.Writer, cfg *config.Config, config
 	if d.Started {
 		fmt.Fprintf(out, "Started the local builder (buildkitd, state in %s)\n", dir)
 	}
-	ctxDir := filepath.Dir(configPath)
 	fmt.Fprintf(out, "Building %s (context %s) → %s\n", dockerfile, ctxDir, ref)
 	t0 := time.Now()
 	res, err := build.Build(ctx, build.Options{
 		Addr: d.Addr, Dir: ctxDir, Dockerfile: dockerfile, Target: target, Args: args,
 		Ref: ref, Username: "x", Password: creds.Token, Insecure: u.Scheme == "http",
-		MaxContext: f.ContextMax << 20, Progress: out,
+		MaxContext: max, Progress: out,
 	})
 	if err != nil {
 		return "", err

@@ -95,6 +95,23 @@ func buildDeployFlow(t *testing.T, w *devcluster.World) {
 		t.Errorf("rebuild with msg.txt changed: want COPY --from cached and COPY msg.txt re-run")
 	}
 	served("/file/srv/msg.txt", "0644 v2")
+
+	// A failing RUN (this base has no shell) ends the deploy, non-zero,
+	// naming the step; a context over --build-context-max is refused before
+	// upload. The app keeps serving v2.
+	write("Dockerfile", "FROM "+base+"\nCOPY msg.txt /srv/msg.txt\nRUN echo never\n")
+	out, err = perchEnv(t, w, dir, env, "deploy", "--smoke-window", "1s")
+	if err == nil || !strings.Contains(out, "build step [3/3] RUN echo never failed") {
+		t.Errorf("deploy of a failing RUN: err %v, want a non-zero exit naming the step", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "big.bin"), make([]byte, 2<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = perchEnv(t, w, dir, env, "deploy", "--build-context-max", "1")
+	if err == nil || !strings.Contains(out, "over the limit of 1.0 MB") || strings.Contains(out, "Building") {
+		t.Errorf("deploy of a 2 MB context with --build-context-max 1: err %v, want it refused before the build", err)
+	}
+	served("/file/srv/msg.txt", "0644 v2")
 }
 
 // TestDeployWithExternalNATS runs the same flow with the state in a
