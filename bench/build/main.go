@@ -84,7 +84,7 @@ EXPOSE 8080
 	var perch, ctl [2][]time.Duration // cold, warm
 	for r := range *rounds {
 		for _, who := range []string{"perch", "buildctl"} {
-			d, err := build.Start(ctx, filepath.Join(tmp, fmt.Sprintf("bk-%s-%d", who, r)), nil)
+			d, err := build.Start(ctx, filepath.Join(tmp, fmt.Sprintf("bk-%s-%d", who, r)), nil, nil)
 			check(err)
 			for i, what := range []string{"cold", "warm"} {
 				write(filepath.Join(dir, "app.txt"), fmt.Sprintf("%s %d %s", who, r, what))

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -43,13 +44,78 @@ func needBuilder(t *testing.T) {
 // startRegistry serves a Perch registry on loopback, taking testToken.
 func startRegistry(t *testing.T) string {
 	t.Helper()
+	return startRegistryOn(t, "127.0.0.1:0")
+}
+
+func startRegistryOn(t *testing.T, addr string) string {
+	t.Helper()
 	reg, err := registry.New(t.TempDir(), registry.TokenFunc(func(tok string) bool { return tok == testToken }), registry.Options{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(reg)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(reg)
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// TestPlainHTTPRegistryByName: a plain-HTTP registry BuildKit does not
+// take for loopback (here this host's name, which resolves to a loopback
+// address, so no traffic leaves the machine) needs the daemon's config;
+// Start given it restarts the running daemon with it, and FROM pulls work.
+func TestPlainHTTPRegistryByName(t *testing.T) {
+	needBuilder(t)
+	hn, err := os.Hostname()
+	if err != nil {
+		t.Skip(err)
+	}
+	addrs, err := net.LookupHost(hn)
+	if err != nil || len(addrs) == 0 || !net.ParseIP(addrs[0]).IsLoopback() {
+		t.Skipf("this host's name %q does not resolve to a loopback address (%v %v): nothing to test on without leaving the machine", hn, addrs, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, port, _ := net.SplitHostPort(startRegistryOn(t, net.JoinHostPort(addrs[0], "0")))
+	host := net.JoinHostPort(hn, port)
+	base := pushBase(t, host)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"Dockerfile": "ARG BASE\nFROM ${BASE}\nRUN echo ok > /ok\n"})
+	bk := filepath.Join(t.TempDir(), "bk")
+	build := func(d *Daemon) error {
+		_, err := Build(ctx, Options{Addr: d.Addr, Dir: dir, Ref: host + "/app:x", Insecure: true,
+			Args: map[string]string{"BASE": base}, Username: "x", Password: testToken})
+		return err
+	}
+
+	d1, err := Start(ctx, bk, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d1.Stop)
+	if err := build(d1); err == nil || !strings.Contains(err.Error(), "HTTP response to HTTPS client") {
+		t.Fatalf("FROM %s without the daemon configured: err = %v, want BuildKit's HTTPS attempt refused", base, err)
+	}
+	d2, err := Start(ctx, bk, []string{host}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d2.Stop)
+	if !d2.Started || d2.pid == d1.pid {
+		t.Fatalf("Start with a new plain-HTTP registry reused the daemon (started %v)", d2.Started)
+	}
+	if err := build(d2); err != nil {
+		t.Fatalf("FROM %s with the daemon configured: %v", base, err)
+	}
+	// The same registry again: the running daemon is reused.
+	if d3, err := Start(ctx, bk, []string{host}, nil); err != nil || d3.Started {
+		t.Errorf("third Start: started %v, err %v; want the running daemon", d3 != nil && d3.Started, err)
+	}
 }
 
 // pushBase pushes a base image with a shell (Debian's busybox-static as
@@ -119,14 +185,14 @@ func TestBuildDockerfile(t *testing.T) {
 	base := pushBase(t, host)
 
 	t0 := time.Now()
-	d, err := Start(ctx, filepath.Join(t.TempDir(), "bk"), nil)
+	d, err := Start(ctx, filepath.Join(t.TempDir(), "bk"), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.Stop)
 	t.Logf("buildkitd started in %v", time.Since(t0).Round(time.Millisecond))
 	// A second Start finds it running.
-	if again, err := Start(ctx, d.Dir, nil); err != nil || again.Started {
+	if again, err := Start(ctx, d.Dir, nil, nil); err != nil || again.Started {
 		t.Fatalf("second Start: started=%v err=%v, want the running daemon", again != nil && again.Started, err)
 	}
 

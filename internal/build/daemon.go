@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -29,6 +32,7 @@ type Daemon struct {
 	// Started is whether Start started it (false: one was running).
 	Started bool
 	pid     int
+	exited  chan struct{} // closed once the process Start started is reaped
 }
 
 // StateDir is the per-user directory of the local builder:
@@ -64,7 +68,12 @@ func Binary(name string) (string, error) {
 // Concurrent callers (two deploys) are serialised by a lock file, so only
 // one daemon runs per dir. The daemon outlives the caller, keeping its
 // cache warm for the next build; Stop ends one this process started.
-func Start(ctx context.Context, dir string, log *slog.Logger) (*Daemon, error) {
+//
+// insecure are registries (host:port) spoken to over plain HTTP, for FROM
+// images (pushes say it per build); BuildKit does so for loopback ones by
+// itself. They are in the daemon's config file, so a running daemon
+// without one of them is restarted with it (its cache kept).
+func Start(ctx context.Context, dir string, insecure []string, log *slog.Logger) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -81,8 +90,22 @@ func Start(ctx context.Context, dir string, log *slog.Logger) (*Daemon, error) {
 		return nil, fmt.Errorf("build: lock %s: %w", lock.Name(), err)
 	}
 	defer unix.Flock(int(lock.Fd()), unix.LOCK_UN)
+	regsPath := filepath.Join(dir, "registries")
+	known := readLines(regsPath)
+	need := slices.Clone(known)
+	for _, h := range insecure {
+		if !loopback(h) && !slices.Contains(need, h) {
+			need = append(need, h)
+		}
+	}
 	if d.answers(ctx, time.Second) {
-		return d, nil
+		if len(need) == len(known) {
+			return d, nil
+		}
+		log.Info("restarting buildkitd for a plain-HTTP registry", "registries", need)
+		if err := stopPIDFile(filepath.Join(dir, "buildkitd.pid")); err != nil {
+			return nil, err
+		}
 	}
 	bin, err := Binary("buildkitd")
 	if err != nil {
@@ -98,7 +121,19 @@ func Start(ctx context.Context, dir string, log *slog.Logger) (*Daemon, error) {
 		return nil, fmt.Errorf("build: %w", err)
 	}
 	defer logf.Close()
+	var conf strings.Builder
+	for _, h := range need {
+		fmt.Fprintf(&conf, "[registry.%q]\n  http = true\n  insecure = true\n", h)
+	}
+	confPath := filepath.Join(dir, "buildkitd.toml")
+	if err := os.WriteFile(confPath, []byte(conf.String()), 0o600); err != nil {
+		return nil, fmt.Errorf("build: %w", err)
+	}
+	if err := os.WriteFile(regsPath, []byte(strings.Join(need, "\n")), 0o600); err != nil {
+		return nil, fmt.Errorf("build: %w", err)
+	}
 	cmd := exec.Command(bin,
+		"--config", confPath,
 		"--addr", d.Addr,
 		"--root", filepath.Join(dir, "root"),
 		"--oci-worker=true", "--containerd-worker=false",
@@ -110,8 +145,13 @@ func Start(ctx context.Context, dir string, log *slog.Logger) (*Daemon, error) {
 		return nil, fmt.Errorf("build: start %s: %w", bin, err)
 	}
 	d.pid, d.Started = cmd.Process.Pid, true
+	if err := os.WriteFile(filepath.Join(dir, "buildkitd.pid"), []byte(strconv.Itoa(d.pid)), 0o600); err != nil {
+		d.Stop()
+		return nil, fmt.Errorf("build: %w", err)
+	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	d.exited = make(chan struct{})
+	go func() { exited <- cmd.Wait(); close(d.exited) }()
 	log.Info("started buildkitd", "pid", d.pid, "dir", dir)
 	deadline := time.Now().Add(30 * time.Second)
 	for !d.answers(ctx, time.Second) {
@@ -149,19 +189,86 @@ func (d *Daemon) Stop() {
 	if d.pid == 0 {
 		return
 	}
-	p, err := os.FindProcess(d.pid)
-	if err != nil {
-		return
-	}
-	p.Signal(syscall.SIGTERM)
-	deadline := time.Now().Add(10 * time.Second)
-	for syscall.Kill(d.pid, 0) == nil && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if syscall.Kill(d.pid, 0) == nil {
-		p.Kill()
+	select {
+	case <-d.exited: // gone already (restarted by another Start): its pid may be another process's now
+	default:
+		terminate(d.pid)
+		select {
+		case <-d.exited:
+		case <-time.After(10 * time.Second): // unkillable (D state): leave it
+		}
 	}
 	d.pid = 0
+}
+
+// stopPIDFile ends the buildkitd whose pid the file holds (one another
+// perch started), if that process is still a buildkitd.
+func stopPIDFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("build: a buildkitd answers but %s is unreadable (%w): stop it, then deploy again", path, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return fmt.Errorf("build: %s holds no pid: stop the running buildkitd, then deploy again", path)
+	}
+	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); !strings.Contains(string(cmdline), "buildkitd") {
+		return fmt.Errorf("build: process %d of %s is not buildkitd: stop the running buildkitd, then deploy again", pid, path)
+	}
+	terminate(pid)
+	return nil
+}
+
+// terminate sends SIGTERM, waits up to 10 s for the process to go (it is
+// a child here, or reaped by init), then SIGKILL.
+func terminate(pid int) {
+	syscall.Kill(pid, syscall.SIGTERM)
+	deadline := time.Now().Add(10 * time.Second)
+	for alive(pid) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		for deadline := time.Now().Add(5 * time.Second); alive(pid) && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// alive: the process exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+// loopback reports whether host (host:port) is a loopback address or
+// localhost, which BuildKit speaks plain HTTP to without configuration.
+func loopback(host string) bool {
+	h, _, err := net.SplitHostPort(host)
+	if err != nil {
+		h = host
+	}
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+func readLines(path string) []string {
+	b, _ := os.ReadFile(path)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 func tailFile(path string, n int) string {

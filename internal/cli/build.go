@@ -83,7 +83,11 @@ func buildAndPush(ctx context.Context, out io.Writer, cfg *config.Config, config
 	if err != nil {
 		return "", err
 	}
-	d, err := build.Start(ctx, dir, nil)
+	var insecure []string // FROM images from the control plane's registry
+	if u.Scheme == "http" {
+		insecure = append(insecure, u.Host)
+	}
+	d, err := build.Start(ctx, dir, insecure, nil)
 	if err != nil {
 		return "", err
 	}

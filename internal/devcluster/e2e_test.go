@@ -35,7 +35,7 @@ func buildDeployFlow(t *testing.T, w *devcluster.World) {
 	defer func() { t.Logf("build, deploy, rebuild and redeploy took %v", time.Since(t0).Round(time.Millisecond)) }()
 	bkDir := filepath.Join(t.TempDir(), "bk")
 	// Started here (the CLI reuses it) so the test stops it at the end.
-	d, err := build.Start(context.Background(), bkDir, nil)
+	d, err := build.Start(context.Background(), bkDir, nil, nil)
 	if err != nil {
 		t.Fatalf("start buildkitd (scripts/deps.sh installs it): %v", err)
 	}
