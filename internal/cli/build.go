@@ -24,8 +24,8 @@ type buildFlags struct {
 }
 
 // dockerfileFor is the Dockerfile perch deploy builds when no image is
-// given: [build] dockerfile, else Dockerfile, next to the config file.
-// "" when there is none.
+// given: [build] dockerfile, else Dockerfile, next to the config file, as
+// an absolute path. "" when there is none.
 func dockerfileFor(cfg *config.Config, configPath string) string {
 	dir := filepath.Dir(configPath)
 	p := cfg.Build.Dockerfile
@@ -36,6 +36,9 @@ func dockerfileFor(cfg *config.Config, configPath string) string {
 		p = filepath.Join(dir, p)
 	}
 	if st, err := os.Stat(p); err == nil && !st.IsDir() {
+		if abs, err := filepath.Abs(p); err == nil {
+			return abs // build.Options.Dockerfile: absolute, or relative to the context
+		}
 		return p
 	}
 	return ""

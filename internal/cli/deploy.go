@@ -61,7 +61,9 @@ Dockerfile next to perch.toml ([build] dockerfile, build-target and
 			img := cmp.Or(image, cfg.Build.Image)
 			dockerfile := ""
 			if img == "" {
-				if dockerfile = dockerfileFor(cfg, g.configPath); dockerfile == "" {
+				if dockerfile = dockerfileFor(cfg, g.configPath); dockerfile == "" && cfg.Build.Dockerfile != "" {
+					return fmt.Errorf("[build] dockerfile %q in %s: no such file next to it; fix the path, or set image under [build]", cfg.Build.Dockerfile, g.configPath)
+				} else if dockerfile == "" {
 					return fmt.Errorf("no image to deploy: add a Dockerfile next to %s, set image under [build] in it, or pass --image", g.configPath)
 				}
 			}
