@@ -43,8 +43,8 @@ type Options struct {
 	Args       map[string]string // ARG values (--build-arg)
 	// Ref is where the image is pushed: host:port/repo:tag.
 	Ref string
-	// Username and Password authenticate to the registry of Ref (and to
-	// the registries FROM images come from, if they take them).
+	// Username and Password authenticate to the registry of Ref (pushes,
+	// and FROM images from it), and to no other registry.
 	Username, Password string
 	// Insecure lets the registry of Ref be plain HTTP.
 	Insecure bool
@@ -123,6 +123,10 @@ func Build(ctx context.Context, opts Options) (Result, error) {
 		return Result{}, &ContextTooLargeError{Size: size, Max: max, Dir: dir}
 	}
 
+	registryHost, _, ok := strings.Cut(opts.Ref, "/")
+	if !ok || !strings.ContainsAny(registryHost, ".:") && registryHost != "localhost" {
+		return Result{}, fmt.Errorf("build: image reference %q names no registry host (want host[:port]/repo:tag)", opts.Ref)
+	}
 	c, err := client.New(ctx, opts.Addr)
 	if err != nil {
 		return Result{}, fmt.Errorf("build: connect to buildkitd at %s: %w", opts.Addr, err)
@@ -152,7 +156,7 @@ func Build(ctx context.Context, opts Options) (Result, error) {
 		FrontendAttrs: attrs,
 		LocalMounts:   map[string]fsutil.FS{"context": ctxFS, "dockerfile": dfFS},
 		Exports:       []client.ExportEntry{{Type: client.ExporterImage, Attrs: exp}},
-		Session:       []session.Attachable{authProvider(opts.Username, opts.Password)},
+		Session:       []session.Attachable{authProvider(registryHost, opts.Username, opts.Password)},
 	}
 	ch := make(chan *client.SolveStatus)
 	p := newPrinter(opts.Progress)
@@ -189,17 +193,23 @@ func cleanError(err error) error {
 	return err
 }
 
-// authProvider answers the builder's credential requests: every registry
-// gets username and password (the Perch token), as `perch auth` would.
-func authProvider(username, password string) session.Attachable {
+// authProvider answers the builder's credential requests: the registry
+// of Ref (the control plane's) gets username and password (the Perch
+// token); any other registry (a FROM image's elsewhere) gets none, so the
+// token never leaves for a registry that is not Perch's.
+func authProvider(registryHost, username, password string) session.Attachable {
 	return authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
 		AuthConfigProvider: func(_ context.Context, host string, _ []string, _ authprovider.ExpireCachedAuthCheck) (types.AuthConfig, error) {
-			if password == "" {
-				return types.AuthConfig{}, nil
-			}
-			return types.AuthConfig{ServerAddress: host, Username: username, Password: password}, nil
+			return credentialsFor(host, registryHost, username, password), nil
 		},
 	})
+}
+
+func credentialsFor(host, registryHost, username, password string) types.AuthConfig {
+	if password == "" || host != registryHost {
+		return types.AuthConfig{}
+	}
+	return types.AuthConfig{ServerAddress: host, Username: username, Password: password}
 }
 
 // ContextSize sums the sizes of the regular files under dir that

@@ -300,6 +300,18 @@ func TestBuildDockerfile(t *testing.T) {
 	t.Logf("failing RUN: %v", err)
 }
 
+// The Perch token goes only to the registry the image is pushed to.
+func TestCredentialsOnlyForPerchRegistry(t *testing.T) {
+	if c := credentialsFor("127.0.0.1:4280", "127.0.0.1:4280", "x", "tok"); c.Password != "tok" {
+		t.Errorf("Perch's registry got %+v, want the token", c)
+	}
+	for _, h := range []string{"registry-1.docker.io", "ghcr.io", "127.0.0.1:4281"} {
+		if c := credentialsFor(h, "127.0.0.1:4280", "x", "tok"); c.Password != "" || c.Username != "" {
+			t.Errorf("%s got credentials %+v, want none", h, c)
+		}
+	}
+}
+
 // TestContextTooLarge: a context over the limit is refused before the
 // builder is contacted (the address here answers nothing).
 func TestContextTooLarge(t *testing.T) {
