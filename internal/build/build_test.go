@@ -277,6 +277,22 @@ func TestBuildDockerfile(t *testing.T) {
 	}
 	t.Logf("cold %v, warm %v", cold.Round(time.Millisecond), warm.Round(time.Millisecond))
 
+	// Target: the build stage alone.
+	res, err = Build(ctx, Options{
+		Addr: d.Addr, Dir: dir, Ref: host + "/app:target", Target: "build", Insecure: true,
+		Args: map[string]string{"BASE": base}, Username: "x", Password: testToken,
+	})
+	if err != nil {
+		t.Fatalf("build --target build: %v", err)
+	}
+	tcfg, err := pull(t, res.Ref).ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fileContents(t, pull(t, res.Ref))["src/out.txt"]; tcfg.Config.WorkingDir != "/src" || got != "hello from gen\n" {
+		t.Errorf("target build: workdir %q, /src/out.txt %q; want the build stage (/src, GREETING's default)", tcfg.Config.WorkingDir, got)
+	}
+
 	// A base image the registry does not have: the error names it.
 	var missing bytes.Buffer
 	_, err = Build(ctx, Options{
