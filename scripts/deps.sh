@@ -34,6 +34,8 @@ install_debs() {
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v psql >/dev/null || missing+=(postgresql-client)
   command -v redis-cli >/dev/null || missing+=(redis-tools)
+  # perch deploy's builder test makes its base image from busybox.
+  [ -x /bin/busybox ] || missing+=(busybox-static)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "perch: installing ${missing[*]} from Debian" >&2
     apt-get update -qq
@@ -140,4 +142,27 @@ ensure_go() {
 install_go_tools() {
   command -v crane >/dev/null || go install github.com/google/go-containerregistry/cmd/crane@v0.22.1
   command -v staticcheck >/dev/null || go install honnef.co/go/tools/cmd/staticcheck@latest
+  install_buildkit
+}
+
+# BuildKit's buildkitd (perch deploy's builder, docs/builds.md) and buildctl
+# (bench/build.sh) are not packaged in Debian 12: they are built from the
+# module at the version go.mod pins into /usr/local/lib/perch/bin
+# (internal/build.BinDir). `go install pkg@version` refuses the module
+# (its go.mod has exclude directives), so it is built in a copy of it.
+BUILDKIT_VERSION=v0.34.2
+install_buildkit() {
+  local bin=/usr/local/lib/perch/bin
+  if [ -x "$bin/buildkitd" ] && [ -x "$bin/buildctl" ] &&
+    "$bin/buildkitd" --version 2>/dev/null | grep -q " $BUILDKIT_VERSION "; then
+    return 0
+  fi
+  echo "perch: building buildkitd and buildctl $BUILDKIT_VERSION (a few minutes, once)" >&2
+  local src tmp
+  src=$(cd / && go mod download -json "github.com/moby/buildkit@$BUILDKIT_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  tmp=$(mktemp -d)
+  cp -r "$src/." "$tmp" && chmod -R u+w "$tmp"
+  mkdir -p "$bin"
+  (cd "$tmp" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION" -o "$bin/" ./cmd/buildkitd ./cmd/buildctl)
+  rm -rf "$tmp"
 }

@@ -21,6 +21,7 @@ func newDeployCmd(g *globals) *cobra.Command {
 	var image string
 	var flagRegionList []string
 	var opts deployOptions
+	var bf buildFlags
 	cmd := &cobra.Command{
 		Use:   "deploy",
 		Short: "Roll the app's machines to a new release without dropping a request",
@@ -41,7 +42,12 @@ perch releases rollback deploys an earlier one.
 Strategies ([deploy] strategy or --strategy): rolling (default, region by
 region, max_unavailable at a time), immediate (all at once), canary (one
 machine first, then rolling), bluegreen (a full new set, switched to at
-once).`,
+once).
+
+With no image (no --image, no [build] image), perch deploy builds the
+Dockerfile next to perch.toml ([build] dockerfile, build-target and
+[build.args]) with BuildKit, pushes it to the control plane's registry as
+<app>:deployment-<id> and deploys that (docs/builds.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := loadProject(g.configPath, cmd.ErrOrStderr())
@@ -53,8 +59,13 @@ once).`,
 				return fmt.Errorf("%s has no app name: add app = \"NAME\" or pass --app", g.configPath)
 			}
 			img := cmp.Or(image, cfg.Build.Image)
+			dockerfile := ""
 			if img == "" {
-				return fmt.Errorf("no image to deploy: set image under [build] in %s or pass --image", g.configPath)
+				if dockerfile = dockerfileFor(cfg, g.configPath); dockerfile == "" && cfg.Build.Dockerfile != "" {
+					return fmt.Errorf("[build] dockerfile %q in %s: no such file next to it; fix the path, or set image under [build]", cfg.Build.Dockerfile, g.configPath)
+				} else if dockerfile == "" {
+					return fmt.Errorf("no image to deploy: add a Dockerfile next to %s, set image under [build] in it, or pass --image", g.configPath)
+				}
 			}
 			opts = projectDeployOptions(cmd, opts, cfg.Deploy.Strategy, cfg.Deploy.MaxUnavailable, cfg.Deploy.WaitTimeout)
 			if err := opts.check(); err != nil {
@@ -68,6 +79,11 @@ once).`,
 			defer stop()
 			if err := checkRegions(ctx, c, flagRegionList); err != nil {
 				return err
+			}
+			if dockerfile != "" { // build.go
+				if img, err = buildAndPush(ctx, cmd.OutOrStdout(), cfg, g.configPath, dockerfile, app, bf); err != nil {
+					return err
+				}
 			}
 			regions, primary := flagRegions(flagRegionList, cfg.Regions, cfg.PrimaryRegion)
 			if cfg.PrimaryRegion == "" {
@@ -86,7 +102,10 @@ once).`,
 			return applyAutoscale(ctx, c, app, cfg.Autoscale, cmd.OutOrStdout()) // autoscale.go
 		},
 	}
-	cmd.Flags().StringVar(&image, "image", "", "image to deploy (default: [build] image of perch.toml)")
+	cmd.Flags().StringVar(&image, "image", "", "image to deploy (default: [build] image of perch.toml, else the Dockerfile built)")
+	cmd.Flags().StringArrayVar(&bf.Args, "build-arg", nil, "a Dockerfile ARG value, NAME=VALUE (repeatable; over [build.args])")
+	cmd.Flags().StringVar(&bf.Target, "build-target", "", "the Dockerfile stage to build (default: [build] build-target, else the last)")
+	cmd.Flags().Int64Var(&bf.ContextMax, "build-context-max", 500, "largest build context sent to the builder, in MB, after .dockerignore")
 	cmd.Flags().StringSliceVar(&flagRegionList, "region", nil, "regions to deploy to, e.g. --region iad,ams (default: perch.toml's regions, else the app's regions, else primary_region); the first is the primary region when perch.toml names none")
 	addDeployFlags(cmd, &opts)
 	return cmd

@@ -57,6 +57,12 @@ type Init struct {
 // Build says where the app's image comes from.
 type Build struct {
 	Image string
+	// Dockerfile, Target and Args, when there is no Image: perch deploy
+	// builds the Dockerfile ("Dockerfile" if empty) with BuildKit
+	// (internal/build).
+	Dockerfile string
+	Target     string            // build-target (build_target)
+	Args       map[string]string // [build.args]
 }
 
 // HTTPService is Fly's shorthand for an HTTP app: public ports 80 (http) and

@@ -44,10 +44,8 @@ func TestParseFlyFiles(t *testing.T) {
 					AutoStopMachines: "stop", AutoStartMachines: ptr(true),
 					Processes: []string{"app"},
 				},
-				VMs: []VM{{MemoryMB: 1024, CPUKind: "shared", CPUs: 1}},
-			},
-			warns: []string{
-				`go-app.fly.toml line 10: [build.args] ignored: perch does not build images yet; set image = "..." in [build]`,
+				VMs:   []VM{{MemoryMB: 1024, CPUKind: "shared", CPUs: 1}},
+				Build: Build{Args: map[string]string{"GO_VERSION": "1.22.3"}},
 			},
 		},
 		{

@@ -53,7 +53,6 @@ type corpusWant struct {
 var corpus = map[string]corpusWant{
 	"actioncable-tester.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]"},
 	},
 	"amardns.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]; tcp 8053: 853[tls]", Conc: "connections 20/0; connections 20/0", Checks: "tcp 15s/4s; http 15s/4s GET /health; tcp 15s/4s", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=sin"},
@@ -105,15 +104,15 @@ var corpus = map[string]corpusWant{
 	},
 	"global-rails.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=scl"},
-		warns:   []string{"\"builder\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]", "[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]"},
+		warns:   []string{"\"builder\" in [build] ignored: perch builds only Dockerfiles yet (docs/builds.md); set image = \"...\" in [build] or add a Dockerfile"},
 	},
 	"go-example.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=lhr"},
-		warns:   []string{"\"builder\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]", "\"buildpacks\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]"},
+		warns:   []string{"\"builder\" in [build] ignored: perch builds only Dockerfiles yet (docs/builds.md); set image = \"...\" in [build] or add a Dockerfile", "\"buildpacks\" in [build] ignored: perch builds only Dockerfiles yet (docs/builds.md); set image = \"...\" in [build] or add a Dockerfile"},
 	},
 	"grpc-service.toml": {
 		summary: summary{Services: "tcp 54321: 443[tls]", Conc: "connections 2000/2500", Checks: "tcp 10s/2s", Stop: "", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"\"builder\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]"},
+		warns:   []string{"\"builder\" in [build] ignored: perch builds only Dockerfiles yet (docs/builds.md); set image = \"...\" in [build] or add a Dockerfile"},
 	},
 	"hello_elixir.toml": {
 		summary: summary{Services: "tcp 4000: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGTERM 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -166,7 +165,6 @@ var corpus = map[string]corpusWant{
 	},
 	"piquetdestream-webapp.toml": {
 		summary: summary{Services: "tcp 3000: 80[http] 443[tls,http]", Conc: "connections 90/100", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"\"build-target\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]"},
 	},
 	"postgres-flex.toml": {
 		summary: summary{Services: "", Conc: "", Checks: "", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=ord"},
@@ -182,11 +180,10 @@ var corpus = map[string]corpusWant{
 	},
 	"rails-machine-workers.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
-		warns:   []string{"[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]"},
 	},
 	"rails-on-fly.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=atl"},
-		warns:   []string{"\"builder\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]"},
+		warns:   []string{"\"builder\" in [build] ignored: perch builds only Dockerfiles yet (docs/builds.md); set image = \"...\" in [build] or add a Dockerfile"},
 	},
 	"ration-django.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app"},
@@ -201,7 +198,6 @@ var corpus = map[string]corpusWant{
 	},
 	"roqr.toml": {
 		summary: summary{Services: "tcp 8080: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "| bundle exec rails server", Env: "group=web"},
-		warns:   []string{"[build.args] ignored: perch does not build images yet; set image = \"...\" in [build]"},
 	},
 	"sentrypeer.toml": {
 		summary: summary{Services: "udp 5060: 5060[]", Conc: "connections 20/25", Checks: "", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "", Env: "group=app primary=den"},
@@ -216,7 +212,7 @@ var corpus = map[string]corpusWant{
 	},
 	"tarkov-prime-bot.toml": {
 		summary: summary{Services: "tcp 8080:", Conc: "connections 20/25", Checks: "", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "| npm run prod", Env: "group=app"},
-		warns:   []string{"\"builder\" in [build] ignored: perch does not build images yet; set image = \"...\" in [build]"},
+		warns:   []string{"\"builder\" in [build] ignored: perch builds only Dockerfiles yet (docs/builds.md); set image = \"...\" in [build] or add a Dockerfile"},
 	},
 	"tasklite.toml": {
 		summary: summary{Services: "tcp 8081: 80[http] 443[tls,http]", Conc: "connections 20/25", Checks: "tcp 15s/2s", Stop: "SIGINT 5s", Guest: "shared 1x256 runc", Cmd: "| tasklite-server", Env: "group=app"},

@@ -120,7 +120,10 @@ type fileExperimental struct {
 }
 
 type fileBuild struct {
-	Image string `toml:"image,omitempty"`
+	Image      string            `toml:"image,omitempty"`
+	Dockerfile string            `toml:"dockerfile,omitempty"`
+	Target     string            `toml:"build-target,omitempty"`
+	Args       map[string]string `toml:"args,omitempty"`
 }
 
 type fileHTTPService struct {
@@ -215,8 +218,8 @@ func (c *Config) file() fileConfig {
 			f.KillTimeout = fmt.Sprintf("%ds", c.KillTimeout/time.Second)
 		}
 	}
-	if c.Build.Image != "" {
-		f.Build = &fileBuild{Image: c.Build.Image}
+	if b := c.Build; b.Image != "" || b.Dockerfile != "" || b.Target != "" || len(b.Args) > 0 {
+		f.Build = &fileBuild{Image: b.Image, Dockerfile: b.Dockerfile, Target: b.Target, Args: b.Args}
 	}
 	if in := c.Init; len(in.Cmd)+len(in.Entrypoint)+len(in.Exec) > 0 {
 		f.Experimental = &fileExperimental{Cmd: in.Cmd, Entrypoint: in.Entrypoint, Exec: in.Exec}

@@ -42,8 +42,17 @@ func (d *decoder) config(doc map[string]any) *Config {
 	c.KillTimeout = d.seconds(top, "kill_timeout")
 	if b := top.sub("build"); b != nil {
 		c.Build.Image, _, _ = b.str("image")
-		const why = "perch does not build images yet; set image = \"...\" in [build]"
-		for _, k := range []string{"dockerfile", "builder", "buildpacks", "builtin", "ignorefile", "build-target", "args", "settings"} {
+		c.Build.Dockerfile, _, _ = b.str("dockerfile")
+		c.Build.Target, _, _ = b.str("build-target")
+		if t, _, ok := b.str("build_target"); ok && c.Build.Target == "" {
+			c.Build.Target = t
+		}
+		if a := b.sub("args"); a != nil {
+			c.Build.Args = d.envTable(a) // ARG values: strings, numbers, booleans
+			a.done()
+		}
+		const why = "perch builds only Dockerfiles yet (docs/builds.md); set image = \"...\" in [build] or add a Dockerfile"
+		for _, k := range []string{"builder", "buildpacks", "builtin", "ignorefile", "settings"} {
 			b.ignore(k, why)
 		}
 		b.done()

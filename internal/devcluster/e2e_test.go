@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/build"
 	"github.com/perchhq/perch/internal/devcluster"
 )
 
@@ -22,6 +23,95 @@ import (
 func TestDeployAcrossRegions(t *testing.T) {
 	w := startWorld(t, devcluster.Options{})
 	deployFlow(t, w)
+	buildDeployFlow(t, w)
+}
+
+// buildDeployFlow: perch deploy in a directory with a Dockerfile and no
+// image builds it with BuildKit (a local buildkitd), pushes it to the
+// world's registry and deploys it to every region; a one-file change
+// re-runs only the steps after it and the new content is served.
+func buildDeployFlow(t *testing.T, w *devcluster.World) {
+	t0 := time.Now()
+	defer func() { t.Logf("build, deploy, rebuild and redeploy took %v", time.Since(t0).Round(time.Millisecond)) }()
+	bkDir := filepath.Join(t.TempDir(), "bk")
+	// Started here (the CLI reuses it) so the test stops it at the end.
+	d, err := build.Start(context.Background(), bkDir, nil, nil)
+	if err != nil {
+		t.Fatalf("start buildkitd (scripts/deps.sh installs it): %v", err)
+	}
+	t.Cleanup(d.Stop)
+	info := w.Info()
+	base := pushImage(t, w, "hello:base")
+	dir := t.TempDir()
+	mustPerch(t, w, dir, "launch", "--image", base, "--regions", "iad,ams,sin", "--name", "built")
+	toml, err := os.ReadFile(filepath.Join(dir, "perch.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No image: the Dockerfile next to perch.toml is the app.
+	toml = []byte(strings.Replace(string(toml), "image = '"+base+"'", "", 1))
+	write := func(name, s string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("perch.toml", string(toml)+"\n[build.args]\n  GREETING = 'built by perch'\n")
+	write("Dockerfile", "FROM "+base+" AS build\n"+
+		"FROM "+base+"\nARG GREETING\nENV GREETING=$GREETING\nWORKDIR /srv\n"+
+		"COPY --from=build /app /srv/app-from-build\nCOPY msg.txt /srv/msg.txt\nUSER nobody\nEXPOSE 8080\n")
+	write(".dockerignore", "secret.txt\n")
+	write("secret.txt", "not in the image")
+	write("msg.txt", "v1")
+	env := []string{"PERCH_BUILDKIT_DIR=" + bkDir}
+	served := func(path, want string) {
+		t.Helper()
+		for _, r := range info.Regions {
+			eventually(t, 30*time.Second, fmt.Sprintf("%s edge serves %s of the built image", r.Code, path), func() (bool, string) {
+				code, b, _, err := get(r.EdgeAddr+":80", "built", path)
+				return err == nil && code == 200 && strings.TrimSpace(b) == want, fmt.Sprintf("%d %q %v", code, b, err)
+			})
+		}
+	}
+	out, err := perchEnv(t, w, dir, env, "deploy", "--smoke-window", "1s")
+	if err != nil {
+		t.Fatalf("perch deploy (build): %v", err)
+	}
+	if !strings.Contains(out, "Built and pushed "+info.Registry+"/built:deployment-") {
+		t.Errorf("deploy output does not say it built and pushed built:deployment-<id>")
+	}
+	served("/file/srv/msg.txt", "0644 v1")
+	served("/env/GREETING", "built by perch")
+	if code, _, _, _ := get(info.Regions[0].EdgeAddr+":80", "built", "/file/srv/secret.txt"); code != 404 {
+		t.Errorf("/srv/secret.txt answered %d: .dockerignore was not honoured", code)
+	}
+
+	write("msg.txt", "v2")
+	out, err = perchEnv(t, w, dir, env, "deploy", "--smoke-window", "1s")
+	if err != nil {
+		t.Fatalf("perch deploy (rebuild): %v", err)
+	}
+	if !strings.Contains(out, "=> CACHED [stage-1 3/4] COPY --from=build /app /srv/app-from-build") || strings.Contains(out, "CACHED [stage-1 4/4] COPY msg.txt") {
+		t.Errorf("rebuild with msg.txt changed: want COPY --from cached and COPY msg.txt re-run")
+	}
+	served("/file/srv/msg.txt", "0644 v2")
+
+	// A failing RUN (this base has no shell) ends the deploy, non-zero,
+	// naming the step; a context over --build-context-max is refused before
+	// upload. The app keeps serving v2.
+	write("Dockerfile", "FROM "+base+"\nCOPY msg.txt /srv/msg.txt\nRUN echo never\n")
+	out, err = perchEnv(t, w, dir, env, "deploy", "--smoke-window", "1s")
+	if err == nil || !strings.Contains(out, "build step [3/3] RUN echo never failed") {
+		t.Errorf("deploy of a failing RUN: err %v, want a non-zero exit naming the step", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "big.bin"), make([]byte, 2<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = perchEnv(t, w, dir, env, "deploy", "--build-context-max", "1")
+	if err == nil || !strings.Contains(out, "over the limit of 1.0 MB") || strings.Contains(out, "Building") {
+		t.Errorf("deploy of a 2 MB context with --build-context-max 1: err %v, want it refused before the build", err)
+	}
+	served("/file/srv/msg.txt", "0644 v2")
 }
 
 // TestDeployWithExternalNATS runs the same flow with the state in a
