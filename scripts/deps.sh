@@ -142,7 +142,6 @@ ensure_go() {
 install_go_tools() {
   command -v crane >/dev/null || go install github.com/google/go-containerregistry/cmd/crane@v0.22.1
   command -v staticcheck >/dev/null || go install honnef.co/go/tools/cmd/staticcheck@latest
-  install_buildkit
 }
 
 # BuildKit's buildkitd (perch deploy's builder, docs/builds.md) and buildctl

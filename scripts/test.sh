@@ -9,6 +9,7 @@ need_root "$@"
 install_debs
 ensure_go
 install_go_tools
+install_buildkit # perch deploy's builder (docs/builds.md); the demo deploys an image and needs none
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))

@@ -61,7 +61,7 @@ func Binary(name string) (string, error) {
 	if _, err := os.Stat(p); err == nil {
 		return p, nil
 	}
-	return "", fmt.Errorf("%s is not installed (not on PATH, not in %s): run scripts/deps.sh, which builds it from github.com/moby/buildkit", name, BinDir)
+	return "", fmt.Errorf("%s is not installed (not on PATH, not in %s): build it with: bash -c '. scripts/deps.sh && install_buildkit' (from Perch's source tree; docs/builds.md)", name, BinDir)
 }
 
 // Start returns the buildkitd serving dir, starting one if none answers.
