@@ -32,7 +32,7 @@ func (s *Store) CopyDir(img *Image, dir, dst string) error {
 	case len(img.Layers) == 1:
 		root = img.Layers[0] // nothing below it to hide
 	case len(img.Layers) > 1:
-		m, unmount, err := mountReadOnly(s.tmpDir(), img.Layers)
+		m, unmount, err := MountLayers(s.tmpDir(), img.Layers)
 		if err != nil {
 			return err
 		}
@@ -196,9 +196,11 @@ func climbsOut(dir, target string) bool {
 	return false
 }
 
-// mountReadOnly mounts the overlay of lowers read-only in a new directory
-// under dir; unmount removes it.
-func mountReadOnly(dir string, lowers []string) (string, func(), error) {
+// MountLayers mounts the overlay of an image's layers (lowers, topmost
+// first) read-only in a new directory under dir, for reading the image as
+// a machine sees it (statics here, the microVM driver's disk); unmount
+// removes it.
+func MountLayers(dir string, lowers []string) (string, func(), error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", nil, err
 	}

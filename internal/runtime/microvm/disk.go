@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/perchhq/perch/internal/image"
 	"golang.org/x/sys/unix"
 )
 
@@ -66,7 +67,7 @@ func (d *Driver) baseDisk(lowers []string) (string, error) {
 		return "", fmt.Errorf("microvm: disk: %w", err)
 	}
 	if len(lowers) > 1 {
-		merged, unmount, err := mountLayers(dir, lowers)
+		merged, unmount, err := image.MountLayers(dir, lowers)
 		if err != nil {
 			return "", fmt.Errorf("microvm: disk: %w", err)
 		}
@@ -142,25 +143,4 @@ func machineDisk(base, path string) error {
 		return fmt.Errorf("microvm: qemu-img create: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
-}
-
-// mountLayers mounts the overlay of lowers read-only in a new directory
-// under dir.
-func mountLayers(dir string, lowers []string) (string, func(), error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", nil, err
-	}
-	m, err := os.MkdirTemp(dir, "merged-")
-	if err != nil {
-		return "", nil, err
-	}
-	if err := unix.Mount("overlay", m, "overlay", unix.MS_RDONLY, "lowerdir="+strings.Join(lowers, ":")); err != nil {
-		os.Remove(m)
-		return "", nil, fmt.Errorf("mount the image's layers: %w", err)
-	}
-	return m, func() {
-		if err := unix.Unmount(m, unix.MNT_DETACH); err == nil {
-			os.Remove(m)
-		}
-	}, nil
 }
