@@ -25,11 +25,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -467,4 +469,53 @@ func run(name string, args ...string) error {
 		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
 	}
 	return nil
+}
+
+// Claim gives a new volume, mounted at root, to the machine about to use
+// it, as Docker does with an empty named volume: if root is still as
+// mkfs left it (owned by root, empty but for lost+found), it takes the
+// owner and permission bits of like (the directory at the mount's
+// destination in the machine's image) when like is set, else the owner
+// uid:gid (the user the machine runs as). A volume that holds data, or
+// whose root was given an owner already, is left as it is; so is one
+// claimed for root. It reports whether it changed root.
+func Claim(root string, like *Owner, uid, gid uint32) (bool, error) {
+	fi, err := os.Stat(root)
+	if err != nil {
+		return false, fmt.Errorf("claim volume: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st.Uid != 0 || st.Gid != 0 {
+		return false, nil
+	}
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return false, fmt.Errorf("claim volume: %w", err)
+	}
+	for _, e := range entries {
+		if e.Name() != "lost+found" {
+			return false, nil
+		}
+	}
+	want := Owner{UID: uid, GID: gid, Mode: fi.Mode().Perm()}
+	if like != nil {
+		want = *like
+	}
+	if want.UID == 0 && want.GID == 0 && want.Mode == fi.Mode()&(fs.ModePerm|fs.ModeSetgid|fs.ModeSetuid|fs.ModeSticky) {
+		return false, nil
+	}
+	if err := os.Chown(root, int(want.UID), int(want.GID)); err != nil {
+		return false, fmt.Errorf("claim volume: %w", err)
+	}
+	if err := os.Chmod(root, want.Mode); err != nil { // after chown, which clears setgid
+		return false, fmt.Errorf("claim volume: %w", err)
+	}
+	return true, nil
+}
+
+// Owner is a directory's owner and mode (permission, setuid, setgid and
+// sticky bits), as Claim gives them to a volume's root.
+type Owner struct {
+	UID, GID uint32
+	Mode     fs.FileMode
 }

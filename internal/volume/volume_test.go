@@ -3,6 +3,7 @@ package volume
 import (
 	"bytes"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -187,5 +188,72 @@ func TestExtendImageThenGrow(t *testing.T) {
 	}
 	if fs, _ := fsBytes(Image(dir)); fs < 63<<20 {
 		t.Fatalf("after Grow the filesystem is %d bytes", fs)
+	}
+}
+
+// TestClaim: a new volume's root takes the owner and mode it is given
+// (a non-root database can write its data there); one already given an
+// owner, or holding data, is left as it is.
+func TestClaim(t *testing.T) {
+	needRoot(t)
+	root := t.TempDir()
+	owner := func(p string) (uint32, uint32, fs.FileMode) {
+		t.Helper()
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return st.Uid, st.Gid, fi.Mode() &^ fs.ModeDir
+	}
+	fresh := func(name string) string {
+		t.Helper()
+		dir, mnt := filepath.Join(root, name), filepath.Join(root, name+"-mnt")
+		t.Cleanup(func() { _ = Destroy(dir, mnt) })
+		if err := Create(dir, 32<<20); err != nil {
+			t.Fatal(err)
+		}
+		if err := Mount(dir, mnt); err != nil {
+			t.Fatal(err)
+		}
+		if u, g, m := owner(mnt); u != 0 || g != 0 || m != 0o755 {
+			t.Fatalf("mkfs left the root %d:%d %v, want root's 0755", u, g, m)
+		}
+		return mnt
+	}
+
+	// No directory in the image: the machine's user, mode as mkfs made it.
+	mnt := fresh("user")
+	if ok, err := Claim(mnt, nil, 101, 103); err != nil || !ok {
+		t.Fatalf("claim of a new volume: %v %v", ok, err)
+	}
+	if u, g, m := owner(mnt); u != 101 || g != 103 || m != 0o755 {
+		t.Errorf("claimed for 101:103, the root is %d:%d %v", u, g, m)
+	}
+	// Claimed already: a later machine of another user does not take it.
+	if ok, err := Claim(mnt, nil, 999, 999); err != nil || ok {
+		t.Errorf("second claim changed the root (%v, %v)", ok, err)
+	}
+
+	// The image's directory: its owner and mode, setgid included.
+	mnt = fresh("like")
+	like := &Owner{UID: 70, GID: 71, Mode: 0o700 | fs.ModeSetgid}
+	if ok, err := Claim(mnt, like, 101, 103); err != nil || !ok {
+		t.Fatalf("claim like the image's directory: %v %v", ok, err)
+	}
+	if u, g, m := owner(mnt); u != 70 || g != 71 || m != 0o700|fs.ModeSetgid {
+		t.Errorf("claimed like 70:71 02700, the root is %d:%d %v", u, g, m)
+	}
+
+	// Data on a root-owned volume (a root process wrote it): left alone.
+	mnt = fresh("data")
+	if err := os.WriteFile(filepath.Join(mnt, "row"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := Claim(mnt, nil, 101, 103); err != nil || ok {
+		t.Errorf("claim of a volume holding data changed it (%v, %v)", ok, err)
+	}
+	if u, g, _ := owner(mnt); u != 0 || g != 0 {
+		t.Errorf("a volume holding data was given to %d:%d", u, g)
 	}
 }

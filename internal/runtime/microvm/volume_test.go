@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/perchhq/perch/internal/runtime"
@@ -15,7 +16,8 @@ import (
 
 // TestVolumeDisk: a volume's image attached as a virtio disk and mounted
 // by perch-init: what one VM writes there, the next VM reads; a write
-// past the volume's size gets ENOSPC inside the VM.
+// past the volume's size gets ENOSPC inside the VM. The app runs as a
+// non-root user, which the new volume's root is given to (volume.Claim).
 func TestVolumeDisk(t *testing.T) {
 	needVM(t)
 	t.Parallel()
@@ -31,7 +33,7 @@ func TestVolumeDisk(t *testing.T) {
 		t.Helper()
 		n++
 		spec := runtime.Spec{ID: fmt.Sprintf("vmvol%d", n), Rootfs: rootfs,
-			Process: runtime.Process{Args: append([]string{"/app"}, args...)},
+			Process: runtime.Process{Args: append([]string{"/app"}, args...), User: "1000:1000"},
 			Mounts:  []runtime.Mount{{Image: volume.Image(vdir), Destination: "/data"}}}
 		if err := d.Create(ctx, spec); err != nil {
 			t.Fatal(err)
@@ -64,5 +66,14 @@ func TestVolumeDisk(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(mnt, "big"))
 	if err != nil || wrote < 16<<20 || fi.Size() < 16<<20 {
 		t.Fatalf("the VM's file in the volume image: %v %v; the VM wrote %d bytes", fi, err, wrote)
+	}
+	for _, p := range []string{mnt, filepath.Join(mnt, "big")} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != 1000 || st.Gid != 1000 {
+			t.Errorf("%s is owned by %d:%d, want the app's user 1000:1000", p, st.Uid, st.Gid)
+		}
 	}
 }

@@ -78,6 +78,9 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	if err := writeFiles(d.path(id, dirRootfs), spec.Files, hostID(base, 0)); err != nil { // files.go
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
+	if err := claimVolumes(d.path(id, dirRootfs), spec.Mounts, u, base); err != nil { // idmap.go
+		return fmt.Errorf("runc: create %s: %w", id, err)
+	}
 	if base != 0 {
 		if err := d.bindRoot(id); err != nil {
 			return fmt.Errorf("runc: create %s: %w", id, err)

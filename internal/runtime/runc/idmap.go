@@ -13,6 +13,10 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/perchhq/perch/internal/runtime"
+	"github.com/perchhq/perch/internal/runtime/imageuser"
+	"github.com/perchhq/perch/internal/volume"
 )
 
 // A machine in a user namespace (userns.go) sees the image's shared
@@ -238,4 +242,72 @@ func unmapVolumes(dir string) {
 		unix.Unmount(v, unix.MNT_DETACH)
 		os.Remove(v)
 	}
+}
+
+// claimVolumes gives each of the machine's new volumes (a root still as
+// mkfs left it) the owner and mode of the directory at its destination
+// in the image, or, where the image has none, the user the machine runs
+// as (volume.Claim): a database run as a non-root user, Debian's redis
+// or postgres, can then write its data there as it does on a host. The
+// ids written are the machine's own: the volume's idmapped mount shows
+// them unchanged inside.
+func claimVolumes(rootfs string, mounts []runtime.Mount, u imageuser.User, base uint32) error {
+	for _, m := range mounts {
+		if m.Source == "" {
+			continue // Create refuses it, saying so
+		}
+		like, err := imageDirOwner(rootfs, m.Destination, base)
+		if err != nil {
+			return fmt.Errorf("volume %s: %w", m.Destination, err)
+		}
+		if _, err := volume.Claim(m.Source, like, u.UID, u.GID); err != nil {
+			return fmt.Errorf("volume %s: %w", m.Destination, err)
+		}
+	}
+	return nil
+}
+
+// imageDirOwner returns the owner (as the machine sees it) and mode of
+// the directory dest in the machine's root filesystem, nil if there is
+// none. dest resolves as inside the machine (RESOLVE_IN_ROOT: no symlink
+// of the image leads out of rootfs).
+func imageDirOwner(rootfs, dest string, base uint32) (*volume.Owner, error) {
+	root, err := unix.Open(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(root)
+	fd, err := unix.Openat2(root, dest, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up %s in the image: %w", dest, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil, nil
+	}
+	uid, gid := st.Uid, st.Gid
+	if base != 0 { // the root's files are in the machine's range
+		if uid < base || gid < base || uid-base >= idRangeSize || gid-base >= idRangeSize {
+			return nil, nil
+		}
+		uid, gid = uid-base, gid-base
+	}
+	mode := fs.FileMode(st.Mode & 0o777)
+	if st.Mode&unix.S_ISUID != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if st.Mode&unix.S_ISGID != 0 {
+		mode |= fs.ModeSetgid
+	}
+	if st.Mode&unix.S_ISVTX != 0 {
+		mode |= fs.ModeSticky
+	}
+	return &volume.Owner{UID: uid, GID: gid, Mode: mode}, nil
 }

@@ -3,6 +3,7 @@ package runc
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -112,5 +113,52 @@ func TestVolumeOutlivesMachines(t *testing.T) {
 	}
 	if l := volume.Loops(testStateDir(t)); len(l) > 0 {
 		t.Errorf("loop devices left: %v", l)
+	}
+}
+
+// TestImageDirOwner: the owner a new volume takes from the image's
+// directory at its destination is the one the machine sees (its range's
+// base taken off), and a symlink of the image never leads the lookup out
+// of the root filesystem.
+func TestImageDirOwner(t *testing.T) {
+	needRoot(t)
+	rootfs := t.TempDir()
+	const base = 3 << 20
+	pg := filepath.Join(rootfs, "var", "lib", "pg")
+	if err := os.MkdirAll(pg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(pg, base+70, base+71); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(pg, 0o700|fs.ModeSetgid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/var/lib", filepath.Join(rootfs, "lib")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/", filepath.Join(rootfs, "up")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		dest string
+		base uint32
+		want *volume.Owner
+	}{
+		{"/var/lib/pg", base, &volume.Owner{UID: 70, GID: 71, Mode: 0o700 | fs.ModeSetgid}},
+		{"/lib/pg", base, &volume.Owner{UID: 70, GID: 71, Mode: 0o700 | fs.ModeSetgid}}, // through the image's symlink, inside the root
+		{"/var/lib/pg", 0, &volume.Owner{UID: base + 70, GID: base + 71, Mode: 0o700 | fs.ModeSetgid}},
+		{"/data", base, nil}, // not in the image
+		// The host's /etc (root's, 0755), were "/" followed out of the root.
+		{"/up/etc", 0, nil},
+		{"/../../../../etc", 0, nil},
+	} {
+		got, err := imageDirOwner(rootfs, c.dest, c.base)
+		if err != nil {
+			t.Fatalf("%s: %v", c.dest, err)
+		}
+		if (got == nil) != (c.want == nil) || (got != nil && *got != *c.want) {
+			t.Errorf("%s (base %d): owner %+v, want %+v", c.dest, c.base, got, c.want)
+		}
 	}
 }

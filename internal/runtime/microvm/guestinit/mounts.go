@@ -8,9 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/perchhq/perch/internal/volume"
 )
 
 // mount is one filesystem to mount, relative to a root.
@@ -80,7 +83,7 @@ func setupRoot(root string, cfg Config, c cmdline) error {
 	if err := mountAll(root, appMounts); err != nil {
 		return err
 	}
-	if err := mountVolumes(root, cfg.Volumes, 20*time.Second); err != nil {
+	if err := mountVolumes(root, cfg.Volumes, cfg.UID, cfg.GID, 20*time.Second); err != nil {
 		return err
 	}
 	for name, target := range devLinks {
@@ -183,14 +186,22 @@ var volumeTargets []string
 
 // mountVolumes mounts each volume disk, found by its serial (the order in
 // which virtio-mmio disks appear is not the order they were given), at
-// its path under root.
-func mountVolumes(root string, vols []Volume, timeout time.Duration) error {
+// its path under root; a new one is given to the app's user uid:gid, or
+// takes the owner of the image's directory there.
+func mountVolumes(root string, vols []Volume, uid, gid uint32, timeout time.Duration) error {
 	for _, v := range vols {
 		dev, err := diskBySerial(v.Serial, timeout)
 		if err != nil {
 			return fmt.Errorf("volume for %s: %w", v.Path, err)
 		}
 		target := filepath.Join(root, v.Path)
+		// The image's directory there, whose owner and mode a new
+		// volume takes (volume.Claim, as runc machines' volumes do).
+		var like *volume.Owner
+		if fi, err := os.Stat(target); err == nil && fi.IsDir() {
+			st := fi.Sys().(*syscall.Stat_t)
+			like = &volume.Owner{UID: st.Uid, GID: st.Gid, Mode: fi.Mode() &^ fs.ModeDir}
+		}
 		if err := os.MkdirAll(target, 0o755); err != nil {
 			return fmt.Errorf("volume for %s: %w", v.Path, err)
 		}
@@ -198,6 +209,9 @@ func mountVolumes(root string, vols []Volume, timeout time.Duration) error {
 			return fmt.Errorf("mount volume %s (ext4) on %s: %w", dev, v.Path, err)
 		}
 		volumeTargets = append(volumeTargets, target)
+		if _, err := volume.Claim(target, like, uid, gid); err != nil {
+			return fmt.Errorf("volume for %s: %w", v.Path, err)
+		}
 	}
 	return nil
 }
