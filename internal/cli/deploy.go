@@ -190,6 +190,14 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 		mcs[g] = withRelease(c, release)
 	}
 	mc = mcs[main]
+	for _, c := range mcs {
+		if len(c.Mounts) > 0 {
+			// Machines on volumes are replaced in place whatever the
+			// strategy (rollout.go, volumes.go): say so, not the flag.
+			strategy = "in place (machines mount volumes)"
+			break
+		}
+	}
 	fmt.Fprintf(d.out, "Deploying %s %s (image %s) to %s, strategy %s\n", d.app, release, mc.Image, strings.Join(planRegions(plan), ", "), strategy)
 	if len(mcs) > 1 {
 		fmt.Fprintf(d.out, "Process groups: %s\n", strings.Join(groupNames, ", "))
