@@ -100,7 +100,9 @@ func TestImageLayersSharedAndCollected(t *testing.T) {
 		return u.Bytes <= capBytes && u.Images == 0, fmt.Sprintf("%+v", u)
 	})
 	eventually(t, 30*time.Second, "perch hosts reports the image store within its cap", func() (bool, string) {
-		out, err := perch(t, w, dir, "hosts", "--json")
+		// Hosts are the operator's: the admin token, not the world's
+		// organisation token.
+		out, err := perchEnv(t, w, dir, []string{"PERCH_API_TOKEN=" + w.AdminToken()}, "hosts", "--json")
 		if err != nil {
 			return false, out
 		}
