@@ -125,6 +125,9 @@ type loadBook struct {
 	// series go too; forgetApp for an app that went.
 	forget    func(app, machine string)
 	forgetApp func(app string)
+	// wake holds the last build's queues until its snapshot is published
+	// (wakeWaiters).
+	wake []*waitQueue
 }
 
 func newLoadBook() *loadBook {
@@ -182,7 +185,7 @@ func (b *loadBook) queue(app string, port int) *waitQueue {
 }
 
 // end drops what the last build did not use (requests still holding one
-// finish with it) and wakes every waiter: the new routes may have room.
+// finish with it) and notes every queue for wakeWaiters: the new routes may have room.
 func (b *loadBook) end() {
 	gone := map[[2]string]bool{}
 	kept := map[[2]string]bool{}
@@ -204,11 +207,12 @@ func (b *loadBook) end() {
 			}
 		}
 	}
+	b.wake = b.wake[:0]
 	for key, q := range b.queues {
 		if !b.seen["queue:"+key] {
 			delete(b.queues, key)
 		}
-		q.wakeAll()
+		b.wake = append(b.wake, q)
 	}
 	if b.forget != nil {
 		for m := range gone {
@@ -217,6 +221,17 @@ func (b *loadBook) end() {
 			}
 		}
 	}
+}
+
+// wakeWaiters wakes every request waiting in a queue of the last build:
+// called once its snapshot is published, so that a woken request picks
+// again from the new routes (woken before, it would find the old ones
+// full, wait again, and nothing would wake it).
+func (b *loadBook) wakeWaiters() {
+	for _, q := range b.wake {
+		q.wakeAll()
+	}
+	b.wake = b.wake[:0]
 }
 
 // inflight is what this edge has in flight to one machine, all its

@@ -101,6 +101,7 @@ func (t *table) commit() *Snapshot {
 	t.gen++
 	s := t.build()
 	close(t.snap.Swap(s).replaced)
+	t.book.wakeWaiters() // after the swap: the woken pick from s
 	t.mu.Unlock()
 	select {
 	case t.changed <- struct{}{}:
