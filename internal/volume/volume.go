@@ -393,15 +393,26 @@ func loopOf(img string) string {
 	return ""
 }
 
-// mountedAt is the source mounted at target, from /proc/self/mountinfo.
+// mountedAt is the source mounted at target; false also when the mount
+// table cannot be read.
 func mountedAt(target string) (string, bool) {
+	src, ok, err := MountedAt(target)
+	return src, ok && err == nil
+}
+
+// MountedAt reports whether target is a mount point in this mount
+// namespace and, if so, the source of the topmost mount there, from
+// /proc/self/mountinfo (its octal escapes decoded). An error means the
+// table could not be read: a caller about to remove target must not take
+// it for "not mounted".
+func MountedAt(target string) (string, bool, error) {
 	abs, err := filepath.Abs(target)
 	if err != nil {
-		return "", false
+		return "", false, fmt.Errorf("mount table: %w", err)
 	}
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return "", false
+		return "", false, fmt.Errorf("mount table: %w", err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -409,16 +420,20 @@ func mountedAt(target string) (string, bool) {
 	src, found := "", false
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 || unescape(fields[4]) != abs {
+		if len(fields) < 5 || unescape(fields[4]) != abs {
 			continue
 		}
+		found = true
 		for i, fld := range fields {
 			if fld == "-" && i+2 < len(fields) {
-				src, found = fields[i+2], true // the last mount on top wins
+				src = fields[i+2] // the last mount on top wins
 			}
 		}
 	}
-	return src, found
+	if err := sc.Err(); err != nil {
+		return "", false, fmt.Errorf("mount table: %w", err)
+	}
+	return src, found, nil
 }
 
 // MountedUnder lists the mount points under root, deepest first: what a

@@ -1,15 +1,14 @@
 package runc
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 
+	"github.com/perchhq/perch/internal/volume"
 	"golang.org/x/sys/unix"
 )
 
@@ -145,40 +144,11 @@ func unmountRootfs(rootfs string) error {
 }
 
 // isMountPoint reports whether path is a mount point in this mount
-// namespace.
+// namespace (the mount table's reader is the volume package's).
 func isMountPoint(path string) (bool, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	_, mounted, err := volume.MountedAt(path)
 	if err != nil {
 		return false, fmt.Errorf("runc: %w", err)
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 64<<10), 1<<20)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) > 4 && unescapeMountinfo(fields[4]) == path {
-			return true, nil
-		}
-	}
-	return false, s.Err()
-}
-
-// unescapeMountinfo decodes the octal escapes (\040 for a space) of
-// /proc/self/mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return mounted, nil
 }
