@@ -346,3 +346,35 @@ func TestHardLimitNeverPassed(t *testing.T) {
 		t.Errorf("%d requests left in the queue", q)
 	}
 }
+
+// A request waiting at the hard limit is woken only once the table that
+// may have room for it is published: woken while the table is merely
+// built, it would pick from the old, full routes, wait again, and
+// nothing would wake it (it then got 503 though a machine had joined).
+func TestQueueWokenAfterTheTableIsPublished(t *testing.T) {
+	m := startHolder(t, "m1", "ams", "127.0.0.2")
+	defer m.letGo()
+	w := newWorld(t, "ams")
+	w.app("shop")
+	w.limited("shop", m.machine, 80, &api.Concurrency{SoftLimit: 1, HardLimit: 1})
+	w.commit()
+	q := w.e.route(dest{"shop.perch.local", 80}).q
+	wt := &waiter{ch: make(chan struct{}, 1)}
+	q.enqueue(wt)
+
+	tb := w.e.table
+	tb.mu.Lock()
+	tb.build() // what commit does before it publishes
+	tb.mu.Unlock()
+	select {
+	case <-wt.ch:
+		t.Fatal("the waiter was woken by a table that is built but not yet published")
+	default:
+	}
+	w.commit()
+	select {
+	case <-wt.ch:
+	default:
+		t.Fatal("the waiter was not woken when the new table was published")
+	}
+}
