@@ -190,13 +190,11 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 		mcs[g] = withRelease(c, release)
 	}
 	mc = mcs[main]
-	for _, c := range mcs {
-		if len(c.Mounts) > 0 {
-			// Machines on volumes are replaced in place whatever the
-			// strategy (rollout.go, volumes.go): say so, not the flag.
-			strategy = "in place (machines mount volumes)"
-			break
-		}
+	r := &rollout{d: d, mc: mc, mcs: mcs}
+	if r.mountsVolumes() {
+		// Machines on volumes are replaced in place whatever the strategy
+		// (execute, volumes.go): say so, not the flag.
+		strategy = "in place (machines mount volumes)"
 	}
 	fmt.Fprintf(d.out, "Deploying %s %s (image %s) to %s, strategy %s\n", d.app, release, mc.Image, strings.Join(planRegions(plan), ", "), strategy)
 	if len(mcs) > 1 {
@@ -222,7 +220,6 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 			return fmt.Errorf("deploy of %s %s stopped before any machine was replaced: %w; %s", d.app, release, err, prev)
 		}
 	}
-	r := &rollout{d: d, mc: mc, mcs: mcs}
 	if err := r.execute(ctx, groups(plan, existing)); err != nil {
 		reason := d.explainFailure(ctx, err)
 		r.undo(ctx)
