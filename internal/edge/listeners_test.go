@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -11,14 +12,28 @@ import (
 	"github.com/perchhq/perch/internal/api"
 )
 
+// freePort is a port free on 127.0.0.1 for both TCP and UDP now, below the
+// kernel's ephemeral range (32768 and up), so no outgoing connection of a
+// package testing beside this one can take it before the edge binds it.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return port
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no port free for TCP and UDP between 20000 and 32000")
+	return 0
 }
 
 func TestListenerFollowsApps(t *testing.T) {

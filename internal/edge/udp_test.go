@@ -50,17 +50,6 @@ func (w *world) serveUDP(app string, m *machine, port int) {
 	w.state(app, m, api.StateStarted)
 }
 
-// freeUDPPort is a UDP port free on 127.0.0.1 now.
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	return pc.LocalAddr().(*net.UDPAddr).Port
-}
-
 // ask sends msg from c and returns the answer.
 func ask(t *testing.T, c net.Conn, msg string) string {
 	t.Helper()
@@ -83,7 +72,7 @@ func ask(t *testing.T, c net.Conn, msg string) string {
 // service is never served as TCP.
 func TestUDPService(t *testing.T) {
 	w := newCertWorld(t, nil)
-	port := freeUDPPort(t)
+	port := freePort(t)
 	w.app("dns")
 	m1 := startUDP(t, "u1", "ams", "127.0.0.2", 0)
 	m2 := startUDP(t, "u2", "ams", "127.0.0.3", 0)
@@ -157,7 +146,7 @@ func TestUDPService(t *testing.T) {
 // next datagram is carried.
 func TestUDPNoMachine(t *testing.T) {
 	w := newCertWorld(t, nil)
-	port := freeUDPPort(t)
+	port := freePort(t)
 	w.app("dns")
 	m := startUDP(t, "u1", "ams", "127.0.0.2", 0)
 	w.serveUDP("dns", m, port)
