@@ -280,17 +280,38 @@ func exitText(err error) error {
 // Unmount unmounts target if something is mounted there, which also
 // frees its loop device.
 func Unmount(target string) error {
-	if _, ok := mountedAt(target); !ok {
+	src, ok := mountedAt(target)
+	if !ok {
 		return nil
 	}
 	var err error
 	for i := 0; i < 50; i++ { // a process of a machine just killed may still hold it
 		if err = run("umount", target); err == nil {
-			return nil
+			return waitDetached(src)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	return err
+}
+
+// waitDetached waits until the loop device dev, whose last mount is
+// gone, has let go of its image: autoclear detaches it after the umount
+// returns, and until then the image looks mounted (Grow skips it, Destroy
+// refuses it). A dev that is not a loop device returns at once, and so
+// does one still attached after 5 s (another mount of it elsewhere: its
+// image stays in use, which Grow and Destroy then see).
+func waitDetached(dev string) error {
+	backing := filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file")
+	if !strings.HasPrefix(filepath.Base(dev), "loop") {
+		return nil
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(backing); errors.Is(err, fs.ErrNotExist) || time.Now().After(deadline) {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Destroy unmounts the volume in dir from target (if mounted) and
