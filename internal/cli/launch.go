@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/config"
@@ -22,11 +23,16 @@ func newLaunchCmd(g *globals) *cobra.Command {
 	var regions []string
 	var port int
 	var force bool
+	var hf herokuFlags
+	var smoke time.Duration
 	cmd := &cobra.Command{
-		Use:   "launch --image REF",
+		Use:   "launch --image REF | --from-heroku APP",
 		Short: "Create an app and write its perch.toml (then run perch deploy)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if (image == "") == (hf.App == "") {
+				return errors.New("launch needs --image REF (an image to run), or --from-heroku APP (a Heroku app to move, docs/heroku.md)")
+			}
 			if port < 1 || port > 65535 {
 				return fmt.Errorf("--port must be 1-65535, got %d", port)
 			}
@@ -38,6 +44,9 @@ func newLaunchCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%s already exists: deploy it with `perch deploy`, or pass --force to replace it", path)
 			} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("launch: %w", err)
+			}
+			if hf.App != "" { // heroku.go
+				return launchFromHeroku(cmd, g, hf, name, org, path, regions, smoke)
 			}
 			c, err := g.client()
 			if err != nil {
@@ -78,7 +87,9 @@ func newLaunchCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&dir, "dir", ".", "directory to write perch.toml in")
 	cmd.Flags().StringVar(&org, "org", "", "organisation the app lives in (default: your token's)")
 	cmd.Flags().BoolVar(&force, "force", false, "replace an existing perch.toml")
-	_ = cmd.MarkFlagRequired("image")
+	cmd.Flags().StringVar(&hf.App, "from-heroku", "", "move this Heroku app (Turboku): its latest slug, config vars and formation, then deploy (docs/heroku.md)")
+	hf.register(cmd)
+	cmd.Flags().DurationVar(&smoke, "smoke-window", 10*time.Second, "with --from-heroku: the deploy's smoke window (see perch deploy)")
 	return cmd
 }
 
