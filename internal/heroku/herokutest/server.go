@@ -329,7 +329,7 @@ func (s *Server) page(w http.ResponseWriter, r *http.Request, field string, item
 	if len(items) > max {
 		items = items[:max]
 		status = http.StatusPartialContent
-		w.Header().Set("Next-Range", fmt.Sprintf("]%s..; order=%s, max=%d", items[len(items)-1].keyOut, order, max))
+		w.Header().Set("Next-Range", fmt.Sprintf("%s ]%s..; order=%s, max=%d", field, items[len(items)-1].keyOut, order, max))
 	}
 	out := make([]any, 0, len(items))
 	for _, it := range items {
