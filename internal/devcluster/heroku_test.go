@@ -24,10 +24,10 @@ import (
 // var, a variable its .profile.d script sets, its dyno, user and region;
 // the worker prints a line every second; release prints once.
 var herokuApp = map[string]string{
-	"Procfile":               "web: python3 server.py\nworker: python3 worker.py\nrelease: python3 release.py\n",
-	".profile.d/turboku.sh":  "export PROFILE_VAR=\"set-by-profile-d\"\n",
-	"worker.py":              "import os, time\nwhile True:\n    print('worker running as', os.environ['DYNO'], flush=True)\n    time.sleep(1)\n",
-	"release.py":             "import os\nprint('release phase ran with', os.environ['DYNO'], 'GREETING=' + os.environ.get('GREETING', ''), flush=True)\n",
+	"Procfile":              "web: python3 server.py\nworker: python3 worker.py\nrelease: python3 release.py\n",
+	".profile.d/turboku.sh": "export PROFILE_VAR=\"set-by-profile-d\"\n",
+	"worker.py":             "import os, time\nwhile True:\n    print('worker running as', os.environ['DYNO'], flush=True)\n    time.sleep(1)\n",
+	"release.py":            "import os\nprint('release phase ran with', os.environ['DYNO'], 'GREETING=' + os.environ.get('GREETING', ''), flush=True)\n",
 	"server.py": `import http.server, os
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
