@@ -115,7 +115,7 @@ func TestTurboku(t *testing.T) {
 	// A new Heroku release: a config var changed, a new slug.
 	h.SetConfigVars("turbo", map[string]string{"GREETING": "second-release"})
 	h.Release("turbo", herokutest.Slug{Tgz: herokutest.MakeSlug(herokuApp), ProcessTypes: herokuProcs, Commit: "beef"}, "Deploy beef")
-	out, err = perchEnv(t, w, dir, env, "deploy", "--from-heroku", "--heroku-api", h.URL, "--smoke-window", "1s")
+	out, err = perchEnv(t, w, dir, env, "deploy", "--from-heroku", "--heroku-api", h.URL, "--smoke-window", "1s", "--strategy", "immediate")
 	if err != nil {
 		t.Fatalf("perch deploy --from-heroku: %v\n%s", err, out)
 	}

@@ -129,10 +129,8 @@ func TestBuildImage(t *testing.T) {
 	if l.hdr == nil || l.hdr.Mode&0o111 == 0 || l.hdr.Uid != 0 {
 		t.Fatalf("launcher missing, not executable or not root's: %+v", l.hdr)
 	}
-	for _, want := range []string{"export HOME=/app", "export PORT=\"${PORT:-5000}\"", "export DYNO=\"$type.", "export PS=\"$DYNO\"", "for f in /app/.profile.d/*.sh", ". /app/.profile", "exec /bin/bash -c \"$command\""} {
-		if !strings.Contains(l.data, want) {
-			t.Errorf("launcher lacks %q", want)
-		}
+	if !strings.HasPrefix(l.data, "#!/bin/bash\n") { // what it does: launcher_test.go
+		t.Errorf("launcher is not a bash script: %.40q", l.data)
 	}
 	for typ, cmd := range procs {
 		if got := fs["perch/heroku/process-types/"+typ].data; got != cmd {
