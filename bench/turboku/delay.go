@@ -1,4 +1,5 @@
 // Copied from bench/latency/delay.go (package main there cannot be imported).
+
 package main
 
 import (
