@@ -47,8 +47,8 @@ var herokuProcs = map[string]string{"web": "python3 server.py", "worker": "pytho
 // it) on a stack stand-in built from Debian packages (python3, bash, the
 // heroku user 1001) is moved by perch launch --from-heroku into three
 // regions: web answers through every edge with the config var and the
-// .profile.d variable, as uid 1001; the worker runs; the release command
-// ran once. Then a new Heroku release (config var changed) is re-synced
+// .profile.d variable, as uid 1001; the workers run, as many per region as
+// the formation's quantity; the release command ran once. Then a new Heroku release (config var changed) is re-synced
 // by perch deploy --from-heroku.
 func TestTurboku(t *testing.T) {
 	base := testimage.NeedDebian(t, testimage.Gunicorn()) // python3 and bash; shared with the recipe's cache
@@ -64,7 +64,7 @@ func TestTurboku(t *testing.T) {
 	t.Cleanup(h.Close)
 	h.AddApp(herokutest.App{Name: "turbo", Region: "us", Stack: "heroku-24",
 		ConfigVars: map[string]string{"GREETING": "hello-from-heroku"},
-		Formation:  []herokutest.Formation{{Type: "web", Command: herokuProcs["web"], Quantity: 1}, {Type: "worker", Command: herokuProcs["worker"], Quantity: 1}}})
+		Formation:  []herokutest.Formation{{Type: "web", Command: herokuProcs["web"], Quantity: 1}, {Type: "worker", Command: herokuProcs["worker"], Quantity: 2}}})
 	h.Release("turbo", herokutest.Slug{Tgz: herokutest.MakeSlug(herokuApp), ProcessTypes: herokuProcs, Commit: "c0ffee"}, "Deploy c0ffee")
 
 	dir := t.TempDir()
@@ -106,8 +106,8 @@ func TestTurboku(t *testing.T) {
 		groups[m.Config.Metadata["fly_process_group"]+"/"+m.Region]++
 	}
 	for _, r := range info.Regions {
-		if groups["web/"+r.Code] != 1 || groups["worker/"+r.Code] != 1 {
-			t.Errorf("machines by group/region: %v; want one web and one worker in %s", groups, r.Code)
+		if groups["web/"+r.Code] != 1 || groups["worker/"+r.Code] != 2 {
+			t.Errorf("machines by group/region: %v; want one web and two workers (formation: web 1, worker 2) in %s", groups, r.Code)
 		}
 	}
 	t.Logf("launch --from-heroku into 3 regions: %v", time.Since(t0).Round(time.Second))
