@@ -128,7 +128,7 @@ func NewPlan(src Source, app, image string, regions []string) *Plan {
 	p.comments["kill_signal = "] = []string{"# As Heroku stops a dyno: SIGTERM, then SIGKILL after 30 s."}
 	p.comments["[build]"] = []string{"# The stack's base image + the slug's ./app at /app + the dyno launcher (" + LauncherPath + " TYPE)."}
 	p.comments["[env]"] = []string{"# Heroku gives every dyno PORT; web's http_service forwards to it. Config vars are secrets (perch secrets list)."}
-	p.comments["[processes]"] = append([]string{"# The slug's process types (its Procfile); each value is the process type the launcher starts:"}, procLines...)
+	p.comments["[processes]"] = append([]string{"# The slug's process types (its Procfile); each value is the process type the launcher starts;", "# each quantity became machines per region (perch scale count), which deploys keep:"}, procLines...)
 	p.comments["[http_service]"] = []string{"# web: Heroku routes HTTP to the web dynos' $PORT."}
 	p.comments["[[vm]]"] = []string{"# Dyno sizes (formation) as memory and CPUs."}
 	if len(cfg.Deploy.ReleaseCommand) > 0 {
