@@ -80,7 +80,7 @@ func newLaunchCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&image, "image", "", "image the app runs (required)")
+	cmd.Flags().StringVar(&image, "image", "", "image the app runs (this or --from-heroku)")
 	cmd.Flags().StringSliceVarP(&regions, "regions", "r", nil, "regions to run in, primary first (default: the first region with a host)")
 	cmd.Flags().StringVarP(&name, "name", "n", "", "app name (default: a generated one)")
 	cmd.Flags().IntVarP(&port, "port", "p", 8080, "port the app's HTTP server listens on")
