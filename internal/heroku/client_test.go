@@ -113,6 +113,22 @@ func TestClientRetryAfter(t *testing.T) {
 	}
 }
 
+// A RateLimit-Remaining of 0 makes the client pause before its next
+// request rather than be refused.
+func TestClientRateLimitRemaining(t *testing.T) {
+	s := standIn(t)
+	c := heroku.NewClient(s.URL, "tok")
+	var slept []time.Duration
+	c.Sleep = func(ctx context.Context, d time.Duration) error { slept = append(slept, d); return nil }
+	s.SetRemaining(2)
+	if _, err := c.App(context.Background(), "shop"); err != nil || len(slept) != 0 || c.Remaining != 1 {
+		t.Fatalf("with 1 left: %v, waited %v, remaining %d", err, slept, c.Remaining)
+	}
+	if _, err := c.App(context.Background(), "shop"); err != nil || len(slept) != 1 || c.Remaining != 0 {
+		t.Errorf("with 0 left: %v, waited %v, remaining %d; want one pause", err, slept, c.Remaining)
+	}
+}
+
 // 401 and 403 say what to do; a Fir app and an app without a slug are
 // refused with the reason.
 func TestClientErrors(t *testing.T) {

@@ -166,6 +166,14 @@ func (s *Server) RateLimit(retryAfter ...int) {
 	s.limited = append(s.limited, retryAfter...)
 }
 
+// SetRemaining sets the requests left in the account's rate limit (4,500
+// at start), which RateLimit-Remaining reports after each request.
+func (s *Server) SetRemaining(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.remaining = n
+}
+
 // Requests are the requests served so far, as "METHOD path [Range]".
 func (s *Server) Requests() []string {
 	s.mu.Lock()
