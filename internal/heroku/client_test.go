@@ -151,6 +151,13 @@ func TestClientErrors(t *testing.T) {
 	if err := heroku.CheckSlugApp(a, r); err == nil || !strings.Contains(err.Error(), "Fir app") {
 		t.Errorf("Fir app: %v", err)
 	}
+	s.AddApp(herokutest.App{Name: "unbuilt", Region: "us", Stack: "heroku-24"})
+	s.ReleaseConfig("unbuilt", "Set GREETING config vars")
+	a, _ = c.App(ctx, "unbuilt")
+	r, _ = c.LatestRelease(ctx, "unbuilt")
+	if err := heroku.CheckSlugApp(a, r); err == nil || !strings.Contains(err.Error(), "release v1 has no slug") {
+		t.Errorf("app never built: %v", err)
+	}
 	if _, err := c.LatestRelease(ctx, "shop"); err == nil || !strings.Contains(err.Error(), "no succeeded release") {
 		t.Errorf("app never deployed: %v", err)
 	}

@@ -134,6 +134,14 @@ func (s *Server) ReleaseOCI(appName, description string) int {
 	return s.apps[appName].addRelease(release{imageID: uuid(), description: description})
 }
 
+// ReleaseConfig adds a release with no slug, as Heroku makes for a config
+// var change before an app's first build.
+func (s *Server) ReleaseConfig(appName, description string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.apps[appName].addRelease(release{description: description})
+}
+
 // FailRelease adds a failed release (one a client must skip).
 func (s *Server) FailRelease(appName string) int {
 	s.mu.Lock()
