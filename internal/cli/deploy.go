@@ -22,6 +22,7 @@ func newDeployCmd(g *globals) *cobra.Command {
 	var flagRegionList []string
 	var opts deployOptions
 	var bf buildFlags
+	var hf herokuFlags
 	cmd := &cobra.Command{
 		Use:   "deploy",
 		Short: "Roll the app's machines to a new release without dropping a request",
@@ -50,6 +51,14 @@ Dockerfile next to perch.toml ([build] dockerfile, build-target and
 <app>:deployment-<id> and deploys that (docs/builds.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("from-heroku") { // heroku.go: perch.toml rewritten first
+				if hf.App == "-" {
+					hf.App = ""
+				}
+				if err := resyncFromHeroku(cmd, g, hf); err != nil {
+					return err
+				}
+			}
 			cfg, err := loadProject(g.configPath, cmd.ErrOrStderr())
 			if err != nil {
 				return err
@@ -108,6 +117,9 @@ Dockerfile next to perch.toml ([build] dockerfile, build-target and
 	cmd.Flags().Int64Var(&bf.ContextMax, "build-context-max", 500, "largest build context sent to the builder, in MB, after .dockerignore")
 	cmd.Flags().StringSliceVar(&flagRegionList, "region", nil, "regions to deploy to, e.g. --region iad,ams (default: perch.toml's regions, else the app's regions, else primary_region); the first is the primary region when perch.toml names none")
 	addDeployFlags(cmd, &opts)
+	cmd.Flags().StringVar(&hf.App, "from-heroku", "", "first re-sync from Heroku: the app's newest release (slug, config vars, formation) into perch.toml and the registry (APP: default [env] HEROKU_APP_NAME)")
+	cmd.Flags().Lookup("from-heroku").NoOptDefVal = "-"
+	hf.register(cmd)
 	return cmd
 }
 

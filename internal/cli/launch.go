@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/config"
@@ -22,11 +23,16 @@ func newLaunchCmd(g *globals) *cobra.Command {
 	var regions []string
 	var port int
 	var force bool
+	var hf herokuFlags
+	var smoke time.Duration
 	cmd := &cobra.Command{
-		Use:   "launch --image REF",
+		Use:   "launch --image REF | --from-heroku APP",
 		Short: "Create an app and write its perch.toml (then run perch deploy)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if (image == "") == (hf.App == "") {
+				return errors.New("launch needs --image REF (an image to run), or --from-heroku APP (a Heroku app to move, docs/heroku.md)")
+			}
 			if port < 1 || port > 65535 {
 				return fmt.Errorf("--port must be 1-65535, got %d", port)
 			}
@@ -38,6 +44,9 @@ func newLaunchCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%s already exists: deploy it with `perch deploy`, or pass --force to replace it", path)
 			} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("launch: %w", err)
+			}
+			if hf.App != "" { // heroku.go
+				return launchFromHeroku(cmd, g, hf, name, org, path, regions, smoke)
 			}
 			c, err := g.client()
 			if err != nil {
@@ -71,14 +80,16 @@ func newLaunchCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&image, "image", "", "image the app runs (required)")
+	cmd.Flags().StringVar(&image, "image", "", "image the app runs (this or --from-heroku)")
 	cmd.Flags().StringSliceVarP(&regions, "regions", "r", nil, "regions to run in, primary first (default: the first region with a host)")
 	cmd.Flags().StringVarP(&name, "name", "n", "", "app name (default: a generated one)")
 	cmd.Flags().IntVarP(&port, "port", "p", 8080, "port the app's HTTP server listens on")
 	cmd.Flags().StringVar(&dir, "dir", ".", "directory to write perch.toml in")
 	cmd.Flags().StringVar(&org, "org", "", "organisation the app lives in (default: your token's)")
 	cmd.Flags().BoolVar(&force, "force", false, "replace an existing perch.toml")
-	_ = cmd.MarkFlagRequired("image")
+	cmd.Flags().StringVar(&hf.App, "from-heroku", "", "move this Heroku app (Turboku): its latest slug, config vars and formation, then deploy (docs/heroku.md)")
+	hf.register(cmd)
+	cmd.Flags().DurationVar(&smoke, "smoke-window", 10*time.Second, "with --from-heroku: the deploy's smoke window (see perch deploy)")
 	return cmd
 }
 
