@@ -93,8 +93,11 @@ Dockerfile next to perch.toml ([build] dockerfile, build-target and
 			if len(cfg.Deploy.ReleaseCommand) > 0 {
 				d.release = &releaseCommand{Args: cfg.Deploy.ReleaseCommand, Timeout: cfg.Deploy.ReleaseTimeout()}
 			}
-			if len(cfg.Mounts) > 0 { // volumes.go: the snapshot settings of the volumes it makes
-				d.mount = &cfg.Mounts[0]
+			for _, m := range cfg.Mounts { // volumes.go: the snapshot settings of the volumes it makes
+				if d.mounts == nil {
+					d.mounts = map[string]config.Mount{}
+				}
+				d.mounts[m.Source] = m
 			}
 			if err := d.run(ctx, regions, primary, cfg.MachineConfigs(img), ""); err != nil {
 				return err
@@ -140,9 +143,9 @@ type deployer struct {
 	opts deployOptions
 	// release, if set, runs before any machine is replaced (release.go).
 	release *releaseCommand
-	// mount is perch.toml's [[mounts]], if any: the volumes a deploy
-	// makes get its snapshot settings (volumes.go).
-	mount *config.Mount
+	// mounts are perch.toml's [[mounts]] by source: the volumes a deploy
+	// makes get their snapshot settings (volumes.go).
+	mounts map[string]config.Mount
 }
 
 // run deploys a new release to the plan's regions: mcs is the machine

@@ -21,10 +21,16 @@ import (
 // second.
 func hostStandIn(t *testing.T, st *store.Store, c *api.Client, app string) {
 	t.Helper()
+	hostStandInAs(t, st, c, app, api.Host{Region: "iad", Address: "127.0.0.1", CPUs: 8, MemoryMB: 8192})
+}
+
+// hostStandInAs is hostStandIn for the host h registers as.
+func hostStandInAs(t *testing.T, st *store.Store, c *api.Client, app string, h api.Host) *api.Host {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	t.Cleanup(func() { cancel(); <-done })
-	host, err := c.RegisterHost(ctx, api.Host{Region: "iad", Address: "127.0.0.1", CPUs: 8, MemoryMB: 8192})
+	host, err := c.RegisterHost(ctx, h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,6 +70,7 @@ func hostStandIn(t *testing.T, st *store.Store, c *api.Client, app string) {
 			}
 		}
 	}()
+	return host
 }
 
 // groupsOf counts an app's live machines by process group.

@@ -106,11 +106,12 @@ type fileStatic struct {
 }
 
 type fileMount struct {
-	Source             string `toml:"source"`
-	Destination        string `toml:"destination"`
-	InitialSize        string `toml:"initial_size,omitempty"`
-	SnapshotRetention  int    `toml:"snapshot_retention,omitempty"`
-	ScheduledSnapshots *bool  `toml:"scheduled_snapshots,omitempty"`
+	Source             string   `toml:"source"`
+	Destination        string   `toml:"destination"`
+	InitialSize        string   `toml:"initial_size,omitempty"`
+	SnapshotRetention  int      `toml:"snapshot_retention,omitempty"`
+	ScheduledSnapshots *bool    `toml:"scheduled_snapshots,omitempty"`
+	Processes          []string `toml:"processes,omitempty"`
 }
 
 type fileExperimental struct {
@@ -286,7 +287,7 @@ func (c *Config) file() fileConfig {
 		f.Statics = append(f.Statics, fileStatic{GuestPath: st.GuestPath, URLPrefix: st.URLPrefix, IndexDocument: st.IndexDocument})
 	}
 	for _, m := range c.Mounts {
-		fm := fileMount{Source: m.Source, Destination: m.Destination, SnapshotRetention: m.SnapshotRetention, ScheduledSnapshots: m.ScheduledSnapshots}
+		fm := fileMount{Source: m.Source, Destination: m.Destination, SnapshotRetention: m.SnapshotRetention, ScheduledSnapshots: m.ScheduledSnapshots, Processes: m.Processes}
 		if m.InitialSizeGB > 0 {
 			fm.InitialSize = fmt.Sprintf("%dgb", m.InitialSizeGB)
 		}
