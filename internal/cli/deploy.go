@@ -91,7 +91,7 @@ Dockerfile next to perch.toml ([build] dockerfile, build-target and
 			}
 			d := &deployer{c: c, app: app, out: cmd.OutOrStdout(), opts: opts}
 			if len(cfg.Deploy.ReleaseCommand) > 0 {
-				d.release = &releaseCommand{Args: cfg.Deploy.ReleaseCommand, Timeout: cfg.Deploy.ReleaseTimeout()}
+				d.release = &releaseCommand{Args: cfg.Deploy.ReleaseCommand, Timeout: cfg.Deploy.ReleaseTimeout(), Guest: cfg.Deploy.ReleaseGuest}
 			}
 			for _, m := range cfg.Mounts { // volumes.go: the snapshot settings of the volumes it makes
 				if d.mounts == nil {

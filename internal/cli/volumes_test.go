@@ -69,7 +69,7 @@ func TestMountsOfOneProcessGroup(t *testing.T) {
 	if _, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: "vols"}); err != nil {
 		t.Fatal(err)
 	}
-	h := hostStandInAs(t, srv.Store(), c, "vols", api.Host{Region: "iad", Address: "127.0.0.1", CPUs: 8, MemoryMB: 8192, Disk: &api.HostDisk{FreeBytes: 100 << 30}})
+	h := hostStandInAs(t, srv.Store(), c, "vols", api.Host{Region: "iad", Address: "127.0.0.1", CPUs: 8, MemoryMB: 8192, Disk: &api.HostDisk{FreeBytes: 100 << 30}}, nil)
 	volumeStandIn(t, srv.Store(), h)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "perch.toml"), []byte(mountsToml), 0o644); err != nil {

@@ -128,6 +128,10 @@ type Deploy struct {
 	// (0 when unset: ReleaseTimeout).
 	ReleaseCommand        []string
 	ReleaseCommandTimeout time.Duration
+	// ReleaseCommandVM is [deploy.release_command_vm] (also
+	// release_command_compute): the release command machine's size; nil
+	// gives it the app's own (ReleaseGuest).
+	ReleaseCommandVM *VM
 }
 
 // DefaultReleaseCommandTimeout is Fly's release_command_timeout default.

@@ -193,9 +193,10 @@ type fileVM struct {
 }
 
 type fileDeploy struct {
-	Strategy              string `toml:"strategy,omitempty"`
-	ReleaseCommand        string `toml:"release_command,omitempty"`
-	ReleaseCommandTimeout string `toml:"release_command_timeout,omitempty"`
+	Strategy              string  `toml:"strategy,omitempty"`
+	ReleaseCommand        string  `toml:"release_command,omitempty"`
+	ReleaseCommandTimeout string  `toml:"release_command_timeout,omitempty"`
+	ReleaseCommandVM      *fileVM `toml:"release_command_vm,omitempty"`
 }
 
 type fileRestart struct {
@@ -264,16 +265,16 @@ func (c *Config) file() fileConfig {
 		f.Services = append(f.Services, fs)
 	}
 	for _, v := range c.VMs {
-		fv := fileVM{Size: v.Size, CPUKind: v.CPUKind, CPUs: v.CPUs, Runtime: v.Runtime, Processes: v.Processes}
-		if v.MemoryMB != 0 {
-			fv.Memory = formatMemory(v.MemoryMB)
-		}
-		f.VM = append(f.VM, fv)
+		f.VM = append(f.VM, toFileVM(v))
 	}
 	if c.Deploy.Strategy != "" || len(c.Deploy.ReleaseCommand) > 0 {
 		f.Deploy = &fileDeploy{Strategy: c.Deploy.Strategy, ReleaseCommand: shellJoin(c.Deploy.ReleaseCommand)}
 		if t := c.Deploy.ReleaseCommandTimeout; t > 0 {
 			f.Deploy.ReleaseCommandTimeout = t.String()
+		}
+		if v := c.Deploy.ReleaseCommandVM; v != nil {
+			fv := toFileVM(*v)
+			f.Deploy.ReleaseCommandVM = &fv
 		}
 	}
 	for _, r := range c.Restarts {
@@ -294,6 +295,14 @@ func (c *Config) file() fileConfig {
 		f.Mounts = append(f.Mounts, fm)
 	}
 	return f
+}
+
+func toFileVM(v VM) fileVM {
+	fv := fileVM{Size: v.Size, CPUKind: v.CPUKind, CPUs: v.CPUs, Runtime: v.Runtime, Processes: v.Processes}
+	if v.MemoryMB != 0 {
+		fv.Memory = formatMemory(v.MemoryMB)
+	}
+	return fv
 }
 
 func fileConc(c *api.Concurrency) *fileConcurrency {

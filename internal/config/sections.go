@@ -77,8 +77,13 @@ func (d *decoder) config(doc map[string]any) *Config {
 		c.Deploy.MaxUnavailable = d.maxUnavailable(s)
 		c.Deploy.WaitTimeout = d.seconds(s, "wait_timeout")
 		d.releaseCommand(s, &c.Deploy) // release.go
-		s.ignore("release_command_vm", "the release command's machine has the app's [[vm]] size")
-		s.ignore("release_command_compute", "the release command's machine has the app's [[vm]] size")
+		// Fly reads release_command_compute as another name for it.
+		for _, k := range []string{"release_command_vm", "release_command_compute"} {
+			if vs := s.sub(k); vs != nil {
+				v := d.vm(vs)
+				c.Deploy.ReleaseCommandVM = &v
+			}
+		}
 		s.done()
 	}
 	if s := top.sub("autoscale"); s != nil {
