@@ -40,6 +40,8 @@ type Config struct {
 	Processes map[string]string
 	// Statics are [[statics]]: image directories the edges serve.
 	Statics []api.Static
+	// Files are [[files]] (files.go): written into machines before start.
+	Files []File
 	// Init is [experimental] cmd, entrypoint and exec, which override the
 	// image's as on Fly; a [processes] command overrides Cmd.
 	Init Init

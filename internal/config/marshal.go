@@ -97,12 +97,21 @@ type fileConfig struct {
 	Restart       []fileRestart     `toml:"restart,omitempty"`
 	Statics       []fileStatic      `toml:"statics,omitempty"`
 	Mounts        []fileMount       `toml:"mounts,omitempty"`
+	Files         []fileFile        `toml:"files,omitempty"`
 }
 
 type fileStatic struct {
 	GuestPath     string `toml:"guest_path"`
 	URLPrefix     string `toml:"url_prefix"`
 	IndexDocument string `toml:"index_document,omitempty"`
+}
+
+type fileFile struct {
+	GuestPath  string   `toml:"guest_path"`
+	RawValue   string   `toml:"raw_value,omitempty"`
+	LocalPath  string   `toml:"local_path,omitempty"`
+	SecretName string   `toml:"secret_name,omitempty"`
+	Processes  []string `toml:"processes,omitempty"`
 }
 
 type fileMount struct {
@@ -286,6 +295,13 @@ func (c *Config) file() fileConfig {
 	}
 	for _, st := range c.Statics {
 		f.Statics = append(f.Statics, fileStatic{GuestPath: st.GuestPath, URLPrefix: st.URLPrefix, IndexDocument: st.IndexDocument})
+	}
+	for _, fl := range c.Files {
+		ff := fileFile{GuestPath: fl.GuestPath, LocalPath: fl.LocalPath, SecretName: fl.SecretName, Processes: fl.Processes}
+		if fl.LocalPath == "" {
+			ff.RawValue = fl.RawValue
+		}
+		f.Files = append(f.Files, ff)
 	}
 	for _, m := range c.Mounts {
 		fm := fileMount{Source: m.Source, Destination: m.Destination, SnapshotRetention: m.SnapshotRetention, ScheduledSnapshots: m.ScheduledSnapshots, Processes: m.Processes}

@@ -110,7 +110,7 @@ func (d *decoder) config(doc map[string]any) *Config {
 	// flyctl reads [mount] as [mounts].
 	c.Mounts = d.mounts(top, c.ProcessGroups()) // mounts.go
 	c.Statics = d.statics(top)                  // statics.go
-	top.ignore("files", "files written into machines are not supported yet")
+	c.Files = d.files(top)                      // files.go
 	top.ignore("checks", "top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation")
 	top.ignore("metrics", "Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics")
 	top.ignore("console_command", "perch has no console command (no fly ssh console)")
