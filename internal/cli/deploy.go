@@ -198,6 +198,12 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 		// Machines on volumes are replaced in place whatever the strategy
 		// (execute, volumes.go): say so, not the flag.
 		strategy = "in place (machines mount volumes)"
+		for _, c := range mcs {
+			if len(c.Mounts) == 0 { // [[mounts]] processes names other groups
+				strategy = "in place for machines on volumes, " + req.Strategy + " for the others"
+				break
+			}
+		}
 	}
 	fmt.Fprintf(d.out, "Deploying %s %s (image %s) to %s, strategy %s\n", d.app, release, mc.Image, strings.Join(planRegions(plan), ", "), strategy)
 	if len(mcs) > 1 {

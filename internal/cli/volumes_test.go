@@ -93,6 +93,9 @@ func TestMountsOfOneProcessGroup(t *testing.T) {
 	}
 
 	out := deploy(t)
+	if !strings.Contains(out, "strategy in place for machines on volumes, rolling for the others") {
+		t.Errorf("deploy does not say how each kind of machine is rolled:\n%s", out)
+	}
 	gs := groupsOf(t, c, "vols")
 	if len(gs["web"]) != 1 || len(gs["db"]) != 1 {
 		t.Fatalf("after the first deploy: %d web, %d db machines; want 1 and 1\n%s", len(gs["web"]), len(gs["db"]), out)
