@@ -13,11 +13,12 @@ import (
 
 // File is one [[files]] of fly.toml: a file written into the machines of
 // Processes (every group when empty) before they start, from exactly one
-// of RawValue (base64, as Fly takes it), LocalPath (a file next to the
-// config, read when the config is) or SecretName (an app secret).
+// of RawValue (the content itself: flyctl base64-encodes it for the
+// machine config, unlike the API's raw_value), LocalPath (a file next to
+// the config, read when the config is) or SecretName (an app secret).
 type File struct {
 	GuestPath  string
-	RawValue   string // base64; LocalPath's content once read
+	RawValue   string // the content; LocalPath's once read
 	LocalPath  string
 	SecretName string
 	Processes  []string
@@ -51,18 +52,13 @@ func (d *decoder) files(top *section) []File {
 			}
 		}
 		if n != 1 {
-			d.errorf(s.p, "[[files]] %s needs exactly one of raw_value (base64), local_path or secret_name", f.GuestPath)
+			d.errorf(s.p, "[[files]] %s needs exactly one of raw_value (the content), local_path or secret_name", f.GuestPath)
 			continue
 		}
 		switch {
 		case hasRaw:
-			b, err := base64.StdEncoding.DecodeString(raw)
-			if err != nil {
-				d.errorf(rawPath, "raw_value is not base64 (%v); encode the content, e.g. with `base64 -w0 FILE`, or use local_path", err)
-				continue
-			}
-			if len(b) > maxFileBytes {
-				d.errorf(rawPath, "raw_value holds %d bytes; at most %d (256 KiB): bake larger files into the image", len(b), maxFileBytes)
+			if len(raw) > maxFileBytes {
+				d.errorf(rawPath, "raw_value holds %d bytes; at most %d (256 KiB): bake larger files into the image", len(raw), maxFileBytes)
 				continue
 			}
 			f.RawValue = raw
@@ -82,7 +78,7 @@ func (d *decoder) files(top *section) []File {
 				d.errorf(localPath, "local_path %q is %d bytes; at most %d (256 KiB): bake larger files into the image", local, len(b), maxFileBytes)
 				continue
 			}
-			f.LocalPath, f.RawValue = local, base64.StdEncoding.EncodeToString(b)
+			f.LocalPath, f.RawValue = local, string(b)
 		}
 		out = append(out, f)
 	}
@@ -101,7 +97,7 @@ func (c *Config) apiFiles(group string) []api.File {
 			name := f.SecretName
 			af.SecretName = &name
 		} else {
-			raw := f.RawValue
+			raw := base64.StdEncoding.EncodeToString([]byte(f.RawValue))
 			af.RawValue = &raw
 		}
 		out = append(out, af)

@@ -11,7 +11,8 @@ import (
 	"github.com/perchhq/perch/internal/api"
 )
 
-// fly.toml's [[files]]: raw_value (base64), local_path (read next to the
+// fly.toml's [[files]]: raw_value (the content, which flyctl
+// base64-encodes for the machine config), local_path (read next to the
 // config) and secret_name become the machine config's files, each for the
 // groups its processes names (all when none); bad ones are clear errors.
 func TestFiles(t *testing.T) {
@@ -26,7 +27,9 @@ func TestFiles(t *testing.T) {
 
 [[files]]
   guest_path = "/etc/app/motd"
-  raw_value = "aGVsbG8K"
+  raw_value = """
+hello
+"""
 
 [[files]]
   guest_path = "/etc/nginx/nginx.conf"
@@ -47,7 +50,7 @@ func TestFiles(t *testing.T) {
 		t.Fatalf("%v, warnings %v", err, warns)
 	}
 	str := func(s string) *string { return &s }
-	motd := api.File{GuestPath: "/etc/app/motd", RawValue: str("aGVsbG8K")}
+	motd := api.File{GuestPath: "/etc/app/motd", RawValue: str(base64.StdEncoding.EncodeToString([]byte("hello\n")))}
 	want := map[string][]api.File{
 		"web":    {motd, {GuestPath: "/etc/nginx/nginx.conf", RawValue: str(base64.StdEncoding.EncodeToString([]byte("worker_processes 1;\n")))}},
 		"worker": {motd, {GuestPath: "/etc/worker/key.pem", SecretName: str("WORKER_KEY")}},
@@ -75,10 +78,9 @@ func TestFiles(t *testing.T) {
 	check(back)
 
 	for _, tc := range []struct{ files, want string }{
-		{"guest_path = \"/etc/x\"", "needs exactly one of raw_value (base64), local_path or secret_name"},
+		{"guest_path = \"/etc/x\"", "needs exactly one of raw_value (the content), local_path or secret_name"},
 		{"guest_path = \"/etc/x\"\nraw_value = \"aGk=\"\nsecret_name = \"K\"", "needs exactly one of"},
 		{"guest_path = \"etc/x\"\nraw_value = \"aGk=\"", `guest_path "etc/x" must be an absolute, clean path`},
-		{"guest_path = \"/etc/x\"\nraw_value = \"not base64!\"", "raw_value is not base64"},
 		{"guest_path = \"/etc/x\"\nlocal_path = \"missing.conf\"", `local_path "missing.conf" cannot be read`},
 		{"raw_value = \"aGk=\"", "[[files]] needs guest_path"},
 		{"guest_path = \"/etc/x\"\nraw_value = \"aGk=\"\nprocesses = [\"db\"]", `processes names "db", which [processes] does not define`},
