@@ -100,10 +100,13 @@ Dockerfile next to perch.toml ([build] dockerfile, build-target and
 			}
 			d := &deployer{c: c, app: app, out: cmd.OutOrStdout(), opts: opts}
 			if len(cfg.Deploy.ReleaseCommand) > 0 {
-				d.release = &releaseCommand{Args: cfg.Deploy.ReleaseCommand, Timeout: cfg.Deploy.ReleaseTimeout()}
+				d.release = &releaseCommand{Args: cfg.Deploy.ReleaseCommand, Timeout: cfg.Deploy.ReleaseTimeout(), Guest: cfg.Deploy.ReleaseGuest}
 			}
-			if len(cfg.Mounts) > 0 { // volumes.go: the snapshot settings of the volumes it makes
-				d.mount = &cfg.Mounts[0]
+			for _, m := range cfg.Mounts { // volumes.go: the snapshot settings of the volumes it makes
+				if d.mounts == nil {
+					d.mounts = map[string]config.Mount{}
+				}
+				d.mounts[m.Source] = m
 			}
 			if err := d.run(ctx, regions, primary, cfg.MachineConfigs(img), ""); err != nil {
 				return err
@@ -152,9 +155,9 @@ type deployer struct {
 	opts deployOptions
 	// release, if set, runs before any machine is replaced (release.go).
 	release *releaseCommand
-	// mount is perch.toml's [[mounts]], if any: the volumes a deploy
-	// makes get its snapshot settings (volumes.go).
-	mount *config.Mount
+	// mounts are perch.toml's [[mounts]] by source: the volumes a deploy
+	// makes get their snapshot settings (volumes.go).
+	mounts map[string]config.Mount
 }
 
 // run deploys a new release to the plan's regions: mcs is the machine
@@ -207,6 +210,12 @@ func (d *deployer) run(ctx context.Context, regions []string, primary string, mc
 		// Machines on volumes are replaced in place whatever the strategy
 		// (execute, volumes.go): say so, not the flag.
 		strategy = "in place (machines mount volumes)"
+		for _, c := range mcs {
+			if len(c.Mounts) == 0 { // [[mounts]] processes names other groups
+				strategy = "in place for machines on volumes, " + req.Strategy + " for the others"
+				break
+			}
+		}
 	}
 	fmt.Fprintf(d.out, "Deploying %s %s (image %s) to %s, strategy %s\n", d.app, release, mc.Image, strings.Join(planRegions(plan), ", "), strategy)
 	if len(mcs) > 1 {

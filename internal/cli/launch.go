@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,22 +20,41 @@ import (
 )
 
 func newLaunchCmd(g *globals) *cobra.Command {
-	var image, name, dir, org string
+	var image, name, dir, org, dockerfile string
 	var regions []string
 	var port int
 	var force bool
 	var hf herokuFlags
 	var smoke time.Duration
 	cmd := &cobra.Command{
-		Use:   "launch --image REF | --from-heroku APP",
+		Use:   "launch [--image REF | --dockerfile PATH | --from-heroku APP]",
 		Short: "Create an app and write its perch.toml (then run perch deploy)",
-		Args:  cobra.NoArgs,
+		Long: `Create an app and write its perch.toml (then run perch deploy).
+
+With --image the app runs that image. Without it, a Dockerfile in --dir
+(or --dockerfile) is what perch deploy builds: perch.toml gets
+[build] dockerfile, and the HTTP port is the Dockerfile's EXPOSE unless
+--port is given. With --from-heroku, a Heroku app's latest slug, config
+vars and formation become the app, and it is deployed (docs/heroku.md).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if (image == "") == (hf.App == "") {
-				return errors.New("launch needs --image REF (an image to run), or --from-heroku APP (a Heroku app to move, docs/heroku.md)")
+			if hf.App != "" && (image != "" || dockerfile != "") {
+				return errors.New("give --from-heroku APP (a Heroku app to move, docs/heroku.md) alone: it brings its own image, not --image or --dockerfile")
 			}
 			if port < 1 || port > 65535 {
 				return fmt.Errorf("--port must be 1-65535, got %d", port)
+			}
+			var exposed int
+			if image == "" && hf.App == "" { // from source (build.go)
+				var err error
+				if dockerfile, exposed, err = launchDockerfile(dir, dockerfile); err != nil {
+					return err
+				}
+			} else if dockerfile != "" {
+				return errors.New("give --image (a built image) or --dockerfile (built by perch deploy), not both")
+			}
+			if exposed > 0 && !cmd.Flags().Changed("port") {
+				port = exposed
 			}
 			path := filepath.Join(dir, "perch.toml")
 			if cmd.Flags().Changed("config") {
@@ -62,6 +82,13 @@ func newLaunchCmd(g *globals) *cobra.Command {
 				return err
 			}
 			cfg := config.New(app.Name, image, regions)
+			if dockerfile != "" {
+				// perch deploy reads it relative to perch.toml's
+				// directory, the build context.
+				if cfg.Build.Dockerfile, err = relativeTo(filepath.Dir(path), dockerfile); err != nil {
+					return fmt.Errorf("launch: %w", err)
+				}
+			}
 			cfg.HTTPService.InternalPort = port
 			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 				return fmt.Errorf("launch: %w", err)
@@ -71,6 +98,9 @@ func newLaunchCmd(g *globals) *cobra.Command {
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "Created app %s in organisation %s (regions %s)\n", app.Name, app.Org, strings.Join(regions, ", "))
+			if dockerfile != "" {
+				fmt.Fprintf(w, "Found %s: perch deploy builds it (BuildKit) and runs the image; the app listens on port %d\n", dockerfile, port)
+			}
 			fmt.Fprintf(w, "Wrote %s\n", path)
 			if path == "perch.toml" {
 				fmt.Fprintln(w, "Now run: perch deploy")
@@ -80,10 +110,11 @@ func newLaunchCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&image, "image", "", "image the app runs (this or --from-heroku)")
+	cmd.Flags().StringVar(&image, "image", "", "image the app runs (default: build the Dockerfile in --dir on each perch deploy)")
+	cmd.Flags().StringVar(&dockerfile, "dockerfile", "", "Dockerfile perch deploy builds, relative to --dir (default: Dockerfile)")
 	cmd.Flags().StringSliceVarP(&regions, "regions", "r", nil, "regions to run in, primary first (default: the first region with a host)")
 	cmd.Flags().StringVarP(&name, "name", "n", "", "app name (default: a generated one)")
-	cmd.Flags().IntVarP(&port, "port", "p", 8080, "port the app's HTTP server listens on")
+	cmd.Flags().IntVarP(&port, "port", "p", 8080, "port the app's HTTP server listens on (default: the Dockerfile's EXPOSE, else 8080)")
 	cmd.Flags().StringVar(&dir, "dir", ".", "directory to write perch.toml in")
 	cmd.Flags().StringVar(&org, "org", "", "organisation the app lives in (default: your token's)")
 	cmd.Flags().BoolVar(&force, "force", false, "replace an existing perch.toml")
@@ -91,6 +122,58 @@ func newLaunchCmd(g *globals) *cobra.Command {
 	hf.register(cmd)
 	cmd.Flags().DurationVar(&smoke, "smoke-window", 10*time.Second, "with --from-heroku: the deploy's smoke window (see perch deploy)")
 	return cmd
+}
+
+// launchDockerfile finds the Dockerfile perch launch writes into [build]
+// (name, relative to dir; "" means Dockerfile), as a path, and the port
+// its last EXPOSE names (0: none), as fly launch does.
+func launchDockerfile(dir, name string) (string, int, error) {
+	rel := cmp.Or(name, "Dockerfile")
+	p := rel
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(dir, p)
+	}
+	b, err := os.ReadFile(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && name == "":
+		return "", 0, fmt.Errorf("launch: no --image and no Dockerfile in %s: pass --image REF to run a built image, add a Dockerfile for perch deploy to build (buildpacks are not supported), or --from-heroku APP to move a Heroku app", dir)
+	case err != nil:
+		return "", 0, fmt.Errorf("launch: --dockerfile %s: %w", name, err)
+	}
+	return p, exposedPort(string(b)), nil
+}
+
+// relativeTo is p relative to dir when it is inside dir, else absolute.
+func relativeTo(dir, p string) (string, error) {
+	absDir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	absP, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	if rel, err := filepath.Rel(absDir, absP); err == nil && filepath.IsLocal(rel) {
+		return filepath.ToSlash(rel), nil
+	}
+	return absP, nil
+}
+
+// exposedPort is the first port of the Dockerfile's last EXPOSE with a
+// literal port (EXPOSE 8080, EXPOSE 8080/tcp 9090), or 0.
+func exposedPort(dockerfile string) int {
+	port := 0
+	for _, line := range strings.Split(dockerfile, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || !strings.EqualFold(f[0], "EXPOSE") {
+			continue
+		}
+		num, _, _ := strings.Cut(f[1], "/")
+		if n, err := strconv.Atoi(num); err == nil && n >= 1 && n <= 65535 {
+			port = n
+		}
+	}
+	return port
 }
 
 // launchRegions checks the wanted regions against the server's, or picks

@@ -21,10 +21,18 @@ import (
 // second.
 func hostStandIn(t *testing.T, st *store.Store, c *api.Client, app string) {
 	t.Helper()
+	hostStandInAs(t, st, c, app, api.Host{Region: "iad", Address: "127.0.0.1", CPUs: 8, MemoryMB: 8192}, nil)
+}
+
+// hostStandInAs is hostStandIn for the host h registers as; seen, if
+// set, is called with each machine spec it answers for. A release
+// command's machine runs to completion: it is reported stopped, exit 0.
+func hostStandInAs(t *testing.T, st *store.Store, c *api.Client, app string, h api.Host, seen func(store.MachineSpec)) *api.Host {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	t.Cleanup(func() { cancel(); <-done })
-	host, err := c.RegisterHost(ctx, api.Host{Region: "iad", Address: "127.0.0.1", CPUs: 8, MemoryMB: 8192})
+	host, err := c.RegisterHost(ctx, h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +52,14 @@ func hostStandIn(t *testing.T, st *store.Store, c *api.Client, app string) {
 					store.Delete(ctx, st.Machines, sp.Key())
 					continue
 				}
+				if seen != nil {
+					seen(sp)
+				}
 				state := map[string]string{store.DesireStarted: api.StateStarted, store.DesireStopped: api.StateStopped}[sp.Desired]
+				var exit *int
+				if sp.Config.Metadata[config.MetaProcessGroup] == releaseGroup {
+					state, exit = api.StateStopped, new(int)
+				}
 				if state == "" {
 					continue
 				}
@@ -54,7 +69,7 @@ func hostStandIn(t *testing.T, st *store.Store, c *api.Client, app string) {
 				}
 				store.Put(ctx, st.Status, sp.Key(), store.MachineStatus{
 					ID: sp.ID, App: sp.App, HostID: sp.HostID, State: state, Generation: sp.Generation,
-					Ready: state == api.StateStarted, UpdatedAt: time.Now(),
+					Ready: state == api.StateStarted, ExitCode: exit, UpdatedAt: time.Now(),
 				})
 			}
 			select {
@@ -64,6 +79,7 @@ func hostStandIn(t *testing.T, st *store.Store, c *api.Client, app string) {
 			}
 		}
 	}()
+	return host
 }
 
 // groupsOf counts an app's live machines by process group.

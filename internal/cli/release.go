@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -16,6 +17,9 @@ import (
 type releaseCommand struct {
 	Args    []string
 	Timeout time.Duration
+	// Guest sizes its machine from the app's ([deploy.release_command_vm]);
+	// nil: the app's.
+	Guest func(app api.Guest) api.Guest
 }
 
 // releaseGroup is the process group Fly gives the release command's
@@ -31,6 +35,9 @@ func (d *deployer) runRelease(ctx context.Context, rc *releaseCommand, region st
 	cfg.Mounts = nil        // as on Fly: the release machine mounts no volume (each is one machine's)
 	cfg.AutoDestroy = false // destroyed here, once its logs are read
 	cfg.Restart = api.Restart{Policy: api.RestartNo}
+	if rc.Guest != nil {
+		cfg.Guest = rc.Guest(mc.Guest)
+	}
 	cfg.Init.Cmd = append([]string{}, rc.Args...)
 	cfg.Env = maps.Clone(mc.Env)
 	if cfg.Env == nil {
@@ -43,7 +50,7 @@ func (d *deployer) runRelease(ctx context.Context, rc *releaseCommand, region st
 	}
 	cfg.Metadata["fly_process_group"] = releaseGroup
 	cmdline := strings.Join(rc.Args, " ")
-	fmt.Fprintf(d.out, "Running release command in %s: %s (timeout %s)\n", region, cmdline, rc.Timeout)
+	fmt.Fprintf(d.out, "Running release command in %s: %s (timeout %s, %s)\n", region, cmdline, rc.Timeout, guestText(cfg.Guest))
 	start := time.Now()
 	m, err := d.c.CreateMachine(ctx, d.app, api.CreateMachineRequest{Region: region, Config: cfg})
 	if err != nil {
@@ -85,4 +92,9 @@ func (d *deployer) runRelease(ctx context.Context, rc *releaseCommand, region st
 	}
 	fmt.Fprintf(d.out, "Release command finished in %s\n", time.Since(start).Round(100*time.Millisecond))
 	return nil
+}
+
+// guestText is a machine's size as the deploy output shows it.
+func guestText(g api.Guest) string {
+	return fmt.Sprintf("%s, %d CPU, %d MB", cmp.Or(g.CPUKind, "shared"), max(g.CPUs, 1), g.MemoryMB)
 }

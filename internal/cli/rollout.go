@@ -148,6 +148,11 @@ func (r *rollout) execute(ctx context.Context, gs []regionOld) error {
 	if r.mountsVolumes() {
 		return r.inPlace(ctx, gs) // volumes.go
 	}
+	return r.byStrategy(ctx, gs)
+}
+
+// byStrategy rolls gs, machines without a volume, by the deploy's strategy.
+func (r *rollout) byStrategy(ctx context.Context, gs []regionOld) error {
 	switch r.d.opts.Strategy {
 	case strategyImmediate:
 		return r.all(ctx, gs, false)

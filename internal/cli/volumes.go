@@ -319,6 +319,8 @@ func (r *rollout) mountsVolumes() bool {
 // time); a region with no machine gets one on a free volume of the
 // mount's name, made if there is none. Each updated machine must become
 // ready and pass the smoke window; undo puts the previous config back.
+// A process group that mounts nothing ([[mounts]] processes names other
+// groups) rolls by the deploy's strategy.
 func (r *rollout) inPlace(ctx context.Context, gs []regionOld) error {
 	for _, g := range gs {
 		if mc := r.configFor(g.Group); len(mc.Mounts) > 0 {
@@ -329,6 +331,12 @@ func (r *rollout) inPlace(ctx context.Context, gs []regionOld) error {
 	}
 	for _, g := range gs {
 		base := r.configFor(g.Group)
+		if len(base.Mounts) == 0 {
+			if err := r.byStrategy(ctx, []regionOld{g}); err != nil {
+				return err
+			}
+			continue
+		}
 		if len(g.Old) == 0 {
 			mc, err := r.withVolume(ctx, g.Region, base, nil)
 			if err != nil {
@@ -341,11 +349,11 @@ func (r *rollout) inPlace(ctx context.Context, gs []regionOld) error {
 			r.mu.Lock()
 			r.created = append(r.created, *m)
 			r.mu.Unlock()
-			fmt.Fprintf(r.d.out, "%s: machine %s created on volume %s\n", g.Region, m.ID, mc.Mounts[0].Volume)
+			fmt.Fprintf(r.d.out, "%s: machine %s created on volume %s\n", g.label(), m.ID, mc.Mounts[0].Volume)
 			if err := r.await(ctx, []api.Machine{*m}, r.d.opts.Smoke); err != nil {
 				return err
 			}
-			fmt.Fprintf(r.d.out, "%s: %s\n", g.Region, summary(0, 1))
+			fmt.Fprintf(r.d.out, "%s: %s\n", g.label(), summary(0, 1))
 			continue
 		}
 		for _, old := range g.Old {
@@ -360,7 +368,7 @@ func (r *rollout) inPlace(ctx context.Context, gs []regionOld) error {
 			if err != nil {
 				return fmt.Errorf("updating machine %s in place: %w", old.ID, err)
 			}
-			fmt.Fprintf(r.d.out, "%s: machine %s updating in place on volume %s (old process drained and stopped first)\n", g.Region, m.ID, mc.Mounts[0].Volume)
+			fmt.Fprintf(r.d.out, "%s: machine %s updating in place on volume %s (old process drained and stopped first)\n", g.label(), m.ID, mc.Mounts[0].Volume)
 			// Until its host answers the new version, the machine shows
 			// the old one's state.
 			_ = r.d.c.WaitMachine(ctx, r.d.app, m.ID, api.StateStarted, r.d.opts.WaitTimeout)
@@ -368,7 +376,7 @@ func (r *rollout) inPlace(ctx context.Context, gs []regionOld) error {
 				return err
 			}
 		}
-		fmt.Fprintf(r.d.out, "%s: %s\n", g.Region, summary(len(g.Old), len(g.Old)))
+		fmt.Fprintf(r.d.out, "%s: %s\n", g.label(), summary(len(g.Old), len(g.Old)))
 	}
 	return nil
 }
@@ -411,7 +419,7 @@ func (r *rollout) withVolume(ctx context.Context, region string, base api.Machin
 		}
 	}
 	req := api.CreateVolumeRequest{Name: m.Name, Region: region, SizeGB: max(m.SizeGB, 1)}
-	if cm := r.d.mount; cm != nil {
+	if cm, ok := r.d.mounts[m.Name]; ok {
 		if cm.SnapshotRetention > 0 {
 			req.SnapshotRetention = &cm.SnapshotRetention
 		}

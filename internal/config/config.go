@@ -40,6 +40,8 @@ type Config struct {
 	Processes map[string]string
 	// Statics are [[statics]]: image directories the edges serve.
 	Statics []api.Static
+	// Files are [[files]] (files.go): written into machines before start.
+	Files []File
 	// Init is [experimental] cmd, entrypoint and exec, which override the
 	// image's as on Fly; a [processes] command overrides Cmd.
 	Init Init
@@ -128,6 +130,10 @@ type Deploy struct {
 	// (0 when unset: ReleaseTimeout).
 	ReleaseCommand        []string
 	ReleaseCommandTimeout time.Duration
+	// ReleaseCommandVM is [deploy.release_command_vm] (also
+	// release_command_compute): the release command machine's size; nil
+	// gives it the app's own (ReleaseGuest).
+	ReleaseCommandVM *VM
 }
 
 // DefaultReleaseCommandTimeout is Fly's release_command_timeout default.

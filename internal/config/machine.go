@@ -68,7 +68,8 @@ func (c *Config) MachineConfigFor(group, image string) api.MachineConfig {
 		mc.Env[EnvPrimaryRegion] = c.PrimaryRegion
 	}
 	mc.Metadata = map[string]string{MetaProcessGroup: group}
-	mc.Mounts = c.apiMounts() // mounts.go: volumes named, resolved by perch deploy
+	mc.Mounts = c.apiMounts(group) // mounts.go: volumes named, resolved by perch deploy
+	mc.Files = c.apiFiles(group)   // files.go
 	if c.KillSignal != "" || c.KillTimeout > 0 {
 		mc.StopConfig = &api.StopConfig{Signal: c.KillSignal}
 		if c.KillTimeout > 0 {

@@ -97,6 +97,7 @@ type fileConfig struct {
 	Restart       []fileRestart     `toml:"restart,omitempty"`
 	Statics       []fileStatic      `toml:"statics,omitempty"`
 	Mounts        []fileMount       `toml:"mounts,omitempty"`
+	Files         []fileFile        `toml:"files,omitempty"`
 }
 
 type fileStatic struct {
@@ -105,12 +106,21 @@ type fileStatic struct {
 	IndexDocument string `toml:"index_document,omitempty"`
 }
 
+type fileFile struct {
+	GuestPath  string   `toml:"guest_path"`
+	RawValue   string   `toml:"raw_value,omitempty"`
+	LocalPath  string   `toml:"local_path,omitempty"`
+	SecretName string   `toml:"secret_name,omitempty"`
+	Processes  []string `toml:"processes,omitempty"`
+}
+
 type fileMount struct {
-	Source             string `toml:"source"`
-	Destination        string `toml:"destination"`
-	InitialSize        string `toml:"initial_size,omitempty"`
-	SnapshotRetention  int    `toml:"snapshot_retention,omitempty"`
-	ScheduledSnapshots *bool  `toml:"scheduled_snapshots,omitempty"`
+	Source             string   `toml:"source"`
+	Destination        string   `toml:"destination"`
+	InitialSize        string   `toml:"initial_size,omitempty"`
+	SnapshotRetention  int      `toml:"snapshot_retention,omitempty"`
+	ScheduledSnapshots *bool    `toml:"scheduled_snapshots,omitempty"`
+	Processes          []string `toml:"processes,omitempty"`
 }
 
 type fileExperimental struct {
@@ -192,9 +202,10 @@ type fileVM struct {
 }
 
 type fileDeploy struct {
-	Strategy              string `toml:"strategy,omitempty"`
-	ReleaseCommand        string `toml:"release_command,omitempty"`
-	ReleaseCommandTimeout string `toml:"release_command_timeout,omitempty"`
+	Strategy              string  `toml:"strategy,omitempty"`
+	ReleaseCommand        string  `toml:"release_command,omitempty"`
+	ReleaseCommandTimeout string  `toml:"release_command_timeout,omitempty"`
+	ReleaseCommandVM      *fileVM `toml:"release_command_vm,omitempty"`
 }
 
 type fileRestart struct {
@@ -263,16 +274,16 @@ func (c *Config) file() fileConfig {
 		f.Services = append(f.Services, fs)
 	}
 	for _, v := range c.VMs {
-		fv := fileVM{Size: v.Size, CPUKind: v.CPUKind, CPUs: v.CPUs, Runtime: v.Runtime, Processes: v.Processes}
-		if v.MemoryMB != 0 {
-			fv.Memory = formatMemory(v.MemoryMB)
-		}
-		f.VM = append(f.VM, fv)
+		f.VM = append(f.VM, toFileVM(v))
 	}
 	if c.Deploy.Strategy != "" || len(c.Deploy.ReleaseCommand) > 0 {
 		f.Deploy = &fileDeploy{Strategy: c.Deploy.Strategy, ReleaseCommand: shellJoin(c.Deploy.ReleaseCommand)}
 		if t := c.Deploy.ReleaseCommandTimeout; t > 0 {
 			f.Deploy.ReleaseCommandTimeout = t.String()
+		}
+		if v := c.Deploy.ReleaseCommandVM; v != nil {
+			fv := toFileVM(*v)
+			f.Deploy.ReleaseCommandVM = &fv
 		}
 	}
 	for _, r := range c.Restarts {
@@ -285,14 +296,29 @@ func (c *Config) file() fileConfig {
 	for _, st := range c.Statics {
 		f.Statics = append(f.Statics, fileStatic{GuestPath: st.GuestPath, URLPrefix: st.URLPrefix, IndexDocument: st.IndexDocument})
 	}
+	for _, fl := range c.Files {
+		ff := fileFile{GuestPath: fl.GuestPath, LocalPath: fl.LocalPath, SecretName: fl.SecretName, Processes: fl.Processes}
+		if fl.LocalPath == "" {
+			ff.RawValue = fl.RawValue
+		}
+		f.Files = append(f.Files, ff)
+	}
 	for _, m := range c.Mounts {
-		fm := fileMount{Source: m.Source, Destination: m.Destination, SnapshotRetention: m.SnapshotRetention, ScheduledSnapshots: m.ScheduledSnapshots}
+		fm := fileMount{Source: m.Source, Destination: m.Destination, SnapshotRetention: m.SnapshotRetention, ScheduledSnapshots: m.ScheduledSnapshots, Processes: m.Processes}
 		if m.InitialSizeGB > 0 {
 			fm.InitialSize = fmt.Sprintf("%dgb", m.InitialSizeGB)
 		}
 		f.Mounts = append(f.Mounts, fm)
 	}
 	return f
+}
+
+func toFileVM(v VM) fileVM {
+	fv := fileVM{Size: v.Size, CPUKind: v.CPUKind, CPUs: v.CPUs, Runtime: v.Runtime, Processes: v.Processes}
+	if v.MemoryMB != 0 {
+		fv.Memory = formatMemory(v.MemoryMB)
+	}
+	return fv
 }
 
 func fileConc(c *api.Concurrency) *fileConcurrency {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	pathpkg "path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -11,13 +12,17 @@ import (
 )
 
 // Mount is [[mounts]] (also [mounts] and [mount], as flyctl reads them):
-// the app's volume named Source at Destination in each machine. Each
-// machine gets its own volume of that name in its region; perch deploy
-// creates one of InitialSizeGB (1 when 0) where there is none free.
+// the app's volume named Source at Destination in each machine of the
+// process groups it applies to. Each machine gets its own volume of that
+// name in its region; perch deploy creates one of InitialSizeGB (1 when
+// 0) where there is none free.
 type Mount struct {
 	Source        string
 	Destination   string
 	InitialSizeGB int
+	// Processes are the process groups whose machines mount it (Fly's
+	// processes = [...]); empty: every group.
+	Processes []string
 	// SnapshotRetention is days (0: the default); ScheduledSnapshots nil
 	// keeps the default (on).
 	SnapshotRetention  int
@@ -26,7 +31,8 @@ type Mount struct {
 
 var volumeNameRE = regexp.MustCompile(`^[a-z0-9_]{1,30}$`)
 
-func (d *decoder) mounts(top *section) []Mount {
+// mounts reads the mounts; groups are the app's process groups.
+func (d *decoder) mounts(top *section, groups []string) []Mount {
 	var out []Mount
 	for _, k := range []string{"mounts", "mount"} {
 		for _, s := range top.subs(k) {
@@ -35,11 +41,27 @@ func (d *decoder) mounts(top *section) []Mount {
 			}
 		}
 	}
-	if len(out) > 1 {
-		d.errorf(path{"mounts"}, "%d mounts are given; a machine mounts one volume (as on Fly): keep one [[mounts]]", len(out))
-		return nil
+	// As flyctl checks: a machine mounts one volume, so each process
+	// group may be named by one mount at most (a mount without processes
+	// names them all).
+	for _, g := range groups {
+		var srcs []string
+		for _, m := range out {
+			if m.appliesTo(g) {
+				srcs = append(srcs, m.Source)
+			}
+		}
+		if len(srcs) > 1 {
+			d.errorf(path{"mounts"}, "process group %s gets %d mounts (%s); a machine mounts one volume (as on Fly): give each [[mounts]] its own processes = [...], or keep one", g, len(srcs), strings.Join(srcs, ", "))
+			return nil
+		}
 	}
 	return out
+}
+
+// appliesTo says whether machines of group mount m.
+func (m Mount) appliesTo(group string) bool {
+	return len(m.Processes) == 0 || slices.Contains(m.Processes, group)
 }
 
 func (d *decoder) mount(s *section) (Mount, bool) {
@@ -82,7 +104,8 @@ func (d *decoder) mount(s *section) (Mount, bool) {
 	for _, k := range []string{"auto_extend_size_threshold", "auto_extend_size_increment", "auto_extend_size_limit"} {
 		s.ignore(k, "volumes are not extended automatically yet; extend with perch volumes extend")
 	}
-	s.accept("processes") // the one group perch runs (sections.go warns of more)
+	// Names that [processes] lacks are refused by checkProcessNames.
+	m.Processes, _, _ = s.strs("processes", `["app"]`)
 	s.ignore("encrypted", "Perch does not encrypt volumes at rest; use the host's disk encryption")
 	s.done()
 	return m, ok
@@ -123,11 +146,15 @@ func sizeGB(v any) (int, error) {
 	return gb, nil
 }
 
-// apiMounts is the machine config's mounts: the volume to be resolved by
-// name (Mount.Name) in the machine's region by perch deploy.
-func (c *Config) apiMounts() []api.Mount {
+// apiMounts is the machine config's mounts for a machine of group: the
+// volume to be resolved by name (Mount.Name) in the machine's region by
+// perch deploy.
+func (c *Config) apiMounts(group string) []api.Mount {
 	var out []api.Mount
 	for _, m := range c.Mounts {
+		if !m.appliesTo(group) {
+			continue
+		}
 		// SizeGB carries initial_size to perch deploy, which makes the
 		// volume; the server sets it to the volume's own size.
 		out = append(out, api.Mount{Name: m.Source, Path: m.Destination, SizeGB: m.InitialSizeGB})

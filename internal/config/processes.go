@@ -31,7 +31,7 @@ func (c *Config) MachineConfigs(image string) map[string]api.MachineConfig {
 }
 
 // checkProcessNames fails for a group name Fly refuses, and for a
-// processes = [...] (on a service, [[vm]] or [[restart]]) naming a group
+// processes = [...] (on a service, [[vm]], [[restart]], [[mounts]] or [[files]]) naming a group
 // the app does not define: nothing would ever run what it configures.
 func (d *decoder) checkProcessNames(c *Config, doc map[string]any) {
 	for _, name := range slices.Sorted(maps.Keys(c.Processes)) {
@@ -50,7 +50,7 @@ func (d *decoder) checkProcessNames(c *Config, doc map[string]any) {
 			}
 		}
 	}
-	for _, k := range []string{"http_service", "services", "vm", "compute", "restart"} {
+	for _, k := range []string{"http_service", "services", "vm", "compute", "restart", "mounts", "mount", "files"} {
 		switch v := doc[k].(type) {
 		case map[string]any:
 			check(path{k}, v)

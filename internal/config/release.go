@@ -3,6 +3,8 @@ package config
 import (
 	"strings"
 	"time"
+
+	"github.com/perchhq/perch/internal/api"
 )
 
 // releaseCommand reads [deploy] release_command and
@@ -28,6 +30,21 @@ func (dep Deploy) ReleaseTimeout() time.Duration {
 		return dep.ReleaseCommandTimeout
 	}
 	return DefaultReleaseCommandTimeout
+}
+
+// ReleaseGuest is the release command machine's guest: app's (the
+// release's main machine config's) unless [deploy.release_command_vm]
+// sizes it; its runtime is the app's unless that names one.
+func (dep Deploy) ReleaseGuest(app api.Guest) api.Guest {
+	v := dep.ReleaseCommandVM
+	if v == nil {
+		return app
+	}
+	g := v.Guest()
+	if v.Runtime == "" {
+		g.Runtime = app.Runtime
+	}
+	return g
 }
 
 // shellJoin writes args back as splitCommand reads them.

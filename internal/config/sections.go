@@ -77,8 +77,13 @@ func (d *decoder) config(doc map[string]any) *Config {
 		c.Deploy.MaxUnavailable = d.maxUnavailable(s)
 		c.Deploy.WaitTimeout = d.seconds(s, "wait_timeout")
 		d.releaseCommand(s, &c.Deploy) // release.go
-		s.ignore("release_command_vm", "the release command's machine has the app's [[vm]] size")
-		s.ignore("release_command_compute", "the release command's machine has the app's [[vm]] size")
+		// Fly reads release_command_compute as another name for it.
+		for _, k := range []string{"release_command_vm", "release_command_compute"} {
+			if vs := s.sub(k); vs != nil {
+				v := d.vm(vs)
+				c.Deploy.ReleaseCommandVM = &v
+			}
+		}
 		s.done()
 	}
 	if s := top.sub("autoscale"); s != nil {
@@ -103,9 +108,9 @@ func (d *decoder) config(doc map[string]any) *Config {
 	}
 	d.checkProcessNames(c, doc) // processes.go
 	// flyctl reads [mount] as [mounts].
-	c.Mounts = d.mounts(top)   // mounts.go
-	c.Statics = d.statics(top) // statics.go
-	top.ignore("files", "files written into machines are not supported yet")
+	c.Mounts = d.mounts(top, c.ProcessGroups()) // mounts.go
+	c.Statics = d.statics(top)                  // statics.go
+	c.Files = d.files(top)                      // files.go
 	top.ignore("checks", "top-level machine checks are not run yet; checks under [http_service] or [[services]] are, and only they take a machine out of rotation")
 	top.ignore("metrics", "Perch does not scrape app metrics; the edge's own metrics are on each host's /metrics")
 	top.ignore("console_command", "perch has no console command (no fly ssh console)")

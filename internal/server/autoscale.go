@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 
@@ -57,12 +58,54 @@ func (c cluster) CreateMachine(ctx context.Context, app, region string, cfg api.
 	if err != nil {
 		return api.Machine{}, err
 	}
+	if len(cfg.Mounts) > 0 {
+		cfg.Mounts = slices.Clone(cfg.Mounts)
+		if err := c.s.volumeForNewMachine(ctx, app, region, &cfg.Mounts[0]); err != nil {
+			return api.Machine{}, err
+		}
+	}
 	sp, err := c.s.newMachine(ctx, a, api.CreateMachineRequest{Region: region, Config: cfg}, "autoscaler")
 	if err != nil {
 		return api.Machine{}, err
 	}
 	c.s.log.Info("machine created", "app", app, "machine", sp.ID, "region", region, "host", sp.HostID, "by", "autoscaler")
 	return c.s.view(ctx, sp)
+}
+
+// volumeForNewMachine points m, the template machine's mount, at a volume
+// of its own for a new machine in region, as fly scale count does for an
+// app with volumes: a free volume of the mount's name there (one a machine
+// the autoscaler removed left behind), else a new one of the template
+// volume's size and snapshot settings. A machine whose create then fails
+// leaves the new volume free, for the next one to take.
+func (s *Server) volumeForNewMachine(ctx context.Context, app, region string, m *api.Mount) error {
+	vols, err := store.List[store.VolumeRecord](ctx, s.st.Volumes, app+".*")
+	if err != nil {
+		return err
+	}
+	attached, err := s.attachedTo(ctx, app)
+	if err != nil {
+		return err
+	}
+	req := api.CreateVolumeRequest{Name: m.Name, Region: region, SizeGB: max(m.SizeGB, 1)}
+	for _, v := range vols {
+		if v.ID == m.Volume { // the template's own: its settings
+			req.SnapshotRetention, req.AutoBackupEnabled = &v.SnapshotRetention, &v.AutoBackupEnabled
+		}
+	}
+	for _, v := range vols {
+		if _, busy := attached[v.ID]; v.Name == m.Name && v.Region == region && v.State == api.VolumeCreated && !busy {
+			m.Volume = v.ID
+			return nil
+		}
+	}
+	v, err := s.newVolume(ctx, app, req)
+	if err != nil {
+		return fmt.Errorf("a new machine mounts volume %s, and making one in %s failed: %w", m.Name, region, err)
+	}
+	s.log.Info("volume created", "app", app, "volume", v.ID, "name", v.Name, "region", v.Region, "host", v.HostID, "size_gb", v.SizeGB, "by", "autoscaler")
+	m.Volume = v.ID
+	return nil
 }
 
 func (c cluster) DestroyMachine(ctx context.Context, app, id string) error {

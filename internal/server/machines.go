@@ -95,9 +95,6 @@ func validateConfig(c *api.MachineConfig) error {
 	if err := validateStatics(c.Statics); err != nil { // statics.go
 		return err
 	}
-	if len(c.Files) > 0 && c.Guest.Runtime == "microvm" {
-		return errf(http.StatusBadRequest, "config.files are not written into a microVM's disk yet; use the runc runtime for this machine, or bake the files into the image")
-	}
 	return validatePorts(c) // ports.go
 }
 

@@ -143,9 +143,15 @@ func TestSecretsBadInput(t *testing.T) {
 		_, err := s.c.CreateMachine(ctx, "shop", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "x/y:1", Files: []api.File{f}}})
 		wantStatus(t, err, 400, "config.files[0]")
 	}
-	_, err = s.c.CreateMachine(ctx, "shop", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "x/y:1",
-		Guest: api.Guest{Runtime: "microvm"}, Files: []api.File{{GuestPath: "/etc/x", RawValue: ptr("aGk=")}}}})
-	wantStatus(t, err, 400, "use the runc runtime")
+	// A microVM machine takes files too (perch-init writes them).
+	if _, err := s.c.RegisterHost(ctx, api.Host{Region: "iad", CPUs: 4, MemoryMB: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.c.CreateMachine(ctx, "shop", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "x/y:1",
+		Guest: api.Guest{Runtime: "microvm", MemoryMB: 256}, Files: []api.File{{GuestPath: "/etc/x", RawValue: ptr("aGk=")}}}})
+	if err != nil || len(m.Config.Files) != 1 {
+		t.Errorf("microVM machine with files: %v; want it created with its file", err)
+	}
 }
 
 func TestSecretsSurviveMasterKeyRotation(t *testing.T) {

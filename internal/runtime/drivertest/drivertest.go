@@ -68,6 +68,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) runtime.Driver, env Env) {
 		{"Signal", s.signal},
 		{"Resources", s.resources},
 		{"WritableLayerIsPrivate", s.writableLayerIsPrivate},
+		{"Files", s.files}, // files.go
 		{"SurvivesDriverRestart", s.survivesDriverRestart},
 		{"CreateReplaces", s.createReplaces},
 		{"UnknownMachine", s.unknownMachine},

@@ -15,6 +15,10 @@ import (
 // alone needs about 80 MB to boot.
 const MinMemoryMB = 128
 
+// maxFilesBytes bounds a machine's config.files: they go to the guest in
+// its config frame (base64 in JSON), under guestinit's 1 MiB frame limit.
+const maxFilesBytes = 512 << 10
+
 // Create prepares the machine: the image's disk (made once per image),
 // the machine's copy-on-write disk over it, its tap on the bridge. An
 // existing machine of the same id is destroyed first. The VM itself only
@@ -26,8 +30,14 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	if len(spec.Process.Args) == 0 {
 		return fmt.Errorf("microvm: create %s: no command to run; set the image's entrypoint/cmd or the machine's init.cmd", spec.ID)
 	}
-	if len(spec.Files) > 0 {
-		return fmt.Errorf("microvm: create %s: config.files are not written into a microVM's disk yet; use the runc runtime for this machine, or bake the files into the image", spec.ID)
+	// The guest's init writes them (guestinit/files.go), sent in its
+	// config frame, which must stay under the frame limit.
+	filesBytes := 0
+	for _, f := range spec.Files {
+		filesBytes += len(f.Data)
+	}
+	if filesBytes > maxFilesBytes {
+		return fmt.Errorf("microvm: create %s: config.files hold %d bytes; a microVM takes at most %d (512 KiB): bake larger files into the image", spec.ID, filesBytes, maxFilesBytes)
 	}
 	for _, m := range spec.Mounts {
 		if m.Image == "" {

@@ -31,6 +31,7 @@ func TestCreateFailureLeavesNothing(t *testing.T) {
 		{"no command", runtime.Spec{ID: "badc", Rootfs: rootfs}, "no command"},
 		{"missing rootfs", runtime.Spec{ID: "badr", Rootfs: filepath.Join(rootfs, "nope"), Process: runtime.Process{Args: []string{"/app"}}}, "not a directory"},
 		{"too little memory", runtime.Spec{ID: "badm", Rootfs: rootfs, Process: runtime.Process{Args: []string{"/app"}}, MemoryMB: 64}, "at least 128"},
+		{"files too big", runtime.Spec{ID: "badf", Rootfs: rootfs, Process: runtime.Process{Args: []string{"/app"}}, Files: []runtime.File{{Path: "/big", Data: make([]byte, 600<<10)}}}, "a microVM takes at most 524288 (512 KiB)"},
 	} {
 		err := d.Create(ctx, tc.spec)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

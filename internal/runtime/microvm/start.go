@@ -137,6 +137,9 @@ func guestConfig(r record) guestinit.Config {
 	for i, m := range r.Spec.Mounts { // qemu.go attaches them in this order
 		cfg.Volumes = append(cfg.Volumes, guestinit.Volume{Serial: guestinit.VolumeSerial(i), Path: m.Destination})
 	}
+	for _, f := range r.Spec.Files {
+		cfg.Files = append(cfg.Files, guestinit.File{Path: f.Path, Data: f.Data, Mode: uint32(f.Mode.Perm())})
+	}
 	return cfg
 }
 

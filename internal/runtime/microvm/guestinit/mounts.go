@@ -83,6 +83,9 @@ func setupRoot(root string, cfg Config, c cmdline) error {
 	if err := mountAll(root, appMounts); err != nil {
 		return err
 	}
+	if err := writeFiles(root, cfg.Files); err != nil { // files.go
+		return err
+	}
 	if err := mountVolumes(root, cfg.Volumes, cfg.UID, cfg.GID, 20*time.Second); err != nil {
 		return err
 	}

@@ -55,6 +55,8 @@ type Config struct {
 	// Volumes are disks the host attached for the app (its volumes),
 	// each found by its virtio serial and mounted (ext4) at its path.
 	Volumes []Volume `json:"volumes,omitempty"`
+	// Files are the machine's config.files (files.go).
+	Files []File `json:"files,omitempty"`
 }
 
 // Volume is one volume disk: Serial is its virtio-blk serial, Path where
