@@ -46,12 +46,19 @@ for f in "$HOME"/.profile.d/*.sh; do
 done
 unset f
 if [ -r "$HOME/.profile" ]; then . "$HOME/.profile"; fi
+# The traps are set before the command starts: a signal that comes while
+# it is being started is kept and passed on once it has.
+child= pending=
+forward() {
+	if [ -z "$child" ]; then pending=$1; return; fi
+	kill -s "$1" -- "-$child" 2>/dev/null || kill -s "$1" "$child" 2>/dev/null
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
 set -m # the command gets its own process group, signalled whole
 /bin/bash -c "$command" &
 child=$!
-forward() { kill -s "$1" -- "-$child" 2>/dev/null || kill -s "$1" "$child" 2>/dev/null; }
-trap 'forward TERM' TERM
-trap 'forward INT' INT
+if [ -n "$pending" ]; then forward "$pending"; fi
 while :; do
 	wait "$child"
 	status=$? # above 128 also when a trapped signal cut the wait short
