@@ -17,14 +17,14 @@ import (
 // crashLoad is a bounded load loop through one edge that keeps the time of
 // every failure, to measure how long a crash takes the edge away.
 type crashLoad struct {
-	mu           sync.Mutex
-	ok, failed   int
-	firstFail    time.Time
-	lastFail     time.Time
-	failures     []string
-	lastOKBefore time.Time
-	stop         chan struct{}
-	wg           sync.WaitGroup
+	mu         sync.Mutex
+	ok, failed int
+	firstFail  time.Time
+	lastFail   time.Time
+	failures   []string
+	lastOK     time.Time
+	stop       chan struct{}
+	wg         sync.WaitGroup
 }
 
 func startCrashLoad(edgeAddr, app string, clients int, limit time.Duration) *crashLoad {
@@ -57,6 +57,7 @@ func startCrashLoad(edgeAddr, app string, clients int, limit time.Duration) *cra
 				l.mu.Lock()
 				if msg == "" {
 					l.ok++
+					l.lastOK = now
 				} else {
 					l.failed++
 					if l.firstFail.IsZero() {
@@ -80,50 +81,60 @@ func (l *crashLoad) finish() {
 	l.wg.Wait()
 }
 
-// TestAgentCrashEdgeWindow: kill -9 of the agent under load through its
-// region's edge; the world restarts it, the machine runs on under its shim
-// and is adopted, and the edge is back within the measured window.
-func TestAgentCrashEdgeWindow(t *testing.T) {
-	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}})
+// crashAgentUnderLoad: kill -9 of region's agent under load through its
+// edge (issue 18). The world, as a supervisor, starts it again at once;
+// the machine m, serving app there, runs on under its shim and is adopted
+// (same process, same instance); the edge serves again. Failures are only
+// those of the window between the kill and the new agent's listeners
+// (bench/agentkill measures it: well under 1 s); the test's bound is loose
+// for a loaded CI machine.
+func crashAgentUnderLoad(t *testing.T, w *devcluster.World, region, app string, m api.Machine) {
+	t.Helper()
 	ctx := context.Background()
-	c := w.Client()
-	ref := pushImage(t, w, "hello:v1")
-	if _, err := c.CreateApp(ctx, api.CreateAppRequest{AppName: "crashy"}); err != nil {
-		t.Fatal(err)
+	var ri devcluster.RegionInfo
+	for _, r := range w.Info().Regions {
+		if r.Code == region {
+			ri = r
+		}
 	}
-	m := createStarted(t, w, "crashy", "iad", api.MachineConfig{Image: ref, Services: httpService()})
-	edge := w.Info().Regions[0].EdgeAddr + ":80"
-	expectAnswer(t, edge, "crashy", "iad")
-	pidBefore := machinePID(t, w.Info(), "iad")
-	agentPID := w.Info().Regions[0].PID
+	edge := ri.EdgeAddr + ":80"
+	expectAnswer(t, edge, app, region)
+	pidBefore := machinePID(t, w.Info(), region)
+	restarts := w.AgentRestarts(region)
 
-	load := startCrashLoad(edge, "crashy", 4, 60*time.Second)
+	load := startCrashLoad(edge, app, 4, 60*time.Second)
 	time.Sleep(time.Second)
 	killed := time.Now()
-	if err := w.CrashAgent("iad"); err != nil {
+	if err := w.CrashAgent(region); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "the agent started again", func() (bool, string) {
-		return w.AgentRestarts("iad") == 1, fmt.Sprint(w.AgentRestarts("iad"))
+	eventually(t, 30*time.Second, "the killed agent started again", func() (bool, string) {
+		return w.AgentRestarts(region) == restarts+1, fmt.Sprint(w.AgentRestarts(region))
 	})
-	restarted := time.Now()
-	expectAnswer(t, edge, "crashy", "iad")
-	time.Sleep(2 * time.Second)
+	expectAnswer(t, edge, app, region)
+	time.Sleep(2 * time.Second) // the load goes on after the edge is back
 	load.finish()
 	window := time.Duration(0)
 	if !load.lastFail.IsZero() {
 		window = load.lastFail.Sub(killed)
 	}
-	t.Logf("kill -9 of the agent under load: %d ok, %d failed, failures from +%s to +%s after the kill (restart begun +%s); first failures: %s",
-		load.ok, load.failed, load.firstFail.Sub(killed).Round(time.Millisecond), window.Round(time.Millisecond),
-		restarted.Sub(killed).Round(time.Millisecond), strings.Join(load.failures, "; "))
-	if pid := w.Info().Regions[0].PID; pid == agentPID {
-		t.Errorf("world.json's agent pid is still the killed one's, %d", pid)
+	t.Logf("kill -9 of the %s agent under load: %d requests ok, %d failed, the last %s after the kill; first failures: %s",
+		region, load.ok, load.failed, window.Round(time.Millisecond), strings.Join(load.failures, "; "))
+	if window > 5*time.Second {
+		t.Errorf("the %s edge failed requests for %s after its agent was killed; want it back within a second (5 s allowed here)", region, window)
 	}
-	if pid := machinePID(t, w.Info(), "iad"); pid != pidBefore {
-		t.Errorf("the machine's process changed across the crash: pid %d, was %d", pid, pidBefore)
+	if load.ok == 0 || load.lastFail.After(load.lastOK) {
+		t.Errorf("no request succeeded after the last failure (%d ok)", load.ok)
 	}
-	after, err := c.GetMachine(ctx, "crashy", m.ID)
+	for _, r := range w.Info().Regions {
+		if r.Code == region && r.PID == ri.PID {
+			t.Errorf("world.json's %s agent pid is still the killed one's, %d", region, r.PID)
+		}
+	}
+	if pid := machinePID(t, w.Info(), region); pid != pidBefore {
+		t.Errorf("the %s machine's process changed across the agent's crash: pid %d, was %d", region, pid, pidBefore)
+	}
+	after, err := w.Client().GetMachine(ctx, app, m.ID)
 	if err != nil || after.State != api.StateStarted || after.InstanceID != m.InstanceID {
 		t.Errorf("machine after the crash: %+v %v; want instance %s started", after, err, m.InstanceID)
 	}
