@@ -79,7 +79,7 @@ func main() {
 		l.finish()
 		win := l.window(killed)
 		windows = append(windows, win)
-		fmt.Printf("  kill %d: %d of %d requests failed (%.1f %%), window %s\n", i+1, l.failed, l.ok+l.failed, 100*float64(l.failed)/float64(l.ok+l.failed), win.Round(time.Millisecond))
+		fmt.Printf("  kill %d: %d of %d requests failed (%.1f %%), window %s, slowest request %s; %v\n", i+1, l.failed, l.ok+l.failed, 100*float64(l.failed)/float64(l.ok+l.failed), win.Round(time.Millisecond), l.slowest.Round(time.Millisecond), l.reasons)
 		// A death within 10 s of the last counts as a crash loop (a
 		// delay before the next start): let the agent run past that.
 		time.Sleep(10 * time.Second)
@@ -101,7 +101,7 @@ func main() {
 	waitServing(edge, time.Minute)
 	time.Sleep(2 * time.Second)
 	l.finish()
-	fmt.Printf("  %d of %d requests failed (%.1f %%), window %s\n", l.failed, l.ok+l.failed, 100*float64(l.failed)/float64(l.ok+l.failed), l.window(killed).Round(time.Millisecond))
+	fmt.Printf("  %d of %d requests failed (%.1f %%), window %s, slowest request %s; %v\n", l.failed, l.ok+l.failed, 100*float64(l.failed)/float64(l.ok+l.failed), l.window(killed).Round(time.Millisecond), l.slowest.Round(time.Millisecond), l.reasons)
 }
 
 func waitServing(edge string, limit time.Duration) {
@@ -135,12 +135,14 @@ type load struct {
 	mu         sync.Mutex
 	ok, failed int
 	lastFail   time.Time
+	reasons    map[string]int
+	slowest    time.Duration // the longest request (ok or not)
 	stop       chan struct{}
 	wg         sync.WaitGroup
 }
 
 func startLoad(edge string, clients int) *load {
-	l := &load{stop: make(chan struct{})}
+	l := &load{stop: make(chan struct{}), reasons: map[string]int{}}
 	for range clients {
 		l.wg.Go(func() {
 			c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
@@ -151,13 +153,17 @@ func startLoad(edge string, clients int) *load {
 					return
 				default:
 				}
-				ok, _ := get(c, edge)
+				t0 := time.Now()
+				ok, why := get(c, edge)
+				took := time.Since(t0)
 				l.mu.Lock()
+				l.slowest = max(l.slowest, took)
 				if ok {
 					l.ok++
 				} else {
 					l.failed++
 					l.lastFail = time.Now()
+					l.reasons[reason(why)]++
 				}
 				l.mu.Unlock()
 				time.Sleep(5 * time.Millisecond)
@@ -175,4 +181,17 @@ func (l *load) window(killed time.Time) time.Duration {
 		return 0
 	}
 	return l.lastFail.Sub(killed)
+}
+
+// reason is the kind of a failure, for the counts by kind.
+func reason(why string) string {
+	for _, k := range []string{"connection refused", "connection reset", "EOF", "Timeout", "timeout"} {
+		if strings.Contains(why, k) {
+			return k
+		}
+	}
+	if len(why) > 40 {
+		why = why[:40]
+	}
+	return why
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/agent"
+	"github.com/perchhq/perch/internal/fdstore"
 )
 
 // MetricsPort is where each region's agent serves Prometheus metrics, on
@@ -111,6 +112,21 @@ func (w *World) startAgent(ctx context.Context, region string) error {
 	}
 	cmd.Args = append(cmd.Args, w.opts.AgentArgs...)
 	cmd.Stdout, cmd.Stderr = lf, lf
+	// The region's descriptor store keeps the edge's listening sockets
+	// while its agent is down (as systemd's FileDescriptorStoreMax= does):
+	// connections then wait for the next agent instead of being refused.
+	fds, err := w.fdStore(region)
+	if err != nil {
+		return err
+	}
+	env, files := fds.Env()
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	cmd.Env = append(os.Environ(), env...)
+	cmd.ExtraFiles = files
 	// A host joins once with a single-use join token, left in its state
 	// dir (neither command line nor environment: every local user reads
 	// those); later starts use its credential file.
@@ -147,6 +163,26 @@ func (w *World) startAgent(ctx context.Context, region string) error {
 	}
 	w.mu.Unlock()
 	return nil
+}
+
+// fdStore is region's descriptor store, made at its agent's first start;
+// Close closes them all. w.lifeMu is held.
+func (w *World) fdStore(region string) (*fdstore.Store, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if s := w.fdStores[region]; s != nil {
+		return s, nil
+	}
+	dir := filepath.Join(w.opts.Dir, "run")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("descriptor store of %s: %w", region, err)
+	}
+	s, err := fdstore.NewStore(filepath.Join(dir, "notify-"+region+".sock"), w.log.With("region", region))
+	if err != nil {
+		return nil, fmt.Errorf("descriptor store of %s: %w", region, err)
+	}
+	w.fdStores[region] = s
+	return s, nil
 }
 
 // supervise starts region's agent again after a, the current one, exited

@@ -24,6 +24,7 @@ import (
 	"github.com/perchhq/perch/internal/agent"
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/certs"
+	"github.com/perchhq/perch/internal/fdstore"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/server"
 )
@@ -115,7 +116,10 @@ type World struct {
 	up, closing bool
 	quickDeaths map[string]int
 	restarts    map[string]int
-	info        Info
+	// fdStores keep each region's edge sockets across its agent's
+	// restarts (agents.go).
+	fdStores map[string]*fdstore.Store
+	info     Info
 	// releaseNet gives up the world's claim on its machine net.
 	releaseNet func()
 }
@@ -177,7 +181,7 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 		}
 	}
 	w := &World{opts: opts, log: opts.Log, agents: map[string]*agentProc{}, releaseNet: release,
-		quickDeaths: map[string]int{}, restarts: map[string]int{}}
+		quickDeaths: map[string]int{}, restarts: map[string]int{}, fdStores: map[string]*fdstore.Store{}}
 	natsListen, err := freeAddr()
 	if err != nil {
 		release()
@@ -361,6 +365,12 @@ func (w *World) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	w.mu.Lock()
+	for r, s := range w.fdStores {
+		_ = s.Close() // the edges' ports refuse connections from here
+		delete(w.fdStores, r)
+	}
+	w.mu.Unlock()
 	w.lifeMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -1,0 +1,112 @@
+package fdstore
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestListenerKeptAcrossRestart: a listener a Client opened is stored by
+// the Store; while no process listens, a client's connection is queued by
+// the kernel (not refused); a new Client given the store's descriptors
+// listens on the same socket and accepts that connection.
+func TestListenerKeptAcrossRestart(t *testing.T) {
+	s, err := NewStore(filepath.Join(t.TempDir(), "notify.sock"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	env, files := s.Env()
+	if len(files) != 0 {
+		t.Fatalf("a new store passes %d descriptors", len(files))
+	}
+	setEnv(t, env)
+	c := FromEnv(nil)
+	if os.Getenv(EnvNotifySocket) != "" {
+		t.Errorf("FromEnv left %s set", EnvNotifySocket)
+	}
+	ln, err := c.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	name := Name("tcp", addr)
+	waitFor(t, "the store keeps the listener", func() bool { return slices.Equal(s.Names(), []string{name}) })
+	ln.Close() // the process is gone
+
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("a connection while nothing listens was refused: %v", err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("queued")); err != nil {
+		t.Fatal(err)
+	}
+
+	// The next start: the kept socket, passed as fd 3, through a child's
+	// view of it (the test process's own fd table).
+	env, files = s.Env()
+	if len(files) != 1 {
+		t.Fatalf("the store passes %d descriptors, want 1", len(files))
+	}
+	fd := files[0]
+	// Stand in for exec: the descriptor where a child would find it is
+	// the one FromEnv reads; here FromEnv is given it through an inherited map.
+	c2 := &Client{notify: s.path, log: c.log, inherited: map[string]*os.File{name: fd}}
+	ln2, err := c2.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	got, err := ln2.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Close()
+	buf := make([]byte, 6)
+	got.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := got.Read(buf); err != nil || string(buf) != "queued" {
+		t.Fatalf("the new listener read %q, %v; want the queued connection's bytes", buf, err)
+	}
+	_ = env
+
+	// Released: the store closes its copy; once the process closes its
+	// own, the port refuses connections.
+	c2.Release("tcp", addr)
+	waitFor(t, "the store forgets the listener", func() bool { return len(s.Names()) == 0 })
+	ln2.Close()
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("a released port still accepts connections")
+	}
+}
+
+func setEnv(t *testing.T, env []string) {
+	for _, kv := range env {
+		k, v, _ := cutEq(kv)
+		t.Setenv(k, v)
+	}
+}
+
+func cutEq(kv string) (string, string, bool) {
+	for i := range len(kv) {
+		if kv[i] == '=' {
+			return kv[:i], kv[i+1:], true
+		}
+	}
+	return kv, "", false
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10 s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
