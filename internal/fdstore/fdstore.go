@@ -22,6 +22,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Environment variables of the protocol.
@@ -141,16 +143,23 @@ func (c *Client) ReleaseUnused() {
 }
 
 func (c *Client) store(name string, ln net.Listener) error {
-	fl, ok := ln.(interface{ File() (*os.File, error) })
+	sc, ok := ln.(syscall.Conn)
 	if !ok {
 		return fmt.Errorf("a %T has no descriptor", ln)
 	}
-	f, err := fl.File()
+	raw, err := sc.SyscallConn()
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	return c.send("FDSTORE=1\nFDNAME="+name+"\n", int(f.Fd()))
+	// Not ln's File and its Fd: that puts the socket, which the copy
+	// shares, in blocking mode, and Close would no longer stop Accept.
+	var sendErr error
+	if err := raw.Control(func(fd uintptr) {
+		sendErr = c.send("FDSTORE=1\nFDNAME="+name+"\n", int(fd))
+	}); err != nil {
+		return err
+	}
+	return sendErr
 }
 
 func (c *Client) remove(name string) {
@@ -193,8 +202,10 @@ type Store struct {
 	log  *slog.Logger
 	done chan struct{}
 
-	mu    sync.Mutex
-	files map[string]*os.File
+	mu sync.Mutex
+	// fds by name: raw descriptors, never an os.File, whose Fd would put
+	// the socket (shared with the process) in blocking mode.
+	fds map[string]int
 }
 
 // maxFDs bounds what one process may store (systemd's
@@ -212,7 +223,7 @@ func NewStore(path string, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fd store: %w", err)
 	}
-	s := &Store{path: path, conn: conn, log: log, done: make(chan struct{}), files: map[string]*os.File{}}
+	s := &Store{path: path, conn: conn, log: log, done: make(chan struct{}), fds: map[string]int{}}
 	go s.serve()
 	return s, nil
 }
@@ -225,7 +236,7 @@ func (s *Store) Env() (env []string, files []*os.File) {
 	defer s.mu.Unlock()
 	env = []string{EnvNotifySocket + "=" + s.path}
 	names := slices.Sorted(func(yield func(string) bool) {
-		for n := range s.files {
+		for n := range s.fds {
 			if !yield(n) {
 				return
 			}
@@ -233,7 +244,7 @@ func (s *Store) Env() (env []string, files []*os.File) {
 	})
 	var kept []string
 	for _, n := range names {
-		fd, err := syscall.Dup(int(s.files[n].Fd()))
+		fd, err := dupCloexec(s.fds[n])
 		if err != nil {
 			s.log.Warn("fd store: cannot pass a kept descriptor", "name", n, "err", err)
 			continue
@@ -251,8 +262,8 @@ func (s *Store) Env() (env []string, files []*os.File) {
 func (s *Store) Names() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]string, 0, len(s.files))
-	for n := range s.files {
+	out := make([]string, 0, len(s.fds))
+	for n := range s.fds {
 		out = append(out, n)
 	}
 	slices.Sort(out)
@@ -267,9 +278,9 @@ func (s *Store) Close() error {
 	_ = os.Remove(s.path)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for n, f := range s.files {
-		f.Close()
-		delete(s.files, n)
+	for n, fd := range s.fds {
+		syscall.Close(fd)
+		delete(s.fds, n)
 	}
 	return err
 }
@@ -318,20 +329,20 @@ func (s *Store) handle(msg string, fds []int) {
 	defer s.mu.Unlock()
 	switch {
 	case vars["FDSTORE"] == "1" && len(fds) == 1 && name != "" && !strings.Contains(name, ":"):
-		if old := s.files[name]; old != nil {
-			old.Close()
-		} else if len(s.files) >= maxFDs {
+		if old, ok := s.fds[name]; ok {
+			syscall.Close(old)
+		} else if len(s.fds) >= maxFDs {
 			s.log.Warn("fd store full; descriptor not kept", "name", name, "max", maxFDs)
 			syscall.Close(fds[0])
 			return
 		}
 		syscall.CloseOnExec(fds[0])
-		s.files[name] = os.NewFile(uintptr(fds[0]), name)
+		s.fds[name] = fds[0]
 		return
 	case vars["FDSTOREREMOVE"] == "1" && name != "":
-		if f := s.files[name]; f != nil {
-			f.Close()
-			delete(s.files, name)
+		if fd, ok := s.fds[name]; ok {
+			syscall.Close(fd)
+			delete(s.fds, name)
 		}
 	default:
 		if len(fds) > 0 || vars["FDSTORE"] != "" {
@@ -341,4 +352,10 @@ func (s *Store) handle(msg string, fds []int) {
 	for _, fd := range fds {
 		syscall.Close(fd)
 	}
+}
+
+// dupCloexec duplicates fd, close-on-exec (os/exec gives ExtraFiles to the
+// child on their own numbers).
+func dupCloexec(fd int) (int, error) {
+	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 }

@@ -110,3 +110,45 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestStoredListenerStillCloses: storing a listener leaves it what it was:
+// Close ends a blocked Accept (a socket put in blocking mode by taking its
+// descriptor would keep Accept, and the agent's shutdown, waiting).
+func TestStoredListenerStillCloses(t *testing.T) {
+	s, err := NewStore(filepath.Join(t.TempDir(), "notify.sock"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := &Client{notify: s.path, log: FromEnv(nil).log, inherited: map[string]*os.File{}}
+	ln, err := c.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the store keeps the listener", func() bool { return len(s.Names()) == 1 })
+	// The store hands out a copy (as for a restart) while the listener runs.
+	_, files := s.Env()
+	for _, f := range files {
+		f.Close()
+	}
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Close()
+		}
+		accepted <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let Accept block (no condition to poll)
+	closed := make(chan struct{})
+	go func() { ln.Close(); close(closed) }()
+	select {
+	case err := <-accepted:
+		if err == nil {
+			t.Fatal("Accept returned a connection nobody made")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept still blocked 5 s after Close: the stored socket went into blocking mode")
+	}
+	<-closed
+}
