@@ -1,8 +1,11 @@
 package fdstore
 
 import (
+	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -151,4 +154,84 @@ func TestStoredListenerStillCloses(t *testing.T) {
 		t.Fatal("Accept still blocked 5 s after Close: the stored socket went into blocking mode")
 	}
 	<-closed
+}
+
+// TestChildTakesKeptSocket: a process started with the store's Env (the
+// kept socket as fd 3, LISTEN_FDS, LISTEN_FDNAMES) listens on it through
+// FromEnv and accepts the connection queued while nothing listened; the
+// variables are gone from its environment.
+func TestChildTakesKeptSocket(t *testing.T) {
+	if os.Getenv("FDSTORE_TEST_CHILD") != "" {
+		return // the child runs from TestMain
+	}
+	s, err := NewStore(filepath.Join(t.TempDir(), "notify.sock"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := &Client{notify: s.path, log: FromEnv(nil).log, inherited: map[string]*os.File{}}
+	ln, err := c.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	waitFor(t, "the store keeps the listener", func() bool { return len(s.Names()) == 1 })
+	ln.Close()
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("refused while nothing listened: %v", err)
+	}
+	defer conn.Close()
+
+	env, files := s.Env()
+	cmd := exec.Command(os.Args[0], "-test.run", "^$")
+	cmd.Env = append(os.Environ(), append(env, "FDSTORE_TEST_CHILD="+addr)...)
+	cmd.ExtraFiles = files
+	out, err := cmd.CombinedOutput()
+	for _, f := range files {
+		f.Close()
+	}
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(conn)
+	if err != nil || string(b) != "served by the child; env clear" {
+		t.Fatalf("the queued connection got %q, %v; child said:\n%s", b, err, out)
+	}
+}
+
+func TestMain(m *testing.M) {
+	if addr := os.Getenv("FDSTORE_TEST_CHILD"); addr != "" {
+		os.Exit(child(addr))
+	}
+	os.Exit(m.Run())
+}
+
+// child is the restarted process of TestChildTakesKeptSocket.
+func child(addr string) int {
+	c := FromEnv(nil)
+	if c.inherited[Name("tcp", addr)] == nil {
+		fmt.Println("no kept socket for", addr, "among", len(c.inherited))
+		return 1
+	}
+	ln, err := c.Listen("tcp", addr)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	conn, err := ln.Accept()
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	msg := "served by the child; env clear"
+	for _, v := range []string{EnvNotifySocket, EnvListenFDs, EnvListenNames} {
+		if os.Getenv(v) != "" {
+			msg = v + " still set"
+		}
+	}
+	conn.Write([]byte(msg))
+	conn.Close()
+	return 0
 }
