@@ -115,18 +115,19 @@ func (w *World) startAgent(ctx context.Context, region string) error {
 	// The region's descriptor store keeps the edge's listening sockets
 	// while its agent is down (as systemd's FileDescriptorStoreMax= does):
 	// connections then wait for the next agent instead of being refused.
-	fds, err := w.fdStore(region)
-	if err != nil {
-		return err
+	if fds, err := w.fdStore(region); err != nil {
+		// The agent runs without: a restart then refuses connections.
+		w.log.Warn("the edge's sockets will not be kept across agent restarts", "region", region, "err", err)
+	} else {
+		env, files := fds.Env()
+		defer func() {
+			for _, f := range files {
+				f.Close()
+			}
+		}()
+		cmd.Env = append(os.Environ(), env...)
+		cmd.ExtraFiles = files
 	}
-	env, files := fds.Env()
-	defer func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}()
-	cmd.Env = append(os.Environ(), env...)
-	cmd.ExtraFiles = files
 	// A host joins once with a single-use join token, left in its state
 	// dir (neither command line nor environment: every local user reads
 	// those); later starts use its credential file.
