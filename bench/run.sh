@@ -18,4 +18,5 @@ go run ./bench/autostart -perch bin/perch -n 7
 go run ./bench/autoscale
 go run ./bench/autoscale -window 5m
 go run ./bench/metering
+go run ./bench/agentkill -perch bin/perch -n 5
 go run ./bench/volume -perch bin/perch -n 9 -vm-rounds 3

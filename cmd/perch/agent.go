@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/perchhq/perch/internal/agent"
+	"github.com/perchhq/perch/internal/fdstore"
 	"github.com/perchhq/perch/internal/image"
 	"github.com/perchhq/perch/internal/meshhost"
 	"github.com/perchhq/perch/internal/runtime/microvm"
@@ -26,6 +27,11 @@ func agentCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			store.QuietNATSSampler() // the agent runs no NATS server
+			// First: the listening sockets a supervisor kept across this
+			// agent's last exit (systemd's FileDescriptorStoreMax=, perch
+			// dev), made close-on-exec before anything is started.
+			cfg.Log = newLogger()
+			cfg.Sockets = fdstore.FromEnv(cfg.Log.With("component", "fdstore"))
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			a, err := netip.ParseAddr(edgeAddr)
@@ -57,7 +63,6 @@ func agentCmd() *cobra.Command {
 			}
 			cfg.ShimCommand = []string{exe, "runc-shim"}
 			cfg.MicroVM.ShimCommand = []string{exe, "microvm-shim"}
-			cfg.Log = newLogger()
 			// The access log is JSON whatever the diagnostics look like:
 			// it is for machines to read.
 			cfg.AccessLog = slog.New(slog.NewJSONHandler(os.Stderr, nil))

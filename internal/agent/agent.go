@@ -40,6 +40,9 @@ import (
 
 // Config configures an agent.
 type Config struct {
+	// Sockets opens the edge's public listeners (nil: net.Listen); perch
+	// agent's keeps them in its supervisor's descriptor store (fdstore).
+	Sockets   edge.Sockets
 	Region    string
 	ServerURL string
 	// JoinToken joins the host at its first start (credential.go); Token,
@@ -286,6 +289,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Log: a.log, AccessLog: a.cfg.AccessLog, Certs: certSrc, Starter: starter{a},
 		Clock:   a.clock,
 		Statics: a.statics,
+		Sockets: a.cfg.Sockets,
 	})
 	if err != nil {
 		return fmt.Errorf("agent: edge: %w", err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/agent"
+	"github.com/perchhq/perch/internal/fdstore"
 )
 
 // MetricsPort is where each region's agent serves Prometheus metrics, on
@@ -24,8 +25,38 @@ type agentProc struct {
 	region  string
 	logPath string
 	cmd     *exec.Cmd
+	started time.Time
 	done    chan struct{}
 	err     error
+}
+
+// Supervision: once the world is up, an agent that exits by itself (a
+// crash, a SIGKILL) is started again at once, as systemd's Restart=always
+// does on a server (docs/servers.md). Its machines run on under their
+// shims meanwhile and the new agent adopts them; its edge is down only for
+// the new agent's start. An agent that keeps dying young is started again
+// after a growing delay (restartDelay), not in a tight loop.
+const (
+	// restartFirstDelay is the delay after the second quick death in a
+	// row; it doubles with each further one up to restartMaxDelay.
+	restartFirstDelay = 100 * time.Millisecond
+	restartMaxDelay   = 5 * time.Second
+	// stableRun is how long an agent must have run for its death to count
+	// as the first (restarted with no delay).
+	stableRun = 10 * time.Second
+)
+
+// restartDelay is how long to wait before starting again an agent that
+// died after running for ran, the quick deaths before it being quick.
+func restartDelay(ran time.Duration, quick int) time.Duration {
+	if ran >= stableRun || quick == 0 {
+		return 0
+	}
+	d := restartFirstDelay << (quick - 1)
+	if d > restartMaxDelay || d <= 0 {
+		d = restartMaxDelay
+	}
+	return d
 }
 
 func shimCommand(bin string) []string { return []string{bin, "runc-shim"} }
@@ -44,6 +75,13 @@ func (w *World) agentList() []*agentProc {
 
 // StartAgent starts region's agent process (again).
 func (w *World) StartAgent(ctx context.Context, region string) error {
+	w.lifeMu.Lock()
+	defer w.lifeMu.Unlock()
+	return w.startAgent(ctx, region)
+}
+
+// startAgent starts region's agent; w.lifeMu is held.
+func (w *World) startAgent(ctx context.Context, region string) error {
 	info := w.Info()
 	var ri *RegionInfo
 	for i := range info.Regions {
@@ -74,6 +112,22 @@ func (w *World) StartAgent(ctx context.Context, region string) error {
 	}
 	cmd.Args = append(cmd.Args, w.opts.AgentArgs...)
 	cmd.Stdout, cmd.Stderr = lf, lf
+	// The region's descriptor store keeps the edge's listening sockets
+	// while its agent is down (as systemd's FileDescriptorStoreMax= does):
+	// connections then wait for the next agent instead of being refused.
+	if fds, err := w.fdStore(region); err != nil {
+		// The agent runs without: a restart then refuses connections.
+		w.log.Warn("the edge's sockets will not be kept across agent restarts", "region", region, "err", err)
+	} else {
+		env, files := fds.Env()
+		defer func() {
+			for _, f := range files {
+				f.Close()
+			}
+		}()
+		cmd.Env = append(os.Environ(), env...)
+		cmd.ExtraFiles = files
+	}
 	// A host joins once with a single-use join token, left in its state
 	// dir (neither command line nor environment: every local user reads
 	// those); later starts use its credential file.
@@ -95,8 +149,12 @@ func (w *World) StartAgent(ctx context.Context, region string) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start agent for %s: %w", region, err)
 	}
-	a := &agentProc{region: region, logPath: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() { a.err = cmd.Wait(); close(a.done) }()
+	a := &agentProc{region: region, logPath: logPath, cmd: cmd, started: time.Now(), done: make(chan struct{})}
+	go func() {
+		a.err = cmd.Wait()
+		close(a.done)
+		w.supervise(a)
+	}()
 	w.mu.Lock()
 	w.agents[region] = a
 	for i := range w.info.Regions {
@@ -108,8 +166,86 @@ func (w *World) StartAgent(ctx context.Context, region string) error {
 	return nil
 }
 
+// fdStore is region's descriptor store, made at its agent's first start;
+// Close closes them all. w.lifeMu is held.
+func (w *World) fdStore(region string) (*fdstore.Store, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if s := w.fdStores[region]; s != nil {
+		return s, nil
+	}
+	dir := filepath.Join(w.opts.Dir, "run")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("descriptor store of %s: %w", region, err)
+	}
+	s, err := fdstore.NewStore(filepath.Join(dir, "notify-"+region+".sock"), w.log.With("region", region))
+	if err != nil {
+		return nil, fmt.Errorf("descriptor store of %s: %w", region, err)
+	}
+	w.fdStores[region] = s
+	return s, nil
+}
+
+// supervise starts region's agent again after a, the current one, exited
+// by itself: not stopped (StopAgent, KillAgent, Close), and the world up.
+func (w *World) supervise(a *agentProc) {
+	w.lifeMu.Lock()
+	defer w.lifeMu.Unlock()
+	for {
+		w.mu.Lock()
+		current := w.agents[a.region] == a && w.up && !w.closing
+		ran := time.Since(a.started)
+		if ran >= stableRun {
+			w.quickDeaths[a.region] = 0
+		}
+		delay := restartDelay(ran, w.quickDeaths[a.region])
+		w.quickDeaths[a.region]++
+		w.mu.Unlock()
+		if !current {
+			return
+		}
+		w.log.Warn("agent exited; starting it again", "region", a.region, "err", a.err, "ran", ran.Round(time.Millisecond), "delay", delay, "log", a.logPath)
+		if delay > 0 {
+			// Not holding lifeMu: Close and StopAgent go on meanwhile.
+			w.lifeMu.Unlock()
+			time.Sleep(delay)
+			w.lifeMu.Lock()
+			w.mu.Lock()
+			current = w.agents[a.region] == a && !w.closing
+			w.mu.Unlock()
+			if !current {
+				return
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := w.startAgent(ctx, a.region)
+		cancel()
+		if err == nil {
+			w.mu.Lock()
+			w.restarts[a.region]++
+			w.mu.Unlock()
+			if err := w.writeInfo(); err != nil { // the new pid, for perch dev down
+				w.log.Error("world.json", "err", err)
+			}
+			return
+		}
+		w.log.Error("cannot start the agent again; will retry", "region", a.region, "err", err)
+		a.started = time.Now()
+	}
+}
+
+// AgentRestarts is how many times the world started region's agent again
+// after it exited by itself.
+func (w *World) AgentRestarts(region string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.restarts[region]
+}
+
 // StopAgent stops region's agent process; its machines keep running.
 func (w *World) StopAgent(region string) error {
+	w.lifeMu.Lock()
+	defer w.lifeMu.Unlock()
 	w.mu.Lock()
 	a := w.agents[region]
 	delete(w.agents, region)

@@ -24,6 +24,7 @@ import (
 	"github.com/perchhq/perch/internal/agent"
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/certs"
+	"github.com/perchhq/perch/internal/fdstore"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/server"
 )
@@ -105,9 +106,20 @@ type World struct {
 	// adminTok is the operator's token (World.Client's; agents join with join tokens).
 	adminTok string
 
+	// lifeMu serialises starting and stopping agents (agents.go), so the
+	// supervisor never starts one that is being stopped.
+	lifeMu sync.Mutex
 	mu     sync.Mutex
 	agents map[string]*agentProc
-	info   Info
+	// up: Start has returned, agents that exit are started again; closing:
+	// Close has begun, they are not. quickDeaths and restarts by region.
+	up, closing bool
+	quickDeaths map[string]int
+	restarts    map[string]int
+	// fdStores keep each region's edge sockets across its agent's
+	// restarts (agents.go).
+	fdStores map[string]*fdstore.Store
+	info     Info
 	// releaseNet gives up the world's claim on its machine net.
 	releaseNet func()
 }
@@ -168,7 +180,8 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 			return nil, err
 		}
 	}
-	w := &World{opts: opts, log: opts.Log, agents: map[string]*agentProc{}, releaseNet: release}
+	w := &World{opts: opts, log: opts.Log, agents: map[string]*agentProc{}, releaseNet: release,
+		quickDeaths: map[string]int{}, restarts: map[string]int{}, fdStores: map[string]*fdstore.Store{}}
 	natsListen, err := freeAddr()
 	if err != nil {
 		release()
@@ -221,6 +234,9 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 		w.Close()
 		return nil, err
 	}
+	w.mu.Lock()
+	w.up = true
+	w.mu.Unlock()
 	return w, nil
 }
 
@@ -340,11 +356,22 @@ func (w *World) writeInfo() error {
 // them in the kernel, stops the control plane and removes world.json.
 func (w *World) Close() error {
 	var errs []error
+	w.lifeMu.Lock()
+	w.mu.Lock()
+	w.closing = true
+	w.mu.Unlock()
 	for _, a := range w.agentList() {
 		if err := a.stop(); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	w.mu.Lock()
+	for r, s := range w.fdStores {
+		_ = s.Close() // the edges' ports refuse connections from here
+		delete(w.fdStores, r)
+	}
+	w.mu.Unlock()
+	w.lifeMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for _, r := range w.Info().Regions {

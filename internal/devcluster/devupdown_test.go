@@ -67,6 +67,30 @@ func TestDevUpAndDown(t *testing.T) {
 			if n := countShims(info); n != 2 {
 				t.Fatalf("want 2 machine shims running, got %d", n)
 			}
+			if how == "perch dev down" {
+				// perch dev starts a killed agent again at once, writes its
+				// new pid to world.json (which dev down then stops), and
+				// the machines run on under their shims.
+				killed := info.Regions[0].PID
+				if err := syscall.Kill(killed, syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				eventually(t, 30*time.Second, "perch dev up starts the killed agent again", func() (bool, string) {
+					var err error
+					info, err = devcluster.ReadInfo(dir)
+					if err != nil {
+						return false, err.Error()
+					}
+					pid := info.Regions[0].PID
+					return pid != killed && pid > 0 && syscall.Kill(pid, 0) == nil, fmt.Sprintf("pid %d (killed %d)", pid, killed)
+				})
+				if !strings.Contains(out.String(), "agent exited; starting it again") {
+					t.Errorf("perch dev up did not say it restarted the agent:\n%s", out.String())
+				}
+				if n := countShims(info); n != 2 {
+					t.Errorf("want 2 machine shims running after the agent's restart, got %d", n)
+				}
+			}
 			if how == "ctrl-c" {
 				up.Process.Signal(syscall.SIGINT)
 			} else {

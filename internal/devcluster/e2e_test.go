@@ -197,6 +197,8 @@ func deployFlow(t *testing.T, w *devcluster.World) {
 	if pid := machinePID(t, info, "iad"); pid != pidBefore {
 		t.Errorf("iad machine's process changed across the agent restart: pid %d, was %d", pid, pidBefore)
 	}
+	// A crash (kill -9) under load: started again at once, the edge back.
+	crashAgentUnderLoad(t, w, "iad", "hello", *after) // agentcrash_test.go
 	assertMachines(t, w, 3)
 
 	// A server restart keeps apps, machines and pushed images.

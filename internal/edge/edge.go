@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -83,6 +84,22 @@ type Config struct {
 	// Statics gives the files of apps' [[statics]] (statics.go). Nil: a
 	// request under a url_prefix goes to the app.
 	Statics StaticFiles
+	// Sockets opens the public TCP ports' listeners; nil is net.Listen.
+	// The agent's (package fdstore) keeps them in its supervisor's file
+	// descriptor store, so that while the agent restarts the kernel
+	// queues connections instead of refusing them.
+	Sockets Sockets
+}
+
+// Sockets opens and gives up the edge's public listeners (Config.Sockets).
+type Sockets interface {
+	Listen(network, addr string) (net.Listener, error)
+	// Release: the edge closed addr's listener for good (no app serves
+	// the port any more).
+	Release(network, addr string)
+	// ReleaseUnused: the edge's first listeners from a complete route
+	// table are open; sockets kept for other ports may go.
+	ReleaseUnused()
 }
 
 // Edge is the proxy of one host.

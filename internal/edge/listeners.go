@@ -26,6 +26,9 @@ type listeners struct {
 	// skipped and failing remember which unserved ports and which ports
 	// that could not be bound were already logged, to log them once.
 	skipped, failing map[int]bool
+	// settled: the listeners of the first complete table are open, and
+	// Sockets was told so.
+	settled bool
 }
 
 // portServer is one public port: its listener, the HTTP server its HTTP
@@ -116,8 +119,15 @@ func (l *listeners) sync(ctx context.Context, s *Snapshot) (failed bool) {
 		if !want[p] {
 			delete(l.open, p)
 			l.e.log.Info("closing public port: no app serves it any more", "port", p)
+			if so := l.e.cfg.Sockets; so != nil {
+				so.Release("tcp", ps.ln.Addr().String())
+			}
 			l.wg.Go(func() { ps.drain(ctx) })
 		}
+	}
+	if so := l.e.cfg.Sockets; so != nil && !l.settled && l.tableComplete() {
+		l.settled = true
+		so.ReleaseUnused()
 	}
 	seen := map[int]bool{}
 	for p, h := range s.skipped {
@@ -132,7 +142,11 @@ func (l *listeners) sync(ctx context.Context, s *Snapshot) (failed bool) {
 
 func (l *listeners) listen(ctx context.Context, port int) (*portServer, error) {
 	addr := netip.AddrPortFrom(l.e.cfg.Addr, uint16(port)).String()
-	ln, err := net.Listen("tcp", addr)
+	listen := net.Listen
+	if so := l.e.cfg.Sockets; so != nil {
+		listen = so.Listen
+	}
+	ln, err := listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -200,6 +214,16 @@ func (ps *portServer) drain(ctx context.Context) {
 	}
 	ps.conns.wait(ctx)
 	ps.conns.closeAll()
+}
+
+// tableComplete says whether the route table was built from every bucket.
+func (l *listeners) tableComplete() bool {
+	select {
+	case <-l.e.ready:
+		return true
+	default:
+		return false
+	}
 }
 
 func (l *listeners) closeAll() {
