@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -407,5 +408,52 @@ func (s *stream) waitFor(t *testing.T, sub string, d time.Duration) string {
 		case <-deadline:
 			return ""
 		}
+	}
+}
+
+// TestMapArcsAndRoundTrips: the edges' demand reports (perch.demand.*, as
+// an edge publishes them) become arcs from the edge region to the serving
+// region, and the hosts' measured round trips show per region.
+func TestMapArcsAndRoundTrips(t *testing.T) {
+	w := startWorld(t, "ams", "syd")
+	ctx := context.Background()
+	if _, err := w.orgClient().CreateApp(ctx, api.CreateAppRequest{AppName: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	w.machine("web", "ams", api.StateStarted)
+	if _, err := store.Modify(ctx, w.srv.Store().Hosts, w.hosts["ams"], func(h *api.Host) error {
+		h.RTT = map[string]float64{w.hosts["syd"]: 241.4}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	base := w.srv.URL()
+	c := browser(t)
+	login(t, c, base, w.orgTok)
+	c.Timeout = 0
+	events := openStream(t, c, base+"/ui/events?app=web")
+
+	rep := store.DemandReport{Region: "syd", HostID: w.hosts["syd"], At: time.Now(), Interval: 2,
+		Apps: []store.AppDemand{{App: "web", RPS: 40, Concurrency: 2, ServedBy: map[string]int64{"ams": 60, "syd": 20}}}}
+	b, _ := json.Marshal(rep)
+	deadline := time.Now().Add(15 * time.Second)
+	var p page
+	for {
+		if err := w.srv.Store().Conn().Publish(store.DemandSubject("syd"), b); err != nil {
+			t.Fatal(err)
+		}
+		p = get(t, c, base+"/ui/map?app=web", "HX-Request", "true")
+		if strings.Contains(p.body, `class="arc" data-from="syd" data-to="ams"`) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, want := range []string{`class="arc" data-from="syd" data-to="ams"`, "syd → ams: 30.0 req/s", "syd → syd: 10.0 req/s", "syd 241 ms"} {
+		if !strings.Contains(p.body, want) {
+			t.Errorf("map lacks %q:\n%.2000s", want, p.body)
+		}
+	}
+	if events.waitFor(t, "event: changed", 10*time.Second) == "" {
+		t.Error("no change event for the new demand")
 	}
 }
