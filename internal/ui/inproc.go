@@ -1,6 +1,7 @@
 package ui
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"sync"
@@ -27,9 +28,13 @@ func (t handlerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}()
 		t.h.ServeHTTP(rw, req)
 	}()
+	// As over a network, a cancelled request ends the body's reads at once
+	// (a log follow waiting for its next line).
+	stop := context.AfterFunc(req.Context(), func() { pr.CloseWithError(req.Context().Err()) })
 	select {
 	case <-rw.ready:
 	case <-req.Context().Done():
+		stop()
 		pr.Close()
 		return nil, req.Context().Err()
 	}

@@ -413,7 +413,7 @@ func (s *stream) waitFor(t *testing.T, sub string, d time.Duration) string {
 
 // TestMapArcsAndRoundTrips: the edges' demand reports (perch.demand.*, as
 // an edge publishes them) become arcs from the edge region to the serving
-// region, and the hosts' measured round trips show per region.
+// region, and the hosts' state and measured round trips show per region.
 func TestMapArcsAndRoundTrips(t *testing.T) {
 	w := startWorld(t, "ams", "syd")
 	ctx := context.Background()
@@ -423,6 +423,12 @@ func TestMapArcsAndRoundTrips(t *testing.T) {
 	w.machine("web", "ams", api.StateStarted)
 	if _, err := store.Modify(ctx, w.srv.Store().Hosts, w.hosts["ams"], func(h *api.Host) error {
 		h.RTT = map[string]float64{w.hosts["syd"]: 241.4}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Modify(ctx, w.srv.Store().Hosts, w.hosts["syd"], func(h *api.Host) error {
+		h.Status = "down"
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -448,7 +454,8 @@ func TestMapArcsAndRoundTrips(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	for _, want := range []string{`class="arc" data-from="syd" data-to="ams"`, "syd → ams: 30.0 req/s", "syd → syd: 10.0 req/s", "syd 241 ms"} {
+	for _, want := range []string{`class="arc" data-from="syd" data-to="ams"`, "syd → ams: 30.0 req/s", "syd → syd: 10.0 req/s", "syd 241 ms",
+		`class="region up" data-region="ams"`, `class="region down" data-region="syd"`} {
 		if !strings.Contains(p.body, want) {
 			t.Errorf("map lacks %q:\n%.2000s", want, p.body)
 		}
