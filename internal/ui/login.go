@@ -66,7 +66,7 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 		u.showLogin(w, r, http.StatusForbidden, "A "+who.Kind+" credential cannot open the dashboard; use an organisation's token.")
 		return
 	}
-	sess := session{Token: tok, CSRF: randToken(), Who: who.Name, Org: who.Org, Admin: who.Kind == "admin", Expires: u.now().Add(u.cfg.SessionTTL)}
+	sess := session{ID: randToken(), Token: tok, CSRF: randToken(), Who: who.Name, Org: who.Org, Admin: who.Kind == "admin", Expires: u.now().Add(u.cfg.SessionTTL)}
 	val, err := u.seal.seal(sessionCookie, sess)
 	if err != nil {
 		u.errorPage(w, r, http.StatusInternalServerError, "cannot start a session: "+err.Error())
@@ -78,7 +78,8 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
 }
 
-func (u *UI) logout(w http.ResponseWriter, r *http.Request, _ *session, _ *api.Client) {
+func (u *UI) logout(w http.ResponseWriter, r *http.Request, sess *session, _ *api.Client) {
+	u.logOut(sess)
 	setCookie(w, r, sessionCookie, "", -1)
 	http.Redirect(w, r, "/ui/login?why=logged+out", http.StatusSeeOther)
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -26,6 +27,7 @@ const (
 // the user logged in with: every page is drawn from API calls made with
 // it, so the dashboard sees exactly what the token may see.
 type session struct {
+	ID      string    `json:"i"`
 	Token   string    `json:"t"`
 	CSRF    string    `json:"c"`
 	Who     string    `json:"w"`
@@ -125,10 +127,41 @@ func (u *UI) sessionOf(r *http.Request) (*session, error) {
 	if !u.now().Before(s.Expires) {
 		return nil, errors.New("session expired")
 	}
-	if s.Token == "" || s.CSRF == "" {
+	if s.Token == "" || s.CSRF == "" || s.ID == "" {
 		return nil, errors.New("session is incomplete")
 	}
+	if u.loggedOut(s.ID) {
+		return nil, errors.New("logged out")
+	}
 	return &s, nil
+}
+
+// revoked remembers the sessions logged out since this process started,
+// until they would have expired: a copy of a logged-out cookie is refused
+// (by this server; a restart forgets, and the cookie's own expiry still
+// holds).
+type revoked struct {
+	mu  sync.Mutex
+	ids map[string]time.Time
+}
+
+func (u *UI) logOut(s *session) {
+	u.revoked.mu.Lock()
+	defer u.revoked.mu.Unlock()
+	now := u.now()
+	for id, exp := range u.revoked.ids {
+		if !now.Before(exp) {
+			delete(u.revoked.ids, id)
+		}
+	}
+	u.revoked.ids[s.ID] = s.Expires
+}
+
+func (u *UI) loggedOut(id string) bool {
+	u.revoked.mu.Lock()
+	defer u.revoked.mu.Unlock()
+	_, ok := u.revoked.ids[id]
+	return ok
 }
 
 // checkCSRF compares the form field or header with the session's value.

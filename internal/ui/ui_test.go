@@ -154,13 +154,21 @@ func TestLoginSeesOnlyItsOrganisation(t *testing.T) {
 		t.Errorf("rival's dashboard: wants secretapp and not web")
 	}
 
-	// Log out: the session cookie is gone, the dashboard asks to log in.
+	// Log out: the session cookie is gone, the dashboard asks to log in,
+	// and a copy of the old cookie is refused.
 	csrf := csrfHeaderRE.FindStringSubmatch(get(t, c, base+"/ui/").body)[1]
+	bu, _ := url.Parse(base + "/ui/")
+	old := c.Jar.Cookies(bu)
 	if p := post(t, c, base+"/ui/logout", url.Values{"csrf": {csrf}}); p.status != http.StatusSeeOther {
 		t.Fatalf("logout: %d", p.status)
 	}
 	if p := get(t, c, base+"/ui/"); p.status != http.StatusSeeOther {
 		t.Fatalf("dashboard after logout: %d, want a redirect to the login form", p.status)
+	}
+	replay := browser(t)
+	replay.Jar.SetCookies(bu, old)
+	if p := get(t, replay, base+"/ui/"); p.status != http.StatusSeeOther || !strings.Contains(p.loc, "logged+out") {
+		t.Fatalf("a copy of a logged-out session's cookie: %d %q, want a redirect to the login form", p.status, p.loc)
 	}
 }
 
