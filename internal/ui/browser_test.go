@@ -143,6 +143,23 @@ func TestBrowser(t *testing.T) {
 		t.Logf("slower than the 2 s aim (machine under load?)")
 	}
 
+	// A deploy as the CLI makes it: a release recorded, a machine updated
+	// to it. The page shows both without a reload.
+	rel, err := org.CreateRelease(ctx, "web", api.CreateReleaseRequest{Image: "registry.example/hello:2", Config: api.MachineConfig{Image: "registry.example/hello:2"}, Description: "second"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ams := ms["ams"]
+	cfg := ams.Config
+	cfg.Image = "registry.example/hello:2"
+	cfg.Metadata = map[string]string{"perch_release": fmt.Sprintf("v%d", rel.Version)}
+	if _, err := org.UpdateMachine(ctx, "web", ams.ID, api.CreateMachineRequest{Region: "ams", Config: cfg}); err != nil {
+		t.Fatal(err)
+	}
+	took = waitFor("a deploy", fmt.Sprintf(`tr[data-machine=%q][data-release="v%d"][data-state="started"]`, ams.ID, rel.Version), 10*time.Second)
+	t.Logf("a machine updated to release v%d showed on the open page after %v", rel.Version, took)
+	waitFor("the release list", fmt.Sprintf(`#details td[data-version="%d"]`, rel.Version), 10*time.Second)
+
 	syd := ms["syd"].ID
 	run("stop button", chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-machine=%q] button[data-action="stop"]`, syd))))
 	waitFor("the stop button", fmt.Sprintf(`tr[data-machine=%q][data-state="stopped"]`, syd), 10*time.Second)

@@ -283,11 +283,18 @@ func TestForgedAndExpiredSessions(t *testing.T) {
 		t.Fatalf("cookie %s", real.Name)
 	}
 	// The cookie's attributes, as sent.
-	resp := rawLogin(t, hs.URL, w.orgTok)
+	resp := rawLogin(t, hs.URL, w.orgTok, false)
 	for _, want := range []string{"HttpOnly", "SameSite=Strict", "Path=/ui/"} {
 		if !strings.Contains(resp, want) {
 			t.Errorf("session cookie lacks %s: %s", want, resp)
 		}
+	}
+	if strings.Contains(resp, "Secure") {
+		t.Errorf("session cookie over plain HTTP is Secure (a browser would drop it): %s", resp)
+	}
+	// Behind a TLS-terminating proxy the cookie is Secure.
+	if resp := rawLogin(t, hs.URL, w.orgTok, true); !strings.Contains(resp, "Secure") {
+		t.Errorf("session cookie over HTTPS lacks Secure: %s", resp)
 	}
 
 	forged := []string{
@@ -317,12 +324,15 @@ func TestForgedAndExpiredSessions(t *testing.T) {
 }
 
 // rawLogin logs in and returns the Set-Cookie headers of the answer.
-func rawLogin(t *testing.T, base, tok string) string {
+func rawLogin(t *testing.T, base, tok string, https bool) string {
 	c := browser(t)
 	p := get(t, c, base+"/ui/login")
 	m := csrfFieldRE.FindStringSubmatch(p.body)
 	req, _ := http.NewRequest("POST", base+"/ui/login", strings.NewReader(url.Values{"token": {tok}, "csrf": {m[1]}}.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if https {
+		req.Header.Set("X-Forwarded-Proto", "https")
+	}
 	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
