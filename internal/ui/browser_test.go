@@ -130,9 +130,8 @@ func TestBrowser(t *testing.T) {
 	shot("dashboard-1280.png")
 
 	run("app page", chromedp.Navigate(base+"/ui/apps/web"), chromedp.WaitVisible(chromedp.CSS(`#machines table`)))
-	// Let the page's event stream connect before changing anything.
-	waitFor("event stream", `[sse-connect][hx-ext="sse"]`, 5*time.Second)
-	time.Sleep(300 * time.Millisecond) // the EventSource's open is not visible in the DOM
+	// The page's event stream may connect after the change below: it
+	// refreshes once when it connects, so the change shows either way.
 	iad := ms["iad"].ID
 	if err := org.StopMachine(ctx, "web", iad, nil); err != nil {
 		t.Fatal(err)
@@ -181,6 +180,30 @@ func TestBrowser(t *testing.T) {
 	}
 	if !strings.Contains(text, "request 2") {
 		t.Errorf("log box: %q, want the machine's lines", text)
+	}
+
+	// The filter: only syd's lines from now on.
+	run("filter by region", chromedp.SetValue(chromedp.CSS(`select[name="region"]`), "syd"),
+		chromedp.Click(chromedp.CSS(`form.logfilter button`)))
+	waitFor("the filtered log box", `#logbox[sse-connect*="region=syd"]`, 10*time.Second)
+	// The new stream starts with the filter's last 50 lines, so a line
+	// published before it connects still shows.
+	w.logLine("web", "ams", ms["ams"].ID, "from amsterdam, filtered out")
+	w.logLine("web", "syd", syd, "from sydney, shown")
+	waitFor("a syd line in the filtered box", `#logbox .logline .reg`, 10*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		text, err = chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`#logbox`)))
+		if err != nil {
+			fail("filtered log text", err)
+		}
+		if strings.Contains(text, "from sydney") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(text, "from sydney") || strings.Contains(text, "amsterdam") {
+		t.Errorf("log box filtered to syd: %q, want syd's line and not ams's", text)
 	}
 
 	status, err := chromedp.Run(bctx, chromedp.Evaluate[int](fmt.Sprintf(`fetch('/ui/apps/web/machines/%s/stop', {method: 'POST'}).then(r => r.status)`, ms["ams"].ID),

@@ -94,6 +94,11 @@ func (u *UI) events(w http.ResponseWriter, r *http.Request, sess *session, c *ap
 		fl.Flush()
 		return err == nil
 	}
+	// A page (re)connecting may have missed changes while it had no
+	// stream: it refreshes once at the start.
+	if !send() {
+		return
+	}
 	for {
 		select {
 		case <-ctx.Done():

@@ -367,6 +367,9 @@ func TestLiveUpdates(t *testing.T) {
 	c.Timeout = 0
 
 	events := openStream(t, c, base+"/ui/events?app=web")
+	if events.waitFor(t, "event: changed", 10*time.Second) == "" {
+		t.Fatal("no refresh when the event stream opened")
+	}
 	if err := w.orgClient().StopMachine(ctx, "web", m.ID, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -456,6 +459,9 @@ func TestMapArcsAndRoundTrips(t *testing.T) {
 	login(t, c, base, w.orgTok)
 	c.Timeout = 0
 	events := openStream(t, c, base+"/ui/events?app=web")
+	if events.waitFor(t, "event: changed", 10*time.Second) == "" {
+		t.Fatal("no refresh when the event stream opened")
+	}
 
 	rep := store.DemandReport{Region: "syd", HostID: w.hosts["syd"], At: time.Now(), Interval: 2,
 		Apps: []store.AppDemand{{App: "web", RPS: 40, Concurrency: 2, ServedBy: map[string]int64{"ams": 60, "syd": 20}}}}
