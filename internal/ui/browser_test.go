@@ -83,6 +83,13 @@ func TestBrowser(t *testing.T) {
 	}
 	shot := func(name string) {
 		t.Helper()
+		// The map's outline is an image of its own: wait until it loaded
+		// and two frames were painted.
+		const painted = `new Promise(ok => { const f = () => performance.getEntriesByName(location.origin + '/ui/static/land.svg').length > 0 ?
+			requestAnimationFrame(() => requestAnimationFrame(() => ok(true))) : setTimeout(f, 50); f(); })`
+		if _, err := chromedp.Run(bctx, chromedp.Evaluate[bool](painted, chromedp.EvalAwaitPromise)); err != nil {
+			fail("outline painted", err)
+		}
 		png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
 		if err != nil {
 			fail("screenshot "+name, err)

@@ -181,7 +181,7 @@ func (u *UI) drawMap(wm worldMap) template.HTML {
 		fmt.Fprintf(&b, `<line x1="0" y1="%d" x2="360" y2="%d"/>`, 90-lat, 90-lat)
 	}
 	b.WriteString(`</g>`)
-	fmt.Fprintf(&b, `<path class="land" d="%s"/>`, u.land)
+	b.WriteString(`<image class="land" href="/ui/static/land.svg" x="0" y="0" width="360" height="180"/>`)
 	pos := map[string]regionView{}
 	for _, rv := range wm.Regions {
 		pos[rv.Code] = rv

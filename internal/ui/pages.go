@@ -80,7 +80,17 @@ func (u *UI) apiError(w http.ResponseWriter, r *http.Request, err error) {
 			setCookie(w, r, sessionCookie, "", -1)
 			w.Header().Set("HX-Redirect", "/ui/login")
 			u.errorPage(w, r, http.StatusUnauthorized, "Your token is no longer accepted ("+he.Message+"): log in again.")
-		case http.StatusNotFound, http.StatusForbidden:
+		case http.StatusForbidden:
+			if r.Method == http.MethodPost {
+				// An action the token may not take (read-only, another
+				// region): say why.
+				u.errorPage(w, r, http.StatusForbidden, "Refused: "+he.Message)
+				return
+			}
+			// Not the API's wording, which would tell that another
+			// organisation's app exists.
+			u.errorPage(w, r, http.StatusNotFound, "Not found: nothing here that your token may see.")
+		case http.StatusNotFound:
 			u.errorPage(w, r, http.StatusNotFound, "Not found: "+he.Message)
 		default:
 			if he.StatusCode >= 500 {

@@ -120,6 +120,7 @@ func (u *UI) routes() {
 	m := http.NewServeMux()
 	static, _ := fs.Sub(assets, "assets")
 	m.Handle("GET /ui/static/", http.StripPrefix("/ui/static/", staticFiles(static)))
+	m.HandleFunc("GET /ui/static/land.svg", u.landSVG)
 	m.HandleFunc("GET /ui/login", u.loginPage)
 	m.HandleFunc("POST /ui/login", u.login)
 	m.HandleFunc("POST /ui/logout", u.authed(u.logout))
@@ -176,6 +177,14 @@ func (u *UI) Run(ctx context.Context) {
 	for range kvs {
 		<-done
 	}
+}
+
+// landSVG is the world's land as an image the map refers to, so that a
+// map refreshed on every change does not carry the outline each time.
+func (u *UI) landSVG(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "image/svg+xml")
+	w.Header().Set("Cache-Control", "max-age=3600")
+	fmt.Fprintf(w, `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 360 180" width="360" height="180"><path fill="#cfd8e3" stroke="#b9c4d0" stroke-width="0.15" d="%s"/></svg>`, u.land)
 }
 
 // staticFiles serves the embedded assets with a short cache life (they

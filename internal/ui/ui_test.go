@@ -141,7 +141,7 @@ func TestLoginSeesOnlyItsOrganisation(t *testing.T) {
 	}
 	for _, u := range []string{"/ui/apps/secretapp", "/ui/apps/secretapp/machines", "/ui/map?app=secretapp", "/ui/apps/secretapp/logs"} {
 		p := get(t, c, base+u, "Accept", "text/event-stream")
-		if p.status != http.StatusNotFound || strings.Contains(p.body, m.ID) {
+		if p.status != http.StatusNotFound || strings.Contains(p.body, m.ID) || strings.Contains(p.body, "organisation") {
 			t.Errorf("%s for another organisation: %d (want 404, and not its machine id)", u, p.status)
 		}
 	}
