@@ -166,9 +166,26 @@ func TestBrowser(t *testing.T) {
 	t.Logf("a machine updated to release v%d showed on the open page after %v", rel.Version, took)
 	waitFor("the release list", fmt.Sprintf(`#details td[data-version="%d"]`, rel.Version), 10*time.Second)
 
+	// A refused action says why on the page: a started machine cannot be
+	// destroyed without stopping it first (its button is disabled, so
+	// the form is posted by script as htmx would).
+	if _, err := chromedp.Run(bctx, chromedp.Evaluate[bool](fmt.Sprintf(`htmx.ajax('POST', '/ui/apps/web/machines/%s/destroy', {target: '#machines'}), true`, ams.ID))); err != nil {
+		fail("refused action", err)
+	}
+	waitFor("the refusal shown", `#flash .error`, 10*time.Second)
+	if msg, _ := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`#flash`))); !strings.Contains(msg, "stop it first") {
+		t.Errorf("the refusal says %q, want the API's reason (stop it first)", msg)
+	}
+	if count(fmt.Sprintf(`#machines tr[data-machine=%q]`, ams.ID)) != 1 {
+		t.Errorf("a refused action replaced the machines table")
+	}
+
 	syd := ms["syd"].ID
 	run("stop button", chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-machine=%q] button[data-action="stop"]`, syd))))
 	waitFor("the stop button", fmt.Sprintf(`tr[data-machine=%q][data-state="stopped"]`, syd), 10*time.Second)
+	if n := count(`#flash .error`); n != 0 {
+		t.Errorf("the last refusal is still shown after an action that worked")
+	}
 	m, err := org.GetMachine(ctx, "web", syd)
 	if err != nil {
 		t.Fatal(err)

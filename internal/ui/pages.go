@@ -64,7 +64,10 @@ func (u *UI) errorPage(w http.ResponseWriter, r *http.Request, status int, msg s
 	sess, _ := u.sessionOf(r)
 	name := "error"
 	if r.Header.Get("HX-Request") != "" {
+		// htmx shows it in the page's message area, not in the panel.
 		name = "panel-error"
+		w.Header().Set("HX-Retarget", "#flash")
+		w.Header().Set("HX-Reswap", "innerHTML")
 	}
 	u.render(w, r, status, name, sess, map[string]any{"Title": http.StatusText(status), "Status": status, "Message": msg})
 }
@@ -320,7 +323,9 @@ func (u *UI) machinesPanel(w http.ResponseWriter, r *http.Request, sess *session
 		u.apiError(w, r, err)
 		return
 	}
-	u.render(w, r, http.StatusOK, "panel-machines", sess, map[string]any{"App": api.App{Name: app}, "Machines": rows, "Sess": sess})
+	// After an action, the message area's last refusal goes.
+	cleared := r.Method == http.MethodPost
+	u.render(w, r, http.StatusOK, "panel-machines", sess, map[string]any{"App": api.App{Name: app}, "Machines": rows, "Sess": sess, "ClearFlash": cleared})
 }
 
 // details are the app page's lower panels.
