@@ -66,7 +66,7 @@ func TestBrowser(t *testing.T) {
 		chromedp.Flag("disable-dev-shm-usage", true))
 	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
 	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	bctx, bcancel := chromedp.NewContext(actx)
 	defer bcancel()
 	bctx, tcancel := context.WithTimeout(bctx, 80*time.Second)
 	defer tcancel()
@@ -137,6 +137,16 @@ func TestBrowser(t *testing.T) {
 	shot("dashboard-1280.png")
 
 	run("app page", chromedp.Navigate(base+"/ui/apps/web"), chromedp.WaitVisible(chromedp.CSS(`#machines table`)))
+	// Keyboard: Tab reaches the skip link first, and every machine's
+	// buttons are focusable controls.
+	run("tab", chromedp.KeyEvent("\t"))
+	if cls, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.activeElement.className`)); cls != "skip" {
+		t.Errorf("the first Tab focuses %q, want the skip link", cls)
+	}
+	if n := count(`#machines button[data-action="stop"]:not([tabindex="-1"])`); n != 4 {
+		t.Errorf("%d stop buttons reachable by keyboard, want 4", n)
+	}
+
 	// The page's event stream may connect after the change below: it
 	// refreshes once when it connects, so the change shows either way.
 	iad := ms["iad"].ID

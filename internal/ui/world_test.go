@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,9 +30,13 @@ type testWorld struct {
 
 func startWorld(t *testing.T, regions ...string) *testWorld {
 	t.Helper()
+	// Goroutines of a cancelled request (an in-process log follow waits
+	// out its fetch) may log after the test: those lines are dropped.
+	tl := &testLog{t: t}
+	t.Cleanup(func() { tl.done.Store(true) })
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := server.New(ctx, server.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), NATSListen: "127.0.0.1:0", HostTimeout: time.Hour,
-		Log: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		Log: slog.New(slog.NewTextHandler(tl, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -55,10 +60,15 @@ func startWorld(t *testing.T, regions ...string) *testWorld {
 	return w
 }
 
-type testLog struct{ t *testing.T }
+type testLog struct {
+	t    *testing.T
+	done atomic.Bool
+}
 
-func (l testLog) Write(p []byte) (int, error) {
-	l.t.Log(strings.TrimSpace(string(p)))
+func (l *testLog) Write(p []byte) (int, error) {
+	if !l.done.Load() {
+		l.t.Log(strings.TrimSpace(string(p)))
+	}
 	return len(p), nil
 }
 
