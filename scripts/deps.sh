@@ -36,6 +36,8 @@ install_debs() {
   command -v redis-cli >/dev/null || missing+=(redis-tools)
   # perch deploy's builder test makes its base image from busybox.
   [ -x /bin/busybox ] || missing+=(busybox-static)
+  # The dashboard's browser test (internal/ui) drives headless Chromium.
+  command -v chromium >/dev/null || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "perch: installing ${missing[*]} from Debian" >&2
     apt-get update -qq

@@ -73,6 +73,7 @@ func devUpCmd() *cobra.Command {
 			}
 			i := w.Info()
 			fmt.Fprintf(out, "control plane  %s   (registry %s)\n", i.APIURL, i.Registry)
+			fmt.Fprintf(out, "dashboard      %s   (log in with world.json's token)\n", i.UIURL)
 			for _, r := range i.Regions {
 				fmt.Fprintf(out, "region %-6s  edge %s   host %s\n", r.Code, r.EdgeAddr, r.HostID)
 			}

@@ -80,6 +80,8 @@ type RegionInfo struct {
 // Info is world.json.
 type Info struct {
 	APIURL string `json:"api_url"`
+	// UIURL is the web dashboard (log in with Token).
+	UIURL string `json:"ui_url"`
 	// Token is a token of the world's organisation Org: all a user does
 	// (launch, deploy, secrets, logs, certs, registry push). The admin
 	// token stays in the server's data dir (server/admin-token).
@@ -209,7 +211,7 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 		release()
 		return nil, fmt.Errorf("dev world: %w", err)
 	}
-	w.info = Info{APIURL: w.srv.URL(), Token: orgTok, Org: server.DefaultOrg, Registry: strings.TrimPrefix(w.srv.URL(), "http://"), PID: os.Getpid(), Dir: dir}
+	w.info = Info{APIURL: w.srv.URL(), UIURL: w.srv.UIURL(), Token: orgTok, Org: server.DefaultOrg, Registry: strings.TrimPrefix(w.srv.URL(), "http://"), PID: os.Getpid(), Dir: dir}
 	if w.info.CACert, err = writeCACert(dir, w.srv.DevCACert()); err != nil {
 		w.stopServer()
 		release()

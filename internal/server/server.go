@@ -26,6 +26,7 @@ import (
 	"github.com/perchhq/perch/internal/registry"
 	"github.com/perchhq/perch/internal/secrets"
 	"github.com/perchhq/perch/internal/store"
+	"github.com/perchhq/perch/internal/ui"
 )
 
 // Config configures a control plane.
@@ -96,6 +97,7 @@ type Server struct {
 	keys       *secrets.Keyring // secrets.go
 
 	tokens *auth.Authority // organisations' tokens (auth.go)
+	ui     *ui.UI          // the dashboard under /ui/ (dashboard.go)
 	grants *machineGrants  // hostauth.go
 }
 
@@ -176,7 +178,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.autoscaler = autoscale.NewLoop(autoscale.LoopConfig{Store: s.st, Cluster: cluster{s}, Limiter: cfg.Limiter,
 		Interval: cfg.AutoscaleInterval, Nearest: s.nearest, Log: cfg.Log})
-	s.http = &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	handler, err := s.withDashboard(s.routes()) // dashboard.go
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
 
@@ -275,6 +282,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		go func() { defer close(meshDone); s.runMesh(mctx, m, id) }()
 		defer func() { mcancel(); <-meshDone }()
 	}
+	uctx, ucancel := context.WithCancel(ctx)
+	uiDone := make(chan struct{})
+	go func() { defer close(uiDone); s.ui.Run(uctx) }() // the dashboard's live updates
+	defer func() { ucancel(); <-uiDone }()
 	cctx, cancel := context.WithCancel(ctx)
 	certsDone := make(chan struct{})
 	go func() { defer close(certsDone); _ = s.certs.Run(cctx) }()
@@ -283,6 +294,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { errc <- s.http.Serve(s.ln) }()
 	select {
 	case <-ctx.Done():
+		ucancel() // ends the dashboard's event streams, which Shutdown would wait for
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = s.http.Shutdown(sctx)
