@@ -221,6 +221,9 @@ func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachin
 	if err == nil {
 		err = s.checkPortSharing(ctx, a.Name, &req.Config) // ports.go
 	}
+	if err == nil {
+		err = s.ensureAppIPs(ctx, a, &req.Config) // ips.go
+	}
 	var volHost string
 	if err == nil {
 		var volRegion string
