@@ -247,7 +247,7 @@ func TestAnycastLab(t *testing.T) {
 	t.Logf("mad's host killed (SIGKILL): mad's client answered by cdg %s after the kill", time.Since(killed).Round(time.Millisecond))
 	// ... and comes back when the host does.
 	hosts["mad"] = startLabHost(t, lab, "mad", app)
-	took = waitAnswer(t, lab, "mad", addr, "mad", 30*time.Second)
+	took := waitAnswer(t, lab, "mad", addr, "mad", 30*time.Second)
 	t.Logf("mad's host back: mad's client answered by mad after %s", took.Round(time.Millisecond))
 
 	// A graceful stop of ams: withdraw, then keep answering for the drain
