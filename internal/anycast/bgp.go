@@ -72,7 +72,9 @@ type SpeakerConfig struct {
 	// attempts (2 s if 0).
 	HoldTime     uint64
 	ConnectRetry uint64
-	Log          *slog.Logger
+	// PeerPort is the peers' TCP port (179 if 0; tests use others).
+	PeerPort uint32
+	Log      *slog.Logger
 }
 
 // Speaker announces this host's anycast prefixes to its upstream routers
@@ -134,6 +136,7 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 				HoldTime: cfg.HoldTime, KeepaliveInterval: max(cfg.HoldTime/3, 1), ConnectRetry: cfg.ConnectRetry,
 				IdleHoldTimeAfterReset: 1,
 			}},
+			Transport: &api.Transport{RemotePort: cfg.PeerPort},
 			AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{
 				Family: &api.Family{Afi: afi, Safi: api.Family_SAFI_UNICAST}, Enabled: true,
 			}}},
