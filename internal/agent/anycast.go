@@ -142,7 +142,8 @@ func (h *anycastHost) apply(addrs []netip.Addr) {
 }
 
 // watchHealth announces while the edge is healthy: its table built, and
-// every TCP port it listens on accepting on the edge's address. Three
+// every TCP port it listens on accepting, on the edge's address and on
+// the apps' own addresses. Three
 // failed probes in a row withdraw; one good one announces again.
 func (h *anycastHost) watchHealth(ctx context.Context, a *Agent) {
 	if h.sp == nil {
@@ -179,9 +180,16 @@ func (h *anycastHost) watchHealth(ctx context.Context, a *Agent) {
 }
 
 func (h *anycastHost) probe(ctx context.Context, a *Agent) error {
+	targets := []string{}
 	for _, p := range a.edge.Listening() {
+		targets = append(targets, net.JoinHostPort(a.cfg.EdgeAddr.String(), strconv.Itoa(p)))
+	}
+	for _, ap := range a.edge.ListeningDedicated() {
+		targets = append(targets, ap.String())
+	}
+	for _, t := range targets {
 		d := net.Dialer{Timeout: time.Second}
-		c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(a.cfg.EdgeAddr.String(), strconv.Itoa(p)))
+		c, err := d.DialContext(ctx, "tcp", t)
 		if err != nil {
 			return err
 		}

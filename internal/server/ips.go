@@ -148,3 +148,22 @@ func (s *Server) ensureAppIPs(ctx context.Context, a api.App, c *api.MachineConf
 	}
 	return nil
 }
+
+// dedicatedApps are the apps with an address of their own (the edge
+// serves their TCP ports there alone, so TCP ports collide per address).
+func (s *Server) dedicatedApps(ctx context.Context) (map[string]bool, error) {
+	out := map[string]bool{}
+	if !s.cfg.Anycast.Enabled() {
+		return out, nil
+	}
+	list, err := s.ipAllocator().List(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	for _, as := range list {
+		if !as.Shared() {
+			out[as.App] = true
+		}
+	}
+	return out, nil
+}

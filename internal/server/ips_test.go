@@ -71,6 +71,20 @@ func TestIPAssignments(t *testing.T) {
 		}
 	}
 
+	// Raw TCP ports collide per address: two apps each with its own
+	// address (a dedicated IPv6 from their first machine) may both use
+	// port 5432, the edge serving each on its own. Without pools they may
+	// not (TestRawTCPPortsAreNotShared).
+	for _, a := range []string{"pg1", "pg2"} {
+		s.c.CreateApp(ctx, api.CreateAppRequest{AppName: a})
+	}
+	if _, err := s.c.CreateMachine(ctx, "pg1", api.CreateMachineRequest{Region: "iad", Config: svc(port(5432))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.c.CreateMachine(ctx, "pg2", api.CreateMachineRequest{Region: "iad", Config: svc(port(5432))}); err != nil {
+		t.Fatalf("second app with raw TCP 5432, both with their own IPv6: %v", err)
+	}
+
 	// Without pools, the API says how to configure them.
 	plain := startServer(t, t.TempDir())
 	plain.c.CreateApp(ctx, api.CreateAppRequest{AppName: "web"})

@@ -219,10 +219,10 @@ func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachin
 		err = s.nameTakenIn(ctx, a.Name, spec.Name, "")
 	}
 	if err == nil {
-		err = s.checkPortSharing(ctx, a.Name, &req.Config) // ports.go
+		err = s.ensureAppIPs(ctx, a, &req.Config) // ips.go: before ports, which collide per address
 	}
 	if err == nil {
-		err = s.ensureAppIPs(ctx, a, &req.Config) // ips.go
+		err = s.checkPortSharing(ctx, a.Name, &req.Config) // ports.go
 	}
 	var volHost string
 	if err == nil {
