@@ -11,7 +11,8 @@ import (
 
 // Anycast addresses (docs/anycast.md): an app's dedicated addresses, from
 // perch_ips, get their own listener for each of the app's TCP ports, in
-// addition to the ports on the edge's shared address. On an app's own
+// addition to the ports on the edge's own address; the shared anycast
+// IPv4 gets the HTTP and TLS ports every app shares (by SNI and Host). On an app's own
 // address, only that app is served: a TLS name or Host header of another
 // app is refused, and raw TCP goes to the app whatever other apps do
 // with the port elsewhere. Port collisions are thus per address.
@@ -23,7 +24,17 @@ func (t *table) removeIP(key string)                    { t.mu.Lock(); delete(t.
 // the address's app alone; t.mu is held.
 func (t *table) dedicatedModes(s *Snapshot, routes map[string]*appRoute) {
 	for _, as := range t.ips {
-		if as.Shared() || !as.IP.IsValid() {
+		if !as.IP.IsValid() {
+			continue
+		}
+		if as.Shared() {
+			// The shared address serves every app's HTTP and TLS ports,
+			// as the edge's own address does; raw TCP needs an app's own.
+			for p, m := range s.modes {
+				if m.raw == nil {
+					s.dedicated[netip.AddrPortFrom(as.IP.Unmap(), uint16(p))] = dedicatedPort{mode: m}
+				}
+			}
 			continue
 		}
 		ar := routes[as.App]
@@ -40,7 +51,8 @@ func (t *table) dedicatedModes(s *Snapshot, routes map[string]*appRoute) {
 	}
 }
 
-// dedicatedPort is one port of an app's own address.
+// dedicatedPort is one port of an app's own address, or (app "") of the
+// shared anycast address.
 type dedicatedPort struct {
 	app  string
 	mode *portMode

@@ -34,9 +34,12 @@ func TestDedicatedAddresses(t *testing.T) {
 	}
 	w.e.table.setIP("shared.blog", anycast.Assignment{IP: netip.MustParseAddr("127.0.0.70"), App: "blog", Kind: anycast.KindSharedV4})
 	w.commit()
-	waitFor(t, "the edge to listen on the apps' addresses", func() bool { return len(w.e.ListeningDedicated()) == 3 })
-	if got := w.e.ListeningDedicated(); slices.ContainsFunc(got, func(a netip.AddrPort) bool { return a.Addr() == netip.MustParseAddr("127.0.0.70") }) {
-		t.Errorf("the shared address got an app listener: %v", got)
+	// db's, cache's and site's ports, and the shared address's HTTP port
+	// (not the raw one: raw TCP needs an address of its own).
+	waitFor(t, "the edge to listen on the apps' addresses", func() bool { return len(w.e.ListeningDedicated()) == 4 })
+	shared := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.70"), uint16(web))
+	if got := w.e.ListeningDedicated(); !slices.Contains(got, shared) {
+		t.Errorf("listening on %v, want the shared address's HTTP port %s among them", got, shared)
 	}
 
 	read := func(addr string) string {
@@ -65,8 +68,15 @@ func TestDedicatedAddresses(t *testing.T) {
 		t.Errorf("blog on site's address: %d %q, want 421", res.StatusCode, body)
 	}
 
+	// On the shared address, apps are told apart by Host.
+	req, _ := http.NewRequest("GET", "http://"+shared.String()+"/", nil)
+	req.Host = "blog.perch.local"
+	if res, body := do(t, c, req); res.StatusCode != http.StatusOK || answeredBy(t, body).Machine != "b1" {
+		t.Errorf("blog on the shared address: %d %q", res.StatusCode, body)
+	}
+
 	// The address released: its listener goes.
 	w.e.table.removeIP(anycast.Key(netip.MustParseAddr(own["cache"])))
 	w.commit()
-	waitFor(t, "cache's address to close", func() bool { return len(w.e.ListeningDedicated()) == 2 })
+	waitFor(t, "cache's address to close", func() bool { return len(w.e.ListeningDedicated()) == 3 })
 }

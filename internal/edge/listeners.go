@@ -385,7 +385,9 @@ func (l *listeners) syncDedicated(ctx context.Context, s *Snapshot) (failed bool
 		}
 		ln = l.e.guardListener(ln)
 		srv := l.e.newHTTPServer(int(a.Port()))
-		srv.Handler = l.e.appHandler(int(a.Port()), d.app)
+		if d.app != "" {
+			srv.Handler = l.e.appHandler(int(a.Port()), d.app)
+		}
 		ps := &portServer{ctx: ctx, port: int(a.Port()), app: d.app, addr: a, ln: ln, q: newConnQueue(ln.Addr()), srv: srv}
 		l.wg.Go(func() {
 			if err := ps.srv.Serve(ps.q); err != nil && !errors.Is(err, http.ErrServerClosed) {
