@@ -378,6 +378,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 			h.Status = api.HostUp
 			h.MeshEndpoint = a.meshEndpoint()
 			h.RTT = meshhost.Millis(a.mesh.RTT())
+			h.BGP = a.anycast.report(ctx) // anycast.go
 			h.Disk = a.disk.Load()
 			if h.Disk == nil { // before the first image collection: the volumes' scheduler needs free space
 				var fs unix.Statfs_t

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/anycast"
+	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/store"
 )
 
@@ -215,10 +216,18 @@ func (h *anycastHost) close() {
 	}
 }
 
-// Sessions is the host's BGP sessions (perch hosts).
-func (h *anycastHost) Sessions(ctx context.Context) []anycast.Session {
+// report is the speaker's state for the heartbeat (perch hosts, perch
+// ips list); nil without BGP.
+func (h *anycastHost) report(ctx context.Context) *api.HostBGP {
 	if h == nil || h.sp == nil {
 		return nil
 	}
-	return h.sp.Sessions(ctx)
+	r := &api.HostBGP{Sessions: []api.BGPSession{}, Announced: []string{}}
+	for _, s := range h.sp.Sessions(ctx) {
+		r.Sessions = append(r.Sessions, api.BGPSession{Peer: s.Peer, ASN: s.ASN, State: s.State})
+	}
+	for _, a := range h.sp.Announced() {
+		r.Announced = append(r.Announced, a.String())
+	}
+	return r
 }

@@ -17,6 +17,8 @@ type IPAssignment struct {
 	ServiceName string    `json:"service_name,omitempty"`
 	Shared      bool      `json:"shared"`
 	Type        string    `json:"type,omitempty"`
+	// Regions announce the address now (from the hosts' heartbeats).
+	Regions []string `json:"regions,omitempty"`
 }
 
 // IPAssignments is the body of GET /v1/apps/{app}/ip_assignments.

@@ -44,7 +44,7 @@ func newIPsListCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(w, "App %s has no anycast addresses.\n", app)
 				return nil
 			}
-			t := &table{header: []string{"VERSION", "IP", "TYPE", "REGION", "CREATED AT"}}
+			t := &table{header: []string{"VERSION", "IP", "TYPE", "REGION", "ANNOUNCED BY", "CREATED AT"}}
 			for _, ip := range ips {
 				version, typ := "v4", "public (dedicated)"
 				if strings.Contains(ip.IP, ":") {
@@ -53,7 +53,11 @@ func newIPsListCmd(g *globals) *cobra.Command {
 				if ip.Shared {
 					typ = "public (shared)"
 				}
-				t.add([]string{version, ip.IP, typ, ip.Region, ip.CreatedAt.Format(time.RFC3339)})
+				by := strings.Join(ip.Regions, ",")
+				if by == "" {
+					by = "-"
+				}
+				t.add([]string{version, ip.IP, typ, ip.Region, by, ip.CreatedAt.Format(time.RFC3339)})
 			}
 			t.write(w)
 			return nil

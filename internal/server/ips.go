@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"github.com/perchhq/perch/internal/anycast"
@@ -52,9 +53,16 @@ func (s *Server) listIPs(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	hosts, err := s.hosts(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	out := api.IPAssignments{IPs: []api.IPAssignment{}}
 	for _, as := range list {
-		out.IPs = append(out.IPs, ipView(as))
+		v := ipView(as)
+		v.Regions = announcing(hosts, as.IP)
+		out.IPs = append(out.IPs, v)
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -166,4 +174,19 @@ func (s *Server) dedicatedApps(ctx context.Context) (map[string]bool, error) {
 		}
 	}
 	return out, nil
+}
+
+// announcing is the regions whose hosts that are up announce addr.
+func announcing(hosts []api.Host, addr netip.Addr) []string {
+	var out []string
+	for _, h := range hosts {
+		if h.Status != api.HostUp || h.BGP == nil || slices.Contains(out, h.Region) {
+			continue
+		}
+		if slices.Contains(h.BGP.Announced, addr.String()) {
+			out = append(out, h.Region)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -3,10 +3,12 @@ package server
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/perchhq/perch/internal/anycast"
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/store"
 )
 
 // The ip_assignments API with pools: an app's first machine with services
@@ -36,6 +38,22 @@ func TestIPAssignments(t *testing.T) {
 	}
 	if ips, err := s.c.ListIPs(ctx, "worker"); err != nil || len(ips) != 0 {
 		t.Fatalf("an app without services got addresses: %+v %v", ips, err)
+	}
+	// A host's heartbeat says what it announces; the list says which
+	// regions announce each address.
+	h, err := s.c.RegisterHost(ctx, api.Host{Region: "ams", CPUs: 1, MemoryMB: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Modify(ctx, s.st.Hosts, h.ID, func(h *api.Host) error {
+		h.Status = api.HostUp
+		h.BGP = &api.HostBGP{Announced: []string{"2001:db8:1::1"}}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if ips, err := s.c.ListIPs(ctx, "web"); err != nil || !slices.Equal(ips[0].Regions, []string{"ams"}) || len(ips[1].Regions) != 0 {
+		t.Fatalf("regions announcing web's addresses: %+v %v", ips, err)
 	}
 	v4, err := s.c.AssignIP(ctx, "web", "v4")
 	if err != nil || v4.IP != "192.0.2.2" || v4.Shared {
