@@ -15,6 +15,7 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Peer is one upstream router: perch agent --bgp-peer ADDR,ASN[,password].
@@ -87,6 +88,8 @@ type Speaker struct {
 	srv *server.BgpServer
 	log *slog.Logger
 
+	flaps prometheus.Counter // sessions that left established
+
 	mu        sync.Mutex
 	want      map[netip.Addr]bool
 	healthy   bool
@@ -118,7 +121,9 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 	lvl.Set(slog.LevelWarn)
 	srv := server.NewBgpServer(server.LoggerOption(cfg.Log.With("component", "gobgp"), lvl))
 	go srv.Serve()
-	s := &Speaker{cfg: cfg, srv: srv, log: cfg.Log, want: map[netip.Addr]bool{}, announced: map[netip.Addr]bool{}, healthy: true}
+	s := &Speaker{cfg: cfg, srv: srv, log: cfg.Log, want: map[netip.Addr]bool{}, announced: map[netip.Addr]bool{}, healthy: true,
+		flaps: prometheus.NewCounter(prometheus.CounterOpts{Name: "perch_bgp_session_flaps_total", Help: "BGP sessions of this host that went down after being established."})}
+	established := map[string]bool{}
 	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
 		Asn: cfg.ASN, RouterId: cfg.RouterID.String(), ListenPort: -1,
 	}}); err != nil {
@@ -152,6 +157,12 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 				return
 			}
 			st := ev.Peer.State
+			peer := st.NeighborAddress.String()
+			up := st.SessionState == bgp.BGP_FSM_ESTABLISHED
+			if established[peer] && !up {
+				s.flaps.Inc()
+			}
+			established[peer] = up
 			cfg.Log.Info("bgp: session", "peer", st.NeighborAddress, "asn", st.PeerASN, "state", st.SessionState.String(),
 				"reason", st.DisconnectReason.String(), "message", st.DisconnectMessage)
 		},
@@ -264,4 +275,26 @@ func (s *Speaker) Close() {
 	s.SetHealthy(false)
 	_ = s.srv.StopBgp(context.Background(), &api.StopBgpRequest{})
 	s.srv.Stop()
+}
+
+// Collectors are the speaker's Prometheus metrics: sessions established,
+// prefixes announced, session flaps.
+func (s *Speaker) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		s.flaps,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "perch_bgp_prefixes_announced", Help: "Anycast prefixes this host announces now."},
+			func() float64 { return float64(len(s.Announced())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "perch_bgp_sessions_established", Help: "BGP sessions of this host that are established."},
+			func() float64 {
+				n := 0
+				for _, ss := range s.Sessions(context.Background()) {
+					if ss.State == "established" {
+						n++
+					}
+				}
+				return float64(n)
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "perch_bgp_sessions", Help: "BGP peers configured on this host."},
+			func() float64 { return float64(len(s.cfg.Peers)) }),
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestParsePeerAndASN(t *testing.T) {
@@ -73,8 +75,18 @@ func TestSpeakerGarbagePeer(t *testing.T) {
 	if got := sp.Announced(); len(got) != 1 || got[0] != addr {
 		t.Fatalf("announced %v, want %s", got, addr)
 	}
+	cs := sp.Collectors()
+	if n := testutil.ToFloat64(cs[1]); n != 1 {
+		t.Errorf("perch_bgp_prefixes_announced = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(cs[2]); n != 0 {
+		t.Errorf("perch_bgp_sessions_established = %v with a garbage peer, want 0", n)
+	}
 	sp.SetHealthy(false)
 	if got := sp.Announced(); len(got) != 0 {
 		t.Fatalf("unhealthy speaker still announces %v", got)
+	}
+	if n := testutil.ToFloat64(cs[1]); n != 0 {
+		t.Errorf("perch_bgp_prefixes_announced = %v after a withdrawal, want 0", n)
 	}
 }
