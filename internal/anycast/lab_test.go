@@ -174,8 +174,9 @@ func waitAnswer(t *testing.T, lab *Lab, city, addr, region string, within time.D
 // Six cities, five regions announcing one anycast address over eBGP to
 // their bird2 routers: each city's client is answered by its own region,
 // the city without one by its neighbour, a killed region's client moves
-// to the next region, and a SIGTERM'd region withdraws before it stops
-// answering, so its client loses no connection.
+// to the next region, a SIGTERM'd region withdraws before it stops
+// answering, so its client loses no connection, and a frozen one is
+// dropped by its router's hold timer.
 func TestAnycastLab(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the anycast lab needs root (network namespaces, bird)")
@@ -277,4 +278,15 @@ func TestAnycastLab(t *testing.T) {
 		t.Errorf("%d of %d connections failed during ams's graceful stop; want 0", failed, asked)
 	}
 	t.Logf("ams stopped gracefully: its client moved to %s after %d connections, none failed", moved, asked)
+
+	// lhr's host freezes (SIGSTOP): no FIN closes its session, so the
+	// router's hold timer (3 s) must notice. lhr's client then reaches
+	// cdg, its neighbour still announcing (ams stopped above).
+	frozen := time.Now()
+	if err := hosts["lhr"].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitAnswer(t, lab, "lhr", addr, "cdg", 30*time.Second)
+	t.Logf("lhr's host frozen (SIGSTOP): lhr's client answered by cdg %s after, by the hold timer", time.Since(frozen).Round(time.Millisecond))
+	_ = hosts["lhr"].cmd.Process.Signal(syscall.SIGCONT)
 }
