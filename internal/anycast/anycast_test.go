@@ -5,6 +5,10 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -132,5 +136,31 @@ func TestAllocateReleaseExhaust(t *testing.T) {
 	}
 	if _, err := (&Allocator{KV: st.IPs}).Allocate(ctx, "g", "personal", KindV6); !errors.Is(err, ErrNoPool) {
 		t.Errorf("no pool: %v", err)
+	}
+}
+
+// On lo (a kernel without the dummy driver), SetAddrs adds and removes
+// only its own addresses: loopback stays.
+func TestLinkDeviceKeepsLoopback(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a network namespace)")
+	}
+	ns := "acd-" + strconv.Itoa(os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Skipf("no network namespaces here: %v %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	_ = exec.Command("ip", "-n", ns, "link", "set", "lo", "up").Run()
+	d := &LinkDevice{Name: "lo", NS: ns}
+	a, b := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8:1::1")
+	if err := d.SetAddrs([]netip.Addr{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetAddrs([]netip.Addr{b}); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := exec.Command("ip", "-n", ns, "addr", "show", "dev", "lo").CombinedOutput()
+	if !strings.Contains(string(out), "127.0.0.1/8") || !strings.Contains(string(out), "2001:db8:1::1/128") || strings.Contains(string(out), "192.0.2.10") {
+		t.Fatalf("lo after SetAddrs([%s]):\n%s", b, out)
 	}
 }

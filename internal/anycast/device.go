@@ -17,9 +17,13 @@ const DefaultDevice = "perch-anycast"
 type LinkDevice struct {
 	Name string
 	NS   string // a named network namespace; "" for the current one
+
+	// added are the addresses SetAddrs put on a device Perch does not own
+	// (lo): only those are ever removed from it.
+	added map[netip.Prefix]bool
 }
 
-func (d LinkDevice) ip(args ...string) ([]byte, error) {
+func (d *LinkDevice) ip(args ...string) ([]byte, error) {
 	if d.NS != "" {
 		args = append([]string{"-n", d.NS}, args...)
 	}
@@ -53,7 +57,7 @@ func (d *LinkDevice) Ensure() error {
 
 // SetAddrs makes the device's addresses exactly addrs (each a /32 or
 // /128).
-func (d LinkDevice) SetAddrs(addrs []netip.Addr) error {
+func (d *LinkDevice) SetAddrs(addrs []netip.Addr) error {
 	out, err := d.ip("-o", "addr", "show", "dev", d.Name)
 	if err != nil {
 		return fmt.Errorf("anycast: device %s: %w", d.Name, err)
@@ -73,6 +77,9 @@ func (d LinkDevice) SetAddrs(addrs []netip.Addr) error {
 	for _, a := range addrs {
 		want[Prefix(a.Unmap())] = true
 	}
+	if d.added == nil {
+		d.added = map[netip.Prefix]bool{}
+	}
 	for p := range want {
 		if !have[p] {
 			args := []string{"addr", "add", p.String(), "dev", d.Name}
@@ -82,10 +89,14 @@ func (d LinkDevice) SetAddrs(addrs []netip.Addr) error {
 			if _, err := d.ip(args...); err != nil {
 				return fmt.Errorf("anycast: add %s: %w", p, err)
 			}
+			d.added[p] = true
 		}
 	}
 	for p := range have {
-		if !want[p] {
+		// On Perch's own dummy device every other address goes; on lo
+		// only those Perch added (127.0.0.1 and the operator's stay).
+		if !want[p] && (d.Name != "lo" || d.added[p]) {
+			delete(d.added, p)
 			if _, err := d.ip("addr", "del", p.String(), "dev", d.Name); err != nil {
 				return fmt.Errorf("anycast: remove %s: %w", p, err)
 			}
