@@ -15,7 +15,7 @@ func newIPsCmd(g *globals) *cobra.Command {
 		Long: "An app's public addresses come from the server's anycast pools (perch server\n" +
 			"--anycast-v4, --anycast-v6) and are announced over BGP from every healthy region.\n" +
 			"An app with public services gets a dedicated IPv6 and the shared IPv4 at its first\n" +
-			"deploy; a dedicated IPv4 (raw TCP and UDP on any port) is allocated on request.",
+			"deploy; a dedicated IPv4 (raw TCP on any port) is allocated on request.",
 	}
 	cmd.AddCommand(newIPsListCmd(g), newIPsAllocateCmd(g, "allocate-v4"), newIPsAllocateCmd(g, "allocate-v6"), newIPsReleaseCmd(g))
 	return cmd
