@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Perch needs on a Debian machine, only what is missing:
 # runc, iproute2, nftables, nats-server, skopeo, tcpdump (the mesh test captures the
-# wire), and for microVMs qemu and e2fsprogs
+# wire), bird2 (the anycast test's routers), and for microVMs qemu and e2fsprogs
 # from Debian, with Debian's cloud kernel unpacked as the guest kernel;
 # crane and staticcheck from the Go module proxy. Sourced by demo.sh,
 # test.sh and bench/run.sh.
@@ -34,6 +34,8 @@ install_debs() {
   command -v debootstrap >/dev/null || missing+=(debootstrap)
   command -v psql >/dev/null || missing+=(postgresql-client)
   command -v redis-cli >/dev/null || missing+=(redis-tools)
+  # Anycast: the test internet's routers (internal/anycast, docs/anycast.md).
+  command -v bird >/dev/null || missing+=(bird2)
   # perch deploy's builder test makes its base image from busybox.
   [ -x /bin/busybox ] || missing+=(busybox-static)
   # The dashboard's browser test (internal/ui) drives headless Chromium.

@@ -6,9 +6,12 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/perchhq/perch/internal/agent"
+	"github.com/perchhq/perch/internal/anycast"
 	"github.com/perchhq/perch/internal/fdstore"
 	"github.com/perchhq/perch/internal/image"
 	"github.com/perchhq/perch/internal/meshhost"
@@ -21,6 +24,8 @@ func agentCmd() *cobra.Command {
 	var cfg agent.Config
 	var edgeAddr string
 	var imageCacheGB, imageMaxGB float64
+	var bgpASN string
+	var bgpPeers []string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run a host: machines of its region and the edge proxy",
@@ -63,6 +68,7 @@ func agentCmd() *cobra.Command {
 			}
 			cfg.ShimCommand = []string{exe, "runc-shim"}
 			cfg.MicroVM.ShimCommand = []string{exe, "microvm-shim"}
+			cfg.Anycast.ASN, cfg.Anycast.Peers = bgpFlags(cfg.Log, bgpASN, bgpPeers)
 			// The access log is JSON whatever the diagnostics look like:
 			// it is for machines to read.
 			cfg.AccessLog = slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -100,6 +106,45 @@ func agentCmd() *cobra.Command {
 	f.Float64Var(&imageMaxGB, "image-max-gb", float64(image.DefaultMaxBytes)/(1<<30), "GiB one image's layers may write when unpacked; a larger image is refused (docs/security.md)")
 	f.Int64Var(&cfg.ImageLimits.MaxEntries, "image-max-entries", image.DefaultMaxEntries, "files, directories and links one image's layers may hold; more is refused")
 	f.IntVar(&cfg.ImageLimits.MaxDepth, "image-max-depth", image.DefaultMaxDepth, "directories deep a path in an image may go; deeper is refused")
+	f.StringVar(&bgpASN, "bgp-asn", "", "AS number this host announces its anycast addresses from (docs/anycast.md; default: no BGP)")
+	f.StringArrayVar(&bgpPeers, "bgp-peer", nil, "an upstream BGP router as ADDR,ASN[,password] (repeat for several)")
+	f.StringVar(&cfg.Anycast.Device, "anycast-device", anycast.DefaultDevice, "dummy device the host's anycast addresses go on")
+	f.DurationVar(&cfg.Anycast.WithdrawWait, "bgp-withdraw-wait", 2*time.Second, "on SIGTERM, how long to keep serving after withdrawing the routes, before draining")
 	_ = cmd.MarkFlagRequired("region")
 	return cmd
+}
+
+// bgpFlags reads --bgp-asn and --bgp-peer. A bad value is logged and
+// leaves BGP (or that peer) out: the host still serves its machines.
+func bgpFlags(log *slog.Logger, asn string, peers []string) (uint32, []anycast.Peer) {
+	if asn == "" {
+		if len(peers) > 0 {
+			log.Error("--bgp-peer without --bgp-asn: BGP is off on this host; give the AS number to announce from with --bgp-asn")
+		}
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(asn, 10, 64)
+	if err == nil {
+		err = anycast.CheckASN(n)
+	} else {
+		err = fmt.Errorf("%q is not a number", asn)
+	}
+	if err != nil {
+		log.Error("--bgp-asn: BGP is off on this host: nothing is announced from it", "err", err)
+		return 0, nil
+	}
+	var out []anycast.Peer
+	for _, s := range peers {
+		p, err := anycast.ParsePeer(s)
+		if err != nil {
+			log.Error("BGP peer left out", "err", err)
+			continue
+		}
+		out = append(out, p)
+	}
+	if len(out) == 0 {
+		log.Error("--bgp-asn without a usable --bgp-peer: BGP is off on this host; give ADDR,ASN of an upstream router")
+		return 0, nil
+	}
+	return uint32(n), out
 }

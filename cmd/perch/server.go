@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/perchhq/perch/internal/anycast"
 	"github.com/perchhq/perch/internal/billing"
 	"github.com/perchhq/perch/internal/geo"
 	"net/netip"
@@ -21,6 +22,7 @@ func serverCmd() *cobra.Command {
 	var mesh server.MeshConfig
 	var noMesh bool
 	var pricesFile string
+	var anycastV4, anycastV6 string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the control plane: API, scheduler, registry and state store",
@@ -33,6 +35,9 @@ func serverCmd() *cobra.Command {
 				return fmt.Errorf("--machine-net %q is not a CIDR range; write e.g. 172.30.0.0/16", machineNet)
 			}
 			cfg.MachineNet = pfx
+			if cfg.Anycast, err = anycast.ParsePools(anycastV4, anycastV6); err != nil {
+				return err
+			}
 			if !noMesh {
 				cfg.Mesh = &mesh
 			}
@@ -69,6 +74,8 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.NATSToken, "nats-token", "", "auth token for the external NATS")
 	f.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4281", "where the embedded NATS listens")
 	f.StringVar(&cfg.NATSAdvertise, "nats-advertise", "", "NATS URL handed to agents (default: the server's own)")
+	f.StringVar(&anycastV4, "anycast-v4", "", "IPv4 range apps' anycast addresses come from (its first usable address is the shared one; docs/anycast.md)")
+	f.StringVar(&anycastV6, "anycast-v6", "", "IPv6 range apps' dedicated anycast addresses come from")
 	f.StringVar(&machineNet, "machine-net", "172.30.0.0/16", "range that host machine subnets (/24 each) come from")
 	f.DurationVar(&cfg.HostTimeout, "host-timeout", 0, "how long a silent host stays up (default 10s)")
 	f.DurationVar(&cfg.Registry.UploadTimeout, "registry-upload-timeout", registry.DefaultUploadTimeout, "how long a registry blob upload may sit idle before it is removed")

@@ -89,6 +89,9 @@ type Config struct {
 	// (1 s if 0); a peer is lost after 3 missed probes.
 	MeshRTTInterval time.Duration
 
+	// Anycast: the host's anycast addresses and BGP (anycast.go).
+	Anycast AnycastConfig
+
 	// MeterInterval is how often machines' time is closed into metering
 	// records (billing.DefaultInterval if 0); Clock is their time
 	// ($PERCH_CLOCK or the wall clock if nil). metering.go.
@@ -110,15 +113,16 @@ type Config struct {
 
 // Agent is a running host agent.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	client *api.Client
-	st     *store.Store
-	host   api.Host
-	bridge string
-	gw     netip.Prefix
-	images *image.Store
-	pull   image.Options
+	cfg     Config
+	log     *slog.Logger
+	anycast *anycastHost // anycast.go
+	client  *api.Client
+	st      *store.Store
+	host    api.Host
+	bridge  string
+	gw      netip.Prefix
+	images  *image.Store
+	pull    image.Options
 	// creating is held (read) while a machine is made: image GC waits.
 	creating sync.RWMutex
 	gcKick   chan struct{}
@@ -303,8 +307,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// With BGP, a stop (SIGTERM) first withdraws this host's routes and
+	// keeps serving for the withdraw wait; then everything stops.
+	stopping := ctx
+	a.anycast = a.startAnycast(ctx)
+	defer a.anycast.close()
+	if a.anycast.sp != nil {
+		ctx = context.WithoutCancel(ctx)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	go func() {
+		select {
+		case <-stopping.Done():
+			a.anycast.withdraw()
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if sixpn, err := StartSixPN(ctx, a.mesh.Node(), SixPNName(a.host.ID), a.bridge, a.sub6, a.log.With("component", "6pn")); err != nil { // sixpn.go
 		// Everything else works without it (the edge uses the relay).
 		a.log.Error("machines will not reach other hosts' machines over 6PN", "err", err)
@@ -320,7 +340,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.runMeter(ctx) })
 	wg.Go(func() { a.runAutostop(ctx, e) })
 	wg.Go(func() { a.serveStarts(ctx) })
-	wg.Go(func() { a.serveVolumes(ctx) }) // volumes.go
+	wg.Go(func() { a.serveVolumes(ctx) })   // volumes.go
+	wg.Go(func() { a.anycast.run(ctx, a) }) // anycast.go
 	go func() { defer wg.Done(); errc <- e.Run(ctx) }()
 	wg.Go(func() { _ = certSrc.Run(ctx) })
 	wg.Go(func() { _ = dns.Run(ctx) })
@@ -361,6 +382,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 			h.Status = api.HostUp
 			h.MeshEndpoint = a.meshEndpoint()
 			h.RTT = meshhost.Millis(a.mesh.RTT())
+			h.BGP = a.anycast.report(ctx) // anycast.go
 			h.Disk = a.disk.Load()
 			if h.Disk == nil { // before the first image collection: the volumes' scheduler needs free space
 				var fs unix.Statfs_t

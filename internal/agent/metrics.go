@@ -31,6 +31,9 @@ func (a *Agent) listenMetrics() (net.Listener, error) {
 func (a *Agent) serveMetrics(ctx context.Context, ln net.Listener, e *edge.Edge) {
 	reg := e.Metrics()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if a.anycast != nil && a.anycast.sp != nil {
+		reg.MustRegister(a.anycast.sp.Collectors()...) // anycast.go
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", e.MetricsHandler())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}

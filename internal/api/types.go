@@ -503,6 +503,22 @@ type Host struct {
 	// RTT is the round-trip time the host last measured over the mesh to
 	// each peer it can reach, in milliseconds, by host id.
 	RTT map[string]float64 `json:"rtt_ms,omitempty"`
+	// BGP is the host's anycast speaker (docs/anycast.md): its sessions
+	// and the addresses it announces now; nil without --bgp-asn.
+	BGP *HostBGP `json:"bgp,omitempty"`
+}
+
+// HostBGP is a host's BGP speaker as its heartbeat reports it.
+type HostBGP struct {
+	Sessions  []BGPSession `json:"sessions"`
+	Announced []string     `json:"announced"`
+}
+
+// BGPSession is one peer's session.
+type BGPSession struct {
+	Peer  string `json:"peer"`
+	ASN   uint32 `json:"asn"`
+	State string `json:"state"`
 }
 
 // HostRoleControl marks the control plane's record in the hosts list.

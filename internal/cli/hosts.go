@@ -57,7 +57,7 @@ func renderHosts(w io.Writer, hosts []api.Host, now time.Time) {
 	})
 	t := &table{header: []string{"ID", "REGION", "STATUS", "ADDRESS", "MESH ADDR", "IMAGES", "DISK FREE", "LAST SEEN"}}
 	for _, h := range hosts {
-		t.add([]string{h.ID, hostRegion(h), h.Status, dash(h.Address), dash(h.MeshAddr), imageDisk(h.Disk), diskFree(h.Disk), formatAge(now.Sub(h.LastSeen)) + " ago"})
+		t.add([]string{h.ID, hostRegion(h), h.Status, dash(h.Address), dash(h.MeshAddr), imageDisk(h.Disk), diskFree(h.Disk), formatAge(now.Sub(h.LastSeen)) + " ago"}, bgpNotes(h.BGP)...)
 	}
 	t.write(w)
 	fmt.Fprintln(w)
@@ -198,4 +198,24 @@ func formatBytes(n int64) string {
 		return fmt.Sprintf("%.0f %s", f, units[i])
 	}
 	return fmt.Sprintf("%.1f %s", f, units[i])
+}
+
+// bgpNotes are a host's BGP sessions and announcements, under its row.
+func bgpNotes(b *api.HostBGP) []string {
+	if b == nil {
+		return nil
+	}
+	var out []string
+	for _, s := range b.Sessions {
+		out = append(out, fmt.Sprintf("  BGP peer %s AS%d: %s", s.Peer, s.ASN, s.State))
+	}
+	if len(b.Sessions) == 0 {
+		out = append(out, "  BGP: no peer")
+	}
+	if len(b.Announced) == 0 {
+		out = append(out, "  announcing nothing")
+	} else {
+		out = append(out, "  announcing "+strings.Join(b.Announced, ", "))
+	}
+	return out
 }

@@ -62,6 +62,7 @@ func NewRoot(version string) *cobra.Command {
 		newRegionsCmd(g),
 		newHostsCmd(g),
 		newCertsCmd(g),
+		newIPsCmd(g),
 		newSecretsCmd(g),
 		newVolumesCmd(g),
 		newConfigCmd(g),

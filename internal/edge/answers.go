@@ -75,3 +75,9 @@ func (e *Edge) answerError(w http.ResponseWriter, st *reqState, err error) bool 
 func (e *Edge) retryAfter() string {
 	return strconv.Itoa(max(1, int(math.Ceil(e.limits.QueueTimeout.Seconds()))))
 }
+
+// misdirected answers a request for an app on another app's own address
+// (421): each dedicated address serves its app alone.
+func misdirected(w http.ResponseWriter, host, owner string) {
+	http.Error(w, fmt.Sprintf("perch: this address is app %q's own; %s is not served here. Use %s's addresses (perch ips list) or the shared one.", owner, host, host), http.StatusMisdirectedRequest)
+}

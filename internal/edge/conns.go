@@ -14,7 +14,7 @@ import (
 // protocols where the server speaks first work; on other ports the first
 // bytes decide.
 func (e *Edge) dispatch(wg *sync.WaitGroup, ps *portServer, c net.Conn) {
-	m := e.table.Snapshot().modes[ps.port]
+	m := e.table.Snapshot().modeFor(ps) // anycast.go
 	switch {
 	case m == nil:
 		c.Close() // the port is going away
@@ -61,7 +61,7 @@ func (e *Edge) sniff(ps *portServer, c net.Conn, m *portMode) {
 		e.log.Debug("unreadable ClientHello", "port", ps.port, "client", c.RemoteAddr().String(), "err", err)
 	}
 	var pr *portRoute
-	if ar := e.table.Snapshot().names[hello.serverName]; ar != nil && hello.serverName != "" {
+	if ar := e.table.Snapshot().names[hello.serverName]; ar != nil && hello.serverName != "" && (ps.app == "" || ar.name == ps.app) {
 		pr = ar.ports[ps.port]
 	}
 	switch {

@@ -188,6 +188,10 @@ func (e *Edge) Snapshot() *Snapshot { return e.table.Snapshot() }
 // Listening is the public ports the edge has a listener open on, sorted.
 func (e *Edge) Listening() []int { return e.lns.ports() }
 
+// ListeningDedicated is the ports of apps' own anycast addresses the edge
+// has a listener on (anycast.go).
+func (e *Edge) ListeningDedicated() []netip.AddrPort { return e.lns.dedicatedAddrs() }
+
 // ListeningUDP is the public UDP ports the edge has open.
 func (e *Edge) ListeningUDP() []int { return e.lns.udpPorts() }
 
@@ -195,6 +199,15 @@ func (e *Edge) ListeningUDP() []int { return e.lns.udpPorts() }
 // of that port runs, and what tests put behind httptest.
 func (e *Edge) Handler(port int) http.Handler {
 	return &portHandler{e: e, port: port, portStr: strconv.Itoa(port)}
+}
+
+// appHandler is Handler for app's own address: other apps are refused.
+func (e *Edge) appHandler(port int, app string) http.Handler {
+	var h http.Handler = &portHandler{e: e, port: port, portStr: strconv.Itoa(port), only: app}
+	if e.cfg.Certs != nil {
+		h = e.cfg.Certs.HTTPChallenge(h)
+	}
+	return h
 }
 
 // Refresh rebuilds the route table from what it holds, for a change the

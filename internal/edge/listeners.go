@@ -19,9 +19,11 @@ type listeners struct {
 	e  *Edge
 	wg sync.WaitGroup // accept loops, HTTP servers, connections, drains
 
-	mu   sync.Mutex // guards open and udp
+	mu   sync.Mutex // guards open, udp and dedicated
 	open map[int]*portServer
 	udp  map[int]*udpServer // public UDP ports (udp.go)
+	// dedicated are the ports of apps' own anycast addresses (anycast.go).
+	dedicated map[netip.AddrPort]*portServer
 
 	// skipped and failing remember which unserved ports and which ports
 	// that could not be bound were already logged, to log them once.
@@ -37,8 +39,12 @@ type listeners struct {
 type portServer struct {
 	// ctx ends when the edge stops: connections waiting for a machine
 	// give up then.
-	ctx   context.Context
-	port  int
+	ctx  context.Context
+	port int
+	// app and addr are set on an app's own anycast address: the port
+	// serves that app alone (anycast.go).
+	app   string
+	addr  netip.AddrPort
 	ln    net.Listener
 	srv   *http.Server
 	q     *connQueue
@@ -46,7 +52,7 @@ type portServer struct {
 }
 
 func newListeners(e *Edge) *listeners {
-	return &listeners{e: e, open: map[int]*portServer{}, udp: map[int]*udpServer{}, skipped: map[int]bool{}, failing: map[int]bool{}}
+	return &listeners{e: e, open: map[int]*portServer{}, udp: map[int]*udpServer{}, dedicated: map[netip.AddrPort]*portServer{}, skipped: map[int]bool{}, failing: map[int]bool{}}
 }
 
 // bindRetry is how often ports that could not be bound are tried again
@@ -113,6 +119,9 @@ func (l *listeners) sync(ctx context.Context, s *Snapshot) (failed bool) {
 		}
 	}
 	if l.syncUDP(ctx, s) {
+		failed = true
+	}
+	if l.syncDedicated(ctx, s) {
 		failed = true
 	}
 	for p, ps := range l.open {
@@ -238,6 +247,12 @@ func (l *listeners) closeAll() {
 		ps.srv.Close()
 		ps.conns.closeAll()
 		delete(l.open, p)
+	}
+	for a, ps := range l.dedicated {
+		ps.ln.Close()
+		ps.srv.Close()
+		ps.conns.closeAll()
+		delete(l.dedicated, a)
 	}
 }
 
@@ -374,4 +389,52 @@ func (s *connSet) closeAll() {
 		c.Close()
 	}
 	clear(s.m)
+}
+
+// syncDedicated opens a listener on each port of each app's own address
+// and drains those no longer wanted; l.mu is held.
+func (l *listeners) syncDedicated(ctx context.Context, s *Snapshot) (failed bool) {
+	for a, d := range s.dedicated {
+		if ps := l.dedicated[a]; ps != nil && ps.app == d.app {
+			continue
+		} else if ps != nil { // the address went to another app
+			delete(l.dedicated, a)
+			l.wg.Go(func() { ps.drain(ctx) })
+		}
+		ln, err := listenFree(ctx, a)
+		if err != nil {
+			failed = true
+			l.e.log.Error("cannot listen on an app's anycast address; will retry", "addr", a.String(), "app", d.app, "err", err)
+			continue
+		}
+		ln = l.e.guardListener(ln)
+		srv := l.e.newHTTPServer(int(a.Port()))
+		if d.app != "" {
+			srv.Handler = l.e.appHandler(int(a.Port()), d.app)
+		}
+		ps := &portServer{ctx: ctx, port: int(a.Port()), app: d.app, addr: a, ln: ln, q: newConnQueue(ln.Addr()), srv: srv}
+		l.wg.Go(func() {
+			if err := ps.srv.Serve(ps.q); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				l.e.log.Error("anycast address stopped serving HTTP", "addr", a.String(), "err", err)
+			}
+		})
+		l.wg.Go(func() { l.accept(ps) })
+		l.dedicated[a] = ps
+		l.e.log.Info("listening", "addr", a.String(), "app", d.app)
+	}
+	for a, ps := range l.dedicated {
+		if _, ok := s.dedicated[a]; !ok {
+			delete(l.dedicated, a)
+			l.e.log.Info("closing an app's anycast port", "addr", a.String(), "app", ps.app)
+			l.wg.Go(func() { ps.drain(ctx) })
+		}
+	}
+	return failed
+}
+
+// Dedicated is the app-address ports the edge listens on, sorted.
+func (l *listeners) dedicatedAddrs() []netip.AddrPort {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.SortedFunc(maps.Keys(l.dedicated), netip.AddrPort.Compare)
 }

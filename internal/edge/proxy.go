@@ -57,6 +57,7 @@ type portHandler struct {
 	e       *Edge
 	port    int
 	portStr string
+	only    string // on an app's own address: that app alone (anycast.go)
 }
 
 func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -72,6 +73,10 @@ func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	app := h.e.table.Snapshot().names[host]
 	if app == nil {
 		h.e.noApp(lw, host)
+		return
+	}
+	if h.only != "" && app.name != h.only {
+		misdirected(lw, host, h.only)
 		return
 	}
 	st.app = app.name

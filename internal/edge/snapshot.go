@@ -30,6 +30,8 @@ type Snapshot struct {
 	// udp maps each public UDP port to the key in names of the app that
 	// owns it (udp.go).
 	udp map[int]string
+	// dedicated are the ports of apps' own anycast addresses (anycast.go).
+	dedicated map[netip.AddrPort]dedicatedPort
 }
 
 type appRoute struct {
@@ -83,7 +85,7 @@ type Backend struct {
 }
 
 func emptySnapshot() *Snapshot {
-	return &Snapshot{names: map[string]*appRoute{}, modes: map[int]*portMode{}, skipped: map[int][]string{}, udp: map[int]string{}, replaced: make(chan struct{})}
+	return &Snapshot{names: map[string]*appRoute{}, modes: map[int]*portMode{}, skipped: map[int][]string{}, udp: map[int]string{}, dedicated: map[netip.AddrPort]dedicatedPort{}, replaced: make(chan struct{})}
 }
 
 // Generation counts the table's rebuilds; it grows with every change.

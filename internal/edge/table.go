@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"github.com/perchhq/perch/internal/anycast"
 	"log/slog"
 	"maps"
 	"net"
@@ -35,6 +36,7 @@ type table struct {
 	machines map[string]store.MachineSpec   // key: <app>.<id>
 	status   map[string]store.MachineStatus // key: <app>.<id>
 	hosts    map[string]api.Host            // key: host id
+	ips      map[string]anycast.Assignment  // key: perch_ips key (anycast.go)
 	gen      uint64
 
 	// book keeps machine loads and wait queues across rebuilds (limits.go).
@@ -52,6 +54,7 @@ func newTable(region, hostID, domain string, near Nearness, log *slog.Logger, on
 		machines: map[string]store.MachineSpec{},
 		status:   map[string]store.MachineStatus{},
 		hosts:    map[string]api.Host{},
+		ips:      map[string]anycast.Assignment{},
 		changed:  make(chan struct{}, 1),
 		book:     newLoadBook(),
 	}
@@ -92,6 +95,8 @@ func (t *table) clear(bucket int) {
 		clear(t.status)
 	case bucketHosts:
 		clear(t.hosts)
+	case bucketIPs:
+		clear(t.ips)
 	}
 }
 
@@ -197,6 +202,7 @@ func (t *table) build() *Snapshot {
 	t.name(s, routes)
 	s.udp = udpOwners(routes, t.domain)   // udp.go
 	s.modes = portModes(routes, t.domain) // chain.go
+	t.dedicatedModes(s, routes)           // anycast.go
 	return s
 }
 

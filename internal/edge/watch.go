@@ -15,6 +15,7 @@ const (
 	bucketMachines
 	bucketStatus
 	bucketHosts
+	bucketIPs // anycast.go
 	nBuckets
 )
 
@@ -33,7 +34,7 @@ type change struct {
 // arrived and then commits once, so a burst of changes costs one rebuild.
 func (e *Edge) watch(ctx context.Context) {
 	s := e.cfg.Store
-	kvs := [nBuckets]jetstream.KeyValue{s.Apps, s.Machines, s.Status, s.Hosts}
+	kvs := [nBuckets]jetstream.KeyValue{s.Apps, s.Machines, s.Status, s.Hosts, s.IPs}
 	ch := make(chan change, 256)
 	var wg sync.WaitGroup
 	for b, kv := range kvs {
@@ -60,7 +61,7 @@ func (e *Edge) watch(ctx context.Context) {
 		}
 		// Until every bucket is read, a snapshot would route on half the
 		// facts (machines without their hosts look down).
-		if loaded == [nBuckets]bool{true, true, true, true} {
+		if loaded == [nBuckets]bool{true, true, true, true, true} {
 			e.table.commit()
 		}
 	}
@@ -101,6 +102,8 @@ func (e *Edge) applyOne(bucket int, key string, value []byte, deleted bool) {
 		applyKey(e, "status", key, value, deleted, t.setStatus, t.removeStatus)
 	case bucketHosts:
 		applyKey(e, "hosts", key, value, deleted, t.setHost, t.removeHost)
+	case bucketIPs:
+		applyKey(e, "ips", key, value, deleted, t.setIP, t.removeIP)
 	}
 }
 

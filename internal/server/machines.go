@@ -216,6 +216,9 @@ func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachin
 		err = s.nameTakenIn(ctx, a.Name, spec.Name, "")
 	}
 	if err == nil {
+		err = s.ensureAppIPs(ctx, a, &req.Config) // ips.go: before ports, which collide per address
+	}
+	if err == nil {
 		err = s.checkPortSharing(ctx, a.Name, &req.Config) // ports.go
 	}
 	var volHost string

@@ -124,6 +124,10 @@ func (s *Server) checkPortSharing(ctx context.Context, app string, c *api.Machin
 	if err != nil {
 		return err
 	}
+	dedicated, err := s.dedicatedApps(ctx) // ips.go
+	if err != nil {
+		return err
+	}
 	for _, m := range specs {
 		if m.App == app || m.Desired == store.DesireDestroyed {
 			continue
@@ -132,6 +136,9 @@ func (s *Server) checkPortSharing(ctx context.Context, app string, c *api.Machin
 			ours, ok := mine[k]
 			if !ok {
 				continue
+			}
+			if !k.udp && dedicated[app] && dedicated[m.App] {
+				continue // each has its own address: a collision is per address
 			}
 			if err := conflict(k.port, app, ours, m.App, theirs); err != nil {
 				return err

@@ -106,6 +106,9 @@ var apiRoutes = []route{
 	{"PUT /v1/apps/{app}/volumes/{id}/extend", scopeApp, h((*Server).extendVolume)},
 	{"GET /v1/apps/{app}/volumes/{id}/snapshots", scopeApp, h((*Server).listSnapshots)},
 	{"POST /v1/apps/{app}/volumes/{id}/snapshots", scopeApp, h((*Server).createSnapshot)},
+	{"GET /v1/apps/{app}/ip_assignments", scopeApp, h((*Server).listIPs)}, // ips.go
+	{"POST /v1/apps/{app}/ip_assignments", scopeApp, h((*Server).assignIP)},
+	{"DELETE /v1/apps/{app}/ip_assignments/{ip}", scopeApp, h((*Server).releaseIP)},
 	{"GET /v1/orgs", scopeOrgList, h((*Server).listOrgs)}, // orgs.go
 	{"POST /v1/orgs", scopeAdmin, h((*Server).createOrg)},
 	{"GET /v1/orgs/{org}", scopeOrg, h((*Server).getOrg)},

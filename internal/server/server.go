@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/perchhq/perch/internal/anycast"
 	"log/slog"
 	"net"
 	"net/http"
@@ -73,6 +74,10 @@ type Config struct {
 	// Registry bounds blob uploads (idle timeout, size cap); zero fields
 	// take registry's defaults.
 	Registry registry.Options
+	// Anycast are the pools apps' addresses come from (perch server
+	// --anycast-v4, --anycast-v6; ips.go). None: every app shares each
+	// edge's address.
+	Anycast anycast.Pools
 }
 
 // Server is a running control plane.

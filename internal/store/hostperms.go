@@ -11,9 +11,10 @@ import (
 // every machine's spec and status and the hosts; it serves certificates
 // from the edge copy (never perch_tls, which holds the dev CA's and the
 // ACME accounts' keys), answers ACME challenges, and takes autostop's
-// short locks (perch_locks: only those keys). Nothing else (tokens, secrets, budgets, releases, TLS
+// short locks (perch_locks: only those keys); its edge and BGP speaker
+// serve the anycast addresses in perch_ips. Nothing else (tokens, secrets, budgets, releases, TLS
 // storage) is readable with a host's NATS user.
-var HostBuckets = []string{BucketApps, BucketMachines, BucketStatus, BucketHosts, BucketEdgeTLS, BucketChallenges, BucketVolumes}
+var HostBuckets = []string{BucketApps, BucketMachines, BucketStatus, BucketHosts, BucketEdgeTLS, BucketChallenges, BucketVolumes, BucketIPs}
 
 // HostInboxPrefix is the inbox prefix of host id's connection: a host may
 // subscribe only to its own inboxes, so it never sees replies meant for

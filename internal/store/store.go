@@ -46,7 +46,10 @@ const (
 	// (package certs writes it beside perch_tls): what hosts may read,
 	// without the dev CA's or the ACME accounts' keys.
 	BucketEdgeTLS = "perch_edge_tls"
-	StreamLogs    = "PERCH_LOGS"
+	// BucketIPs holds the anycast addresses allocated to apps (package
+	// anycast), key "ip.<32 hex digits of the address>".
+	BucketIPs  = "perch_ips"
+	StreamLogs = "PERCH_LOGS"
 )
 
 // BucketOrgs holds organisations ("org.<slug>": members) and the
@@ -86,6 +89,7 @@ type Store struct {
 	VolumeMoves jetstream.ObjectStore
 	HostAuth    jetstream.KeyValue
 	EdgeTLS     jetstream.KeyValue
+	IPs         jetstream.KeyValue
 }
 
 // Auth is how a connection to NATS authenticates: a token, or a user and
@@ -142,7 +146,7 @@ func OpenHost(ctx context.Context, url string, auth Auth, name string) (*Store, 
 	}{
 		{&s.Apps, BucketApps}, {&s.Machines, BucketMachines}, {&s.Status, BucketStatus},
 		{&s.Hosts, BucketHosts}, {&s.EdgeTLS, BucketEdgeTLS}, {&s.Challenges, BucketChallenges},
-		{&s.Locks, BucketLocks}, {&s.Volumes, BucketVolumes},
+		{&s.Locks, BucketLocks}, {&s.Volumes, BucketVolumes}, {&s.IPs, BucketIPs},
 	} {
 		kv, err := js.KeyValue(ctx, b.name)
 		if err != nil {
@@ -234,6 +238,7 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		{&s.Volumes, BucketVolumes, 1, 0},
 		{&s.HostAuth, BucketHostAuth, 1, 0},
 		{&s.EdgeTLS, BucketEdgeTLS, 1, 0},
+		{&s.IPs, BucketIPs, 1, 0},
 		// A challenge lives minutes; the TTL sweeps those a crashed
 		// issuer never cleaned up.
 		{&s.Challenges, BucketChallenges, 1, time.Hour},

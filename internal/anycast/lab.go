@@ -1,0 +1,348 @@
+package anycast
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The lab: a small internet on one machine, for tests and perch dev. In
+// network namespaces it creates, one bird2 router per city (an AS each),
+// routers linked by veth pairs following geography with eBGP over each
+// link, a client namespace per city behind its router, and per city with
+// a region a host namespace peering with its router (the Perch side: the
+// caller runs a Speaker there). Addresses come only from documentation
+// ranges: links from 203.0.113.0/24, clients from 198.51.100.0/24, the
+// anycast pool is 192.0.2.0/24; nothing is routed to or from the
+// machine's own networks, and Close removes every namespace.
+
+// LabHostASN is the AS every host of the lab speaks from.
+const LabHostASN = 64512
+
+// LabPool is the lab's anycast pool.
+var LabPool = netip.MustParsePrefix("192.0.2.0/24")
+
+// LabCity is one city of the lab: a router, a client, and a host if Host.
+type LabCity struct {
+	Name string // a region code: ams, fra ...
+	Host bool
+}
+
+// LabConfig is the lab's shape: cities and the links between them.
+type LabConfig struct {
+	Cities []LabCity
+	Links  [][2]string
+	Dir    string // bird's configs, sockets and logs
+}
+
+// Lab is a built lab.
+type Lab struct {
+	cfg    LabConfig
+	id     string
+	idx    map[string]int
+	links  int
+	birds  map[string]*exec.Cmd
+	hostIP map[string]netip.Addr // host's address on its router link
+	rtrIP  map[string]netip.Addr // router's address on its host link
+	client map[string]netip.Addr
+	peers  map[string]map[string]netip.Addr // city -> neighbour -> neighbour's address
+}
+
+// RouterASN is city's router's AS number.
+func (l *Lab) RouterASN(city string) uint32 { return 64600 + uint32(l.idx[city]) }
+
+// HostNS, RouterNS and ClientNS name city's namespaces.
+func (l *Lab) HostNS(city string) string   { return "ach-" + l.id + "-" + city }
+func (l *Lab) RouterNS(city string) string { return "acr-" + l.id + "-" + city }
+func (l *Lab) ClientNS(city string) string { return "acc-" + l.id + "-" + city }
+
+// HostPeer is the --bgp-peer of city's host: its router.
+func (l *Lab) HostPeer(city string) Peer { return Peer{Addr: l.rtrIP[city], ASN: l.RouterASN(city)} }
+
+// HostAddr is city's host's address on its router link (its router id).
+func (l *Lab) HostAddr(city string) netip.Addr { return l.hostIP[city] }
+
+// ClientAddr is city's client's address.
+func (l *Lab) ClientAddr(city string) netip.Addr { return l.client[city] }
+
+func (l *Lab) ip(ns string, args ...string) error {
+	full := append([]string{"-n", ns}, args...)
+	if ns == "" {
+		full = args
+	}
+	out, err := exec.Command("ip", full...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(full, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// nextLink is the next /30 of 203.0.113.0/24: its two addresses.
+func (l *Lab) nextLink() (netip.Addr, netip.Addr, error) {
+	if l.links >= 64 {
+		return netip.Addr{}, netip.Addr{}, errors.New("lab: out of link addresses (64 links)")
+	}
+	base := netip.AddrFrom4([4]byte{203, 0, 113, byte(4 * l.links)})
+	l.links++
+	return base.Next(), base.Next().Next(), nil
+}
+
+// veth links namespace a (address aIP) and b (bIP) with a /30.
+func (l *Lab) veth(a, aName string, aIP netip.Addr, b, bName string, bIP netip.Addr, bits int) error {
+	if err := l.ip(a, "link", "add", aName, "type", "veth", "peer", "name", bName, "netns", b); err != nil {
+		return err
+	}
+	for _, s := range []struct {
+		ns, dev string
+		ip      netip.Addr
+	}{{a, aName, aIP}, {b, bName, bIP}} {
+		if err := l.ip(s.ns, "addr", "add", netip.PrefixFrom(s.ip, bits).String(), "dev", s.dev); err != nil {
+			return err
+		}
+		if err := l.ip(s.ns, "link", "set", s.dev, "up"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NewLab builds the lab and starts its routers. It needs root, ip and
+// bird.
+func NewLab(cfg LabConfig) (*Lab, error) {
+	for _, bin := range []string{"ip", "bird", "birdc"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return nil, fmt.Errorf("lab: %s not found: install bird2 and iproute2 (scripts/deps.sh)", bin)
+		}
+	}
+	b := make([]byte, 2)
+	_, _ = rand.Read(b)
+	l := &Lab{cfg: cfg, id: hex.EncodeToString(b), idx: map[string]int{}, birds: map[string]*exec.Cmd{},
+		hostIP: map[string]netip.Addr{}, rtrIP: map[string]netip.Addr{}, client: map[string]netip.Addr{},
+		peers: map[string]map[string]netip.Addr{}}
+	if err := l.build(); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Lab) build() error {
+	cfg := l.cfg
+	if len(cfg.Cities) > 15 {
+		return errors.New("lab: at most 15 cities")
+	}
+	for i, c := range cfg.Cities {
+		l.idx[c.Name] = i
+		l.peers[c.Name] = map[string]netip.Addr{}
+		nss := []string{l.RouterNS(c.Name), l.ClientNS(c.Name)}
+		if c.Host {
+			nss = append(nss, l.HostNS(c.Name))
+		}
+		for _, ns := range nss {
+			if err := l.ip("", "netns", "add", ns); err != nil {
+				return err
+			}
+			if err := l.ip(ns, "link", "set", "lo", "up"); err != nil {
+				return err
+			}
+		}
+		for _, k := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"} {
+			if out, err := exec.Command("ip", "netns", "exec", l.RouterNS(c.Name), "sysctl", "-qw", k).CombinedOutput(); err != nil {
+				return fmt.Errorf("lab: sysctl %s: %w: %s", k, err, out)
+			}
+		}
+		// The client: a /28 of 198.51.100.0/24 behind its router.
+		base := netip.AddrFrom4([4]byte{198, 51, 100, byte(16 * i)})
+		gw, cl := base.Next(), base.Next().Next()
+		if err := l.veth(l.RouterNS(c.Name), "client", gw, l.ClientNS(c.Name), "up0", cl, 28); err != nil {
+			return err
+		}
+		if err := l.ip(l.ClientNS(c.Name), "route", "add", "default", "via", gw.String()); err != nil {
+			return err
+		}
+		l.client[c.Name] = cl
+		if c.Host {
+			r, h, err := l.nextLink()
+			if err != nil {
+				return err
+			}
+			if err := l.veth(l.RouterNS(c.Name), "host", r, l.HostNS(c.Name), "up0", h, 30); err != nil {
+				return err
+			}
+			if err := l.ip(l.HostNS(c.Name), "route", "add", "default", "via", r.String()); err != nil {
+				return err
+			}
+			l.rtrIP[c.Name], l.hostIP[c.Name] = r, h
+		}
+	}
+	for _, lk := range cfg.Links {
+		a, b := lk[0], lk[1]
+		if _, ok := l.idx[a]; !ok {
+			return fmt.Errorf("lab: link %s-%s: no city %s", a, b, a)
+		}
+		if _, ok := l.idx[b]; !ok {
+			return fmt.Errorf("lab: link %s-%s: no city %s", a, b, b)
+		}
+		ai, bi, err := l.nextLink()
+		if err != nil {
+			return err
+		}
+		if err := l.veth(l.RouterNS(a), "to-"+b, ai, l.RouterNS(b), "to-"+a, bi, 30); err != nil {
+			return err
+		}
+		l.peers[a][b], l.peers[b][a] = bi, ai
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	for _, c := range cfg.Cities {
+		if err := l.startBird(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *Lab) birdSock(city string) string { return filepath.Join(l.cfg.Dir, "bird-"+city+".ctl") }
+
+func (l *Lab) startBird(c LabCity) error {
+	i := l.idx[c.Name]
+	var b strings.Builder
+	fmt.Fprintf(&b, "router id 198.51.100.%d;\n", 240+i)
+	fmt.Fprintf(&b, "log %q all;\n", filepath.Join(l.cfg.Dir, "bird-"+c.Name+".log"))
+	b.WriteString("protocol device { scan time 1; }\n")
+	b.WriteString("protocol direct { ipv4; interface \"client\"; }\n")
+	b.WriteString("protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }\n")
+	timers := "hold time 3; keepalive time 1; connect retry time 1; error wait time 1, 2; error forget time 10;"
+	if c.Host {
+		fmt.Fprintf(&b, "protocol bgp host {\n  description \"perch host %s\";\n  local %s as %d;\n  neighbor %s as %d;\n  passive on;\n  %s\n"+
+			"  ipv4 { import where net ~ [ %s{32,32} ]; export none; };\n}\n",
+			c.Name, l.rtrIP[c.Name], l.RouterASN(c.Name), l.hostIP[c.Name], LabHostASN, timers, LabPool)
+	}
+	for _, other := range l.cfg.Cities {
+		addr, ok := l.peers[c.Name][other.Name]
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(&b, "protocol bgp to_%s {\n  neighbor %s as %d;\n  local as %d;\n  %s\n  ipv4 { import all; export all; };\n}\n",
+			other.Name, addr, l.RouterASN(other.Name), l.RouterASN(c.Name), timers)
+	}
+	conf := filepath.Join(l.cfg.Dir, "bird-"+c.Name+".conf")
+	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", l.RouterNS(c.Name), "bird", "-f", "-c", conf, "-s", l.birdSock(c.Name),
+		"-P", filepath.Join(l.cfg.Dir, "bird-"+c.Name+".pid"))
+	out, err := os.Create(filepath.Join(l.cfg.Dir, "bird-"+c.Name+".out"))
+	if err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		return fmt.Errorf("lab: bird in %s: %w", c.Name, err)
+	}
+	out.Close()
+	l.birds[c.Name] = cmd
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := l.Birdc(c.Name, "show", "status"); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(l.cfg.Dir, "bird-"+c.Name+".out"))
+			return fmt.Errorf("lab: bird in %s did not come up: %s", c.Name, log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Birdc runs birdc against city's router.
+func (l *Lab) Birdc(city string, args ...string) (string, error) {
+	out, err := exec.Command("birdc", append([]string{"-s", l.birdSock(city)}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("birdc %s at %s: %w: %s", strings.Join(args, " "), city, err, out)
+	}
+	return string(out), nil
+}
+
+// Dial connects from city's client namespace to addr: the socket is made
+// on a thread moved into the namespace, which then ends with the
+// goroutine.
+func (l *Lab) Dial(ctx context.Context, city, network, addr string) (net.Conn, error) {
+	return DialIn(ctx, filepath.Join("/run/netns", l.ClientNS(city)), network, addr)
+}
+
+// DialIn connects from the network namespace at nsPath.
+func DialIn(ctx context.Context, nsPath, network, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// The thread goes back to its namespace before it is unlocked; if
+		// it cannot, it stays locked and ends with this goroutine. (A
+		// thread ending would also kill children started from it with
+		// Pdeathsig: the lab's routers and hosts.)
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			ch <- result{err: fmt.Errorf("open own namespace: %w", err)}
+			return
+		}
+		defer unix.Close(orig)
+		fd, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: fmt.Errorf("open %s: %w", nsPath, err)}
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: fmt.Errorf("setns %s: %w", nsPath, err)}
+			return
+		}
+		defer func() {
+			if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+				runtime.UnlockOSThread()
+			}
+		}()
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
+// Close stops the routers and deletes every namespace of the lab.
+func (l *Lab) Close() {
+	for _, cmd := range l.birds {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	for _, c := range l.cfg.Cities {
+		for _, ns := range []string{l.RouterNS(c.Name), l.ClientNS(c.Name), l.HostNS(c.Name)} {
+			if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
+				_ = l.ip("", "netns", "del", ns)
+			}
+		}
+	}
+}

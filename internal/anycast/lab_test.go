@@ -1,0 +1,292 @@
+package anycast
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMain runs a lab host when the test binary is started as one (in a
+// host namespace, by startLabHost): the real Speaker announcing the
+// region's anycast addresses to its router, and a TCP responder on them
+// that answers with the region's name.
+func TestMain(m *testing.M) {
+	if os.Getenv("PERCH_ANYCAST_LAB_HOST") != "" {
+		os.Exit(runLabHost())
+	}
+	os.Exit(m.Run())
+}
+
+func runLabHost() int {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	region := os.Getenv("PERCH_ANYCAST_REGION")
+	peer, err := ParsePeer(os.Getenv("PERCH_ANYCAST_PEER"))
+	if err != nil {
+		log.Error("lab host", "err", err)
+		return 2
+	}
+	var addrs []netip.Addr
+	for _, s := range strings.Split(os.Getenv("PERCH_ANYCAST_ADDRS"), ",") {
+		addrs = append(addrs, netip.MustParseAddr(s))
+	}
+	dev := &LinkDevice{Name: "anycast0"}
+	if err := dev.Ensure(); err != nil {
+		log.Error("lab host", "err", err)
+		return 2
+	}
+	if err := dev.SetAddrs(addrs); err != nil {
+		log.Error("lab host", "err", err)
+		return 2
+	}
+	for _, a := range addrs {
+		ln, err := net.Listen("tcp", netip.AddrPortFrom(a, 80).String())
+		if err != nil {
+			log.Error("lab host", "err", err)
+			return 2
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "region=%s\n", region)
+				c.Close()
+			}
+		}()
+	}
+	sp, err := StartSpeaker(context.Background(), SpeakerConfig{
+		ASN: LabHostASN, RouterID: netip.MustParseAddr(os.Getenv("PERCH_ANYCAST_ROUTER_ID")), Peers: []Peer{peer},
+		HoldTime: 3, ConnectRetry: 1, Log: log,
+	})
+	if err != nil {
+		log.Error("lab host", "err", err)
+		return 2
+	}
+	sp.SetAddrs(addrs)
+	fmt.Println("ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM)
+	<-sig
+	// Withdraw first, keep serving while the routers move away, then go.
+	sp.SetHealthy(false)
+	time.Sleep(2 * time.Second)
+	sp.Close()
+	return 0
+}
+
+type labHost struct {
+	cmd *exec.Cmd
+}
+
+func startLabHost(t *testing.T, lab *Lab, city string, addrs string) *labHost {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", lab.HostNS(city), exe)
+	p := lab.HostPeer(city)
+	cmd.Env = append(os.Environ(), "PERCH_ANYCAST_LAB_HOST=1", "PERCH_ANYCAST_REGION="+city,
+		fmt.Sprintf("PERCH_ANYCAST_PEER=%s,%d", p.Addr, p.ASN), "PERCH_ANYCAST_ADDRS="+addrs,
+		"PERCH_ANYCAST_ROUTER_ID="+lab.HostAddr(city).String())
+	logf, err := os.Create(filepath.Join(lab.cfg.Dir, "host-"+city+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd.Stderr = logf
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		b, _ := os.ReadFile(logf.Name())
+		t.Fatalf("lab host %s: %q %v: %s", city, line, err, b)
+	}
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	h := &labHost{cmd: cmd}
+	t.Cleanup(h.kill)
+	return h
+}
+
+func (h *labHost) kill() {
+	if h.cmd.ProcessState == nil {
+		_ = h.cmd.Process.Kill()
+		_ = h.cmd.Wait()
+	}
+}
+
+// ask connects from city's client to the anycast address and returns the
+// region that answered.
+func ask(lab *Lab, city, addr string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	c, err := lab.Dial(ctx, city, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimPrefix(strings.TrimSpace(line), "region="), nil
+}
+
+// waitAnswer polls city's client until region answers, returning how long
+// it took.
+func waitAnswer(t *testing.T, lab *Lab, city, addr, region string, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var last string
+	var lastErr error
+	for time.Since(start) < within {
+		got, err := ask(lab, city, addr)
+		if err == nil && got == region {
+			return time.Since(start)
+		}
+		last, lastErr = got, err
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("client in %s: %s never answered %s within %s (last: %q, %v)", city, region, addr, within, last, lastErr)
+	return 0
+}
+
+// Six cities, five regions announcing one anycast address over eBGP to
+// their bird2 routers: each city's client is answered by its own region,
+// the city without one by its neighbour, a killed region's client moves
+// to the next region, a SIGTERM'd region withdraws before it stops
+// answering, so its client loses no connection, and a frozen one is
+// dropped by its router's hold timer.
+func TestAnycastLab(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the anycast lab needs root (network namespaces, bird)")
+	}
+	for _, bin := range []string{"bird", "birdc", "ip"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("the anycast lab needs %s (bird2 and iproute2: scripts/deps.sh)", bin)
+		}
+	}
+	lab, err := NewLab(LabConfig{
+		Cities: []LabCity{{"lhr", true}, {"cdg", true}, {"ams", true}, {"fra", true}, {"waw", false}, {"mad", true}},
+		Links:  [][2]string{{"lhr", "ams"}, {"lhr", "cdg"}, {"cdg", "ams"}, {"ams", "fra"}, {"cdg", "fra"}, {"fra", "waw"}, {"cdg", "mad"}},
+		Dir:    t.TempDir(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lab.Close)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, c := range []string{"lhr", "cdg", "ams", "fra", "waw", "mad"} {
+				if out, err := lab.Birdc(c, "show", "protocols", "all"); err == nil {
+					t.Logf("%s: birdc show protocols all:\n%s", c, out)
+				}
+				for _, f := range []string{"bird-" + c + ".log", "host-" + c + ".log"} {
+					b, _ := os.ReadFile(filepath.Join(lab.cfg.Dir, f))
+					t.Logf("%s:\n%s", f, b)
+				}
+			}
+		}
+	})
+	const app = "192.0.2.10"
+	addr := app + ":80"
+	hosts := map[string]*labHost{}
+	for _, c := range []string{"lhr", "cdg", "ams", "fra", "mad"} {
+		hosts[c] = startLabHost(t, lab, c, app)
+	}
+
+	want := map[string]string{"lhr": "lhr", "cdg": "cdg", "ams": "ams", "fra": "fra", "mad": "mad", "waw": "fra"}
+	start := time.Now()
+	for city, region := range want {
+		waitAnswer(t, lab, city, addr, region, 60*time.Second)
+	}
+	t.Logf("every city answered by its region (waw by fra) %s after the hosts started", time.Since(start).Round(time.Millisecond))
+
+	// The routers' tables show the paths: a city with a host prefers its
+	// own (AS path: the host's AS alone), waw has it through fra.
+	for city := range want {
+		out, err := lab.Birdc(city, "show", "route", "for", app, "primary", "all")
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := fmt.Sprint(LabHostASN)
+		if city == "waw" {
+			path = fmt.Sprintf("%d %d", lab.RouterASN("fra"), LabHostASN)
+		}
+		if !strings.Contains(out, "BGP.as_path: "+path+"\n") {
+			t.Errorf("router %s: best route to %s should have AS path %q:\n%s", city, app, path, out)
+		}
+	}
+	if out, err := lab.Birdc("waw", "show", "route", "for", app, "all"); err == nil {
+		t.Logf("waw's routes to %s:\n%s", app, out)
+	}
+
+	// mad's host dies: its client is answered by cdg, its only neighbour.
+	killed := time.Now()
+	hosts["mad"].kill()
+	waitAnswer(t, lab, "mad", addr, "cdg", 30*time.Second)
+	t.Logf("mad's host killed (SIGKILL): mad's client answered by cdg %s after the kill", time.Since(killed).Round(time.Millisecond))
+	// ... and comes back when the host does.
+	hosts["mad"] = startLabHost(t, lab, "mad", app)
+	took := waitAnswer(t, lab, "mad", addr, "mad", 30*time.Second)
+	t.Logf("mad's host back: mad's client answered by mad after %s", took.Round(time.Millisecond))
+
+	// A graceful stop of ams: withdraw, then keep answering for the drain
+	// time. Every connection of ams's client in the meantime succeeds.
+	if err := hosts["ams"].cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	var asked, failed int
+	var moved string
+	for time.Now().Before(deadline) {
+		got, err := ask(lab, "ams", addr)
+		asked++
+		if err != nil {
+			failed++
+			t.Logf("ams client during ams's graceful stop: %v", err)
+		} else if got != "ams" {
+			moved = got
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if moved != "lhr" && moved != "cdg" && moved != "fra" {
+		t.Fatalf("ams's client never moved to a neighbour after ams's SIGTERM (last %q)", moved)
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d connections failed during ams's graceful stop; want 0", failed, asked)
+	}
+	t.Logf("ams stopped gracefully: its client moved to %s after %d connections, none failed", moved, asked)
+
+	// lhr's host freezes (SIGSTOP): no FIN closes its session, so the
+	// router's hold timer (3 s) must notice. lhr's client then reaches
+	// cdg, its neighbour still announcing (ams stopped above).
+	frozen := time.Now()
+	if err := hosts["lhr"].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitAnswer(t, lab, "lhr", addr, "cdg", 30*time.Second)
+	t.Logf("lhr's host frozen (SIGSTOP): lhr's client answered by cdg %s after, by the hold timer", time.Since(frozen).Round(time.Millisecond))
+	_ = hosts["lhr"].cmd.Process.Signal(syscall.SIGCONT)
+}

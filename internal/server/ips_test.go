@@ -1,0 +1,111 @@
+package server
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/perchhq/perch/internal/anycast"
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/store"
+)
+
+// The ip_assignments API with pools: an app's first machine with services
+// gets a dedicated IPv6 and the shared IPv4; a dedicated IPv4 on request;
+// a release of an address in use needs force; bad input is refused by
+// name, and the pool's end is said.
+func TestIPAssignments(t *testing.T) {
+	s := startServer(t, t.TempDir(), func(c *Config) {
+		c.Anycast, _ = anycast.ParsePools("192.0.2.0/29", "2001:db8:1::/48")
+	})
+	ctx := context.Background()
+	for _, a := range []string{"web", "worker"} {
+		if _, err := s.c.CreateApp(ctx, api.CreateAppRequest{AppName: a}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.c.RegisterHost(ctx, api.Host{Region: "iad", CPUs: 8, MemoryMB: 8192})
+	if _, err := s.c.CreateMachine(ctx, "web", api.CreateMachineRequest{Region: "iad", Config: svc(port(80, "http"))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.c.CreateMachine(ctx, "worker", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "i", Guest: api.Guest{MemoryMB: 64}}}); err != nil {
+		t.Fatal(err)
+	}
+	ips, err := s.c.ListIPs(ctx, "web")
+	if err != nil || len(ips) != 2 || ips[0].IP != "2001:db8:1::1" || ips[0].Shared || ips[1].IP != "192.0.2.1" || !ips[1].Shared {
+		t.Fatalf("web's addresses after its first machine: %+v %v", ips, err)
+	}
+	if ips, err := s.c.ListIPs(ctx, "worker"); err != nil || len(ips) != 0 {
+		t.Fatalf("an app without services got addresses: %+v %v", ips, err)
+	}
+	// A host's heartbeat says what it announces; the list says which
+	// regions announce each address.
+	h, err := s.c.RegisterHost(ctx, api.Host{Region: "ams", CPUs: 1, MemoryMB: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Modify(ctx, s.st.Hosts, h.ID, func(h *api.Host) error {
+		h.Status = api.HostUp
+		h.BGP = &api.HostBGP{Announced: []string{"2001:db8:1::1"}}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if ips, err := s.c.ListIPs(ctx, "web"); err != nil || !slices.Equal(ips[0].Regions, []string{"ams"}) || len(ips[1].Regions) != 0 {
+		t.Fatalf("regions announcing web's addresses: %+v %v", ips, err)
+	}
+	v4, err := s.c.AssignIP(ctx, "web", "v4")
+	if err != nil || v4.IP != "192.0.2.2" || v4.Shared {
+		t.Fatalf("dedicated v4: %+v %v", v4, err)
+	}
+	for range 4 { // .3 - .6: the /29 has five dedicated addresses
+		if _, err := s.c.AssignIP(ctx, "worker", "v4"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = s.c.AssignIP(ctx, "worker", "v4")
+	wantStatus(t, err, 422, "every address of 192.0.2.0/29 is allocated")
+	_, err = s.c.AssignIP(ctx, "web", "v5")
+	wantStatus(t, err, 400, `address type "v5" is not one of v4, shared_v4, v6`)
+	err = s.c.ReleaseIP(ctx, "web", "198.51.100.7", false)
+	wantStatus(t, err, 404, "198.51.100.7 is not in the anycast pools (192.0.2.0/29, 2001:db8:1::/48)")
+	err = s.c.ReleaseIP(ctx, "web", "not-an-ip", false)
+	wantStatus(t, err, 400, `"not-an-ip" is not an IP address`)
+	err = s.c.ReleaseIP(ctx, "web", "192.0.2.3", false)
+	wantStatus(t, err, 404, "192.0.2.3 is not an address of app web")
+	err = s.c.ReleaseIP(ctx, "web", v4.IP, false)
+	wantStatus(t, err, 409, "app web has 1 machine(s) with public services answering on 192.0.2.2; release it with --force")
+	if err := s.c.ReleaseIP(ctx, "web", v4.IP, true); err != nil {
+		t.Fatalf("forced release: %v", err)
+	}
+	if err := s.c.ReleaseIP(ctx, "worker", "192.0.2.3", false); err != nil {
+		t.Fatalf("release of an app with no services: %v", err)
+	}
+	ips, _ = s.c.ListIPs(ctx, "web")
+	for _, ip := range ips {
+		if netip.MustParseAddr(ip.IP) == netip.MustParseAddr(v4.IP) {
+			t.Fatalf("released address still listed: %+v", ips)
+		}
+	}
+
+	// Raw TCP ports collide per address: two apps each with its own
+	// address (a dedicated IPv6 from their first machine) may both use
+	// port 5432, the edge serving each on its own. Without pools they may
+	// not (TestRawTCPPortsAreNotShared).
+	for _, a := range []string{"pg1", "pg2"} {
+		s.c.CreateApp(ctx, api.CreateAppRequest{AppName: a})
+	}
+	if _, err := s.c.CreateMachine(ctx, "pg1", api.CreateMachineRequest{Region: "iad", Config: svc(port(5432))}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.c.CreateMachine(ctx, "pg2", api.CreateMachineRequest{Region: "iad", Config: svc(port(5432))}); err != nil {
+		t.Fatalf("second app with raw TCP 5432, both with their own IPv6: %v", err)
+	}
+
+	// Without pools, the API says how to configure them.
+	plain := startServer(t, t.TempDir())
+	plain.c.CreateApp(ctx, api.CreateAppRequest{AppName: "web"})
+	_, err = plain.c.AssignIP(ctx, "web", "v6")
+	wantStatus(t, err, 412, "start perch server with --anycast-v6 CIDR")
+}
