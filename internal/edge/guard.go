@@ -107,7 +107,7 @@ func (g *guardConn) needMore() bool {
 		if g.h2Preface() {
 			return len(g.raw) < 24
 		}
-		return bytes.Index(g.raw, []byte("\r\n\r\n")) < 0 && !g.badLineEnd(g.raw) && len(g.raw) < g.maxHead
+		return !bytes.Contains(g.raw, []byte("\r\n\r\n")) && !g.badLineEnd(g.raw) && len(g.raw) < g.maxHead
 	case gChunkSize, gTrailer:
 		return bytes.IndexByte(g.raw, '\n') < 0 && len(g.raw) < guardMaxChunkLine
 	case gChunkCRLF:
