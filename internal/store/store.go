@@ -46,6 +46,10 @@ const (
 	// (package certs writes it beside perch_tls): what hosts may read,
 	// without the dev CA's or the ACME accounts' keys.
 	BucketEdgeTLS = "perch_edge_tls"
+	// BucketTickets holds each region's TLS session ticket keys, key
+	// "<region>" (edge/tickets.go): a host reads and rotates only its own
+	// region's (HostPermissions).
+	BucketTickets = "perch_tls_tickets"
 	StreamLogs    = "PERCH_LOGS"
 )
 
@@ -86,6 +90,7 @@ type Store struct {
 	VolumeMoves jetstream.ObjectStore
 	HostAuth    jetstream.KeyValue
 	EdgeTLS     jetstream.KeyValue
+	Tickets     jetstream.KeyValue // TLS session ticket keys per region
 }
 
 // Auth is how a connection to NATS authenticates: a token, or a user and
@@ -142,7 +147,7 @@ func OpenHost(ctx context.Context, url string, auth Auth, name string) (*Store, 
 	}{
 		{&s.Apps, BucketApps}, {&s.Machines, BucketMachines}, {&s.Status, BucketStatus},
 		{&s.Hosts, BucketHosts}, {&s.EdgeTLS, BucketEdgeTLS}, {&s.Challenges, BucketChallenges},
-		{&s.Locks, BucketLocks}, {&s.Volumes, BucketVolumes},
+		{&s.Locks, BucketLocks}, {&s.Volumes, BucketVolumes}, {&s.Tickets, BucketTickets},
 	} {
 		kv, err := js.KeyValue(ctx, b.name)
 		if err != nil {
@@ -234,6 +239,7 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		{&s.Volumes, BucketVolumes, 1, 0},
 		{&s.HostAuth, BucketHostAuth, 1, 0},
 		{&s.EdgeTLS, BucketEdgeTLS, 1, 0},
+		{&s.Tickets, BucketTickets, 1, 0},
 		// A challenge lives minutes; the TTL sweeps those a crashed
 		// issuer never cleaned up.
 		{&s.Challenges, BucketChallenges, 1, time.Hour},
