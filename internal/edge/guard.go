@@ -79,8 +79,24 @@ func (g *guardConn) Read(p []byte) (int, error) {
 		if g.err != nil {
 			return 0, g.err
 		}
-		if g.state == gPass && len(g.raw) == 0 {
-			return g.Conn.Read(p)
+		if len(g.raw) == 0 {
+			switch g.state {
+			case gPass:
+				return g.Conn.Read(p)
+			case gBody, gChunkData:
+				// Body bytes go straight to the reader, up to the
+				// body's (or chunk's) end.
+				n, err := g.Conn.Read(p[:min(int64(len(p)), g.n)])
+				g.n -= int64(n)
+				if g.n == 0 {
+					if g.state == gBody {
+						g.state = g.afterBody()
+					} else {
+						g.state = gChunkCRLF
+					}
+				}
+				return n, err
+			}
 		}
 		if len(g.raw) == 0 || g.needMore() {
 			if g.rbuf == nil {

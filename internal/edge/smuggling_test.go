@@ -3,6 +3,7 @@ package edge
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -101,8 +102,9 @@ func smuggleCases() []smuggleCase {
 
 // recorder is a machine that records the requests it received in full.
 type recorder struct {
-	mu  sync.Mutex
-	got []string
+	mu     sync.Mutex
+	got    []string
+	protos []string // X-Forwarded-Proto of every request, kept
 }
 
 func (rec *recorder) handler(w http.ResponseWriter, r *http.Request) {
@@ -113,6 +115,7 @@ func (rec *recorder) handler(w http.ResponseWriter, r *http.Request) {
 	}
 	rec.mu.Lock()
 	rec.got = append(rec.got, r.Method+" "+r.URL.RequestURI()+" "+string(body))
+	rec.protos = append(rec.protos, r.Header.Get("X-Forwarded-Proto"))
 	rec.mu.Unlock()
 }
 
@@ -128,9 +131,15 @@ func (rec *recorder) take() []string {
 // and checks the answers, that the edge closed the connection after a
 // refusal, and what the machine behind it (rec) received.
 func checkSmuggling(t *testing.T, addr string, rec *recorder) {
+	checkSmugglingDial(t, func() (net.Conn, error) { return net.Dial("tcp", addr) }, rec)
+}
+
+// checkSmugglingDial is checkSmuggling over the connections dial makes
+// (TLS, for one).
+func checkSmugglingDial(t *testing.T, dial func() (net.Conn, error), rec *recorder) {
 	for _, tc := range smuggleCases() {
 		t.Run(tc.name, func(t *testing.T) {
-			statuses, closed := sendRaw(t, addr, tc.raw)
+			statuses, closed := sendRaw(t, dial, tc.raw)
 			if len(tc.status) > 0 {
 				if len(statuses) == 0 {
 					t.Fatalf("no answer; want %v", tc.status)
@@ -164,9 +173,9 @@ func contains(s []int, v int) bool {
 
 // sendRaw writes raw on a new connection to addr and reads answers until
 // the edge closes the connection (closed) or 10 s pass.
-func sendRaw(t *testing.T, addr, raw string) (statuses []int, closed bool) {
+func sendRaw(t *testing.T, dial func() (net.Conn, error), raw string) (statuses []int, closed bool) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
+	c, err := dial()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,4 +211,31 @@ func TestRequestSmuggling(t *testing.T) {
 	run(t, e)
 	waitFor(t, "the edge to listen", func() bool { return len(e.Listening()) == 1 })
 	checkSmuggling(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), rec)
+}
+
+// The same table over TLS (HTTP/1.1 by ALPN): the checks sit under the
+// HTTP server there too, and the machine still learns the request came
+// over TLS.
+func TestRequestSmugglingTLS(t *testing.T) {
+	ca := newTestCA(t, "edge-ca", smuggleHost)
+	w := newCertWorld(t, ca)
+	port := freePort(t)
+	rec := &recorder{}
+	w.app("shop")
+	w.serveOn("shop", startMachine(t, "s1", "ams", "127.0.0.2", rec.handler), tcpPort(port, "tls", "http"))
+	addr := w.listening(port)
+	dial := func() (net.Conn, error) {
+		return tls.Dial("tcp", addr, ca.clientTLS(smuggleHost, "http/1.1"))
+	}
+	checkSmugglingDial(t, dial, rec)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.protos) == 0 {
+		t.Fatal("no request reached the machine")
+	}
+	for _, p := range rec.protos {
+		if p != "https" {
+			t.Errorf("the machine saw X-Forwarded-Proto %q over TLS; want https", p)
+		}
+	}
 }
