@@ -147,7 +147,7 @@ func OpenHost(ctx context.Context, url string, auth Auth, name string) (*Store, 
 	}{
 		{&s.Apps, BucketApps}, {&s.Machines, BucketMachines}, {&s.Status, BucketStatus},
 		{&s.Hosts, BucketHosts}, {&s.EdgeTLS, BucketEdgeTLS}, {&s.Challenges, BucketChallenges},
-		{&s.Locks, BucketLocks}, {&s.Volumes, BucketVolumes}, {&s.Tickets, BucketTickets},
+		{&s.Locks, BucketLocks}, {&s.Volumes, BucketVolumes},
 	} {
 		kv, err := js.KeyValue(ctx, b.name)
 		if err != nil {
@@ -155,6 +155,11 @@ func OpenHost(ctx context.Context, url string, auth Auth, name string) (*Store, 
 			return nil, fmt.Errorf("bucket %s: %w", b.name, err)
 		}
 		*b.kv = kv
+	}
+	// Session ticket keys: optional, so that a host newer than its
+	// control plane still starts (its edge then keeps a key of its own).
+	if kv, err := js.KeyValue(ctx, BucketTickets); err == nil {
+		s.Tickets = kv
 	}
 	if s.VolumeMoves, err = js.ObjectStore(ctx, ObjectVolumeMoves); err != nil {
 		nc.Close()
