@@ -223,7 +223,7 @@ func runEdge(dir, backend, listen, tlsListen, certFile, keyFile, cpuprofile stri
 		Config: api.MachineConfig{Image: "bench", Services: []api.Service{{Protocol: "tcp", InternalPort: bport,
 			Ports: []api.Port{{Port: lport, Handlers: []string{"http"}}, {Port: tport, Handlers: []string{"tls", "http"}}}}}}}
 	must(store.Put(ctx, st.Machines, spec.Key(), spec))
-	must(store.Put(ctx, st.Status, spec.Key(), store.MachineStatus{ID: "m1", App: "bench", HostID: "h1", State: api.StateStarted, Generation: 1}))
+	must(store.Put(ctx, st.Status, spec.Key(), store.MachineStatus{ID: "m1", App: "bench", HostID: "h1", State: api.StateStarted, Ready: true, Generation: 1}))
 	e, err := edge.New(edge.Config{Region: "iad", HostID: "h1", Addr: netip.MustParseAddr(host4(listen)), Store: st, Certs: staticCert{&cert}})
 	if err != nil {
 		log.Fatal(err)

@@ -2,6 +2,8 @@ package certs
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -51,6 +53,9 @@ func testIssue(t *testing.T, challengeType string) {
 		c, err := handshake(edge.tlsAddr, "www.example.test", pebble.IssuerRoots())
 		if err != nil {
 			return false, err.Error()
+		}
+		if k, ok := c.PublicKey.(*ecdsa.PublicKey); !ok || k.Curve != elliptic.P256() {
+			t.Errorf("certificate key is %T; want ECDSA P-256", c.PublicKey)
 		}
 		return slices.Equal(c.DNSNames, []string{"www.example.test"}), strings.Join(c.DNSNames, ",")
 	})

@@ -33,10 +33,15 @@ func TestDevCAGivesEveryAppACertificate(t *testing.T) {
 	if !roots.AppendCertsFromPEM(m.DevCACert()) {
 		t.Fatalf("DevCACert is not PEM: %q", m.DevCACert())
 	}
+	var leaf *x509.Certificate
 	eventually(t, 5*time.Second, "edge serves the dev certificate", func() (bool, string) {
-		_, err := handshake(edge.tlsAddr, "hello.perch.local", roots)
+		var err error
+		leaf, err = handshake(edge.tlsAddr, "hello.perch.local", roots)
 		return err == nil, errString(err)
 	})
+	if k, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok || k.Curve != elliptic.P256() {
+		t.Errorf("dev certificate key is %T; want ECDSA P-256", leaf.PublicKey)
+	}
 
 	// The CA is kept in the store: a second control plane (or a restart)
 	// uses the same one.

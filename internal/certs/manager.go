@@ -80,9 +80,13 @@ func NewManager(ctx context.Context, st *store.Store, cfg Config, log *slog.Logg
 	})
 	newConfig := func(iss certmagic.Issuer) *certmagic.Config {
 		return certmagic.New(m.cache, certmagic.Config{
-			RenewalWindowRatio:  cfg.RenewalWindow,
-			OnEvent:             m.onEvent,
-			Issuers:             []certmagic.Issuer{iss},
+			RenewalWindowRatio: cfg.RenewalWindow,
+			OnEvent:            m.onEvent,
+			Issuers:            []certmagic.Issuer{iss},
+			// ECDSA P-256 keys for new certificates and renewals (a smaller,
+			// faster handshake than RSA); certificates stored with RSA keys
+			// are served as they are until renewed.
+			KeySource:           certmagic.StandardKeyGenerator{KeyType: certmagic.P256},
 			Storage:             m.storage,
 			DisableStorageCheck: true, // it would leave a delete marker per issuance
 			DisableARI:          true,

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"strconv"
@@ -19,7 +20,7 @@ func (e *Edge) dispatch(wg *sync.WaitGroup, ps *portServer, c net.Conn) {
 	case m == nil:
 		c.Close() // the port is going away
 	case !m.peek && m.raw == nil:
-		ps.q.push(c)
+		ps.q.push(e.guard(c, nil))
 	case ps.conns.add(c):
 		wg.Go(func() {
 			defer ps.conns.remove(c)
@@ -50,7 +51,7 @@ func (e *Edge) sniff(ps *portServer, c net.Conn, m *portMode) {
 			e.proxyTCP(ps.ctx, pc, m.rawHost, ps.port, "")
 		case m.plain:
 			ps.conns.remove(c)
-			ps.q.push(pc)
+			ps.q.push(e.guard(pc, nil))
 		default:
 			e.notTLS(pc, ps.port)
 		}
@@ -98,7 +99,11 @@ func (e *Edge) serveTLS(ps *portServer, pc *peekConn, pr *portRoute, sni string)
 	_ = tc.SetReadDeadline(time.Time{})
 	if ch == nil || ch.http {
 		ps.conns.remove(pc.Conn)
-		ps.q.push(tc)
+		if st := tc.ConnectionState(); st.NegotiatedProtocol != "h2" {
+			ps.q.push(e.guard(tc, &st)) // HTTP/1 over TLS
+		} else {
+			ps.q.push(tc)
+		}
 		return
 	}
 	e.proxyTCP(ps.ctx, tc, sni, ps.port, sni)
@@ -113,4 +118,10 @@ func (e *Edge) notTLS(pc *peekConn, port int) {
 		_ = pc.SetWriteDeadline(time.Now().Add(time.Second))
 		fmt.Fprintf(pc, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(msg), msg)
 	}
+}
+
+// guard puts the RFC 9112 framing checks (guard.go) in front of the HTTP
+// server's reading of an HTTP/1 connection.
+func (e *Edge) guard(c net.Conn, state *tls.ConnectionState) net.Conn {
+	return newGuardConn(c, e.limits.MaxHeaderBytes, state)
 }

@@ -171,6 +171,9 @@ func (e *Edge) Run(ctx context.Context) error {
 		wg.Go(func() { e.watch(ctx) })
 		wg.Go(func() { e.serveDrains(ctx, e.cfg.Store.Conn()) })
 		wg.Go(func() { e.publishDemand(ctx, e.cfg.Store.Conn()) })
+		if e.cfg.Store.Tickets != nil {
+			wg.Go(func() { e.runTickets(ctx, e.cfg.Store.Tickets) }) // tickets.go
+		}
 	}
 	e.lns.run(ctx)
 	wg.Wait()

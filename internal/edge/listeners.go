@@ -183,9 +183,10 @@ func (e *Edge) newHTTPServer(port int) *http.Server {
 	protos.SetHTTP2(true)
 	protos.SetUnencryptedHTTP2(true)
 	srv := &http.Server{
-		Handler:   h,
-		Protocols: protos,
-		ErrorLog:  slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
+		Handler:     withTLSState(h), // guard.go
+		ConnContext: guardConnContext,
+		Protocols:   protos,
+		ErrorLog:    slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 	}
 	e.configureServer(srv) // timeouts and header limits, defences.go
 	return srv

@@ -46,19 +46,23 @@ var defaultHTTPALPN = []string{"h2", "http/1.1"}
 var tlsVersions = map[string]uint16{"TLSv1.2": tls.VersionTLS12, "TLSv1.3": tls.VersionTLS13}
 
 // tlsConfigs holds one tls.Config per distinct set of TLS options, all
-// sharing one session ticket key so that clients resume sessions across
-// apps and rebuilds of the route table.
+// sharing the session ticket keys so that clients resume sessions across
+// apps, rebuilds of the route table and (keys shared by the region,
+// tickets.go) the other edges of the region.
 type tlsConfigs struct {
-	certs  CertSource
-	ticket [32]byte
+	certs CertSource
 
-	mu  sync.Mutex
-	cfg map[string]*tls.Config
+	mu   sync.Mutex
+	keys [][32]byte // the encrypting key first
+	cfg  map[string]*tls.Config
+	acme []*tls.Config // the ACME clones of cfg's configs
 }
 
 func newTLSConfigs(certs CertSource) *tlsConfigs {
 	t := &tlsConfigs{certs: certs, cfg: map[string]*tls.Config{}}
-	_, _ = rand.Read(t.ticket[:])
+	var k [32]byte
+	_, _ = rand.Read(k[:])
+	t.keys = [][32]byte{k} // until the region's keys are read
 	return t
 }
 
@@ -88,8 +92,10 @@ func (t *tlsConfigs) get(ch *chain) *tls.Config {
 			return t.certs.GetCertificate(hello)
 		},
 	}
-	c.SetSessionTicketKeys([][32]byte{t.ticket})
+	c.SetSessionTicketKeys(t.keys)
 	acme := c.Clone()
+	acme.SetSessionTicketKeys(t.keys)
+	t.acme = append(t.acme, acme)
 	acme.NextProtos = []string{alpnACME}
 	// Offer acme-tls/1 only to the ACME server, which offers nothing else:
 	// in the list of every connection it would fail clients whose

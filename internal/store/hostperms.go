@@ -53,6 +53,14 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		"$KV."+BucketVolumes+".*.*",
 	)
 	autostopLocks := "$KV." + BucketLocks + ".lock.autostop.*." + region
+	// Its region's session ticket keys, read and rotated by its edge;
+	// never another region's.
+	tickets := "$KV." + BucketTickets + "." + region
+	pub = append(pub,
+		"$JS.API.STREAM.INFO.KV_"+BucketTickets,
+		"$JS.API.DIRECT.GET.KV_"+BucketTickets+"."+tickets,
+		tickets,
+	)
 	pub = append(pub,
 		"$JS.API.INFO",
 		"$JS.API.STREAM.INFO.KV_"+BucketLocks, // bound, never watched

@@ -106,6 +106,23 @@ func TestHostCredential(t *testing.T) {
 	if _, _, err := Get[map[string]any](ctx, a.Machines, "app1.m1"); err != nil {
 		t.Errorf("host A cannot read a machine spec: %v", err)
 	}
+	// Session ticket keys: its own region's, not another's.
+	if _, err := srv.Tickets.Put(ctx, "ams", []byte(`{"keys":[]}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Tickets.Put(ctx, "iad", []byte(`{"keys":[]}`)); err != nil {
+		t.Errorf("host A cannot write its region's ticket keys: %v", err)
+	}
+	if _, err := a.Tickets.Get(ctx, "iad"); err != nil {
+		t.Errorf("host A cannot read its region's ticket keys: %v", err)
+	}
+	{
+		c, cancel := short()
+		if _, err := a.Tickets.Get(c, "ams"); err == nil {
+			t.Errorf("host A (iad) read region ams's ticket keys")
+		}
+		cancel()
+	}
 	seen := make(chan Change, 10)
 	wctx, wcancel := context.WithCancel(ctx)
 	go a.Watch(wctx, a.EdgeTLS, nil, func(c Change) { seen <- c })

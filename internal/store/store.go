@@ -48,8 +48,12 @@ const (
 	BucketEdgeTLS = "perch_edge_tls"
 	// BucketIPs holds the anycast addresses allocated to apps (package
 	// anycast), key "ip.<32 hex digits of the address>".
-	BucketIPs  = "perch_ips"
-	StreamLogs = "PERCH_LOGS"
+	BucketIPs = "perch_ips"
+	// BucketTickets holds each region's TLS session ticket keys, key
+	// "<region>" (edge/tickets.go): a host reads and rotates only its own
+	// region's (HostPermissions).
+	BucketTickets = "perch_tls_tickets"
+	StreamLogs    = "PERCH_LOGS"
 )
 
 // BucketOrgs holds organisations ("org.<slug>": members) and the
@@ -90,6 +94,7 @@ type Store struct {
 	HostAuth    jetstream.KeyValue
 	EdgeTLS     jetstream.KeyValue
 	IPs         jetstream.KeyValue
+	Tickets     jetstream.KeyValue // TLS session ticket keys per region
 }
 
 // Auth is how a connection to NATS authenticates: a token, or a user and
@@ -154,6 +159,11 @@ func OpenHost(ctx context.Context, url string, auth Auth, name string) (*Store, 
 			return nil, fmt.Errorf("bucket %s: %w", b.name, err)
 		}
 		*b.kv = kv
+	}
+	// Session ticket keys: optional, so that a host newer than its
+	// control plane still starts (its edge then keeps a key of its own).
+	if kv, err := js.KeyValue(ctx, BucketTickets); err == nil {
+		s.Tickets = kv
 	}
 	if s.VolumeMoves, err = js.ObjectStore(ctx, ObjectVolumeMoves); err != nil {
 		nc.Close()
@@ -239,6 +249,7 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		{&s.HostAuth, BucketHostAuth, 1, 0},
 		{&s.EdgeTLS, BucketEdgeTLS, 1, 0},
 		{&s.IPs, BucketIPs, 1, 0},
+		{&s.Tickets, BucketTickets, 1, 0},
 		// A challenge lives minutes; the TTL sweeps those a crashed
 		// issuer never cleaned up.
 		{&s.Challenges, BucketChallenges, 1, time.Hour},
