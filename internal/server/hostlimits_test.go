@@ -140,4 +140,3 @@ func TestHostPullsOnlyItsMachinesImages(t *testing.T) {
 		t.Errorf("host A pulling web:1 after its machine was destroyed: %v, want 403", err)
 	}
 }
-
