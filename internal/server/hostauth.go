@@ -387,3 +387,70 @@ func (s *Server) watchGrants(ctx context.Context, log *slog.Logger) {
 		}
 	})
 }
+
+// removeHost is DELETE /v1/hosts/{id} (operator only, perch hosts remove):
+// the host's credential is revoked (its API requests are 401 from now
+// on), its NATS user removed and its connections closed at once, its
+// grants dropped, and its record deleted, which takes it out of the
+// scheduler, the edges' routes and every other host's mesh peers. Its
+// machines stay as machines of a host that is gone, as for a dead host:
+// they show host_status "unreachable", get no traffic, and a destroy
+// removes them at once (destroy).
+func (s *Server) removeHost(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	id := r.PathValue("id")
+	if err := validID("host", id); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.hostMu.Lock()
+	defer s.hostMu.Unlock()
+	h, _, herr := store.Get[api.Host](ctx, s.st.Hosts, id)
+	if herr != nil && !errors.Is(herr, store.ErrNotFound) {
+		s.fail(w, r, herr)
+		return
+	}
+	_, _, cerr := store.Get[hostCredRecord](ctx, s.st.HostAuth, "host."+id)
+	if cerr != nil && !errors.Is(cerr, store.ErrNotFound) {
+		s.fail(w, r, cerr)
+		return
+	}
+	if errors.Is(herr, store.ErrNotFound) && errors.Is(cerr, store.ErrNotFound) {
+		s.fail(w, r, errf(http.StatusNotFound, "host %q not found; perch hosts lists the hosts", id))
+		return
+	}
+	if h.Role == api.HostRoleControl {
+		s.fail(w, r, errf(http.StatusBadRequest, "host %s is the control plane's own mesh record, not a host; it cannot be removed", id))
+		return
+	}
+	if err := store.Delete(ctx, s.st.HostAuth, "host."+id); err != nil {
+		s.fail(w, r, fmt.Errorf("revoke the credential of host %s: %w", id, err))
+		return
+	}
+	if s.nats != nil {
+		if err := s.nats.RemoveHostUser(id); err != nil {
+			s.fail(w, r, fmt.Errorf("remove host %s from NATS: %w", id, err))
+			return
+		}
+		s.grants.mu.Lock()
+		delete(s.grants.byHost, id)
+		s.grants.mu.Unlock()
+	}
+	if err := store.Delete(ctx, s.st.Hosts, id); err != nil {
+		s.fail(w, r, fmt.Errorf("delete the record of host %s: %w", id, err))
+		return
+	}
+	specs, err := store.List[store.MachineSpec](ctx, s.st.Machines, ">")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var lost []string
+	for _, sp := range specs {
+		if sp.HostID == id {
+			lost = append(lost, sp.App+"/"+sp.ID)
+		}
+	}
+	s.log.Warn("host removed: credential revoked, NATS connections closed", "host", id, "region", h.Region, "machines_lost", len(lost))
+	writeJSON(w, http.StatusOK, api.RemovedHost{ID: id, LostMachines: lost})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/store"
 )
@@ -138,5 +141,126 @@ func TestHostPullsOnlyItsMachinesImages(t *testing.T) {
 	}
 	if err := pull(a, "web:1"); !denied(err) {
 		t.Errorf("host A pulling web:1 after its machine was destroyed: %v, want 403", err)
+	}
+}
+
+// TestRemoveHost: perch hosts remove (DELETE /v1/hosts/{id}) is the
+// operator's; it closes the host's live NATS connection at once, and
+// from then on the host's credential is refused by NATS, the API and the
+// registry; the host leaves the hosts list, its machine shows its host
+// unreachable and a destroy removes it at once. Another host is untouched.
+func TestRemoveHost(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a := joinTestHost(ctx, t, s, "iad")
+	b := joinTestHost(ctx, t, s, "ams")
+	if _, err := s.c.CreateApp(ctx, api.CreateAppRequest{AppName: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.c.CreateMachine(ctx, "web", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "r/web:1"}})
+	if err != nil || m.HostID != a.HostID {
+		t.Fatalf("machine on host A: %+v, %v", m, err)
+	}
+	boot, err := api.NewClient(s.URL(), a.Bearer()).Bootstrap(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect := func(c *api.HostCredential, opts ...nats.Option) (*nats.Conn, error) {
+		return nats.Connect(boot.NATSURL, append([]nats.Option{nats.UserInfo(c.HostID, c.Secret),
+			nats.CustomInboxPrefix(store.HostInboxPrefix(c.HostID))}, opts...)...)
+	}
+	cut := make(chan struct{}, 1)
+	ncA, err := connect(a, nats.DisconnectErrHandler(func(*nats.Conn, error) {
+		select {
+		case cut <- struct{}{}:
+		default:
+		}
+	}), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatalf("host A connecting to NATS: %v", err)
+	}
+	defer ncA.Close()
+	ncB, err := connect(b)
+	if err != nil {
+		t.Fatalf("host B connecting to NATS: %v", err)
+	}
+	defer ncB.Close()
+
+	// Neither an organisation's token nor a host credential removes a host.
+	orgTok := mustToken(t, s.c, "personal", api.CreateTokenRequest{Kind: "org", Name: "ci"}).Secret
+	_, err = api.NewClient(s.URL(), orgTok).RemoveHost(ctx, a.HostID)
+	wantStatus(t, err, 403, "")
+	_, err = api.NewClient(s.URL(), b.Bearer()).RemoveHost(ctx, a.HostID)
+	wantStatus(t, err, 403, "host credential")
+	_, err = s.c.RemoveHost(ctx, "iad-nosuch")
+	wantStatus(t, err, 404, "not found")
+	_, err = s.c.RemoveHost(ctx, "../etc")
+	wantStatus(t, err, 400, "")
+
+	out, err := s.c.RemoveHost(ctx, a.HostID)
+	if err != nil {
+		t.Fatalf("remove host A: %v", err)
+	}
+	if want := []string{"web/" + m.ID}; out.ID != a.HostID || !slices.Equal(out.LostMachines, want) {
+		t.Errorf("removed %+v, want host %s with lost machines %v", out, a.HostID, want)
+	}
+	select {
+	case <-cut:
+	case <-time.After(10 * time.Second):
+		t.Fatal("host A's NATS connection still up 10 s after its removal")
+	}
+	if _, err := connect(a); err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+		t.Errorf("host A connecting to NATS after its removal: %v, want an authorization violation", err)
+	}
+	_, err = api.NewClient(s.URL(), a.Bearer()).Bootstrap(ctx)
+	wantStatus(t, err, 401, "host credential")
+	_, err = api.NewClient(s.URL(), a.Bearer()).RegisterHost(ctx, api.Host{ID: a.HostID, Region: "iad", CPUs: 2, MemoryMB: 1024})
+	wantStatus(t, err, 401, "")
+	req, _ := http.NewRequestWithContext(ctx, "GET", s.URL()+"/v2/", nil)
+	req.SetBasicAuth("host", a.Bearer())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("registry with the removed host's credential: %d, want 401", resp.StatusCode)
+	}
+
+	hosts, err := s.c.ListHosts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, h := range hosts {
+		ids = append(ids, h.ID)
+	}
+	if slices.Contains(ids, a.HostID) || !slices.Contains(ids, b.HostID) {
+		t.Errorf("hosts after removing %s: %v", a.HostID, ids)
+	}
+	got, err := s.c.GetMachine(ctx, "web", m.ID)
+	if err != nil || got.HostStatus != api.HostUnreachable {
+		t.Errorf("machine of the removed host: %+v, %v; want host_status %s", got, err, api.HostUnreachable)
+	}
+	if err := s.c.DestroyMachine(ctx, "web", m.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.c.GetMachine(ctx, "web", m.ID)
+	wantStatus(t, err, 404, "")
+	_, err = s.c.RemoveHost(ctx, a.HostID)
+	wantStatus(t, err, 404, "not found")
+
+	// Host B keeps its connection and its rights.
+	js, err := jetstream.New(ncB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, store.BucketHosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, b.HostID, []byte(`{}`)); err != nil {
+		t.Errorf("host B writing its record after A's removal: %v", err)
 	}
 }
