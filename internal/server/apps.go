@@ -57,6 +57,10 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if err := s.st.EnsureAppLogs(r.Context(), app.Name, s.cfg.LogBytesPerApp); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	s.log.Info("app created", "app", app.Name)
 	writeJSON(w, http.StatusCreated, app)
 }
@@ -196,6 +200,10 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.deleteSecrets(ctx, a.Name); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := s.st.DeleteAppLogs(ctx, a.Name); err != nil {
 		s.fail(w, r, err)
 		return
 	}
