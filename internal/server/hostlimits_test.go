@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"slices"
@@ -262,5 +263,54 @@ func TestRemoveHost(t *testing.T) {
 	}
 	if _, err := kv.Put(ctx, b.HostID, []byte(`{}`)); err != nil {
 		t.Errorf("host B writing its record after A's removal: %v", err)
+	}
+}
+
+// TestFlyPersonalOrg: org_slug "personal", Fly's name for a user's own
+// organisation, is the token's own organisation: an app created with it
+// by acme's token is acme's, and listing with it shows acme's apps only.
+// The admin's "personal" is the organisation of that name.
+func TestFlyPersonalOrg(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := s.c.CreateOrg(ctx, api.CreateOrgRequest{Slug: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	acmeTok := mustToken(t, s.c, "acme", api.CreateTokenRequest{Kind: "org", Name: "ci"}).Secret
+	acme := api.NewClient(s.URL(), acmeTok)
+	if _, err := s.c.CreateApp(ctx, api.CreateAppRequest{AppName: "admins", Org: "personal"}); err != nil {
+		t.Fatal(err)
+	}
+	app, err := acme.CreateApp(ctx, api.CreateAppRequest{AppName: "mine", Org: "personal"})
+	if err != nil {
+		t.Fatalf("acme creating an app with org_slug personal: %v", err)
+	}
+	if app.Org != "acme" || app.Organization.Slug != "acme" {
+		t.Errorf("app created with org_slug personal by acme's token is in %q (%+v), want acme", app.Org, app.Organization)
+	}
+	list := func(tok string) []string {
+		req, _ := http.NewRequestWithContext(ctx, "GET", s.URL()+"/v1/apps?org_slug=personal", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out api.AppList
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET /v1/apps?org_slug=personal: %d, %v", resp.StatusCode, err)
+		}
+		var names []string
+		for _, a := range out.Apps {
+			names = append(names, a.Name)
+		}
+		return names
+	}
+	if got := list(acmeTok); !slices.Equal(got, []string{"mine"}) {
+		t.Errorf("acme listing org_slug=personal: %v, want [mine]", got)
+	}
+	if got := list(s.AdminToken()); !slices.Equal(got, []string{"admins"}) {
+		t.Errorf("the admin listing org_slug=personal: %v, want [admins]", got)
 	}
 }
