@@ -63,7 +63,7 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		LogSubject("*", region, "edge"),
 		"perch.usage."+hostID,
 		DemandSubject(region),
-		DrainSubject,
+		DrainSubject(hostID),
 		"perch.start.*",
 	)
 	for _, key := range machines {
@@ -77,7 +77,7 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		Publish: &server.SubjectPermission{Allow: pub},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			HostInboxPrefix(hostID) + ".>",
-			DrainSubject,
+			DrainSubjects,
 			StartSubject(hostID),
 			VolumeSubject(hostID),
 		}},

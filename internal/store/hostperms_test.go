@@ -131,7 +131,7 @@ func TestHostCredential(t *testing.T) {
 	for _, r := range []struct {
 		from, to *Store
 		subj     string
-	}{{a, b, DrainSubject}, {b, a, StartSubject("iad-aaaa")}} {
+	}{{a, b, DrainSubject("iad-aaaa")}, {b, a, StartSubject("iad-aaaa")}} {
 		sub, err := r.to.Conn().Subscribe(r.subj, func(m *nats.Msg) { _ = m.Respond([]byte("ok")) })
 		if err != nil {
 			t.Fatal(err)
@@ -145,7 +145,7 @@ func TestHostCredential(t *testing.T) {
 		_ = sub.Unsubscribe()
 	}
 
-	allowed := []string{LogSubject("app1", "iad", "m2"), LogSubject("app1", "iad", "edge"), "perch.usage.iad-aaaa", DemandSubject("iad"), DrainSubject, StartSubject("ams-bbbb")}
+	allowed := []string{LogSubject("app1", "iad", "m2"), LogSubject("app1", "iad", "edge"), "perch.usage.iad-aaaa", DemandSubject("iad"), DrainSubject("iad-aaaa"), StartSubject("ams-bbbb")}
 	for _, subj := range allowed {
 		if err := a.Conn().Publish(subj, []byte("{}")); err != nil {
 			t.Fatal(err)
@@ -220,6 +220,7 @@ func TestHostCredential(t *testing.T) {
 	denied("publish a log line of host B's machine as if from its own region", "perch.logs.app1.iad.m1", pub(LogSubject("app1", "iad", "m1")))
 	denied("publish host B's usage", "perch.usage.ams-bbbb", pub("perch.usage.ams-bbbb"))
 	denied("publish another region's demand", "perch.demand.ams", pub(DemandSubject("ams")))
+	denied("ask the edges to drain as host B", "perch.drain.ams-bbbb", pub(DrainSubject("ams-bbbb")))
 	for _, subj := range []string{"_INBOX.>", HostInboxPrefix("ams-bbbb") + ".>", StartSubject("ams-bbbb"), VolumeSubject("ams-bbbb"), "perch.logs.>", "$KV.>", ">"} {
 		denied("subscribe to "+subj, subj, func(c context.Context) error {
 			if _, err := a.Conn().SubscribeSync(subj); err != nil {
