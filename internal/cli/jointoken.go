@@ -51,7 +51,7 @@ func newJoinTokenCmd(g *globals) *cobra.Command {
 // the host's credential is revoked and its connections to NATS closed at
 // once; its machines are lost with it.
 func newHostRemoveCmd(g *globals) *cobra.Command {
-	var asJSON bool
+	var asJSON, yes bool
 	cmd := &cobra.Command{
 		Use:   "remove HOST",
 		Short: "Remove a host: revoke its credential, cut its connections; its machines are lost",
@@ -61,6 +61,12 @@ func newHostRemoveCmd(g *globals) *cobra.Command {
 			"replace them. A host removed joins again only with a new join token and an empty state dir.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !yes {
+				prompt := fmt.Sprintf("This removes host %s for good: its credential is revoked and its machines are lost.", args[0])
+				if err := confirm(cmd, prompt, args[0]); err != nil {
+					return err
+				}
+			}
 			c, err := g.client()
 			if err != nil {
 				return err
@@ -80,5 +86,6 @@ func newHostRemoveCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
 	return cmd
 }
