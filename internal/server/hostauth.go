@@ -254,22 +254,33 @@ type machineGrants struct {
 // grantMachine lets spec's host write the machine's keys, before the
 // spec is written (DESIGN invariant 3: the host acts on the spec only).
 func (s *Server) grantMachine(spec store.MachineSpec) error {
+	return s.grant(spec.HostID, spec.Key())
+}
+
+// grantVolume lets host delete the record of volume key ("<app>.<id>"),
+// which it does for a volume destroyed while it was down. The grant
+// lasts while the control plane runs (a volume's host never changes).
+func (s *Server) grantVolume(host, key string) error {
+	return s.grant(host, store.VolumeGrantPrefix+key)
+}
+
+func (s *Server) grant(host, key string) error {
 	if s.nats == nil {
 		return nil
 	}
 	g := s.grants
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	ks := g.byHost[spec.HostID]
+	ks := g.byHost[host]
 	if ks == nil {
 		ks = map[string]time.Time{}
-		g.byHost[spec.HostID] = ks
+		g.byHost[host] = ks
 	}
-	if t, ok := ks[spec.Key()]; ok && t.IsZero() {
+	if t, ok := ks[key]; ok && t.IsZero() {
 		return nil
 	}
-	ks[spec.Key()] = time.Time{}
-	return s.applyGrants(spec.HostID)
+	ks[key] = time.Time{}
+	return s.applyGrants(host)
 }
 
 // applyGrants reloads the NATS users of hosts (all if none named).
@@ -299,14 +310,26 @@ func (s *Server) loadGrants(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: machines for host grants: %w", err)
 	}
+	vols, err := store.List[store.VolumeRecord](ctx, s.st.Volumes, "*.*")
+	if err != nil {
+		return fmt.Errorf("server: volumes for host grants: %w", err)
+	}
 	g := s.grants
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for _, sp := range specs {
-		if g.byHost[sp.HostID] == nil {
-			g.byHost[sp.HostID] = map[string]time.Time{}
+	add := func(host, key string) {
+		if g.byHost[host] == nil {
+			g.byHost[host] = map[string]time.Time{}
 		}
-		g.byHost[sp.HostID][sp.Key()] = time.Time{}
+		g.byHost[host][key] = time.Time{}
+	}
+	for _, sp := range specs {
+		add(sp.HostID, sp.Key())
+	}
+	for _, v := range vols {
+		if v.HostID != "" {
+			add(v.HostID, store.VolumeGrantPrefix+v.Key())
+		}
 	}
 	return s.applyGrants()
 }
@@ -367,7 +390,7 @@ func (s *Server) watchGrants(ctx context.Context, log *slog.Logger) {
 		case c.All != nil:
 			for _, ks := range g.byHost {
 				for k := range ks {
-					if _, ok := c.All[k]; !ok {
+					if _, ok := c.All[k]; !ok && !strings.HasPrefix(k, store.VolumeGrantPrefix) {
 						gone(k)
 					}
 				}

@@ -121,7 +121,7 @@ func (s *Server) hostRunsRepo(ctx context.Context, host, repo string) (bool, err
 		var keys []string
 		s.grants.mu.Lock()
 		for k, gone := range s.grants.byHost[host] {
-			if gone.IsZero() {
+			if gone.IsZero() && !strings.HasPrefix(k, store.VolumeGrantPrefix) {
 				keys = append(keys, k)
 			}
 		}

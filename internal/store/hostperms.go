@@ -20,8 +20,13 @@ var HostBuckets = []string{BucketApps, BucketMachines, BucketStatus, BucketHosts
 // the control plane or another host.
 func HostInboxPrefix(hostID string) string { return "_INBOX_" + hostID }
 
+// VolumeGrantPrefix marks a volume's key ("volume:<app>.<id>") among a
+// host's granted machines: the host may delete that volume's record.
+const VolumeGrantPrefix = "volume:"
+
 // HostPermissions are the NATS permissions of host id in region with the
-// machines placed on it (keys "<app>.<id>"): exactly the subjects its
+// machines placed on it (keys "<app>.<id>", and its volumes' keys after
+// VolumeGrantPrefix): exactly the subjects its
 // agent and edge use (docs/security.md, "Hosts and their credentials").
 // Specs, statuses and log subjects are keyed by app and machine, not
 // host, so each machine is granted by name; the control plane grants it
@@ -47,9 +52,6 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		"$JS.API.CONSUMER.CREATE."+moves, "$JS.API.CONSUMER.CREATE."+moves+".>",
 		"$JS.API.CONSUMER.DELETE."+moves+".>", "$JS.API.CONSUMER.INFO."+moves+".>",
 		"$JS.FC."+moves+".>", "$O."+ObjectVolumeMoves+".>",
-		// A volume destroyed while its host was down: the host removes
-		// its record (keys "<app>.<id>"; any volume's, see security.md).
-		"$KV."+BucketVolumes+".*.*",
 	)
 	autostopLocks := "$KV." + BucketLocks + ".lock.autostop.*." + region
 	pub = append(pub,
@@ -67,6 +69,12 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		"perch.start.*",
 	)
 	for _, key := range machines {
+		if vol, ok := strings.CutPrefix(key, VolumeGrantPrefix); ok {
+			// A volume destroyed while its host was down: the host
+			// removes its record.
+			pub = append(pub, "$KV."+BucketVolumes+"."+vol)
+			continue
+		}
 		app, id, ok := strings.Cut(key, ".")
 		if !ok {
 			continue
