@@ -12,6 +12,7 @@ import (
 	"github.com/perchhq/perch/internal/meshhost"
 	"github.com/perchhq/perch/internal/registry"
 	"github.com/perchhq/perch/internal/server"
+	"github.com/perchhq/perch/internal/store"
 	"github.com/spf13/cobra"
 )
 
@@ -78,6 +79,7 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&anycastV6, "anycast-v6", "", "IPv6 range apps' dedicated anycast addresses come from")
 	f.StringVar(&machineNet, "machine-net", "172.30.0.0/16", "range that host machine subnets (/24 each) come from")
 	f.DurationVar(&cfg.HostTimeout, "host-timeout", 0, "how long a silent host stays up (default 10s)")
+	f.Int64Var(&cfg.LogBytesPerApp, "log-bytes-per-app", store.LogBytesPerApp, "size of each app's log stream in bytes: an app's oldest lines go beyond it, never another app's")
 	f.DurationVar(&cfg.Registry.UploadTimeout, "registry-upload-timeout", registry.DefaultUploadTimeout, "how long a registry blob upload may sit idle before it is removed")
 	f.Int64Var(&cfg.Registry.MaxBlobBytes, "registry-max-blob-bytes", registry.DefaultMaxBlobBytes, "largest blob (image layer) the registry accepts, in bytes; larger uploads get 413 (-1: no cap)")
 	f.BoolVar(&cfg.RotateSecretsKey, "rotate-secrets-key", false, "replace the secrets master key in --data-dir at start: every app's data key is re-wrapped with a new one (docs/secrets.md)")

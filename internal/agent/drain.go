@@ -95,7 +95,7 @@ func (a *Agent) drain(ctx context.Context, app, id string, wait time.Duration) {
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	req, _ := json.Marshal(store.DrainRequest{App: app, ID: id, Wait: wait})
-	if err := nc.PublishRequest(store.DrainSubject, inbox, req); err != nil {
+	if err := nc.PublishRequest(store.DrainSubject(a.host.ID), inbox, req); err != nil {
 		a.log.Warn("drain: asking the edges; stopping without waiting for them", "machine", id, "err", err)
 		return
 	}

@@ -38,6 +38,9 @@ func TestLogFloodIsPaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
+	if err := st.EnsureAppLogs(ctx, "flood", 0); err != nil {
+		t.Fatal(err)
+	}
 
 	const lines = 100_000
 	out := filepath.Join(dir, "stdout")
@@ -80,7 +83,7 @@ func TestLogFloodIsPaced(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // polling the shipper's state, a condition
 	}
 	took := time.Since(start)
-	cons, err := st.JetStream().OrderedConsumer(ctx, store.StreamLogs, jetstream.OrderedConsumerConfig{
+	cons, err := st.JetStream().OrderedConsumer(ctx, store.LogStream("flood"), jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{store.LogSubject("flood", "iad", "m1")},
 	})
 	if err != nil {

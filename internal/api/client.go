@@ -192,6 +192,16 @@ func (c *Client) ListHosts(ctx context.Context) ([]Host, error) {
 	return hosts, err
 }
 
+// RemoveHost removes host id (operator only): its credential revoked, its
+// NATS connections closed, its record gone; its machines are lost.
+func (c *Client) RemoveHost(ctx context.Context, id string) (*RemovedHost, error) {
+	var out RemovedHost
+	if err := c.do(ctx, http.MethodDelete, "/v1/hosts/"+url.PathEscape(id), nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // RegisterHost registers (or re-registers, when h.ID is set) an agent's
 // host and returns it with its ID and subnet.
 func (c *Client) RegisterHost(ctx context.Context, h Host) (*Host, error) {

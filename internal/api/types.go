@@ -521,6 +521,13 @@ type BGPSession struct {
 	State string `json:"state"`
 }
 
+// RemovedHost answers DELETE /v1/hosts/{id}: the machines ("app/id")
+// that were on the host, now lost with it.
+type RemovedHost struct {
+	ID           string   `json:"id"`
+	LostMachines []string `json:"lost_machines"`
+}
+
 // HostRoleControl marks the control plane's record in the hosts list.
 const HostRoleControl = "control"
 

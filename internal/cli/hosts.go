@@ -39,7 +39,7 @@ func newHostsCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.AddCommand(newJoinTokenCmd(g)) // jointoken.go
+	cmd.AddCommand(newJoinTokenCmd(g), newHostRemoveCmd(g)) // jointoken.go
 	return cmd
 }
 

@@ -46,3 +46,46 @@ func newJoinTokenCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(create)
 	return cmd
 }
+
+// newHostRemoveCmd is `perch hosts remove HOST` (the operator's token):
+// the host's credential is revoked and its connections to NATS closed at
+// once; its machines are lost with it.
+func newHostRemoveCmd(g *globals) *cobra.Command {
+	var asJSON, yes bool
+	cmd := &cobra.Command{
+		Use:   "remove HOST",
+		Short: "Remove a host: revoke its credential, cut its connections; its machines are lost",
+		Long: "Remove a host: its credential is revoked and its NATS connections are closed at once, and it\n" +
+			"leaves the scheduler, the edges and the mesh. Its machines stay listed with host_status\n" +
+			"unreachable, as on a dead host; destroy them (perch machine destroy) or deploy again to\n" +
+			"replace them. A host removed joins again only with a new join token and an empty state dir.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !yes {
+				prompt := fmt.Sprintf("This removes host %s for good: its credential is revoked and its machines are lost.", args[0])
+				if err := confirm(cmd, prompt, args[0]); err != nil {
+					return err
+				}
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			out, err := c.RemoveHost(cmd.Context(), args[0])
+			if err != nil {
+				return fmt.Errorf("hosts remove %s: %w", args[0], err)
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Host %s removed: its credential is revoked and its connections closed.\n", out.ID)
+			if len(out.LostMachines) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "%d machines were on it and are lost (host_status unreachable): %v\n", len(out.LostMachines), out.LostMachines)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
+	return cmd
+}

@@ -101,6 +101,14 @@ func TestAppsDestroyNeedsConfirmation(t *testing.T) {
 	wantErr(t, err, "not logged in")
 }
 
+func TestHostsRemoveNeedsConfirmation(t *testing.T) {
+	loggedOut(t)
+	_, err := run(t, "", "", "hosts", "remove", "iad-1234")
+	wantErr(t, err, "--yes")
+	_, err = run(t, "", "", "hosts", "remove", "iad-1234", "--yes")
+	wantErr(t, err, "not logged in")
+}
+
 func TestLoginErrors(t *testing.T) {
 	loggedOut(t)
 	_, err := run(t, "", "", "auth", "login")

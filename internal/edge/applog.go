@@ -11,7 +11,7 @@ import (
 	"github.com/perchhq/perch/internal/store"
 )
 
-// The edge writes a line in an app's own log (PERCH_LOGS, what `perch
+// The edge writes a line in an app's own log (store.LogStream, what `perch
 // logs` shows) when it closes a raw TCP connection of the app that it
 // could not take anywhere: the client saw only a closed connection, and
 // the app's owner would otherwise have to read the edge's access log to

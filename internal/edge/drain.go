@@ -22,9 +22,15 @@ const drainPoll = 10 * time.Millisecond
 
 // serveDrains answers drain requests until ctx is done.
 func (e *Edge) serveDrains(ctx context.Context, nc *nats.Conn) {
-	sub, err := nc.Subscribe(store.DrainSubject, func(m *nats.Msg) {
+	sub, err := nc.Subscribe(store.DrainSubjects, func(m *nats.Msg) {
 		var req store.DrainRequest
 		if err := json.Unmarshal(m.Data, &req); err != nil || m.Reply == "" {
+			return
+		}
+		if host, ok := e.machineHost(req.App, req.ID); ok && host != store.DrainSender(m.Subject) {
+			// Only a machine's own host drains it: another host asking is
+			// not answered (nor waited on for up to 10 minutes).
+			e.log.Warn("drain request for another host's machine ignored", "from", store.DrainSender(m.Subject), "app", req.App, "machine", req.ID, "host", host)
 			return
 		}
 		go e.answerDrain(ctx, m, req)
@@ -69,6 +75,16 @@ func (e *Edge) answerDrain(ctx context.Context, m *nats.Msg, req store.DrainRequ
 		}
 		return
 	}
+}
+
+// machineHost is the host of a machine this edge knows.
+func (e *Edge) machineHost(app, id string) (string, bool) {
+	for _, r := range e.table.Snapshot().Machines() {
+		if r.App == app && r.ID == id {
+			return r.HostID, true
+		}
+	}
+	return "", false
 }
 
 // drainState says whether this edge still routes to a machine and what

@@ -107,7 +107,7 @@ func (w *storeWorld) accessLines(app string) []map[string]any {
 	return out
 }
 
-// appLog follows app's log stream (PERCH_LOGS, what `perch logs` reads)
+// appLog follows app's log stream (store.LogStream, what `perch logs` reads)
 // from its start.
 type appLog struct {
 	mu    sync.Mutex
@@ -117,7 +117,10 @@ type appLog struct {
 func (w *storeWorld) followLog(app string) *appLog {
 	w.t.Helper()
 	ctx := context.Background()
-	cons, err := w.st.JetStream().OrderedConsumer(ctx, store.StreamLogs, jetstream.OrderedConsumerConfig{
+	if err := w.st.EnsureAppLogs(ctx, app, 0); err != nil {
+		w.t.Fatal(err)
+	}
+	cons, err := w.st.JetStream().OrderedConsumer(ctx, store.LogStream(app), jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{store.LogFilter(app)}, DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {

@@ -57,19 +57,24 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	if err := s.st.EnsureAppLogs(r.Context(), app.Name, s.cfg.LogBytesPerApp); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	s.log.Info("app created", "app", app.Name)
 	writeJSON(w, http.StatusCreated, app)
 }
 
 // appOrg settles the organisation a new app goes to: the one asked for, or
-// the token's own (the admin's default: DefaultOrg). An organisation's
+// the token's own (the admin's default: DefaultOrg). "personal", Fly's
+// name for a user's own organisation, is the token's own. An organisation's
 // token creates apps only in its organisation, and an app-narrowed one
 // only that app.
 func (s *Server) appOrg(r *http.Request, app *api.App) error {
 	p := principalOf(r)
 	if p.Kind != auth.KindAdmin {
-		if app.Org == "" {
-			app.Org = p.Org
+		if app.Org == "" || app.Org == DefaultOrg {
+			app.Org = p.Org // Fly's "personal": the token's own organisation
 		}
 		if app.Org != p.Org {
 			return errf(http.StatusForbidden, "cannot create app %s in organisation %q: your token is of organisation %q; use one of %q, or leave the organisation out", app.Name, app.Org, p.Org, app.Org)
@@ -96,7 +101,8 @@ func appView(a api.App) api.App {
 }
 
 // listApps answers as Fly does, {total_apps, apps}, only org_slug's apps
-// when it is given.
+// when it is given; "personal", as on Fly, is the token's own
+// organisation.
 func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 	apps, err := store.List[api.App](r.Context(), s.st.Apps, ">")
 	if err != nil {
@@ -105,6 +111,9 @@ func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 	}
 	org := r.URL.Query().Get("org_slug")
 	p := principalOf(r)
+	if org == DefaultOrg && p.Kind != auth.KindAdmin {
+		org = p.Org // Fly's "personal": the token's own organisation
+	}
 	out := api.AppList{Apps: []api.App{}}
 	for _, a := range apps {
 		a = appView(a)
@@ -196,6 +205,10 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.deleteSecrets(ctx, a.Name); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := s.st.DeleteAppLogs(ctx, a.Name); err != nil {
 		s.fail(w, r, err)
 		return
 	}

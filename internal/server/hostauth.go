@@ -254,22 +254,33 @@ type machineGrants struct {
 // grantMachine lets spec's host write the machine's keys, before the
 // spec is written (DESIGN invariant 3: the host acts on the spec only).
 func (s *Server) grantMachine(spec store.MachineSpec) error {
+	return s.grant(spec.HostID, spec.Key())
+}
+
+// grantVolume lets host delete the record of volume key ("<app>.<id>"),
+// which it does for a volume destroyed while it was down. The grant
+// lasts while the control plane runs (a volume's host never changes).
+func (s *Server) grantVolume(host, key string) error {
+	return s.grant(host, store.VolumeGrantPrefix+key)
+}
+
+func (s *Server) grant(host, key string) error {
 	if s.nats == nil {
 		return nil
 	}
 	g := s.grants
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	ks := g.byHost[spec.HostID]
+	ks := g.byHost[host]
 	if ks == nil {
 		ks = map[string]time.Time{}
-		g.byHost[spec.HostID] = ks
+		g.byHost[host] = ks
 	}
-	if t, ok := ks[spec.Key()]; ok && t.IsZero() {
+	if t, ok := ks[key]; ok && t.IsZero() {
 		return nil
 	}
-	ks[spec.Key()] = time.Time{}
-	return s.applyGrants(spec.HostID)
+	ks[key] = time.Time{}
+	return s.applyGrants(host)
 }
 
 // applyGrants reloads the NATS users of hosts (all if none named).
@@ -299,14 +310,26 @@ func (s *Server) loadGrants(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: machines for host grants: %w", err)
 	}
+	vols, err := store.List[store.VolumeRecord](ctx, s.st.Volumes, "*.*")
+	if err != nil {
+		return fmt.Errorf("server: volumes for host grants: %w", err)
+	}
 	g := s.grants
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for _, sp := range specs {
-		if g.byHost[sp.HostID] == nil {
-			g.byHost[sp.HostID] = map[string]time.Time{}
+	add := func(host, key string) {
+		if g.byHost[host] == nil {
+			g.byHost[host] = map[string]time.Time{}
 		}
-		g.byHost[sp.HostID][sp.Key()] = time.Time{}
+		g.byHost[host][key] = time.Time{}
+	}
+	for _, sp := range specs {
+		add(sp.HostID, sp.Key())
+	}
+	for _, v := range vols {
+		if v.HostID != "" {
+			add(v.HostID, store.VolumeGrantPrefix+v.Key())
+		}
 	}
 	return s.applyGrants()
 }
@@ -367,7 +390,7 @@ func (s *Server) watchGrants(ctx context.Context, log *slog.Logger) {
 		case c.All != nil:
 			for _, ks := range g.byHost {
 				for k := range ks {
-					if _, ok := c.All[k]; !ok {
+					if _, ok := c.All[k]; !ok && !strings.HasPrefix(k, store.VolumeGrantPrefix) {
 						gone(k)
 					}
 				}
@@ -386,4 +409,71 @@ func (s *Server) watchGrants(ctx context.Context, log *slog.Logger) {
 			}
 		}
 	})
+}
+
+// removeHost is DELETE /v1/hosts/{id} (operator only, perch hosts remove):
+// the host's credential is revoked (its API requests are 401 from now
+// on), its NATS user removed and its connections closed at once, its
+// grants dropped, and its record deleted, which takes it out of the
+// scheduler, the edges' routes and every other host's mesh peers. Its
+// machines stay as machines of a host that is gone, as for a dead host:
+// they show host_status "unreachable", get no traffic, and a destroy
+// removes them at once (destroy).
+func (s *Server) removeHost(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	id := r.PathValue("id")
+	if err := validID("host", id); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.hostMu.Lock()
+	defer s.hostMu.Unlock()
+	h, _, herr := store.Get[api.Host](ctx, s.st.Hosts, id)
+	if herr != nil && !errors.Is(herr, store.ErrNotFound) {
+		s.fail(w, r, herr)
+		return
+	}
+	_, _, cerr := store.Get[hostCredRecord](ctx, s.st.HostAuth, "host."+id)
+	if cerr != nil && !errors.Is(cerr, store.ErrNotFound) {
+		s.fail(w, r, cerr)
+		return
+	}
+	if errors.Is(herr, store.ErrNotFound) && errors.Is(cerr, store.ErrNotFound) {
+		s.fail(w, r, errf(http.StatusNotFound, "host %q not found; perch hosts lists the hosts", id))
+		return
+	}
+	if h.Role == api.HostRoleControl {
+		s.fail(w, r, errf(http.StatusBadRequest, "host %s is the control plane's own mesh record, not a host; it cannot be removed", id))
+		return
+	}
+	if err := store.Delete(ctx, s.st.HostAuth, "host."+id); err != nil {
+		s.fail(w, r, fmt.Errorf("revoke the credential of host %s: %w", id, err))
+		return
+	}
+	if s.nats != nil {
+		if err := s.nats.RemoveHostUser(id); err != nil {
+			s.fail(w, r, fmt.Errorf("remove host %s from NATS: %w", id, err))
+			return
+		}
+		s.grants.mu.Lock()
+		delete(s.grants.byHost, id)
+		s.grants.mu.Unlock()
+	}
+	if err := store.Delete(ctx, s.st.Hosts, id); err != nil {
+		s.fail(w, r, fmt.Errorf("delete the record of host %s: %w", id, err))
+		return
+	}
+	specs, err := store.List[store.MachineSpec](ctx, s.st.Machines, ">")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var lost []string
+	for _, sp := range specs {
+		if sp.HostID == id {
+			lost = append(lost, sp.App+"/"+sp.ID)
+		}
+	}
+	s.log.Warn("host removed: credential revoked, NATS connections closed", "host", id, "region", h.Region, "machines_lost", len(lost))
+	writeJSON(w, http.StatusOK, api.RemovedHost{ID: id, LostMachines: lost})
 }

@@ -80,6 +80,13 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 	}
 	s.hostMu.Lock()
 	defer s.hostMu.Unlock()
+	if hp, ok := hostOf(r); ok {
+		// Removed (removeHost) since its credential was checked.
+		if _, _, err := store.Get[hostCredRecord](ctx, s.st.HostAuth, "host."+hp.ID); errors.Is(err, store.ErrNotFound) {
+			s.fail(w, r, errf(http.StatusUnauthorized, "host %s was removed; join it again with a new join token (perch hosts join-token create)", hp.ID))
+			return
+		}
+	}
 	all, err := s.hosts(ctx)
 	if err != nil {
 		s.fail(w, r, err)

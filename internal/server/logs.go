@@ -1,7 +1,10 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -41,7 +44,13 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	subject := "perch.logs." + a.Name + "." + region + "." + machine
 	// Start at the last `lines` lines: a machine that printed a million
 	// lines costs a handful of round trips, not a million messages.
-	start, err := s.st.LogTailStart(ctx, subject, uint64(lines))
+	start, err := s.st.LogTailStart(ctx, a.Name, subject, uint64(lines))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		// An app written to the store by other means than createApp.
+		if err = s.st.EnsureAppLogs(ctx, a.Name, s.cfg.LogBytesPerApp); err == nil {
+			start, err = s.st.LogTailStart(ctx, a.Name, subject, uint64(lines))
+		}
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -50,7 +59,7 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 	if start > 0 {
 		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
 	}
-	cons, err := s.st.JetStream().OrderedConsumer(ctx, store.StreamLogs, occ)
+	cons, err := s.st.JetStream().OrderedConsumer(ctx, store.LogStream(a.Name), occ)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -119,4 +128,19 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 			flusher.Flush()
 		}
 	}
+}
+
+// ensureLogStreams makes every app's log stream at start (apps made
+// before logs were kept per app, or a resized LogBytesPerApp).
+func (s *Server) ensureLogStreams(ctx context.Context) error {
+	apps, err := store.List[api.App](ctx, s.st.Apps, ">")
+	if err != nil {
+		return fmt.Errorf("server: apps for their log streams: %w", err)
+	}
+	for _, a := range apps {
+		if err := s.st.EnsureAppLogs(ctx, a.Name, s.cfg.LogBytesPerApp); err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+	}
+	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,17 +47,17 @@ func TestLogsTailAfterAFlood(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	js, _ := ts.st.JetStream().Stream(ctx, store.StreamLogs)
+	js, _ := ts.st.JetStream().Stream(ctx, store.LogStream("flood"))
 	for {
 		info, err := js.Info(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.State.Msgs >= 3+machines*perMachine {
+		if info.State.Msgs >= machines*perMachine {
 			break
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("the stream holds %d lines, want %d", info.State.Msgs, 3+machines*perMachine)
+			t.Fatalf("the stream holds %d lines, want %d", info.State.Msgs, machines*perMachine)
 		}
 		time.Sleep(50 * time.Millisecond) // polling the stream's count, a condition
 	}
@@ -122,5 +124,104 @@ func TestLogsTailAfterAFlood(t *testing.T) {
 	got, _ = tail("quiet", 100)
 	if len(got) != 3 {
 		t.Errorf("the other app's lines after the machine overflowed = %q; want its 3 lines", got)
+	}
+}
+
+// TestLogFloodKeepsOtherAppsLines: 40 machines of one app print 4 times
+// what an app's log keeps, in lines of 4 KiB; the app's stream stays
+// within its size, its newest line is there, and not one line of another
+// app is evicted. Deleting the flooded app deletes its log: an app made
+// again with its name starts empty.
+func TestLogFloodKeepsOtherAppsLines(t *testing.T) {
+	const perApp = 4 << 20
+	ts := startServer(t, t.TempDir(), func(c *Config) { c.LogBytesPerApp = perApp })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, app := range []string{"flood", "quiet"} {
+		if _, err := ts.c.CreateApp(ctx, api.CreateAppRequest{AppName: app}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc := ts.st.Conn()
+	pad := strings.Repeat("x", 4<<10)
+	publish := func(app, machine, msg string) {
+		b, _ := json.Marshal(api.LogLine{Timestamp: time.Now().UTC(), App: app, Region: "iad", MachineID: machine, Stream: "stdout", Message: msg})
+		if err := nc.Publish(store.LogSubject(app, "iad", machine), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 1; i <= 3; i++ {
+		publish("quiet", "q1", fmt.Sprintf("q1 line %d", i))
+	}
+	const machines, perMachine = 40, 110
+	flooded := 0
+	for i := 1; i <= perMachine; i++ {
+		for m := 0; m < machines; m++ {
+			msg := fmt.Sprintf("f%02d line %d %s", m, i, pad)
+			publish("flood", fmt.Sprintf("f%02d", m), msg)
+			flooded += len(msg)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if flooded < 4*perApp {
+		t.Fatalf("the flood is %d bytes, want at least 4 times an app's %d", flooded, perApp)
+	}
+	stream, err := ts.st.JetStream().Stream(ctx, store.LogStream("flood"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lastSubj := store.LogSubject("flood", "iad", fmt.Sprintf("f%02d", machines-1))
+	want := fmt.Sprintf("f%02d line %d ", machines-1, perMachine)
+	for {
+		last, err := stream.GetLastMsgForSubject(ctx, lastSubj)
+		var l api.LogLine
+		if err == nil && json.Unmarshal(last.Data, &l) == nil && strings.HasPrefix(l.Message, want) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the flood's last line never reached its stream: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling for the last line, a condition
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Bytes > perApp {
+		t.Errorf("the flooded app's log holds %d bytes, over its %d", info.State.Bytes, perApp)
+	}
+	t.Logf("flood of %d MiB: the app keeps %d lines, %.1f MiB", flooded>>20, info.State.Msgs, float64(info.State.Bytes)/(1<<20))
+
+	var got []string
+	collect := func(l api.LogLine) error { got = append(got, l.Message); return nil }
+	start := time.Now()
+	if err := ts.c.Logs(ctx, "flood", api.LogOptions{Lines: 1}, collect); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); len(got) != 1 || !strings.HasPrefix(got[0], want) || took > time.Second {
+		t.Errorf("perch logs -n 1 of the flooded app: %d lines (%.40q), in %v; want its last line in under a second", len(got), got, took)
+	}
+	got = nil
+	if err := ts.c.Logs(ctx, "quiet", api.LogOptions{Lines: 100}, collect); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []string{"q1 line 1", "q1 line 2", "q1 line 3"}) {
+		t.Errorf("the other app's lines after the flood = %q; want its 3 lines", got)
+	}
+
+	if err := ts.c.DestroyApp(ctx, "flood"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.c.CreateApp(ctx, api.CreateAppRequest{AppName: "flood"}); err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	if err := ts.c.Logs(ctx, "flood", api.LogOptions{Lines: 100}, collect); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 0 {
+		t.Errorf("a new app named flood sees %d lines of the deleted one's log", len(got))
 	}
 }

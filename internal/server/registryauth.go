@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/perchhq/perch/internal/auth"
 	"github.com/perchhq/perch/internal/registry"
 	"github.com/perchhq/perch/internal/store"
@@ -41,6 +43,16 @@ func (a registryAuth) Authorize(req *http.Request, tok string, acc registry.Acce
 	case auth.KindHost:
 		if acc.Push || acc.Catalog {
 			return fmt.Errorf("%w: a host credential only pulls images", registry.ErrDenied)
+		}
+		if acc.Repo == "" {
+			return nil // the base endpoint: a login check
+		}
+		ok, err := a.s.hostRunsRepo(req.Context(), p.Host, acc.Repo)
+		if err != nil {
+			return fmt.Errorf("%w: repository %s: %v", registry.ErrDenied, acc.Repo, err)
+		}
+		if !ok {
+			return fmt.Errorf("%w: host %s runs no machine of repository %s; a host pulls only its own machines' images", registry.ErrDenied, p.Host, acc.Repo)
 		}
 		return nil
 	case auth.KindOrg:
@@ -91,4 +103,50 @@ func (a registryAuth) Authorize(req *http.Request, tok string, acc registry.Acce
 		return fmt.Errorf("%w: repository %s does not exist or is not your organisation's (%s); push under another name", registry.ErrDenied, acc.Repo, p.Org)
 	}
 	return nil
+}
+
+// hostRunsRepo says whether host may pull repository repo: a machine
+// placed on it runs an image of repo (its registry name aside: the host
+// reaches this registry under whatever address the image names), or a
+// machine anywhere runs one with [[statics]], which every edge serves
+// from its own copy of the image (agent/statics.go). The machines placed
+// on the host are its NATS grants (hostauth.go), each spec read for its
+// current image; with an external NATS, which has no grants, every spec.
+func (s *Server) hostRunsRepo(ctx context.Context, host, repo string) (bool, error) {
+	runs := func(sp store.MachineSpec) bool {
+		ref, err := name.ParseReference(sp.Config.Image)
+		return err == nil && ref.Context().RepositoryStr() == repo
+	}
+	if s.nats != nil {
+		var keys []string
+		s.grants.mu.Lock()
+		for k, gone := range s.grants.byHost[host] {
+			if gone.IsZero() && !strings.HasPrefix(k, store.VolumeGrantPrefix) {
+				keys = append(keys, k)
+			}
+		}
+		s.grants.mu.Unlock()
+		for _, k := range keys {
+			sp, _, err := store.Get[store.MachineSpec](ctx, s.st.Machines, k)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return false, err
+			}
+			if sp.HostID == host && runs(sp) {
+				return true, nil
+			}
+		}
+	}
+	specs, err := store.List[store.MachineSpec](ctx, s.st.Machines, ">")
+	if err != nil {
+		return false, err
+	}
+	for _, sp := range specs {
+		if (sp.HostID == host || len(sp.Config.Statics) > 0) && runs(sp) {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -48,6 +48,10 @@ type Config struct {
 	MachineNet netip.Prefix
 	// HostTimeout is how long a host may stay silent before it is down.
 	HostTimeout time.Duration
+	// LogBytesPerApp is the size of each app's log stream
+	// (store.LogBytesPerApp if 0): an app's oldest lines go beyond it,
+	// never another app's.
+	LogBytesPerApp int64
 	// Certs configures certificates: the ACME CA for custom hostnames and
 	// the dev CA.
 	Certs certs.Config
@@ -147,6 +151,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.ensureOrg(ctx, DefaultOrg); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: %w", err)
+	}
+	if err := s.ensureLogStreams(ctx); err != nil { // logs.go
+		s.Close()
+		return nil, err
 	}
 	if err := s.loadHostUsers(ctx); err != nil { // hostauth.go
 		s.Close()

@@ -112,6 +112,7 @@ var routeClasses = map[string]class{
 	"GET /v1/hosts":                                      forAdmin,
 	"POST /v1/hosts":                                     forAgent,
 	"POST /v1/hosts/join-tokens":                         forAdmin, // hostauth.go
+	"DELETE /v1/hosts/{id}":                              forAdmin,
 	"GET /v1/agent/bootstrap":                            forAgent,
 	"GET /v1/regions":                                    forAnyone,
 	"GET /v1/platform/regions":                           forAnyone,

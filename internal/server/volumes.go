@@ -280,6 +280,9 @@ func (s *Server) newVolume(ctx context.Context, app string, req api.CreateVolume
 		}
 	}
 	if err == nil {
+		err = s.grantVolume(v.HostID, v.Key()) // hostauth.go
+	}
+	if err == nil {
 		_, err = store.Create(ctx, s.st.Volumes, v.Key(), v)
 	}
 	s.placeMu.Unlock()

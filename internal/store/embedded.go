@@ -163,6 +163,25 @@ func (e *Embedded) SetHostMachines(byHost map[string][]string) error {
 	return nil
 }
 
+// RemoveHostUser forgets host id's user and closes its live
+// connections at once: a removed host can no longer connect, and what it
+// had connected is cut (perch hosts remove).
+func (e *Embedded) RemoveHostUser(id string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.hosts, id)
+	delete(e.conns, id)
+	cz, err := e.srv.Connz(&server.ConnzOptions{User: id, Limit: 1 << 16})
+	if err != nil {
+		return fmt.Errorf("nats: connections of %s: %w", id, err)
+	}
+	for _, ci := range cz.Conns {
+		// An error means it closed by itself meanwhile.
+		_ = e.srv.DisconnectClientByID(ci.Cid)
+	}
+	return nil
+}
+
 // URL is the client URL of the server.
 func (e *Embedded) URL() string { return e.url }
 

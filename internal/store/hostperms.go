@@ -21,8 +21,13 @@ var HostBuckets = []string{BucketApps, BucketMachines, BucketStatus, BucketHosts
 // the control plane or another host.
 func HostInboxPrefix(hostID string) string { return "_INBOX_" + hostID }
 
+// VolumeGrantPrefix marks a volume's key ("volume:<app>.<id>") among a
+// host's granted machines: the host may delete that volume's record.
+const VolumeGrantPrefix = "volume:"
+
 // HostPermissions are the NATS permissions of host id in region with the
-// machines placed on it (keys "<app>.<id>"): exactly the subjects its
+// machines placed on it (keys "<app>.<id>", and its volumes' keys after
+// VolumeGrantPrefix): exactly the subjects its
 // agent and edge use (docs/security.md, "Hosts and their credentials").
 // Specs, statuses and log subjects are keyed by app and machine, not
 // host, so each machine is granted by name; the control plane grants it
@@ -48,9 +53,6 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		"$JS.API.CONSUMER.CREATE."+moves, "$JS.API.CONSUMER.CREATE."+moves+".>",
 		"$JS.API.CONSUMER.DELETE."+moves+".>", "$JS.API.CONSUMER.INFO."+moves+".>",
 		"$JS.FC."+moves+".>", "$O."+ObjectVolumeMoves+".>",
-		// A volume destroyed while its host was down: the host removes
-		// its record (keys "<app>.<id>"; any volume's, see security.md).
-		"$KV."+BucketVolumes+".*.*",
 	)
 	autostopLocks := "$KV." + BucketLocks + ".lock.autostop.*." + region
 	// Its region's session ticket keys, read and rotated by its edge;
@@ -72,10 +74,16 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		LogSubject("*", region, "edge"),
 		"perch.usage."+hostID,
 		DemandSubject(region),
-		DrainSubject,
+		DrainSubject(hostID),
 		"perch.start.*",
 	)
 	for _, key := range machines {
+		if vol, ok := strings.CutPrefix(key, VolumeGrantPrefix); ok {
+			// A volume destroyed while its host was down: the host
+			// removes its record.
+			pub = append(pub, "$KV."+BucketVolumes+"."+vol)
+			continue
+		}
 		app, id, ok := strings.Cut(key, ".")
 		if !ok {
 			continue
@@ -86,7 +94,7 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		Publish: &server.SubjectPermission{Allow: pub},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			HostInboxPrefix(hostID) + ".>",
-			DrainSubject,
+			DrainSubjects,
 			StartSubject(hostID),
 			VolumeSubject(hostID),
 		}},

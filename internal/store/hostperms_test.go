@@ -44,8 +44,9 @@ func TestHostCredential(t *testing.T) {
 		}
 		return HostUser{HostID: id, Region: region, PassBcrypt: string(bc), Machines: machines}
 	}
-	// Host A (iad) runs machine m2 of app1, host B (ams) m1.
-	if err := e.SetHostUsers(user("iad-aaaa", "iad", "app1.m2")); err != nil {
+	// Host A (iad) runs machine m2 of app1 and has volume vol_a, host B
+	// (ams) m1 and vol_b.
+	if err := e.SetHostUsers(user("iad-aaaa", "iad", "app1.m2", VolumeGrantPrefix+"app1.vol_a")); err != nil {
 		t.Fatal(err)
 	}
 	// What the control plane holds.
@@ -54,6 +55,12 @@ func TestHostCredential(t *testing.T) {
 		srv.HostAuth: "host.ams-bbbb", srv.Hosts: "ams-bbbb", srv.Machines: "app1.m1", srv.Status: "app1.m1",
 		srv.EdgeTLS: "certificates/dev/app1/app1.crt",
 	} {
+		if _, err := kv.Put(ctx, key, []byte(`{"secret":"x"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, key := range []string{"app1.vol_a", "app1.vol_b"} {
+		kv := srv.Volumes
 		if _, err := kv.Put(ctx, key, []byte(`{"secret":"x"}`)); err != nil {
 			t.Fatal(err)
 		}
@@ -91,7 +98,7 @@ func TestHostCredential(t *testing.T) {
 		t.Errorf("host A cannot record an autostop of its machine: %v", err)
 	}
 	// A machine placed on A while it is connected: granted at once.
-	if err := e.SetHostMachines(map[string][]string{"iad-aaaa": {"app1.m2", "app1.m4"}}); err != nil {
+	if err := e.SetHostMachines(map[string][]string{"iad-aaaa": {"app1.m2", "app1.m4", VolumeGrantPrefix + "app1.vol_a"}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.Status.Put(ctx, "app1.m4", []byte(`{}`)); err != nil {
@@ -148,7 +155,7 @@ func TestHostCredential(t *testing.T) {
 	for _, r := range []struct {
 		from, to *Store
 		subj     string
-	}{{a, b, DrainSubject}, {b, a, StartSubject("iad-aaaa")}} {
+	}{{a, b, DrainSubject("iad-aaaa")}, {b, a, StartSubject("iad-aaaa")}} {
 		sub, err := r.to.Conn().Subscribe(r.subj, func(m *nats.Msg) { _ = m.Respond([]byte("ok")) })
 		if err != nil {
 			t.Fatal(err)
@@ -162,7 +169,7 @@ func TestHostCredential(t *testing.T) {
 		_ = sub.Unsubscribe()
 	}
 
-	allowed := []string{LogSubject("app1", "iad", "m2"), LogSubject("app1", "iad", "edge"), "perch.usage.iad-aaaa", DemandSubject("iad"), DrainSubject, StartSubject("ams-bbbb")}
+	allowed := []string{LogSubject("app1", "iad", "m2"), LogSubject("app1", "iad", "edge"), "perch.usage.iad-aaaa", DemandSubject("iad"), DrainSubject("iad-aaaa"), StartSubject("ams-bbbb")}
 	for _, subj := range allowed {
 		if err := a.Conn().Publish(subj, []byte("{}")); err != nil {
 			t.Fatal(err)
@@ -213,6 +220,13 @@ func TestHostCredential(t *testing.T) {
 		return err
 	})
 	denied("delete host B's record", "$KV.perch_hosts.ams-bbbb", func(c context.Context) error { return a.Hosts.Delete(c, "ams-bbbb") })
+	denied("delete the record of host B's volume", "$KV.perch_volumes.app1.vol_b", func(c context.Context) error { return a.Volumes.Delete(c, "app1.vol_b") })
+	vctx, vcancel := context.WithTimeout(ctx, 10*time.Second)
+	err = a.Volumes.Delete(vctx, "app1.vol_a")
+	vcancel()
+	if err != nil {
+		t.Errorf("host A deleting the record of its own volume: %v", err)
+	}
 	for _, b := range []string{BucketTLS, BucketSecrets, BucketTokens, BucketHostAuth, BucketReleases, BucketCerts, BucketAutoscale} {
 		denied("open bucket "+b, "$JS.API.STREAM.INFO.KV_"+b, func(c context.Context) error { _, err := js.KeyValue(c, b); return err })
 		denied("read "+b+" by a direct get", "$JS.API.DIRECT.GET.KV_"+b, func(c context.Context) error {
@@ -237,6 +251,7 @@ func TestHostCredential(t *testing.T) {
 	denied("publish a log line of host B's machine as if from its own region", "perch.logs.app1.iad.m1", pub(LogSubject("app1", "iad", "m1")))
 	denied("publish host B's usage", "perch.usage.ams-bbbb", pub("perch.usage.ams-bbbb"))
 	denied("publish another region's demand", "perch.demand.ams", pub(DemandSubject("ams")))
+	denied("ask the edges to drain as host B", "perch.drain.ams-bbbb", pub(DrainSubject("ams-bbbb")))
 	for _, subj := range []string{"_INBOX.>", HostInboxPrefix("ams-bbbb") + ".>", StartSubject("ams-bbbb"), VolumeSubject("ams-bbbb"), "perch.logs.>", "$KV.>", ">"} {
 		denied("subscribe to "+subj, subj, func(c context.Context) error {
 			if _, err := a.Conn().SubscribeSync(subj); err != nil {

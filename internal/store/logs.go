@@ -2,42 +2,85 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Log retention. Every machine's lines are a subject of their own
-// (LogSubject), and the stream keeps at most LogLinesPerMachine of each,
-// so a machine flooding its output evicts only its own older lines, never
-// another machine's or another app's. Lines are cut at LogLineMax bytes.
+// Log retention. Each app's lines are a stream of their own
+// (LogStream), so that one app's flood can never evict another app's
+// lines, however many machines it floods from; within it every machine's
+// lines are a subject of their own (LogSubject) of at most
+// LogLinesPerMachine lines, so a machine flooding evicts its own older
+// lines before its neighbours'. Lines are cut at LogLineMax bytes.
 const (
 	LogLinesPerMachine = 10_000
 	LogLineMax         = 16 << 10
+	// LogBytesPerApp is an app's log stream's size by default.
+	LogBytesPerApp  = 256 << 20
+	logStreamPrefix = StreamLogs + "_"
 )
 
-func logStreamConfig() jetstream.StreamConfig {
+// LogStream is the name of app's log stream.
+func LogStream(app string) string { return logStreamPrefix + app }
+
+func logStreamConfig(app string, maxBytes int64) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
-		Name:              StreamLogs,
-		Subjects:          []string{"perch.logs.>"},
+		Name:              LogStream(app),
+		Subjects:          []string{LogFilter(app)},
 		Storage:           jetstream.FileStorage,
 		MaxAge:            7 * 24 * time.Hour,
-		MaxBytes:          1 << 30,
+		MaxBytes:          maxBytes,
 		MaxMsgsPerSubject: LogLinesPerMachine,
 		MaxMsgSize:        LogLineMax + 4<<10, // the line and its JSON envelope
 		Discard:           jetstream.DiscardOld,
 	}
 }
 
-// LogTailStart returns the stream sequence from which the last n lines
-// matching filter are delivered, or 0 when the stream holds n or fewer of
+// EnsureAppLogs makes (or resizes) app's log stream, of maxBytes
+// (LogBytesPerApp if 0); lines published before it exists are lost.
+func (s *Store) EnsureAppLogs(ctx context.Context, app string, maxBytes int64) error {
+	if maxBytes <= 0 {
+		maxBytes = LogBytesPerApp
+	}
+	if _, err := s.js.CreateOrUpdateStream(ctx, logStreamConfig(app, maxBytes)); err != nil {
+		return fmt.Errorf("log stream of app %s: %w", app, err)
+	}
+	return nil
+}
+
+// DeleteAppLogs removes app's log stream, its lines with it: an app made
+// later with the same name starts with an empty log.
+func (s *Store) DeleteAppLogs(ctx context.Context, app string) error {
+	err := s.js.DeleteStream(ctx, LogStream(app))
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("log stream of app %s: %w", app, err)
+	}
+	return nil
+}
+
+// dropSharedLogStream removes the one log stream of every app that
+// earlier versions kept (PERCH_LOGS, subjects perch.logs.>): its subjects
+// overlap the apps' own streams, which JetStream refuses. Its lines are
+// lost.
+func dropSharedLogStream(ctx context.Context, js jetstream.JetStream) error {
+	err := js.DeleteStream(ctx, StreamLogs)
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("remove the shared log stream %s of an earlier version: %w", StreamLogs, err)
+	}
+	return nil
+}
+
+// LogTailStart returns the sequence of app's log stream from which the
+// last n lines matching filter are delivered, or 0 when the stream holds n or fewer of
 // them (deliver all). It asks the server how many lines follow a
 // sequence (a consumer's pending count) and halves the range each time,
 // so `perch logs -n 1` costs a few dozen round trips whatever the stream
 // holds, instead of reading every line.
-func (s *Store) LogTailStart(ctx context.Context, filter string, n uint64) (uint64, error) {
-	stream, err := s.js.Stream(ctx, StreamLogs)
+func (s *Store) LogTailStart(ctx context.Context, app, filter string, n uint64) (uint64, error) {
+	stream, err := s.js.Stream(ctx, LogStream(app))
 	if err != nil {
 		return 0, fmt.Errorf("log stream: %w", err)
 	}

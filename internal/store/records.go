@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
@@ -157,12 +158,23 @@ func ReleaseKey(app string, version int) string {
 	return fmt.Sprintf("%s.%08d", app, version)
 }
 
-// DrainSubject is the core NATS subject on which a host asks every edge
-// to let a machine's traffic finish before it stops the machine. Each
-// edge answers once it no longer routes to the machine (it learns that
-// from the status it watches) and has nothing in flight to it, or when
-// the request's Wait is over.
-const DrainSubject = "perch.drain"
+// DrainSubject is the core NATS subject on which host hostID asks every
+// edge to let a machine of its own finish its traffic before it stops
+// the machine. Each edge answers once it no longer routes to the machine
+// (it learns that from the status it watches) and has nothing in flight
+// to it, or when the request's Wait is over; it ignores a request for a
+// machine of another host (the subject names the sender: a host's NATS
+// user publishes only on its own).
+func DrainSubject(hostID string) string { return drainPrefix + hostID }
+
+// DrainSubjects are every host's drain requests, what edges subscribe to.
+const DrainSubjects = drainPrefix + "*"
+
+const drainPrefix = "perch.drain."
+
+// DrainSender is the host that sent a request on subject, from
+// DrainSubject.
+func DrainSender(subject string) string { return strings.TrimPrefix(subject, drainPrefix) }
 
 // DrainRequest asks the edges to drain one machine.
 type DrainRequest struct {

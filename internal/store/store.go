@@ -271,9 +271,9 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 	if err != nil {
 		return fmt.Errorf("object store %s: %w", ObjectVolumeMoves, err)
 	}
-	_, err = js.CreateOrUpdateStream(ctx, logStreamConfig())
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", StreamLogs, err)
+	// Logs are a stream per app (logs.go), made with the app.
+	if err := dropSharedLogStream(ctx, js); err != nil {
+		return err
 	}
 	return nil
 }
