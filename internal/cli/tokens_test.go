@@ -28,8 +28,10 @@ func TestOrgsAndTokens(t *testing.T) {
 	t.Setenv(envAPIURL, url)
 	t.Setenv(envAPIToken, admin)
 
-	if _, err := run(t, "", "", "orgs", "create", "acme"); err != nil {
-		t.Fatal(err)
+	for _, org := range []string{"acme", "beta"} {
+		if _, err := run(t, "", "", "orgs", "create", org); err != nil {
+			t.Fatal(err)
+		}
 	}
 	_, err := run(t, "", "", "orgs", "invite", "ada@example.com")
 	wantErr(t, err, "belongs to no organisation", "--org")
@@ -44,7 +46,9 @@ func TestOrgsAndTokens(t *testing.T) {
 
 	t.Setenv(envAPIToken, member)
 	dir := t.TempDir()
-	_, err = run(t, "", "", "launch", "--image", "x", "--name", "elsewhere", "--org", "personal", "--regions", "iad", "--dir", t.TempDir())
+	// Another organisation's name is refused ("personal" would mean the
+	// token's own, as on Fly).
+	_, err = run(t, "", "", "launch", "--image", "x", "--name", "elsewhere", "--org", "beta", "--regions", "iad", "--dir", t.TempDir())
 	wantErr(t, err, "403", `organisation "acme"`)
 	out, err = run(t, "", "", "launch", "--image", "x", "--name", "web", "--regions", "iad", "--dir", dir)
 	if err != nil || !strings.Contains(out, "in organisation acme") {
