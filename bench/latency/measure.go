@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/perchhq/perch/bench/internal/accessnet"
 	"github.com/perchhq/perch/internal/devcluster"
 	"github.com/perchhq/perch/internal/geo"
 )
@@ -87,7 +88,7 @@ func measureCity(addr, host string, n int, oneWay time.Duration) (City, error) {
 	client := &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{
-			DialContext:        dialDelayed(oneWay),
+			DialContext:        accessnet.DialDelayed(oneWay),
 			DisableKeepAlives:  true,
 			DisableCompression: true,
 		},

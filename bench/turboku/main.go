@@ -35,6 +35,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/perchhq/perch/bench/internal/accessnet"
 	"github.com/perchhq/perch/internal/devcluster"
 	"github.com/perchhq/perch/internal/geo"
 	"github.com/perchhq/perch/internal/heroku/herokutest"
@@ -202,7 +203,7 @@ type result struct {
 func measure(addr string, oneWay time.Duration, n int) (result, error) {
 	var res result
 	tlsConf := &tls.Config{ServerName: "shop.perch.local", InsecureSkipVerify: true, MinVersion: tls.VersionTLS13} // the dev CA's; trust is not what is measured
-	fresh := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: dialDelayed(oneWay), TLSClientConfig: tlsConf, DisableKeepAlives: true}}
+	fresh := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: accessnet.DialDelayed(oneWay), TLSClientConfig: tlsConf, DisableKeepAlives: true}}
 	var fs, ws []float64
 	for i := 0; i <= n; i++ {
 		d, from, err := get(fresh, addr)
@@ -214,7 +215,7 @@ func measure(addr string, oneWay time.Duration, n int) (result, error) {
 			fs = append(fs, d)
 		}
 	}
-	keep := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: dialDelayed(oneWay), TLSClientConfig: tlsConf, MaxIdleConnsPerHost: 1}}
+	keep := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: accessnet.DialDelayed(oneWay), TLSClientConfig: tlsConf, MaxIdleConnsPerHost: 1}}
 	for i := 0; i <= n; i++ {
 		d, _, err := get(keep, addr)
 		if err != nil {

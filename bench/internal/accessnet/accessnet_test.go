@@ -1,4 +1,4 @@
-package main
+package accessnet
 
 import (
 	"bufio"
@@ -28,7 +28,7 @@ func TestDelayConn(t *testing.T) {
 	}()
 	const oneWay = 15 * time.Millisecond
 	t0 := time.Now()
-	c, err := dialDelayed(oneWay)(context.Background(), "tcp", ln.Addr().String())
+	c, err := DialDelayed(oneWay)(context.Background(), "tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
-// Copied from bench/latency/delay.go (package main there cannot be imported).
-
-package main
+// Package accessnet is the benchmarks' access network: a client's
+// connection to its city's edge (or to a far one) with every byte delayed
+// by a one-way time in each direction, as a real path would.
+package accessnet
 
 import (
 	"context"
@@ -36,9 +37,9 @@ type chunk struct {
 	err error
 }
 
-// dialDelayed dials addr and wraps the connection. The dial itself costs
+// DialDelayed dials addr and wraps the connection. The dial itself costs
 // one access round trip (SYN there, SYN-ACK back) before the client can send.
-func dialDelayed(oneWay time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+func DialDelayed(oneWay time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	var d net.Dialer
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := d.DialContext(ctx, network, addr)
