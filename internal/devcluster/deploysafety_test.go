@@ -330,6 +330,7 @@ func TestDeploysLoseNoRequest(t *testing.T) {
 // the signal it got and, every second after it, that it is still
 // running, until the SIGKILL that must come only after kill_timeout.
 func TestStopSignalAndTimeout(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}})
 	ref := pushImage(t, w, "hello:v1")
 	const killTimeout = 30

@@ -20,6 +20,7 @@ import (
 // machine's /etc/resolv.conf), and gets their private IPv6 addresses: all
 // of them, one region's, or one machine's.
 func TestInternalDNSFromInsideAMachine(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad", "ams"}})
 	ctx := context.Background()
 	info := w.Info()

@@ -38,6 +38,7 @@ var worldSeq atomic.Int32
 // checking that nothing is left behind.
 func startWorld(t *testing.T, opts devcluster.Options) *devcluster.World {
 	t.Helper()
+	worldSlot(t)
 	n := worldSeq.Add(1)
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()

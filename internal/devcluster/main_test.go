@@ -1,10 +1,12 @@
 package devcluster_test
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -12,11 +14,40 @@ import (
 // agents and the CLI run from it as separate processes, as users run them.
 var perchBin string
 
+// Parallel tests. Tests that mostly wait (on deploys, machines booting,
+// timeouts) call t.Parallel; tests whose assertions hold a wall-clock
+// bound or that are load themselves (the latency world, TestMultiHost's
+// failover, the edge's limits, the budget's fast clock, health checks'
+// intervals, autostart's burst, deploys under load) stay serial, and so
+// run before the parallel ones, alone. Each world is a control plane and
+// agents with their machines: worlds bounds how many run at once
+// (PERCH_E2E_WORLDS, 3 by default: on 2 cores more only adds contention),
+// while -parallel (raised to 8 unless given) bounds the parallel tests,
+// some of which share a world or only wait.
+var worlds chan struct{}
+
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
 		fmt.Println("devcluster end-to-end tests need root (runc, network namespaces); skipping")
 		os.Exit(0)
 	}
+	flag.Parse()
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		if err := flag.Set("test.parallel", "8"); err != nil {
+			panic(err)
+		}
+	}
+	n := 3
+	if v := os.Getenv("PERCH_E2E_WORLDS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			fmt.Printf("PERCH_E2E_WORLDS=%q: want a number of worlds at once, 1 or more\n", v)
+			os.Exit(2)
+		}
+	}
+	worlds = make(chan struct{}, n)
 	dir, err := os.MkdirTemp("", "perch-e2e-bin-")
 	if err != nil {
 		panic(err)
@@ -31,6 +62,14 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// worldSlot waits for a free world slot and frees it at t's cleanup
+// (cleanups run last-registered first, so after the world is closed).
+func worldSlot(t *testing.T) {
+	t.Helper()
+	worlds <- struct{}{}
+	t.Cleanup(func() { <-worlds })
 }
 
 func repoRoot() string {

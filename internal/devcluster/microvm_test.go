@@ -27,6 +27,7 @@ import (
 // destroyed without a trace; and a VM whose app ignores SIGTERM is killed
 // once the stop timeout has passed. One world serves both.
 func TestMicroVM(t *testing.T) {
+	t.Parallel() // see TestMain
 	probe, err := microvm.New(microvm.Config{StateDir: t.TempDir(), Init: perchBin})
 	if err == nil {
 		err = probe.Check()
