@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 )
 
@@ -15,11 +16,13 @@ import (
 var perchBin string
 
 // Parallel tests. Tests that mostly wait (on deploys, machines booting,
-// timeouts) call t.Parallel; tests whose assertions hold a wall-clock
-// bound or that are load themselves (the latency world, TestMultiHost's
-// failover, the edge's limits, the budget's fast clock, health checks'
-// intervals, autostart's burst, deploys under load) stay serial, and so
-// run before the parallel ones, alone. Each world is a control plane and
+// timeouts) call t.Parallel, and so do the deploys under a steady load
+// (their requests have 10 s to answer); tests whose assertions hold a
+// wall-clock bound or that are load themselves (the latency world,
+// TestMultiHost's failover, the edge's limits, the budget's fast clock,
+// metering intervals, health checks' intervals, autostart's burst,
+// autoscaling, the logs flood) or that set the environment (t.Setenv)
+// stay serial, and so run before the parallel ones, alone. Each world is a control plane and
 // agents with their machines: worlds bounds how many run at once
 // (PERCH_E2E_WORLDS, 3 by default: on 2 cores more only adds contention),
 // while -parallel (raised to 8 unless given) bounds the parallel tests,
@@ -68,8 +71,32 @@ func TestMain(m *testing.M) {
 // (cleanups run last-registered first, so after the world is closed).
 func worldSlot(t *testing.T) {
 	t.Helper()
+	if _, ok := reserved.LoadAndDelete(t); ok {
+		return
+	}
 	worlds <- struct{}{}
 	t.Cleanup(func() { <-worlds })
+}
+
+// reserved holds the tests that took their world slot in parallelFirst.
+var reserved sync.Map // *testing.T → true
+
+// parallelFirst is t.Parallel for the longest tests: it takes t's world
+// slot before pausing, while the serial tests run one at a time (so one
+// slot is always left for them), and so t starts first when the parallel
+// tests go, rather than in the random order they wake in, and does not
+// run on alone at the end.
+func parallelFirst(t *testing.T) {
+	t.Helper()
+	if len(worlds) < cap(worlds)-1 {
+		worlds <- struct{}{}
+		reserved.Store(t, true)
+		t.Cleanup(func() {
+			reserved.Delete(t)
+			<-worlds
+		})
+	}
+	t.Parallel()
 }
 
 func repoRoot() string {
