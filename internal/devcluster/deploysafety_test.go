@@ -214,7 +214,7 @@ func deploysPerStrategy() int {
 // (PERCH_DEPLOY_ROUNDS changes it) while a load generator sends GETs and
 // POSTs through two regions' edges: not one request may fail.
 func TestDeploysOfGunicornLoseNoRequest(t *testing.T) {
-	parallelFirst(t) // the longest tests; see TestMain
+	parallelFirst(t, 0) // the longest tests; see TestMain
 	img := testimage.NeedDebian(t, testimage.Gunicorn())
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad", "ams"}})
 	info := w.Info()

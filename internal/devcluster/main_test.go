@@ -81,14 +81,15 @@ func worldSlot(t *testing.T) {
 // reserved holds the tests that took their world slot in parallelFirst.
 var reserved sync.Map // *testing.T → true
 
-// parallelFirst is t.Parallel for the longest tests: it takes t's world
-// slot before pausing, while the serial tests run one at a time (so one
-// slot is always left for them), and so t starts first when the parallel
-// tests go, rather than in the random order they wake in, and does not
-// run on alone at the end.
-func parallelFirst(t *testing.T) {
+// parallelFirst is t.Parallel for the longest tests, rank 0 the longest:
+// it takes t's world slot before pausing, while the serial tests run one
+// at a time, and so t starts first when the parallel tests go, rather
+// than in the random order they wake in, and does not run on alone at
+// the end. Ranks below the number of world slots less one take a slot
+// (one is always left for the serial tests).
+func parallelFirst(t *testing.T, rank int) {
 	t.Helper()
-	if len(worlds) < cap(worlds)-1 {
+	if rank < cap(worlds)-1 {
 		worlds <- struct{}{}
 		reserved.Store(t, true)
 		t.Cleanup(func() {
