@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 )
 
 // perchBin is the perch binary built once for the end-to-end tests: the
@@ -74,8 +75,13 @@ func worldSlot(t *testing.T) {
 	if _, ok := reserved.LoadAndDelete(t); ok {
 		return
 	}
+	start := time.Now()
 	worlds <- struct{}{}
 	t.Cleanup(func() { <-worlds })
+	if d := time.Since(start); d > time.Second {
+		// A parallel test's time includes this wait.
+		t.Logf("waited %s for a world slot", d.Round(time.Second))
+	}
 }
 
 // reserved holds the tests that took their world slot in parallelFirst.
