@@ -22,7 +22,8 @@ var perchBin string
 // wall-clock bound or that are load themselves (the latency world,
 // TestMultiHost's failover, the edge's limits, the budget's fast clock,
 // metering intervals, health checks' intervals, autostart's burst,
-// autoscaling, the logs flood) or that set the environment (t.Setenv)
+// autoscaling, the logs flood), that set the environment (t.Setenv) or
+// that need 6PN between hosts (see TestInternalDNSFromInsideAMachine)
 // stay serial, and so run before the parallel ones, alone. Each world is a control plane and
 // agents with their machines: worlds bounds how many run at once
 // (PERCH_E2E_WORLDS, 3 by default: on 2 cores more only adds contention),
