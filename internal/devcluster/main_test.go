@@ -24,11 +24,11 @@ var perchBin string
 // metering intervals, health checks' intervals, autostart's burst,
 // autoscaling, the logs flood), that set the environment (t.Setenv) or
 // that need 6PN between hosts (see TestInternalDNSFromInsideAMachine)
-// stay serial, and so run before the parallel ones, alone. Each world is a control plane and
-// agents with their machines: worlds bounds how many run at once
-// (PERCH_E2E_WORLDS, 3 by default: on 2 cores more only adds contention),
-// while -parallel (raised to 8 unless given) bounds the parallel tests,
-// some of which share a world or only wait.
+// stay serial, and so run before the parallel ones, alone. Each world is
+// a control plane and agents with their machines: worlds bounds how many
+// run at once (PERCH_E2E_WORLDS, 3 by default: on 2 cores more only adds
+// contention), while -parallel (raised to 8 unless given) bounds the
+// parallel tests, some of which share a world or only wait.
 var worlds chan struct{}
 
 func TestMain(m *testing.M) {
