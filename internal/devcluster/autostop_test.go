@@ -210,6 +210,7 @@ wait:
 // machines are stopped down to one started machine in each region (iad
 // has two, ams one), and no further.
 func TestAutostopKeepsMinPerRegion(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad", "ams"}})
 	ctx := context.Background()
 	c := w.Client()
@@ -249,6 +250,7 @@ func TestAutostopKeepsMinPerRegion(t *testing.T) {
 // (resumes) them and succeeds. A suspended machine's in-memory counter
 // survives; a stopped one boots afresh.
 func TestAutostopIdle(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}})
 	ctx := context.Background()
 	c := w.Client()

@@ -18,6 +18,7 @@ import (
 // TestBadInput: every kind of bad input gets a clear error and loses
 // nothing.
 func TestBadInput(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}})
 	ctx := context.Background()
 	c := w.Client()

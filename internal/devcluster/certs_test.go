@@ -24,6 +24,7 @@ import (
 // ACME CA (Pebble), which all three regions' edges serve; it is renewed
 // once; `perch certs remove` takes it off every edge.
 func TestCertificates(t *testing.T) {
+	// Serial: certstest.Start sets Pebble's environment (t.Setenv).
 	// Twenty-second certificates, renewed with 40% of their life left:
 	// about 12s after issuance, then every 12s.
 	pebble := certstest.Start(t, certstest.Options{EdgeAddr: netip.MustParseAddr("127.0.0.1"), Validity: 20 * time.Second, Log: testWriter{t}})

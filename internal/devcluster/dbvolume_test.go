@@ -34,6 +34,7 @@ import (
 // the image's redis uid: the idmapped mount of the machine's user
 // namespace kept the ids the machine sees.
 func TestRedisOnVolumeKeepsDataAcrossDeploysAndAgentKill(t *testing.T) {
+	parallelFirst(t, 1) // the longest tests; see TestMain
 	d := testimage.Redis()
 	img := testimage.NeedDebian(t, d)
 	redisUID, redisGID := imageUser(t, img, "redis")

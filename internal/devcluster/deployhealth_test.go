@@ -15,6 +15,7 @@ import (
 // its new machines pass them; a release whose checks fail is rolled back
 // and the previous one keeps serving.
 func TestDeployWaitsForHealthChecks(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}})
 	ctx := context.Background()
 	edge := w.Info().Regions[0].EdgeAddr + ":80"

@@ -214,6 +214,7 @@ func deploysPerStrategy() int {
 // (PERCH_DEPLOY_ROUNDS changes it) while a load generator sends GETs and
 // POSTs through two regions' edges: not one request may fail.
 func TestDeploysOfGunicornLoseNoRequest(t *testing.T) {
+	parallelFirst(t, 0) // the longest tests; see TestMain
 	img := testimage.NeedDebian(t, testimage.Gunicorn())
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad", "ams"}})
 	info := w.Info()
@@ -243,6 +244,7 @@ func TestDeploysOfGunicornLoseNoRequest(t *testing.T) {
 // broken deploys must fail with the reason, and the app must keep serving
 // its last good release, which a rollback can go back from.
 func TestDeploysLoseNoRequest(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad", "ams"}})
 	ctx := context.Background()
 	ref := pushImage(t, w, "hello:v1")
@@ -330,6 +332,7 @@ func TestDeploysLoseNoRequest(t *testing.T) {
 // the signal it got and, every second after it, that it is still
 // running, until the SIGKILL that must come only after kill_timeout.
 func TestStopSignalAndTimeout(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}})
 	ref := pushImage(t, w, "hello:v1")
 	const killTimeout = 30

@@ -20,8 +20,11 @@ import (
 // checks that `perch dev down` (and, in a second round, Ctrl-C) stops every
 // process and leaves no namespace, veth, bridge or mount behind.
 func TestDevUpAndDown(t *testing.T) {
+	t.Parallel() // see TestMain
 	for _, how := range []string{"perch dev down", "ctrl-c"} {
 		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			worldSlot(t)
 			dir := t.TempDir()
 			n := worldSeq.Add(1)
 			edgeBase := fmt.Sprintf("127.%d.%d.1", 100+os.Getpid()%50, n)

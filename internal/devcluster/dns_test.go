@@ -20,6 +20,10 @@ import (
 // machine's /etc/resolv.conf), and gets their private IPv6 addresses: all
 // of them, one region's, or one machine's.
 func TestInternalDNSFromInsideAMachine(t *testing.T) {
+	// Serial: every world's org is "personal" and its hosts are numbered
+	// from 1, so two worlds on one kernel route the same machine /64s
+	// (fdaa:<org>:<host>::/64, main table) to their bridges, and the
+	// later one takes the other's: 6PN between hosts then fails.
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad", "ams"}})
 	ctx := context.Background()
 	info := w.Info()

@@ -21,6 +21,7 @@ import (
 // TestDeployAcrossRegions is the foundation's promise end to end, with the
 // real parts: embedded NATS, the registry, runc and agent processes.
 func TestDeployAcrossRegions(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{})
 	deployFlow(t, w)
 	buildDeployFlow(t, w)
@@ -117,6 +118,7 @@ func buildDeployFlow(t *testing.T, w *devcluster.World) {
 // TestDeployWithExternalNATS runs the same flow with the state in a
 // nats-server process instead of the embedded one.
 func TestDeployWithExternalNATS(t *testing.T) {
+	t.Parallel() // see TestMain
 	bin, err := exec.LookPath("nats-server")
 	if err != nil {
 		t.Fatalf("nats-server not installed (the test command installs it): %v", err)

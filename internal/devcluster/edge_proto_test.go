@@ -26,6 +26,7 @@ import (
 // for the client), a port with "proxy_proto" tells the app the real
 // client, and a second app cannot take the same raw TCP port.
 func TestRawTCPServiceEndToEnd(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{})
 	info := w.Info()
 	ref := pushGoImage(t, info, "./examples/tcpecho", "tcpecho:v1")
@@ -164,6 +165,7 @@ func writeFile(t *testing.T, path, data string) {
 // stopped, a client's connection is closed, and the app's owner learns
 // why from `perch logs` and the edge's metrics.
 func TestRawTCPNoMachineInPerchLogs(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}})
 	info := w.Info()
 	ref := pushGoImage(t, info, "./examples/tcpecho", "tcpecho:v1")

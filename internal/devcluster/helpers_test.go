@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,6 +38,7 @@ var worldSeq atomic.Int32
 // checking that nothing is left behind.
 func startWorld(t *testing.T, opts devcluster.Options) *devcluster.World {
 	t.Helper()
+	worldSlot(t)
 	n := worldSeq.Add(1)
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
@@ -175,18 +177,26 @@ func pushImageTo(t *testing.T, info devcluster.Info, repo string) string {
 	return ref
 }
 
-var sampleImage v1.Image
+// sampleImage is the sample app's image, built once for all tests (which
+// may run in parallel).
+var sampleImage = sync.OnceValues(func() (v1.Image, error) {
+	img, err := testimage.BuildGo(repoRoot(), "./examples/hello")
+	if err != nil {
+		return nil, err
+	}
+	// Compute the digests now, once, rather than in concurrent pushes.
+	if _, err := img.Digest(); err != nil {
+		return nil, err
+	}
+	return img, nil
+})
 
 func buildSample(t *testing.T) v1.Image {
 	t.Helper()
-	if sampleImage != nil {
-		return sampleImage
-	}
-	img, err := testimage.BuildGo(repoRoot(), "./examples/hello")
+	img, err := sampleImage()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sampleImage = img
 	return img
 }
 

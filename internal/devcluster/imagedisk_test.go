@@ -24,6 +24,8 @@ import (
 // app gone, the host's image GC brings the store back within
 // --image-cache-max, and `perch hosts` shows it.
 func TestImageLayersSharedAndCollected(t *testing.T) {
+	t.Parallel() // see TestMain
+
 	const capBytes = 1_000_000 // --image-cache-max 0.001 (GB): below one copy of the app
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}, AgentArgs: []string{"--image-cache-max", "0.001"}})
 	info := w.Info()

@@ -1,22 +1,58 @@
 package devcluster_test
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"testing"
+	"time"
 )
 
 // perchBin is the perch binary built once for the end-to-end tests: the
 // agents and the CLI run from it as separate processes, as users run them.
 var perchBin string
 
+// Parallel tests. Tests that mostly wait (on deploys, machines booting,
+// timeouts) call t.Parallel, and so do the deploys under a steady load
+// (their requests have 10 s to answer); tests whose assertions hold a
+// wall-clock bound or that are load themselves (the latency world,
+// TestMultiHost's failover, the edge's limits, the budget's fast clock,
+// metering intervals, health checks' intervals, autostart's burst,
+// autoscaling, the logs flood), that set the environment (t.Setenv) or
+// that need 6PN between hosts (see TestInternalDNSFromInsideAMachine)
+// stay serial, and so run before the parallel ones, alone. Each world is
+// a control plane and agents with their machines: worlds bounds how many
+// run at once (PERCH_E2E_WORLDS, 2 by default: on 2 cores more only adds
+// contention), while -parallel (raised to 8 unless given) bounds the
+// parallel tests, some of which share a world or only wait.
+var worlds chan struct{}
+
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
 		fmt.Println("devcluster end-to-end tests need root (runc, network namespaces); skipping")
 		os.Exit(0)
 	}
+	flag.Parse()
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		if err := flag.Set("test.parallel", "8"); err != nil {
+			panic(err)
+		}
+	}
+	n := 2
+	if v := os.Getenv("PERCH_E2E_WORLDS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			fmt.Printf("PERCH_E2E_WORLDS=%q: want a number of worlds at once, 1 or more\n", v)
+			os.Exit(2)
+		}
+	}
+	worlds = make(chan struct{}, n)
 	dir, err := os.MkdirTemp("", "perch-e2e-bin-")
 	if err != nil {
 		panic(err)
@@ -31,6 +67,44 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// worldSlot waits for a free world slot and frees it at t's cleanup
+// (cleanups run last-registered first, so after the world is closed).
+func worldSlot(t *testing.T) {
+	t.Helper()
+	if _, ok := reserved.LoadAndDelete(t); ok {
+		return
+	}
+	start := time.Now()
+	worlds <- struct{}{}
+	t.Cleanup(func() { <-worlds })
+	if d := time.Since(start); d > time.Second {
+		// A parallel test's time includes this wait.
+		t.Logf("waited %s for a world slot", d.Round(time.Second))
+	}
+}
+
+// reserved holds the tests that took their world slot in parallelFirst.
+var reserved sync.Map // *testing.T → true
+
+// parallelFirst is t.Parallel for the longest tests, rank 0 the longest:
+// it takes t's world slot before pausing, while the serial tests run one
+// at a time, and so t starts first when the parallel tests go, rather
+// than in the random order they wake in, and does not run on alone at
+// the end. Ranks below the number of world slots less one take a slot
+// (one is always left for the serial tests).
+func parallelFirst(t *testing.T, rank int) {
+	t.Helper()
+	if rank < cap(worlds)-1 {
+		worlds <- struct{}{}
+		reserved.Store(t, true)
+		t.Cleanup(func() {
+			reserved.Delete(t)
+			<-worlds
+		})
+	}
+	t.Parallel()
 }
 
 func repoRoot() string {

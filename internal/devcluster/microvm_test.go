@@ -27,6 +27,8 @@ import (
 // destroyed without a trace; and a VM whose app ignores SIGTERM is killed
 // once the stop timeout has passed. One world serves both.
 func TestMicroVM(t *testing.T) {
+	// Serial: where KVM is not available (CI's VM) qemu emulates, and a
+	// VM's boot is then CPU-bound, under the deploy's 1 minute bound.
 	probe, err := microvm.New(microvm.Config{StateDir: t.TempDir(), Init: perchBin})
 	if err == nil {
 		err = probe.Check()

@@ -108,6 +108,14 @@ func startMultiHost(t *testing.T) *multiHost {
 	})
 	client := api.NewClient(c.apiURL, c.token)
 	ctx := context.Background()
+	// The token is written before the API listens: wait for the API too.
+	eventually(t, 30*time.Second, "the control plane's API answers", func() (bool, string) {
+		if done, err := srv.exited(); done {
+			t.Fatalf("perch server exited: %v", err)
+		}
+		_, err := client.ListHosts(ctx)
+		return err == nil, fmt.Sprint(err)
+	})
 
 	// Runs once the agents are stopped and their machines cleaned up.
 	stateRoot := t.TempDir()

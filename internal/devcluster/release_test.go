@@ -20,6 +20,7 @@ import (
 // the deploy with its last log lines and leaves the app as it was, with
 // no machine of it left behind.
 func TestReleaseCommand(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad"}})
 	ctx := context.Background()
 	ref := pushImage(t, w, "hello:v1")

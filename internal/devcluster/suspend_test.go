@@ -21,8 +21,13 @@ import (
 // discards the snapshot: the machine boots afresh, counter at 0. For
 // runc machines and, where this host boots them, microVMs.
 func TestSuspendResume(t *testing.T) {
-	t.Run("runc", func(t *testing.T) { testSuspendResume(t, "runc") })
+	t.Parallel() // see TestMain
+	t.Run("runc", func(t *testing.T) {
+		t.Parallel()
+		testSuspendResume(t, "runc")
+	})
 	t.Run("microvm", func(t *testing.T) {
+		t.Parallel()
 		probe, err := microvm.New(microvm.Config{StateDir: t.TempDir(), Init: perchBin})
 		if err == nil {
 			err = probe.Check()

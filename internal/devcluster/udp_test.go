@@ -21,6 +21,7 @@ import (
 // and the ams edge (the machine on another host, datagrams over the mesh
 // relay): every datagram is answered whole by the machine in iad.
 func TestUDPServicesEndToEnd(t *testing.T) {
+	t.Parallel() // see TestMain
 	w := startWorld(t, devcluster.Options{Regions: []string{"iad", "ams"}})
 	info := w.Info()
 	ref := pushGoImage(t, info, "./examples/hello", "hello:udp")
