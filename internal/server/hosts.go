@@ -125,8 +125,13 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, h)
 }
 
-// assignMesh gives h a mesh address and a 6PN /64 for its machines, the
-// lowest host number no other host uses, unless it has them.
+// assignMesh gives h a mesh address and a 6PN /64 for its machines,
+// unless it has them. The host number is the one its IPv4 machine subnet
+// names (the /24's second and third bytes: 172.30.5.0/24 is host 0x1e05)
+// when no other host has it, else the lowest one free. Numbering by the
+// subnet keeps the 6PN routes of two worlds on one kernel apart (each dev
+// world claims its own /16, so its hosts' /64s differ from another's),
+// where numbering every world from 1 made them replace each other's.
 func assignMesh(hosts []api.Host, h *api.Host) error {
 	if h.MeshAddr != "" && h.Subnet6 != "" {
 		return nil
@@ -137,13 +142,22 @@ func assignMesh(hosts []api.Host, h *api.Host) error {
 			used[o.Subnet6] = true
 		}
 	}
-	for n := 1; n <= 0xffff; n++ {
+	try := func(n int) bool {
 		addr, sub, err := mesh.HostAddrs(n)
-		if err != nil {
-			break
+		if err != nil || used[sub.String()] {
+			return false
 		}
-		if !used[sub.String()] {
-			h.MeshAddr, h.Subnet6 = addr.String(), sub.String()
+		h.MeshAddr, h.Subnet6 = addr.String(), sub.String()
+		return true
+	}
+	if p, err := netip.ParsePrefix(h.Subnet); err == nil && p.Addr().Is4() {
+		b := p.Addr().As4()
+		if try(int(b[1])<<8 | int(b[2])) {
+			return nil
+		}
+	}
+	for n := 1; n <= 0xffff; n++ {
+		if try(n) {
 			return nil
 		}
 	}
