@@ -108,7 +108,7 @@ func TestMonitorLeavesAndReturns(t *testing.T) {
 func TestMonitorReportsOnlyChanges(t *testing.T) {
 	a := newApp(t, false)
 	_, r := startMonitor(t, a.host, time.Time{},
-		api.Check{Type: "http", Port: a.port, Interval: "10ms", Timeout: "5ms"})
+		api.Check{Type: "http", Port: a.port, Interval: "10ms", Timeout: "2s"}) // a timeout no loaded machine misses: a failed check would be a change
 	r.wait(t, api.CheckPassing)
 	// Many checks pass; none is reported again.
 	for a.count() < 20 {
@@ -168,7 +168,7 @@ func TestMonitorSeveralChecks(t *testing.T) {
 
 func TestMonitorStop(t *testing.T) {
 	a := newApp(t, false)
-	m, r := startMonitor(t, a.host, time.Time{}, api.Check{Type: "http", Port: a.port, Interval: "10ms", Timeout: "5ms"})
+	m, r := startMonitor(t, a.host, time.Time{}, api.Check{Type: "http", Port: a.port, Interval: "10ms", Timeout: "2s"}) // a timeout no loaded machine misses: a failed check would be a change
 	r.wait(t, api.CheckPassing)
 	m.Stop()
 	n, checks := r.n(), a.count()
