@@ -92,6 +92,7 @@ type Driver struct {
 	cfg      Config
 	stateDir string
 	log      *slog.Logger
+	initWarn sync.Once // the whole perch binary as the guest init, said once
 
 	setupMu sync.Mutex // guards the fields below, found on first use
 	kernel  *kernel
@@ -181,6 +182,15 @@ func (d *Driver) initPath() (string, error) {
 		p = exe
 		if slim := filepath.Join(filepath.Dir(exe), "perch-init"); machinedir.Exists(slim) {
 			p = slim
+		} else {
+			d.initWarn.Do(func() {
+				var mb int64
+				if fi, err := os.Stat(exe); err == nil {
+					mb = fi.Size() >> 20
+				}
+				d.log.Warn("microVM guest init is the whole perch binary: it boots slower and a guest with little memory may not boot at all; build perch-init beside perch (make build)",
+					"init", exe, "size_mb", mb, "want", slim)
+			})
 		}
 	}
 	if _, err := os.Stat(p); err != nil {
