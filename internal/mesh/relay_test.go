@@ -39,16 +39,16 @@ func TestRelayReachesMachineOnOtherHost(t *testing.T) {
 		}
 	}()
 	machine := netip.MustParseAddrPort("[fdaa::2:0:0:a00:5]:8080")
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go b.ServeRelay(ctx, func(tgt netip.AddrPort) (string, error) {
-		if tgt != machine {
-			return "", fmt.Errorf("%s is not a machine on this host", tgt)
-		}
-		return ln.Addr().String(), nil
-	}, nil)
+	serveInTest(t, func(ctx context.Context) {
+		b.ServeRelay(ctx, func(tgt netip.AddrPort) (string, error) {
+			if tgt != machine {
+				return "", fmt.Errorf("%s is not a machine on this host", tgt)
+			}
+			return ln.Addr().String(), nil
+		}, nil)
+	})
 
-	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer dcancel()
 	var c net.Conn
 	eventually(t, 5*time.Second, "relay listening", func() error {
@@ -101,17 +101,17 @@ func TestRelayCarriesUDPFlows(t *testing.T) {
 		}
 	}()
 	machine := netip.MustParseAddrPort("[fdaa::2:0:0:a00:5]:53")
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
 	observed := make(chan string, 4)
-	go b.ServeRelayObserved(ctx, func(tgt netip.AddrPort) (string, error) {
-		if tgt != machine {
-			return "", fmt.Errorf("%s is not a machine on this host", tgt)
-		}
-		return pc.LocalAddr().String(), nil
-	}, func(addr string) func() { observed <- addr; return func() {} }, nil)
+	serveInTest(t, func(ctx context.Context) {
+		b.ServeRelayObserved(ctx, func(tgt netip.AddrPort) (string, error) {
+			if tgt != machine {
+				return "", fmt.Errorf("%s is not a machine on this host", tgt)
+			}
+			return pc.LocalAddr().String(), nil
+		}, func(addr string) func() { observed <- addr; return func() {} }, nil)
+	})
 
-	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer dcancel()
 	var c net.Conn
 	eventually(t, 5*time.Second, "relay listening", func() error {
@@ -152,4 +152,16 @@ func TestRelayCarriesUDPFlows(t *testing.T) {
 	if _, err := a.DialRelayUDP(dctx, b.Addr(), netip.MustParseAddrPort("[fdaa::2:0:0:a00:6]:53")); !errors.Is(err, ErrRelayRefused) {
 		t.Errorf("UDP flow to a machine not on the host: %v, want ErrRelayRefused", err)
 	}
+}
+
+// serveInTest runs serve until the test's cleanup, which ends its context
+// and waits for it to return (a relay returns after its connections):
+// registered after the nodes, it runs before their Close, so no relay
+// still writes through a node's stack while its device closes (the race
+// detector caught that once on CI).
+func serveInTest(t *testing.T, serve func(ctx context.Context)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
 }
