@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -28,6 +27,7 @@ import (
 	"github.com/perchhq/perch/internal/devcluster"
 	"github.com/perchhq/perch/internal/hostnet"
 	"github.com/perchhq/perch/internal/testimage"
+	"github.com/perchhq/perch/internal/testport"
 	"github.com/perchhq/perch/internal/volume"
 )
 
@@ -266,15 +266,9 @@ func expectAnswer(t *testing.T, edgeAddr, app, want string) string {
 	return body
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+// freePort is a port free on 127.0.0.1 for TCP and UDP, below the
+// ephemeral range (testport.Free): worlds get it as a flag value.
+func freePort(t *testing.T) int { return testport.Free(t) }
 
 func asHTTPError(err error, target **api.HTTPError) bool { return errors.As(err, target) }
 

@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -10,31 +9,11 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/testport"
 )
 
-// freePort is a port free on 127.0.0.1 for both TCP and UDP now, below the
-// kernel's ephemeral range (32768 and up), so no outgoing connection of a
-// package testing beside this one can take it before the edge binds it.
-func freePort(t *testing.T) int {
-	t.Helper()
-	for range 1000 {
-		port := 20000 + rand.IntN(12000)
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			continue
-		}
-		pc, err := net.ListenPacket("udp", addr)
-		ln.Close()
-		if err != nil {
-			continue
-		}
-		pc.Close()
-		return port
-	}
-	t.Fatal("no port free for TCP and UDP between 20000 and 32000")
-	return 0
-}
+// freePort is a port free on 127.0.0.1 for TCP and UDP (testport.Free).
+func freePort(t *testing.T) int { return testport.Free(t) }
 
 func TestListenerFollowsApps(t *testing.T) {
 	w := newListeningWorld(t)

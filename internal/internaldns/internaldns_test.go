@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/perchhq/perch/internal/internaldns"
+	"github.com/perchhq/perch/internal/testport"
 )
 
 // world is a view of machines a test can change while the server runs.
@@ -272,7 +274,10 @@ func TestNewRejectsBadConfig(t *testing.T) {
 // TestRunStops: Run returns once its context ends, and the port is free
 // again.
 func TestRunStops(t *testing.T) {
-	s, err := internaldns.New(internaldns.Config{Addr: "127.0.0.1:0", Source: &world{}})
+	// A port below the ephemeral range: with port 0 another package's
+	// outgoing UDP socket could take the number once Run freed it.
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testport.Free(t)))
+	s, err := internaldns.New(internaldns.Config{Addr: addr, Source: &world{}})
 	if err != nil {
 		t.Fatal(err)
 	}
