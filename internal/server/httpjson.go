@@ -155,7 +155,7 @@ var idRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
 const idRule = "1 to 63 lowercase letters, digits and hyphens, starting with a letter or digit"
 
-// validID checks the id of a kind ("host", "machine").
+// validID checks the id of a kind ("host", "machine", "region").
 func validID(kind, id string) error {
 	if !idRE.MatchString(id) {
 		if len(id) > 80 {

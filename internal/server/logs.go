@@ -34,12 +34,20 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		}
 		lines = n
 	}
+	// Both filters become tokens of a NATS subject: a value with a dot or
+	// a wildcard would change which lines match, so only ids pass.
 	region, machine := q.Get("region"), q.Get("machine")
 	if region == "" {
 		region = "*"
+	} else if err := validID("region", region); err != nil {
+		s.fail(w, r, err)
+		return
 	}
 	if machine == "" {
 		machine = "*"
+	} else if err := validID("machine", machine); err != nil {
+		s.fail(w, r, err)
+		return
 	}
 	subject := "perch.logs." + a.Name + "." + region + "." + machine
 	// Start at the last `lines` lines: a machine that printed a million

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -223,5 +224,69 @@ func TestLogFloodKeepsOtherAppsLines(t *testing.T) {
 	}
 	if len(got) != 0 {
 		t.Errorf("a new app named flood sees %d lines of the deleted one's log", len(got))
+	}
+}
+
+// TestLogsFilterIsAnIDNotASubject: the region and machine filters of
+// `perch logs` select lines by exact id; a value that would widen or change
+// the NATS subject (a dot, a wildcard) is refused with a 400 that names
+// the field, and a valid filter returns only that machine's lines.
+func TestLogsFilterIsAnIDNotASubject(t *testing.T) {
+	ts := startServer(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := ts.c.CreateApp(ctx, api.CreateAppRequest{AppName: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	nc := ts.st.Conn()
+	for _, m := range []string{"m1", "m2"} {
+		b, _ := json.Marshal(api.LogLine{Timestamp: time.Now().UTC(), App: "web", Region: "iad", MachineID: m, Stream: "stdout", Message: m + " says hi"})
+		if err := nc.Publish(store.LogSubject("web", "iad", m), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	lines := func(opts api.LogOptions) ([]string, error) {
+		var got []string
+		err := ts.c.Logs(ctx, "web", opts, func(l api.LogLine) error { got = append(got, l.Message); return nil })
+		return got, err
+	}
+	for {
+		got, err := lines(api.LogOptions{Lines: 10, Machine: "m1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) > 0 {
+			if !slices.Equal(got, []string{"m1 says hi"}) {
+				t.Fatalf("logs of machine m1 = %q, want only its own line", got)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("m1's line never reached the log stream")
+		}
+		time.Sleep(20 * time.Millisecond) // polling for the line, a condition
+	}
+	for _, bad := range []api.LogOptions{
+		{Lines: 10, Region: ">"},
+		{Lines: 10, Region: "iad.m1"},
+		{Lines: 10, Machine: "*"},
+		{Lines: 10, Machine: "m1.x"},
+	} {
+		_, err := lines(bad)
+		var he *api.HTTPError
+		if !errors.As(err, &he) || he.StatusCode != 400 {
+			t.Errorf("logs with region %q machine %q: err = %v, want a 400", bad.Region, bad.Machine, err)
+			continue
+		}
+		field := "machine"
+		if bad.Region != "" {
+			field = "region"
+		}
+		if !strings.Contains(he.Error(), field+" id") {
+			t.Errorf("logs with region %q machine %q: %v, want the error to name the %s", bad.Region, bad.Machine, err, field)
+		}
 	}
 }
