@@ -65,6 +65,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) runtime.Driver, env Env) {
 		{"ExitCodeAndLogs", s.exitCodeAndLogs},
 		{"StopGracefully", s.stopGracefully},
 		{"StopKillsAfterTimeout", s.stopKillsAfterTimeout},
+		{"StopWithoutHandler", s.stopWithoutHandler},
 		{"Signal", s.signal},
 		{"Resources", s.resources},
 		{"WritableLayerIsPrivate", s.writableLayerIsPrivate},

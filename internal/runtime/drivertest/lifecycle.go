@@ -163,6 +163,32 @@ func (s *suite) signal(t *testing.T) {
 	info(t, spec)
 }
 
+// stopWithoutHandler: a process with no handler for the stop signal dies
+// of it at once, as it would on any Linux host, not after the stop
+// timeout; in a runc machine the app is PID 1, which the kernel shields
+// from signals it does not handle, so the driver must see to it.
+func (s *suite) stopWithoutHandler(t *testing.T) {
+	d := s.newDriver(t)
+	spec := s.spec(t, []string{"serve"}, "DEFAULT_SIGTERM=1")
+	s.create(t, d, spec)
+	s.start(t, d, spec.ID)
+	info(t, spec)
+	const timeout = 20 * time.Second
+	begin := time.Now()
+	if err := d.Stop(ctx(t), spec.ID, syscall.SIGTERM, timeout); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(begin); took > timeout/2 {
+		t.Errorf("Stop took %v for a process with no SIGTERM handler, want far less than its %v timeout", took, timeout)
+	}
+	st, err := d.State(ctx(t), spec.ID)
+	// 143 where the signal itself kills the app (a microVM's init is its
+	// parent), 137 where the driver kills PID 1 in its place (runc).
+	if err != nil || st.Status != runtime.StatusExited || (st.ExitCode != 128+int(syscall.SIGTERM) && st.ExitCode != 128+int(syscall.SIGKILL)) {
+		t.Fatalf("State after Stop = %+v, %v; want exited by SIGTERM or SIGKILL", st, err)
+	}
+}
+
 func (s *suite) stopKillsAfterTimeout(t *testing.T) {
 	d := s.newDriver(t)
 	spec := s.spec(t, []string{"serve"}, "IGNORE_SIGTERM=1")

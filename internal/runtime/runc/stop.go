@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,13 +38,23 @@ func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeou
 	if st.Status == runtime.StatusExited || st.Status == runtime.StatusSuspended {
 		return nil
 	}
-	if err := d.kill(ctx, id, sig); err != nil {
+	if st.Pid > 0 && !handles(st.Pid, sig) {
+		// The app is the container's PID 1, and the kernel drops a signal
+		// PID 1 has no handler for. Anywhere else (a microVM, where init is
+		// the app's parent; a plain Linux host) the signal would kill it at
+		// once, so it is killed now rather than after the timeout.
+		d.log.Info("machine's process has no handler for its stop signal, which PID 1 would ignore; killing it now",
+			"id", id, "signal", sig)
+		timeout = 0
+	} else if err := d.kill(ctx, id, sig); err != nil {
 		return fmt.Errorf("runc: stop %s: %w", id, err)
 	}
-	if d.waitExited(ctx, id, timeout) {
+	if timeout > 0 && d.waitExited(ctx, id, timeout) {
 		return nil
 	}
-	d.log.Debug("machine did not stop in time; killing it", "id", id, "signal", sig, "timeout", timeout)
+	if timeout > 0 {
+		d.log.Debug("machine did not stop in time; killing it", "id", id, "signal", sig, "timeout", timeout)
+	}
 	if err := d.kill(ctx, id, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("runc: stop %s: %w", id, err)
 	}
@@ -174,4 +185,37 @@ func (d *Driver) killAll(ctx context.Context, id string) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// handles says whether process pid catches or ignores sig, read from the
+// SigCgt and SigIgn masks of /proc/PID/status, or whether sig's default
+// action is not to terminate (SIGCHLD and the like). If the status cannot
+// be read it says yes: the caller then sends the signal as usual.
+func handles(pid int, sig syscall.Signal) bool {
+	switch sig {
+	case syscall.SIGCHLD, syscall.SIGCONT, syscall.SIGURG, syscall.SIGWINCH,
+		syscall.SIGSTOP, syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU:
+		return true
+	}
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return true
+	}
+	bit := uint64(1) << (uint(sig) - 1)
+	found := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "SigCgt" && k != "SigIgn") {
+			continue
+		}
+		mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		if err != nil {
+			return true
+		}
+		if mask&bit != 0 {
+			return true
+		}
+		found++
+	}
+	return found < 2
 }

@@ -4,7 +4,9 @@
 //	app serve     answer HTTP on $PORT with what the process sees (JSON),
 //	              GET /fetch?url=U with U fetched from inside, GET
 //	              /fs?path=P with file P and PUT /fs?path=P writing it;
-//	              exit 0 on SIGTERM unless IGNORE_SIGTERM=1
+//	              exit 0 on SIGTERM unless IGNORE_SIGTERM=1, or die of
+//	              it with no handler at all if DEFAULT_SIGTERM=1 (as a
+//	              Python or Node program without one does)
 //	app exit N    print a line to stdout and stderr, exit with code N
 //	app sandbox   print one line per probe of the sandbox ("uid 0",
 //	              "keyctl EPERM", ...) and exit 0
@@ -31,6 +33,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // Info is the answer to GET /.
@@ -129,9 +132,12 @@ func fill(path string, mb int) {
 
 func serve() {
 	sigs := make(chan os.Signal, 1)
-	if os.Getenv("IGNORE_SIGTERM") == "1" {
+	switch {
+	case os.Getenv("IGNORE_SIGTERM") == "1":
 		signal.Ignore(syscall.SIGTERM)
-	} else {
+	case os.Getenv("DEFAULT_SIGTERM") == "1":
+		defaultSIGTERM()
+	default:
 		signal.Notify(sigs, syscall.SIGTERM)
 	}
 	go func() {
@@ -225,6 +231,17 @@ func serve() {
 	fmt.Println("listening on", addr)
 	if err := http.ListenAndServe(addr, nil); err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+// defaultSIGTERM sets SIGTERM's disposition to SIG_DFL behind the Go
+// runtime's back, which otherwise catches it (and exits on it itself):
+// the process then has no handler, as most programs in other languages.
+func defaultSIGTERM() {
+	var act [4]uint64 // struct sigaction: handler SIG_DFL (0), no flags, no mask
+	if _, _, errno := syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, uintptr(syscall.SIGTERM), uintptr(unsafe.Pointer(&act)), 0, 8, 0, 0); errno != 0 {
+		fmt.Fprintln(os.Stderr, "rt_sigaction:", errno)
 		os.Exit(1)
 	}
 }
