@@ -22,6 +22,7 @@ import (
 	"log"
 	"log/slog"
 	"math/big"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -63,6 +64,8 @@ func main() {
 	app := flag.String("app", "bin/hello", "backend binary (examples/hello)")
 	caddy := flag.String("caddy", "caddy", "caddy binary")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the Perch edge's keep-alive run here")
+	idle := flag.Int("idle", 0, "instead of wrk: hold this many idle keep-alive connections to each proxy and report its memory (idle.go)")
+	idleTLS := flag.Bool("idle-tls", false, "with -idle: the connections are TLS")
 	role := flag.String("role", "", "internal: run as the edge (\"edge\") or the bare proxy (\"bare\") in a child process")
 	backendFlag := flag.String("backend", "", "internal: the backend address for -role")
 	listenFlag := flag.String("listen", "", "internal: the listen address for -role")
@@ -97,22 +100,22 @@ func main() {
 	certFile, keyFile := writeCert(dir)
 	self, _ := os.Executable()
 	perch, perchTLS := freeAddr("127.0.0.2"), freeAddr("127.0.0.2")
-	stopEdge := start(self, nil, "", "-role", "edge", "-backend", backend, "-listen", perch, "-tls-listen", perchTLS,
+	stopEdge, edgePID := startPID(self, "", "-role", "edge", "-backend", backend, "-listen", perch, "-tls-listen", perchTLS,
 		"-cert", certFile, "-key", keyFile, "-cpuprofile", *cpuprofile)
 	defer stopEdge()
 	waitListen(perch)
 
 	nginx, nginxTLS := freeAddr("127.0.0.3"), freeAddr("127.0.0.3")
 	conf := filepath.Join(dir, "nginx.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf(`worker_processes auto; daemon off; pid %s/nginx.pid; error_log stderr error;
-events { worker_connections 4096; }
+	os.WriteFile(conf, []byte(fmt.Sprintf(`worker_processes auto; worker_rlimit_nofile 20000; daemon off; pid %s/nginx.pid; error_log stderr error;
+events { worker_connections 16384; }
 http { access_log off;
   upstream app { server %s; keepalive 128; }
   server { listen %s; location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; } }
   server { listen %s ssl http2; ssl_certificate %s; ssl_certificate_key %s; ssl_session_cache shared:SSL:10m;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; } } }
 `, dir, backend, nginx, nginxTLS, certFile, keyFile)), 0o644)
-	stopNginx := start("nginx", nil, "", "-c", conf, "-p", dir)
+	stopNginx, nginxPID := startPID("nginx", "", "-c", conf, "-p", dir)
 	defer stopNginx()
 	waitListen(nginx)
 
@@ -122,7 +125,7 @@ http { access_log off;
 	// would match only that Host, and Caddy answers others with an empty 200.
 	os.WriteFile(cf, []byte(fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\nhttp://:%s {\n\tbind %s\n\treverse_proxy %s\n}\nhttps://:%s {\n\tbind %s\n\ttls %s %s\n\treverse_proxy %s\n}\n",
 		port(caddyAddr), host4(caddyAddr), backend, port(caddyTLS), host4(caddyTLS), certFile, keyFile, backend)), 0o644)
-	stopCaddy := start(*caddy, nil, "", "run", "--config", cf, "--adapter", "caddyfile")
+	stopCaddy, caddyPID := startPID(*caddy, "", "run", "--config", cf, "--adapter", "caddyfile")
 	defer stopCaddy()
 	waitListen(caddyAddr)
 	waitListen(caddyTLS)
@@ -153,6 +156,14 @@ http { access_log off;
 				log.Fatalf("%s (%s) does not proxy to the app: it answered %q", t.name, u, body)
 			}
 		}
+	}
+	if *idle > 0 {
+		runIdle(*idle, *idleTLS, []idleProxy{
+			{"perch edge", perch, perchTLS, withChildren(edgePID)},
+			{"nginx", nginx, nginxTLS, withChildren(nginxPID)},
+			{"caddy", caddyAddr, caddyTLS, withChildren(caddyPID)},
+		})
+		return
 	}
 	fmt.Printf("wrk -t%d -c%d -d%s --latency -H 'Host: %s' URL   (2 cores shared by wrk, proxy and backend)\n\n", *threads, *conns, *dur, host)
 	for _, mode := range []struct {
@@ -323,6 +334,12 @@ func wrk(url string, threads, conns int, d time.Duration, extra []string) result
 }
 
 func start(bin string, _ []string, env string, args ...string) func() {
+	stop, _ := startPID(bin, env, args...)
+	return stop
+}
+
+// startPID starts bin like start and also returns its pid.
+func startPID(bin string, env string, args ...string) (func(), int) {
 	cmd := exec.Command(bin, args...)
 	if env != "" {
 		cmd.Env = append(os.Environ(), strings.Fields(env)...)
@@ -344,16 +361,24 @@ func start(bin string, _ []string, env string, args ...string) func() {
 			cmd.Process.Kill()
 			<-done
 		}
-	}
+	}, cmd.Process.Pid
 }
 
+// freeAddr is a free port on ip below the kernel's ephemeral range and
+// free on every address (the backend binds them all), so that no client
+// connection of this or an earlier run holds it as its own port.
 func freeAddr(ip string) string {
-	ln, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		log.Fatal(err)
+	for range 1000 {
+		port := strconv.Itoa(20000 + mrand.IntN(12000))
+		ln, err := net.Listen("tcp", ":"+port)
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return net.JoinHostPort(ip, port)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	log.Fatal("no free port between 20000 and 32000")
+	return ""
 }
 
 func port(addr string) string  { _, p, _ := net.SplitHostPort(addr); return p }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"sync"
 )
 
 // RFC 9112 message framing, checked before net/http parses a request.
@@ -53,13 +54,13 @@ type guardConn struct {
 	maxHead int                  // net/http's own limit: MaxHeaderBytes + 4096
 
 	state   guardState
-	n       int64 // bytes left of a body or chunk
-	upgrade bool  // the body ends in gPass
-	started bool  // the first bytes were seen (HTTP/2 preface check)
-	raw     []byte
-	out     []byte // checked bytes, for net/http
-	err     error  // the read error after out
-	rbuf    []byte
+	n       int64   // bytes left of a body or chunk
+	upgrade bool    // the body ends in gPass
+	started bool    // the first bytes were seen (HTTP/2 preface check)
+	raw     []byte  // bytes read and not yet checked
+	out     []byte  // checked bytes, for net/http (in raw's memory)
+	err     error   // the read error after out
+	buf     *[]byte // borrowed from guardBufs while raw lives in it
 }
 
 func newGuardConn(c net.Conn, maxHeaderBytes int, state *tls.ConnectionState) *guardConn {
@@ -74,6 +75,10 @@ func (g *guardConn) Read(p []byte) (int, error) {
 		if len(g.out) > 0 {
 			n := copy(p, g.out)
 			g.out = g.out[n:]
+			if len(g.out) == 0 && len(g.raw) == 0 {
+				g.out, g.raw = nil, nil
+				g.release()
+			}
 			return n, nil
 		}
 		if g.err != nil {
@@ -97,23 +102,86 @@ func (g *guardConn) Read(p []byte) (int, error) {
 				}
 				return n, err
 			}
-		}
-		if len(g.raw) == 0 || g.needMore() {
-			if g.rbuf == nil {
-				g.rbuf = make([]byte, 4096)
+			// A new head or chunk line is read into the reader's own
+			// buffer and, most often whole, checked and handed over in
+			// place: an idle connection holds no buffer of the guard's.
+			n, err := g.Conn.Read(p)
+			if n == 0 {
+				if err != nil {
+					// Not kept: net/http interrupts its background read
+					// with a deadline in the past and then reads on.
+					return 0, err
+				}
+				continue
 			}
-			n, err := g.Conn.Read(g.rbuf)
-			g.raw = append(g.raw, g.rbuf[:n]...)
-			if err != nil && n == 0 {
-				// Not kept: net/http interrupts its background read with
-				// a deadline in the past and then reads on.
+			g.raw = p[:n]
+			if !g.needMore() {
+				g.step() // out is then p's first bytes
+			}
+			if len(g.raw) > 0 {
+				g.keep() // the rest must outlive p
+			}
+			continue
+		}
+		// A part of a head or chunk line is kept: it is checked only
+		// once it is whole (or over the limits), however many reads that
+		// takes.
+		if g.needMore() {
+			if n, err := g.fill(); n == 0 && err != nil {
 				return 0, err
 			}
+			if g.needMore() {
+				continue
+			}
 		}
-		if len(g.raw) > 0 {
-			g.step()
+		g.step()
+	}
+}
+
+// guardBufSize is the size of the buffers a connection borrows from
+// guardBufs while it holds a part of a request head or chunk line, or
+// bytes read past the request in hand.
+const guardBufSize = 4096
+
+// guardMinRead is the least room fill reads into.
+const guardMinRead = 1024
+
+var guardBufs = sync.Pool{New: func() any { b := make([]byte, 0, guardBufSize); return &b }}
+
+// keep copies raw, which is in the reader's buffer, into one of guardBufs.
+func (g *guardConn) keep() {
+	g.release()
+	b := guardBufs.Get().(*[]byte)
+	*b = append((*b)[:0], g.raw...)
+	g.buf, g.raw = b, *b
+}
+
+// fill reads more of the connection onto the end of raw (out is empty).
+func (g *guardConn) fill() (int, error) {
+	if cap(g.raw)-len(g.raw) < guardMinRead {
+		if g.buf != nil && len(g.raw)+guardMinRead <= cap(*g.buf) {
+			// Room at the front of the borrowed buffer.
+			n := copy((*g.buf)[:cap(*g.buf)], g.raw)
+			g.raw = (*g.buf)[:n]
+		} else {
+			// A head larger than a buffer: one of its own, up to maxHead.
+			nb := make([]byte, len(g.raw), 2*len(g.raw)+guardBufSize)
+			copy(nb, g.raw)
+			g.release()
+			g.raw = nb
 		}
 	}
+	n, err := g.Conn.Read(g.raw[len(g.raw):cap(g.raw)])
+	g.raw = g.raw[:len(g.raw)+n]
+	return n, err
+}
+
+// release gives the borrowed buffer back; raw and out no longer use it.
+func (g *guardConn) release() {
+	if g.buf != nil && cap(*g.buf) == guardBufSize {
+		guardBufs.Put(g.buf)
+	}
+	g.buf = nil
 }
 
 // needMore says the buffered bytes cannot be checked yet.
@@ -157,23 +225,23 @@ func (g *guardConn) badLineEnd(b []byte) bool {
 	return false
 }
 
-// emit moves n checked bytes of raw to out.
+// emit moves n checked bytes of raw to out (the same memory).
 func (g *guardConn) emit(n int) {
-	g.out = append(g.out[:0], g.raw[:n]...)
+	g.out = g.raw[:n:n]
 	g.raw = g.raw[n:]
 }
 
 // refuse replaces the rest of the connection with a request net/http
 // answers with 400 and closes on.
 func (g *guardConn) refuse() {
-	g.out = append(g.out[:0], guardRefusal...)
+	g.out = guardRefusal[:len(guardRefusal):len(guardRefusal)] // only read from
 	g.raw, g.state, g.err = nil, gDead, net.ErrClosed
 }
 
 // cut ends a connection whose body framing broke after its head was
 // forwarded.
 func (g *guardConn) cut(err error) {
-	g.out, g.raw, g.state, g.err = g.out[:0], nil, gDead, err
+	g.out, g.raw, g.state, g.err = nil, nil, gDead, err
 }
 
 // step checks what it can of raw and moves it to out.

@@ -137,9 +137,16 @@ func checkSmuggling(t *testing.T, addr string, rec *recorder) {
 // checkSmugglingDial is checkSmuggling over the connections dial makes
 // (TLS, for one).
 func checkSmugglingDial(t *testing.T, dial func() (net.Conn, error), rec *recorder) {
+	checkSmugglingWrites(t, dial, rec, func(raw string) int { return len(raw) })
+}
+
+// checkSmugglingWrites is checkSmugglingDial with each case written in
+// pieces of piece(raw) bytes: a request head that arrives in several
+// segments must be checked as a whole all the same.
+func checkSmugglingWrites(t *testing.T, dial func() (net.Conn, error), rec *recorder, piece func(string) int) {
 	for _, tc := range smuggleCases() {
 		t.Run(tc.name, func(t *testing.T) {
-			statuses, closed := sendRaw(t, dial, tc.raw)
+			statuses, closed := sendRaw(t, dial, tc.raw, piece(tc.raw))
 			if len(tc.status) > 0 {
 				if len(statuses) == 0 {
 					t.Fatalf("no answer; want %v", tc.status)
@@ -173,7 +180,7 @@ func contains(s []int, v int) bool {
 
 // sendRaw writes raw on a new connection to addr and reads answers until
 // the edge closes the connection (closed) or 10 s pass.
-func sendRaw(t *testing.T, dial func() (net.Conn, error), raw string) (statuses []int, closed bool) {
+func sendRaw(t *testing.T, dial func() (net.Conn, error), raw string, piece int) (statuses []int, closed bool) {
 	t.Helper()
 	c, err := dial()
 	if err != nil {
@@ -181,7 +188,20 @@ func sendRaw(t *testing.T, dial func() (net.Conn, error), raw string) (statuses 
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	go func() { _, _ = io.WriteString(c, raw) }()
+	go func() {
+		for len(raw) > 0 {
+			n := min(piece, len(raw))
+			if _, err := io.WriteString(c, raw[:n]); err != nil {
+				return
+			}
+			raw = raw[n:]
+			if len(raw) > 0 {
+				// A slow client: the pieces reach the edge as separate
+				// reads (Go's connections send each write at once).
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
 	var all bytes.Buffer
 	_, err = io.Copy(&all, c)
 	var ne net.Error
@@ -211,6 +231,27 @@ func TestRequestSmuggling(t *testing.T) {
 	run(t, e)
 	waitFor(t, "the edge to listen", func() bool { return len(e.Listening()) == 1 })
 	checkSmuggling(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), rec)
+}
+
+// TestRequestSmugglingInPieces: the same table, each request written a few
+// bytes at a time, so that its head reaches the edge in many reads.
+func TestRequestSmugglingInPieces(t *testing.T) {
+	e, err := New(Config{Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t), Limits: Limits{MaxHeaderBytes: 16 << 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &world{t: t, e: e}
+	port := freePort(t)
+	rec := &recorder{}
+	w.app("shop")
+	w.place("shop", startMachine(t, "s1", "ams", "127.0.0.2", rec.handler), port, api.StateStarted)
+	w.commit()
+	run(t, e)
+	waitFor(t, "the edge to listen", func() bool { return len(e.Listening()) == 1 })
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	checkSmugglingWrites(t, func() (net.Conn, error) { return net.Dial("tcp", addr) }, rec, func(raw string) int {
+		return max(7, len(raw)/40) // 40 pieces at most: the 80 KiB cases stay quick
+	})
 }
 
 // The same table over TLS (HTTP/1.1 by ALPN): the checks sit under the
