@@ -257,7 +257,13 @@ func (g *guardConn) step() {
 		}
 		g.started = true
 		end := bytes.Index(g.raw, []byte("\r\n\r\n"))
-		if end < 0 && g.badLineEnd(g.raw) {
+		// The head, or what there is of it, up to net/http's limit: the
+		// same bytes however many reads brought them.
+		head := g.raw
+		if end >= 0 {
+			head = g.raw[:end+4]
+		}
+		if g.badLineEnd(head[:min(len(head), g.maxHead)]) {
 			g.refuse()
 			return
 		}
