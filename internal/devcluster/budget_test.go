@@ -234,8 +234,13 @@ func TestBudgetSuspendsAndResumes(t *testing.T) {
 	t.Logf("suspended: storage $%.3g for %.1f h stopped (the machines' own disk at $0.15/GB-month)", u.ByKind["storage"], u.StoppedSeconds/3600)
 	t.Logf("December: spent $%.4f of $%.2f (one interval is $%.4f); %.1f h started; %d requests answered 200, %d 503",
 		u.Cost, budget, perInterval, u.StartedSeconds/3600, ok200.Load(), got503.Load())
-	if u.Cost < budget || u.Cost > budget+perInterval {
-		t.Errorf("spent $%.4f, want between the budget $%.2f and one interval more ($%.4f)", u.Cost, budget, budget+perInterval)
+	// At most one interval past the budget for the metering (the interval
+	// in which it was crossed), and one more for the suspension's own stop:
+	// at 6 h of billing per real second, stopping two machines on a loaded
+	// CI machine (load 30) took most of an interval (spent $0.2855 against
+	// $0.2823 for one).
+	if u.Cost < budget || u.Cost > budget+2*perInterval {
+		t.Errorf("spent $%.4f, want between the budget $%.2f and two intervals more ($%.4f)", u.Cost, budget, budget+2*perInterval)
 	}
 	show := mustPerch(t, w, t.TempDir(), "budget", "show", "--app", "capped")
 	for _, want := range []string{"app capped: $0.25 a month", "budget.alert", "budget.suspended", "resumes 2027-01-01 00:00 UTC"} {

@@ -46,8 +46,11 @@ func TestWorldLatencyOverTheMesh(t *testing.T) {
 		rtts = append(rtts, time.Since(start))
 	}
 	slices.Sort(rtts)
-	if med := rtts[len(rtts)/2]; !within(med) {
-		t.Fatalf("TCP round trip over the mesh: median %v, want %v (+/- a few ms); all %v", med, 2*oneWay, rtts)
+	// The fastest of ten is the simulated delay plus the stack's own cost:
+	// a busy machine only adds to the others (CI at load 30 saw a median
+	// of 52 ms with the fastest at 44 ms).
+	if med := rtts[len(rtts)/2]; !within(rtts[0]) {
+		t.Fatalf("TCP round trip over the mesh: fastest %v, want %v (+/- a few ms); all %v", rtts[0], 2*oneWay, rtts)
 	} else {
 		t.Logf("TCP round trip over the mesh with %v one way: median %v (min %v, max %v)", oneWay, med, rtts[0], rtts[len(rtts)-1])
 	}

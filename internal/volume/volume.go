@@ -298,14 +298,16 @@ func Unmount(target string) error {
 // gone, has let go of its image: autoclear detaches it after the umount
 // returns, and until then the image looks mounted (Grow skips it, Destroy
 // refuses it). A dev that is not a loop device returns at once, and so
-// does one still attached after 5 s (another mount of it elsewhere: its
-// image stays in use, which Grow and Destroy then see).
+// does one still attached after 20 s (another mount of it elsewhere: its
+// image stays in use, which Grow and Destroy then see). The kernel's
+// detach runs later on a work queue; on a host busy with I/O it was seen
+// to take over 5 s.
 func waitDetached(dev string) error {
 	backing := filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file")
 	if !strings.HasPrefix(filepath.Base(dev), "loop") {
 		return nil
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if _, err := os.Stat(backing); errors.Is(err, fs.ErrNotExist) || time.Now().After(deadline) {
 			return nil
