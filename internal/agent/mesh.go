@@ -117,7 +117,7 @@ func (d *meshDialer) DialContext(ctx context.Context, network, addr string, t ed
 	if err := errors.Join(err1, err2); err != nil {
 		return nil, fmt.Errorf("dial %s: host %s has no usable mesh record: %w", t.MachineID, t.HostID, err)
 	}
-	// A connect costs two round trips (TCP, then the relay's answer): allow
+	// A connect costs up to two round trips (TCP, then the relay's answer): allow
 	// for that on the slowest path of the world, and no more.
 	timeout := 3 * time.Second
 	if rtt, ok := d.m.RTTOf(t.HostID); ok {
@@ -127,9 +127,15 @@ func (d *meshDialer) DialContext(ctx context.Context, network, addr string, t ed
 	defer cancel()
 	target := netip.AddrPortFrom(mesh.MachineAddr(t.Org, sub, ap.Addr()), ap.Port())
 	var c net.Conn
-	if network == "udp" {
+	switch {
+	case network == "udp":
 		c, err = d.m.Node().DialRelayUDP(dctx, hostAddr, target) // datagrams as frames
-	} else {
+	case t.Pipelined:
+		// The request goes out behind the relay's request line: its
+		// answer comes a round trip sooner. A refusal then fails the
+		// first Read (meshConn.wrap: edge.ErrNotDelivered).
+		c, err = d.m.Node().DialRelayPipelined(dctx, hostAddr, target)
+	default:
 		c, err = d.m.Node().DialRelay(dctx, hostAddr, target)
 	}
 	if err != nil {
@@ -186,8 +192,14 @@ func (c *meshConn) lost() {
 func (c *meshConn) wrap(err error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err != nil && c.isLost {
+	switch {
+	case err == nil:
+	case c.isLost:
 		return fmt.Errorf("%w (%w)", errHostLost, err)
+	case errors.Is(err, mesh.ErrRelayRefused):
+		// Only a pipelined connection fails a Read so: the relay passed
+		// nothing on, and the edge sends the request elsewhere.
+		return fmt.Errorf("%w: %w", edge.ErrNotDelivered, err)
 	}
 	return err
 }

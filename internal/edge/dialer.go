@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"errors"
 	"net"
 	"time"
 )
@@ -19,7 +20,21 @@ type Target struct {
 	Region    string
 	// Local is true when the machine runs on this edge's own host.
 	Local bool
+	// Pipelined says the caller takes a connection before the machine is
+	// known to be reached: the Dialer may return one at once and let the
+	// request go out with the connect, as long as a connection that then
+	// cannot reach the machine fails its first Read with an error wrapping
+	// ErrNotDelivered, having passed none of the request on. The edge's
+	// HTTP proxy sets it; raw TCP and UDP, which cannot send elsewhere
+	// once the client's bytes went out, do not.
+	Pipelined bool
 }
+
+// ErrNotDelivered is wrapped by the error of a Pipelined connection whose
+// machine was never reached: nothing written to it was passed on, so the
+// edge sends the request to another machine, as after a failed connect
+// (the mesh relay's "ERR" answer).
+var ErrNotDelivered = errors.New("edge: the connection never reached the machine; nothing was delivered")
 
 // Dialer connects the edge to machines. addr is the machine's
 // private IP and internal port.

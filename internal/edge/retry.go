@@ -25,6 +25,11 @@ func (e *Edge) dialMachine(ctx context.Context, network, addr string) (net.Conn,
 	if b, ok := ctx.Value(backendKey{}).(*Backend); ok {
 		t, addr = b.Target, b.Addr // addr is the pool's name for the machine
 	}
+	// send() takes ErrNotDelivered as a failed connect. Not for h2c
+	// backends: HTTP/2's transport does not hand the error back whole.
+	if st, ok := ctx.Value(stateKey{}).(*reqState); ok && !st.h2c {
+		t.Pipelined = true
+	}
 	c, err := e.cfg.Dialer.DialContext(ctx, network, addr, t)
 	if err != nil {
 		return nil, &dialError{err: err}
@@ -94,6 +99,9 @@ func (t *retryTransport) send(req *http.Request, st *reqState, d dest, f *filter
 		case req.Context().Err() != nil:
 			return nil, err
 		case errors.As(err, &de) && !a.sent():
+		case errors.Is(err, ErrNotDelivered) && (body == nil || body.replayable()):
+			// A pipelined connection that never reached its machine: the
+			// body it took went nowhere, and is read again from the start.
 		case t.e.lostOnTheWay(req, b, a):
 			t.log.Info("machine's host became unreachable during the request; sending it to the next machine",
 				"request_id", st.id, "app", st.app, "machine", b.Target.MachineID, "host", b.Target.HostID)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -122,4 +123,71 @@ func TestBodyAlreadySentIsNotRetried(t *testing.T) {
 	if got.Load() != int64(len("amount=100")) || other.hits.Load() != 0 {
 		t.Errorf("the first machine read %d bytes and the other got %d requests; want the whole body once, and no second try", got.Load(), other.hits.Load())
 	}
+}
+
+// A pipelined connection whose machine turns out unreachable on its first
+// read (the mesh relay's refusal: edge.ErrNotDelivered) is a failed
+// connect: the POST goes to the next machine with its whole body, and the
+// refused one got nothing.
+func TestRetriesNextMachineWhenNotDelivered(t *testing.T) {
+	live := startMachine(t, "live", "ams", "127.0.0.3", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		io.WriteString(w, "live got "+string(b))
+	})
+	d := &refusingDialer{bad: "gone"}
+	e, err := New(Config{Region: "ams", HostID: "h-ams", Log: testLog(t), Dialer: d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &world{t: t, e: e}
+	w.app("shop")
+	w.place("shop", startMachine(t, "gone", "ams", "127.0.0.2", nil), 80, api.StateStarted)
+	w.place("shop", live, 80, api.StateStarted)
+	w.commit()
+	srv := w.serve(80)
+	for i := range 4 {
+		req, _ := http.NewRequest("POST", srv.URL+"/pay", strings.NewReader("amount=100"))
+		req.Host = "shop.perch.local"
+		res, body := do(t, srv.Client(), req)
+		if res.StatusCode != http.StatusOK || body != "live got amount=100" {
+			t.Fatalf("POST %d: got %d %q, want the live machine to get the whole body", i, res.StatusCode, body)
+		}
+	}
+	if d.refused.Load() == 0 {
+		t.Fatal("no request was sent to the refusing machine: the test proves nothing")
+	}
+	if !d.pipelined.Load() {
+		t.Error("the HTTP proxy did not ask for pipelined connections")
+	}
+}
+
+// refusingDialer dials normally, except machine bad: its connection takes
+// writes and fails every read with ErrNotDelivered, as a refused relay
+// connection does.
+type refusingDialer struct {
+	bad       string
+	refused   atomic.Int64
+	pipelined atomic.Bool
+}
+
+func (d *refusingDialer) DialContext(ctx context.Context, network, addr string, t Target) (net.Conn, error) {
+	if t.Pipelined {
+		d.pipelined.Store(true)
+	}
+	if t.MachineID != d.bad {
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	if !t.Pipelined {
+		return nil, errors.New("refused")
+	}
+	d.refused.Add(1)
+	a, b := net.Pipe()
+	go func() { _, _ = io.Copy(io.Discard, b) }()
+	return refusedConn{a}, nil
+}
+
+type refusedConn struct{ net.Conn }
+
+func (c refusedConn) Read([]byte) (int, error) {
+	return 0, fmt.Errorf("%w: mesh: relay refused: not a machine of this host", ErrNotDelivered)
 }

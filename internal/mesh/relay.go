@@ -36,8 +36,14 @@ const relayMagic = "PERCH-RELAY1 "
 // relayUDP marks a UDP flow's request.
 const relayUDP = "udp "
 
-// relayTimeout bounds the handshake on both sides.
+// relayTimeout bounds the handshake on both sides, once its request has
+// started to arrive.
 const relayTimeout = 10 * time.Second
+
+// RelayIdle is how long a relay keeps a connection that has not sent its
+// request yet: a RelayPool opens connections ahead of need and hands them
+// out for up to RelayIdle/2.
+const RelayIdle = 60 * time.Second
 
 // ErrRelayRefused is returned by DialRelay when the far host answered but
 // could not connect to the machine.
@@ -91,13 +97,28 @@ func serveRelayConn(ctx context.Context, c net.Conn, target RelayTarget, observe
 	// The relay stops with its host: open connections end too.
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	_ = c.SetDeadline(time.Now().Add(relayTimeout))
+	// A pooled connection waits idle for its request (RelayIdle); the
+	// request, once begun, has relayTimeout to arrive.
+	_ = c.SetDeadline(time.Now().Add(RelayIdle))
 	br := bufio.NewReaderSize(c, 128)
+	if _, err := br.Peek(1); err != nil {
+		return
+	}
+	_ = c.SetDeadline(time.Now().Add(relayTimeout))
 	line, err := br.ReadString('\n')
 	if err != nil {
 		return
 	}
-	refuse := func(why string) { _, _ = io.WriteString(c, "ERR "+why+"\n") }
+	refuse := func(why string) {
+		_, _ = io.WriteString(c, "ERR "+why+"\n")
+		// A pipelined request may follow the line unread: closing now
+		// would reset the connection and could drop the answer on its way
+		// (an RST discards what the peer has not read). Half-close, and let
+		// the dialer close first.
+		closeWrite(c)
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = io.Copy(io.Discard, br)
+	}
 	rest, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), relayMagic)
 	if !ok {
 		refuse("not a relay request")
@@ -219,4 +240,75 @@ func (n *Node) dialRelay(ctx context.Context, host netip.Addr, what string, targ
 	}
 	_ = c.SetDeadline(time.Time{})
 	return c, nil
+}
+
+// DialRelayPipelined connects to the machine at target through the relay
+// of the host whose mesh address is host, like DialRelay, but returns once
+// the TCP connection is up and the relay request sent, without waiting for
+// the answer: what the caller writes next travels right behind the request
+// line, and a request's first answer comes one round trip after the
+// connect instead of two. The relay's answer is read by the first Read: a
+// refusal fails it with an error wrapping ErrRelayRefused, and then the
+// relay passed none of what was written on (it keeps a machine's bytes
+// until it has connected to the machine).
+func (n *Node) DialRelayPipelined(ctx context.Context, host netip.Addr, target netip.AddrPort) (net.Conn, error) {
+	c, err := n.DialContext(ctx, "tcp", netip.AddrPortFrom(host, RelayPort).String())
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.WriteString(c, relayMagic+target.String()+"\n"); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("mesh: relay to %s: %w", host, err)
+	}
+	return &pipelinedConn{Conn: c, host: host, target: target}, nil
+}
+
+// pipelinedConn reads the relay's answer before the machine's bytes.
+type pipelinedConn struct {
+	net.Conn
+	host   netip.Addr
+	target netip.AddrPort
+
+	mu       sync.Mutex
+	answered bool
+	err      error // the refusal, for every Read after it
+}
+
+func (c *pipelinedConn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.answered {
+		c.answered = true
+		c.err = c.readAnswer()
+	}
+	if c.err != nil {
+		return 0, c.err
+	}
+	return c.Conn.Read(p)
+}
+
+// readAnswer reads "OK\n" or "ERR reason\n", a byte at a time: what
+// follows is the machine's.
+func (c *pipelinedConn) readAnswer() error {
+	var line []byte
+	b := make([]byte, 1)
+	for len(line) < 256 {
+		if _, err := c.Conn.Read(b); err != nil {
+			return fmt.Errorf("mesh: relay to %s: %w", c.host, err)
+		}
+		if b[0] == '\n' {
+			break
+		}
+		line = append(line, b[0])
+	}
+	if s := string(line); s != "OK" {
+		return fmt.Errorf("%w: %s for %s: %s", ErrRelayRefused, c.host, c.target, strings.TrimPrefix(s, "ERR "))
+	}
+	return nil
+}
+
+// CloseWrite passes a half-close on.
+func (c *pipelinedConn) CloseWrite() error {
+	closeWrite(c.Conn)
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -164,4 +165,122 @@ func serveInTest(t *testing.T, serve func(ctx context.Context)) {
 	done := make(chan struct{})
 	go func() { defer close(done); serve(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
+}
+
+// A pipelined relay connection: the caller writes at once; the machine gets
+// the bytes, and the first answer comes one round trip after the connect
+// (the fastest of five over a 20 ms-each-way link: under 3 one-way delays
+// more than the 2 round trips of TCP plus the request, while DialRelay
+// then a request takes 3). A refused target fails the first Read with
+// ErrRelayRefused, and what was written never reaches any machine.
+func TestRelayPipelined(t *testing.T) {
+	delay := func(c *Config) { c.OneWay = func(from, to string) time.Duration { return oneWay } }
+	a, b := newNode(t, 1, delay), newNode(t, 2, delay)
+	join(t, a, b)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var received bytes.Buffer
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				for {
+					n, err := c.Read(buf)
+					mu.Lock()
+					received.Write(buf[:n])
+					mu.Unlock()
+					if err != nil {
+						return
+					}
+					c.Write(buf[:n]) // echo
+				}
+			}()
+		}
+	}()
+	machine := netip.MustParseAddrPort("[fdaa::2:0:0:a00:5]:8080")
+	serveInTest(t, func(ctx context.Context) {
+		b.ServeRelay(ctx, func(tgt netip.AddrPort) (string, error) {
+			if tgt != machine {
+				return "", fmt.Errorf("%s is not a machine on this host", tgt)
+			}
+			return ln.Addr().String(), nil
+		}, nil)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	eventually(t, 10*time.Second, "relay listening", func() error {
+		c, err := a.DialRelay(ctx, b.Addr(), machine)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	firstAnswer := func(dial func() (net.Conn, error)) time.Duration {
+		start := time.Now()
+		c, err := dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("echo through the relay: %q, %v", buf, err)
+		}
+		return time.Since(start)
+	}
+	fastest := func(dial func() (net.Conn, error)) time.Duration {
+		best := time.Hour
+		for range 5 {
+			best = min(best, firstAnswer(dial))
+		}
+		return best
+	}
+	pipelined := fastest(func() (net.Conn, error) { return a.DialRelayPipelined(ctx, b.Addr(), machine) })
+	waiting := fastest(func() (net.Conn, error) { return a.DialRelay(ctx, b.Addr(), machine) })
+	rtt := 2 * oneWay
+	t.Logf("first answer over a %v round trip: pipelined %v, waiting for the relay's answer %v", rtt, pipelined, waiting)
+	if pipelined < 2*rtt || pipelined > waiting-rtt/2 {
+		t.Errorf("pipelined: first answer after %v, want 2 round trips (%v: TCP, then request and answer), a round trip less than waiting", pipelined, 2*rtt)
+	}
+	if waiting < 3*rtt {
+		t.Errorf("waiting: first answer after %v, want at least 3 round trips", waiting)
+	}
+
+	mu.Lock()
+	received.Reset()
+	mu.Unlock()
+	other := netip.MustParseAddrPort("[fdaa::2:0:0:a00:6]:8080")
+	c, err := a.DialRelayPipelined(ctx, b.Addr(), other)
+	if err != nil {
+		t.Fatalf("a pipelined dial returns before the relay answers, even for a refused target: %v", err)
+	}
+	defer c.Close()
+	if _, err := c.Write(bytes.Repeat([]byte("POST /pay "), 1000)); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 10)); !errors.Is(err, ErrRelayRefused) {
+		t.Fatalf("first read of a refused pipelined connection: %v, want ErrRelayRefused", err)
+	}
+	if _, err := c.Read(make([]byte, 10)); !errors.Is(err, ErrRelayRefused) {
+		t.Fatalf("second read: %v, want ErrRelayRefused again", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if received.Len() != 0 {
+		t.Errorf("a machine received %d bytes written to a refused connection", received.Len())
+	}
 }
