@@ -125,7 +125,10 @@ func TestDashboardWorld(t *testing.T) {
 			ams = m
 		}
 	}
-	b.Run("stop button", chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-machine=%q] button[data-action="stop"]`, ams.ID))))
+	pressButton(t, b, fmt.Sprintf(`tr[data-machine=%q] button[data-action="stop"]`, ams.ID), "/ui/apps/board/machines/"+ams.ID+"/stop")
+	if n := b.Count(`#flash .error`); n != 0 {
+		t.Fatalf("the stop button was refused: %s", b.Text("#flash"))
+	}
 	b.WaitFor("the stopped machine", fmt.Sprintf(`tr[data-machine=%q][data-state="stopped"]`, ams.ID), 30*time.Second)
 	eventually(t, 30*time.Second, "perch status shows the machine stopped", func() (bool, string) {
 		out, err := perch(t, w, dir, "status", "--json")
@@ -185,9 +188,15 @@ func TestDashboardWorld(t *testing.T) {
 
 	b.PhoneWidth()
 	b.Run("app at 390", chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS(`#machines table`)))
+	if w := uitest.Eval[int](b, "page width", `document.documentElement.scrollWidth`); w > 390 {
+		t.Errorf("the app page is %d px wide on a 390 px screen: something does not wrap", w)
+	}
 	b.Shot("app-390.png")
 	b.Run("dashboard at 390", chromedp.Navigate(base+"/ui/"), chromedp.WaitVisible(chromedp.CSS(`svg.worldmap`)))
 	b.WaitFor("machines on the map", `.worldmap rect.m`, 10*time.Second)
+	if w := uitest.Eval[int](b, "page width", `document.documentElement.scrollWidth`); w > 390 {
+		t.Errorf("the dashboard is %d px wide on a 390 px screen: something does not wrap", w)
+	}
 	b.Shot("dashboard-390.png")
 
 	// Log out (the button), then log in with another organisation's token:
@@ -343,5 +352,31 @@ func waitLogLine(t *testing.T, b *uitest.Browser, id, msg string) {
 			b.Fail("live log line", fmt.Errorf("no line %q of machine %s in the log box within 30 s", msg, id))
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// pressButton clicks the button sel and waits for its form's POST to path
+// to be answered. A live update may replace the panel between finding
+// the button and the click landing, and the click then hits nothing; it
+// is pressed again (at most 3 times, each logged), as a user would.
+func pressButton(t *testing.T, b *uitest.Browser, sel, path string) {
+	t.Helper()
+	uitest.Eval[bool](b, "watch the page's requests", `window.perchPosts = window.perchPosts || [];
+		if (!window.perchWatching) { window.perchWatching = true;
+			document.body.addEventListener('htmx:afterRequest', e => window.perchPosts.push(e.detail.requestConfig.path)); } true`)
+	answered := fmt.Sprintf(`window.perchPosts.includes(%q)`, path)
+	for try := 1; ; try++ {
+		b.Run("press "+sel, chromedp.Click(chromedp.CSS(sel)))
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if uitest.Eval[bool](b, "the button's request", answered) {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if try == 3 {
+			b.Fail("press "+sel, fmt.Errorf("no POST %s answered within 10 s of each of 3 clicks", path))
+		}
+		t.Logf("click %d on %s sent nothing within 10 s (the panel was replaced under it?); pressing again", try, sel)
 	}
 }

@@ -343,7 +343,7 @@ func spendTrend(month string, byDay map[string]float64, now time.Time, projected
 		esc(fmt.Sprintf("Spend over %s: $%.2f so far, $%.2f projected by the month's end%s", start.Format("January 2006"), cum, projected,
 			map[bool]string{true: fmt.Sprintf(", budget $%.2f", budget), false: ""}[budget > 0])))
 	fmt.Fprintf(&b, `<line class="axis" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"/><line class="axis" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"/>`, x0, y1, x1, y1, x0, y0, x0, y1)
-	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="end">$%.2f</text><text x="%.1f" y="%.1f" text-anchor="end">$0</text>`, x0-3, y0+4, top, x0-3, y1)
+	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="end">%s</text><text x="%.1f" y="%.1f" text-anchor="end">$0</text>`, x0-3, y0+4, axisMoney(top), x0-3, y1)
 	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f">%s</text><text x="%.1f" y="%.1f" text-anchor="end">%s</text>`,
 		x0, y1+12, start.Format("Jan 2"), x1, y1+12, end.AddDate(0, 0, -1).Format("Jan 2"))
 	if budget > 0 {
@@ -366,4 +366,16 @@ func spendTrend(month string, byDay map[string]float64, now time.Time, projected
 	}
 	b.WriteString(`</svg>`)
 	return template.HTML(b.String())
+}
+
+// axisMoney is an axis's dollars with the digits a small scale needs.
+func axisMoney(v float64) string {
+	switch {
+	case v >= 10:
+		return fmt.Sprintf("$%.0f", v)
+	case v >= 0.1:
+		return fmt.Sprintf("$%.2f", v)
+	default:
+		return fmt.Sprintf("$%.4f", v)
+	}
 }
