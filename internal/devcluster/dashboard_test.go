@@ -188,14 +188,14 @@ func TestDashboardWorld(t *testing.T) {
 
 	b.PhoneWidth()
 	b.Run("app at 390", chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS(`#machines table`)))
-	if w := uitest.Eval[int](b, "page width", `document.documentElement.scrollWidth`); w > 390 {
-		t.Errorf("the app page is %d px wide on a 390 px screen: something does not wrap", w)
+	if px := uitest.Eval[int](b, "page width", `document.documentElement.scrollWidth`); px > 390 {
+		t.Errorf("the app page is %d px wide on a 390 px screen: something does not wrap", px)
 	}
 	b.Shot("app-390.png")
 	b.Run("dashboard at 390", chromedp.Navigate(base+"/ui/"), chromedp.WaitVisible(chromedp.CSS(`svg.worldmap`)))
 	b.WaitFor("machines on the map", `.worldmap rect.m`, 10*time.Second)
-	if w := uitest.Eval[int](b, "page width", `document.documentElement.scrollWidth`); w > 390 {
-		t.Errorf("the dashboard is %d px wide on a 390 px screen: something does not wrap", w)
+	if px := uitest.Eval[int](b, "page width", `document.documentElement.scrollWidth`); px > 390 {
+		t.Errorf("the dashboard is %d px wide on a 390 px screen: something does not wrap", px)
 	}
 	b.Shot("dashboard-390.png")
 

@@ -261,7 +261,7 @@ func spendChart(cost, projected, budget float64, byRegion map[string]float64) te
 	if top <= 0 {
 		top = 1
 	}
-	scale := func(v float64) float64 { return v / top * 280 }
+	scale := func(v float64) float64 { return v / top * 240 } // room for the label
 	type bar struct {
 		label string
 		v     float64
