@@ -49,3 +49,30 @@ func TestLogoutSurvivesRestart(t *testing.T) {
 		t.Errorf("a session not logged out, after a restart: %d %q, want the dashboard", p.status, p.loc)
 	}
 }
+
+// TestSessionCheckWithoutStore: when the store cannot say whether a
+// session was logged out (its bucket gone), the page says the dashboard
+// cannot reach its store (503), rather than opening, or sending the user
+// to the login form with the cookie thrown away.
+func TestSessionCheckWithoutStore(t *testing.T) {
+	w := startWorld(t)
+	c := browser(t)
+	login(t, c, w.srv.URL(), w.orgTok)
+	if err := w.srv.Store().JetStream().DeleteKeyValue(context.Background(), "perch_ui_sessions"); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", w.srv.URL()+"/ui/", nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("a session the store cannot check: %d, want 503", resp.StatusCode)
+	}
+	for _, sc := range resp.Cookies() {
+		if sc.Name == "perch_ui_session" {
+			t.Errorf("the session cookie was replaced (%q, max-age %d) although the session may still be good", sc.Value, sc.MaxAge)
+		}
+	}
+}

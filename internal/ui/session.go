@@ -166,6 +166,10 @@ func openRevoked(ctx context.Context, js jetstream.JetStream, ttl time.Duration)
 	return &revoked{kv: kv, ids: map[string]time.Time{}}, nil
 }
 
+// errSessionUnchecked: the store could not say whether a session was
+// logged out. The session is refused for now, and its cookie kept.
+var errSessionUnchecked = errors.New("cannot check whether this session was logged out")
+
 func revokedKey(id string) string { return "out." + id }
 
 // logOut records s as logged out. The cookie is cleared either way; an
@@ -206,7 +210,7 @@ func (u *UI) loggedOut(ctx context.Context, id string) (bool, error) {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		return false, nil
 	default:
-		return true, fmt.Errorf("cannot check whether this session was logged out: %w", err)
+		return true, fmt.Errorf("%w: %w", errSessionUnchecked, err)
 	}
 }
 

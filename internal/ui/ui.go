@@ -220,6 +220,11 @@ func (u *UI) client(tok string) *api.Client {
 func (u *UI) authed(h func(http.ResponseWriter, *http.Request, *session, *api.Client)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		sess, err := u.sessionOf(r)
+		if errors.Is(err, errSessionUnchecked) {
+			u.log.Warn("dashboard session not checked", "err", err)
+			u.errorPage(w, r, http.StatusServiceUnavailable, "The dashboard cannot reach its store just now ("+err.Error()+"); try again in a moment.")
+			return
+		}
 		if err != nil {
 			if _, had := r.Cookie(sessionCookie); had == nil {
 				setCookie(w, r, sessionCookie, "", -1)
