@@ -207,6 +207,37 @@ func TestPeriodsAndDays(t *testing.T) {
 	}
 }
 
+// TestUsageByDay: a month's usage carries each day's cost (the
+// dashboard's spend over time), a record across midnight split between
+// its days, a record of another month not in it, and an organisation's
+// days the sum of its apps'.
+func TestUsageByDay(t *testing.T) {
+	l := NewLedger(DefaultPrices())
+	day := DefaultPrices().RunningPerSecond(api.Guest{CPUs: 1, MemoryMB: 256}, "iad") * 86400
+	add := func(app string, start time.Time, d time.Duration) {
+		r := Record{Kind: KindMachine, App: app, Machine: app + "-m", Region: "iad", State: "started", CPUs: 1, MemoryMB: 256, Start: start, End: start.Add(d)}
+		r.ID = MachineRecordID(r.Machine, r.Start)
+		for _, piece := range Split(r) {
+			l.Add(piece)
+		}
+	}
+	add("a", time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC), 24*time.Hour) // November
+	add("a", time.Date(2026, 12, 3, 18, 0, 0, 0, time.UTC), 12*time.Hour) // 6 h on the 3rd, 6 h on the 4th
+	add("b", time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC), 24*time.Hour)
+	now := time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)
+	u := l.App("2026-12", "a", now)
+	if len(u.ByDay) != 2 || !near(u.ByDay["2026-12-03"], day/4) || !near(u.ByDay["2026-12-04"], day/4) {
+		t.Errorf("a's December by day: %v, want a quarter day's %v on the 3rd and the 4th", u.ByDay, day/4)
+	}
+	if nov := l.App("2026-11", "a", now); len(nov.ByDay) != 1 || !near(nov.ByDay["2026-11-30"], day) {
+		t.Errorf("a's November by day: %v, want a day's %v on the 30th", nov.ByDay, day)
+	}
+	org := l.Apps("2026-12", []string{"a", "b"}, now)
+	if len(org.ByDay) != 2 || !near(org.ByDay["2026-12-04"], day*1.25) || !near(org.ByDay["2026-12-03"]+org.ByDay["2026-12-04"], org.Cost) {
+		t.Errorf("the organisation's December by day: %v (cost %v), want the apps' days summed", org.ByDay, org.Cost)
+	}
+}
+
 // TestLedgerMemoryIsBoundedAndCountsOnce: 3 machines' records over two
 // months (a record every 10 s, 17,000 in all), each batch sent twice and
 // some records again much later, count once, and a ledger rebuilt from the

@@ -21,6 +21,9 @@ type Usage struct {
 	StartedSeconds float64            `json:"started_seconds"`
 	StoppedSeconds float64            `json:"stopped_seconds"`
 	BytesOut       int64              `json:"bytes_out"`
+	// ByDay is the cost of each day of the month so far ("2026-12-07"),
+	// for a chart of spend over time; days without usage are absent.
+	ByDay map[string]float64 `json:"by_day,omitempty"`
 	// Apps, in an organisation's usage, by app name.
 	Apps map[string]Usage `json:"apps,omitempty"`
 	// Now is the clock's time the projection was made at.
@@ -42,6 +45,12 @@ func (u *Usage) add(o Usage) {
 	}
 	for k, v := range o.ByKind {
 		u.ByKind[k] += v
+	}
+	for k, v := range o.ByDay {
+		if u.ByDay == nil {
+			u.ByDay = map[string]float64{}
+		}
+		u.ByDay[k] += v
 	}
 }
 
@@ -185,6 +194,15 @@ func (l *Ledger) App(m Month, app string, now time.Time) Usage {
 	u := newUsage(m)
 	if p := l.apps[m][app]; p != nil {
 		u.add(*p)
+	}
+	first, end := m.Start().Unix()/86400, m.End().Unix()/86400
+	for d, c := range l.days[app] {
+		if d >= first && d < end {
+			if u.ByDay == nil {
+				u.ByDay = map[string]float64{}
+			}
+			u.ByDay[time.Unix(d*86400, 0).UTC().Format(time.DateOnly)] += c
+		}
 	}
 	l.mu.Unlock()
 	u.project(m, now)

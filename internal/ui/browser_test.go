@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,32 +12,8 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/ui/uitest"
 )
-
-// chromium finds Debian's Chromium (scripts/deps.sh installs it for CI).
-func chromium(t *testing.T) string {
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	t.Skip("no Chromium on this machine (apt-get install chromium, as scripts/deps.sh does): the browser test needs it")
-	return ""
-}
-
-// shotsDir is where screenshots go: $PERCH_UI_SHOTS, else a directory
-// under the system's temp dir that outlives the test (copy the latest
-// into docs/ui/).
-func shotsDir(t *testing.T) string {
-	dir := os.Getenv("PERCH_UI_SHOTS")
-	if dir == "" {
-		dir = filepath.Join(os.TempDir(), "perch-ui-shots")
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
 
 // TestBrowser drives headless Chromium through the dashboard of a real
 // control plane: log in, the map with three regions and their machines, a
@@ -46,7 +21,7 @@ func shotsDir(t *testing.T) string {
 // machine's button, live log lines, a POST without the CSRF token refused,
 // screenshots at 1280 and 390 px.
 func TestBrowser(t *testing.T) {
-	exe := chromium(t)
+	uitest.Chromium(t)
 	w := startWorld(t, "ams", "syd", "iad")
 	w.actAsHosts()
 	ctx := context.Background()
@@ -60,72 +35,16 @@ func TestBrowser(t *testing.T) {
 	}
 	w.machine("web", "ams", api.StateStarted)
 	base := w.srv.URL()
-	dir := shotsDir(t)
-
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.WindowSize(1280, 900),
-		chromedp.Flag("disable-dev-shm-usage", true))
-	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
-	bctx, tcancel := context.WithTimeout(bctx, 80*time.Second)
-	defer tcancel()
-	fail := func(what string, err error) {
-		t.Helper()
-		html, _ := chromedp.Run(bctx, chromedp.OuterHTML(chromedp.CSS("body")))
-		t.Fatalf("%s: %v\npage:\n%.3000s", what, err, html)
+	b := uitest.Start(t, 80*time.Second)
+	// The world test in internal/devcluster writes docs/ui's screenshots;
+	// these, of a world without agents, go beside them.
+	b.Dir = filepath.Join(b.Dir, "inprocess")
+	if err := os.MkdirAll(b.Dir, 0o755); err != nil {
+		t.Fatal(err)
 	}
-	run := func(what string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(bctx, steps...); err != nil {
-			fail(what, err)
-		}
-	}
-	shot := func(name string) {
-		t.Helper()
-		// The map's outline is an image of its own: wait until it loaded
-		// and two frames were painted.
-		const painted = `new Promise(ok => { const f = () => performance.getEntriesByName(location.origin + '/ui/static/land.svg').length > 0 ?
-			requestAnimationFrame(() => requestAnimationFrame(() => ok(true))) : setTimeout(f, 50); f(); })`
-		if _, err := chromedp.Run(bctx, chromedp.Evaluate[bool](painted, chromedp.EvalAwaitPromise)); err != nil {
-			fail("outline painted", err)
-		}
-		png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
-		if err != nil {
-			fail("screenshot "+name, err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), png, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	count := func(sel string) int {
-		t.Helper()
-		n, err := chromedp.Run(bctx, chromedp.Evaluate[int](fmt.Sprintf(`document.querySelectorAll(%q).length`, sel)))
-		if err != nil {
-			fail("count "+sel, err)
-		}
-		return n
-	}
-	waitFor := func(what, sel string, limit time.Duration) time.Duration {
-		t.Helper()
-		start := time.Now()
-		for time.Since(start) < limit {
-			if count(sel) > 0 {
-				return time.Since(start)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		fail(what, fmt.Errorf("no %s within %v", sel, limit))
-		return 0
-	}
-
-	run("log in",
-		chromedp.Navigate(base+"/ui/"),
-		chromedp.WaitVisible(chromedp.CSS(`#token`)),
-		chromedp.SendKeys(chromedp.CSS(`#token`), w.orgTok),
-		chromedp.Submit(chromedp.CSS(`#token`)),
-		chromedp.WaitVisible(chromedp.CSS(`svg.worldmap`)),
-	)
+	run, count, waitFor, shot, fail := b.Run, b.Count, b.WaitFor, b.Shot, b.Fail
+	bctx := b.Ctx
+	b.Login(base, w.orgTok)
 	for _, r := range []string{"ams", "syd", "iad"} {
 		if count(fmt.Sprintf(`.worldmap .region.up[data-region=%q] rect.m.started`, r)) == 0 {
 			t.Errorf("the map shows no started machine in %s", r)
@@ -250,10 +169,10 @@ func TestBrowser(t *testing.T) {
 	}
 	shot("app-1280.png")
 
-	run("phone width", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulatePortrait))
+	b.PhoneWidth()
 	run("app at 390", chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS(`#machines table`)))
 	shot("app-390.png")
 	run("dashboard at 390", chromedp.Navigate(base+"/ui/"), chromedp.WaitVisible(chromedp.CSS(`svg.worldmap`)))
 	shot("dashboard-390.png")
-	t.Logf("screenshots in %s", dir)
+	t.Logf("screenshots in %s", b.Dir)
 }

@@ -79,7 +79,13 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 }
 
 func (u *UI) logout(w http.ResponseWriter, r *http.Request, sess *session, _ *api.Client) {
-	u.logOut(sess)
 	setCookie(w, r, sessionCookie, "", -1)
+	if err := u.logOut(r.Context(), sess); err != nil {
+		// The browser forgets the cookie; a copy of it would still open
+		// the dashboard on another control plane or after a restart.
+		u.log.Error("dashboard logout not recorded", "who", sess.Who, "err", err)
+		u.errorPage(w, r, http.StatusServiceUnavailable, "You are logged out in this browser, but the server could not record it ("+err.Error()+"), so a copy of this session's cookie would still work until it expires. Log in and out again once the server is back.")
+		return
+	}
 	http.Redirect(w, r, "/ui/login?why=logged+out", http.StatusSeeOther)
 }

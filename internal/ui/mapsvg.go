@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/perchhq/perch/internal/api"
 )
@@ -260,7 +261,7 @@ func spendChart(cost, projected, budget float64, byRegion map[string]float64) te
 	if top <= 0 {
 		top = 1
 	}
-	scale := func(v float64) float64 { return v / top * 280 }
+	scale := func(v float64) float64 { return v / top * 240 } // room for the label
 	type bar struct {
 		label string
 		v     float64
@@ -295,4 +296,86 @@ func sortedKeys(m map[string]float64) []string {
 	}
 	slices.Sort(ks)
 	return ks
+}
+
+// spendTrend draws a month's spend over time: the cumulative cost at the
+// end of each day so far (a point per day, its cost on hover), a dashed
+// line from now to the projection at the month's end, and the budget as
+// a horizontal line. byDay is billing.Usage.ByDay ("2006-01-02" → cost).
+func spendTrend(month string, byDay map[string]float64, now time.Time, projected, budget float64) template.HTML {
+	start, err := time.Parse("2006-01", month)
+	if err != nil {
+		return ""
+	}
+	end := start.AddDate(0, 1, 0)
+	days := int(end.Sub(start).Hours() / 24)
+	if now.IsZero() || now.After(end) {
+		now = end
+	}
+	if now.Before(start) {
+		now = start
+	}
+	type point struct {
+		x, cum, cost float64
+		day          time.Time
+	}
+	var pts []point
+	cum := 0.0
+	for d := start; d.Before(now); d = d.AddDate(0, 0, 1) {
+		c := byDay[d.Format(time.DateOnly)]
+		cum += c
+		x := float64(d.Sub(start).Hours()/24) + 1
+		if x > now.Sub(start).Hours()/24 {
+			x = now.Sub(start).Hours() / 24 // today, so far
+		}
+		pts = append(pts, point{x, cum, c, d})
+	}
+	top := math.Max(math.Max(cum, projected), budget) * 1.1
+	if top <= 0 {
+		top = 1
+	}
+	const x0, x1, y0, y1 = 44.0, 392.0, 8.0, 128.0
+	px := func(day float64) float64 { return x0 + day/float64(days)*(x1-x0) }
+	py := func(v float64) float64 { return y1 - v/top*(y1-y0) }
+	esc := template.HTMLEscapeString
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg class="trend" viewBox="0 0 400 148" role="img" aria-label="%s" xmlns="http://www.w3.org/2000/svg">`,
+		esc(fmt.Sprintf("Spend over %s: $%.2f so far, $%.2f projected by the month's end%s", start.Format("January 2006"), cum, projected,
+			map[bool]string{true: fmt.Sprintf(", budget $%.2f", budget), false: ""}[budget > 0])))
+	fmt.Fprintf(&b, `<line class="axis" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"/><line class="axis" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"/>`, x0, y1, x1, y1, x0, y0, x0, y1)
+	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="end">%s</text><text x="%.1f" y="%.1f" text-anchor="end">$0</text>`, x0-3, y0+4, axisMoney(top), x0-3, y1)
+	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f">%s</text><text x="%.1f" y="%.1f" text-anchor="end">%s</text>`,
+		x0, y1+12, start.Format("Jan 2"), x1, y1+12, end.AddDate(0, 0, -1).Format("Jan 2"))
+	if budget > 0 {
+		fmt.Fprintf(&b, `<line class="budget" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"><title>budget $%.2f</title></line><text class="budget" x="%.1f" y="%.1f" text-anchor="end">budget $%.2f</text>`,
+			x0, py(budget), x1, py(budget), budget, x1, py(budget)-3, budget)
+	}
+	nowX := now.Sub(start).Hours() / 24
+	if len(pts) > 0 && now.Before(end) {
+		fmt.Fprintf(&b, `<line class="proj" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"><title>projected $%.2f by %s</title></line>`,
+			px(nowX), py(cum), x1, py(projected), projected, end.AddDate(0, 0, -1).Format("Jan 2"))
+	}
+	line := []string{fmt.Sprintf("%.1f,%.1f", px(0), py(0))}
+	for _, p := range pts {
+		line = append(line, fmt.Sprintf("%.1f,%.1f", px(p.x), py(p.cum)))
+	}
+	fmt.Fprintf(&b, `<polyline class="mtd" points="%s"/>`, strings.Join(line, " "))
+	for _, p := range pts {
+		fmt.Fprintf(&b, `<circle class="day" data-day="%s" cx="%.1f" cy="%.1f" r="2"><title>%s: $%.2f that day, $%.2f so far</title></circle>`,
+			p.day.Format(time.DateOnly), px(p.x), py(p.cum), p.day.Format("Jan 2"), p.cost, p.cum)
+	}
+	b.WriteString(`</svg>`)
+	return template.HTML(b.String())
+}
+
+// axisMoney is an axis's dollars with the digits a small scale needs.
+func axisMoney(v float64) string {
+	switch {
+	case v >= 10:
+		return fmt.Sprintf("$%.0f", v)
+	case v >= 0.1:
+		return fmt.Sprintf("$%.2f", v)
+	default:
+		return fmt.Sprintf("$%.4f", v)
+	}
 }

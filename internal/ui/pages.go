@@ -175,6 +175,7 @@ func (u *UI) appsData(ctx context.Context, sess *session, c *api.Client) (map[st
 	slices.SortFunc(apps, func(a, b api.App) int { return strings.Compare(a.Name, b.Name) })
 	var list []appSummary
 	var total, projected float64
+	byDay, month, now := map[string]float64{}, "", time.Time{}
 	for _, a := range apps {
 		s := appSummary{App: a, States: map[string]int{}}
 		ms, err := c.ListMachines(ctx, a.Name, "")
@@ -196,6 +197,10 @@ func (u *UI) appsData(ctx context.Context, sess *session, c *api.Client) (map[st
 			s.Cost = us.Cost
 			total += us.Cost
 			projected += us.Projected
+			month, now = us.Month, us.Now
+			for d, v := range us.ByDay {
+				byDay[d] += v
+			}
 		}
 		var b billing.Budget
 		if c.GetBudget(ctx, "app", a.Name, &b) == nil {
@@ -210,6 +215,9 @@ func (u *UI) appsData(ctx context.Context, sess *session, c *api.Client) (map[st
 			data["OrgBudget"] = &b
 		}
 		data["Chart"] = spendChart(total, projected, budgetOf(data["OrgBudget"]), nil)
+		if month != "" {
+			data["Trend"] = spendTrend(month, byDay, now, projected, budgetOf(data["OrgBudget"]))
+		}
 	}
 	return data, nil
 }
@@ -337,6 +345,7 @@ type details struct {
 	Usage     *billing.Usage
 	Budget    *billing.Budget
 	Chart     template.HTML
+	Trend     template.HTML // spend over the month
 	Errors    []string
 }
 
@@ -383,6 +392,7 @@ func (u *UI) detailsData(ctx context.Context, c *api.Client, app string) details
 			budget = d.Budget.Monthly
 		}
 		d.Chart = spendChart(d.Usage.Cost, d.Usage.Projected, budget, d.Usage.ByRegion)
+		d.Trend = spendTrend(d.Usage.Month, d.Usage.ByDay, d.Usage.Now, d.Usage.Projected, budget)
 	}
 	return d
 }
@@ -432,6 +442,17 @@ func (u *UI) machineAction(w http.ResponseWriter, r *http.Request, sess *session
 		return
 	}
 	ctx := r.Context()
+	// An app the token may not see is not found, as on every page: the
+	// API's refusal of the action would say that it exists.
+	if _, err := c.GetApp(ctx, app); err != nil {
+		var he *api.HTTPError
+		if errors.As(err, &he) && he.StatusCode == http.StatusForbidden {
+			u.errorPage(w, r, http.StatusNotFound, "Not found: nothing here that your token may see.")
+			return
+		}
+		u.apiError(w, r, err)
+		return
+	}
 	var err error
 	switch action {
 	case "start":

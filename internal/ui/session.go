@@ -1,6 +1,7 @@
 package ui
 
 import (
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -14,6 +15,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Cookie names. The session cookie holds the sealed session; the login
@@ -130,38 +133,85 @@ func (u *UI) sessionOf(r *http.Request) (*session, error) {
 	if s.Token == "" || s.CSRF == "" || s.ID == "" {
 		return nil, errors.New("session is incomplete")
 	}
-	if u.loggedOut(s.ID) {
+	if out, err := u.loggedOut(r.Context(), s.ID); err != nil {
+		return nil, err
+	} else if out {
 		return nil, errors.New("logged out")
 	}
 	return &s, nil
 }
 
-// revoked remembers the sessions logged out since this process started,
-// until they would have expired: a copy of a logged-out cookie is refused
-// (by this server; a restart forgets, and the cookie's own expiry still
-// holds).
+// revoked is the record of logged-out sessions, so that a copy of a
+// logged-out cookie stays refused by every control plane and after a
+// restart: a key per session in the bucket perch_ui_sessions
+// (BucketSessions, "out.<session id>"), whose TTL is a session's life, so
+// a record goes once its cookie would have expired anyway. The ids logged
+// out through this process are also kept in memory, the fast path.
 type revoked struct {
+	kv  jetstream.KeyValue
 	mu  sync.Mutex
 	ids map[string]time.Time
 }
 
-func (u *UI) logOut(s *session) {
-	u.revoked.mu.Lock()
-	defer u.revoked.mu.Unlock()
-	now := u.now()
-	for id, exp := range u.revoked.ids {
-		if !now.Before(exp) {
-			delete(u.revoked.ids, id)
-		}
+// BucketSessions holds the dashboard's logged-out sessions.
+const BucketSessions = "perch_ui_sessions"
+
+func openRevoked(ctx context.Context, js jetstream.JetStream, ttl time.Duration) (*revoked, error) {
+	// A minute more than a session lives: clocks of several control
+	// planes differ a little.
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketSessions, History: 1, TTL: ttl + time.Minute, Storage: jetstream.FileStorage})
+	if err != nil {
+		return nil, fmt.Errorf("ui: bucket %s: %w", BucketSessions, err)
 	}
-	u.revoked.ids[s.ID] = s.Expires
+	return &revoked{kv: kv, ids: map[string]time.Time{}}, nil
 }
 
-func (u *UI) loggedOut(id string) bool {
-	u.revoked.mu.Lock()
-	defer u.revoked.mu.Unlock()
-	_, ok := u.revoked.ids[id]
-	return ok
+// errSessionUnchecked: the store could not say whether a session was
+// logged out. The session is refused for now, and its cookie kept.
+var errSessionUnchecked = errors.New("cannot check whether this session was logged out")
+
+func revokedKey(id string) string { return "out." + id }
+
+// logOut records s as logged out. The cookie is cleared either way; an
+// error means only this process remembers.
+func (u *UI) logOut(ctx context.Context, s *session) error {
+	rv := u.revoked
+	rv.mu.Lock()
+	now := u.now()
+	for id, exp := range rv.ids {
+		if !now.Before(exp) {
+			delete(rv.ids, id)
+		}
+	}
+	rv.ids[s.ID] = s.Expires
+	rv.mu.Unlock()
+	if _, err := rv.kv.Put(ctx, revokedKey(s.ID), []byte(s.Expires.UTC().Format(time.RFC3339))); err != nil {
+		return fmt.Errorf("recording the logout in %s: %w", BucketSessions, err)
+	}
+	return nil
+}
+
+// loggedOut says whether session id was logged out, here or by any
+// control plane sharing the store. When the store cannot say, the
+// session is refused (an error): the dashboard needs the store for every
+// page anyway.
+func (u *UI) loggedOut(ctx context.Context, id string) (bool, error) {
+	rv := u.revoked
+	rv.mu.Lock()
+	_, ok := rv.ids[id]
+	rv.mu.Unlock()
+	if ok {
+		return true, nil
+	}
+	_, err := rv.kv.Get(ctx, revokedKey(id))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return false, nil
+	default:
+		return true, fmt.Errorf("%w: %w", errSessionUnchecked, err)
+	}
 }
 
 // checkCSRF compares the form field or header with the session's value.

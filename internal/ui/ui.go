@@ -79,7 +79,7 @@ type UI struct {
 	// closing ends the streams when Run's context ends (a server that
 	// shuts down does not wait for open pages).
 	closing chan struct{}
-	revoked revoked // session.go
+	revoked *revoked // session.go
 }
 
 // New builds the dashboard. Run must run for live updates.
@@ -111,7 +111,12 @@ func New(cfg Config) (*UI, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ui: world outline: %w", err)
 	}
-	u := &UI{cfg: cfg, log: cfg.Log, seal: seal, tpl: tpl, hub: newHub(), now: cfg.Now, closing: make(chan struct{}), revoked: revoked{ids: map[string]time.Time{}}, land: strings.TrimSpace(string(land))}
+	u := &UI{cfg: cfg, log: cfg.Log, seal: seal, tpl: tpl, hub: newHub(), now: cfg.Now, closing: make(chan struct{}), land: strings.TrimSpace(string(land))}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if u.revoked, err = openRevoked(ctx, cfg.Store.JetStream(), cfg.SessionTTL); err != nil {
+		return nil, err
+	}
 	u.routes()
 	return u, nil
 }
@@ -215,6 +220,11 @@ func (u *UI) client(tok string) *api.Client {
 func (u *UI) authed(h func(http.ResponseWriter, *http.Request, *session, *api.Client)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		sess, err := u.sessionOf(r)
+		if errors.Is(err, errSessionUnchecked) {
+			u.log.Warn("dashboard session not checked", "err", err)
+			u.errorPage(w, r, http.StatusServiceUnavailable, "The dashboard cannot reach its store just now ("+err.Error()+"); try again in a moment.")
+			return
+		}
 		if err != nil {
 			if _, had := r.Cookie(sessionCookie); had == nil {
 				setCookie(w, r, sessionCookie, "", -1)

@@ -148,10 +148,18 @@ func TestLoginSeesOnlyItsOrganisation(t *testing.T) {
 
 	// The rival sees its own app and not ours.
 	rc := browser(t)
-	login(t, rc, base, rtok.Secret)
+	rcsrf := login(t, rc, base, rtok.Secret)
 	p = get(t, rc, base+"/ui/")
 	if !strings.Contains(p.body, "secretapp") || strings.Contains(p.body, `href="/ui/apps/web"`) {
 		t.Errorf("rival's dashboard: wants secretapp and not web")
+	}
+	// Nor may it act on ours, and the refusal does not tell that web
+	// exists.
+	if p := post(t, rc, base+"/ui/apps/web/machines/"+web1.ID+"/stop", nil, "X-CSRF-Token", rcsrf); p.status != http.StatusNotFound || strings.Contains(p.body, "organisation") {
+		t.Errorf("rival's stop of web's machine: %d %q, want 404 not naming an organisation", p.status, p.body)
+	}
+	if m, err := org.GetMachine(ctx, "web", web1.ID); err != nil || m.State != api.StateStarted {
+		t.Errorf("web's machine after rival's stop: %v %v, want started", m, err)
 	}
 
 	// Log out: the session cookie is gone, the dashboard asks to log in,

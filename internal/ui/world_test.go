@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,20 +31,8 @@ type testWorld struct {
 
 func startWorld(t *testing.T, regions ...string) *testWorld {
 	t.Helper()
-	// Goroutines of a cancelled request (an in-process log follow waits
-	// out its fetch) may log after the test: those lines are dropped.
-	tl := &testLog{t: t}
-	t.Cleanup(func() { tl.done.Store(true) })
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := server.New(ctx, server.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), NATSListen: "127.0.0.1:0", HostTimeout: time.Hour,
-		Log: slog.New(slog.NewTextHandler(tl, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); s.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; s.Close() })
+	s, _ := startServer(t, t.TempDir())
+	ctx := context.Background()
 	w := &testWorld{t: t, srv: s, admin: api.NewClient(s.URL(), s.AdminToken()), hosts: map[string]string{}}
 	tok, err := w.admin.CreateToken(ctx, server.DefaultOrg, api.CreateTokenRequest{Kind: "org", Name: "ui-test"})
 	if err != nil {
@@ -58,6 +47,29 @@ func startWorld(t *testing.T, regions ...string) *testWorld {
 		w.hosts[r] = h.ID
 	}
 	return w
+}
+
+// startServer runs a control plane on dataDir until the test ends, or
+// until stop (which waits for it to close).
+func startServer(t *testing.T, dataDir string) (s *server.Server, stop func()) {
+	t.Helper()
+	// Goroutines of a cancelled request (an in-process log follow waits
+	// out its fetch) may log after the test: those lines are dropped.
+	tl := &testLog{t: t}
+	t.Cleanup(func() { tl.done.Store(true) })
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := server.New(ctx, server.Config{Listen: "127.0.0.1:0", DataDir: dataDir, NATSListen: "127.0.0.1:0", HostTimeout: time.Hour,
+		Log: slog.New(slog.NewTextHandler(tl, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); s.Serve(ctx) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done; s.Close() }) }
+	t.Cleanup(stop)
+	return s, stop
 }
 
 type testLog struct {
