@@ -88,11 +88,14 @@ type isoHost struct {
 
 // isoMachine is a machine of the test: a hostnet.Attach namespace, as a
 // runc machine gets (runc joins it; the container adds no network of its
-// own), with a TCP server on port 8080 answering its name.
+// own), with a TCP server on port 8080 answering its name; or a real
+// microVM (vm) on a tap of its host's bridge, whose testapp answers its
+// name on 8080 too.
 type isoMachine struct {
 	name, id, org string
 	host          *isoHost
 	v4, v6        netip.Addr
+	vm            bool
 }
 
 // hostPorts are the host's own services a machine must not reach: NATS,
@@ -105,6 +108,9 @@ var hostPorts = map[string]int{"nats": 4222, "api": 4280, "metrics": 9091, "edge
 // joined by a link: every machine tries every other machine by IPv4 and
 // 6PN, both hosts' services, both hosts' mesh addresses and a metadata
 // address; the forbidden must all fail and the allowed all succeed.
+// Two of the machines are real microVMs (qemu microvm, under TCG where
+// there is no KVM), one per host and organisation: their probes are made
+// by the guest itself (testapp's GET /dial).
 func TestIsolationMatrix(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: it makes network namespaces, bridges, veths, TUN devices and nftables rules")
@@ -212,17 +218,26 @@ func TestIsolationMatrix(t *testing.T) {
 	}
 
 	// Machines: two of acme and one of globex on A, one of each on B
-	// and on C.
+	// and on C; and microVMs, acme's v1 on A and globex's v2 on B.
+	vmErr := canBootVMs(t)
+	if vmErr != nil {
+		t.Logf("NO microVM rows: this host cannot boot microVMs: %v", vmErr)
+	}
 	var machines []*isoMachine
 	for _, m := range []struct {
 		name, org string
 		host      *isoHost
+		vm        bool
 	}{
-		{"a1", "acme", a}, {"a2", "acme", a}, {"g1", "globex", a}, {"a3", "acme", b}, {"g2", "globex", b},
-		{"a4", "acme", c}, {"g3", "globex", c},
+		{"a1", "acme", a, false}, {"a2", "acme", a, false}, {"g1", "globex", a, false}, {"a3", "acme", b, false}, {"g2", "globex", b, false},
+		{"a4", "acme", c, false}, {"g3", "globex", c, false},
+		{"v1", "acme", a, true}, {"v2", "globex", b, true},
 	} {
+		if m.vm && vmErr != nil {
+			continue
+		}
 		h := m.host
-		im := &isoMachine{name: m.name, id: m.name + sfx, org: m.org, host: h}
+		im := &isoMachine{name: m.name, id: m.name + sfx, org: m.org, host: h, vm: m.vm}
 		im.v4 = h.gw.Addr()
 		for range len(h.policy) + 1 {
 			im.v4 = im.v4.Next()
@@ -236,8 +251,13 @@ func TestIsolationMatrix(t *testing.T) {
 		h.policy[im.id] = pm
 		machines = append(machines, im)
 	}
+	var vms []*isoMachine
 	for _, m := range machines {
 		h := m.host
+		if m.vm {
+			vms = append(vms, m)
+			continue
+		}
 		var nsPath string
 		err := inNetns("/run/netns/"+h.ns, func() (err error) {
 			nsPath, err = hostnet.Attach(m.id, perchrt.Net{
@@ -270,6 +290,10 @@ func TestIsolationMatrix(t *testing.T) {
 		}
 	}
 
+	if len(vms) > 0 {
+		bootVMs(t, vms)
+	}
+
 	probes := matrix(hosts, machines)
 
 	// Without the rules, the matrix must see some forbidden pairs
@@ -277,6 +301,9 @@ func TestIsolationMatrix(t *testing.T) {
 	before := runProbes(probes)
 	leaks := 0
 	for i, p := range probes {
+		if errors.Is(before[i], errProbeBroken) {
+			t.Fatalf("without the rules: %s: %v", p, before[i])
+		}
 		if !p.allowed && (before[i] == nil || errors.Is(before[i], errWrongServer)) {
 			leaks++
 		}
@@ -300,11 +327,11 @@ func TestIsolationMatrix(t *testing.T) {
 	// The mesh may still be shaking hands: allowed cross-host probes get
 	// a few tries (a real machine's TCP retries its SYN too).
 	results := runProbes(probes)
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		var retry []int
 		for i, p := range probes {
-			if p.allowed && results[i] != nil {
+			if (p.allowed && results[i] != nil) || errors.Is(results[i], errProbeBroken) {
 				retry = append(retry, i)
 			}
 		}
@@ -318,24 +345,39 @@ func TestIsolationMatrix(t *testing.T) {
 	}
 
 	var allowed, allowedOK, forbidden, refused int
+	var vmAllowed, vmAllowedOK, vmForbidden, vmRefused int // probes from or to a microVM
 	for i, p := range probes {
+		vm := p.via != nil || p.toVM
 		if p.allowed {
 			allowed++
+			if vm {
+				vmAllowed++
+			}
 			if results[i] == nil {
 				allowedOK++
+				if vm {
+					vmAllowedOK++
+				}
 			} else {
 				t.Errorf("ALLOWED but failed: %s: %v", p, results[i])
 			}
 		} else {
 			forbidden++
-			if results[i] != nil && !errors.Is(results[i], errWrongServer) {
+			if vm {
+				vmForbidden++
+			}
+			if results[i] != nil && !errors.Is(results[i], errWrongServer) && !errors.Is(results[i], errProbeBroken) {
 				refused++
+				if vm {
+					vmRefused++
+				}
 			} else {
 				t.Errorf("FORBIDDEN but connected: %s: %v", p, results[i])
 			}
 		}
 	}
 	t.Logf("isolation matrix: %d/%d forbidden refused, %d/%d allowed succeeded", refused, forbidden, allowedOK, allowed)
+	t.Logf("of which from or to a microVM (%d machines): %d/%d forbidden refused, %d/%d allowed succeeded", len(vms), vmRefused, vmForbidden, vmAllowedOK, vmAllowed)
 
 	// Full-size packets cross too: the machines' 6PN route MTU keeps
 	// their TCP segments within what the mesh carries.
@@ -368,7 +410,9 @@ const (
 
 // probe is one connection attempt of the matrix.
 type probe struct {
-	from    string // a machine's netns path, or a host's
+	from    string      // a machine's netns path, or a host's
+	via     *isoMachine // a microVM making the probe (from is then unused)
+	toVM    bool        // the target is a microVM
 	fromN   string
 	to      netip.AddrPort
 	what    string
@@ -391,6 +435,10 @@ func matrix(hosts []*isoHost, machines []*isoMachine) []probe {
 	var ps []probe
 	for _, m := range machines {
 		from := hostnet.NetnsPath(m.id)
+		var via *isoMachine
+		if m.vm {
+			from, via = "", m
+		}
 		for _, o := range machines {
 			if o == m {
 				continue
@@ -405,9 +453,9 @@ func matrix(hosts []*isoHost, machines []*isoMachine) []probe {
 				rel = "other org"
 			}
 			ps = append(ps,
-				probe{from: from, fromN: m.name, to: netip.AddrPortFrom(o.v4, 8080), what: fmt.Sprintf("%s %s %s IPv4", o.name, rel, where),
+				probe{from: from, via: via, toVM: o.vm, fromN: m.name, to: netip.AddrPortFrom(o.v4, 8080), what: fmt.Sprintf("%s %s %s IPv4", o.name, rel, where),
 					want: o.name, allowed: same && o.host == m.host},
-				probe{from: from, fromN: m.name, to: netip.AddrPortFrom(o.v6, 8080), what: fmt.Sprintf("%s %s %s 6PN", o.name, rel, where),
+				probe{from: from, via: via, toVM: o.vm, fromN: m.name, to: netip.AddrPortFrom(o.v6, 8080), what: fmt.Sprintf("%s %s %s 6PN", o.name, rel, where),
 					want: o.name, allowed: same})
 		}
 		for _, h := range hosts {
@@ -425,19 +473,19 @@ func matrix(hosts []*isoHost, machines []*isoMachine) []probe {
 					addrs = append(addrs, h.gw.Addr(), netip.MustParseAddr("169.254.169.254"), netip.MustParseAddr("fe80::1").WithZone("eth0"))
 				}
 				for _, addr := range addrs {
-					ps = append(ps, probe{from: from, fromN: m.name, to: netip.AddrPortFrom(addr, port),
+					ps = append(ps, probe{from: from, via: via, fromN: m.name, to: netip.AddrPortFrom(addr, port),
 						what: h.name + " " + name, want: h.svc.name + "-" + name})
 				}
 			}
-			ps = append(ps, probe{from: from, fromN: m.name, to: netip.AddrPortFrom(h.node.Addr(), 4280),
+			ps = append(ps, probe{from: from, via: via, fromN: m.name, to: netip.AddrPortFrom(h.node.Addr(), 4280),
 				what: h.name + " relay on its mesh address", want: h.name + "-relay"})
 		}
-		ps = append(ps, probe{from: from, fromN: m.name, to: netip.AddrPortFrom(m.host.gw.Addr(), DNSPort),
+		ps = append(ps, probe{from: from, via: via, fromN: m.name, to: netip.AddrPortFrom(m.host.gw.Addr(), DNSPort),
 			what: "its host's DNS", want: m.host.name + "-dns", allowed: true})
 	}
 	// The edge reaches the machines of its host.
 	for _, m := range machines {
-		ps = append(ps, probe{from: "/run/netns/" + m.host.ns, fromN: m.host.name + " (edge)",
+		ps = append(ps, probe{from: "/run/netns/" + m.host.ns, toVM: m.vm, fromN: m.host.name + " (edge)",
 			to: netip.AddrPortFrom(m.v4, 8080), what: "its machine " + m.name, want: m.name, allowed: true})
 	}
 	return ps
@@ -454,6 +502,14 @@ func runProbes(ps []probe) []error {
 	var wg sync.WaitGroup
 	for i, p := range ps {
 		wg.Go(func() {
+			if p.via != nil {
+				got, err := vmDial(p.via, p.to)
+				if err == nil && strings.TrimSpace(got) != p.want {
+					err = fmt.Errorf("%w: answered by %q, want %q", errWrongServer, strings.TrimSpace(got), p.want)
+				}
+				out[i] = err
+				return
+			}
 			out[i] = inNetns(p.from, func() error {
 				c, err := net.DialTimeout("tcp", p.to.String(), 1500*time.Millisecond)
 				if err != nil {
