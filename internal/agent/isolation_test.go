@@ -89,13 +89,13 @@ type isoHost struct {
 // isoMachine is a machine of the test: a hostnet.Attach namespace, as a
 // runc machine gets (runc joins it; the container adds no network of its
 // own), with a TCP server on port 8080 answering its name; or a real
-// microVM (vm) on a tap of its host's bridge, whose testapp answers its
-// name on 8080 too.
+// machine (kind "runc" or "microvm", made by its driver on its host's
+// bridge), whose testapp answers its name on 8080 too.
 type isoMachine struct {
 	name, id, org string
 	host          *isoHost
 	v4, v6        netip.Addr
-	vm            bool
+	kind          string // "" for a namespace standing in for a machine
 }
 
 // hostPorts are the host's own services a machine must not reach: NATS,
@@ -108,9 +108,10 @@ var hostPorts = map[string]int{"nats": 4222, "api": 4280, "metrics": 9091, "edge
 // joined by a link: every machine tries every other machine by IPv4 and
 // 6PN, both hosts' services, both hosts' mesh addresses and a metadata
 // address; the forbidden must all fail and the allowed all succeed.
-// Two of the machines are real microVMs (qemu microvm, under TCG where
-// there is no KVM), one per host and organisation: their probes are made
-// by the guest itself (testapp's GET /dial).
+// Four of the machines are real, one per host, organisation and driver:
+// runc containers (user namespace, seccomp and all) and microVMs (qemu
+// microvm, under TCG where there is no KVM); their probes are made by
+// the machine's own process (testapp's GET /dial).
 func TestIsolationMatrix(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: it makes network namespaces, bridges, veths, TUN devices and nftables rules")
@@ -217,8 +218,9 @@ func TestIsolationMatrix(t *testing.T) {
 		}
 	}
 
-	// Machines: two of acme and one of globex on A, one of each on B
-	// and on C; and microVMs, acme's v1 on A and globex's v2 on B.
+	// Machines (namespaces): two of acme and one of globex on A, one of
+	// each on B and on C. Real ones: runc containers r1 (globex) on A
+	// and r2 (acme) on B, microVMs v1 (acme) on A and v2 (globex) on B.
 	vmErr := canBootVMs(t)
 	if vmErr != nil {
 		t.Logf("NO microVM rows: this host cannot boot microVMs: %v", vmErr)
@@ -227,17 +229,18 @@ func TestIsolationMatrix(t *testing.T) {
 	for _, m := range []struct {
 		name, org string
 		host      *isoHost
-		vm        bool
+		kind      string
 	}{
-		{"a1", "acme", a, false}, {"a2", "acme", a, false}, {"g1", "globex", a, false}, {"a3", "acme", b, false}, {"g2", "globex", b, false},
-		{"a4", "acme", c, false}, {"g3", "globex", c, false},
-		{"v1", "acme", a, true}, {"v2", "globex", b, true},
+		{"a1", "acme", a, ""}, {"a2", "acme", a, ""}, {"g1", "globex", a, ""}, {"a3", "acme", b, ""}, {"g2", "globex", b, ""},
+		{"a4", "acme", c, ""}, {"g3", "globex", c, ""},
+		{"r1", "globex", a, "runc"}, {"r2", "acme", b, "runc"},
+		{"v1", "acme", a, "microvm"}, {"v2", "globex", b, "microvm"},
 	} {
-		if m.vm && vmErr != nil {
+		if m.kind == "microvm" && vmErr != nil {
 			continue
 		}
 		h := m.host
-		im := &isoMachine{name: m.name, id: m.name + sfx, org: m.org, host: h, vm: m.vm}
+		im := &isoMachine{name: m.name, id: m.name + sfx, org: m.org, host: h, kind: m.kind}
 		im.v4 = h.gw.Addr()
 		for range len(h.policy) + 1 {
 			im.v4 = im.v4.Next()
@@ -251,11 +254,11 @@ func TestIsolationMatrix(t *testing.T) {
 		h.policy[im.id] = pm
 		machines = append(machines, im)
 	}
-	var vms []*isoMachine
+	var real []*isoMachine
 	for _, m := range machines {
 		h := m.host
-		if m.vm {
-			vms = append(vms, m)
+		if m.kind != "" {
+			real = append(real, m)
 			continue
 		}
 		var nsPath string
@@ -290,9 +293,7 @@ func TestIsolationMatrix(t *testing.T) {
 		}
 	}
 
-	if len(vms) > 0 {
-		bootVMs(t, vms)
-	}
+	bootMachines(t, real)
 
 	probes := matrix(hosts, machines)
 
@@ -345,31 +346,37 @@ func TestIsolationMatrix(t *testing.T) {
 	}
 
 	var allowed, allowedOK, forbidden, refused int
-	var vmAllowed, vmAllowedOK, vmForbidden, vmRefused int // probes from or to a microVM
+	type counts struct{ allowed, allowedOK, forbidden, refused int }
+	byKind := map[string]*counts{"runc": {}, "microvm": {}} // probes from or to such a machine
 	for i, p := range probes {
-		vm := p.via != nil || p.toVM
+		var kinds []*counts
+		for _, k := range []string{p.fromKind, p.toKind} {
+			if c := byKind[k]; c != nil && (len(kinds) == 0 || kinds[0] != c) {
+				kinds = append(kinds, c)
+			}
+		}
 		if p.allowed {
 			allowed++
-			if vm {
-				vmAllowed++
+			for _, c := range kinds {
+				c.allowed++
 			}
 			if results[i] == nil {
 				allowedOK++
-				if vm {
-					vmAllowedOK++
+				for _, c := range kinds {
+					c.allowedOK++
 				}
 			} else {
 				t.Errorf("ALLOWED but failed: %s: %v", p, results[i])
 			}
 		} else {
 			forbidden++
-			if vm {
-				vmForbidden++
+			for _, c := range kinds {
+				c.forbidden++
 			}
 			if results[i] != nil && !errors.Is(results[i], errWrongServer) && !errors.Is(results[i], errProbeBroken) {
 				refused++
-				if vm {
-					vmRefused++
+				for _, c := range kinds {
+					c.refused++
 				}
 			} else {
 				t.Errorf("FORBIDDEN but connected: %s: %v", p, results[i])
@@ -377,7 +384,13 @@ func TestIsolationMatrix(t *testing.T) {
 		}
 	}
 	t.Logf("isolation matrix: %d/%d forbidden refused, %d/%d allowed succeeded", refused, forbidden, allowedOK, allowed)
-	t.Logf("of which from or to a microVM (%d machines): %d/%d forbidden refused, %d/%d allowed succeeded", len(vms), vmRefused, vmForbidden, vmAllowedOK, vmAllowed)
+	for _, k := range []string{"runc", "microvm"} {
+		c := byKind[k]
+		t.Logf("  of which from or to a %s machine: %d/%d forbidden refused, %d/%d allowed succeeded", k, c.refused, c.forbidden, c.allowedOK, c.allowed)
+	}
+	if byKind["runc"].allowedOK == 0 || (vmErr == nil && byKind["microvm"].allowedOK == 0) {
+		t.Error("a real machine's probes never succeeded: the matrix did not test it")
+	}
 
 	// Full-size packets cross too: the machines' 6PN route MTU keeps
 	// their TCP segments within what the mesh carries.
@@ -410,14 +423,14 @@ const (
 
 // probe is one connection attempt of the matrix.
 type probe struct {
-	from    string      // a machine's netns path, or a host's
-	via     *isoMachine // a microVM making the probe (from is then unused)
-	toVM    bool        // the target is a microVM
-	fromN   string
-	to      netip.AddrPort
-	what    string
-	want    string // the banner the target answers
-	allowed bool
+	from             string      // a machine's netns path, or a host's
+	via              *isoMachine // a real machine making the probe itself (from is then unused)
+	fromKind, toKind string      // the machines' isoMachine.kind
+	fromN            string
+	to               netip.AddrPort
+	what             string
+	want             string // the banner the target answers
+	allowed          bool
 }
 
 func (p probe) String() string { return fmt.Sprintf("%s → %s (%s)", p.fromN, p.to, p.what) }
@@ -436,7 +449,7 @@ func matrix(hosts []*isoHost, machines []*isoMachine) []probe {
 	for _, m := range machines {
 		from := hostnet.NetnsPath(m.id)
 		var via *isoMachine
-		if m.vm {
+		if m.kind != "" {
 			from, via = "", m
 		}
 		for _, o := range machines {
@@ -453,9 +466,9 @@ func matrix(hosts []*isoHost, machines []*isoMachine) []probe {
 				rel = "other org"
 			}
 			ps = append(ps,
-				probe{from: from, via: via, toVM: o.vm, fromN: m.name, to: netip.AddrPortFrom(o.v4, 8080), what: fmt.Sprintf("%s %s %s IPv4", o.name, rel, where),
+				probe{from: from, via: via, fromKind: m.kind, toKind: o.kind, fromN: m.name, to: netip.AddrPortFrom(o.v4, 8080), what: fmt.Sprintf("%s %s %s IPv4", o.name, rel, where),
 					want: o.name, allowed: same && o.host == m.host},
-				probe{from: from, via: via, toVM: o.vm, fromN: m.name, to: netip.AddrPortFrom(o.v6, 8080), what: fmt.Sprintf("%s %s %s 6PN", o.name, rel, where),
+				probe{from: from, via: via, fromKind: m.kind, toKind: o.kind, fromN: m.name, to: netip.AddrPortFrom(o.v6, 8080), what: fmt.Sprintf("%s %s %s 6PN", o.name, rel, where),
 					want: o.name, allowed: same})
 		}
 		for _, h := range hosts {
@@ -473,19 +486,19 @@ func matrix(hosts []*isoHost, machines []*isoMachine) []probe {
 					addrs = append(addrs, h.gw.Addr(), netip.MustParseAddr("169.254.169.254"), netip.MustParseAddr("fe80::1").WithZone("eth0"))
 				}
 				for _, addr := range addrs {
-					ps = append(ps, probe{from: from, via: via, fromN: m.name, to: netip.AddrPortFrom(addr, port),
+					ps = append(ps, probe{from: from, via: via, fromKind: m.kind, fromN: m.name, to: netip.AddrPortFrom(addr, port),
 						what: h.name + " " + name, want: h.svc.name + "-" + name})
 				}
 			}
-			ps = append(ps, probe{from: from, via: via, fromN: m.name, to: netip.AddrPortFrom(h.node.Addr(), 4280),
+			ps = append(ps, probe{from: from, via: via, fromKind: m.kind, fromN: m.name, to: netip.AddrPortFrom(h.node.Addr(), 4280),
 				what: h.name + " relay on its mesh address", want: h.name + "-relay"})
 		}
-		ps = append(ps, probe{from: from, via: via, fromN: m.name, to: netip.AddrPortFrom(m.host.gw.Addr(), DNSPort),
+		ps = append(ps, probe{from: from, via: via, fromKind: m.kind, fromN: m.name, to: netip.AddrPortFrom(m.host.gw.Addr(), DNSPort),
 			what: "its host's DNS", want: m.host.name + "-dns", allowed: true})
 	}
 	// The edge reaches the machines of its host.
 	for _, m := range machines {
-		ps = append(ps, probe{from: "/run/netns/" + m.host.ns, toVM: m.vm, fromN: m.host.name + " (edge)",
+		ps = append(ps, probe{from: "/run/netns/" + m.host.ns, toKind: m.kind, fromN: m.host.name + " (edge)",
 			to: netip.AddrPortFrom(m.v4, 8080), what: "its machine " + m.name, want: m.name, allowed: true})
 	}
 	return ps
@@ -503,7 +516,7 @@ func runProbes(ps []probe) []error {
 	for i, p := range ps {
 		wg.Go(func() {
 			if p.via != nil {
-				got, err := vmDial(p.via, p.to)
+				got, err := machineDial(p.via, p.to)
 				if err == nil && strings.TrimSpace(got) != p.want {
 					err = fmt.Errorf("%w: answered by %q, want %q", errWrongServer, strings.TrimSpace(got), p.want)
 				}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -22,32 +23,42 @@ import (
 	perchrt "github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/runtime/drivertest"
 	"github.com/perchhq/perch/internal/runtime/microvm"
+	"github.com/perchhq/perch/internal/runtime/runc"
 )
 
-// TestMain lets the test binary be the microVM shim, as the perch binary
-// is in production: TestIsolationMatrix boots real microVMs.
+// TestMain lets the test binary be the runc and microVM shims, as the
+// perch binary is in production: TestIsolationMatrix makes real machines.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == "microvm-shim" {
-		os.Exit(microvm.ShimMain(os.Args[2:]))
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "microvm-shim":
+			os.Exit(microvm.ShimMain(os.Args[2:]))
+		case "runc-shim":
+			os.Exit(runc.ShimMain(os.Args[2:]))
+		}
 	}
 	os.Exit(m.Run())
 }
 
-// vmControlPort is where a microVM of the matrix serves testapp's HTTP
-// (GET /dial): the test's way to make the guest open a connection. Its
-// matrix target is the banner on 8080, as for the other machines.
-const vmControlPort = 8090
+// controlPort is where a real machine of the matrix serves testapp's
+// HTTP (GET /dial): the test's way to make the machine's own process
+// open a connection. Its matrix target is the banner on 8080, as for the
+// other machines.
+const controlPort = 8090
 
-// vmDriver is a microVM driver for the matrix's hosts, or the reason
-// this host cannot boot microVMs.
-func vmDriver(t *testing.T, initBin, cache string, h *isoHost) (*microvm.Driver, error) {
+// newDriver is host h's driver of kind, with its own state dir.
+func newDriver(t *testing.T, kind, initBin, cache, state string, h *isoHost) (perchrt.Driver, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	log := slog.New(slog.NewTextHandler(tLog{t, h.name}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if kind == "runc" {
+		state = filepath.Join(t.TempDir(), h.name+"-runc")
+		return runc.New(runc.Config{StateDir: state, ShimCommand: []string{exe, "runc-shim"}, Log: log})
+	}
 	return microvm.New(microvm.Config{
-		StateDir: filepath.Join(t.TempDir(), h.name), CacheDir: cache,
+		StateDir: state, CacheDir: cache,
 		ShimCommand: []string{exe, "microvm-shim"}, Init: initBin, Log: log,
 	})
 }
@@ -71,46 +82,57 @@ func canBootVMs(t *testing.T) error {
 	return d.Check()
 }
 
-// bootVMs makes and boots the matrix's microVM machines, each on its
-// host's bridge from inside the host's network namespace (its tap, shim
-// and qemu live there, as an agent's would), and waits until each one's
-// testapp answers. The machines are destroyed when the test ends.
-func bootVMs(t *testing.T, vms []*isoMachine) {
+// bootMachines makes and starts the matrix's real machines with their
+// drivers (one runc and one microvm driver per host), each on its host's
+// bridge from inside the host's network namespace (its veth or tap,
+// shim and qemu live there, as an agent's would), and waits until each
+// one's testapp answers. The machines are destroyed when the test ends.
+func bootMachines(t *testing.T, ms []*isoMachine) {
 	t.Helper()
 	start := time.Now()
 	var rootfs, initBin string
 	var initErr error
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		initBin = filepath.Join(t.TempDir(), "perch-init")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", initBin, "github.com/perchhq/perch/internal/runtime/microvm/guestinit/perchinit")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			initErr = fmt.Errorf("build perch-init: %v\n%s", err, out)
-		}
-	})
+	if slices.ContainsFunc(ms, func(m *isoMachine) bool { return m.kind == "microvm" }) {
+		wg.Go(func() {
+			initBin = filepath.Join(t.TempDir(), "perch-init")
+			cmd := exec.Command("go", "build", "-trimpath", "-o", initBin, "github.com/perchhq/perch/internal/runtime/microvm/guestinit/perchinit")
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				initErr = fmt.Errorf("build perch-init: %v\n%s", err, out)
+			}
+		})
+	}
 	rootfs = drivertest.BuildRootfs(t)
 	wg.Wait()
 	if initErr != nil {
 		t.Fatal(initErr)
 	}
 	cache := t.TempDir()
-	drivers := map[*isoHost]*microvm.Driver{}
-	for _, m := range vms {
+	type hostKind struct {
+		h    *isoHost
+		kind string
+	}
+	drivers := map[hostKind]perchrt.Driver{}
+	states := map[*isoHost]string{} // the microVM driver's state dir of each host
+	for _, m := range ms {
 		h := m.host
-		d := drivers[h]
+		d := drivers[hostKind{h, m.kind}]
 		if d == nil {
 			var err error
-			if d, err = vmDriver(t, initBin, cache, h); err != nil {
+			if m.kind == "microvm" {
+				states[h] = filepath.Join(t.TempDir(), h.name+"-microvm")
+			}
+			if d, err = newDriver(t, m.kind, initBin, cache, states[h], h); err != nil {
 				t.Fatal(err)
 			}
-			drivers[h] = d
+			drivers[hostKind{h, m.kind}] = d
 		}
 		spec := perchrt.Spec{
 			ID:     m.id,
 			Rootfs: rootfs,
 			Process: perchrt.Process{Args: []string{"/app", "serve"}, Env: []string{
-				fmt.Sprintf("PORT=%d", vmControlPort), "BANNER_PORT=8080", "MESSAGE=" + m.name}},
+				fmt.Sprintf("PORT=%d", controlPort), "BANNER_PORT=8080", "MESSAGE=" + m.name}},
 			Hostname: m.name,
 			Net: perchrt.Net{Bridge: h.bridge, Addr: netip.PrefixFrom(m.v4, 24), Gateway: h.gw.Addr(),
 				Addr6: netip.PrefixFrom(m.v6, 64)},
@@ -121,10 +143,10 @@ func bootVMs(t *testing.T, vms []*isoMachine) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			if err := inNetns("/run/netns/"+h.ns, func() error { return d.Destroy(ctx, m.id) }); err != nil {
-				t.Errorf("destroy microVM %s: %v", m.name, err)
+				t.Errorf("destroy %s machine %s: %v", m.kind, m.name, err)
 			}
 		})
-		// Creating makes the image's disk once in the shared cache:
+		// Creating makes a microVM image's disk once in the shared cache:
 		// one machine at a time.
 		err := inNetns("/run/netns/"+h.ns, func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -132,25 +154,25 @@ func bootVMs(t *testing.T, vms []*isoMachine) {
 			return d.Create(ctx, spec)
 		})
 		if err != nil {
-			t.Fatalf("create microVM %s: %v", m.name, err)
+			t.Fatalf("create %s machine %s: %v", m.kind, m.name, err)
 		}
 	}
 	// Emulated boots (TCG) take seconds each, longer on a loaded host:
 	// all at once, with generous bounds.
-	errs := make([]error, len(vms))
-	for i, m := range vms {
+	errs := make([]error, len(ms))
+	for i, m := range ms {
 		wg.Go(func() {
 			errs[i] = inNetns("/run/netns/"+m.host.ns, func() error {
 				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 				defer cancel()
-				return drivers[m.host].Start(ctx, m.id)
+				return drivers[hostKind{m.host, m.kind}].Start(ctx, m.id)
 			})
 			if errs[i] != nil {
 				return
 			}
 			deadline := time.Now().Add(2 * time.Minute)
 			for {
-				body, err := vmGet(m, "/")
+				body, err := machineGet(m, "/")
 				if err == nil && strings.Contains(body, m.name) {
 					return
 				}
@@ -165,25 +187,30 @@ func bootVMs(t *testing.T, vms []*isoMachine) {
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			t.Fatalf("microVM %s: %v", vms[i].name, err)
+			m := ms[i]
+			if m.kind == "microvm" {
+				b, _ := os.ReadFile(filepath.Join(states[m.host], "machines", m.id, "console.log"))
+				t.Logf("%s's console, its end:\n%s", m.name, b[max(0, len(b)-4000):])
+			}
+			t.Fatalf("%s machine %s: %v", m.kind, m.name, err)
 		}
 	}
-	t.Logf("microVMs %d booted and serving in %v", len(vms), time.Since(start).Round(time.Millisecond))
+	t.Logf("%d real machines made, started and serving in %v", len(ms), time.Since(start).Round(time.Millisecond))
 }
 
-// vmGet asks microVM m's testapp for path, from inside m's host's
-// network namespace (one connection on this locked thread: an
+// machineGet asks real machine m's testapp for path, from inside m's
+// host's network namespace (one connection on this locked thread: an
 // http.Client would dial from another thread, in another namespace).
-func vmGet(m *isoMachine, path string) (string, error) {
+func machineGet(m *isoMachine, path string) (string, error) {
 	var body string
 	err := inNetns("/run/netns/"+m.host.ns, func() error {
-		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(m.v4, vmControlPort).String(), 5*time.Second)
+		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(m.v4, controlPort).String(), 5*time.Second)
 		if err != nil {
 			return fmt.Errorf("%w: %w", errProbeBroken, err)
 		}
 		defer c.Close()
-		// The guest is emulated: its own dial and read take up to 3.5 s,
-		// more when the host is loaded.
+		// Its own dial and read take up to 3.5 s, more in an emulated
+		// guest on a loaded host.
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 		if _, err := fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, m.name); err != nil {
 			return fmt.Errorf("%w: %w", errProbeBroken, err)
@@ -210,12 +237,12 @@ func vmGet(m *isoMachine, path string) (string, error) {
 	return body, err
 }
 
-// errProbeBroken is a probe from a microVM that did not run (the test
-// could not reach the guest's testapp): neither a refusal nor a success.
+// errProbeBroken is a probe from a real machine that did not run (the
+// test could not reach its testapp): neither a refusal nor a success.
 var errProbeBroken = errors.New("probe did not run")
 
-// vmDial is a probe from microVM m: the banner its guest reads from to,
-// or why the guest could not connect.
-func vmDial(m *isoMachine, to netip.AddrPort) (string, error) {
-	return vmGet(m, "/dial?addr="+url.QueryEscape(to.String()))
+// machineDial is a probe from real machine m: the banner its process
+// reads from to, or why it could not connect.
+func machineDial(m *isoMachine, to netip.AddrPort) (string, error) {
+	return machineGet(m, "/dial?addr="+url.QueryEscape(to.String()))
 }
