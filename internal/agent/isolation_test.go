@@ -63,8 +63,9 @@ func serve(ln net.Listener, name string) {
 			return
 		}
 		// Long enough for the 4 MiB bulk answer through the userspace
-		// mesh on a loaded CI machine (a 2 s deadline cut it short).
-		c.SetDeadline(time.Now().Add(20 * time.Second))
+		// mesh on a loaded CI machine (a 2 s deadline cut it short; at
+		// load 33, with the matrix's microVMs running, 15 s did).
+		c.SetDeadline(time.Now().Add(90 * time.Second))
 		io.WriteString(c, name+"\n")
 		c.Close()
 	}
@@ -402,7 +403,7 @@ func TestIsolationMatrix(t *testing.T) {
 			return err
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(15 * time.Second))
+		c.SetDeadline(time.Now().Add(90 * time.Second))
 		n, err := io.Copy(io.Discard, c)
 		if err != nil || n != bulkSize+1 {
 			return fmt.Errorf("read %d bytes of %d: %v", n, bulkSize+1, err)
