@@ -211,7 +211,7 @@ func machineGet(m *isoMachine, path string) (string, error) {
 		defer c.Close()
 		// Its own dial and read take up to 3.5 s, more in an emulated
 		// guest on a loaded host.
-		c.SetDeadline(time.Now().Add(30 * time.Second))
+		c.SetDeadline(time.Now().Add(60 * time.Second))
 		if _, err := fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, m.name); err != nil {
 			return fmt.Errorf("%w: %w", errProbeBroken, err)
 		}
