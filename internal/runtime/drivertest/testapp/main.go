@@ -179,9 +179,9 @@ func serve() {
 		io.Copy(w, resp.Body)
 	})
 	// GET /dial?addr=H:P opens a TCP connection from inside the machine
-	// and answers with what the server there sends before it closes
-	// (502 when the machine cannot connect): the isolation matrix's probe
-	// from a machine it cannot enter, a microVM.
+	// and answers with what the server there sends within 2 s (502 only
+	// when the machine cannot connect: a connection made counts, whatever
+	// it reads): the isolation matrix's probe from inside a machine.
 	http.HandleFunc("GET /dial", func(w http.ResponseWriter, r *http.Request) {
 		c, err := net.DialTimeout("tcp", r.URL.Query().Get("addr"), 1500*time.Millisecond)
 		if err != nil {
@@ -190,11 +190,7 @@ func serve() {
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(2 * time.Second))
-		b, err := io.ReadAll(io.LimitReader(c, 4096))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
+		b, _ := io.ReadAll(io.LimitReader(c, 4096))
 		w.Write(b)
 	})
 	// BANNER_PORT=P answers every connection on P with MESSAGE and a
