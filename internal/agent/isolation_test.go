@@ -63,8 +63,9 @@ func serve(ln net.Listener, name string) {
 			return
 		}
 		// Long enough for the 4 MiB bulk answer through the userspace
-		// mesh on a loaded CI machine (a 2 s deadline cut it short).
-		c.SetDeadline(time.Now().Add(20 * time.Second))
+		// mesh on a loaded CI machine (a 2 s deadline cut it short; at
+		// load 33, with the matrix's microVMs running, 15 s did).
+		c.SetDeadline(time.Now().Add(90 * time.Second))
 		io.WriteString(c, name+"\n")
 		c.Close()
 	}
@@ -88,11 +89,14 @@ type isoHost struct {
 
 // isoMachine is a machine of the test: a hostnet.Attach namespace, as a
 // runc machine gets (runc joins it; the container adds no network of its
-// own), with a TCP server on port 8080 answering its name.
+// own), with a TCP server on port 8080 answering its name; or a real
+// machine (kind "runc" or "microvm", made by its driver on its host's
+// bridge), whose testapp answers its name on 8080 too.
 type isoMachine struct {
 	name, id, org string
 	host          *isoHost
 	v4, v6        netip.Addr
+	kind          string // "" for a namespace standing in for a machine
 }
 
 // hostPorts are the host's own services a machine must not reach: NATS,
@@ -105,6 +109,10 @@ var hostPorts = map[string]int{"nats": 4222, "api": 4280, "metrics": 9091, "edge
 // joined by a link: every machine tries every other machine by IPv4 and
 // 6PN, both hosts' services, both hosts' mesh addresses and a metadata
 // address; the forbidden must all fail and the allowed all succeed.
+// Four of the machines are real, one per host, organisation and driver:
+// runc containers (user namespace, seccomp and all) and microVMs (qemu
+// microvm, under TCG where there is no KVM); their probes are made by
+// the machine's own process (testapp's GET /dial).
 func TestIsolationMatrix(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: it makes network namespaces, bridges, veths, TUN devices and nftables rules")
@@ -211,18 +219,29 @@ func TestIsolationMatrix(t *testing.T) {
 		}
 	}
 
-	// Machines: two of acme and one of globex on A, one of each on B
-	// and on C.
+	// Machines (namespaces): two of acme and one of globex on A, one of
+	// each on B and on C. Real ones: runc containers r1 (globex) on A
+	// and r2 (acme) on B, microVMs v1 (acme) on A and v2 (globex) on B.
+	vmErr := canBootVMs(t)
+	if vmErr != nil {
+		t.Logf("NO microVM rows: this host cannot boot microVMs: %v", vmErr)
+	}
 	var machines []*isoMachine
 	for _, m := range []struct {
 		name, org string
 		host      *isoHost
+		kind      string
 	}{
-		{"a1", "acme", a}, {"a2", "acme", a}, {"g1", "globex", a}, {"a3", "acme", b}, {"g2", "globex", b},
-		{"a4", "acme", c}, {"g3", "globex", c},
+		{"a1", "acme", a, ""}, {"a2", "acme", a, ""}, {"g1", "globex", a, ""}, {"a3", "acme", b, ""}, {"g2", "globex", b, ""},
+		{"a4", "acme", c, ""}, {"g3", "globex", c, ""},
+		{"r1", "globex", a, "runc"}, {"r2", "acme", b, "runc"},
+		{"v1", "acme", a, "microvm"}, {"v2", "globex", b, "microvm"},
 	} {
+		if m.kind == "microvm" && vmErr != nil {
+			continue
+		}
 		h := m.host
-		im := &isoMachine{name: m.name, id: m.name + sfx, org: m.org, host: h}
+		im := &isoMachine{name: m.name, id: m.name + sfx, org: m.org, host: h, kind: m.kind}
 		im.v4 = h.gw.Addr()
 		for range len(h.policy) + 1 {
 			im.v4 = im.v4.Next()
@@ -236,8 +255,13 @@ func TestIsolationMatrix(t *testing.T) {
 		h.policy[im.id] = pm
 		machines = append(machines, im)
 	}
+	var real []*isoMachine
 	for _, m := range machines {
 		h := m.host
+		if m.kind != "" {
+			real = append(real, m)
+			continue
+		}
 		var nsPath string
 		err := inNetns("/run/netns/"+h.ns, func() (err error) {
 			nsPath, err = hostnet.Attach(m.id, perchrt.Net{
@@ -270,13 +294,19 @@ func TestIsolationMatrix(t *testing.T) {
 		}
 	}
 
+	bootMachines(t, real)
+
 	probes := matrix(hosts, machines)
 
 	// Without the rules, the matrix must see some forbidden pairs
 	// connect: the probes can tell.
 	before := runProbes(probes)
+	retryBroken(probes, before, time.Now().Add(2*time.Minute))
 	leaks := 0
 	for i, p := range probes {
+		if errors.Is(before[i], errProbeBroken) {
+			t.Fatalf("without the rules: %s: %v", p, before[i])
+		}
 		if !p.allowed && (before[i] == nil || errors.Is(before[i], errWrongServer)) {
 			leaks++
 		}
@@ -300,11 +330,11 @@ func TestIsolationMatrix(t *testing.T) {
 	// The mesh may still be shaking hands: allowed cross-host probes get
 	// a few tries (a real machine's TCP retries its SYN too).
 	results := runProbes(probes)
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		var retry []int
 		for i, p := range probes {
-			if p.allowed && results[i] != nil {
+			if (p.allowed && results[i] != nil) || errors.Is(results[i], errProbeBroken) {
 				retry = append(retry, i)
 			}
 		}
@@ -318,24 +348,51 @@ func TestIsolationMatrix(t *testing.T) {
 	}
 
 	var allowed, allowedOK, forbidden, refused int
+	type counts struct{ allowed, allowedOK, forbidden, refused int }
+	byKind := map[string]*counts{"runc": {}, "microvm": {}} // probes from or to such a machine
 	for i, p := range probes {
+		var kinds []*counts
+		for _, k := range []string{p.fromKind, p.toKind} {
+			if c := byKind[k]; c != nil && (len(kinds) == 0 || kinds[0] != c) {
+				kinds = append(kinds, c)
+			}
+		}
 		if p.allowed {
 			allowed++
+			for _, c := range kinds {
+				c.allowed++
+			}
 			if results[i] == nil {
 				allowedOK++
+				for _, c := range kinds {
+					c.allowedOK++
+				}
 			} else {
 				t.Errorf("ALLOWED but failed: %s: %v", p, results[i])
 			}
 		} else {
 			forbidden++
-			if results[i] != nil && !errors.Is(results[i], errWrongServer) {
+			for _, c := range kinds {
+				c.forbidden++
+			}
+			if results[i] != nil && !errors.Is(results[i], errWrongServer) && !errors.Is(results[i], errProbeBroken) {
 				refused++
+				for _, c := range kinds {
+					c.refused++
+				}
 			} else {
 				t.Errorf("FORBIDDEN but connected: %s: %v", p, results[i])
 			}
 		}
 	}
 	t.Logf("isolation matrix: %d/%d forbidden refused, %d/%d allowed succeeded", refused, forbidden, allowedOK, allowed)
+	for _, k := range []string{"runc", "microvm"} {
+		c := byKind[k]
+		t.Logf("  of which from or to a %s machine: %d/%d forbidden refused, %d/%d allowed succeeded", k, c.refused, c.forbidden, c.allowedOK, c.allowed)
+	}
+	if byKind["runc"].allowedOK == 0 || (vmErr == nil && byKind["microvm"].allowedOK == 0) {
+		t.Error("a real machine's probes never succeeded: the matrix did not test it")
+	}
 
 	// Full-size packets cross too: the machines' 6PN route MTU keeps
 	// their TCP segments within what the mesh carries.
@@ -347,7 +404,7 @@ func TestIsolationMatrix(t *testing.T) {
 			return err
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(15 * time.Second))
+		c.SetDeadline(time.Now().Add(90 * time.Second))
 		n, err := io.Copy(io.Discard, c)
 		if err != nil || n != bulkSize+1 {
 			return fmt.Errorf("read %d bytes of %d: %v", n, bulkSize+1, err)
@@ -368,12 +425,14 @@ const (
 
 // probe is one connection attempt of the matrix.
 type probe struct {
-	from    string // a machine's netns path, or a host's
-	fromN   string
-	to      netip.AddrPort
-	what    string
-	want    string // the banner the target answers
-	allowed bool
+	from             string      // a machine's netns path, or a host's
+	via              *isoMachine // a real machine making the probe itself (from is then unused)
+	fromKind, toKind string      // the machines' isoMachine.kind
+	fromN            string
+	to               netip.AddrPort
+	what             string
+	want             string // the banner the target answers
+	allowed          bool
 }
 
 func (p probe) String() string { return fmt.Sprintf("%s → %s (%s)", p.fromN, p.to, p.what) }
@@ -391,6 +450,10 @@ func matrix(hosts []*isoHost, machines []*isoMachine) []probe {
 	var ps []probe
 	for _, m := range machines {
 		from := hostnet.NetnsPath(m.id)
+		var via *isoMachine
+		if m.kind != "" {
+			from, via = "", m
+		}
 		for _, o := range machines {
 			if o == m {
 				continue
@@ -405,9 +468,9 @@ func matrix(hosts []*isoHost, machines []*isoMachine) []probe {
 				rel = "other org"
 			}
 			ps = append(ps,
-				probe{from: from, fromN: m.name, to: netip.AddrPortFrom(o.v4, 8080), what: fmt.Sprintf("%s %s %s IPv4", o.name, rel, where),
+				probe{from: from, via: via, fromKind: m.kind, toKind: o.kind, fromN: m.name, to: netip.AddrPortFrom(o.v4, 8080), what: fmt.Sprintf("%s %s %s IPv4", o.name, rel, where),
 					want: o.name, allowed: same && o.host == m.host},
-				probe{from: from, fromN: m.name, to: netip.AddrPortFrom(o.v6, 8080), what: fmt.Sprintf("%s %s %s 6PN", o.name, rel, where),
+				probe{from: from, via: via, fromKind: m.kind, toKind: o.kind, fromN: m.name, to: netip.AddrPortFrom(o.v6, 8080), what: fmt.Sprintf("%s %s %s 6PN", o.name, rel, where),
 					want: o.name, allowed: same})
 		}
 		for _, h := range hosts {
@@ -425,22 +488,41 @@ func matrix(hosts []*isoHost, machines []*isoMachine) []probe {
 					addrs = append(addrs, h.gw.Addr(), netip.MustParseAddr("169.254.169.254"), netip.MustParseAddr("fe80::1").WithZone("eth0"))
 				}
 				for _, addr := range addrs {
-					ps = append(ps, probe{from: from, fromN: m.name, to: netip.AddrPortFrom(addr, port),
+					ps = append(ps, probe{from: from, via: via, fromKind: m.kind, fromN: m.name, to: netip.AddrPortFrom(addr, port),
 						what: h.name + " " + name, want: h.svc.name + "-" + name})
 				}
 			}
-			ps = append(ps, probe{from: from, fromN: m.name, to: netip.AddrPortFrom(h.node.Addr(), 4280),
+			ps = append(ps, probe{from: from, via: via, fromKind: m.kind, fromN: m.name, to: netip.AddrPortFrom(h.node.Addr(), 4280),
 				what: h.name + " relay on its mesh address", want: h.name + "-relay"})
 		}
-		ps = append(ps, probe{from: from, fromN: m.name, to: netip.AddrPortFrom(m.host.gw.Addr(), DNSPort),
+		ps = append(ps, probe{from: from, via: via, fromKind: m.kind, fromN: m.name, to: netip.AddrPortFrom(m.host.gw.Addr(), DNSPort),
 			what: "its host's DNS", want: m.host.name + "-dns", allowed: true})
 	}
 	// The edge reaches the machines of its host.
 	for _, m := range machines {
-		ps = append(ps, probe{from: "/run/netns/" + m.host.ns, fromN: m.host.name + " (edge)",
+		ps = append(ps, probe{from: "/run/netns/" + m.host.ns, toKind: m.kind, fromN: m.host.name + " (edge)",
 			to: netip.AddrPortFrom(m.v4, 8080), what: "its machine " + m.name, want: m.name, allowed: true})
 	}
 	return ps
+}
+
+// retryBroken runs again, until deadline, the probes of results that did
+// not run (errProbeBroken), in place.
+func retryBroken(ps []probe, results []error, deadline time.Time) {
+	for time.Now().Before(deadline) {
+		var again []int
+		for i := range ps {
+			if errors.Is(results[i], errProbeBroken) {
+				again = append(again, i)
+			}
+		}
+		if len(again) == 0 {
+			return
+		}
+		for j, err := range runProbes(pick(ps, again)) {
+			results[again[j]] = err
+		}
+	}
 }
 
 // errWrongServer is a connection answered by another server than the
@@ -452,8 +534,26 @@ var errWrongServer = errors.New("connected to the wrong server")
 func runProbes(ps []probe) []error {
 	out := make([]error, len(ps))
 	var wg sync.WaitGroup
+	// A real machine answers a few probes at a time: an emulated guest
+	// on a loaded host serves dozens at once too slowly.
+	sems := map[*isoMachine]chan struct{}{}
+	for _, p := range ps {
+		if p.via != nil && sems[p.via] == nil {
+			sems[p.via] = make(chan struct{}, 6)
+		}
+	}
 	for i, p := range ps {
 		wg.Go(func() {
+			if p.via != nil {
+				sems[p.via] <- struct{}{}
+				defer func() { <-sems[p.via] }()
+				got, err := machineDial(p.via, p.to)
+				if err == nil && strings.TrimSpace(got) != p.want {
+					err = fmt.Errorf("%w: answered by %q, want %q", errWrongServer, strings.TrimSpace(got), p.want)
+				}
+				out[i] = err
+				return
+			}
 			out[i] = inNetns(p.from, func() error {
 				c, err := net.DialTimeout("tcp", p.to.String(), 1500*time.Millisecond)
 				if err != nil {
@@ -461,12 +561,11 @@ func runProbes(ps []probe) []error {
 				}
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(2 * time.Second))
+				// Connected: whatever it reads (nothing, on a timeout),
+				// only the expected banner is not a leak.
 				b, err := io.ReadAll(c)
-				if err != nil {
-					return err
-				}
 				if got := strings.TrimSpace(string(b)); got != p.want {
-					return fmt.Errorf("%w: answered by %q, want %q", errWrongServer, got, p.want)
+					return fmt.Errorf("%w: answered by %q, want %q (%v)", errWrongServer, got, p.want, err)
 				}
 				return nil
 			})

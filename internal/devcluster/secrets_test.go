@@ -231,10 +231,20 @@ func noCredentialsInProcs(t *testing.T, w *devcluster.World) {
 			}
 		}
 	}
+	// What ps -eo args shows: no process on the host, ours or not, has
+	// one of this world's own secrets (not the prefixes, which other
+	// worlds' processes may have) on its command line.
+	for _, p := range procs {
+		for what, s := range secrets {
+			if len(s) >= 16 && strings.Contains(p.args, s) { // the prefixes are shorter
+				t.Errorf("ps -eo args: %s is on the command line of pid %d: %.80s", what, p.pid, p.args)
+			}
+		}
+	}
 	if checked < len(info.Regions)+1 {
 		t.Errorf("checked %d processes: want at least the agents and a shim", checked)
 	}
-	t.Logf("no credential in the command line or environment of %d processes (agents, shims, runc, machines)", checked)
+	t.Logf("no credential in the command line or environment of %d processes (agents, shims, runc, machines), nor on the command line of any of the host's %d processes", checked, len(procs))
 }
 
 func ids(ms []api.Machine) []string {

@@ -28,8 +28,8 @@ import (
 // gateway; its own organisation's machines answer, nothing else does.
 // Before the policy, the cross-organisation IPv4 and host probes connect,
 // so a probe does see a leak. internal/agent's TestIsolationMatrix covers
-// the same rules across hosts and the mesh with namespaces standing in
-// for machines.
+// the same rules across hosts and the mesh, with runc machines, microVMs
+// and namespaces standing in for more machines.
 func TestIsolationRuncMachines(t *testing.T) {
 	needRoot(t)
 	br := hostnettest.New(t)

@@ -184,6 +184,40 @@ func serve() {
 		w.WriteHeader(resp.StatusCode)
 		io.Copy(w, resp.Body)
 	})
+	// GET /dial?addr=H:P opens a TCP connection from inside the machine
+	// and answers with what the server there sends within 2 s (502 only
+	// when the machine cannot connect: a connection made counts, whatever
+	// it reads): the isolation matrix's probe from inside a machine.
+	http.HandleFunc("GET /dial", func(w http.ResponseWriter, r *http.Request) {
+		c, err := net.DialTimeout("tcp", r.URL.Query().Get("addr"), 1500*time.Millisecond)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		b, _ := io.ReadAll(io.LimitReader(c, 4096))
+		w.Write(b)
+	})
+	// BANNER_PORT=P answers every connection on P with MESSAGE and a
+	// newline, then closes it: the isolation matrix's target.
+	if p := os.Getenv("BANNER_PORT"); p != "" {
+		ln, err := net.Listen("tcp", ":"+p)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				io.WriteString(c, os.Getenv("MESSAGE")+"\n")
+				c.Close()
+			}
+		}()
+	}
 	// UNACCEPTED_PORT=P listens on P and never accepts: a connection to it
 	// stays in the kernel's accept queue (what CRIU calls in flight).
 	if p := os.Getenv("UNACCEPTED_PORT"); p != "" {
