@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/distribution/reference"
 	"github.com/docker/cli/cli/config/types"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/session"
@@ -82,6 +83,22 @@ func (e *StepError) Error() string {
 }
 
 func (e *StepError) Unwrap() error { return e.Err }
+
+// BaseImageError is a FROM image the builder could not get: its
+// registry refused it (not found, unauthorized, denied) or did not answer.
+type BaseImageError struct {
+	Ref      string // as the Dockerfile names it, normalised by BuildKit (docker.io/library/debian:bookworm)
+	Registry string // the registry's host[:port]
+	Answer   string // what the registry said, or why it could not be asked
+	Err      error
+}
+
+func (e *BaseImageError) Error() string {
+	return fmt.Sprintf("base image %s: the registry %s refused it: %s (push the image there, or fix the FROM line; "+
+		"Perch's own registry takes the token of perch auth, others are asked anonymously)", e.Ref, e.Registry, e.Answer)
+}
+
+func (e *BaseImageError) Unwrap() error { return e.Err }
 
 // ContextTooLargeError is a build context over Options.MaxContext.
 type ContextTooLargeError struct {
@@ -175,6 +192,9 @@ func Build(ctx context.Context, opts Options) (Result, error) {
 	})
 	if err := eg.Wait(); err != nil {
 		if step, lines := p.failed(); step != "" {
+			if be := baseImageError(step, err); be != nil {
+				return Result{}, be
+			}
 			return Result{}, &StepError{Step: step, Lines: lines, Err: cleanError(err)}
 		}
 		return Result{}, fmt.Errorf("build: %w", err)
@@ -191,6 +211,29 @@ func cleanError(err error) error {
 		return errors.New(strings.TrimSpace(msg[i+len(done):])) // "exit code: 3"
 	}
 	return err
+}
+
+// baseImageError recognises BuildKit's failure to resolve a FROM image
+// (the step "[internal] load metadata for REF") and says which registry
+// refused it and how; nil for any other failure.
+func baseImageError(step string, err error) *BaseImageError {
+	ref, ok := strings.CutPrefix(step, "[internal] load metadata for ")
+	if !ok {
+		return nil
+	}
+	ref = strings.TrimSpace(ref)
+	answer := err.Error()
+	// "...failed to resolve source metadata for REF: REF: not found" or
+	// "...: failed to authorize: ...: 401 Unauthorized"
+	if i := strings.LastIndex(answer, "failed to resolve source metadata for "+ref+": "); i >= 0 {
+		answer = answer[i+len("failed to resolve source metadata for "+ref+": "):]
+	}
+	answer = strings.TrimPrefix(answer, ref+": ")
+	host := "docker.io"
+	if named, perr := reference.ParseNormalizedNamed(ref); perr == nil {
+		host = reference.Domain(named)
+	}
+	return &BaseImageError{Ref: ref, Registry: host, Answer: answer, Err: err}
 }
 
 // authProvider answers the builder's credential requests: the registry

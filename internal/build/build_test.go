@@ -293,17 +293,28 @@ func TestBuildDockerfile(t *testing.T) {
 		t.Errorf("target build: workdir %q, /src/out.txt %q; want the build stage (/src, GREETING's default)", tcfg.Config.WorkingDir, got)
 	}
 
-	// A base image the registry does not have: the error names it.
-	var missing bytes.Buffer
-	_, err = Build(ctx, Options{
-		Addr: d.Addr, Dir: dir, Ref: host + "/app:deployment-x", Insecure: true,
-		Args:     map[string]string{"BASE": host + "/base/nope:1"},
-		Username: "x", Password: testToken, Progress: &missing,
-	})
-	if err == nil || !strings.Contains(err.Error(), host+"/base/nope:1") || !strings.Contains(err.Error(), "not found") {
-		t.Errorf("missing base image: err = %v, want it named, and not found", err)
+	// A base image the registry does not have, and one from a registry
+	// that refuses anonymous pulls (the Perch token goes only to the
+	// registry of the pushed image): the error names the registry that
+	// refused and its answer.
+	other := startRegistry(t)
+	otherBase := pushBase(t, other)
+	for _, tc := range []struct{ base, registry, answer string }{
+		{host + "/base/nope:1", host, "not found"},
+		{otherBase, other, "401 Unauthorized"},
+	} {
+		_, err = Build(ctx, Options{
+			Addr: d.Addr, Dir: dir, Ref: host + "/app:deployment-x", Insecure: true,
+			Args:     map[string]string{"BASE": tc.base},
+			Username: "x", Password: testToken,
+		})
+		var be *BaseImageError
+		if !errors.As(err, &be) || be.Registry != tc.registry || !strings.Contains(err.Error(), "the registry "+tc.registry+" refused it") ||
+			!strings.Contains(err.Error(), tc.base) || !strings.Contains(be.Answer, tc.answer) {
+			t.Errorf("base image %s: err = %v, want a BaseImageError naming the image, registry %s and its answer %q", tc.base, err, tc.registry, tc.answer)
+		}
+		t.Logf("base image %s: %v", tc.base, err)
 	}
-	t.Logf("missing base image: %v", err)
 
 	out, _, err = build("Dockerfile.fail", host+"/app:deployment-3")
 	var se *StepError
