@@ -41,12 +41,21 @@ func TestDeployAcrossRegions(t *testing.T) {
 // RUN, a missing base image and an oversized context fail the deploy as a
 // user should see them.
 func buildDeployFlow(t *testing.T, w *devcluster.World) {
-	debian := testimage.NeedDebian(t, testimage.Gunicorn()) // shared with TestTurboku's cache
 	t0 := time.Now()
+	// Shared with TestTurboku's cache. Without a Debian mirror to make it,
+	// only this flow is left out, not the deploys TestDeployAcrossRegions
+	// checked before it.
+	debian, err := testimage.Debian(context.Background(), testimage.Gunicorn())
+	if errors.Is(err, testimage.ErrNoMirror) {
+		t.Logf("Dockerfile deploy not tested: no Debian base image: %v", err)
+		return
+	} else if err != nil {
+		t.Fatalf("Debian base image: %v", err)
+	}
 	defer func() { t.Logf("build, deploy, rebuild and redeploy took %v", time.Since(t0).Round(time.Millisecond)) }()
 	info := w.Info()
 	base := info.Registry + "/debian-python:bookworm"
-	if err := testimage.Push(context.Background(), debian, base, info.Token); err != nil {
+	if err = testimage.Push(context.Background(), debian, base, info.Token); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
