@@ -2,7 +2,9 @@
 // build (fresh buildkitd state) and a warm rebuild with one changed file,
 // each pushed to a Perch registry, through internal/build (BuildKit's Go
 // client) and then the same two with BuildKit's own buildctl on the same
-// context against a fresh buildkitd of its own, and prints the ratio. The
+// context against a fresh buildkitd of its own, and prints the ratio; then
+// the same two through a link with a round trip and a bandwidth cap
+// (link.go), as a builder on another host would be reached. The
 // base image is Debian's busybox-static as /bin/sh, pushed by the bench.
 // Needs root and buildkitd/buildctl (scripts/deps.sh). Run it with
 // bench/build/run.sh; bench/README.md records the output.
@@ -37,6 +39,8 @@ func main() {
 	rounds := flag.Int("n", 3, "rounds (each: fresh daemons, cold build, warm rebuild, for perch and buildctl)")
 	files := flag.Int("files", 2000, "small files in the context")
 	blobMB := flag.Int("blob-mb", 32, "one large file in the context, MB")
+	rtt := flag.Duration("link-rtt", 20*time.Millisecond, "round trip between perch deploy and a builder on another host (the third client)")
+	mbit := flag.Float64("link-mbit", 100, "bandwidth between perch deploy and a builder on another host, Mbit/s each way")
 	flag.Parse()
 	ctx := context.Background()
 	tmp, err := os.MkdirTemp("/var/tmp", "perch-bench-build-")
@@ -81,17 +85,29 @@ EXPOSE 8080
 	buildctl, err := build.Binary("buildctl")
 	check(err)
 
-	var perch, ctl [2][]time.Duration // cold, warm
+	var perch, ctl, linked [2][]time.Duration // cold, warm
 	for r := range *rounds {
-		for _, who := range []string{"perch", "buildctl"} {
+		clients := []string{"perch", "buildctl", "perch-link"}
+		// Each round starts with another client, so none always goes first
+		// (on a loaded machine the first builds of a run were the slowest).
+		for i := 0; i < r%len(clients); i++ {
+			clients = append(clients[1:], clients[0])
+		}
+		for _, who := range clients {
 			d, err := build.Start(ctx, filepath.Join(tmp, fmt.Sprintf("bk-%s-%d", who, r)), nil, nil)
 			check(err)
+			addr := d.Addr
+			var l *link
+			if who == "perch-link" {
+				l = newLink(d.Addr, *rtt, *mbit)
+				addr = l.Addr()
+			}
 			for i, what := range []string{"cold", "warm"} {
 				write(filepath.Join(dir, "app.txt"), fmt.Sprintf("%s %d %s", who, r, what))
 				ref := fmt.Sprintf("%s/bench:%s-%d-%s", host, who, r, what)
 				t0 := time.Now()
-				if who == "perch" {
-					_, err = build.Build(ctx, build.Options{Addr: d.Addr, Dir: dir, Ref: ref, Args: map[string]string{"BASE": base}, Username: "x", Password: token, Insecure: true})
+				if who != "buildctl" {
+					_, err = build.Build(ctx, build.Options{Addr: addr, Dir: dir, Ref: ref, Args: map[string]string{"BASE": base}, Username: "x", Password: token, Insecure: true})
 				} else {
 					cmd := exec.Command(buildctl, "--addr", d.Addr, "build", "--frontend", "dockerfile.v0",
 						"--local", "context="+dir, "--local", "dockerfile="+dir, "--opt", "build-arg:BASE="+base,
@@ -104,12 +120,18 @@ EXPOSE 8080
 				}
 				took := time.Since(t0)
 				check(err)
-				if who == "perch" {
+				switch who {
+				case "perch":
 					perch[i] = append(perch[i], took)
-				} else {
+				case "buildctl":
 					ctl[i] = append(ctl[i], took)
+				default:
+					linked[i] = append(linked[i], took)
 				}
-				fmt.Printf("round %d %-8s %s %v\n", r+1, who, what, took.Round(time.Millisecond))
+				fmt.Printf("round %d %-10s %s %v\n", r+1, who, what, took.Round(time.Millisecond))
+			}
+			if l != nil {
+				l.Close()
 			}
 			d.Stop()
 		}
@@ -118,6 +140,11 @@ EXPOSE 8080
 	for i, what := range []string{"cold build", "warm rebuild (one file changed)"} {
 		p, c := median(perch[i]), median(ctl[i])
 		fmt.Printf("  %-32s perch (internal/build) median %v   buildctl median %v   ratio %.2f\n", what, p.Round(time.Millisecond), c.Round(time.Millisecond), float64(p)/float64(c))
+	}
+	fmt.Printf("\nthe same builds with the builder across a link (RTT %v, %g Mbit/s each way), as a builder machine on another host would be; its start not included\n", *rtt, *mbit)
+	for i, what := range []string{"cold build", "warm rebuild (one file changed)"} {
+		p, lk := median(perch[i]), median(linked[i])
+		fmt.Printf("  %-32s local median %v   across the link median %v   ratio %.2f\n", what, p.Round(time.Millisecond), lk.Round(time.Millisecond), float64(lk)/float64(p))
 	}
 }
 

@@ -14,8 +14,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 
+	"github.com/distribution/reference"
 	"github.com/docker/cli/cli/config/types"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/session"
@@ -82,6 +84,26 @@ func (e *StepError) Error() string {
 }
 
 func (e *StepError) Unwrap() error { return e.Err }
+
+// BaseImageError is a FROM image the builder could not get: its
+// registry refused it (not found, unauthorized, denied) or did not answer.
+type BaseImageError struct {
+	Ref      string // as the Dockerfile names it, normalised by BuildKit (docker.io/library/debian:bookworm)
+	Registry string // the registry's host[:port]
+	Answer   string // what the registry said ("404 Not Found (HEAD https://...)"), or why it could not be asked
+	Perch    bool   // the registry is the control plane's own
+	Err      error
+}
+
+func (e *BaseImageError) Error() string {
+	what := "push the image there or fix the FROM line; only Perch's own registry is sent the token of perch auth, others are asked anonymously"
+	if e.Perch && strings.Contains(e.Answer, "403") {
+		what = "Perch's registry answers 403 for a repository that does not exist or is another organisation's: push the image with this organisation's token (crane push, skopeo copy) or fix the FROM line"
+	}
+	return fmt.Sprintf("base image %s: the registry %s refused it: %s (%s)", e.Ref, e.Registry, e.Answer, what)
+}
+
+func (e *BaseImageError) Unwrap() error { return e.Err }
 
 // ContextTooLargeError is a build context over Options.MaxContext.
 type ContextTooLargeError struct {
@@ -175,6 +197,10 @@ func Build(ctx context.Context, opts Options) (Result, error) {
 	})
 	if err := eg.Wait(); err != nil {
 		if step, lines := p.failed(); step != "" {
+			if be := baseImageError(step, err); be != nil {
+				be.Perch = be.Registry == registryHost
+				return Result{}, be
+			}
 			return Result{}, &StepError{Step: step, Lines: lines, Err: cleanError(err)}
 		}
 		return Result{}, fmt.Errorf("build: %w", err)
@@ -191,6 +217,42 @@ func cleanError(err error) error {
 		return errors.New(strings.TrimSpace(msg[i+len(done):])) // "exit code: 3"
 	}
 	return err
+}
+
+// unexpectedStatus is containerd's resolver's "unexpected status from
+// HEAD request to URL: 403 Forbidden", then the registry's error body.
+var unexpectedStatus = regexp.MustCompile(`(?s)unexpected status from (\w+) request to (\S+): ([^\n]+)(.*)$`)
+
+// baseImageError recognises BuildKit's failure to resolve a FROM image
+// (the step "[internal] load metadata for REF") and says which registry
+// refused it and how; nil for any other failure.
+func baseImageError(step string, err error) *BaseImageError {
+	ref, ok := strings.CutPrefix(step, "[internal] load metadata for ")
+	if !ok {
+		return nil
+	}
+	ref = strings.TrimSpace(ref)
+	answer := err.Error()
+	// "...failed to resolve source metadata for REF: REF: not found" or
+	// "...: failed to authorize: ...: 401 Unauthorized"
+	if i := strings.LastIndex(answer, "failed to resolve source metadata for "+ref+": "); i >= 0 {
+		answer = answer[i+len("failed to resolve source metadata for "+ref+": "):]
+	}
+	answer = strings.TrimPrefix(answer, ref+": ")
+	if m := unexpectedStatus.FindStringSubmatch(answer); m != nil {
+		answer = m[3] + " (" + m[1] + " " + m[2] + ")"
+		if body := strings.TrimSpace(m[4]); body != "" { // the registry's own words
+			if first, rest, ok := strings.Cut(body, ": "); ok && strings.HasPrefix(rest, first+": ") {
+				body = rest // containerd repeats the error code: "denied: denied: ..."
+			}
+			answer += ": " + strings.Join(strings.Fields(body), " ")
+		}
+	}
+	host := "docker.io"
+	if named, perr := reference.ParseNormalizedNamed(ref); perr == nil {
+		host = reference.Domain(named)
+	}
+	return &BaseImageError{Ref: ref, Registry: host, Answer: answer, Err: err}
 }
 
 // authProvider answers the builder's credential requests: the registry

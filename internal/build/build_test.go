@@ -293,17 +293,28 @@ func TestBuildDockerfile(t *testing.T) {
 		t.Errorf("target build: workdir %q, /src/out.txt %q; want the build stage (/src, GREETING's default)", tcfg.Config.WorkingDir, got)
 	}
 
-	// A base image the registry does not have: the error names it.
-	var missing bytes.Buffer
-	_, err = Build(ctx, Options{
-		Addr: d.Addr, Dir: dir, Ref: host + "/app:deployment-x", Insecure: true,
-		Args:     map[string]string{"BASE": host + "/base/nope:1"},
-		Username: "x", Password: testToken, Progress: &missing,
-	})
-	if err == nil || !strings.Contains(err.Error(), host+"/base/nope:1") || !strings.Contains(err.Error(), "not found") {
-		t.Errorf("missing base image: err = %v, want it named, and not found", err)
+	// A base image the registry does not have, and one from a registry
+	// that refuses anonymous pulls (the Perch token goes only to the
+	// registry of the pushed image): the error names the registry that
+	// refused and its answer.
+	other := startRegistry(t)
+	otherBase := pushBase(t, other)
+	for _, tc := range []struct{ base, registry, answer string }{
+		{host + "/base/nope:1", host, "not found"},
+		{otherBase, other, "401 Unauthorized"},
+	} {
+		_, err = Build(ctx, Options{
+			Addr: d.Addr, Dir: dir, Ref: host + "/app:deployment-x", Insecure: true,
+			Args:     map[string]string{"BASE": tc.base},
+			Username: "x", Password: testToken,
+		})
+		var be *BaseImageError
+		if !errors.As(err, &be) || be.Registry != tc.registry || be.Perch != (tc.registry == host) || !strings.Contains(err.Error(), "the registry "+tc.registry+" refused it") ||
+			!strings.Contains(err.Error(), tc.base) || !strings.Contains(be.Answer, tc.answer) {
+			t.Errorf("base image %s: err = %v, want a BaseImageError naming the image, registry %s and its answer %q", tc.base, err, tc.registry, tc.answer)
+		}
+		t.Logf("base image %s: %v", tc.base, err)
 	}
-	t.Logf("missing base image: %v", err)
 
 	out, _, err = build("Dockerfile.fail", host+"/app:deployment-3")
 	var se *StepError
@@ -384,5 +395,27 @@ func fileContents(t *testing.T, img v1.Image) map[string]string {
 			b, _ := io.ReadAll(tr)
 			files[strings.TrimPrefix(h.Name, "/")] = string(b)
 		}
+	}
+}
+
+// TestBaseImageErrorText: BuildKit's errors for a FROM image it could not
+// get (as buildkitd v0.34 words them) become the registry and its answer.
+func TestBaseImageErrorText(t *testing.T) {
+	const ref = "127.0.0.1:4280/debian-nope:bookworm"
+	for _, tc := range []struct{ err, registry, answer string }{
+		{"failed to solve: " + ref + ": failed to resolve source metadata for " + ref + ": " + ref + ": not found", "127.0.0.1:4280", "not found"},
+		{"failed to solve: " + ref + ": failed to resolve source metadata for " + ref + ": unexpected status from HEAD request to http://127.0.0.1:4280/v2/debian-nope/manifests/bookworm: 403 Forbidden\ndenied: denied: repository debian-nope does not exist or is not your organisation's (personal)",
+			"127.0.0.1:4280", "403 Forbidden (HEAD http://127.0.0.1:4280/v2/debian-nope/manifests/bookworm): denied: repository debian-nope does not exist or is not your organisation's (personal)"},
+	} {
+		be := baseImageError("[internal] load metadata for "+ref, errors.New(tc.err))
+		if be == nil || be.Ref != ref || be.Registry != tc.registry || be.Answer != tc.answer {
+			t.Errorf("baseImageError(%q) = %+v, want registry %s, answer %q", tc.err, be, tc.registry, tc.answer)
+		}
+	}
+	if be := baseImageError("[internal] load metadata for debian:bookworm", errors.New("x: not found")); be == nil || be.Registry != "docker.io" {
+		t.Errorf("FROM debian:bookworm: %+v, want Docker Hub named", be)
+	}
+	if be := baseImageError("[2/3] RUN make", errors.New("exit code: 2")); be != nil {
+		t.Errorf("a failed RUN taken for a base image: %+v", be)
 	}
 }

@@ -201,6 +201,20 @@ func (d *Daemon) Stop() {
 	d.pid = 0
 }
 
+// StopDir ends the buildkitd serving dir that another perch process
+// started (its pid file), if one runs, and waits for it to go.
+func StopDir(dir string) error {
+	path := filepath.Join(dir, "buildkitd.pid")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 && !alive(pid) {
+		return nil
+	}
+	return stopPIDFile(path)
+}
+
 // stopPIDFile ends the buildkitd whose pid the file holds (one another
 // perch started), if that process is still a buildkitd.
 func stopPIDFile(path string) error {

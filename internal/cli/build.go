@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -117,4 +118,19 @@ func deploymentID() string {
 	b := make([]byte, 3)
 	rand.Read(b)
 	return time.Now().UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b)
+}
+
+// buildpacksError is perch deploy's answer to a perch.toml that asks for
+// Cloud Native Buildpacks and has no Dockerfile: which builder image they
+// need and how to get an image Perch can deploy.
+func buildpacksError(b config.Build, configPath string) error {
+	builder := cmp.Or(b.Builder, "BUILDER")
+	packs := ""
+	for _, p := range b.Buildpacks {
+		packs += " --buildpack " + p
+	}
+	return fmt.Errorf("%s asks for buildpacks ([build] builder %q, buildpacks %q), which perch deploy does not run yet: they need the builder image %s with the Cloud Native Buildpacks lifecycle. "+
+		"Build with pack where that image is reachable: pack build REGISTRY/APP:TAG --builder %s%s --publish (REGISTRY: the control plane's, the token of perch auth as the password), "+
+		"then perch deploy --image REGISTRY/APP:TAG; or add a Dockerfile next to %s (docs/builds.md)",
+		configPath, b.Builder, b.Buildpacks, builder, builder, packs, filepath.Base(configPath))
 }

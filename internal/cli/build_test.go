@@ -3,6 +3,7 @@ package cli
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/perchhq/perch/internal/config"
@@ -32,5 +33,27 @@ func TestDockerfileFor(t *testing.T) {
 	}
 	if got := dockerfileFor(&config.Config{Build: config.Build{Dockerfile: "nope"}}, cfgPath); got != "" {
 		t.Errorf("missing Dockerfile: %q, want none (deploy then asks for an image)", got)
+	}
+}
+
+// A perch.toml that asks for buildpacks and has no Dockerfile: perch
+// deploy names the builder image they need and how to provide an image,
+// before contacting anything.
+func TestDeployBuildpacksSaysWhatItNeeds(t *testing.T) {
+	dir := t.TempDir()
+	toml := "app = 'bp'\n[build]\nbuilder = 'paketobuildpacks/builder:base'\nbuildpacks = ['gcr.io/paketo-buildpacks/go']\n"
+	if err := os.WriteFile(filepath.Join(dir, "perch.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PERCH_API_URL", "http://127.0.0.1:1")
+	t.Setenv("PERCH_API_TOKEN", "unused")
+	out, err := run(t, dir, "", "deploy")
+	if err == nil {
+		t.Fatalf("deploy with buildpacks and no Dockerfile succeeded:\n%s", out)
+	}
+	for _, want := range []string{"builder image paketobuildpacks/builder:base", "pack build REGISTRY/APP:TAG --builder paketobuildpacks/builder:base --buildpack gcr.io/paketo-buildpacks/go --publish", "--image", "add a Dockerfile"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
 	}
 }

@@ -72,6 +72,8 @@ Dockerfile next to perch.toml ([build] dockerfile, build-target and
 			if img == "" {
 				if dockerfile = dockerfileFor(cfg, g.configPath); dockerfile == "" && cfg.Build.Dockerfile != "" {
 					return fmt.Errorf("[build] dockerfile %q in %s: no such file next to it; fix the path, or set image under [build]", cfg.Build.Dockerfile, g.configPath)
+				} else if dockerfile == "" && (cfg.Build.Builder != "" || len(cfg.Build.Buildpacks) > 0) {
+					return buildpacksError(cfg.Build, g.configPath)
 				} else if dockerfile == "" {
 					return fmt.Errorf("no image to deploy: add a Dockerfile next to %s, set image under [build] in it, or pass --image", g.configPath)
 				}

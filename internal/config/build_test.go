@@ -29,8 +29,11 @@ func TestBuildSection(t *testing.T) {
 			roundTrip(t, c)
 		})
 	}
-	_, warns, _ := Parse("fly.toml", []byte("[build]\nbuilder = 'paketobuildpacks/builder:base'\n"), LoadOptions{})
+	c, warns, _ := Parse("fly.toml", []byte("[build]\nbuilder = 'paketobuildpacks/builder:base'\n"), LoadOptions{})
 	if got := warnings(warns); len(got) != 1 || got[0] != `fly.toml line 2: "builder" in [build] ignored: perch builds only Dockerfiles yet (docs/builds.md); set image = "..." in [build] or add a Dockerfile` {
 		t.Errorf("builder: warnings %q, want one saying only Dockerfiles are built", got)
+	}
+	if c == nil || c.Build.Builder != "paketobuildpacks/builder:base" {
+		t.Errorf("builder not kept for perch deploy's error: %+v", c)
 	}
 }

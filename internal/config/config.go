@@ -65,6 +65,11 @@ type Build struct {
 	Dockerfile string
 	Target     string            // build-target (build_target)
 	Args       map[string]string // [build.args]
+	// Builder and Buildpacks are Fly's Cloud Native Buildpacks settings:
+	// read (and warned about) so that perch deploy can name the builder
+	// image it would need; Perch does not run buildpacks yet.
+	Builder    string
+	Buildpacks []string
 }
 
 // HTTPService is Fly's shorthand for an HTTP app: public ports 80 (http) and

@@ -55,6 +55,8 @@ func (d *decoder) config(doc map[string]any) *Config {
 		for _, k := range []string{"builder", "buildpacks", "builtin", "ignorefile", "settings"} {
 			b.ignore(k, why)
 		}
+		c.Build.Builder, _, _ = b.str("builder") // warned about above; perch deploy names it
+		c.Build.Buildpacks, _, _ = b.strs("buildpacks", `["gcr.io/paketo-buildpacks/go"]`)
 		b.done()
 	}
 	c.Env = d.env(top)

@@ -3,11 +3,14 @@ package devcluster_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,6 +19,7 @@ import (
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/build"
 	"github.com/perchhq/perch/internal/devcluster"
+	"github.com/perchhq/perch/internal/testimage"
 )
 
 // TestDeployAcrossRegions is the foundation's promise end to end, with the
@@ -28,91 +32,194 @@ func TestDeployAcrossRegions(t *testing.T) {
 }
 
 // buildDeployFlow: perch deploy in a directory with a Dockerfile and no
-// image builds it with BuildKit (a local buildkitd), pushes it to the
-// world's registry and deploys it to every region; a one-file change
-// re-runs only the steps after it and the new content is served.
+// image builds it with BuildKit (the local buildkitd the CLI starts),
+// pushes it to the world's registry and deploys it to every region. The
+// base image is made from Debian packages (python3, gunicorn) and pushed
+// to the world's registry by the test; the Dockerfile is multi-stage with
+// ARG, ENV, USER, WORKDIR, EXPOSE and a .dockerignore. A one-line change
+// re-runs only the last step and the new content is served; a failing
+// RUN, a missing base image and an oversized context fail the deploy as a
+// user should see them.
 func buildDeployFlow(t *testing.T, w *devcluster.World) {
 	t0 := time.Now()
-	defer func() { t.Logf("build, deploy, rebuild and redeploy took %v", time.Since(t0).Round(time.Millisecond)) }()
-	bkDir := filepath.Join(t.TempDir(), "bk")
-	// Started here (the CLI reuses it) so the test stops it at the end.
-	d, err := build.Start(context.Background(), bkDir, nil, nil)
-	if err != nil {
-		t.Fatalf("start buildkitd (scripts/deps.sh installs it): %v", err)
+	// Shared with TestTurboku's cache. Without a Debian mirror to make it,
+	// only this flow is left out, not the deploys TestDeployAcrossRegions
+	// checked before it.
+	debian, err := testimage.Debian(context.Background(), testimage.Gunicorn())
+	if errors.Is(err, testimage.ErrNoMirror) {
+		t.Logf("Dockerfile deploy not tested: no Debian base image: %v", err)
+		return
+	} else if err != nil {
+		t.Fatalf("Debian base image: %v", err)
 	}
-	t.Cleanup(d.Stop)
+	defer func() { t.Logf("build, deploy, rebuild and redeploy took %v", time.Since(t0).Round(time.Millisecond)) }()
 	info := w.Info()
-	base := pushImage(t, w, "hello:base")
-	dir := t.TempDir()
-	mustPerch(t, w, dir, "launch", "--image", base, "--regions", "iad,ams,sin", "--name", "built")
-	toml, err := os.ReadFile(filepath.Join(dir, "perch.toml"))
-	if err != nil {
+	base := info.Registry + "/debian-python:bookworm"
+	if err = testimage.Push(context.Background(), debian, base, info.Token); err != nil {
 		t.Fatal(err)
 	}
-	// No image: the Dockerfile next to perch.toml is the app.
-	toml = []byte(strings.Replace(string(toml), "image = '"+base+"'", "", 1))
+	dir := t.TempDir()
 	write := func(name, s string) {
 		t.Helper()
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write("perch.toml", string(toml)+"\n[build.args]\n  GREETING = 'built by perch'\n")
-	write("Dockerfile", "FROM "+base+" AS build\n"+
-		"FROM "+base+"\nARG GREETING\nENV GREETING=$GREETING\nWORKDIR /srv\n"+
-		"COPY --from=build /app /srv/app-from-build\nCOPY msg.txt /srv/msg.txt\nUSER nobody\nEXPOSE 8080\n")
-	write(".dockerignore", "secret.txt\n")
+	dockerfile := "FROM " + base + " AS build\n" +
+		"USER root\nARG GREETING=hello\nWORKDIR /src\nCOPY gen.py ./\n" +
+		"RUN python3 gen.py \"$GREETING\" > page.txt && echo generated page.txt\n\n" +
+		"FROM " + base + "\n" +
+		"ARG GREETING\nENV GREETING=${GREETING}\nUSER root\n" +
+		"RUN useradd --uid 1001 --no-create-home --shell /usr/sbin/nologin web\n" +
+		"WORKDIR /srv/www\nCOPY --from=build /src/page.txt ./\nCOPY app.py ./\nUSER web\nEXPOSE 8081\n" +
+		`CMD ["python3", "-m", "gunicorn", "--bind", "0.0.0.0:8081", "--threads", "4", "app:app"]` + "\n"
+	write("Dockerfile", dockerfile)
+	write(".dockerignore", "secret.txt\n*.log\n")
 	write("secret.txt", "not in the image")
-	write("msg.txt", "v1")
+	write("debug.log", "not in the image either")
+	write("gen.py", "import sys\nprint(f\"{sys.argv[1]}, made by python {sys.version_info[0]}.{sys.version_info[1]} in a build stage\")\n")
+	app := `import os
+
+VERSION = "v1"
+
+
+def app(environ, start_response):
+    p = environ["PATH_INFO"]
+    if p == "/":
+        body = VERSION
+    elif p == "/page":
+        body = open("page.txt").read().strip()
+    elif p == "/whoami":
+        body = "%d %s" % (os.getuid(), os.getcwd())
+    elif p.startswith("/env/"):
+        body = os.environ.get(p[5:], "")
+    elif p.startswith("/exists/"):
+        body = str(os.path.exists(p[7:]))
+    else:
+        body = "?"
+    b = (body + "\n").encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(b)))])
+    return [b]
+`
+	write("app.py", app)
+
+	// perch launch finds the Dockerfile (its EXPOSE is the port); perch
+	// deploy alone builds, pushes and deploys.
+	out := mustPerch(t, w, dir, "launch", "--regions", "iad,ams,sin", "--name", "built")
+	if !strings.Contains(out, "the app listens on port 8081") {
+		t.Errorf("perch launch did not take the port from the Dockerfile's EXPOSE 8081")
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "perch.toml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(f, "\n[build.args]\n  GREETING = 'built by perch'\n")
+	f.Close()
+	bkDir := filepath.Join(t.TempDir(), "bk")
+	t.Cleanup(func() {
+		if err := build.StopDir(bkDir); err != nil {
+			t.Errorf("stop the buildkitd perch deploy started: %v", err)
+		}
+	})
 	env := []string{"PERCH_BUILDKIT_DIR=" + bkDir}
 	served := func(path, want string) {
 		t.Helper()
 		for _, r := range info.Regions {
-			eventually(t, 30*time.Second, fmt.Sprintf("%s edge serves %s of the built image", r.Code, path), func() (bool, string) {
+			eventually(t, 60*time.Second, fmt.Sprintf("%s edge serves %s of the built image", r.Code, path), func() (bool, string) {
 				code, b, _, err := get(r.EdgeAddr+":80", "built", path)
 				return err == nil && code == 200 && strings.TrimSpace(b) == want, fmt.Sprintf("%d %q %v", code, b, err)
 			})
 		}
 	}
-	out, err := perchEnv(t, w, dir, env, "deploy", "--smoke-window", "1s")
+	t1 := time.Now()
+	out, err = perchEnv(t, w, dir, env, "deploy", "--strategy", "immediate")
 	if err != nil {
 		t.Fatalf("perch deploy (build): %v", err)
 	}
-	if !strings.Contains(out, "Built and pushed "+info.Registry+"/built:deployment-") {
-		t.Errorf("deploy output does not say it built and pushed built:deployment-<id>")
+	if !strings.Contains(out, "Started the local builder") || !strings.Contains(out, "Built and pushed "+info.Registry+"/built:deployment-") {
+		t.Errorf("deploy output does not say it started the builder, built and pushed built:deployment-<id>")
 	}
-	served("/file/srv/msg.txt", "0644 v1")
-	served("/env/GREETING", "built by perch")
-	if code, _, _, _ := get(info.Regions[0].EdgeAddr+":80", "built", "/file/srv/secret.txt"); code != 404 {
-		t.Errorf("/srv/secret.txt answered %d: .dockerignore was not honoured", code)
+	served("/", "v1")
+	t.Logf("cold build and deploy to every region: %v", time.Since(t1).Round(time.Millisecond))
+	edge := info.Regions[0].EdgeAddr + ":80"
+	for path, want := range map[string]string{
+		"/page":                       "built by perch, made by python 3.11 in a build stage", // ARG from [build.args], RUN in the build stage, COPY --from
+		"/env/GREETING":               "built by perch",                                       // ARG into ENV
+		"/whoami":                     "1001 /srv/www",                                        // USER web (made by RUN useradd), WORKDIR
+		"/exists//srv/www/secret.txt": "False",                                                // .dockerignore
+		"/exists//srv/www/debug.log":  "False",
+		"/exists//srv/www/app.py":     "True",
+	} {
+		if code, b, _, err := get(edge, "built", path); err != nil || code != 200 || strings.TrimSpace(b) != want {
+			t.Errorf("GET %s: %d %q %v, want %q", path, code, b, err, want)
+		}
 	}
 
-	write("msg.txt", "v2")
-	out, err = perchEnv(t, w, dir, env, "deploy", "--smoke-window", "1s")
+	// One line of app.py changed: every step but the last COPY comes from
+	// BuildKit's cache, as the build output says.
+	write("app.py", strings.Replace(app, `VERSION = "v1"`, `VERSION = "v2"`, 1))
+	t1 = time.Now()
+	out, err = perchEnv(t, w, dir, env, "deploy", "--strategy", "immediate")
 	if err != nil {
 		t.Fatalf("perch deploy (rebuild): %v", err)
 	}
-	if !strings.Contains(out, "=> CACHED [stage-1 3/4] COPY --from=build /app /srv/app-from-build") || strings.Contains(out, "CACHED [stage-1 4/4] COPY msg.txt") {
-		t.Errorf("rebuild with msg.txt changed: want COPY --from cached and COPY msg.txt re-run")
+	ran, cached := buildSteps(out)
+	if !slices.Equal(ran, []string{"COPY app.py ./"}) {
+		t.Errorf("rebuild with one line of app.py changed re-ran %q, want only the last step, COPY app.py ./", ran)
 	}
-	served("/file/srv/msg.txt", "0644 v2")
+	for _, step := range []string{`RUN python3 gen.py "built by perch" > page.txt && echo generated page.txt`, "RUN useradd --uid 1001 --no-create-home --shell /usr/sbin/nologin web", "COPY --from=build /src/page.txt ./", "COPY gen.py ./"} {
+		if !slices.Contains(cached, step) {
+			t.Errorf("rebuild: %q not reported CACHED (cached: %q)", step, cached)
+		}
+	}
+	served("/", "v2")
+	t.Logf("warm rebuild (one line changed) and redeploy to every region: %v", time.Since(t1).Round(time.Millisecond))
 
-	// A failing RUN (this base has no shell) ends the deploy, non-zero,
-	// naming the step; a context over --build-context-max is refused before
-	// upload. The app keeps serving v2.
-	write("Dockerfile", "FROM "+base+"\nCOPY msg.txt /srv/msg.txt\nRUN echo never\n")
-	out, err = perchEnv(t, w, dir, env, "deploy", "--smoke-window", "1s")
-	if err == nil || !strings.Contains(out, "build step [3/3] RUN echo never failed") {
-		t.Errorf("deploy of a failing RUN: err %v, want a non-zero exit naming the step", err)
+	// A failing RUN ends the deploy with a non-zero exit naming the step;
+	// a FROM image the registry does not have names that registry; a
+	// context over --build-context-max is refused before the build. The
+	// app keeps serving v2.
+	failing := func(what, want string, args ...string) {
+		t.Helper()
+		out, err := perchEnv(t, w, dir, env, args...)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() == 0 || !strings.Contains(out, want) {
+			t.Errorf("deploy of %s: err %v, want a non-zero exit and %q", what, err, want)
+		}
+		if strings.Contains(out, "Deploying") {
+			t.Errorf("deploy of %s went on to deploy", what)
+		}
 	}
+	write("Dockerfile", "FROM "+base+"\nCOPY app.py ./\nRUN echo checking && exit 7\n")
+	failing("a failing RUN", "build step [3/3] RUN echo checking && exit 7 failed: exit code: 7\nlast output lines:\n  checking", "deploy")
+	write("Dockerfile", "FROM "+info.Registry+"/debian-nope:bookworm\nCOPY app.py ./\n")
+	// Perch's registry answers 403 for a repository that does not exist
+	// (a repository is its first pusher's organisation's: docs/tokens.md).
+	failing("a missing base image", "base image "+info.Registry+"/debian-nope:bookworm: the registry "+info.Registry+" refused it: 403 Forbidden", "deploy")
+	write("Dockerfile", dockerfile)
 	if err := os.WriteFile(filepath.Join(dir, "big.bin"), make([]byte, 2<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err = perchEnv(t, w, dir, env, "deploy", "--build-context-max", "1")
-	if err == nil || !strings.Contains(out, "over the limit of 1.0 MB") || strings.Contains(out, "Building") {
-		t.Errorf("deploy of a 2 MB context with --build-context-max 1: err %v, want it refused before the build", err)
+	failing("a 2 MB context with --build-context-max 1", "over the limit of 1.0 MB", "deploy", "--build-context-max", "1")
+	served("/", "v2")
+}
+
+// buildSteps reads perch deploy's build output: the Dockerfile steps that
+// ran and those taken from the cache, by instruction (FROM left out).
+func buildSteps(out string) (ran, cached []string) {
+	re := regexp.MustCompile(`^=> (CACHED )?\[[^\]]*\d+/\d+\] (.*)$`)
+	for _, l := range strings.Split(out, "\n") {
+		m := re.FindStringSubmatch(l)
+		if m == nil || strings.HasPrefix(m[2], "FROM ") {
+			continue
+		}
+		if m[1] != "" {
+			cached = append(cached, m[2])
+		} else {
+			ran = append(ran, m[2])
+		}
 	}
-	served("/file/srv/msg.txt", "0644 v2")
+	return ran, cached
 }
 
 // TestDeployWithExternalNATS runs the same flow with the state in a
