@@ -4,13 +4,16 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/perchhq/perch/internal/agent"
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/devcluster"
 	"github.com/perchhq/perch/internal/volume"
@@ -215,6 +219,18 @@ func checkWholeAppOnVolume(t *testing.T, w *devcluster.World, dir, app, toml, we
 	}
 	holds("after the agent was killed and started again")
 
+	// The host loses power: agent, shims and machine processes killed
+	// with SIGKILL (no exit recorded), the volume's mount gone. The agent,
+	// started again, makes the machines run again on their volume.
+	if err := w.KillAgent("iad"); err != nil {
+		t.Fatal(err)
+	}
+	powerOffMachines(t, w.Info(), "iad")
+	if err := w.StartAgent(ctx, "iad"); err != nil {
+		t.Fatal(err)
+	}
+	holds("after the host's machines were killed and made to run again")
+
 	// Every machine of the app (all on the one host) destroyed, then made
 	// again by a deploy (without the release command: its target is gone).
 	before, _ := liveMachines(ctx, w, app)
@@ -298,4 +314,63 @@ func pushWithStatics(t *testing.T, info devcluster.Info, repo, path, content str
 		t.Fatalf("push %s: %v", ref, err)
 	}
 	return ref
+}
+
+// powerOffMachines does to region's machines what a host's power loss
+// does, its agent already killed: every machine's shim and process
+// killed with SIGKILL (so no exit is recorded) and the volumes' mounts
+// on the host gone.
+func powerOffMachines(t *testing.T, info devcluster.Info, region string) {
+	t.Helper()
+	var state string
+	for _, r := range info.Regions {
+		if r.Code == region {
+			state = r.StateDir
+		}
+	}
+	root := filepath.Join(state, "runc", "runc")
+	running := func() []string {
+		out, err := exec.Command("runc", "--root", root, "list", "-f", "json").Output()
+		if err != nil {
+			t.Fatalf("runc list in %s: %v", region, err)
+		}
+		var cs []struct {
+			ID     string `json:"id"`
+			Status string `json:"status"`
+		}
+		_ = json.Unmarshal(out, &cs)
+		var ids []string
+		for _, c := range cs {
+			if c.Status == "running" {
+				ids = append(ids, c.ID)
+			}
+		}
+		return ids
+	}
+	killed := running()
+	if len(killed) == 0 {
+		t.Fatalf("no machine runs in %s", region)
+	}
+	for _, id := range killed {
+		var sh struct {
+			Pid int `json:"pid"`
+		}
+		if b, err := os.ReadFile(filepath.Join(state, "runc", "machines", id, "shim.json")); err == nil && json.Unmarshal(b, &sh) == nil && sh.Pid > 0 {
+			_ = syscall.Kill(sh.Pid, syscall.SIGKILL)
+		}
+		if out, err := exec.Command("runc", "--root", root, "kill", id, "KILL").CombinedOutput(); err != nil {
+			t.Logf("runc kill %s: %v %s", id, err, out)
+		}
+	}
+	eventually(t, 30*time.Second, "no machine process left in "+region, func() (bool, string) {
+		ids := running()
+		return len(ids) == 0, strings.Join(ids, " ")
+	})
+	vols, _ := os.ReadDir(filepath.Join(state, "volumes"))
+	for _, v := range vols {
+		if err := volume.Unmount(agent.VolumeMountPoint(state, v.Name())); err != nil {
+			t.Fatalf("unmount volume %s: %v", v.Name(), err)
+		}
+	}
+	t.Logf("host %s powered off: machines %v killed, %d volumes unmounted", region, killed, len(vols))
 }

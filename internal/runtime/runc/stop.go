@@ -34,13 +34,22 @@ func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeou
 	if st.Status == runtime.StatusCreated && !machinedir.Exists(d.path(id, fileShim)) {
 		return nil // never started
 	}
-	if st.Status == runtime.StatusExited || st.Status == runtime.StatusSuspended {
+	if st.Status == runtime.StatusSuspended {
+		return nil
+	}
+	if st.Status == runtime.StatusExited {
+		// A shim killed before it could detach the volumes' idmapped
+		// binds leaves them holding the volumes' filesystems: the agent's
+		// unmount after this stop would not end them, and the next mount
+		// would be a second filesystem on the same image.
+		unmapVolumes(d.dir(id)) // idmap.go
 		return nil
 	}
 	if err := d.kill(ctx, id, sig); err != nil {
 		return fmt.Errorf("runc: stop %s: %w", id, err)
 	}
 	if d.waitExited(ctx, id, timeout) {
+		unmapVolumes(d.dir(id)) // as above, should the shim have died meanwhile
 		return nil
 	}
 	d.log.Debug("machine did not stop in time; killing it", "id", id, "signal", sig, "timeout", timeout)
@@ -53,6 +62,7 @@ func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeou
 		}
 		return fmt.Errorf("runc: stop %s: process still running %v after SIGKILL", id, killWait)
 	}
+	unmapVolumes(d.dir(id))
 	return nil
 }
 
