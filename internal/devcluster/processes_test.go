@@ -319,7 +319,8 @@ func pushWithStatics(t *testing.T, info devcluster.Info, repo, path, content str
 // powerOffMachines does to region's machines what a host's power loss
 // does, its agent already killed: every machine's shim and process
 // killed with SIGKILL (so no exit is recorded) and the volumes' mounts
-// on the host gone.
+// on the host gone. (Not the rest of a reboot: network namespaces,
+// rootfs mounts and /run stay.)
 func powerOffMachines(t *testing.T, info devcluster.Info, region string) {
 	t.Helper()
 	var state string
@@ -366,6 +367,12 @@ func powerOffMachines(t *testing.T, info devcluster.Info, region string) {
 		ids := running()
 		return len(ids) == 0, strings.Join(ids, " ")
 	})
+	// A reboot takes every mount with it: the machines' idmapped binds
+	// of their volumes (which a killed shim leaves), then the volumes.
+	binds, _ := filepath.Glob(filepath.Join(state, "runc", "machines", "*", "volumes", "*"))
+	for _, b := range binds {
+		_ = syscall.Unmount(b, syscall.MNT_DETACH)
+	}
 	vols, _ := os.ReadDir(filepath.Join(state, "volumes"))
 	for _, v := range vols {
 		if err := volume.Unmount(agent.VolumeMountPoint(state, v.Name())); err != nil {
