@@ -231,6 +231,31 @@ func checkWholeAppOnVolume(t *testing.T, w *devcluster.World, dir, app, toml, we
 	}
 	holds("after the host's machines were killed and made to run again")
 
+	// The web machine's shim and process killed, and the machine stopped,
+	// while its agent is down: the agent, back, lets go of the volume (no
+	// loop device left on its image), and the machine started again reads
+	// the schema from the one filesystem on it.
+	if err := w.KillAgent("iad"); err != nil {
+		t.Fatal(err)
+	}
+	killMachines(t, w.Info(), "iad", web)
+	mustPerch(t, w, dir, "machine", "stop", web)
+	if err := w.StartAgent(ctx, "iad"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the stopped web machine's volume off every loop device", func() (bool, string) {
+		m, err := w.Client().GetMachine(ctx, app, web)
+		var on []string
+		for _, l := range volume.Loops(w.Info().Regions[0].StateDir) {
+			if strings.Contains(l, vid) {
+				on = append(on, l)
+			}
+		}
+		return err == nil && m.State == api.StateStopped && len(on) == 0, fmt.Sprint(m.State, err, on)
+	})
+	mustPerch(t, w, dir, "machine", "start", web)
+	holds("after a stop of the machine whose shim was killed, and a start")
+
 	// Every machine of the app (all on the one host) destroyed, then made
 	// again by a deploy (without the release command: its target is gone).
 	before, _ := liveMachines(ctx, w, app)
@@ -329,6 +354,33 @@ func powerOffMachines(t *testing.T, info devcluster.Info, region string) {
 			state = r.StateDir
 		}
 	}
+	killMachines(t, info, region)
+	// A reboot takes every mount with it: the machines' idmapped binds
+	// of their volumes (which a killed shim leaves), then the volumes.
+	binds, _ := filepath.Glob(filepath.Join(state, "runc", "machines", "*", "volumes", "*"))
+	for _, b := range binds {
+		_ = syscall.Unmount(b, syscall.MNT_DETACH)
+	}
+	vols, _ := os.ReadDir(filepath.Join(state, "volumes"))
+	for _, v := range vols {
+		if err := volume.Unmount(agent.VolumeMountPoint(state, v.Name())); err != nil {
+			t.Fatalf("unmount volume %s: %v", v.Name(), err)
+		}
+	}
+	t.Logf("host %s powered off: %d volumes unmounted", region, len(vols))
+}
+
+// killMachines kills with SIGKILL the shim and the process of region's
+// running machines (only those of ids, if given), as the kernel's OOM
+// killer or an operator might: no exit is recorded.
+func killMachines(t *testing.T, info devcluster.Info, region string, only ...string) {
+	t.Helper()
+	var state string
+	for _, r := range info.Regions {
+		if r.Code == region {
+			state = r.StateDir
+		}
+	}
 	root := filepath.Join(state, "runc", "runc")
 	running := func() []string {
 		out, err := exec.Command("runc", "--root", root, "list", "-f", "json").Output()
@@ -348,9 +400,14 @@ func powerOffMachines(t *testing.T, info devcluster.Info, region string) {
 		}
 		return ids
 	}
-	killed := running()
+	var killed []string
+	for _, id := range running() {
+		if len(only) == 0 || slices.Contains(only, id) {
+			killed = append(killed, id)
+		}
+	}
 	if len(killed) == 0 {
-		t.Fatalf("no machine runs in %s", region)
+		t.Fatalf("no machine of %v runs in %s", only, region)
 	}
 	for _, id := range killed {
 		var sh struct {
@@ -363,21 +420,9 @@ func powerOffMachines(t *testing.T, info devcluster.Info, region string) {
 			t.Logf("runc kill %s: %v %s", id, err, out)
 		}
 	}
-	eventually(t, 30*time.Second, "no machine process left in "+region, func() (bool, string) {
-		ids := running()
-		return len(ids) == 0, strings.Join(ids, " ")
+	eventually(t, 30*time.Second, "the killed machines' processes gone in "+region, func() (bool, string) {
+		left := slices.DeleteFunc(running(), func(id string) bool { return !slices.Contains(killed, id) })
+		return len(left) == 0, strings.Join(left, " ")
 	})
-	// A reboot takes every mount with it: the machines' idmapped binds
-	// of their volumes (which a killed shim leaves), then the volumes.
-	binds, _ := filepath.Glob(filepath.Join(state, "runc", "machines", "*", "volumes", "*"))
-	for _, b := range binds {
-		_ = syscall.Unmount(b, syscall.MNT_DETACH)
-	}
-	vols, _ := os.ReadDir(filepath.Join(state, "volumes"))
-	for _, v := range vols {
-		if err := volume.Unmount(agent.VolumeMountPoint(state, v.Name())); err != nil {
-			t.Fatalf("unmount volume %s: %v", v.Name(), err)
-		}
-	}
-	t.Logf("host %s powered off: machines %v killed, %d volumes unmounted", region, killed, len(vols))
+	t.Logf("machines %v in %s killed with their shims", killed, region)
 }
