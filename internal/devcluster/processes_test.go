@@ -382,22 +382,31 @@ func killMachines(t *testing.T, info devcluster.Info, region string, only ...str
 		}
 	}
 	root := filepath.Join(state, "runc", "runc")
+	// running lists the running machines. runc list failed once here
+	// (exit status 1, right after the machines were started again), so a
+	// failure is asked again for a while.
 	running := func() []string {
-		out, err := exec.Command("runc", "--root", root, "list", "-f", "json").Output()
-		if err != nil {
-			t.Fatalf("runc list in %s: %v", region, err)
-		}
-		var cs []struct {
-			ID     string `json:"id"`
-			Status string `json:"status"`
-		}
-		_ = json.Unmarshal(out, &cs)
 		var ids []string
-		for _, c := range cs {
-			if c.Status == "running" {
-				ids = append(ids, c.ID)
+		eventually(t, 15*time.Second, "runc list in "+region, func() (bool, string) {
+			out, err := exec.Command("runc", "--root", root, "list", "-f", "json").CombinedOutput()
+			if err != nil {
+				return false, fmt.Sprintf("%v: %s", err, out)
 			}
-		}
+			var cs []struct {
+				ID     string `json:"id"`
+				Status string `json:"status"`
+			}
+			if err := json.Unmarshal(out, &cs); err != nil {
+				return false, fmt.Sprintf("%v: %s", err, out)
+			}
+			ids = nil
+			for _, c := range cs {
+				if c.Status == "running" {
+					ids = append(ids, c.ID)
+				}
+			}
+			return true, ""
+		})
 		return ids
 	}
 	var killed []string
