@@ -462,6 +462,14 @@ func (w *worker) stop(ctx context.Context, spec store.MachineSpec) {
 	if err == nil && st.Status == perchrt.StatusSuspended {
 		w.discardSnapshot(ctx) // stopped means the next start boots
 	}
+	if err == nil && st.Status == perchrt.StatusExited {
+		// Exited by itself, maybe with its shim killed: the runtime lets
+		// go of what that shim left holding the volumes (runc's idmapped
+		// binds) before they are unmounted.
+		if serr := w.driver().Stop(ctx, w.id, syscall.SIGKILL, 0); serr != nil {
+			w.log.Warn("stop an exited machine", "err", serr)
+		}
+	}
 	if err == nil && st.Status != perchrt.StatusSuspended {
 		w.releaseVolumes(ctx) // volumes.go; a suspended machine resumes on its mounts
 	}

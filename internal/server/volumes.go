@@ -25,7 +25,8 @@ import (
 const (
 	maxVolumeGB = 500 // Fly's limit
 	gib         = int64(1) << 30
-	// volumeOpTimeout bounds a host's answer: a snapshot copies the image.
+	// volumeOpTimeout bounds a host's answer: a snapshot copies the
+	// image. Within store.HostReplyWindow, or the answer is dropped.
 	volumeOpTimeout = 5 * time.Minute
 )
 

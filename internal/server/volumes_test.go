@@ -284,3 +284,13 @@ func extentsDigest(t *testing.T, path string) ([32]byte, int64) {
 	copy(sum[:], h.Sum(nil))
 	return sum, fi.Size()
 }
+
+// TestVolumeOpWaitsWithinTheHostsReplyWindow: the server waits for a
+// host's volume work no longer than the host may answer (NATS drops an
+// answer sent after store.HostReplyWindow), so a slow snapshot's answer
+// reaches the server instead of being lost.
+func TestVolumeOpWaitsWithinTheHostsReplyWindow(t *testing.T) {
+	if volumeOpTimeout >= store.HostReplyWindow {
+		t.Errorf("the server waits %s for a volume operation, but a host may answer only within %s", volumeOpTimeout, store.HostReplyWindow)
+	}
+}

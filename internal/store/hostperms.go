@@ -25,6 +25,14 @@ func HostInboxPrefix(hostID string) string { return "_INBOX_" + hostID }
 // host's granted machines: the host may delete that volume's record.
 const VolumeGrantPrefix = "volume:"
 
+// HostReplyWindow is how long after a request reaches a host the host
+// may still answer it; NATS drops a later answer unseen. It must outlast
+// the longest a requester waits: the server's volume operations (a
+// snapshot copies the whole image) wait up to 5 minutes; with a window
+// of 1 minute, a snapshot that took longer had its answer dropped and
+// the server said the host "did not answer" though it had done the work.
+const HostReplyWindow = 10 * time.Minute
+
 // HostPermissions are the NATS permissions of host id in region with the
 // machines placed on it (keys "<app>.<id>", and its volumes' keys after
 // VolumeGrantPrefix): exactly the subjects its
@@ -98,8 +106,8 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 			StartSubject(hostID),
 			VolumeSubject(hostID),
 		}},
-		// Replies to requests it received (drain, start) and to
-		// JetStream's flow control, nothing else.
-		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
+		// Replies to requests it received (drain, start, volume work)
+		// and to JetStream's flow control, nothing else.
+		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: HostReplyWindow},
 	}
 }

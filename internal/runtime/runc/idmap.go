@@ -223,8 +223,18 @@ func (d *Driver) mapVolumes(id string, r record) error {
 			if err := os.MkdirAll(dst, 0o700); err != nil {
 				return fmt.Errorf("volume %s: %w", m.Destination, err)
 			}
-			if mounted, err := isMountPoint(dst); err != nil || mounted {
+			if mounted, err := isMountPoint(dst); err != nil {
 				continue
+			} else if mounted {
+				if sameDevice(dst, m.Source) {
+					continue
+				}
+				// Left by a run whose shim was killed, onto a mount of
+				// the volume that is gone: the machine would write to
+				// that old filesystem, not the one the host mounts now.
+				if err := unix.Unmount(dst, unix.MNT_DETACH); err != nil {
+					return fmt.Errorf("volume %s: detach the last run's bind: %w", m.Destination, err)
+				}
 			}
 			if err := idmapBind(m.Source, dst, userns, unix.MOUNT_ATTR_NOSUID); err != nil {
 				return fmt.Errorf("volume %s: %w", m.Destination, err)
@@ -232,6 +242,12 @@ func (d *Driver) mapVolumes(id string, r record) error {
 		}
 		return nil
 	})
+}
+
+// sameDevice says whether paths a and b are on one filesystem.
+func sameDevice(a, b string) bool {
+	var sa, sb unix.Stat_t
+	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Dev == sb.Dev
 }
 
 // unmapVolumes detaches what mapVolumes mounted in the machine directory

@@ -35,7 +35,15 @@ func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeou
 	if st.Status == runtime.StatusCreated && !machinedir.Exists(d.path(id, fileShim)) {
 		return nil // never started
 	}
-	if st.Status == runtime.StatusExited || st.Status == runtime.StatusSuspended {
+	if st.Status == runtime.StatusSuspended {
+		return nil
+	}
+	if st.Status == runtime.StatusExited {
+		// A shim killed before it could detach the volumes' idmapped
+		// binds leaves them holding the volumes' filesystems: the agent's
+		// unmount after this stop would not end them, and the next mount
+		// would be a second filesystem on the same image.
+		unmapVolumes(d.dir(id)) // idmap.go
 		return nil
 	}
 	if st.Pid > 0 && !handles(st.Pid, sig) {
@@ -50,6 +58,7 @@ func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeou
 		return fmt.Errorf("runc: stop %s: %w", id, err)
 	}
 	if timeout > 0 && d.waitExited(ctx, id, timeout) {
+		unmapVolumes(d.dir(id)) // as above, should the shim have died meanwhile
 		return nil
 	}
 	if timeout > 0 {
@@ -64,6 +73,7 @@ func (d *Driver) Stop(ctx context.Context, id string, sig syscall.Signal, timeou
 		}
 		return fmt.Errorf("runc: stop %s: process still running %v after SIGKILL", id, killWait)
 	}
+	unmapVolumes(d.dir(id))
 	return nil
 }
 

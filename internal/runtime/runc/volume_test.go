@@ -2,12 +2,16 @@ package runc
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/runtime/drivertest"
@@ -160,5 +164,107 @@ func TestImageDirOwner(t *testing.T) {
 		if (got == nil) != (c.want == nil) || (got != nil && *got != *c.want) {
 			t.Errorf("%s (base %d): owner %+v, want %+v", c.dest, c.base, got, c.want)
 		}
+	}
+}
+
+// TestVolumeAfterItsShimWasKilled: a machine in a user namespace whose
+// shim and process were killed with SIGKILL (no exit recorded, its
+// idmapped volume binds not detached) is stopped as the agent stops it;
+// the agent's unmount of the volume then lets the loop device go, and the
+// machine started again on the volume mounted again sees that mount (the
+// one snapshots freeze and copy), not the old one its last run left.
+func TestVolumeAfterItsShimWasKilled(t *testing.T) {
+	needRoot(t)
+	d := newTestDriver(t)
+	destroyAll(t, d)
+	vdir := filepath.Join(testStateDir(t), "volumes", "vol_shimkill")
+	mnt := filepath.Join(vdir, "mnt")
+	if err := volume.Create(vdir, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = volume.Destroy(vdir, mnt) })
+	if err := volume.Mount(vdir, mnt); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	spec := runtime.Spec{
+		ID: fmt.Sprintf("shimkill%d", os.Getpid()), Rootfs: drivertest.BuildRootfs(t),
+		Process: runtime.Process{Args: []string{"/app", "sleep"}},
+		Mounts:  []runtime.Mount{{Source: mnt, Destination: "/var/lib/data"}},
+	}
+	if err := d.Create(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Destroy(context.Background(), spec.ID) })
+	if r, err := d.readRecord(spec.ID); err != nil || r.UIDBase == 0 {
+		t.Skipf("the machine has no user namespace here (%+v, %v): its volume is not idmapped", r, err)
+	}
+	// sameMount checks that the running machine's volume is the host's
+	// mount of it (one filesystem: same device).
+	sameMount := func(what string) {
+		t.Helper()
+		var host, guest syscall.Stat_t
+		if err := syscall.Stat(mnt, &host); err != nil {
+			t.Fatal(err)
+		}
+		pid := 0
+		waitFor(t, 10*time.Second, func() bool {
+			b, err := os.ReadFile(d.path(spec.ID, filePid))
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+			return err == nil && pid > 0
+		})
+		if err := syscall.Stat(fmt.Sprintf("/proc/%d/root/var/lib/data", pid), &guest); err != nil {
+			t.Fatal(err)
+		}
+		if host.Dev != guest.Dev {
+			t.Errorf("%s: the machine's /var/lib/data is device %d, the host's mount of the volume %d: two filesystems on one image", what, guest.Dev, host.Dev)
+		}
+	}
+	if err := d.Start(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	sameMount("first run")
+
+	var sh struct {
+		Pid int `json:"pid"`
+	}
+	if b, err := os.ReadFile(d.path(spec.ID, fileShim)); err != nil || json.Unmarshal(b, &sh) != nil || sh.Pid == 0 {
+		t.Fatalf("shim record: %s %v", b, err)
+	}
+	if err := syscall.Kill(sh.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.runcCmd(ctx, "kill", spec.ID, "KILL"); err != nil && !errNotRunning(err) {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		st, err := d.State(ctx, spec.ID)
+		return err == nil && st.Status == runtime.StatusExited
+	})
+	// What the agent does with a machine found exited and then stopped.
+	if err := d.Stop(ctx, spec.ID, syscall.SIGTERM, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := volume.Unmount(mnt); err != nil {
+		t.Fatal(err)
+	}
+	if l := volume.Loops(vdir); len(l) > 0 {
+		t.Errorf("after the stop and the unmount, the volume is still on a loop device: %v", l)
+	}
+	if err := volume.Mount(vdir, mnt); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	sameMount("started again")
+	if err := d.Destroy(ctx, spec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := volume.Unmount(mnt); err != nil {
+		t.Fatal(err)
+	}
+	if l := volume.Loops(vdir); len(l) > 0 {
+		t.Errorf("loop devices left: %v", l)
 	}
 }
