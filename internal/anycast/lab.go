@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -47,19 +48,57 @@ type LabConfig struct {
 	Cities []LabCity
 	Links  [][2]string
 	Dir    string // bird's configs, sockets and logs
+	// Mgmt adds the hosts' management network, the operator's private
+	// backbone to its control plane, apart from the routers: a bridge in
+	// the machine's own namespace on a free 10.252.X.0/24 (.1), a control
+	// namespace on it (.2, ControlNS) and a link (mgmt0) from each host
+	// (.10 and up). It is the one private range in the lab, as a real
+	// backbone's is (and a registry on it is reached over plain HTTP).
+	Mgmt bool
 }
 
 // Lab is a built lab.
 type Lab struct {
-	cfg    LabConfig
-	id     string
-	idx    map[string]int
-	links  int
-	birds  map[string]*exec.Cmd
-	hostIP map[string]netip.Addr // host's address on its router link
-	rtrIP  map[string]netip.Addr // router's address on its host link
-	client map[string]netip.Addr
-	peers  map[string]map[string]netip.Addr // city -> neighbour -> neighbour's address
+	cfg     LabConfig
+	id      string
+	idx     map[string]int
+	links   int
+	birds   map[string]*exec.Cmd
+	hostIP  map[string]netip.Addr // host's address on its router link
+	rtrIP   map[string]netip.Addr // router's address on its host link
+	client  map[string]netip.Addr
+	peers   map[string]map[string]netip.Addr // city -> neighbour -> neighbour's address
+	mgmt    map[string]netip.Addr            // city -> host's management address
+	mgmtNet netip.Prefix
+}
+
+func (l *Lab) bridge() string              { return "acb-" + l.id }
+func (l *Lab) mgmtVeth(city string) string { return fmt.Sprintf("acm-%s-%d", l.id, l.idx[city]) }
+
+// ControlNS is the namespace on the management network for a control
+// plane (Mgmt), at ControlAddr.
+func (l *Lab) ControlNS() string { return "acx-" + l.id }
+
+// ControlAddr is the control namespace's address (Mgmt).
+func (l *Lab) ControlAddr() netip.Addr { return l.mgmtAddr(2) }
+
+func (l *Lab) mgmtAddr(i int) netip.Addr {
+	b := l.mgmtNet.Addr().As4()
+	b[3] = byte(i)
+	return netip.AddrFrom4(b)
+}
+
+// MgmtAddr is city's host's address on the management network (Mgmt).
+func (l *Lab) MgmtAddr(city string) netip.Addr { return l.mgmt[city] }
+
+// CutMgmt takes city's host off the management network (up false) or
+// puts it back: the host's link to the control plane, not to its router.
+func (l *Lab) CutMgmt(city string, up bool) error {
+	state := "down"
+	if up {
+		state = "up"
+	}
+	return l.ip("", "link", "set", l.mgmtVeth(city), state)
 }
 
 // RouterASN is city's router's AS number.
@@ -132,7 +171,7 @@ func NewLab(cfg LabConfig) (*Lab, error) {
 	_, _ = rand.Read(b)
 	l := &Lab{cfg: cfg, id: hex.EncodeToString(b), idx: map[string]int{}, birds: map[string]*exec.Cmd{},
 		hostIP: map[string]netip.Addr{}, rtrIP: map[string]netip.Addr{}, client: map[string]netip.Addr{},
-		peers: map[string]map[string]netip.Addr{}}
+		peers: map[string]map[string]netip.Addr{}, mgmt: map[string]netip.Addr{}}
 	if err := l.build(); err != nil {
 		l.Close()
 		return nil, err
@@ -144,6 +183,26 @@ func (l *Lab) build() error {
 	cfg := l.cfg
 	if len(cfg.Cities) > 15 {
 		return errors.New("lab: at most 15 cities")
+	}
+	if cfg.Mgmt {
+		// The one part of the lab in the machine's own namespace: on a
+		// /24 no route there overlaps.
+		var err error
+		if l.mgmtNet, err = freeMgmtNet(); err != nil {
+			return err
+		}
+		if err := l.ip("", "link", "add", l.bridge(), "type", "bridge"); err != nil {
+			return err
+		}
+		if err := l.ip("", "addr", "add", netip.PrefixFrom(l.mgmtAddr(1), 24).String(), "dev", l.bridge()); err != nil {
+			return err
+		}
+		if err := l.ip("", "link", "set", l.bridge(), "up"); err != nil {
+			return err
+		}
+		if err := l.mgmtLink(l.ControlNS(), "acm-"+l.id+"-x", l.ControlAddr()); err != nil {
+			return err
+		}
 	}
 	for i, c := range cfg.Cities {
 		l.idx[c.Name] = i
@@ -187,6 +246,13 @@ func (l *Lab) build() error {
 				return err
 			}
 			l.rtrIP[c.Name], l.hostIP[c.Name] = r, h
+			if cfg.Mgmt {
+				m := l.mgmtAddr(10 + i)
+				if err := l.mgmtLink(l.HostNS(c.Name), l.mgmtVeth(c.Name), m); err != nil {
+					return err
+				}
+				l.mgmt[c.Name] = m
+			}
 		}
 	}
 	for _, lk := range cfg.Links {
@@ -272,6 +338,67 @@ func (l *Lab) startBird(c LabCity) error {
 	}
 }
 
+// freeMgmtNet picks a random 10.252.X.0/24 that no route of the
+// machine's own namespace overlaps.
+func freeMgmtNet() (netip.Prefix, error) {
+	out, err := exec.Command("ip", "-4", "route", "show", "table", "all").CombinedOutput()
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("lab: ip route: %w: %s", err, out)
+	}
+	var used []netip.Prefix
+	for line := range strings.Lines(string(out)) {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		dst := f[0]
+		if dst == "local" || dst == "broadcast" || dst == "unicast" {
+			if len(f) < 2 {
+				continue
+			}
+			dst = f[1]
+		}
+		if !strings.Contains(dst, "/") {
+			dst += "/32"
+		}
+		if p, err := netip.ParsePrefix(dst); err == nil {
+			used = append(used, p)
+		}
+	}
+	for range 100 {
+		b := make([]byte, 1)
+		_, _ = rand.Read(b)
+		cand := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 252, b[0], 0}), 24)
+		if !slices.ContainsFunc(used, cand.Overlaps) {
+			return cand, nil
+		}
+	}
+	return netip.Prefix{}, errors.New("lab: no free /24 in 10.252.0.0/16 for the management network")
+}
+
+// mgmtLink joins namespace ns (made if it does not exist) to the
+// management bridge through veth, at address a.
+func (l *Lab) mgmtLink(ns, veth string, a netip.Addr) error {
+	if _, err := os.Stat(filepath.Join("/run/netns", ns)); err != nil {
+		if err := l.ip("", "netns", "add", ns); err != nil {
+			return err
+		}
+		if err := l.ip(ns, "link", "set", "lo", "up"); err != nil {
+			return err
+		}
+	}
+	if err := l.ip("", "link", "add", veth, "type", "veth", "peer", "name", "mgmt0", "netns", ns); err != nil {
+		return err
+	}
+	if err := l.ip("", "link", "set", veth, "master", l.bridge(), "up"); err != nil {
+		return err
+	}
+	if err := l.ip(ns, "addr", "add", netip.PrefixFrom(a, 24).String(), "dev", "mgmt0"); err != nil {
+		return err
+	}
+	return l.ip(ns, "link", "set", "mgmt0", "up")
+}
+
 // Birdc runs birdc against city's router.
 func (l *Lab) Birdc(city string, args ...string) (string, error) {
 	out, err := exec.Command("birdc", append([]string{"-s", l.birdSock(city)}, args...)...).CombinedOutput()
@@ -343,6 +470,14 @@ func (l *Lab) Close() {
 			if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
 				_ = l.ip("", "netns", "del", ns)
 			}
+		}
+	}
+	if l.cfg.Mgmt {
+		if _, err := os.Stat(filepath.Join("/run/netns", l.ControlNS())); err == nil {
+			_ = l.ip("", "netns", "del", l.ControlNS())
+		}
+		if _, err := net.InterfaceByName(l.bridge()); err == nil {
+			_ = l.ip("", "link", "del", l.bridge())
 		}
 	}
 }

@@ -1,0 +1,437 @@
+package devcluster_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/perchhq/perch/internal/agent"
+	"github.com/perchhq/perch/internal/anycast"
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/devcluster"
+)
+
+// The anycast world's cities: a host in each but arn, which its
+// neighbour fra serves. Links follow geography; mrs's only neighbour is
+// cdg, arn's only neighbour is fra.
+var (
+	anycastCities = []anycast.LabCity{{Name: "lhr", Host: true}, {Name: "cdg", Host: true}, {Name: "ams", Host: true},
+		{Name: "fra", Host: true}, {Name: "arn"}, {Name: "mrs", Host: true}}
+	anycastLinks = [][2]string{{"lhr", "ams"}, {"lhr", "cdg"}, {"cdg", "ams"}, {"ams", "fra"}, {"cdg", "fra"}, {"fra", "arn"}, {"cdg", "mrs"}}
+	// anycastHome is the region whose edge should answer each city.
+	anycastHome = map[string]string{"lhr": "lhr", "cdg": "cdg", "ams": "ams", "fra": "fra", "mrs": "mrs", "arn": "fra"}
+)
+
+// anycastWorld is Perch in the anycast lab: the control plane in the
+// lab's control namespace, a perch agent in each city's host namespace
+// peering over eBGP with its city's bird2 router, and an app with a
+// dedicated IPv4 address deployed to every region.
+type anycastWorld struct {
+	lab     *anycast.Lab
+	procs   *labNet // only its log directory: the processes' logs
+	apiURL  string
+	token   string
+	client  *api.Client
+	app     string
+	addr    netip.Addr // the app's dedicated IPv4
+	agents  map[string]*labProc
+	agArgs  map[string][]string
+	stateOf map[string]string
+}
+
+// TestAnycastWorld runs the control plane and five agents, each in its
+// own network namespace behind its city's bird2 router, announcing an
+// app's dedicated address over BGP: each city's client reaches the one
+// address and is answered by its own region's edge, routers' tables show
+// the paths, a region cut off from the control plane keeps announcing
+// and serving, a SIGTERM'd region loses no request, and a SIGKILL'd one
+// is routed around and comes back.
+func TestAnycastWorld(t *testing.T) {
+	for _, bin := range []string{"bird", "birdc", "ip", "nsenter"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("the anycast world needs %s (bird2, iproute2, util-linux: scripts/deps.sh)", bin)
+		}
+	}
+	worldSlot(t)
+	w := startAnycastWorld(t)
+	t.Run("each city answered by its own region", func(t *testing.T) { testAnycastHome(t, w) })
+	t.Run("routers' tables", func(t *testing.T) { testAnycastRoutes(t, w) })
+	t.Run("cut off from the control plane", func(t *testing.T) { testAnycastCut(t, w) })
+	t.Run("graceful stop loses nothing", func(t *testing.T) { testAnycastSIGTERM(t, w) })
+	t.Run("killed region routed around", func(t *testing.T) { testAnycastSIGKILL(t, w) })
+}
+
+func startAnycastWorld(t *testing.T) *anycastWorld {
+	t.Helper()
+	lab, err := anycast.NewLab(anycast.LabConfig{Cities: anycastCities, Links: anycastLinks, Dir: t.TempDir(), Mgmt: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lab.Close)
+	ctl := lab.ControlAddr().String()
+	w := &anycastWorld{
+		lab:     lab,
+		procs:   &labNet{dir: t.TempDir()},
+		apiURL:  "http://" + net.JoinHostPort(ctl, "4280"),
+		app:     "anyapp",
+		agents:  map[string]*labProc{},
+		agArgs:  map[string][]string{},
+		stateOf: map[string]string{},
+	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, c := range anycastCities {
+			if out, err := lab.Birdc(c.Name, "show", "protocols"); err == nil {
+				t.Logf("%s: birdc show protocols:\n%s", c.Name, out)
+			}
+		}
+	})
+	dataDir := filepath.Join(t.TempDir(), "server")
+	srv := w.procs.start(t, &labHost{NS: lab.ControlNS()}, "server", nil, perchBin, "server",
+		"--listen", net.JoinHostPort(ctl, "4280"),
+		"--nats-listen", net.JoinHostPort(ctl, "4281"),
+		"--nats-advertise", "nats://"+net.JoinHostPort(ctl, "4281"),
+		"--data-dir", dataDir, "--host-timeout", "4s",
+		"--mesh-port", strconv.Itoa(meshPort), "--region", "lhr",
+		"--anycast-v4", anycast.LabPool.String())
+	eventually(t, 30*time.Second, "the control plane writes its admin token", func() (bool, string) {
+		if done, err := srv.exited(); done {
+			t.Fatalf("perch server exited: %v", err)
+		}
+		b, err := os.ReadFile(filepath.Join(dataDir, "admin-token"))
+		w.token = strings.TrimSpace(string(b))
+		return err == nil && w.token != "", fmt.Sprint(err)
+	})
+	w.client = api.NewClient(w.apiURL, w.token)
+	ctx := context.Background()
+	eventually(t, 30*time.Second, "the control plane's API answers", func() (bool, string) {
+		if done, err := srv.exited(); done {
+			t.Fatalf("perch server exited: %v", err)
+		}
+		_, err := w.client.ListHosts(ctx)
+		return err == nil, fmt.Sprint(err)
+	})
+
+	stateRoot := t.TempDir()
+	var regions []string
+	for _, c := range anycastCities {
+		if !c.Host {
+			continue
+		}
+		city := c.Name
+		regions = append(regions, city)
+		stateDir := filepath.Join(stateRoot, city)
+		w.stateOf[city] = stateDir
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := agent.Cleanup(ctx, stateDir, []string{perchBin, "runc-shim"}, nil); err != nil {
+				t.Errorf("clean up the machines of %s: %v", city, err)
+			}
+		})
+		me := lab.MgmtAddr(city).String()
+		peer := lab.HostPeer(city)
+		w.agArgs[city] = []string{perchBin, "agent",
+			"--region", city, "--server", w.apiURL,
+			"--address", me, "--edge-addr", me,
+			"--state-dir", stateDir, "--mesh-port", strconv.Itoa(meshPort),
+			"--bgp-asn", strconv.Itoa(anycast.LabHostASN),
+			"--bgp-peer", fmt.Sprintf("%s,%d", peer.Addr, peer.ASN)}
+		jt, err := w.client.CreateJoinToken(ctx, api.JoinTokenRequest{Region: city})
+		if err != nil {
+			t.Fatalf("join token for %s: %v", city, err)
+		}
+		w.agents[city] = w.procs.start(t, &labHost{NS: lab.HostNS(city)}, "agent-"+city, []string{"PERCH_JOIN_TOKEN=" + jt.Token}, w.agArgs[city]...)
+	}
+	eventually(t, 60*time.Second, "the five agents register and heartbeat", func() (bool, string) {
+		for name, p := range w.agents {
+			if done, err := p.exited(); done {
+				t.Fatalf("agent of %s exited: %v", name, err)
+			}
+		}
+		up, err := w.hostsUp(ctx)
+		return err == nil && len(up) == len(regions), fmt.Sprint(up, err)
+	})
+
+	ref := pushImageTo(t, devcluster.Info{Registry: net.JoinHostPort(ctl, "4280"), Token: w.token}, "hello:v1")
+	dir := t.TempDir()
+	w.perch(t, dir, "launch", "--image", ref, "--regions", strings.Join(regions, ","), "--name", w.app)
+	ip, err := w.client.AssignIP(ctx, w.app, "v4")
+	if err != nil {
+		t.Fatalf("allocate a dedicated IPv4: %v", err)
+	}
+	if w.addr, err = netip.ParseAddr(ip.IP); err != nil || !anycast.LabPool.Contains(w.addr) {
+		t.Fatalf("dedicated IPv4 %q: not in the pool %s (%v)", ip.IP, anycast.LabPool, err)
+	}
+	w.perch(t, dir, "deploy")
+	ms, err := w.client.ListMachines(ctx, w.app, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range ms {
+		got = append(got, m.Region)
+	}
+	slices.Sort(got)
+	want := slices.Clone(regions)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("want one machine in each of %v; got machines in %v", want, got)
+	}
+	return w
+}
+
+// hostsUp lists the regions whose host the control plane has up.
+func (w *anycastWorld) hostsUp(ctx context.Context) ([]string, error) {
+	hosts, err := w.client.ListHosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var up []string
+	for _, h := range hosts {
+		if h.Role == "" && h.Status == api.HostUp {
+			up = append(up, h.Region)
+		}
+	}
+	slices.Sort(up)
+	return up, nil
+}
+
+func (w *anycastWorld) perch(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(perchBin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "PERCH_API_URL="+w.apiURL, "PERCH_API_TOKEN="+w.token, "HOME="+dir, "XDG_CONFIG_HOME="+dir+"/.config")
+	out, err := cmd.CombinedOutput()
+	t.Logf("$ perch %s\n%s", strings.Join(args, " "), out)
+	if err != nil {
+		t.Fatalf("perch %s: %v", strings.Join(args, " "), err)
+	}
+	return string(out)
+}
+
+// anycastAnswer is one GET from a city's client to the app's address.
+type anycastAnswer struct {
+	edge, machine string // regions, from the sample app's reply
+	err           error
+}
+
+// get sends one GET from city's client to the app's dedicated address
+// (a new connection each time), waiting up to 5 s.
+func (w *anycastWorld) get(city string) anycastAnswer {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return w.lab.Dial(ctx, city, network, addr)
+	}}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+w.addr.String()+"/", nil)
+	if err != nil {
+		return anycastAnswer{err: err}
+	}
+	req.Host = w.app + ".perch.local"
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return anycastAnswer{err: err}
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return anycastAnswer{err: err}
+	}
+	if resp.StatusCode != 200 {
+		return anycastAnswer{err: fmt.Errorf("%s: %q", resp.Status, b)}
+	}
+	// "hello from R (machine M); edge E"
+	var a anycastAnswer
+	body := strings.TrimSpace(string(b))
+	rest, ok := strings.CutPrefix(body, "hello from ")
+	_, edge, ok2 := strings.Cut(rest, "; edge ")
+	if !ok || !ok2 {
+		return anycastAnswer{err: fmt.Errorf("not the sample app's answer: %q", body)}
+	}
+	a.machine, _, _ = strings.Cut(rest, " ")
+	a.edge = edge
+	return a
+}
+
+// waitEdge polls city's client until the edge of region answers,
+// returning how long it took.
+func (w *anycastWorld) waitEdge(t *testing.T, city, region string, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var last anycastAnswer
+	for time.Since(start) < within {
+		a := w.get(city)
+		if a.err == nil && a.edge == region {
+			return time.Since(start)
+		}
+		last = a
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("client in %s: the %s edge never answered at %s within %s (last: edge %q, %v)", city, region, w.addr, within, last.edge, last.err)
+	return 0
+}
+
+func testAnycastHome(t *testing.T, w *anycastWorld) {
+	start := time.Now()
+	for _, c := range anycastCities {
+		w.waitEdge(t, c.Name, anycastHome[c.Name], 60*time.Second)
+		// The edge sends the request to its own region's machine.
+		if a := w.get(c.Name); a.err != nil || a.edge != anycastHome[c.Name] || a.machine != a.edge {
+			t.Errorf("client in %s: answered by edge %q, machine %q (%v); want both %s", c.Name, a.edge, a.machine, a.err, anycastHome[c.Name])
+		}
+	}
+	t.Logf("every city's client reached %s and was answered by its own region's edge (arn's by fra) %s after the deploy",
+		w.addr, time.Since(start).Round(time.Millisecond))
+}
+
+// testAnycastRoutes captures each router's best route to the address: a
+// city with a host has it from its own host (AS path: the host's AS
+// alone), arn, with none, from fra's.
+func testAnycastRoutes(t *testing.T, w *anycastWorld) {
+	for _, c := range anycastCities {
+		out, err := w.lab.Birdc(c.Name, "show", "route", "for", w.addr.String(), "all")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: birdc show route for %s all:\n%s", c.Name, w.addr, out)
+		path := fmt.Sprint(anycast.LabHostASN)
+		if !c.Host {
+			path = fmt.Sprintf("%d %d", w.lab.RouterASN("fra"), anycast.LabHostASN)
+		}
+		best, err := w.lab.Birdc(c.Name, "show", "route", "for", w.addr.String(), "primary", "all")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(best, "BGP.as_path: "+path+"\n") {
+			t.Errorf("router %s: best route to %s should have AS path %q:\n%s", c.Name, w.addr, path, best)
+		}
+	}
+}
+
+// testAnycastCut takes lhr's host off the management network (its NATS
+// and API link): the control plane marks it down, and it keeps
+// announcing and serving what it has.
+func testAnycastCut(t *testing.T, w *anycastWorld) {
+	ctx := context.Background()
+	if err := w.lab.CutMgmt("lhr", false); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	defer func() {
+		if !restored {
+			_ = w.lab.CutMgmt("lhr", true)
+		}
+	}()
+	eventually(t, 60*time.Second, "the control plane marks lhr's host down", func() (bool, string) {
+		up, err := w.hostsUp(ctx)
+		return err == nil && !slices.Contains(up, "lhr"), fmt.Sprint(up, err)
+	})
+	for i := range 20 {
+		if a := w.get("lhr"); a.err != nil || a.edge != "lhr" || a.machine != "lhr" {
+			t.Fatalf("request %d from lhr's client with lhr cut off from the control plane: edge %q machine %q, %v; want lhr", i, a.edge, a.machine, a.err)
+		}
+	}
+	best, err := w.lab.Birdc("lhr", "show", "route", "for", w.addr.String(), "primary", "all")
+	if err != nil || !strings.Contains(best, fmt.Sprintf("BGP.as_path: %d\n", anycast.LabHostASN)) {
+		t.Fatalf("lhr's router, lhr's host cut off from the control plane: want the route from its host:\n%s %v", best, err)
+	}
+	t.Logf("lhr cut off from the control plane (marked down): still announcing %s and answering lhr's client", w.addr)
+	if err := w.lab.CutMgmt("lhr", true); err != nil {
+		t.Fatal(err)
+	}
+	restored = true
+	eventually(t, 60*time.Second, "lhr's host back up at the control plane", func() (bool, string) {
+		up, err := w.hostsUp(ctx)
+		return err == nil && slices.Contains(up, "lhr"), fmt.Sprint(up, err)
+	})
+}
+
+// testAnycastSIGTERM stops ams's agent gracefully while ams's client
+// sends requests one after another: the agent withdraws, keeps serving
+// while the routers move away, then drains, so no request fails; the
+// client ends up at a neighbour. The agent started again takes ams back.
+func testAnycastSIGTERM(t *testing.T, w *anycastWorld) {
+	if err := w.agents["ams"].cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	var asked, failed int
+	var moved string
+	for time.Now().Before(deadline) {
+		a := w.get("ams")
+		asked++
+		if a.err != nil {
+			failed++
+			t.Logf("ams's client during ams's graceful stop: %v", a.err)
+		} else if a.edge != "ams" {
+			moved = a.edge
+			break
+		}
+	}
+	if moved != "lhr" && moved != "cdg" && moved != "fra" {
+		t.Fatalf("ams's client never moved to a neighbour after ams's SIGTERM (last %q)", moved)
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d requests failed during ams's graceful stop; want 0", failed, asked)
+	}
+	t.Logf("ams stopped gracefully (SIGTERM): its client moved to %s after %d requests, none failed", moved, asked)
+	select {
+	case <-w.agents["ams"].done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("ams's agent did not exit within 30 s of SIGTERM")
+	}
+	w.agents["ams"] = w.procs.start(t, &labHost{NS: w.lab.HostNS("ams")}, "agent-ams-2", nil, w.agArgs["ams"]...)
+	took := w.waitEdge(t, "ams", "ams", 60*time.Second)
+	t.Logf("ams's agent started again: ams's client answered by ams after %s", took.Round(time.Millisecond))
+}
+
+// testAnycastSIGKILL kills mrs's agent: mrs's client, retrying in its own
+// loop, is answered by cdg (mrs's only neighbour) within a measured time,
+// and every request after succeeds; the agent started again takes mrs
+// back.
+func testAnycastSIGKILL(t *testing.T, w *anycastWorld) {
+	w.waitEdge(t, "mrs", "mrs", 30*time.Second)
+	killed := time.Now()
+	if err := w.agents["mrs"].cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	var retried int
+	for {
+		a := w.get("mrs")
+		if a.err == nil && a.edge == "cdg" {
+			break
+		}
+		retried++
+		if time.Since(killed) > 30*time.Second {
+			t.Fatalf("mrs's client not answered by cdg within 30 s of mrs's agent's SIGKILL (last: %q %v)", a.edge, a.err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(killed)
+	for i := range 20 {
+		if a := w.get("mrs"); a.err != nil || a.edge != "cdg" {
+			t.Fatalf("request %d from mrs's client after the failover: edge %q, %v; want cdg", i, a.edge, a.err)
+		}
+	}
+	t.Logf("mrs's agent killed (SIGKILL): mrs's client answered by cdg %s after the kill (%d tries of its loop before), then 20 of 20 requests", took.Round(time.Millisecond), retried)
+	<-w.agents["mrs"].done
+	w.agents["mrs"] = w.procs.start(t, &labHost{NS: w.lab.HostNS("mrs")}, "agent-mrs-2", nil, w.agArgs["mrs"]...)
+	back := w.waitEdge(t, "mrs", "mrs", 60*time.Second)
+	t.Logf("mrs's agent started again: mrs's client answered by mrs after %s", back.Round(time.Millisecond))
+}
