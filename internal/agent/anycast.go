@@ -43,6 +43,20 @@ type anycastHost struct {
 
 	mu    sync.Mutex
 	addrs map[string]netip.Addr // perch_ips key -> address
+
+	// healthMu orders the health watcher's announcements with a stop's
+	// withdrawal: once stopping, nothing announces again.
+	healthMu sync.Mutex
+	stopping bool
+}
+
+// setHealthy announces (ok) or withdraws, unless the agent is stopping.
+func (h *anycastHost) setHealthy(ok bool) {
+	h.healthMu.Lock()
+	defer h.healthMu.Unlock()
+	if !h.stopping {
+		h.sp.SetHealthy(ok)
+	}
 }
 
 // startAnycast makes the host's anycast side; nil when the host has none
@@ -163,14 +177,14 @@ func (h *anycastHost) watchHealth(ctx context.Context, a *Agent) {
 			fails++
 			if fails == 3 {
 				h.log.Warn("the edge fails its own check: withdrawing this host's routes", "err", err)
-				h.sp.SetHealthy(false)
+				h.setHealthy(false)
 			}
 		} else {
 			if fails >= 3 {
 				h.log.Info("the edge answers again: announcing")
 			}
 			fails = 0
-			h.sp.SetHealthy(true)
+			h.setHealthy(true)
 		}
 		select {
 		case <-ctx.Done():
@@ -206,7 +220,10 @@ func (h *anycastHost) withdraw() {
 		return
 	}
 	h.log.Info("stopping: withdrawing this host's routes before draining", "wait", h.cfg.WithdrawWait)
+	h.healthMu.Lock()
+	h.stopping = true // the health watcher must not announce again
 	h.sp.SetHealthy(false)
+	h.healthMu.Unlock()
 	time.Sleep(h.cfg.WithdrawWait)
 }
 

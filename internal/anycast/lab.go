@@ -417,11 +417,31 @@ func (l *Lab) Dial(ctx context.Context, city, network, addr string) (net.Conn, e
 
 // DialIn connects from the network namespace at nsPath.
 func DialIn(ctx context.Context, nsPath, network, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
+	var c net.Conn
+	err := inNS(nsPath, func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// ListenIn listens on a TCP address of the network namespace at nsPath.
+func ListenIn(nsPath, addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := inNS(nsPath, func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	return ln, err
+}
+
+// inNS runs fn on a thread moved into the network namespace at nsPath:
+// the sockets it makes live there.
+func inNS(nsPath string, fn func() error) error {
+	ch := make(chan error, 1)
 	go func() {
 		// The thread goes back to its namespace before it is unlocked; if
 		// it cannot, it stays locked and ends with this goroutine. (A
@@ -430,20 +450,20 @@ func DialIn(ctx context.Context, nsPath, network, addr string) (net.Conn, error)
 		runtime.LockOSThread()
 		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			ch <- result{err: fmt.Errorf("open own namespace: %w", err)}
+			ch <- fmt.Errorf("open own namespace: %w", err)
 			return
 		}
 		defer unix.Close(orig)
 		fd, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("open %s: %w", nsPath, err)}
+			ch <- fmt.Errorf("open %s: %w", nsPath, err)
 			return
 		}
 		defer unix.Close(fd)
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("setns %s: %w", nsPath, err)}
+			ch <- fmt.Errorf("setns %s: %w", nsPath, err)
 			return
 		}
 		defer func() {
@@ -451,12 +471,9 @@ func DialIn(ctx context.Context, nsPath, network, addr string) (net.Conn, error)
 				runtime.UnlockOSThread()
 			}
 		}()
-		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
-		ch <- result{c, err}
+		ch <- fn()
 	}()
-	r := <-ch
-	return r.c, r.err
+	return <-ch
 }
 
 // Close stops the routers and deletes every namespace of the lab.

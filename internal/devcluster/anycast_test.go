@@ -13,9 +13,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/perchhq/perch/internal/agent"
 	"github.com/perchhq/perch/internal/anycast"
@@ -46,9 +50,14 @@ type anycastWorld struct {
 	client  *api.Client
 	app     string
 	addr    netip.Addr // the app's dedicated IPv4
+	addr2   netip.Addr // otherdns's, the other app with port 53
 	agents  map[string]*labProc
 	agArgs  map[string][]string
 	stateOf map[string]string
+	// machines maps each machine id to its app.
+	machines map[string]string
+	// garbageConns counts the connections to the garbage BGP peer.
+	garbageConns atomic.Int32
 }
 
 // TestAnycastWorld runs the control plane and five agents, each in its
@@ -68,6 +77,8 @@ func TestAnycastWorld(t *testing.T) {
 	w := startAnycastWorld(t)
 	t.Run("each city answered by its own region", func(t *testing.T) { testAnycastHome(t, w) })
 	t.Run("routers' tables", func(t *testing.T) { testAnycastRoutes(t, w) })
+	t.Run("port 53 per address", func(t *testing.T) { testAnycastPort53(t, w) })
+	t.Run("bad peers logged", func(t *testing.T) { testAnycastBadPeers(t, w) })
 	t.Run("cut off from the control plane", func(t *testing.T) { testAnycastCut(t, w) })
 	t.Run("graceful stop loses nothing", func(t *testing.T) { testAnycastSIGTERM(t, w) })
 	t.Run("killed region routed around", func(t *testing.T) { testAnycastSIGKILL(t, w) })
@@ -88,7 +99,8 @@ func startAnycastWorld(t *testing.T) *anycastWorld {
 		app:     "anyapp",
 		agents:  map[string]*labProc{},
 		agArgs:  map[string][]string{},
-		stateOf: map[string]string{},
+		stateOf:  map[string]string{},
+		machines: map[string]string{},
 	}
 	t.Cleanup(func() {
 		if !t.Failed() {
@@ -126,6 +138,26 @@ func startAnycastWorld(t *testing.T) *anycastWorld {
 		return err == nil, fmt.Sprint(err)
 	})
 
+	// A BGP "peer" that answers with garbage, in the control namespace,
+	// and one that refuses (lhr's host: nothing listens on 179 there):
+	// fra's agent has both besides its router.
+	garbage, err := anycast.ListenIn(filepath.Join("/run/netns", lab.ControlNS()), net.JoinHostPort(ctl, "179"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { garbage.Close() })
+	go func() {
+		for {
+			c, err := garbage.Accept()
+			if err != nil {
+				return
+			}
+			w.garbageConns.Add(1)
+			_, _ = c.Write([]byte("SSH-2.0-OpenSSH_9.2 this is not BGP\r\n"))
+			c.Close()
+		}
+	}()
+
 	stateRoot := t.TempDir()
 	var regions []string
 	for _, c := range anycastCities {
@@ -151,6 +183,9 @@ func startAnycastWorld(t *testing.T) *anycastWorld {
 			"--state-dir", stateDir, "--mesh-port", strconv.Itoa(meshPort),
 			"--bgp-asn", strconv.Itoa(anycast.LabHostASN),
 			"--bgp-peer", fmt.Sprintf("%s,%d", peer.Addr, peer.ASN)}
+		if city == "fra" {
+			w.agArgs[city] = append(w.agArgs[city], "--bgp-peer", ctl+",64999", "--bgp-peer", lab.MgmtAddr("lhr").String()+",64998")
+		}
 		jt, err := w.client.CreateJoinToken(ctx, api.JoinTokenRequest{Region: city})
 		if err != nil {
 			t.Fatalf("join token for %s: %v", city, err)
@@ -169,15 +204,10 @@ func startAnycastWorld(t *testing.T) *anycastWorld {
 
 	ref := pushImageTo(t, devcluster.Info{Registry: net.JoinHostPort(ctl, "4280"), Token: w.token}, "hello:v1")
 	dir := t.TempDir()
-	w.perch(t, dir, "launch", "--image", ref, "--regions", strings.Join(regions, ","), "--name", w.app)
-	ip, err := w.client.AssignIP(ctx, w.app, "v4")
-	if err != nil {
-		t.Fatalf("allocate a dedicated IPv4: %v", err)
-	}
-	if w.addr, err = netip.ParseAddr(ip.IP); err != nil || !anycast.LabPool.Contains(w.addr) {
-		t.Fatalf("dedicated IPv4 %q: not in the pool %s (%v)", ip.IP, anycast.LabPool, err)
-	}
-	w.perch(t, dir, "deploy")
+	w.addr = w.launchDNS(t, ref, dir, w.app, regions)
+	// Another app with DNS on port 53 too, on its own address, in lhr.
+	dir2 := t.TempDir()
+	w.addr2 = w.launchDNS(t, ref, dir2, "otherdns", []string{"lhr"})
 	ms, err := w.client.ListMachines(ctx, w.app, "")
 	if err != nil {
 		t.Fatal(err)
@@ -185,7 +215,13 @@ func startAnycastWorld(t *testing.T) *anycastWorld {
 	var got []string
 	for _, m := range ms {
 		got = append(got, m.Region)
+		w.machines[m.ID] = w.app
 	}
+	other, err := w.client.ListMachines(ctx, "otherdns", "")
+	if err != nil || len(other) != 1 {
+		t.Fatalf("otherdns's machines: %+v %v; want one", other, err)
+	}
+	w.machines[other[0].ID] = "otherdns"
 	slices.Sort(got)
 	want := slices.Clone(regions)
 	slices.Sort(want)
@@ -193,6 +229,49 @@ func startAnycastWorld(t *testing.T) *anycastWorld {
 		t.Fatalf("want one machine in each of %v; got machines in %v", want, got)
 	}
 	return w
+}
+
+// launchDNS launches app from the sample image in regions with, besides
+// its HTTP service, DNS on port 53 over UDP and raw TCP, allocates it a
+// dedicated IPv4 and deploys it; it returns the address.
+func (w *anycastWorld) launchDNS(t *testing.T, ref, dir, app string, regions []string) netip.Addr {
+	t.Helper()
+	ctx := context.Background()
+	w.perch(t, dir, "launch", "--image", ref, "--regions", strings.Join(regions, ","), "--name", app)
+	f, err := os.OpenFile(filepath.Join(dir, "perch.toml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteString(`
+[env]
+  HELLO_DNS_PORT = "53"
+
+[[services]]
+  protocol = "udp"
+  internal_port = 53
+  [[services.ports]]
+    port = 53
+
+[[services]]
+  protocol = "tcp"
+  internal_port = 53
+  [[services.ports]]
+    port = 53
+`)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip, err := w.client.AssignIP(ctx, app, "v4")
+	if err != nil {
+		t.Fatalf("allocate a dedicated IPv4 for %s: %v", app, err)
+	}
+	addr, err := netip.ParseAddr(ip.IP)
+	if err != nil || !anycast.LabPool.Contains(addr) {
+		t.Fatalf("dedicated IPv4 %q of %s: not in the pool %s (%v)", ip.IP, app, anycast.LabPool, err)
+	}
+	w.perch(t, dir, "deploy")
+	return addr
 }
 
 // hostsUp lists the regions whose host the control plane has up.
@@ -362,40 +441,79 @@ func testAnycastCut(t *testing.T, w *anycastWorld) {
 	})
 }
 
-// testAnycastSIGTERM stops ams's agent gracefully while ams's client
-// sends requests one after another: the agent withdraws, keeps serving
-// while the routers move away, then drains, so no request fails; the
-// client ends up at a neighbour. The agent started again takes ams back.
+// testAnycastSIGTERM stops ams's agent gracefully while three loops of
+// ams's client send requests back to back: the agent withdraws, keeps
+// serving while the routers move away, then drains, so no request fails;
+// the client ends up at a neighbour. The agent started again takes ams
+// back.
 func testAnycastSIGTERM(t *testing.T, w *anycastWorld) {
+	w.waitEdge(t, "ams", "ams", 30*time.Second)
+	type result struct {
+		at   time.Time
+		edge string
+		err  error
+	}
+	var (
+		mu      sync.Mutex
+		results []result
+		stop    = make(chan struct{})
+		wg      sync.WaitGroup
+	)
+	for range 3 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				a := w.get("ams")
+				mu.Lock()
+				results = append(results, result{time.Now(), a.edge, a.err})
+				mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(500 * time.Millisecond) // load on ams before the stop
+	termed := time.Now()
 	if err := w.agents["ams"].cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	var asked, failed int
-	var moved string
-	for time.Now().Before(deadline) {
-		a := w.get("ams")
-		asked++
-		if a.err != nil {
-			failed++
-			t.Logf("ams's client during ams's graceful stop: %v", a.err)
-		} else if a.edge != "ams" {
-			moved = a.edge
-			break
-		}
-	}
-	if moved != "lhr" && moved != "cdg" && moved != "fra" {
-		t.Fatalf("ams's client never moved to a neighbour after ams's SIGTERM (last %q)", moved)
-	}
-	if failed > 0 {
-		t.Errorf("%d of %d requests failed during ams's graceful stop; want 0", failed, asked)
-	}
-	t.Logf("ams stopped gracefully (SIGTERM): its client moved to %s after %d requests, none failed", moved, asked)
 	select {
 	case <-w.agents["ams"].done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("ams's agent did not exit within 30 s of SIGTERM")
+	case <-time.After(60 * time.Second):
+		t.Fatal("ams's agent did not exit within 60 s of SIGTERM")
 	}
+	exited := time.Now()
+	time.Sleep(500 * time.Millisecond) // and after it
+	close(stop)
+	wg.Wait()
+	var failed, before, amsAfter, moved int
+	var firstMoved time.Duration
+	for _, r := range results {
+		switch {
+		case r.err != nil:
+			failed++
+			t.Logf("request from ams's client at +%s after SIGTERM failed: %v", r.at.Sub(termed).Round(time.Millisecond), r.err)
+		case r.at.Before(termed):
+			before++
+		case r.edge == "ams":
+			amsAfter++
+		default:
+			if moved == 0 {
+				firstMoved = r.at.Sub(termed)
+			}
+			moved++
+		}
+	}
+	if moved == 0 {
+		t.Fatalf("ams's client never moved to a neighbour after ams's SIGTERM")
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d requests failed around ams's graceful stop; want 0", failed, len(results))
+	}
+	t.Logf("ams stopped gracefully (SIGTERM, exited after %s) under 3 loops of requests: %d requests, %d before the signal, %d answered by ams after it, %d by a neighbour (the first %s after it), %d failed",
+		exited.Sub(termed).Round(time.Millisecond), len(results), before, amsAfter, moved, firstMoved.Round(time.Millisecond), failed)
 	w.agents["ams"] = w.procs.start(t, &labHost{NS: w.lab.HostNS("ams")}, "agent-ams-2", nil, w.agArgs["ams"]...)
 	took := w.waitEdge(t, "ams", "ams", 60*time.Second)
 	t.Logf("ams's agent started again: ams's client answered by ams after %s", took.Round(time.Millisecond))
@@ -434,4 +552,101 @@ func testAnycastSIGKILL(t *testing.T, w *anycastWorld) {
 	w.agents["mrs"] = w.procs.start(t, &labHost{NS: w.lab.HostNS("mrs")}, "agent-mrs-2", nil, w.agArgs["mrs"]...)
 	back := w.waitEdge(t, "mrs", "mrs", 60*time.Second)
 	t.Logf("mrs's agent started again: mrs's client answered by mrs after %s", back.Round(time.Millisecond))
+}
+
+// dnsTXT asks, from city's client over network (udp or tcp), the TXT
+// record the sample app's DNS server answers with: "region=R machine=M".
+func (w *anycastWorld) dnsTXT(city, network string, addr netip.Addr) (region, machine string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := w.lab.Dial(ctx, city, network, net.JoinHostPort(addr.String(), "53"))
+	if err != nil {
+		return "", "", err
+	}
+	defer c.Close()
+	cl := &dns.Client{Net: network, Timeout: 3 * time.Second}
+	q := new(dns.Msg)
+	q.SetQuestion("anycast.test.", dns.TypeTXT)
+	r, _, err := cl.ExchangeWithConn(q, &dns.Conn{Conn: c})
+	if err != nil {
+		return "", "", err
+	}
+	for _, rr := range r.Answer {
+		if txt, ok := rr.(*dns.TXT); ok && len(txt.Txt) == 1 {
+			for f := range strings.FieldsSeq(txt.Txt[0]) {
+				if v, ok := strings.CutPrefix(f, "region="); ok {
+					region = v
+				} else if v, ok := strings.CutPrefix(f, "machine="); ok {
+					machine = v
+				}
+			}
+			return region, machine, nil
+		}
+	}
+	return "", "", fmt.Errorf("no TXT answer: %v", r)
+}
+
+// testAnycastPort53: the app's DNS on port 53 of its dedicated address,
+// over UDP and raw TCP, answers every city's client from the city's own
+// region, while otherdns, with port 53 too on its own address, answers
+// from its one machine, in lhr.
+func testAnycastPort53(t *testing.T, w *anycastWorld) {
+	for _, c := range anycastCities {
+		for _, network := range []string{"udp", "tcp"} {
+			var region, machine string
+			eventually(t, 30*time.Second, fmt.Sprintf("DNS over %s from %s's client at %s:53", network, c.Name, w.addr), func() (bool, string) {
+				var err error
+				region, machine, err = w.dnsTXT(c.Name, network, w.addr)
+				return err == nil, fmt.Sprint(err)
+			})
+			if region != anycastHome[c.Name] || w.machines[machine] != w.app {
+				t.Errorf("%s:53/%s from %s's client: answered by machine %q of %q in %s; want %s's, in %s",
+					w.addr, network, c.Name, machine, w.machines[machine], region, w.app, anycastHome[c.Name])
+			}
+			eventually(t, 30*time.Second, fmt.Sprintf("DNS over %s from %s's client at %s:53", network, c.Name, w.addr2), func() (bool, string) {
+				var err error
+				region, machine, err = w.dnsTXT(c.Name, network, w.addr2)
+				return err == nil, fmt.Sprint(err)
+			})
+			if region != "lhr" || w.machines[machine] != "otherdns" {
+				t.Errorf("%s:53/%s from %s's client: answered by machine %q of %q in %s; want otherdns's, in lhr",
+					w.addr2, network, c.Name, machine, w.machines[machine], region)
+			}
+		}
+	}
+	t.Logf("port 53 over UDP and TCP: %s (%s) answered every city from its own region, %s (otherdns) from lhr", w.addr, w.app, w.addr2)
+}
+
+// testAnycastBadPeers: fra's agent has, besides its router, a peer that
+// answers with garbage and one that refuses. It keeps retrying both, says
+// so in perch hosts (sessions not established), and announces to its
+// router and serves all the same.
+func testAnycastBadPeers(t *testing.T, w *anycastWorld) {
+	ctx := context.Background()
+	eventually(t, 30*time.Second, "fra's agent retries the garbage peer", func() (bool, string) {
+		return w.garbageConns.Load() >= 2, fmt.Sprint(w.garbageConns.Load(), " connections")
+	})
+	var sessions []api.BGPSession
+	eventually(t, 30*time.Second, "perch hosts shows fra's three BGP sessions", func() (bool, string) {
+		hosts, err := w.client.ListHosts(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, h := range hosts {
+			if h.Region == "fra" && h.BGP != nil {
+				sessions = h.BGP.Sessions
+			}
+		}
+		return len(sessions) == 3, fmt.Sprintf("%+v", sessions)
+	})
+	router := w.lab.HostPeer("fra").Addr.String()
+	for _, s := range sessions {
+		if (s.Peer == router) != (s.State == "established") {
+			t.Errorf("fra's BGP sessions %+v: want only its router's (%s) established", sessions, router)
+		}
+	}
+	if a := w.get("fra"); a.err != nil || a.edge != "fra" {
+		t.Errorf("fra's client with fra's bad peers: edge %q, %v; want fra", a.edge, a.err)
+	}
+	t.Logf("fra's BGP sessions: %+v; %d connections to the garbage peer; fra still answers its client", sessions, w.garbageConns.Load())
 }

@@ -137,8 +137,8 @@ func (s *Server) checkPortSharing(ctx context.Context, app string, c *api.Machin
 			if !ok {
 				continue
 			}
-			if !k.udp && dedicated[app] && dedicated[m.App] {
-				continue // each has its own address: a collision is per address
+			if dedicated[app] && dedicated[m.App] {
+				continue // each has its own address: a collision is per address, TCP and UDP
 			}
 			if err := conflict(k.port, app, ours, m.App, theirs); err != nil {
 				return err
