@@ -28,6 +28,8 @@ type AnycastConfig struct {
 	// (addresses still go on the device).
 	ASN   uint32
 	Peers []anycast.Peer
+	// BFD runs BFD with every peer (perch agent --bgp-bfd).
+	BFD bool
 	// Device is the dummy device the addresses go on (perch-anycast).
 	Device string
 	// WithdrawWait is how long a stopping agent keeps serving after it
@@ -78,7 +80,7 @@ func (a *Agent) startAnycast(ctx context.Context) *anycastHost {
 				rid = addr
 			}
 		}
-		sp, err := anycast.StartSpeaker(ctx, anycast.SpeakerConfig{ASN: c.ASN, RouterID: rid, Peers: c.Peers, Log: h.log})
+		sp, err := anycast.StartSpeaker(ctx, anycast.SpeakerConfig{ASN: c.ASN, RouterID: rid, Peers: c.Peers, BFD: c.BFD, Log: h.log})
 		if err != nil {
 			h.log.Error("BGP is off on this host: nothing is announced from it; fix the flags and restart the agent", "err", err)
 		} else {

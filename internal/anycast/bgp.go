@@ -75,7 +75,11 @@ type SpeakerConfig struct {
 	ConnectRetry uint64
 	// PeerPort is the peers' TCP port (179 if 0; tests use others).
 	PeerPort uint32
-	Log      *slog.Logger
+	// BFD runs BFD (RFC 5880, single hop: UDP 3784) with every peer,
+	// 100 ms intervals, multiplier 3: a silent peer is declared down
+	// after 300 ms instead of the hold time. The peer must run BFD too.
+	BFD bool
+	Log *slog.Logger
 }
 
 // Speaker announces this host's anycast prefixes to its upstream routers
@@ -142,6 +146,7 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 				IdleHoldTimeAfterReset: 1,
 			}},
 			Transport: &api.Transport{RemotePort: cfg.PeerPort},
+			Bfd:       bfdConfig(cfg.BFD),
 			AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{
 				Family: &api.Family{Afi: afi, Safi: api.Family_SAFI_UNICAST}, Enabled: true,
 			}}},
@@ -170,6 +175,15 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 		cfg.Log.Warn("bgp: no session events", "err", err)
 	}
 	return s, nil
+}
+
+// bfdConfig is a peer's BFD: 100 ms (GoBGP counts microseconds), three
+// missed packets declare the peer down.
+func bfdConfig(on bool) *api.BfdPeerConfig {
+	if !on {
+		return nil
+	}
+	return &api.BfdPeerConfig{Enabled: true, DesiredMinimumTxInterval: 100_000, RequiredMinimumReceive: 100_000, DetectionMultiplier: 3}
 }
 
 // SetAddrs sets the addresses this host serves: each is announced as a

@@ -55,6 +55,9 @@ type LabConfig struct {
 	// (.10 and up). It is the one private range in the lab, as a real
 	// backbone's is (and a registry on it is reached over plain HTTP).
 	Mgmt bool
+	// BFD runs BFD between each router and its host (100 ms, multiplier
+	// 3); the hosts' speakers need SpeakerConfig.BFD then.
+	BFD bool
 }
 
 // Lab is a built lab.
@@ -295,9 +298,18 @@ func (l *Lab) startBird(c LabCity) error {
 	b.WriteString("protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }\n")
 	timers := "hold time 3; keepalive time 1; connect retry time 1; error wait time 1, 2; error forget time 10;"
 	if c.Host {
-		fmt.Fprintf(&b, "protocol bgp host {\n  description \"perch host %s\";\n  local %s as %d;\n  neighbor %s as %d;\n  passive on;\n  %s\n"+
+		bfd := ""
+		if l.cfg.BFD {
+			// A static BFD session: it outlives the BGP session, so its
+			// discriminator stays what the host's GoBGP learned (GoBGP
+			// keeps a peer's discriminator across BGP resets, and a
+			// session bird made anew per BGP session never came up again).
+			fmt.Fprintf(&b, "protocol bfd { interface \"host\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; neighbor %s; }\n", l.hostIP[c.Name])
+			bfd = "bfd on;"
+		}
+		fmt.Fprintf(&b, "protocol bgp host {\n  description \"perch host %s\";\n  local %s as %d;\n  neighbor %s as %d;\n  passive on;\n  %s %s\n"+
 			"  ipv4 { import where net ~ [ %s{32,32} ]; export none; };\n}\n",
-			c.Name, l.rtrIP[c.Name], l.RouterASN(c.Name), l.hostIP[c.Name], LabHostASN, timers, LabPool)
+			c.Name, l.rtrIP[c.Name], l.RouterASN(c.Name), l.hostIP[c.Name], LabHostASN, timers, bfd, LabPool)
 	}
 	for _, other := range l.cfg.Cities {
 		addr, ok := l.peers[c.Name][other.Name]

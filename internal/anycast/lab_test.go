@@ -5,12 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
-	"net/netip"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -24,67 +20,9 @@ import (
 // that answers with the region's name.
 func TestMain(m *testing.M) {
 	if os.Getenv("PERCH_ANYCAST_LAB_HOST") != "" {
-		os.Exit(runLabHost())
+		os.Exit(RunLabHost())
 	}
 	os.Exit(m.Run())
-}
-
-func runLabHost() int {
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	region := os.Getenv("PERCH_ANYCAST_REGION")
-	peer, err := ParsePeer(os.Getenv("PERCH_ANYCAST_PEER"))
-	if err != nil {
-		log.Error("lab host", "err", err)
-		return 2
-	}
-	var addrs []netip.Addr
-	for _, s := range strings.Split(os.Getenv("PERCH_ANYCAST_ADDRS"), ",") {
-		addrs = append(addrs, netip.MustParseAddr(s))
-	}
-	dev := &LinkDevice{Name: "anycast0"}
-	if err := dev.Ensure(); err != nil {
-		log.Error("lab host", "err", err)
-		return 2
-	}
-	if err := dev.SetAddrs(addrs); err != nil {
-		log.Error("lab host", "err", err)
-		return 2
-	}
-	for _, a := range addrs {
-		ln, err := net.Listen("tcp", netip.AddrPortFrom(a, 80).String())
-		if err != nil {
-			log.Error("lab host", "err", err)
-			return 2
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "region=%s\n", region)
-				c.Close()
-			}
-		}()
-	}
-	sp, err := StartSpeaker(context.Background(), SpeakerConfig{
-		ASN: LabHostASN, RouterID: netip.MustParseAddr(os.Getenv("PERCH_ANYCAST_ROUTER_ID")), Peers: []Peer{peer},
-		HoldTime: 3, ConnectRetry: 1, Log: log,
-	})
-	if err != nil {
-		log.Error("lab host", "err", err)
-		return 2
-	}
-	sp.SetAddrs(addrs)
-	fmt.Println("ready")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM)
-	<-sig
-	// Withdraw first, keep serving while the routers move away, then go.
-	sp.SetHealthy(false)
-	time.Sleep(2 * time.Second)
-	sp.Close()
-	return 0
 }
 
 type labHost struct {
@@ -98,10 +36,7 @@ func startLabHost(t *testing.T, lab *Lab, city string, addrs string) *labHost {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("ip", "netns", "exec", lab.HostNS(city), exe)
-	p := lab.HostPeer(city)
-	cmd.Env = append(os.Environ(), "PERCH_ANYCAST_LAB_HOST=1", "PERCH_ANYCAST_REGION="+city,
-		fmt.Sprintf("PERCH_ANYCAST_PEER=%s,%d", p.Addr, p.ASN), "PERCH_ANYCAST_ADDRS="+addrs,
-		"PERCH_ANYCAST_ROUTER_ID="+lab.HostAddr(city).String())
+	cmd.Env = append(os.Environ(), lab.HostEnv(city, addrs, false)...)
 	logf, err := os.Create(filepath.Join(lab.cfg.Dir, "host-"+city+".log"))
 	if err != nil {
 		t.Fatal(err)

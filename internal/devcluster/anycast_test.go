@@ -93,12 +93,12 @@ func startAnycastWorld(t *testing.T) *anycastWorld {
 	t.Cleanup(lab.Close)
 	ctl := lab.ControlAddr().String()
 	w := &anycastWorld{
-		lab:     lab,
-		procs:   &labNet{dir: t.TempDir()},
-		apiURL:  "http://" + net.JoinHostPort(ctl, "4280"),
-		app:     "anyapp",
-		agents:  map[string]*labProc{},
-		agArgs:  map[string][]string{},
+		lab:      lab,
+		procs:    &labNet{dir: t.TempDir()},
+		apiURL:   "http://" + net.JoinHostPort(ctl, "4280"),
+		app:      "anyapp",
+		agents:   map[string]*labProc{},
+		agArgs:   map[string][]string{},
 		stateOf:  map[string]string{},
 		machines: map[string]string{},
 	}
