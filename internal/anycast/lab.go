@@ -34,8 +34,11 @@ import (
 // LabHostASN is the AS every host of the lab speaks from.
 const LabHostASN = 64512
 
-// LabPool is the lab's anycast pool.
-var LabPool = netip.MustParsePrefix("192.0.2.0/24")
+// LabPool is the lab's anycast pool, LabPool6 its IPv6 one.
+var (
+	LabPool  = netip.MustParsePrefix("192.0.2.0/24")
+	LabPool6 = netip.MustParsePrefix("2001:db8:1::/48")
+)
 
 // LabCity is one city of the lab: a router, a client, and a host if Host.
 type LabCity struct {
@@ -73,6 +76,10 @@ type Lab struct {
 	peers   map[string]map[string]netip.Addr // city -> neighbour -> neighbour's address
 	mgmt    map[string]netip.Addr            // city -> host's management address
 	mgmtNet netip.Prefix
+	// The same in IPv6 (2001:db8::/32): links 2001:db8:ffff:N::/64,
+	// clients 2001:db8:c:I::/64.
+	hostIP6, rtrIP6, client6 map[string]netip.Addr
+	peers6                   map[string]map[string]netip.Addr
 }
 
 func (l *Lab) bridge() string              { return "acb-" + l.id }
@@ -115,6 +122,9 @@ func (l *Lab) ClientNS(city string) string { return "acc-" + l.id + "-" + city }
 // HostPeer is the --bgp-peer of city's host: its router.
 func (l *Lab) HostPeer(city string) Peer { return Peer{Addr: l.rtrIP[city], ASN: l.RouterASN(city)} }
 
+// HostPeer6 is city's host's IPv6 --bgp-peer: its router.
+func (l *Lab) HostPeer6(city string) Peer { return Peer{Addr: l.rtrIP6[city], ASN: l.RouterASN(city)} }
+
 // HostAddr is city's host's address on its router link (its router id).
 func (l *Lab) HostAddr(city string) netip.Addr { return l.hostIP[city] }
 
@@ -141,6 +151,28 @@ func (l *Lab) nextLink() (netip.Addr, netip.Addr, error) {
 	base := netip.AddrFrom4([4]byte{203, 0, 113, byte(4 * l.links)})
 	l.links++
 	return base.Next(), base.Next().Next(), nil
+}
+
+// link6 is the IPv6 pair of the link nextLink just gave.
+func (l *Lab) link6() (netip.Addr, netip.Addr) {
+	n := l.links - 1
+	return netip.MustParseAddr(fmt.Sprintf("2001:db8:ffff:%x::1", n)), netip.MustParseAddr(fmt.Sprintf("2001:db8:ffff:%x::2", n))
+}
+
+// addr6 gives the two ends of a veth their IPv6 addresses (a /64, no
+// duplicate address detection to wait for); the b side, if it is not a
+// router, routes everything through a.
+func (l *Lab) addr6(a, aDev string, aIP netip.Addr, b, bDev string, bIP netip.Addr) error {
+	if err := l.ip(a, "-6", "addr", "add", netip.PrefixFrom(aIP, 64).String(), "dev", aDev, "nodad"); err != nil {
+		return err
+	}
+	if err := l.ip(b, "-6", "addr", "add", netip.PrefixFrom(bIP, 64).String(), "dev", bDev, "nodad"); err != nil {
+		return err
+	}
+	if bDev == "up0" {
+		return l.ip(b, "-6", "route", "add", "default", "via", aIP.String())
+	}
+	return nil
 }
 
 // veth links namespace a (address aIP) and b (bIP) with a /30.
@@ -174,7 +206,8 @@ func NewLab(cfg LabConfig) (*Lab, error) {
 	_, _ = rand.Read(b)
 	l := &Lab{cfg: cfg, id: hex.EncodeToString(b), idx: map[string]int{}, birds: map[string]*exec.Cmd{},
 		hostIP: map[string]netip.Addr{}, rtrIP: map[string]netip.Addr{}, client: map[string]netip.Addr{},
-		peers: map[string]map[string]netip.Addr{}, mgmt: map[string]netip.Addr{}}
+		peers: map[string]map[string]netip.Addr{}, mgmt: map[string]netip.Addr{},
+		hostIP6: map[string]netip.Addr{}, rtrIP6: map[string]netip.Addr{}, client6: map[string]netip.Addr{}, peers6: map[string]map[string]netip.Addr{}}
 	if err := l.build(); err != nil {
 		l.Close()
 		return nil, err
@@ -222,7 +255,7 @@ func (l *Lab) build() error {
 				return err
 			}
 		}
-		for _, k := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"} {
+		for _, k := range []string{"net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"} {
 			if out, err := exec.Command("ip", "netns", "exec", l.RouterNS(c.Name), "sysctl", "-qw", k).CombinedOutput(); err != nil {
 				return fmt.Errorf("lab: sysctl %s: %w: %s", k, err, out)
 			}
@@ -237,6 +270,11 @@ func (l *Lab) build() error {
 			return err
 		}
 		l.client[c.Name] = cl
+		gw6, cl6 := netip.MustParseAddr(fmt.Sprintf("2001:db8:c:%x::1", i)), netip.MustParseAddr(fmt.Sprintf("2001:db8:c:%x::2", i))
+		if err := l.addr6(l.RouterNS(c.Name), "client", gw6, l.ClientNS(c.Name), "up0", cl6); err != nil {
+			return err
+		}
+		l.client6[c.Name] = cl6
 		if c.Host {
 			r, h, err := l.nextLink()
 			if err != nil {
@@ -249,6 +287,11 @@ func (l *Lab) build() error {
 				return err
 			}
 			l.rtrIP[c.Name], l.hostIP[c.Name] = r, h
+			r6, h6 := l.link6()
+			if err := l.addr6(l.RouterNS(c.Name), "host", r6, l.HostNS(c.Name), "up0", h6); err != nil {
+				return err
+			}
+			l.rtrIP6[c.Name], l.hostIP6[c.Name] = r6, h6
 			if cfg.Mgmt {
 				m := l.mgmtAddr(10 + i)
 				if err := l.mgmtLink(l.HostNS(c.Name), l.mgmtVeth(c.Name), m); err != nil {
@@ -274,6 +317,17 @@ func (l *Lab) build() error {
 			return err
 		}
 		l.peers[a][b], l.peers[b][a] = bi, ai
+		ai6, bi6 := l.link6()
+		if err := l.addr6(l.RouterNS(a), "to-"+b, ai6, l.RouterNS(b), "to-"+a, bi6); err != nil {
+			return err
+		}
+		if l.peers6[a] == nil {
+			l.peers6[a] = map[string]netip.Addr{}
+		}
+		if l.peers6[b] == nil {
+			l.peers6[b] = map[string]netip.Addr{}
+		}
+		l.peers6[a][b], l.peers6[b][a] = bi6, ai6
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return fmt.Errorf("lab: %w", err)
@@ -294,8 +348,9 @@ func (l *Lab) startBird(c LabCity) error {
 	fmt.Fprintf(&b, "router id 198.51.100.%d;\n", 240+i)
 	fmt.Fprintf(&b, "log %q all;\n", filepath.Join(l.cfg.Dir, "bird-"+c.Name+".log"))
 	b.WriteString("protocol device { scan time 1; }\n")
-	b.WriteString("protocol direct { ipv4; interface \"client\"; }\n")
+	b.WriteString("protocol direct { ipv4; ipv6; interface \"client\"; }\n")
 	b.WriteString("protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }\n")
+	b.WriteString("protocol kernel { ipv6 { import none; export where source = RTS_BGP; }; }\n")
 	timers := "hold time 3; keepalive time 1; connect retry time 1; error wait time 1, 2; error forget time 10;"
 	if c.Host {
 		bfd := ""
@@ -311,6 +366,11 @@ func (l *Lab) startBird(c LabCity) error {
 			"  ipv4 { import where net ~ [ %s{32,32} ]; export none; };\n}\n",
 			c.Name, l.rtrIP[c.Name], l.RouterASN(c.Name), l.hostIP[c.Name], LabHostASN, timers, bfd, LabPool)
 	}
+	if c.Host {
+		fmt.Fprintf(&b, "protocol bgp host6 {\n  description \"perch host %s, IPv6\";\n  local %s as %d;\n  neighbor %s as %d;\n  passive on;\n  %s\n"+
+			"  ipv6 { import where net ~ [ %s{128,128} ]; export none; };\n}\n",
+			c.Name, l.rtrIP6[c.Name], l.RouterASN(c.Name), l.hostIP6[c.Name], LabHostASN, timers, LabPool6)
+	}
 	for _, other := range l.cfg.Cities {
 		addr, ok := l.peers[c.Name][other.Name]
 		if !ok {
@@ -318,6 +378,8 @@ func (l *Lab) startBird(c LabCity) error {
 		}
 		fmt.Fprintf(&b, "protocol bgp to_%s {\n  neighbor %s as %d;\n  local as %d;\n  %s\n  ipv4 { import all; export all; };\n}\n",
 			other.Name, addr, l.RouterASN(other.Name), l.RouterASN(c.Name), timers)
+		fmt.Fprintf(&b, "protocol bgp to_%s6 {\n  neighbor %s as %d;\n  local as %d;\n  %s\n  ipv6 { import all; export all; };\n}\n",
+			other.Name, l.peers6[c.Name][other.Name], l.RouterASN(other.Name), l.RouterASN(c.Name), timers)
 	}
 	conf := filepath.Join(l.cfg.Dir, "bird-"+c.Name+".conf")
 	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {

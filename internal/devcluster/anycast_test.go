@@ -50,6 +50,7 @@ type anycastWorld struct {
 	client  *api.Client
 	app     string
 	addr    netip.Addr // the app's dedicated IPv4
+	addr6   netip.Addr // the app's dedicated IPv6
 	addr2   netip.Addr // otherdns's, the other app with port 53
 	agents  map[string]*labProc
 	agArgs  map[string][]string
@@ -119,7 +120,7 @@ func startAnycastWorld(t *testing.T) *anycastWorld {
 		"--nats-advertise", "nats://"+net.JoinHostPort(ctl, "4281"),
 		"--data-dir", dataDir, "--host-timeout", "4s",
 		"--mesh-port", strconv.Itoa(meshPort), "--region", "lhr",
-		"--anycast-v4", anycast.LabPool.String())
+		"--anycast-v4", anycast.LabPool.String(), "--anycast-v6", anycast.LabPool6.String())
 	eventually(t, 30*time.Second, "the control plane writes its admin token", func() (bool, string) {
 		if done, err := srv.exited(); done {
 			t.Fatalf("perch server exited: %v", err)
@@ -176,13 +177,14 @@ func startAnycastWorld(t *testing.T) *anycastWorld {
 			}
 		})
 		me := lab.MgmtAddr(city).String()
-		peer := lab.HostPeer(city)
+		peer, peer6 := lab.HostPeer(city), lab.HostPeer6(city)
 		w.agArgs[city] = []string{perchBin, "agent",
 			"--region", city, "--server", w.apiURL,
 			"--address", me, "--edge-addr", me,
 			"--state-dir", stateDir, "--mesh-port", strconv.Itoa(meshPort),
 			"--bgp-asn", strconv.Itoa(anycast.LabHostASN),
-			"--bgp-peer", fmt.Sprintf("%s,%d", peer.Addr, peer.ASN)}
+			"--bgp-peer", fmt.Sprintf("%s,%d", peer.Addr, peer.ASN),
+			"--bgp-peer", fmt.Sprintf("%s,%d", peer6.Addr, peer6.ASN)}
 		if city == "fra" {
 			w.agArgs[city] = append(w.agArgs[city], "--bgp-peer", ctl+",64999", "--bgp-peer", lab.MgmtAddr("lhr").String()+",64998")
 		}
@@ -205,6 +207,18 @@ func startAnycastWorld(t *testing.T) *anycastWorld {
 	ref := pushImageTo(t, devcluster.Info{Registry: net.JoinHostPort(ctl, "4280"), Token: w.token}, "hello:v1")
 	dir := t.TempDir()
 	w.addr = w.launchDNS(t, ref, dir, w.app, regions)
+	ips, err := w.client.ListIPs(ctx, w.app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range ips {
+		if a, err := netip.ParseAddr(ip.IP); err == nil && a.Is6() && !ip.Shared {
+			w.addr6 = a
+		}
+	}
+	if !anycast.LabPool6.Contains(w.addr6) {
+		t.Fatalf("%s's addresses %+v: want a dedicated IPv6 from %s, given at its first deploy", w.app, ips, anycast.LabPool6)
+	}
 	// Another app with DNS on port 53 too, on its own address, in lhr.
 	dir2 := t.TempDir()
 	w.addr2 = w.launchDNS(t, ref, dir2, "otherdns", []string{"lhr"})
@@ -311,14 +325,17 @@ type anycastAnswer struct {
 
 // get sends one GET from city's client to the app's dedicated address
 // (a new connection each time), waiting up to 5 s.
-func (w *anycastWorld) get(city string) anycastAnswer {
+func (w *anycastWorld) get(city string) anycastAnswer { return w.getAt(city, w.addr) }
+
+// getAt is get to addr.
+func (w *anycastWorld) getAt(city string, addr netip.Addr) anycastAnswer {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return w.lab.Dial(ctx, city, network, addr)
 	}}
 	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+w.addr.String()+"/", nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+net.JoinHostPort(addr.String(), "80")+"/", nil)
 	if err != nil {
 		return anycastAnswer{err: err}
 	}
@@ -352,53 +369,63 @@ func (w *anycastWorld) get(city string) anycastAnswer {
 // returning how long it took.
 func (w *anycastWorld) waitEdge(t *testing.T, city, region string, within time.Duration) time.Duration {
 	t.Helper()
+	return w.waitEdgeAt(t, city, w.addr, region, within)
+}
+
+// waitEdgeAt is waitEdge at addr.
+func (w *anycastWorld) waitEdgeAt(t *testing.T, city string, addr netip.Addr, region string, within time.Duration) time.Duration {
+	t.Helper()
 	start := time.Now()
 	var last anycastAnswer
 	for time.Since(start) < within {
-		a := w.get(city)
+		a := w.getAt(city, addr)
 		if a.err == nil && a.edge == region {
 			return time.Since(start)
 		}
 		last = a
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("client in %s: the %s edge never answered at %s within %s (last: edge %q, %v)", city, region, w.addr, within, last.edge, last.err)
+	t.Fatalf("client in %s: the %s edge never answered at %s within %s (last: edge %q, %v)", city, region, addr, within, last.edge, last.err)
 	return 0
 }
 
 func testAnycastHome(t *testing.T, w *anycastWorld) {
 	start := time.Now()
-	for _, c := range anycastCities {
-		w.waitEdge(t, c.Name, anycastHome[c.Name], 60*time.Second)
-		// The edge sends the request to its own region's machine.
-		if a := w.get(c.Name); a.err != nil || a.edge != anycastHome[c.Name] || a.machine != a.edge {
-			t.Errorf("client in %s: answered by edge %q, machine %q (%v); want both %s", c.Name, a.edge, a.machine, a.err, anycastHome[c.Name])
+	for _, addr := range []netip.Addr{w.addr, w.addr6} {
+		for _, c := range anycastCities {
+			w.waitEdgeAt(t, c.Name, addr, anycastHome[c.Name], 60*time.Second)
+			// The edge sends the request to its own region's machine.
+			if a := w.getAt(c.Name, addr); a.err != nil || a.edge != anycastHome[c.Name] || a.machine != a.edge {
+				t.Errorf("client in %s at %s: answered by edge %q, machine %q (%v); want both %s", c.Name, addr, a.edge, a.machine, a.err, anycastHome[c.Name])
+			}
 		}
 	}
-	t.Logf("every city's client reached %s and was answered by its own region's edge (arn's by fra) %s after the deploy",
-		w.addr, time.Since(start).Round(time.Millisecond))
+	t.Logf("every city's client reached %s and %s and was answered by its own region's edge (arn's by fra) %s after the deploy",
+		w.addr, w.addr6, time.Since(start).Round(time.Millisecond))
 }
 
 // testAnycastRoutes captures each router's best route to the address: a
 // city with a host has it from its own host (AS path: the host's AS
 // alone), arn, with none, from fra's.
 func testAnycastRoutes(t *testing.T, w *anycastWorld) {
-	for _, c := range anycastCities {
-		out, err := w.lab.Birdc(c.Name, "show", "route", "for", w.addr.String(), "all")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("%s: birdc show route for %s all:\n%s", c.Name, w.addr, out)
-		path := fmt.Sprint(anycast.LabHostASN)
-		if !c.Host {
-			path = fmt.Sprintf("%d %d", w.lab.RouterASN("fra"), anycast.LabHostASN)
-		}
-		best, err := w.lab.Birdc(c.Name, "show", "route", "for", w.addr.String(), "primary", "all")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(best, "BGP.as_path: "+path+"\n") {
-			t.Errorf("router %s: best route to %s should have AS path %q:\n%s", c.Name, w.addr, path, best)
+	for _, addr := range []netip.Addr{w.addr, w.addr6} {
+		for _, c := range anycastCities {
+			out, err := w.lab.Birdc(c.Name, "show", "route", "for", addr.String(), "all")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: birdc show route for %s all:\n%s", c.Name, addr, out)
+			path := fmt.Sprint(anycast.LabHostASN)
+			if !c.Host {
+				path = fmt.Sprintf("%d %d", w.lab.RouterASN("fra"), anycast.LabHostASN)
+			}
+			best, err := w.lab.Birdc(c.Name, "show", "route", "for", addr.String(), "primary", "all")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(best, "BGP.as_path: "+path+"\n") {
+				t.Errorf("router %s: best route to %s should have AS path %q:\n%s", c.Name, addr, path, best)
+			}
 		}
 	}
 }
@@ -627,7 +654,7 @@ func testAnycastBadPeers(t *testing.T, w *anycastWorld) {
 		return w.garbageConns.Load() >= 2, fmt.Sprint(w.garbageConns.Load(), " connections")
 	})
 	var sessions []api.BGPSession
-	eventually(t, 30*time.Second, "perch hosts shows fra's three BGP sessions", func() (bool, string) {
+	eventually(t, 30*time.Second, "perch hosts shows fra's four BGP sessions", func() (bool, string) {
 		hosts, err := w.client.ListHosts(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -637,12 +664,13 @@ func testAnycastBadPeers(t *testing.T, w *anycastWorld) {
 				sessions = h.BGP.Sessions
 			}
 		}
-		return len(sessions) == 3, fmt.Sprintf("%+v", sessions)
+		return len(sessions) == 4, fmt.Sprintf("%+v", sessions)
 	})
-	router := w.lab.HostPeer("fra").Addr.String()
+	router, router6 := w.lab.HostPeer("fra").Addr, w.lab.HostPeer6("fra").Addr
 	for _, s := range sessions {
-		if (s.Peer == router) != (s.State == "established") {
-			t.Errorf("fra's BGP sessions %+v: want only its router's (%s) established", sessions, router)
+		a, _ := netip.ParseAddr(s.Peer)
+		if (a == router || a == router6) != (s.State == "established") {
+			t.Errorf("fra's BGP sessions %+v: want only its router's (%s, %s) established", sessions, router, router6)
 		}
 	}
 	if a := w.get("fra"); a.err != nil || a.edge != "fra" {
