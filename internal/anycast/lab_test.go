@@ -36,7 +36,7 @@ func startLabHost(t *testing.T, lab *Lab, city string, addrs string) *labHost {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("ip", "netns", "exec", lab.HostNS(city), exe)
-	cmd.Env = append(os.Environ(), lab.HostEnv(city, addrs, false)...)
+	cmd.Env = append(os.Environ(), lab.HostEnv(city, addrs, lab.cfg.BFD)...)
 	logf, err := os.Create(filepath.Join(lab.cfg.Dir, "host-"+city+".log"))
 	if err != nil {
 		t.Fatal(err)
@@ -224,4 +224,48 @@ func TestAnycastLab(t *testing.T) {
 	waitAnswer(t, lab, "lhr", addr, "cdg", 30*time.Second)
 	t.Logf("lhr's host frozen (SIGSTOP): lhr's client answered by cdg %s after, by the hold timer", time.Since(frozen).Round(time.Millisecond))
 	_ = hosts["lhr"].cmd.Process.Signal(syscall.SIGCONT)
+}
+
+// BFD between a router and its host: the session comes up, and a host
+// frozen (SIGSTOP: nothing closes its BGP session) is dropped by BFD,
+// not by the hold timer: the router says why.
+func TestAnycastLabBFD(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the anycast lab needs root (network namespaces, bird)")
+	}
+	for _, bin := range []string{"bird", "birdc", "ip"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("the anycast lab needs %s (bird2 and iproute2: scripts/deps.sh)", bin)
+		}
+	}
+	lab, err := NewLab(LabConfig{Cities: []LabCity{{"ams", true}, {"fra", true}}, Links: [][2]string{{"ams", "fra"}}, Dir: t.TempDir(), BFD: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lab.Close)
+	const app = "192.0.2.10"
+	hosts := map[string]*labHost{"ams": startLabHost(t, lab, "ams", app), "fra": startLabHost(t, lab, "fra", app)}
+	waitAnswer(t, lab, "ams", app+":80", "ams", 60*time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := lab.Birdc("ams", "show", "bfd", "sessions")
+		if err == nil && strings.Contains(out, lab.HostAddr("ams").String()) && strings.Contains(out, "Up") {
+			t.Logf("ams: birdc show bfd sessions:\n%s", out)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ams's router: no BFD session up with its host: %s %v", out, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := hosts["ams"].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = hosts["ams"].cmd.Process.Signal(syscall.SIGCONT) }()
+	took := waitAnswer(t, lab, "ams", app+":80", "fra", 30*time.Second)
+	out, err := lab.Birdc("ams", "show", "protocols", "all", "host")
+	if err != nil || !strings.Contains(out, "BFD session down") {
+		t.Fatalf("ams's router after its host froze: want the session dropped by BFD:\n%s %v", out, err)
+	}
+	t.Logf("ams's host frozen (SIGSTOP): dropped by BFD, ams's client answered by fra %s after (hold time: 3 s)", took.Round(time.Millisecond))
 }
