@@ -402,6 +402,22 @@ func testAnycastHome(t *testing.T, w *anycastWorld) {
 	}
 	t.Logf("every city's client reached %s and %s and was answered by its own region's edge (arn's by fra) %s after the deploy",
 		w.addr, w.addr6, time.Since(start).Round(time.Millisecond))
+	// perch ips list says which regions announce each address (from the
+	// hosts' heartbeats).
+	want := []string{"ams", "cdg", "fra", "lhr", "mrs"}
+	eventually(t, 30*time.Second, "perch ips list: every region announces the app's addresses", func() (bool, string) {
+		ips, err := w.client.ListIPs(context.Background(), w.app)
+		if err != nil {
+			return false, err.Error()
+		}
+		n := 0
+		for _, ip := range ips {
+			if (ip.IP == w.addr.String() || ip.IP == w.addr6.String()) && slices.Equal(ip.Regions, want) {
+				n++
+			}
+		}
+		return n == 2, fmt.Sprintf("%+v", ips)
+	})
 }
 
 // testAnycastRoutes captures each router's best route to the address: a
