@@ -359,7 +359,8 @@ func (l *Lab) startBird(c LabCity) error {
 			// discriminator stays what the host's GoBGP learned (GoBGP
 			// keeps a peer's discriminator across BGP resets, and a
 			// session bird made anew per BGP session never came up again).
-			fmt.Fprintf(&b, "protocol bfd { interface \"host\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; neighbor %s; }\n", l.hostIP[c.Name])
+			fmt.Fprintf(&b, "protocol bfd { interface \"host\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; neighbor %s; neighbor %s; }\n",
+				l.hostIP[c.Name], l.hostIP6[c.Name])
 			bfd = "bfd on;"
 		}
 		fmt.Fprintf(&b, "protocol bgp host {\n  description \"perch host %s\";\n  local %s as %d;\n  neighbor %s as %d;\n  passive on;\n  %s %s\n"+
@@ -367,9 +368,13 @@ func (l *Lab) startBird(c LabCity) error {
 			c.Name, l.rtrIP[c.Name], l.RouterASN(c.Name), l.hostIP[c.Name], LabHostASN, timers, bfd, LabPool)
 	}
 	if c.Host {
-		fmt.Fprintf(&b, "protocol bgp host6 {\n  description \"perch host %s, IPv6\";\n  local %s as %d;\n  neighbor %s as %d;\n  passive on;\n  %s\n"+
+		bfd := ""
+		if l.cfg.BFD {
+			bfd = "bfd on;"
+		}
+		fmt.Fprintf(&b, "protocol bgp host6 {\n  description \"perch host %s, IPv6\";\n  local %s as %d;\n  neighbor %s as %d;\n  passive on;\n  %s %s\n"+
 			"  ipv6 { import where net ~ [ %s{128,128} ]; export none; };\n}\n",
-			c.Name, l.rtrIP6[c.Name], l.RouterASN(c.Name), l.hostIP6[c.Name], LabHostASN, timers, LabPool6)
+			c.Name, l.rtrIP6[c.Name], l.RouterASN(c.Name), l.hostIP6[c.Name], LabHostASN, timers, bfd, LabPool6)
 	}
 	for _, other := range l.cfg.Cities {
 		addr, ok := l.peers[c.Name][other.Name]
