@@ -94,6 +94,9 @@ type Speaker struct {
 
 	flaps prometheus.Counter // sessions that left established
 
+	stopped   chan struct{} // closed by Close
+	closeOnce sync.Once
+
 	mu        sync.Mutex
 	want      map[netip.Addr]bool
 	healthy   bool
@@ -125,7 +128,7 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 	lvl.Set(slog.LevelWarn)
 	srv := server.NewBgpServer(server.LoggerOption(cfg.Log.With("component", "gobgp"), lvl))
 	go srv.Serve()
-	s := &Speaker{cfg: cfg, srv: srv, log: cfg.Log, want: map[netip.Addr]bool{}, announced: map[netip.Addr]bool{}, healthy: true,
+	s := &Speaker{cfg: cfg, srv: srv, log: cfg.Log, stopped: make(chan struct{}), want: map[netip.Addr]bool{}, announced: map[netip.Addr]bool{}, healthy: true,
 		flaps: prometheus.NewCounter(prometheus.CounterOpts{Name: "perch_bgp_session_flaps_total", Help: "BGP sessions of this host that went down after being established."})}
 	established := map[string]bool{}
 	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
@@ -174,7 +177,46 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 	}, server.WatchPeer()); err != nil {
 		cfg.Log.Warn("bgp: no session events", "err", err)
 	}
+	go s.watchPeers(ctx, time.Duration(3*cfg.ConnectRetry)*time.Second)
 	return s, nil
+}
+
+// watchPeers says in the log, once per outage, which peers have not been
+// established for after: a peer that refuses, is unreachable or does
+// not speak BGP (GoBGP itself says so only at debug level, or per
+// malformed message). The host keeps serving and GoBGP keeps retrying.
+func (s *Speaker) watchPeers(ctx context.Context, after time.Duration) {
+	down := map[string]time.Time{}
+	warned := map[string]bool{}
+	t := time.NewTicker(after / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stopped:
+			return
+		case <-t.C:
+		}
+		for _, ss := range s.Sessions(ctx) {
+			if ss.State == "established" {
+				if warned[ss.Peer] {
+					s.log.Info("bgp: peer established again", "peer", ss.Peer, "asn", ss.ASN)
+				}
+				delete(down, ss.Peer)
+				delete(warned, ss.Peer)
+				continue
+			}
+			if down[ss.Peer].IsZero() {
+				down[ss.Peer] = time.Now()
+			}
+			if !warned[ss.Peer] && time.Since(down[ss.Peer]) >= after {
+				warned[ss.Peer] = true
+				s.log.Warn("bgp: peer not established: it refuses, is unreachable or does not speak BGP; retrying, and this host keeps serving",
+					"peer", ss.Peer, "asn", ss.ASN, "state", ss.State, "for", after)
+			}
+		}
+	}
 }
 
 // bfdConfig is a peer's BFD: 100 ms (GoBGP counts microseconds), three
@@ -286,6 +328,7 @@ func (s *Speaker) Sessions(ctx context.Context) []Session {
 // Close withdraws everything (a NOTIFICATION Cease to each peer as GoBGP
 // stops) and stops the speaker.
 func (s *Speaker) Close() {
+	s.closeOnce.Do(func() { close(s.stopped) })
 	s.SetHealthy(false)
 	_ = s.srv.StopBgp(context.Background(), &api.StopBgpRequest{})
 	s.srv.Stop()

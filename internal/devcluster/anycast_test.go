@@ -706,6 +706,18 @@ func testAnycastBadPeers(t *testing.T, w *anycastWorld) {
 			t.Errorf("fra's BGP sessions %+v: want only its router's (%s, %s) established", sessions, router, router6)
 		}
 	}
+	// The agent's log names both.
+	for _, peer := range []string{w.lab.ControlAddr().String(), w.lab.MgmtAddr("lhr").String()} {
+		eventually(t, 30*time.Second, "fra's agent logs that peer "+peer+" is not established", func() (bool, string) {
+			b, err := os.ReadFile(w.agents["fra"].logPath)
+			for line := range strings.Lines(string(b)) {
+				if strings.Contains(line, "peer not established") && strings.Contains(line, "peer="+peer+" ") {
+					return true, ""
+				}
+			}
+			return false, fmt.Sprint(err)
+		})
+	}
 	if a := w.get("fra"); a.err != nil || a.edge != "fra" {
 		t.Errorf("fra's client with fra's bad peers: edge %q, %v; want fra", a.edge, a.err)
 	}
