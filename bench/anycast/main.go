@@ -109,7 +109,10 @@ func (h *host) kill() {
 // ask connects from city's client to a:80 and returns the region that
 // answered.
 func ask(lab *anycast.Lab, city, a string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// Short timeouts: the lab's round trips are well under a millisecond,
+	// and a connection to an address no router has a route for yet can
+	// hang (the routers rate-limit their ICMP unreachables).
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	c, err := lab.Dial(ctx, city, "tcp", a+":80")
 	if err != nil {
