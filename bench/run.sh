@@ -19,4 +19,5 @@ go run ./bench/autoscale
 go run ./bench/autoscale -window 5m
 go run ./bench/metering
 go run ./bench/agentkill -perch bin/perch -n 5
+go run ./bench/anycast -n 5
 go run ./bench/volume -perch bin/perch -n 9 -vm-rounds 3

@@ -108,6 +108,7 @@ func agentCmd() *cobra.Command {
 	f.IntVar(&cfg.ImageLimits.MaxDepth, "image-max-depth", image.DefaultMaxDepth, "directories deep a path in an image may go; deeper is refused")
 	f.StringVar(&bgpASN, "bgp-asn", "", "AS number this host announces its anycast addresses from (docs/anycast.md; default: no BGP)")
 	f.StringArrayVar(&bgpPeers, "bgp-peer", nil, "an upstream BGP router as ADDR,ASN[,password] (repeat for several)")
+	f.BoolVar(&cfg.Anycast.BFD, "bgp-bfd", false, "run BFD with every BGP peer (100 ms x 3: a silent peer is dropped in well under the 9 s hold time); the peers must run BFD too")
 	f.StringVar(&cfg.Anycast.Device, "anycast-device", anycast.DefaultDevice, "dummy device the host's anycast addresses go on")
 	f.DurationVar(&cfg.Anycast.WithdrawWait, "bgp-withdraw-wait", 2*time.Second, "on SIGTERM, how long to keep serving after withdrawing the routes, before draining")
 	_ = cmd.MarkFlagRequired("region")

@@ -28,6 +28,8 @@ type AnycastConfig struct {
 	// (addresses still go on the device).
 	ASN   uint32
 	Peers []anycast.Peer
+	// BFD runs BFD with every peer (perch agent --bgp-bfd).
+	BFD bool
 	// Device is the dummy device the addresses go on (perch-anycast).
 	Device string
 	// WithdrawWait is how long a stopping agent keeps serving after it
@@ -43,6 +45,20 @@ type anycastHost struct {
 
 	mu    sync.Mutex
 	addrs map[string]netip.Addr // perch_ips key -> address
+
+	// healthMu orders the health watcher's announcements with a stop's
+	// withdrawal: once stopping, nothing announces again.
+	healthMu sync.Mutex
+	stopping bool
+}
+
+// setHealthy announces (ok) or withdraws, unless the agent is stopping.
+func (h *anycastHost) setHealthy(ok bool) {
+	h.healthMu.Lock()
+	defer h.healthMu.Unlock()
+	if !h.stopping {
+		h.sp.SetHealthy(ok)
+	}
 }
 
 // startAnycast makes the host's anycast side; nil when the host has none
@@ -64,7 +80,7 @@ func (a *Agent) startAnycast(ctx context.Context) *anycastHost {
 				rid = addr
 			}
 		}
-		sp, err := anycast.StartSpeaker(ctx, anycast.SpeakerConfig{ASN: c.ASN, RouterID: rid, Peers: c.Peers, Log: h.log})
+		sp, err := anycast.StartSpeaker(ctx, anycast.SpeakerConfig{ASN: c.ASN, RouterID: rid, Peers: c.Peers, BFD: c.BFD, Log: h.log})
 		if err != nil {
 			h.log.Error("BGP is off on this host: nothing is announced from it; fix the flags and restart the agent", "err", err)
 		} else {
@@ -163,14 +179,14 @@ func (h *anycastHost) watchHealth(ctx context.Context, a *Agent) {
 			fails++
 			if fails == 3 {
 				h.log.Warn("the edge fails its own check: withdrawing this host's routes", "err", err)
-				h.sp.SetHealthy(false)
+				h.setHealthy(false)
 			}
 		} else {
 			if fails >= 3 {
 				h.log.Info("the edge answers again: announcing")
 			}
 			fails = 0
-			h.sp.SetHealthy(true)
+			h.setHealthy(true)
 		}
 		select {
 		case <-ctx.Done():
@@ -206,7 +222,10 @@ func (h *anycastHost) withdraw() {
 		return
 	}
 	h.log.Info("stopping: withdrawing this host's routes before draining", "wait", h.cfg.WithdrawWait)
+	h.healthMu.Lock()
+	h.stopping = true // the health watcher must not announce again
 	h.sp.SetHealthy(false)
+	h.healthMu.Unlock()
 	time.Sleep(h.cfg.WithdrawWait)
 }
 

@@ -75,7 +75,11 @@ type SpeakerConfig struct {
 	ConnectRetry uint64
 	// PeerPort is the peers' TCP port (179 if 0; tests use others).
 	PeerPort uint32
-	Log      *slog.Logger
+	// BFD runs BFD (RFC 5880, single hop: UDP 3784) with every peer,
+	// 100 ms intervals, multiplier 3: a silent peer is declared down
+	// after 300 ms instead of the hold time. The peer must run BFD too.
+	BFD bool
+	Log *slog.Logger
 }
 
 // Speaker announces this host's anycast prefixes to its upstream routers
@@ -89,6 +93,9 @@ type Speaker struct {
 	log *slog.Logger
 
 	flaps prometheus.Counter // sessions that left established
+
+	stopped   chan struct{} // closed by Close
+	closeOnce sync.Once
 
 	mu        sync.Mutex
 	want      map[netip.Addr]bool
@@ -121,7 +128,7 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 	lvl.Set(slog.LevelWarn)
 	srv := server.NewBgpServer(server.LoggerOption(cfg.Log.With("component", "gobgp"), lvl))
 	go srv.Serve()
-	s := &Speaker{cfg: cfg, srv: srv, log: cfg.Log, want: map[netip.Addr]bool{}, announced: map[netip.Addr]bool{}, healthy: true,
+	s := &Speaker{cfg: cfg, srv: srv, log: cfg.Log, stopped: make(chan struct{}), want: map[netip.Addr]bool{}, announced: map[netip.Addr]bool{}, healthy: true,
 		flaps: prometheus.NewCounter(prometheus.CounterOpts{Name: "perch_bgp_session_flaps_total", Help: "BGP sessions of this host that went down after being established."})}
 	established := map[string]bool{}
 	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
@@ -142,6 +149,7 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 				IdleHoldTimeAfterReset: 1,
 			}},
 			Transport: &api.Transport{RemotePort: cfg.PeerPort},
+			Bfd:       bfdConfig(cfg.BFD),
 			AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{
 				Family: &api.Family{Afi: afi, Safi: api.Family_SAFI_UNICAST}, Enabled: true,
 			}}},
@@ -169,7 +177,55 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 	}, server.WatchPeer()); err != nil {
 		cfg.Log.Warn("bgp: no session events", "err", err)
 	}
+	go s.watchPeers(ctx, time.Duration(3*cfg.ConnectRetry)*time.Second)
 	return s, nil
+}
+
+// watchPeers says in the log, once per outage, which peers have not been
+// established for after: a peer that refuses, is unreachable or does
+// not speak BGP (GoBGP itself says so only at debug level, or per
+// malformed message). The host keeps serving and GoBGP keeps retrying.
+func (s *Speaker) watchPeers(ctx context.Context, after time.Duration) {
+	down := map[string]time.Time{}
+	warned := map[string]bool{}
+	t := time.NewTicker(after / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stopped:
+			return
+		case <-t.C:
+		}
+		for _, ss := range s.Sessions(ctx) {
+			if ss.State == "established" {
+				if warned[ss.Peer] {
+					s.log.Info("bgp: peer established again", "peer", ss.Peer, "asn", ss.ASN)
+				}
+				delete(down, ss.Peer)
+				delete(warned, ss.Peer)
+				continue
+			}
+			if down[ss.Peer].IsZero() {
+				down[ss.Peer] = time.Now()
+			}
+			if !warned[ss.Peer] && time.Since(down[ss.Peer]) >= after {
+				warned[ss.Peer] = true
+				s.log.Warn("bgp: peer not established: it refuses, is unreachable or does not speak BGP; retrying, and this host keeps serving",
+					"peer", ss.Peer, "asn", ss.ASN, "state", ss.State, "for", after)
+			}
+		}
+	}
+}
+
+// bfdConfig is a peer's BFD: 100 ms (GoBGP counts microseconds), three
+// missed packets declare the peer down.
+func bfdConfig(on bool) *api.BfdPeerConfig {
+	if !on {
+		return nil
+	}
+	return &api.BfdPeerConfig{Enabled: true, DesiredMinimumTxInterval: 100_000, RequiredMinimumReceive: 100_000, DetectionMultiplier: 3}
 }
 
 // SetAddrs sets the addresses this host serves: each is announced as a
@@ -272,6 +328,7 @@ func (s *Speaker) Sessions(ctx context.Context) []Session {
 // Close withdraws everything (a NOTIFICATION Cease to each peer as GoBGP
 // stops) and stops the speaker.
 func (s *Speaker) Close() {
+	s.closeOnce.Do(func() { close(s.stopped) })
 	s.SetHealthy(false)
 	_ = s.srv.StopBgp(context.Background(), &api.StopBgpRequest{})
 	s.srv.Stop()

@@ -1,11 +1,14 @@
 package anycast
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -88,5 +91,59 @@ func TestSpeakerGarbagePeer(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(cs[1]); n != 0 {
 		t.Errorf("perch_bgp_prefixes_announced = %v after a withdrawal, want 0", n)
+	}
+}
+
+// lockedBuf is a log destination tests read while the speaker writes.
+type lockedBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A peer that refuses the connection: the speaker says so in its log
+// (GoBGP itself would only at debug level), keeps retrying, and keeps its
+// announcements.
+func TestSpeakerRefusingPeer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close() // nothing listens: connections are refused
+	var logs lockedBuf
+	sp, err := StartSpeaker(context.Background(), SpeakerConfig{
+		ASN: 64512, RouterID: netip.MustParseAddr("192.0.2.254"), PeerPort: uint32(port), ConnectRetry: 1, HoldTime: 3,
+		Peers: []Peer{{Addr: netip.MustParseAddr("127.0.0.1"), ASN: 64600}}, Log: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	addr := netip.MustParseAddr("192.0.2.10")
+	sp.SetAddrs([]netip.Addr{addr})
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(logs.String(), "peer not established") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line about the refusing peer within 30 s:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "peer=127.0.0.1") {
+		t.Errorf("the log line does not name the peer:\n%s", logs.String())
+	}
+	if got := sp.Announced(); len(got) != 1 || got[0] != addr {
+		t.Fatalf("announced %v with a refusing peer, want %s", got, addr)
 	}
 }

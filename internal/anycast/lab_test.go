@@ -5,12 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
-	"net/netip"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -24,67 +20,9 @@ import (
 // that answers with the region's name.
 func TestMain(m *testing.M) {
 	if os.Getenv("PERCH_ANYCAST_LAB_HOST") != "" {
-		os.Exit(runLabHost())
+		os.Exit(RunLabHost())
 	}
 	os.Exit(m.Run())
-}
-
-func runLabHost() int {
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	region := os.Getenv("PERCH_ANYCAST_REGION")
-	peer, err := ParsePeer(os.Getenv("PERCH_ANYCAST_PEER"))
-	if err != nil {
-		log.Error("lab host", "err", err)
-		return 2
-	}
-	var addrs []netip.Addr
-	for _, s := range strings.Split(os.Getenv("PERCH_ANYCAST_ADDRS"), ",") {
-		addrs = append(addrs, netip.MustParseAddr(s))
-	}
-	dev := &LinkDevice{Name: "anycast0"}
-	if err := dev.Ensure(); err != nil {
-		log.Error("lab host", "err", err)
-		return 2
-	}
-	if err := dev.SetAddrs(addrs); err != nil {
-		log.Error("lab host", "err", err)
-		return 2
-	}
-	for _, a := range addrs {
-		ln, err := net.Listen("tcp", netip.AddrPortFrom(a, 80).String())
-		if err != nil {
-			log.Error("lab host", "err", err)
-			return 2
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "region=%s\n", region)
-				c.Close()
-			}
-		}()
-	}
-	sp, err := StartSpeaker(context.Background(), SpeakerConfig{
-		ASN: LabHostASN, RouterID: netip.MustParseAddr(os.Getenv("PERCH_ANYCAST_ROUTER_ID")), Peers: []Peer{peer},
-		HoldTime: 3, ConnectRetry: 1, Log: log,
-	})
-	if err != nil {
-		log.Error("lab host", "err", err)
-		return 2
-	}
-	sp.SetAddrs(addrs)
-	fmt.Println("ready")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM)
-	<-sig
-	// Withdraw first, keep serving while the routers move away, then go.
-	sp.SetHealthy(false)
-	time.Sleep(2 * time.Second)
-	sp.Close()
-	return 0
 }
 
 type labHost struct {
@@ -98,10 +36,7 @@ func startLabHost(t *testing.T, lab *Lab, city string, addrs string) *labHost {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("ip", "netns", "exec", lab.HostNS(city), exe)
-	p := lab.HostPeer(city)
-	cmd.Env = append(os.Environ(), "PERCH_ANYCAST_LAB_HOST=1", "PERCH_ANYCAST_REGION="+city,
-		fmt.Sprintf("PERCH_ANYCAST_PEER=%s,%d", p.Addr, p.ASN), "PERCH_ANYCAST_ADDRS="+addrs,
-		"PERCH_ANYCAST_ROUTER_ID="+lab.HostAddr(city).String())
+	cmd.Env = append(os.Environ(), lab.HostEnv(city, addrs, lab.cfg.BFD)...)
 	logf, err := os.Create(filepath.Join(lab.cfg.Dir, "host-"+city+".log"))
 	if err != nil {
 		t.Fatal(err)
@@ -289,4 +224,48 @@ func TestAnycastLab(t *testing.T) {
 	waitAnswer(t, lab, "lhr", addr, "cdg", 30*time.Second)
 	t.Logf("lhr's host frozen (SIGSTOP): lhr's client answered by cdg %s after, by the hold timer", time.Since(frozen).Round(time.Millisecond))
 	_ = hosts["lhr"].cmd.Process.Signal(syscall.SIGCONT)
+}
+
+// BFD between a router and its host: the session comes up, and a host
+// frozen (SIGSTOP: nothing closes its BGP session) is dropped by BFD,
+// not by the hold timer: the router says why.
+func TestAnycastLabBFD(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the anycast lab needs root (network namespaces, bird)")
+	}
+	for _, bin := range []string{"bird", "birdc", "ip"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("the anycast lab needs %s (bird2 and iproute2: scripts/deps.sh)", bin)
+		}
+	}
+	lab, err := NewLab(LabConfig{Cities: []LabCity{{"ams", true}, {"fra", true}}, Links: [][2]string{{"ams", "fra"}}, Dir: t.TempDir(), BFD: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lab.Close)
+	const app = "192.0.2.10"
+	hosts := map[string]*labHost{"ams": startLabHost(t, lab, "ams", app), "fra": startLabHost(t, lab, "fra", app)}
+	waitAnswer(t, lab, "ams", app+":80", "ams", 60*time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := lab.Birdc("ams", "show", "bfd", "sessions")
+		if err == nil && strings.Contains(out, lab.HostAddr("ams").String()) && strings.Contains(out, "Up") {
+			t.Logf("ams: birdc show bfd sessions:\n%s", out)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ams's router: no BFD session up with its host: %s %v", out, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := hosts["ams"].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = hosts["ams"].cmd.Process.Signal(syscall.SIGCONT) }()
+	took := waitAnswer(t, lab, "ams", app+":80", "fra", 30*time.Second)
+	out, err := lab.Birdc("ams", "show", "protocols", "all", "host")
+	if err != nil || !strings.Contains(out, "BFD session down") {
+		t.Fatalf("ams's router after its host froze: want the session dropped by BFD:\n%s %v", out, err)
+	}
+	t.Logf("ams's host frozen (SIGSTOP): dropped by BFD, ams's client answered by fra %s after (hold time: 3 s)", took.Round(time.Millisecond))
 }

@@ -15,7 +15,8 @@ import (
 // IPv4 gets the HTTP and TLS ports every app shares (by SNI and Host). On an app's own
 // address, only that app is served: a TLS name or Host header of another
 // app is refused, and raw TCP goes to the app whatever other apps do
-// with the port elsewhere. Port collisions are thus per address.
+// with the port elsewhere, and so do the app's UDP ports. Port collisions
+// are thus per address.
 
 func (t *table) setIP(key string, a anycast.Assignment) { t.mu.Lock(); t.ips[key] = a; t.mu.Unlock() }
 func (t *table) removeIP(key string)                    { t.mu.Lock(); delete(t.ips, key); t.mu.Unlock() }
@@ -42,7 +43,13 @@ func (t *table) dedicatedModes(s *Snapshot, routes map[string]*appRoute) {
 			continue
 		}
 		for p, pr := range ar.ports {
-			if isUDPKey(p) || pr.chain == nil {
+			if isUDPKey(p) {
+				// A datagram names no app, but the address does: the
+				// app's UDP port on its own address is its alone.
+				s.dedicatedUDP[netip.AddrPortFrom(as.IP.Unmap(), uint16(udpPortOf(p)))] = as.App + "." + t.domain
+				continue
+			}
+			if pr.chain == nil {
 				continue
 			}
 			m := modeOf(map[string]*portRoute{as.App: pr}, t.domain)
@@ -74,7 +81,13 @@ func (s *Snapshot) modeFor(ps *portServer) *portMode {
 // (IP_FREEBIND): the agent puts it there, and the routers send traffic
 // only once BGP announces it.
 func listenFree(ctx context.Context, addr netip.AddrPort) (net.Listener, error) {
-	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+	lc := net.ListenConfig{Control: freebind(addr)}
+	return lc.Listen(ctx, "tcp", addr.String())
+}
+
+// freebind is the socket option of listenFree.
+func freebind(addr netip.AddrPort) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
 			if addr.Addr().Is4() {
@@ -87,6 +100,15 @@ func listenFree(ctx context.Context, addr netip.AddrPort) (net.Listener, error) 
 			return err
 		}
 		return serr
-	}}
-	return lc.Listen(ctx, "tcp", addr.String())
+	}
+}
+
+// listenFreeUDP is listenFree for a UDP port.
+func listenFreeUDP(ctx context.Context, addr netip.AddrPort) (*net.UDPConn, error) {
+	lc := net.ListenConfig{Control: freebind(addr)}
+	pc, err := lc.ListenPacket(ctx, "udp", addr.String())
+	if err != nil {
+		return nil, err
+	}
+	return pc.(*net.UDPConn), nil
 }

@@ -80,3 +80,38 @@ func TestDedicatedAddresses(t *testing.T) {
 	w.commit()
 	waitFor(t, "cache's address to close", func() bool { return len(w.e.ListeningDedicated()) == 3 })
 }
+
+// Two apps with UDP on one port number, each on its own address: each
+// address's datagrams go to its own app (a datagram names no app, but
+// the address it was sent to does); the address released, its socket
+// closes.
+func TestDedicatedUDP(t *testing.T) {
+	w := newCertWorld(t, nil)
+	port := freePort(t)
+	w.app("dns1")
+	w.app("dns2")
+	w.serveUDP("dns1", startUDP(t, "one", "ams", "127.0.0.2", 0), port)
+	w.serveUDP("dns2", startUDP(t, "two", "ams", "127.0.0.3", 0), port)
+	own := map[string]string{"dns1": "127.0.0.74", "dns2": "127.0.0.75"}
+	for app, ip := range own {
+		w.e.table.setIP(anycast.Key(netip.MustParseAddr(ip)), anycast.Assignment{IP: netip.MustParseAddr(ip), App: app, Kind: anycast.KindV4})
+	}
+	w.commit()
+	waitFor(t, "the edge to open UDP on both apps' addresses", func() bool { return len(w.e.ListeningDedicatedUDP()) == 2 })
+	for app, want := range map[string]string{"dns1": "one", "dns2": "two"} {
+		c, err := net.Dial("udp", net.JoinHostPort(own[app], strconv.Itoa(port)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for i := range 3 {
+			msg := "q" + strconv.Itoa(i)
+			if got := ask(t, c, msg); got != want+":"+msg {
+				t.Errorf("UDP to %s's own address: %q, want %q (its own machine)", app, got, want+":"+msg)
+			}
+		}
+	}
+	w.e.table.removeIP(anycast.Key(netip.MustParseAddr(own["dns2"])))
+	w.commit()
+	waitFor(t, "dns2's address to close", func() bool { return len(w.e.ListeningDedicatedUDP()) == 1 })
+}

@@ -195,6 +195,10 @@ func (e *Edge) Listening() []int { return e.lns.ports() }
 // has a listener on (anycast.go).
 func (e *Edge) ListeningDedicated() []netip.AddrPort { return e.lns.dedicatedAddrs() }
 
+// ListeningDedicatedUDP is the UDP ports of apps' own anycast addresses
+// the edge has open.
+func (e *Edge) ListeningDedicatedUDP() []netip.AddrPort { return e.lns.dedicatedUDPAddrs() }
+
 // ListeningUDP is the public UDP ports the edge has open.
 func (e *Edge) ListeningUDP() []int { return e.lns.udpPorts() }
 

@@ -24,6 +24,8 @@ type listeners struct {
 	udp  map[int]*udpServer // public UDP ports (udp.go)
 	// dedicated are the ports of apps' own anycast addresses (anycast.go).
 	dedicated map[netip.AddrPort]*portServer
+	// dedicatedUDP are the UDP ports of apps' own anycast addresses.
+	dedicatedUDP map[netip.AddrPort]*udpServer
 
 	// skipped and failing remember which unserved ports and which ports
 	// that could not be bound were already logged, to log them once.
@@ -52,7 +54,7 @@ type portServer struct {
 }
 
 func newListeners(e *Edge) *listeners {
-	return &listeners{e: e, open: map[int]*portServer{}, udp: map[int]*udpServer{}, dedicated: map[netip.AddrPort]*portServer{}, skipped: map[int]bool{}, failing: map[int]bool{}}
+	return &listeners{e: e, open: map[int]*portServer{}, udp: map[int]*udpServer{}, dedicated: map[netip.AddrPort]*portServer{}, dedicatedUDP: map[netip.AddrPort]*udpServer{}, skipped: map[int]bool{}, failing: map[int]bool{}}
 }
 
 // bindRetry is how often ports that could not be bound are tried again
@@ -122,6 +124,9 @@ func (l *listeners) sync(ctx context.Context, s *Snapshot) (failed bool) {
 		failed = true
 	}
 	if l.syncDedicated(ctx, s) {
+		failed = true
+	}
+	if l.syncDedicatedUDP(ctx, s) {
 		failed = true
 	}
 	for p, ps := range l.open {
@@ -248,6 +253,10 @@ func (l *listeners) closeAll() {
 		ps.srv.Close()
 		ps.conns.closeAll()
 		delete(l.open, p)
+	}
+	for a, u := range l.dedicatedUDP {
+		u.close()
+		delete(l.dedicatedUDP, a)
 	}
 	for a, ps := range l.dedicated {
 		ps.ln.Close()
@@ -431,6 +440,41 @@ func (l *listeners) syncDedicated(ctx context.Context, s *Snapshot) (failed bool
 		}
 	}
 	return failed
+}
+
+// syncDedicatedUDP opens each UDP port of each app's own address and
+// closes those no longer wanted (their flows end); l.mu is held. The
+// app is looked up per flow, so an address that went to another app
+// keeps its socket.
+func (l *listeners) syncDedicatedUDP(ctx context.Context, s *Snapshot) (failed bool) {
+	for a, host := range s.dedicatedUDP {
+		if l.dedicatedUDP[a] != nil {
+			continue
+		}
+		pc, err := listenFreeUDP(ctx, a)
+		if err != nil {
+			failed = true
+			l.e.log.Error("cannot listen on an app's anycast address; will retry", "addr", a.String()+"/udp", "app", host, "err", err)
+			continue
+		}
+		l.dedicatedUDP[a] = l.serveUDP(ctx, pc, int(a.Port()), a)
+		l.e.log.Info("listening", "addr", a.String()+"/udp", "app", host)
+	}
+	for a, u := range l.dedicatedUDP {
+		if _, ok := s.dedicatedUDP[a]; !ok {
+			delete(l.dedicatedUDP, a)
+			l.e.log.Info("closing an app's anycast UDP port", "addr", a.String()+"/udp")
+			l.wg.Go(u.close)
+		}
+	}
+	return failed
+}
+
+// dedicatedUDPAddrs is the UDP ports of apps' own addresses open now.
+func (l *listeners) dedicatedUDPAddrs() []netip.AddrPort {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.SortedFunc(maps.Keys(l.dedicatedUDP), netip.AddrPort.Compare)
 }
 
 // Dedicated is the app-address ports the edge listens on, sorted.

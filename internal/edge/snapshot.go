@@ -32,6 +32,9 @@ type Snapshot struct {
 	udp map[int]string
 	// dedicated are the ports of apps' own anycast addresses (anycast.go).
 	dedicated map[netip.AddrPort]dedicatedPort
+	// dedicatedUDP are the UDP ports of apps' own anycast addresses: the
+	// app's host name (anycast.go).
+	dedicatedUDP map[netip.AddrPort]string
 }
 
 type appRoute struct {
@@ -85,7 +88,7 @@ type Backend struct {
 }
 
 func emptySnapshot() *Snapshot {
-	return &Snapshot{names: map[string]*appRoute{}, modes: map[int]*portMode{}, skipped: map[int][]string{}, udp: map[int]string{}, dedicated: map[netip.AddrPort]dedicatedPort{}, replaced: make(chan struct{})}
+	return &Snapshot{names: map[string]*appRoute{}, modes: map[int]*portMode{}, skipped: map[int][]string{}, udp: map[int]string{}, dedicated: map[netip.AddrPort]dedicatedPort{}, dedicatedUDP: map[netip.AddrPort]string{}, replaced: make(chan struct{})}
 }
 
 // Generation counts the table's rebuilds; it grows with every change.

@@ -64,6 +64,9 @@ type udpServer struct {
 	e    *Edge
 	port int
 	pc   *net.UDPConn
+	// addr is set for a port of an app's own anycast address
+	// (anycast.go): its datagrams go to that address's app alone.
+	addr netip.AddrPort
 
 	mu    sync.Mutex
 	flows map[netip.AddrPort]*udpFlow
@@ -88,9 +91,22 @@ func (l *listeners) listenUDP(ctx context.Context, port int) (*udpServer, error)
 	if err != nil {
 		return nil, err
 	}
-	u := &udpServer{e: l.e, port: port, pc: pc, flows: map[netip.AddrPort]*udpFlow{}, stop: make(chan struct{}), done: make(chan struct{})}
+	return l.serveUDP(ctx, pc, port, netip.AddrPort{}), nil
+}
+
+func (l *listeners) serveUDP(ctx context.Context, pc *net.UDPConn, port int, addr netip.AddrPort) *udpServer {
+	u := &udpServer{e: l.e, port: port, pc: pc, addr: addr, flows: map[netip.AddrPort]*udpFlow{}, stop: make(chan struct{}), done: make(chan struct{})}
 	l.wg.Go(func() { u.serve(ctx) })
-	return u, nil
+	return u
+}
+
+// host is the host name of the app that owns the port now ("" if none).
+func (u *udpServer) host() string {
+	s := u.e.table.Snapshot()
+	if u.addr.IsValid() {
+		return s.dedicatedUDP[u.addr]
+	}
+	return s.udp[u.port]
 }
 
 // serve reads the port's datagrams until its socket closes, handing each
@@ -128,7 +144,7 @@ func (u *udpServer) serve(ctx context.Context) {
 
 // app is the name of the app that owns the port now.
 func (u *udpServer) app() string {
-	if h := u.e.table.Snapshot().udp[u.port]; h != "" {
+	if h := u.host(); h != "" {
 		return u.e.appOf(dest{host: h})
 	}
 	return ""
@@ -144,7 +160,7 @@ func (u *udpServer) run(ctx context.Context, f *udpFlow) {
 		delete(u.flows, f.client)
 		u.mu.Unlock()
 	}()
-	host := u.e.table.Snapshot().udp[u.port]
+	host := u.host()
 	st := &tcpState{id: newRequestID(), port: u.port, host: host, app: u.e.appOf(dest{host: host})}
 	mc, err := u.connect(ctx, st)
 	defer st.release()

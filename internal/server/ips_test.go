@@ -102,6 +102,15 @@ func TestIPAssignments(t *testing.T) {
 	if _, err := s.c.CreateMachine(ctx, "pg2", api.CreateMachineRequest{Region: "iad", Config: svc(port(5432))}); err != nil {
 		t.Fatalf("second app with raw TCP 5432, both with their own IPv6: %v", err)
 	}
+	// So do UDP ports.
+	dns := api.MachineConfig{Image: "i", Guest: api.Guest{MemoryMB: 64},
+		Services: []api.Service{{Protocol: "udp", InternalPort: 53, Ports: []api.Port{port(53)}}}}
+	if _, err := s.c.CreateMachine(ctx, "pg1", api.CreateMachineRequest{Region: "iad", Config: dns}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.c.CreateMachine(ctx, "pg2", api.CreateMachineRequest{Region: "iad", Config: dns}); err != nil {
+		t.Fatalf("second app with UDP 53, both with their own IPv6: %v", err)
+	}
 
 	// Without pools, the API says how to configure them.
 	plain := startServer(t, t.TempDir())

@@ -17,7 +17,9 @@ import (
 // or Host header (ports with "http"). A raw TCP port (neither "tls" nor
 // "http") cannot be told apart when its clients do not speak TLS, so it
 // belongs to one app: no other app may use that port number except with
-// "tls" first, which the edge recognises by SNI.
+// "tls" first, which the edge recognises by SNI. Apps that each have an
+// anycast address of their own (docs/anycast.md) may share any port,
+// raw TCP and UDP too: the address tells them apart.
 
 // portKind is how the edge tells a port's apps apart.
 type portKind int
@@ -137,8 +139,8 @@ func (s *Server) checkPortSharing(ctx context.Context, app string, c *api.Machin
 			if !ok {
 				continue
 			}
-			if !k.udp && dedicated[app] && dedicated[m.App] {
-				continue // each has its own address: a collision is per address
+			if dedicated[app] && dedicated[m.App] {
+				continue // each has its own address: a collision is per address, TCP and UDP
 			}
 			if err := conflict(k.port, app, ours, m.App, theirs); err != nil {
 				return err
@@ -168,7 +170,7 @@ func publicPorts(c *api.MachineConfig) map[portKey]portKind {
 func conflict(port int, app string, ours portKind, other string, theirs portKind) error {
 	switch {
 	case ours == kindUDP:
-		return errf(http.StatusConflict, "UDP port %d: app %q already uses UDP port %d on the shared edge address, and a datagram names no app, so each UDP port belongs to one app. Choose another port", port, other, port)
+		return errf(http.StatusConflict, "UDP port %d: app %q already uses UDP port %d on the shared edge address, and a datagram names no app, so each UDP port belongs to one app. Choose another port, or give both apps an address of their own (perch ips allocate-v4, with --anycast-v4 pools: docs/anycast.md)", port, other, port)
 	case ours == kindTLS || theirs == kindTLS:
 		return nil // TLS clients name their app
 	case ours == kindHTTP && theirs == kindHTTP:
