@@ -71,26 +71,7 @@ func TestSandbox(t *testing.T) {
 		uids := map[int]bool{}
 		for _, name := range []string{"sbxuid", "sbxuidb"} {
 			id := run(t, name, nil, "sleep")
-			st, err := d.State(ctx(t), id)
-			if err != nil || st.Pid <= 0 {
-				t.Fatalf("State = %+v, %v; want running", st, err)
-			}
-			b, err := os.ReadFile("/proc/" + strconv.Itoa(st.Pid) + "/status")
-			if err != nil {
-				t.Fatal(err)
-			}
-			var uid, gid int
-			for _, l := range strings.Split(string(b), "\n") {
-				if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
-					uid, _ = strconv.Atoi(f[1])
-				} else if len(f) > 1 && f[0] == "Gid:" {
-					gid, _ = strconv.Atoi(f[1])
-				}
-			}
-			t.Logf("%s: root inside is uid %d gid %d on the host", id, uid, gid)
-			if uid < idRangeFirst || gid < idRangeFirst {
-				t.Errorf("the machine's root is host uid %d gid %d; want an unprivileged id >= %d", uid, gid, idRangeFirst)
-			}
+			uid := unprivilegedRoot(t, d, id)
 			if uids[uid] {
 				t.Errorf("two machines share host uid %d", uid)
 			}
@@ -98,13 +79,27 @@ func TestSandbox(t *testing.T) {
 		}
 	})
 
-	t.Run("NoSuspendInUserns", func(t *testing.T) {
-		id := run(t, "sbxnosus", nil, "sleep")
-		if err := d.Suspend(ctx(t), id); !errors.Is(err, runtime.ErrCannotSuspend) {
-			t.Fatalf("Suspend of a machine in a user namespace = %v; want ErrCannotSuspend", err)
-		}
-		if st, err := d.State(ctx(t), id); err != nil || st.Status != runtime.StatusRunning {
-			t.Fatalf("State after a refused Suspend = %+v, %v; want running", st, err)
+	t.Run("SuspendableUnprivileged", func(t *testing.T) {
+		// A machine that may be suspended runs in its user namespace too,
+		// and is in it again after each resume.
+		id := run(t, "sbxsus", func(s *runtime.Spec) { s.Suspendable = true }, "sleep")
+		uid := unprivilegedRoot(t, d, id)
+		for cycle := 1; cycle <= 2; cycle++ {
+			if err := d.Suspend(ctx(t), id); err != nil {
+				if errors.Is(err, runtime.ErrCannotSuspend) && strings.Contains(err.Error(), "not installed") {
+					t.Skip(err)
+				}
+				t.Fatalf("Suspend %d: %v", cycle, err)
+			}
+			if st, err := d.State(ctx(t), id); err != nil || st.Status != runtime.StatusSuspended {
+				t.Fatalf("State after Suspend %d = %+v, %v; want suspended", cycle, st, err)
+			}
+			if err := d.Start(ctx(t), id); err != nil {
+				t.Fatalf("resume %d: %v", cycle, err)
+			}
+			if got := unprivilegedRoot(t, d, id); got != uid {
+				t.Errorf("after resume %d the machine's root is host uid %d; want %d as before", cycle, got, uid)
+			}
 		}
 	})
 
@@ -230,4 +225,32 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// unprivilegedRoot returns the host uid of running machine id's process,
+// which runs as root inside, and fails the test unless its uid and gid
+// are in the unprivileged ranges machines get.
+func unprivilegedRoot(t *testing.T, d *Driver, id string) int {
+	t.Helper()
+	st, err := d.State(ctx(t), id)
+	if err != nil || st.Pid <= 0 || st.Status != runtime.StatusRunning {
+		t.Fatalf("State = %+v, %v; want running", st, err)
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(st.Pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, gid := -1, -1
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
+			uid, _ = strconv.Atoi(f[1])
+		} else if len(f) > 1 && f[0] == "Gid:" {
+			gid, _ = strconv.Atoi(f[1])
+		}
+	}
+	t.Logf("%s: root inside is uid %d gid %d on the host", id, uid, gid)
+	if uid < idRangeFirst || gid < idRangeFirst {
+		t.Errorf("the machine's root is host uid %d gid %d; want an unprivileged id >= %d", uid, gid, idRangeFirst)
+	}
+	return uid
 }
