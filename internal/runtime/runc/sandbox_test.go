@@ -3,6 +3,9 @@ package runc
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/perchhq/perch/internal/hostnet/hostnettest"
 	"github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/runtime/drivertest"
 )
@@ -81,10 +85,20 @@ func TestSandbox(t *testing.T) {
 
 	t.Run("SuspendableUnprivileged", func(t *testing.T) {
 		// A machine that may be suspended runs in its user namespace too,
-		// and is in it again after each resume.
-		id := run(t, "sbxsus", func(s *runtime.Spec) { s.Suspendable = true }, "sleep")
+		// is in it again after each resume, and keeps its network and
+		// memory: twice, so a resumed machine suspends again.
+		n := hostnettest.New(t).Net(t)
+		id := run(t, "sbxsus", func(s *runtime.Spec) {
+			s.Suspendable, s.Net = true, n
+			s.Process.Args = []string{"/app", "serve"}
+			s.Process.Env = []string{"PORT=8080"}
+		})
 		uid := unprivilegedRoot(t, d, id)
+		url := "http://" + n.Addr.Addr().String() + ":8080/count"
 		for cycle := 1; cycle <= 2; cycle++ {
+			if got := httpCount(t, "POST", url); got != strconv.Itoa(cycle) {
+				t.Fatalf("POST /count = %q before suspension %d; want %d", got, cycle, cycle)
+			}
 			if err := d.Suspend(ctx(t), id); err != nil {
 				if errors.Is(err, runtime.ErrCannotSuspend) && strings.Contains(err.Error(), "not installed") {
 					t.Skip(err)
@@ -99,6 +113,9 @@ func TestSandbox(t *testing.T) {
 			}
 			if got := unprivilegedRoot(t, d, id); got != uid {
 				t.Errorf("after resume %d the machine's root is host uid %d; want %d as before", cycle, got, uid)
+			}
+			if got := httpCount(t, "GET", url); got != strconv.Itoa(cycle) {
+				t.Fatalf("GET /count = %q after resume %d; want %d (the count from before)", got, cycle, cycle)
 			}
 		}
 	})
@@ -253,4 +270,30 @@ func unprivilegedRoot(t *testing.T, d *Driver, id string) int {
 		t.Errorf("the machine's root is host uid %d gid %d; want an unprivileged id >= %d", uid, gid, idRangeFirst)
 	}
 	return uid
+}
+
+// httpCount sends method to the test app's /count at url, trying again
+// for a while if the machine is not answering yet, and returns the body.
+func httpCount(t *testing.T, method, url string) string {
+	t.Helper()
+	client := &http.Client{Timeout: 2 * time.Second}
+	var err error
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		var req *http.Request
+		if req, err = http.NewRequest(method, url, nil); err != nil {
+			t.Fatal(err)
+		}
+		var resp *http.Response
+		if resp, err = client.Do(req); err != nil {
+			continue
+		}
+		b, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if rerr == nil && resp.StatusCode == http.StatusOK {
+			return string(b)
+		}
+		err = fmt.Errorf("%s: %v", resp.Status, rerr)
+	}
+	t.Fatalf("%s %s: %v", method, url, err)
+	return ""
 }
