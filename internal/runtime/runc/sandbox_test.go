@@ -118,6 +118,32 @@ func TestSandbox(t *testing.T) {
 				t.Fatalf("GET /count = %q after resume %d; want %d (the count from before)", got, cycle, cycle)
 			}
 		}
+		// A snapshot that cannot be restored (its memory pages lost, found
+		// only after CRIU has made the namespaces and the network moved
+		// in): ErrResumeFailed, and the next start boots afresh, again
+		// unprivileged and reachable.
+		if err := d.Suspend(ctx(t), id); err != nil {
+			t.Fatalf("Suspend: %v", err)
+		}
+		pages, _ := filepath.Glob(filepath.Join(d.path(id, dirSnapshot), "pages-*.img"))
+		if len(pages) == 0 {
+			t.Fatal("no pages-*.img in the snapshot")
+		}
+		for _, p := range pages {
+			os.Remove(p)
+		}
+		if err := d.Start(ctx(t), id); !errors.Is(err, runtime.ErrResumeFailed) {
+			t.Fatalf("Start from a broken snapshot = %v; want ErrResumeFailed", err)
+		}
+		if err := d.Start(ctx(t), id); err != nil {
+			t.Fatalf("Start after a failed resume: %v", err)
+		}
+		if got := unprivilegedRoot(t, d, id); got != uid {
+			t.Errorf("after a fresh boot the machine's root is host uid %d; want %d", got, uid)
+		}
+		if got := httpCount(t, "GET", url); got != "0" {
+			t.Errorf("GET /count = %q after a fresh boot; want 0", got)
+		}
 	})
 
 	t.Run("ForkBomb", func(t *testing.T) {

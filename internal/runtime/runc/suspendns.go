@@ -192,19 +192,30 @@ func (d *Driver) moveNet(id string, r record, pid int) error {
 	return err
 }
 
-// finishRestore, once the restore is over, pins the restored process's
-// user namespace (pid; 0 if the restore failed) and puts back the
-// machine's runc config.
+// finishRestore, once the restore is over, puts back the machine's runc
+// config and pins the restored process's user namespace (pid), or, if
+// the restore failed (pid 0), leaves the namespaces for the next start
+// to make.
 func (d *Driver) finishRestore(id string, r record, pid int) error {
 	for _, f := range []string{fileCriuConf, fileRestoreScript, fileRestorePid, fileRestoreReady} {
 		os.Remove(d.path(id, f))
 	}
+	if err := d.runConfig(id); err != nil {
+		return err
+	}
 	if pid != 0 {
-		if err := repin("/proc/"+strconv.Itoa(pid)+"/ns/user", d.usernsPath(id)); err != nil {
+		return repin("/proc/"+strconv.Itoa(pid)+"/ns/user", d.usernsPath(id))
+	}
+	if netns := netnsPath(id, r.Spec.Net); netns != "" {
+		// The network namespace pinned may be the failed restore's, owned
+		// by a user namespace that is gone: the next start makes both, and
+		// the veth, anew.
+		if err := d.unpinNamespaces(id, netns); err != nil {
 			return err
 		}
+		return hostnet.Detach(id)
 	}
-	return d.runConfig(id)
+	return nil
 }
 
 // fileRunConfig keeps the machine's runc config while a restore runs
