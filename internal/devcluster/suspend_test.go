@@ -51,8 +51,7 @@ func testSuspendResume(t *testing.T, runtime string) {
 	m, err := c.CreateMachine(ctx, "susp", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{
 		Image: ref, Guest: api.Guest{Runtime: runtime, MemoryMB: 256},
 		// A service that autostops by suspend (not within the test: one
-		// machine stays running) asks for a machine runc can snapshot:
-		// one without a user namespace (docs/security.md).
+		// machine stays running) asks for a machine that can be suspended.
 		Services: []api.Service{{Protocol: "tcp", InternalPort: 8080, Ports: []api.Port{{Port: 80, Handlers: []string{"http"}}},
 			Autostop: api.AutostopSuspend, MinMachinesRunning: &one, IdleTimeout: "10m"}},
 	}})

@@ -56,9 +56,8 @@ type Spec struct {
 	CPUs     int
 	MemoryMB int
 	// Suspendable asks for a machine that can be suspended (a service
-	// autostops by "suspend"). runc then runs it without a user namespace
-	// of its own: CRIU cannot checkpoint a machine in one whose network
-	// namespace the host made (docs/security.md).
+	// autostops by "suspend"). runc suspends any machine, in its user
+	// namespace (docs/security.md).
 	Suspendable bool
 	// Files are written into the machine's root filesystem before it
 	// starts (Fly's config.files), owned by root.

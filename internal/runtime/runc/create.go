@@ -51,11 +51,9 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	if err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
-	var base uint32 // no user namespace
-	if !spec.Suspendable {
-		if base, err = allocIDRange(d.dir(id)); err != nil { // userns.go
-			return fmt.Errorf("runc: create %s: %w", id, err)
-		}
+	base, err := allocIDRange(d.dir(id)) // userns.go
+	if err != nil {
+		return fmt.Errorf("runc: create %s: %w", id, err)
 	}
 	defer func() {
 		if err != nil {
@@ -110,6 +108,9 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) (err error) {
 	etc, err := d.writeEtc(id, hostname, spec.Net, hostID(base, 0))
 	if err != nil {
 		return fmt.Errorf("runc: create %s: %w", id, err)
+	}
+	if base != 0 && netns != "" {
+		netns = d.runcNetnsPath(id) // suspendns.go
 	}
 	s := ociSpec(spec, d.bundleRoot(id, base), netns, u, d.cgroupParent, base, d.usernsPath(id))
 	s.Mounts = append(s.Mounts, etc...)

@@ -3,6 +3,9 @@ package runc
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/perchhq/perch/internal/hostnet/hostnettest"
 	"github.com/perchhq/perch/internal/runtime"
 	"github.com/perchhq/perch/internal/runtime/drivertest"
 )
@@ -71,26 +75,7 @@ func TestSandbox(t *testing.T) {
 		uids := map[int]bool{}
 		for _, name := range []string{"sbxuid", "sbxuidb"} {
 			id := run(t, name, nil, "sleep")
-			st, err := d.State(ctx(t), id)
-			if err != nil || st.Pid <= 0 {
-				t.Fatalf("State = %+v, %v; want running", st, err)
-			}
-			b, err := os.ReadFile("/proc/" + strconv.Itoa(st.Pid) + "/status")
-			if err != nil {
-				t.Fatal(err)
-			}
-			var uid, gid int
-			for _, l := range strings.Split(string(b), "\n") {
-				if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
-					uid, _ = strconv.Atoi(f[1])
-				} else if len(f) > 1 && f[0] == "Gid:" {
-					gid, _ = strconv.Atoi(f[1])
-				}
-			}
-			t.Logf("%s: root inside is uid %d gid %d on the host", id, uid, gid)
-			if uid < idRangeFirst || gid < idRangeFirst {
-				t.Errorf("the machine's root is host uid %d gid %d; want an unprivileged id >= %d", uid, gid, idRangeFirst)
-			}
+			uid := unprivilegedRoot(t, d, id)
 			if uids[uid] {
 				t.Errorf("two machines share host uid %d", uid)
 			}
@@ -98,13 +83,66 @@ func TestSandbox(t *testing.T) {
 		}
 	})
 
-	t.Run("NoSuspendInUserns", func(t *testing.T) {
-		id := run(t, "sbxnosus", nil, "sleep")
-		if err := d.Suspend(ctx(t), id); !errors.Is(err, runtime.ErrCannotSuspend) {
-			t.Fatalf("Suspend of a machine in a user namespace = %v; want ErrCannotSuspend", err)
+	t.Run("SuspendableUnprivileged", func(t *testing.T) {
+		// A machine that may be suspended runs in its user namespace too,
+		// is in it again after each resume, and keeps its network and
+		// memory: twice, so a resumed machine suspends again.
+		n := hostnettest.New(t).Net(t)
+		id := run(t, "sbxsus", func(s *runtime.Spec) {
+			s.Suspendable, s.Net = true, n
+			s.Process.Args = []string{"/app", "serve"}
+			s.Process.Env = []string{"PORT=8080"}
+		})
+		uid := unprivilegedRoot(t, d, id)
+		url := "http://" + n.Addr.Addr().String() + ":8080/count"
+		for cycle := 1; cycle <= 2; cycle++ {
+			if got := httpCount(t, "POST", url); got != strconv.Itoa(cycle) {
+				t.Fatalf("POST /count = %q before suspension %d; want %d", got, cycle, cycle)
+			}
+			if err := d.Suspend(ctx(t), id); err != nil {
+				if errors.Is(err, runtime.ErrCannotSuspend) && strings.Contains(err.Error(), "not installed") {
+					t.Skip(err)
+				}
+				t.Fatalf("Suspend %d: %v", cycle, err)
+			}
+			if st, err := d.State(ctx(t), id); err != nil || st.Status != runtime.StatusSuspended {
+				t.Fatalf("State after Suspend %d = %+v, %v; want suspended", cycle, st, err)
+			}
+			if err := d.Start(ctx(t), id); err != nil {
+				t.Fatalf("resume %d: %v", cycle, err)
+			}
+			if got := unprivilegedRoot(t, d, id); got != uid {
+				t.Errorf("after resume %d the machine's root is host uid %d; want %d as before", cycle, got, uid)
+			}
+			if got := httpCount(t, "GET", url); got != strconv.Itoa(cycle) {
+				t.Fatalf("GET /count = %q after resume %d; want %d (the count from before)", got, cycle, cycle)
+			}
 		}
-		if st, err := d.State(ctx(t), id); err != nil || st.Status != runtime.StatusRunning {
-			t.Fatalf("State after a refused Suspend = %+v, %v; want running", st, err)
+		// A snapshot that cannot be restored (its memory pages lost, found
+		// only after CRIU has made the namespaces and the network moved
+		// in): ErrResumeFailed, and the next start boots afresh, again
+		// unprivileged and reachable.
+		if err := d.Suspend(ctx(t), id); err != nil {
+			t.Fatalf("Suspend: %v", err)
+		}
+		pages, _ := filepath.Glob(filepath.Join(d.path(id, dirSnapshot), "pages-*.img"))
+		if len(pages) == 0 {
+			t.Fatal("no pages-*.img in the snapshot")
+		}
+		for _, p := range pages {
+			os.Remove(p)
+		}
+		if err := d.Start(ctx(t), id); !errors.Is(err, runtime.ErrResumeFailed) {
+			t.Fatalf("Start from a broken snapshot = %v; want ErrResumeFailed", err)
+		}
+		if err := d.Start(ctx(t), id); err != nil {
+			t.Fatalf("Start after a failed resume: %v", err)
+		}
+		if got := unprivilegedRoot(t, d, id); got != uid {
+			t.Errorf("after a fresh boot the machine's root is host uid %d; want %d", got, uid)
+		}
+		if got := httpCount(t, "GET", url); got != "0" {
+			t.Errorf("GET /count = %q after a fresh boot; want 0", got)
 		}
 	})
 
@@ -230,4 +268,58 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// unprivilegedRoot returns the host uid of running machine id's process,
+// which runs as root inside, and fails the test unless its uid and gid
+// are in the unprivileged ranges machines get.
+func unprivilegedRoot(t *testing.T, d *Driver, id string) int {
+	t.Helper()
+	st, err := d.State(ctx(t), id)
+	if err != nil || st.Pid <= 0 || st.Status != runtime.StatusRunning {
+		t.Fatalf("State = %+v, %v; want running", st, err)
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(st.Pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, gid := -1, -1
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "Uid:" {
+			uid, _ = strconv.Atoi(f[1])
+		} else if len(f) > 1 && f[0] == "Gid:" {
+			gid, _ = strconv.Atoi(f[1])
+		}
+	}
+	t.Logf("%s: root inside is uid %d gid %d on the host", id, uid, gid)
+	if uid < idRangeFirst || gid < idRangeFirst {
+		t.Errorf("the machine's root is host uid %d gid %d; want an unprivileged id >= %d", uid, gid, idRangeFirst)
+	}
+	return uid
+}
+
+// httpCount sends method to the test app's /count at url, trying again
+// for a while if the machine is not answering yet, and returns the body.
+func httpCount(t *testing.T, method, url string) string {
+	t.Helper()
+	client := &http.Client{Timeout: 2 * time.Second}
+	var err error
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		var req *http.Request
+		if req, err = http.NewRequest(method, url, nil); err != nil {
+			t.Fatal(err)
+		}
+		var resp *http.Response
+		if resp, err = client.Do(req); err != nil {
+			continue
+		}
+		b, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if rerr == nil && resp.StatusCode == http.StatusOK {
+			return string(b)
+		}
+		err = fmt.Errorf("%s: %v", resp.Status, rerr)
+	}
+	t.Fatalf("%s %s: %v", method, url, err)
+	return ""
 }

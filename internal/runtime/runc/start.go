@@ -33,7 +33,7 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 	}
 	if sh, ok := d.liveShim(id); ok {
 		if !machinedir.Exists(d.path(id, fileExit)) {
-			return d.waitStarted(ctx, id, sh.Pid, nil) // already started or starting
+			return d.waitStarted(ctx, id, sh.Pid, nil, nil) // already started or starting
 		}
 		// The last run's shim has recorded its exit and is on its way out.
 		if err := d.waitShimGone(ctx, id, sh.Pid); err != nil {
@@ -80,13 +80,23 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 			return fmt.Errorf("runc: start %s: %w", id, err)
 		}
 		argv = append(argv, "--restore", d.path(id, dirSnapshot))
+		if r.UIDBase != 0 {
+			if err := d.prepareRestore(id, r); err != nil { // suspendns.go
+				d.finishRestore(id, r, 0)
+				return errResume(id, err)
+			}
+		}
 	}
 	sh, exited, err := machinedir.StartShim(argv, d.path(id, fileShim))
 	if err != nil {
 		return fmt.Errorf("runc: start %s: %w", id, err)
 	}
 	d.log.Debug("machine starting", "id", id, "shim", sh.Pid, "resume", resume)
-	if err := d.waitStarted(ctx, id, sh.Pid, exited); err != nil || !resume {
+	var during func()
+	if resume && r.UIDBase != 0 {
+		during = d.restoreNet(id, r) // suspendns.go
+	}
+	if err := d.waitStarted(ctx, id, sh.Pid, exited, during); err != nil || !resume {
 		return err
 	}
 	if machinedir.Exists(d.path(id, fileExit)) && !machinedir.Exists(d.path(id, filePid)) {
@@ -95,23 +105,40 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 			d.log.Warn("shim of a failed restore still running", "id", id, "err", err)
 		}
 		logTail := criuLogTail(d.path(id, filepath.Join(dirCriuWork, fileRestoreLog)))
+		if r.UIDBase != 0 {
+			if err := d.finishRestore(id, r, 0); err != nil {
+				d.log.Warn("undo the restore's namespace changes", "id", id, "err", err)
+			}
+		}
 		if err := d.discardSnapshot(id); err != nil {
 			return err
 		}
 		return errResume(id, fmt.Errorf("runc restore failed%s", logTail))
+	}
+	if r.UIDBase != 0 {
+		pid, err := machinedir.ReadPid(d.path(id, filePid))
+		if err == nil {
+			err = d.finishRestore(id, r, pid)
+		}
+		if err != nil {
+			return fmt.Errorf("runc: start %s: after the restore: %w", id, err)
+		}
 	}
 	// Restored: the images are no longer needed.
 	return d.removeSnapshot(id)
 }
 
 // waitStarted waits until runc has written the container's pid, or the
-// run is over.
-func (d *Driver) waitStarted(ctx context.Context, id string, shimPid int, exited <-chan struct{}) error {
+// run is over, calling during (if not nil) at each look.
+func (d *Driver) waitStarted(ctx context.Context, id string, shimPid int, exited <-chan struct{}, during func()) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		if during != nil {
+			during()
+		}
 		if machinedir.Exists(d.path(id, filePid)) || machinedir.Exists(d.path(id, fileExit)) {
 			return nil
 		}

@@ -49,9 +49,6 @@ func (d *Driver) Suspend(ctx context.Context, id string) error {
 	if st.Status != runtime.StatusRunning {
 		return fmt.Errorf("runc: suspend %s: the machine is %s, not running", id, st.Status)
 	}
-	if r, err := d.readRecord(id); err == nil && r.UIDBase != 0 {
-		return fmt.Errorf("runc: suspend %s: %w: it runs in a user namespace, which CRIU cannot checkpoint with the host's network; a machine whose services autostop by \"suspend\" runs without one and can be suspended", id, runtime.ErrCannotSuspend)
-	}
 	if _, err := exec.LookPath("criu"); err != nil {
 		return fmt.Errorf("runc: suspend %s: %w: criu is not installed on this host (scripts/deps.sh builds it)", id, runtime.ErrCannotSuspend)
 	}
@@ -64,8 +61,23 @@ func (d *Driver) Suspend(ctx context.Context, id string) error {
 			return fmt.Errorf("runc: suspend %s: %w", id, err)
 		}
 	}
+	r, err := d.readRecord(id)
+	if err != nil {
+		return err
+	}
+	if r.UIDBase != 0 {
+		// CRIU dumps the network namespace (suspendns.go).
+		if err := unmountRootfs(d.runcNetnsPath(id)); err != nil {
+			return fmt.Errorf("runc: suspend %s: %w", id, err)
+		}
+	}
 	if err := d.checkpoint(ctx, id, tmp, work); err != nil {
 		os.RemoveAll(tmp)
+		if r.UIDBase != 0 {
+			if perr := d.pinRuncNetns(id, netnsPath(id, r.Spec.Net)); perr != nil {
+				d.log.Warn("pin the network namespace again after a failed checkpoint", "id", id, "err", perr)
+			}
+		}
 		// CRIU unfreezes the machine when a dump fails; it keeps running.
 		return fmt.Errorf("runc: suspend %s: %w: %w", id, runtime.ErrCannotSuspend, err)
 	}

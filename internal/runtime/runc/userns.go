@@ -137,7 +137,7 @@ func (d *Driver) pinNamespaces(id string, base uint32, netns string) error {
 		okNet, _ = isMountPoint(netns)
 	}
 	if okUser && okNet {
-		return nil
+		return d.pinRuncNetns(id, netns) // suspendns.go
 	}
 	if err := d.unpinNamespaces(id, netns); err != nil {
 		return err
@@ -179,12 +179,12 @@ func (d *Driver) pinNamespaces(id string, base uint32, netns string) error {
 			return fmt.Errorf("pin %s namespace at %s: %w", ns, dst, err)
 		}
 	}
-	return nil
+	return d.pinRuncNetns(id, netns)
 }
 
 // unpinNamespaces undoes pinNamespaces.
 func (d *Driver) unpinNamespaces(id, netns string) error {
-	for _, p := range []string{d.usernsPath(id), netns} {
+	for _, p := range []string{d.runcNetnsPath(id), d.usernsPath(id), netns} {
 		if p == "" {
 			continue
 		}
