@@ -74,6 +74,8 @@ type Store struct {
 	reMu        sync.Mutex
 	reconnected chan struct{}
 
+	opts Options
+
 	Apps     jetstream.KeyValue
 	Machines jetstream.KeyValue
 	Status   jetstream.KeyValue
@@ -118,7 +120,26 @@ func Open(ctx context.Context, url, token, name string) (*Store, error) {
 // OpenAs is Open with any Auth: the control plane's connection, which
 // creates every bucket and stream.
 func OpenAs(ctx context.Context, url string, auth Auth, name string) (*Store, error) {
-	s := &Store{reconnected: make(chan struct{})}
+	return OpenWith(ctx, url, auth, name, Options{})
+}
+
+// Options are a control plane's choices for the buckets and streams it
+// makes and the leases it holds.
+type Options struct {
+	// Replicas is how many servers keep each bucket and stream (1 if
+	// 0): a cluster's Cluster.Replicas.
+	Replicas int
+	// Holder names this process in the leases it holds (RunHeld), so
+	// that `LeaseHolders` tells which server runs which job.
+	Holder string
+}
+
+// OpenWith is OpenAs with Options. With more than one replica, reads go
+// to each stream's leader (no direct gets from followers), so a server
+// reads every write another server had acknowledged; and it waits for
+// the cluster's JetStream to be up (a quorum of servers) until ctx ends.
+func OpenWith(ctx context.Context, url string, auth Auth, name string, o Options) (*Store, error) {
+	s := &Store{reconnected: make(chan struct{}), opts: o}
 	nc, err := s.connect(url, auth, name)
 	if err != nil {
 		return nil, err
@@ -254,19 +275,22 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		// issuer never cleaned up.
 		{&s.Challenges, BucketChallenges, 1, time.Hour},
 	} {
-		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		kv, err := s.EnsureBucket(ctx, jetstream.KeyValueConfig{
 			Bucket:  b.name,
 			History: b.hist,
 			TTL:     b.ttl,
 			Storage: jetstream.FileStorage,
 		})
 		if err != nil {
-			return fmt.Errorf("bucket %s: %w", b.name, err)
+			return err
 		}
 		*b.kv = kv
 	}
-	s.VolumeMoves, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket: ObjectVolumeMoves, Storage: jetstream.FileStorage, TTL: time.Hour,
+	err = retryClustered(ctx, s.Replicas(), func() (err error) {
+		s.VolumeMoves, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket: ObjectVolumeMoves, Storage: jetstream.FileStorage, TTL: time.Hour, Replicas: s.Replicas(),
+		})
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("object store %s: %w", ObjectVolumeMoves, err)
@@ -276,6 +300,82 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		return err
 	}
 	return nil
+}
+
+// Replicas is how many servers keep each bucket and stream this store
+// makes (Options.Replicas, at least 1).
+func (s *Store) Replicas() int { return max(s.opts.Replicas, 1) }
+
+// EnsureBucket makes (or updates) a bucket with the store's replicas
+// and binds it; with more than one, its reads go to the stream's leader.
+func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	cfg.Replicas = s.Replicas()
+	var kv jetstream.KeyValue
+	err := retryClustered(ctx, cfg.Replicas, func() error {
+		var err error
+		if kv, err = s.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+			return err
+		}
+		if cfg.Replicas == 1 {
+			return nil
+		}
+		// A KV bucket's stream lets every replica answer gets; a
+		// follower behind its leader would answer with an older value.
+		st, err := s.js.Stream(ctx, "KV_"+cfg.Bucket)
+		if err != nil {
+			return err
+		}
+		if sc := st.CachedInfo().Config; sc.AllowDirect {
+			sc.AllowDirect = false
+			if _, err := s.js.UpdateStream(ctx, sc); err != nil {
+				return err
+			}
+		}
+		kv, err = s.js.KeyValue(ctx, cfg.Bucket)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
+	}
+	return kv, nil
+}
+
+// EnsureStream makes (or updates) a stream with the store's replicas.
+func (s *Store) EnsureStream(ctx context.Context, cfg jetstream.StreamConfig) error {
+	cfg.Replicas = s.Replicas()
+	err := retryClustered(ctx, cfg.Replicas, func() error {
+		_, err := s.js.CreateOrUpdateStream(ctx, cfg)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", cfg.Name, err)
+	}
+	return nil
+}
+
+// retryClustered runs fn until it succeeds; in a cluster (replicas > 1)
+// failures are retried while ctx lasts, up to two minutes: JetStream
+// answers only once a quorum of servers is up and has a meta leader.
+func retryClustered(ctx context.Context, replicas int, fn func() error) error {
+	if replicas <= 1 {
+		return fn()
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return fmt.Errorf("%w (is a majority of the cluster's servers up?)", err)
+		}
+		t := time.NewTimer(250 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+	}
 }
 
 // Conn is the underlying NATS connection.
