@@ -154,7 +154,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.hostMu = clusterLock{name: "hosts", st: s.st, log: s.log}
 		s.placeMu = clusterLock{name: "placement", st: s.st, log: s.log}
 	}
-	if err := s.ensureAdminToken(ctx); err != nil {
+	if err := s.retryStart(ctx, func() error { return s.ensureAdminToken(ctx) }); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -162,15 +162,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
-	if err := s.ensureOrg(ctx, DefaultOrg); err != nil {
+	if err := s.retryStart(ctx, func() error { return s.ensureOrg(ctx, DefaultOrg) }); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	if err := s.ensureLogStreams(ctx); err != nil { // logs.go
+	if err := s.retryStart(ctx, func() error { return s.ensureLogStreams(ctx) }); err != nil { // logs.go
 		s.Close()
 		return nil, err
 	}
-	if err := s.loadHostUsers(ctx); err != nil { // hostauth.go
+	if err := s.retryStart(ctx, func() error { return s.loadHostUsers(ctx) }); err != nil { // hostauth.go
 		s.Close()
 		return nil, err
 	}
@@ -233,6 +233,9 @@ func (s *Server) openStore(ctx context.Context) error {
 		auth = store.Auth{User: store.ServerUser, Password: s.natsTok}
 	}
 	opts := store.Options{Replicas: s.cfg.Cluster.Replicas()}
+	if c := s.cfg.Cluster; s.clustered() && c.Peers[0] != c.Listen {
+		opts.Follower = true // the first peer makes the buckets and streams
+	}
 	if s.nats != nil {
 		opts.Holder = s.nats.ServerName()
 	}
@@ -245,6 +248,25 @@ func (s *Server) openStore(ctx context.Context) error {
 	}
 	s.st = st
 	return nil
+}
+
+// retryStart runs a step of a clustered server's start again while it
+// fails, up to two minutes: a server rejoining a cluster starts while
+// its JetStream may still answer "temporarily unavailable". A server
+// alone runs it once.
+func (s *Server) retryStart(ctx context.Context, step func() error) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		err := step()
+		if err == nil || !s.clustered() || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		s.log.Warn("start: retrying", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // clustered says whether this server is one of a cluster's.

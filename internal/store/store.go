@@ -132,12 +132,16 @@ type Options struct {
 	// Holder names this process in the leases it holds (RunHeld), so
 	// that `LeaseHolders` tells which server runs which job.
 	Holder string
+	// Follower leaves making the buckets and streams to another server
+	// of the cluster (the first of --cluster-peers) and waits for them:
+	// the same stream created at once from several servers leaves the
+	// creators without an answer (seen with nats-server 2.15).
+	Follower bool
 }
 
-// OpenWith is OpenAs with Options. With more than one replica, reads go
-// to each stream's leader (no direct gets from followers), so a server
-// reads every write another server had acknowledged; and it waits for
-// the cluster's JetStream to be up (a quorum of servers) until ctx ends.
+// OpenWith is OpenAs with Options. With more than one replica it waits
+// for the cluster's JetStream to be up (a quorum of servers) until ctx
+// ends.
 func OpenWith(ctx context.Context, url string, auth Auth, name string, o Options) (*Store, error) {
 	s := &Store{reconnected: make(chan struct{}), opts: o}
 	nc, err := s.connect(url, auth, name)
@@ -286,7 +290,11 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		}
 		*b.kv = kv
 	}
-	err = retryClustered(ctx, s.Replicas(), func() (err error) {
+	err = retryClustered(ctx, s.Replicas(), func(ctx context.Context) (err error) {
+		if s.opts.Follower {
+			s.VolumeMoves, err = js.ObjectStore(ctx, ObjectVolumeMoves)
+			return err
+		}
 		s.VolumeMoves, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 			Bucket: ObjectVolumeMoves, Storage: jetstream.FileStorage, TTL: time.Hour, Replicas: s.Replicas(),
 		})
@@ -296,6 +304,9 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		return fmt.Errorf("object store %s: %w", ObjectVolumeMoves, err)
 	}
 	// Logs are a stream per app (logs.go), made with the app.
+	if s.opts.Follower {
+		return nil
+	}
 	if err := dropSharedLogStream(ctx, js); err != nil {
 		return err
 	}
@@ -307,31 +318,17 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 func (s *Store) Replicas() int { return max(s.opts.Replicas, 1) }
 
 // EnsureBucket makes (or updates) a bucket with the store's replicas
-// and binds it; with more than one, its reads go to the stream's leader.
+// and binds it.
 func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	cfg.Replicas = s.Replicas()
 	var kv jetstream.KeyValue
-	err := retryClustered(ctx, cfg.Replicas, func() error {
+	err := retryClustered(ctx, cfg.Replicas, func(ctx context.Context) error {
 		var err error
-		if kv, err = s.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+		if s.opts.Follower {
+			kv, err = s.js.KeyValue(ctx, cfg.Bucket)
 			return err
 		}
-		if cfg.Replicas == 1 {
-			return nil
-		}
-		// A KV bucket's stream lets every replica answer gets; a
-		// follower behind its leader would answer with an older value.
-		st, err := s.js.Stream(ctx, "KV_"+cfg.Bucket)
-		if err != nil {
-			return err
-		}
-		if sc := st.CachedInfo().Config; sc.AllowDirect {
-			sc.AllowDirect = false
-			if _, err := s.js.UpdateStream(ctx, sc); err != nil {
-				return err
-			}
-		}
-		kv, err = s.js.KeyValue(ctx, cfg.Bucket)
+		kv, err = s.js.CreateOrUpdateKeyValue(ctx, cfg)
 		return err
 	})
 	if err != nil {
@@ -343,7 +340,12 @@ func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) 
 // EnsureStream makes (or updates) a stream with the store's replicas.
 func (s *Store) EnsureStream(ctx context.Context, cfg jetstream.StreamConfig) error {
 	cfg.Replicas = s.Replicas()
-	err := retryClustered(ctx, cfg.Replicas, func() error {
+	err := retryClustered(ctx, cfg.Replicas, func(ctx context.Context) error {
+		if s.opts.Follower {
+			if _, err := s.js.Stream(ctx, cfg.Name); err == nil {
+				return nil
+			}
+		}
 		_, err := s.js.CreateOrUpdateStream(ctx, cfg)
 		return err
 	})
@@ -356,18 +358,26 @@ func (s *Store) EnsureStream(ctx context.Context, cfg jetstream.StreamConfig) er
 // retryClustered runs fn until it succeeds; in a cluster (replicas > 1)
 // failures are retried while ctx lasts, up to two minutes: JetStream
 // answers only once a quorum of servers is up and has a meta leader.
-func retryClustered(ctx context.Context, replicas int, fn func() error) error {
+func retryClustered(ctx context.Context, replicas int, fn func(context.Context) error) error {
 	if replicas <= 1 {
-		return fn()
+		return fn(ctx)
 	}
 	deadline := time.Now().Add(2 * time.Minute)
+	var last error
 	for {
-		err := fn()
+		// Each try bounded: a request to a stream whose leader is
+		// being elected may otherwise wait for ever.
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := fn(actx)
+		cancel()
 		if err == nil {
 			return nil
 		}
+		if ctx.Err() == nil {
+			last = err
+		}
 		if ctx.Err() != nil || time.Now().After(deadline) {
-			return fmt.Errorf("%w (is a majority of the cluster's servers up?)", err)
+			return fmt.Errorf("%w (is a majority of the cluster's servers up?)", errors.Join(err, last))
 		}
 		t := time.NewTimer(250 * time.Millisecond)
 		select {
