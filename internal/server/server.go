@@ -310,7 +310,14 @@ func (s *Server) DevCACert() []byte { return s.certs.DevCACert() }
 // Serve serves the API until ctx is done, running the host monitor and
 // the certificate manager beside it.
 func (s *Server) Serve(ctx context.Context) error {
-	go func() { _ = s.st.RunHeld(ctx, "host-monitor", leaseTTL, s.log, s.monitorHosts) }() // hosts.go
+	hmCtx, hmCancel := context.WithCancel(ctx)
+	hmDone := make(chan struct{})
+	go func() { // hosts.go
+		defer close(hmDone)
+		_ = s.st.RunHeld(hmCtx, "host-monitor", leaseTTL, s.log, s.monitorHosts)
+	}()
+	// Waited for, so that the lease is given back before the store closes.
+	defer func() { hmCancel(); <-hmDone }()
 	gctx, gcancel := context.WithCancel(ctx)
 	grantsDone := make(chan struct{})
 	go func() { defer close(grantsDone); s.runGrants(gctx) }() // hostauth.go
