@@ -7,6 +7,7 @@ import (
 	"github.com/perchhq/perch/internal/geo"
 	"net/netip"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/perchhq/perch/internal/meshhost"
@@ -24,6 +25,8 @@ func serverCmd() *cobra.Command {
 	var noMesh bool
 	var pricesFile string
 	var anycastV4, anycastV6 string
+	var cluster store.Cluster
+	var peers string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the control plane: API, scheduler, registry and state store",
@@ -36,6 +39,12 @@ func serverCmd() *cobra.Command {
 				return fmt.Errorf("--machine-net %q is not a CIDR range; write e.g. 172.30.0.0/16", machineNet)
 			}
 			cfg.MachineNet = pfx
+			if err := clusterConfig(&cluster, peers, cfg.NATSURL); err != nil {
+				return err
+			}
+			if cluster.Name != "" {
+				cfg.Cluster = &cluster
+			}
 			if cfg.Anycast, err = anycast.ParsePools(anycastV4, anycastV6); err != nil {
 				return err
 			}
@@ -83,10 +92,56 @@ func serverCmd() *cobra.Command {
 	f.DurationVar(&cfg.Registry.UploadTimeout, "registry-upload-timeout", registry.DefaultUploadTimeout, "how long a registry blob upload may sit idle before it is removed")
 	f.Int64Var(&cfg.Registry.MaxBlobBytes, "registry-max-blob-bytes", registry.DefaultMaxBlobBytes, "largest blob (image layer) the registry accepts, in bytes; larger uploads get 413 (-1: no cap)")
 	f.BoolVar(&cfg.RotateSecretsKey, "rotate-secrets-key", false, "replace the secrets master key in --data-dir at start: every app's data key is re-wrapped with a new one (docs/secrets.md)")
+	f.StringVar(&cluster.Name, "cluster-name", "", "join a cluster of control planes by this name (the same on every server; docs/servers.md)")
+	f.StringVar(&cluster.Listen, "cluster-listen", "", "where this server's NATS takes its peers' routes (host:port, e.g. 10.0.0.1:4282)")
+	f.StringVar(&peers, "cluster-peers", "", "every server's --cluster-listen address, comma-separated (A,B,C)")
+	f.StringVar(&cluster.ServerName, "server-name", "", "this server's name in its cluster, unique (default: from --cluster-listen)")
 	acme.register(f)
+	cmd.AddCommand(initClusterCmd())
 	f.StringVar(&pricesFile, "prices", "", "TOML price table for usage and budgets (default: Fly.io's published prices; see docs/budgets.md)")
 	f.DurationVar(&cfg.MeterInterval, "meter-interval", 0, "how often budgets are checked (default 10s)")
 	f.BoolVar(&cfg.Certs.DevCA, "dev-ca", false, "give every app a certificate for <app>.<dev-domain> from a built-in CA (for test setups; clients must trust it)")
 	f.StringVar(&cfg.Certs.DevDomain, "dev-domain", "perch.local", "domain of the dev CA's certificates (the agents' --edge-domain)")
+	return cmd
+}
+
+// clusterConfig checks the cluster flags: all or none.
+func clusterConfig(c *store.Cluster, peers, externalNATS string) error {
+	for p := range strings.SplitSeq(peers, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			c.Peers = append(c.Peers, p)
+		}
+	}
+	switch {
+	case c.Name == "" && (c.Listen != "" || len(c.Peers) > 0 || c.ServerName != ""):
+		return fmt.Errorf("--cluster-listen, --cluster-peers and --server-name need --cluster-name: give every server of the cluster the same --cluster-name")
+	case c.Name == "":
+		return nil
+	case externalNATS != "":
+		return fmt.Errorf("--cluster-name clusters the embedded NATS; with --nats %s, cluster that NATS instead and drop --cluster-name", externalNATS)
+	case c.Listen == "":
+		return fmt.Errorf("--cluster-name needs --cluster-listen (host:port this server's peers connect to, e.g. 10.0.0.1:4282)")
+	case len(c.Peers) == 0:
+		return fmt.Errorf("--cluster-name needs --cluster-peers: every server's --cluster-listen, comma-separated")
+	}
+	return nil
+}
+
+func initClusterCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "init-cluster",
+		Short: "Make the secrets a cluster's servers share; copy them into every server's --data-dir before starting it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			names, err := server.InitClusterSecrets(dir)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "cluster secrets in %s: %s\ncopy these files into every server's --data-dir (mode 0600) before its first start\n", dir, strings.Join(names, " "))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "data-dir", "/var/lib/perch/server", "where to write them (the first server's data dir)")
 	return cmd
 }

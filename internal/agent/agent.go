@@ -236,10 +236,10 @@ func (a *Agent) register(ctx context.Context) error {
 	}
 	a.gw = scheduler.Gateway(sub)
 	a.bridge = BridgeName(h.ID)
-	a.pull = image.Options{Tokens: map[string]string{
-		boot.Registry:                 cred.Bearer(),
-		registryHost(a.cfg.ServerURL): cred.Bearer(),
-	}}
+	a.pull = image.Options{Tokens: map[string]string{boot.Registry: cred.Bearer()}}
+	for u := range strings.SplitSeq(a.cfg.ServerURL, ",") { // a cluster's servers
+		a.pull.Tokens[registryHost(strings.TrimSpace(u))] = cred.Bearer()
+	}
 	a.log = a.log.With("host", h.ID, "region", h.Region)
 	a.log.Info("host registered", "subnet", h.Subnet, "bridge", a.bridge)
 	if err := a.startMeter(); err != nil { // metering.go

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -17,17 +19,35 @@ import (
 // method per endpoint, server errors returned as *HTTPError.
 type Client struct {
 	baseURL string
-	token   string
+	// urls are the servers of baseURL (several, comma-separated, for a
+	// cluster); cur the one that answered last.
+	urls  []string
+	cur   atomic.Int32
+	token string
 	// HTTP is the client requests go through. It has no overall timeout
 	// because log streams and waits are long; callers bound calls with ctx.
 	HTTP *http.Client
 }
 
 // NewClient returns a client for the API at baseURL (e.g.
-// "http://127.0.0.1:4280") that authenticates with token.
+// "http://127.0.0.1:4280") that authenticates with token. baseURL may
+// name several servers of a cluster, comma-separated: a request goes to
+// the one that answered last, and to the next when it cannot connect
+// (any request), or when the connection fails afterwards (a GET, which
+// is safe to send twice).
 func NewClient(baseURL, token string) *Client {
+	var urls []string
+	for u := range strings.SplitSeq(baseURL, ",") {
+		if u = strings.TrimRight(strings.TrimSpace(u), "/"); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	if len(urls) == 0 {
+		urls = []string{""}
+	}
 	return &Client{
-		baseURL: strings.TrimRight(baseURL, "/"),
+		baseURL: strings.Join(urls, ","),
+		urls:    urls,
 		token:   token,
 		HTTP:    &http.Client{},
 	}
@@ -99,23 +119,55 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 // send sends a request and returns the response when its status is 2xx; the
 // caller closes the body.
 func (c *Client) send(ctx context.Context, method, path string, query url.Values, in any) (*http.Response, error) {
-	u := c.baseURL + path
+	var b []byte
+	if in != nil {
+		var err error
+		if b, err = json.Marshal(in); err != nil {
+			return nil, fmt.Errorf("%s %s: encoding request: %w", method, path, err)
+		}
+	}
+	first := int(c.cur.Load())
+	for i := range len(c.urls) {
+		n := (first + i) % len(c.urls)
+		resp, err := c.sendTo(ctx, c.urls[n], method, path, query, in != nil, b)
+		if err == nil || i == len(c.urls)-1 || ctx.Err() != nil || !retryable(method, err) {
+			if err == nil {
+				c.cur.Store(int32(n))
+			}
+			return resp, err
+		}
+	}
+	panic("unreachable")
+}
+
+// retryable says whether a request that failed with err may go to
+// another server: one never sent (no connection), or a GET.
+func retryable(method string, err error) bool {
+	var he *HTTPError
+	if errors.As(err, &he) {
+		return false
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return method == http.MethodGet || method == http.MethodHead
+}
+
+func (c *Client) sendTo(ctx context.Context, base, method, path string, query url.Values, hasBody bool, b []byte) (*http.Response, error) {
+	u := base + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()
 	}
 	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return nil, fmt.Errorf("%s %s: encoding request: %w", method, path, err)
-		}
+	if hasBody {
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	if in != nil {
+	if hasBody {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
@@ -124,7 +176,7 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, &unreachableError{url: c.baseURL, err: err}
+			return nil, &unreachableError{url: base, err: err}
 		}
 		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}

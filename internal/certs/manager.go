@@ -150,7 +150,10 @@ func (m *Manager) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { m.st.Watch(ctx, m.st.Certs, m.log, m.onRecords) })
 	wg.Go(func() { m.st.Watch(ctx, m.st.Apps, m.log, m.onApps) })
-	wg.Go(func() { m.renewLoop(ctx) })
+	// Renewal runs on one control plane of a cluster at a time (the
+	// "cert-renewal" lease); certmagic's storage locks still keep two
+	// from renewing one certificate during a takeover.
+	wg.Go(func() { _ = m.st.RunHeld(ctx, "cert-renewal", 15*time.Second, m.log, m.renewLoop) })
 	wg.Wait()
 	m.wg.Wait()
 	m.Close()

@@ -71,7 +71,10 @@ func buildAndPush(ctx context.Context, out io.Writer, cfg *config.Config, config
 	if err != nil {
 		return "", err
 	}
-	u, err := url.Parse(creds.APIURL)
+	// A cluster's servers, comma-separated: images go to the first's
+	// registry (each server keeps its own blobs; docs/servers.md).
+	first, _, _ := strings.Cut(creds.APIURL, ",")
+	u, err := url.Parse(first)
 	if err != nil || u.Host == "" {
 		return "", fmt.Errorf("the API URL %q is not a URL; log in again with `perch auth login`", creds.APIURL)
 	}

@@ -70,7 +70,10 @@ func controlPlaneRegistry() (registryTarget, error) {
 	if err != nil {
 		return registryTarget{}, err
 	}
-	u, err := url.Parse(creds.APIURL)
+	// A cluster's servers, comma-separated: images go to the first's
+	// registry (each server keeps its own blobs; docs/servers.md).
+	first, _, _ := strings.Cut(creds.APIURL, ",")
+	u, err := url.Parse(first)
 	if err != nil || u.Host == "" {
 		return registryTarget{}, fmt.Errorf("the API URL %q is not a URL; log in again with `perch auth login`", creds.APIURL)
 	}

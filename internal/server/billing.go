@@ -81,16 +81,15 @@ func (s *Server) setupBilling(ctx context.Context) error {
 	}
 	b.ledger = billing.NewLedger(b.prices)
 	b.hookCtx, b.cancelHook = context.WithCancel(context.Background())
-	js := s.st.JetStream()
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	if err := s.st.EnsureStream(ctx, jetstream.StreamConfig{
 		Name: billing.Stream, Subjects: []string{billing.Filter}, Storage: jetstream.FileStorage,
 		MaxAge: billing.StreamMaxAge, Duplicates: 2 * time.Minute,
 	}); err != nil {
-		return fmt.Errorf("server: stream %s: %w", billing.Stream, err)
+		return fmt.Errorf("server: %w", err)
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketBudgets, History: 1})
+	kv, err := s.st.EnsureBucket(ctx, jetstream.KeyValueConfig{Bucket: BucketBudgets, History: 1})
 	if err != nil {
-		return fmt.Errorf("server: bucket %s: %w", BucketBudgets, err)
+		return fmt.Errorf("server: %w", err)
 	}
 	b.budgets = kv
 	s.billing = b

@@ -214,6 +214,13 @@ func (s *Server) hostPrincipal(ctx context.Context, tok string) (auth.Principal,
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	rec, _, err := store.Get[hostCredRecord](ctx, s.st.HostAuth, "host."+id)
+	// In a cluster a get may be answered by a replica a moment behind
+	// the server that took the join: a host's first request follows
+	// its join at once.
+	for wait := time.Now().Add(2 * time.Second); s.clustered() && errors.Is(err, store.ErrNotFound) && time.Now().Before(wait); {
+		time.Sleep(100 * time.Millisecond)
+		rec, _, err = store.Get[hostCredRecord](ctx, s.st.HostAuth, "host."+id)
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		return auth.Principal{}, bad
 	}
@@ -345,6 +352,9 @@ func (s *Server) runGrants(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { s.watchGrants(ctx, log) })
+	if s.clustered() {
+		wg.Go(func() { s.watchHostUsers(ctx, log) })
+	}
 	t := time.NewTicker(grantGrace / 3)
 	defer t.Stop()
 	for {
@@ -386,6 +396,30 @@ func (s *Server) watchGrants(ctx context.Context, log *slog.Logger) {
 				}
 			}
 		}
+		// In a cluster, another server may have placed the machine:
+		// its host gets the grant here too (a host may connect to any).
+		var added []string
+		seen := func(key string, value []byte) {
+			var sp store.MachineSpec
+			if !s.clustered() || json.Unmarshal(value, &sp) != nil || sp.HostID == "" {
+				return
+			}
+			if g.byHost[sp.HostID] == nil {
+				g.byHost[sp.HostID] = map[string]time.Time{}
+			}
+			if t, ok := g.byHost[sp.HostID][key]; !ok || !t.IsZero() {
+				g.byHost[sp.HostID][key] = time.Time{}
+				added = append(added, sp.HostID)
+			}
+		}
+		defer func() {
+			if len(added) == 0 {
+				return
+			}
+			if err := s.applyGrants(slices.Compact(slices.Sorted(slices.Values(added)))...); err != nil {
+				log.Warn("granting machines placed by another server", "err", err)
+			}
+		}()
 		switch {
 		case c.All != nil:
 			for _, ks := range g.byHost {
@@ -395,9 +429,13 @@ func (s *Server) watchGrants(ctx context.Context, log *slog.Logger) {
 					}
 				}
 			}
+			for k, v := range c.All {
+				seen(k, v)
+			}
 		case c.Deleted:
 			gone(c.Key)
 		default:
+			seen(c.Key, c.Value)
 			// A spec put after a snapshot that did not hold it yet.
 			var sp store.MachineSpec
 			if json.Unmarshal(c.Value, &sp) == nil && sp.HostID != "" {
@@ -407,6 +445,42 @@ func (s *Server) watchGrants(ctx context.Context, log *slog.Logger) {
 					}
 				}
 			}
+		}
+	})
+}
+
+// watchHostUsers follows perch_host_auth in a cluster: a host that
+// joined through another server gets its NATS user on this one too (it
+// may connect to any), and a removed one loses it.
+func (s *Server) watchHostUsers(ctx context.Context, log *slog.Logger) {
+	s.st.Watch(ctx, s.st.HostAuth, log, func(c store.Change) {
+		var recs []hostCredRecord
+		add := func(key string, v []byte) {
+			var r hostCredRecord
+			if strings.HasPrefix(key, "host.") && json.Unmarshal(v, &r) == nil && r.HostID != "" {
+				recs = append(recs, r)
+			}
+		}
+		switch {
+		case c.All != nil:
+			for k, v := range c.All {
+				add(k, v)
+			}
+		case c.Deleted:
+			if id, ok := strings.CutPrefix(c.Key, "host."); ok {
+				if err := s.nats.RemoveHostUser(id); err != nil {
+					log.Warn("removing the NATS user of a removed host", "host", id, "err", err)
+				}
+				s.grants.mu.Lock()
+				delete(s.grants.byHost, id)
+				s.grants.mu.Unlock()
+			}
+			return
+		default:
+			add(c.Key, c.Value)
+		}
+		if err := s.addHostUsers(recs...); err != nil {
+			log.Warn("adding the NATS users of hosts", "err", err)
 		}
 	})
 }

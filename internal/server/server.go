@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/perchhq/perch/internal/auth"
@@ -42,8 +41,14 @@ type Config struct {
 	// NATSListen is where the embedded NATS listens (default 127.0.0.1:4281).
 	NATSListen string
 	// NATSAdvertise is the NATS URL handed to agents (default: the
-	// embedded server's URL or NATSURL).
+	// embedded server's URL or NATSURL); several, comma-separated, for a
+	// cluster's servers.
 	NATSAdvertise string
+	// Cluster, if set with a name, joins the embedded NATS to the other
+	// servers' (perch server --cluster-name; docs/servers.md): buckets and
+	// streams replicated on up to three, jobs that must run once under
+	// leases, placement under a cluster-wide lock.
+	Cluster *store.Cluster
 	// MachineNet is the range host subnets (/24 each) are taken from.
 	MachineNet netip.Prefix
 	// HostTimeout is how long a host may stay silent before it is down.
@@ -84,6 +89,11 @@ type Config struct {
 	Anycast anycast.Pools
 }
 
+// leaseTTL is how long the jobs that run on one server (host-monitor,
+// auto-destroy, cert-renewal) stay with a server that died before
+// another takes them over.
+const leaseTTL = 15 * time.Second
+
 // Server is a running control plane.
 type Server struct {
 	cfg      Config
@@ -98,8 +108,8 @@ type Server struct {
 	natsTok  string
 	tokPath  string
 	adminTok string
-	hostMu   sync.Mutex // serialises subnet assignment
-	placeMu  sync.Mutex // serialises placement
+	hostMu   clusterLock // serialises subnet assignment (clusterlock.go)
+	placeMu  clusterLock // serialises placement
 
 	autoscaler *autoscale.Loop  // autoscale.go
 	billing    *billingState    // billing.go
@@ -140,7 +150,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.openStore(ctx); err != nil {
 		return nil, err
 	}
-	if err := s.ensureAdminToken(ctx); err != nil {
+	if s.clustered() {
+		s.hostMu = clusterLock{name: "hosts", st: s.st, log: s.log}
+		s.placeMu = clusterLock{name: "placement", st: s.st, log: s.log}
+	}
+	if err := s.retryStart(ctx, func() error { return s.ensureAdminToken(ctx) }); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -148,15 +162,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
-	if err := s.ensureOrg(ctx, DefaultOrg); err != nil {
+	if err := s.retryStart(ctx, func() error { return s.ensureOrg(ctx, DefaultOrg) }); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	if err := s.ensureLogStreams(ctx); err != nil { // logs.go
+	if err := s.retryStart(ctx, func() error { return s.ensureLogStreams(ctx) }); err != nil { // logs.go
 		s.Close()
 		return nil, err
 	}
-	if err := s.loadHostUsers(ctx); err != nil { // hostauth.go
+	if err := s.retryStart(ctx, func() error { return s.loadHostUsers(ctx) }); err != nil { // hostauth.go
 		s.Close()
 		return nil, err
 	}
@@ -208,7 +222,7 @@ func (s *Server) openStore(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("server: nats token: %w", err)
 		}
-		e, err := store.RunEmbedded(filepath.Join(s.cfg.DataDir, "nats"), s.cfg.NATSListen, tok, s.log.With("component", "nats"))
+		e, err := store.RunEmbeddedCluster(filepath.Join(s.cfg.DataDir, "nats"), s.cfg.NATSListen, tok, s.cfg.Cluster, s.log.With("component", "nats"))
 		if err != nil {
 			return fmt.Errorf("server: %w", err)
 		}
@@ -218,7 +232,14 @@ func (s *Server) openStore(ctx context.Context) error {
 	if s.nats != nil {
 		auth = store.Auth{User: store.ServerUser, Password: s.natsTok}
 	}
-	st, err := store.OpenAs(ctx, s.natsURL, auth, "perch-server")
+	opts := store.Options{Replicas: s.cfg.Cluster.Replicas()}
+	if c := s.cfg.Cluster; s.clustered() && c.Peers[0] != c.Listen {
+		opts.Follower = true // the first peer makes the buckets and streams
+	}
+	if s.nats != nil {
+		opts.Holder = s.nats.ServerName()
+	}
+	st, err := store.OpenWith(ctx, s.natsURL, auth, "perch-server", opts)
 	if err != nil {
 		if s.nats != nil {
 			s.nats.Shutdown()
@@ -227,6 +248,37 @@ func (s *Server) openStore(ctx context.Context) error {
 	}
 	s.st = st
 	return nil
+}
+
+// retryStart runs a step of a clustered server's start again while it
+// fails, up to two minutes: a server rejoining a cluster starts while
+// its JetStream may still answer "temporarily unavailable". A server
+// alone runs it once.
+func (s *Server) retryStart(ctx context.Context, step func() error) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		err := step()
+		if err == nil || !s.clustered() || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		s.log.Warn("start: retrying", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// clustered says whether this server is one of a cluster's.
+func (s *Server) clustered() bool { return s.cfg.Cluster != nil && s.cfg.Cluster.Name != "" }
+
+// Name is the server's name in its cluster (its embedded NATS's), or
+// empty with an external NATS.
+func (s *Server) Name() string {
+	if s.nats == nil {
+		return ""
+	}
+	return s.nats.ServerName()
 }
 
 // Addr is the API's listen address.
@@ -258,7 +310,14 @@ func (s *Server) DevCACert() []byte { return s.certs.DevCACert() }
 // Serve serves the API until ctx is done, running the host monitor and
 // the certificate manager beside it.
 func (s *Server) Serve(ctx context.Context) error {
-	go s.monitorHosts(ctx)
+	hmCtx, hmCancel := context.WithCancel(ctx)
+	hmDone := make(chan struct{})
+	go func() { // hosts.go
+		defer close(hmDone)
+		_ = s.st.RunHeld(hmCtx, "host-monitor", leaseTTL, s.log, s.monitorHosts)
+	}()
+	// Waited for, so that the lease is given back before the store closes.
+	defer func() { hmCancel(); <-hmDone }()
 	gctx, gcancel := context.WithCancel(ctx)
 	grantsDone := make(chan struct{})
 	go func() { defer close(grantsDone); s.runGrants(gctx) }() // hostauth.go
@@ -269,7 +328,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer func() { bcancel(); <-billDone }()
 	adCtx, adCancel := context.WithCancel(ctx)
 	adDone := make(chan struct{})
-	go func() { defer close(adDone); s.autoDestroy(adCtx) }() // autodestroy.go
+	go func() { // autodestroy.go
+		defer close(adDone)
+		_ = s.st.RunHeld(adCtx, "auto-destroy", leaseTTL, s.log, s.autoDestroy)
+	}()
 	defer func() { adCancel(); <-adDone }()
 	vsCtx, vsCancel := context.WithCancel(ctx)
 	vsDone := make(chan struct{})

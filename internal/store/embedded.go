@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,11 +49,48 @@ type HostUser struct {
 
 var _ server.Authentication = (*Embedded)(nil)
 
+// Cluster joins an embedded nats-server to a JetStream cluster of
+// control planes (perch server --cluster-name): routes to every peer,
+// authenticated by the shared NATS password, and JetStream clustered
+// (Raft), so each bucket and stream is replicated (Replicas).
+type Cluster struct {
+	// Name is the cluster's name, the same on every server.
+	Name string
+	// Listen is this server's route address ("host:port").
+	Listen string
+	// Peers are every server's route addresses ("host:port"), this one's
+	// included or not.
+	Peers []string
+	// ServerName is this server's name in the cluster, unique (default:
+	// from Listen).
+	ServerName string
+}
+
+// Replicas is how many copies of each bucket and stream a cluster keeps:
+// every server's up to three.
+func (c *Cluster) Replicas() int {
+	if c == nil || c.Name == "" {
+		return 1
+	}
+	n := 1
+	for _, p := range c.Peers {
+		if p != c.Listen {
+			n++
+		}
+	}
+	return min(n, 3)
+}
+
 // RunEmbedded starts nats-server with JetStream, its data under dir,
 // listening on addr ("host:port"; port 0 picks one). The control plane
 // connects as ServerUser with password; hosts get their own users
 // (SetHostUsers).
 func RunEmbedded(dir, addr, password string, log *slog.Logger) (*Embedded, error) {
+	return RunEmbeddedCluster(dir, addr, password, nil, log)
+}
+
+// RunEmbeddedCluster is RunEmbedded joining cluster's peers (none if nil).
+func RunEmbeddedCluster(dir, addr, password string, cluster *Cluster, log *slog.Logger) (*Embedded, error) {
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("nats listen address %q: %w", addr, err)
@@ -74,9 +114,18 @@ func RunEmbedded(dir, addr, password string, log *slog.Logger) (*Embedded, error
 		NoLog:                      true,
 		MaxPayload:                 8 << 20,
 	}
+	if cluster != nil && cluster.Name != "" {
+		if err := clusterOptions(opts, cluster, password); err != nil {
+			return nil, err
+		}
+	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("nats server: %w", err)
+	}
+	if os.Getenv("PERCH_NATS_DEBUG") != "" {
+		opts.NoLog = false
+		srv.ConfigureLogger()
 	}
 	go srv.Start()
 	if !srv.ReadyForConnections(10 * time.Second) {
@@ -86,6 +135,38 @@ func RunEmbedded(dir, addr, password string, log *slog.Logger) (*Embedded, error
 	e.srv, e.url = srv, srv.ClientURL()
 	log.Info("embedded nats started", "url", e.url, "dir", dir)
 	return e, nil
+}
+
+func clusterOptions(opts *server.Options, c *Cluster, password string) error {
+	host, portStr, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return fmt.Errorf("cluster listen address %q: %w (write host:port, e.g. 10.0.0.1:4282)", c.Listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port <= 0 {
+		return fmt.Errorf("cluster listen port %q: want a port number 1-65535", portStr)
+	}
+	name := c.ServerName
+	if name == "" {
+		name = strings.NewReplacer(":", "-", ".", "-", "[", "", "]", "").Replace(c.Listen)
+	}
+	opts.ServerName = name
+	opts.Cluster = server.ClusterOpts{
+		Name: c.Name, Host: host, Port: port,
+		// Routes authenticate with the control plane's NATS password:
+		// every server of a cluster has the same (docs/servers.md).
+		Username: ServerUser, Password: password,
+	}
+	for _, p := range c.Peers {
+		if p == c.Listen {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(p); err != nil {
+			return fmt.Errorf("cluster peer %q: %w (write host:port of its --cluster-listen)", p, err)
+		}
+		opts.Routes = append(opts.Routes, &url.URL{Scheme: "nats-route", User: url.UserPassword(ServerUser, password), Host: p})
+	}
+	return nil
 }
 
 // Check authenticates a client (server.Authentication).
@@ -117,11 +198,15 @@ func hostUser(u HostUser) *server.User {
 }
 
 // SetHostUsers adds or replaces host users: a host that joined, or every
-// known host at start.
+// known host at start. A user given without machines keeps those it had
+// (SetHostMachines sets them).
 func (e *Embedded) SetHostUsers(users ...HostUser) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, u := range users {
+		if old, ok := e.hosts[u.HostID]; ok && u.Machines == nil {
+			u.Machines = old.Machines
+		}
 		e.hosts[u.HostID] = u
 	}
 	return nil
@@ -181,6 +266,9 @@ func (e *Embedded) RemoveHostUser(id string) error {
 	}
 	return nil
 }
+
+// ServerName is the server's name (its cluster's member name).
+func (e *Embedded) ServerName() string { return e.srv.Name() }
 
 // URL is the client URL of the server.
 func (e *Embedded) URL() string { return e.url }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -30,9 +31,12 @@ func (s *Store) RunHeld(ctx context.Context, name string, ttl time.Duration, log
 	b := make([]byte, 8)
 	rand.Read(b)
 	owner := hex.EncodeToString(b)
+	if s.opts.Holder != "" {
+		owner = s.opts.Holder + "/" + owner
+	}
 	key := "lease." + name
 	for {
-		rev, err := s.acquire(ctx, key, owner, ttl)
+		rev, err := s.acquire(ctx, key, owner, ttl, log)
 		if err != nil {
 			return fmt.Errorf("lease %s: %w", name, err)
 		}
@@ -41,19 +45,29 @@ func (s *Store) RunHeld(ctx context.Context, name string, ttl time.Duration, log
 		done := make(chan struct{})
 		go func() { defer close(done); fn(hctx) }()
 		t := time.NewTicker(ttl / 3)
+		lastOK := time.Now()
 	hold:
 		for {
 			select {
 			case <-done:
 				break hold
 			case <-t.C:
-				rctx, rcancel := context.WithTimeout(ctx, ttl/3)
-				rev, err = s.Locks.Update(rctx, key, []byte(owner), rev)
+				rctx, rcancel := context.WithTimeout(ctx, ttl/4)
+				nrev, err := s.Locks.Update(rctx, key, []byte(owner), rev)
 				rcancel()
-				if err != nil {
-					log.Warn("lost lease; another holder may take over", "lease", name, "err", err)
-					break hold
+				if err == nil {
+					rev, lastOK = nrev, time.Now()
+					continue
 				}
+				// A failed write (a cluster electing a new stream
+				// leader) is retried while nobody may take the lease
+				// over yet; a conflict means another holder has it.
+				if !isConflict(err) && time.Since(lastOK) < ttl*2/3 {
+					log.Warn("lease refresh failed; retrying", "lease", name, "err", err)
+					continue
+				}
+				log.Warn("lost lease; another holder may take over", "lease", name, "err", err)
+				break hold
 			}
 		}
 		t.Stop()
@@ -68,35 +82,60 @@ func (s *Store) RunHeld(ctx context.Context, name string, ttl time.Duration, log
 	}
 }
 
+// LeaseHolders returns every lease held now, by name ("autoscaler"), and
+// its holder (Options.Holder of the store that took it, empty if none was
+// given): `perch server status` and the cluster test read it.
+func (s *Store) LeaseHolders(ctx context.Context) (map[string]string, error) {
+	keys, err := s.Locks.ListKeysFiltered(ctx, "lease.>")
+	if err != nil {
+		return nil, fmt.Errorf("leases: %w", err)
+	}
+	defer keys.Stop()
+	out := map[string]string{}
+	for k := range keys.Keys() {
+		e, err := s.Locks.Get(ctx, k)
+		if err != nil {
+			continue // released meanwhile
+		}
+		holder, _, _ := strings.Cut(string(e.Value()), "/")
+		if !strings.Contains(string(e.Value()), "/") {
+			holder = ""
+		}
+		out[strings.TrimPrefix(k, "lease.")] = holder
+	}
+	return out, nil
+}
+
 // acquire waits until key is created by owner or taken over from a dead
 // holder, returning its revision.
-func (s *Store) acquire(ctx context.Context, key, owner string, ttl time.Duration) (uint64, error) {
+func (s *Store) acquire(ctx context.Context, key, owner string, ttl time.Duration, log *slog.Logger) (uint64, error) {
 	poll := min(ttl/10, time.Second)
+	var warned time.Time
 	for {
 		rev, err := s.Locks.Create(ctx, key, []byte(owner))
 		if err == nil {
 			return rev, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			if ctx.Err() != nil {
-				return 0, ctx.Err()
-			}
-			return 0, err
+		var e jetstream.KeyValueEntry
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			e, err = s.Locks.Get(ctx, key)
 		}
-		e, err := s.Locks.Get(ctx, key)
 		switch {
+		case ctx.Err() != nil:
+			return 0, ctx.Err()
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 			continue
 		case err != nil:
-			if ctx.Err() != nil {
-				return 0, ctx.Err()
+			// NATS away, or a cluster electing the bucket's leader:
+			// wait and try again, as for a lease held by another.
+			if time.Since(warned) > 10*time.Second {
+				log.Warn("cannot take lease yet; retrying", "lease", strings.TrimPrefix(key, "lease."), "err", err)
+				warned = time.Now()
 			}
-			return 0, err
 		case time.Since(e.Created()) > ttl:
 			if rev, err := s.Locks.Update(ctx, key, []byte(owner), e.Revision()); err == nil {
 				return rev, nil
 			}
-			continue
 		}
 		t := time.NewTimer(poll)
 		select {

@@ -109,3 +109,35 @@ func TestRunHeldOneHolderAndTakeover(t *testing.T) {
 	}
 	t.Logf("takeover from a dead holder: %v (ttl %v)", took, ttl)
 }
+
+// LeaseHolders names the holder of each lease by its store's Holder, and
+// a lease whose holder stopped is gone from it.
+func TestLeaseHolders(t *testing.T) {
+	sts := openTestStores(t, 1)
+	st := sts[0]
+	st.opts.Holder = "s1"
+	ctx, cancel := context.WithCancel(context.Background())
+	held := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = st.RunHeld(ctx, "job", 3*time.Second, slog.New(slog.DiscardHandler), func(ctx context.Context) {
+			close(held)
+			<-ctx.Done()
+		})
+	}()
+	<-held
+	hs, err := st.LeaseHolders(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs["job"] != "s1" {
+		t.Fatalf("holders %v, want job held by s1", hs)
+	}
+	cancel()
+	<-done
+	waitFor(t, 10*time.Second, "the released lease leaves the holders", func() bool {
+		hs, err := st.LeaseHolders(context.Background())
+		return err == nil && hs["job"] == ""
+	})
+}

@@ -45,7 +45,7 @@ func (s *Store) EnsureAppLogs(ctx context.Context, app string, maxBytes int64) e
 	if maxBytes <= 0 {
 		maxBytes = LogBytesPerApp
 	}
-	if _, err := s.js.CreateOrUpdateStream(ctx, logStreamConfig(app, maxBytes)); err != nil {
+	if err := s.EnsureStream(ctx, logStreamConfig(app, maxBytes)); err != nil {
 		return fmt.Errorf("log stream of app %s: %w", app, err)
 	}
 	return nil

@@ -74,6 +74,8 @@ type Store struct {
 	reMu        sync.Mutex
 	reconnected chan struct{}
 
+	opts Options
+
 	Apps     jetstream.KeyValue
 	Machines jetstream.KeyValue
 	Status   jetstream.KeyValue
@@ -118,7 +120,30 @@ func Open(ctx context.Context, url, token, name string) (*Store, error) {
 // OpenAs is Open with any Auth: the control plane's connection, which
 // creates every bucket and stream.
 func OpenAs(ctx context.Context, url string, auth Auth, name string) (*Store, error) {
-	s := &Store{reconnected: make(chan struct{})}
+	return OpenWith(ctx, url, auth, name, Options{})
+}
+
+// Options are a control plane's choices for the buckets and streams it
+// makes and the leases it holds.
+type Options struct {
+	// Replicas is how many servers keep each bucket and stream (1 if
+	// 0): a cluster's Cluster.Replicas.
+	Replicas int
+	// Holder names this process in the leases it holds (RunHeld), so
+	// that `LeaseHolders` tells which server runs which job.
+	Holder string
+	// Follower leaves making the buckets and streams to another server
+	// of the cluster (the first of --cluster-peers) and waits for them:
+	// the same stream created at once from several servers leaves the
+	// creators without an answer (seen with nats-server 2.15).
+	Follower bool
+}
+
+// OpenWith is OpenAs with Options. With more than one replica it waits
+// for the cluster's JetStream to be up (a quorum of servers) until ctx
+// ends.
+func OpenWith(ctx context.Context, url string, auth Auth, name string, o Options) (*Store, error) {
+	s := &Store{reconnected: make(chan struct{}), opts: o}
 	nc, err := s.connect(url, auth, name)
 	if err != nil {
 		return nil, err
@@ -254,28 +279,113 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		// issuer never cleaned up.
 		{&s.Challenges, BucketChallenges, 1, time.Hour},
 	} {
-		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		kv, err := s.EnsureBucket(ctx, jetstream.KeyValueConfig{
 			Bucket:  b.name,
 			History: b.hist,
 			TTL:     b.ttl,
 			Storage: jetstream.FileStorage,
 		})
 		if err != nil {
-			return fmt.Errorf("bucket %s: %w", b.name, err)
+			return err
 		}
 		*b.kv = kv
 	}
-	s.VolumeMoves, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket: ObjectVolumeMoves, Storage: jetstream.FileStorage, TTL: time.Hour,
+	err = retryClustered(ctx, s.Replicas(), func(ctx context.Context) (err error) {
+		if s.opts.Follower {
+			s.VolumeMoves, err = js.ObjectStore(ctx, ObjectVolumeMoves)
+			return err
+		}
+		s.VolumeMoves, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket: ObjectVolumeMoves, Storage: jetstream.FileStorage, TTL: time.Hour, Replicas: s.Replicas(),
+		})
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("object store %s: %w", ObjectVolumeMoves, err)
 	}
 	// Logs are a stream per app (logs.go), made with the app.
+	if s.opts.Follower {
+		return nil
+	}
 	if err := dropSharedLogStream(ctx, js); err != nil {
 		return err
 	}
 	return nil
+}
+
+// Replicas is how many servers keep each bucket and stream this store
+// makes (Options.Replicas, at least 1).
+func (s *Store) Replicas() int { return max(s.opts.Replicas, 1) }
+
+// EnsureBucket makes (or updates) a bucket with the store's replicas
+// and binds it.
+func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	cfg.Replicas = s.Replicas()
+	var kv jetstream.KeyValue
+	err := retryClustered(ctx, cfg.Replicas, func(ctx context.Context) error {
+		var err error
+		if s.opts.Follower {
+			kv, err = s.js.KeyValue(ctx, cfg.Bucket)
+			return err
+		}
+		kv, err = s.js.CreateOrUpdateKeyValue(ctx, cfg)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
+	}
+	return kv, nil
+}
+
+// EnsureStream makes (or updates) a stream with the store's replicas.
+func (s *Store) EnsureStream(ctx context.Context, cfg jetstream.StreamConfig) error {
+	cfg.Replicas = s.Replicas()
+	err := retryClustered(ctx, cfg.Replicas, func(ctx context.Context) error {
+		if s.opts.Follower {
+			if _, err := s.js.Stream(ctx, cfg.Name); err == nil {
+				return nil
+			}
+		}
+		_, err := s.js.CreateOrUpdateStream(ctx, cfg)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", cfg.Name, err)
+	}
+	return nil
+}
+
+// retryClustered runs fn until it succeeds; in a cluster (replicas > 1)
+// failures are retried while ctx lasts, up to two minutes: JetStream
+// answers only once a quorum of servers is up and has a meta leader.
+func retryClustered(ctx context.Context, replicas int, fn func(context.Context) error) error {
+	if replicas <= 1 {
+		return fn(ctx)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	var last error
+	for {
+		// Each try bounded: a request to a stream whose leader is
+		// being elected may otherwise wait for ever.
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := fn(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() == nil {
+			last = err
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return fmt.Errorf("%w (is a majority of the cluster's servers up?)", errors.Join(err, last))
+		}
+		t := time.NewTimer(250 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+	}
 }
 
 // Conn is the underlying NATS connection.

@@ -1,0 +1,81 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+)
+
+// A client given a cluster's servers sends to the next when one refuses
+// connections, and stays with the one that answered.
+func TestClientFailsOverBetweenServers(t *testing.T) {
+	// A port nothing listens on: a server that is down.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := "http://" + l.Addr().String()
+	l.Close()
+	var posts atomic.Int32
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			posts.Add(1)
+		}
+		_ = json.NewEncoder(w).Encode(App{Name: "a"})
+	}))
+	defer up.Close()
+	c := NewClient(down+", "+up.URL+"/", "tok")
+	ctx := context.Background()
+	for range 3 {
+		if _, err := c.CreateApp(ctx, CreateAppRequest{AppName: "a"}); err != nil {
+			t.Fatalf("create through the second server: %v", err)
+		}
+	}
+	if n := posts.Load(); n != 3 {
+		t.Errorf("the live server took %d creates, want 3 (each sent once)", n)
+	}
+	if got := c.urls[c.cur.Load()]; got != up.URL {
+		t.Errorf("client stays with %s, want the server that answered, %s", got, up.URL)
+	}
+	// Every server down: the error names the last one tried.
+	all := NewClient(down+","+down, "tok")
+	if _, err := all.CreateApp(ctx, CreateAppRequest{AppName: "a"}); err == nil {
+		t.Fatal("create with every server down succeeded")
+	}
+}
+
+// A POST whose connection broke after it was sent is not sent again to
+// another server: it may have been applied.
+func TestClientDoesNotResendWritesAfterSending(t *testing.T) {
+	var first, second atomic.Int32
+	broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		first.Add(1)
+		hj, _ := w.(http.Hijacker)
+		conn, _, _ := hj.Hijack()
+		conn.Close() // the server died after reading the request
+	}))
+	defer broken.Close()
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		second.Add(1)
+		_ = json.NewEncoder(w).Encode(App{Name: "a"})
+	}))
+	defer other.Close()
+	c := NewClient(broken.URL+","+other.URL, "tok")
+	if _, err := c.CreateApp(context.Background(), CreateAppRequest{AppName: "a"}); err == nil {
+		t.Fatal("a create whose connection broke reported success")
+	}
+	if second.Load() != 0 {
+		t.Errorf("the create was sent again to the other server (%d times)", second.Load())
+	}
+	// A GET is safe to send again.
+	if _, err := c.ListApps(context.Background()); err != nil {
+		t.Fatalf("list after a broken connection: %v", err)
+	}
+	if second.Load() != 1 {
+		t.Errorf("the list went %d times to the other server, want 1", second.Load())
+	}
+}
