@@ -68,7 +68,6 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		"$JS.API.STREAM.INFO.KV_"+BucketLocks, // bound, never watched
 		"$JS.API.DIRECT.GET.KV_"+BucketLocks+"."+autostopLocks,
 		autostopLocks,
-		"$KV."+BucketHosts+"."+hostID, // heartbeat
 		"$KV."+BucketChallenges+".ack.*."+hostID,
 		// The edge's own lines in an app's log (edge.EdgeLogMachine).
 		LogSubject("*", region, "edge"),

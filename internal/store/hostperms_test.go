@@ -86,11 +86,8 @@ func TestHostCredential(t *testing.T) {
 	js := a.JetStream()
 	short := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 200*time.Millisecond) }
 
-	// Allowed: A's own heartbeat, statuses, autostop locks of its
-	// region, reading what its edge routes by and serves.
-	if _, err := a.Hosts.Put(ctx, "iad-aaaa", []byte(`{}`)); err != nil {
-		t.Errorf("host A cannot write its own heartbeat: %v", err)
-	}
+	// Allowed: A's statuses, autostop locks of its region, reading what
+	// its edge routes by and serves (its heartbeat goes through the API).
 	if _, err := a.Status.Put(ctx, "app1.m2", []byte(`{}`)); err != nil {
 		t.Errorf("host A cannot write its machine's status: %v", err)
 	}
@@ -207,6 +204,17 @@ func TestHostCredential(t *testing.T) {
 			return nil
 		}
 	}
+	// The control plane assigns every host's subnets and mesh address
+	// and alone writes perch_hosts: A can neither move its own /64 onto
+	// B's nor rewrite B's.
+	if _, err := srv.Hosts.Put(ctx, "iad-aaaa", []byte(`{"subnet6":"fdaa:0:1::/64","mesh_addr":"fdaa::1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	denied("claim another host's 6PN /64 in its own record", "$KV.perch_hosts.iad-aaaa", func(c context.Context) error {
+		_, err := a.Hosts.Put(c, "iad-aaaa", []byte(`{"subnet6":"fdaa:0:2::/64","mesh_addr":"fdaa::2"}`))
+		return err
+	})
+	denied("delete its own host record", "$KV.perch_hosts.iad-aaaa", func(c context.Context) error { return a.Hosts.Delete(c, "iad-aaaa") })
 	denied("write host B's heartbeat", "$KV.perch_hosts.ams-bbbb", func(c context.Context) error {
 		_, err := a.Hosts.Put(c, "ams-bbbb", []byte(`{"status":"down"}`))
 		return err
@@ -271,11 +279,16 @@ func TestHostCredential(t *testing.T) {
 	if n := reconnects.Load(); n != 0 || !srv.Conn().IsConnected() {
 		t.Errorf("reloading users cost host A %d reconnections; the control plane is connected: %v", n, srv.Conn().IsConnected())
 	}
-	// The control plane still sees B's record as it was.
+	// The control plane still sees B's record, and A's, as they were.
 	rec, _, err := Get[map[string]any](ctx, srv.Hosts, "ams-bbbb")
 	if err != nil || rec["status"] != nil {
 		b, _ := json.Marshal(rec)
 		t.Errorf("host B's record after host A's attempts: %s, %v", b, err)
+	}
+	rec, _, err = Get[map[string]any](ctx, srv.Hosts, "iad-aaaa")
+	if err != nil || rec["subnet6"] != "fdaa:0:1::/64" || rec["mesh_addr"] != "fdaa::1" {
+		b, _ := json.Marshal(rec)
+		t.Errorf("host A's record after its attempts: %s, %v; want the control plane's fdaa:0:1::/64 and fdaa::1", b, err)
 	}
 }
 
