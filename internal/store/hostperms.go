@@ -72,9 +72,9 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		// The edge's own lines in an app's log (edge.EdgeLogMachine).
 		LogSubject("*", region, "edge"),
 		"perch.usage."+hostID,
-		DemandSubject(region),
+		DemandSubject(region, hostID),
 		DrainSubject(hostID),
-		"perch.start.*",
+		StartSubject("*", hostID), // an edge asks another host to start a machine, as itself
 	)
 	for _, key := range machines {
 		if vol, ok := strings.CutPrefix(key, VolumeGrantPrefix); ok {
@@ -94,7 +94,7 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			HostInboxPrefix(hostID) + ".>",
 			DrainSubjects,
-			StartSubject(hostID),
+			StartSubjects(hostID),
 			VolumeSubject(hostID),
 		}},
 		// Replies to requests it received (drain, start) and to

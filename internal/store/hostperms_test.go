@@ -152,7 +152,7 @@ func TestHostCredential(t *testing.T) {
 	for _, r := range []struct {
 		from, to *Store
 		subj     string
-	}{{a, b, DrainSubject("iad-aaaa")}, {b, a, StartSubject("iad-aaaa")}} {
+	}{{a, b, DrainSubject("iad-aaaa")}, {b, a, StartSubject("iad-aaaa", "ams-bbbb")}} {
 		sub, err := r.to.Conn().Subscribe(r.subj, func(m *nats.Msg) { _ = m.Respond([]byte("ok")) })
 		if err != nil {
 			t.Fatal(err)
@@ -166,7 +166,7 @@ func TestHostCredential(t *testing.T) {
 		_ = sub.Unsubscribe()
 	}
 
-	allowed := []string{LogSubject("app1", "iad", "m2"), LogSubject("app1", "iad", "edge"), "perch.usage.iad-aaaa", DemandSubject("iad"), DrainSubject("iad-aaaa"), StartSubject("ams-bbbb")}
+	allowed := []string{LogSubject("app1", "iad", "m2"), LogSubject("app1", "iad", "edge"), "perch.usage.iad-aaaa", DemandSubject("iad", "iad-aaaa"), DrainSubject("iad-aaaa"), StartSubject("ams-bbbb", "iad-aaaa")}
 	for _, subj := range allowed {
 		if err := a.Conn().Publish(subj, []byte("{}")); err != nil {
 			t.Fatal(err)
@@ -258,9 +258,13 @@ func TestHostCredential(t *testing.T) {
 	denied("publish a log line of host B's machine", "perch.logs.app1.ams.m1", pub(LogSubject("app1", "ams", "m1")))
 	denied("publish a log line of host B's machine as if from its own region", "perch.logs.app1.iad.m1", pub(LogSubject("app1", "iad", "m1")))
 	denied("publish host B's usage", "perch.usage.ams-bbbb", pub("perch.usage.ams-bbbb"))
-	denied("publish another region's demand", "perch.demand.ams", pub(DemandSubject("ams")))
+	denied("publish another region's demand", "perch.demand.ams.iad-aaaa", pub(DemandSubject("ams", "iad-aaaa")))
+	denied("publish its region's demand as host B", "perch.demand.iad.ams-bbbb", pub(DemandSubject("iad", "ams-bbbb")))
+	denied("ask host B to start a machine as host B", "perch.start.ams-bbbb.ams-bbbb", pub(StartSubject("ams-bbbb", "ams-bbbb")))
+	denied("ask host B to start a machine as another host", "perch.start.ams-bbbb.ord-cccc", pub(StartSubject("ams-bbbb", "ord-cccc")))
+	denied("publish a start request with no sender", "perch.start.ams-bbbb", pub("perch.start.ams-bbbb"))
 	denied("ask the edges to drain as host B", "perch.drain.ams-bbbb", pub(DrainSubject("ams-bbbb")))
-	for _, subj := range []string{"_INBOX.>", HostInboxPrefix("ams-bbbb") + ".>", StartSubject("ams-bbbb"), VolumeSubject("ams-bbbb"), "perch.logs.>", "$KV.>", ">"} {
+	for _, subj := range []string{"_INBOX.>", HostInboxPrefix("ams-bbbb") + ".>", StartSubjects("ams-bbbb"), VolumeSubject("ams-bbbb"), "perch.logs.>", "$KV.>", ">"} {
 		denied("subscribe to "+subj, subj, func(c context.Context) error {
 			if _, err := a.Conn().SubscribeSync(subj); err != nil {
 				return err
