@@ -178,6 +178,10 @@ func TestHostCannotRewriteItsMeshAssignment(t *testing.T) {
 	} else if h.Subnet6 == bRec.Subnet6 || h.MeshAddr == bRec.MeshAddr || h.Subnet == bRec.Subnet {
 		t.Errorf("host A registered again with host B's assignment and got %+v", h)
 	}
+	// Nor can it take host B's WireGuard key (every other host would
+	// give B's peer its AllowedIPs, or the reverse).
+	_, err = ac.RegisterHost(ctx, api.Host{ID: a.HostID, Region: "iad", CPUs: 2, MemoryMB: 1024, MeshKey: keys[b.HostID]})
+	wantStatus(t, err, 409, b.HostID)
 	// Its own heartbeat still lands (the registration above dropped its
 	// endpoint, as an agent's restart does until its next heartbeat).
 	if err := ac.Heartbeat(ctx, a.HostID, api.HostHeartbeat{MeshEndpoint: "127.0.0.1:51001"}); err != nil {

@@ -94,6 +94,14 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	for _, o := range all {
+		// WireGuard knows a peer by its key: a second host with one would
+		// take the first's AllowedIPs on every other host.
+		if h.MeshKey != "" && o.MeshKey == h.MeshKey && o.ID != h.ID {
+			s.fail(w, r, errf(http.StatusConflict, "mesh_public_key %s is host %s's; each host needs its own WireGuard key (remove mesh.key from the state dir to make a new one)", h.MeshKey, o.ID))
+			return
+		}
+	}
 	if h.ID != "" {
 		old, _, err := store.Get[api.Host](ctx, s.st.Hosts, h.ID)
 		if err == nil {
