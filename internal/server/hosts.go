@@ -98,7 +98,7 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 		// WireGuard knows a peer by its key: a second host with one would
 		// take the first's AllowedIPs on every other host.
 		if h.MeshKey != "" && o.MeshKey == h.MeshKey && o.ID != h.ID {
-			s.fail(w, r, errf(http.StatusConflict, "mesh_public_key %s is host %s's; each host needs its own WireGuard key (remove mesh.key from the state dir to make a new one)", h.MeshKey, o.ID))
+			s.fail(w, r, errf(http.StatusConflict, "mesh_public_key %s is host %s's; each host needs its own WireGuard key: if %s is this machine's old identity, remove it (perch hosts remove %s), else remove mesh.key from this host's state dir to make a new key", h.MeshKey, o.ID, o.ID, o.ID))
 			return
 		}
 	}
