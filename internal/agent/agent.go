@@ -373,26 +373,26 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
+// heartbeat reports the host alive to the control plane, which writes its
+// record: the host's NATS user may only read perch_hosts, so it cannot
+// change the subnets and mesh address the control plane assigned.
 func (a *Agent) heartbeat(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Heartbeat)
 	defer t.Stop()
 	for {
-		_, err := store.Modify(ctx, a.st.Hosts, a.host.ID, func(h *api.Host) error {
-			h.LastSeen = time.Now().UTC()
-			h.Status = api.HostUp
-			h.MeshEndpoint = a.meshEndpoint()
-			h.RTT = meshhost.Millis(a.mesh.RTT())
-			h.BGP = a.anycast.report(ctx) // anycast.go
-			h.Disk = a.disk.Load()
-			if h.Disk == nil { // before the first image collection: the volumes' scheduler needs free space
-				var fs unix.Statfs_t
-				if unix.Statfs(a.cfg.StateDir, &fs) == nil {
-					h.Disk = &api.HostDisk{FreeBytes: int64(fs.Bavail) * fs.Bsize, TotalBytes: int64(fs.Blocks) * fs.Bsize}
-				}
+		hb := api.HostHeartbeat{
+			MeshEndpoint: a.meshEndpoint(),
+			RTT:          meshhost.Millis(a.mesh.RTT()),
+			BGP:          a.anycast.report(ctx), // anycast.go
+			Disk:         a.disk.Load(),
+		}
+		if hb.Disk == nil { // before the first image collection: the volumes' scheduler needs free space
+			var fs unix.Statfs_t
+			if unix.Statfs(a.cfg.StateDir, &fs) == nil {
+				hb.Disk = &api.HostDisk{FreeBytes: int64(fs.Bavail) * fs.Bsize, TotalBytes: int64(fs.Blocks) * fs.Bsize}
 			}
-			return nil
-		})
-		if err != nil && ctx.Err() == nil {
+		}
+		if err := a.client.Heartbeat(ctx, a.host.ID, hb); err != nil && ctx.Err() == nil {
 			a.log.Warn("heartbeat failed", "err", err)
 		}
 		select {

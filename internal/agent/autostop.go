@@ -315,7 +315,7 @@ func (s starter) StartMachine(ctx context.Context, t edge.Target) error {
 	b, _ := json.Marshal(req)
 	rctx, cancel := context.WithTimeout(ctx, startAsk)
 	defer cancel()
-	msg, err := s.a.st.Conn().RequestWithContext(rctx, store.StartSubject(t.HostID), b)
+	msg, err := s.a.st.Conn().RequestWithContext(rctx, store.StartSubject(t.HostID, s.a.host.ID), b)
 	if err != nil {
 		return fmt.Errorf("asking host %s to start machine %s: %w", t.HostID, t.MachineID, err)
 	}
@@ -332,14 +332,19 @@ func (s starter) StartMachine(ctx context.Context, t edge.Target) error {
 // serveStarts answers other hosts' edges' start requests for this host's
 // machines until ctx is done.
 func (a *Agent) serveStarts(ctx context.Context) {
-	sub, err := a.st.Conn().Subscribe(store.StartSubject(a.host.ID), func(m *nats.Msg) {
+	sub, err := a.st.Conn().Subscribe(store.StartSubjects(a.host.ID), func(m *nats.Msg) {
 		var req store.StartRequest
 		if json.Unmarshal(m.Data, &req) != nil || m.Reply == "" {
 			return
 		}
 		go func() {
 			var rep store.StartReply
-			if err := a.startForRequest(ctx, req); err != nil {
+			req.From = store.StartSender(m.Subject)
+			err := a.checkStartSender(ctx, req.From, req)
+			if err == nil {
+				err = a.startForRequest(ctx, req)
+			}
+			if err != nil {
 				rep.Error = err.Error()
 			}
 			b, _ := json.Marshal(rep)
@@ -352,6 +357,24 @@ func (a *Agent) serveStarts(ctx context.Context) {
 	}
 	<-ctx.Done()
 	_ = sub.Unsubscribe()
+}
+
+// checkStartSender: a start request comes from the edge of host from
+// (the subject names it, and a host may publish only its own), and the
+// region it names is that host's, as the control plane recorded it
+// (perch_hosts, which no host writes).
+func (a *Agent) checkStartSender(ctx context.Context, from string, req store.StartRequest) error {
+	if from == "" {
+		return errors.New("start request names no sending host")
+	}
+	h, _, err := store.Get[api.Host](ctx, a.st.Hosts, from)
+	if err != nil {
+		return fmt.Errorf("start request from host %s: %w", from, err)
+	}
+	if h.Region != req.Region {
+		return fmt.Errorf("start request from host %s of region %s names region %q", from, h.Region, req.Region)
+	}
+	return nil
 }
 
 // errStartedAlready: the machine is meant to be started; nothing to write.
@@ -383,7 +406,11 @@ func (a *Agent) startForRequest(ctx context.Context, req store.StartRequest) err
 		}
 		m.Desired = store.DesireStarted
 		m.Generation++
-		m.Reason, m.ReasonGeneration = fmt.Sprintf("started for a request at the %s edge (autostart)", req.Region), m.Generation
+		m.Reason = fmt.Sprintf("started for a request at the %s edge (autostart)", req.Region)
+		if req.From != "" {
+			m.Reason = fmt.Sprintf("started for a request at the %s edge (autostart) of host %s", req.Region, req.From)
+		}
+		m.ReasonGeneration = m.Generation
 		m.UpdatedAt = time.Now().UTC()
 		return nil
 	})

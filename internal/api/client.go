@@ -264,6 +264,12 @@ func (c *Client) RegisterHost(ctx context.Context, h Host) (*Host, error) {
 	return &out, nil
 }
 
+// Heartbeat reports host id alive with what it measured; the control
+// plane writes it into the host's record.
+func (c *Client) Heartbeat(ctx context.Context, id string, hb HostHeartbeat) error {
+	return c.do(ctx, http.MethodPost, "/v1/hosts/"+url.PathEscape(id)+"/heartbeat", nil, hb, nil)
+}
+
 // CreateJoinToken makes a single-use join token for one host of a region.
 func (c *Client) CreateJoinToken(ctx context.Context, req JoinTokenRequest) (*JoinToken, error) {
 	var out JoinToken

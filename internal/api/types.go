@@ -508,6 +508,17 @@ type Host struct {
 	BGP *HostBGP `json:"bgp,omitempty"`
 }
 
+// HostHeartbeat is what a host reports of itself every few seconds
+// (POST /v1/hosts/{id}/heartbeat): only the fields the host owns. The
+// control plane writes them into the host's record beside the ones it
+// assigned (region, subnets, mesh address), which no host can change.
+type HostHeartbeat struct {
+	MeshEndpoint string             `json:"mesh_endpoint,omitempty"`
+	Disk         *HostDisk          `json:"disk,omitempty"`
+	RTT          map[string]float64 `json:"rtt_ms,omitempty"`
+	BGP          *HostBGP           `json:"bgp,omitempty"`
+}
+
 // HostBGP is a host's BGP speaker as its heartbeat reports it.
 type HostBGP struct {
 	Sessions  []BGPSession `json:"sessions"`

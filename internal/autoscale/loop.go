@@ -116,6 +116,13 @@ func (l *Loop) Run(ctx context.Context) error {
 			l.log.Debug("bad demand report", "subject", m.Subject, "err", err)
 			return
 		}
+		// The subject is who sent it (a host publishes only its own);
+		// the report's own fields could name any region or host.
+		region, host, ok := store.DemandSender(m.Subject)
+		if !ok {
+			return
+		}
+		rep.Region, rep.HostID = region, host
 		l.mu.Lock()
 		l.reports[rep.HostID+"/"+rep.Region] = received{at: time.Now(), rep: rep}
 		l.mu.Unlock()

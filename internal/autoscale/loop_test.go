@@ -113,7 +113,7 @@ func TestLoopAddsWhereDemandEntersAndAsksTheLimiter(t *testing.T) {
 	publish := func(region string, conc float64) {
 		b, _ := json.Marshal(store.DemandReport{Region: region, HostID: "h-" + region, At: time.Now(), Interval: 2,
 			Apps: []store.AppDemand{{App: "web", RPS: 30, Concurrency: conc, LatencyMS: 236, ServedBy: map[string]int64{"iad": 60}}}})
-		st.Conn().Publish(store.DemandSubject(region), b)
+		st.Conn().Publish(store.DemandSubject(region, "h-"+region), b)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for h.count("syd") == 0 {
@@ -167,5 +167,20 @@ func TestLoopAddsWhereDemandEntersAndAsksTheLimiter(t *testing.T) {
 	}
 	if h.count("iad") != 2 {
 		t.Errorf("iad has %d machines, want the user's two kept", h.count("iad"))
+	}
+
+	// A report counts for the region and host its subject names (a host
+	// may publish only its own), whatever its body claims.
+	forged, _ := json.Marshal(store.DemandReport{Region: "syd", HostID: "h-syd", At: time.Now(), Interval: 2,
+		Apps: []store.AppDemand{{App: "api", RPS: 7}}})
+	var got map[string]Demand
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		st.Conn().Publish(store.DemandSubject("iad", "h-iad"), forged)
+		if got = loop.Demand("api"); len(got) > 0 {
+			break
+		}
+	}
+	if len(got) != 1 || got["iad"].RPS != 7 {
+		t.Errorf("a report on %s whose body says syd: demand %+v, want 7 req/s from iad only", store.DemandSubject("iad", "h-iad"), got)
 	}
 }

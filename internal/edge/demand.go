@@ -124,7 +124,7 @@ func (d *demand) flush(now time.Time) []store.AppDemand {
 func (e *Edge) publishDemand(ctx context.Context, nc *nats.Conn) {
 	t := time.NewTicker(store.DemandInterval)
 	defer t.Stop()
-	subj := store.DemandSubject(e.cfg.Region)
+	subj := store.DemandSubject(e.cfg.Region, e.cfg.HostID)
 	last := time.Now()
 	for {
 		select {

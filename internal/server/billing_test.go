@@ -65,7 +65,7 @@ func TestAutoscalerStopsAtTheBudgetProjection(t *testing.T) {
 			rep := store.DemandReport{Region: "iad", HostID: h.ID, At: time.Now(), Interval: 2,
 				Apps: []store.AppDemand{{App: "busy", RPS: 400, Concurrency: 80, InFlight: 80}}} // 6 machines' worth
 			b, _ := json.Marshal(rep)
-			_ = s.st.Conn().Publish("perch.demand.iad", b)
+			_ = s.st.Conn().Publish(store.DemandSubject("iad", h.ID), b)
 			select {
 			case <-stop:
 				return

@@ -158,8 +158,8 @@ func TestHostJoin(t *testing.T) {
 			return err
 		}
 		defer st.Close()
-		if _, err = st.Hosts.Put(ctx, cred.HostID, []byte(`{}`)); err != nil {
-			return err
+		if _, _, err = store.Get[api.Host](ctx, st.Hosts, cred.HostID); err != nil {
+			return fmt.Errorf("its own host record: %w", err)
 		}
 		if _, err := st.Status.Put(ctx, store.MachineKey("web", mine.ID), []byte(`{}`)); err != nil {
 			return fmt.Errorf("status of its own machine: %w", err)

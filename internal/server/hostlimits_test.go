@@ -252,7 +252,13 @@ func TestRemoveHost(t *testing.T) {
 	_, err = s.c.RemoveHost(ctx, a.HostID)
 	wantStatus(t, err, 404, "not found")
 
-	// Host B keeps its connection and its rights.
+	// Host B keeps its connection and its rights: its heartbeat lands,
+	// its NATS user still reads the host records.
+	if err := api.NewClient(s.URL(), b.Bearer()).Heartbeat(ctx, b.HostID, api.HostHeartbeat{}); err != nil {
+		t.Errorf("host B's heartbeat after A's removal: %v", err)
+	}
+	err = api.NewClient(s.URL(), a.Bearer()).Heartbeat(ctx, a.HostID, api.HostHeartbeat{})
+	wantStatus(t, err, 401, "")
 	js, err := jetstream.New(ncB)
 	if err != nil {
 		t.Fatal(err)
@@ -261,8 +267,8 @@ func TestRemoveHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Put(ctx, b.HostID, []byte(`{}`)); err != nil {
-		t.Errorf("host B writing its record after A's removal: %v", err)
+	if _, err := kv.Get(ctx, b.HostID); err != nil {
+		t.Errorf("host B reading its record after A's removal: %v", err)
 	}
 }
 

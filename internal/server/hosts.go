@@ -1,7 +1,9 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/netip"
@@ -92,6 +94,14 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	for _, o := range all {
+		// WireGuard knows a peer by its key: a second host with one would
+		// take the first's AllowedIPs on every other host.
+		if h.MeshKey != "" && o.MeshKey == h.MeshKey && o.ID != h.ID {
+			s.fail(w, r, errf(http.StatusConflict, "mesh_public_key %s is host %s's; each host needs its own WireGuard key: if %s is this machine's old identity, remove it (perch hosts remove %s), else remove mesh.key from this host's state dir to make a new key", h.MeshKey, o.ID, o.ID, o.ID))
+			return
+		}
+	}
 	if h.ID != "" {
 		old, _, err := store.Get[api.Host](ctx, s.st.Hosts, h.ID)
 		if err == nil {
@@ -123,6 +133,59 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("host registered", "host", h.ID, "region", h.Region, "subnet", h.Subnet)
 	writeJSON(w, http.StatusOK, h)
+}
+
+// hostHeartbeat writes a host's heartbeat into its record: the host owns
+// its mesh endpoint, disk, RTTs and BGP report; the control plane keeps
+// the rest (region, role, subnets, mesh address), so a host never writes
+// perch_hosts itself and cannot claim another host's /64 (its NATS user
+// may only read the bucket).
+func (s *Server) hostHeartbeat(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	id := r.PathValue("id")
+	if err := validID("host", id); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if hp, ok := hostOf(r); ok && hp.ID != id {
+		s.fail(w, r, errf(http.StatusForbidden, "host %s may heartbeat only itself, not host %q", hp.ID, id))
+		return
+	}
+	body, err := decodeBody(r, &json.RawMessage{})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var hb api.HostHeartbeat
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&hb); err != nil {
+		s.fail(w, r, errf(http.StatusBadRequest, "heartbeat: %v; a host reports only mesh_endpoint, disk, rtt_ms and bgp (its region, subnets and mesh address are the control plane's, fixed at registration)", err))
+		return
+	}
+	if hb.MeshEndpoint != "" {
+		if _, err := netip.ParseAddrPort(hb.MeshEndpoint); err != nil {
+			s.fail(w, r, errf(http.StatusBadRequest, "mesh_endpoint %q is not an address:port: %v", hb.MeshEndpoint, err))
+			return
+		}
+	}
+	now := time.Now().UTC()
+	_, err = store.Modify(ctx, s.st.Hosts, id, func(h *api.Host) error {
+		if h.Role == api.HostRoleControl {
+			return errf(http.StatusForbidden, "host %s is the control plane's own mesh record; only the control plane heartbeats it", id)
+		}
+		h.Status, h.LastSeen = api.HostUp, now
+		h.MeshEndpoint, h.Disk, h.RTT, h.BGP = hb.MeshEndpoint, hb.Disk, hb.RTT, hb.BGP
+		return nil
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		err = errf(http.StatusNotFound, "host %q is not registered (removed?); register it first (POST /v1/hosts)", id)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // assignMesh gives h a mesh address and a 6PN /64 for its machines,

@@ -120,6 +120,7 @@ var apiRoutes = []route{
 	{"GET /v1/whoami", scopeAny, h((*Server).whoami)},
 	{"GET /v1/hosts", scopeAdmin, h((*Server).listHosts)},
 	{"POST /v1/hosts", scopeAgent, h((*Server).registerHost)},
+	{"POST /v1/hosts/{id}/heartbeat", scopeAgent, h((*Server).hostHeartbeat)},
 	{"POST /v1/hosts/join-tokens", scopeAdmin, h((*Server).createJoinToken)}, // hostauth.go
 	{"DELETE /v1/hosts/{id}", scopeAdmin, h((*Server).removeHost)},
 	{"GET /v1/agent/bootstrap", scopeAgent, h((*Server).bootstrap)},

@@ -111,6 +111,7 @@ var routeClasses = map[string]class{
 	"GET /v1/whoami":                                     forAnyone,
 	"GET /v1/hosts":                                      forAdmin,
 	"POST /v1/hosts":                                     forAgent,
+	"POST /v1/hosts/{id}/heartbeat":                      forAgent,
 	"POST /v1/hosts/join-tokens":                         forAdmin, // hostauth.go
 	"DELETE /v1/hosts/{id}":                              forAdmin,
 	"GET /v1/agent/bootstrap":                            forAgent,

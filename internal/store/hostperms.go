@@ -76,14 +76,13 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		"$JS.API.STREAM.INFO.KV_"+BucketLocks, // bound, never watched
 		"$JS.API.DIRECT.GET.KV_"+BucketLocks+"."+autostopLocks,
 		autostopLocks,
-		"$KV."+BucketHosts+"."+hostID, // heartbeat
 		"$KV."+BucketChallenges+".ack.*."+hostID,
 		// The edge's own lines in an app's log (edge.EdgeLogMachine).
 		LogSubject("*", region, "edge"),
 		"perch.usage."+hostID,
-		DemandSubject(region),
+		DemandSubject(region, hostID),
 		DrainSubject(hostID),
-		"perch.start.*",
+		StartSubject("*", hostID), // an edge asks another host to start a machine, as itself
 	)
 	for _, key := range machines {
 		if vol, ok := strings.CutPrefix(key, VolumeGrantPrefix); ok {
@@ -103,7 +102,7 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			HostInboxPrefix(hostID) + ".>",
 			DrainSubjects,
-			StartSubject(hostID),
+			StartSubjects(hostID),
 			VolumeSubject(hostID),
 		}},
 		// Replies to requests it received (drain, start, volume work)

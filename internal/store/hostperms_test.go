@@ -86,11 +86,8 @@ func TestHostCredential(t *testing.T) {
 	js := a.JetStream()
 	short := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 200*time.Millisecond) }
 
-	// Allowed: A's own heartbeat, statuses, autostop locks of its
-	// region, reading what its edge routes by and serves.
-	if _, err := a.Hosts.Put(ctx, "iad-aaaa", []byte(`{}`)); err != nil {
-		t.Errorf("host A cannot write its own heartbeat: %v", err)
-	}
+	// Allowed: A's statuses, autostop locks of its region, reading what
+	// its edge routes by and serves (its heartbeat goes through the API).
 	if _, err := a.Status.Put(ctx, "app1.m2", []byte(`{}`)); err != nil {
 		t.Errorf("host A cannot write its machine's status: %v", err)
 	}
@@ -155,7 +152,7 @@ func TestHostCredential(t *testing.T) {
 	for _, r := range []struct {
 		from, to *Store
 		subj     string
-	}{{a, b, DrainSubject("iad-aaaa")}, {b, a, StartSubject("iad-aaaa")}} {
+	}{{a, b, DrainSubject("iad-aaaa")}, {b, a, StartSubject("iad-aaaa", "ams-bbbb")}} {
 		sub, err := r.to.Conn().Subscribe(r.subj, func(m *nats.Msg) { _ = m.Respond([]byte("ok")) })
 		if err != nil {
 			t.Fatal(err)
@@ -169,7 +166,7 @@ func TestHostCredential(t *testing.T) {
 		_ = sub.Unsubscribe()
 	}
 
-	allowed := []string{LogSubject("app1", "iad", "m2"), LogSubject("app1", "iad", "edge"), "perch.usage.iad-aaaa", DemandSubject("iad"), DrainSubject("iad-aaaa"), StartSubject("ams-bbbb")}
+	allowed := []string{LogSubject("app1", "iad", "m2"), LogSubject("app1", "iad", "edge"), "perch.usage.iad-aaaa", DemandSubject("iad", "iad-aaaa"), DrainSubject("iad-aaaa"), StartSubject("ams-bbbb", "iad-aaaa")}
 	for _, subj := range allowed {
 		if err := a.Conn().Publish(subj, []byte("{}")); err != nil {
 			t.Fatal(err)
@@ -207,6 +204,17 @@ func TestHostCredential(t *testing.T) {
 			return nil
 		}
 	}
+	// The control plane assigns every host's subnets and mesh address
+	// and alone writes perch_hosts: A can neither move its own /64 onto
+	// B's nor rewrite B's.
+	if _, err := srv.Hosts.Put(ctx, "iad-aaaa", []byte(`{"subnet6":"fdaa:0:1::/64","mesh_addr":"fdaa::1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	denied("claim another host's 6PN /64 in its own record", "$KV.perch_hosts.iad-aaaa", func(c context.Context) error {
+		_, err := a.Hosts.Put(c, "iad-aaaa", []byte(`{"subnet6":"fdaa:0:2::/64","mesh_addr":"fdaa::2"}`))
+		return err
+	})
+	denied("delete its own host record", "$KV.perch_hosts.iad-aaaa", func(c context.Context) error { return a.Hosts.Delete(c, "iad-aaaa") })
 	denied("write host B's heartbeat", "$KV.perch_hosts.ams-bbbb", func(c context.Context) error {
 		_, err := a.Hosts.Put(c, "ams-bbbb", []byte(`{"status":"down"}`))
 		return err
@@ -250,9 +258,13 @@ func TestHostCredential(t *testing.T) {
 	denied("publish a log line of host B's machine", "perch.logs.app1.ams.m1", pub(LogSubject("app1", "ams", "m1")))
 	denied("publish a log line of host B's machine as if from its own region", "perch.logs.app1.iad.m1", pub(LogSubject("app1", "iad", "m1")))
 	denied("publish host B's usage", "perch.usage.ams-bbbb", pub("perch.usage.ams-bbbb"))
-	denied("publish another region's demand", "perch.demand.ams", pub(DemandSubject("ams")))
+	denied("publish another region's demand", "perch.demand.ams.iad-aaaa", pub(DemandSubject("ams", "iad-aaaa")))
+	denied("publish its region's demand as host B", "perch.demand.iad.ams-bbbb", pub(DemandSubject("iad", "ams-bbbb")))
+	denied("ask host B to start a machine as host B", "perch.start.ams-bbbb.ams-bbbb", pub(StartSubject("ams-bbbb", "ams-bbbb")))
+	denied("ask host B to start a machine as another host", "perch.start.ams-bbbb.ord-cccc", pub(StartSubject("ams-bbbb", "ord-cccc")))
+	denied("publish a start request with no sender", "perch.start.ams-bbbb", pub("perch.start.ams-bbbb"))
 	denied("ask the edges to drain as host B", "perch.drain.ams-bbbb", pub(DrainSubject("ams-bbbb")))
-	for _, subj := range []string{"_INBOX.>", HostInboxPrefix("ams-bbbb") + ".>", StartSubject("ams-bbbb"), VolumeSubject("ams-bbbb"), "perch.logs.>", "$KV.>", ">"} {
+	for _, subj := range []string{"_INBOX.>", HostInboxPrefix("ams-bbbb") + ".>", StartSubjects("ams-bbbb"), VolumeSubject("ams-bbbb"), "perch.logs.>", "$KV.>", ">"} {
 		denied("subscribe to "+subj, subj, func(c context.Context) error {
 			if _, err := a.Conn().SubscribeSync(subj); err != nil {
 				return err
@@ -271,11 +283,16 @@ func TestHostCredential(t *testing.T) {
 	if n := reconnects.Load(); n != 0 || !srv.Conn().IsConnected() {
 		t.Errorf("reloading users cost host A %d reconnections; the control plane is connected: %v", n, srv.Conn().IsConnected())
 	}
-	// The control plane still sees B's record as it was.
+	// The control plane still sees B's record, and A's, as they were.
 	rec, _, err := Get[map[string]any](ctx, srv.Hosts, "ams-bbbb")
 	if err != nil || rec["status"] != nil {
 		b, _ := json.Marshal(rec)
 		t.Errorf("host B's record after host A's attempts: %s, %v", b, err)
+	}
+	rec, _, err = Get[map[string]any](ctx, srv.Hosts, "iad-aaaa")
+	if err != nil || rec["subnet6"] != "fdaa:0:1::/64" || rec["mesh_addr"] != "fdaa::1" {
+		b, _ := json.Marshal(rec)
+		t.Errorf("host A's record after its attempts: %s, %v; want the control plane's fdaa:0:1::/64 and fdaa::1", b, err)
 	}
 }
 

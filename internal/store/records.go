@@ -192,18 +192,37 @@ type DrainReply struct {
 	InFlight int  `json:"in_flight,omitempty"`
 }
 
-// StartSubject is the core NATS subject on which an edge asks host hostID
-// to start one of its stopped machines for a request it holds
-// (autostart): StartRequest, answered by a StartReply once the machine's
-// desired state says started.
-func StartSubject(hostID string) string { return "perch.start." + hostID }
+// StartSubject is the core NATS subject on which the edge of host from
+// asks host hostID to start one of its stopped machines for a request it
+// holds (autostart): StartRequest, answered by a StartReply once the
+// machine's desired state says started. A host may publish only with
+// its own id as from (HostPermissions), so the receiver knows who asks.
+func StartSubject(hostID, from string) string { return "perch.start." + hostID + "." + from }
+
+// StartSubjects are the start requests to host hostID, from any host:
+// what its agent subscribes to.
+func StartSubjects(hostID string) string { return "perch.start." + hostID + ".*" }
+
+// StartSender is the host that sent a request on subject, from
+// StartSubject; "" if subject is not one.
+func StartSender(subject string) string {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 4 || parts[0] != "perch" || parts[1] != "start" {
+		return ""
+	}
+	return parts[3]
+}
 
 // StartRequest asks a host to start machine ID of App.
 type StartRequest struct {
 	App string `json:"app"`
 	ID  string `json:"id"`
-	// Region is the region of the edge that asks, for the event.
+	// Region is the region of the edge that asks, for the event; the
+	// receiver checks it is the sender's.
 	Region string `json:"region"`
+	// From is the sending host, set by the receiver from the subject
+	// (StartSender), never read from the request.
+	From string `json:"-"`
 }
 
 // StartReply answers a StartRequest; Error is empty on success.
@@ -211,13 +230,26 @@ type StartReply struct {
 	Error string `json:"error,omitempty"`
 }
 
-// DemandSubject is the core NATS subject on which every edge of region
-// publishes, every DemandInterval, what it saw of each app: DemandReport.
-// Nothing on the request path waits for it; a lost report is a gap.
-func DemandSubject(region string) string { return "perch.demand." + region }
+// DemandSubject is the core NATS subject on which the edge of host
+// hostID in region publishes, every DemandInterval, what it saw of each
+// app: DemandReport. A host may publish only its own (HostPermissions);
+// the autoscaler takes the region and host from the subject, never from
+// the report. Nothing on the request path waits for it; a lost report is
+// a gap.
+func DemandSubject(region, hostID string) string { return "perch.demand." + region + "." + hostID }
 
 // DemandFilter matches every region's demand reports.
-const DemandFilter = "perch.demand.*"
+const DemandFilter = "perch.demand.*.*"
+
+// DemandSender is the region and host of a report's subject, from
+// DemandSubject; ok is false if subject is not one.
+func DemandSender(subject string) (region, hostID string, ok bool) {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 4 || parts[0] != "perch" || parts[1] != "demand" {
+		return "", "", false
+	}
+	return parts[2], parts[3], true
+}
 
 // DemandInterval is how often an edge publishes its demand.
 const DemandInterval = 2 * time.Second

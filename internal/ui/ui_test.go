@@ -477,7 +477,7 @@ func TestMapArcsAndRoundTrips(t *testing.T) {
 	deadline := time.Now().Add(15 * time.Second)
 	var p page
 	for {
-		if err := w.srv.Store().Conn().Publish(store.DemandSubject("syd"), b); err != nil {
+		if err := w.srv.Store().Conn().Publish(store.DemandSubject("syd", w.hosts["syd"]), b); err != nil {
 			t.Fatal(err)
 		}
 		p = get(t, c, base+"/ui/map?app=web", "HX-Request", "true")
