@@ -221,7 +221,16 @@ func TestRelayPoolSurvivesPeerRestart(t *testing.T) {
 	}
 	r2ctx, r2cancel := context.WithCancel(context.Background())
 	relay2Done := serveMachineRelay(r2ctx, b2, m)
-	t.Cleanup(func() { r2cancel(); <-relay2Done })
+	t.Cleanup(func() {
+		// Before b2 closes: the relay, then a and its pool, so that no
+		// packet of theirs reaches b2's netstack while its device
+		// closes (wireguard-go's netstack TUN can panic writing a reset
+		// to a closed channel then).
+		r2cancel()
+		<-relay2Done
+		p.Close()
+		a.Close()
+	})
 	eventually(t, 12*time.Second, "restarted host reachable", func() error {
 		if len(b2.RTTs()) != 1 {
 			return fmt.Errorf("restarted node has RTTs to %d peers", len(b2.RTTs()))
