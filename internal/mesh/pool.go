@@ -236,7 +236,20 @@ func (ph *poolHost) remove(ic *idleConn) bool {
 
 // take returns a live idle connection to host, or nil, and starts its
 // replacement.
+//
+// A pooled connection proves nothing about its host now: a host that died
+// silently leaves it looking open, and a request written to it would wait
+// for the mesh to declare the host lost, then fail without being sent
+// elsewhere (the edge cannot know whether a relay forwarded it), where a
+// new connection fails its TCP connect quickly, a failure the edge retries
+// on another machine. So the pool hands out connections only to a host
+// whose last RTT probe was answered: that narrows the window to one probe
+// interval (2 s in the agent) from the three lost probes the mesh needs to
+// call a host lost.
 func (p *RelayPool) take(host netip.Addr) net.Conn {
+	if !p.n.answering(host) {
+		return nil
+	}
 	for {
 		p.mu.Lock()
 		ph := p.hosts[host]

@@ -235,6 +235,9 @@ func TestRelayPoolSurvivesPeerRestart(t *testing.T) {
 		if len(b2.RTTs()) != 1 {
 			return fmt.Errorf("restarted node has RTTs to %d peers", len(b2.RTTs()))
 		}
+		if !a.answering(b.Addr()) { // the pool hands out only then
+			return errors.New("a's last probe of the restarted node went unanswered")
+		}
 		return nil
 	})
 	if n := p.Idle(b.Addr()); n != 1 {
@@ -309,4 +312,52 @@ func TestRelayPoolReplacesIdle(t *testing.T) {
 	if err := echoOnce(c, "after-replacements"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A host that goes silent (its packets stop) while the pool holds a
+// connection to it: once a probe goes unanswered the pool stops handing
+// that connection out, and a dial makes a new connection, whose connect
+// fails (a failure the edge retries on another machine) instead of a
+// request vanishing into a connection to a dead host.
+func TestRelayPoolSkipsSilentHost(t *testing.T) {
+	var down atomic.Bool
+	a := newNode(t, 1, nil)
+	b := newNode(t, 2, func(c *Config) {
+		c.WrapBind = func(b conn.Bind) conn.Bind { return dropBind{b, &down} }
+	})
+	join(t, a, b)
+	m := newEchoMachine(t)
+	serveInTest(t, func(ctx context.Context) { <-serveMachineRelay(ctx, b, m) })
+	p := newPool(t, a)
+	p.Warm([]netip.Addr{b.Addr()})
+	eventually(t, 10*time.Second, "pool warm", func() error {
+		if p.Idle(b.Addr()) != 1 {
+			return fmt.Errorf("%d idle connections to %s", p.Idle(b.Addr()), b.Addr())
+		}
+		return nil
+	})
+	down.Store(true)
+	eventually(t, 10*time.Second, "a probe unanswered", func() error {
+		if a.answering(b.Addr()) {
+			return errors.New("b still answers")
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	c, err := p.Dial(ctx, b.Addr(), poolMachine)
+	if err == nil {
+		c.Close()
+		t.Fatal("a dial to a silent host returned a connection; want its connect to fail")
+	}
+	if n := p.Idle(b.Addr()); n != 1 {
+		t.Errorf("%d idle connections to the silent host; want its pooled one kept, not handed out", n)
+	}
+	down.Store(false)
+	eventually(t, 10*time.Second, "b answers again", func() error {
+		if !a.answering(b.Addr()) {
+			return errors.New("b still silent")
+		}
+		return nil
+	})
 }
