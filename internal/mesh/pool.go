@@ -30,7 +30,7 @@ import (
 // nothing of it, which nothing shows until a segment is sent: the request
 // then meets a reset. Dial's connection keeps what was written to it until
 // the relay's first answer byte, and replays it on a new connection when
-// the pooled one ends before that byte (see pooledConn.replayable for why
+// the pooled one ends before that byte (see replayable for why
 // that is safe).
 type RelayPool struct {
 	n      *Node
