@@ -291,13 +291,14 @@ func (m *Member) Reachable(id string) bool {
 }
 
 // ReachablePeers is the mesh address of every peer host that is
-// Reachable: where a RelayPool keeps connections warm.
+// Reachable and runs machines (not the control plane, which serves no
+// relay): where a RelayPool keeps connections warm.
 func (m *Member) ReachablePeers() []netip.Addr {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []netip.Addr
 	for _, id := range m.byKey {
-		if m.lost[id] {
+		if m.lost[id] || m.hosts[id].Role == api.HostRoleControl {
 			continue
 		}
 		if a, err := netip.ParseAddr(m.hosts[id].MeshAddr); err == nil {
