@@ -287,15 +287,11 @@ func (p *RelayPool) Dial(ctx context.Context, host netip.Addr, target netip.Addr
 	if c == nil {
 		return p.n.DialRelayPipelined(ctx, host, target)
 	}
-	pc := &pooledConn{p: p, host: host, target: target, c: c, sent: []byte(relayMagic + target.String() + "\n")}
-	if _, err := c.Write(pc.sent); err != nil {
-		if !replayable(err) {
-			c.Close()
-			return nil, fmt.Errorf("mesh: relay to %s: %w", host, err)
-		}
-		pc.broken = true // the first Read replays
-	}
-	return pc, nil
+	// The request line goes out with the first Write (or before the
+	// first Read): one segment with the request, where two writes could
+	// wait a round trip on each other (netstack delays a small segment
+	// while one is unacknowledged).
+	return &pooledConn{p: p, host: host, target: target, c: c, sent: []byte(relayMagic + target.String() + "\n")}, nil
 }
 
 // pooledConn is a pipelined relay connection that came from the pool: it
@@ -306,14 +302,16 @@ type pooledConn struct {
 	host   netip.Addr
 	target netip.AddrPort
 
-	cmu       sync.Mutex // guards c and deadlines
+	cmu       sync.Mutex // guards c, deadlines and closed
 	c         net.Conn
 	deadlines [2]time.Time // read, write: carried to a replacement
+	closed    bool         // by the caller: never replay then
 
 	wmu      sync.Mutex // serialises writes and the replay; guards below
 	sent     []byte     // the request line and what followed, until answered
 	overflow bool       // more than replayMax was written: no replay
 	broken   bool       // a write failed before the answer: Read replays
+	lineOut  bool       // the request line was written
 	answered bool
 
 	rmu  sync.Mutex // serialises Reads; the answer is read by the first
@@ -331,20 +329,20 @@ func (c *pooledConn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.answered || c.overflow {
-		return c.conn().Write(b)
+		return c.out(b)
 	}
 	if len(c.sent)+len(b) > replayMax {
 		c.overflow, c.sent = true, nil
 		if c.broken {
 			return 0, fmt.Errorf("%w: %s for %s (more than %d bytes written)", ErrRelayNotForwarded, c.host, c.target, replayMax)
 		}
-		return c.conn().Write(b)
+		return c.out(b)
 	}
 	c.sent = append(c.sent, b...)
 	if c.broken {
 		return len(b), nil // kept for the replay
 	}
-	n, err := c.conn().Write(b)
+	n, err := c.out(b)
 	if err != nil && replayable(err) {
 		// The pooled connection was dead: the first Read finds out
 		// for sure (an answer byte or not) and replays.
@@ -352,6 +350,18 @@ func (c *pooledConn) Write(b []byte) (int, error) {
 		return len(b), nil
 	}
 	return n, err
+}
+
+// out writes b, behind the request line if that has not gone out yet.
+// Called with wmu held.
+func (c *pooledConn) out(b []byte) (int, error) {
+	if c.lineOut {
+		return c.conn().Write(b)
+	}
+	c.lineOut = true
+	line := relayMagic + c.target.String() + "\n"
+	n, err := c.conn().Write(append([]byte(line), b...))
+	return max(0, n-len(line)), err
 }
 
 func (c *pooledConn) Read(b []byte) (int, error) {
@@ -370,8 +380,24 @@ func (c *pooledConn) Read(b []byte) (int, error) {
 // answer reads the relay's answer, replaying the request on a new
 // connection if the pooled one ended before it.
 func (c *pooledConn) answer() error {
+	c.wmu.Lock()
+	if !c.lineOut && !c.broken {
+		if _, err := c.out(nil); err != nil {
+			if !replayable(err) {
+				c.wmu.Unlock()
+				return fmt.Errorf("mesh: relay to %s: %w", c.host, err)
+			}
+			c.broken = true
+		}
+	}
+	c.wmu.Unlock()
 	got, err := readRelayAnswer(c.conn(), c.host, c.target)
-	if got == 0 && err != nil && replayable(err) {
+	// netstack's Read after our own Close is an EOF: a request the caller
+	// gave up on is not sent again.
+	c.cmu.Lock()
+	closed := c.closed
+	c.cmu.Unlock()
+	if got == 0 && err != nil && !closed && replayable(err) {
 		c.p.replays.Add(1)
 		err = c.replay()
 	}
@@ -424,6 +450,11 @@ func (c *pooledConn) replay() error {
 		return fmt.Errorf("%w: %s: %w", ErrRelayNotForwarded, c.host, err)
 	}
 	c.cmu.Lock()
+	if c.closed {
+		c.cmu.Unlock()
+		nc.Close()
+		return fmt.Errorf("mesh: relay to %s: %w", c.host, net.ErrClosed)
+	}
 	c.c = nc
 	_ = nc.SetReadDeadline(c.deadlines[0])
 	_ = nc.SetWriteDeadline(c.deadlines[1])
@@ -457,7 +488,12 @@ func readRelayAnswer(c net.Conn, host netip.Addr, target netip.AddrPort) (got in
 	return got, nil
 }
 
-func (c *pooledConn) Close() error { return c.conn().Close() }
+func (c *pooledConn) Close() error {
+	c.cmu.Lock()
+	defer c.cmu.Unlock()
+	c.closed = true
+	return c.c.Close()
+}
 
 // CloseWrite passes a half-close on.
 func (c *pooledConn) CloseWrite() error {

@@ -361,3 +361,62 @@ func TestRelayPoolSkipsSilentHost(t *testing.T) {
 		return nil
 	})
 }
+
+// A request the caller gives up on (Close while the first Read waits for
+// the relay's answer) is not sent again on a new connection: a replay is
+// only for a pooled connection that died by itself.
+func TestRelayPoolNoReplayAfterClose(t *testing.T) {
+	a, b := newNode(t, 1, nil), newNode(t, 2, nil)
+	join(t, a, b)
+	m := newEchoMachine(t)
+	var asked atomic.Int32
+	release := make(chan struct{})
+	serveInTest(t, func(ctx context.Context) {
+		b.ServeRelay(ctx, func(tgt netip.AddrPort) (string, error) {
+			asked.Add(1)
+			<-release // the relay holds its answer
+			return m.ln.Addr().String(), nil
+		}, nil)
+	})
+	t.Cleanup(func() { close(release) }) // before the relay stops (cleanups run last first)
+	p := newPool(t, a)
+	p.Warm([]netip.Addr{b.Addr()})
+	eventually(t, 10*time.Second, "pool warm", func() error {
+		if p.Idle(b.Addr()) != 1 {
+			return fmt.Errorf("%d idle connections to %s", p.Idle(b.Addr()), b.Addr())
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := p.Dial(ctx, b.Addr(), poolMachine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("POST /pay")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "relay asked", func() error {
+		if asked.Load() != 1 {
+			return errors.New("the relay has not read the request line")
+		}
+		return nil
+	})
+	readErr := make(chan error, 1)
+	go func() { _, err := c.Read(make([]byte, 10)); readErr <- err }()
+	c.Close()
+	select {
+	case err := <-readErr:
+		if err == nil {
+			t.Fatal("Read after Close succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Read still waiting 10 s after Close")
+	}
+	if n := p.replays.Load(); n != 0 {
+		t.Errorf("%d replays of a request whose connection the caller closed", n)
+	}
+	if n := asked.Load(); n != 1 {
+		t.Errorf("the relay was asked %d times; want once", n)
+	}
+}
