@@ -310,9 +310,12 @@ type pooledConn struct {
 	wmu      sync.Mutex // serialises writes and the replay; guards below
 	sent     []byte     // the request line and what followed, until answered
 	overflow bool       // more than replayMax was written: no replay
-	broken   bool       // a write failed before the answer: Read replays
-	lineOut  bool       // the request line was written
-	answered bool
+	// lineOut and answered are set under wmu but read without it: a
+	// Read must not wait behind a Write that the far end holds up (a
+	// machine that answers before it reads the whole body).
+	lineOut  atomic.Bool // the request line was written
+	answered atomic.Bool // the relay's answer was read: nothing more to keep
+	broken   atomic.Bool // a write failed before the answer: Read replays
 
 	rmu  sync.Mutex // serialises Reads; the answer is read by the first
 	read bool
@@ -328,25 +331,26 @@ func (c *pooledConn) conn() net.Conn {
 func (c *pooledConn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.answered || c.overflow {
+	if c.answered.Load() || c.overflow {
+		c.sent = nil
 		return c.out(b)
 	}
 	if len(c.sent)+len(b) > replayMax {
 		c.overflow, c.sent = true, nil
-		if c.broken {
+		if c.broken.Load() {
 			return 0, fmt.Errorf("%w: %s for %s (more than %d bytes written)", ErrRelayNotForwarded, c.host, c.target, replayMax)
 		}
 		return c.out(b)
 	}
 	c.sent = append(c.sent, b...)
-	if c.broken {
+	if c.broken.Load() {
 		return len(b), nil // kept for the replay
 	}
 	n, err := c.out(b)
 	if err != nil && replayable(err) {
 		// The pooled connection was dead: the first Read finds out
 		// for sure (an answer byte or not) and replays.
-		c.broken = true
+		c.broken.Store(true)
 		return len(b), nil
 	}
 	return n, err
@@ -355,10 +359,10 @@ func (c *pooledConn) Write(b []byte) (int, error) {
 // out writes b, behind the request line if that has not gone out yet.
 // Called with wmu held.
 func (c *pooledConn) out(b []byte) (int, error) {
-	if c.lineOut {
+	if c.lineOut.Load() {
 		return c.conn().Write(b)
 	}
-	c.lineOut = true
+	c.lineOut.Store(true)
 	line := relayMagic + c.target.String() + "\n"
 	n, err := c.conn().Write(append([]byte(line), b...))
 	return max(0, n-len(line)), err
@@ -380,17 +384,19 @@ func (c *pooledConn) Read(b []byte) (int, error) {
 // answer reads the relay's answer, replaying the request on a new
 // connection if the pooled one ended before it.
 func (c *pooledConn) answer() error {
-	c.wmu.Lock()
-	if !c.lineOut && !c.broken {
-		if _, err := c.out(nil); err != nil {
-			if !replayable(err) {
-				c.wmu.Unlock()
-				return fmt.Errorf("mesh: relay to %s: %w", c.host, err)
+	if !c.lineOut.Load() { // a Read before any Write
+		c.wmu.Lock()
+		if !c.lineOut.Load() && !c.broken.Load() {
+			if _, err := c.out(nil); err != nil {
+				if !replayable(err) {
+					c.wmu.Unlock()
+					return fmt.Errorf("mesh: relay to %s: %w", c.host, err)
+				}
+				c.broken.Store(true)
 			}
-			c.broken = true
 		}
+		c.wmu.Unlock()
 	}
-	c.wmu.Unlock()
 	got, err := readRelayAnswer(c.conn(), c.host, c.target)
 	// netstack's Read after our own Close is an EOF: a request the caller
 	// gave up on is not sent again.
@@ -401,9 +407,12 @@ func (c *pooledConn) answer() error {
 		c.p.replays.Add(1)
 		err = c.replay()
 	}
-	c.wmu.Lock()
-	c.answered, c.sent = true, nil
-	c.wmu.Unlock()
+	if err == nil && c.broken.Load() {
+		// Written bytes were kept for a replay, yet the relay answered:
+		// they never went out, and cannot now.
+		err = fmt.Errorf("mesh: relay to %s: the connection broke after the relay's answer", c.host)
+	}
+	c.answered.Store(true) // the next Write lets sent go
 	return err
 }
 
@@ -459,7 +468,7 @@ func (c *pooledConn) replay() error {
 	_ = nc.SetReadDeadline(c.deadlines[0])
 	_ = nc.SetWriteDeadline(c.deadlines[1])
 	c.cmu.Unlock()
-	c.broken = false
+	c.broken.Store(false)
 	if _, err := nc.Write(c.sent); err != nil {
 		return fmt.Errorf("mesh: relay to %s: %w", c.host, err)
 	}
