@@ -277,8 +277,8 @@ func (p *RelayPool) take(host netip.Addr) net.Conn {
 
 // Dial connects to the machine at target through the relay of host, as
 // Node.DialRelayPipelined does, on a pooled connection when the pool has
-// one (the request line is written at once; what the caller writes next
-// follows it), else on a new one. The first Read reads the relay's answer:
+// one (the request line leaves with the caller's first Write), else on a
+// new one. The first Read reads the relay's answer:
 // a refusal fails it with an error wrapping ErrRelayRefused, a pooled
 // connection that could not be replayed with one wrapping
 // ErrRelayNotForwarded; either way nothing written reached a machine.
@@ -472,7 +472,12 @@ func (c *pooledConn) replay() error {
 	if _, err := nc.Write(c.sent); err != nil {
 		return fmt.Errorf("mesh: relay to %s: %w", c.host, err)
 	}
-	_, err = readRelayAnswer(nc, c.host, c.target)
+	got, err := readRelayAnswer(nc, c.host, c.target)
+	if got == 0 && err != nil && replayable(err) {
+		// Dead too, and no answer byte: as for the first (replayable),
+		// nothing was forwarded; the edge sends it elsewhere.
+		return fmt.Errorf("%w: %w", ErrRelayNotForwarded, err)
+	}
 	return err
 }
 
