@@ -33,7 +33,7 @@ func (a *Agent) startMesh() error {
 		return fmt.Errorf("agent: mesh: %w", err)
 	}
 	a.mesh = m
-	a.dialer = &meshDialer{m: m, local: edge.NewNetDialer(), conns: map[string]map[*meshConn]struct{}{}}
+	a.dialer = &meshDialer{m: m, local: edge.NewNetDialer(), pool: mesh.NewRelayPool(m.Node()), conns: map[string]map[*meshConn]struct{}{}}
 	a.log.Info("joined the mesh", "mesh_addr", addr, "subnet6", a.sub6, "udp_port", m.Node().Port(), "simulated_latency", a.cfg.MeshLatency > 0)
 	return nil
 }
@@ -54,15 +54,25 @@ func (a *Agent) meshEndpoint() string {
 // runMesh follows the host list, serves the relay to this host's machines
 // and, whenever reachability or the ranking of regions changes, cuts the
 // connections to hosts that were lost and has the edge rebuild its table.
+//
+// It keeps the relay pool warm for the reachable peers: on every change,
+// and every poolRewarm for a host that joined without changing the
+// ranking.
 func (a *Agent) runMesh(ctx context.Context, e *edge.Edge) error {
+	defer a.dialer.pool.Close()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { a.mesh.Run(ctx, a.st, a.host.ID) })
 	wg.Go(func() {
+		t := time.NewTicker(poolRewarm)
+		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
+			case <-t.C:
+				a.dialer.pool.Warm(a.mesh.ReachablePeers())
+				continue
 			case <-a.mesh.Changed():
 			}
 			a.dialer.dropUnreachable()
@@ -71,6 +81,10 @@ func (a *Agent) runMesh(ctx context.Context, e *edge.Edge) error {
 	})
 	return a.mesh.Node().ServeRelayObserved(ctx, a.relayTarget, a.relays.observe, a.log.With("component", "relay"))
 }
+
+// poolRewarm is how often the relay pool's hosts are matched to the
+// reachable peers besides the mesh's changes.
+const poolRewarm = 10 * time.Second
 
 // relayTarget admits a relay connection only to a machine of this host:
 // an address of its /64 whose IPv4 half is in its bridge subnet.
@@ -88,6 +102,9 @@ func (a *Agent) relayTarget(t netip.AddrPort) (string, error) {
 type meshDialer struct {
 	m     *meshhost.Member
 	local *edge.NetDialer
+	// pool keeps a connection open to each reachable peer's relay, for
+	// Pipelined dials: a first request costs one round trip.
+	pool *mesh.RelayPool
 
 	mu    sync.Mutex
 	conns map[string]map[*meshConn]struct{} // open connections by host id
@@ -131,10 +148,12 @@ func (d *meshDialer) DialContext(ctx context.Context, network, addr string, t ed
 	case network == "udp":
 		c, err = d.m.Node().DialRelayUDP(dctx, hostAddr, target) // datagrams as frames
 	case t.Pipelined:
-		// The request goes out behind the relay's request line: its
-		// answer comes a round trip sooner. A refusal then fails the
-		// first Read (meshConn.wrap: edge.ErrNotDelivered).
-		c, err = d.m.Node().DialRelayPipelined(dctx, hostAddr, target)
+		// The request goes out behind the relay's request line, on a
+		// connection from the pool if it has one: its answer comes one
+		// round trip after it is sent. A refusal then fails the first
+		// Read (meshConn.wrap: edge.ErrNotDelivered); a pooled
+		// connection found dead is replayed by the pool.
+		c, err = d.pool.Dial(dctx, hostAddr, target)
 	default:
 		c, err = d.m.Node().DialRelay(dctx, hostAddr, target)
 	}
@@ -153,8 +172,10 @@ func (d *meshDialer) DialContext(ctx context.Context, network, addr string, t ed
 
 // dropUnreachable closes every connection to a host the mesh lost: a
 // request waiting on one fails now (and the edge sends it elsewhere if it
-// may) instead of waiting for TCP to give up.
+// may) instead of waiting for TCP to give up. The pool keeps connections
+// to the reachable peers only.
 func (d *meshDialer) dropUnreachable() {
+	d.pool.Warm(d.m.ReachablePeers())
 	d.mu.Lock()
 	var drop []*meshConn
 	for id, cs := range d.conns {
@@ -196,7 +217,7 @@ func (c *meshConn) wrap(err error) error {
 	case err == nil:
 	case c.isLost:
 		return fmt.Errorf("%w (%w)", errHostLost, err)
-	case errors.Is(err, mesh.ErrRelayRefused):
+	case errors.Is(err, mesh.ErrRelayRefused), errors.Is(err, mesh.ErrRelayNotForwarded):
 		// Only a pipelined connection fails a Read so: the relay passed
 		// nothing on, and the edge sends the request elsewhere.
 		return fmt.Errorf("%w: %w", edge.ErrNotDelivered, err)

@@ -287,24 +287,10 @@ func (c *pipelinedConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
-// readAnswer reads "OK\n" or "ERR reason\n", a byte at a time: what
-// follows is the machine's.
+// readAnswer reads the relay's answer; what follows is the machine's.
 func (c *pipelinedConn) readAnswer() error {
-	var line []byte
-	b := make([]byte, 1)
-	for len(line) < 256 {
-		if _, err := c.Conn.Read(b); err != nil {
-			return fmt.Errorf("mesh: relay to %s: %w", c.host, err)
-		}
-		if b[0] == '\n' {
-			break
-		}
-		line = append(line, b[0])
-	}
-	if s := string(line); s != "OK" {
-		return fmt.Errorf("%w: %s for %s: %s", ErrRelayRefused, c.host, c.target, strings.TrimPrefix(s, "ERR "))
-	}
-	return nil
+	_, err := readRelayAnswer(c.Conn, c.host, c.target)
+	return err
 }
 
 // CloseWrite passes a half-close on.

@@ -219,3 +219,17 @@ func (n *Node) Lost() map[PublicKey]bool {
 	}
 	return out
 }
+
+// answering says whether the last probe of the peer at mesh address addr
+// was answered (a peer not probed yet counts as answering).
+func (n *Node) answering(addr netip.Addr) bool {
+	r := n.rtt
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, a := range r.peers {
+		if a == addr {
+			return r.fails[k] == 0
+		}
+	}
+	return false
+}

@@ -290,6 +290,24 @@ func (m *Member) Reachable(id string) bool {
 	return !m.lost[id]
 }
 
+// ReachablePeers is the mesh address of every peer host that is
+// Reachable and runs machines (not the control plane, which serves no
+// relay): where a RelayPool keeps connections warm.
+func (m *Member) ReachablePeers() []netip.Addr {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []netip.Addr
+	for _, id := range m.byKey {
+		if m.lost[id] || m.hosts[id].Role == api.HostRoleControl {
+			continue
+		}
+		if a, err := netip.ParseAddr(m.hosts[id].MeshAddr); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // Host is the record of host id as last read.
 func (m *Member) Host(id string) (api.Host, bool) {
 	m.mu.Lock()

@@ -86,3 +86,23 @@ func TestPeerOfExplainsBadRecords(t *testing.T) {
 		}
 	}
 }
+
+// The relay pool warms the peers that may get traffic: reachable hosts
+// with machines, not a lost one, not the control plane (no relay), not a
+// host that is no peer (no mesh key published).
+func TestReachablePeers(t *testing.T) {
+	hosts := map[string]api.Host{
+		"ams-1": {ID: "ams-1", MeshAddr: "fdaa::1"},
+		"sin-1": {ID: "sin-1", MeshAddr: "fdaa::2"},
+		"ctl":   {ID: "ctl", MeshAddr: "fdaa::3", Role: api.HostRoleControl},
+		"new-1": {ID: "new-1", MeshAddr: "fdaa::4"},
+	}
+	m := member("iad", hosts, nil, map[string]bool{"sin-1": true})
+	var k1, k2, k3 mesh.PublicKey
+	k1[0], k2[0], k3[0] = 1, 2, 3
+	m.byKey = map[mesh.PublicKey]string{k1: "ams-1", k2: "sin-1", k3: "ctl"}
+	got := m.ReachablePeers()
+	if len(got) != 1 || got[0].String() != "fdaa::1" {
+		t.Fatalf("ReachablePeers = %v, want only ams-1's fdaa::1", got)
+	}
+}
