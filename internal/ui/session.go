@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/perchhq/perch/internal/store"
 )
 
 // Cookie names. The session cookie holds the sealed session; the login
@@ -156,12 +158,13 @@ type revoked struct {
 // BucketSessions holds the dashboard's logged-out sessions.
 const BucketSessions = "perch_ui_sessions"
 
-func openRevoked(ctx context.Context, js jetstream.JetStream, ttl time.Duration) (*revoked, error) {
+func openRevoked(ctx context.Context, st *store.Store, ttl time.Duration) (*revoked, error) {
 	// A minute more than a session lives: clocks of several control
-	// planes differ a little.
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketSessions, History: 1, TTL: ttl + time.Minute, Storage: jetstream.FileStorage})
+	// planes differ a little. EnsureBucket: as many copies as the
+	// cluster keeps of every bucket.
+	kv, err := st.EnsureBucket(ctx, jetstream.KeyValueConfig{Bucket: BucketSessions, History: 1, TTL: ttl + time.Minute, Storage: jetstream.FileStorage})
 	if err != nil {
-		return nil, fmt.Errorf("ui: bucket %s: %w", BucketSessions, err)
+		return nil, fmt.Errorf("ui: %w", err)
 	}
 	return &revoked{kv: kv, ids: map[string]time.Time{}}, nil
 }

@@ -114,7 +114,7 @@ func New(cfg Config) (*UI, error) {
 	u := &UI{cfg: cfg, log: cfg.Log, seal: seal, tpl: tpl, hub: newHub(), now: cfg.Now, closing: make(chan struct{}), land: strings.TrimSpace(string(land))}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if u.revoked, err = openRevoked(ctx, cfg.Store.JetStream(), cfg.SessionTTL); err != nil {
+	if u.revoked, err = openRevoked(ctx, cfg.Store, cfg.SessionTTL); err != nil {
 		return nil, err
 	}
 	u.routes()
