@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -184,6 +186,7 @@ func OpenHost(ctx context.Context, url string, auth Auth, name string) (*Store, 
 			return nil, fmt.Errorf("bucket %s: %w", b.name, err)
 		}
 		*b.kv = kv
+		listable(nc, kv)
 	}
 	// Session ticket keys: optional, so that a host newer than its
 	// control plane still starts (its edge then keeps a key of its own).
@@ -334,6 +337,7 @@ func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) 
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
 	}
+	listable(s.nc, kv)
 	return kv, nil
 }
 
@@ -488,16 +492,96 @@ func List[T any](ctx context.Context, kv jetstream.KeyValue, filter string) ([]T
 		return nil, fmt.Errorf("list %s: %w", kv.Bucket(), err)
 	}
 	defer w.Stop()
-	var out []T
+	var order []string
+	latest := map[string][]byte{}
+	add := func(key string, value []byte) {
+		if _, had := latest[key]; !had {
+			order = append(order, key)
+		}
+		latest[key] = value
+	}
 	for e := range w.Updates() {
 		if e == nil {
-			return out, nil
+			break
 		}
+		add(e.Key(), e.Value())
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("list %s: %w", kv.Bucket(), ctx.Err())
+	}
+	// The watcher's end-of-values marker can come early while others write
+	// the bucket (its per-message pending count may reach 0 and rise
+	// again: nats-io/nats.py#995, nats-server#4824), and a key whose value
+	// was replaced during the replay is skipped. The stream's list of the
+	// filter's keys (one request, buckets the control plane opened) tells
+	// which are missing; each is read. Most lists miss none.
+	keys, err := listKeys(ctx, kv, filter)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", kv.Bucket(), err)
+	}
+	for _, k := range keys {
+		if _, ok := latest[k]; ok {
+			continue
+		}
+		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", kv.Bucket(), err)
+		}
+		add(k, e.Value())
+	}
+	out := make([]T, 0, len(order))
+	for _, k := range order {
 		var v T
-		if err := json.Unmarshal(e.Value(), &v); err != nil {
-			return nil, fmt.Errorf("decode %s %q: %w", kv.Bucket(), e.Key(), err)
+		if err := json.Unmarshal(latest[k], &v); err != nil {
+			return nil, fmt.Errorf("decode %s %q: %w", kv.Bucket(), k, err)
 		}
 		out = append(out, v)
 	}
-	return out, ctx.Err()
+	return out, nil
+}
+
+// listConns holds the connection of each bucket the control plane's store
+// opened, for List's check against the stream's own list of keys. Hosts'
+// stores register none: their NATS users may not ask for a stream's info.
+var listConns sync.Map // jetstream.KeyValue -> *nats.Conn
+
+func listable(nc *nats.Conn, kv jetstream.KeyValue) { listConns.Store(kv, nc) }
+
+// listKeys are the keys matching filter that kv's stream holds (deleted
+// ones too: their markers are messages), sorted; nil when kv was not
+// registered.
+func listKeys(ctx context.Context, kv jetstream.KeyValue, filter string) ([]string, error) {
+	v, ok := listConns.Load(kv)
+	if !ok {
+		return nil, nil
+	}
+	prefix := "$KV." + kv.Bucket() + "."
+	req, _ := json.Marshal(map[string]string{"subjects_filter": prefix + filter})
+	msg, err := v.(*nats.Conn).RequestWithContext(ctx, "$JS.API.STREAM.INFO.KV_"+kv.Bucket(), req)
+	if err != nil {
+		return nil, fmt.Errorf("stream info: %w", err)
+	}
+	var info struct {
+		State struct {
+			Subjects map[string]uint64 `json:"subjects"`
+		} `json:"state"`
+		Error *struct {
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &info); err != nil {
+		return nil, fmt.Errorf("stream info: %w", err)
+	}
+	if info.Error != nil {
+		return nil, fmt.Errorf("stream info: %s", info.Error.Description)
+	}
+	keys := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		keys = append(keys, strings.TrimPrefix(subj, prefix))
+	}
+	slices.Sort(keys)
+	return keys, nil
 }
