@@ -66,7 +66,7 @@ func (g *guest) run() {
 		return
 	}
 	g.host = NewWriter(port)
-	typ, payload, err := ReadFrame(port)
+	typ, payload, err := readFirstFrame(port, 20*time.Second)
 	if err != nil || typ != FrameConfig {
 		g.fail(ExitSetupFailed, "read the machine's config from the host: frame %q, %v", typ, err)
 		return

@@ -2,12 +2,14 @@ package guestinit
 
 import (
 	"bytes"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -150,5 +152,41 @@ func TestLookPath(t *testing.T) {
 		if code != tc.code || (code == 0 && got != tc.want) {
 			t.Errorf("lookPath(%q in %s) = %q, %d; want %q, %d", tc.name, tc.cwd, got, code, tc.want, tc.code)
 		}
+	}
+}
+
+// eofThen reads as end-of-file, with nothing read, n times (a virtio port
+// whose host side has not said it is connected), then reads r.
+type eofThen struct {
+	n int
+	r *bytes.Reader
+}
+
+func (e *eofThen) Read(p []byte) (int, error) {
+	if e.n > 0 {
+		e.n--
+		return 0, io.EOF
+	}
+	return e.r.Read(p)
+}
+
+// TestFirstFrameWaitsForTheHost: the config read goes on past a port that
+// reads as end-of-file before the host is connected, but not past a real
+// end (the deadline) or a frame cut short.
+func TestFirstFrameWaitsForTheHost(t *testing.T) {
+	var buf bytes.Buffer
+	if err := NewWriter(&buf).Send(FrameConfig, []byte(`{"a":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	typ, payload, err := readFirstFrame(&eofThen{n: 3, r: bytes.NewReader(buf.Bytes())}, 5*time.Second)
+	if err != nil || typ != FrameConfig || string(payload) != `{"a":1}` {
+		t.Fatalf("after three empty reads: %q %q %v, want the config frame", typ, payload, err)
+	}
+	if _, _, err := readFirstFrame(&eofThen{n: 1 << 30}, 50*time.Millisecond); err != io.EOF {
+		t.Errorf("a port that stays at end-of-file: %v, want io.EOF after the timeout", err)
+	}
+	cut := buf.Bytes()[:len(buf.Bytes())-2]
+	if _, _, err := readFirstFrame(bytes.NewReader(cut), 5*time.Second); err == nil || err == io.EOF {
+		t.Errorf("a frame cut short: %v, want a short-frame error at once", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // The control channel is a virtio-serial port named PortName. Both sides
@@ -94,6 +95,23 @@ func (w *Writer) Send(typ byte, payload []byte) error {
 	defer w.mu.Unlock()
 	_, err := w.w.Write(buf)
 	return err
+}
+
+// readFirstFrame reads the host's first frame (the machine's config). A
+// virtio port reads as end-of-file, without blocking, until the host side
+// has said it is connected (the kernel's port_fops_read), and that message
+// can come after the guest opened the port: on a loaded host the config
+// read failed so, and the machine powered off. Such a read, with nothing
+// read, is tried again until timeout.
+func readFirstFrame(r io.Reader, timeout time.Duration) (typ byte, payload []byte, err error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		typ, payload, err = ReadFrame(r)
+		if err != io.EOF || time.Now().After(deadline) {
+			return typ, payload, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // ReadFrame reads one frame from r.
