@@ -1,6 +1,7 @@
 package store
 
 import (
+	"strings"
 	_ "unsafe" // go:linkname
 
 	_ "github.com/nats-io/nats-server/v2/server/pse" // the sampler below
@@ -20,5 +21,9 @@ var natsProcStatFile string
 // a second) in a process that runs no NATS server: the agent and the
 // shims. Only the control plane's embedded server reports its CPU.
 func QuietNATSSampler() {
-	natsProcStatFile = ""
+	// The sampler may be reading the variable at this moment (it runs on
+	// its own timer; nothing orders the two): a string of the same length
+	// reads whole whichever half of the write it sees, where "" could be
+	// read as a nil pointer with the old length. No such file exists.
+	natsProcStatFile = "/" + strings.Repeat("x", max(len(natsProcStatFile)-1, 1))
 }

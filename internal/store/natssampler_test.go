@@ -1,6 +1,7 @@
 package store
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server/pse"
@@ -10,7 +11,14 @@ import (
 // quieted, the sampler's file is gone, so its next tick does not re-arm
 // (pse's periodic returns on a failed read) and usage reads fail.
 func TestQuietNATSSampler(t *testing.T) {
-	if natsProcStatFile == "" {
+	if raceDetector {
+		// Quieting writes the variable while the sampler's timer may read
+		// it: a race by design (the write is what stops it), made harmless
+		// by a same-length string. scripts/test.sh runs this test again
+		// without -race.
+		t.Skip("races with nats-server's sampler by design; run without -race")
+	}
+	if strings.HasPrefix(natsProcStatFile, "/x") {
 		t.Skip("quieted already by an earlier run in this process (-count > 1)")
 	}
 	var pcpu float64
