@@ -217,7 +217,10 @@ func sendRaw(t *testing.T, dial func() (net.Conn, error), raw string, piece int)
 	}
 }
 
-func TestRequestSmuggling(t *testing.T) {
+// smugglingEdge is an edge on 127.0.0.1 serving app shop from one machine
+// that records what reaches it; it returns the edge's address and the
+// recorder.
+func smugglingEdge(t *testing.T) (string, *recorder) {
 	e, err := New(Config{Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t), Limits: Limits{MaxHeaderBytes: 16 << 10}})
 	if err != nil {
 		t.Fatal(err)
@@ -230,25 +233,18 @@ func TestRequestSmuggling(t *testing.T) {
 	w.commit()
 	run(t, e)
 	waitFor(t, "the edge to listen", func() bool { return len(e.Listening()) == 1 })
-	checkSmuggling(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), rec)
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), rec
+}
+
+func TestRequestSmuggling(t *testing.T) {
+	addr, rec := smugglingEdge(t)
+	checkSmuggling(t, addr, rec)
 }
 
 // TestRequestSmugglingInPieces: the same table, each request written a few
 // bytes at a time, so that its head reaches the edge in many reads.
 func TestRequestSmugglingInPieces(t *testing.T) {
-	e, err := New(Config{Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t), Limits: Limits{MaxHeaderBytes: 16 << 10}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &world{t: t, e: e}
-	port := freePort(t)
-	rec := &recorder{}
-	w.app("shop")
-	w.place("shop", startMachine(t, "s1", "ams", "127.0.0.2", rec.handler), port, api.StateStarted)
-	w.commit()
-	run(t, e)
-	waitFor(t, "the edge to listen", func() bool { return len(e.Listening()) == 1 })
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	addr, rec := smugglingEdge(t)
 	checkSmugglingWrites(t, func() (net.Conn, error) { return net.Dial("tcp", addr) }, rec, func(raw string) int {
 		return max(7, len(raw)/40) // 40 pieces at most: the 80 KiB cases stay quick
 	})
