@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -177,42 +176,14 @@ func TestRelayPipelined(t *testing.T) {
 	delay := func(c *Config) { c.OneWay = func(from, to string) time.Duration { return oneWay } }
 	a, b := newNode(t, 1, delay), newNode(t, 2, delay)
 	join(t, a, b)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	var received bytes.Buffer
-	var mu sync.Mutex
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 4096)
-				for {
-					n, err := c.Read(buf)
-					mu.Lock()
-					received.Write(buf[:n])
-					mu.Unlock()
-					if err != nil {
-						return
-					}
-					c.Write(buf[:n]) // echo
-				}
-			}()
-		}
-	}()
-	machine := netip.MustParseAddrPort("[fdaa::2:0:0:a00:5]:8080")
+	m := newEchoMachine(t) // pool_test.go
+	machine := poolMachine
 	serveInTest(t, func(ctx context.Context) {
 		b.ServeRelay(ctx, func(tgt netip.AddrPort) (string, error) {
 			if tgt != machine {
 				return "", fmt.Errorf("%s is not a machine on this host", tgt)
 			}
-			return ln.Addr().String(), nil
+			return m.ln.Addr().String(), nil
 		}, nil)
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -259,9 +230,7 @@ func TestRelayPipelined(t *testing.T) {
 		t.Errorf("waiting: first answer after %v, want at least 3 round trips", waiting)
 	}
 
-	mu.Lock()
-	received.Reset()
-	mu.Unlock()
+	before := len(m.received())
 	other := netip.MustParseAddrPort("[fdaa::2:0:0:a00:6]:8080")
 	c, err := a.DialRelayPipelined(ctx, b.Addr(), other)
 	if err != nil {
@@ -278,9 +247,7 @@ func TestRelayPipelined(t *testing.T) {
 	if _, err := c.Read(make([]byte, 10)); !errors.Is(err, ErrRelayRefused) {
 		t.Fatalf("second read: %v, want ErrRelayRefused again", err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if received.Len() != 0 {
-		t.Errorf("a machine received %d bytes written to a refused connection", received.Len())
+	if got := len(m.received()) - before; got != 0 {
+		t.Errorf("a machine received %d bytes written to a refused connection", got)
 	}
 }
