@@ -3,9 +3,11 @@ package edge
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 )
 
 // maxAttempts bounds how many machines one request tries to connect to.
@@ -34,7 +36,46 @@ func (e *Edge) dialMachine(ctx context.Context, network, addr string) (net.Conn,
 	if err != nil {
 		return nil, &dialError{err: err}
 	}
+	if t.Pipelined {
+		return &pipelinedConn{Conn: c}, nil
+	}
 	return c, nil
+}
+
+// pipelinedConn keeps a refusal seen by Read for the request's writer: the
+// transport closes the connection when its reader gets ErrNotDelivered, and
+// a write still in flight then fails with "use of closed connection" (or a
+// closed pipe). net/http may hand back that write error instead of the read
+// one, and send() would take a refused connection for one that reached its
+// machine. After a refusal every failed Write wraps ErrNotDelivered too.
+type pipelinedConn struct {
+	net.Conn
+	refused atomic.Bool
+}
+
+func (c *pipelinedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil && errors.Is(err, ErrNotDelivered) {
+		c.refused.Store(true)
+	}
+	return n, err
+}
+
+func (c *pipelinedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err != nil && c.refused.Load() && !errors.Is(err, ErrNotDelivered) {
+		err = fmt.Errorf("%w (writing after the refusal: %w)", ErrNotDelivered, err)
+	}
+	return n, err
+}
+
+// CloseWrite half-closes the connection, for upgraded (WebSocket)
+// connections proxied as raw TCP.
+func (c *pipelinedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }
 
 // retryTransport sends a request to a machine it takes a slot on (choose.go),
