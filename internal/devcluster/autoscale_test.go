@@ -91,7 +91,7 @@ func (l *cityLoad) fail(s string) {
 	l.failed.Add(1)
 	l.mu.Lock()
 	if len(l.failures) < 20 {
-		l.failures = append(l.failures, s)
+		l.failures = append(l.failures, time.Now().Format("15:04:05.000")+" "+s)
 	}
 	l.mu.Unlock()
 }

@@ -1,12 +1,15 @@
 package devcluster_test
 
 import (
+	"bytes"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -72,7 +75,9 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	stop := watchdog()
 	code := m.Run()
+	stop()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -118,4 +123,48 @@ func parallelFirst(t *testing.T, rank int) {
 func repoRoot() string {
 	wd, _ := os.Getwd()
 	return filepath.Join(wd, "..", "..")
+}
+
+// watchdog ends the test binary a minute before go test's -timeout would,
+// printing which tests are still running and where each of their
+// goroutines in this package waits, in a few lines. go test's own panic
+// prints every goroutine (thousands of lines of NATS and HTTP internals),
+// and CI keeps only the end of a failed run's output, where the test that
+// hung is no longer named. stop disarms it.
+func watchdog() (stop func()) {
+	f := flag.Lookup("test.timeout")
+	if f == nil {
+		return func() {}
+	}
+	timeout, err := time.ParseDuration(f.Value.String())
+	if err != nil || timeout <= 2*time.Minute {
+		return func() {}
+	}
+	t := time.AfterFunc(timeout-time.Minute, func() {
+		buf := make([]byte, 64<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		fmt.Fprintf(os.Stderr, "\ndevcluster watchdog: the tests did not end within %v; still running:\n%s", timeout-time.Minute, hungTests(buf))
+		os.Exit(3)
+	})
+	return func() { t.Stop() }
+}
+
+// hungTests sums up a goroutine dump: each goroutine with a frame in this
+// package's tests, as its wait reason and those frames.
+func hungTests(dump []byte) string {
+	var out strings.Builder
+	for _, g := range bytes.Split(dump, []byte("\n\n")) {
+		lines := strings.Split(string(g), "\n")
+		var frames []string
+		for i := 1; i+1 < len(lines); i += 2 {
+			fn := lines[i]
+			if strings.Contains(fn, "devcluster_test.") || strings.Contains(fn, "internal/devcluster.") {
+				frames = append(frames, "    "+fn+"  "+strings.TrimSpace(lines[i+1]))
+			}
+		}
+		if len(frames) > 0 {
+			fmt.Fprintf(&out, "  %s\n%s\n", lines[0], strings.Join(frames, "\n"))
+		}
+	}
+	return out.String()
 }
