@@ -380,10 +380,15 @@ func (a *Agent) heartbeat(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Heartbeat)
 	defer t.Stop()
 	for {
+		// A heartbeat that hangs (a frozen server, a write waiting for a
+		// quorum, a busy BGP speaker) must not hold back the next: the
+		// host would be marked down while alive, its machines out of
+		// every edge's rotation.
+		hctx, cancel := context.WithTimeout(ctx, 2*a.cfg.Heartbeat)
 		hb := api.HostHeartbeat{
 			MeshEndpoint: a.meshEndpoint(),
 			RTT:          meshhost.Millis(a.mesh.RTT()),
-			BGP:          a.anycast.report(ctx), // anycast.go
+			BGP:          a.anycast.report(hctx), // anycast.go
 			Disk:         a.disk.Load(),
 		}
 		if hb.Disk == nil { // before the first image collection: the volumes' scheduler needs free space
@@ -392,7 +397,9 @@ func (a *Agent) heartbeat(ctx context.Context) {
 				hb.Disk = &api.HostDisk{FreeBytes: int64(fs.Bavail) * fs.Bsize, TotalBytes: int64(fs.Blocks) * fs.Bsize}
 			}
 		}
-		if err := a.client.Heartbeat(ctx, a.host.ID, hb); err != nil && ctx.Err() == nil {
+		err := a.client.Heartbeat(hctx, a.host.ID, hb)
+		cancel()
+		if err != nil && ctx.Err() == nil {
 			a.log.Warn("heartbeat failed", "err", err)
 		}
 		select {
