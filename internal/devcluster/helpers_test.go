@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -276,11 +277,24 @@ func asHTTPError(err error, target **api.HTTPError) bool { return errors.As(err,
 func perchEnv(t *testing.T, w *devcluster.World, dir string, env []string, args ...string) (string, error) {
 	t.Helper()
 	info := w.Info()
-	cmd := exec.Command(perchBin, args...)
+	// A command that hangs fails its test instead of holding the whole
+	// package until go test's timeout: SIGQUIT makes it print where its
+	// goroutines wait (into out), and it is killed 10 s later.
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, perchBin, args...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	cmd.WaitDelay = 10 * time.Second
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "PERCH_API_URL="+info.APIURL, "PERCH_API_TOKEN="+info.Token, "HOME="+dir, "XDG_CONFIG_HOME="+dir+"/.config")
 	cmd.Env = append(cmd.Env, env...)
 	out, err := cmd.CombinedOutput()
 	t.Logf("$ perch %s\n%s", strings.Join(args, " "), out)
+	if ctx.Err() != nil {
+		err = fmt.Errorf("did not end within %v (its goroutines are above): %w", cliTimeout, err)
+	}
 	return string(out), err
 }
+
+// cliTimeout bounds one perch command of a test.
+const cliTimeout = 6 * time.Minute
