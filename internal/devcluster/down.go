@@ -65,6 +65,11 @@ func Down(ctx context.Context, dir, perchBin string, log *slog.Logger) error {
 			errs = append(errs, err)
 		}
 	}
+	if i.Anycast != nil {
+		if err := removeLab(i.Anycast.Lab); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	_ = os.Remove(InfoPath(dir))
 	return errors.Join(errs...)
 }

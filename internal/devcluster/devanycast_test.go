@@ -1,0 +1,226 @@
+package devcluster_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/perchhq/perch/internal/anycast"
+	"github.com/perchhq/perch/internal/api"
+	"github.com/perchhq/perch/internal/devcluster"
+	"github.com/perchhq/perch/internal/geo"
+)
+
+// TestDevUpAnycast runs `perch dev up --anycast` as a user does, with
+// regions lhr and ams and a client-only city, sin: an app with a
+// dedicated IPv4 and IPv6 deployed to both regions answers `perch dev
+// exec --from CITY -- curl` from each region's city with that region's
+// edge; sin's client, whose router links to both over links as long as
+// the fiber, reaches it with a round trip no shorter than the fiber's
+// (ping through perch dev exec); bad cities and a world without a lab
+// get clear errors; exec passes the command's exit code through; and
+// `perch dev down` leaves no namespace, link, router or file of the lab.
+func TestDevUpAnycast(t *testing.T) {
+	t.Parallel() // see TestMain
+	for _, bin := range []string{"bird", "birdc", "nsenter", "ping", "curl"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("perch dev up --anycast's test needs %s (bird2, util-linux, iputils-ping, curl: scripts/deps.sh)", bin)
+		}
+	}
+	worldSlot(t)
+	dir := t.TempDir()
+	up := exec.Command(perchBin, "dev", "up", "--anycast", "--regions", "lhr,ams", "--anycast-clients", "sin", "--dir", dir, "--api", "127.0.0.1:0")
+	out := newLockedBuffer()
+	up.Stdout, up.Stderr = out, out
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- up.Wait() }()
+	t.Cleanup(func() {
+		if up.ProcessState == nil {
+			_ = exec.Command(perchBin, "dev", "down", "--dir", dir).Run()
+		}
+	})
+	var info devcluster.Info
+	eventually(t, 90*time.Second, "world.json written", func() (bool, string) {
+		select {
+		case err := <-exited:
+			t.Fatalf("perch dev up --anycast exited: %v\n%s", err, out.String())
+		default:
+		}
+		var err error
+		info, err = devcluster.ReadInfo(dir)
+		return err == nil, out.String()
+	})
+	a := info.Anycast
+	if a == nil || len(a.Cities) != 3 || len(a.Lab.Namespaces) == 0 {
+		t.Fatalf("world.json's anycast part: %+v; want three cities and the lab's namespaces", a)
+	}
+	for _, ns := range a.Lab.Namespaces {
+		if !strings.Contains(ns, a.ID) {
+			t.Errorf("namespace %s is not named after the world's id %s", ns, a.ID)
+		}
+	}
+
+	// The sample app, with a dedicated IPv4 (and the IPv6 every app with
+	// services gets), in both regions.
+	ctx := context.Background()
+	c := api.NewClient(info.APIURL, info.Token)
+	ref := pushImageTo(t, info, "hello:v1")
+	appDir := t.TempDir()
+	perchIn := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(perchBin, args...)
+		cmd.Dir = appDir
+		cmd.Env = append(os.Environ(), "PERCH_API_URL="+info.APIURL, "PERCH_API_TOKEN="+info.Token, "HOME="+appDir, "XDG_CONFIG_HOME="+appDir+"/.config")
+		b, err := cmd.CombinedOutput()
+		t.Logf("$ perch %s\n%s", strings.Join(args, " "), b)
+		if err != nil {
+			t.Fatalf("perch %s: %v", strings.Join(args, " "), err)
+		}
+	}
+	perchIn("launch", "--image", ref, "--regions", "lhr,ams", "--name", "anyhello")
+	ip, err := c.AssignIP(ctx, "anyhello", "v4")
+	if err != nil {
+		t.Fatalf("allocate a dedicated IPv4: %v", err)
+	}
+	addr := netip.MustParseAddr(ip.IP)
+	if !anycast.LabPool.Contains(addr) {
+		t.Fatalf("dedicated IPv4 %s is not in the world's pool %s", addr, anycast.LabPool)
+	}
+	perchIn("deploy", "--smoke-window", "0")
+	var addr6 netip.Addr
+	ips, err := c.ListIPs(ctx, "anyhello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range ips {
+		if a, err := netip.ParseAddr(ip.IP); err == nil && a.Is6() && !ip.Shared {
+			addr6 = a
+		}
+	}
+	if !anycast.LabPool6.Contains(addr6) {
+		t.Fatalf("anyhello's addresses %+v: want a dedicated IPv6 from %s", ips, anycast.LabPool6)
+	}
+
+	// devExec is perch dev exec --from city -- args: output and exit code.
+	devExec := func(city string, args ...string) (string, int) {
+		cmd := exec.Command(perchBin, append([]string{"dev", "exec", "--dir", dir, "--from", city, "--"}, args...)...)
+		b, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return string(b), ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatalf("perch dev exec: %v", err)
+		}
+		return string(b), 0
+	}
+	reply := regexp.MustCompile(`hello from (\w+) \(machine \w+\); edge (\w+)`)
+	curl := func(city, url, want string) {
+		t.Helper()
+		eventually(t, 60*time.Second, fmt.Sprintf("curl %s from %s answered by %s", url, city, want), func() (bool, string) {
+			body, code := devExec(city, "curl", "-sS", "--max-time", "5", "-g", "-H", "Host: anyhello.perch.local", url)
+			m := reply.FindStringSubmatch(body)
+			if code != 0 || m == nil {
+				return false, fmt.Sprintf("exit %d: %s", code, body)
+			}
+			if want != "" && (m[1] != want || m[2] != want) {
+				return false, body
+			}
+			return true, ""
+		})
+	}
+	curl("lhr", "http://"+addr.String()+"/", "lhr")
+	curl("ams", "http://"+addr.String()+"/", "ams")
+	curl("ams", "http://"+net.JoinHostPort(addr6.String(), "80")+"/", "ams")
+	curl("sin", "http://"+addr.String()+"/", "")
+
+	// Round trips: sin's router reaches the address over a link holding
+	// each frame for the fiber time, ams's client over none.
+	w := geo.Default()
+	fiber := min(w.FiberRTT("sin", "lhr", 1.5), w.FiberRTT("sin", "ams", 1.5))
+	rttSin, rttAms := pingMin(t, devExec, "sin", addr), pingMin(t, devExec, "ams", addr)
+	t.Logf("ping %s: from sin %s (fiber to the nearer region x1.5: %s), from ams %s", addr, rttSin, fiber, rttAms)
+	if rttSin < fiber {
+		t.Errorf("ping from sin took %s: want at least the fiber's round trip %s", rttSin, fiber)
+	}
+	if rttAms >= fiber {
+		t.Errorf("ping from ams, whose own region announces the address, took %s: want well under sin's fiber time %s", rttAms, fiber)
+	}
+
+	// Exit codes and bad input.
+	if _, code := devExec("lhr", "sh", "-c", "exit 7"); code != 7 {
+		t.Errorf("perch dev exec -- sh -c 'exit 7' exited %d; want the command's 7", code)
+	}
+	if msg, code := devExec("nowhere", "true"); code == 0 || !strings.Contains(msg, `no city "nowhere"`) || !strings.Contains(msg, "lhr, ams, sin") {
+		t.Errorf("perch dev exec --from nowhere: exit %d, %q; want an error naming the cities lhr, ams, sin", code, msg)
+	}
+
+	down := exec.Command(perchBin, "dev", "down", "--dir", dir)
+	if b, err := down.CombinedOutput(); err != nil {
+		t.Fatalf("perch dev down: %v\n%s", err, b)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("perch dev up exited with %v:\n%s", err, out.String())
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("perch dev up did not exit:\n%s", out.String())
+	}
+	assertNothingLeft(t, info)
+	for _, ns := range a.Lab.Namespaces {
+		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
+			t.Errorf("namespace %s left behind", ns)
+		}
+	}
+	links, _ := exec.Command("ip", "-o", "link", "show").Output()
+	if strings.Contains(string(links), "-"+a.ID+"-") || strings.Contains(string(links), "acb-"+a.ID) {
+		t.Errorf("links of the lab %s left behind:\n%s", a.ID, links)
+	}
+	for city, pid := range a.Lab.Birds {
+		if comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm"); err == nil && strings.TrimSpace(string(comm)) == "bird" {
+			t.Errorf("the router of %s (bird, pid %d) still runs", city, pid)
+		}
+	}
+	if _, err := os.Stat(a.Lab.Dir); err == nil {
+		t.Errorf("the routers' files in %s left behind", a.Lab.Dir)
+	}
+	for _, r := range info.Regions {
+		if r.PID > 0 && syscall.Kill(r.PID, 0) == nil {
+			t.Errorf("agent of %s (pid %d) still running", r.Code, r.PID)
+		}
+	}
+	// No world now: exec says so.
+	if msg, code := devExec("lhr", "true"); code == 0 || !strings.Contains(msg, "no dev world in "+dir) {
+		t.Errorf("perch dev exec with no world: exit %d, %q; want an error saying there is no world", code, msg)
+	}
+}
+
+// pingMin is the shortest of three pings from city's client to addr.
+func pingMin(t *testing.T, devExec func(string, ...string) (string, int), city string, addr netip.Addr) time.Duration {
+	t.Helper()
+	out, code := devExec(city, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "5", addr.String())
+	m := regexp.MustCompile(`= ([0-9.]+)/`).FindStringSubmatch(out)
+	if code != 0 || m == nil {
+		t.Fatalf("ping %s from %s: exit %d: %s", addr, city, code, out)
+	}
+	ms, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ms * float64(time.Millisecond))
+}
