@@ -593,6 +593,13 @@ func (l *Lab) Close() {
 	for _, t := range l.taps {
 		t.close()
 	}
+	// The management links' ends in this namespace go first, and at once:
+	// a deleted namespace's devices go only when the kernel gets to it.
+	for _, link := range l.Resources().Links {
+		if _, err := net.InterfaceByName(link); err == nil {
+			_ = l.ip("", "link", "del", link)
+		}
+	}
 	for _, c := range l.cfg.Cities {
 		for _, ns := range []string{l.RouterNS(c.Name), l.ClientNS(c.Name), l.HostNS(c.Name)} {
 			if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {

@@ -158,6 +158,7 @@ func validLabID(id string) bool {
 type LabResources struct {
 	Namespaces []string       `json:"namespaces"`
 	Bridge     string         `json:"bridge,omitempty"` // the management bridge, in the machine's own namespace
+	Links      []string       `json:"links,omitempty"`  // the management links' ends on the bridge
 	Birds      map[string]int `json:"birds"`            // city -> bird's pid
 	Dir        string         `json:"dir"`              // bird's configs, sockets and logs
 }
@@ -177,6 +178,12 @@ func (l *Lab) Resources() LabResources {
 	if l.cfg.Mgmt {
 		r.Namespaces = append(r.Namespaces, l.ControlNS())
 		r.Bridge = l.bridge()
+		r.Links = append(r.Links, "acm-"+l.id+"-x")
+		for _, c := range l.cfg.Cities {
+			if c.Host {
+				r.Links = append(r.Links, l.mgmtVeth(c.Name))
+			}
+		}
 	}
 	return r
 }

@@ -276,19 +276,25 @@ func removeLab(r anycast.LabResources) error {
 			}
 		}
 	}
+	// The management links first: deleting one end deletes both at once,
+	// where a deleted namespace's devices go only when the kernel gets to
+	// it.
+	for _, link := range slices.Concat(r.Links, []string{r.Bridge}) {
+		if link == "" {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join("/sys/class/net", link)); err == nil {
+			if out, err := exec.Command("ip", "link", "del", link).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("ip link del %s: %w: %s", link, err, strings.TrimSpace(string(out))))
+			}
+		}
+	}
 	for _, ns := range r.Namespaces {
 		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err != nil {
 			continue
 		}
 		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
 			errs = append(errs, fmt.Errorf("ip netns del %s: %w: %s", ns, err, strings.TrimSpace(string(out))))
-		}
-	}
-	if r.Bridge != "" {
-		if _, err := os.Stat(filepath.Join("/sys/class/net", r.Bridge)); err == nil {
-			if out, err := exec.Command("ip", "link", "del", r.Bridge).CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("ip link del %s: %w: %s", r.Bridge, err, strings.TrimSpace(string(out))))
-			}
 		}
 	}
 	if r.Dir != "" {
