@@ -90,7 +90,11 @@ func devUpCmd() *cobra.Command {
 			if a := i.Anycast; a != nil {
 				fmt.Fprintf(out, "anycast        pools %s and %s, announced over BGP to each city's bird2 router (world %s)\n", a.PoolV4, a.PoolV6, a.ID)
 				for _, c := range a.Cities {
-					fmt.Fprintf(out, "city %-8s client %s, %s   router AS%d\n", c.Name, c.Client, c.Client6, c.RouterASN)
+					region := ""
+					if c.HostNS == "" {
+						region = "   (no region: a client only)"
+					}
+					fmt.Fprintf(out, "city %-8s client %s, %s   router AS%d%s\n", c.Name, c.Client, c.Client6, c.RouterASN, region)
 				}
 				for _, l := range a.Links {
 					fmt.Fprintf(out, "link %s-%s   %s one way\n", l.A, l.B, l.Delay)
@@ -164,6 +168,11 @@ func devStatusCmd() *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "control plane %s (pid %d)\n", i.APIURL, i.PID)
 			for _, r := range i.Regions {
 				fmt.Fprintf(cmd.OutOrStdout(), "%-6s edge %-12s host %s\n", r.Code, r.EdgeAddr, r.HostID)
+			}
+			if a := i.Anycast; a != nil {
+				for _, c := range a.Cities {
+					fmt.Fprintf(cmd.OutOrStdout(), "city %-6s client %s, %s (perch dev exec --from %s -- CMD)\n", c.Name, c.Client, c.Client6, c.Name)
+				}
 			}
 			return nil
 		},

@@ -136,3 +136,19 @@ func TestRemoveLab(t *testing.T) {
 		t.Errorf("the routers' files in %s left", res.Dir)
 	}
 }
+
+// TestClientNamespace: perch dev exec's city lookup, and its errors for
+// a world without a lab and for a city the lab does not have.
+func TestClientNamespace(t *testing.T) {
+	plain := Info{Dir: "/w"}
+	if _, err := plain.ClientNamespace("lhr"); err == nil || !strings.Contains(err.Error(), "perch dev up --anycast") {
+		t.Errorf("a world without a lab: %v; want an error saying to start one with perch dev up --anycast", err)
+	}
+	i := Info{Dir: "/w", Anycast: &AnycastInfo{Cities: []AnycastCity{{Name: "lhr", ClientNS: "acc-w01-lhr"}, {Name: "sin", ClientNS: "acc-w01-sin"}}}}
+	if ns, err := i.ClientNamespace("sin"); err != nil || ns != "acc-w01-sin" {
+		t.Errorf("sin: %q, %v; want acc-w01-sin", ns, err)
+	}
+	if _, err := i.ClientNamespace("syd"); err == nil || !strings.Contains(err.Error(), `no city "syd"`) || !strings.Contains(err.Error(), "lhr, sin") {
+		t.Errorf("an unknown city: %v; want an error naming it and the cities lhr, sin", err)
+	}
+}
