@@ -24,7 +24,12 @@ func devExecCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "exec --from CITY -- CMD [ARGS...]",
 		Short: "Run a command as a client in one city of an anycast dev world (perch dev up --anycast)",
-		Args:  cobra.MinimumNArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return errors.New("no command given: perch dev exec --from CITY -- CMD [ARGS...]")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if from == "" {
 				return errors.New("--from CITY is required: the city whose client runs the command (perch dev status lists them)")
