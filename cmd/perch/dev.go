@@ -118,7 +118,7 @@ func devUpCmd() *cobra.Command {
 	f.StringVar(&edgeBase, "edge-base", "127.0.1.1", "edge address of the first region; the next regions count up")
 	f.StringVar(&opts.NATSURL, "nats", "", "use this external NATS instead of the embedded one")
 	f.StringVar(&opts.NATSToken, "nats-token", "", "auth token for the external NATS")
-	f.BoolVar(&latency, "latency", true, "simulate fiber latency between the regions' cities on the mesh")
+	f.BoolVar(&latency, "latency", true, "simulate fiber latency between the regions' cities on the mesh (and with --anycast between the lab's routers)")
 	f.Float64Var(&inflation, "route-inflation", 1.5, "how much longer than the great circle the simulated routes are")
 	f.StringVar(&anycastClients, "anycast-clients", "", "with --anycast, cities with a router and a client but no region (comma separated): clients far from every region")
 	f.BoolVar(&opts.Anycast, "anycast", false, "build the world in an anycast lab: a bird2 router and a client per region's city, agents announcing apps' addresses over BGP (docs/anycast.md)")

@@ -168,6 +168,9 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 			return nil, fmt.Errorf("unknown region %q; known regions: %s", r, strings.Join(opts.World.Codes(), ", "))
 		}
 	}
+	if opts.Anycast && opts.NATSURL != "" {
+		return nil, errors.New("--nats does not go with --anycast: the hosts of an anycast world reach only the lab's management network, where the embedded NATS listens")
+	}
 	if !opts.EdgeBase.IsValid() {
 		opts.EdgeBase = netip.MustParseAddr("127.0.1.1")
 	}
