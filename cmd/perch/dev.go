@@ -75,6 +75,9 @@ func devUpCmd() *cobra.Command {
 			fmt.Fprintf(out, "starting a dev world with %s in %s\n", regions, opts.Dir)
 			if opts.Latency > 0 {
 				fmt.Fprintf(out, "simulated latency on: mesh packets take the fiber time between cities x %g (--latency=false turns it off)\n", opts.Latency)
+				if opts.Anycast {
+					fmt.Fprintln(out, "and so do frames between the anycast lab's routers")
+				}
 			}
 			w, err := devcluster.Start(ctx, opts)
 			if err != nil {
