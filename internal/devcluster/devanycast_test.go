@@ -80,9 +80,16 @@ func TestDevUpAnycast(t *testing.T) {
 	c := api.NewClient(info.APIURL, info.Token)
 	ref := pushImageTo(t, info, "hello:v1")
 	appDir := t.TempDir()
+	// Commands are bounded: one that hangs fails the test instead of
+	// holding the package (a perch command prints its goroutines on
+	// SIGQUIT, and is killed 10 s later).
 	perchIn := func(args ...string) {
 		t.Helper()
-		cmd := exec.Command(perchBin, args...)
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(cctx, perchBin, args...)
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+		cmd.WaitDelay = 10 * time.Second
 		cmd.Dir = appDir
 		cmd.Env = append(os.Environ(), "PERCH_API_URL="+info.APIURL, "PERCH_API_TOKEN="+info.Token, "HOME="+appDir, "XDG_CONFIG_HOME="+appDir+"/.config")
 		b, err := cmd.CombinedOutput()
@@ -117,7 +124,9 @@ func TestDevUpAnycast(t *testing.T) {
 
 	// devExec is perch dev exec --from city -- args: output and exit code.
 	devExec := func(city string, args ...string) (string, int) {
-		cmd := exec.Command(perchBin, append([]string{"dev", "exec", "--dir", dir, "--from", city, "--"}, args...)...)
+		cctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(cctx, perchBin, append([]string{"dev", "exec", "--dir", dir, "--from", city, "--"}, args...)...)
 		b, err := cmd.CombinedOutput()
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -169,7 +178,9 @@ func TestDevUpAnycast(t *testing.T) {
 		t.Errorf("perch dev exec --from nowhere: exit %d, %q; want an error naming the cities lhr, ams, sin", code, msg)
 	}
 
-	down := exec.Command(perchBin, "dev", "down", "--dir", dir)
+	dctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
+	defer cancel()
+	down := exec.CommandContext(dctx, perchBin, "dev", "down", "--dir", dir)
 	if b, err := down.CombinedOutput(); err != nil {
 		t.Fatalf("perch dev down: %v\n%s", err, b)
 	}
