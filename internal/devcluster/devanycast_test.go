@@ -29,8 +29,10 @@ import (
 // edge; sin's client, whose router links to both over links as long as
 // the fiber, reaches it with a round trip no shorter than the fiber's
 // (ping through perch dev exec); bad cities and a world without a lab
-// get clear errors; exec passes the command's exit code through; and
-// `perch dev down` leaves no namespace, link, router or file of the lab.
+// get clear errors; exec passes the command's exit code through; a
+// second world started meanwhile has its own id and network; and `perch
+// dev down` leaves no namespace, link, router or file of either lab, the
+// second's perch dev up having been SIGKILLed.
 func TestDevUpAnycast(t *testing.T) {
 	t.Parallel() // see TestMain
 	for _, bin := range []string{"bird", "birdc", "nsenter", "ping", "curl"} {
@@ -40,30 +42,8 @@ func TestDevUpAnycast(t *testing.T) {
 	}
 	worldSlot(t)
 	dir := t.TempDir()
-	up := exec.Command(perchBin, "dev", "up", "--anycast", "--regions", "lhr,ams", "--anycast-clients", "sin", "--dir", dir, "--api", "127.0.0.1:0")
-	out := newLockedBuffer()
-	up.Stdout, up.Stderr = out, out
-	if err := up.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- up.Wait() }()
-	t.Cleanup(func() {
-		if up.ProcessState == nil {
-			_ = exec.Command(perchBin, "dev", "down", "--dir", dir).Run()
-		}
-	})
-	var info devcluster.Info
-	eventually(t, 90*time.Second, "world.json written", func() (bool, string) {
-		select {
-		case err := <-exited:
-			t.Fatalf("perch dev up --anycast exited: %v\n%s", err, out.String())
-		default:
-		}
-		var err error
-		info, err = devcluster.ReadInfo(dir)
-		return err == nil, out.String()
-	})
+	w1 := startDevUp(t, dir, "--regions", "lhr,ams", "--anycast-clients", "sin")
+	info := w1.info
 	a := info.Anycast
 	if a == nil || len(a.Cities) != 3 || len(a.Lab.Namespaces) == 0 {
 		t.Fatalf("world.json's anycast part: %+v; want three cities and the lab's namespaces", a)
@@ -178,43 +158,40 @@ func TestDevUpAnycast(t *testing.T) {
 		t.Errorf("perch dev exec --from nowhere: exit %d, %q; want an error naming the cities lhr, ams, sin", code, msg)
 	}
 
-	dctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
-	defer cancel()
-	down := exec.CommandContext(dctx, perchBin, "dev", "down", "--dir", dir)
-	if b, err := down.CombinedOutput(); err != nil {
-		t.Fatalf("perch dev down: %v\n%s", err, b)
+	// A second world at once, a region and a client-only city: its own
+	// id, network and namespaces; the first still answers. Its perch dev
+	// up is then SIGKILLed, and perch dev down cleans up after it.
+	dir2 := t.TempDir()
+	w2 := startDevUp(t, dir2, "--regions", "fra", "--anycast-clients", "ams")
+	a2 := w2.info.Anycast
+	if a2 == nil || a2.ID == a.ID || a2.MgmtNet == a.MgmtNet {
+		t.Fatalf("two worlds at once: the first has id %s and network %s, the second %+v; want their own", a.ID, a.MgmtNet, a2)
+	}
+	curl("lhr", "http://"+addr.String()+"/", "lhr")
+	if err := w2.up.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-w2.exited
+
+	for _, w := range []*devUp{w1, w2} {
+		dctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
+		down := exec.CommandContext(dctx, perchBin, "dev", "down", "--dir", w.dir)
+		b, err := down.CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("perch dev down --dir %s: %v\n%s", w.dir, err, b)
+		}
 	}
 	select {
-	case err := <-exited:
+	case err := <-w1.exited:
 		if err != nil {
-			t.Errorf("perch dev up exited with %v:\n%s", err, out.String())
+			t.Errorf("perch dev up exited with %v:\n%s", err, w1.out.String())
 		}
 	case <-time.After(2 * time.Minute):
-		t.Fatalf("perch dev up did not exit:\n%s", out.String())
+		t.Fatalf("perch dev up did not exit:\n%s", w1.out.String())
 	}
-	assertNothingLeft(t, info)
-	for _, ns := range a.Lab.Namespaces {
-		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
-			t.Errorf("namespace %s left behind", ns)
-		}
-	}
-	links, _ := exec.Command("ip", "-o", "link", "show").Output()
-	if strings.Contains(string(links), "-"+a.ID+"-") || strings.Contains(string(links), "acb-"+a.ID) {
-		t.Errorf("links of the lab %s left behind:\n%s", a.ID, links)
-	}
-	for city, pid := range a.Lab.Birds {
-		if comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm"); err == nil && strings.TrimSpace(string(comm)) == "bird" {
-			t.Errorf("the router of %s (bird, pid %d) still runs", city, pid)
-		}
-	}
-	if _, err := os.Stat(a.Lab.Dir); err == nil {
-		t.Errorf("the routers' files in %s left behind", a.Lab.Dir)
-	}
-	for _, r := range info.Regions {
-		if r.PID > 0 && syscall.Kill(r.PID, 0) == nil {
-			t.Errorf("agent of %s (pid %d) still running", r.Code, r.PID)
-		}
-	}
+	assertLabGone(t, w1.info)
+	assertLabGone(t, w2.info)
 	// No world now: exec says so.
 	if msg, code := devExec("lhr", "true"); code == 0 || !strings.Contains(msg, "no dev world in "+dir) {
 		t.Errorf("perch dev exec with no world: exit %d, %q; want an error saying there is no world", code, msg)
@@ -234,4 +211,75 @@ func pingMin(t *testing.T, devExec func(string, ...string) (string, int), city s
 		t.Fatal(err)
 	}
 	return time.Duration(ms * float64(time.Millisecond))
+}
+
+// devUp is a perch dev up --anycast process.
+type devUp struct {
+	dir    string
+	up     *exec.Cmd
+	out    *lockedBuffer
+	exited chan error
+	info   devcluster.Info
+}
+
+// startDevUp runs perch dev up --anycast in dir with args and waits for
+// its world.json.
+func startDevUp(t *testing.T, dir string, args ...string) *devUp {
+	t.Helper()
+	w := &devUp{dir: dir, out: newLockedBuffer(), exited: make(chan error, 1)}
+	w.up = exec.Command(perchBin, append([]string{"dev", "up", "--anycast", "--dir", dir, "--api", "127.0.0.1:0"}, args...)...)
+	w.up.Stdout, w.up.Stderr = w.out, w.out
+	if err := w.up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.exited <- w.up.Wait() }()
+	t.Cleanup(func() {
+		if _, err := os.Stat(devcluster.InfoPath(dir)); err == nil {
+			_ = exec.Command(perchBin, "dev", "down", "--dir", dir).Run()
+		}
+	})
+	eventually(t, 90*time.Second, "world.json written", func() (bool, string) {
+		select {
+		case err := <-w.exited:
+			t.Fatalf("perch dev up --anycast exited: %v\n%s", err, w.out.String())
+		default:
+		}
+		var err error
+		w.info, err = devcluster.ReadInfo(dir)
+		return err == nil, w.out.String()
+	})
+	return w
+}
+
+// assertLabGone checks that nothing of the world info describes is left:
+// machines, agents, and its lab's namespaces, links, routers and files.
+func assertLabGone(t *testing.T, info devcluster.Info) {
+	t.Helper()
+	assertNothingLeft(t, info)
+	a := info.Anycast
+	for _, ns := range a.Lab.Namespaces {
+		if _, err := os.Stat(filepath.Join("/run/netns", ns)); err == nil {
+			t.Errorf("namespace %s left behind", ns)
+		}
+	}
+	links, _ := exec.Command("ip", "-o", "link", "show").Output()
+	if strings.Contains(string(links), "-"+a.ID+"-") || strings.Contains(string(links), "acb-"+a.ID) {
+		t.Errorf("links of the lab %s left behind:\n%s", a.ID, links)
+	}
+	for city, pid := range a.Lab.Birds {
+		if comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm"); err == nil && strings.TrimSpace(string(comm)) == "bird" {
+			t.Errorf("the router of %s (bird, pid %d) still runs", city, pid)
+		}
+	}
+	if _, err := os.Stat(a.Lab.Dir); err == nil {
+		t.Errorf("the routers' files in %s left behind", a.Lab.Dir)
+	}
+	for _, r := range info.Regions {
+		if stat, err := os.ReadFile("/proc/" + strconv.Itoa(r.PID) + "/stat"); r.PID > 0 && err == nil && !strings.Contains(string(stat), ") Z") {
+			t.Errorf("agent of %s (pid %d) still running", r.Code, r.PID)
+		}
+	}
+	if _, err := os.Stat(devcluster.InfoPath(info.Dir)); err == nil {
+		t.Errorf("world.json left behind in %s", info.Dir)
+	}
 }
