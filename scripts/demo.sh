@@ -3,7 +3,10 @@
 # with three regions, builds the sample app image, pushes it with crane,
 # deploys it with the three perch commands and shows each region's edge
 # answering from its own region. Ctrl-C stops the world (DEMO_EXIT=1 stops
-# it right after the demo). Usage: ./scripts/demo.sh
+# it right after the demo). ANYCAST=1 builds the world in an anycast lab
+# (perch dev up --anycast: a bird2 router and a client per city), gives
+# the app a dedicated IPv4 and curls it from every city's client.
+# Usage: ./scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -24,8 +27,10 @@ CGO_ENABLED=0 go build -trimpath -o bin/perch-init ./internal/runtime/microvm/gu
 perch="$PWD/bin/perch"
 
 if [ -f "$dir/world.json" ]; then "$perch" dev down --dir "$dir" || true; fi
-echo "== perch dev up --regions $regions"
-"$perch" dev up --regions "$regions" --dir "$dir" >"$work/dev.log" 2>&1 &
+anycast=()
+[ "${ANYCAST:-0}" = 1 ] && anycast=(--anycast)
+echo "== perch dev up --regions $regions ${anycast[*]}"
+"$perch" dev up --regions "$regions" --dir "$dir" "${anycast[@]}" >"$work/dev.log" 2>&1 &
 devpid=$!
 stop_world() { kill -TERM "$devpid" 2>/dev/null && wait "$devpid" 2>/dev/null; rm -rf "$work"; }
 trap stop_world EXIT
@@ -59,6 +64,10 @@ mkdir -p "$work/app" && cd "$work/app"
 # A world started before in this directory keeps its apps: start afresh.
 "$perch" apps destroy hello --yes >/dev/null 2>&1 || true
 "$perch" launch --image "$registry/hello:v1" --regions "$regions" --name hello
+if [ ${#anycast[@]} -gt 0 ]; then
+  addr=$("$perch" ips allocate-v4 | grep -oE '192\.0\.2\.[0-9]+' | head -1)
+  echo "dedicated IPv4 $addr (announced over BGP by every region's host)"
+fi
 "$perch" deploy
 "$perch" status
 
@@ -68,6 +77,17 @@ for r in ${regions//,/ }; do
   printf '%s edge %-10s -> ' "$r" "$edge"
   curl -sS --max-time 5 -H "Host: hello.perch.local" "http://$edge/"
 done
+
+if [ ${#anycast[@]} -gt 0 ]; then
+  echo "== from each city's client, the app's own address $addr: the nearest region answers"
+  for r in ${regions//,/ }; do
+    printf '%s client -> ' "$r"
+    for _ in $(seq 50); do
+      "$perch" dev exec --dir "$dir" --from "$r" -- curl -sS --max-time 5 -H "Host: hello.perch.local" "http://$addr/" 2>/dev/null && break
+      sleep 0.2
+    done
+  done
+fi
 
 echo "== and over https, with the dev world's own CA ($dir/ca.pem)"
 first=$(sed -n 's/.*"edge_addr": "\(.*\)".*/\1/p' "$dir/world.json" | head -1)

@@ -36,6 +36,8 @@ install_debs() {
   command -v redis-cli >/dev/null || missing+=(redis-tools)
   # Anycast: the test internet's routers (internal/anycast, docs/anycast.md).
   command -v bird >/dev/null || missing+=(bird2)
+  # perch dev up --anycast: the fiber delay between routers, measured by ping.
+  command -v ping >/dev/null || missing+=(iputils-ping)
   # perch deploy's builder test makes its base image from busybox.
   [ -x /bin/busybox ] || missing+=(busybox-static)
   # The dashboard's browser test (internal/ui) drives headless Chromium.

@@ -27,13 +27,13 @@ func defaultDevDir() string {
 
 func devCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "dev", Short: "Run the whole platform on this machine, one host per region"}
-	cmd.AddCommand(devUpCmd(), devDownCmd(), devStatusCmd())
+	cmd.AddCommand(devUpCmd(), devDownCmd(), devStatusCmd(), devExecCmd())
 	return cmd
 }
 
 func devUpCmd() *cobra.Command {
 	var opts devcluster.Options
-	var regions, edgeBase string
+	var regions, edgeBase, anycastClients string
 	var acme acmeFlags
 	var latency bool
 	var inflation float64
@@ -45,11 +45,20 @@ func devUpCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			opts.Regions = strings.Split(regions, ",")
+			if anycastClients != "" {
+				if !opts.Anycast {
+					return fmt.Errorf("--anycast-clients needs --anycast: the clients are the anycast lab's")
+				}
+				opts.AnycastClients = strings.Split(anycastClients, ",")
+			}
 			a, err := netip.ParseAddr(edgeBase)
 			if err != nil || !a.IsLoopback() {
 				return fmt.Errorf("--edge-base %q must be a loopback address such as 127.0.1.1", edgeBase)
 			}
 			opts.EdgeBase = a
+			if opts.Anycast && cmd.Flags().Changed("edge-base") {
+				return fmt.Errorf("--edge-base does not apply with --anycast: each region's edge is its host's address on the lab's management network")
+			}
 			switch {
 			case !latency:
 				opts.Latency = 0
@@ -66,6 +75,9 @@ func devUpCmd() *cobra.Command {
 			fmt.Fprintf(out, "starting a dev world with %s in %s\n", regions, opts.Dir)
 			if opts.Latency > 0 {
 				fmt.Fprintf(out, "simulated latency on: mesh packets take the fiber time between cities x %g (--latency=false turns it off)\n", opts.Latency)
+				if opts.Anycast {
+					fmt.Fprintln(out, "and so do frames between the anycast lab's routers")
+				}
 			}
 			w, err := devcluster.Start(ctx, opts)
 			if err != nil {
@@ -78,6 +90,20 @@ func devUpCmd() *cobra.Command {
 				fmt.Fprintf(out, "region %-6s  edge %s   host %s\n", r.Code, r.EdgeAddr, r.HostID)
 			}
 			fmt.Fprintf(out, "dev CA         %s   (trust it for https://APP.perch.local, e.g. curl --cacert %s)\n", i.CACert, i.CACert)
+			if a := i.Anycast; a != nil {
+				fmt.Fprintf(out, "anycast        pools %s and %s, announced over BGP to each city's bird2 router (world %s)\n", a.PoolV4, a.PoolV6, a.ID)
+				for _, c := range a.Cities {
+					region := ""
+					if c.HostNS == "" {
+						region = "   (no region: a client only)"
+					}
+					fmt.Fprintf(out, "city %-8s client %s, %s   router AS%d%s\n", c.Name, c.Client, c.Client6, c.RouterASN, region)
+				}
+				for _, l := range a.Links {
+					fmt.Fprintf(out, "link %s-%s   %s one way\n", l.A, l.B, l.Delay)
+				}
+				fmt.Fprintf(out, "a city's client: perch dev exec --from %s -- curl -H 'Host: APP.perch.local' http://ADDRESS/   (perch ips allocate-v4 gives an app its address)\n", a.Cities[0].Name)
+			}
 			fmt.Fprintf(out, "world.json     %s\nnext: perch auth login; perch launch --image IMAGE; perch deploy   (Ctrl-C stops the world)\n", devcluster.InfoPath(opts.Dir))
 			<-ctx.Done()
 			fmt.Fprintln(out, "stopping the dev world ...")
@@ -95,8 +121,10 @@ func devUpCmd() *cobra.Command {
 	f.StringVar(&edgeBase, "edge-base", "127.0.1.1", "edge address of the first region; the next regions count up")
 	f.StringVar(&opts.NATSURL, "nats", "", "use this external NATS instead of the embedded one")
 	f.StringVar(&opts.NATSToken, "nats-token", "", "auth token for the external NATS")
-	f.BoolVar(&latency, "latency", true, "simulate fiber latency between the regions' cities on the mesh")
+	f.BoolVar(&latency, "latency", true, "simulate fiber latency between the regions' cities on the mesh (and with --anycast between the lab's routers)")
 	f.Float64Var(&inflation, "route-inflation", 1.5, "how much longer than the great circle the simulated routes are")
+	f.StringVar(&anycastClients, "anycast-clients", "", "with --anycast, cities with a router and a client but no region (comma separated): clients far from every region")
+	f.BoolVar(&opts.Anycast, "anycast", false, "build the world in an anycast lab: a bird2 router and a client per region's city, agents announcing apps' addresses over BGP (docs/anycast.md)")
 	acme.register(f)
 	return cmd
 }
@@ -143,6 +171,11 @@ func devStatusCmd() *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "control plane %s (pid %d)\n", i.APIURL, i.PID)
 			for _, r := range i.Regions {
 				fmt.Fprintf(cmd.OutOrStdout(), "%-6s edge %-12s host %s\n", r.Code, r.EdgeAddr, r.HostID)
+			}
+			if a := i.Anycast; a != nil {
+				for _, c := range a.Cities {
+					fmt.Fprintf(cmd.OutOrStdout(), "city %-6s client %s, %s (perch dev exec --from %s -- CMD)\n", c.Name, c.Client, c.Client6, c.Name)
+				}
 			}
 			return nil
 		},

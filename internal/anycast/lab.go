@@ -61,6 +61,18 @@ type LabConfig struct {
 	// BFD runs BFD between each router and its host (100 ms, multiplier
 	// 3); the hosts' speakers need SpeakerConfig.BFD then.
 	BFD bool
+	// ID names the lab's namespaces and links (at most 8 of a-z, 0-9;
+	// random if empty): a caller that keeps several labs apart gives each
+	// its own (perch dev: the world's).
+	ID string
+	// MgmtNet is the management network's /24 (Mgmt); a free one is
+	// picked if not set.
+	MgmtNet netip.Prefix
+	// LinkDelay, if set, is the one-way delay of the link between two
+	// cities' routers: such a link is a pair of TAP devices joined in
+	// user space by this process (labdelay.go), which holds each frame
+	// that long; a link with no delay is a veth pair.
+	LinkDelay func(a, b string) time.Duration
 }
 
 // Lab is a built lab.
@@ -80,6 +92,7 @@ type Lab struct {
 	// clients 2001:db8:c:I::/64.
 	hostIP6, rtrIP6, client6 map[string]netip.Addr
 	peers6                   map[string]map[string]netip.Addr
+	taps                     []*tapLink // LinkDelay's links
 }
 
 func (l *Lab) bridge() string              { return "acb-" + l.id }
@@ -204,7 +217,14 @@ func NewLab(cfg LabConfig) (*Lab, error) {
 	}
 	b := make([]byte, 2)
 	_, _ = rand.Read(b)
-	l := &Lab{cfg: cfg, id: hex.EncodeToString(b), idx: map[string]int{}, birds: map[string]*exec.Cmd{},
+	id := hex.EncodeToString(b)
+	if cfg.ID != "" {
+		if !validLabID(cfg.ID) {
+			return nil, fmt.Errorf("lab: id %q: want 1 to 8 of a-z and 0-9", cfg.ID)
+		}
+		id = cfg.ID
+	}
+	l := &Lab{cfg: cfg, id: id, idx: map[string]int{}, birds: map[string]*exec.Cmd{},
 		hostIP: map[string]netip.Addr{}, rtrIP: map[string]netip.Addr{}, client: map[string]netip.Addr{},
 		peers: map[string]map[string]netip.Addr{}, mgmt: map[string]netip.Addr{},
 		hostIP6: map[string]netip.Addr{}, rtrIP6: map[string]netip.Addr{}, client6: map[string]netip.Addr{}, peers6: map[string]map[string]netip.Addr{}}
@@ -224,7 +244,12 @@ func (l *Lab) build() error {
 		// The one part of the lab in the machine's own namespace: on a
 		// /24 no route there overlaps.
 		var err error
-		if l.mgmtNet, err = freeMgmtNet(); err != nil {
+		if cfg.MgmtNet.IsValid() {
+			if !cfg.MgmtNet.Addr().Is4() || cfg.MgmtNet.Bits() != 24 {
+				return fmt.Errorf("lab: management network %s: want an IPv4 /24", cfg.MgmtNet)
+			}
+			l.mgmtNet = cfg.MgmtNet.Masked()
+		} else if l.mgmtNet, err = freeMgmtNet(); err != nil {
 			return err
 		}
 		if err := l.ip("", "link", "add", l.bridge(), "type", "bridge"); err != nil {
@@ -313,7 +338,11 @@ func (l *Lab) build() error {
 		if err != nil {
 			return err
 		}
-		if err := l.veth(l.RouterNS(a), "to-"+b, ai, l.RouterNS(b), "to-"+a, bi, 30); err != nil {
+		if d := l.linkDelay(a, b); d > 0 {
+			if err := l.tapLink(l.RouterNS(a), "to-"+b, ai, l.RouterNS(b), "to-"+a, bi, d); err != nil {
+				return err
+			}
+		} else if err := l.veth(l.RouterNS(a), "to-"+b, ai, l.RouterNS(b), "to-"+a, bi, 30); err != nil {
 			return err
 		}
 		l.peers[a][b], l.peers[b][a] = bi, ai
@@ -560,6 +589,16 @@ func (l *Lab) Close() {
 	for _, cmd := range l.birds {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
+	}
+	for _, t := range l.taps {
+		t.close()
+	}
+	// The management links' ends in this namespace go first, and at once:
+	// a deleted namespace's devices go only when the kernel gets to it.
+	for _, link := range l.Resources().Links {
+		if _, err := net.InterfaceByName(link); err == nil {
+			_ = l.ip("", "link", "del", link)
+		}
 	}
 	for _, c := range l.cfg.Cities {
 		for _, ns := range []string{l.RouterNS(c.Name), l.ClientNS(c.Name), l.HostNS(c.Name)} {

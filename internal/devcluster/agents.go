@@ -111,6 +111,10 @@ func (w *World) startAgent(ctx context.Context, region string) error {
 		cmd.Args = append(cmd.Args, "--meter-interval", w.opts.MeterInterval.String())
 	}
 	cmd.Args = append(cmd.Args, w.opts.AgentArgs...)
+	if w.lab != nil {
+		args := w.anycastAgentArgs(region, cmd.Args)
+		cmd = exec.Command(args[0], args[1:]...)
+	}
 	cmd.Stdout, cmd.Stderr = lf, lf
 	// The region's descriptor store keeps the edge's listening sockets
 	// while its agent is down (as systemd's FileDescriptorStoreMax= does):

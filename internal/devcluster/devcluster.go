@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/agent"
+	"github.com/perchhq/perch/internal/anycast"
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/certs"
 	"github.com/perchhq/perch/internal/fdstore"
@@ -66,6 +67,15 @@ type Options struct {
 	// AgentArgs are added to every agent's command line (e.g.
 	// "--image-cache-max", "1").
 	AgentArgs []string
+	// Anycast builds the world inside the anycast lab (anycastworld.go):
+	// a bird2 router and a client per region's city, each agent in its
+	// city's host namespace announcing apps' addresses over BGP. The
+	// control plane then listens on the lab's management bridge, at
+	// APIListen's port; EdgeBase is not used.
+	Anycast bool
+	// AnycastClients are cities with a router and a client but no region
+	// (Anycast): clients far from every announcing region.
+	AnycastClients []string
 }
 
 // RegionInfo describes one region's host in world.json.
@@ -94,6 +104,9 @@ type Info struct {
 	// CACert is the file holding the dev CA's certificate (PEM): trust it
 	// to reach https://<app>.perch.local.
 	CACert string `json:"ca_cert,omitempty"`
+	// Anycast describes the anycast lab of a world started with
+	// Options.Anycast.
+	Anycast *AnycastInfo `json:"anycast,omitempty"`
 }
 
 // World is a running dev world.
@@ -124,6 +137,9 @@ type World struct {
 	info     Info
 	// releaseNet gives up the world's claim on its machine net.
 	releaseNet func()
+	// lab is an anycast world's lab; releaseLab gives up its claim.
+	lab        *anycast.Lab
+	releaseLab func()
 }
 
 // InfoPath is where world.json lives in dir.
@@ -151,6 +167,9 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 		if _, ok := opts.World.Lookup(r); !ok {
 			return nil, fmt.Errorf("unknown region %q; known regions: %s", r, strings.Join(opts.World.Codes(), ", "))
 		}
+	}
+	if opts.Anycast && opts.NATSURL != "" {
+		return nil, errors.New("--nats does not go with --anycast: the hosts of an anycast world reach only the lab's management network, where the embedded NATS listens")
 	}
 	if !opts.EdgeBase.IsValid() {
 		opts.EdgeBase = netip.MustParseAddr("127.0.1.1")
@@ -184,8 +203,26 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 	}
 	w := &World{opts: opts, log: opts.Log, agents: map[string]*agentProc{}, releaseNet: release,
 		quickDeaths: map[string]int{}, restarts: map[string]int{}, fdStores: map[string]*fdstore.Store{}}
-	natsListen, err := freeAddr()
+	natsHost, meshHost := "127.0.0.1", "127.0.0.1"
+	if opts.Anycast {
+		if err := w.startLab(); err != nil {
+			release()
+			return nil, err
+		}
+		// Hosts reach the control plane on the management bridge.
+		natsHost = w.lab.BridgeAddr().String()
+		meshHost = natsHost
+		_, port, err := net.SplitHostPort(opts.APIListen)
+		if err != nil {
+			w.closeLab()
+			release()
+			return nil, fmt.Errorf("--api %q: %w", opts.APIListen, err)
+		}
+		opts.APIListen = net.JoinHostPort(natsHost, port)
+	}
+	natsListen, err := freeAddrOn(natsHost)
 	if err != nil {
+		w.closeLab()
 		release()
 		return nil, err
 	}
@@ -195,10 +232,14 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 		MachineNet: opts.MachineNet, HostTimeout: opts.HostTimeout, World: opts.World, Log: opts.Log.With("component", "server"),
 		Certs: opts.Certs, MeterInterval: opts.MeterInterval,
 		// The control plane is a mesh member too; it sits in the first region.
-		Mesh: &server.MeshConfig{Host: "127.0.0.1", Region: opts.Regions[0], Latency: opts.Latency},
+		Mesh: &server.MeshConfig{Host: meshHost, Region: opts.Regions[0], Latency: opts.Latency},
+	}
+	if opts.Anycast {
+		w.srvCfg.Anycast = anycast.Pools{V4: anycast.LabPool, V6: anycast.LabPool6}
 	}
 	w.srvCfg.Certs.DevCA = true
 	if err := w.startServer(ctx); err != nil {
+		w.closeLab()
 		release()
 		return nil, err
 	}
@@ -208,18 +249,24 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 	orgTok, err := w.srv.MintOrgToken(ctx, server.DefaultOrg, "dev world")
 	if err != nil {
 		w.stopServer()
+		w.closeLab()
 		release()
 		return nil, fmt.Errorf("dev world: %w", err)
 	}
-	w.info = Info{APIURL: w.srv.URL(), UIURL: w.srv.UIURL(), Token: orgTok, Org: server.DefaultOrg, Registry: strings.TrimPrefix(w.srv.URL(), "http://"), PID: os.Getpid(), Dir: dir}
+	w.info = Info{APIURL: w.srv.URL(), UIURL: w.srv.UIURL(), Token: orgTok, Org: server.DefaultOrg, Registry: strings.TrimPrefix(w.srv.URL(), "http://"), PID: os.Getpid(), Dir: dir, Anycast: w.info.Anycast}
 	if w.info.CACert, err = writeCACert(dir, w.srv.DevCACert()); err != nil {
 		w.stopServer()
+		w.closeLab()
 		release()
 		return nil, err
 	}
 	addr := opts.EdgeBase
 	for _, r := range opts.Regions {
-		w.info.Regions = append(w.info.Regions, RegionInfo{Code: r, EdgeAddr: addr.String(), StateDir: filepath.Join(dir, "hosts", r)})
+		edge := addr.String()
+		if w.lab != nil {
+			edge = w.lab.MgmtAddr(r).String()
+		}
+		w.info.Regions = append(w.info.Regions, RegionInfo{Code: r, EdgeAddr: edge, StateDir: filepath.Join(dir, "hosts", r)})
 		addr = addr.Next()
 	}
 	for _, r := range opts.Regions {
@@ -382,6 +429,7 @@ func (w *World) Close() error {
 		}
 	}
 	w.stopServer()
+	w.closeLab()
 	_ = os.Remove(InfoPath(w.opts.Dir))
 	if w.releaseNet != nil {
 		w.releaseNet()
@@ -399,8 +447,9 @@ func writeCACert(dir string, pem []byte) (string, error) {
 	return path, nil
 }
 
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// freeAddrOn is a free TCP address on host.
+func freeAddrOn(host string) (string, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return "", fmt.Errorf("find a free port: %w", err)
 	}

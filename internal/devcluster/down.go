@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -60,11 +61,34 @@ func Down(ctx context.Context, dir, perchBin string, log *slog.Logger) error {
 			_ = syscall.Kill(r.PID, syscall.SIGKILL)
 		}
 	}
+	// Gone before their machines and networks are removed under them.
+	for _, r := range i.Regions {
+		deadline := time.Now().Add(10 * time.Second)
+		for r.PID > 0 && processRunning(r.PID) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	for _, r := range i.Regions {
 		if err := agent.Cleanup(ctx, r.StateDir, shimCommand(perchBin), log); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	if i.Anycast != nil {
+		if err := removeLab(i.Anycast.Lab); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	_ = os.Remove(InfoPath(dir))
 	return errors.Join(errs...)
+}
+
+// processRunning says whether pid is a process that has not exited (a
+// zombie, exited but not yet reaped, has).
+func processRunning(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	_, after, ok := strings.Cut(string(b), ") ")
+	return ok && !strings.HasPrefix(after, "Z")
 }

@@ -46,9 +46,35 @@ func claimMachineNet() (p netip.Prefix, release func(), err error) {
 // freeMachineNet picks a /16 that overlaps no route of this kernel and is
 // not in skip.
 func freeMachineNet(skip map[netip.Prefix]bool) (netip.Prefix, error) {
+	routes, err := kernelRoutes()
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	var cands []netip.Prefix
+	cands = append(cands, netip.MustParsePrefix("172.30.0.0/16"), netip.MustParsePrefix("172.31.0.0/16"))
+	for i := 200; i < 250; i++ {
+		cands = append(cands, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 16))
+	}
+	for _, c := range cands {
+		free := !skip[c]
+		for _, r := range routes {
+			if r.Overlaps(c) {
+				free = false
+				break
+			}
+		}
+		if free {
+			return c, nil
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("no free /16 for machine addresses among 172.30-31.0.0 and 10.200-249.0.0; stop other dev worlds")
+}
+
+// kernelRoutes lists the destinations of this namespace's IPv4 routes.
+func kernelRoutes() ([]netip.Prefix, error) {
 	out, err := exec.Command("ip", "-4", "route", "show", "table", "all").Output()
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("read routes (is iproute2 installed?): %w", err)
+		return nil, fmt.Errorf("read routes (is iproute2 installed?): %w", err)
 	}
 	var routes []netip.Prefix
 	for _, line := range strings.Split(string(out), "\n") {
@@ -73,22 +99,5 @@ func freeMachineNet(skip map[netip.Prefix]bool) (netip.Prefix, error) {
 			routes = append(routes, p)
 		}
 	}
-	var cands []netip.Prefix
-	cands = append(cands, netip.MustParsePrefix("172.30.0.0/16"), netip.MustParsePrefix("172.31.0.0/16"))
-	for i := 200; i < 250; i++ {
-		cands = append(cands, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i), 0, 0}), 16))
-	}
-	for _, c := range cands {
-		free := !skip[c]
-		for _, r := range routes {
-			if r.Overlaps(c) {
-				free = false
-				break
-			}
-		}
-		if free {
-			return c, nil
-		}
-	}
-	return netip.Prefix{}, fmt.Errorf("no free /16 for machine addresses among 172.30-31.0.0 and 10.200-249.0.0; stop other dev worlds")
+	return routes, nil
 }
