@@ -148,7 +148,11 @@ func startMultiHost(t *testing.T) *multiHost {
 			// The test's links have no latency of their own; hosts in
 			// three cities do. Without it, which of ord and ams is nearer
 			// would be measurement noise.
-			"--simulate-latency", simulatedInflation}
+			"--simulate-latency", simulatedInflation,
+			// Each host has a network namespace of its own: the mesh's
+			// TCP is the kernel's, through a TUN device (mesh.ModeTUN);
+			// the single-namespace worlds run netstack.
+			"--mesh-mode", "tun"}
 		jt, err := client.CreateJoinToken(ctx, api.JoinTokenRequest{Region: multiHostRegions[name]})
 		if err != nil {
 			t.Fatalf("join token for %s: %v", name, err)
@@ -167,7 +171,8 @@ func startMultiHost(t *testing.T) *multiHost {
 		}
 		up := map[string]bool{}
 		for _, h := range hosts {
-			if h.Role == "" && h.Status == api.HostUp {
+			// In TUN mode (--mesh-mode tun), as each agent's heartbeat says.
+			if h.Role == "" && h.Status == api.HostUp && h.MeshMode == "tun" {
 				up[h.Region] = true
 			}
 		}
