@@ -21,7 +21,7 @@ import (
 // tunNodes starts two ModeTUN nodes, each in a network namespace of its
 // own (hosts in one kernel), WireGuard's UDP over a veth pair between
 // them, and waits until each has measured the other.
-func tunNodes(t *testing.T) (a, b *Node) {
+func tunNodes(t *testing.T, edit func(*Config)) (a, b *Node) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("TUN mode needs root (a TUN device, network namespaces)")
@@ -44,12 +44,16 @@ func tunNodes(t *testing.T) (a, b *Node) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		cfg := Config{
+			Key: key, Addr: netip.MustParseAddr(fmt.Sprintf("fdaa::%d", i+1)), TUN: "perchmesh",
+			RTTInterval: 100 * time.Millisecond,
+			Logger:      slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", i+1),
+		}
+		if edit != nil {
+			edit(&cfg)
+		}
 		err = pair.In(i, func() error {
-			nodes[i], err = New(Config{
-				Key: key, Addr: netip.MustParseAddr(fmt.Sprintf("fdaa::%d", i+1)), TUN: "perchmesh",
-				RTTInterval: 100 * time.Millisecond,
-				Logger:      slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", i+1),
-			})
+			nodes[i], err = New(cfg)
 			return err
 		})
 		if err != nil {
@@ -81,7 +85,7 @@ func tunNodes(t *testing.T) (a, b *Node) {
 // 16 MiB cross intact between two hosts' namespaces, both ways, on a
 // connection between the two mesh addresses.
 func TestTUNModeCarriesTCP(t *testing.T) {
-	a, b := tunNodes(t)
+	a, b := tunNodes(t, nil)
 	l, err := b.Listen(0)
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +154,7 @@ func TestTUNModeCarriesTCP(t *testing.T) {
 // host is reached (pooled too), and one it does not own is a refused
 // connect, which the edge takes for "not delivered".
 func TestTUNModeRelay(t *testing.T) {
-	a, b := tunNodes(t)
+	a, b := tunNodes(t, nil)
 	machine := netip.MustParseAddrPort("[fdaa::2:0:0:a00:5]:8080")
 	echo := newEchoMachine(t).ln.Addr().String()
 	serveInTest(t, func(ctx context.Context) {
@@ -203,6 +207,13 @@ func TestTUNModeRelay(t *testing.T) {
 	if err := echoes(pooled, []byte("pooled")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Through a warm pool a request's first answer takes one mesh round trip
+// in TUN mode too.
+func TestTUNModeRelayPoolOneRoundTrip(t *testing.T) {
+	a, b := tunNodes(t, func(c *Config) { c.OneWay = func(from, to string) time.Duration { return oneWay } })
+	testPoolOneRoundTrip(t, a, b)
 }
 
 // echoes writes p to an echo and checks it comes back; it closes c.
