@@ -2,11 +2,13 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -48,7 +50,27 @@ func (s userStack) listenUDP(at netip.AddrPort) (net.PacketConn, error) {
 // running hosts in several namespaces, as tests and bench/mesh do).
 type kernelStack struct {
 	addr netip.Addr
-	ns   *os.File // the device's namespace, if not the process's; else nil
+	ns   *netnsFile // the device's namespace, if not the process's; else nil
+}
+
+// netnsFile is a namespace's file, closed once no socket is being made
+// in it (a dial may still be under way when the node closes).
+type netnsFile struct {
+	mu sync.RWMutex
+	f  *os.File // nil once closed
+}
+
+// enter moves the calling (locked) thread into the namespace.
+func (n *netnsFile) enter() error {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	if n.f == nil {
+		return errors.New("mesh: the node is closed")
+	}
+	if err := unix.Setns(int(n.f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("mesh: enter the TUN device's network namespace: %w", err)
+	}
+	return nil
 }
 
 // processNS is the network namespace the process started in, read at
@@ -77,13 +99,16 @@ func newKernelStack(addr netip.Addr) (kernelStack, error) {
 	if err != nil {
 		return s, fmt.Errorf("mesh: network namespace: %w", err)
 	}
-	s.ns = f
+	s.ns = &netnsFile{f: f}
 	return s, nil
 }
 
 func (s kernelStack) close() {
 	if s.ns != nil {
-		s.ns.Close()
+		s.ns.mu.Lock()
+		s.ns.f.Close()
+		s.ns.f = nil
+		s.ns.mu.Unlock()
 	}
 }
 
@@ -106,8 +131,8 @@ func in[T any](s kernelStack, f func() (T, error)) (T, error) {
 			return
 		}
 		defer back.Close()
-		if err := unix.Setns(int(s.ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- result{err: fmt.Errorf("mesh: enter the TUN device's network namespace: %w", err)}
+		if err := s.ns.enter(); err != nil {
+			ch <- result{err: err}
 			runtime.UnlockOSThread()
 			return
 		}
