@@ -97,6 +97,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&cfg.MicroVM.Init, "microvm-init", "", "guest init for microVMs (default: this perch binary)")
 	f.StringVar(&cfg.MicroVM.QEMU, "qemu", "", "qemu-system-x86_64 binary (default: from PATH)")
 	f.Uint16Var(&cfg.MeshPort, "mesh-port", meshhost.DefaultPort, "UDP port of the host's WireGuard mesh (0 picks one)")
+	f.StringVar(&cfg.MeshMode, "mesh-mode", "netstack", "where mesh TCP runs: netstack (in the agent), tun (the kernel's, through a TUN device; root, faster) or auto (tun when possible)")
 	f.BoolVar(&cfg.MachineEgress, "machine-egress", false, "let machines reach the internet through NAT on this host (private ranges stay unreachable)")
 	f.StringVar(&cfg.MeshEndpoint, "mesh-endpoint", "", "UDP host[:port] other hosts send mesh packets to (default --address and --mesh-port; behind NAT, the public address)")
 	f.DurationVar(&cfg.MeterInterval, "meter-interval", 0, "how often machines' time is metered and sent (default 10s)")

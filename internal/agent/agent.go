@@ -85,6 +85,10 @@ type Config struct {
 	// MeshLatency simulates fiber latency between regions on the mesh
 	// with this route-inflation factor; 0 is off. One-machine worlds only.
 	MeshLatency float64
+	// MeshMode is where the mesh's TCP runs: "netstack" (the default, in
+	// the process), "tun" (the kernel's, through a TUN device: root), or
+	// "auto" (tun where it can be made, else netstack). See mesh.Mode.
+	MeshMode string
 	// MeshRTTInterval is how often each peer's round trip is measured
 	// (1 s if 0); a peer is lost after 3 missed probes.
 	MeshRTTInterval time.Duration
@@ -387,6 +391,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 		hctx, cancel := context.WithTimeout(ctx, 2*a.cfg.Heartbeat)
 		hb := api.HostHeartbeat{
 			MeshEndpoint: a.meshEndpoint(),
+			MeshMode:     string(a.mesh.Node().Mode()),
 			RTT:          meshhost.Millis(a.mesh.RTT()),
 			BGP:          a.anycast.report(hctx), // anycast.go
 			Disk:         a.disk.Load(),

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -25,17 +27,46 @@ func (a *Agent) startMesh() error {
 	if a.sub6, err = netip.ParsePrefix(a.host.Subnet6); err != nil {
 		return fmt.Errorf("agent: the control plane gave 6PN subnet %q: %w", a.host.Subnet6, err)
 	}
-	m, err := meshhost.Start(meshhost.Config{
+	mc := meshhost.Config{
 		StateDir: a.cfg.StateDir, Addr: addr, Region: a.cfg.Region, Port: a.cfg.MeshPort,
 		Latency: a.cfg.MeshLatency, World: a.cfg.World, RTTInterval: a.cfg.MeshRTTInterval, Log: a.log,
-	})
+	}
+	var m *meshhost.Member
+	switch mode := a.cfg.MeshMode; mode {
+	case "", string(mesh.ModeNetstack):
+		m, err = meshhost.Start(mc)
+	case string(mesh.ModeTUN):
+		mc.TUN = MeshTUNName(a.host.ID)
+		m, err = meshhost.Start(mc)
+	case "auto":
+		if why := mesh.TUNAvailable(); why != nil {
+			a.log.Info("mesh in netstack mode: no TUN device here", "why", why)
+			m, err = meshhost.Start(mc)
+			break
+		}
+		mc.TUN = MeshTUNName(a.host.ID)
+		if m, err = meshhost.Start(mc); err != nil {
+			a.log.Warn("mesh TUN device failed; falling back to netstack mode", "err", err)
+			mc.TUN = ""
+			m, err = meshhost.Start(mc)
+		}
+	default:
+		return fmt.Errorf("agent: --mesh-mode %q: want netstack, tun or auto", mode)
+	}
 	if err != nil {
 		return fmt.Errorf("agent: mesh: %w", err)
 	}
 	a.mesh = m
 	a.dialer = &meshDialer{m: m, local: edge.NewNetDialer(), pool: mesh.NewRelayPool(m.Node()), conns: map[string]map[*meshConn]struct{}{}}
-	a.log.Info("joined the mesh", "mesh_addr", addr, "subnet6", a.sub6, "udp_port", m.Node().Port(), "simulated_latency", a.cfg.MeshLatency > 0)
+	a.log.Info("joined the mesh", "mode", m.Node().Mode(), "tun", mc.TUN, "mesh_addr", addr, "subnet6", a.sub6, "udp_port", m.Node().Port(), "simulated_latency", a.cfg.MeshLatency > 0)
 	return nil
+}
+
+// MeshTUNName is the TUN device that holds host id's mesh address in
+// mesh.ModeTUN.
+func MeshTUNName(hostID string) string {
+	h := sha256.Sum256([]byte(hostID))
+	return "pm-" + hex.EncodeToString(h[:4])
 }
 
 // meshEndpoint is the UDP endpoint other hosts send this host's WireGuard

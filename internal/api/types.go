@@ -498,6 +498,9 @@ type Host struct {
 	MeshEndpoint string `json:"mesh_endpoint,omitempty"`
 	MeshAddr     string `json:"mesh_addr,omitempty"`
 	Subnet6      string `json:"subnet6,omitempty"`
+	// MeshMode is where the host's mesh TCP runs, as its heartbeat says:
+	// "netstack" (in the agent) or "tun" (the kernel's); "" before one.
+	MeshMode string `json:"mesh_mode,omitempty"`
 	// Disk is what the host's image store holds and what its disk has left.
 	Disk *HostDisk `json:"disk,omitempty"`
 	// RTT is the round-trip time the host last measured over the mesh to
@@ -514,6 +517,7 @@ type Host struct {
 // assigned (region, subnets, mesh address), which no host can change.
 type HostHeartbeat struct {
 	MeshEndpoint string             `json:"mesh_endpoint,omitempty"`
+	MeshMode     string             `json:"mesh_mode,omitempty"`
 	Disk         *HostDisk          `json:"disk,omitempty"`
 	RTT          map[string]float64 `json:"rtt_ms,omitempty"`
 	BGP          *HostBGP           `json:"bgp,omitempty"`

@@ -57,11 +57,20 @@ func renderHosts(w io.Writer, hosts []api.Host, now time.Time) {
 	})
 	t := &table{header: []string{"ID", "REGION", "STATUS", "ADDRESS", "MESH ADDR", "IMAGES", "DISK FREE", "LAST SEEN"}}
 	for _, h := range hosts {
-		t.add([]string{h.ID, hostRegion(h), h.Status, dash(h.Address), dash(h.MeshAddr), imageDisk(h.Disk), diskFree(h.Disk), formatAge(now.Sub(h.LastSeen)) + " ago"}, bgpNotes(h.BGP)...)
+		t.add([]string{h.ID, hostRegion(h), h.Status, dash(h.Address), meshAddrCell(h), imageDisk(h.Disk), diskFree(h.Disk), formatAge(now.Sub(h.LastSeen)) + " ago"}, bgpNotes(h.BGP)...)
 	}
 	t.write(w)
 	fmt.Fprintln(w)
 	renderRTT(w, hosts)
+}
+
+// meshAddrCell is the host's mesh address, with "(tun)" when its mesh TCP
+// is the kernel's (netstack, the default, goes unsaid).
+func meshAddrCell(h api.Host) string {
+	if h.MeshMode == "tun" && h.MeshAddr != "" {
+		return h.MeshAddr + " (tun)"
+	}
+	return dash(h.MeshAddr)
 }
 
 // renderRTT prints the round-trip times in ms, from the row's host to the

@@ -49,6 +49,19 @@ func TestRenderHosts(t *testing.T) {
 	}
 }
 
+// A host whose mesh runs through the kernel's TUN device says so beside
+// its mesh address.
+func TestRenderHostsMeshMode(t *testing.T) {
+	var b strings.Builder
+	renderHosts(&b, []api.Host{
+		{ID: "iad-1", Region: "iad", Status: api.HostUp, MeshAddr: "fdaa:0:1::1", MeshMode: "tun", LastSeen: t0},
+		{ID: "ams-1", Region: "ams", Status: api.HostUp, MeshAddr: "fdaa:0:2::1", MeshMode: "netstack", LastSeen: t0},
+	}, t0)
+	if got := b.String(); !strings.Contains(got, "fdaa:0:1::1 (tun)") || strings.Contains(got, "fdaa:0:2::1 (") {
+		t.Errorf("hosts = %q, want iad's mesh address marked (tun) and ams's unmarked", got)
+	}
+}
+
 func TestRenderHostsUnmeasured(t *testing.T) {
 	var b strings.Builder
 	renderHosts(&b, []api.Host{{ID: "iad-1", Region: "iad", Status: api.HostUp, LastSeen: t0}}, t0)

@@ -74,6 +74,15 @@ func TestMultiHost(t *testing.T) {
 	t.Run("failover", func(t *testing.T) { testFailover(t, c) })
 }
 
+// multiHostMeshMode is the agents' --mesh-mode: $PERCH_TEST_MESH_MODE,
+// netstack (the default) if unset.
+func multiHostMeshMode() string {
+	if m := os.Getenv("PERCH_TEST_MESH_MODE"); m != "" {
+		return m
+	}
+	return "netstack"
+}
+
 func startMultiHost(t *testing.T) *multiHost {
 	t.Helper()
 	lab := newLabNet(t, "ctl", "h1", "h2", "h3")
@@ -148,7 +157,11 @@ func startMultiHost(t *testing.T) *multiHost {
 			// The test's links have no latency of their own; hosts in
 			// three cities do. Without it, which of ord and ams is nearer
 			// would be measurement noise.
-			"--simulate-latency", simulatedInflation}
+			"--simulate-latency", simulatedInflation,
+			// Each host has a network namespace of its own, so the mesh
+			// may run in either mode; PERCH_TEST_MESH_MODE=tun runs the
+			// kernel's TCP through a TUN device (mesh.ModeTUN).
+			"--mesh-mode", multiHostMeshMode()}
 		jt, err := client.CreateJoinToken(ctx, api.JoinTokenRequest{Region: multiHostRegions[name]})
 		if err != nil {
 			t.Fatalf("join token for %s: %v", name, err)
@@ -167,7 +180,8 @@ func startMultiHost(t *testing.T) *multiHost {
 		}
 		up := map[string]bool{}
 		for _, h := range hosts {
-			if h.Role == "" && h.Status == api.HostUp {
+			// In the mode asked for, as each agent's heartbeat says.
+			if h.Role == "" && h.Status == api.HostUp && h.MeshMode == multiHostMeshMode() {
 				up[h.Region] = true
 			}
 		}

@@ -1,5 +1,7 @@
 // Package mesh joins hosts into a WireGuard mesh run in userspace
-// (wireguard-go with gVisor's netstack: no kernel module, no root, no TUN).
+// (wireguard-go, no kernel module), with gVisor's netstack as the node's
+// TCP/IP (ModeNetstack: no root, no TUN) or the kernel's through a TUN
+// device that holds the node's mesh address (ModeTUN: root, faster).
 // Each host has a Key whose private half stays in its state directory; the
 // Peer records the others need (public key, UDP endpoint, mesh address,
 // region) are what a control plane publishes. A Node dials and listens on
@@ -9,7 +11,7 @@
 // For a one-machine world with real geography, DelayBind holds each
 // outgoing UDP packet for the one-way fiber time to its destination.
 //
-// Imports geo only; not yet used by the agent or the edge (docs/mesh.md).
+// Imports geo only of Perch (docs/mesh.md).
 package mesh
 
 import (

@@ -13,6 +13,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 )
 
@@ -35,17 +36,24 @@ type Config struct {
 	// it to see the bytes on the wire.
 	WrapBind func(conn.Bind) conn.Bind
 
+	// TUN, if set, is the name of a kernel TUN device to make for the
+	// node (ModeTUN), in the network namespace of the thread that calls
+	// New; empty runs TCP/IP in the process (ModeNetstack).
+	TUN string
+
 	// RTTInterval is how often each peer is probed; 0 means 2 s.
 	RTTInterval time.Duration
 	Logger      *slog.Logger // nil: silent
 }
 
-// Node is a running WireGuard device with its own userspace TCP/IP stack.
+// Node is a running WireGuard device with its TCP/IP stack: its own in
+// userspace, or the kernel's through a TUN device (Mode).
 type Node struct {
 	cfg  Config
 	log  *slog.Logger
 	dev  *device.Device
-	net  *netstack.Net
+	net  stack
+	link *kernelLink // ModeTUN only
 	port uint16
 
 	mu    sync.Mutex // guards peers and regions; never held across IpcSet
@@ -74,9 +82,24 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: log, peers: map[PublicKey]Peer{}, regions: map[netip.AddrPort]string{}}
 
-	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{cfg.Addr}, nil, MTU)
-	if err != nil {
-		return nil, fmt.Errorf("mesh: netstack: %w", err)
+	var tdev tun.Device
+	var err error
+	if cfg.TUN != "" {
+		ks, err := newKernelStack(cfg.Addr)
+		if err != nil {
+			return nil, err
+		}
+		if tdev, n.link, err = openTUN(cfg.TUN, cfg.Addr); err != nil {
+			ks.close()
+			return nil, err
+		}
+		n.link.stack, n.net = ks, ks
+	} else {
+		d, tnet, err := netstack.CreateNetTUN([]netip.Addr{cfg.Addr}, nil, MTU)
+		if err != nil {
+			return nil, fmt.Errorf("mesh: netstack: %w", err)
+		}
+		tdev, n.net = d, userStack{tnet}
 	}
 	var bind conn.Bind = conn.NewDefaultBind()
 	if cfg.OneWay != nil {
@@ -89,18 +112,17 @@ func New(cfg Config) (*Node, error) {
 		Verbosef: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) },
 		Errorf:   func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) },
 	})
-	n.net = tnet
 	uapi := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hexKey(cfg.Key.priv), cfg.ListenPort)
 	if err := n.dev.IpcSet(uapi); err != nil {
-		n.dev.Close()
+		n.closeDevice()
 		return nil, fmt.Errorf("mesh: configure device: %w", err)
 	}
 	if err := n.dev.Up(); err != nil {
-		n.dev.Close()
+		n.closeDevice()
 		return nil, fmt.Errorf("mesh: device up (UDP port %d taken?): %w", cfg.ListenPort, err)
 	}
 	if n.port, err = n.listenPort(); err != nil {
-		n.dev.Close()
+		n.closeDevice()
 		return nil, err
 	}
 
@@ -109,10 +131,18 @@ func New(cfg Config) (*Node, error) {
 	n.rtt, err = startRTT(ctx, n, &n.wg)
 	if err != nil {
 		cancel()
-		n.dev.Close()
+		n.closeDevice()
 		return nil, err
 	}
 	return n, nil
+}
+
+// Mode says where the node's TCP and UDP end.
+func (n *Node) Mode() Mode {
+	if n.link != nil {
+		return ModeTUN
+	}
+	return ModeNetstack
 }
 
 // listenPort asks the device which UDP port it bound, for a ListenPort of 0.
@@ -175,13 +205,13 @@ func (n *Node) DialContext(ctx context.Context, network, address string) (net.Co
 	}
 	switch network {
 	case "tcp", "tcp6":
-		c, err := n.net.DialContextTCPAddrPort(ctx, ap)
+		c, err := n.net.dialTCP(ctx, ap)
 		if err != nil {
 			return nil, fmt.Errorf("mesh: dial %s: %w", address, err)
 		}
 		return c, nil
 	case "udp", "udp6":
-		c, err := n.net.DialUDPAddrPort(netip.AddrPort{}, ap)
+		c, err := n.net.dialUDP(ap)
 		if err != nil {
 			return nil, fmt.Errorf("mesh: dial %s: %w", address, err)
 		}
@@ -193,7 +223,7 @@ func (n *Node) DialContext(ctx context.Context, network, address string) (net.Co
 // Listen accepts TCP connections on this node's mesh address at port; 0
 // picks a port.
 func (n *Node) Listen(port uint16) (net.Listener, error) {
-	l, err := n.net.ListenTCPAddrPort(netip.AddrPortFrom(n.cfg.Addr, port))
+	l, err := n.net.listenTCP(netip.AddrPortFrom(n.cfg.Addr, port))
 	if err != nil {
 		return nil, fmt.Errorf("mesh: listen on port %d: %w", port, err)
 	}
@@ -203,7 +233,15 @@ func (n *Node) Listen(port uint16) (net.Listener, error) {
 // Close stops the prober and the device.
 func (n *Node) Close() error {
 	n.cancel()
-	n.dev.Close()
+	n.closeDevice()
 	n.wg.Wait()
 	return nil
+}
+
+// closeDevice closes the WireGuard device and its TUN device.
+func (n *Node) closeDevice() {
+	n.dev.Close()
+	if n.link != nil {
+		n.link.close()
+	}
 }

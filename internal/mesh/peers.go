@@ -10,6 +10,16 @@ import (
 
 func hexKey(k [32]byte) string { return hex.EncodeToString(k[:]) }
 
+// allowedIPs is what WireGuard routes to p and accepts from it. In ModeTUN
+// only p's mesh address: the kernel would forward a packet from or to a
+// machine's 6PN address past Forward6PN's checks.
+func (n *Node) allowedIPs(p Peer) []netip.Prefix {
+	if n.link != nil {
+		return []netip.Prefix{netip.PrefixFrom(p.Addr, p.Addr.BitLen())}
+	}
+	return p.allowedIPs()
+}
+
 // SetPeers makes peers the node's whole peer set, live: peers not in it
 // are removed, new ones added, changed ones updated. Peers that stay keep
 // their WireGuard session (no new handshake), which a blunt replace_peers
@@ -44,7 +54,7 @@ func (n *Node) SetPeers(peers []Peer) error {
 			continue
 		}
 		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", k.hex(), p.Endpoint)
-		for _, ip := range p.allowedIPs() {
+		for _, ip := range n.allowedIPs(p) {
 			fmt.Fprintf(&b, "allowed_ip=%s\n", ip)
 		}
 	}
@@ -60,6 +70,11 @@ func (n *Node) SetPeers(peers []Peer) error {
 
 	if b.Len() > 0 {
 		if err := n.dev.IpcSet(b.String()); err != nil {
+			return fmt.Errorf("mesh: set peers: %w", err)
+		}
+	}
+	if n.link != nil {
+		if err := n.link.setRoutes(want); err != nil {
 			return fmt.Errorf("mesh: set peers: %w", err)
 		}
 	}

@@ -41,7 +41,7 @@ type rttProber struct {
 }
 
 func startRTT(ctx context.Context, n *Node, wg *sync.WaitGroup) (*rttProber, error) {
-	echo, err := n.net.ListenUDPAddrPort(netip.AddrPortFrom(n.cfg.Addr, EchoPort))
+	echo, err := n.net.listenUDP(netip.AddrPortFrom(n.cfg.Addr, EchoPort))
 	if err != nil {
 		return nil, fmt.Errorf("mesh: rtt echo: %w", err)
 	}
@@ -139,7 +139,7 @@ func (r *rttProber) loop(ctx context.Context) {
 
 // probe is one echo round trip; 0 means lost.
 func (r *rttProber) probe(ctx context.Context, addr netip.Addr) time.Duration {
-	c, err := r.n.net.DialUDPAddrPort(netip.AddrPort{}, netip.AddrPortFrom(addr, EchoPort))
+	c, err := r.n.net.dialUDP(netip.AddrPortFrom(addr, EchoPort))
 	if err != nil {
 		return 0
 	}

@@ -37,7 +37,7 @@ func (n *Node) Forward6PN(ctx context.Context, dev tun.Device, host netip.Prefix
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	pc, err := n.net.ListenUDPAddrPort(netip.AddrPortFrom(n.cfg.Addr, SixPNPort))
+	pc, err := n.net.listenUDP(netip.AddrPortFrom(n.cfg.Addr, SixPNPort))
 	if err != nil {
 		dev.Close()
 		return fmt.Errorf("mesh: 6PN: listen: %w", err)

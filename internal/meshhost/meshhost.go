@@ -46,7 +46,10 @@ type Config struct {
 	World   *geo.World
 	// RTTInterval is how often each peer is probed (mesh's default if 0).
 	RTTInterval time.Duration
-	Log         *slog.Logger
+	// TUN, if set, runs the node in mesh.ModeTUN on a kernel TUN device of
+	// this name in the process's network namespace; empty is ModeNetstack.
+	TUN string
+	Log *slog.Logger
 }
 
 // Member is a running mesh node fed by the control plane's host list.
@@ -90,7 +93,7 @@ func Start(cfg Config) (*Member, error) {
 	}
 	mc := mesh.Config{
 		Key: key, Addr: cfg.Addr, ListenPort: cfg.Port, Region: cfg.Region,
-		RTTInterval: cfg.RTTInterval, Logger: cfg.Log.With("component", "mesh"),
+		RTTInterval: cfg.RTTInterval, Logger: cfg.Log.With("component", "mesh"), TUN: cfg.TUN,
 	}
 	if cfg.Latency > 0 {
 		mc.OneWay = mesh.FiberOneWay(cfg.World, cfg.Latency)

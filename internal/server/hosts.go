@@ -160,7 +160,7 @@ func (s *Server) hostHeartbeat(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&hb); err != nil {
-		s.fail(w, r, errf(http.StatusBadRequest, "heartbeat: %v; a host reports only mesh_endpoint, disk, rtt_ms and bgp (its region, subnets and mesh address are the control plane's, fixed at registration)", err))
+		s.fail(w, r, errf(http.StatusBadRequest, "heartbeat: %v; a host reports only mesh_endpoint, mesh_mode, disk, rtt_ms and bgp (its region, subnets and mesh address are the control plane's, fixed at registration)", err))
 		return
 	}
 	if hb.MeshEndpoint != "" {
@@ -169,13 +169,19 @@ func (s *Server) hostHeartbeat(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	switch hb.MeshMode {
+	case "", "netstack", "tun":
+	default:
+		s.fail(w, r, errf(http.StatusBadRequest, "mesh_mode %q: want netstack or tun", hb.MeshMode))
+		return
+	}
 	now := time.Now().UTC()
 	_, err = store.Modify(ctx, s.st.Hosts, id, func(h *api.Host) error {
 		if h.Role == api.HostRoleControl {
 			return errf(http.StatusForbidden, "host %s is the control plane's own mesh record; only the control plane heartbeats it", id)
 		}
 		h.Status, h.LastSeen = api.HostUp, now
-		h.MeshEndpoint, h.Disk, h.RTT, h.BGP = hb.MeshEndpoint, hb.Disk, hb.RTT, hb.BGP
+		h.MeshEndpoint, h.MeshMode, h.Disk, h.RTT, h.BGP = hb.MeshEndpoint, hb.MeshMode, hb.Disk, hb.RTT, hb.BGP
 		return nil
 	})
 	if errors.Is(err, store.ErrNotFound) {
