@@ -327,6 +327,22 @@ func (h *anycastHost) withdraw(ctx context.Context) {
 	}
 	word := fmt.Sprintf("drain %d", int((h.cfg.WithdrawWait+h.cfg.DrainTimeout+handoffTTL)/time.Second))
 	told := h.ho.tell(ctx, word)
+	// Said again while this host drains: a peer that did not answer in
+	// time (or restarted) hears it then.
+	refresh, stopRefresh := context.WithCancel(ctx)
+	defer stopRefresh()
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-refresh.Done():
+				return
+			case <-t.C:
+				h.ho.tell(refresh, word)
+			}
+		}
+	}()
 	h.log.Info("stopping: told the other hosts, withdrawing this host's routes before draining", "told", told, "wait", h.cfg.WithdrawWait, "drain_timeout", h.cfg.DrainTimeout)
 	h.healthMu.Lock()
 	h.stopping = true // the health watcher must not announce again

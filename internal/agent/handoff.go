@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -40,8 +41,11 @@ const HandoffMeshPort = 4282
 
 const handoffMagic = "PERCH-HANDOFF1 "
 
-// handoffBack is how long a host that announces again hands unknown
-// flows to every other host.
+// handoffBack is how long a host hands unknown flows to every other
+// host once it announces again, and once another host starts or stops
+// draining: while the routers converge, a connection may move between
+// two hosts that both keep announcing (a router picks another of its
+// equal paths), and only its owner knows it.
 const handoffBack = 10 * time.Second
 
 // handoffRefresh is how often a draining host says so again; its word
@@ -62,6 +66,7 @@ type handoffHost struct {
 	back     time.Time                // hand unknown flows to every host until then
 	applied  string                   // the last state applied, to skip repeats
 	kick     chan struct{}
+	syncMu   sync.Mutex // one sync at a time
 }
 
 // tunnelAddr is the address other hosts reach h at: its mesh endpoint's.
@@ -111,6 +116,9 @@ func (h *handoffHost) setDrained(regions map[string]bool) {
 		return
 	}
 	h.mu.Lock()
+	if !maps.Equal(h.drained, regions) {
+		h.back = time.Now().Add(handoffBack)
+	}
 	h.drained = regions
 	h.mu.Unlock()
 	h.poke()
@@ -153,6 +161,8 @@ func (h *handoffHost) run(ctx context.Context) {
 
 // sync applies what the host knows now, if it changed.
 func (h *handoffHost) sync() {
+	h.syncMu.Lock()
+	defer h.syncMu.Unlock()
 	hosts := h.a.mesh.Hosts()
 	var all, targets []netip.Addr
 	self, _ := tunnelAddr(hosts[h.a.host.ID])
@@ -257,12 +267,18 @@ func (h *handoffHost) serveConn(c net.Conn) {
 		h.mu.Lock()
 		_, had := h.draining[ad]
 		h.draining[ad] = time.Now().Add(time.Duration(secs) * time.Second)
+		if !had {
+			h.back = time.Now().Add(handoffBack)
+		}
 		h.mu.Unlock()
 		if !had {
 			h.log.Info("a host drains: handing it its connections", "host", peer.ID, "region", peer.Region, "for", time.Duration(secs)*time.Second)
 		}
 	case len(f) == 1 && f[0] == "done":
 		h.mu.Lock()
+		if _, had := h.draining[ad]; had {
+			h.back = time.Now().Add(handoffBack)
+		}
 		delete(h.draining, ad)
 		h.mu.Unlock()
 		h.log.Info("a host is done draining", "host", peer.ID, "region", peer.Region)

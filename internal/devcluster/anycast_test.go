@@ -60,6 +60,9 @@ type anycastWorld struct {
 	machines map[string]string
 	// garbageConns counts the connections to the garbage BGP peer.
 	garbageConns atomic.Int32
+	// top is TestAnycastWorld's own t: an agent started again under it
+	// runs until the world ends, not only its subtest.
+	top *testing.T
 }
 
 // TestAnycastWorld runs the control plane and five agents, each in its
@@ -111,6 +114,7 @@ func startAnycastWorld(t *testing.T) *anycastWorld {
 		agArgs:   map[string][]string{},
 		stateOf:  map[string]string{},
 		machines: map[string]string{},
+		top:      t,
 	}
 	t.Cleanup(func() {
 		if !t.Failed() {
@@ -580,7 +584,7 @@ func testAnycastSIGTERM(t *testing.T, w *anycastWorld) {
 	}
 	t.Logf("ams stopped gracefully (SIGTERM, exited after %s) under %d loops of requests: %d requests, %d before the signal, %d answered by ams after it, %d by a neighbour (the first done %s after it), %d in flight across the switch, %d failed (resets)",
 		exited.Sub(termed).Round(time.Millisecond), loops, len(results), before, amsAfter, moved, switched.Sub(termed).Round(time.Millisecond), straddled, failed)
-	w.agents["ams"] = w.procs.start(t, &labHost{NS: w.lab.HostNS("ams")}, "agent-ams-"+time.Now().Format("150405.000"), nil, w.agArgs["ams"]...)
+	w.agents["ams"] = w.procs.start(w.top, &labHost{NS: w.lab.HostNS("ams")}, "agent-ams-"+time.Now().Format("150405.000"), nil, w.agArgs["ams"]...)
 	took := w.waitEdge(t, "ams", "ams", 60*time.Second)
 	t.Logf("ams's agent started again: ams's client answered by ams after %s", took.Round(time.Millisecond))
 }
