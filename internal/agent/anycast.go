@@ -117,7 +117,7 @@ func (a *Agent) startAnycast(ctx context.Context) *anycastHost {
 			h.log.Error("BGP is off on this host: nothing is announced from it; fix the flags and restart the agent", "err", err)
 		} else {
 			h.sp = sp
-			sp.SetHealthy(false) // until the edge has its table and answers
+			sp.SetHealthy(false)    // until the edge has its table and answers
 			h.ho = a.startHandoff() // handoff.go
 		}
 	}
