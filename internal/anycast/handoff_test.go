@@ -137,8 +137,8 @@ func serveLines(t *testing.T, ns, name string, addr netip.Addr) {
 
 // exchange opens a connection from the client (through b), sends a
 // line, moves the client's route to a, and sends another: it returns
-// the two answers.
-func (n *handoffNet) exchange(t *testing.T) (first, second string, err error) {
+// the two answers, waiting at most wait for them.
+func (n *handoffNet) exchange(t *testing.T, wait time.Duration) (first, second string, err error) {
 	t.Helper()
 	n.route(t, "198.51.100.205")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -148,7 +148,7 @@ func (n *handoffNet) exchange(t *testing.T) (first, second string, err error) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(wait))
 	r := bufio.NewReader(c)
 	fmt.Fprintln(c, "one")
 	if first, err = r.ReadString('\n'); err != nil {
@@ -175,7 +175,7 @@ func TestHandoffCarriesAMovedFlow(t *testing.T) {
 	all := []netip.Addr{n.anycast}
 
 	// No handoff: a resets b's connection.
-	first, _, err := n.exchange(t)
+	first, _, err := n.exchange(t, 5*time.Second)
 	if first != "b:one" || !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("without handoff: first answer %q, then %v; want b:one, then a reset from a", first, err)
 	}
@@ -184,7 +184,7 @@ func TestHandoffCarriesAMovedFlow(t *testing.T) {
 		if err := n.ha.Set(all, hosts, targets); err != nil {
 			t.Fatal(err)
 		}
-		first, second, err := n.exchange(t)
+		first, second, err := n.exchange(t, 5*time.Second)
 		if err != nil || first != "b:one" || second != "b:two" {
 			t.Fatalf("handing off to %v: answers %q, %q, %v; want b:one, b:two", targets, first, second, err)
 		}
@@ -212,7 +212,8 @@ func TestHandoffCarriesAMovedFlow(t *testing.T) {
 	if err := n.ha.Set(all, hosts, []netip.Addr{n.bAddr}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := n.exchange(t); err == nil {
+	// (Two seconds are enough: a handed-off answer takes well under one.)
+	if _, _, err := n.exchange(t, 2*time.Second); err == nil {
 		t.Fatal("b took handed-off packets from a, which is not in its hosts")
 	}
 	n.ha.Close()
