@@ -27,6 +27,7 @@ type handoffNet struct {
 	ha, hb, hd     *Handoff
 	aAddr, bAddr   netip.Addr
 	dAddr, anycast netip.Addr
+	anycast6       netip.Addr
 }
 
 func run(t *testing.T, args ...string) {
@@ -52,6 +53,7 @@ func newHandoffNet(t *testing.T) *handoffNet {
 	n.a, n.b, n.d, n.c = "aho-"+n.id+"-a", "aho-"+n.id+"-b", "aho-"+n.id+"-d", "aho-"+n.id+"-c"
 	n.aAddr, n.bAddr, n.dAddr = netip.MustParseAddr("203.0.113.201"), netip.MustParseAddr("203.0.113.202"), netip.MustParseAddr("203.0.113.203")
 	n.anycast = netip.MustParseAddr("192.0.2.10")
+	n.anycast6 = netip.MustParseAddr("2001:db8:1::10")
 	for _, ns := range []string{n.a, n.b, n.d, n.c} {
 		run(t, "ip", "netns", "add", ns)
 		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
@@ -83,8 +85,16 @@ func newHandoffNet(t *testing.T) *handoffNet {
 	run(t, "ip", "-n", n.b, "link", "set", "up0", "up")
 	run(t, "ip", "-n", n.a, "route", "add", "default", "via", "198.51.100.202")
 	run(t, "ip", "-n", n.b, "route", "add", "default", "via", "198.51.100.206")
+	// IPv6 on the client links: 2001:db8:c:a::/64 to a, 2001:db8:c:b::/64 to b.
+	run(t, "ip", "-n", n.c, "addr", "add", "2001:db8:c:a::2/64", "dev", "ca", "nodad")
+	run(t, "ip", "-n", n.c, "addr", "add", "2001:db8:c:b::2/64", "dev", "cb", "nodad")
+	run(t, "ip", "-n", n.a, "addr", "add", "2001:db8:c:a::1/64", "dev", "up0", "nodad")
+	run(t, "ip", "-n", n.b, "addr", "add", "2001:db8:c:b::1/64", "dev", "up0", "nodad")
+	run(t, "ip", "-n", n.a, "-6", "route", "add", "default", "via", "2001:db8:c:a::2")
+	run(t, "ip", "-n", n.b, "-6", "route", "add", "default", "via", "2001:db8:c:b::2")
 	for _, ns := range []string{n.a, n.b, n.d} {
 		run(t, "ip", "-n", ns, "addr", "add", n.anycast.String()+"/32", "dev", "lo")
+		run(t, "ip", "-n", ns, "addr", "add", n.anycast6.String()+"/128", "dev", "lo", "nodad")
 	}
 	n.route(t, "198.51.100.205") // to b
 	hosts := []netip.Addr{n.aAddr, n.bAddr, n.dAddr}
@@ -94,7 +104,7 @@ func newHandoffNet(t *testing.T) *handoffNet {
 		addr netip.Addr
 	}{{&n.ha, n.a, n.aAddr}, {&n.hb, n.b, n.bAddr}, {&n.hd, n.d, n.dAddr}} {
 		ho := &Handoff{Local: h.addr, NS: h.ns}
-		if err := ho.Set([]netip.Addr{n.anycast}, hosts, nil); err != nil {
+		if err := ho.Set([]netip.Addr{n.anycast, n.anycast6}, hosts, nil); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(ho.Close)
@@ -103,10 +113,13 @@ func newHandoffNet(t *testing.T) *handoffNet {
 	return n
 }
 
-// route sends the client's packets to the anycast address through via.
+// route sends the client's packets to the anycast address through via
+// (a's or b's address on its link; the IPv6 twin goes the same way).
 func (n *handoffNet) route(t *testing.T, via string) {
 	t.Helper()
 	run(t, "ip", "-n", n.c, "route", "replace", n.anycast.String()+"/32", "via", via)
+	via6 := map[string]string{"198.51.100.201": "2001:db8:c:a::1", "198.51.100.205": "2001:db8:c:b::1"}[via]
+	run(t, "ip", "-n", n.c, "-6", "route", "replace", n.anycast6.String()+"/128", "via", via6)
 }
 
 // serve answers each line on port 80 of the anycast address in ns with
@@ -139,11 +152,16 @@ func serveLines(t *testing.T, ns, name string, addr netip.Addr) {
 // line, moves the client's route to a, and sends another: it returns
 // the two answers, waiting at most wait for them.
 func (n *handoffNet) exchange(t *testing.T, wait time.Duration) (first, second string, err error) {
+	return n.exchangeAt(t, n.anycast, wait)
+}
+
+// exchangeAt is exchange with the anycast address addr.
+func (n *handoffNet) exchangeAt(t *testing.T, addr netip.Addr, wait time.Duration) (first, second string, err error) {
 	t.Helper()
 	n.route(t, "198.51.100.205")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := DialIn(ctx, filepath.Join("/run/netns", n.c), "tcp", netip.AddrPortFrom(n.anycast, 80).String())
+	c, err := DialIn(ctx, filepath.Join("/run/netns", n.c), "tcp", netip.AddrPortFrom(addr, 80).String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +180,7 @@ func (n *handoffNet) exchange(t *testing.T, wait time.Duration) (first, second s
 
 // TestHandoffCarriesAMovedFlow: a connection to b whose packets start
 // arriving at a (the client's route moved) is reset by a without
-// handoff; with b draining, a hands its packets to b through the VXLAN
+// handoff; with b draining, a hands its packets (IPv4 and IPv6) to b through the VXLAN
 // and b answers; with b and d draining, d (which has no such
 // connection) drops its copies silently and b still answers. a's own
 // new connections stay a's.
@@ -170,9 +188,10 @@ func TestHandoffCarriesAMovedFlow(t *testing.T) {
 	n := newHandoffNet(t)
 	for _, s := range []struct{ ns, name string }{{n.a, "a"}, {n.b, "b"}, {n.d, "d"}} {
 		serveLines(t, s.ns, s.name, n.anycast)
+		serveLines(t, s.ns, s.name, n.anycast6)
 	}
 	hosts := []netip.Addr{n.aAddr, n.bAddr, n.dAddr}
-	all := []netip.Addr{n.anycast}
+	all := []netip.Addr{n.anycast, n.anycast6}
 
 	// No handoff: a resets b's connection.
 	first, _, err := n.exchange(t, 5*time.Second)
@@ -184,9 +203,11 @@ func TestHandoffCarriesAMovedFlow(t *testing.T) {
 		if err := n.ha.Set(all, hosts, targets); err != nil {
 			t.Fatal(err)
 		}
-		first, second, err := n.exchange(t, 5*time.Second)
-		if err != nil || first != "b:one" || second != "b:two" {
-			t.Fatalf("handing off to %v: answers %q, %q, %v; want b:one, b:two", targets, first, second, err)
+		for _, addr := range all {
+			first, second, err := n.exchangeAt(t, addr, 5*time.Second)
+			if err != nil || first != "b:one" || second != "b:two" {
+				t.Fatalf("handing off to %v, at %s: answers %q, %q, %v; want b:one, b:two", targets, addr, first, second, err)
+			}
 		}
 		// A new connection arriving at a is a's own.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -202,7 +223,7 @@ func TestHandoffCarriesAMovedFlow(t *testing.T) {
 		if strings.TrimSpace(got) != "a:new" {
 			t.Fatalf("a new connection through a while handing off to %v: %q %v; want a:new", targets, got, err)
 		}
-		t.Logf("handing off to %v: the moved connection answered by b, a new one by a", targets)
+		t.Logf("handing off to %v: the moved connections (IPv4 and IPv6) answered by b, a new one by a", targets)
 	}
 
 	// VXLAN from an address that is not a host of the world is dropped.
