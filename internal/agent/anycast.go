@@ -43,10 +43,11 @@ type AnycastConfig struct {
 }
 
 type anycastHost struct {
-	cfg AnycastConfig
-	log *slog.Logger
-	dev *anycast.LinkDevice
-	sp  *anycast.Speaker
+	cfg    AnycastConfig
+	region string
+	log    *slog.Logger
+	dev    *anycast.LinkDevice
+	sp     *anycast.Speaker
 
 	// ho hands connections this host does not own to the hosts that
 	// drain (handoff.go); nil without BGP or when it cannot.
@@ -82,7 +83,9 @@ func (h *anycastHost) applyLocked() {
 	if h.stopping {
 		return
 	}
-	on := h.healthy && !h.drainedMe
+	// A host of a drained region never starts announcing; one that
+	// announces withdraws once runDrain has told the other hosts.
+	on := h.healthy && !h.drainedMe && (h.announced || !h.regionDrained(h.region))
 	if on && !h.announced {
 		h.ho.announcing()
 	}
@@ -104,7 +107,7 @@ func (a *Agent) startAnycast(ctx context.Context) *anycastHost {
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 30 * time.Second
 	}
-	h := &anycastHost{cfg: c, log: a.log.With("component", "anycast"), dev: &anycast.LinkDevice{Name: c.Device}, addrs: map[string]netip.Addr{}}
+	h := &anycastHost{cfg: c, region: a.cfg.Region, log: a.log.With("component", "anycast"), dev: &anycast.LinkDevice{Name: c.Device}, addrs: map[string]netip.Addr{}}
 	if c.ASN != 0 || len(c.Peers) > 0 {
 		rid := a.cfg.EdgeAddr
 		if !rid.Is4() || rid.IsLoopback() {
