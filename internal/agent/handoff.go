@@ -341,7 +341,11 @@ func (h *handoffHost) close() {
 // anycastConns counts this host's TCP connections on addrs that are not
 // over (neither listening nor in TIME_WAIT or CLOSE), from
 // /proc/net/tcp and tcp6.
-func anycastConns(addrs []netip.Addr) int {
+func anycastConns(addrs []netip.Addr) int { return anycastConnsOnPort(addrs, 0) }
+
+// anycastConnsOnPort is anycastConns counting only local port port (any
+// if 0).
+func anycastConnsOnPort(addrs []netip.Addr, port int) int {
 	set := map[netip.Addr]bool{}
 	for _, a := range addrs {
 		set[a.Unmap()] = true
@@ -361,8 +365,11 @@ func anycastConns(addrs []netip.Addr) int {
 			case "06", "07", "0A": // TIME_WAIT, CLOSE, LISTEN
 				continue
 			}
-			hexAddr, _, ok := strings.Cut(fs[1], ":")
+			hexAddr, hexPort, ok := strings.Cut(fs[1], ":")
 			if !ok {
+				continue
+			}
+			if p, err := strconv.ParseUint(hexPort, 16, 16); port != 0 && (err != nil || int(p) != port) {
 				continue
 			}
 			if a, ok := procAddr(hexAddr); ok && set[a.Unmap()] {
