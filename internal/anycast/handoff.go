@@ -45,6 +45,10 @@ const handoffTable = "perch_handoff"
 // neighbour entry maps it to the host's device address).
 var gwBase = netip.MustParseAddr("169.254.42.0")
 
+// handoffRate bounds the packets a host hands off, per second and
+// family (past it they are dropped).
+const handoffRate = 20000
+
 // maxHandoffTargets bounds the hosts a flow is handed to at once.
 const maxHandoffTargets = 250
 
@@ -207,6 +211,9 @@ func (h *Handoff) applyLocked(addrs, hosts, targets []netip.Addr) error {
 			fmt.Fprintf(&b, "    %s daddr @addrs meta l4proto tcp tcp flags & syn == 0 ct state new,invalid jump handoff\n", fam)
 		}
 		b.WriteString("  }\n  chain handoff {\n")
+		// Stray packets are few; a flood of forged ones is not copied
+		// to every draining host.
+		fmt.Fprintf(&b, "    limit rate over %d/second burst %d packets drop\n", handoffRate, handoffRate/10)
 		if fam == "ip" {
 			for _, gw := range gws {
 				fmt.Fprintf(&b, "    dup to %s device %q\n", gw, HandoffDevice)
