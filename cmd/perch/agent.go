@@ -112,6 +112,7 @@ func agentCmd() *cobra.Command {
 	f.BoolVar(&cfg.Anycast.BFD, "bgp-bfd", false, "run BFD with every BGP peer (100 ms x 3: a silent peer is dropped in well under the 9 s hold time); the peers must run BFD too")
 	f.StringVar(&cfg.Anycast.Device, "anycast-device", anycast.DefaultDevice, "dummy device the host's anycast addresses go on")
 	f.DurationVar(&cfg.Anycast.WithdrawWait, "bgp-withdraw-wait", 2*time.Second, "on SIGTERM, how long to keep serving after withdrawing the routes, before draining")
+	f.DurationVar(&cfg.Anycast.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, after the withdraw wait, how long at most to wait for the connections on the anycast addresses to finish")
 	_ = cmd.MarkFlagRequired("region")
 	return cmd
 }

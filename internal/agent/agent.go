@@ -324,7 +324,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() {
 		select {
 		case <-stopping.Done():
-			a.anycast.withdraw()
+			a.anycast.withdraw(ctx)
 			cancel()
 		case <-ctx.Done():
 		}

@@ -190,6 +190,9 @@ func (a *Allocator) List(ctx context.Context, app string) ([]Assignment, error) 
 	}
 	out := all[:0]
 	for _, as := range all {
+		if !as.IP.IsValid() {
+			continue // a drained region's record (drain.go)
+		}
 		if app == "" || as.App == app {
 			out = append(out, as)
 		}

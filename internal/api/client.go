@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Client speaks the control plane's REST API. It is thin on purpose: one
@@ -302,6 +303,31 @@ type Region struct {
 	Code  string `json:"code"`
 	Name  string `json:"name"`
 	Hosts int    `json:"hosts"`
+	// Draining: perch regions drain took its anycast routes away.
+	Draining bool `json:"draining,omitempty"`
+}
+
+// RegionDrain is the answer of POST /v1/regions/{region}/drain and
+// .../undrain.
+type RegionDrain struct {
+	Region   string    `json:"region"`
+	Draining bool      `json:"draining"`
+	Since    time.Time `json:"since,omitzero"`
+}
+
+// DrainRegion withdraws region's anycast announcements (admin): its
+// hosts keep serving what still arrives.
+func (c *Client) DrainRegion(ctx context.Context, region string) (RegionDrain, error) {
+	var d RegionDrain
+	err := c.do(ctx, http.MethodPost, "/v1/regions/"+url.PathEscape(region)+"/drain", nil, nil, &d)
+	return d, err
+}
+
+// UndrainRegion has region's hosts announce again.
+func (c *Client) UndrainRegion(ctx context.Context, region string) (RegionDrain, error) {
+	var d RegionDrain
+	err := c.do(ctx, http.MethodPost, "/v1/regions/"+url.PathEscape(region)+"/undrain", nil, nil, &d)
+	return d, err
 }
 
 // ListRegions lists the regions the control plane knows.

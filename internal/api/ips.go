@@ -19,6 +19,9 @@ type IPAssignment struct {
 	Type        string    `json:"type,omitempty"`
 	// Regions announce the address now (from the hosts' heartbeats).
 	Regions []string `json:"regions,omitempty"`
+	// Draining are the drained regions (perch regions drain): they
+	// announce no address.
+	Draining []string `json:"draining,omitempty"`
 }
 
 // IPAssignments is the body of GET /v1/apps/{app}/ip_assignments.

@@ -60,6 +60,9 @@ func newIPsListCmd(g *globals) *cobra.Command {
 				t.add([]string{version, ip.IP, typ, ip.Region, by, ip.CreatedAt.Format(time.RFC3339)})
 			}
 			t.write(w)
+			if d := ips[0].Draining; len(d) > 0 {
+				fmt.Fprintf(w, "Draining (announcing nothing; perch regions undrain R): %s\n", strings.Join(d, ", "))
+			}
 			return nil
 		},
 	}

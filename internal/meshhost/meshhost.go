@@ -319,6 +319,13 @@ func (m *Member) Host(id string) (api.Host, bool) {
 	return h, ok
 }
 
+// Hosts is every host record as last read, by id.
+func (m *Member) Hosts() map[string]api.Host {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return maps.Clone(m.hosts)
+}
+
 // RTT is the measured round-trip time to each reachable peer, by host id.
 func (m *Member) RTT() map[string]time.Duration {
 	m.mu.Lock()

@@ -275,12 +275,12 @@ func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	type region struct {
-		Code  string `json:"code"`
-		Name  string `json:"name"`
-		Hosts int    `json:"hosts"`
+	drained, err := s.ipAllocator().Drained(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
 	}
-	var out []region
+	var out []api.Region
 	for _, c := range s.cfg.World.Codes() {
 		rg, _ := s.cfg.World.Lookup(c)
 		n := 0
@@ -289,7 +289,7 @@ func (s *Server) listRegions(w http.ResponseWriter, r *http.Request) {
 				n++
 			}
 		}
-		out = append(out, region{c, rg.City, n})
+		out = append(out, api.Region{Code: c, Name: rg.City, Hosts: n, Draining: slices.Contains(drained, c)})
 	}
 	writeJSON(w, http.StatusOK, out)
 }

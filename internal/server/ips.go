@@ -58,10 +58,16 @@ func (s *Server) listIPs(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	drained, err := s.ipAllocator().Drained(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	out := api.IPAssignments{IPs: []api.IPAssignment{}}
 	for _, as := range list {
 		v := ipView(as)
 		v.Regions = announcing(hosts, as.IP)
+		v.Draining = drained
 		out.IPs = append(out.IPs, v)
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -189,4 +195,44 @@ func announcing(hosts []api.Host, addr netip.Addr) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// Region drain (perch regions drain R, undrain R): the region's hosts
+// withdraw their anycast announcements and keep serving what arrives;
+// the record is perch_ips' drain.<region> (anycast/drain.go).
+
+func (s *Server) drainRegion(w http.ResponseWriter, r *http.Request) {
+	s.setDrain(w, r, true)
+}
+
+func (s *Server) undrainRegion(w http.ResponseWriter, r *http.Request) {
+	s.setDrain(w, r, false)
+}
+
+func (s *Server) setDrain(w http.ResponseWriter, r *http.Request, drain bool) {
+	code := r.PathValue("region")
+	if _, ok := s.cfg.World.Lookup(code); !ok {
+		s.fail(w, r, errf(http.StatusNotFound, "region %q is not a region this Perch knows; see perch regions --all", code))
+		return
+	}
+	al := s.ipAllocator()
+	if drain {
+		d, err := al.DrainRegion(r.Context(), code)
+		if err != nil {
+			s.fail(w, r, ipError(err))
+			return
+		}
+		s.log.Info("region drained: its hosts withdraw their anycast routes", "region", code)
+		writeJSON(w, http.StatusOK, api.RegionDrain{Region: d.Region, Draining: true, Since: d.DrainedAt})
+		return
+	}
+	was, err := al.UndrainRegion(r.Context(), code)
+	if err != nil {
+		s.fail(w, r, ipError(err))
+		return
+	}
+	if was {
+		s.log.Info("region undrained: its hosts announce their anycast routes again", "region", code)
+	}
+	writeJSON(w, http.StatusOK, api.RegionDrain{Region: code, Draining: false})
 }

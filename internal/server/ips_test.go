@@ -118,3 +118,61 @@ func TestIPAssignments(t *testing.T) {
 	_, err = plain.c.AssignIP(ctx, "web", "v6")
 	wantStatus(t, err, 412, "start perch server with --anycast-v6 CIDR")
 }
+
+// perch regions drain R / undrain R: the region shows draining in the
+// regions list and in every app's address list, the record is the one
+// the hosts watch (drain.<region> in perch_ips), it is no address, and
+// an unknown region is refused by name.
+func TestRegionDrain(t *testing.T) {
+	s := startServer(t, t.TempDir(), func(c *Config) {
+		c.Anycast, _ = anycast.ParsePools("192.0.2.0/29", "")
+	})
+	ctx := context.Background()
+	if _, err := s.c.CreateApp(ctx, api.CreateAppRequest{AppName: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.c.AssignIP(ctx, "web", "v4"); err != nil {
+		t.Fatal(err)
+	}
+	draining := func() []string {
+		t.Helper()
+		regions, err := s.c.ListRegions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range regions {
+			if r.Draining {
+				out = append(out, r.Code)
+			}
+		}
+		return out
+	}
+	if d, err := s.c.DrainRegion(ctx, "ams"); err != nil || !d.Draining || d.Region != "ams" || d.Since.IsZero() {
+		t.Fatalf("drain ams: %+v %v", d, err)
+	}
+	if _, err := s.c.DrainRegion(ctx, "ams"); err != nil {
+		t.Fatalf("drain ams again: %v", err)
+	}
+	if got := draining(); !slices.Equal(got, []string{"ams"}) {
+		t.Fatalf("regions draining after perch regions drain ams: %v", got)
+	}
+	ips, err := s.c.ListIPs(ctx, "web")
+	if err != nil || len(ips) != 1 || !slices.Equal(ips[0].Draining, []string{"ams"}) {
+		t.Fatalf("web's addresses with ams drained: %+v %v (want one address, ams draining)", ips, err)
+	}
+	if _, _, err := store.Get[anycast.RegionDrain](ctx, s.st.IPs, anycast.DrainKey("ams")); err != nil {
+		t.Fatalf("the hosts' record of the drain: %v", err)
+	}
+	_, err = s.c.DrainRegion(ctx, "xyz")
+	wantStatus(t, err, 404, `region "xyz" is not a region this Perch knows`)
+	if d, err := s.c.UndrainRegion(ctx, "ams"); err != nil || d.Draining {
+		t.Fatalf("undrain ams: %+v %v", d, err)
+	}
+	if got := draining(); len(got) != 0 {
+		t.Fatalf("regions draining after perch regions undrain ams: %v", got)
+	}
+	if ips, err := s.c.ListIPs(ctx, "web"); err != nil || len(ips[0].Draining) != 0 {
+		t.Fatalf("web's addresses after the undrain: %+v %v", ips, err)
+	}
+}

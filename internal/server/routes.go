@@ -125,7 +125,9 @@ var apiRoutes = []route{
 	{"DELETE /v1/hosts/{id}", scopeAdmin, h((*Server).removeHost)},
 	{"GET /v1/agent/bootstrap", scopeAgent, h((*Server).bootstrap)},
 	{"GET /v1/regions", scopeAny, h((*Server).listRegions)},
-	{"GET /v1/platform/regions", scopeAny, h((*Server).listRegions)}, // Fly's path
+	{"GET /v1/platform/regions", scopeAny, h((*Server).listRegions)},          // Fly's path
+	{"POST /v1/regions/{region}/drain", scopeAdmin, h((*Server).drainRegion)}, // ips.go
+	{"POST /v1/regions/{region}/undrain", scopeAdmin, h((*Server).undrainRegion)},
 }
 
 func (s *Server) routes() http.Handler {

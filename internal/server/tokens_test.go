@@ -117,6 +117,8 @@ var routeClasses = map[string]class{
 	"GET /v1/agent/bootstrap":                            forAgent,
 	"GET /v1/regions":                                    forAnyone,
 	"GET /v1/platform/regions":                           forAnyone,
+	"POST /v1/regions/{region}/drain":                    forAdmin,
+	"POST /v1/regions/{region}/undrain":                  forAdmin,
 }
 
 // tokenCase is a token and what it should reach.
