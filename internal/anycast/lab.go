@@ -59,8 +59,11 @@ type LabConfig struct {
 	// backbone's is (and a registry on it is reached over plain HTTP).
 	Mgmt bool
 	// BFD runs BFD between each router and its host (100 ms, multiplier
-	// 3); the hosts' speakers need SpeakerConfig.BFD then.
-	BFD bool
+	// 3); the hosts' speakers need SpeakerConfig.BFD then. BFDCities, when
+	// set, limits it to those cities' routers: on a loaded machine a
+	// 300 ms detection time can drop a live host.
+	BFD       bool
+	BFDCities []string
 	// ID names the lab's namespaces and links (at most 8 of a-z, 0-9;
 	// random if empty): a caller that keeps several labs apart gives each
 	// its own (perch dev: the world's).
@@ -381,9 +384,10 @@ func (l *Lab) startBird(c LabCity) error {
 	b.WriteString("protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }\n")
 	b.WriteString("protocol kernel { ipv6 { import none; export where source = RTS_BGP; }; }\n")
 	timers := "hold time 3; keepalive time 1; connect retry time 1; error wait time 1, 2; error forget time 10;"
+	withBFD := l.cfg.BFD && (len(l.cfg.BFDCities) == 0 || slices.Contains(l.cfg.BFDCities, c.Name))
 	if c.Host {
 		bfd := ""
-		if l.cfg.BFD {
+		if withBFD {
 			// A static BFD session: it outlives the BGP session, so its
 			// discriminator stays what the host's GoBGP learned (GoBGP
 			// keeps a peer's discriminator across BGP resets, and a
@@ -398,7 +402,7 @@ func (l *Lab) startBird(c LabCity) error {
 	}
 	if c.Host {
 		bfd := ""
-		if l.cfg.BFD {
+		if withBFD {
 			bfd = "bfd on;"
 		}
 		fmt.Fprintf(&b, "protocol bgp host6 {\n  description \"perch host %s, IPv6\";\n  local %s as %d;\n  neighbor %s as %d;\n  passive on;\n  %s %s\n"+
