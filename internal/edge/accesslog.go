@@ -62,7 +62,7 @@ func (e *Edge) finishRequest(ctx context.Context, st *reqState, start time.Time,
 		app, machine, region = b.Target.App, b.Target.MachineID, b.Target.Region
 	}
 	st.demand.end(region)
-	in := st.body.bytesRead()
+	in := st.body.bytesRead() + st.fastIn
 	e.metrics.observe(app, region, machine, status, in, written, d)
 	if st.backend != nil || st.static {
 		e.egress.add(app, written) // budget.go

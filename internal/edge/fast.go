@@ -79,6 +79,7 @@ type fastConn struct {
 	out  []byte // the head being written to a machine or the client
 	h    reqHead
 	res  resHead
+	body []byte // the request's body, in buf
 	ip   string // the client's address, for the headers and the log
 	addr string // the client's address and port, as r.RemoteAddr
 	n    int    // requests served
@@ -251,7 +252,12 @@ func (fc *fastConn) request(headLen int) (keep, native bool) {
 	h := &fc.h
 	e := fc.e
 	switch {
-	case h.upgrade, h.http10, h.chunked, h.length > 0, h.expect, h.hosts != 1:
+	case h.upgrade, h.http10, h.chunked, h.expect, h.hosts != 1:
+		return false, false
+	case h.length > int64(len(fc.r)-headLen):
+		// A body still on its way is read under the body rules
+		// (body.go) on net/http's path; one that came whole with its
+		// head is in memory already.
 		return false, false
 	}
 	if e.cfg.Certs != nil && bytes.HasPrefix(h.target, []byte("/.well-known/acme-challenge/")) {
@@ -276,12 +282,13 @@ func (fc *fastConn) request(headLen int) (keep, native bool) {
 	e.metrics.fastNative.Inc()
 	fastNativeCount.Add(1)
 	start := time.Now()
-	st := &reqState{id: newRequestID(), port: fc.ps.portStr(), portN: fc.ps.port, host: host, app: app.name, appLoad: app.load}
+	st := &reqState{id: newRequestID(), port: fc.ps.portStr(), portN: fc.ps.port, host: host, app: app.name, appLoad: app.load, fastIn: h.length}
 	st.demand = e.demand.begin(app.name)
 	// The head's bytes stay in fc.r until the request ends: the parsed
 	// slices point there.
+	fc.body = fc.r[headLen : headLen+int(h.length)]
 	status, written, keep := fc.proxy(st)
-	fc.r = fc.r[headLen:]
+	fc.r = fc.r[headLen+int(h.length):]
 	if h.connClose {
 		keep = false
 	}
@@ -478,7 +485,8 @@ func (fc *fastConn) appendRequest(out []byte, st *reqState, replaySrc string) []
 	if replaySrc != "" {
 		out = appendField(out, hdrReplaySrc, replaySrc)
 	}
-	return append(out, "\r\n\r\n"...)
+	out = append(out, "\r\n\r\n"...)
+	return append(out, fc.body...)
 }
 
 // appendField appends CRLF name ": " value (the caller ends the head).

@@ -9,7 +9,10 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The fast path's side towards machines: a keep-alive pool per machine
@@ -119,6 +122,28 @@ func (e *Edge) dialFast(ctx context.Context, b *Backend) (*backendConn, error) {
 		return nil, &dialError{err: err}
 	}
 	return &backendConn{Conn: &pipelinedConn{Conn: c}, addr: b.Addr, buf: make([]byte, fastBufSize), fresh: true}, nil
+}
+
+// alive says whether a kept connection is still open: no end of stream
+// or error waits on it (one non-blocking peek; a connection that is not
+// a kernel socket, over the mesh, is taken as open).
+func (bc *backendConn) alive() bool {
+	sc, ok := bc.Conn.(*pipelinedConn).Conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	open := true
+	var b [1]byte
+	_ = rc.Read(func(fd uintptr) bool {
+		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		open = errors.Is(err, unix.EAGAIN) // not EOF, an error or stray bytes
+		return true
+	})
+	return open
 }
 
 // resHead is a machine's response head, parsed in place.
@@ -260,7 +285,8 @@ func (fc *fastConn) send(st *reqState, d dest, f *filter, replaySrc string) (*ba
 		case fc.ps.ctx.Err() != nil:
 			return nil, 0, err
 		case errors.As(err, &de), errors.Is(err, ErrNotDelivered):
-		case e.lostOnTheWay(&http.Request{Method: string(fc.h.method)}, b, nil):
+			// Nothing reached the machine; the body is in memory.
+		case len(fc.body) == 0 && e.lostOnTheWay(&http.Request{Method: string(fc.h.method)}, b, nil):
 			e.log.Info("machine's host became unreachable during the request; sending it to the next machine",
 				"request_id", st.id, "app", st.app, "machine", b.Target.MachineID, "host", b.Target.HostID)
 		default:
@@ -287,6 +313,12 @@ func (fc *fastConn) roundTrip(b *Backend, st *reqState, replaySrc string) (*back
 		var bc *backendConn
 		if try < 2 {
 			bc = e.fastPool.get(b.load, b.Addr, e.limits.BackendIdleTimeout)
+			if bc != nil && !idempotent(fc.h.method) && !bc.alive() {
+				// Not to be sent again if the machine closed it
+				// meanwhile: look first.
+				bc.Close()
+				bc = nil
+			}
 		}
 		if bc == nil {
 			var err error
