@@ -260,8 +260,13 @@ func (fc *fastConn) request(headLen int) (keep, native bool) {
 		// head is in memory already.
 		return false, false
 	}
-	if e.cfg.Certs != nil && bytes.HasPrefix(h.target, []byte("/.well-known/acme-challenge/")) {
-		return false, false // ACME HTTP-01 (certs.Source.HTTPChallenge)
+	if len(h.target) == 0 || h.target[0] != '/' {
+		// Absolute form (its host, not Host, names the app for
+		// net/http) and "*": net/http's path.
+		return false, false
+	}
+	if e.cfg.Certs != nil && bytes.Contains(h.target, []byte("well-known")) {
+		return false, false // ACME HTTP-01 (certs.Source.HTTPChallenge), however encoded
 	}
 	host := normalizeHost(string(h.host))
 	app := e.table.Snapshot().names[host]
