@@ -19,7 +19,7 @@ func (fc *fastConn) proxy(st *reqState) (status int, written int64, keep bool) {
 			fc.e.log.Warn("could not proxy to machine", "request_id", st.id, "app", st.app, "err", err)
 			unreachable(a, st)
 		}
-		return fc.answer(st, a, true)
+		return fc.answer(st, a, !fc.h.connClose)
 	}
 	return fc.respond(st, bc, end)
 }
@@ -65,7 +65,7 @@ func (fc *fastConn) respond(st *reqState, bc *backendConn, end int) (status int,
 	status = rh.status
 	noBody := methodIs(fc.h.method, http.MethodHead) || status == http.StatusNoContent || status == http.StatusNotModified
 	closeDelim := !noBody && !rh.chunked && rh.length < 0
-	keep = !closeDelim
+	keep = !closeDelim && !fc.h.connClose
 	out := append(fc.out[:0], "HTTP/1.1"...)
 	out = append(out, rh.line[8:]...)
 	out = append(out, "\r\n"...)
