@@ -59,7 +59,7 @@ func ParseHTTP1Mode(s string) (HTTP1Mode, error) {
 }
 
 // defaultHTTP1 is the mode of a Config that names none.
-const defaultHTTP1 = HTTP1Std
+const defaultHTTP1 = HTTP1Fast
 
 // fastBufSize is the size of a client connection's read buffer and of a
 // machine connection's; a request head larger than a client buffer goes to
@@ -148,6 +148,8 @@ func (fc *fastConn) readHead() (int, error) {
 	switch {
 	case waiting && fc.n > 0 && lim.IdleTimeout > 0:
 		_ = fc.c.SetReadDeadline(time.Now().Add(lim.IdleTimeout))
+	case waiting && fc.n > 0:
+		_ = fc.c.SetReadDeadline(time.Time{}) // idle for as long as it likes
 	case lim.ReadHeaderTimeout > 0:
 		_ = fc.c.SetReadDeadline(time.Now().Add(lim.ReadHeaderTimeout))
 	default:

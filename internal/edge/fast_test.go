@@ -163,3 +163,14 @@ func TestFastPathAnswersUnreachable(t *testing.T) {
 		t.Errorf("fast path served %v requests, want 1", native)
 	}
 }
+
+func TestParseHTTP1Mode(t *testing.T) {
+	for in, want := range map[string]HTTP1Mode{"fast": HTTP1Fast, "std": HTTP1Std, "": defaultHTTP1} {
+		if got, err := ParseHTTP1Mode(in); err != nil || got != want {
+			t.Errorf("ParseHTTP1Mode(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := ParseHTTP1Mode("quick"); err == nil || !strings.Contains(err.Error(), `"quick"`) || !strings.Contains(err.Error(), "fast") {
+		t.Errorf("ParseHTTP1Mode(quick) error %v, want one naming the value and the choices", err)
+	}
+}
