@@ -68,21 +68,27 @@ const fastBufSize = 16 << 10
 
 var fastBufs = sync.Pool{New: func() any { b := make([]byte, fastBufSize); return &b }}
 
+// fastOuts are the buffers heads are written in, taken per request.
+var fastOuts = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
 // fastConn is one client connection on the fast path.
 type fastConn struct {
-	e    *Edge
-	ps   *portServer
-	c    net.Conn
-	tls  *tls.ConnectionState
-	buf  *[]byte
-	r    []byte // bytes read and not yet used, in buf
-	out  []byte // the head being written to a machine or the client
-	h    reqHead
-	res  resHead
-	body []byte // the request's body, in buf
-	ip   string // the client's address, for the headers and the log
-	addr string // the client's address and port, as r.RemoteAddr
-	n    int    // requests served
+	e   *Edge
+	ps  *portServer
+	c   net.Conn
+	tls *tls.ConnectionState
+	buf *[]byte // from fastBufs while a request is in hand; nil while idle
+	r   []byte  // bytes read and not yet used, in buf
+	// small takes an idle connection's next bytes: it holds no pooled
+	// buffer while it waits.
+	small [512]byte
+	out   []byte // the head being written to a machine or the client
+	h     reqHead
+	res   resHead
+	body  []byte // the request's body, in buf
+	ip    string // the client's address, for the headers and the log
+	addr  string // the client's address and port, as r.RemoteAddr
+	n     int    // requests served
 	// tracked is the connection as the port's connSet holds it.
 	tracked net.Conn
 }
@@ -102,7 +108,9 @@ func (e *Edge) serveFast(ps *portServer, c net.Conn, state *tls.ConnectionState,
 		ps.conns.remove(tracked)
 		c.Close()
 	}
-	fastBufs.Put(fc.buf)
+	if fc.buf != nil {
+		fastBufs.Put(fc.buf)
+	}
 }
 
 // errHeadTooLarge: the head did not fit the buffer.
@@ -155,7 +163,26 @@ func (fc *fastConn) readHead() (int, error) {
 	default:
 		_ = fc.c.SetReadDeadline(time.Time{})
 	}
+	if waiting && fc.n > 0 && fc.buf != nil {
+		fastBufs.Put(fc.buf) // idle: wait on small
+		fc.buf, fc.r = nil, nil
+	}
 	for {
+		if fc.buf == nil {
+			m, err := fc.c.Read(fc.small[:])
+			if m == 0 {
+				if err == nil {
+					continue
+				}
+				return 0, err
+			}
+			fc.buf = fastBufs.Get().(*[]byte)
+			fc.r = (*fc.buf)[:copy(*fc.buf, fc.small[:m])]
+			if lim.ReadHeaderTimeout > 0 {
+				_ = fc.c.SetReadDeadline(time.Now().Add(lim.ReadHeaderTimeout))
+			}
+			waiting = false
+		}
 		if len(fc.r) > 0 {
 			if fc.n == 0 && bytes.HasPrefix(fc.r, []byte("PRI ")) {
 				return 0, errH2
@@ -291,6 +318,15 @@ func (fc *fastConn) request(headLen int) (keep, native bool) {
 	start := time.Now()
 	st := &reqState{id: newRequestID(), port: fc.ps.portStr(), portN: fc.ps.port, host: host, app: app.name, appLoad: app.load, fastIn: h.length}
 	st.demand = e.demand.begin(app.name)
+	outBuf := fastOuts.Get().(*[]byte)
+	fc.out = (*outBuf)[:0]
+	defer func() {
+		if cap(fc.out) <= 64<<10 {
+			*outBuf = fc.out[:0]
+			fastOuts.Put(outBuf)
+		}
+		fc.out = nil
+	}()
 	// The head's bytes stay in fc.r until the request ends: the parsed
 	// slices point there.
 	fc.body = fc.r[headLen : headLen+int(h.length)]
