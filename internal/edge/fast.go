@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The HTTP/1.1 fast path (Config.HTTP1 = HTTP1Fast). A client connection
@@ -79,8 +81,9 @@ type fastConn struct {
 	tls *tls.ConnectionState
 	buf *[]byte // from fastBufs while a request is in hand; nil while idle
 	r   []byte  // bytes read and not yet used, in buf
-	// small takes an idle connection's next bytes: it holds no pooled
-	// buffer while it waits.
+	// small takes an idle connection's next bytes, and holds a request
+	// whose head (and body) fit: a connection holds a pooled buffer only
+	// while a larger one is in hand.
 	small [512]byte
 	out   []byte // the head being written to a machine or the client
 	h     reqHead
@@ -168,21 +171,6 @@ func (fc *fastConn) readHead() (int, error) {
 		fc.buf, fc.r = nil, nil
 	}
 	for {
-		if fc.buf == nil {
-			m, err := fc.c.Read(fc.small[:])
-			if m == 0 {
-				if err == nil {
-					continue
-				}
-				return 0, err
-			}
-			fc.buf = fastBufs.Get().(*[]byte)
-			fc.r = (*fc.buf)[:copy(*fc.buf, fc.small[:m])]
-			if lim.ReadHeaderTimeout > 0 {
-				_ = fc.c.SetReadDeadline(time.Now().Add(lim.ReadHeaderTimeout))
-			}
-			waiting = false
-		}
 		if len(fc.r) > 0 {
 			if fc.n == 0 && bytes.HasPrefix(fc.r, []byte("PRI ")) {
 				return 0, errH2
@@ -197,9 +185,17 @@ func (fc *fastConn) readHead() (int, error) {
 				return -1, nil
 			}
 		}
-		buf := *fc.buf
+		buf := fc.small[:]
+		if fc.buf != nil {
+			buf = *fc.buf
+		}
 		if len(fc.r) == len(buf) {
-			return 0, errHeadTooLarge
+			if fc.buf != nil {
+				return 0, errHeadTooLarge
+			}
+			// A head larger than small: on to a pooled buffer.
+			fc.buf = fastBufs.Get().(*[]byte)
+			buf = *fc.buf
 		}
 		// Move what there is to the front and read after it.
 		n := copy(buf, fc.r)
@@ -283,10 +279,9 @@ func (fc *fastConn) request(headLen int) (keep, native bool) {
 	switch {
 	case h.upgrade, h.http10, h.chunked, h.expect, h.hosts != 1:
 		return false, false
-	case h.length > int64(len(fc.r)-headLen):
-		// A body still on its way is read under the body rules
-		// (body.go) on net/http's path; one that came whole with its
-		// head is in memory already.
+	case h.length > int64(len(fc.r)-headLen) && !fc.readBody(headLen, h.length):
+		// A body larger than a buffer, or slower than a head may be,
+		// is read under the body rules (body.go) on net/http's path.
 		return false, false
 	}
 	if len(h.target) == 0 || h.target[0] != '/' {
@@ -341,6 +336,67 @@ func (fc *fastConn) request(headLen int) (keep, native bool) {
 	}
 	e.finishRequest(fc.ps.ctx, st, start, string(h.method), string(h.host), string(path), "HTTP/1.1", fc.addr, status, written)
 	return keep, true
+}
+
+// readBody takes the rest of a small body (with its head, up to a
+// buffer) if the client has sent it already: it never waits on the
+// client. It says false for a body too large, not all there yet, or on a
+// TLS connection (whose records cannot be read without waiting); its
+// bytes so far stay in fc.r for net/http, which reads the rest under the
+// body rules. The head is parsed again if it moved to a larger buffer.
+func (fc *fastConn) readBody(headLen int, length int64) bool {
+	total := int64(headLen) + length
+	tc := rawTCP(fc.c)
+	if total > fastBufSize || tc == nil {
+		return false
+	}
+	if fc.buf == nil || &fc.r[0] != &(*fc.buf)[0] {
+		if fc.buf == nil {
+			fc.buf = fastBufs.Get().(*[]byte)
+		}
+		fc.r = (*fc.buf)[:copy(*fc.buf, fc.r)]
+		if !parseHead(fc.r[:headLen-2], &fc.h) {
+			return false // cannot be: it parsed before
+		}
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	buf := *fc.buf
+	for int64(len(fc.r)) < total {
+		var m int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			m, _, rerr = unix.Recvfrom(int(fd), buf[len(fc.r):total], unix.MSG_DONTWAIT)
+			return true // never wait
+		}); err != nil || rerr != nil || m <= 0 {
+			return false
+		}
+		fc.r = buf[:len(fc.r)+m]
+	}
+	return true
+}
+
+// rawTCP is the TCP connection under c, if reading it directly skips no
+// buffered bytes; nil otherwise (TLS, a peeked connection with bytes in
+// hand).
+func rawTCP(c net.Conn) *net.TCPConn {
+	for {
+		switch v := c.(type) {
+		case *net.TCPConn:
+			return v
+		case *guardedConn:
+			c = v.Conn
+		case *peekConn:
+			if len(v.buf) > 0 {
+				return nil
+			}
+			c = v.Conn
+		default:
+			return nil
+		}
+	}
 }
 
 // portStr is the port as the headers carry it.

@@ -91,6 +91,22 @@ func TestFastPathServesAndHandsOff(t *testing.T) {
 	if native != 2 || handed != 1 {
 		t.Errorf("fast path served %v requests and handed off %v connections, want 2 and 1 (the chunked body's)", native, handed)
 	}
+
+	// On a kept-alive connection, whose idle wait holds only a small
+	// buffer: a body that came with its head, larger than that buffer.
+	big := strings.Repeat("b", 3000)
+	c := srv.Client()
+	for i, body := range []string{"", big} {
+		req, _ := http.NewRequest("POST", srv.URL+"/kept", strings.NewReader(body))
+		req.Host = "shop.perch.local"
+		res, got := do(t, c, req)
+		if want := "POST /kept " + body + " via=1.1 perch"; res.StatusCode != 200 || got != want {
+			t.Fatalf("POST %d on a kept connection: %d %q, want 200 %q", i, res.StatusCode, got, want)
+		}
+	}
+	if n := counter(t, w.e, "perch_edge_http1_fast_requests_total", map[string]string{"path": "native"}); n != native+2 {
+		t.Errorf("fast path served %v of the two POSTs on a kept connection, want both", n-native)
+	}
 }
 
 // A kept connection to a machine that the machine closed meanwhile does
