@@ -92,6 +92,9 @@ type fastConn struct {
 	ip    string // the client's address, for the headers and the log
 	addr  string // the client's address and port, as r.RemoteAddr
 	n     int    // requests served
+	// gone is set when the client left while its request waited for a
+	// slot (fastpool.go's acquire).
+	gone atomic.Bool
 	// tracked is the connection as the port's connSet holds it.
 	tracked net.Conn
 }

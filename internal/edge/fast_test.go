@@ -190,3 +190,42 @@ func TestParseHTTP1Mode(t *testing.T) {
 		t.Errorf("ParseHTTP1Mode(quick) error %v, want one naming the value and the choices", err)
 	}
 }
+
+// A request waiting for a slot gives up its place when its client leaves:
+// it never reaches the machine (both paths: net/http's background read,
+// the fast path's watch of a queued request's connection).
+func TestQueuedRequestLeavesWithItsClient(t *testing.T) {
+	m := startHolder(t, "m1", "ams", "127.0.0.2")
+	defer m.letGo()
+	e, err := newEdge(Config{Region: "ams", HostID: "h-ams", Log: testLog(t), Limits: Limits{QueueTimeout: 30 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &world{t: t, e: e}
+	w.app("shop")
+	w.limited("shop", m.machine, 80, &api.Concurrency{Type: "requests", SoftLimit: 1, HardLimit: 1})
+	w.commit()
+	srv := w.serve(80)
+	const host = "shop.perch.local"
+	queued := func() int { return e.route(dest{host, 80}).q.len() }
+
+	first := hold(srv, host)
+	m.waitHeld(t, 1)
+	c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, "GET /second HTTP/1.1\r\nHost: "+host+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the second request to queue", func() bool { return queued() == 1 })
+	c.Close()
+	waitFor(t, "the second request to leave the queue with its client", func() bool { return queued() == 0 })
+	m.letGo()
+	if got := <-first; got != `200 {"machine":"m1"}` {
+		t.Fatalf("first request: %s", got)
+	}
+	if got := machineOf(t, srv, host); got != "m1" || m.hits.Load() != 2 {
+		t.Errorf("the machine got %d requests (the held one, then a new one), want 2: the client that left sent nothing on", m.hits.Load())
+	}
+}

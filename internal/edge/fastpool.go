@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"syscall"
@@ -265,7 +266,7 @@ func (fc *fastConn) send(st *reqState, d dest, f *filter, replaySrc string) (*ba
 	e := fc.e
 	var lastErr error
 	for range maxAttempts {
-		b, waited, err := e.acquire(fc.ps.ctx, d, f)
+		b, waited, err := fc.acquire(d, f)
 		st.queued += waited
 		if err != nil {
 			if lastErr != nil && errors.Is(err, errNoCandidate) {
@@ -300,6 +301,45 @@ func (fc *fastConn) send(st *reqState, d dest, f *filter, replaySrc string) (*ba
 			"app", st.app, "machine", b.Target.MachineID, "err", err)
 	}
 	return nil, 0, lastErr
+}
+
+// acquire is Edge.acquire for the fast path. When every machine of the
+// route is at its hard limit, so that the request will likely queue, the
+// client connection is watched while it waits (the one read of the
+// connection that is not the request loop's, as net/http's background
+// read): a client that leaves gives up its place, as on net/http's path.
+func (fc *fastConn) acquire(d dest, f *filter) (*Backend, time.Duration, error) {
+	pr := fc.e.route(d)
+	full := pr != nil && len(pr.backends) > 0
+	if full {
+		for _, b := range pr.backends {
+			if b.hard >= noLimit || b.load.n.Load() < b.hard {
+				full = false
+				break
+			}
+		}
+	}
+	spare := fc.r[len(fc.r):cap(fc.r)]
+	if !full || len(spare) == 0 {
+		return fc.e.acquire(fc.ps.ctx, d, f)
+	}
+	ctx, cancel := context.WithCancel(fc.ps.ctx)
+	defer cancel()
+	read := make(chan int, 1)
+	go func() {
+		n, err := fc.c.Read(spare)
+		if n == 0 && err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			fc.gone.Store(true)
+			cancel()
+		}
+		read <- n
+	}()
+	b, waited, err := fc.e.acquire(ctx, d, f)
+	_ = fc.c.SetReadDeadline(time.Unix(1, 0)) // ends the watching read
+	n := <-read
+	_ = fc.c.SetReadDeadline(time.Time{})
+	fc.r = fc.r[:len(fc.r)+n] // bytes of a next request, if any
+	return b, waited, err
 }
 
 // roundTrip writes the request to machine b, on a kept connection if there

@@ -13,6 +13,9 @@ func (fc *fastConn) proxy(st *reqState) (status int, written int64, keep bool) {
 	if err == nil && fc.res.replay != nil {
 		bc, end, err = fc.replay(st, bc)
 	}
+	if err != nil && fc.gone.Load() {
+		return statusClientGone, 0, false // nobody reads an answer
+	}
 	if err != nil {
 		a := &fastAnswer{}
 		if !fc.e.answerError(a, st, err) {
