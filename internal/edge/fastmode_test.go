@@ -33,7 +33,9 @@ var testHTTP1 = func() HTTP1Mode {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	fmt.Printf("HTTP/1 %s: %d requests served by the fast path, %d handed to net/http\n", testHTTP1, fastNativeCount.Load(), fastHandedCount.Load())
+	if testHTTP1 == HTTP1Fast {
+		fmt.Printf("HTTP/1 fast path: %d requests served by it, %d connections handed to net/http\n", fastNativeCount.Load(), fastHandedCount.Load())
+	}
 	if code != 0 || os.Getenv(http1Env) != "" || flagSet("test.fuzz") || flagSet("test.list") {
 		os.Exit(code)
 	}
