@@ -34,6 +34,7 @@ fuzz '^FuzzClientHello$' 5000x ./internal/edge
 fuzz '^FuzzHostRouting$' 25000x ./internal/edge
 fuzz '^FuzzParseReplay$' 10000x ./internal/edge
 fuzz '^FuzzGuardPieces$' 20000x ./internal/edge
+fuzz '^FuzzHeadAgainstNetHTTP$' 30000x ./internal/edge
 fuzz '^FuzzRead$' 300000x ./internal/proxyproto
 fuzz '^FuzzWrite$' 400000x ./internal/proxyproto
 fuzz FuzzCheckHostname 15000x ./internal/certs

@@ -63,7 +63,9 @@ func main() {
 	threads := flag.Int("t", 2, "wrk threads")
 	app := flag.String("app", "bin/hello", "backend binary (examples/hello)")
 	caddy := flag.String("caddy", "caddy", "caddy binary")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the Perch edge's keep-alive run here")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the Perch edge (net/http path) over the whole run here")
+	cpuprofileFast := flag.String("cpuprofile-fast", "", "write a CPU profile of the Perch edge on the HTTP/1.1 fast path over the whole run here")
+	http1 := flag.String("http1", "std", "internal: the edge's HTTP/1 mode for -role edge (fast or std)")
 	idle := flag.Int("idle", 0, "instead of wrk: hold this many idle keep-alive connections to each proxy and report its memory (idle.go)")
 	idleTLS := flag.Bool("idle-tls", false, "with -idle: the connections are TLS")
 	role := flag.String("role", "", "internal: run as the edge (\"edge\") or the bare proxy (\"bare\") in a child process")
@@ -79,7 +81,7 @@ func main() {
 	case "edge":
 		dir, _ := os.MkdirTemp("", "perch-bench-edge-role-")
 		defer os.RemoveAll(dir)
-		stop := runEdge(dir, *backendFlag, *listenFlag, *tlsListen, *certFlag, *keyFlag, *cpuprofile)
+		stop := runEdge(dir, *backendFlag, *listenFlag, *tlsListen, *certFlag, *keyFlag, *cpuprofile, edge.HTTP1Mode(*http1))
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 		<-sig
@@ -104,6 +106,12 @@ func main() {
 		"-cert", certFile, "-key", keyFile, "-cpuprofile", *cpuprofile)
 	defer stopEdge()
 	waitListen(perch)
+	// The same edge on its HTTP/1.1 fast path (perch agent --http1=fast).
+	fast, fastTLS := freeAddr("127.0.0.6"), freeAddr("127.0.0.6")
+	stopFast, fastPID := startPID(self, "", "-role", "edge", "-http1", "fast", "-backend", backend, "-listen", fast, "-tls-listen", fastTLS,
+		"-cert", certFile, "-key", keyFile, "-cpuprofile", *cpuprofileFast)
+	defer stopFast()
+	waitListen(fast)
 
 	nginx, nginxTLS := freeAddr("127.0.0.3"), freeAddr("127.0.0.3")
 	conf := filepath.Join(dir, "nginx.conf")
@@ -142,6 +150,7 @@ http { access_log off;
 	targets := []target{
 		{"app directly", "http://" + backend + "/", ""},
 		{"perch edge", "http://" + perch + "/", "https://" + perchTLS + "/"},
+		{"perch edge, fast path", "http://" + fast + "/", "https://" + fastTLS + "/"},
 		{"bare Go ReverseProxy", "http://" + bare + "/", ""},
 		{"nginx", "http://" + nginx + "/", "https://" + nginxTLS + "/"},
 		{"caddy", "http://" + caddyAddr + "/", "https://" + caddyTLS + "/"},
@@ -160,6 +169,7 @@ http { access_log off;
 	if *idle > 0 {
 		runIdle(*idle, *idleTLS, []idleProxy{
 			{"perch edge", perch, perchTLS, withChildren(edgePID)},
+			{"perch edge, fast path", fast, fastTLS, withChildren(fastPID)},
 			{"nginx", nginx, nginxTLS, withChildren(nginxPID)},
 			{"caddy", caddyAddr, caddyTLS, withChildren(caddyPID)},
 		})
@@ -195,14 +205,14 @@ http { access_log off;
 			}
 			fmt.Printf("| %s | %.0f | %s | %s | %s | %s |\n", t.name, r.rps, r.p50, r.p99, r.p50-direct.p50, r.p99-direct.p99)
 		}
-		p, n, c := res["perch edge"], res["nginx"], res["caddy"]
-		fmt.Printf("\nperch / nginx requests/s: %.2f; perch / caddy: %.2f\n\n", p.rps/n.rps, p.rps/c.rps)
+		p, f, n, c := res["perch edge"], res["perch edge, fast path"], res["nginx"], res["caddy"]
+		fmt.Printf("\nperch / nginx requests/s: %.2f; perch / caddy: %.2f; fast path / nginx: %.2f; fast path / caddy: %.2f\n\n", p.rps/n.rps, p.rps/c.rps, f.rps/n.rps, f.rps/c.rps)
 	}
 }
 
 // runEdge runs the Perch edge in this process, fed from an embedded NATS
 // holding one app with one started machine: the backend.
-func runEdge(dir, backend, listen, tlsListen, certFile, keyFile, cpuprofile string) func() {
+func runEdge(dir, backend, listen, tlsListen, certFile, keyFile, cpuprofile string, http1 edge.HTTP1Mode) func() {
 	if cpuprofile != "" {
 		f, err := os.Create(cpuprofile)
 		if err != nil {
@@ -235,7 +245,7 @@ func runEdge(dir, backend, listen, tlsListen, certFile, keyFile, cpuprofile stri
 			Ports: []api.Port{{Port: lport, Handlers: []string{"http"}}, {Port: tport, Handlers: []string{"tls", "http"}}}}}}}
 	must(store.Put(ctx, st.Machines, spec.Key(), spec))
 	must(store.Put(ctx, st.Status, spec.Key(), store.MachineStatus{ID: "m1", App: "bench", HostID: "h1", State: api.StateStarted, Ready: true, Generation: 1}))
-	e, err := edge.New(edge.Config{Region: "iad", HostID: "h1", Addr: netip.MustParseAddr(host4(listen)), Store: st, Certs: staticCert{&cert}})
+	e, err := edge.New(edge.Config{Region: "iad", HostID: "h1", Addr: netip.MustParseAddr(host4(listen)), Store: st, Certs: staticCert{&cert}, HTTP1: http1})
 	if err != nil {
 		log.Fatal(err)
 	}

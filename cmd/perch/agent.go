@@ -12,6 +12,7 @@ import (
 
 	"github.com/perchhq/perch/internal/agent"
 	"github.com/perchhq/perch/internal/anycast"
+	"github.com/perchhq/perch/internal/edge"
 	"github.com/perchhq/perch/internal/fdstore"
 	"github.com/perchhq/perch/internal/image"
 	"github.com/perchhq/perch/internal/meshhost"
@@ -22,7 +23,7 @@ import (
 
 func agentCmd() *cobra.Command {
 	var cfg agent.Config
-	var edgeAddr string
+	var edgeAddr, http1 string
 	var imageCacheGB, imageMaxGB float64
 	var bgpASN string
 	var bgpPeers []string
@@ -44,6 +45,9 @@ func agentCmd() *cobra.Command {
 				return fmt.Errorf("--edge-addr %q is not an IP address", edgeAddr)
 			}
 			cfg.EdgeAddr = a
+			if cfg.EdgeHTTP1, err = edge.ParseHTTP1Mode(http1); err != nil {
+				return fmt.Errorf("--http1: %w", err)
+			}
 			if imageCacheGB < 0 {
 				return fmt.Errorf("--image-cache-max %g: want a size in GB, or 0 for no limit", imageCacheGB)
 			}
@@ -89,6 +93,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&cfg.Address, "address", "", "address other hosts reach this one at (default the edge address)")
 	f.StringVar(&edgeAddr, "edge-addr", "127.0.0.1", "address the edge proxy listens on")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "address:port to serve Prometheus metrics on at /metrics (e.g. 127.0.0.1:9091; default: not served)")
+	f.StringVar(&http1, "http1", "", "how the edge serves HTTP/1.1 clients: fast (its own fast path; requests with bodies, upgrades and HTTP/2 still go to net/http) or std (net/http for all) (default fast)")
 	f.StringVar(&cfg.EdgeDomain, "edge-domain", "perch.local", "apps answer at <app>.<domain>")
 	f.IntVar(&cfg.CPUs, "cpus", 0, "CPUs to offer (default: all)")
 	f.IntVar(&cfg.MemoryMB, "memory-mb", 0, "memory to offer in MB (default: all)")

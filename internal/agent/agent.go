@@ -56,6 +56,9 @@ type Config struct {
 	EdgeAddr netip.Addr
 	// EdgeDomain is the domain apps are reached under (<app>.<domain>).
 	EdgeDomain string
+	// EdgeHTTP1 is how the edge serves HTTP/1.1 clients (perch agent
+	// --http1; edge.Config.HTTP1).
+	EdgeHTTP1 edge.HTTP1Mode
 	// MetricsAddr is where the host serves Prometheus metrics (GET
 	// /metrics): the edge's and the agent's. Empty: not served.
 	MetricsAddr string
@@ -297,6 +300,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Log: a.log, AccessLog: a.cfg.AccessLog, Certs: certSrc, Starter: starter{a},
 		Clock:   a.clock,
 		Statics: a.statics,
+		HTTP1:   a.cfg.EdgeHTTP1,
 		Sockets: a.cfg.Sockets,
 	})
 	if err != nil {

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"time"
@@ -36,6 +37,12 @@ func (w *logWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // finish ends a request: gives back its slot and its place in the app's
 // count, records its metrics and writes its access log line.
 func (e *Edge) finish(w *logWriter, r *http.Request, st *reqState, start time.Time) {
+	e.finishRequest(r.Context(), st, start, r.Method, r.Host, r.URL.Path, r.Proto, r.RemoteAddr, w.status, w.bytes)
+}
+
+// finishRequest is finish for both HTTP/1 paths: what the request was and
+// what the client got (status, body bytes).
+func (e *Edge) finishRequest(ctx context.Context, st *reqState, start time.Time, method, host, path, proto, remoteAddr string, status int, written int64) {
 	st.releaseSlot()
 	if st.in != nil {
 		st.in.done() // the upload ended with the request
@@ -47,7 +54,6 @@ func (e *Edge) finish(w *logWriter, r *http.Request, st *reqState, start time.Ti
 		st.appLoad.active.Add(-1)
 	}
 	d := time.Since(start)
-	status := w.status
 	if status == 0 {
 		status = http.StatusOK // a handler that wrote nothing
 	}
@@ -56,20 +62,20 @@ func (e *Edge) finish(w *logWriter, r *http.Request, st *reqState, start time.Ti
 		app, machine, region = b.Target.App, b.Target.MachineID, b.Target.Region
 	}
 	st.demand.end(region)
-	in := st.body.bytesRead()
-	e.metrics.observe(app, region, machine, status, in, w.bytes, d)
+	in := st.body.bytesRead() + st.fastIn
+	e.metrics.observe(app, region, machine, status, in, written, d)
 	if st.backend != nil || st.static {
-		e.egress.add(app, w.bytes) // budget.go
+		e.egress.add(app, written) // budget.go
 	}
 
 	attrs := make([]slog.Attr, 0, 20)
 	attrs = append(attrs,
 		slog.String("request_id", st.id),
-		slog.String("method", r.Method),
-		slog.String("host", r.Host),
-		slog.String("path", r.URL.Path),
-		slog.String("proto", r.Proto),
-		slog.String("client", clientIP(r.RemoteAddr)),
+		slog.String("method", method),
+		slog.String("host", host),
+		slog.String("path", path),
+		slog.String("proto", proto),
+		slog.String("client", clientIP(remoteAddr)),
 		slog.String("port", st.port),
 		slog.String("app", st.app),
 		slog.String("machine", machine),
@@ -78,7 +84,7 @@ func (e *Edge) finish(w *logWriter, r *http.Request, st *reqState, start time.Ti
 		slog.Int("status", status),
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
 		slog.Int64("bytes_in", in),
-		slog.Int64("bytes", w.bytes),
+		slog.Int64("bytes", written),
 	)
 	if st.queued > 0 {
 		attrs = append(attrs, slog.Float64("queued_ms", float64(st.queued.Microseconds())/1000))
@@ -86,5 +92,5 @@ func (e *Edge) finish(w *logWriter, r *http.Request, st *reqState, start time.Ti
 	if st.replay != "" {
 		attrs = append(attrs, slog.String("replay", st.replay))
 	}
-	e.accessLog.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+	e.accessLog.LogAttrs(ctx, slog.LevelInfo, "request", attrs...)
 }

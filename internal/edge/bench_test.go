@@ -15,7 +15,7 @@ import (
 // benchEdge is an edge in ams whose table holds 1,000 apps with 3 started
 // machines each in ams, fra and iad; no machine runs.
 func benchEdge(b *testing.B) *Edge {
-	e, err := New(Config{Region: "ams", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	e, err := newEdge(Config{Region: "ams", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)
 	}

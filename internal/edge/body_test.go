@@ -44,7 +44,7 @@ func bodyEdgeHard(t *testing.T, limits Limits, hard int) (addr string, peak *ato
 		}
 		fmt.Fprintf(w, "read %d bytes", got)
 	})
-	e, err := New(Config{Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t), Limits: limits})
+	e, err := newEdge(Config{Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t), Limits: limits})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,8 +19,12 @@ func (e *Edge) dispatch(wg *sync.WaitGroup, ps *portServer, c net.Conn) {
 	switch {
 	case m == nil:
 		c.Close() // the port is going away
-	case !m.peek && m.raw == nil:
+	case !m.peek && m.raw == nil && !e.fast():
 		ps.q.push(e.guard(c, nil))
+	case !m.peek && m.raw == nil:
+		if ps.conns.add(c) {
+			wg.Go(func() { e.serveFast(ps, c, nil, c) }) // fast.go
+		}
 	case ps.conns.add(c):
 		wg.Go(func() {
 			defer ps.conns.remove(c)
@@ -49,6 +53,8 @@ func (e *Edge) sniff(ps *portServer, c net.Conn, m *portMode) {
 		switch {
 		case m.raw != nil:
 			e.proxyTCP(ps.ctx, pc, m.rawHost, ps.port, "")
+		case m.plain && e.fast():
+			e.serveFast(ps, pc, nil, c)
 		case m.plain:
 			ps.conns.remove(c)
 			ps.q.push(e.guard(pc, nil))
@@ -98,8 +104,13 @@ func (e *Edge) serveTLS(ps *portServer, pc *peekConn, pr *portRoute, sni string)
 	}
 	_ = tc.SetReadDeadline(time.Time{})
 	if ch == nil || ch.http {
+		st := tc.ConnectionState()
+		if st.NegotiatedProtocol != "h2" && e.fast() {
+			e.serveFast(ps, tc, &st, pc.Conn) // fast.go
+			return
+		}
 		ps.conns.remove(pc.Conn)
-		if st := tc.ConnectionState(); st.NegotiatedProtocol != "h2" {
+		if st.NegotiatedProtocol != "h2" {
 			ps.q.push(e.guard(tc, &st)) // HTTP/1 over TLS
 		} else {
 			ps.q.push(tc)

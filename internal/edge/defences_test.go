@@ -19,7 +19,7 @@ import (
 // (one echo machine) on a free port, and returns the port's address.
 func listeningEdge(t *testing.T, limits Limits) (*world, string) {
 	t.Helper()
-	e, err := New(Config{Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t), Limits: limits})
+	e, err := newEdge(Config{Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t), Limits: limits})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func TestIdleKeepAliveClosed(t *testing.T) {
 func TestRequestsPerAppCapped(t *testing.T) {
 	m := startHolder(t, "m1", "ams", "127.0.0.2")
 	defer m.letGo()
-	e, err := New(Config{Region: "ams", HostID: "h-ams", Log: testLog(t), Limits: Limits{MaxConnsPerApp: 2}})
+	e, err := newEdge(Config{Region: "ams", HostID: "h-ams", Log: testLog(t), Limits: Limits{MaxConnsPerApp: 2}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -84,6 +84,10 @@ type Config struct {
 	// Statics gives the files of apps' [[statics]] (statics.go). Nil: a
 	// request under a url_prefix goes to the app.
 	Statics StaticFiles
+	// HTTP1 chooses how HTTP/1.1 client connections are served (fast.go):
+	// HTTP1Fast, the edge's own path, or HTTP1Std, net/http's; "" is
+	// the default.
+	HTTP1 HTTP1Mode
 	// Sockets opens the public TCP ports' listeners; nil is net.Listen.
 	// The agent's (package fdstore) keeps them in its supervisor's file
 	// descriptor store, so that while the agent restarts the kernel
@@ -119,6 +123,7 @@ type Edge struct {
 	demand    demand        // demand.go
 	wakes     wakes         // autostart.go
 	egress    egressCounter // budget.go
+	fastPool  machinePools  // the HTTP/1.1 fast path's machine connections (fastpool.go)
 
 	readyOnce sync.Once
 	ready     chan struct{}
@@ -140,6 +145,12 @@ func New(cfg Config) (*Edge, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.HTTP1 == "" {
+		cfg.HTTP1 = defaultHTTP1
+	}
+	if _, err := ParseHTTP1Mode(string(cfg.HTTP1)); err != nil {
+		return nil, err
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = billing.SystemClock{}
@@ -177,6 +188,7 @@ func (e *Edge) Run(ctx context.Context) error {
 	}
 	e.lns.run(ctx)
 	wg.Wait()
+	e.fastPool.closeAll()
 	e.appLogs.close()
 	return nil
 }

@@ -20,7 +20,7 @@ func FuzzHostRouting(f *testing.F) {
 	for _, h := range []string{"shop.perch.local", "SHOP.perch.local:8080", "www.shop.example.", "[::1]:80", "blog.perch.local:", "shop.perch.local:80:80", "", "a..b", "blog.perch.local.."} {
 		f.Add(h)
 	}
-	e, err := New(Config{Region: "ams", HostID: "h-ams"}) // silent: a log line per input is noise
+	e, err := newEdge(Config{Region: "ams", HostID: "h-ams"}) // silent: a log line per input is noise
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -356,81 +356,11 @@ type framing struct {
 
 // checkHead checks a request head (request line and header lines, each
 // ending in CRLF, without the empty line) against RFC 9112 and says how
-// its body is framed.
+// its body is framed (parseHead, headparse.go).
 func checkHead(head []byte) (framing, bool) {
-	var f framing
-	if bytes.ContainsAny(head, "\x00") {
-		return f, false
-	}
-	lines := bytes.Split(head[:len(head)-2], []byte("\r\n"))
-	method, http10, ok := requestLine(lines[0])
-	if !ok {
-		return f, false
-	}
-	var cl, te, host int
-	var upgradeHdr, connUpgrade bool
-	for _, line := range lines[1:] {
-		name, value, ok := fieldLine(line)
-		if !ok {
-			return f, false
-		}
-		switch {
-		case equalFold(name, "Content-Length"):
-			cl++
-			n, ok := decimal(value)
-			if !ok {
-				return f, false
-			}
-			f.length = n
-		case equalFold(name, "Transfer-Encoding"):
-			te++
-			if !equalFold(value, "chunked") {
-				return f, false
-			}
-			f.chunked = true
-		case equalFold(name, "Host"):
-			host++
-		case equalFold(name, "Upgrade"):
-			upgradeHdr = true
-		case equalFold(name, "Connection"):
-			for tok := range bytes.SplitSeq(value, []byte(",")) {
-				if equalFold(bytes.Trim(tok, " \t"), "upgrade") {
-					connUpgrade = true
-				}
-			}
-		}
-	}
-	switch {
-	case cl > 1, te > 1, host > 1, cl > 0 && te > 0, te > 0 && http10:
-		return f, false
-	}
-	f.upgrade = upgradeHdr && connUpgrade || string(method) == "CONNECT"
-	return f, true
-}
-
-// requestLine checks method SP request-target SP HTTP-version.
-func requestLine(line []byte) (method []byte, http10, ok bool) {
-	parts := bytes.Split(line, []byte(" "))
-	if len(parts) != 3 || len(parts[0]) == 0 || len(parts[1]) == 0 {
-		return nil, false, false
-	}
-	for _, c := range parts[0] {
-		if !isTchar(c) {
-			return nil, false, false
-		}
-	}
-	for _, c := range parts[1] {
-		if c <= ' ' || c == 0x7f {
-			return nil, false, false
-		}
-	}
-	switch string(parts[2]) {
-	case "HTTP/1.1":
-		return parts[0], false, true
-	case "HTTP/1.0":
-		return parts[0], true, true
-	}
-	return nil, false, false
+	var h reqHead
+	ok := parseHead(head, &h)
+	return h.framing, ok
 }
 
 // fieldLine splits name ":" OWS value OWS, refusing obsolete line folding

@@ -112,7 +112,7 @@ func newWorld(t *testing.T, region string) *world {
 
 func newWorldLog(t *testing.T, region string, log *slog.Logger) *world {
 	t.Helper()
-	e, err := New(Config{Region: region, HostID: "h-" + region, Log: log})
+	e, err := newEdge(Config{Region: region, HostID: "h-" + region, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func (w *world) commit() { w.e.table.commit() }
 
 // serve puts the edge's handler for public port behind a test server.
 func (w *world) serve(port int) *httptest.Server {
-	return httptestServer(w.t, w.e.Handler(port))
+	return serveEdge(w.t, w.e, port)
 }
 
 // get sends GET / with Host host through srv.

@@ -176,7 +176,7 @@ func TestHardLimitQueuesThen503(t *testing.T) {
 	defer m.letGo()
 	// Two edges in front of the one machine, with a short and a long wait.
 	edge := func(wait time.Duration) (*Edge, *httptest.Server) {
-		e, err := New(Config{Region: "ams", HostID: "h-ams", Log: testLog(t), Limits: Limits{QueueTimeout: wait}})
+		e, err := newEdge(Config{Region: "ams", HostID: "h-ams", Log: testLog(t), Limits: Limits{QueueTimeout: wait}})
 		if err != nil {
 			t.Fatal(err)
 		}

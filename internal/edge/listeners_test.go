@@ -77,7 +77,7 @@ func TestBusyPortIsRetried(t *testing.T) {
 
 func newListeningWorld(t *testing.T) *world {
 	t.Helper()
-	e, err := New(Config{Region: "ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t)})
+	e, err := newEdge(Config{Region: "ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

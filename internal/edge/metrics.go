@@ -24,6 +24,9 @@ type metrics struct {
 	udpFlows    *prometheus.CounterVec
 	udpDropped  *prometheus.CounterVec
 	clientConns prometheus.Gauge
+	// fastNative and fastHanded count HTTP/1.1 requests the fast path
+	// served itself and those it handed to net/http (fast.go).
+	fastNative, fastHanded prometheus.Counter
 }
 
 var machineLabels = []string{"app", "region", "machine"}
@@ -72,6 +75,12 @@ func newMetrics(t *table) *metrics {
 			Name: "perch_edge_client_connections", Help: "Client connections open on the edge's public ports.",
 		}),
 	}
+	fast := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "perch_edge_http1_fast_requests_total",
+		Help: "HTTP/1.1 requests on the fast path (perch agent --http1=fast), by path: native (served by the fast path), handed_off (a request it leaves to net/http, with its connection: bodies, upgrades, Expect, statics, the edge's own answers).",
+	}, []string{"path"})
+	m.fastNative, m.fastHanded = fast.WithLabelValues("native"), fast.WithLabelValues("handed_off")
+	m.reg.MustRegister(fast)
 	m.reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.duration, m.rejected, m.tcpRejected, m.udpFlows, m.udpDropped, m.autostarts, m.clientConns, activeCollector{t})
 	for _, r := range []string{"client_cap", "app_cap", "busy", "body_timeout", "upload_cap"} {
 		m.rejected.WithLabelValues(r)

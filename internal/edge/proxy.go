@@ -42,6 +42,7 @@ type reqState struct {
 	buffered func()        // gives back a buffered body's reservation (body.go)
 	demand   demandStart   // counted for the autoscaler (demand.go)
 	static   bool          // answered from the app's statics (statics.go)
+	fastIn   int64         // the body bytes the fast path read (fast.go)
 }
 
 // releaseSlot gives back the slot the request holds, if any.

@@ -79,9 +79,7 @@ func (t *retryTransport) replay(req *http.Request, st *reqState, res *http.Respo
 	st.replay = spec
 	to, err := parseReplay(spec)
 	if err != nil {
-		return nil, &replayError{http.StatusBadGateway, fmt.Sprintf(
-			"perch: machine %s of app %q answered with a %s header the edge does not understand (%q: %v). Use region=<code>, instance=<machine id>, app=<name> or elsewhere=true, separated by \";\".",
-			from.Target.MachineID, st.app, hdrReplay, spec, err)}
+		return nil, replayBadSpec(from, st, spec, err)
 	}
 	if body != nil && !body.replayable() {
 		return nil, &replayError{http.StatusRequestEntityTooLarge, fmt.Sprintf(
@@ -97,27 +95,41 @@ func (t *retryTransport) replay(req *http.Request, st *reqState, res *http.Respo
 		f.exclude = []string{from.Target.MachineID}
 	}
 	r := req.Clone(req.Context())
-	src := fmt.Sprintf("instance=%s;region=%s", from.Target.MachineID, from.Target.Region)
-	if to.state != "" {
-		src += ";state=" + to.state
-	}
-	r.Header.Set(hdrReplaySrc, src)
+	r.Header.Set(hdrReplaySrc, replaySource(from, to))
 	res, err = t.send(r, st, d, f, body)
 	if errors.Is(err, errNoCandidate) {
-		return nil, &replayError{http.StatusBadGateway, fmt.Sprintf(
-			"perch: app %q asked to replay this request (%s: %s), but no started machine is there. Run \"perch status\" to see where its machines run.",
-			st.app, hdrReplay, spec)}
+		return nil, replayNoMachine(st, spec)
 	}
 	if err != nil {
 		return nil, err
 	}
 	if again := res.Header.Get(hdrReplay); again != "" {
 		res.Body.Close()
-		return nil, &replayError{http.StatusBadGateway, fmt.Sprintf(
-			"perch: the request was replayed (%s: %s) and the machine it reached asked for another replay (%s); the edge replays a request once.",
-			hdrReplay, spec, again)}
+		return nil, replayAgain(spec, again)
 	}
 	return res, nil
+}
+
+// replayBadSpec is the answer to a Perch-Replay header the edge cannot read.
+func replayBadSpec(from *Backend, st *reqState, spec string, err error) error {
+	return &replayError{http.StatusBadGateway, fmt.Sprintf(
+		"perch: machine %s of app %q answered with a %s header the edge does not understand (%q: %v). Use region=<code>, instance=<machine id>, app=<name> or elsewhere=true, separated by \";\".",
+		from.Target.MachineID, st.app, hdrReplay, spec, err)}
+}
+
+// replayNoMachine is the answer to a replay no started machine can take.
+func replayNoMachine(st *reqState, spec string) error {
+	return &replayError{http.StatusBadGateway, fmt.Sprintf(
+		"perch: app %q asked to replay this request (%s: %s), but no started machine is there. Run \"perch status\" to see where its machines run.",
+		st.app, hdrReplay, spec)}
+}
+
+// replayAgain is the answer to a replayed request whose machine asked for
+// another replay.
+func replayAgain(spec, again string) error {
+	return &replayError{http.StatusBadGateway, fmt.Sprintf(
+		"perch: the request was replayed (%s: %s) and the machine it reached asked for another replay (%s); the edge replays a request once.",
+		hdrReplay, spec, again)}
 }
 
 // replayBody is the client's request body, kept (up to maxReplayBody) as

@@ -67,7 +67,7 @@ func TestRetriesNextMachineWhenConnectionRefused(t *testing.T) {
 // gives up) is retried the same way.
 func TestRetriesNextMachineWhenConnectFails(t *testing.T) {
 	live := startMachine(t, "live", "ams", "127.0.0.3", nil)
-	e, err := New(Config{Region: "ams", HostID: "h-ams", Log: testLog(t), Dialer: failingDialer{bad: "flaky"}})
+	e, err := newEdge(Config{Region: "ams", HostID: "h-ams", Log: testLog(t), Dialer: failingDialer{bad: "flaky"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +135,7 @@ func TestRetriesNextMachineWhenNotDelivered(t *testing.T) {
 		io.WriteString(w, "live got "+string(b))
 	})
 	d := &refusingDialer{bad: "gone"}
-	e, err := New(Config{Region: "ams", HostID: "h-ams", Log: testLog(t), Dialer: d})
+	e, err := newEdge(Config{Region: "ams", HostID: "h-ams", Log: testLog(t), Dialer: d})
 	if err != nil {
 		t.Fatal(err)
 	}

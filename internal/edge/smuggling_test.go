@@ -221,7 +221,7 @@ func sendRaw(t *testing.T, dial func() (net.Conn, error), raw string, piece int)
 // that records what reaches it; it returns the edge's address and the
 // recorder.
 func smugglingEdge(t *testing.T) (string, *recorder) {
-	e, err := New(Config{Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t), Limits: Limits{MaxHeaderBytes: 16 << 10}})
+	e, err := newEdge(Config{Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t), Limits: Limits{MaxHeaderBytes: 16 << 10}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,7 +46,7 @@ func newStoreWorld(t *testing.T) *storeWorld {
 	}
 	t.Cleanup(st.Close)
 	access := &syncBuffer{}
-	e, err := New(Config{
+	e, err := newEdge(Config{
 		Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Store: st,
 		Log: log, AccessLog: slog.New(slog.NewJSONHandler(access, nil)),
 	})

@@ -257,7 +257,7 @@ func TestTLSPassthroughOnSharedPort(t *testing.T) {
 // Stopping the edge closes the raw TCP connections it carries and frees
 // the port at once, even with a client connected that sends nothing.
 func TestStopClosesRawConnections(t *testing.T) {
-	e, err := New(Config{Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t)})
+	e, err := newEdge(Config{Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

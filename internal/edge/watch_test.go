@@ -49,7 +49,7 @@ func TestStoreChangesRouting(t *testing.T) {
 		status(m, api.StateStarted)
 	}
 
-	e, err := New(Config{Region: "ams", Store: st, Log: log})
+	e, err := newEdge(Config{Region: "ams", Store: st, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestStoreChangesRouting(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the edge did not read the buckets in 10s")
 	}
-	srv := httptestServer(t, e.Handler(80))
+	srv := serveEdge(t, e, 80)
 
 	answers := func(want string) func() bool {
 		return func() bool {
