@@ -30,7 +30,7 @@ type Embedded struct {
 	url      string
 	password string
 
-	leafURL  string // where hosts' leaf nodes connect; "" if none
+	leafURL string // where hosts' leaf nodes connect; "" if none
 
 	mu    sync.Mutex // guards hosts and conns; held across RegisterUser
 	hosts map[string]HostUser
