@@ -375,16 +375,18 @@ func (c *controlCluster) waitCaughtUp(t *testing.T, name string, timeout time.Du
 // pause, and keeps every failure.
 type edgeLoad struct {
 	mu      sync.Mutex
-	paused  map[string]bool // hosts whose edge is not sent to (an agent restarting)
 	total   int
 	failed  []string
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	stopped bool
+
+	paused   map[string]bool // hosts whose edge is not sent to (an agent restarting)
+	inflight map[string]int  // requests under way, by host
 }
 
 func startEdgeLoad(c *controlCluster) *edgeLoad {
-	l := &edgeLoad{stop: make(chan struct{}), paused: map[string]bool{}}
+	l := &edgeLoad{stop: make(chan struct{}), paused: map[string]bool{}, inflight: map[string]int{}}
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	for host, region := range clusterHosts {
 		for range 2 {
@@ -397,6 +399,9 @@ func startEdgeLoad(c *controlCluster) *edgeLoad {
 					}
 					l.mu.Lock()
 					paused := l.paused[host]
+					if !paused {
+						l.inflight[host]++
+					}
 					l.mu.Unlock()
 					if paused {
 						continue
@@ -415,6 +420,7 @@ func startEdgeLoad(c *controlCluster) *edgeLoad {
 						}
 					}
 					l.mu.Lock()
+					l.inflight[host]--
 					l.total++
 					if msg != "" {
 						l.failed = append(l.failed, fmt.Sprintf("%s edge (%s) at %s: %s", host, region, start.Format("15:04:05.000"), msg))
@@ -427,11 +433,19 @@ func startEdgeLoad(c *controlCluster) *edgeLoad {
 	return l
 }
 
-// pause stops (or, with false, resumes) the load through host's edge.
-func (l *edgeLoad) pause(host string, paused bool) {
+// pause stops (or, with false, resumes) the load through host's edge;
+// stopping, it waits for the requests under way to end.
+func (l *edgeLoad) pause(t *testing.T, host string, paused bool) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.paused[host] = paused
+	l.mu.Unlock()
+	if paused {
+		eventually(t, 60*time.Second, "the requests under way through "+host+"'s edge end", func() (bool, string) {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return l.inflight[host] == 0, fmt.Sprint(l.inflight[host], " under way")
+		})
+	}
 }
 
 func (l *edgeLoad) halt() {
@@ -730,7 +744,7 @@ func (c *controlCluster) restartCutAgent(t *testing.T, host string, load *edgeLo
 	if err != nil {
 		t.Fatalf("create a machine in %s during the cut: %v", region, err)
 	}
-	load.pause(host, true)
+	load.pause(t, host, true)
 	p := c.agents[host]
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -739,7 +753,7 @@ func (c *controlCluster) restartCutAgent(t *testing.T, host string, load *edgeLo
 	restart := time.Now()
 	c.agents[host] = c.lab.start(t, c.lab.Hosts[host], "agent-"+host+"-cut", nil, c.agentArgs[host]...)
 	expectAnswer(t, c.edge(host), c.app, region)
-	load.pause(host, false)
+	load.pause(t, host, false)
 	t.Logf("%s's agent, restarted while cut off, serves %s again from its leaf node's mirrors %s after its start", host, c.app, time.Since(restart).Round(10*time.Millisecond))
 	return m.ID
 }

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -86,12 +89,20 @@ type LeafConfig struct {
 // mirror as it last was; once the link is back each catches up by itself
 // (JetStream's mirror consumer), in order.
 type Leaf struct {
-	srv *server.Server
-	nc  *nats.Conn
-	js  jetstream.JetStream
-	kvs map[string]jetstream.KeyValue
+	cfg  LeafConfig
+	urls []*url.URL
+	srv  atomic.Pointer[server.Server] // replaced by a restart (watchLink)
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	kvs  map[string]jetstream.KeyValue
+	log  *slog.Logger
 
 	buckets []string
+	stop    chan struct{}
+	done    chan struct{}
+
+	mu      sync.Mutex
+	onReset func() // OpenHostLeaf's: watches of the mirrors start over
 }
 
 // RunLeaf starts host's leaf node and makes its mirrors (kept if they
@@ -117,18 +128,39 @@ func RunLeaf(ctx context.Context, cfg LeafConfig) (*Leaf, error) {
 	if len(urls) == 0 {
 		return nil, errors.New("leaf: no control plane leaf node URL")
 	}
+	if cfg.Buckets == nil {
+		cfg.Buckets = LeafBuckets
+	}
+	l := &Leaf{cfg: cfg, urls: urls, kvs: map[string]jetstream.KeyValue{}, buckets: cfg.Buckets, log: cfg.Log,
+		stop: make(chan struct{}), done: make(chan struct{})}
+	srv, err := l.startServer()
+	if err != nil {
+		return nil, err
+	}
+	l.srv.Store(srv)
+	if err := l.open(ctx, cfg.HostID); err != nil {
+		close(l.done)
+		l.Shutdown()
+		return nil, err
+	}
+	go l.watchLink()
+	cfg.Log.Info("leaf node started", "dir", cfg.Dir, "domain", LeafDomain(cfg.HostID), "remotes", len(urls))
+	return l, nil
+}
+
+func (l *Leaf) startServer() (*server.Server, error) {
 	opts := &server.Options{
-		ServerName:      "leaf-" + cfg.HostID,
+		ServerName:      "leaf-" + l.cfg.HostID,
 		DontListen:      true,
 		JetStream:       true,
-		JetStreamDomain: LeafDomain(cfg.HostID),
-		StoreDir:        cfg.Dir,
+		JetStreamDomain: LeafDomain(l.cfg.HostID),
+		StoreDir:        l.cfg.Dir,
 		NoSigs:          true,
 		NoLog:           true,
 		MaxPayload:      8 << 20,
 		LeafNode: server.LeafNodeOpts{
 			ReconnectInterval: time.Second,
-			Remotes:           []*server.RemoteLeafOpts{{URLs: urls}},
+			Remotes:           []*server.RemoteLeafOpts{{URLs: l.urls}},
 		},
 	}
 	srv, err := server.NewServer(opts)
@@ -144,20 +176,15 @@ func RunLeaf(ctx context.Context, cfg LeafConfig) (*Leaf, error) {
 		srv.Shutdown()
 		return nil, errors.New("leaf: nats server did not become ready in 10s")
 	}
-	if cfg.Buckets == nil {
-		cfg.Buckets = LeafBuckets
-	}
-	l := &Leaf{srv: srv, kvs: map[string]jetstream.KeyValue{}, buckets: cfg.Buckets}
-	if err := l.open(ctx, cfg.HostID); err != nil {
-		l.Shutdown()
-		return nil, err
-	}
-	cfg.Log.Info("leaf node started", "dir", cfg.Dir, "domain", LeafDomain(cfg.HostID), "remotes", len(urls))
-	return l, nil
+	return srv, nil
 }
 
+// InProcessConn connects to the leaf's current server (nats.go's
+// InProcessConnProvider): the in-process connection follows a restart.
+func (l *Leaf) InProcessConn() (net.Conn, error) { return l.srv.Load().InProcessConn() }
+
 func (l *Leaf) open(ctx context.Context, hostID string) error {
-	nc, err := nats.Connect("", nats.InProcessServer(l.srv), nats.Name("perch-leaf-"+hostID), nats.MaxReconnects(-1))
+	nc, err := nats.Connect("", nats.InProcessServer(l), nats.Name("perch-leaf-"+hostID), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		return fmt.Errorf("leaf: connect: %w", err)
 	}
@@ -227,13 +254,116 @@ func (l *Leaf) Mirrors(ctx context.Context) ([]MirrorState, error) {
 }
 
 // Connected says whether the leaf node is connected to the control plane.
-func (l *Leaf) Connected() bool { return l.srv.NumLeafNodes() > 0 }
+func (l *Leaf) Connected() bool { return l.srv.Load().NumLeafNodes() > 0 }
 
 // Shutdown stops the leaf node and waits for it; its mirrors stay on disk.
 func (l *Leaf) Shutdown() {
+	close(l.stop)
+	<-l.done
 	if l.nc != nil {
 		l.nc.Close()
 	}
-	l.srv.Shutdown()
-	l.srv.WaitForShutdown()
+	srv := l.srv.Load()
+	srv.Shutdown()
+	srv.WaitForShutdown()
+}
+
+// linkCheck is how often the leaf looks at its link to the control plane,
+// mirrorFresh how recently a working mirror heard from the control plane
+// (its consumer's heartbeat is every second), and mirrorKick how long
+// after the link returns the leaf waits for every mirror to be working.
+var (
+	linkCheck   = time.Second
+	mirrorFresh = 3 * time.Second
+	mirrorKick  = 5 * time.Second
+)
+
+// watchLink restarts the leaf's nats-server when its link to the control
+// plane comes back and a mirror does not resume. A mirror that asked the
+// control plane for its consumer during the cut waits 30 s for an answer
+// that never comes (nats-server 2.15 does not cut it short when the link
+// returns); restarted, every mirror asks again at once, and what it holds
+// stays on disk.
+func (l *Leaf) watchLink() {
+	defer close(l.done)
+	t := time.NewTicker(linkCheck)
+	defer t.Stop()
+	up := l.Connected()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+		}
+		now := l.Connected()
+		if now && !up && !l.mirrorsResume() {
+			if err := l.restart(); err != nil {
+				l.log.Error("leaf: restarting for the mirrors to catch up", "err", err)
+			} else {
+				l.log.Info("leaf: link back; restarted for the mirrors to catch up")
+			}
+			now = l.Connected()
+		}
+		up = now
+	}
+}
+
+// mirrorsResume waits up to mirrorKick for every mirror to hear from the
+// control plane.
+func (l *Leaf) mirrorsResume() bool {
+	deadline := time.Now().Add(mirrorKick)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ms, err := l.Mirrors(ctx)
+		cancel()
+		fresh := err == nil
+		for _, m := range ms {
+			fresh = fresh && m.Active >= 0 && m.Active < mirrorFresh
+		}
+		if fresh {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-l.stop:
+			return true
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// restart replaces the leaf's nats-server with a new one on the same
+// store; the in-process connection reconnects to it and every watch
+// starts over (onReset).
+func (l *Leaf) restart() error {
+	old := l.srv.Load()
+	old.Shutdown()
+	old.WaitForShutdown()
+	srv, err := l.startServer()
+	if err != nil {
+		return err
+	}
+	l.srv.Store(srv)
+	deadline := time.Now().Add(10 * time.Second)
+	for !l.nc.IsConnected() {
+		if time.Now().After(deadline) {
+			return errors.New("leaf: the in-process connection did not come back in 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	l.mu.Lock()
+	f := l.onReset
+	l.mu.Unlock()
+	if f != nil {
+		f()
+	}
+	return nil
+}
+
+func (l *Leaf) setOnReset(f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.onReset = f
 }

@@ -183,7 +183,6 @@ func TestLeafKeepsMirrorsAcrossCutAndRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Stop()
 	seen := map[string]string{}
 	for e := range w.Updates() {
 		if e == nil {
@@ -202,14 +201,11 @@ func TestLeafKeepsMirrorsAcrossCutAndRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer bad.Shutdown()
-	for seen["app1.m1"] != `{"v":2}` || seen["app1.m2"] != `{"v":1}` {
-		select {
-		case e := <-w.Updates():
-			seen[e.Key()] = string(e.Value())
-		case <-ctx.Done():
-			t.Fatalf("the changes made during the cut did not reach the leaf: %v", seen)
-		}
-	}
+	w.Stop()
+	leafWait(t, 60*time.Second, "the changes made during the cut reach the leaf", func() (bool, string) {
+		m1, m2 := mirrorValue(ctx, leaf.KV(BucketMachines), "app1.m1"), mirrorValue(ctx, leaf.KV(BucketMachines), "app1.m2")
+		return m1 == `{"v":2}` && m2 == `{"v":1}`, m1 + " " + m2
+	})
 	t.Logf("the changes made during the cut reached the leaf %s after the link returned", time.Since(back).Round(time.Millisecond))
 	if v := mirrorValue(ctx, leaf.KV(BucketSecrets), "app1"); v != "<"+jetstream.ErrKeyNotFound.Error()+">" {
 		t.Errorf("a host's leaf node mirrored perch_secrets: app1 = %s", v)

@@ -28,6 +28,9 @@ func OpenHostLeaf(ctx context.Context, url string, auth Auth, name string, leaf 
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
 	s.nc, s.js = nc, js
+	// The leaf restarted (its link came back): every watch, of the
+	// mirrors too, starts over.
+	leaf.setOnReset(s.signalReconnect)
 	for _, b := range []struct {
 		kv   *jetstream.KeyValue
 		name string
