@@ -213,6 +213,34 @@ func TestLeafKeepsMirrorsAcrossCutAndRestart(t *testing.T) {
 	if v := mirrorValue(ctx, bad.KV(BucketMachines), "app1.m1"); v != "<"+jetstream.ErrKeyNotFound.Error()+">" || bad.Connected() {
 		t.Errorf("a leaf node with a wrong password connected (%v) and mirrored app1.m1 = %s", bad.Connected(), v)
 	}
+
+	// A removed host's leaf node is cut at once and gets nothing more.
+	if err := hub.RemoveHostUser("ams-aaaa"); err != nil {
+		t.Fatal(err)
+	}
+	leafWait(t, 30*time.Second, "the removed host's leaf node is disconnected", func() (bool, string) {
+		return !leaf.Connected(), "still connected"
+	})
+	if _, err := srv.Machines.Put(ctx, "app1.m1", []byte(`{"v":3}`)); err != nil {
+		t.Fatal(err)
+	}
+	// The same change reaches a leaf of a host still there (the witness
+	// that it was sent), not the removed one's.
+	if err := hub.SetHostUsers(HostUser{HostID: "ams-cccc", Region: "ams", PassBcrypt: string(bc)}); err != nil {
+		t.Fatal(err)
+	}
+	other, err := RunLeaf(ctx, LeafConfig{Dir: t.TempDir(), Remotes: []string{link.url()}, HostID: "ams-cccc", Password: "pw-a", Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Shutdown()
+	leafWait(t, 30*time.Second, "another host's leaf mirrors the change", func() (bool, string) {
+		v := mirrorValue(ctx, other.KV(BucketMachines), "app1.m1")
+		return v == `{"v":3}`, v
+	})
+	if v := mirrorValue(ctx, leaf.KV(BucketMachines), "app1.m1"); v != `{"v":2}` || leaf.Connected() {
+		t.Errorf("the removed host's leaf node (connected %v) has app1.m1 = %s, want the spec it had before its removal", leaf.Connected(), v)
+	}
 }
 
 func hubLeafAddr(t *testing.T, e *Embedded) string {
