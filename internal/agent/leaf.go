@@ -36,6 +36,10 @@ type registration struct {
 }
 
 func (a *Agent) saveRegistration(boot api.AgentBootstrap, h api.Host) error {
+	if boot.NATSLeafURL == "" {
+		return nil // nothing would be served from it
+	}
+	boot.NATSToken = "" // never on disk (an external NATS's shared token; a leaf has none)
 	b, _ := json.Marshal(registration{Boot: boot, Host: h})
 	if err := writeFile0600(filepath.Join(a.cfg.StateDir, registrationFile), b); err != nil {
 		return fmt.Errorf("agent: save registration: %w", err)
