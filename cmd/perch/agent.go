@@ -104,6 +104,7 @@ func agentCmd() *cobra.Command {
 	f.Uint16Var(&cfg.MeshPort, "mesh-port", meshhost.DefaultPort, "UDP port of the host's WireGuard mesh (0 picks one)")
 	f.StringVar(&cfg.MeshMode, "mesh-mode", "netstack", "where mesh TCP runs: netstack (in the agent), tun (the kernel's, through a TUN device; root, faster) or auto (tun when possible)")
 	f.BoolVar(&cfg.MachineEgress, "machine-egress", false, "let machines reach the internet through NAT on this host (private ranges stay unreachable)")
+	f.BoolVar(&cfg.NoLeaf, "no-leaf", false, "connect straight to the control plane's NATS even when it offers leaf nodes: no local mirrors, nothing served after a restart while cut off (docs/servers.md)")
 	f.StringVar(&cfg.MeshEndpoint, "mesh-endpoint", "", "UDP host[:port] other hosts send mesh packets to (default --address and --mesh-port; behind NAT, the public address)")
 	f.DurationVar(&cfg.MeterInterval, "meter-interval", 0, "how often machines' time is metered and sent (default 10s)")
 	f.Float64Var(&cfg.MeshLatency, "simulate-latency", 0, "delay mesh packets by the fiber time between regions times this route inflation (one-machine worlds only; perch dev sets it)")

@@ -84,6 +84,8 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&cfg.NATSToken, "nats-token", "", "auth token for the external NATS")
 	f.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4281", "where the embedded NATS listens")
 	f.StringVar(&cfg.NATSAdvertise, "nats-advertise", "", "NATS URL handed to agents (default: the server's own)")
+	f.StringVar(&cfg.LeafListen, "leaf-listen", "", "where the embedded NATS takes agents' leaf nodes (host:port, e.g. 10.0.0.1:4283): each agent keeps local mirrors of what it serves, for a cut from the control plane (docs/servers.md)")
+	f.StringVar(&cfg.LeafAdvertise, "leaf-advertise", "", "leaf node URLs handed to agents, comma-separated (default: nats-leaf:// of --leaf-listen)")
 	f.StringVar(&anycastV4, "anycast-v4", "", "IPv4 range apps' anycast addresses come from (its first usable address is the shared one; docs/anycast.md)")
 	f.StringVar(&anycastV6, "anycast-v6", "", "IPv6 range apps' dedicated anycast addresses come from")
 	f.StringVar(&machineNet, "machine-net", "172.30.0.0/16", "range that host machine subnets (/24 each) come from")

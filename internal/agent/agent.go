@@ -113,6 +113,10 @@ type Config struct {
 	// (bytes, entries, path depth); zero fields take image's defaults.
 	ImageLimits image.Limits
 
+	// NoLeaf connects straight to the control plane's NATS even when it
+	// offers leaf nodes (leaf.go): nothing is kept for a cut.
+	NoLeaf bool
+
 	// MicroVM configures the microvm runtime (its shim, kernel, init);
 	// the agent sets its state dir and logger.
 	MicroVM microvm.Config
@@ -125,6 +129,7 @@ type Agent struct {
 	anycast *anycastHost // anycast.go
 	client  *api.Client
 	st      *store.Store
+	leaf    *store.Leaf // the host's leaf node (leaf.go), nil without
 	host    api.Host
 	bridge  string
 	gw      netip.Prefix
@@ -145,6 +150,8 @@ type Agent struct {
 
 	policyMu sync.Mutex                       // guards policy; held across an nft run
 	policy   map[string]hostnet.PolicyMachine // netpolicy.go: by machine key; nil until the bridge exists
+
+	statusQ statusQueue // statusq.go
 
 	mu      sync.Mutex
 	workers map[string]*worker // by machine key
@@ -209,16 +216,36 @@ func (a *Agent) register(ctx context.Context) error {
 		return err
 	}
 	a.client = api.NewClient(a.cfg.ServerURL, cred.Bearer())
-	boot, err := a.client.Bootstrap(ctx)
-	if err != nil {
-		return fmt.Errorf("agent: bootstrap from %s: %w", a.cfg.ServerURL, err)
+	rctx, cancel := ctx, context.CancelFunc(func() {})
+	if _, ok := a.lastRegistration(cred.HostID); ok {
+		// A cut would hold the start until TCP gives up.
+		rctx, cancel = context.WithTimeout(ctx, registerTimeout)
 	}
-	h, err := a.client.RegisterHost(ctx, api.Host{
-		ID: cred.HostID, Region: a.cfg.Region, Address: a.cfg.Address, EdgeAddr: a.cfg.EdgeAddr.String(),
-		CPUs: a.cfg.CPUs, MemoryMB: a.cfg.MemoryMB, MeshKey: meshKey.String(),
-	})
+	defer cancel()
+	boot, err := a.client.Bootstrap(rctx)
+	var h *api.Host
 	if err != nil {
-		return fmt.Errorf("agent: register host: %w", err)
+		err = fmt.Errorf("agent: bootstrap from %s: %w", a.cfg.ServerURL, err)
+	} else {
+		h, err = a.client.RegisterHost(rctx, api.Host{
+			ID: cred.HostID, Region: a.cfg.Region, Address: a.cfg.Address, EdgeAddr: a.cfg.EdgeAddr.String(),
+			CPUs: a.cfg.CPUs, MemoryMB: a.cfg.MemoryMB, MeshKey: meshKey.String(),
+		})
+		if err != nil {
+			err = fmt.Errorf("agent: register host: %w", err)
+		}
+	}
+	if err != nil {
+		// Cut off from the control plane: start from the last
+		// registration and serve from the leaf node's mirrors (leaf.go).
+		reg, ok := a.lastRegistration(cred.HostID)
+		if !offline(err) || !ok || ctx.Err() != nil {
+			return err
+		}
+		a.log.Warn("control plane out of reach: starting from the last registration and the leaf node's mirrors", "err", err)
+		boot, h = &reg.Boot, &reg.Host
+	} else if err := a.saveRegistration(*boot, *h); err != nil {
+		return err
 	}
 	a.host = *h
 	b, _ := json.Marshal(hostFile{ID: h.ID})
@@ -232,7 +259,7 @@ func (a *Agent) register(ctx context.Context) error {
 	// A subject this host's NATS user may not use fails only by timing
 	// out; the server's reason goes to the log.
 	auth.OnError = func(err error) { a.log.Warn("nats", "err", err) }
-	st, err := store.OpenHost(ctx, boot.NATSURL, auth, "perch-agent-"+h.ID)
+	st, err := a.openStore(ctx, *boot, auth, cred.Secret) // leaf.go
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
@@ -274,6 +301,9 @@ func (a *Agent) Host() api.Host { return a.host }
 // keep running after it returns.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.st.Close()
+	if a.leaf != nil {
+		defer a.leaf.Shutdown()
+	}
 	if err := hostnet.EnsureBridge(a.bridge, a.gw); err != nil {
 		return fmt.Errorf("agent: host bridge: %w", err)
 	}
@@ -346,6 +376,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.heartbeat(ctx) }()
 	wg.Go(func() { a.runImageGC(ctx) })
 	wg.Go(func() { a.runMeter(ctx) })
+	wg.Go(func() { a.runStatusQueue(ctx) }) // statusq.go
 	wg.Go(func() { a.runAutostop(ctx, e) })
 	wg.Go(func() { a.serveStarts(ctx) })
 	wg.Go(func() { a.serveVolumes(ctx) })   // volumes.go

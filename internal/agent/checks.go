@@ -86,7 +86,7 @@ func (w *worker) onChecks(ctx context.Context) {
 	s.Ready, s.NotReady = w.readiness(spec, cs)
 	s.UpdatedAt = time.Now().UTC()
 	w.status = s
-	if _, err := store.Put(ctx, w.a.st.Status, w.key, s); err != nil && ctx.Err() == nil {
+	if err := w.a.putStatus(ctx, w.key, s); err != nil && ctx.Err() == nil { // statusq.go
 		w.log.Warn("report health checks", "err", err)
 	}
 }

@@ -149,7 +149,7 @@ func (w *worker) reportReady(ctx context.Context) {
 	s.Ready, s.NotReady = ready, why
 	s.UpdatedAt = time.Now().UTC()
 	w.status = s
-	if _, err := store.Put(ctx, w.a.st.Status, w.key, s); err != nil && ctx.Err() == nil {
+	if err := w.a.putStatus(ctx, w.key, s); err != nil && ctx.Err() == nil { // statusq.go
 		w.log.Warn("report readiness", "err", err)
 	}
 	if ready {

@@ -164,7 +164,7 @@ func (a *Agent) serveVolumes(ctx context.Context) {
 			return
 		}
 		go func() {
-			rep := VolumeOp(ctx, a.st.VolumeMoves, a.cfg.StateDir, req)
+			rep := VolumeOp(ctx, a.st.Moves(ctx), a.cfg.StateDir, req)
 			if rep.Error != "" {
 				a.log.Warn("volume operation failed", "op", req.Op, "volume", req.Volume.ID, "err", rep.Error)
 			} else {
@@ -183,7 +183,7 @@ func (a *Agent) serveVolumes(ctx context.Context) {
 	if err == nil {
 		for _, v := range vols {
 			if v.HostID == a.host.ID && v.State == api.VolumeDestroying {
-				if rep := VolumeOp(ctx, a.st.VolumeMoves, a.cfg.StateDir, store.VolumeRequest{Op: store.VolumeOpDestroy, Volume: v}); rep.Error == "" {
+				if rep := VolumeOp(ctx, a.st.Moves(ctx), a.cfg.StateDir, store.VolumeRequest{Op: store.VolumeOpDestroy, Volume: v}); rep.Error == "" {
 					_ = store.Delete(ctx, a.st.Volumes, v.Key())
 					a.log.Info("volume destroyed (asked while the host was down)", "volume", v.ID)
 				}
@@ -209,7 +209,7 @@ func (w *worker) mountVolumes(ctx context.Context, spec store.MachineSpec) ([]pe
 				return nil, fmt.Errorf("volume %s: %w", m.Volume, err)
 			}
 			volumeMu.Lock()
-			err = ensureVolume(ctx, w.a.st.VolumeMoves, w.a.cfg.StateDir, v)
+			err = ensureVolume(ctx, w.a.st.Moves(ctx), w.a.cfg.StateDir, v)
 			volumeMu.Unlock()
 			if err != nil {
 				return nil, fmt.Errorf("volume %s: %w", m.Volume, err)

@@ -503,6 +503,7 @@ func (w *worker) destroy(ctx context.Context, spec store.MachineSpec, report boo
 	if report {
 		w.setState(ctx, spec, api.StateDestroyed, "destroy", "")
 		_ = store.Delete(ctx, w.a.st.Machines, w.key)
+		w.a.dropStatus(w.key) // statusq.go
 		_ = store.Delete(ctx, w.a.st.Status, w.key)
 	}
 	w.finished = true
@@ -532,7 +533,8 @@ func (w *worker) setState(ctx context.Context, spec store.MachineSpec, state, ev
 	}
 	w.status = s
 	w.meterObserve(spec, state) // metering.go
-	if _, err := store.Put(ctx, w.a.st.Status, w.key, s); err != nil && ctx.Err() == nil {
+	// statusq.go: queued while the control plane is out of reach
+	if err := w.a.putStatus(ctx, w.key, s); err != nil && ctx.Err() == nil {
 		w.log.Warn("report state", "state", state, "err", err)
 	}
 	w.log.Debug("state", "state", state, "generation", spec.Generation, "msg", msg)

@@ -574,7 +574,11 @@ type AgentBootstrap struct {
 	NATSToken       string `json:"nats_token,omitempty"`
 	NATSUser        string `json:"nats_user,omitempty"`
 	NATSInboxPrefix string `json:"nats_inbox_prefix,omitempty"`
-	Registry        string `json:"registry"`
+	// NATSLeafURL, if set, is where the host's own leaf node connects
+	// (several, comma-separated): the agent then reads the buckets it
+	// serves from local mirrors that outlive a cut (docs/servers.md).
+	NATSLeafURL string `json:"nats_leaf_url,omitempty"`
+	Registry    string `json:"registry"`
 }
 
 // JoinTokenRequest asks for a join token (POST /v1/hosts/join-tokens):

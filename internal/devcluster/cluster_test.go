@@ -48,6 +48,10 @@ type controlCluster struct {
 	starts  int
 	// stateDir is each agent's state directory, by host.
 	stateDir map[string]string
+	// agents are the agents' processes and agentArgs their command
+	// lines, by host (a cut region's agent is restarted: cutRegion).
+	agents    map[string]*labProc
+	agentArgs map[string][]string
 }
 
 // TestClusterSurvivesServerKills runs a three-server control plane and
@@ -120,7 +124,7 @@ func TestClusterSurvivesServerKills(t *testing.T) {
 
 	// The region ams (h3) is cut off from every server while the edge
 	// load goes on.
-	c.cutRegion(t, "h3")
+	c.cutRegion(t, "h3", load)
 
 	writes.halt()
 	load.halt()
@@ -144,9 +148,10 @@ func startControlCluster(t *testing.T) *controlCluster {
 	lab := newLabNet(t, "s1", "s2", "s3", "h1", "h2", "h3")
 	c := &controlCluster{lab: lab, dataDir: map[string]string{}, args: map[string][]string{}, servers: map[string]*labProc{}, app: "hello"}
 	names := []string{"s1", "s2", "s3"}
-	var peers, apis, natss []string
+	var peers, apis, natss, leafs []string
 	for _, n := range names {
 		ip := lab.Hosts[n].IP.String()
+		leafs = append(leafs, "nats-leaf://"+net.JoinHostPort(ip, "4283"))
 		peers = append(peers, net.JoinHostPort(ip, "4282"))
 		apis = append(apis, "http://"+net.JoinHostPort(ip, "4280"))
 		natss = append(natss, "nats://"+net.JoinHostPort(ip, "4281"))
@@ -180,6 +185,8 @@ func startControlCluster(t *testing.T) *controlCluster {
 			"--nats-advertise", c.natsURL,
 			"--cluster-name", "perch", "--cluster-listen", net.JoinHostPort(ip, "4282"), "--cluster-peers", strings.Join(peers, ","),
 			"--data-dir", dir, "--no-mesh",
+			// Each agent's leaf node, with local mirrors (cutRegion).
+			"--leaf-listen", net.JoinHostPort(ip, "4283"), "--leaf-advertise", strings.Join(leafs, ","),
 			// Heartbeats may pause while an agent's NATS connection
 			// moves to another server: a host is not down for that.
 			"--host-timeout", "30s"}
@@ -211,6 +218,7 @@ func startControlCluster(t *testing.T) *controlCluster {
 	stateRoot := t.TempDir()
 	c.stateDir = map[string]string{}
 	agents := map[string]*labProc{}
+	c.agents, c.agentArgs = agents, map[string][]string{}
 	for _, name := range []string{"h1", "h2", "h3"} {
 		h := lab.Hosts[name]
 		stateDir := filepath.Join(stateRoot, name)
@@ -226,10 +234,10 @@ func startControlCluster(t *testing.T) *controlCluster {
 		if err != nil {
 			t.Fatalf("join token for %s: %v", name, err)
 		}
-		agents[name] = lab.start(t, h, "agent-"+name, []string{"PERCH_JOIN_TOKEN=" + jt.Token},
-			perchBin, "agent", "--region", clusterHosts[name], "--server", c.apiURLs,
+		c.agentArgs[name] = []string{perchBin, "agent", "--region", clusterHosts[name], "--server", c.apiURLs,
 			"--address", h.IP.String(), "--edge-addr", h.IP.String(),
-			"--state-dir", stateDir, "--mesh-port", strconv.Itoa(meshPort))
+			"--state-dir", stateDir, "--mesh-port", strconv.Itoa(meshPort)}
+		agents[name] = lab.start(t, h, "agent-"+name, []string{"PERCH_JOIN_TOKEN=" + jt.Token}, c.agentArgs[name]...)
 	}
 	eventually(t, 60*time.Second, "the three agents register and heartbeat", func() (bool, string) {
 		for name, p := range agents {
@@ -372,10 +380,13 @@ type edgeLoad struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	stopped bool
+
+	paused   map[string]bool // hosts whose edge is not sent to (an agent restarting)
+	inflight map[string]int  // requests under way, by host
 }
 
 func startEdgeLoad(c *controlCluster) *edgeLoad {
-	l := &edgeLoad{stop: make(chan struct{})}
+	l := &edgeLoad{stop: make(chan struct{}), paused: map[string]bool{}, inflight: map[string]int{}}
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	for host, region := range clusterHosts {
 		for range 2 {
@@ -385,6 +396,15 @@ func startEdgeLoad(c *controlCluster) *edgeLoad {
 					case <-l.stop:
 						return
 					case <-time.After(20 * time.Millisecond):
+					}
+					l.mu.Lock()
+					paused := l.paused[host]
+					if !paused {
+						l.inflight[host]++
+					}
+					l.mu.Unlock()
+					if paused {
+						continue
 					}
 					req, _ := http.NewRequest("GET", "http://"+c.edge(host)+"/", nil)
 					req.Host = c.app + ".perch.local"
@@ -400,6 +420,7 @@ func startEdgeLoad(c *controlCluster) *edgeLoad {
 						}
 					}
 					l.mu.Lock()
+					l.inflight[host]--
 					l.total++
 					if msg != "" {
 						l.failed = append(l.failed, fmt.Sprintf("%s edge (%s) at %s: %s", host, region, start.Format("15:04:05.000"), msg))
@@ -410,6 +431,21 @@ func startEdgeLoad(c *controlCluster) *edgeLoad {
 		}
 	}
 	return l
+}
+
+// pause stops (or, with false, resumes) the load through host's edge;
+// stopping, it waits for the requests under way to end.
+func (l *edgeLoad) pause(t *testing.T, host string, paused bool) {
+	l.mu.Lock()
+	l.paused[host] = paused
+	l.mu.Unlock()
+	if paused {
+		eventually(t, 60*time.Second, "the requests under way through "+host+"'s edge end", func() (bool, string) {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return l.inflight[host] == 0, fmt.Sprint(l.inflight[host], " under way")
+		})
+	}
 }
 
 func (l *edgeLoad) halt() {
@@ -584,8 +620,12 @@ func (c *controlCluster) meterSpool(host string) ([]billing.Record, error) {
 // in the host's namespace) for clusterCut, while the edge load (which
 // comes from the root namespace) goes on: the host's edge keeps serving
 // from its own machine, its agent spools its metering records, and
-// after the link returns its heartbeat and the records arrive.
-func (c *controlCluster) cutRegion(t *testing.T, host string) {
+// after the link returns its heartbeat and the records arrive. During
+// the cut a machine of the app is created in the region, and the
+// region's agent is killed and started again: it serves the app from its
+// leaf node's mirrors; once the link is back, the new machine reaches it
+// and starts.
+func (c *controlCluster) cutRegion(t *testing.T, host string, load *edgeLoad) {
 	t.Helper()
 	ctx := context.Background()
 	region := clusterHosts[host]
@@ -628,15 +668,18 @@ func (c *controlCluster) cutRegion(t *testing.T, host string) {
 	}
 	t.Cleanup(restore)
 	t.Logf("cut %s (%s) off from the servers for %s", host, region, cut)
+	added := c.restartCutAgent(t, host, load)
 	for time.Since(cutAt) < cut {
 		time.Sleep(time.Second) // the cut lasts its time; the load runs meanwhile
 	}
 	// Its machine still runs and answers through its own edge.
 	expectAnswer(t, c.edge(host), c.app, region)
-	pending, err := c.meterSpool(host)
-	if err != nil || len(pending) == 0 {
-		t.Fatalf("%s's agent spooled %d metering records during the cut (%v), want the cut's intervals", host, len(pending), err)
-	}
+	var pending []billing.Record
+	eventually(t, 30*time.Second, host+"'s agent spools the cut's metering records", func() (bool, string) {
+		var err error
+		pending, err = c.meterSpool(host)
+		return err == nil && len(pending) > 0, fmt.Sprint(len(pending), " records spooled ", err)
+	})
 	atCutEnd := usage()
 	restore()
 	restoredAt := time.Now()
@@ -670,4 +713,47 @@ func (c *controlCluster) cutRegion(t *testing.T, host string) {
 		return err == nil && left == 0 && now > atCutEnd, fmt.Sprintf("%d of the cut's records still spooled; usage %v (at the cut's end %v)", left, now, atCutEnd)
 	})
 	t.Logf("%s's heartbeat and metering arrived %s after the link returned", host, time.Since(restoredAt).Round(10*time.Millisecond))
+	eventually(t, 90*time.Second, "the machine created during the cut starts on "+host, func() (bool, string) {
+		m, err := c.client.GetMachine(ctx, c.app, added)
+		if err != nil {
+			return false, err.Error()
+		}
+		return m.State == api.StateStarted, m.State
+	})
+	t.Logf("the machine created during the cut reached %s and started %s after the link returned", host, time.Since(restoredAt).Round(10*time.Millisecond))
+}
+
+// restartCutAgent, with host cut off, creates a machine of the app in
+// its region (desired state the region cannot see yet), then kills the
+// host's agent and starts it again: with nothing from the control plane,
+// its edge serves the app again from the leaf node's mirrors (spec,
+// status, routes). It returns the new machine's id.
+func (c *controlCluster) restartCutAgent(t *testing.T, host string, load *edgeLoad) string {
+	t.Helper()
+	ctx := context.Background()
+	region := clusterHosts[host]
+	ms, err := c.client.ListMachines(ctx, c.app, region)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(ms, func(m api.Machine) bool { return m.Region == region })
+	if i < 0 {
+		t.Fatalf("no machine of %s in %s", c.app, region)
+	}
+	m, err := c.client.CreateMachine(ctx, c.app, api.CreateMachineRequest{Region: region, Config: ms[i].Config})
+	if err != nil {
+		t.Fatalf("create a machine in %s during the cut: %v", region, err)
+	}
+	load.pause(t, host, true)
+	p := c.agents[host]
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+	restart := time.Now()
+	c.agents[host] = c.lab.start(t, c.lab.Hosts[host], "agent-"+host+"-cut", nil, c.agentArgs[host]...)
+	expectAnswer(t, c.edge(host), c.app, region)
+	load.pause(t, host, false)
+	t.Logf("%s's agent, restarted while cut off, serves %s again from its leaf node's mirrors %s after its start", host, c.app, time.Since(restart).Round(10*time.Millisecond))
+	return m.ID
 }

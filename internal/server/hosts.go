@@ -260,6 +260,14 @@ func (s *Server) bootstrap(w http.ResponseWriter, r *http.Request) {
 		u = s.natsURL
 	}
 	b := api.AgentBootstrap{NATSURL: u, Registry: s.ln.Addr().String()}
+	if s.nats != nil && s.nats.LeafURL() != "" {
+		// A host's leaf node authenticates as its host user: only with
+		// the embedded NATS.
+		b.NATSLeafURL = s.cfg.LeafAdvertise
+		if b.NATSLeafURL == "" {
+			b.NATSLeafURL = s.nats.LeafURL()
+		}
+	}
 	h, ok := hostOf(r)
 	if !ok {
 		writeError(w, http.StatusBadRequest, "bootstrap is for hosts, with their host credential: start perch agent with --join-token (perch hosts join-token create --region R)")

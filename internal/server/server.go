@@ -44,6 +44,12 @@ type Config struct {
 	// embedded server's URL or NATSURL); several, comma-separated, for a
 	// cluster's servers.
 	NATSAdvertise string
+	// LeafListen, if set, is where the embedded NATS takes hosts' leaf
+	// nodes (host:port): each agent then keeps local mirrors of what it
+	// serves (store.RunLeaf). LeafAdvertise is the leaf URL handed to
+	// agents (default: nats-leaf:// of LeafListen); several,
+	// comma-separated, for a cluster's servers.
+	LeafListen, LeafAdvertise string
 	// Cluster, if set with a name, joins the embedded NATS to the other
 	// servers' (perch server --cluster-name; docs/servers.md): buckets and
 	// streams replicated on up to three, jobs that must run once under
@@ -222,7 +228,8 @@ func (s *Server) openStore(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("server: nats token: %w", err)
 		}
-		e, err := store.RunEmbeddedCluster(filepath.Join(s.cfg.DataDir, "nats"), s.cfg.NATSListen, tok, s.cfg.Cluster, s.log.With("component", "nats"))
+		e, err := store.RunEmbeddedWith(filepath.Join(s.cfg.DataDir, "nats"), s.cfg.NATSListen, tok,
+			store.EmbeddedOptions{Cluster: s.cfg.Cluster, LeafListen: s.cfg.LeafListen}, s.log.With("component", "nats"))
 		if err != nil {
 			return fmt.Errorf("server: %w", err)
 		}

@@ -30,6 +30,8 @@ type Embedded struct {
 	url      string
 	password string
 
+	leafURL string // where hosts' leaf nodes connect; "" if none
+
 	mu    sync.Mutex // guards hosts and conns; held across RegisterUser
 	hosts map[string]HostUser
 	conns map[string]map[uint64]server.ClientAuthentication // by host, by client id
@@ -91,6 +93,22 @@ func RunEmbedded(dir, addr, password string, log *slog.Logger) (*Embedded, error
 
 // RunEmbeddedCluster is RunEmbedded joining cluster's peers (none if nil).
 func RunEmbeddedCluster(dir, addr, password string, cluster *Cluster, log *slog.Logger) (*Embedded, error) {
+	return RunEmbeddedWith(dir, addr, password, EmbeddedOptions{Cluster: cluster}, log)
+}
+
+// EmbeddedOptions are the embedded server's optional parts.
+type EmbeddedOptions struct {
+	// Cluster joins the other servers' (none if nil).
+	Cluster *Cluster
+	// LeafListen ("host:port"), if set, takes hosts' leaf nodes
+	// (RunLeaf), each authenticated as its host's user with
+	// LeafPermissions, and gives JetStream the domain HubDomain.
+	LeafListen string
+}
+
+// RunEmbeddedWith is RunEmbedded with EmbeddedOptions.
+func RunEmbeddedWith(dir, addr, password string, o EmbeddedOptions, log *slog.Logger) (*Embedded, error) {
+	cluster := o.Cluster
 	host, portStr, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("nats listen address %q: %w", addr, err)
@@ -119,6 +137,21 @@ func RunEmbeddedCluster(dir, addr, password string, cluster *Cluster, log *slog.
 			return nil, err
 		}
 	}
+	if o.LeafListen != "" {
+		lh, lp, err := net.SplitHostPort(o.LeafListen)
+		if err != nil {
+			return nil, fmt.Errorf("leaf node listen address %q: %w (write host:port, e.g. 10.0.0.1:4283)", o.LeafListen, err)
+		}
+		port, err := strconv.Atoi(lp)
+		if err != nil || port < 0 {
+			return nil, fmt.Errorf("leaf node listen port %q: want a port number 1-65535", lp)
+		}
+		if port == 0 {
+			port = server.RANDOM_PORT
+		}
+		opts.LeafNode = server.LeafNodeOpts{Host: lh, Port: port}
+		opts.JetStreamDomain = HubDomain
+	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("nats server: %w", err)
@@ -133,6 +166,10 @@ func RunEmbeddedCluster(dir, addr, password string, cluster *Cluster, log *slog.
 		return nil, fmt.Errorf("nats server on %s did not become ready in 10s", addr)
 	}
 	e.srv, e.url = srv, srv.ClientURL()
+	if o.LeafListen != "" {
+		// The port picked if 0: nats-server writes it into opts.
+		e.leafURL = leafURL(opts.LeafNode.Host, opts.LeafNode.Port)
+	}
 	log.Info("embedded nats started", "url", e.url, "dir", dir)
 	return e, nil
 }
@@ -185,7 +222,13 @@ func (e *Embedded) Check(c server.ClientAuthentication) bool {
 	if !ok || bcrypt.CompareHashAndPassword([]byte(u.PassBcrypt), []byte(o.Password)) != nil {
 		return false
 	}
-	c.RegisterUser(hostUser(u))
+	if c.Kind() == server.LEAF {
+		// A host's leaf node: its mirrors only, whatever its machines
+		// (SetHostMachines leaves it alone).
+		c.RegisterUser(&server.User{Username: u.HostID, Permissions: LeafPermissions(u.HostID)})
+	} else {
+		c.RegisterUser(hostUser(u))
+	}
 	if e.conns[u.HostID] == nil {
 		e.conns[u.HostID] = map[uint64]server.ClientAuthentication{}
 	}
@@ -238,6 +281,9 @@ func (e *Embedded) SetHostMachines(byHost map[string][]string) error {
 			live[ci.Cid] = true
 		}
 		for cid, c := range e.conns[id] {
+			if c.Kind() == server.LEAF {
+				continue // removed with the host (RemoveHostUser)
+			}
 			if !live[cid] {
 				delete(e.conns[id], cid)
 				continue
@@ -255,6 +301,7 @@ func (e *Embedded) RemoveHostUser(id string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	delete(e.hosts, id)
+	conns := e.conns[id]
 	delete(e.conns, id)
 	cz, err := e.srv.Connz(&server.ConnzOptions{User: id, Limit: 1 << 16})
 	if err != nil {
@@ -264,11 +311,28 @@ func (e *Embedded) RemoveHostUser(id string) error {
 		// An error means it closed by itself meanwhile.
 		_ = e.srv.DisconnectClientByID(ci.Cid)
 	}
+	// Its leaf node's connection too (Connz lists clients only).
+	for cid, c := range conns {
+		if c.Kind() == server.LEAF {
+			_ = e.srv.DisconnectClientByID(cid)
+		}
+	}
 	return nil
 }
 
 // ServerName is the server's name (its cluster's member name).
 func (e *Embedded) ServerName() string { return e.srv.Name() }
+
+// LeafURL is where hosts' leaf nodes connect (nats-leaf://host:port),
+// "" without EmbeddedOptions.LeafListen.
+func (e *Embedded) LeafURL() string { return e.leafURL }
+
+func leafURL(host string, port int) string {
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return "nats-leaf://" + net.JoinHostPort(host, strconv.Itoa(port))
+}
 
 // URL is the client URL of the server.
 func (e *Embedded) URL() string { return e.url }

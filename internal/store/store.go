@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -93,8 +94,11 @@ type Store struct {
 	Secrets    jetstream.KeyValue
 	Orgs       jetstream.KeyValue
 	Volumes    jetstream.KeyValue
-	// VolumeMoves carries snapshots between hosts (ObjectVolumeMoves).
+	// VolumeMoves carries snapshots between hosts (ObjectVolumeMoves);
+	// a host reads it through Moves.
 	VolumeMoves jetstream.ObjectStore
+	moves       atomic.Pointer[jetstream.ObjectStore] // OpenHostLeaf's, once bound (Moves)
+	movesJS     jetstream.JetStream
 	HostAuth    jetstream.KeyValue
 	EdgeTLS     jetstream.KeyValue
 	IPs         jetstream.KeyValue
@@ -200,7 +204,7 @@ func OpenHost(ctx context.Context, url string, auth Auth, name string) (*Store, 
 	return s, nil
 }
 
-func (s *Store) connect(url string, auth Auth, name string) (*nats.Conn, error) {
+func (s *Store) connect(url string, auth Auth, name string, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(200 * time.Millisecond),
 		// A host cut off from the network finds out within ~15 s and
@@ -226,6 +230,7 @@ func (s *Store) connect(url string, auth Auth, name string) (*nats.Conn, error) 
 	if auth.OnError != nil {
 		opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { auth.OnError(err) }))
 	}
+	opts = append(opts, extra...)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats at %s: %w", url, err)
