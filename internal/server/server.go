@@ -101,7 +101,7 @@ type Server struct {
 	nats     *store.Embedded
 	st       *store.Store
 	certs    *certs.Manager
-	reg      http.Handler
+	reg      *registry.Registry
 	ln       net.Listener
 	http     *http.Server
 	natsURL  string
@@ -184,7 +184,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.certs = cm
-	reg, err := registry.New(filepath.Join(cfg.DataDir, "registry"), registryAuth{s}, cfg.Registry, cfg.Log.With("component", "registry"))
+	reg, err := registry.New(ctx, filepath.Join(cfg.DataDir, "registry"), registry.Shared{
+		JS: s.st.JetStream(), Blobs: s.st.Registry, Stream: store.StreamRegistry, Subject: store.SubjectRegistry,
+	}, registryAuth{s}, cfg.Registry, cfg.Log.With("component", "registry"))
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: registry: %w", err)
@@ -386,6 +388,9 @@ func (s *Server) Close() {
 	}
 	if s.certs != nil {
 		s.certs.Close()
+	}
+	if s.reg != nil {
+		s.reg.Close()
 	}
 	if s.st != nil {
 		s.st.Close()
