@@ -54,6 +54,36 @@ func (l *clusterLock) Lock() {
 	}
 }
 
+// LockCtx is Lock for a request: it gives up with the 503 of a lost
+// quorum once the store has failed to answer for lockWait, and when ctx
+// ends.
+func (l *clusterLock) LockCtx(ctx context.Context, s *Server) error {
+	l.mu.Lock()
+	if l.st == nil {
+		return nil
+	}
+	start, wait := time.Now(), 5*time.Millisecond
+	for {
+		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		rel, ok, err := l.st.TryLock(tctx, l.name, clusterLockTTL)
+		cancel()
+		if ok {
+			l.release = rel
+			return nil
+		}
+		switch {
+		case ctx.Err() != nil:
+			l.mu.Unlock()
+			return ctx.Err()
+		case err != nil && time.Since(start) > lockWait:
+			l.mu.Unlock()
+			return s.noQuorum(err)
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 100*time.Millisecond)
+	}
+}
+
 // Unlock gives the lock back.
 func (l *clusterLock) Unlock() {
 	if l.release != nil {

@@ -207,7 +207,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.autoscaler = autoscale.NewLoop(autoscale.LoopConfig{Store: s.st, Cluster: cluster{s}, Limiter: cfg.Limiter,
 		Interval: cfg.AutoscaleInterval, Nearest: s.nearest, Log: cfg.Log})
-	handler, err := s.withDashboard(s.routes()) // dashboard.go
+	handler, err := s.withDashboard(s.requireQuorum(s.routes())) // dashboard.go, quorum.go
 	if err != nil {
 		s.Close()
 		return nil, err

@@ -1,0 +1,79 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// A clustered control plane stores a write only with a majority of its
+// servers. Without one, a write fails within a few seconds with a 503
+// saying so, rather than hanging: at once when this server's JetStream
+// knows it has no meta leader (requireQuorum), else when the store does
+// not answer in time (quorumError) or a cluster lock cannot be taken
+// (clusterLock.LockCtx). Reads answer from this server's copy of each
+// bucket meanwhile.
+
+// lockWait bounds how long a request waits for a cluster lock while the
+// store fails to answer.
+const lockWait = 6 * time.Second
+
+// noQuorum is the 503 for a write the cluster cannot store now.
+func (s *Server) noQuorum(cause error) error {
+	need := "a majority"
+	if s.nats != nil {
+		m := s.nats.Meta()
+		need = fmt.Sprintf("%d of its %d servers", m.Size/2+1, m.Size)
+	}
+	msg := "the control plane has lost its quorum: fewer than " + need +
+		" answer, so no write can be stored; start the servers that are down (`perch server status` on any server shows which) and try again; reads still answer"
+	if cause != nil {
+		msg += " (" + cause.Error() + ")"
+	}
+	return errf(http.StatusServiceUnavailable, "%s", msg)
+}
+
+// quorumLost reports whether this clustered server's JetStream knows it
+// has no meta leader.
+func (s *Server) quorumLost() bool {
+	if !s.clustered() || s.nats == nil {
+		return false
+	}
+	m := s.nats.Meta()
+	return m.Clustered && m.Leader == ""
+}
+
+// requireQuorum answers a write 503 at once while quorumLost.
+func (s *Server) requireQuorum(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && strings.HasPrefix(r.URL.Path, "/v1/") && s.quorumLost() {
+			s.fail(w, r, s.noQuorum(nil))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// quorumError turns a store call that got no answer into the 503, for a
+// clustered server; nil for any other error.
+func (s *Server) quorumError(err error) error {
+	if !s.clustered() || !unanswered(err) {
+		return nil
+	}
+	return s.noQuorum(err)
+}
+
+// unanswered reports whether err is JetStream not answering: a timeout,
+// no responders, or the cluster saying it is unavailable.
+func unanswered(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		(errors.As(err, &apiErr) && apiErr.Code == http.StatusServiceUnavailable)
+}
