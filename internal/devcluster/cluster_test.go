@@ -226,7 +226,7 @@ func (c *controlCluster) loseQuorum(t *testing.T) {
 		took := time.Since(start)
 		cancel()
 		var he *api.HTTPError
-		if !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable || !strings.Contains(err.Error(), "lost its quorum") {
+		if !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable || !strings.Contains(err.Error(), "lost its quorum: fewer than 2 of its 3 servers answer") {
 			t.Errorf("write %d with two of three servers down: %v after %s, want 503 saying the quorum is lost", i, err, took)
 		}
 		if took > 20*time.Second {

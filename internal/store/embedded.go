@@ -313,12 +313,12 @@ func (e *Embedded) Meta() Meta {
 	}
 	m.Clustered, m.Cluster, m.Leader = true, js.Meta.Name, js.Meta.Leader
 	m.SelfCurrent = e.srv.JetStreamIsCurrent()
-	m.Size = max(js.Meta.Size, len(js.Meta.Replicas)+1)
 	for _, p := range js.Meta.Replicas {
-		if p.Name == m.Self {
+		if p.Name == m.Self { // listed while there is no leader
 			continue
 		}
 		m.Peers = append(m.Peers, MetaPeer{Name: p.Name, Current: p.Current, Offline: p.Offline, LastSeen: p.Active, Lag: p.Lag})
 	}
+	m.Size = max(js.Meta.Size, len(m.Peers)+1)
 	return m
 }
