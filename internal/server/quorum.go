@@ -40,13 +40,28 @@ func (s *Server) noQuorum(cause error) error {
 }
 
 // quorumLost reports whether this clustered server's JetStream knows it
-// has no meta leader.
+// has no meta leader. Read at most every quorumCheckEvery (Meta is a
+// monitoring call, not free at every write).
 func (s *Server) quorumLost() bool {
 	if !s.clustered() || s.nats == nil {
 		return false
 	}
+	now := time.Now().UnixNano()
+	if c := s.quorumCheck.Load(); c != nil && now-c.at < int64(quorumCheckEvery) {
+		return c.lost
+	}
 	m := s.nats.Meta()
-	return m.Clustered && m.Leader == ""
+	lost := m.Clustered && m.Leader == ""
+	s.quorumCheck.Store(&quorumCheck{at: now, lost: lost})
+	return lost
+}
+
+const quorumCheckEvery = 250 * time.Millisecond
+
+// quorumCheck is quorumLost's last reading.
+type quorumCheck struct {
+	at   int64 // unix ns
+	lost bool
 }
 
 // requireQuorum answers a write 503 at once while quorumLost.

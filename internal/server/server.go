@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/perchhq/perch/internal/auth"
@@ -110,6 +111,8 @@ type Server struct {
 	adminTok string
 	hostMu   clusterLock // serialises subnet assignment (clusterlock.go)
 	placeMu  clusterLock // serialises placement
+
+	quorumCheck atomic.Pointer[quorumCheck] // quorum.go
 
 	autoscaler *autoscale.Loop  // autoscale.go
 	billing    *billingState    // billing.go
