@@ -55,14 +55,17 @@ func (l *clusterLock) Lock() {
 }
 
 // LockCtx is Lock for a request: it gives up with the 503 of a lost
-// quorum once the store has failed to answer for lockWait, and when ctx
-// ends.
+// quorum when the store fails to answer and this server's JetStream has
+// no meta leader (or the store has failed for lockGiveUp), and when ctx
+// ends. A lock held by another, or a store failing while one server is
+// down and a leader is elected, is waited for as by Lock.
 func (l *clusterLock) LockCtx(ctx context.Context, s *Server) error {
 	l.mu.Lock()
 	if l.st == nil {
 		return nil
 	}
-	start, wait := time.Now(), 5*time.Millisecond
+	wait := 5 * time.Millisecond
+	var failing time.Time
 	for {
 		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		rel, ok, err := l.st.TryLock(tctx, l.name, clusterLockTTL)
@@ -72,10 +75,16 @@ func (l *clusterLock) LockCtx(ctx context.Context, s *Server) error {
 			return nil
 		}
 		switch {
+		case err == nil:
+			failing = time.Time{}
+		case failing.IsZero():
+			failing = time.Now()
+		}
+		switch {
 		case ctx.Err() != nil:
 			l.mu.Unlock()
 			return ctx.Err()
-		case err != nil && time.Since(start) > lockWait:
+		case err != nil && (s.quorumLost() || time.Since(failing) > lockGiveUp):
 			l.mu.Unlock()
 			return s.noQuorum(err)
 		}

@@ -16,13 +16,14 @@ import (
 // servers. Without one, a write fails within a few seconds with a 503
 // saying so, rather than hanging: at once when this server's JetStream
 // knows it has no meta leader (requireQuorum), else when the store does
-// not answer in time (quorumError) or a cluster lock cannot be taken
+// not answer in time (quorumError: a store call's 5 s) or a cluster lock
+// cannot be taken once the meta leader is known gone
 // (clusterLock.LockCtx). Reads answer from this server's copy of each
 // bucket meanwhile.
 
-// lockWait bounds how long a request waits for a cluster lock while the
-// store fails to answer.
-const lockWait = 6 * time.Second
+// lockGiveUp bounds how long a request waits for a cluster lock while
+// the store fails to answer but a meta leader is known.
+const lockGiveUp = 30 * time.Second
 
 // noQuorum is the 503 for a write the cluster cannot store now.
 func (s *Server) noQuorum(cause error) error {
@@ -75,13 +76,17 @@ func (s *Server) requireQuorum(h http.Handler) http.Handler {
 	})
 }
 
-// quorumError turns a store call that got no answer into the 503, for a
-// clustered server; nil for any other error.
+// quorumError turns a store call that got no answer into a 503, for a
+// clustered server (the quorum's if it is lost, else an election's); nil
+// for any other error.
 func (s *Server) quorumError(err error) error {
 	if !s.clustered() || !unanswered(err) {
 		return nil
 	}
-	return s.noQuorum(err)
+	if s.quorumLost() {
+		return s.noQuorum(err)
+	}
+	return errf(http.StatusServiceUnavailable, "the control plane's state store did not answer in time (%v): a server may have just stopped and a new leader is being elected; try again in a few seconds", err)
 }
 
 // unanswered reports whether err is JetStream not answering: a timeout,
