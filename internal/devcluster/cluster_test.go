@@ -59,9 +59,13 @@ type controlCluster struct {
 // three agents as separate processes in network namespaces. Under load
 // through the three edges and a loop of machine creates, updates and
 // destroys, it SIGKILLs the server running the leader-held jobs, lets it
-// rejoin, then kills the next leader: no edge request fails, every
-// acknowledged write is there afterwards, the jobs move to a survivor
-// (the time is printed) and each killed server catches up.
+// rejoin, then kills the next leader and replaces it (started again with
+// an empty state): no edge request fails, every acknowledged write is
+// there afterwards, the jobs move to a survivor (the time is printed)
+// and each killed server catches up. Then `perch server status` shows
+// the three servers and the leases, the image pushed through s1 is
+// pulled from every server, and with two servers stopped a write to the
+// third fails with a 503 saying the quorum is lost.
 func TestClusterSurvivesServerKills(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the cluster test needs root: it makes network namespaces, a bridge and veths")

@@ -55,8 +55,9 @@ func (l *clusterLock) Lock() {
 }
 
 // LockCtx is Lock for a request: it gives up with the 503 of a lost
-// quorum when the store fails to answer and this server's JetStream has
-// no meta leader (or the store has failed for lockGiveUp), and when ctx
+// quorum when the store fails to answer and this server's JetStream sees
+// fewer than a majority of servers up (or the store has failed for
+// lockGiveUp), and when ctx
 // ends. A lock held by another, or a store failing while one server is
 // down and a leader is elected, is waited for as by Lock.
 func (l *clusterLock) LockCtx(ctx context.Context, s *Server) error {

@@ -21,7 +21,7 @@ func (s *Server) clusterStatus(w http.ResponseWriter, r *http.Request) {
 		Servers: []api.ClusterServer{}, Streams: []api.ClusterStream{}, Leases: []api.ClusterLease{}}
 	if s.nats != nil {
 		m := s.nats.Meta()
-		out.Cluster, out.MetaLeader, out.Quorum = m.Cluster, m.Leader, m.Leader != ""
+		out.Cluster, out.MetaLeader, out.Quorum = m.Cluster, m.Leader, m.Quorum()
 		out.Servers = append(out.Servers, api.ClusterServer{Name: m.Self, Up: true, Current: m.SelfCurrent})
 		for _, p := range m.Peers {
 			out.Servers = append(out.Servers, api.ClusterServer{Name: p.Name, Up: !p.Offline, Current: p.Current, LastSeen: p.LastSeen, Lag: p.Lag})

@@ -15,14 +15,14 @@ import (
 // A clustered control plane stores a write only with a majority of its
 // servers. Without one, a write fails within a few seconds with a 503
 // saying so, rather than hanging: at once when this server's JetStream
-// knows it has no meta leader (requireQuorum), else when the store does
-// not answer in time (quorumError: a store call's 5 s) or a cluster lock
-// cannot be taken once the meta leader is known gone
+// sees fewer than a majority of the servers up (requireQuorum), else when
+// the store does not answer in time (quorumError: a store call's 5 s) or
+// a cluster lock cannot be taken once the majority is known gone
 // (clusterLock.LockCtx). Reads answer from this server's copy of each
 // bucket meanwhile.
 
 // lockGiveUp bounds how long a request waits for a cluster lock while
-// the store fails to answer but a meta leader is known.
+// the store fails to answer but a majority of servers seems up.
 const lockGiveUp = 30 * time.Second
 
 // noQuorum is the 503 for a write the cluster cannot store now.
@@ -40,8 +40,9 @@ func (s *Server) noQuorum(cause error) error {
 	return errf(http.StatusServiceUnavailable, "%s", msg)
 }
 
-// quorumLost reports whether this clustered server's JetStream knows it
-// has no meta leader. Read at most every quorumCheckEvery (Meta is a
+// quorumLost reports whether this clustered server's JetStream sees
+// fewer than a majority of its servers up (not merely no meta leader:
+// one is elected after a server's death, and writes wait for it). Read at most every quorumCheckEvery (Meta is a
 // monitoring call, not free at every write).
 func (s *Server) quorumLost() bool {
 	if !s.clustered() || s.nats == nil {
@@ -51,8 +52,7 @@ func (s *Server) quorumLost() bool {
 	if c := s.quorumCheck.Load(); c != nil && now-c.at < int64(quorumCheckEvery) {
 		return c.lost
 	}
-	m := s.nats.Meta()
-	lost := m.Clustered && m.Leader == ""
+	lost := !s.nats.Meta().Quorum()
 	s.quorumCheck.Store(&quorumCheck{at: now, lost: lost})
 	return lost
 }

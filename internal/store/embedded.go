@@ -304,6 +304,22 @@ type MetaPeer struct {
 	Lag      uint64
 }
 
+// Quorum reports whether a majority of the servers is up (as this
+// server sees them): a meta leader being elected after one server's
+// death still has its quorum.
+func (m Meta) Quorum() bool {
+	if !m.Clustered {
+		return true
+	}
+	up := 1
+	for _, p := range m.Peers {
+		if !p.Offline {
+			up++
+		}
+	}
+	return up >= m.Size/2+1
+}
+
 // Meta reads the meta group from this server's JetStream.
 func (e *Embedded) Meta() Meta {
 	m := Meta{Self: e.srv.Name(), SelfCurrent: true, Size: 1, Leader: e.srv.Name()}
