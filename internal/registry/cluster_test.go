@@ -2,12 +2,17 @@ package registry
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -113,4 +118,21 @@ func TestImageServedByEveryServer(t *testing.T) {
 	}
 	dg, _ = img2.Digest()
 	pull(servers[2], "s3", "team/app:v2")
+
+	// s3 alone: a push fails with a 503 in bounded time, not hangs.
+	servers[1].stop()
+	servers[1] = nil
+	body := "a blob pushed without a quorum"
+	sum := sha256.Sum256([]byte(body))
+	start := time.Now()
+	resp := send(t, http.MethodPost, servers[2].srv.URL+"/v2/team/app/blobs/uploads/?digest=sha256:"+hex.EncodeToString(sum[:]), strings.NewReader(body), nil)
+	took := time.Since(start)
+	msg := readAll(t, resp)
+	t.Logf("blob push to s3 alone: %s after %s: %s", resp.Status, took.Round(time.Millisecond), strings.TrimSpace(msg))
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(msg, "majority of the control plane's servers") {
+		t.Errorf("blob push to s3 alone: %s %s, want 503 asking for a majority of the servers", resp.Status, msg)
+	}
+	if took > 30*time.Second {
+		t.Errorf("blob push to s3 alone took %s to fail, want seconds", took)
+	}
 }
