@@ -16,8 +16,14 @@ import (
 // handler: from its first record at start (what a journal's replay did),
 // then each new one, whichever server stored it.
 type follower struct {
-	r    *Registry
-	done chan struct{}
+	r      *Registry
+	stream jetstream.Stream
+	done   chan struct{}
+
+	// applyMu orders applying a record with the check that it is new:
+	// a record is applied once, by the consumer or by catchUp's direct
+	// read, whichever comes first.
+	applyMu sync.Mutex
 
 	mu      sync.Mutex
 	it      jetstream.MessagesContext
@@ -60,7 +66,7 @@ func (r *Registry) follow(ctx context.Context) (*follower, error) {
 	if err != nil {
 		return nil, fmt.Errorf("follow manifest stream %s: %w", r.shared.Stream, err)
 	}
-	f := &follower{r: r, done: make(chan struct{}), it: it, changed: make(chan struct{})}
+	f := &follower{r: r, stream: stream, done: make(chan struct{}), it: it, changed: make(chan struct{})}
 	go f.run(cons)
 	if err := f.wait(ctx, last); err != nil {
 		f.stop()
@@ -111,8 +117,18 @@ func (f *follower) run(cons jetstream.Consumer) {
 }
 
 func (f *follower) apply(seq uint64, data []byte) {
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
+	f.mu.Lock()
+	old := seq <= f.applied
+	f.mu.Unlock()
+	if old {
+		return
+	}
 	var rec record
-	if err := json.Unmarshal(data, &rec); err != nil {
+	if data == nil {
+		// gone from the stream: nothing to apply
+	} else if err := json.Unmarshal(data, &rec); err != nil {
 		f.r.log.Warn("manifest stream: a record is not JSON; skipped", "seq", seq, "err", err)
 	} else {
 		f.r.mu.Lock()
@@ -158,18 +174,41 @@ func (f *follower) stop() {
 	<-f.done
 }
 
-// catchUp waits until this server has applied every manifest write
+// catchUp returns once this server has applied every manifest write
 // stored so far.
 func (r *Registry) catchUp(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	stream, err := r.shared.JS.Stream(ctx, r.shared.Stream)
+	info, err := r.follower.stream.Info(ctx)
 	if err != nil {
 		return err
 	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return err
+	return r.follower.upTo(ctx, info.State.LastSeq)
+}
+
+// upTo returns once the stream is applied up to seq. The consumer
+// brings it within moments, unless it is being recreated (its stream's
+// leader changed): then the records are read from the stream directly.
+func (f *follower) upTo(ctx context.Context, seq uint64) error {
+	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	err := f.wait(wctx, seq)
+	cancel()
+	if err == nil {
+		return nil
 	}
-	return r.follower.wait(ctx, info.State.LastSeq)
+	f.mu.Lock()
+	from := f.applied + 1
+	f.mu.Unlock()
+	for n := from; n <= seq; n++ {
+		msg, err := f.stream.GetMsg(ctx, n)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			f.apply(n, nil) // not JSON: skipped, counted applied
+		case err != nil:
+			return fmt.Errorf("read manifest write %d: %w", n, err)
+		default:
+			f.apply(n, msg.Data)
+		}
+	}
+	return nil
 }

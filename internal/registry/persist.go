@@ -109,7 +109,7 @@ func (r *Registry) writeManifest(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 		ctx, cancel = context.WithTimeout(req.Context(), publishTimeout)
-		if err := r.follower.wait(ctx, ack.Sequence); err != nil {
+		if err := r.follower.upTo(ctx, ack.Sequence); err != nil {
 			r.log.Warn("manifest stored but not yet applied here", "name", name, "reference", ref, "seq", ack.Sequence, "err", err)
 		}
 		cancel()
