@@ -160,10 +160,7 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if err := s.placeMu.LockCtx(ctx, s); err != nil {
-		s.fail(w, r, err)
-		return
-	}
+	s.placeMu.Lock()
 	_, err = store.Modify(ctx, s.st.Apps, a.Name, func(app *api.App) error {
 		app.Status = api.AppDeleting
 		return nil
