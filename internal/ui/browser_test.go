@@ -127,12 +127,20 @@ func TestBrowser(t *testing.T) {
 		w.logLine("web", "ams", ms["ams"].ID, fmt.Sprintf("GET /hello 200 request %d", i))
 	}
 	waitFor("live logs", `#logbox .logline`, 10*time.Second)
-	text, err := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`#logbox`)))
-	if err != nil {
-		fail("log text", err)
+	// The lines come one event each: wait for the last (the first may be
+	// shown alone for a moment).
+	var text string
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if text, err = chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`#logbox`))); err != nil {
+			fail("log text", err)
+		}
+		if strings.Contains(text, "request 2") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	if !strings.Contains(text, "request 2") {
-		t.Errorf("log box: %q, want the machine's lines", text)
+	if !strings.Contains(text, "request 0") || !strings.Contains(text, "request 2") {
+		t.Errorf("log box after 10 s: %q, want the machine's three lines", text)
 	}
 
 	// The filter: only syd's lines from now on.
