@@ -515,34 +515,9 @@ func testAnycastCut(t *testing.T, w *anycastWorld) {
 // again takes ams back.
 func testAnycastSIGTERM(t *testing.T, w *anycastWorld) {
 	w.waitEdge(t, "ams", "ams", 30*time.Second)
-	type result struct {
-		start, end time.Time
-		edge       string
-		err        error
-	}
-	var (
-		mu      sync.Mutex
-		results []result
-		stop    = make(chan struct{})
-		wg      sync.WaitGroup
-	)
 	const loops = 3
-	for range loops {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				start := time.Now()
-				a := w.get("ams")
-				mu.Lock()
-				results = append(results, result{start, time.Now(), a.edge, a.err})
-				mu.Unlock()
-			}
-		})
-	}
+	load := w.clientLoops("ams", loops)
+	defer load.halt()
 	time.Sleep(500 * time.Millisecond) // load on ams before the stop
 	termed := time.Now()
 	if err := w.agents["ams"].cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -555,8 +530,7 @@ func testAnycastSIGTERM(t *testing.T, w *anycastWorld) {
 	}
 	exited := time.Now()
 	time.Sleep(500 * time.Millisecond) // and after it
-	close(stop)
-	wg.Wait()
+	results := load.halt()
 	// The routers have switched by the time the first answer from a
 	// neighbour arrives.
 	switched := exited
@@ -602,49 +576,15 @@ func testAnycastSIGTERM(t *testing.T, w *anycastWorld) {
 func testAnycastDrain(t *testing.T, w *anycastWorld) {
 	ctx := context.Background()
 	w.waitEdge(t, "fra", "fra", 30*time.Second)
-	type result struct {
-		start, end time.Time
-		edge       string
-		err        error
-	}
-	var (
-		mu      sync.Mutex
-		results []result
-		stop    = make(chan struct{})
-		wg      sync.WaitGroup
-	)
-	for range 2 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				start := time.Now()
-				a := w.get("fra")
-				mu.Lock()
-				results = append(results, result{start, time.Now(), a.edge, a.err})
-				mu.Unlock()
-			}
-		})
-	}
-	defer func() {
-		select {
-		case <-stop:
-		default:
-			close(stop)
-		}
-		wg.Wait()
-	}()
+	load := w.clientLoops("fra", 2)
+	defer load.halt()
 	// answeredBy waits until fra's loops are answered by an edge
 	// (not) in region since t0, returning when the first was.
 	answeredBy := func(t0 time.Time, want func(string) bool, what string) time.Time {
 		t.Helper()
 		var at time.Time
 		eventually(t, 30*time.Second, what, func() (bool, string) {
-			mu.Lock()
-			defer mu.Unlock()
+			results := load.sofar()
 			for _, r := range results {
 				if r.start.After(t0) && r.err == nil && want(r.edge) {
 					at = r.end
@@ -687,8 +627,7 @@ func testAnycastDrain(t *testing.T, w *anycastWorld) {
 	w.perch(t, dir, "regions", "undrain", "fra")
 	back := answeredBy(undrained, func(e string) bool { return e == "fra" }, "fra's client answered by fra again after the undrain")
 	time.Sleep(time.Second)
-	close(stop)
-	wg.Wait()
+	results := load.halt()
 	var failed, byFra, byOther int
 	for _, r := range results {
 		switch {
@@ -895,4 +834,56 @@ func testAnycastFrozen(t *testing.T, w *anycastWorld) {
 	thawed = true
 	back := w.waitEdge(t, "lhr", "lhr", 60*time.Second)
 	t.Logf("lhr's agent thawed: lhr's client answered by lhr after %s", back.Round(time.Millisecond))
+}
+
+// loopResult is one request of a city client's loop.
+type loopResult struct {
+	start, end time.Time
+	edge       string
+	err        error
+}
+
+// clientLoops sends requests from a city's client on n loops, back to
+// back, until halt.
+type clientLoops struct {
+	mu      sync.Mutex
+	results []loopResult
+	stop    chan struct{}
+	once    sync.Once
+	wg      sync.WaitGroup
+}
+
+func (w *anycastWorld) clientLoops(city string, n int) *clientLoops {
+	l := &clientLoops{stop: make(chan struct{})}
+	for range n {
+		l.wg.Go(func() {
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				start := time.Now()
+				a := w.get(city)
+				l.mu.Lock()
+				l.results = append(l.results, loopResult{start, time.Now(), a.edge, a.err})
+				l.mu.Unlock()
+			}
+		})
+	}
+	return l
+}
+
+// sofar is a copy of the results until now.
+func (l *clientLoops) sofar() []loopResult {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.results)
+}
+
+// halt stops the loops (once), waits for them and returns every result.
+func (l *clientLoops) halt() []loopResult {
+	l.once.Do(func() { close(l.stop) })
+	l.wg.Wait()
+	return l.results
 }
