@@ -33,6 +33,7 @@ func (s *Store) Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logg
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	failing := "" // the last error of a watch that could not start, said once
 	for ctx.Err() == nil {
 		var reconnected <-chan struct{}
 		if s != nil {
@@ -41,10 +42,22 @@ func (s *Store) Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logg
 		w, err := kv.WatchAll(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				log.Warn("cannot watch bucket; retrying", "bucket", kv.Bucket(), "err", err)
+				// A host cut off from the control plane retries every
+				// second for as long as the cut lasts: the same error is
+				// said once, then only at debug level.
+				level := slog.LevelWarn
+				if err.Error() == failing {
+					level = slog.LevelDebug
+				}
+				failing = err.Error()
+				log.Log(ctx, level, "cannot watch bucket; retrying", "bucket", kv.Bucket(), "err", err)
 				sleepCtx(ctx, watchRetry)
 			}
 			continue
+		}
+		if failing != "" {
+			log.Info("watching bucket again", "bucket", kv.Bucket())
+			failing = ""
 		}
 		again := readWatch(ctx, w, reconnected, fn)
 		_ = w.Stop()

@@ -5,8 +5,11 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestWatchStartsOverAfterARestart: a watcher gets the bucket's content,
@@ -114,6 +117,92 @@ func TestWatchStartsOverAfterARestart(t *testing.T) {
 		if c.Key == "d" && string(c.Value) == "4" {
 			break
 		}
+	}
+	stop()
+	<-done
+}
+
+// lineCounter counts log records by level and message.
+type lineCounter struct {
+	mu    sync.Mutex
+	lines map[string]int
+}
+
+func (c *lineCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (c *lineCounter) Handle(_ context.Context, r slog.Record) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lines[r.Level.String()+" "+r.Message]++
+	return nil
+}
+func (c *lineCounter) WithAttrs([]slog.Attr) slog.Handler { return c }
+func (c *lineCounter) WithGroup(string) slog.Handler      { return c }
+func (c *lineCounter) count(line string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lines[line]
+}
+
+// TestWatchSaysAFailureOnce: a watch that cannot start (here its bucket
+// is gone; on a host, a cut from the control plane) retries every
+// watchRetry for as long as it lasts, but says so once at warning level,
+// not on every retry; when the bucket is back it says so and delivers
+// its content.
+func TestWatchSaysAFailureOnce(t *testing.T) {
+	old := watchRetry
+	watchRetry = 10 * time.Millisecond
+	defer func() { watchRetry = old }()
+	srv, err := RunEmbedded(t.TempDir(), "127.0.0.1:0", "tok", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := Open(ctx, srv.URL(), "tok", "watch-fail-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	cfg := jetstream.KeyValueConfig{Bucket: "watch_fail_test"}
+	kv, err := st.JetStream().CreateKeyValue(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.JetStream().DeleteKeyValue(ctx, cfg.Bucket); err != nil {
+		t.Fatal(err)
+	}
+	lines := &lineCounter{lines: map[string]int{}}
+	changes := make(chan Change, 16)
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { st.Watch(wctx, kv, slog.New(lines), func(c Change) { changes <- c }); close(done) }()
+	for lines.count("DEBUG cannot watch bucket; retrying") < 5 {
+		if ctx.Err() != nil {
+			t.Fatalf("the watch did not retry: %v", lines.lines)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := lines.count("WARN cannot watch bucket; retrying"); n != 1 {
+		t.Fatalf("%d warnings for one failure retried %d times, want 1", n, lines.count("DEBUG cannot watch bucket; retrying"))
+	}
+	kv2, err := st.JetStream().CreateKeyValue(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv2.Put(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	for seen := false; !seen; {
+		select {
+		case c := <-changes:
+			seen = c.All != nil && string(c.All["k"]) == "v" || c.Key == "k"
+		case <-ctx.Done():
+			t.Fatal("the watch did not deliver the bucket once it was back")
+		}
+	}
+	if n := lines.count("INFO watching bucket again"); n != 1 {
+		t.Fatalf("%d lines saying the watch is back, want 1", n)
 	}
 	stop()
 	<-done
