@@ -57,6 +57,13 @@ const (
 	// region's (HostPermissions).
 	BucketTickets = "perch_tls_tickets"
 	StreamLogs    = "PERCH_LOGS"
+	// ObjectRegistry holds the registry's blobs, named by digest
+	// ("sha256:<hex>"), and StreamRegistry its manifest writes in order
+	// on SubjectRegistry (package registry): every server serves every
+	// image.
+	ObjectRegistry  = "perch_registry"
+	StreamRegistry  = "PERCH_REGISTRY"
+	SubjectRegistry = "perch.registry.manifests"
 )
 
 // BucketOrgs holds organisations ("org.<slug>": members) and the
@@ -103,6 +110,9 @@ type Store struct {
 	EdgeTLS     jetstream.KeyValue
 	IPs         jetstream.KeyValue
 	Tickets     jetstream.KeyValue // TLS session ticket keys per region
+
+	// Registry holds the registry's blobs (ObjectRegistry).
+	Registry jetstream.ObjectStore
 }
 
 // Auth is how a connection to NATS authenticates: a token, or a user and
@@ -310,6 +320,26 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 	})
 	if err != nil {
 		return fmt.Errorf("object store %s: %w", ObjectVolumeMoves, err)
+	}
+	err = retryClustered(ctx, s.Replicas(), func(ctx context.Context) (err error) {
+		if s.opts.Follower {
+			s.Registry, err = js.ObjectStore(ctx, ObjectRegistry)
+			return err
+		}
+		s.Registry, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket: ObjectRegistry, Storage: jetstream.FileStorage, Replicas: s.Replicas(),
+			Description: "registry blobs by digest",
+		})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("object store %s: %w", ObjectRegistry, err)
+	}
+	if err := s.EnsureStream(ctx, jetstream.StreamConfig{
+		Name: StreamRegistry, Subjects: []string{SubjectRegistry}, Storage: jetstream.FileStorage,
+		Description: "registry manifest writes, replayed in order by every server",
+	}); err != nil {
+		return err
 	}
 	// Logs are a stream per app (logs.go), made with the app.
 	if s.opts.Follower {
