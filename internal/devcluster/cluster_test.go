@@ -296,7 +296,9 @@ func startControlCluster(t *testing.T) *controlCluster {
 			// moves to another server: a host is not down for that.
 			"--host-timeout", "30s"}
 	}
-	for _, n := range names {
+	// The first of --cluster-peers, which makes the buckets and
+	// streams, last: the others start waiting for them.
+	for _, n := range []string{"s3", "s2", "s1"} {
 		c.startServer(t, n)
 	}
 	read := func(f string) string {

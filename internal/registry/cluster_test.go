@@ -32,9 +32,15 @@ type clusterServer struct {
 }
 
 func (c *clusterServer) stop() {
-	c.srv.Close()
-	c.reg.Close()
-	c.st.Close()
+	if c.srv != nil {
+		c.srv.Close()
+	}
+	if c.reg != nil {
+		c.reg.Close()
+	}
+	if c.st != nil {
+		c.st.Close()
+	}
 	c.nats.Shutdown()
 }
 
@@ -50,33 +56,16 @@ func TestImageServedByEveryServer(t *testing.T) {
 	}
 	servers := make([]*clusterServer, 3)
 	for i := range servers {
-		e, err := store.RunEmbeddedCluster(t.TempDir(), "127.0.0.1:0", "tok",
-			&store.Cluster{Name: "reg", Listen: peers[i], Peers: peers, ServerName: fmt.Sprint("s", i+1)}, slog.New(slog.DiscardHandler))
+		// With a leaf node port, as perch server --leaf-listen: its
+		// JetStream has the domain perch.
+		e, err := store.RunEmbeddedWith(t.TempDir(), "127.0.0.1:0", "tok", store.EmbeddedOptions{
+			Cluster:    &store.Cluster{Name: "reg", Listen: peers[i], Peers: peers, ServerName: fmt.Sprint("s", i+1)},
+			LeafListen: "127.0.0.1:0",
+		}, slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}
 		servers[i] = &clusterServer{nats: e}
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, 3)
-	for i, s := range servers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.st, errs[i] = store.OpenWith(ctx, s.nats.URL(), store.Auth{User: store.ServerUser, Password: "tok"}, "registry-test",
-				store.Options{Replicas: 3, Follower: i > 0})
-		}()
-	}
-	wg.Wait()
-	for i, s := range servers {
-		if errs[i] != nil {
-			t.Fatalf("s%d: open the store: %v", i+1, errs[i])
-		}
-		reg, err := New(ctx, t.TempDir(), sharedOf(s.st), TokenFunc(func(tok string) bool { return tok == testToken }), Options{}, testLogger(t))
-		if err != nil {
-			t.Fatalf("s%d: %v", i+1, err)
-		}
-		s.reg, s.srv = reg, serve(t, reg)
 	}
 	t.Cleanup(func() {
 		for _, s := range servers {
@@ -85,6 +74,31 @@ func TestImageServedByEveryServer(t *testing.T) {
 			}
 		}
 	})
+	// Each server starts as perch server does (its store, then its
+	// registry), the two that wait for s1's buckets and streams first.
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for _, i := range []int{2, 1, 0} {
+		s := servers[i]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.st, errs[i] = store.OpenWith(ctx, s.nats.URL(), store.Auth{User: store.ServerUser, Password: "tok"}, "registry-test",
+				store.Options{Replicas: 3, Follower: i > 0})
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("open the store: %w", errs[i])
+				return
+			}
+			s.reg, errs[i] = New(ctx, t.TempDir(), sharedOf(s.st), TokenFunc(func(tok string) bool { return tok == testToken }), Options{}, testLogger(t))
+		}()
+	}
+	wg.Wait()
+	for i, s := range servers {
+		if errs[i] != nil {
+			t.Fatalf("s%d: %v", i+1, errs[i])
+		}
+		s.srv = serve(t, s.reg)
+	}
 
 	img, _ := random.Image(1<<20, 3)
 	dg, _ := img.Digest()
@@ -106,6 +120,26 @@ func TestImageServedByEveryServer(t *testing.T) {
 	}
 	// At once: a miss catches up with the manifest stream.
 	pull(servers[1], "s2", "team/app:v1")
+
+	// A blob stored through s1 is there at once on s2, every time: its
+	// reads are answered by the stream's leader, never by a replica
+	// that has not stored it yet.
+	for i := range 40 {
+		body := fmt.Sprint("blob ", i, " written to s1, read from s2")
+		sum := sha256.Sum256([]byte(body))
+		dgst := "sha256:" + hex.EncodeToString(sum[:])
+		resp := send(t, http.MethodPost, servers[0].srv.URL+"/v2/team/app/blobs/uploads/?digest="+dgst, strings.NewReader(body), nil)
+		if msg := readAll(t, resp); resp.StatusCode != http.StatusCreated {
+			t.Fatalf("blob %d to s1: %s %s", i, resp.Status, msg)
+		}
+		for _, m := range []string{http.MethodHead, http.MethodGet} {
+			resp := send(t, m, servers[1].srv.URL+"/v2/team/app/blobs/"+dgst, nil, nil)
+			got := readAll(t, resp)
+			if resp.StatusCode != http.StatusOK || (m == http.MethodGet && got != body) {
+				t.Fatalf("blob %d (of 40) from s2 right after its push to s1: %s %s %q", i, m, resp.Status, got)
+			}
+		}
+	}
 
 	servers[0].stop()
 	servers[0] = nil

@@ -36,6 +36,12 @@ type follower struct {
 // clustered server rejoining may wait for its stream's leader.
 const startTimeout = 2 * time.Minute
 
+// attemptTimeout bounds one JetStream API request of follow's: such a
+// request goes unanswered (no error, no reply) while the stream's or
+// the meta group's leader is being elected, or for seconds after two
+// servers made the stream at once, and is then sent again.
+const attemptTimeout = 5 * time.Second
+
 func (r *Registry) follow(ctx context.Context) (*follower, error) {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
@@ -44,13 +50,21 @@ func (r *Registry) follow(ctx context.Context) (*follower, error) {
 		last   uint64
 		err    error
 	)
-	for {
-		if stream, err = r.shared.JS.Stream(ctx, r.shared.Stream); err == nil {
+	for try := 1; ; try++ {
+		began := time.Now()
+		actx, acancel := context.WithTimeout(ctx, attemptTimeout)
+		if stream, err = r.shared.JS.Stream(actx, r.shared.Stream); err == nil {
 			var info *jetstream.StreamInfo
-			if info, err = stream.Info(ctx); err == nil {
+			if info, err = stream.Info(actx); err == nil {
 				last = info.State.LastSeq
+				acancel()
 				break
 			}
+		}
+		acancel()
+		if try == 1 || time.Since(began) >= attemptTimeout {
+			r.log.Warn("manifest stream: not readable yet; retrying", "stream", r.shared.Stream, "try", try,
+				"took", time.Since(began).Round(time.Millisecond), "err", err)
 		}
 		select {
 		case <-ctx.Done():
