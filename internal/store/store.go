@@ -415,7 +415,7 @@ func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) 
 // answer, to the create and to the stream's info for seconds after
 // (nats-server 2.15), which held a follower's start for good.
 func (s *Store) EnsureStream(ctx context.Context, cfg jetstream.StreamConfig) error {
-	return s.ensureStream(ctx, cfg, !s.opts.Follower)
+	return s.ensureStream(ctx, cfg, false)
 }
 
 // ensureStream is EnsureStream; with create, a Follower makes the
