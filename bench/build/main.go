@@ -47,8 +47,9 @@ func main() {
 	check(err)
 	defer os.RemoveAll(tmp)
 
-	reg, err := registry.New(filepath.Join(tmp, "registry"), registry.TokenFunc(func(t string) bool { return t == token }), registry.Options{MaxBlobBytes: -1}, nil)
+	reg, err := registry.NewStandalone(filepath.Join(tmp, "registry"), registry.TokenFunc(func(t string) bool { return t == token }), registry.Options{MaxBlobBytes: -1}, nil)
 	check(err)
+	defer reg.Close()
 	srv := httptest.NewServer(reg)
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")

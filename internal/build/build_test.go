@@ -49,10 +49,11 @@ func startRegistry(t *testing.T) string {
 
 func startRegistryOn(t *testing.T, addr string) string {
 	t.Helper()
-	reg, err := registry.New(t.TempDir(), registry.TokenFunc(func(tok string) bool { return tok == testToken }), registry.Options{}, nil)
+	reg, err := registry.NewStandalone(t.TempDir(), registry.TokenFunc(func(tok string) bool { return tok == testToken }), registry.Options{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(reg.Close)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

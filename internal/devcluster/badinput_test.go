@@ -87,10 +87,11 @@ func TestBadInput(t *testing.T) {
 	})
 
 	t.Run("registry that refuses", func(t *testing.T) {
-		reg, err := registry.New(t.TempDir(), registry.TokenFunc(func(string) bool { return false }), registry.Options{}, nil)
+		reg, err := registry.NewStandalone(t.TempDir(), registry.TokenFunc(func(string) bool { return false }), registry.Options{}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(reg.Close)
 		srv := httptest.NewServer(reg)
 		t.Cleanup(srv.Close)
 		d := writeToml(t, "good", strings.TrimPrefix(srv.URL, "http://")+"/private:v1")

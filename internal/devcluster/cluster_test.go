@@ -3,6 +3,7 @@ package devcluster_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -16,6 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -58,9 +63,13 @@ type controlCluster struct {
 // three agents as separate processes in network namespaces. Under load
 // through the three edges and a loop of machine creates, updates and
 // destroys, it SIGKILLs the server running the leader-held jobs, lets it
-// rejoin, then kills the next leader: no edge request fails, every
-// acknowledged write is there afterwards, the jobs move to a survivor
-// (the time is printed) and each killed server catches up.
+// rejoin, then kills the next leader and replaces it (started again with
+// an empty state): no edge request fails, every acknowledged write is
+// there afterwards, the jobs move to a survivor (the time is printed)
+// and each killed server catches up. Then `perch server status` shows
+// the three servers and the leases, the image pushed through s1 is
+// pulled from every server, and with two servers stopped a write to the
+// third fails with a 503 saying the quorum is lost.
 func TestClusterSurvivesServerKills(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the cluster test needs root: it makes network namespaces, a bridge and veths")
@@ -107,7 +116,15 @@ func TestClusterSurvivesServerKills(t *testing.T) {
 			t.Logf("round %d: lease %s moved from %s to a survivor in %s", round, l, leader, moved[l].Round(10*time.Millisecond))
 		}
 		t.Logf("round %d: scheduler: first machine placed by a survivor %s after the kill", round, sched.Round(10*time.Millisecond))
-		// The killed server rejoins and catches up on every stream.
+		// The killed server rejoins and catches up on every stream. In
+		// round 2 it is replaced: a new server of the same name with an
+		// empty state (docs/operations.md).
+		if round == 2 {
+			if err := os.RemoveAll(filepath.Join(c.dataDir[leader], "nats")); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("round %d: %s replaced: its NATS state removed before it starts again", round, leader)
+		}
 		rejoinAt := time.Now()
 		c.startServer(t, leader)
 		one := api.NewClient("http://"+net.JoinHostPort(c.lab.Hosts[leader].IP.String(), "4280"), c.token)
@@ -121,6 +138,8 @@ func TestClusterSurvivesServerKills(t *testing.T) {
 		c.waitCaughtUp(t, leader, 90*time.Second)
 		t.Logf("round %d: %s rejoined and caught up in %s", round, leader, time.Since(rejoinAt).Round(10*time.Millisecond))
 	}
+
+	c.checkStatusAndImage(t)
 
 	// The region ams (h3) is cut off from every server while the edge
 	// load goes on.
@@ -141,6 +160,92 @@ func TestClusterSurvivesServerKills(t *testing.T) {
 		t.Errorf("edge request failed: %s", f)
 	}
 	writes.verify(t, ctx, c)
+	c.loseQuorum(t)
+}
+
+// checkStatusAndImage: `perch server status` shows the three servers up
+// and every lease held by one of them, and the image pushed through s1
+// at the start is pulled whole from every server (one of them started
+// again with an empty state).
+func (c *controlCluster) checkStatusAndImage(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	eventually(t, 60*time.Second, "server status: three servers up, quorum, every lease held", func() (bool, string) {
+		st, err := c.client.ClusterStatus(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		up, held := 0, map[string]bool{}
+		for _, s := range st.Servers {
+			if s.Up {
+				up++
+			}
+		}
+		for _, l := range st.Leases {
+			if _, ok := c.servers[l.Holder]; ok && !l.Since.IsZero() {
+				held[l.Name] = true
+			}
+		}
+		for _, l := range clusterLeases {
+			if !held[l] {
+				return false, fmt.Sprintf("lease %s not held by a server: %+v", l, st.Leases)
+			}
+		}
+		return st.Quorum && up == 3 && len(st.Servers) == 3 && st.MetaLeader != "", fmt.Sprintf("%+v", st.Servers)
+	})
+	c.perch(t, t.TempDir(), "server", "status")
+
+	for _, n := range []string{"s1", "s2", "s3"} {
+		ref, err := name.ParseReference(net.JoinHostPort(c.lab.Hosts[n].IP.String(), "4280")+"/hello:v1", name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := remote.Image(ref, remote.WithAuth(&authn.Basic{Username: "x", Password: c.token}))
+		if err == nil {
+			err = validate.Image(img) // every layer read and checked
+		}
+		if err != nil {
+			t.Errorf("pull the image pushed through s1 from %s: %v", n, err)
+		}
+	}
+}
+
+// loseQuorum stops two of the three servers: a write to the third fails
+// within a bounded time with a 503 saying the quorum is lost.
+func (c *controlCluster) loseQuorum(t *testing.T) {
+	t.Helper()
+	for _, n := range []string{"s1", "s2"} {
+		c.servers[n].stop(t)
+	}
+	one := api.NewClient("http://"+net.JoinHostPort(c.lab.Hosts["s3"].IP.String(), "4280"), c.token)
+	for i, write := range []func(context.Context) error{
+		func(ctx context.Context) error {
+			_, err := one.CreateApp(ctx, api.CreateAppRequest{AppName: "after-quorum", Org: "personal"})
+			return err
+		},
+		func(ctx context.Context) error {
+			_, err := one.CreateMachine(ctx, "churn", api.CreateMachineRequest{Region: "iad", Config: api.MachineConfig{Image: "hello:v1"}})
+			return err
+		},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		start := time.Now()
+		err := write(ctx)
+		took := time.Since(start)
+		cancel()
+		var he *api.HTTPError
+		if !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable || !strings.Contains(err.Error(), "lost its quorum: fewer than 2 of its 3 servers answer") {
+			t.Errorf("write %d with two of three servers down: %v after %s, want 503 saying the quorum is lost", i, err, took)
+		}
+		if took > 20*time.Second {
+			t.Errorf("write %d with two of three servers down took %s to fail, want a few seconds", i, took)
+		}
+		t.Logf("write %d with two of three servers down: %s after %s", i, err, took.Round(10*time.Millisecond))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := one.GetApp(ctx, c.app)
+	t.Logf("a read with two of three servers down: err = %v", err)
 }
 
 func startControlCluster(t *testing.T) *controlCluster {
@@ -191,7 +296,9 @@ func startControlCluster(t *testing.T) *controlCluster {
 			// moves to another server: a host is not down for that.
 			"--host-timeout", "30s"}
 	}
-	for _, n := range names {
+	// The first of --cluster-peers, which makes the buckets and
+	// streams, last: the others start waiting for them.
+	for _, n := range []string{"s3", "s2", "s1"} {
 		c.startServer(t, n)
 	}
 	read := func(f string) string {

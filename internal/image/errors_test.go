@@ -33,10 +33,11 @@ func TestPullNotFound(t *testing.T) {
 // which takes the Perch token and refuses anything else.
 func TestPullFromPerchRegistry(t *testing.T) {
 	const token = "perch_tok"
-	r, err := registry.New(t.TempDir(), registry.TokenFunc(func(tok string) bool { return tok == token }), registry.Options{}, testLogger(t))
+	r, err := registry.NewStandalone(t.TempDir(), registry.TokenFunc(func(tok string) bool { return tok == token }), registry.Options{}, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(r.Close)
 	reg := serveCounting(t, r)
 	ref := reg.push(t, "app:v1", oneFileImage(t, "hello", "world"),
 		remote.WithAuth(&authn.Basic{Username: "x", Password: token}))

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"net/http/httptest"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/perchhq/perch/internal/store"
 )
 
 const testToken = "perch_test_token"
@@ -25,6 +28,36 @@ type testServer struct {
 func startRegistry(t *testing.T, dir string) *testServer {
 	t.Helper()
 	return startRegistryWith(t, dir, Options{})
+}
+
+// testShared is the test's registry state: one embedded NATS per test,
+// which every registry the test starts (a restart) shares.
+func testShared(t *testing.T) Shared {
+	t.Helper()
+	if v, ok := sharedByTest.Load(t); ok {
+		return v.(Shared)
+	}
+	e, err := store.RunEmbedded(t.TempDir(), "127.0.0.1:0", "tok", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	st, err := store.OpenAs(context.Background(), e.URL(), store.Auth{User: store.ServerUser, Password: "tok"}, "registry-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	sh := sharedOf(st)
+	sharedByTest.Store(t, sh)
+	t.Cleanup(func() { sharedByTest.Delete(t) })
+	return sh
+}
+
+var sharedByTest sync.Map // *testing.T → Shared
+
+// sharedOf is the registry state in st, as the server passes it.
+func sharedOf(st *store.Store) Shared {
+	return Shared{JS: st.JetStream(), Blobs: st.Registry, Stream: store.StreamRegistry, Subject: store.SubjectRegistry}
 }
 
 // serve serves reg until the test ends.

@@ -3,11 +3,13 @@ package registry
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -42,8 +44,21 @@ func isManifestWrite(req *http.Request) bool {
 	return ok
 }
 
-// writeManifest applies a manifest PUT or DELETE and journals it once the
-// handler has accepted it.
+func isManifestRead(req *http.Request) bool {
+	if req.Method != http.MethodGet && req.Method != http.MethodHead {
+		return false
+	}
+	_, _, ok := manifestTarget(req.URL.Path)
+	return ok
+}
+
+// publishTimeout bounds storing a manifest write on the stream: a
+// cluster without a quorum fails the push rather than holding it.
+const publishTimeout = 10 * time.Second
+
+// writeManifest applies a manifest PUT or DELETE, stores it on the stream
+// once the handler has accepted it, and answers once this server has
+// applied the stream up to it.
 func (r *Registry) writeManifest(w http.ResponseWriter, req *http.Request) {
 	name, ref, _ := manifestTarget(req.URL.Path)
 	rec := record{Op: opDelete, Name: name, Reference: ref}
@@ -71,21 +86,52 @@ func (r *Registry) writeManifest(w http.ResponseWriter, req *http.Request) {
 	}
 
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	// Pushing the same manifest again changes nothing; journaling it would
-	// only grow the journal on every re-push.
+	// Pushing the same manifest again changes nothing; storing it would
+	// only grow the stream on every re-push.
 	unchanged := rec.Op == opPut && r.holds(req.Context(), rec)
 	rw := r.apply(req.Context(), rec)
+	r.mu.Unlock()
 	if success(rw.code) && !unchanged {
-		if err := r.journal.append(rec); err != nil {
-			r.log.Error("manifest accepted but not saved; it will be lost on restart",
-				"name", name, "reference", ref, "err", err)
-			writeError(w, http.StatusInternalServerError, "UNKNOWN",
-				"could not save the manifest to disk: "+err.Error()+"; push again once the server's disk is writable")
+		b, err := json.Marshal(rec)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, "UNKNOWN", err.Error())
 			return
 		}
+		ctx, cancel := context.WithTimeout(req.Context(), publishTimeout)
+		ack, err := r.shared.JS.Publish(ctx, r.shared.Subject, b)
+		cancel()
+		if err != nil {
+			r.log.Error("manifest accepted but not stored; it is lost at this server's restart and unknown to the others",
+				"name", name, "reference", ref, "err", err)
+			writeError(w, http.StatusServiceUnavailable, "UNKNOWN",
+				"could not store the manifest in the control plane's state ("+err.Error()+
+					"); push again once a majority of the control plane's servers is up (perch server status)")
+			return
+		}
+		ctx, cancel = context.WithTimeout(req.Context(), publishTimeout)
+		if err := r.follower.upTo(ctx, ack.Sequence); err != nil {
+			r.log.Warn("manifest stored but not yet applied here", "name", name, "reference", ref, "seq", ack.Sequence, "err", err)
+		}
+		cancel()
 	}
 	rw.copyTo(w)
+}
+
+// readManifest answers a manifest GET or HEAD. A miss first catches up
+// with the stream: another server may have stored it a moment ago.
+func (r *Registry) readManifest(w http.ResponseWriter, req *http.Request) {
+	rw := r.record(req)
+	if rw.code == http.StatusNotFound && r.catchUp(req.Context()) == nil {
+		rw = r.record(req)
+	}
+	rw.copyTo(w)
+}
+
+// record runs req through the ggcr handler and returns its answer.
+func (r *Registry) record(req *http.Request) *recorder {
+	rw := &recorder{header: http.Header{}}
+	r.inner.ServeHTTP(rw, req)
+	return rw
 }
 
 // holds reports whether the handler already serves rec's body and content
@@ -130,33 +176,10 @@ func (r *Registry) send(ctx context.Context, method, name, ref, contentType stri
 	return rw
 }
 
-// replay feeds the journal to the fresh handler, oldest record first.
-func (r *Registry) replay() error {
-	seqs, err := listRecords(r.journal.dir)
-	if err != nil {
-		return err
-	}
-	for _, seq := range seqs {
-		rec, err := r.journal.read(seq)
-		if err != nil {
-			return err
-		}
-		if rw := r.apply(context.Background(), rec); !success(rw.code) {
-			r.log.Warn("manifest journal record rejected on replay", "record", r.journal.path(seq),
-				"op", rec.Op, "name", rec.Name, "reference", rec.Reference,
-				"status", rw.code, "body", strings.TrimSpace(rw.body.String()))
-		}
-	}
-	if len(seqs) > 0 {
-		r.log.Info("restored manifests", "records", len(seqs))
-	}
-	return nil
-}
-
 func success(code int) bool { return code >= 200 && code < 300 }
 
-// recorder buffers a handler's answer so it is sent only after the journal
-// write has succeeded.
+// recorder buffers a handler's answer so it is sent only after the
+// manifest write is stored.
 type recorder struct {
 	header http.Header
 	code   int

@@ -2,11 +2,10 @@ package registry
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -183,8 +182,22 @@ func TestRepushDoesNotGrowJournal(t *testing.T) {
 			t.Fatalf("PUT manifest: status %d", resp.StatusCode)
 		}
 	}
-	ents, _ := os.ReadDir(filepath.Join(dir, "manifests"))
-	if len(ents) != 1 {
-		t.Errorf("journal has %d records after pushing one manifest three times, want 1", len(ents))
+	if n := streamMsgs(t); n != 1 {
+		t.Errorf("the manifest stream has %d records after pushing one manifest three times, want 1", n)
 	}
+}
+
+// streamMsgs counts the records on the test's manifest stream.
+func streamMsgs(t *testing.T) uint64 {
+	t.Helper()
+	sh := testShared(t)
+	s, err := sh.JS.Stream(context.Background(), sh.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
 }

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Blob uploads. ggcr's handler keeps a chunked upload in a growing byte
@@ -25,8 +27,7 @@ import (
 // 200 MiB upload held about 512 MiB of the control plane's memory for
 // ever, and one slow client stalled every push. Here each upload streams
 // to its own file under uploads/, with the running SHA-256 beside it in
-// memory, and is renamed into the blob store (the layout ggcr's disk
-// handler reads) once its digest checks. An upload idle for the upload
+// memory, and is copied into the object store once its digest checks. An upload idle for the upload
 // timeout is removed, and a blob grows only up to the registry's cap.
 
 // Defaults for Options.
@@ -55,12 +56,16 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// blobChunk is the object store's chunk size for blobs: a layer of tens
+// of MiB is tens of messages, not hundreds.
+const blobChunk = 1 << 20
+
 // uploads holds the uploads in progress.
 type uploads struct {
-	dir      string // uploads/
-	blobsDir string // where ggcr's disk handler reads blobs
-	opts     Options
-	log      *slog.Logger
+	dir   string // uploads/
+	blobs jetstream.ObjectStore
+	opts  Options
+	log   *slog.Logger
 
 	mu sync.Mutex
 	m  map[string]*upload
@@ -78,7 +83,7 @@ type upload struct {
 	timer *time.Timer
 }
 
-func newUploads(dir, blobsDir string, opts Options, log *slog.Logger) (*uploads, error) {
+func newUploads(dir string, blobs jetstream.ObjectStore, opts Options, log *slog.Logger) (*uploads, error) {
 	// Uploads do not survive a restart: the running digests were in memory.
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, fmt.Errorf("remove uploads of a previous run: %w", err)
@@ -86,7 +91,7 @@ func newUploads(dir, blobsDir string, opts Options, log *slog.Logger) (*uploads,
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &uploads{dir: dir, blobsDir: blobsDir, opts: opts.withDefaults(), log: log, m: map[string]*upload{}}, nil
+	return &uploads{dir: dir, blobs: blobs, opts: opts.withDefaults(), log: log, m: map[string]*upload{}}, nil
 }
 
 // uploadTarget parses /v2/<name>/blobs/uploads/[<id>].
@@ -286,23 +291,31 @@ func (u *uploads) finish(w http.ResponseWriter, req *http.Request, up *upload, d
 			fmt.Sprintf("the %d bytes uploaded have digest sha256:%s, not %s; the upload is cancelled: push again", size, got, digest))
 		return
 	}
-	err = up.file.Sync()
-	if err == nil {
-		err = os.MkdirAll(filepath.Join(u.blobsDir, h.Algorithm), 0o700)
-	}
-	if err == nil {
-		err = os.Rename(up.file.Name(), filepath.Join(u.blobsDir, h.Algorithm, h.Hex))
-	}
-	if err != nil {
+	if err := u.store(req.Context(), up, h); err != nil {
 		u.remove(up)
 		u.log.Error("store blob", "digest", h, "err", err)
-		writeError(w, http.StatusInternalServerError, "UNKNOWN", "cannot store the blob: "+err.Error())
+		writeError(w, http.StatusServiceUnavailable, "UNKNOWN",
+			"cannot store the blob in the control plane's state ("+err.Error()+
+				"); push again once a majority of the control plane's servers is up (perch server status)")
 		return
 	}
-	u.remove(up) // the file is renamed away already
+	u.remove(up)
 	w.Header().Set("Location", "/"+path.Join("v2", up.repo, "blobs", h.String()))
 	w.Header().Set("Docker-Content-Digest", h.String())
 	w.WriteHeader(http.StatusCreated)
+}
+
+// store copies a held upload's file into the object store under its
+// digest, unless a blob of that digest is there already.
+func (u *uploads) store(ctx context.Context, up *upload, h v1.Hash) error {
+	if info, err := u.blobs.GetInfo(ctx, h.String()); err == nil && int64(info.Size) == up.size {
+		return nil
+	}
+	if _, err := up.file.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	_, err := u.blobs.Put(ctx, jetstream.ObjectMeta{Name: h.String(), Opts: &jetstream.ObjectMetaOptions{ChunkSize: blobChunk}}, up.file)
+	return err
 }
 
 // accepted answers with where the held upload continues and what it holds.

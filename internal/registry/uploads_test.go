@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -105,10 +106,11 @@ func TestUploadsCappedAndChecked(t *testing.T) {
 
 func startRegistryWith(t *testing.T, dir string, opts Options) *testServer {
 	t.Helper()
-	reg, err := New(dir, TokenFunc(func(tok string) bool { return tok == testToken }), opts, testLogger(t))
+	reg, err := New(context.Background(), dir, testShared(t), TokenFunc(func(tok string) bool { return tok == testToken }), opts, testLogger(t))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	t.Cleanup(reg.Close)
 	return serve(t, reg)
 }
 
@@ -239,5 +241,8 @@ func TestManifestTooLarge(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if n := streamMsgs(t); n != 0 {
+		t.Errorf("the manifest stream holds %d records after refused manifests, want 0", n)
 	}
 }

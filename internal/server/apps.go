@@ -160,7 +160,10 @@ func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.placeMu.Lock()
+	if err := s.placeMu.LockCtx(ctx, s); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	_, err = store.Modify(ctx, s.st.Apps, a.Name, func(app *api.App) error {
 		app.Status = api.AppDeleting
 		return nil

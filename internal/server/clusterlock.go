@@ -54,6 +54,46 @@ func (l *clusterLock) Lock() {
 	}
 }
 
+// LockCtx is Lock for a request: it gives up with the 503 of a lost
+// quorum when the store fails to answer and this server's JetStream sees
+// fewer than a majority of servers up (or the store has failed for
+// lockGiveUp), and when ctx
+// ends. A lock held by another, or a store failing while one server is
+// down and a leader is elected, is waited for as by Lock.
+func (l *clusterLock) LockCtx(ctx context.Context, s *Server) error {
+	l.mu.Lock()
+	if l.st == nil {
+		return nil
+	}
+	wait := 5 * time.Millisecond
+	var failing time.Time
+	for {
+		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		rel, ok, err := l.st.TryLock(tctx, l.name, clusterLockTTL)
+		cancel()
+		if ok {
+			l.release = rel
+			return nil
+		}
+		switch {
+		case err == nil:
+			failing = time.Time{}
+		case failing.IsZero():
+			failing = time.Now()
+		}
+		switch {
+		case ctx.Err() != nil:
+			l.mu.Unlock()
+			return ctx.Err()
+		case err != nil && (s.quorumLost() || time.Since(failing) > lockGiveUp):
+			l.mu.Unlock()
+			return s.noQuorum(err)
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 100*time.Millisecond)
+	}
+}
+
 // Unlock gives the lock back.
 func (l *clusterLock) Unlock() {
 	if l.release != nil {

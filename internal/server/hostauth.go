@@ -500,7 +500,10 @@ func (s *Server) removeHost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.hostMu.Lock()
+	if err := s.hostMu.LockCtx(ctx, s); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	defer s.hostMu.Unlock()
 	h, _, herr := store.Get[api.Host](ctx, s.st.Hosts, id)
 	if herr != nil && !errors.Is(herr, store.ErrNotFound) {

@@ -80,7 +80,10 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errf(http.StatusBadRequest, "host must report cpus >= 1 and memory_mb >= 64, got %d and %d", h.CPUs, h.MemoryMB))
 		return
 	}
-	s.hostMu.Lock()
+	if err := s.hostMu.LockCtx(ctx, s); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	defer s.hostMu.Unlock()
 	if hp, ok := hostOf(r); ok {
 		// Removed (removeHost) since its credential was checked.

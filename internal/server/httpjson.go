@@ -85,6 +85,10 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, scheduler.ErrUnplaceable):
 		writeError(w, http.StatusUnprocessableEntity, err.Error())
+	case s.quorumError(err) != nil: // quorum.go
+		errors.As(s.quorumError(err), &he)
+		s.log.Warn("request failed: no quorum", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeJSON(w, he.code, api.Error{Error: he.msg, Status: errorStatus(he.code)})
 	default:
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeError(w, http.StatusInternalServerError, "internal error: "+err.Error())

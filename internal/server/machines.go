@@ -210,7 +210,9 @@ func (s *Server) newMachine(ctx context.Context, a api.App, req api.CreateMachin
 	// machines never get the same address or overfill a host. Deleting an
 	// app marks it under placeMu too, so no machine is written into an
 	// app whose delete has begun.
-	s.placeMu.Lock()
+	if err := s.placeMu.LockCtx(ctx, s); err != nil {
+		return store.MachineSpec{}, err
+	}
 	err := s.appOpen(ctx, a.Name)
 	if err == nil {
 		err = s.nameTakenIn(ctx, a.Name, spec.Name, "")
@@ -398,7 +400,10 @@ func (s *Server) updateMachine(w http.ResponseWriter, r *http.Request) {
 		req.Config.Restart.Policy = api.RestartOnFailure
 	}
 	// Under placeMu, as for a new machine: ports are claimed one at a time.
-	s.placeMu.Lock()
+	if err := s.placeMu.LockCtx(ctx, s); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	err = s.checkPortSharing(ctx, sp.App, &req.Config)
 	if err == nil {
 		var volHost string

@@ -66,7 +66,10 @@ func (s *Server) createRelease(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, errf(http.StatusBadRequest, "strategy %q is not known; use rolling, immediate, canary or bluegreen", req.Strategy))
 		return
 	}
-	s.placeMu.Lock()
+	if err := s.placeMu.LockCtx(ctx, s); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	defer s.placeMu.Unlock()
 	rs, err := store.List[api.Release](ctx, s.st.Releases, a.Name+".*")
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/perchhq/perch/internal/auth"
@@ -107,7 +108,7 @@ type Server struct {
 	nats     *store.Embedded
 	st       *store.Store
 	certs    *certs.Manager
-	reg      http.Handler
+	reg      *registry.Registry
 	ln       net.Listener
 	http     *http.Server
 	natsURL  string
@@ -116,6 +117,8 @@ type Server struct {
 	adminTok string
 	hostMu   clusterLock // serialises subnet assignment (clusterlock.go)
 	placeMu  clusterLock // serialises placement
+
+	quorumCheck atomic.Pointer[quorumCheck] // quorum.go
 
 	autoscaler *autoscale.Loop  // autoscale.go
 	billing    *billingState    // billing.go
@@ -190,7 +193,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.certs = cm
-	reg, err := registry.New(filepath.Join(cfg.DataDir, "registry"), registryAuth{s}, cfg.Registry, cfg.Log.With("component", "registry"))
+	reg, err := registry.New(ctx, filepath.Join(cfg.DataDir, "registry"), registry.Shared{
+		JS: s.st.JetStream(), Blobs: s.st.Registry, Stream: store.StreamRegistry, Subject: store.SubjectRegistry,
+	}, registryAuth{s}, cfg.Registry, cfg.Log.With("component", "registry"))
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: registry: %w", err)
@@ -211,7 +216,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.autoscaler = autoscale.NewLoop(autoscale.LoopConfig{Store: s.st, Cluster: cluster{s}, Limiter: cfg.Limiter,
 		Interval: cfg.AutoscaleInterval, Nearest: s.nearest, Log: cfg.Log})
-	handler, err := s.withDashboard(s.routes()) // dashboard.go
+	handler, err := s.withDashboard(s.requireQuorum(s.routes())) // dashboard.go, quorum.go
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -393,6 +398,9 @@ func (s *Server) Close() {
 	}
 	if s.certs != nil {
 		s.certs.Close()
+	}
+	if s.reg != nil {
+		s.reg.Close()
 	}
 	if s.st != nil {
 		s.st.Close()

@@ -110,6 +110,7 @@ var routeClasses = map[string]class{
 	"DELETE /v1/orgs/{org}/tokens/{id}":                  forOrgAdmin,
 	"GET /v1/whoami":                                     forAnyone,
 	"GET /v1/hosts":                                      forAdmin,
+	"GET /v1/cluster":                                    forAdmin,
 	"POST /v1/hosts":                                     forAgent,
 	"POST /v1/hosts/{id}/heartbeat":                      forAgent,
 	"POST /v1/hosts/join-tokens":                         forAdmin, // hostauth.go

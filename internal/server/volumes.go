@@ -251,7 +251,9 @@ func (s *Server) newVolume(ctx context.Context, app string, req api.CreateVolume
 	}
 	v.SizeBytes = int64(v.SizeGB) * gib
 
-	s.placeMu.Lock()
+	if err := s.placeMu.LockCtx(ctx, s); err != nil {
+		return none, err
+	}
 	err := s.appOpen(ctx, app)
 	var hosts []api.Host
 	var vols []store.VolumeRecord
@@ -315,7 +317,10 @@ func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.placeMu.Lock() // no machine gets the volume while it goes
+	if err := s.placeMu.LockCtx(ctx, s); err != nil { // no machine gets the volume while it goes
+		s.fail(w, r, err)
+		return
+	}
 	attached, err := s.attachedTo(ctx, v.App)
 	if err == nil {
 		if m, ok := attached[v.ID]; ok {
@@ -366,7 +371,10 @@ func (s *Server) extendVolume(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	more := int64(req.SizeGB)*gib - v.SizeBytes
-	s.placeMu.Lock()
+	if err := s.placeMu.LockCtx(ctx, s); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	h, _, err := store.Get[api.Host](ctx, s.st.Hosts, v.HostID)
 	var vols []store.VolumeRecord
 	if err == nil {

@@ -342,3 +342,63 @@ func (e *Embedded) Shutdown() {
 	e.srv.Shutdown()
 	e.srv.WaitForShutdown()
 }
+
+// Meta is JetStream's meta group as one server sees it: which servers
+// the cluster has, which are up, and who leads.
+type Meta struct {
+	Clustered bool
+	Cluster   string
+	// Leader is the meta leader's name, "" while there is none (an
+	// election, or a lost quorum).
+	Leader string
+	// Self is this server; SelfCurrent: it has every meta operation.
+	Self        string
+	SelfCurrent bool
+	// Size is the servers the cluster counts, this one included.
+	Size  int
+	Peers []MetaPeer // the others
+}
+
+// MetaPeer is another server of the meta group.
+type MetaPeer struct {
+	Name     string
+	Current  bool
+	Offline  bool
+	LastSeen time.Duration
+	Lag      uint64
+}
+
+// Quorum reports whether a majority of the servers is up (as this
+// server sees them): a meta leader being elected after one server's
+// death still has its quorum.
+func (m Meta) Quorum() bool {
+	if !m.Clustered {
+		return true
+	}
+	up := 1
+	for _, p := range m.Peers {
+		if !p.Offline {
+			up++
+		}
+	}
+	return up >= m.Size/2+1
+}
+
+// Meta reads the meta group from this server's JetStream.
+func (e *Embedded) Meta() Meta {
+	m := Meta{Self: e.srv.Name(), SelfCurrent: true, Size: 1, Leader: e.srv.Name()}
+	js, err := e.srv.Jsz(&server.JSzOptions{})
+	if err != nil || js.Meta == nil {
+		return m
+	}
+	m.Clustered, m.Cluster, m.Leader = true, js.Meta.Name, js.Meta.Leader
+	m.SelfCurrent = e.srv.JetStreamIsCurrent()
+	for _, p := range js.Meta.Replicas {
+		if p.Name == m.Self { // listed while there is no leader
+			continue
+		}
+		m.Peers = append(m.Peers, MetaPeer{Name: p.Name, Current: p.Current, Offline: p.Offline, LastSeen: p.Active, Lag: p.Lag})
+	}
+	m.Size = max(js.Meta.Size, len(m.Peers)+1)
+	return m
+}

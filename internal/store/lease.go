@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,7 +38,7 @@ func (s *Store) RunHeld(ctx context.Context, name string, ttl time.Duration, log
 	}
 	key := "lease." + name
 	for {
-		rev, err := s.acquire(ctx, key, owner, ttl, log)
+		rev, held, err := s.acquire(ctx, key, owner, ttl, log)
 		if err != nil {
 			return fmt.Errorf("lease %s: %w", name, err)
 		}
@@ -53,7 +55,7 @@ func (s *Store) RunHeld(ctx context.Context, name string, ttl time.Duration, log
 				break hold
 			case <-t.C:
 				rctx, rcancel := context.WithTimeout(ctx, ttl/4)
-				nrev, err := s.Locks.Update(rctx, key, []byte(owner), rev)
+				nrev, err := s.Locks.Update(rctx, key, []byte(held), rev)
 				rcancel()
 				if err == nil {
 					rev, lastOK = nrev, time.Now()
@@ -84,37 +86,67 @@ func (s *Store) RunHeld(ctx context.Context, name string, ttl time.Duration, log
 
 // LeaseHolders returns every lease held now, by name ("autoscaler"), and
 // its holder (Options.Holder of the store that took it, empty if none was
-// given): `perch server status` and the cluster test read it.
+// given): the cluster test reads it.
 func (s *Store) LeaseHolders(ctx context.Context) (map[string]string, error) {
+	ls, err := s.Leases(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, l := range ls {
+		out[l.Name] = l.Holder
+	}
+	return out, nil
+}
+
+// Lease is a lease held now: `perch server status` shows them.
+type Lease struct {
+	Name   string // "autoscaler"
+	Holder string // Options.Holder of the store holding it, or ""
+	// Since is when the holder took it; Refreshed its last rewrite.
+	Since, Refreshed time.Time
+}
+
+// Leases returns every lease held now, by name.
+func (s *Store) Leases(ctx context.Context) ([]Lease, error) {
 	keys, err := s.Locks.ListKeysFiltered(ctx, "lease.>")
 	if err != nil {
 		return nil, fmt.Errorf("leases: %w", err)
 	}
 	defer keys.Stop()
-	out := map[string]string{}
+	var out []Lease
 	for k := range keys.Keys() {
 		e, err := s.Locks.Get(ctx, k)
 		if err != nil {
 			continue // released meanwhile
 		}
-		holder, _, _ := strings.Cut(string(e.Value()), "/")
-		if !strings.Contains(string(e.Value()), "/") {
-			holder = ""
+		l := Lease{Name: strings.TrimPrefix(k, "lease."), Refreshed: e.Created()}
+		// The value is "<holder>/<random>@<unix ms taken>", "<random>@..."
+		// without a holder (no "@..." from an earlier version).
+		v, since, ok := strings.Cut(string(e.Value()), "@")
+		if ms, err := strconv.ParseInt(since, 10, 64); ok && err == nil {
+			l.Since = time.UnixMilli(ms)
 		}
-		out[strings.TrimPrefix(k, "lease.")] = holder
+		if h, _, ok := strings.Cut(v, "/"); ok {
+			l.Holder = h
+		}
+		out = append(out, l)
 	}
+	slices.SortFunc(out, func(a, b Lease) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
 // acquire waits until key is created by owner or taken over from a dead
-// holder, returning its revision.
-func (s *Store) acquire(ctx context.Context, key, owner string, ttl time.Duration, log *slog.Logger) (uint64, error) {
+// holder, returning its revision and the value written: owner and the
+// time it took the lease.
+func (s *Store) acquire(ctx context.Context, key, owner string, ttl time.Duration, log *slog.Logger) (uint64, string, error) {
 	poll := min(ttl/10, time.Second)
 	var warned time.Time
 	for {
-		rev, err := s.Locks.Create(ctx, key, []byte(owner))
+		held := owner + "@" + strconv.FormatInt(time.Now().UnixMilli(), 10)
+		rev, err := s.Locks.Create(ctx, key, []byte(held))
 		if err == nil {
-			return rev, nil
+			return rev, held, nil
 		}
 		var e jetstream.KeyValueEntry
 		if errors.Is(err, jetstream.ErrKeyExists) {
@@ -122,7 +154,7 @@ func (s *Store) acquire(ctx context.Context, key, owner string, ttl time.Duratio
 		}
 		switch {
 		case ctx.Err() != nil:
-			return 0, ctx.Err()
+			return 0, "", ctx.Err()
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 			continue
 		case err != nil:
@@ -133,15 +165,15 @@ func (s *Store) acquire(ctx context.Context, key, owner string, ttl time.Duratio
 				warned = time.Now()
 			}
 		case time.Since(e.Created()) > ttl:
-			if rev, err := s.Locks.Update(ctx, key, []byte(owner), e.Revision()); err == nil {
-				return rev, nil
+			if rev, err := s.Locks.Update(ctx, key, []byte(held), e.Revision()); err == nil {
+				return rev, held, nil
 			}
 		}
 		t := time.NewTimer(poll)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return 0, ctx.Err()
+			return 0, "", ctx.Err()
 		case <-t.C:
 		}
 	}

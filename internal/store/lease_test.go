@@ -116,6 +116,7 @@ func TestLeaseHolders(t *testing.T) {
 	sts := openTestStores(t, 1)
 	st := sts[0]
 	st.opts.Holder = "s1"
+	before := time.Now().Add(-time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	held := make(chan struct{})
 	done := make(chan struct{})
@@ -133,6 +134,15 @@ func TestLeaseHolders(t *testing.T) {
 	}
 	if hs["job"] != "s1" {
 		t.Fatalf("holders %v, want job held by s1", hs)
+	}
+	// Since is when it was taken, kept across refreshes (every ttl/3).
+	var ls []Lease
+	waitFor(t, 10*time.Second, "the lease refreshed", func() bool {
+		ls, err = st.Leases(context.Background())
+		return err == nil && len(ls) == 1 && ls[0].Refreshed.Sub(ls[0].Since) > 500*time.Millisecond
+	})
+	if l := ls[0]; l.Name != "job" || l.Holder != "s1" || l.Since.Before(before) || l.Since.After(time.Now()) {
+		t.Errorf("lease %+v: want job held by s1 since the test began (%v)", l, before)
 	}
 	cancel()
 	<-done

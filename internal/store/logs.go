@@ -45,7 +45,8 @@ func (s *Store) EnsureAppLogs(ctx context.Context, app string, maxBytes int64) e
 	if maxBytes <= 0 {
 		maxBytes = LogBytesPerApp
 	}
-	if err := s.EnsureStream(ctx, logStreamConfig(app, maxBytes)); err != nil {
+	// Made by the server that takes the app's create, whichever.
+	if err := s.ensureStream(ctx, logStreamConfig(app, maxBytes), true); err != nil {
 		return fmt.Errorf("log stream of app %s: %w", app, err)
 	}
 	return nil

@@ -57,6 +57,13 @@ const (
 	// region's (HostPermissions).
 	BucketTickets = "perch_tls_tickets"
 	StreamLogs    = "PERCH_LOGS"
+	// ObjectRegistry holds the registry's blobs, named by digest
+	// ("sha256:<hex>"), and StreamRegistry its manifest writes in order
+	// on SubjectRegistry (package registry): every server serves every
+	// image.
+	ObjectRegistry  = "perch_registry"
+	StreamRegistry  = "PERCH_REGISTRY"
+	SubjectRegistry = "perch.registry.manifests"
 )
 
 // BucketOrgs holds organisations ("org.<slug>": members) and the
@@ -103,6 +110,9 @@ type Store struct {
 	EdgeTLS     jetstream.KeyValue
 	IPs         jetstream.KeyValue
 	Tickets     jetstream.KeyValue // TLS session ticket keys per region
+
+	// Registry holds the registry's blobs (ObjectRegistry).
+	Registry jetstream.ObjectStore
 }
 
 // Auth is how a connection to NATS authenticates: a token, or a user and
@@ -311,6 +321,19 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 	if err != nil {
 		return fmt.Errorf("object store %s: %w", ObjectVolumeMoves, err)
 	}
+	err = retryClustered(ctx, s.Replicas(), func(ctx context.Context) (err error) {
+		s.Registry, err = s.registryBlobs(ctx)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("object store %s: %w", ObjectRegistry, err)
+	}
+	if err := s.EnsureStream(ctx, jetstream.StreamConfig{
+		Name: StreamRegistry, Subjects: []string{SubjectRegistry}, Storage: jetstream.FileStorage,
+		Description: "registry manifest writes, replayed in order by every server",
+	}); err != nil {
+		return err
+	}
 	// Logs are a stream per app (logs.go), made with the app.
 	if s.opts.Follower {
 		return nil
@@ -319,6 +342,46 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 		return err
 	}
 	return nil
+}
+
+// registryBlobs makes (the first server) or binds ObjectRegistry: an
+// object store whose stream answers reads from its leader only
+// (AllowDirect off). nats.go makes object stores with direct gets, which
+// any replica answers, and reads an object's info that way: a replica
+// that lags (at R3 the one on the reading server, as often as not) then
+// has no blob that was just pushed through another server
+// (BLOB_UNKNOWN). The chunks come from a consumer, which the leader
+// serves, so a read needs the leader anyway. The stream is the object
+// store's own (ADR-20: subjects $O.<bucket>.C.> and $O.<bucket>.M.>),
+// made in one step so that no server binds it while direct gets are on.
+func (s *Store) registryBlobs(ctx context.Context) (jetstream.ObjectStore, error) {
+	name := "OBJ_" + ObjectRegistry
+	if s.opts.Follower {
+		st, err := s.js.Stream(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		// Made by an earlier version, not yet changed by the first server.
+		if st.CachedInfo().Config.AllowDirect {
+			return nil, fmt.Errorf("stream %s still answers reads from any replica; waiting for the first server to change it", name)
+		}
+		return s.js.ObjectStore(ctx, ObjectRegistry)
+	}
+	_, err := s.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        name,
+		Description: "registry blobs by digest",
+		Subjects:    []string{"$O." + ObjectRegistry + ".C.>", "$O." + ObjectRegistry + ".M.>"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    s.Replicas(),
+		MaxBytes:    -1,
+		Discard:     jetstream.DiscardNew,
+		AllowRollup: true,
+		AllowDirect: false,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.js.ObjectStore(ctx, ObjectRegistry)
 }
 
 // Replicas is how many servers keep each bucket and stream this store
@@ -346,13 +409,24 @@ func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) 
 	return kv, nil
 }
 
-// EnsureStream makes (or updates) a stream with the store's replicas.
+// EnsureStream makes (or updates) a stream with the store's replicas;
+// a Follower waits for the first server to make it, as for buckets:
+// servers that create the same stream at once are left without an
+// answer, to the create and to the stream's info for seconds after
+// (nats-server 2.15), which held a follower's start for good.
 func (s *Store) EnsureStream(ctx context.Context, cfg jetstream.StreamConfig) error {
+	return s.ensureStream(ctx, cfg, false)
+}
+
+// ensureStream is EnsureStream; with create, a Follower makes the
+// stream too if it is missing (a stream made on demand, not at start).
+func (s *Store) ensureStream(ctx context.Context, cfg jetstream.StreamConfig, create bool) error {
 	cfg.Replicas = s.Replicas()
 	err := retryClustered(ctx, cfg.Replicas, func(ctx context.Context) error {
 		if s.opts.Follower {
-			if _, err := s.js.Stream(ctx, cfg.Name); err == nil {
-				return nil
+			_, err := s.js.Stream(ctx, cfg.Name)
+			if err == nil || !create {
+				return err
 			}
 		}
 		_, err := s.js.CreateOrUpdateStream(ctx, cfg)

@@ -21,10 +21,11 @@ import (
 func Unpack(t testing.TB, img v1.Image, repoTag string) *image.Image {
 	t.Helper()
 	const token = "testimage-token"
-	reg, err := registry.New(t.TempDir(), registry.TokenFunc(func(tok string) bool { return tok == token }), registry.Options{}, nil)
+	reg, err := registry.NewStandalone(t.TempDir(), registry.TokenFunc(func(tok string) bool { return tok == token }), registry.Options{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(reg.Close)
 	srv := httptest.NewServer(reg)
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
