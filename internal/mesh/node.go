@@ -41,6 +41,12 @@ type Config struct {
 	// New; empty runs TCP/IP in the process (ModeNetstack).
 	TUN string
 
+	// MTU is the mesh's packet size, 0 for MTU (1420, for 1500-byte
+	// links). A path whose links all carry larger frames (jumbo frames
+	// inside a data centre) may take its frame size less 80; every node of
+	// a mesh should have the same.
+	MTU int
+
 	// RTTInterval is how often each peer is probed; 0 means 2 s.
 	RTTInterval time.Duration
 	Logger      *slog.Logger // nil: silent
@@ -82,6 +88,13 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: log, peers: map[PublicKey]Peer{}, regions: map[netip.AddrPort]string{}}
 
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = MTU
+	}
+	if mtu < 1280 || mtu > 65535-80 {
+		return nil, fmt.Errorf("mesh: MTU %d: want 1280 (IPv6's least) to %d", mtu, 65535-80)
+	}
 	var tdev tun.Device
 	var err error
 	if cfg.TUN != "" {
@@ -89,13 +102,13 @@ func New(cfg Config) (*Node, error) {
 		if err != nil {
 			return nil, err
 		}
-		if tdev, n.link, err = openTUN(cfg.TUN, cfg.Addr); err != nil {
+		if tdev, n.link, err = openTUN(cfg.TUN, cfg.Addr, mtu); err != nil {
 			ks.close()
 			return nil, err
 		}
 		n.link.stack, n.net = ks, ks
 	} else {
-		d, tnet, err := netstack.CreateNetTUN([]netip.Addr{cfg.Addr}, nil, MTU)
+		d, tnet, err := netstack.CreateNetTUN([]netip.Addr{cfg.Addr}, nil, mtu)
 		if err != nil {
 			return nil, fmt.Errorf("mesh: netstack: %w", err)
 		}
