@@ -94,6 +94,10 @@ func run(dur time.Duration, pings int, cpuprofile string) error {
 type result struct {
 	mbps float64
 	rtt  time.Duration
+	// mbPerCPU is MB carried per CPU-second the process used in the
+	// throughput phase (both ends and the benchmark, kernel time
+	// included): what load on the machine does not change.
+	mbPerCPU float64
 }
 
 // measure runs both paths, the plain one first, and prints the ratios.
@@ -142,10 +146,12 @@ func measure(paths []path, dur time.Duration, pings int, cpuprofile string, arou
 		fmt.Printf("  ping-pong: per round trip ≈%.0f goroutine wake-ups (runnable to running: median %v, mean %v), %.1f thread sleeps, %.1f preemptions\n",
 			8*float64(sc.wakeups)/float64(pings), sc.median(), sc.mean(), float64(sc.nvcsw)/float64(pings), float64(sc.nivcsw)/float64(pings))
 		after()
-		res = append(res, result{mbps, rtt})
+		res = append(res, result{mbps, rtt, mbps * u.wall.Seconds() / u.cpu.Seconds()})
 	}
 	fmt.Printf("ratio mesh/plain: throughput %.3f, round trip %.1fx (added %v)\n",
 		res[1].mbps/res[0].mbps, float64(res[1].rtt)/float64(res[0].rtt), res[1].rtt-res[0].rtt)
+	fmt.Printf("per CPU-second of this process: plain %.0f MB, mesh %.0f MB (ratio %.3f)\n",
+		res[0].mbPerCPU, res[1].mbPerCPU, res[1].mbPerCPU/res[0].mbPerCPU)
 	return res, nil
 }
 
