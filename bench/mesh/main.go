@@ -136,8 +136,8 @@ func measure(paths []path, dur time.Duration, pings int, cpuprofile string, arou
 		}
 		sc := schedCounts().sub(s0)
 		fmt.Printf("%-56s throughput %8.1f MB/s   round trip median %v\n", p.name, mbps, rtt)
-		fmt.Printf("  throughput phase: this process ran %.2f cores (user %.2f, system %.2f); its threads waited %.2f core-seconds for a CPU\n",
-			u.cpu.Seconds()/u.wall.Seconds(), u.user.Seconds()/u.wall.Seconds(), u.sys.Seconds()/u.wall.Seconds(), u.wait.Seconds())
+		fmt.Printf("  throughput phase: this process ran %.2f cores (user %.2f, system %.2f); its threads waited %.2f core-seconds for a CPU; its peak RSS so far %d MiB\n",
+			u.cpu.Seconds()/u.wall.Seconds(), u.user.Seconds()/u.wall.Seconds(), u.sys.Seconds()/u.wall.Seconds(), u.wait.Seconds(), u.maxRSS>>10)
 		if info != "" {
 			fmt.Println("  " + info)
 		}
@@ -232,6 +232,7 @@ func (s sched) mean() time.Duration {
 // rusage is the process's CPU over a phase.
 type rusage struct {
 	wall, cpu, user, sys, wait time.Duration
+	maxRSS                     int64 // KiB, at the end
 }
 
 func usage() rusage {
@@ -239,12 +240,13 @@ func usage() rusage {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	u := rusage{wall: time.Duration(time.Now().UnixNano()), user: time.Duration(ru.Utime.Nano()), sys: time.Duration(ru.Stime.Nano())}
 	u.cpu = u.user + u.sys
+	u.maxRSS = ru.Maxrss
 	_, u.wait = schedstat()
 	return u
 }
 
 func (u rusage) sub(v rusage) rusage {
-	return rusage{u.wall - v.wall, u.cpu - v.cpu, u.user - v.user, u.sys - v.sys, u.wait - v.wait}
+	return rusage{u.wall - v.wall, u.cpu - v.cpu, u.user - v.user, u.sys - v.sys, u.wait - v.wait, u.maxRSS}
 }
 
 // schedstat sums the process's threads' time on a CPU and time runnable
