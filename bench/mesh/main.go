@@ -17,8 +17,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"runtime/metrics"
 	"runtime/pprof"
@@ -420,11 +418,8 @@ func runTUN(dur time.Duration, pings int, cpuprofile string, mtu int) error {
 	}
 	defer pair.Close()
 	if mtu != 0 {
-		for i := range 2 {
-			ns := filepath.Base(pair.NS[i])
-			if out, err := exec.Command("ip", "-n", ns, "link", "set", pair.Link[i], "mtu", strconv.Itoa(mtu+80)).CombinedOutput(); err != nil {
-				return fmt.Errorf("veth MTU %d: %w: %s", mtu+80, err, out)
-			}
+		if err := pair.SetMTU(mtu + 80); err != nil {
+			return err
 		}
 	}
 	var nodes [2]*mesh.Node

@@ -21,6 +21,10 @@ import (
 // inside a 1500-byte link.
 const MTU = 1420
 
+// MaxMTU is the largest mesh MTU: a WireGuard packet of it and its 80
+// bytes of headers fill a UDP datagram.
+const MaxMTU = 65535 - 80
+
 // Config is one host's mesh node.
 type Config struct {
 	Key        Key
@@ -92,8 +96,8 @@ func New(cfg Config) (*Node, error) {
 	if mtu == 0 {
 		mtu = MTU
 	}
-	if mtu < 1280 || mtu > 65535-80 {
-		return nil, fmt.Errorf("mesh: MTU %d: want 1280 (IPv6's least) to %d", mtu, 65535-80)
+	if mtu < 1280 || mtu > MaxMTU {
+		return nil, fmt.Errorf("mesh: MTU %d: want 1280 (IPv6's least) to %d", mtu, MaxMTU)
 	}
 	var tdev tun.Device
 	var err error
