@@ -38,8 +38,12 @@ func main() {
 	pings := flag.Int("n", 2000, "ping-pong round trips")
 	mode := flag.String("mode", "", "tun or netstack (default: tun when root with /dev/net/tun, else netstack)")
 	mtu := flag.Int("mtu", 0, "tun mode: the mesh MTU (the veth gets it + 80); 0 keeps 1420 on a 1500-byte veth")
+	traceFlag := flag.Bool("trace", false, "time each step of the mesh's ping-pong round trips (TUN reads and writes, UDP sends and receives)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the mesh path's throughput run to this file")
 	flag.Parse()
+	if *traceFlag {
+		tr = &tracer{}
+	}
 	if *mode == "" {
 		*mode = string(mesh.ModeNetstack)
 		if mesh.TUNAvailable() == nil {
@@ -128,7 +132,7 @@ func measure(paths []path, dur time.Duration, pings int, cpuprofile string, arou
 			return nil, fmt.Errorf("%s: %w", p.name, err)
 		}
 		s0 := schedCounts()
-		rtt, err := pingPong(p, pings)
+		rtt, err := pingPong(p, pings, i == 1)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", p.name, err)
 		}
@@ -138,6 +142,9 @@ func measure(paths []path, dur time.Duration, pings int, cpuprofile string, arou
 			u.cpu.Seconds()/u.wall.Seconds(), u.user.Seconds()/u.wall.Seconds(), u.sys.Seconds()/u.wall.Seconds(), u.wait.Seconds(), u.maxRSS>>10)
 		if info != "" {
 			fmt.Println("  " + info)
+		}
+		if i == 1 {
+			tr.print()
 		}
 		// The runtime times one in gTrackingPeriod (8) of each goroutine's
 		// schedulings.
@@ -282,7 +289,9 @@ func twoNodes() (*mesh.Node, *mesh.Node, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		n, err := mesh.New(mesh.Config{Key: key, Addr: netip.MustParseAddr(fmt.Sprintf("fdaa::%d", i+1)), RTTInterval: time.Hour})
+		cfg := mesh.Config{Key: key, Addr: netip.MustParseAddr(fmt.Sprintf("fdaa::%d", i+1)), RTTInterval: time.Hour}
+		tr.wrap(&cfg, i)
+		n, err := mesh.New(cfg)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -358,7 +367,8 @@ func tcpInfo(c net.Conn) string {
 		time.Duration(ti.Rtt)*time.Microsecond, ti.Snd_cwnd, ti.Snd_mss, us(ti.Busy_time).Round(time.Millisecond), us(ti.Rwnd_limited).Round(time.Millisecond), us(ti.Sndbuf_limited).Round(time.Millisecond))
 }
 
-func pingPong(p path, count int) (time.Duration, error) {
+// pingPong times count one-byte round trips; mesh says to trace them.
+func pingPong(p path, count int, mesh bool) (time.Duration, error) {
 	l, err := p.listen()
 	if err != nil {
 		return 0, err
@@ -379,14 +389,20 @@ func pingPong(p path, count int) (time.Duration, error) {
 	defer c.Close()
 	rtts := make([]time.Duration, 0, count)
 	b := []byte{0}
+	if mesh {
+		tr.start()
+		defer tr.stop()
+	}
 	for range count {
 		start := time.Now()
+		tr.add(appWrite, -1)
 		if _, err := c.Write(b); err != nil {
 			return 0, err
 		}
 		if _, err := io.ReadFull(c, b); err != nil {
 			return 0, err
 		}
+		tr.add(appRead, -1)
 		rtts = append(rtts, time.Since(start))
 	}
 	slices.Sort(rtts)
@@ -428,8 +444,10 @@ func runTUN(dur time.Duration, pings int, cpuprofile string, mtu int) error {
 		if err != nil {
 			return err
 		}
+		cfg := mesh.Config{Key: key, Addr: netip.MustParseAddr(fmt.Sprintf("fdaa::%d", i+1)), TUN: "perchmesh", MTU: mtu, RTTInterval: time.Hour}
+		tr.wrap(&cfg, i)
 		err = pair.In(i, func() error {
-			nodes[i], err = mesh.New(mesh.Config{Key: key, Addr: netip.MustParseAddr(fmt.Sprintf("fdaa::%d", i+1)), TUN: "perchmesh", MTU: mtu, RTTInterval: time.Hour})
+			nodes[i], err = mesh.New(cfg)
 			return err
 		})
 		if err != nil {

@@ -39,6 +39,9 @@ type Config struct {
 	// WrapBind, if set, wraps the UDP Bind (outside any delay): tests use
 	// it to see the bytes on the wire.
 	WrapBind func(conn.Bind) conn.Bind
+	// WrapTUN, if set, wraps the node's TUN device (netstack's too), outside
+	// ModeTUN's own-address filter: bench/mesh times packets crossing it.
+	WrapTUN func(tun.Device) tun.Device
 
 	// TUN, if set, is the name of a kernel TUN device to make for the
 	// node (ModeTUN), in the network namespace of the thread that calls
@@ -117,6 +120,9 @@ func New(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("mesh: netstack: %w", err)
 		}
 		tdev, n.net = d, userStack{tnet}
+	}
+	if cfg.WrapTUN != nil {
+		tdev = cfg.WrapTUN(tdev)
 	}
 	var bind conn.Bind = conn.NewDefaultBind()
 	if cfg.OneWay != nil {
