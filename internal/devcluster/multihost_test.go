@@ -615,14 +615,13 @@ func testFailover(t *testing.T, c *multiHost) {
 // the test's inflation) plus the edge, the relay and the app on a busy
 // box (median 96–100 ms at load 7–16, in both mesh modes, and above
 // 100 ms for 6–53 % of requests, all at the first attempt by the edge's
-// log); the
-// second waits for the connect to ord to time out first, at least 500 ms
-// (the agent's mesh dialer) plus that round trip, unless the mesh
-// declares h2 lost while it waits (then it is sent on at once, and one
-// that had waited less than 350 ms passes for direct). 100 ms here made
-// the check wait for 20 probes in a row within 7 ms of the round trip,
-// which load alone could prevent (direct answers took up to 330 ms at
-// load 24).
+// log); the second waits for the connect to ord to time out first, at
+// least 500 ms (the agent's mesh dialer) plus that round trip, unless the
+// mesh declares h2 lost while it waits (then it is sent on at once, and
+// one that had waited less than 350 ms passes for direct). 100 ms here
+// made the check wait for 20 probes in a row within 7 ms of the round
+// trip, which load alone could prevent (direct answers took up to 330 ms
+// at load 24).
 const directLatency = 450 * time.Millisecond
 
 // reportFailover checks the failover test's requests and logs its timings.
