@@ -103,6 +103,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&cfg.MicroVM.QEMU, "qemu", "", "qemu-system-x86_64 binary (default: from PATH)")
 	f.Uint16Var(&cfg.MeshPort, "mesh-port", meshhost.DefaultPort, "UDP port of the host's WireGuard mesh (0 picks one)")
 	f.StringVar(&cfg.MeshMode, "mesh-mode", "netstack", "where mesh TCP runs: netstack (in the agent), tun (the kernel's, through a TUN device; root, faster) or auto (tun when possible)")
+	f.IntVar(&cfg.MeshMTU, "mesh-mtu", 0, "MTU of the mesh (default 1420, for 1500-byte links); larger only if every link between hosts carries jumbo frames: their MTU less 80, the same on every host")
 	f.BoolVar(&cfg.MachineEgress, "machine-egress", false, "let machines reach the internet through NAT on this host (private ranges stay unreachable)")
 	f.BoolVar(&cfg.NoLeaf, "no-leaf", false, "connect straight to the control plane's NATS even when it offers leaf nodes: no local mirrors, nothing served after a restart while cut off (docs/servers.md)")
 	f.StringVar(&cfg.MeshEndpoint, "mesh-endpoint", "", "UDP host[:port] other hosts send mesh packets to (default --address and --mesh-port; behind NAT, the public address)")

@@ -92,6 +92,10 @@ type Config struct {
 	// the process), "tun" (the kernel's, through a TUN device: root), or
 	// "auto" (tun where it can be made, else netstack). See mesh.Mode.
 	MeshMode string
+	// MeshMTU is the mesh's MTU, 0 for mesh.MTU (1420, for 1500-byte
+	// links): larger only where every link between hosts carries jumbo
+	// frames.
+	MeshMTU int
 	// MeshRTTInterval is how often each peer's round trip is measured
 	// (1 s if 0); a peer is lost after 3 missed probes.
 	MeshRTTInterval time.Duration

@@ -27,9 +27,13 @@ func (a *Agent) startMesh() error {
 	if a.sub6, err = netip.ParsePrefix(a.host.Subnet6); err != nil {
 		return fmt.Errorf("agent: the control plane gave 6PN subnet %q: %w", a.host.Subnet6, err)
 	}
+	if m := a.cfg.MeshMTU; m != 0 && (m < 1280 || m > mesh.MaxMTU) {
+		return fmt.Errorf("agent: --mesh-mtu %d: want 1280 (IPv6's least) to %d, or 0 for %d", m, mesh.MaxMTU, mesh.MTU)
+	}
 	mc := meshhost.Config{
 		StateDir: a.cfg.StateDir, Addr: addr, Region: a.cfg.Region, Port: a.cfg.MeshPort,
 		Latency: a.cfg.MeshLatency, World: a.cfg.World, RTTInterval: a.cfg.MeshRTTInterval, Log: a.log,
+		MTU: a.cfg.MeshMTU,
 	}
 	var m *meshhost.Member
 	switch mode := a.cfg.MeshMode; mode {

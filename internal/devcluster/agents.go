@@ -106,7 +106,10 @@ func (w *World) startAgent(ctx context.Context, region string) error {
 		// free port, and is reached on 127.0.0.1, the address its packets
 		// come from (so the simulated latency finds the sender's region).
 		"--mesh-port", "0", "--mesh-endpoint", "127.0.0.1",
-		"--simulate-latency", strconv.FormatFloat(w.opts.Latency, 'f', -1, 64))
+		"--simulate-latency", strconv.FormatFloat(w.opts.Latency, 'f', -1, 64),
+		// Whatever the agent's default: TUN mode needs a network
+		// namespace per host, and these share one (AgentArgs may differ).
+		"--mesh-mode", "netstack")
 	if w.opts.MeterInterval > 0 {
 		cmd.Args = append(cmd.Args, "--meter-interval", w.opts.MeterInterval.String())
 	}

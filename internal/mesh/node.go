@@ -21,6 +21,10 @@ import (
 // inside a 1500-byte link.
 const MTU = 1420
 
+// MaxMTU is the largest mesh MTU: a WireGuard packet of it and its 80
+// bytes of headers fill a UDP datagram.
+const MaxMTU = 65535 - 80
+
 // Config is one host's mesh node.
 type Config struct {
 	Key        Key
@@ -35,11 +39,20 @@ type Config struct {
 	// WrapBind, if set, wraps the UDP Bind (outside any delay): tests use
 	// it to see the bytes on the wire.
 	WrapBind func(conn.Bind) conn.Bind
+	// WrapTUN, if set, wraps the node's TUN device (netstack's too), outside
+	// ModeTUN's own-address filter: bench/mesh times packets crossing it.
+	WrapTUN func(tun.Device) tun.Device
 
 	// TUN, if set, is the name of a kernel TUN device to make for the
 	// node (ModeTUN), in the network namespace of the thread that calls
 	// New; empty runs TCP/IP in the process (ModeNetstack).
 	TUN string
+
+	// MTU is the mesh's packet size, 0 for MTU (1420, for 1500-byte
+	// links). A path whose links all carry larger frames (jumbo frames
+	// inside a data centre) may take its frame size less 80; every node of
+	// a mesh should have the same.
+	MTU int
 
 	// RTTInterval is how often each peer is probed; 0 means 2 s.
 	RTTInterval time.Duration
@@ -82,6 +95,13 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: log, peers: map[PublicKey]Peer{}, regions: map[netip.AddrPort]string{}}
 
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = MTU
+	}
+	if mtu < 1280 || mtu > MaxMTU {
+		return nil, fmt.Errorf("mesh: MTU %d: want 1280 (IPv6's least) to %d", mtu, MaxMTU)
+	}
 	var tdev tun.Device
 	var err error
 	if cfg.TUN != "" {
@@ -89,17 +109,20 @@ func New(cfg Config) (*Node, error) {
 		if err != nil {
 			return nil, err
 		}
-		if tdev, n.link, err = openTUN(cfg.TUN, cfg.Addr); err != nil {
+		if tdev, n.link, err = openTUN(cfg.TUN, cfg.Addr, mtu); err != nil {
 			ks.close()
 			return nil, err
 		}
 		n.link.stack, n.net = ks, ks
 	} else {
-		d, tnet, err := netstack.CreateNetTUN([]netip.Addr{cfg.Addr}, nil, MTU)
+		d, tnet, err := netstack.CreateNetTUN([]netip.Addr{cfg.Addr}, nil, mtu)
 		if err != nil {
 			return nil, fmt.Errorf("mesh: netstack: %w", err)
 		}
 		tdev, n.net = d, userStack{tnet}
+	}
+	if cfg.WrapTUN != nil {
+		tdev = cfg.WrapTUN(tdev)
 	}
 	var bind conn.Bind = conn.NewDefaultBind()
 	if cfg.OneWay != nil {

@@ -103,3 +103,20 @@ func TestSetPeersRejectsAddressOutsideMesh(t *testing.T) {
 		t.Fatalf("want an error naming the mesh range, got %v", err)
 	}
 }
+
+func TestMTUOutOfRangeIsAnError(t *testing.T) {
+	key, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mtu := range []int{576, 65535} {
+		n, err := New(Config{Key: key, Addr: netip.MustParseAddr("fdaa::9"), MTU: mtu})
+		if err == nil {
+			n.Close()
+			t.Fatalf("New with MTU %d: no error", mtu)
+		}
+		if !strings.Contains(err.Error(), "1280") {
+			t.Errorf("New with MTU %d: %v; want the range it takes", mtu, err)
+		}
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/mesh/meshtest"
+	"golang.org/x/sys/unix"
 )
 
 // tunNodes starts two ModeTUN nodes, each in a network namespace of its
@@ -51,6 +52,12 @@ func tunNodes(t *testing.T, edit func(*Config)) (a, b *Node) {
 		}
 		if edit != nil {
 			edit(&cfg)
+		}
+		if i == 0 && cfg.MTU != 0 {
+			// Links that carry the mesh's packets whole.
+			if err := pair.SetMTU(cfg.MTU + 80); err != nil {
+				t.Fatal(err)
+			}
 		}
 		err = pair.In(i, func() error {
 			nodes[i], err = New(cfg)
@@ -147,6 +154,74 @@ func TestTUNModeCarriesTCP(t *testing.T) {
 	back, err := io.ReadAll(c)
 	if err != nil || !bytes.Equal(back, r.sum[:]) {
 		t.Fatalf("answer: %x, %v; want the digest", back, err)
+	}
+}
+
+// On links with jumbo frames the mesh takes a larger MTU: the TUN
+// device has it, and TCP over the mesh sends segments that need it.
+func TestTUNModeJumboMTU(t *testing.T) {
+	const mtu = 8920
+	a, b := tunNodes(t, func(c *Config) { c.MTU = mtu })
+	for _, n := range []*Node{a, b} {
+		l, err := n.link.h.LinkByName(n.link.link.Attrs().Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := l.Attrs().MTU; got != mtu {
+			t.Errorf("node %s: TUN device MTU %d, want %d", n.Addr(), got, mtu)
+		}
+	}
+	l, err := b.Listen(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	type got struct {
+		n   int64
+		err error
+	}
+	gotc := make(chan got, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			gotc <- got{err: err}
+			return
+		}
+		defer c.Close()
+		n, err := io.Copy(io.Discard, c)
+		gotc <- got{n, err}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := a.DialContext(ctx, "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tc := c.(*net.TCPConn)
+	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+	payload := make([]byte, 4<<20)
+	if _, err := c.Write(payload); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	_ = tc.CloseWrite()
+	if r := <-gotc; r.err != nil || r.n != int64(len(payload)) {
+		t.Fatalf("receiver got %d bytes, %v; sent %d", r.n, r.err, len(payload))
+	}
+	// The kernel's segment size for the connection: the device's MTU
+	// less the IPv6 and TCP headers, far above a 1420-byte mesh's.
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mss int
+	var serr error
+	rc.Control(func(fd uintptr) { mss, serr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_MAXSEG) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	if mss <= MTU-60 {
+		t.Errorf("TCP over the mesh sends %d-byte segments; with a %d-byte MTU it should send more than %d", mss, mtu, MTU-60)
 	}
 }
 

@@ -52,9 +52,9 @@ type kernelLink struct {
 }
 
 // openTUN makes the TUN device name in the calling thread's network
-// namespace, up, with addr on it.
-func openTUN(name string, addr netip.Addr) (tun.Device, *kernelLink, error) {
-	dev, err := tun.CreateTUN(name, MTU)
+// namespace, up, with addr on it and MTU mtu.
+func openTUN(name string, addr netip.Addr, mtu int) (tun.Device, *kernelLink, error) {
+	dev, err := tun.CreateTUN(name, mtu)
 	if err != nil {
 		return nil, nil, fmt.Errorf("mesh: create TUN device %s: %w", name, err)
 	}

@@ -49,6 +49,8 @@ type Config struct {
 	// TUN, if set, runs the node in mesh.ModeTUN on a kernel TUN device of
 	// this name in the process's network namespace; empty is ModeNetstack.
 	TUN string
+	// MTU is the mesh's MTU (mesh.MTU if 0): see mesh.Config.MTU.
+	MTU int
 	Log *slog.Logger
 }
 
@@ -93,7 +95,7 @@ func Start(cfg Config) (*Member, error) {
 	}
 	mc := mesh.Config{
 		Key: key, Addr: cfg.Addr, ListenPort: cfg.Port, Region: cfg.Region,
-		RTTInterval: cfg.RTTInterval, Logger: cfg.Log.With("component", "mesh"), TUN: cfg.TUN,
+		RTTInterval: cfg.RTTInterval, Logger: cfg.Log.With("component", "mesh"), TUN: cfg.TUN, MTU: cfg.MTU,
 	}
 	if cfg.Latency > 0 {
 		mc.OneWay = mesh.FiberOneWay(cfg.World, cfg.Latency)

@@ -62,6 +62,16 @@ func NewPair() (*Pair, error) {
 	return p, nil
 }
 
+// SetMTU sets both ends of the veth pair to mtu (jumbo frames: 9000).
+func (p *Pair) SetMTU(mtu int) error {
+	for i, n := range p.names {
+		if out, err := exec.Command("ip", "-n", n, "link", "set", p.Link[i], "mtu", fmt.Sprint(mtu)).CombinedOutput(); err != nil {
+			return fmt.Errorf("meshtest: veth MTU %d: %w: %s", mtu, err, out)
+		}
+	}
+	return nil
+}
+
 // Close deletes both namespaces (the veth pair and any TUN device in them
 // go too).
 func (p *Pair) Close() error {
