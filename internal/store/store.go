@@ -396,17 +396,57 @@ func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) 
 	err := retryClustered(ctx, cfg.Replicas, func(ctx context.Context) error {
 		var err error
 		if s.opts.Follower {
-			kv, err = s.js.KeyValue(ctx, cfg.Bucket)
+			if kv, err = s.js.KeyValue(ctx, cfg.Bucket); err != nil || cfg.Replicas == 1 {
+				return err
+			}
+			// Bound with direct gets on, its reads could miss a write just
+			// made: wait for the first server to turn them off.
+			st, err := s.js.Stream(ctx, "KV_"+cfg.Bucket)
+			if err != nil {
+				return err
+			}
+			if st.CachedInfo().Config.AllowDirect {
+				return fmt.Errorf("bucket %s still answers reads from any replica; waiting for the first server to change it", cfg.Bucket)
+			}
+			return nil
+		}
+		if kv, err = s.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil || cfg.Replicas == 1 {
 			return err
 		}
-		kv, err = s.js.CreateOrUpdateKeyValue(ctx, cfg)
-		return err
+		return s.leaderReads(ctx, "KV_"+cfg.Bucket, func() error {
+			kv, err = s.js.KeyValue(ctx, cfg.Bucket)
+			return err
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
 	}
 	listable(s.nc, kv)
 	return kv, nil
+}
+
+// leaderReads turns direct gets off on a replicated bucket's stream, then
+// calls bind (which binds the bucket again: nats.go decides at bind time
+// how a handle reads). nats.go makes every bucket with direct gets on,
+// which any replica answers: a replica that lags behind the write's
+// quorum (at R3 the reading server's own, as often as not) answers a
+// key just written through another server, or through this one, as
+// missing or old (the same race as the registry's blobs, see
+// registryBlobs). Read from the leader, a Get sees every acknowledged
+// write. A single server keeps direct gets (no replica can lag).
+func (s *Store) leaderReads(ctx context.Context, stream string, bind func() error) error {
+	st, err := s.js.Stream(ctx, stream)
+	if err != nil {
+		return err
+	}
+	cfg := st.CachedInfo().Config
+	if cfg.AllowDirect {
+		cfg.AllowDirect = false
+		if _, err := s.js.UpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("reads of %s from its leader only: %w", stream, err)
+		}
+	}
+	return bind()
 }
 
 // EnsureStream makes (or updates) a stream with the store's replicas;

@@ -1,0 +1,87 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/perchhq/perch/internal/testport"
+)
+
+// TestBucketReadsSeeEveryAcknowledgedWrite: three servers' NATS in one
+// JetStream cluster, a store on each as perch server opens it (buckets at
+// R3). A key put through one server is read at once through each of the
+// three: every read sees the write just acknowledged. With nats.go's
+// default (direct gets, answered by any replica) a replica behind the
+// write's quorum answered "not found" or the old value.
+func TestBucketReadsSeeEveryAcknowledgedWrite(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a three-server cluster")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var peers []string
+	for range 3 {
+		peers = append(peers, net.JoinHostPort("127.0.0.1", strconv.Itoa(testport.Free(t))))
+	}
+	nats := make([]*Embedded, 3)
+	for i := range nats {
+		e, err := RunEmbeddedWith(t.TempDir(), "127.0.0.1:0", "tok", EmbeddedOptions{
+			Cluster: &Cluster{Name: "ryw", Listen: peers[i], Peers: peers, ServerName: fmt.Sprint("s", i+1)},
+		}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nats[i] = e
+		defer e.Shutdown()
+	}
+	stores := make([]*Store, 3)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i := range stores {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stores[i], errs[i] = OpenWith(ctx, nats[i].URL(), Auth{User: ServerUser, Password: "tok"}, fmt.Sprint("ryw-", i),
+				Options{Replicas: 3, Follower: i > 0})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("s%d: open the store: %v", i+1, err)
+		}
+		defer stores[i].Close()
+	}
+	const writes = 150
+	stale := 0
+	for n := range writes {
+		w := stores[n%3]
+		key, val := fmt.Sprint("k", n%10), fmt.Sprint("v", n)
+		if _, err := w.Apps.Put(ctx, key, []byte(val)); err != nil {
+			t.Fatalf("put %d: %v", n, err)
+		}
+		for i, r := range stores {
+			e, err := r.Apps.Get(ctx, key)
+			if err != nil || string(e.Value()) != val {
+				stale++
+				if stale <= 5 {
+					got := "<" + fmt.Sprint(err) + ">"
+					if err == nil {
+						got = string(e.Value())
+					}
+					t.Errorf("write %d through s%d, read through s%d: %s, want %s", n, n%3+1, i+1, got, val)
+				}
+			}
+		}
+	}
+	t.Logf("%d of %d reads right after an acknowledged write were stale", stale, 3*writes)
+	if stale > 0 {
+		t.Fail()
+	}
+}
