@@ -58,7 +58,7 @@ func TestDevUpAndDown(t *testing.T) {
 				}
 			})
 			var info devcluster.Info
-			eventually(t, 60*time.Second, "world.json written", func() (bool, string) {
+			eventually(t, time.Duration(servers)*60*time.Second, "world.json written", func() (bool, string) {
 				var err error
 				info, err = devcluster.ReadInfo(dir)
 				return err == nil, out.String()
@@ -215,7 +215,12 @@ func devServersFailover(t *testing.T, dir string, info devcluster.Info, ref stri
 	home := t.TempDir()
 	try := func(wd string, args ...string) (string, error) {
 		t.Helper()
-		cmd := exec.Command(perchBin, args...)
+		// A command that hangs prints where (SIGQUIT) and fails.
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, perchBin, args...)
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+		cmd.WaitDelay = 10 * time.Second
 		cmd.Dir = wd
 		// The saved login, not the environment's.
 		cmd.Env = append(os.Environ(), "PERCH_API_URL=", "PERCH_API_TOKEN=", "HOME="+home, "XDG_CONFIG_HOME="+home+"/.config")
@@ -242,7 +247,7 @@ func devServersFailover(t *testing.T, dir string, info devcluster.Info, ref stri
 	}
 	app := t.TempDir()
 	cli(app, "launch", "--image", ref, "--regions", "iad,ams", "--name", "web")
-	cli(app, "deploy")
+	cli(app, "deploy", "--smoke-window", "0") // what is tested here is after it
 	edges := map[string]string{}
 	for _, r := range info.Regions {
 		edges[r.Code] = r.EdgeAddr + ":80"
@@ -317,7 +322,7 @@ func devServersFailover(t *testing.T, dir string, info devcluster.Info, ref stri
 	// A scale down: API writes, no image to pull (a new machine would
 	// pull from s1's registry, gone with it).
 	tries = 0
-	eventually(t, 60*time.Second, "perch scale succeeds through the surviving servers", func() (bool, string) {
+	eventually(t, 3*time.Minute, "perch scale succeeds through the surviving servers", func() (bool, string) {
 		tries++
 		out, err := try(app, "scale", "count", "1", "--yes")
 		return err == nil, out

@@ -224,7 +224,7 @@ func (w *World) waitServer(ctx context.Context, s ServerInfo, timeout time.Durat
 		if sp != nil {
 			select {
 			case <-sp.done:
-				return fmt.Errorf("server %s exited: %v; its log: %s", s.Name, sp.err, sp.logPath)
+				return fmt.Errorf("server %s exited: %v; its log %s ends:\n%s", s.Name, sp.err, sp.logPath, logTail(sp.logPath, 10))
 			default:
 			}
 		}
@@ -324,4 +324,17 @@ func copyFiles(from, to string, names []string) error {
 		}
 	}
 	return nil
+}
+
+// logTail is the last n lines of the file at path.
+func logTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
