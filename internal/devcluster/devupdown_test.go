@@ -43,14 +43,14 @@ func TestDevUpAndDown(t *testing.T) {
 			if err := up.Start(); err != nil {
 				t.Fatal(err)
 			}
-			exited := make(chan error, 1)
-			go func() { exited <- up.Wait() }()
+			exited, gone := make(chan error, 1), make(chan struct{})
+			go func() { exited <- up.Wait(); close(gone) }()
 			t.Cleanup(func() {
 				// A failed test's world is stopped as after a crash of perch
 				// dev up, before its directory is removed.
 				up.Process.Kill()
 				select {
-				case <-exited:
+				case <-gone:
 				case <-time.After(30 * time.Second):
 				}
 				if b, err := exec.Command(perchBin, "dev", "down", "--dir", dir).CombinedOutput(); err != nil && !strings.Contains(string(b), "no dev world") {
