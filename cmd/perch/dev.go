@@ -71,6 +71,9 @@ func devUpCmd() *cobra.Command {
 			if opts.Certs.ACME, err = acme.config(); err != nil {
 				return err
 			}
+			if err := devcluster.CheckServers(opts); err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "starting a dev world with %s in %s\n", regions, opts.Dir)
 			if opts.Latency > 0 {
@@ -84,7 +87,14 @@ func devUpCmd() *cobra.Command {
 				return err
 			}
 			i := w.Info()
-			fmt.Fprintf(out, "control plane  %s   (registry %s)\n", i.APIURL, i.Registry)
+			if len(i.Servers) > 1 {
+				for _, s := range i.Servers {
+					fmt.Fprintf(out, "server %-6s  %s   pid %d   log %s\n", s.Name, s.APIURL, s.PID, filepath.Join(opts.Dir, "logs", "server-"+s.Name+".log"))
+				}
+				fmt.Fprintf(out, "control plane  %d servers clustered; the CLI and agents fail over between them   (registry %s: push images there)\n", len(i.Servers), i.Registry)
+			} else {
+				fmt.Fprintf(out, "control plane  %s   (registry %s)\n", i.APIURL, i.Registry)
+			}
 			fmt.Fprintf(out, "dashboard      %s   (log in with world.json's token)\n", i.UIURL)
 			for _, r := range i.Regions {
 				fmt.Fprintf(out, "region %-6s  edge %s   host %s\n", r.Code, r.EdgeAddr, r.HostID)
@@ -117,6 +127,7 @@ func devUpCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&regions, "regions", "iad,ams,sin", "regions to run a host in (comma separated, or all)")
 	f.StringVar(&opts.Dir, "dir", defaultDevDir(), "where the world keeps its state and world.json")
+	f.IntVar(&opts.Servers, "servers", 1, "control plane servers: 1 (in this process), or 3 or 5 clustered, each a process of its own (docs/servers.md); a dead one is not restarted")
 	f.StringVar(&opts.APIListen, "api", "127.0.0.1:4280", "control plane listen address")
 	f.StringVar(&edgeBase, "edge-base", "127.0.1.1", "edge address of the first region; the next regions count up")
 	f.StringVar(&opts.NATSURL, "nats", "", "use this external NATS instead of the embedded one")
@@ -168,7 +179,18 @@ func devStatusCmd() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(i)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "control plane %s (pid %d)\n", i.APIURL, i.PID)
+			if len(i.Servers) > 1 {
+				for _, s := range i.Servers {
+					state := "running"
+					if s.PID <= 0 || syscall.Kill(s.PID, 0) != nil {
+						state = "exited (not restarted; the next perch dev up starts it)"
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "server %s %s (pid %d) %s\n", s.Name, s.APIURL, s.PID, state)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "perch dev up (pid %d)\n", i.PID)
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "control plane %s (pid %d)\n", i.APIURL, i.PID)
+			}
 			for _, r := range i.Regions {
 				fmt.Fprintf(cmd.OutOrStdout(), "%-6s edge %-12s host %s\n", r.Code, r.EdgeAddr, r.HostID)
 			}

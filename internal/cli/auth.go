@@ -46,7 +46,7 @@ the default directory of ` + "`perch dev up`" + `.`,
 				if err != nil {
 					return err
 				}
-				creds = credentials{APIURL: w.APIURL, Token: w.Token}
+				creds = credentials{APIURL: w.apiURLs(), Token: w.Token}
 				from = "dev world " + dir
 			}
 			if creds.APIURL == "" {

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // credentials is what `perch auth login` stores.
@@ -113,10 +114,32 @@ func currentCredentials() (credentials, error) {
 // devWorld is the part of a dev world's world.json (written by `perch dev
 // up`) that the CLI uses.
 type devWorld struct {
-	APIURL   string           `json:"api_url"`
+	APIURL string `json:"api_url"`
+	// Servers are the world's servers (perch dev up --servers 3): the
+	// CLI fails over between their API URLs.
+	Servers  []devWorldServer `json:"servers"`
 	Token    string           `json:"token"`
 	Registry string           `json:"registry"`
 	Regions  []devWorldRegion `json:"regions"`
+}
+
+type devWorldServer struct {
+	APIURL string `json:"api_url"`
+}
+
+// apiURLs is every server's API URL, comma-separated (the first, api_url,
+// alone in a world.json without servers).
+func (w *devWorld) apiURLs() string {
+	var urls []string
+	for _, s := range w.Servers {
+		if s.APIURL != "" {
+			urls = append(urls, s.APIURL)
+		}
+	}
+	if len(urls) == 0 {
+		return w.APIURL
+	}
+	return strings.Join(urls, ",")
 }
 
 type devWorldRegion struct {

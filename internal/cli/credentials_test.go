@@ -104,6 +104,24 @@ func TestReadDevWorld(t *testing.T) {
 		t.Errorf("world (-want +got):\n%s", diff)
 	}
 
+	if u := got.apiURLs(); u != "http://127.0.0.1:4280" {
+		t.Errorf("API URLs of a world without servers[] = %q, want its api_url", u)
+	}
+
+	// A world of three servers (perch dev up --servers 3): the CLI logs in
+	// to all three, and so fails over between them.
+	three := t.TempDir()
+	os.WriteFile(filepath.Join(three, "world.json"), []byte(`{"api_url": "http://127.0.0.1:4280", "token": "tok",
+		"servers": [{"name": "s1", "api_url": "http://127.0.0.1:4280", "pid": 10},
+			{"name": "s2", "api_url": "http://127.0.0.1:4290", "pid": 11}, {"name": "s3", "api_url": "http://127.0.0.1:4291", "pid": 12}]}`), 0o600)
+	got, err = readDevWorld(three)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, want := got.apiURLs(), "http://127.0.0.1:4280,http://127.0.0.1:4290,http://127.0.0.1:4291"; u != want {
+		t.Errorf("API URLs of a world of three servers = %q, want %q", u, want)
+	}
+
 	_, err = readDevWorld(t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), "perch dev up") {
 		t.Errorf("missing world: err = %v, want it to say to run perch dev up", err)

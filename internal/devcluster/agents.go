@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/perchhq/perch/internal/agent"
+	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/fdstore"
 )
 
@@ -99,7 +100,7 @@ func (w *World) startAgent(ctx context.Context, region string) error {
 	}
 	defer lf.Close()
 	cmd := exec.Command(w.opts.PerchBin, "agent",
-		"--region", region, "--server", info.APIURL,
+		"--region", region, "--server", info.APIURLs(),
 		"--state-dir", ri.StateDir, "--edge-addr", ri.EdgeAddr,
 		"--metrics-addr", net.JoinHostPort(ri.EdgeAddr, strconv.Itoa(MetricsPort)),
 		// Every host of the world shares one kernel: each WireGuard takes a
@@ -139,7 +140,7 @@ func (w *World) startAgent(ctx context.Context, region string) error {
 	// dir (neither command line nor environment: every local user reads
 	// those); later starts use its credential file.
 	if _, err := os.Stat(filepath.Join(ri.StateDir, agent.CredentialFile)); errors.Is(err, os.ErrNotExist) {
-		jt, err := w.srv.CreateJoinToken(ctx, region, time.Hour)
+		jt, err := w.joinToken(ctx, region)
 		if err != nil {
 			return fmt.Errorf("join token for %s: %w", region, err)
 		}
@@ -171,6 +172,19 @@ func (w *World) startAgent(ctx context.Context, region string) error {
 	}
 	w.mu.Unlock()
 	return nil
+}
+
+// joinToken makes a join token for a host of region: from the
+// in-process server, else through the API.
+func (w *World) joinToken(ctx context.Context, region string) (string, error) {
+	if w.srv != nil {
+		return w.srv.CreateJoinToken(ctx, region, time.Hour)
+	}
+	jt, err := w.Client().CreateJoinToken(ctx, api.JoinTokenRequest{Region: region})
+	if err != nil {
+		return "", err
+	}
+	return jt.Token, nil
 }
 
 // fdStore is region's descriptor store, made at its agent's first start;

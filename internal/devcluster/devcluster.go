@@ -76,6 +76,10 @@ type Options struct {
 	// AnycastClients are cities with a router and a client but no region
 	// (Anycast): clients far from every announcing region.
 	AnycastClients []string
+	// Servers is how many control plane servers the world runs: 1 (or
+	// 0), in-process as always; 3 or 5, each a `perch server` process,
+	// clustered, taking agents' leaf nodes (servers.go).
+	Servers int
 }
 
 // RegionInfo describes one region's host in world.json.
@@ -107,6 +111,10 @@ type Info struct {
 	// Anycast describes the anycast lab of a world started with
 	// Options.Anycast.
 	Anycast *AnycastInfo `json:"anycast,omitempty"`
+	// Servers are the control plane's servers (APIURL is the first's):
+	// with Options.Servers above 1 each is a process; in a one-server
+	// world the one runs in perch dev up (PID).
+	Servers []ServerInfo `json:"servers"`
 }
 
 // World is a running dev world.
@@ -117,6 +125,8 @@ type World struct {
 	srv     *server.Server
 	srvStop context.CancelFunc
 	srvDone chan struct{}
+	// servers are the server processes of a world of several (servers.go).
+	servers []*serverProc
 
 	// adminTok is the operator's token (World.Client's; agents join with join tokens).
 	adminTok string
@@ -148,6 +158,9 @@ func InfoPath(dir string) string { return filepath.Join(dir, "world.json") }
 // Start brings a world up: the control plane, then one agent per region,
 // and returns once every host has registered and heartbeats.
 func Start(ctx context.Context, opts Options) (*World, error) {
+	if err := CheckServers(opts); err != nil {
+		return nil, err
+	}
 	if os.Geteuid() != 0 {
 		return nil, errors.New("perch dev needs root: machines run under runc in their own network namespaces; run it with sudo")
 	}
@@ -238,24 +251,20 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 		w.srvCfg.Anycast = anycast.Pools{V4: anycast.LabPool, V6: anycast.LabPool6}
 	}
 	w.srvCfg.Certs.DevCA = true
-	if err := w.startServer(ctx); err != nil {
-		w.closeLab()
-		release()
-		return nil, err
-	}
-	// Keep the same API port across server restarts.
-	w.srvCfg.Listen = w.srv.Addr().String()
-	w.adminTok = w.srv.AdminToken()
-	orgTok, err := w.srv.MintOrgToken(ctx, server.DefaultOrg, "dev world")
-	if err != nil {
-		w.stopServer()
-		w.closeLab()
-		release()
-		return nil, fmt.Errorf("dev world: %w", err)
-	}
-	w.info = Info{APIURL: w.srv.URL(), UIURL: w.srv.UIURL(), Token: orgTok, Org: server.DefaultOrg, Registry: strings.TrimPrefix(w.srv.URL(), "http://"), PID: os.Getpid(), Dir: dir, Anycast: w.info.Anycast}
-	if w.info.CACert, err = writeCACert(dir, w.srv.DevCACert()); err != nil {
-		w.stopServer()
+	if opts.Servers > 1 {
+		err := w.startServers(ctx)
+		if err == nil {
+			err = w.clusterInfo(ctx)
+		}
+		if err != nil {
+			_ = w.stopServers()
+			release()
+			return nil, err
+		}
+		w.mu.Lock()
+		w.info.PID, w.info.Dir = os.Getpid(), dir
+		w.mu.Unlock()
+	} else if err := w.startInProcess(ctx); err != nil {
 		w.closeLab()
 		release()
 		return nil, err
@@ -289,25 +298,54 @@ func Start(ctx context.Context, opts Options) (*World, error) {
 	return w, nil
 }
 
+// startInProcess starts a one-server world's control plane in this
+// process and fills world.json's fields it gives.
+func (w *World) startInProcess(ctx context.Context) error {
+	dir := w.opts.Dir
+	if err := w.startServer(ctx); err != nil {
+		return err
+	}
+	// Keep the same API port across server restarts.
+	w.srvCfg.Listen = w.srv.Addr().String()
+	w.adminTok = w.srv.AdminToken()
+	orgTok, err := w.srv.MintOrgToken(ctx, server.DefaultOrg, "dev world")
+	if err != nil {
+		w.stopServer()
+		return fmt.Errorf("dev world: %w", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.info = Info{APIURL: w.srv.URL(), UIURL: w.srv.UIURL(), Token: orgTok, Org: server.DefaultOrg, Registry: strings.TrimPrefix(w.srv.URL(), "http://"), PID: os.Getpid(), Dir: dir, Anycast: w.info.Anycast,
+		Servers: []ServerInfo{{Name: "s1", APIURL: w.srv.URL(), PID: os.Getpid(), DataDir: w.srvCfg.DataDir}}}
+	if w.info.CACert, err = writeCACert(dir, w.srv.DevCACert()); err != nil {
+		w.stopServer()
+		return err
+	}
+	return nil
+}
+
 // Info describes the world as world.json does.
 func (w *World) Info() Info {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	i := w.info
 	i.Regions = slices.Clone(i.Regions)
+	i.Servers = slices.Clone(i.Servers)
 	return i
 }
 
-// Client is an API client with the admin token.
+// Client is an API client with the admin token, failing over between
+// the world's servers.
 func (w *World) Client() *api.Client {
-	return api.NewClient(w.Info().APIURL, w.adminTok)
+	return api.NewClient(w.Info().APIURLs(), w.adminTok)
 }
 
 // AdminToken is the operator's token (Info's Token is the world
 // organisation's).
 func (w *World) AdminToken() string { return w.adminTok }
 
-// Server is the in-process control plane.
+// Server is the in-process control plane: nil in a world of several
+// servers (Options.Servers), whose servers are processes.
 func (w *World) Server() *server.Server { return w.srv }
 
 func (w *World) startServer(ctx context.Context) error {
@@ -340,6 +378,9 @@ func (w *World) stopServer() {
 // RestartServer stops the control plane and starts it again on the same
 // data, address and NATS port; agents reconnect by themselves.
 func (w *World) RestartServer(ctx context.Context) error {
+	if w.srv == nil {
+		return errors.New("RestartServer: the world's servers are processes (Options.Servers)")
+	}
 	w.stopServer()
 	return w.startServer(ctx)
 }
@@ -429,6 +470,9 @@ func (w *World) Close() error {
 		}
 	}
 	w.stopServer()
+	if err := w.stopServers(); err != nil {
+		errs = append(errs, err)
+	}
 	w.closeLab()
 	_ = os.Remove(InfoPath(w.opts.Dir))
 	if w.releaseNet != nil {

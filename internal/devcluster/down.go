@@ -73,6 +73,9 @@ func Down(ctx context.Context, dir, perchBin string, log *slog.Logger) error {
 			errs = append(errs, err)
 		}
 	}
+	// The servers of a world of several, last (machines were cleaned up
+	// by their agents' state above, not through the API).
+	killServers(i)
 	if i.Anycast != nil {
 		if err := removeLab(i.Anycast.Lab); err != nil {
 			errs = append(errs, err)

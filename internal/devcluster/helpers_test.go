@@ -286,7 +286,7 @@ func perchEnv(t *testing.T, w *devcluster.World, dir string, env []string, args 
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
 	cmd.WaitDelay = 10 * time.Second
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "PERCH_API_URL="+info.APIURL, "PERCH_API_TOKEN="+info.Token, "HOME="+dir, "XDG_CONFIG_HOME="+dir+"/.config")
+	cmd.Env = append(os.Environ(), "PERCH_API_URL="+info.APIURLs(), "PERCH_API_TOKEN="+info.Token, "HOME="+dir, "XDG_CONFIG_HOME="+dir+"/.config")
 	cmd.Env = append(cmd.Env, env...)
 	out, err := cmd.CombinedOutput()
 	t.Logf("$ perch %s\n%s", strings.Join(args, " "), out)

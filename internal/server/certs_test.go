@@ -1,7 +1,10 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -22,11 +25,19 @@ func TestCertificateEndpoints(t *testing.T) {
 	wantStatus(t, err, 422, "--acme-ca")
 	noCA.stop()
 
+	if _, err := os.Stat(filepath.Join(noCA.cfg.DataDir, DevCAFile)); err == nil {
+		t.Errorf("%s written without the dev CA", DevCAFile)
+	}
 	s := startServer(t, t.TempDir(), func(c *Config) {
 		// A CA nobody answers at: requests stay pending or fail, which is
 		// all these checks need.
 		c.Certs = certs.Config{ACME: certs.ACMEConfig{Directory: "https://127.0.0.1:1/dir"}, DevCA: true}
 	})
+	// The dev CA's certificate is in the data dir, for clients to trust
+	// (a dev world of several servers reads it there).
+	if b, err := os.ReadFile(filepath.Join(s.cfg.DataDir, DevCAFile)); err != nil || !bytes.Equal(b, s.DevCACert()) || len(b) == 0 {
+		t.Errorf("%s in the data dir: %v; want the dev CA's certificate", DevCAFile, err)
+	}
 	if _, err := s.c.CreateApp(ctx, api.CreateAppRequest{AppName: "web"}); err != nil {
 		t.Fatal(err)
 	}

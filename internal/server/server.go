@@ -193,6 +193,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.certs = cm
+	if pem := cm.DevCACert(); len(pem) > 0 {
+		// For clients to trust (a dev world's ca.pem when its servers are
+		// processes of their own).
+		if err := os.WriteFile(filepath.Join(cfg.DataDir, DevCAFile), pem, 0o644); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("server: write the dev CA's certificate: %w", err)
+		}
+	}
 	reg, err := registry.New(ctx, filepath.Join(cfg.DataDir, "registry"), registry.Shared{
 		JS: s.st.JetStream(), Blobs: s.st.Registry, Stream: store.StreamRegistry, Subject: store.SubjectRegistry,
 	}, registryAuth{s}, cfg.Registry, cfg.Log.With("component", "registry"))
@@ -314,6 +322,10 @@ func (s *Server) TokenPath() string { return s.tokPath }
 
 // Store is the server's state store connection.
 func (s *Server) Store() *store.Store { return s.st }
+
+// DevCAFile is the file in the data dir holding the dev CA's certificate
+// (PEM) when Config.Certs.DevCA is on.
+const DevCAFile = "dev-ca.pem"
 
 // DevCACert is the dev CA's certificate (PEM) when Config.Certs.DevCA is
 // set, for clients to trust; nil otherwise.
