@@ -55,14 +55,14 @@ func tokenKey(tok string) string {
 	return hex.EncodeToString(h[:])
 }
 
-func (s *Server) validToken(tok string) (store.Token, bool) {
+func (s *Server) validToken(tok string) (store.Token, error) {
 	if tok == "" {
-		return store.Token{}, false
+		return store.Token{}, store.ErrNotFound
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	t, _, err := store.Get[store.Token](ctx, s.st.Tokens, tokenKey(tok))
-	return t, err == nil
+	return t, err
 }
 
 // openTokens loads (or creates) the key organisations' tokens are signed
@@ -134,8 +134,14 @@ func (s *Server) principalFor(ctx context.Context, tok string) (auth.Principal, 
 	if isHostCredential(tok) {
 		return s.hostPrincipal(ctx, tok)
 	}
-	if t, ok := s.validToken(tok); ok {
+	t, err := s.validToken(tok)
+	if err == nil {
 		return auth.Principal{Kind: auth.KindAdmin, Name: t.Name}, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		// Not "unknown": the store did not answer (a 503 while a
+		// cluster elects a leader or has lost its quorum).
+		return auth.Principal{}, fmt.Errorf("look up the token: %w", err)
 	}
 	return auth.Principal{}, errf(http.StatusUnauthorized, "invalid token: it is not known to this server; run perch auth login with a current token")
 }

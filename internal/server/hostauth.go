@@ -214,13 +214,9 @@ func (s *Server) hostPrincipal(ctx context.Context, tok string) (auth.Principal,
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	rec, _, err := store.Get[hostCredRecord](ctx, s.st.HostAuth, "host."+id)
-	// In a cluster a get may be answered by a replica a moment behind
-	// the server that took the join: a host's first request follows
-	// its join at once.
-	for wait := time.Now().Add(2 * time.Second); s.clustered() && errors.Is(err, store.ErrNotFound) && time.Now().Before(wait); {
-		time.Sleep(100 * time.Millisecond)
-		rec, _, err = store.Get[hostCredRecord](ctx, s.st.HostAuth, "host."+id)
-	}
+	// A cluster's buckets are read from their leaders (store.leaderReads),
+	// so a host's first request, right after its join through another
+	// server, finds its credential.
 	if errors.Is(err, store.ErrNotFound) {
 		return auth.Principal{}, bad
 	}

@@ -33,7 +33,7 @@ func (s *Server) noQuorum(cause error) error {
 		need = fmt.Sprintf("%d of its %d servers", m.Size/2+1, m.Size)
 	}
 	msg := "the control plane has lost its quorum: fewer than " + need +
-		" answer, so no write can be stored; start the servers that are down (`perch server status` on any server shows which) and try again; reads still answer"
+		" answer, so nothing can be stored or read (edges and agents keep serving from their own copies); start the servers that are down (`perch server status` on any server shows which) and try again"
 	if cause != nil {
 		msg += " (" + cause.Error() + ")"
 	}
