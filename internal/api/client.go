@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -63,6 +64,8 @@ type HTTPError struct {
 	// Message is the server's "error" field, or the body or status text when
 	// the response was not the API's JSON.
 	Message string
+	// RetryAfter is the answer's Retry-After (seconds form), 0 if none.
+	RetryAfter time.Duration
 }
 
 func (e *HTTPError) Error() string {
@@ -127,10 +130,40 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 			return nil, fmt.Errorf("%s %s: encoding request: %w", method, path, err)
 		}
 	}
+	for waited := time.Duration(0); ; {
+		resp, err := c.sendRound(ctx, method, path, query, in != nil, b)
+		// A read answered 503 with a Retry-After (a clustered control
+		// plane electing a new leader after a server died) is asked
+		// again, for at most readRetryFor: the user sees the answer a
+		// few seconds late rather than an error. Writes are not: a
+		// write may have been stored before its answer was lost.
+		var he *HTTPError
+		if err == nil || (method != http.MethodGet && method != http.MethodHead) ||
+			!errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable || he.RetryAfter <= 0 ||
+			waited+he.RetryAfter > readRetryFor {
+			return resp, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(he.RetryAfter):
+		}
+		waited += he.RetryAfter
+	}
+}
+
+// readRetryFor bounds how long send asks again after 503s with a
+// Retry-After: a cluster's election takes a few seconds.
+var readRetryFor = 15 * time.Second
+
+// sendRound sends a request to each server in turn, from the last one
+// that answered, until one answers or the failure is not one another
+// server could fix (retryable).
+func (c *Client) sendRound(ctx context.Context, method, path string, query url.Values, hasBody bool, b []byte) (*http.Response, error) {
 	first := int(c.cur.Load())
 	for i := range len(c.urls) {
 		n := (first + i) % len(c.urls)
-		resp, err := c.sendTo(ctx, c.urls[n], method, path, query, in != nil, b)
+		resp, err := c.sendTo(ctx, c.urls[n], method, path, query, hasBody, b)
 		if err == nil || i == len(c.urls)-1 || ctx.Err() != nil || !retryable(method, err) {
 			if err == nil {
 				c.cur.Store(int32(n))
@@ -199,7 +232,11 @@ func readError(resp *http.Response) error {
 	} else {
 		msg = http.StatusText(resp.StatusCode)
 	}
-	return &HTTPError{StatusCode: resp.StatusCode, Message: msg}
+	he := &HTTPError{StatusCode: resp.StatusCode, Message: msg}
+	if n, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && n > 0 {
+		he.RetryAfter = time.Duration(n) * time.Second
+	}
+	return he
 }
 
 func appPath(app string) string { return "/v1/apps/" + url.PathEscape(app) }

@@ -3,11 +3,13 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // A client given a cluster's servers sends to the next when one refuses
@@ -77,5 +79,51 @@ func TestClientDoesNotResendWritesAfterSending(t *testing.T) {
 	}
 	if second.Load() != 1 {
 		t.Errorf("the list went %d times to the other server, want 1", second.Load())
+	}
+}
+
+// A read answered 503 with a Retry-After (a cluster electing a leader)
+// is asked again and succeeds; a write is not sent again, and a 503
+// without Retry-After (a lost quorum) is returned at once.
+func TestClientWaitsOutAnElectionForReads(t *testing.T) {
+	old := readRetryFor
+	readRetryFor = 3 * time.Second
+	defer func() { readRetryFor = old }()
+	var gets, posts atomic.Int32
+	electing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var n int32
+		if r.Method == http.MethodPost {
+			n = posts.Add(1)
+		} else {
+			n = gets.Add(1)
+		}
+		if n <= 2 || r.URL.Path == "/v1/apps/lost" {
+			if r.URL.Path != "/v1/apps/lost" {
+				w.Header().Set("Retry-After", "1")
+			}
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_ = json.NewEncoder(w).Encode(Error{Error: "a new leader is being elected"})
+			return
+		}
+		_ = json.NewEncoder(w).Encode(App{Name: "a"})
+	}))
+	defer electing.Close()
+	c := NewClient(electing.URL, "tok")
+	ctx := context.Background()
+	start := time.Now()
+	if _, err := c.GetApp(ctx, "a"); err != nil {
+		t.Fatalf("a read during an election: %v, want it asked again until answered", err)
+	}
+	if n, took := gets.Load(), time.Since(start); n != 3 || took < 2*time.Second {
+		t.Errorf("the read was sent %d times in %v, want 3, a Retry-After (1 s) apart", n, took)
+	}
+	_, err := c.CreateApp(ctx, CreateAppRequest{AppName: "a"})
+	var he *HTTPError
+	if !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable || posts.Load() != 1 {
+		t.Errorf("a write during an election: %v after %d sends, want the 503 after one", err, posts.Load())
+	}
+	before := gets.Load()
+	if _, err := c.GetApp(ctx, "lost"); !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable || gets.Load() != before+1 {
+		t.Errorf("a read answered 503 without Retry-After: %v after %d sends, want the 503 after one", err, gets.Load()-before)
 	}
 }

@@ -88,6 +88,10 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case s.quorumError(err) != nil: // quorum.go
 		errors.As(s.quorumError(err), &he)
 		s.log.Warn("request failed: no quorum", "method", r.Method, "path", r.URL.Path, "err", err)
+		if !s.quorumLost() {
+			// An election, over in seconds: the CLI asks a read again.
+			w.Header().Set("Retry-After", "2")
+		}
 		writeJSON(w, he.code, api.Error{Error: he.msg, Status: errorStatus(he.code)})
 	default:
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
