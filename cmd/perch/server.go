@@ -100,7 +100,7 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&peers, "cluster-peers", "", "every server's --cluster-listen address, comma-separated (A,B,C)")
 	f.StringVar(&cluster.ServerName, "server-name", "", "this server's name in its cluster, unique (default: from --cluster-listen)")
 	acme.register(f)
-	cmd.AddCommand(initClusterCmd(), cli.NewServerStatusCmd())
+	cmd.AddCommand(initClusterCmd(), cli.NewServerStatusCmd(), cli.NewServerRemoveCmd())
 	f.StringVar(&pricesFile, "prices", "", "TOML price table for usage and budgets (default: Fly.io's published prices; see docs/budgets.md)")
 	f.DurationVar(&cfg.MeterInterval, "meter-interval", 0, "how often budgets are checked (default 10s)")
 	f.BoolVar(&cfg.Certs.DevCA, "dev-ca", false, "give every app a certificate for <app>.<dev-domain> from a built-in CA (for test setups; clients must trust it)")
