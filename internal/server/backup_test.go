@@ -256,6 +256,15 @@ func TestBackupAndRestore(t *testing.T) {
 		checkBackupState(t, startServer(t, fdir), st)
 	})
 
+	t.Run("force", func(t *testing.T) {
+		// The server with state, its app "later" made after the backup.
+		if _, err := Restore(ctx, RestoreOptions{DataDir: dir, NATSURL: s.natsURL, Dir: bdir, Force: true}); err != nil {
+			t.Fatal(err)
+		}
+		s.stop()
+		checkBackupState(t, startServer(t, dir), st)
+	})
+
 	t.Run("cluster", func(t *testing.T) {
 		c := newTestCluster(t, "restored")
 		three := []string{"s1", "s2", "s3"}
@@ -263,8 +272,10 @@ func TestBackupAndRestore(t *testing.T) {
 		for _, n := range three {
 			dirs[n] = c.dataDir()
 		}
-		srv := c.start(three, three, dirs)
 		start := time.Now()
+		srv := c.start(three, three, dirs)
+		t.Logf("a new cluster started in %s", time.Since(start).Round(time.Millisecond))
+		start = time.Now()
 		m, err := Restore(ctx, RestoreOptions{DataDir: dirs["s2"], NATSURL: srv["s2"].natsURL, Dir: bdir})
 		if err != nil {
 			t.Fatal(err)
@@ -284,7 +295,9 @@ func TestBackupAndRestore(t *testing.T) {
 		for _, s := range srv {
 			s.stop()
 		}
+		start = time.Now()
 		srv = c.start(three, three, dirs)
+		t.Logf("restarted in %s", time.Since(start).Round(time.Millisecond))
 		waitUntil(t, 60*time.Second, "the restored cluster at three replicas", func() string {
 			st, err := srv["s1"].c.ClusterStatus(ctx)
 			if err != nil {
@@ -298,6 +311,7 @@ func TestBackupAndRestore(t *testing.T) {
 			}
 			return settled(st, three...)
 		})
+		t.Logf("restarted and settled in %s", time.Since(start).Round(time.Millisecond))
 		checkBackupState(t, srv["s3"], st)
 	})
 }

@@ -27,7 +27,8 @@ type StreamBackup struct {
 // SnapshotStreams writes a JetStream snapshot of every stream of the
 // connection's account into dir/<stream> (jsm.go's SnapshotToDirectory:
 // $JS.API.STREAM.SNAPSHOT, the stream's files as its leader has them),
-// one stream after the other, while the server runs and takes writes.
+// one stream after the other (names in reverse order), while the server
+// runs and takes writes.
 func SnapshotStreams(ctx context.Context, nc *nats.Conn, dir string) ([]StreamBackup, error) {
 	mgr, err := jsm.New(nc)
 	if err != nil {
@@ -37,7 +38,13 @@ func SnapshotStreams(ctx context.Context, nc *nats.Conn, dir string) ([]StreamBa
 	if err != nil {
 		return nil, fmt.Errorf("list streams: %w", err)
 	}
+	// Referrers before what they refer to, so that a write between two
+	// snapshots leaves no dangling reference in the backup: names in
+	// reverse order take PERCH_REGISTRY (manifests) before
+	// OBJ_perch_registry (their blobs), perch_machines before
+	// perch_hosts and perch_apps.
 	slices.Sort(names)
+	slices.Reverse(names)
 	var out []StreamBackup
 	for _, name := range names {
 		st, err := mgr.LoadStream(name)
