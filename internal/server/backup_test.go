@@ -156,7 +156,9 @@ func writeBackupState(t *testing.T, s *testServer) backupState {
 // key came back), the image; and not the app "later".
 func checkBackupState(t *testing.T, s *testServer, st backupState) {
 	t.Helper()
-	ctx := context.Background()
+	// Bounded: a stuck server fails the test rather than hangs it.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
 	if _, err := s.c.GetApp(ctx, "kept"); err != nil {
 		t.Errorf("app kept: %v", err)
 	}
@@ -191,7 +193,7 @@ func checkBackupState(t *testing.T, s *testServer, st backupState) {
 	if w, err := api.NewClient(s.URL(), st.orgToken).Whoami(ctx); err != nil || w.Org != DefaultOrg {
 		t.Errorf("the organisation token after the restore: %+v, %v", w, err)
 	}
-	img, err := remote.Image(mustRef(t, strings.TrimPrefix(s.URL(), "http://")+"/kept:v1"), remote.WithAuth(&authn.Basic{Username: "x", Password: s.AdminToken()}))
+	img, err := remote.Image(mustRef(t, strings.TrimPrefix(s.URL(), "http://")+"/kept:v1"), remote.WithContext(ctx), remote.WithAuth(&authn.Basic{Username: "x", Password: s.AdminToken()}))
 	if err != nil {
 		t.Errorf("pull kept:v1 after the restore: %v", err)
 	} else if dg, _ := img.Digest(); dg.String() != st.image {
