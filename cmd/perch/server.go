@@ -100,7 +100,7 @@ func serverCmd() *cobra.Command {
 	f.StringVar(&peers, "cluster-peers", "", "every server's --cluster-listen address, comma-separated (A,B,C)")
 	f.StringVar(&cluster.ServerName, "server-name", "", "this server's name in its cluster, unique (default: from --cluster-listen)")
 	acme.register(f)
-	cmd.AddCommand(initClusterCmd(), cli.NewServerStatusCmd())
+	cmd.AddCommand(initClusterCmd(), cli.NewServerStatusCmd(), cli.NewServerRemoveCmd(), backupCmd(), restoreCmd())
 	f.StringVar(&pricesFile, "prices", "", "TOML price table for usage and budgets (default: Fly.io's published prices; see docs/budgets.md)")
 	f.DurationVar(&cfg.MeterInterval, "meter-interval", 0, "how often budgets are checked (default 10s)")
 	f.BoolVar(&cfg.Certs.DevCA, "dev-ca", false, "give every app a certificate for <app>.<dev-domain> from a built-in CA (for test setups; clients must trust it)")
@@ -146,5 +146,61 @@ func initClusterCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&dir, "data-dir", "/var/lib/perch/server", "where to write them (the first server's data dir)")
+	return cmd
+}
+
+// backupFlags are where backup and restore find the server: run on the
+// server, with its --data-dir and --nats-listen.
+type backupFlags struct{ dataDir, natsListen string }
+
+func (b *backupFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&b.dataDir, "data-dir", "/var/lib/perch/server", "the server's --data-dir (its NATS password and keys are there)")
+	cmd.Flags().StringVar(&b.natsListen, "nats-listen", "127.0.0.1:4281", "the server's --nats-listen (its embedded NATS)")
+}
+
+func (b *backupFlags) natsURL() string { return "nats://" + b.natsListen }
+
+func backupCmd() *cobra.Command {
+	var b backupFlags
+	cmd := &cobra.Command{
+		Use:   "backup DIR",
+		Short: "Back up the control plane's state from a running server into a new directory: a JetStream snapshot of every bucket, stream and object store, and the keys the state needs (docs/operations.md)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := server.Backup(cmd.Context(), server.BackupOptions{DataDir: b.dataDir, NATSURL: b.natsURL(), Dir: args[0], Log: newLogger()})
+			if err != nil {
+				return err
+			}
+			var msgs uint64
+			for _, s := range m.Streams {
+				msgs += s.Messages
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "backup of %s in %s: %d streams, %d messages, keys %s\n", m.Server, args[0], len(m.Streams), msgs, strings.Join(m.Keys, " "))
+			return nil
+		},
+	}
+	b.register(cmd)
+	return cmd
+}
+
+func restoreCmd() *cobra.Command {
+	var b backupFlags
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "restore DIR",
+		Short: "Restore a backup into a running new server (or cluster) with no apps, machines or hosts; restart the servers after (docs/operations.md)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := server.Restore(cmd.Context(), server.RestoreOptions{DataDir: b.dataDir, NATSURL: b.natsURL(), Dir: args[0], Force: force, Log: newLogger()})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "restored %d streams of the backup of %s (%s); its keys (%s) are in %s.\nNow copy those key files into every other server's --data-dir (a cluster), and restart every server.\n",
+				len(m.Streams), m.Server, m.Created.Format("2006-01-02T15:04:05Z"), strings.Join(m.Keys, " "), b.dataDir)
+			return nil
+		},
+	}
+	b.register(cmd)
+	cmd.Flags().BoolVar(&force, "force", false, "replace the server's state even if it holds apps, machines or hosts")
 	return cmd
 }

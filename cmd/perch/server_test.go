@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/perchhq/perch/internal/store"
+	"github.com/spf13/cobra"
 )
 
 // The cluster flags come all together or not at all, and each mistake
@@ -43,5 +44,31 @@ func TestClusterFlags(t *testing.T) {
 	var alone *store.Cluster
 	if r := alone.Replicas(); r != 1 {
 		t.Errorf("a server alone keeps %d replicas, want 1", r)
+	}
+}
+
+// perch server backup and restore say what was wrong: a restore from a
+// directory that is no backup (before reaching any server), a backup
+// without the server's data dir.
+func TestBackupRestoreCommandErrors(t *testing.T) {
+	run := func(cmd *cobra.Command, args ...string) error {
+		cmd.SetArgs(args)
+		cmd.SetOut(new(strings.Builder))
+		cmd.SetErr(new(strings.Builder))
+		return cmd.Execute()
+	}
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		cmd  *cobra.Command
+		args []string
+		want string
+	}{
+		{restoreCmd(), []string{dir + "/missing", "--data-dir", dir}, "no backup at " + dir + "/missing"},
+		{restoreCmd(), []string{dir, "--data-dir", dir}, "is not a Perch backup"},
+		{backupCmd(), []string{dir + "/b", "--data-dir", dir + "/none"}, "give the server's --data-dir"},
+	} {
+		if err := run(tc.cmd, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s %v: %v, want an error saying %q", tc.cmd.Name(), tc.args, err, tc.want)
+		}
 	}
 }

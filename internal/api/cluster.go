@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -71,6 +72,27 @@ type ClusterLease struct {
 func (c *Client) ClusterStatus(ctx context.Context) (*ClusterStatus, error) {
 	var out ClusterStatus
 	if err := c.do(ctx, http.MethodGet, "/v1/cluster", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ServerRemoval is what removing a server from the cluster did.
+type ServerRemoval struct {
+	// Server is the server removed.
+	Server string `json:"server"`
+	// Streams are the streams (buckets, object stores) that had a
+	// replica on it, each now placed on another server.
+	Streams []string `json:"streams"`
+}
+
+// RemoveServer removes a server from the control plane's cluster for
+// good (admin token): every stream's replica on it moves to another
+// server, and JetStream forgets it. It answers once every stream is back
+// at its replicas.
+func (c *Client) RemoveServer(ctx context.Context, name string) (*ServerRemoval, error) {
+	var out ServerRemoval
+	if err := c.do(ctx, http.MethodDelete, "/v1/cluster/servers/"+url.PathEscape(name), nil, nil, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil

@@ -111,3 +111,29 @@ func renderClusterStatus(w io.Writer, st *api.ClusterStatus, now time.Time) {
 		fmt.Fprintln(w, "could not read:", e)
 	}
 }
+
+// NewServerRemoveCmd is `perch server remove NAME`: a server of the
+// cluster removed for good, its replicas moved to the others (admin
+// token; docs/operations.md).
+func NewServerRemoveCmd() *cobra.Command {
+	g := &globals{}
+	cmd := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Remove a server from the control plane's cluster for good: every bucket and stream's replica on it moves to another server, then JetStream forgets it (stop it first)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			res, err := c.RemoveServer(cmd.Context(), args[0])
+			if err != nil {
+				return fmt.Errorf("server remove %s: %w", args[0], err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "server %s removed from the cluster; %d streams moved their replica off it and are back at full replicas\n", res.Server, len(res.Streams))
+			return nil
+		},
+	}
+	addLoginHint(cmd)
+	return cmd
+}

@@ -59,3 +59,22 @@ func TestServerStatusSingle(t *testing.T) {
 		}
 	}
 }
+
+// TestServerRemoveSingle: `perch server remove` on a server alone says
+// there is no cluster to remove a server from (the cluster case:
+// internal/server's TestAddAndRemoveServer).
+func TestServerRemoveSingle(t *testing.T) {
+	loggedOut(t)
+	srv := startServerWith(t)
+	t.Setenv(envAPIURL, srv.URL())
+	t.Setenv(envAPIToken, srv.AdminToken())
+	cmd := NewServerRemoveCmd()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs([]string{"s1"})
+	err := cmd.Execute()
+	if err == nil || !strings.Contains(err.Error(), "not one of a cluster") || !strings.Contains(err.Error(), "400") {
+		t.Errorf("perch server remove on a single server: %v, want a 400 saying it is not one of a cluster", err)
+	}
+}

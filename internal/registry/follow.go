@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -98,13 +99,18 @@ func (f *follower) run(cons jetstream.Consumer) {
 		f.mu.Lock()
 		it := f.it
 		f.mu.Unlock()
-		msg, err := it.Next()
+		// Bounded: an ordered consumer resetting (its stream deleted and
+		// made again: perch server restore) can miss the Stop of stop().
+		msg, err := it.Next(jetstream.NextMaxWait(time.Second))
 		if err != nil {
 			f.mu.Lock()
 			stopped := f.stopped
 			f.mu.Unlock()
 			if stopped {
 				return
+			}
+			if errors.Is(err, nats.ErrTimeout) {
+				continue
 			}
 			f.r.log.Debug("manifest stream", "err", err)
 			time.Sleep(250 * time.Millisecond)

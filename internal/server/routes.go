@@ -123,7 +123,8 @@ var apiRoutes = []route{
 	{"POST /v1/hosts/{id}/heartbeat", scopeAgent, h((*Server).hostHeartbeat)},
 	{"POST /v1/hosts/join-tokens", scopeAdmin, h((*Server).createJoinToken)}, // hostauth.go
 	{"DELETE /v1/hosts/{id}", scopeAdmin, h((*Server).removeHost)},
-	{"GET /v1/cluster", scopeAdmin, h((*Server).clusterStatus)}, // clusterstatus.go
+	{"GET /v1/cluster", scopeAdmin, h((*Server).clusterStatus)},                  // clusterstatus.go
+	{"DELETE /v1/cluster/servers/{name}", scopeAdmin, h((*Server).removeServer)}, // clusterremove.go
 	{"GET /v1/agent/bootstrap", scopeAgent, h((*Server).bootstrap)},
 	{"GET /v1/regions", scopeAny, h((*Server).listRegions)},
 	{"GET /v1/platform/regions", scopeAny, h((*Server).listRegions)},          // Fly's path

@@ -160,6 +160,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if s.clustered() {
+		s.waitMetaCurrent(ctx, 30*time.Second)
 		s.hostMu = clusterLock{name: "hosts", st: s.st, log: s.log}
 		s.placeMu = clusterLock{name: "placement", st: s.st, log: s.log}
 	}
@@ -285,6 +286,32 @@ func (s *Server) retryStart(ctx context.Context, step func() error) error {
 		select {
 		case <-ctx.Done():
 		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// waitMetaCurrent waits, up to d, until this clustered server's
+// JetStream has every meta operation and sees a leader and a quorum: a
+// server that just joined a running cluster (docs/operations.md, adding
+// a server) would otherwise answer its first writes 503, its view of the
+// cluster still partial.
+func (s *Server) waitMetaCurrent(ctx context.Context, d time.Duration) {
+	if s.nats == nil {
+		return
+	}
+	deadline := time.Now().Add(d)
+	for {
+		m := s.nats.Meta()
+		if m.Leader != "" && m.SelfCurrent && m.Quorum() {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			s.log.Warn("start: JetStream is not current with the cluster's meta leader yet; going on", "leader", m.Leader, "current", m.SelfCurrent)
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }

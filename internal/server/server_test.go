@@ -26,10 +26,21 @@ func startServer(t *testing.T, dir string, mut ...func(*Config)) *testServer {
 	for _, m := range mut {
 		m(&cfg)
 	}
+	ts, err := runServer(t, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}
+
+// runServer is startServer with its Config made and its error returned
+// (from any goroutine): the servers of a cluster start together.
+func runServer(t *testing.T, cfg Config) (*testServer, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := New(ctx, cfg)
 	if err != nil {
-		t.Fatal(err)
+		cancel()
+		return nil, err
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); s.Serve(ctx) }()
@@ -44,7 +55,7 @@ func startServer(t *testing.T, dir string, mut ...func(*Config)) *testServer {
 		}
 	}
 	t.Cleanup(ts.stop)
-	return ts
+	return ts, nil
 }
 
 type testWriter struct{ t *testing.T }

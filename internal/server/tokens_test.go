@@ -111,6 +111,7 @@ var routeClasses = map[string]class{
 	"GET /v1/whoami":                                     forAnyone,
 	"GET /v1/hosts":                                      forAdmin,
 	"GET /v1/cluster":                                    forAdmin,
+	"DELETE /v1/cluster/servers/{name}":                  forAdmin,
 	"POST /v1/hosts":                                     forAgent,
 	"POST /v1/hosts/{id}/heartbeat":                      forAgent,
 	"POST /v1/hosts/join-tokens":                         forAdmin, // hostauth.go

@@ -19,6 +19,13 @@ import (
 // ServerUser is the control plane's own NATS user, with every permission.
 const ServerUser = "perch"
 
+// SystemUser is the control plane's user in nats-server's system account
+// ($SYS), with the same password as ServerUser (known to the servers
+// only, never to hosts): JetStream's meta-level requests, such as a
+// server's removal from the cluster ($JS.API.SERVER.REMOVE), are taken
+// from the system account alone (servers.go).
+const SystemUser = "perch-system"
+
 // Embedded is a nats-server with JetStream running inside this process.
 // It authenticates clients itself (server.Authentication): the control
 // plane as ServerUser, each host as its own user with HostPermissions.
@@ -156,6 +163,7 @@ func RunEmbeddedWith(dir, addr, password string, o EmbeddedOptions, log *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("nats server: %w", err)
 	}
+	e.srv = srv // before Start: Check reads it
 	if os.Getenv("PERCH_NATS_DEBUG") != "" {
 		opts.NoLog = false
 		srv.ConfigureLogger()
@@ -165,7 +173,7 @@ func RunEmbeddedWith(dir, addr, password string, o EmbeddedOptions, log *slog.Lo
 		srv.Shutdown()
 		return nil, fmt.Errorf("nats server on %s did not become ready in 10s", addr)
 	}
-	e.srv, e.url = srv, srv.ClientURL()
+	e.url = srv.ClientURL()
 	if o.LeafListen != "" {
 		// The port picked if 0: nats-server writes it into opts.
 		e.leafURL = leafURL(opts.LeafNode.Host, opts.LeafNode.Port)
@@ -209,11 +217,18 @@ func clusterOptions(opts *server.Options, c *Cluster, password string) error {
 // Check authenticates a client (server.Authentication).
 func (e *Embedded) Check(c server.ClientAuthentication) bool {
 	o := c.GetOpts()
-	if o.Username == ServerUser {
+	if o.Username == ServerUser || o.Username == SystemUser {
 		if subtle.ConstantTimeCompare([]byte(o.Password), []byte(e.password)) != 1 {
 			return false
 		}
-		c.RegisterUser(&server.User{Username: ServerUser})
+		u := &server.User{Username: o.Username}
+		if o.Username == SystemUser {
+			if c.Kind() != server.CLIENT {
+				return false // never a leaf node
+			}
+			u.Account = e.srv.SystemAccount()
+		}
+		c.RegisterUser(u)
 		return true
 	}
 	e.mu.Lock()
