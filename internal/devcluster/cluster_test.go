@@ -152,13 +152,7 @@ func TestClusterSurvivesServerKills(t *testing.T) {
 	if total < 100 {
 		t.Errorf("the edge load sent only %d requests", total)
 	}
-	for i, f := range failed {
-		if i == 10 {
-			t.Errorf("... and %d more", len(failed)-10)
-			break
-		}
-		t.Errorf("edge request failed: %s", f)
-	}
+	reportFailed(t, "edge request failed", failed)
 	writes.verify(t, ctx, c)
 	c.loseQuorum(t)
 }
@@ -566,6 +560,19 @@ func (l *edgeLoad) halt() {
 		l.stopped = true
 		close(l.stop)
 		l.wg.Wait()
+	}
+}
+
+// reportFailed fails t with each of failed (the first ten, then how many
+// more), each line starting with what.
+func reportFailed(t *testing.T, what string, failed []string) {
+	t.Helper()
+	for i, f := range failed {
+		if i == 10 {
+			t.Errorf("... and %d more", len(failed)-10)
+			break
+		}
+		t.Errorf("%s: %s", what, f)
 	}
 }
 

@@ -342,12 +342,6 @@ func devServersFailover(t *testing.T, dir string, info devcluster.Info, ref stri
 	if sent < 50 {
 		t.Errorf("only %d edge requests sent across the kill", sent)
 	}
-	for i, f := range failed {
-		if i == 10 {
-			t.Errorf("... and %d more", len(failed)-10)
-			break
-		}
-		t.Errorf("edge request failed after the first server's SIGKILL: %s", f)
-	}
+	reportFailed(t, "edge request failed after the first server's SIGKILL", failed)
 	return 2
 }
