@@ -34,6 +34,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -74,6 +75,7 @@ func main() {
 	tlsListen := flag.String("tls-listen", "", "internal: the TLS listen address for -role edge")
 	certFlag := flag.String("cert", "", "internal: certificate file for -role edge")
 	keyFlag := flag.String("key", "", "internal: key file for -role edge")
+	only := flag.String("only", "", "run wrk only against these targets (comma-separated: app, std, fast, bare, nginx, caddy; default all)")
 	flag.Parse()
 	// Each proxy runs in its own process, as nginx and Caddy do, so that
 	// none shares a Go runtime (scheduler, GC) with this driver.
@@ -154,6 +156,23 @@ http { access_log off;
 		{"bare Go ReverseProxy", "http://" + bare + "/", ""},
 		{"nginx", "http://" + nginx + "/", "https://" + nginxTLS + "/"},
 		{"caddy", "http://" + caddyAddr + "/", "https://" + caddyTLS + "/"},
+	}
+	if *only != "" {
+		short := []string{"app", "std", "fast", "bare", "nginx", "caddy"}
+		want := map[string]bool{"app": true} // the reference for added latency
+		for _, n := range strings.Split(*only, ",") {
+			if !slices.Contains(short, n) {
+				log.Fatalf("-only: unknown target %q: use %s", n, strings.Join(short, ", "))
+			}
+			want[n] = true
+		}
+		var kept []target
+		for i, t := range targets {
+			if want[short[i]] {
+				kept = append(kept, t)
+			}
+		}
+		targets = kept
 	}
 	// Every target must really reach the app, or its numbers mean nothing.
 	for _, t := range targets {

@@ -36,11 +36,21 @@ type backendConn struct {
 	fresh bool // dialled for this request
 }
 
-// machinePools holds the idle connections to machines.
+// machinePools holds the idle connections to machines. An idle
+// connection is closed once it has been idle for the edge's
+// BackendIdleTimeout, by one timer for all of them (armed while any is
+// kept), as net/http's transport does: not only at the next request. A
+// kept connection to another host's machine is an open relay connection
+// there, which that host's autostop counts as activity (agent's
+// relayActivity): one kept past the last request would keep the machine
+// from ever going idle.
 type machinePools struct {
-	mu    sync.Mutex
-	idle  map[*load][]*backendConn
-	swept time.Time
+	mu      sync.Mutex
+	idle    map[*load][]*backendConn
+	n       int         // idle connections kept
+	timer   *time.Timer // closes expired ones; armed while n > 0
+	armed   bool
+	maxIdle time.Duration
 }
 
 // get takes an idle connection to addr of l, or nil.
@@ -51,6 +61,7 @@ func (p *machinePools) get(l *load, addr string, maxIdle time.Duration) *backend
 		bc := list[len(list)-1]
 		list[len(list)-1] = nil
 		p.idle[l] = list[:len(list)-1]
+		p.n--
 		if bc.addr != addr || (maxIdle > 0 && time.Since(bc.idle) > maxIdle) {
 			bc.Close()
 			continue
@@ -60,34 +71,57 @@ func (p *machinePools) get(l *load, addr string, maxIdle time.Duration) *backend
 	return nil
 }
 
-// put keeps bc for the next request to l's machine.
+// put keeps bc for the next request to l's machine, for up to maxIdle (0:
+// no limit).
 func (p *machinePools) put(l *load, bc *backendConn, maxIdle time.Duration) {
-	now := time.Now()
-	bc.idle, bc.fresh = now, false
+	bc.idle, bc.fresh = time.Now(), false
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.idle == nil {
 		p.idle = map[*load][]*backendConn{}
-	}
-	if maxIdle > 0 && now.Sub(p.swept) > maxIdle/2 {
-		p.swept = now
-		p.sweep(now, maxIdle)
 	}
 	if len(p.idle[l]) >= fastMaxIdle {
 		bc.Close()
 		return
 	}
 	p.idle[l] = append(p.idle[l], bc)
+	p.n++
+	p.maxIdle = maxIdle
+	if maxIdle > 0 && !p.armed {
+		p.armed = true
+		if p.timer == nil {
+			p.timer = time.AfterFunc(maxIdle, p.expire)
+		} else {
+			p.timer.Reset(maxIdle)
+		}
+	}
 }
 
-// sweep closes connections idle for longer than maxIdle (p.mu held).
-func (p *machinePools) sweep(now time.Time, maxIdle time.Duration) {
+// expire closes the connections idle for maxIdle and arms the timer
+// again for the oldest of the rest.
+func (p *machinePools) expire() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	next := p.sweep(time.Now(), p.maxIdle)
+	if p.n == 0 || p.maxIdle <= 0 {
+		p.armed = false
+		return
+	}
+	p.timer.Reset(next)
+}
+
+// sweep closes connections idle for maxIdle or longer (p.mu held); it
+// says when the next of the rest is due.
+func (p *machinePools) sweep(now time.Time, maxIdle time.Duration) time.Duration {
+	next := maxIdle
 	for l, list := range p.idle {
 		kept := list[:0]
 		for _, bc := range list {
-			if now.Sub(bc.idle) > maxIdle {
+			if left := maxIdle - now.Sub(bc.idle); left <= 0 {
 				bc.Close()
+				p.n--
 			} else {
+				next = min(next, left)
 				kept = append(kept, bc)
 			}
 		}
@@ -98,6 +132,7 @@ func (p *machinePools) sweep(now time.Time, maxIdle time.Duration) {
 			p.idle[l] = kept
 		}
 	}
+	return next
 }
 
 // closeAll closes every idle connection (the edge stops).
@@ -110,6 +145,11 @@ func (p *machinePools) closeAll() {
 		}
 	}
 	clear(p.idle)
+	p.n = 0
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	p.armed = false
 }
 
 // dialFast connects to machine b, pipelined as dialMachine does for
