@@ -68,6 +68,9 @@ func (e *Edge) finishRequest(ctx context.Context, st *reqState, start time.Time,
 		e.egress.add(app, written) // budget.go
 	}
 
+	if !e.accessLog.Enabled(ctx, slog.LevelInfo) {
+		return // no log: nothing to build
+	}
 	attrs := make([]slog.Attr, 0, 20)
 	attrs = append(attrs,
 		slog.String("request_id", st.id),

@@ -378,6 +378,7 @@ func (fc *fastConn) acquire(d dest, f *filter) (*Backend, time.Duration, error) 
 	_ = fc.c.SetReadDeadline(time.Unix(1, 0)) // ends the watching read
 	n := <-read
 	_ = fc.c.SetReadDeadline(time.Time{})
+	fc.rdl = time.Time{}
 	fc.r = fc.r[:len(fc.r)+n] // bytes of a next request, if any
 	return b, waited, err
 }
