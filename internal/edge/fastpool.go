@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -31,7 +32,8 @@ type backendConn struct {
 	net.Conn
 	addr  string
 	buf   []byte
-	r     []byte // read and not yet used, in buf
+	r     []byte          // read and not yet used, in buf
+	raw   syscall.RawConn // the kernel socket, when it is one (exchange)
 	idle  time.Time
 	fresh bool // dialled for this request
 }
@@ -162,7 +164,83 @@ func (e *Edge) dialFast(ctx context.Context, b *Backend) (*backendConn, error) {
 	if err != nil {
 		return nil, &dialError{err: err}
 	}
-	return &backendConn{Conn: &pipelinedConn{Conn: c}, addr: b.Addr, buf: make([]byte, fastBufSize), fresh: true}, nil
+	bc := &backendConn{Conn: &pipelinedConn{Conn: c}, addr: b.Addr, buf: make([]byte, fastBufSize), fresh: true}
+	if tc, ok := c.(*net.TCPConn); ok {
+		bc.raw, _ = tc.SyscallConn()
+	}
+	return bc, nil
+}
+
+// exchange writes a request to the machine and reads the first bytes of
+// its answer into bc.r. On a kernel socket (bc.raw) it writes inside the
+// netpoller's read wait, so that it then waits for the answer without the
+// read that would find nothing yet (Go's Read tries first and waits on
+// EAGAIN): one syscall and a park less per request. The write there comes
+// after the wait is prepared (poll.FD.RawRead resets the readiness first),
+// so an answer that comes at once is not missed. wrote says whether the
+// whole request was written; read whether any answer byte came.
+func (bc *backendConn) exchange(req []byte) (wrote, read bool, err error) {
+	if bc.raw == nil || len(bc.r) > 0 {
+		if _, err := bc.Write(req); err != nil {
+			return false, false, err
+		}
+		return true, false, nil
+	}
+	sent := 0
+	var m int
+	var werr, rerr error
+	err = bc.raw.Read(func(fd uintptr) bool {
+		for sent < len(req) {
+			n, e := unix.Write(int(fd), req[sent:])
+			if n > 0 {
+				sent += n
+			}
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
+				return true // the socket is full: the rest by Write
+			case e != nil:
+				werr = e
+				return true
+			}
+			if sent == len(req) {
+				return false // sent: wait for the answer, do not look yet
+			}
+		}
+		for {
+			n, _, e := unix.Recvfrom(int(fd), bc.buf, 0)
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
+				return false // not yet: wait for it
+			case e != nil:
+				rerr = e
+			case n == 0:
+				rerr = io.EOF
+			}
+			m = max(n, 0)
+			return true
+		}
+	})
+	switch {
+	case err != nil:
+		return false, false, err
+	case werr != nil:
+		return false, false, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", werr)}
+	case sent < len(req):
+		if _, err := bc.Write(req[sent:]); err != nil {
+			return false, false, err
+		}
+		return true, false, nil
+	case rerr == io.EOF && m == 0:
+		return true, false, io.EOF
+	case rerr != nil && m == 0:
+		return true, false, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", rerr)}
+	}
+	bc.r = bc.buf[:m]
+	return true, true, nil
 }
 
 // alive says whether a kept connection is still open: no end of stream
@@ -407,11 +485,12 @@ func (fc *fastConn) roundTrip(b *Backend, st *reqState, replaySrc string) (*back
 				return nil, 0, err
 			}
 		}
-		_, err := bc.Write(fc.out)
+		_, read, err := bc.exchange(fc.out)
 		var end int
-		read := false
 		if err == nil {
-			end, read, err = bc.readResponse(&fc.res)
+			var more bool
+			end, more, err = bc.readResponse(&fc.res)
+			read = read || more
 		}
 		if err == nil {
 			return bc, end, nil
