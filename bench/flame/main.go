@@ -41,7 +41,7 @@ func (n *node) child(name string) *node {
 const (
 	width   = 1200.0
 	rowH    = 16.0
-	minW    = 0.3 // boxes narrower than this (pixels) are left out
+	minW    = 1.0 // boxes narrower than this (pixels) are left out
 	charW   = 6.6 // of the 11 px font, roughly
 	padding = 10.0
 )
