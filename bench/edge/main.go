@@ -34,6 +34,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -49,7 +50,8 @@ const host = "bench.perch.local"
 type target struct {
 	name   string
 	url    string
-	tlsURL string // "" when the target has no TLS port
+	tlsURL string       // "" when the target has no TLS port
+	pids   func() []int // the proxy's processes, for its CPU time; nil: not measured
 }
 
 type result struct {
@@ -74,6 +76,10 @@ func main() {
 	tlsListen := flag.String("tls-listen", "", "internal: the TLS listen address for -role edge")
 	certFlag := flag.String("cert", "", "internal: certificate file for -role edge")
 	keyFlag := flag.String("key", "", "internal: key file for -role edge")
+	fastEnv := flag.String("fast-env", "", "environment of the fast-path edge process (not base), e.g. \"GOGC=400 GOMAXPROCS=1\" (to measure runtime settings)")
+	baseBin := flag.String("base-bin", "", "also run the fast-path edge of this benchedge binary (built from an earlier tree) as target \"base\", to compare a change in one run")
+	modes := flag.String("modes", "", "run only these modes (comma-separated: keep, close, tls, tlsclose; default all)")
+	only := flag.String("only", "", "run wrk only against these targets (comma-separated: app, std, fast, base, bare, nginx, caddy; default all)")
 	flag.Parse()
 	// Each proxy runs in its own process, as nginx and Caddy do, so that
 	// none shares a Go runtime (scheduler, GC) with this driver.
@@ -108,7 +114,7 @@ func main() {
 	waitListen(perch)
 	// The same edge on its HTTP/1.1 fast path (perch agent --http1=fast).
 	fast, fastTLS := freeAddr("127.0.0.6"), freeAddr("127.0.0.6")
-	stopFast, fastPID := startPID(self, "", "-role", "edge", "-http1", "fast", "-backend", backend, "-listen", fast, "-tls-listen", fastTLS,
+	stopFast, fastPID := startPID(self, *fastEnv, "-role", "edge", "-http1", "fast", "-backend", backend, "-listen", fast, "-tls-listen", fastTLS,
 		"-cert", certFile, "-key", keyFile, "-cpuprofile", *cpuprofileFast)
 	defer stopFast()
 	waitListen(fast)
@@ -148,12 +154,39 @@ http { access_log off;
 	waitListen(bare)
 
 	targets := []target{
-		{"app directly", "http://" + backend + "/", ""},
-		{"perch edge", "http://" + perch + "/", "https://" + perchTLS + "/"},
-		{"perch edge, fast path", "http://" + fast + "/", "https://" + fastTLS + "/"},
-		{"bare Go ReverseProxy", "http://" + bare + "/", ""},
-		{"nginx", "http://" + nginx + "/", "https://" + nginxTLS + "/"},
-		{"caddy", "http://" + caddyAddr + "/", "https://" + caddyTLS + "/"},
+		{"app directly", "http://" + backend + "/", "", nil},
+		{"perch edge", "http://" + perch + "/", "https://" + perchTLS + "/", withChildren(edgePID)},
+		{"perch edge, fast path", "http://" + fast + "/", "https://" + fastTLS + "/", withChildren(fastPID)},
+		{"bare Go ReverseProxy", "http://" + bare + "/", "", nil},
+		{"nginx", "http://" + nginx + "/", "https://" + nginxTLS + "/", withChildren(nginxPID)},
+		{"caddy", "http://" + caddyAddr + "/", "https://" + caddyTLS + "/", withChildren(caddyPID)},
+	}
+	short := []string{"app", "std", "fast", "bare", "nginx", "caddy"}
+	if *baseBin != "" {
+		base, baseTLS := freeAddr("127.0.0.7"), freeAddr("127.0.0.7")
+		stopBase, basePID := startPID(*baseBin, "", "-role", "edge", "-http1", "fast", "-backend", backend, "-listen", base, "-tls-listen", baseTLS,
+			"-cert", certFile, "-key", keyFile)
+		defer stopBase()
+		waitListen(base)
+		waitListen(baseTLS)
+		targets = append(targets[:3], append([]target{{"perch edge, fast path (base)", "http://" + base + "/", "https://" + baseTLS + "/", withChildren(basePID)}}, targets[3:]...)...)
+		short = []string{"app", "std", "fast", "base", "bare", "nginx", "caddy"}
+	}
+	if *only != "" {
+		want := map[string]bool{"app": true} // the reference for added latency
+		for _, n := range strings.Split(*only, ",") {
+			if !slices.Contains(short, n) {
+				log.Fatalf("-only: unknown target %q: use %s", n, strings.Join(short, ", "))
+			}
+			want[n] = true
+		}
+		var kept []target
+		for i, t := range targets {
+			if want[short[i]] {
+				kept = append(kept, t)
+			}
+		}
+		targets = kept
 	}
 	// Every target must really reach the app, or its numbers mean nothing.
 	for _, t := range targets {
@@ -177,16 +210,20 @@ http { access_log off;
 	}
 	fmt.Printf("wrk -t%d -c%d -d%s --latency -H 'Host: %s' URL   (2 cores shared by wrk, proxy and backend)\n\n", *threads, *conns, *dur, host)
 	for _, mode := range []struct {
+		short string
 		name  string
 		tls   bool
 		extra []string
 	}{
-		{"keep-alive", false, nil},
-		{"new connection per request", false, []string{"-H", "Connection: close"}},
-		{"TLS, keep-alive (added latency against the plain app)", true, nil},
-		{"TLS, new connection (and handshake) per request", true, []string{"-H", "Connection: close"}},
+		{"keep", "keep-alive", false, nil},
+		{"close", "new connection per request", false, []string{"-H", "Connection: close"}},
+		{"tls", "TLS, keep-alive (added latency against the plain app)", true, nil},
+		{"tlsclose", "TLS, new connection (and handshake) per request", true, []string{"-H", "Connection: close"}},
 	} {
-		fmt.Printf("## %s\n\n| target | requests/s | p50 | p99 | added p50 | added p99 |\n|---|---|---|---|---|---|\n", mode.name)
+		if *modes != "" && !slices.Contains(strings.Split(*modes, ","), mode.short) {
+			continue
+		}
+		fmt.Printf("## %s\n\n| target | requests/s | p50 | p99 | added p50 | added p99 | proxy CPU µs/request |\n|---|---|---|---|---|---|---|\n", mode.name)
 		var direct result
 		res := map[string]result{}
 		for i, t := range targets {
@@ -196,17 +233,30 @@ http { access_log off;
 					continue
 				}
 			}
+			var cpu0 time.Duration
+			if t.pids != nil {
+				cpu0 = cpuTime(t.pids())
+			}
 			r := wrk(u, *threads, *conns, *dur, mode.extra)
 			res[t.name] = r
+			perReq := ""
+			if t.pids != nil && r.rps > 0 {
+				used := cpuTime(t.pids()) - cpu0
+				perReq = fmt.Sprintf("%.1f", float64(used.Microseconds())/(r.rps*dur.Seconds()))
+			}
 			if i == 0 {
 				direct = r
-				fmt.Printf("| %s | %.0f | %s | %s | | |\n", t.name, r.rps, r.p50, r.p99)
+				fmt.Printf("| %s | %.0f | %s | %s | | | |\n", t.name, r.rps, r.p50, r.p99)
 				continue
 			}
-			fmt.Printf("| %s | %.0f | %s | %s | %s | %s |\n", t.name, r.rps, r.p50, r.p99, r.p50-direct.p50, r.p99-direct.p99)
+			fmt.Printf("| %s | %.0f | %s | %s | %s | %s | %s |\n", t.name, r.rps, r.p50, r.p99, r.p50-direct.p50, r.p99-direct.p99, perReq)
 		}
 		p, f, n, c := res["perch edge"], res["perch edge, fast path"], res["nginx"], res["caddy"]
-		fmt.Printf("\nperch / nginx requests/s: %.2f; perch / caddy: %.2f; fast path / nginx: %.2f; fast path / caddy: %.2f\n\n", p.rps/n.rps, p.rps/c.rps, f.rps/n.rps, f.rps/c.rps)
+		fmt.Printf("\nperch / nginx requests/s: %.2f; perch / caddy: %.2f; fast path / nginx: %.2f; fast path / caddy: %.2f", p.rps/n.rps, p.rps/c.rps, f.rps/n.rps, f.rps/c.rps)
+		if b, ok := res["perch edge, fast path (base)"]; ok {
+			fmt.Printf("; fast path / base: %.2f; base / nginx: %.2f", f.rps/b.rps, b.rps/n.rps)
+		}
+		fmt.Printf("\n\n")
 	}
 }
 
@@ -403,4 +453,24 @@ func waitListen(addr string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	log.Fatalf("nothing listens on %s", addr)
+}
+
+// cpuTime is the user and system CPU time the processes used so far
+// (/proc/PID/stat, in clock ticks of 10 ms).
+func cpuTime(pids []int) time.Duration {
+	var ticks int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 12 {
+			u, _ := strconv.ParseInt(f[11], 10, 64)
+			k, _ := strconv.ParseInt(f[12], 10, 64)
+			ticks += u + k
+		}
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The edge benchmark: wrk against the app, the Perch edge, nginx and Caddy in
 # one run. Installs wrk and nginx (Debian) and Caddy (go install) if missing.
-# Usage: ./bench/edge/run.sh [seconds per run]
+# Usage: ./bench/edge/run.sh [seconds per run [more bench/edge flags: -cpuprofile-fast F, -base-bin B, -only, -modes]]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/deps.sh
@@ -13,4 +13,4 @@ command -v nginx >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteract
 command -v caddy >/dev/null || go install github.com/caddyserver/caddy/v2/cmd/caddy@v2.11.9
 mkdir -p bin
 CGO_ENABLED=0 go build -o bin/hello ./examples/hello
-go run ./bench/edge -app bin/hello -caddy "$(command -v caddy)" -d "${1:-10}s"
+go run ./bench/edge -app bin/hello -caddy "$(command -v caddy)" -d "${1:-10}s" "${@:2}"

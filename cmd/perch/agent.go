@@ -93,7 +93,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&cfg.Address, "address", "", "address other hosts reach this one at (default the edge address)")
 	f.StringVar(&edgeAddr, "edge-addr", "127.0.0.1", "address the edge proxy listens on")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "address:port to serve Prometheus metrics on at /metrics (e.g. 127.0.0.1:9091; default: not served)")
-	f.StringVar(&http1, "http1", "", "how the edge serves HTTP/1.1 clients: fast (its own fast path; requests with bodies, upgrades and HTTP/2 still go to net/http) or std (net/http for all) (default std)")
+	f.StringVar(&http1, "http1", "", "how the edge serves HTTP/1.1 clients: fast (its own fast path; requests with bodies, upgrades and HTTP/2 still go to net/http) or std (net/http for all) (default fast)")
 	f.StringVar(&cfg.EdgeDomain, "edge-domain", "perch.local", "apps answer at <app>.<domain>")
 	f.IntVar(&cfg.CPUs, "cpus", 0, "CPUs to offer (default: all)")
 	f.IntVar(&cfg.MemoryMB, "memory-mb", 0, "memory to offer in MB (default: all)")

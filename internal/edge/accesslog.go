@@ -63,11 +63,18 @@ func (e *Edge) finishRequest(ctx context.Context, st *reqState, start time.Time,
 	}
 	st.demand.end(region)
 	in := st.body.bytesRead() + st.fastIn
-	e.metrics.observe(app, region, machine, status, in, written, d)
+	if b := st.backend; b != nil && b.load != nil && b.load.app == app && b.load.machine == machine && b.load.region == region {
+		e.metrics.observeMachine(b.load, status, in, written, d)
+	} else {
+		e.metrics.observe(app, region, machine, status, in, written, d)
+	}
 	if st.backend != nil || st.static {
 		e.egress.add(app, written) // budget.go
 	}
 
+	if !e.accessLog.Enabled(ctx, slog.LevelInfo) {
+		return // no log: nothing to build
+	}
 	attrs := make([]slog.Attr, 0, 20)
 	attrs = append(attrs,
 		slog.String("request_id", st.id),

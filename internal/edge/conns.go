@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"sync"
 	"time"
 )
 
@@ -14,7 +13,7 @@ import (
 // with only plain HTTP apps, go on without a look at their bytes, so that
 // protocols where the server speaks first work; on other ports the first
 // bytes decide.
-func (e *Edge) dispatch(wg *sync.WaitGroup, ps *portServer, c net.Conn) {
+func (e *Edge) dispatch(workers *connWorkers, ps *portServer, c net.Conn) {
 	m := e.table.Snapshot().modeFor(ps) // anycast.go
 	switch {
 	case m == nil:
@@ -23,10 +22,10 @@ func (e *Edge) dispatch(wg *sync.WaitGroup, ps *portServer, c net.Conn) {
 		ps.q.push(e.guard(c, nil))
 	case !m.peek && m.raw == nil:
 		if ps.conns.add(c) {
-			wg.Go(func() { e.serveFast(ps, c, nil, c) }) // fast.go
+			workers.run(func() { e.serveFast(ps, c, nil, c) }) // fast.go
 		}
 	case ps.conns.add(c):
-		wg.Go(func() {
+		workers.run(func() {
 			defer ps.conns.remove(c)
 			if !m.peek {
 				e.proxyTCP(ps.ctx, c, m.rawHost, ps.port, "")

@@ -60,11 +60,10 @@ func ParseHTTP1Mode(s string) (HTTP1Mode, error) {
 	return "", fmt.Errorf("edge: unknown HTTP/1 mode %q: use %q (the edge's own HTTP/1.1 path) or %q (net/http)", s, HTTP1Fast, HTTP1Std)
 }
 
-// defaultHTTP1 is the mode of a Config that names none: net/http until
-// the fast path's kept machine connections stop counting as activity for
-// autostop (CI: the last machine of TestAutoscaleByOrigin never went idle
-// with agents on the fast path) and its remaining differences are closed.
-const defaultHTTP1 = HTTP1Std
+// defaultHTTP1 is the mode of a Config that names none. (Its kept machine
+// connections close after BackendIdleTimeout, fastpool.go, so that they
+// do not keep a machine on another host from going idle for autostop.)
+const defaultHTTP1 = HTTP1Fast
 
 // fastBufSize is the size of a client connection's read buffer and of a
 // machine connection's; a request head larger than a client buffer goes to
@@ -91,10 +90,14 @@ type fastConn struct {
 	out   []byte // the head being written to a machine or the client
 	h     reqHead
 	res   resHead
-	body  []byte // the request's body, in buf
-	ip    string // the client's address, for the headers and the log
-	addr  string // the client's address and port, as r.RemoteAddr
-	n     int    // requests served
+	// connTokens are the names the request's Connection header lists
+	// (splitTokens), in its head.
+	connTokens [][]byte
+	body       []byte    // the request's body, in buf
+	ip         string    // the client's address, for the headers and the log
+	addr       string    // the client's address and port, as r.RemoteAddr
+	n          int       // requests served
+	rdl        time.Time // the read deadline set on c (setReadDeadline)
 	// gone is set when the client left while its request waited for a
 	// slot (fastpool.go's acquire).
 	gone atomic.Bool
@@ -159,20 +162,19 @@ var errH2 = errors.New("HTTP/2 preface")
 
 // readHead reads until fc.r holds a whole head; it gives the index of its
 // final CRLFCRLF, or -1 for a head with a bare CR or LF.
+//
+// Deadlines are set only before a read that may wait: none for a head
+// already in hand (pipelined), the idle timeout while the connection
+// waits for a next request (moved on only once it is a 64th of the
+// timeout old: setReadDeadline), the header timeout for the first
+// request's head and for the rest of a head whose first bytes came. A
+// head that comes whole in one read, the common case, costs at most the
+// idle deadline's move, and most requests none.
 func (fc *fastConn) readHead() (int, error) {
 	lim := fc.e.limits
-	waiting := len(fc.r) == 0
-	switch {
-	case waiting && fc.n > 0 && lim.IdleTimeout > 0:
-		_ = fc.c.SetReadDeadline(time.Now().Add(lim.IdleTimeout))
-	case waiting && fc.n > 0:
-		_ = fc.c.SetReadDeadline(time.Time{}) // idle for as long as it likes
-	case lim.ReadHeaderTimeout > 0:
-		_ = fc.c.SetReadDeadline(time.Now().Add(lim.ReadHeaderTimeout))
-	default:
-		_ = fc.c.SetReadDeadline(time.Time{})
-	}
-	if waiting && fc.n > 0 && fc.buf != nil {
+	waiting := len(fc.r) == 0 && fc.n > 0 // for a next request
+	armed := false                        // the deadline for this wait is set
+	if waiting && fc.buf != nil {
 		fastBufs.Put(fc.buf) // idle: wait on small
 		fc.buf, fc.r = nil, nil
 	}
@@ -191,6 +193,19 @@ func (fc *fastConn) readHead() (int, error) {
 				return -1, nil
 			}
 		}
+		if !armed {
+			switch {
+			case waiting && lim.IdleTimeout > 0:
+				fc.setReadDeadline(time.Now().Add(lim.IdleTimeout), lim.IdleTimeout/64)
+			case waiting:
+				fc.setReadDeadline(time.Time{}, 0) // idle for as long as it likes
+			case lim.ReadHeaderTimeout > 0:
+				fc.setReadDeadline(time.Now().Add(lim.ReadHeaderTimeout), 0)
+			default:
+				fc.setReadDeadline(time.Time{}, 0)
+			}
+			armed = true
+		}
 		buf := fc.small[:]
 		if fc.buf != nil {
 			buf = *fc.buf
@@ -207,15 +222,32 @@ func (fc *fastConn) readHead() (int, error) {
 		n := copy(buf, fc.r)
 		m, err := fc.c.Read(buf[n:])
 		fc.r = buf[:n+m]
-		if m > 0 && waiting && fc.n > 0 && lim.ReadHeaderTimeout > 0 {
-			// The idle wait is over: the head has ReadHeaderTimeout.
-			_ = fc.c.SetReadDeadline(time.Now().Add(lim.ReadHeaderTimeout))
-			waiting = false
+		if m > 0 && waiting {
+			// The idle wait is over: the rest of the head, if it
+			// did not all come, has ReadHeaderTimeout.
+			waiting, armed = false, false
 		}
 		if err != nil && m == 0 {
 			return 0, err
 		}
 	}
+}
+
+// setReadDeadline sets the client connection's read deadline to t, unless
+// the one set is zero like t or at most slack earlier than t: each move
+// rearms a runtime timer, and an idle connection closed up to slack early
+// is no loss.
+func (fc *fastConn) setReadDeadline(t time.Time, slack time.Duration) {
+	if t.IsZero() && fc.rdl.IsZero() {
+		return
+	}
+	if !t.IsZero() && !fc.rdl.IsZero() {
+		if d := t.Sub(fc.rdl); d >= 0 && d < slack {
+			return
+		}
+	}
+	fc.rdl = t
+	_ = fc.c.SetReadDeadline(t)
 }
 
 // badLineEnd says b holds a CR not followed by LF or an LF not preceded
@@ -510,14 +542,30 @@ func (fc *fastConn) isHopHeader(name []byte) bool {
 		equalFold(name, "Transfer-Encoding"):
 		return true
 	}
-	for _, v := range fc.h.connNames {
-		for tok := range bytes.SplitSeq(v, []byte(",")) {
-			if tok = bytes.Trim(tok, " \t"); len(tok) > 0 && bytes.EqualFold(tok, name) {
-				return true
-			}
+	for _, tok := range fc.connTokens {
+		if equalFold(tok, string(name)) {
+			return true
 		}
 	}
 	return false
+}
+
+// splitTokens sets fc.connTokens to the field names the request's
+// Connection header lists, once per request.
+func (fc *fastConn) splitTokens() {
+	fc.connTokens = fc.connTokens[:0]
+	for _, v := range fc.h.connNames {
+		for len(v) > 0 {
+			i := bytes.IndexByte(v, ',')
+			if i < 0 {
+				i = len(v)
+			}
+			if tok := bytes.Trim(v[:i], " \t"); len(tok) > 0 {
+				fc.connTokens = append(fc.connTokens, tok)
+			}
+			v = v[min(i+1, len(v)):]
+		}
+	}
 }
 
 // appendRequest appends the head the machine gets: the client's request
@@ -532,6 +580,7 @@ func (fc *fastConn) appendRequest(out []byte, st *reqState, replaySrc string) []
 	out = append(out, " HTTP/1.1\r\n"...)
 	var xff, via []byte
 	xffN, viaN := 0, 0
+	fc.splitTokens()
 	for _, line := range h.lines {
 		name, value, _ := fieldLine(line)
 		if fc.isHopHeader(name) {

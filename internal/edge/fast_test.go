@@ -229,3 +229,62 @@ func TestQueuedRequestLeavesWithItsClient(t *testing.T) {
 		t.Errorf("the machine got %d requests (the held one, then a new one), want 2: the client that left sent nothing on", m.hits.Load())
 	}
 }
+
+// The edge closes its kept connections to a machine once they have been
+// idle for BackendIdleTimeout, without a further request: on both paths.
+// A kept connection to another host's machine is an open relay connection
+// there, which that host's autostop counts as activity, so one kept after
+// the last request would keep the machine from ever going idle (CI's
+// TestAutoscaleByOrigin with the fast path, before the pool's timer).
+func TestIdleMachineConnectionsClosed(t *testing.T) {
+	e, err := newEdge(Config{Region: "ams", HostID: "h-ams", Log: testLog(t), Limits: Limits{BackendIdleTimeout: 200 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &world{t: t, e: e}
+	w.app("shop")
+	var open atomic.Int32
+	m := startTCP(t, "s1", "ams", "127.0.0.2", func(c net.Conn) {
+		open.Add(1)
+		defer open.Add(-1)
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+				return
+			}
+		}
+	})
+	w.place("shop", m, 80, api.StateStarted)
+	w.commit()
+	srv := w.serve(80)
+	// Concurrent requests: the edge keeps several connections.
+	done := make(chan error, 8)
+	for range 8 {
+		go func() {
+			for range 5 {
+				res, body := get(t, srv, "shop.perch.local", nil)
+				if res.StatusCode != 200 || body != "ok" {
+					done <- fmt.Errorf("answer %d %q", res.StatusCode, body)
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m.hits.Load() == 0 {
+		t.Fatal("the machine got no connection")
+	}
+	kept := open.Load()
+	waitFor(t, "the edge to close its idle connections to the machine", func() bool { return open.Load() == 0 })
+	t.Logf("%d connection(s) made, %d kept after the requests, all closed once idle", m.hits.Load(), kept)
+}

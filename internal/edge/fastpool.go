@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -31,16 +32,27 @@ type backendConn struct {
 	net.Conn
 	addr  string
 	buf   []byte
-	r     []byte // read and not yet used, in buf
+	r     []byte          // read and not yet used, in buf
+	raw   syscall.RawConn // the kernel socket, when it is one (exchange)
 	idle  time.Time
 	fresh bool // dialled for this request
 }
 
-// machinePools holds the idle connections to machines.
+// machinePools holds the idle connections to machines. An idle
+// connection is closed once it has been idle for the edge's
+// BackendIdleTimeout, by one timer for all of them (armed while any is
+// kept), as net/http's transport does: not only at the next request. A
+// kept connection to another host's machine is an open relay connection
+// there, which that host's autostop counts as activity (agent's
+// relayActivity): one kept past the last request would keep the machine
+// from ever going idle.
 type machinePools struct {
-	mu    sync.Mutex
-	idle  map[*load][]*backendConn
-	swept time.Time
+	mu      sync.Mutex
+	idle    map[*load][]*backendConn
+	n       int         // idle connections kept
+	timer   *time.Timer // closes expired ones; armed while n > 0
+	armed   bool
+	maxIdle time.Duration
 }
 
 // get takes an idle connection to addr of l, or nil.
@@ -51,6 +63,7 @@ func (p *machinePools) get(l *load, addr string, maxIdle time.Duration) *backend
 		bc := list[len(list)-1]
 		list[len(list)-1] = nil
 		p.idle[l] = list[:len(list)-1]
+		p.n--
 		if bc.addr != addr || (maxIdle > 0 && time.Since(bc.idle) > maxIdle) {
 			bc.Close()
 			continue
@@ -60,34 +73,57 @@ func (p *machinePools) get(l *load, addr string, maxIdle time.Duration) *backend
 	return nil
 }
 
-// put keeps bc for the next request to l's machine.
+// put keeps bc for the next request to l's machine, for up to maxIdle (0:
+// no limit).
 func (p *machinePools) put(l *load, bc *backendConn, maxIdle time.Duration) {
-	now := time.Now()
-	bc.idle, bc.fresh = now, false
+	bc.idle, bc.fresh = time.Now(), false
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.idle == nil {
 		p.idle = map[*load][]*backendConn{}
-	}
-	if maxIdle > 0 && now.Sub(p.swept) > maxIdle/2 {
-		p.swept = now
-		p.sweep(now, maxIdle)
 	}
 	if len(p.idle[l]) >= fastMaxIdle {
 		bc.Close()
 		return
 	}
 	p.idle[l] = append(p.idle[l], bc)
+	p.n++
+	p.maxIdle = maxIdle
+	if maxIdle > 0 && !p.armed {
+		p.armed = true
+		if p.timer == nil {
+			p.timer = time.AfterFunc(maxIdle, p.expire)
+		} else {
+			p.timer.Reset(maxIdle)
+		}
+	}
 }
 
-// sweep closes connections idle for longer than maxIdle (p.mu held).
-func (p *machinePools) sweep(now time.Time, maxIdle time.Duration) {
+// expire closes the connections idle for maxIdle and arms the timer
+// again for the oldest of the rest.
+func (p *machinePools) expire() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	next := p.sweep(time.Now(), p.maxIdle)
+	if p.n == 0 || p.maxIdle <= 0 {
+		p.armed = false
+		return
+	}
+	p.timer.Reset(next)
+}
+
+// sweep closes connections idle for maxIdle or longer (p.mu held); it
+// says when the next of the rest is due.
+func (p *machinePools) sweep(now time.Time, maxIdle time.Duration) time.Duration {
+	next := maxIdle
 	for l, list := range p.idle {
 		kept := list[:0]
 		for _, bc := range list {
-			if now.Sub(bc.idle) > maxIdle {
+			if left := maxIdle - now.Sub(bc.idle); left <= 0 {
 				bc.Close()
+				p.n--
 			} else {
+				next = min(next, left)
 				kept = append(kept, bc)
 			}
 		}
@@ -98,6 +134,7 @@ func (p *machinePools) sweep(now time.Time, maxIdle time.Duration) {
 			p.idle[l] = kept
 		}
 	}
+	return next
 }
 
 // closeAll closes every idle connection (the edge stops).
@@ -110,6 +147,11 @@ func (p *machinePools) closeAll() {
 		}
 	}
 	clear(p.idle)
+	p.n = 0
+	if p.timer != nil {
+		p.timer.Stop()
+	}
+	p.armed = false
 }
 
 // dialFast connects to machine b, pipelined as dialMachine does for
@@ -122,7 +164,83 @@ func (e *Edge) dialFast(ctx context.Context, b *Backend) (*backendConn, error) {
 	if err != nil {
 		return nil, &dialError{err: err}
 	}
-	return &backendConn{Conn: &pipelinedConn{Conn: c}, addr: b.Addr, buf: make([]byte, fastBufSize), fresh: true}, nil
+	bc := &backendConn{Conn: &pipelinedConn{Conn: c}, addr: b.Addr, buf: make([]byte, fastBufSize), fresh: true}
+	if tc, ok := c.(*net.TCPConn); ok {
+		bc.raw, _ = tc.SyscallConn()
+	}
+	return bc, nil
+}
+
+// exchange writes a request to the machine and reads the first bytes of
+// its answer into bc.r. On a kernel socket (bc.raw) it writes inside the
+// netpoller's read wait, so that it then waits for the answer without the
+// read that would find nothing yet (Go's Read tries first and waits on
+// EAGAIN): one syscall and a park less per request. The write there comes
+// after the wait is prepared (poll.FD.RawRead resets the readiness first),
+// so an answer that comes at once is not missed. wrote says whether the
+// whole request was written; read whether any answer byte came.
+func (bc *backendConn) exchange(req []byte) (wrote, read bool, err error) {
+	if bc.raw == nil || len(bc.r) > 0 {
+		if _, err := bc.Write(req); err != nil {
+			return false, false, err
+		}
+		return true, false, nil
+	}
+	sent := 0
+	var m int
+	var werr, rerr error
+	err = bc.raw.Read(func(fd uintptr) bool {
+		for sent < len(req) {
+			n, e := unix.Write(int(fd), req[sent:])
+			if n > 0 {
+				sent += n
+			}
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
+				return true // the socket is full: the rest by Write
+			case e != nil:
+				werr = e
+				return true
+			}
+			if sent == len(req) {
+				return false // sent: wait for the answer, do not look yet
+			}
+		}
+		for {
+			n, _, e := unix.Recvfrom(int(fd), bc.buf, 0)
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
+				return false // not yet: wait for it
+			case e != nil:
+				rerr = e
+			case n == 0:
+				rerr = io.EOF
+			}
+			m = max(n, 0)
+			return true
+		}
+	})
+	switch {
+	case err != nil:
+		return false, false, err
+	case werr != nil:
+		return false, false, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", werr)}
+	case sent < len(req):
+		if _, err := bc.Write(req[sent:]); err != nil {
+			return false, false, err
+		}
+		return true, false, nil
+	case rerr == io.EOF && m == 0:
+		return true, false, io.EOF
+	case rerr != nil && m == 0:
+		return true, false, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", rerr)}
+	}
+	bc.r = bc.buf[:m]
+	return true, true, nil
 }
 
 // alive says whether a kept connection is still open: no end of stream
@@ -338,6 +456,7 @@ func (fc *fastConn) acquire(d dest, f *filter) (*Backend, time.Duration, error) 
 	_ = fc.c.SetReadDeadline(time.Unix(1, 0)) // ends the watching read
 	n := <-read
 	_ = fc.c.SetReadDeadline(time.Time{})
+	fc.rdl = time.Time{}
 	fc.r = fc.r[:len(fc.r)+n] // bytes of a next request, if any
 	return b, waited, err
 }
@@ -366,11 +485,12 @@ func (fc *fastConn) roundTrip(b *Backend, st *reqState, replaySrc string) (*back
 				return nil, 0, err
 			}
 		}
-		_, err := bc.Write(fc.out)
+		_, read, err := bc.exchange(fc.out)
 		var end int
-		read := false
 		if err == nil {
-			end, read, err = bc.readResponse(&fc.res)
+			var more bool
+			end, more, err = bc.readResponse(&fc.res)
+			read = read || more
 		}
 		if err == nil {
 			return bc, end, nil

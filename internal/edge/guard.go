@@ -444,7 +444,29 @@ func isTchar(c byte) bool {
 	return c != 0 && bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0
 }
 
-func equalFold(b []byte, s string) bool { return bytes.EqualFold(b, []byte(s)) }
+// equalFold says whether b is s but for the case of ASCII letters, as
+// net/http compares tokens (its ascii.EqualFold): bytes.EqualFold's
+// Unicode folding would take "\u212a" (the Kelvin sign) for "k", and
+// costs more.
+func equalFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		if c, d := b[i], s[i]; c != d && lower(c) != lower(d) {
+			return false
+		}
+	}
+	return true
+}
+
+// lower is c in lower case if it is an ASCII letter.
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
 
 // tlsStateKey holds, in a connection's context, the TLS state of a
 // guarded connection: net/http sets r.TLS only for a *tls.Conn.

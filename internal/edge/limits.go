@@ -54,6 +54,8 @@ type load struct {
 	queues atomic.Pointer[[]*waitQueue]
 	// pending collects queues during a rebuild (under table.mu).
 	pending []*waitQueue
+	// obs are the machine's metric series, looked up once (metrics.go).
+	obs atomic.Pointer[machineObs]
 }
 
 // addQueue notes, during a rebuild, that the service serves q's port.

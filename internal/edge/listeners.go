@@ -18,6 +18,8 @@ import (
 type listeners struct {
 	e  *Edge
 	wg sync.WaitGroup // accept loops, HTTP servers, connections, drains
+	// workers run the connections' goroutines (workers.go), in wg.
+	workers connWorkers
 
 	mu   sync.Mutex // guards open, udp and dedicated
 	open map[int]*portServer
@@ -54,7 +56,9 @@ type portServer struct {
 }
 
 func newListeners(e *Edge) *listeners {
-	return &listeners{e: e, open: map[int]*portServer{}, udp: map[int]*udpServer{}, dedicated: map[netip.AddrPort]*portServer{}, dedicatedUDP: map[netip.AddrPort]*udpServer{}, skipped: map[int]bool{}, failing: map[int]bool{}}
+	l := &listeners{e: e, open: map[int]*portServer{}, udp: map[int]*udpServer{}, dedicated: map[netip.AddrPort]*portServer{}, dedicatedUDP: map[netip.AddrPort]*udpServer{}, skipped: map[int]bool{}, failing: map[int]bool{}}
+	l.workers.wg = &l.wg
+	return l
 }
 
 // bindRetry is how often ports that could not be bound are tried again
@@ -77,6 +81,7 @@ func (l *listeners) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			l.closeAll()
+			l.workers.close()
 			l.wg.Wait()
 			return
 		case <-l.e.table.changed:
@@ -214,7 +219,7 @@ func (l *listeners) accept(ps *portServer) {
 			continue
 		}
 		backoff = 0
-		l.e.dispatch(&l.wg, ps, c)
+		l.e.dispatch(&l.workers, ps, c)
 	}
 }
 

@@ -98,6 +98,39 @@ func (m *metrics) observe(app, region, machine string, status int, in, out int64
 	m.duration.WithLabelValues(app, region, machine).Observe(d.Seconds())
 }
 
+// machineObs are one machine's series, kept in its load so that a request
+// does not look them up by label values (a hash and a lock each): those
+// of its last status code, and the others.
+type machineObs struct {
+	code              int
+	requests          prometheus.Counter
+	bytesIn, bytesOut prometheus.Counter
+	duration          prometheus.Observer
+}
+
+// observeMachine is observe for a request machine l answered.
+func (m *metrics) observeMachine(l *load, status int, in, out int64, d time.Duration) {
+	o := l.obs.Load()
+	if o == nil || o.code != status {
+		n := &machineObs{code: status, requests: m.requests.WithLabelValues(l.app, l.region, l.machine, codeString(status))}
+		if o != nil {
+			n.bytesIn, n.bytesOut, n.duration = o.bytesIn, o.bytesOut, o.duration
+		} else {
+			n.bytesIn = m.bytesIn.WithLabelValues(l.app, l.region, l.machine)
+			n.bytesOut = m.bytesOut.WithLabelValues(l.app, l.region, l.machine)
+			n.duration = m.duration.WithLabelValues(l.app, l.region, l.machine)
+		}
+		l.obs.Store(n)
+		o = n
+	}
+	o.requests.Inc()
+	if in > 0 {
+		o.bytesIn.Add(float64(in))
+	}
+	o.bytesOut.Add(float64(out))
+	o.duration.Observe(d.Seconds())
+}
+
 // statusCodes are the status codes as label values, made once.
 var statusCodes = func() (c [600]string) {
 	for i := range c {
