@@ -50,6 +50,10 @@ func HostPermissions(hostID, region string, machines []string) *server.Permissio
 			"$JS.API.CONSUMER.DELETE."+s+".>", "$JS.API.CONSUMER.INFO."+s+".>",
 			"$JS.FC."+s+".>",
 			"$JS.API.DIRECT.GET."+s+".$KV."+b+".>",
+			// In a cluster these buckets are read from their leaders
+			// (store.leaderReads): a get names its key in the body, and
+			// the whole bucket is the host's to read.
+			"$JS.API.STREAM.MSG.GET."+s,
 		)
 	}
 	// Snapshots crossing between hosts (agent/volumes.go): the object

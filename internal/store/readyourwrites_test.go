@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/perchhq/perch/internal/testport"
 )
 
@@ -83,5 +85,32 @@ func TestBucketReadsSeeEveryAcknowledgedWrite(t *testing.T) {
 	t.Logf("%d of %d reads right after an acknowledged write were stale", stale, 3*writes)
 	if stale > 0 {
 		t.Fail()
+	}
+
+	// A host reads a bucket it may read from the leader too, and its
+	// region's ticket keys (a bucket kept on direct gets, the only kind a
+	// permission can narrow to one key) as before.
+	bc, err := bcrypt.GenerateFromPassword([]byte("pw-h"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range nats {
+		if err := e.SetHostUsers(HostUser{HostID: "iad-h", Region: "iad", PassBcrypt: string(bc)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := stores[0].Tickets.Put(ctx, "iad", []byte("ticket keys")); err != nil {
+		t.Fatal(err)
+	}
+	host, err := OpenHost(ctx, nats[1].URL(), Auth{User: "iad-h", Password: "pw-h", InboxPrefix: HostInboxPrefix("iad-h")}, "host")
+	if err != nil {
+		t.Fatalf("a host on the cluster: %v", err)
+	}
+	defer host.Close()
+	if e, err := host.Apps.Get(ctx, "k9"); err != nil || len(e.Value()) == 0 {
+		t.Errorf("a host's read of an app from the bucket's leader: %v", err)
+	}
+	if e, err := host.Tickets.Get(ctx, "iad"); err != nil || string(e.Value()) != "ticket keys" {
+		t.Errorf("a host's read of its region's ticket keys: %v", err)
 	}
 }

@@ -395,8 +395,9 @@ func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) 
 	var kv jetstream.KeyValue
 	err := retryClustered(ctx, cfg.Replicas, func(ctx context.Context) error {
 		var err error
+		keyReads := keyReadBuckets[cfg.Bucket]
 		if s.opts.Follower {
-			if kv, err = s.js.KeyValue(ctx, cfg.Bucket); err != nil || cfg.Replicas == 1 {
+			if kv, err = s.js.KeyValue(ctx, cfg.Bucket); err != nil || cfg.Replicas == 1 || keyReads {
 				return err
 			}
 			// Bound with direct gets on, its reads could miss a write just
@@ -410,7 +411,7 @@ func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) 
 			}
 			return nil
 		}
-		if kv, err = s.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil || cfg.Replicas == 1 {
+		if kv, err = s.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil || cfg.Replicas == 1 || keyReads {
 			return err
 		}
 		return s.leaderReads(ctx, "KV_"+cfg.Bucket, func() error {
@@ -424,6 +425,14 @@ func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) 
 	listable(s.nc, kv)
 	return kv, nil
 }
+
+// keyReadBuckets keep direct gets in a cluster: hosts read single keys
+// of them (their region's ticket keys, its autostop locks), and only a
+// direct get names the key in its subject, where a host's permissions
+// can allow that key and no other (hostperms.go). Their writers are the
+// hosts themselves (tickets) or compare-and-set (locks), which a stale
+// read only makes retry.
+var keyReadBuckets = map[string]bool{BucketTickets: true, BucketLocks: true}
 
 // leaderReads turns direct gets off on a replicated bucket's stream, then
 // calls bind (which binds the bucket again: nats.go decides at bind time
