@@ -83,7 +83,11 @@ func (r *Registry) follow(ctx context.Context) (*follower, error) {
 	}
 	f := &follower{r: r, stream: stream, done: make(chan struct{}), it: it, changed: make(chan struct{})}
 	go f.run(cons)
-	if err := f.wait(ctx, last); err != nil {
+	// upTo, not wait: an ordered consumer may be placed on a replica
+	// still catching up (a replaced server's own, empty one) and deliver
+	// nothing for a long while; the writes it has not brought within a
+	// second are read from the stream's leader.
+	if err := f.upTo(ctx, last); err != nil {
 		f.stop()
 		return nil, fmt.Errorf("read the %d manifest writes stored: %w", last, err)
 	}
