@@ -62,6 +62,8 @@ type httpError struct {
 	code   int
 	msg    string
 	status string
+	// retryAfter, if set, is sent as the answer's Retry-After.
+	retryAfter string
 }
 
 func (e *httpError) Error() string { return e.msg }
@@ -78,21 +80,20 @@ func nameTaken(format string, args ...any) error {
 // fail writes err with the status it maps to.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var he *httpError
+	if qe := s.quorumError(err); qe != nil { // quorum.go
+		s.log.Warn("request failed: no quorum", "method", r.Method, "path", r.URL.Path, "err", err)
+		err = qe
+	}
 	switch {
 	case errors.As(err, &he):
+		if he.retryAfter != "" {
+			w.Header().Set("Retry-After", he.retryAfter)
+		}
 		writeJSON(w, he.code, api.Error{Error: he.msg, Status: cmp.Or(he.status, errorStatus(he.code))})
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, scheduler.ErrUnplaceable):
 		writeError(w, http.StatusUnprocessableEntity, err.Error())
-	case s.quorumError(err) != nil: // quorum.go
-		errors.As(s.quorumError(err), &he)
-		s.log.Warn("request failed: no quorum", "method", r.Method, "path", r.URL.Path, "err", err)
-		if !s.quorumLost() {
-			// An election, over in seconds: the CLI asks a read again.
-			w.Header().Set("Retry-After", "2")
-		}
-		writeJSON(w, he.code, api.Error{Error: he.msg, Status: errorStatus(he.code)})
 	default:
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeError(w, http.StatusInternalServerError, "internal error: "+err.Error())

@@ -86,7 +86,9 @@ func (s *Server) quorumError(err error) error {
 	if s.quorumLost() {
 		return s.noQuorum(err)
 	}
-	return errf(http.StatusServiceUnavailable, "the control plane's state store did not answer in time (%v): a server may have just stopped and a new leader is being elected; try again in a few seconds", err)
+	// An election, over in seconds: the CLI asks a read again.
+	return &httpError{code: http.StatusServiceUnavailable, retryAfter: "2",
+		msg: fmt.Sprintf("the control plane's state store did not answer in time (%v): a server may have just stopped and a new leader is being elected; try again in a few seconds", err)}
 }
 
 // unanswered reports whether err is JetStream not answering: a timeout,
