@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -89,8 +90,15 @@ var (
 	logBurst            = 2000
 )
 
-// logReadMax is the most of one file a flush reads.
-const logReadMax = 4 << 20
+// logReadMax is the most of one file a flush reads, in chunks of
+// logChunk; a file with more left is read again at once (behind), so a
+// shipper that fell behind a flood catches up at the pace of counting
+// newlines, and a line the machine prints once quiet again finds the
+// limiter with tokens, not spent on a backlog.
+const (
+	logReadMax = 64 << 20
+	logChunk   = 1 << 20
+)
 
 // logWatchMask is what a write to an output file raises in its directory.
 const logWatchMask = unix.IN_MODIFY | unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_CLOSE_WRITE
@@ -167,7 +175,7 @@ func (s *shipper) loop() {
 		behind, dropped := s.behind, len(s.dropped) > 0
 		s.mu.Unlock()
 		if behind {
-			t.Reset(logBatch) // catch up without waiting for the next write
+			t.Reset(0) // catch up without waiting for the next write
 		} else if dropped {
 			t.Reset(100 * time.Millisecond) // the marker of a flood that stopped
 		} else if watching {
@@ -236,50 +244,129 @@ func (s *shipper) readFile(f perchrt.LogFile) bool {
 	if _, err := fh.Seek(off, io.SeekStart); err != nil {
 		return false
 	}
-	data, err := io.ReadAll(io.LimitReader(fh, logReadMax))
-	if err != nil {
-		return false
+	bp := logChunks.Get().(*[]byte)
+	defer logChunks.Put(bp)
+	chunk := *bp
+	read := int64(0)
+	for read < logReadMax {
+		n, err := io.ReadFull(fh, chunk)
+		if n > 0 {
+			read += int64(n)
+			s.offsets[f.Path] = off + read
+			s.lines(f, chunk[:n])
+		}
+		if err != nil {
+			return read > 0 // the end of what is written so far
+		}
 	}
-	if len(data) == logReadMax {
-		s.behind = true
+	s.behind = true
+	return true
+}
+
+// logChunks holds the buffers files are read through.
+var logChunks = sync.Pool{New: func() any { b := make([]byte, logChunk); return &b }}
+
+// lines ships the complete lines of data, after what an earlier read of
+// the file left without a newline. A machine over its rate costs a
+// search for newlines per dropped line, no copy: once the limiter says
+// no, the rest of the chunk is counted in bulk.
+func (s *shipper) lines(f perchrt.LogFile, data []byte) {
+	if p := s.partial[f.Path]; len(p) > 0 {
+		i := bytes.IndexByte(data, '\n')
+		if i < 0 {
+			s.partial[f.Path] = s.longLine(f, append(p, data...))
+			return
+		}
+		s.publish(f.Stream, string(append(p, data[:i]...)))
+		data = data[i+1:]
+		s.partial[f.Path] = nil
 	}
-	s.offsets[f.Path] = off + int64(len(data))
-	buf := append(s.partial[f.Path], data...)
 	for {
-		i := bytes.IndexByte(buf, '\n')
+		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
 			break
 		}
-		s.publish(f.Stream, string(buf[:i]))
-		buf = buf[i+1:]
+		if !s.limit.Allow() {
+			// Over the rate: every complete line left is dropped; only
+			// the last few are kept for lastLines.
+			end := bytes.LastIndexByte(data, '\n')
+			rest := data[:end]
+			s.dropped[f.Stream] += bytes.Count(rest, []byte{'\n'}) + 1
+			s.keepLast(rest)
+			data = data[end+1:]
+			break
+		}
+		s.publishAllowed(f.Stream, string(data[:i]))
+		data = data[i+1:]
 	}
-	if len(buf) > 16<<10 { // a very long line without newline: ship it as is
+	s.partial[f.Path] = s.longLine(f, append([]byte(nil), data...))
+}
+
+// longLine ships a line that has no newline yet and is already over
+// 16 KiB as it is, and returns what is left to wait for its newline.
+func (s *shipper) longLine(f perchrt.LogFile, buf []byte) []byte {
+	if len(buf) > 16<<10 {
 		s.publish(f.Stream, string(buf))
-		buf = nil
+		return nil
 	}
-	s.partial[f.Path] = append([]byte(nil), buf...)
-	return true
+	return buf
+}
+
+// keepLast remembers the last lines of data (lines dropped in bulk) for
+// lastLines, as publish would have.
+func (s *shipper) keepLast(data []byte) {
+	var tail []string
+	for len(tail) < lastLogLines {
+		i := bytes.LastIndexByte(data, '\n')
+		tail = append(tail, cutLine(string(data[i+1:])))
+		if i < 0 {
+			break
+		}
+		data = data[:i]
+	}
+	slices.Reverse(tail)
+	s.last = append(s.last, tail...)
+	if len(s.last) > lastLogLines {
+		s.last = s.last[len(s.last)-lastLogLines:]
+	}
+}
+
+func cutLine(msg string) string {
+	if len(msg) > store.LogLineMax {
+		return msg[:store.LogLineMax] + " [perch: line cut at 16 KiB]"
+	}
+	return msg
 }
 
 // publish ships one line, or counts it dropped when the machine is over
 // its rate; once a second at most, a line shipped after drops is
 // preceded by a marker saying how many.
 func (s *shipper) publish(stream, msg string) {
-	if len(msg) > store.LogLineMax {
-		msg = msg[:store.LogLineMax] + " [perch: line cut at 16 KiB]"
-	}
-	s.last = append(s.last, msg)
-	if len(s.last) > lastLogLines {
-		s.last = s.last[len(s.last)-lastLogLines:]
-	}
 	if !s.limit.Allow() {
+		s.remember(msg)
 		s.dropped[stream]++
 		return
 	}
+	s.publishAllowed(stream, msg)
+}
+
+// publishAllowed ships a line the limiter has allowed.
+func (s *shipper) publishAllowed(stream, msg string) {
+	msg = s.remember(msg)
 	if s.dropped[stream] > 0 && time.Since(s.marked) >= time.Second {
 		s.markDropped(stream)
 	}
 	s.send(stream, msg)
+}
+
+// remember keeps msg, cut to a log line's size, among the last lines.
+func (s *shipper) remember(msg string) string {
+	msg = cutLine(msg)
+	s.last = append(s.last, msg)
+	if len(s.last) > lastLogLines {
+		s.last = s.last[len(s.last)-lastLogLines:]
+	}
+	return msg
 }
 
 // markDropped ships the line saying how many of stream's lines were
