@@ -7,17 +7,23 @@ import (
 	"time"
 )
 
-// logWriter records what the client got, for the access log.
+// logWriter records what the client got, for the access log, and bounds
+// each write to the client by SendTimeout (sendDeadline).
 type logWriter struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
+	send   time.Duration // Limits.SendTimeout; 0 is none
+	wdl    time.Time     // the write deadline set, zero if none
 }
 
 func (w *logWriter) WriteHeader(code int) {
 	// 1xx other than 101 are informational; the final status comes later.
 	if w.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		w.status = code
+	}
+	if code != http.StatusSwitchingProtocols { // an upgraded connection has no deadline
+		w.sendDeadline()
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
@@ -26,9 +32,24 @@ func (w *logWriter) Write(p []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
+	w.sendDeadline()
 	n, err := w.ResponseWriter.Write(p)
 	w.bytes += int64(n)
 	return n, err
+}
+
+// sendDeadline gives the next write SendTimeout to finish, moving the
+// deadline at most every 64th of it, as the fast path does.
+func (w *logWriter) sendDeadline() {
+	if w.send <= 0 {
+		return
+	}
+	t := time.Now().Add(w.send)
+	if d := t.Sub(w.wdl); d >= 0 && d < w.send/64 {
+		return
+	}
+	w.wdl = t
+	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(t)
 }
 
 // Unwrap lets http.ResponseController reach Flush and Hijack.
@@ -37,6 +58,11 @@ func (w *logWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // finish ends a request: gives back its slot and its place in the app's
 // count, records its metrics and writes its access log line.
 func (e *Edge) finish(w *logWriter, r *http.Request, st *reqState, start time.Time) {
+	if !w.wdl.IsZero() {
+		// A deadline set for this answer must not cut the connection's
+		// next one (net/http keeps the connection's deadlines).
+		_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Time{})
+	}
 	e.finishRequest(r.Context(), st, start, r.Method, r.Host, r.URL.Path, r.Proto, r.RemoteAddr, w.status, w.bytes)
 }
 

@@ -61,6 +61,11 @@ type Limits struct {
 	// all stopped is held while the edge starts one (autostart.go),
 	// before a 503 saying why.
 	StartTimeout time.Duration
+	// SendTimeout bounds how long one write of an answer to a client may
+	// wait for the client to read (nginx's send_timeout): a client that
+	// stops reading is cut off after it, and the machine's connection and
+	// slot with it. A stream that keeps being read is never cut.
+	SendTimeout time.Duration
 }
 
 // DefaultLimits are the limits of an edge whose Config leaves them zero.
@@ -74,6 +79,7 @@ var DefaultLimits = Limits{
 	QueueTimeout:       5 * time.Second,
 	MaxQueued:          1000,
 	StartTimeout:       30 * time.Second,
+	SendTimeout:        60 * time.Second,
 	// Apache mod_reqtimeout's default (body=20,MinRate=500).
 	BodyTimeout:         20 * time.Second,
 	BodyMinRate:         500,
@@ -107,6 +113,7 @@ func (l Limits) withDefaults() Limits {
 	dur(&l.QueueTimeout, d.QueueTimeout)
 	dur(&l.StartTimeout, d.StartTimeout)
 	dur(&l.BodyTimeout, d.BodyTimeout)
+	dur(&l.SendTimeout, d.SendTimeout)
 	count(&l.MaxHeaderBytes, d.MaxHeaderBytes)
 	count(&l.MaxConnsPerClient, d.MaxConnsPerClient)
 	count(&l.MaxConnsPerApp, d.MaxConnsPerApp)

@@ -269,3 +269,84 @@ func TestRequestsPerAppCapped(t *testing.T) {
 		t.Errorf("after one finished: got %d %q", res.StatusCode, body)
 	}
 }
+
+// A client that stops reading an answer is cut off after SendTimeout: the
+// edge closes its connection and the machine's, so the app's write fails
+// and its slot is free (before, both stayed blocked for as long as the
+// client held on). A stream the client keeps reading lasts as long as it
+// likes, however much longer than SendTimeout.
+func TestClientThatStopsReadingIsCutOff(t *testing.T) {
+	send := 300 * time.Millisecond
+	e, err := newEdge(Config{Region: "ams", HostID: "h-ams", Addr: netip.MustParseAddr("127.0.0.1"), Log: testLog(t), Limits: Limits{SendTimeout: send}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flooded := make(chan error, 1)
+	m := startMachine(t, "s1", "ams", "127.0.0.2", func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/flood": // until a write fails, at most 1 GiB
+			buf := make([]byte, 64<<10)
+			var err error
+			for n := 0; n < 1<<30 && err == nil; n += len(buf) {
+				_, err = w.Write(buf)
+			}
+			flooded <- err
+		case "/slow": // ten lines 100 ms apart: a second in all
+			for i := range 10 {
+				fmt.Fprintf(w, "tick %d\n", i)
+				_ = http.NewResponseController(w).Flush()
+				time.Sleep(100 * time.Millisecond) // the app's pace, what is tested
+			}
+		}
+	})
+	w := &world{t: t, e: e}
+	port := freePort(t)
+	w.app("shop")
+	w.place("shop", m, port, api.StateStarted)
+	w.commit()
+	run(t, e)
+	waitFor(t, "the edge to listen", func() bool { return len(e.Listening()) == 1 })
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprint(c, "GET /flood HTTP/1.1\r\nHost: shop.perch.local\r\n\r\n")
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now() // the client reads nothing more
+	select {
+	case err := <-flooded:
+		if err == nil {
+			t.Fatal("the app wrote 1 GiB to a client that read none of it")
+		}
+		t.Logf("the app's write failed %v after the client stopped reading (SendTimeout %v): %v", time.Since(stopped).Round(time.Millisecond), send, err)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the app was still writing 20 s after the client stopped reading; SendTimeout is %v", send)
+	}
+	n, err := io.Copy(io.Discard, res.Body)
+	if err == nil || n >= 1<<30 {
+		t.Errorf("the client read %d bytes and then %v; want the answer cut short", n, err)
+	}
+
+	c2, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprint(c2, "GET /slow HTTP/1.1\r\nHost: shop.perch.local\r\n\r\n")
+	res, err = http.ReadResponse(bufio.NewReader(c2), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(res.Body)
+	if got := strings.Count(string(b), "tick "); err != nil || got != 10 {
+		t.Errorf("a slow stream read as it came: %d of 10 lines, %v", got, err)
+	}
+}

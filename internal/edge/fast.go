@@ -98,6 +98,7 @@ type fastConn struct {
 	addr       string    // the client's address and port, as r.RemoteAddr
 	n          int       // requests served
 	rdl        time.Time // the read deadline set on c (setReadDeadline)
+	wdl        time.Time // the write deadline set on c (sendDeadline)
 	// gone is set when the client left while its request waited for a
 	// slot (fastpool.go's acquire).
 	gone atomic.Bool
@@ -250,6 +251,22 @@ func (fc *fastConn) setReadDeadline(t time.Time, slack time.Duration) {
 	_ = fc.c.SetReadDeadline(t)
 }
 
+// sendDeadline gives the next write to the client SendTimeout to finish,
+// moving the deadline at most every 64th of it (as setReadDeadline), so a
+// write has between 63/64 of SendTimeout and all of it.
+func (fc *fastConn) sendDeadline() {
+	to := fc.e.limits.SendTimeout
+	if to <= 0 {
+		return
+	}
+	t := time.Now().Add(to)
+	if d := t.Sub(fc.wdl); d >= 0 && d < to/64 {
+		return
+	}
+	fc.wdl = t
+	_ = fc.c.SetWriteDeadline(t)
+}
+
 // badLineEnd says b holds a CR not followed by LF or an LF not preceded
 // by CR.
 func badLineEnd(b []byte) bool {
@@ -297,6 +314,9 @@ func (fc *fastConn) handOff() bool {
 		fastHandedCount.Add(1)
 	}
 	_ = fc.c.SetReadDeadline(time.Time{})
+	if !fc.wdl.IsZero() {
+		_ = fc.c.SetWriteDeadline(time.Time{}) // net/http sets its own
+	}
 	pc := &peekConn{Conn: fc.c, buf: append([]byte(nil), fc.r...)}
 	fc.r = nil
 	fc.ps.conns.remove(fc.tracked)
@@ -474,6 +494,7 @@ func (fc *fastConn) answer(st *reqState, a *fastAnswer, keep bool) (int, int64, 
 	out = append(out, "\r\n\r\n"...)
 	out = append(out, a.body.Bytes()...)
 	fc.out = out
+	fc.sendDeadline()
 	if _, err := fc.c.Write(out); err != nil {
 		return status, 0, false
 	}

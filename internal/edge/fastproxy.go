@@ -118,6 +118,7 @@ func (fc *fastConn) respond(st *reqState, bc *backendConn, end int) (status int,
 	out = append(out, first...)
 	fc.out = out
 	written = int64(len(first))
+	fc.sendDeadline()
 	if _, err := fc.c.Write(out); err != nil {
 		bc.Close()
 		return status, 0, false
@@ -127,6 +128,7 @@ func (fc *fastConn) respond(st *reqState, bc *backendConn, end int) (status int,
 		if m > 0 {
 			part := take(bc.buf[:m])
 			bc.r = bc.buf[len(part):m]
+			fc.sendDeadline()
 			if _, werr := fc.c.Write(part); werr != nil {
 				bc.Close()
 				return status, written, false

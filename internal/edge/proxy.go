@@ -66,7 +66,7 @@ func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := &reqState{id: newRequestID(), port: h.portStr, portN: h.port}
 	w.Header().Set(hdrRequestID, st.id)
 	w.Header().Set("Server", serverName)
-	lw := &logWriter{ResponseWriter: w}
+	lw := &logWriter{ResponseWriter: w, send: h.e.limits.SendTimeout}
 	defer h.e.finish(lw, r, st, start)
 
 	host := normalizeHost(r.Host)
