@@ -82,9 +82,12 @@ func (n *Node) SetPeers(peers []Peer) error {
 	n.peers = want
 	n.mu.Unlock()
 	// A new peer is probed at once, to start the handshake, by the smaller
-	// key of the pair only; the other side waits a grace period (see
-	// rttProber.setPeers). When both sides initiate within one round trip
-	// each drops the other's answer, and WireGuard retries only after 5 s.
+	// key of the pair only; the other side waits for that handshake (or
+	// handshakeFallback) before it sends anything of its own (see
+	// rttProber.loop). When both sides initiate within half a round trip,
+	// each drops the other's answer and WireGuard retries only after 5 s,
+	// on both sides at about the same moment: a pair stayed apart for
+	// 5–17 s (TestFirstHandshakeOfAPairNeverCollides).
 	var kick, wait []PublicKey
 	for k := range want {
 		if _, ok := old[k]; !ok {
@@ -98,4 +101,54 @@ func (n *Node) SetPeers(peers []Peer) error {
 	n.rtt.setPeers(want, kick, wait)
 	n.log.Debug("mesh peers set", "peers", len(want))
 	return nil
+}
+
+// handshakes says which peers have completed a handshake with this node
+// (WireGuard's last_handshake_time), as initiator or responder.
+func (n *Node) handshakes() map[PublicKey]bool {
+	s, err := n.dev.IpcGet()
+	if err != nil {
+		return nil
+	}
+	out := map[PublicKey]bool{}
+	var cur PublicKey
+	for line := range strings.Lines(s) {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), "=")
+		switch k {
+		case "public_key":
+			cur = PublicKey{}
+			if b, err := hex.DecodeString(v); err == nil && len(b) == len(cur) {
+				copy(cur[:], b)
+			}
+		case "last_handshake_time_sec", "last_handshake_time_nsec":
+			if v != "0" && cur != (PublicKey{}) {
+				out[cur] = true
+			}
+		}
+	}
+	return out
+}
+
+// resetHandshake removes peer k and adds it again as it was: WireGuard
+// forgets an initiation that got no answer and initiates again with the
+// next packet, instead of 5 s after the last one. Only for a peer with
+// no session (nothing else is lost).
+func (n *Node) resetHandshake(k PublicKey) {
+	n.setMu.Lock()
+	defer n.setMu.Unlock()
+	n.mu.Lock()
+	p, ok := n.peers[k]
+	n.mu.Unlock()
+	if !ok {
+		return
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "public_key=%s\nremove=true\n", k.hex())
+	fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", k.hex(), p.Endpoint)
+	for _, ip := range n.allowedIPs(p) {
+		fmt.Fprintf(&b, "allowed_ip=%s\n", ip)
+	}
+	if err := n.dev.IpcSet(b.String()); err != nil {
+		n.log.Debug("mesh: restart handshake", "peer", k.hex(), "err", err)
+	}
 }

@@ -20,10 +20,10 @@ const (
 	rttWindow   = 5 // samples kept per peer; RTTs reports their median
 	rttMaxFails = 3 // consecutive lost probes before a peer has no RTT
 	probeWait   = time.Second
-	// handshakeGrace is how long the larger key of a new pair leaves the
-	// first handshake to the smaller one: more than a round trip across
-	// the simulated world (300 ms antipodal at 1.5 inflation).
-	handshakeGrace = time.Second
+	// handshakeFallback is how long the larger key of a new pair leaves
+	// the first handshake to the smaller one before probing itself (a
+	// peer that never initiates: longer than WireGuard's 5 s retry).
+	handshakeFallback = 7 * time.Second
 )
 
 // rttProber measures round trips to every peer through the mesh.
@@ -35,9 +35,14 @@ type rttProber struct {
 	peers   map[PublicKey]netip.Addr
 	samples map[PublicKey][]time.Duration
 	fails   map[PublicKey]int
-	// notBefore holds new peers this node must not probe yet (handshakeGrace).
+	// notBefore holds new peers this node leaves to initiate (the pair's
+	// smaller key): not probed until their handshake is done, or until
+	// the time given (handshakeFallback).
 	notBefore map[PublicKey]time.Time
-	kick      chan PublicKey // a new peer: probe it now rather than at the next tick
+	// fresh holds new peers this node initiates with and has not yet
+	// measured: a failed probe starts their handshake anew (resetHandshake).
+	fresh map[PublicKey]bool
+	kick  chan PublicKey // a new peer: probe it now rather than at the next tick
 }
 
 func startRTT(ctx context.Context, n *Node, wg *sync.WaitGroup) (*rttProber, error) {
@@ -52,6 +57,7 @@ func startRTT(ctx context.Context, n *Node, wg *sync.WaitGroup) (*rttProber, err
 		samples:   map[PublicKey][]time.Duration{},
 		fails:     map[PublicKey]int{},
 		notBefore: map[PublicKey]time.Time{},
+		fresh:     map[PublicKey]bool{},
 		kick:      make(chan PublicKey, 16),
 	}
 	if r.interval <= 0 {
@@ -77,7 +83,10 @@ func startRTT(ctx context.Context, n *Node, wg *sync.WaitGroup) (*rttProber, err
 func (r *rttProber) setPeers(peers map[PublicKey]Peer, kick, wait []PublicKey) {
 	r.mu.Lock()
 	for _, k := range wait {
-		r.notBefore[k] = time.Now().Add(handshakeGrace)
+		r.notBefore[k] = time.Now().Add(handshakeFallback)
+	}
+	for _, k := range kick {
+		r.fresh[k] = true
 	}
 	r.peers = map[PublicKey]netip.Addr{}
 	for k, p := range peers {
@@ -92,6 +101,11 @@ func (r *rttProber) setPeers(peers map[PublicKey]Peer, kick, wait []PublicKey) {
 	for k := range r.notBefore {
 		if _, ok := peers[k]; !ok {
 			delete(r.notBefore, k)
+		}
+	}
+	for k := range r.fresh {
+		if _, ok := peers[k]; !ok {
+			delete(r.fresh, k)
 		}
 	}
 	r.mu.Unlock()
@@ -114,12 +128,18 @@ func (r *rttProber) loop(ctx context.Context) {
 		case <-t.C:
 		case only = <-r.kick:
 		}
+		var shook map[PublicKey]bool // asked of the device only when needed
 		r.mu.Lock()
+		if len(r.notBefore) > 0 || len(r.fresh) > 0 {
+			r.mu.Unlock()
+			shook = r.n.handshakes()
+			r.mu.Lock()
+		}
 		peers := make(map[PublicKey]netip.Addr, len(r.peers))
 		now := time.Now()
 		for k, a := range r.peers {
 			if nb, ok := r.notBefore[k]; ok {
-				if now.Before(nb) {
+				if now.Before(nb) && !shook[k] {
 					continue
 				}
 				delete(r.notBefore, k)
@@ -131,7 +151,22 @@ func (r *rttProber) loop(ctx context.Context) {
 		r.mu.Unlock()
 		var wg sync.WaitGroup
 		for k, a := range peers {
-			wg.Go(func() { r.record(k, r.probe(ctx, a)) })
+			wg.Go(func() {
+				d := r.probe(ctx, a)
+				r.record(k, d)
+				r.mu.Lock()
+				restart := d == 0 && r.fresh[k] && !shook[k]
+				if d > 0 {
+					delete(r.fresh, k)
+				}
+				r.mu.Unlock()
+				if restart {
+					// Our first initiation got no answer (the peer did not
+					// know us yet): start anew at the next probe rather
+					// than after WireGuard's 5 s.
+					r.n.resetHandshake(k)
+				}
+			})
 		}
 		wg.Wait()
 	}

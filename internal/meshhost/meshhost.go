@@ -250,6 +250,14 @@ func (m *Member) update() {
 		}
 	}
 	newlyLost, back := diffKeys(m.lost, lost)
+	// A peer measured for the first time (its handshake done) is one the
+	// relay pool may warm now: a change too.
+	measured := false
+	for id := range rtt {
+		if _, ok := m.rtt[id]; !ok {
+			measured = true
+		}
+	}
 	m.rtt, m.lost = rtt, lost
 	rank := m.rankLocked(m.cfg.World.Codes())
 	moved := !slices.Equal(rank, m.rank)
@@ -261,7 +269,7 @@ func (m *Member) update() {
 	for _, id := range back {
 		m.log.Info("host reachable over the mesh again", "peer", id)
 	}
-	if moved || len(newlyLost) > 0 || len(back) > 0 {
+	if moved || measured || len(newlyLost) > 0 || len(back) > 0 {
 		select {
 		case m.changed <- struct{}{}:
 		default:
@@ -296,14 +304,20 @@ func (m *Member) Reachable(id string) bool {
 }
 
 // ReachablePeers is the mesh address of every peer host that is
-// Reachable and runs machines (not the control plane, which serves no
-// relay): where a RelayPool keeps connections warm.
+// Reachable, has answered a probe (its WireGuard session is up) and runs
+// machines (not the control plane, which serves no relay): where a
+// RelayPool keeps connections warm. A peer not measured yet is left out:
+// the probe of the pair's smaller key makes the first handshake
+// (mesh.Node.SetPeers), and a pool dialling at the same moment from both
+// sides would make both initiate, each drop the other's answer, and
+// WireGuard retry only after 5 s (agents that joined together found each
+// other 5–17 s late, their edges answering 502 meanwhile).
 func (m *Member) ReachablePeers() []netip.Addr {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []netip.Addr
 	for _, id := range m.byKey {
-		if m.lost[id] || m.hosts[id].Role == api.HostRoleControl {
+		if _, measured := m.rtt[id]; !measured || m.lost[id] || m.hosts[id].Role == api.HostRoleControl {
 			continue
 		}
 		if a, err := netip.ParseAddr(m.hosts[id].MeshAddr); err == nil {

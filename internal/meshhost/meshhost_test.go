@@ -88,19 +88,22 @@ func TestPeerOfExplainsBadRecords(t *testing.T) {
 }
 
 // The relay pool warms the peers that may get traffic: reachable hosts
-// with machines, not a lost one, not the control plane (no relay), not a
-// host that is no peer (no mesh key published).
+// with machines whose session is up, not a lost one, not the control
+// plane (no relay), not a host that is no peer (no mesh key published),
+// not a peer not measured yet (its first handshake is the probe's).
 func TestReachablePeers(t *testing.T) {
 	hosts := map[string]api.Host{
 		"ams-1": {ID: "ams-1", MeshAddr: "fdaa::1"},
 		"sin-1": {ID: "sin-1", MeshAddr: "fdaa::2"},
 		"ctl":   {ID: "ctl", MeshAddr: "fdaa::3", Role: api.HostRoleControl},
 		"new-1": {ID: "new-1", MeshAddr: "fdaa::4"},
+		"fra-1": {ID: "fra-1", MeshAddr: "fdaa::5"},
 	}
-	m := member("iad", hosts, nil, map[string]bool{"sin-1": true})
-	var k1, k2, k3 mesh.PublicKey
-	k1[0], k2[0], k3[0] = 1, 2, 3
-	m.byKey = map[mesh.PublicKey]string{k1: "ams-1", k2: "sin-1", k3: "ctl"}
+	rtt := map[string]time.Duration{"ams-1": 80 * time.Millisecond, "ctl": time.Millisecond}
+	m := member("iad", hosts, rtt, map[string]bool{"sin-1": true})
+	var k1, k2, k3, k5 mesh.PublicKey
+	k1[0], k2[0], k3[0], k5[0] = 1, 2, 3, 5
+	m.byKey = map[mesh.PublicKey]string{k1: "ams-1", k2: "sin-1", k3: "ctl", k5: "fra-1"}
 	got := m.ReachablePeers()
 	if len(got) != 1 || got[0].String() != "fdaa::1" {
 		t.Fatalf("ReachablePeers = %v, want only ams-1's fdaa::1", got)
