@@ -357,13 +357,9 @@ func (s *Store) open(ctx context.Context, nc *nats.Conn) error {
 func (s *Store) registryBlobs(ctx context.Context) (jetstream.ObjectStore, error) {
 	name := "OBJ_" + ObjectRegistry
 	if s.opts.Follower {
-		st, err := s.js.Stream(ctx, name)
-		if err != nil {
+		// Made by an earlier version, not yet changed by the first server?
+		if err := s.leaderReadsMade(ctx, name); err != nil {
 			return nil, err
-		}
-		// Made by an earlier version, not yet changed by the first server.
-		if st.CachedInfo().Config.AllowDirect {
-			return nil, fmt.Errorf("stream %s still answers reads from any replica; waiting for the first server to change it", name)
 		}
 		return s.js.ObjectStore(ctx, ObjectRegistry)
 	}
@@ -402,14 +398,7 @@ func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) 
 			}
 			// Bound with direct gets on, its reads could miss a write just
 			// made: wait for the first server to turn them off.
-			st, err := s.js.Stream(ctx, "KV_"+cfg.Bucket)
-			if err != nil {
-				return err
-			}
-			if st.CachedInfo().Config.AllowDirect {
-				return fmt.Errorf("bucket %s still answers reads from any replica; waiting for the first server to change it", cfg.Bucket)
-			}
-			return nil
+			return s.leaderReadsMade(ctx, "KV_"+cfg.Bucket)
 		}
 		if kv, err = s.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil || cfg.Replicas == 1 || keyReads {
 			return err
@@ -456,6 +445,19 @@ func (s *Store) leaderReads(ctx context.Context, stream string, bind func() erro
 		}
 	}
 	return bind()
+}
+
+// leaderReadsMade is a follower's check that the first server has turned
+// direct gets off on stream (leaderReads): an error to retry until then.
+func (s *Store) leaderReadsMade(ctx context.Context, stream string) error {
+	st, err := s.js.Stream(ctx, stream)
+	if err != nil {
+		return err
+	}
+	if st.CachedInfo().Config.AllowDirect {
+		return fmt.Errorf("stream %s still answers reads from any replica; waiting for the first server to change it", stream)
+	}
+	return nil
 }
 
 // EnsureStream makes (or updates) a stream with the store's replicas;
