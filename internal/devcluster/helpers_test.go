@@ -73,10 +73,11 @@ func startWorld(t *testing.T, opts devcluster.Options) *devcluster.World {
 }
 
 // keepLogs copies a failed test's world logs to $PERCH_KEEP_LOGS/<test>,
-// when set, before the test's directory is removed.
+// when set, before the test's directory is removed; with
+// PERCH_KEEP_LOGS_ALL=1, a passing test's too.
 func keepLogs(t *testing.T, info devcluster.Info) {
 	dst := os.Getenv("PERCH_KEEP_LOGS")
-	if dst == "" || !t.Failed() {
+	if dst == "" || (!t.Failed() && os.Getenv("PERCH_KEEP_LOGS_ALL") != "1") {
 		return
 	}
 	dst = filepath.Join(dst, strings.ReplaceAll(t.Name(), "/", "_"))
