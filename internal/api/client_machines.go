@@ -123,8 +123,20 @@ func (c *Client) WaitMachine(ctx context.Context, app, id, state string, timeout
 		secs = 1
 	}
 	q := url.Values{"state": {state}, "timeout": {strconv.Itoa(secs)}}
-	return c.do(ctx, http.MethodGet, machinePath(app, id)+"/wait", q, nil, nil)
+	// The server answers by the timeout (408); a server that does not
+	// (frozen, or gone without closing the connection) must not hold
+	// the caller longer than that and a margin.
+	wctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+waitMargin)
+	defer cancel()
+	err := c.do(wctx, http.MethodGet, machinePath(app, id)+"/wait", q, nil, nil)
+	if err != nil && ctx.Err() == nil && wctx.Err() != nil {
+		return fmt.Errorf("waiting for machine %s to be %s: the control plane at %s gave no answer %v past the wait's %d s; check it with `perch server status`: %w", id, state, c.BaseURL(), waitMargin, secs, err)
+	}
+	return err
 }
+
+// waitMargin is how long past its timeout a wait may go unanswered.
+var waitMargin = 30 * time.Second
 
 // LogOptions selects the log lines of an app.
 type LogOptions struct {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -125,5 +126,37 @@ func TestClientWaitsOutAnElectionForReads(t *testing.T) {
 	before := gets.Load()
 	if _, err := c.GetApp(ctx, "lost"); !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable || gets.Load() != before+1 {
 		t.Errorf("a read answered 503 without Retry-After: %v after %d sends, want the 503 after one", err, gets.Load()-before)
+	}
+}
+
+// A wait the server never answers (a frozen control plane, or one gone
+// without closing the connection) ends a margin after its timeout with
+// an error saying so, instead of holding the command forever (`perch
+// scale count` hung over 12 minutes once after a server's SIGKILL).
+func TestWaitEndsWhenTheServerNeverAnswers(t *testing.T) {
+	old := waitMargin
+	waitMargin = 300 * time.Millisecond
+	defer func() { waitMargin = old }()
+	release := make(chan struct{})
+	frozen := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release // answers nothing until the test ends
+	}))
+	defer frozen.Close()
+	defer close(release)
+	c := NewClient(frozen.URL, "tok")
+	start := time.Now()
+	err := c.WaitMachine(context.Background(), "a", "m1", StateStarted, time.Second)
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "gave no answer") {
+		t.Errorf("a wait never answered: %v, want an error saying the control plane gave no answer", err)
+	}
+	if took < time.Second || took > 10*time.Second {
+		t.Errorf("the wait ended after %v; want its 1 s timeout and the 300 ms margin", took)
+	}
+	// A caller's own deadline is the caller's: not blamed on the server.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := c.WaitMachine(ctx, "a", "m1", StateStarted, time.Second); err == nil || strings.Contains(err.Error(), "gave no answer") {
+		t.Errorf("a wait whose caller gave up: %v, want the caller's deadline", err)
 	}
 }
