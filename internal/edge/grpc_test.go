@@ -205,3 +205,36 @@ func TestGRPCThroughRawTCP(t *testing.T) {
 	defer conn.Close()
 	exerciseGRPC(t, conn, g, "") // raw TCP adds no header
 }
+
+// A gRPC stream over HTTP/2 that stays quiet longer than SendTimeout is
+// not cut: HTTP/2 streams have their own flow control, and a stream's
+// write deadline there would fire whether or not a write waited.
+func TestQuietGRPCStreamOutlivesSendTimeout(t *testing.T) {
+	w := newCertWorld(t, nil)
+	w.e.limits.SendTimeout = 200 * time.Millisecond
+	port := freePort(t)
+	w.app("greet")
+	m, g := startGRPC(t, "g1", "127.0.0.2")
+	w.serveOn("greet", m, api.Port{Port: port, Handlers: []string{"http"}, HTTPOptions: &api.HTTPOptions{H2Backend: true}})
+	conn, err := grpc.NewClient(w.listening(port), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("greet.perch.local"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stream, err := testpb.NewTestServiceClient(conn).StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
+		ResponseParameters: []*testpb.ResponseParameters{{Size: 10}, {Size: 3}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatalf("first message: %v", err)
+	}
+	time.Sleep(time.Second) // the stream is quiet for five SendTimeouts: the case tested
+	g.gate <- struct{}{}
+	if m, err := stream.Recv(); err != nil || len(m.Payload.Body) != 3 {
+		t.Fatalf("the message after a quiet second: %v %v; want it, the stream not cut", m, err)
+	}
+}

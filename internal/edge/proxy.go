@@ -66,7 +66,13 @@ func (h *portHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := &reqState{id: newRequestID(), port: h.portStr, portN: h.port}
 	w.Header().Set(hdrRequestID, st.id)
 	w.Header().Set("Server", serverName)
-	lw := &logWriter{ResponseWriter: w, send: h.e.limits.SendTimeout}
+	lw := &logWriter{ResponseWriter: w}
+	if r.ProtoMajor == 1 {
+		// HTTP/2 has flow control per stream, and a stream's write
+		// deadline there fires whether or not a write waits: it would
+		// reset a quiet gRPC stream.
+		lw.send = h.e.limits.SendTimeout
+	}
 	defer h.e.finish(lw, r, st, start)
 
 	host := normalizeHost(r.Host)
