@@ -21,9 +21,14 @@ const (
 	rttMaxFails = 3 // consecutive lost probes before a peer has no RTT
 	probeWait   = time.Second
 	// handshakeFallback is how long the larger key of a new pair leaves
-	// the first handshake to the smaller one before probing itself (a
-	// peer that never initiates: longer than WireGuard's 5 s retry).
-	handshakeFallback = 7 * time.Second
+	// the first handshake to the smaller one before probing itself: more
+	// than a round trip across the simulated world (300 ms antipodal at
+	// 1.5 inflation) after both learn of each other at about the same
+	// time, and short, because a peer that restarted with its key holds
+	// no session while the other side still has one and will not initiate
+	// for 15 s. Should the two initiations still cross, the smaller key's
+	// next failed probe starts its handshake anew (fresh).
+	handshakeFallback = 1500 * time.Millisecond
 )
 
 // rttProber measures round trips to every peer through the mesh.
