@@ -2,11 +2,13 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,39 +29,7 @@ func TestBucketReadsSeeEveryAcknowledgedWrite(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var peers []string
-	for range 3 {
-		peers = append(peers, net.JoinHostPort("127.0.0.1", strconv.Itoa(testport.Free(t))))
-	}
-	nats := make([]*Embedded, 3)
-	for i := range nats {
-		e, err := RunEmbeddedWith(t.TempDir(), "127.0.0.1:0", "tok", EmbeddedOptions{
-			Cluster: &Cluster{Name: "ryw", Listen: peers[i], Peers: peers, ServerName: fmt.Sprint("s", i+1)},
-		}, slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		nats[i] = e
-		defer e.Shutdown()
-	}
-	stores := make([]*Store, 3)
-	errs := make([]error, 3)
-	var wg sync.WaitGroup
-	for i := range stores {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			stores[i], errs[i] = OpenWith(ctx, nats[i].URL(), Auth{User: ServerUser, Password: "tok"}, fmt.Sprint("ryw-", i),
-				Options{Replicas: 3, Follower: i > 0})
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("s%d: open the store: %v", i+1, err)
-		}
-		defer stores[i].Close()
-	}
+	nats, stores := threeServers(t, ctx)
 	const writes = 150
 	stale := 0
 	for n := range writes {
@@ -112,5 +82,92 @@ func TestBucketReadsSeeEveryAcknowledgedWrite(t *testing.T) {
 	}
 	if e, err := host.Tickets.Get(ctx, "iad"); err != nil || string(e.Value()) != "ticket keys" {
 		t.Errorf("a host's read of its region's ticket keys: %v", err)
+	}
+}
+
+// threeServers runs three servers' NATS in one JetStream cluster and a
+// store on each as perch server opens it (buckets at R3, the first server
+// making them), closed when the test ends.
+func threeServers(t *testing.T, ctx context.Context) ([]*Embedded, []*Store) {
+	t.Helper()
+	var peers []string
+	for range 3 {
+		peers = append(peers, net.JoinHostPort("127.0.0.1", strconv.Itoa(testport.Free(t))))
+	}
+	nats := make([]*Embedded, 3)
+	for i := range nats {
+		e, err := RunEmbeddedWith(t.TempDir(), "127.0.0.1:0", "tok", EmbeddedOptions{
+			Cluster: &Cluster{Name: "ryw", Listen: peers[i], Peers: peers, ServerName: fmt.Sprint("s", i+1)},
+		}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nats[i] = e
+		t.Cleanup(e.Shutdown)
+	}
+	stores := make([]*Store, 3)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i := range stores {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stores[i], errs[i] = OpenWith(ctx, nats[i].URL(), Auth{User: ServerUser, Password: "tok"}, fmt.Sprint("ryw-", i),
+				Options{Replicas: 3, Follower: i > 0})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("s%d: open the store: %v", i+1, err)
+		}
+		t.Cleanup(stores[i].Close)
+	}
+	return nats, stores
+}
+
+// TestCreateLosesRacesReadably: six requests on one server claim each of
+// 200 keys at once (as a registry push's parallel blob uploads claim its
+// repository), each reading the key, creating it when missing, and
+// reading the winner's value when it lost. Every loser reads the value.
+// Before, the leader refused a create while the winner's was in its log
+// but not yet applied, and 37 of 963 losers then read "not found".
+func TestCreateLosesRacesReadably(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a three-server cluster")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	_, stores := threeServers(t, ctx)
+	s := stores[0]
+	var lost, unread atomic.Int32
+	for k := range 200 {
+		key := fmt.Sprint("repo.", k)
+		var wg sync.WaitGroup
+		for range 6 {
+			wg.Go(func() {
+				if _, _, err := Get[map[string]string](ctx, s.Orgs, key); !errors.Is(err, ErrNotFound) {
+					return
+				}
+				_, err := Create(ctx, s.Orgs, key, map[string]string{"org": "acme"})
+				if !errors.Is(err, ErrExists) {
+					if err != nil {
+						t.Errorf("create %s: %v", key, err)
+					}
+					return
+				}
+				lost.Add(1)
+				if _, _, err := Get[map[string]string](ctx, s.Orgs, key); err != nil {
+					if unread.Add(1) <= 5 {
+						t.Errorf("key %s: create said it exists, then a read: %v", key, err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+	t.Logf("%d creates lost a race; %d of them then could not read the winner's value", lost.Load(), unread.Load())
+	if lost.Load() == 0 {
+		t.Error("no create lost a race: the test did not test what it should")
 	}
 }

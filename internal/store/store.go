@@ -561,19 +561,52 @@ func Put(ctx context.Context, kv jetstream.KeyValue, key string, v any) (uint64,
 }
 
 // Create writes v under key only if key does not exist.
+//
+// ErrExists comes only once the existing value can be read: in a cluster
+// the stream's leader refuses a create while a competing one is in its
+// log but not yet applied, and a read at that moment says "not found"
+// (37 of 963 lost races on one server, TestCreateLosesRacesReadably),
+// which failed every caller that reads the winner's value next (a
+// registry push denied "repo...: not found" in a three-server world).
 func Create(ctx context.Context, kv jetstream.KeyValue, key string, v any) (uint64, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return 0, fmt.Errorf("encode %s %q: %w", kv.Bucket(), key, err)
 	}
-	rev, err := kv.Create(ctx, key, b)
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return 0, fmt.Errorf("%s %q: %w", kv.Bucket(), key, ErrExists)
+	for attempt := 0; ; attempt++ {
+		rev, err := kv.Create(ctx, key, b)
+		if err == nil {
+			return rev, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return 0, fmt.Errorf("create %s %q: %w", kv.Bucket(), key, err)
+		}
+		// Not readable within the wait: the competing write did not
+		// commit after all, and the key is free to create again.
+		if readable(ctx, kv, key) || attempt == 2 {
+			return 0, fmt.Errorf("%s %q: %w", kv.Bucket(), key, ErrExists)
+		}
 	}
-	if err != nil {
-		return 0, fmt.Errorf("create %s %q: %w", kv.Bucket(), key, err)
+}
+
+// readable waits up to a second for key to be read as present; any
+// answer other than "not found" counts (the caller's read will see it).
+func readable(ctx context.Context, kv jetstream.KeyValue, key string) bool {
+	deadline := time.Now().Add(time.Second)
+	for {
+		_, err := kv.Get(ctx, key)
+		if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
-	return rev, nil
 }
 
 // Modify reads key, applies fn and writes it back if nobody wrote in
