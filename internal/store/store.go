@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -628,15 +629,36 @@ func Modify[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn fu
 		if err == nil {
 			return v, nil
 		}
-		if attempt > 20 || !isConflict(err) {
+		if attempt >= modifyAttempts || !isConflict(err) {
 			return v, fmt.Errorf("update %s %q: %w", kv.Bucket(), key, err)
+		}
+		// Another writer won: wait a random moment, longer each time, so
+		// racing writers take turns, and so that the winning write, which
+		// a cluster's leader may not have applied yet, is there to read.
+		select {
+		case <-ctx.Done():
+			return v, fmt.Errorf("update %s %q: %w", kv.Bucket(), key, ctx.Err())
+		case <-time.After(time.Duration(rand.Int64N(int64(min(attempt+1, 10)) * int64(2*time.Millisecond)))):
 		}
 	}
 }
 
+// modifyAttempts bounds Modify's tries of one key under contention (with
+// its backoff, about two seconds of losing).
+const modifyAttempts = 50
+
+// isConflict says whether err is a compare-and-set write that lost: the
+// key exists, or its revision moved. A single server answers 10071, a
+// replicated stream 10164 (nats-server 2.15), which Modify took for a
+// hard error: in a cluster, two writers of one key failed instead of
+// taking turns (TestCreateLosesRacesReadably's increments).
 func isConflict(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.Is(err, jetstream.ErrKeyExists) || (errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence)
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
+		(errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			// A replicated stream's code for the same conflict, and for a
+			// write to a key another is still committing.
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant))
 }
 
 // Delete removes key.
