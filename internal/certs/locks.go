@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/perchhq/perch/internal/store"
 )
 
 // A lock is a key in the locks bucket, created only if absent (so one
@@ -134,8 +136,7 @@ func (s *Storage) Unlock(ctx context.Context, name string) error {
 	h.mu.Unlock()
 	err := s.locks.Delete(ctx, h.key, jetstream.LastRevision(rev))
 	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		if store.IsConflict(err) {
 			s.log.Warn("lock was taken over before it was released", "lock", name)
 			return nil
 		}

@@ -64,7 +64,7 @@ func (s *Store) RunHeld(ctx context.Context, name string, ttl time.Duration, log
 				// A failed write (a cluster electing a new stream
 				// leader) is retried while nobody may take the lease
 				// over yet; a conflict means another holder has it.
-				if !isConflict(err) && time.Since(lastOK) < ttl*2/3 {
+				if !IsConflict(err) && time.Since(lastOK) < ttl*2/3 {
 					log.Warn("lease refresh failed; retrying", "lease", name, "err", err)
 					continue
 				}

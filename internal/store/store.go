@@ -629,7 +629,7 @@ func Modify[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn fu
 		if err == nil {
 			return v, nil
 		}
-		if attempt >= modifyAttempts || !isConflict(err) {
+		if attempt >= modifyAttempts || !IsConflict(err) {
 			return v, fmt.Errorf("update %s %q: %w", kv.Bucket(), key, err)
 		}
 		// Another writer won: wait a random moment, longer each time, so
@@ -647,12 +647,12 @@ func Modify[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn fu
 // its backoff, about two seconds of losing).
 const modifyAttempts = 50
 
-// isConflict says whether err is a compare-and-set write that lost: the
+// IsConflict says whether err is a compare-and-set write that lost: the
 // key exists, or its revision moved. A single server answers 10071, a
 // replicated stream 10164 (nats-server 2.15), which Modify took for a
 // hard error: in a cluster, two writers of one key failed instead of
 // taking turns (TestCreateLosesRacesReadably's increments).
-func isConflict(err error) bool {
+func IsConflict(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
 		(errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
