@@ -83,7 +83,7 @@ func (n *Node) SetPeers(peers []Peer) error {
 	n.mu.Unlock()
 	// A new peer is probed at once, to start the handshake, by the smaller
 	// key of the pair only; the other side waits for that handshake (or
-	// handshakeFallback) before it sends anything of its own (see
+	// handshakeFallback) before it probes the peer itself (see
 	// rttProber.loop). When both sides initiate within half a round trip,
 	// each drops the other's answer and WireGuard retries only after 5 s,
 	// on both sides at about the same moment: a pair stayed apart for
