@@ -88,41 +88,51 @@ func tunNodes(t *testing.T, edit func(*Config)) (a, b *Node) {
 	return nodes[0], nodes[1]
 }
 
-// In ModeTUN the nodes' TCP is the kernel's, through their TUN devices:
-// 16 MiB cross intact between two hosts' namespaces, both ways, on a
-// connection between the two mesh addresses.
-func TestTUNModeCarriesTCP(t *testing.T) {
-	a, b := tunNodes(t, nil)
-	l, err := b.Listen(0)
+// sunk is what a sink read from its one connection.
+type sunk struct {
+	sum  [32]byte // sha256 of the bytes
+	n    int64
+	peer net.Addr
+	err  error
+}
+
+// sink listens on n's mesh address for one TCP connection, reads it to
+// its end, answers the digest of what it read over the same connection,
+// and reports on the channel.
+func sink(t *testing.T, n *Node) (net.Listener, <-chan sunk) {
+	t.Helper()
+	l, err := n.Listen(0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	type got struct {
-		sum  [32]byte
-		n    int64
-		peer net.Addr
-		err  error
-	}
-	gotc := make(chan got, 1)
+	gotc := make(chan sunk, 1)
 	go func() {
 		c, err := l.Accept()
 		if err != nil {
-			gotc <- got{err: err}
+			gotc <- sunk{err: err}
 			return
 		}
 		defer c.Close()
 		h := sha256.New()
 		n, err := io.Copy(h, c)
-		var r got
+		var r sunk
 		copy(r.sum[:], h.Sum(nil))
 		r.n, r.peer, r.err = n, c.RemoteAddr(), err
 		if err == nil {
-			// The answer: the digest, back over the same connection.
 			_, r.err = c.Write(r.sum[:])
 		}
 		gotc <- r
 	}()
+	return l, gotc
+}
+
+// In ModeTUN the nodes' TCP is the kernel's, through their TUN devices:
+// 16 MiB cross intact between two hosts' namespaces, both ways, on a
+// connection between the two mesh addresses.
+func TestTUNModeCarriesTCP(t *testing.T) {
+	a, b := tunNodes(t, nil)
+	l, gotc := sink(t, b)
 
 	payload := make([]byte, 16<<20)
 	rand.Read(payload)
@@ -171,26 +181,7 @@ func TestTUNModeJumboMTU(t *testing.T) {
 			t.Errorf("node %s: TUN device MTU %d, want %d", n.Addr(), got, mtu)
 		}
 	}
-	l, err := b.Listen(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	type got struct {
-		n   int64
-		err error
-	}
-	gotc := make(chan got, 1)
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			gotc <- got{err: err}
-			return
-		}
-		defer c.Close()
-		n, err := io.Copy(io.Discard, c)
-		gotc <- got{n, err}
-	}()
+	l, gotc := sink(t, b)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c, err := a.DialContext(ctx, "tcp", l.Addr().String())

@@ -355,16 +355,15 @@ func TestFlyClientLifecycle(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds, failing after 10 s.
+// waitFor polls cond until it holds, failing after 10 s (waitUntil).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	waitUntil(t, 10*time.Second, what, func() string {
+		if cond() {
+			return ""
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return "not yet"
+	})
 }
 
 func (e flyMachineEvent) Time() time.Time {

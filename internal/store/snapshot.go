@@ -30,13 +30,9 @@ type StreamBackup struct {
 // one stream after the other (names in reverse order), while the server
 // runs and takes writes.
 func SnapshotStreams(ctx context.Context, nc *nats.Conn, dir string) ([]StreamBackup, error) {
-	mgr, err := jsm.New(nc)
+	mgr, names, err := streamNames(nc)
 	if err != nil {
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	names, err := mgr.StreamNames(nil)
-	if err != nil {
-		return nil, fmt.Errorf("list streams: %w", err)
+		return nil, err
 	}
 	// Referrers before what they refer to, so that a write between two
 	// snapshots leaves no dangling reference in the backup: names in
@@ -90,15 +86,21 @@ func snapshotConfig(dir, stream string) (jsmapi.StreamConfig, error) {
 
 // StreamNames are the streams of the connection's account.
 func StreamNames(nc *nats.Conn) ([]string, error) {
+	_, names, err := streamNames(nc)
+	return names, err
+}
+
+// streamNames is StreamNames with the manager it asked.
+func streamNames(nc *nats.Conn) (*jsm.Manager, []string, error) {
 	mgr, err := jsm.New(nc)
 	if err != nil {
-		return nil, fmt.Errorf("jetstream: %w", err)
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	names, err := mgr.StreamNames(nil)
 	if err != nil {
-		return nil, fmt.Errorf("list streams: %w", err)
+		return nil, nil, fmt.Errorf("list streams: %w", err)
 	}
-	return names, nil
+	return mgr, names, nil
 }
 
 // DeleteStreams deletes the named streams of the connection's account
