@@ -49,8 +49,7 @@ type backendConn struct {
 type machinePools struct {
 	mu      sync.Mutex
 	idle    map[*load][]*backendConn
-	n       int         // idle connections kept
-	timer   *time.Timer // closes expired ones; armed while n > 0
+	timer   *time.Timer // closes expired ones; armed while any is kept
 	armed   bool
 	maxIdle time.Duration
 }
@@ -63,7 +62,6 @@ func (p *machinePools) get(l *load, addr string, maxIdle time.Duration) *backend
 		bc := list[len(list)-1]
 		list[len(list)-1] = nil
 		p.idle[l] = list[:len(list)-1]
-		p.n--
 		if bc.addr != addr || (maxIdle > 0 && time.Since(bc.idle) > maxIdle) {
 			bc.Close()
 			continue
@@ -87,7 +85,6 @@ func (p *machinePools) put(l *load, bc *backendConn, maxIdle time.Duration) {
 		return
 	}
 	p.idle[l] = append(p.idle[l], bc)
-	p.n++
 	p.maxIdle = maxIdle
 	if maxIdle > 0 && !p.armed {
 		p.armed = true
@@ -105,7 +102,7 @@ func (p *machinePools) expire() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	next := p.sweep(time.Now(), p.maxIdle)
-	if p.n == 0 || p.maxIdle <= 0 {
+	if len(p.idle) == 0 || p.maxIdle <= 0 { // sweep leaves no empty list
 		p.armed = false
 		return
 	}
@@ -121,7 +118,6 @@ func (p *machinePools) sweep(now time.Time, maxIdle time.Duration) time.Duration
 		for _, bc := range list {
 			if left := maxIdle - now.Sub(bc.idle); left <= 0 {
 				bc.Close()
-				p.n--
 			} else {
 				next = min(next, left)
 				kept = append(kept, bc)
@@ -147,7 +143,6 @@ func (p *machinePools) closeAll() {
 		}
 	}
 	clear(p.idle)
-	p.n = 0
 	if p.timer != nil {
 		p.timer.Stop()
 	}
