@@ -27,7 +27,7 @@ const (
 	// time, and short, because a peer that restarted with its key holds
 	// no session while the other side still has one and will not initiate
 	// for 15 s. Should the two initiations still cross, the smaller key's
-	// next failed probe starts its handshake anew (fresh).
+	// next failed probe starts its handshake anew (loop).
 	handshakeFallback = 1500 * time.Millisecond
 )
 
@@ -44,10 +44,7 @@ type rttProber struct {
 	// smaller key): not probed until their handshake is done, or until
 	// the time given (handshakeFallback).
 	notBefore map[PublicKey]time.Time
-	// fresh holds new peers this node initiates with and has not yet
-	// measured: a failed probe starts their handshake anew (resetHandshake).
-	fresh map[PublicKey]bool
-	kick  chan PublicKey // a new peer: probe it now rather than at the next tick
+	kick      chan PublicKey // a new peer: probe it now rather than at the next tick
 }
 
 func startRTT(ctx context.Context, n *Node, wg *sync.WaitGroup) (*rttProber, error) {
@@ -62,7 +59,6 @@ func startRTT(ctx context.Context, n *Node, wg *sync.WaitGroup) (*rttProber, err
 		samples:   map[PublicKey][]time.Duration{},
 		fails:     map[PublicKey]int{},
 		notBefore: map[PublicKey]time.Time{},
-		fresh:     map[PublicKey]bool{},
 		kick:      make(chan PublicKey, 16),
 	}
 	if r.interval <= 0 {
@@ -90,9 +86,6 @@ func (r *rttProber) setPeers(peers map[PublicKey]Peer, kick, wait []PublicKey) {
 	for _, k := range wait {
 		r.notBefore[k] = time.Now().Add(handshakeFallback)
 	}
-	for _, k := range kick {
-		r.fresh[k] = true
-	}
 	r.peers = map[PublicKey]netip.Addr{}
 	for k, p := range peers {
 		r.peers[k] = p.Addr
@@ -106,11 +99,6 @@ func (r *rttProber) setPeers(peers map[PublicKey]Peer, kick, wait []PublicKey) {
 	for k := range r.notBefore {
 		if _, ok := peers[k]; !ok {
 			delete(r.notBefore, k)
-		}
-	}
-	for k := range r.fresh {
-		if _, ok := peers[k]; !ok {
-			delete(r.fresh, k)
 		}
 	}
 	r.mu.Unlock()
@@ -135,7 +123,7 @@ func (r *rttProber) loop(ctx context.Context) {
 		}
 		var shook map[PublicKey]bool // asked of the device only when needed
 		r.mu.Lock()
-		if len(r.notBefore) > 0 || len(r.fresh) > 0 {
+		if len(r.notBefore) > 0 {
 			r.mu.Unlock()
 			shook = r.n.handshakes()
 			r.mu.Lock()
@@ -154,26 +142,42 @@ func (r *rttProber) loop(ctx context.Context) {
 			}
 		}
 		r.mu.Unlock()
-		var wg sync.WaitGroup
+		var (
+			wg     sync.WaitGroup
+			failMu sync.Mutex
+			failed []PublicKey
+		)
 		for k, a := range peers {
 			wg.Go(func() {
 				d := r.probe(ctx, a)
 				r.record(k, d)
-				r.mu.Lock()
-				restart := d == 0 && r.fresh[k] && !shook[k]
-				if d > 0 {
-					delete(r.fresh, k)
-				}
-				r.mu.Unlock()
-				if restart {
-					// Our first initiation got no answer (the peer did not
-					// know us yet): start anew at the next probe rather
-					// than after WireGuard's 5 s.
-					r.n.resetHandshake(k)
+				if d == 0 {
+					failMu.Lock()
+					failed = append(failed, k)
+					failMu.Unlock()
 				}
 			})
 		}
 		wg.Wait()
+		r.restartHandshakes(failed)
+	}
+}
+
+// restartHandshakes starts anew the handshake with each peer of failed
+// (its probe lost) that this node initiates with (the pair's smaller key)
+// and has no session with: its initiation got no answer (the peer did not
+// know it yet, or the peer's own crossed it), and WireGuard would try
+// again only after 5 s. A peer with a session is left to WireGuard.
+func (r *rttProber) restartHandshakes(failed []PublicKey) {
+	if len(failed) == 0 {
+		return
+	}
+	self := r.n.cfg.Key.Public()
+	shook := r.n.handshakes()
+	for _, k := range failed {
+		if bytes.Compare(self[:], k[:]) < 0 && !shook[k] {
+			r.n.resetHandshake(k)
+		}
 	}
 }
 
