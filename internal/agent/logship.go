@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"time"
 
@@ -315,19 +314,12 @@ func (s *shipper) longLine(f perchrt.LogFile, buf []byte) []byte {
 // keepLast remembers the last lines of data (lines dropped in bulk) for
 // lastLines, as publish would have.
 func (s *shipper) keepLast(data []byte) {
-	var tail []string
-	for len(tail) < lastLogLines {
-		i := bytes.LastIndexByte(data, '\n')
-		tail = append(tail, cutLine(string(data[i+1:])))
-		if i < 0 {
-			break
-		}
-		data = data[:i]
+	from := len(data)
+	for n := 0; n < lastLogLines && from > 0; n++ {
+		from = max(bytes.LastIndexByte(data[:from-1], '\n')+1, 0)
 	}
-	slices.Reverse(tail)
-	s.last = append(s.last, tail...)
-	if len(s.last) > lastLogLines {
-		s.last = s.last[len(s.last)-lastLogLines:]
+	for line := range bytes.SplitSeq(data[from:], []byte{'\n'}) {
+		s.remember(string(line))
 	}
 }
 
