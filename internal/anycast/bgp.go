@@ -327,12 +327,28 @@ func (s *Speaker) Sessions(ctx context.Context) []Session {
 
 // Close withdraws everything (a NOTIFICATION Cease to each peer as GoBGP
 // stops) and stops the speaker.
+// GoBGP's stop waits for every peer's session goroutines without a
+// bound (its context is unused); a session stuck with a peer must not
+// keep the host from stopping, so Close gives up after stopWait and the
+// process's exit closes what is left (the peers see the TCP session end).
 func (s *Speaker) Close() {
 	s.closeOnce.Do(func() { close(s.stopped) })
 	s.SetHealthy(false)
-	_ = s.srv.StopBgp(context.Background(), &api.StopBgpRequest{})
-	s.srv.Stop()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.srv.StopBgp(context.Background(), &api.StopBgpRequest{})
+		s.srv.Stop()
+	}()
+	select {
+	case <-done:
+	case <-time.After(stopWait):
+		s.log.Warn("bgp: the speaker did not stop in time; leaving its sessions to end with the process", "waited", stopWait)
+	}
 }
+
+// stopWait bounds Close.
+const stopWait = 5 * time.Second
 
 // Collectors are the speaker's Prometheus metrics: sessions established,
 // prefixes announced, session flaps.

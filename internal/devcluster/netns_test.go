@@ -256,9 +256,16 @@ func (p *labProc) stop(t *testing.T) {
 	select {
 	case <-p.done:
 	case <-time.After(20 * time.Second):
-		t.Errorf("%s did not stop in 20s after SIGTERM; killing it", p.name)
-		_ = p.cmd.Process.Kill()
-		<-p.done
+		// SIGQUIT first: Go prints every goroutine's stack to the log
+		// (printed below on failure), which shows where it hung.
+		t.Errorf("%s did not stop in 20s after SIGTERM; its goroutines are in its log (SIGQUIT), then it is killed", p.name)
+		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
 	}
 }
 
@@ -291,7 +298,11 @@ func (p *labProc) printLog(t *testing.T) {
 		kept = append(kept, line)
 	}
 	b = bytes.Join(kept, nil)
-	const max = 64 << 10
+	max := 64 << 10
+	if i := bytes.Index(b, []byte("SIGQUIT: quit")); i >= 0 {
+		// A goroutine dump (stop): all of it, and what came before.
+		max = min(len(b)-i+16<<10, 512<<10)
+	}
 	if len(b) > max {
 		b = append([]byte("...\n"), b[len(b)-max:]...)
 	}

@@ -55,13 +55,15 @@ func tokenKey(tok string) string {
 	return hex.EncodeToString(h[:])
 }
 
-func (s *Server) validToken(tok string) (store.Token, error) {
+func (s *Server) validToken(ctx context.Context, tok string) (store.Token, error) {
 	if tok == "" {
 		return store.Token{}, store.ErrNotFound
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	t, _, err := store.Get[store.Token](ctx, s.st.Tokens, tokenKey(tok))
+	var t store.Token
+	err := s.readThroughElection(ctx, func(ctx context.Context) (err error) {
+		t, _, err = store.Get[store.Token](ctx, s.st.Tokens, tokenKey(tok))
+		return err
+	})
 	return t, err
 }
 
@@ -134,7 +136,7 @@ func (s *Server) principalFor(ctx context.Context, tok string) (auth.Principal, 
 	if isHostCredential(tok) {
 		return s.hostPrincipal(ctx, tok)
 	}
-	t, err := s.validToken(tok)
+	t, err := s.validToken(ctx, tok)
 	if err == nil {
 		return auth.Principal{Kind: auth.KindAdmin, Name: t.Name}, nil
 	}
@@ -151,9 +153,11 @@ func (s *Server) orgPrincipal(ctx context.Context, tok string) (auth.Principal, 
 	if err != nil {
 		return auth.Principal{}, errf(http.StatusUnauthorized, "invalid token: %v; ask your organisation for a new one (perch tokens create)", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	rec, _, err := store.Get[auth.TokenRecord](ctx, s.st.Tokens, auth.RecordKey(id))
+	var rec auth.TokenRecord
+	err = s.readThroughElection(ctx, func(ctx context.Context) (err error) {
+		rec, _, err = store.Get[auth.TokenRecord](ctx, s.st.Tokens, auth.RecordKey(id))
+		return err
+	})
 	if errors.Is(err, store.ErrNotFound) {
 		return auth.Principal{}, errf(http.StatusUnauthorized, "token %s has been revoked; ask your organisation for a new one (perch tokens create)", id)
 	}

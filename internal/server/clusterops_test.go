@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/perchhq/perch/internal/api"
 	"github.com/perchhq/perch/internal/store"
 	"github.com/perchhq/perch/internal/testport"
@@ -157,6 +159,53 @@ func settled(st *api.ClusterStatus, servers ...string) string {
 	return ""
 }
 
+// leadStream makes server the leader of stream, and leadMeta makes it
+// JetStream's meta leader: a leader stepdown with a preferred placement,
+// asked through ts (the meta one from the system account), until ts sees
+// server lead.
+func leadStream(t *testing.T, ts *testServer, stream, server string) {
+	t.Helper()
+	lead(t, ts.st.Conn(), "$JS.API.STREAM.LEADER.STEPDOWN."+stream, server, func() string {
+		st, err := ts.st.JetStream().Stream(context.Background(), stream)
+		if err != nil || st.CachedInfo().Cluster == nil {
+			return ""
+		}
+		return st.CachedInfo().Cluster.Leader
+	})
+}
+
+func (c *testCluster) leadMeta(ts *testServer, server string) {
+	c.t.Helper()
+	pass, err := os.ReadFile(filepath.Join(c.secrets, "nats-token"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	sys, err := nats.Connect(ts.nats.URL(), nats.UserInfo(store.SystemUser, strings.TrimSpace(string(pass))))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer sys.Close()
+	lead(c.t, sys, "$JS.API.META.LEADER.STEPDOWN", server, func() string { return ts.nats.Meta().Leader })
+}
+
+func lead(t *testing.T, nc *nats.Conn, stepdown, server string, leader func() string) {
+	t.Helper()
+	waitUntil(t, 30*time.Second, server+" leads ("+stepdown+")", func() string {
+		switch l := leader(); l {
+		case server:
+			return ""
+		case "":
+			return "no leader"
+		default:
+			msg, err := nc.Request(stepdown, []byte(`{"placement":{"preferred":"`+server+`"}}`), 5*time.Second)
+			if err != nil {
+				return fmt.Sprintf("leader %s; stepdown: %v", l, err)
+			}
+			return fmt.Sprintf("leader %s; stepdown answered %s", l, msg.Data)
+		}
+	})
+}
+
 // TestAddAndRemoveServer follows docs/operations.md: a fourth server
 // joins a running cluster of three with --cluster-peers naming the four
 // (the three running keep theirs: nats-server gossips the new route to
@@ -210,6 +259,12 @@ func TestAddAndRemoveServer(t *testing.T) {
 	_, err = srv["s2"].c.RemoveServer(ctx, "s2")
 	wantStatus(t, err, http.StatusConflict, "does not remove itself")
 
+	// s1 leads JetStream's meta group and the tokens' bucket when it
+	// stops, the worst case: every request's token lookup meets the
+	// elections of their new leaders, and the removal (a write) must
+	// wait them out rather than fail.
+	c.leadMeta(srv["s2"], "s1")
+	leadStream(t, srv["s2"], "KV_"+store.BucketTokens, "s1")
 	srv["s1"].stop()
 	delete(srv, "s1")
 	start = time.Now()

@@ -211,9 +211,11 @@ func (s *Server) hostPrincipal(ctx context.Context, tok string) (auth.Principal,
 	if validID("host", id) != nil {
 		return auth.Principal{}, bad
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	rec, _, err := store.Get[hostCredRecord](ctx, s.st.HostAuth, "host."+id)
+	var rec hostCredRecord
+	err := s.readThroughElection(ctx, func(ctx context.Context) (err error) {
+		rec, _, err = store.Get[hostCredRecord](ctx, s.st.HostAuth, "host."+id)
+		return err
+	})
 	// A cluster's buckets are read from their leaders (store.leaderReads),
 	// so a host's first request, right after its join through another
 	// server, finds its credential.

@@ -99,3 +99,32 @@ func unanswered(err error) bool {
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		(errors.As(err, &apiErr) && apiErr.Code == http.StatusServiceUnavailable)
 }
+
+// electionWait bounds how long a read on a request's way in (whose token
+// it carries) is asked again while a clustered store elects a new leader
+// for the bucket: the request has done nothing yet, so waiting a few
+// seconds costs the user less than a 503 on a write they must repeat.
+const electionWait = 10 * time.Second
+
+// readThroughElection runs read (each attempt bounded by 5 s) and asks
+// again, for at most electionWait, while a clustered server's store does
+// not answer and a majority of the servers is up: a stream's leader has
+// just gone and another is being elected. Any other error, or the
+// quorum lost, is returned at once.
+func (s *Server) readThroughElection(ctx context.Context, read func(context.Context) error) error {
+	deadline := time.Now().Add(electionWait)
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, time.Second) {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := read(rctx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !s.clustered() || !unanswered(err) || s.quorumLost() ||
+			time.Now().Add(delay).After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+	}
+}
