@@ -296,14 +296,30 @@ func (a *agentProc) stop() error {
 	default:
 	}
 	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-	case <-time.After(30 * time.Second):
-		_ = a.cmd.Process.Kill()
-		<-a.done
-		return fmt.Errorf("agent for %s did not stop in 30s; killed", a.region)
+	if !waitOrQuit(a.cmd.Process, a.done, 30*time.Second) {
+		return fmt.Errorf("agent for %s did not stop in 30s; killed (its goroutines are at the end of its log)", a.region)
 	}
 	return nil
+}
+
+// waitOrQuit waits up to wait for a signalled process to end (done
+// closes), and reports whether it did. Else it sends SIGQUIT, so that Go
+// prints every goroutine's stack to the process's log (where it hung),
+// and SIGKILL 5 s later if it still runs.
+func waitOrQuit(p *os.Process, done <-chan struct{}, wait time.Duration) bool {
+	select {
+	case <-done:
+		return true
+	case <-time.After(wait):
+	}
+	_ = p.Signal(syscall.SIGQUIT)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = p.Kill()
+		<-done
+	}
+	return false
 }
 
 // exited reports why the agent stopped, if it did.

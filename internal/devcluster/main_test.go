@@ -6,14 +6,26 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
+
+// hangHere is a process that ignores SIGTERM and never ends, for
+// TestProcessThatIgnoresSIGTERMShowsWhereItHung; it says so first.
+func hangHere() {
+	signal.Ignore(syscall.SIGTERM)
+	os.Stdout.WriteString("hanging\n")
+	for {
+		time.Sleep(time.Hour)
+	}
+}
 
 // perchBin is the perch binary built once for the end-to-end tests: the
 // agents and the CLI run from it as separate processes, as users run them.
@@ -35,6 +47,9 @@ var perchBin string
 var worlds chan struct{}
 
 func TestMain(m *testing.M) {
+	if os.Getenv("PERCH_TEST_HANG") == "1" {
+		hangHere() // TestProcessThatIgnoresSIGTERMShowsWhereItHung's process
+	}
 	if os.Geteuid() != 0 {
 		fmt.Println("devcluster end-to-end tests need root (runc, network namespaces); skipping")
 		os.Exit(0)

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/perchhq/perch/internal/devcluster"
 )
 
 // labNet is a small private network for one test: a bridge in the root
@@ -253,19 +255,8 @@ func (p *labProc) stop(t *testing.T) {
 	default:
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		// SIGQUIT first: Go prints every goroutine's stack to the log
-		// (printed below on failure), which shows where it hung.
-		t.Errorf("%s did not stop in 20s after SIGTERM; its goroutines are in its log (SIGQUIT), then it is killed", p.name)
-		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
-		select {
-		case <-p.done:
-		case <-time.After(5 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
+	if !devcluster.WaitOrQuit(p.cmd.Process, p.done, 20*time.Second) {
+		t.Errorf("%s did not stop in 20s after SIGTERM; killed (its goroutines are in its log, printed below)", p.name)
 	}
 }
 

@@ -263,7 +263,7 @@ func (w *World) clusterInfo(ctx context.Context) error {
 }
 
 // stopServers stops every server process still running: SIGTERM, then
-// SIGKILL after 30 s.
+// after 30 s SIGQUIT and SIGKILL (waitOrQuit).
 func (w *World) stopServers() error {
 	w.mu.Lock()
 	procs := w.servers
@@ -278,12 +278,8 @@ func (w *World) stopServers() error {
 	}
 	var errs []error
 	for _, p := range procs {
-		select {
-		case <-p.done:
-		case <-time.After(30 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-			errs = append(errs, fmt.Errorf("server %s did not stop in 30s; killed", p.name))
+		if !waitOrQuit(p.cmd.Process, p.done, 30*time.Second) {
+			errs = append(errs, fmt.Errorf("server %s did not stop in 30s; killed (its goroutines are at the end of its log)", p.name))
 		}
 	}
 	return errors.Join(errs...)

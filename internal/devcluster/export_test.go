@@ -1,0 +1,4 @@
+package devcluster
+
+// WaitOrQuit is waitOrQuit, for the lab processes of the external tests.
+var WaitOrQuit = waitOrQuit
