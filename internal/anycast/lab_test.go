@@ -110,7 +110,8 @@ func waitAnswer(t *testing.T, lab *Lab, city, addr, region string, within time.D
 // their bird2 routers: each city's client is answered by its own region,
 // the city without one by its neighbour, a killed region's client moves
 // to the next region, a SIGTERM'd region withdraws before it stops
-// answering, so its client loses no connection, and a frozen one is
+// answering, so its client loses no connection (but one cut by the
+// route's move in its handshake), and a frozen one is
 // dropped by its router's hold timer.
 func TestAnycastLab(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -187,32 +188,45 @@ func TestAnycastLab(t *testing.T) {
 	t.Logf("mad's host back: mad's client answered by mad after %s", took.Round(time.Millisecond))
 
 	// A graceful stop of ams: withdraw, then keep answering for the drain
-	// time. Every connection of ams's client in the meantime succeeds.
+	// time (2 s). ams's client moves to a neighbour before ams stops
+	// answering, and no connection fails but, at most, the one whose
+	// handshake the route's move cut in two: its SYN reached ams and its
+	// ACK the neighbour, which resets it (seen in a capture: the reset
+	// came two routers away). A lab host has nothing to hand such a flow
+	// back; Perch's agents do (TestAnycastWorld's graceful stop).
+	signalled := time.Now()
 	if err := hosts["ams"].cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
 	var asked, failed int
 	var moved string
-	for time.Now().Before(deadline) {
+	var lastErr error
+	for time.Since(signalled) < 30*time.Second {
 		got, err := ask(lab, "ams", addr)
 		asked++
 		if err != nil {
 			failed++
+			lastErr = err
 			t.Logf("ams client during ams's graceful stop: %v", err)
 		} else if got != "ams" {
 			moved = got
 			break
+		} else {
+			lastErr = nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	took = time.Since(signalled)
 	if moved != "lhr" && moved != "cdg" && moved != "fra" {
 		t.Fatalf("ams's client never moved to a neighbour after ams's SIGTERM (last %q)", moved)
 	}
-	if failed > 0 {
-		t.Errorf("%d of %d connections failed during ams's graceful stop; want 0", failed, asked)
+	if took >= 2*time.Second {
+		t.Errorf("ams's client moved %s after the SIGTERM, once ams had stopped answering (2 s): the withdraw came late", took.Round(time.Millisecond))
 	}
-	t.Logf("ams stopped gracefully: its client moved to %s after %d connections, none failed", moved, asked)
+	if failed > 1 || (failed == 1 && lastErr == nil) {
+		t.Errorf("%d of %d connections failed during ams's graceful stop; want none but the one in flight when the route moved", failed, asked)
+	}
+	t.Logf("ams stopped gracefully: its client moved to %s %s after the SIGTERM, after %d connections, %d failed", moved, took.Round(time.Millisecond), asked, failed)
 
 	// lhr's host freezes (SIGSTOP): no FIN closes its session, so the
 	// router's hold timer (3 s) must notice. lhr's client then reaches
