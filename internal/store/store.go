@@ -394,12 +394,19 @@ func (s *Store) EnsureBucket(ctx context.Context, cfg jetstream.KeyValueConfig) 
 		var err error
 		keyReads := keyReadBuckets[cfg.Bucket]
 		if s.opts.Follower {
-			if kv, err = s.js.KeyValue(ctx, cfg.Bucket); err != nil || cfg.Replicas == 1 || keyReads {
-				return err
-			}
 			// Bound with direct gets on, its reads could miss a write just
-			// made: wait for the first server to turn them off.
-			return s.leaderReadsMade(ctx, "KV_"+cfg.Bucket)
+			// made: wait for the first server to turn them off, then bind
+			// (nats.go reads the mode once, at bind time). Checked after
+			// the bind, a turn between the two left a handle asking for
+			// direct gets that no replica answers any more: "no
+			// responders" for good (a restored cluster's follower, once).
+			if cfg.Replicas > 1 && !keyReads {
+				if err := s.leaderReadsMade(ctx, "KV_"+cfg.Bucket); err != nil {
+					return err
+				}
+			}
+			kv, err = s.js.KeyValue(ctx, cfg.Bucket)
+			return err
 		}
 		if kv, err = s.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil || cfg.Replicas == 1 || keyReads {
 			return err
