@@ -316,7 +316,7 @@ func (s *shipper) longLine(f perchrt.LogFile, buf []byte) []byte {
 func (s *shipper) keepLast(data []byte) {
 	from := len(data)
 	for n := 0; n < lastLogLines && from > 0; n++ {
-		from = max(bytes.LastIndexByte(data[:from-1], '\n')+1, 0)
+		from = bytes.LastIndexByte(data[:from-1], '\n') + 1 // 0 when none
 	}
 	for line := range bytes.SplitSeq(data[from:], []byte{'\n'}) {
 		s.remember(string(line))

@@ -10,52 +10,44 @@ import (
 	"time"
 )
 
+// startSignalled starts cmd, waits for its first bytes on stdout (a
+// process that is ready for SIGTERM says so), sends SIGTERM, and returns
+// a channel closed when it has ended, with its stderr in log.
+func startSignalled(t *testing.T, cmd *exec.Cmd, log *bytes.Buffer) <-chan struct{} {
+	t.Helper()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := out.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("%s said nothing: %v", cmd.Path, err)
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	return done
+}
+
 // A dev world's process that does not stop on SIGTERM is made to print
 // where it hung (Go's SIGQUIT dump, into its log) before it is killed;
 // one that stops is left alone.
 func TestProcessThatIgnoresSIGTERMShowsWhereItHung(t *testing.T) {
-	start := func(hang bool) (*exec.Cmd, *bytes.Buffer, chan struct{}) {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		if hang {
-			cmd.Env = append(os.Environ(), "PERCH_TEST_HANG=1")
-		} else {
-			cmd = exec.Command("sleep", "60")
-		}
-		var log bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &log, &log
-		pr, pw, err := os.Pipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if hang {
-			cmd.Stdout = pw
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		pw.Close()
-		if hang { // wait until it ignores SIGTERM
-			b := make([]byte, 8)
-			if _, err := pr.Read(b); err != nil {
-				t.Fatalf("the hanging process said nothing: %v", err)
-			}
-		}
-		pr.Close()
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		return cmd, &log, done
-	}
-
-	cmd, _, done := start(false)
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	if !waitOrQuit(cmd.Process, done, 10*time.Second) {
+	var log bytes.Buffer
+	stops := exec.Command("sh", "-c", "echo ready; exec sleep 60")
+	if !waitOrQuit(stops.Process, startSignalled(t, stops, &log), 10*time.Second) {
 		t.Errorf("a process that ended on SIGTERM was reported hung")
 	}
 
-	cmd, log, done := start(true)
-	_ = cmd.Process.Signal(syscall.SIGTERM)
+	log.Reset()
+	hangs := exec.Command(os.Args[0], "-test.run=^$") // TestMain's hangHere
+	hangs.Env = append(os.Environ(), "PERCH_TEST_HANG=1")
+	done := startSignalled(t, hangs, &log)
 	began := time.Now()
-	if waitOrQuit(cmd.Process, done, time.Second) {
+	if waitOrQuit(hangs.Process, done, time.Second) {
 		t.Fatalf("a process that ignores SIGTERM was reported stopped")
 	}
 	select {
